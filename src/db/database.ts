@@ -1,0 +1,97 @@
+import pg from 'pg';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isRetryable, toDomainError } from './errors.js';
+
+/**
+ * The pool and the two ways to use it: one statement (`query`) or one transaction
+ * (`withTransaction`). Both retry serialization failures and deadlocks a bounded number of
+ * times, so that no client ever sees them.
+ */
+export interface DatabaseOptions {
+  url: string;
+  poolSize: number;
+  statementTimeoutMilliseconds: number;
+  applicationName?: string;
+}
+
+export const retryCountMax = 8;
+
+// bigint columns come back as numbers; every balance is kept a safe integer by CHECK
+// constraints, and anything else is a broken invariant rather than a silent rounding.
+const int8Parser = (text: string): number => {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value)) throw new RangeError(`bigint ${text} is beyond the safe integer range`);
+  return value;
+};
+const types = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === pg.types.builtins.INT8 ? int8Parser : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+};
+
+export class Database {
+  readonly pool: pg.Pool;
+
+  constructor(options: DatabaseOptions) {
+    this.pool = new pg.Pool({
+      connectionString: options.url,
+      max: options.poolSize,
+      application_name: options.applicationName ?? 'tally',
+      options: `-c statement_timeout=${options.statementTimeoutMilliseconds} -c lock_timeout=${options.statementTimeoutMilliseconds}`,
+      connectionTimeoutMillis: 10_000,
+      types,
+    });
+    // An idle client losing its server is reported here; the pool replaces it on next use.
+    this.pool.on('error', (error) => {
+      process.emitWarning(`database pool: idle client error: ${error.message}`);
+    });
+  }
+
+  async query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<pg.QueryResult<Row>> {
+    return retrying(() => this.pool.query<Row>(text, values));
+  }
+
+  /** Calls a SQL function that returns one jsonb value, in one round trip. */
+  async callJson<T>(text: string, values: unknown[]): Promise<T> {
+    const result = await this.query<{ result: T }>(text, values);
+    const row = result.rows[0];
+    if (row === undefined) throw new Error(`no row from ${text}`);
+    return row.result;
+  }
+
+  async withTransaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return retrying(async () => {
+      const client = await this.pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('begin');
+        const value = await work(client);
+        await client.query('commit');
+        return value;
+      } catch (error) {
+        // A failed rollback means a broken connection: the pool must not hand it out again.
+        await client.query('rollback').catch((rollbackError: unknown) => {
+          broken = rollbackError as Error;
+        });
+        throw error;
+      } finally {
+        client.release(broken);
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
+
+async function retrying<T>(operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!isRetryable(error) || attempt >= retryCountMax) throw toDomainError(error);
+      // Jittered backoff: 2, 4, 8 ... ms, capped, so racing transactions spread out.
+      await sleep(Math.min(2 ** attempt, 100) * (0.5 + Math.random()));
+    }
+  }
+}

@@ -1,0 +1,43 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { Database } from '../../src/db/database.js';
+
+/** A URL for another database on the same server. */
+export function databaseUrlFor(serverUrl: string, name: string): string {
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+export interface TestDatabase {
+  url: string;
+  db: Database;
+  close(): Promise<void>;
+}
+
+/** A fresh, migrated database cloned from the run's template; one per test file. */
+export async function createTestDatabase(poolSize = 20): Promise<TestDatabase> {
+  const serverUrl = process.env.TALLY_TEST_SERVER_URL;
+  const template = process.env.TALLY_TEST_TEMPLATE;
+  if (serverUrl === undefined || template === undefined) throw new Error('run the tests with `npm test` (it starts PostgreSQL)');
+  const name = `${template}_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  try {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await admin.query(`create database ${name} template ${template}`);
+        break;
+      } catch (error) {
+        // 55006: the template is briefly in use by a concurrent clone; try again.
+        if ((error as { code?: string }).code !== '55006' || attempt > 50) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  } finally {
+    await admin.end();
+  }
+  const url = databaseUrlFor(serverUrl, name);
+  const db = new Database({ url, poolSize, statementTimeoutMilliseconds: 30_000, applicationName: 'tally-test' });
+  return { url, db, close: () => db.close() };
+}

@@ -1,0 +1,58 @@
+/**
+ * `npm test`: starts a real PostgreSQL (the embedded one, unless TEST_DATABASE_URL names a
+ * server), builds a migrated template database, and runs every test file with Node's test
+ * runner. Each test file clones the template into a database of its own.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import pg from 'pg';
+import { startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { migrate } from '../src/db/migrate.js';
+import { databaseUrlFor } from './helpers/database.js';
+
+function testFiles(directory: string): string[] {
+  return readdirSync(directory).flatMap((name) => {
+    const path = join(directory, name);
+    if (statSync(path).isDirectory()) return testFiles(path);
+    return name.endsWith('.test.ts') ? [path] : [];
+  });
+}
+
+const filters = process.argv.slice(2);
+const files = testFiles('test').filter((file) => filters.length === 0 || filters.some((filter) => file.includes(filter))).sort();
+if (files.length === 0) throw new Error(`no test files match ${filters.join(' ')}`);
+
+let embedded: EmbeddedDatabase | undefined;
+let scratch: string | undefined;
+let serverUrl = process.env.TEST_DATABASE_URL;
+if (serverUrl === undefined || serverUrl === '') {
+  scratch = mkdtempSync(join(tmpdir(), 'tally-test-'));
+  embedded = await startEmbeddedDatabase({ dataDirectory: scratch, databaseName: 'postgres' });
+  serverUrl = embedded.url;
+  console.log('# test database: embedded PostgreSQL');
+} else {
+  console.log(`# test database: ${new URL(serverUrl).host} (TEST_DATABASE_URL)`);
+}
+
+const template = `tally_template_${process.pid}`;
+const admin = new pg.Client({ connectionString: serverUrl });
+await admin.connect();
+await admin.query(`create database ${template}`);
+await migrate(databaseUrlFor(serverUrl, template));
+
+const exitCode = await new Promise<number>((resolve) => {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...files.map((file) => relative('.', file))], {
+    stdio: 'inherit',
+    env: { ...process.env, TALLY_TEST_SERVER_URL: serverUrl, TALLY_TEST_TEMPLATE: template },
+  });
+  child.on('exit', (code, signal) => resolve(code ?? (signal === null ? 1 : 128)));
+});
+
+const leftovers = await admin.query<{ datname: string }>('select datname from pg_database where datname like $1', [`${template}%`]);
+for (const row of leftovers.rows) await admin.query(`drop database if exists ${pg.escapeIdentifier(row.datname)} with (force)`);
+await admin.end();
+await embedded?.stop();
+if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
+process.exit(exitCode);
