@@ -1,0 +1,147 @@
+import {
+  accountIdSchema,
+  accountInputSchema,
+  adjustmentInputSchema,
+  captureInputSchema,
+  grantInputSchema,
+  holdInputSchema,
+  ledgerQuerySchema,
+  usageBatchInputSchema,
+  usageInputSchema,
+} from '../../ledger/commands.js';
+import type { Actor, Ledger, Outcome } from '../../ledger/ledger.js';
+import type { Caller } from '../auth.js';
+import { defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
+
+/** The ledger's HTTP calls: accounts, balance, usage, holds, ledger, admin grants and adjustments. */
+const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const actorOf = (caller: Caller): Actor => (caller === 'admin' ? 'admin' : 'app');
+const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: outcome.body });
+
+const errorResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 404: 'account_not_found' };
+
+export function ledgerRoutes(ledger: Ledger): RouteDefinition[] {
+  return [
+    defineRoute({
+      method: 'PUT',
+      url: '/v1/accounts/:id',
+      access: 'app',
+      tag: 'accounts',
+      summary: 'Create or update an account (fields left out keep their value)',
+      body: accountInputSchema,
+      responses: { 200: 'the account', ...errorResponses },
+      handler: async ({ params, body }) => ({ status: 200, body: await ledger.upsertAccount(accountId(params), body) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id',
+      access: 'app',
+      tag: 'accounts',
+      summary: 'An account with its balance and live grants',
+      responses: { 200: 'the account', ...errorResponses },
+      handler: async ({ params }) => ({ status: 200, body: await ledger.getAccount(accountId(params)) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/balance',
+      access: 'app',
+      tag: 'accounts',
+      summary: 'Available, held and debt credits',
+      responses: { 200: '{account_id, available, held, debt}', ...errorResponses },
+      handler: async ({ params }) => ({ status: 200, body: await ledger.balance(accountId(params)) }),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/accounts/:id/usage',
+      access: 'app',
+      tag: 'usage',
+      summary: 'Spend credits (idempotent by key)',
+      body: usageInputSchema,
+      responses: { 200: '{entry_id, amount, available, replayed}', 402: 'insufficient_credits {available}', 409: 'idempotency_conflict', ...errorResponses },
+      handler: async ({ params, body, caller }) => answer(await ledger.usage(accountId(params), body, actorOf(caller))),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/usage/batch',
+      access: 'app',
+      tag: 'usage',
+      summary: 'Up to 1000 usage events in one transaction; one result per event, in order',
+      body: usageBatchInputSchema,
+      responses: { 200: '{results: [{status, ...answer of the single call}]}', 400: 'malformed batch', 401: 'unauthorized' },
+      handler: async ({ body, caller }) => {
+        const outcomes = await ledger.usageBatch(body.events, actorOf(caller));
+        return { status: 200, body: { results: outcomes.map((outcome) => ({ status: outcome.status, ...outcome.body })) } };
+      },
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/accounts/:id/holds',
+      access: 'app',
+      tag: 'holds',
+      summary: 'Reserve credits for a bounded time (idempotent by key)',
+      body: holdInputSchema,
+      responses: { 201: '{hold_id, amount, expires_at, available, replayed}', 402: 'insufficient_credits', 409: 'idempotency_conflict', ...errorResponses },
+      handler: async ({ params, body, caller }) => answer(await ledger.hold(accountId(params), body, actorOf(caller))),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/holds/:hold_id/capture',
+      access: 'app',
+      tag: 'holds',
+      summary: 'Capture up to the held amount; the rest is released',
+      body: captureInputSchema,
+      responses: { 200: '{captured, released, available}', 400: 'capture_exceeds_hold', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
+      handler: async ({ params, body, caller }) => ({
+        status: 200,
+        body: await ledger.capture(params.hold_id ?? '', body.amount, actorOf(caller)),
+      }),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/holds/:hold_id/void',
+      access: 'app',
+      tag: 'holds',
+      summary: 'Release a hold entirely',
+      responses: { 200: '{released, available}', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
+      handler: async ({ params, caller }) => ({ status: 200, body: await ledger.void(params.hold_id ?? '', actorOf(caller)) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/ledger',
+      access: 'app',
+      tag: 'accounts',
+      summary: 'Ledger entries, newest first, paged by cursor',
+      query: ledgerQuerySchema,
+      responses: { 200: '{entries, next_cursor}', ...errorResponses },
+      handler: async ({ params, query }) => ({ status: 200, body: await ledger.entries(accountId(params), query.limit, query.cursor) }),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/accounts/:id/grants',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Grant promo or admin credits (idempotent by key)',
+      body: grantInputSchema,
+      responses: { 201: 'the grant', 403: 'forbidden (app key)', 409: 'idempotency_conflict', ...errorResponses },
+      handler: async ({ params, body }) => answer(await ledger.grant(accountId(params), body)),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/accounts/:id/adjustments',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'A signed correction by an operator, with a reason',
+      body: adjustmentInputSchema,
+      responses: {
+        201: 'the entry',
+        400: 'adjustment_exceeds_limit or invalid_request',
+        402: 'insufficient_credits',
+        403: 'forbidden (app key)',
+        409: 'idempotency_conflict',
+        401: 'unauthorized',
+        404: 'account_not_found',
+      },
+      handler: async ({ params, body }) => answer(await ledger.adjust(accountId(params), body)),
+    }),
+  ];
+}

@@ -1,0 +1,220 @@
+import type { Database } from '../db/database.js';
+import { TallyError, accountNotFound, assertInvariant } from '../errors.js';
+import type { AccountInput, AdjustmentInput, BatchEvent, GrantInput, HoldInput, UsageInput } from './commands.js';
+import { payloadHash } from './payload-hash.js';
+
+/**
+ * The money core seen from TypeScript. Every operation is one call of a SQL function from
+ * migrations/0002 (one round trip, one transaction); this class only shapes arguments and
+ * answers. A keyed operation answers an Outcome: its first outcome is final and stored, so a
+ * refusal such as 402 comes back as a value, not an exception.
+ */
+export interface Outcome {
+  status: number;
+  body: Record<string, unknown>;
+}
+
+export type Actor = 'app' | 'admin' | 'stripe' | 'system';
+
+export interface LedgerOptions {
+  /** The time used for expiry decisions; undefined means the database's clock. */
+  clock?: () => Date;
+  adjustmentCreditsMax: number;
+}
+
+export interface Balance {
+  account_id: string;
+  available: number;
+  held: number;
+  debt: number;
+}
+
+export class Ledger {
+  constructor(
+    private readonly db: Database,
+    private readonly options: LedgerOptions,
+  ) {}
+
+  private now(): Date | null {
+    return this.options.clock?.() ?? null;
+  }
+
+  async upsertAccount(accountId: string, input: AccountInput): Promise<Record<string, unknown>> {
+    const result = await this.db.query<{ account: Record<string, unknown> }>(
+      `with before as (select to_jsonb(a) - 'available' - 'held' - 'debt' as row from accounts a where id = $1),
+       upserted as (
+         insert into accounts (id, email, name, metadata) values ($1, $3, $5, coalesce($6, '{}'::jsonb))
+         on conflict (id) do update set
+           email = case when $2 then excluded.email else accounts.email end,
+           name = case when $4 then excluded.name else accounts.name end,
+           metadata = coalesce($6, accounts.metadata),
+           updated_at = now()
+         returning *),
+       audited as (
+         insert into audit_log (account_id, actor, action, before, after)
+         select $1, 'app', 'account.upsert', (select row from before), to_jsonb(u) - 'available' - 'held' - 'debt' from upserted u)
+       select jsonb_build_object('id', id, 'email', email, 'name', name, 'metadata', metadata,
+         'stripe_customer_id', stripe_customer_id, 'created_at', tally_iso(created_at)) as account from upserted`,
+      [accountId, input.email !== undefined, input.email ?? null, input.name !== undefined, input.name ?? null, input.metadata ?? null],
+    );
+    const row = result.rows[0];
+    assertInvariant(row !== undefined, 'account upsert returned no row');
+    return row.account;
+  }
+
+  async getAccount(accountId: string): Promise<Record<string, unknown>> {
+    const result = await this.db.query<{ account: Record<string, unknown> }>(
+      `select jsonb_build_object('id', a.id, 'email', a.email, 'name', a.name, 'metadata', a.metadata,
+         'stripe_customer_id', a.stripe_customer_id, 'created_at', tally_iso(a.created_at),
+         'grants', coalesce((select jsonb_agg(tally_grant_json(g) order by g.priority, g.expires_at, g.created_at, g.id)
+            from grants g where g.account_id = a.id and g.remaining > 0
+            and (g.expires_at is null or g.expires_at > coalesce($2, now()))), '[]'::jsonb)) as account
+       from accounts a where a.id = $1`,
+      [accountId, this.now()],
+    );
+    const row = result.rows[0];
+    if (row === undefined) throw accountNotFound(accountId);
+    return { ...row.account, balance: await this.balance(accountId) };
+  }
+
+  /** The balance now: grants past their expiry stop counting at once, before any sweep. */
+  async balance(accountId: string): Promise<Balance> {
+    const result = await this.db.query<{ available: number; held: number; debt: number }>(
+      `select a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id
+           and g.remaining > 0 and g.expires_at <= coalesce($2, now())), 0)::bigint as available,
+         a.held, a.debt
+       from accounts a where a.id = $1`,
+      [accountId, this.now()],
+    );
+    const row = result.rows[0];
+    if (row === undefined) throw accountNotFound(accountId);
+    assertInvariant(row.available >= 0, `account ${accountId} has negative available ${row.available}`);
+    return { account_id: accountId, available: row.available, held: row.held, debt: row.debt };
+  }
+
+  async usage(accountId: string, input: UsageInput, actor: Actor): Promise<Outcome> {
+    const { idempotency_key: key, ...payload } = input;
+    return this.db.callJson<Outcome>('select tally_usage($1, $2, $3, $4, $5, $6, $7) as result', [
+      accountId,
+      input.amount,
+      key,
+      payloadHash(payload),
+      actor,
+      usageReference(input),
+      this.now(),
+    ]);
+  }
+
+  /** A batch of usage events in one transaction; one answer per event, in order. */
+  async usageBatch(events: BatchEvent[], actor: Actor): Promise<Outcome[]> {
+    const prepared = events.map((event) => {
+      const { idempotency_key: key, account_id: accountId, ...payload } = event;
+      return { account_id: accountId, amount: event.amount, idempotency_key: key, payload_hash: payloadHash(payload), reference: usageReference(event) };
+    });
+    const outcomes = await this.db.callJson<Outcome[]>('select tally_usage_batch($1, $2, $3) as result', [JSON.stringify(prepared), actor, this.now()]);
+    assertInvariant(outcomes.length === events.length, 'batch answered a different number of results');
+    return outcomes;
+  }
+
+  async hold(accountId: string, input: HoldInput, actor: Actor): Promise<Outcome> {
+    const { idempotency_key: key, ...payload } = input;
+    return this.db.callJson<Outcome>('select tally_hold($1, $2, $3, $4, $5, $6, $7) as result', [
+      accountId,
+      input.amount,
+      input.expires_in_seconds,
+      key,
+      payloadHash(payload),
+      actor,
+      this.now(),
+    ]);
+  }
+
+  async capture(holdId: string, amount: number, actor: Actor): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_capture($1, $2, $3, $4) as result', [parseHoldId(holdId), amount, actor, this.now()]);
+  }
+
+  async void(holdId: string, actor: Actor): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_void($1, $2, $3) as result', [parseHoldId(holdId), actor, this.now()]);
+  }
+
+  async grant(accountId: string, input: GrantInput): Promise<Outcome> {
+    const { idempotency_key: key, ...payload } = input;
+    const expiresAt = input.expires_at === undefined ? null : new Date(input.expires_at);
+    const now = this.now() ?? new Date();
+    if (expiresAt !== null && expiresAt <= now) {
+      throw new TallyError('invalid_request', 400, 'expires_at: must be in the future', { field: 'expires_at' });
+    }
+    return this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
+      accountId,
+      input.amount,
+      input.source,
+      input.priority,
+      expiresAt,
+      {},
+      key,
+      payloadHash(payload),
+      input.reason,
+      this.now(),
+    ]);
+  }
+
+  async adjust(accountId: string, input: AdjustmentInput): Promise<Outcome> {
+    if (Math.abs(input.amount) > this.options.adjustmentCreditsMax) {
+      throw new TallyError('adjustment_exceeds_limit', 400, `an adjustment may move at most ${this.options.adjustmentCreditsMax} credits`, {
+        limit: this.options.adjustmentCreditsMax,
+      });
+    }
+    const { idempotency_key: key, ...payload } = input;
+    return this.db.callJson<Outcome>('select tally_adjust($1, $2, $3, $4, $5, $6) as result', [
+      accountId,
+      input.amount,
+      key,
+      payloadHash(payload),
+      input.reason,
+      this.now(),
+    ]);
+  }
+
+  /** Entries newest first; the cursor is the id of the last entry of the previous page. */
+  async entries(accountId: string, limit: number, cursor: string | undefined): Promise<{ entries: unknown[]; next_cursor: string | null }> {
+    const result = await this.db.query<{ id: number; entry: unknown }>(
+      `select e.id, tally_entry_json(e) as entry from entries e
+       where e.account_id = $1 and ($2::bigint is null or e.id < $2) order by e.id desc limit $3`,
+      [accountId, cursor ?? null, limit + 1],
+    );
+    if (result.rows.length === 0) await this.balance(accountId);
+    const page = result.rows.slice(0, limit);
+    const last = page[page.length - 1];
+    const nextCursor = result.rows.length > limit && last !== undefined ? String(last.id) : null;
+    return { entries: page.map((row) => row.entry), next_cursor: nextCursor };
+  }
+
+  /** Releases holds and expires grants that are due, one account per transaction. */
+  async settleDue(accountCountMax: number): Promise<number> {
+    const due = await this.db.query<{ account_id: string }>(
+      `select account_id from (
+         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now()) order by expires_at limit $2)
+         union
+         (select account_id from grants where remaining > 0 and expires_at <= coalesce($1, now()) order by expires_at limit $2)) due
+       order by account_id limit $2`,
+      [this.now(), accountCountMax],
+    );
+    for (const row of due.rows) {
+      await this.db.query('select tally_settle_account($1, $2)', [row.account_id, this.now()]);
+    }
+    return due.rows.length;
+  }
+}
+
+function usageReference(input: { description?: string | undefined; metadata?: Record<string, unknown> | undefined }): Record<string, unknown> {
+  const reference: Record<string, unknown> = {};
+  if (input.description !== undefined) reference.description = input.description;
+  if (input.metadata !== undefined) reference.metadata = input.metadata;
+  return reference;
+}
+
+export function parseHoldId(holdId: string): number {
+  const match = /^hold_([0-9]{1,15})$/.exec(holdId);
+  if (match?.[1] === undefined) throw new TallyError('hold_not_found', 404, `no hold with id ${holdId}`);
+  return Number(match[1]);
+}
