@@ -1,0 +1,96 @@
+import type { FastifyInstance, InjectOptions } from 'fastify';
+import { buildServer } from '../../src/http/server.js';
+import { Ledger } from '../../src/ledger/ledger.js';
+import { Metrics } from '../../src/ops/metrics.js';
+import { createTestDatabase, type TestDatabase } from './database.js';
+
+/** A test clock: starts at a fixed instant and moves only when told. */
+export class TestClock {
+  private current: number;
+  constructor(start = Date.parse('2030-01-01T00:00:00.000Z')) {
+    this.current = start;
+  }
+  now = (): Date => new Date(this.current);
+  advanceSeconds(seconds: number): void {
+    this.current += seconds * 1000;
+  }
+}
+
+export const appKey = 'test-app-key-0123456789';
+export const adminKey = 'test-admin-key-0123456789';
+
+export interface TestApp {
+  app: FastifyInstance;
+  ledger: Ledger;
+  database: TestDatabase;
+  clock: TestClock;
+  /** Calls the API through Fastify's HTTP stack with the app key (or the one given). */
+  call(method: InjectOptions['method'], url: string, body?: unknown, key?: string | null): Promise<{ status: number; body: any }>;
+  admin(method: InjectOptions['method'], url: string, body?: unknown): Promise<{ status: number; body: any }>;
+  close(): Promise<void>;
+}
+
+export async function createTestApp(options: { adjustmentCreditsMax?: number; poolSize?: number } = {}): Promise<TestApp> {
+  const database = await createTestDatabase(options.poolSize ?? 20);
+  const clock = new TestClock();
+  const ledger = new Ledger(database.db, { clock: clock.now, adjustmentCreditsMax: options.adjustmentCreditsMax ?? 100_000 });
+  const app = await buildServer({
+    db: database.db,
+    ledger,
+    metrics: new Metrics(database.db),
+    keys: { apiKey: appKey, adminKey },
+    logLevel: 'silent',
+    version: 'test',
+  });
+  const call: TestApp['call'] = async (method, url, body, key = appKey) => {
+    const headers: Record<string, string> = {};
+    if (key !== null) headers.authorization = `Bearer ${key}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const response = await app.inject({ method, url, headers, payload: body === undefined ? undefined : JSON.stringify(body) });
+    const text = response.body;
+    const parsed: unknown = response.headers['content-type']?.toString().includes('json') && text !== '' ? JSON.parse(text) : text;
+    return { status: response.statusCode, body: parsed };
+  };
+  return {
+    app,
+    ledger,
+    database,
+    clock,
+    call,
+    admin: (method, url, body) => call(method, url, body, adminKey),
+    close: async () => {
+      await app.close();
+      await database.close();
+    },
+  };
+}
+
+/** Creates an account and gives it credits through the admin API. */
+export async function fundedAccount(test: TestApp, accountId: string, credits: number, grant: Record<string, unknown> = {}): Promise<void> {
+  const created = await test.call('PUT', `/v1/accounts/${accountId}`, {});
+  if (created.status !== 200) throw new Error(`account ${accountId}: ${JSON.stringify(created.body)}`);
+  if (credits === 0) return;
+  const granted = await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
+    amount: credits,
+    source: 'promo',
+    reason: 'test funding',
+    idempotency_key: `fund-${accountId}-${Math.random()}`,
+    ...grant,
+  });
+  if (granted.status !== 201) throw new Error(`grant to ${accountId}: ${JSON.stringify(granted.body)}`);
+}
+
+/** Ledger facts read straight from the database, for assertions. */
+export async function ledgerFacts(test: TestApp, accountId: string) {
+  const { rows } = await test.database.db.query<{ available: number; held: number; debt: number; entry_sum: number; grant_sum: number; entry_count: number }>(
+    `select a.available, a.held, a.debt,
+       (select coalesce(sum(amount), 0) from entries where account_id = a.id)::bigint as entry_sum,
+       (select coalesce(sum(remaining), 0) from grants where account_id = a.id)::bigint as grant_sum,
+       (select count(*) from entries where account_id = a.id)::bigint as entry_count
+     from accounts a where id = $1`,
+    [accountId],
+  );
+  const row = rows[0];
+  if (row === undefined) throw new Error(`no account ${accountId}`);
+  return row;
+}
