@@ -172,7 +172,7 @@ describe('health, metrics and description', () => {
       ['/healthz', 'get'],
       ['/readyz', 'get'],
       ['/metrics', 'get'],
-    ]) {
+    ] as const) {
       assert.ok(paths[path]?.[method], `${method} ${path} is described`);
     }
     assert.equal(paths['/v1/accounts/{id}/usage'].post.requestBody.content['application/json'].schema.properties.amount.type, 'integer');

@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Ledger } from '../../src/ledger/ledger.js';
+import { Database } from '../../src/db/database.js';
+import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
+
+// Real parallel connections: the pool is larger than the number of requests in flight that
+// matter, so transactions truly race inside PostgreSQL.
+let test: TestApp;
+before(async () => {
+  test = await createTestApp({ poolSize: 50 });
+});
+after(async () => {
+  await test.close();
+});
+
+const countBy = <T>(items: T[], key: (item: T) => string | number): Record<string, number> =>
+  items.reduce<Record<string, number>>((counts, item) => {
+    const name = String(key(item));
+    counts[name] = (counts[name] ?? 0) + 1;
+    return counts;
+  }, {});
+
+async function assertReconciled(accountId: string): Promise<void> {
+  const facts = await ledgerFacts(test, accountId);
+  assert.equal(facts.available - facts.debt, facts.entry_sum, `${accountId}: available - debt equals the sum of entries`);
+  assert.equal(facts.available, facts.grant_sum, `${accountId}: available equals the grants' remaining`);
+}
+
+describe('races', () => {
+  it('accepts exactly 100 of 200 parallel spends of 10 against 1000 (no overdraft)', async () => {
+    await fundedAccount(test, 'race-1', 1000);
+    const responses = await Promise.all(
+      Array.from({ length: 200 }, (_, index) => test.call('POST', '/v1/accounts/race-1/usage', { amount: 10, idempotency_key: `race-1-${index}` })),
+    );
+    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 100, 402: 100 });
+    assert.equal((await test.call('GET', '/v1/accounts/race-1/balance')).body.available, 0);
+    await assertReconciled('race-1');
+  });
+
+  it('turns one key sent 50 times in parallel into one entry and 49 replays', async () => {
+    await fundedAccount(test, 'race-2', 1000);
+    const before = await ledgerFacts(test, 'race-2');
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () => test.call('POST', '/v1/accounts/race-2/usage', { amount: 7, idempotency_key: 'race-2-once' })),
+    );
+    assert.ok(responses.every((response) => response.status === 200));
+    assert.deepEqual(countBy(responses, (response) => String(response.body.replayed)), { false: 1, true: 49 });
+    assert.equal(new Set(responses.map((response) => response.body.entry_id)).size, 1);
+    const after = await ledgerFacts(test, 'race-2');
+    assert.equal(after.entry_count, before.entry_count + 1);
+    assert.equal(after.available, 993);
+  });
+
+  it('lets exactly one of a racing capture and void resolve each hold', async () => {
+    await fundedAccount(test, 'race-3', 1000);
+    for (let round = 0; round < 20; round += 1) {
+      const hold = await test.call('POST', '/v1/accounts/race-3/holds', { amount: 10, idempotency_key: `race-3-${round}` });
+      const [capture, voided] = await Promise.all([
+        test.call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { amount: 4 }),
+        test.call('POST', `/v1/holds/${hold.body.hold_id}/void`),
+      ]);
+      assert.deepEqual([capture.status, voided.status].sort(), [200, 409], `round ${round}`);
+    }
+    const holds = await test.database.db.query<{ status: string; count: number }>(
+      `select status, count(*)::int as count from holds where account_id = 'race-3' group by status`,
+    );
+    assert.equal(holds.rows.reduce((sum, row) => sum + row.count, 0), 20);
+    const resolutions = await test.database.db.query<{ count: number }>(
+      `select count(*)::int as count from entries where account_id = 'race-3' and kind in ('capture', 'release') and hold_id is not null
+       group by hold_id having count(*) > 2`,
+    );
+    assert.equal(resolutions.rows.length, 0, 'no hold resolved twice');
+    await assertReconciled('race-3');
+  });
+
+  it('answers one success and conflicts when one key races on different accounts', async () => {
+    const accounts = Array.from({ length: 10 }, (_, index) => `race-4-${index}`);
+    for (const account of accounts) await fundedAccount(test, account, 100);
+    const responses = await Promise.all(
+      accounts.map((account) => test.call('POST', `/v1/accounts/${account}/usage`, { amount: 1, idempotency_key: 'race-4-shared' })),
+    );
+    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 1, 409: 9 });
+  });
+
+  it('never lets a deadlock or serialization failure reach a client when batches overlap', async () => {
+    const accounts = Array.from({ length: 8 }, (_, index) => `race-5-${index}`);
+    for (const account of accounts) await fundedAccount(test, account, 500);
+    const batch = (round: number) => {
+      // Each batch names the accounts in another order; the database locks them in id order.
+      const shuffled = [...accounts].sort(() => Math.random() - 0.5);
+      return test.call('POST', '/v1/usage/batch', {
+        events: shuffled.map((account, index) => ({ account_id: account, amount: 1, idempotency_key: `race-5-${round}-${index}` })),
+      });
+    };
+    const singles = (round: number) => test.call('POST', `/v1/accounts/${accounts[round % 8]}/usage`, { amount: 1, idempotency_key: `race-5-single-${round}` });
+    const responses = await Promise.all([...Array.from({ length: 30 }, (_, round) => batch(round)), ...Array.from({ length: 30 }, (_, round) => singles(round))]);
+    assert.ok(responses.every((response) => response.status === 200), JSON.stringify(responses.find((response) => response.status !== 200)));
+    for (const account of accounts) await assertReconciled(account);
+    const spent = accounts.map(async (account) => 500 - (await test.call('GET', `/v1/accounts/${account}/balance`)).body.available);
+    const total = (await Promise.all(spent)).reduce((sum, value) => sum + value, 0);
+    assert.equal(total, 30 * 8 + 30);
+  });
+
+  it('loses no update across random concurrent operations from two processes', async () => {
+    // A second Ledger with its own pool stands in for a second Tally process on the database.
+    const otherDb = new Database({ url: test.database.url, poolSize: 20, statementTimeoutMilliseconds: 30_000 });
+    const other = new Ledger(otherDb, { clock: test.clock.now, adjustmentCreditsMax: 100_000 });
+    try {
+      const accounts = ['race-6-a', 'race-6-b', 'race-6-c'];
+      for (const account of accounts) await fundedAccount(test, account, 300);
+      const expected: Record<string, number> = Object.fromEntries(accounts.map((account) => [account, 300]));
+      const operations = Array.from({ length: 300 }, async (_, index) => {
+        const ledger = index % 2 === 0 ? test.ledger : other;
+        const account = accounts[index % 3] ?? 'race-6-a';
+        const amount = 1 + (index % 7);
+        const kind = index % 5;
+        if (kind === 0) {
+          const outcome = await ledger.grant(account, { amount, source: 'promo', reason: 'race', idempotency_key: `race-6-g-${index}`, priority: 0 });
+          if (outcome.status === 201) expected[account] = (expected[account] ?? 0) + amount;
+        } else if (kind === 1) {
+          const outcome = await ledger.hold(account, { amount, idempotency_key: `race-6-h-${index}`, expires_in_seconds: 600 }, 'app');
+          if (outcome.status === 201) {
+            const captured = await ledger.capture(String(outcome.body.hold_id), amount - 1, 'app');
+            assert.equal(captured.captured, amount - 1);
+            expected[account] = (expected[account] ?? 0) - (amount - 1);
+          }
+        } else {
+          const outcome = await ledger.usage(account, { amount, idempotency_key: `race-6-u-${index}` }, 'app');
+          if (outcome.status === 200) expected[account] = (expected[account] ?? 0) - amount;
+          else assert.equal(outcome.status, 402);
+        }
+      });
+      await Promise.all(operations);
+      for (const account of accounts) {
+        assert.equal((await test.ledger.balance(account)).available, expected[account], account);
+        await assertReconciled(account);
+      }
+    } finally {
+      await otherDb.close();
+    }
+  });
+});
