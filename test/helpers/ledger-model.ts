@@ -1,0 +1,147 @@
+/**
+ * A small in-memory reference model of one account's ledger: grants with priority and expiry,
+ * spends, holds with lifetimes, captures, voids, request keys and time. It states the rules
+ * in the plainest way, so that the database can be compared with it after every step.
+ */
+export interface ModelGrant {
+  seq: number;
+  priority: number;
+  createdAt: number;
+  expiresAt: number | null;
+  remaining: number;
+}
+
+interface ModelHold {
+  amount: number;
+  allocations: { grant: ModelGrant; credits: number }[];
+  status: 'pending' | 'captured' | 'voided' | 'expired';
+  expiresAt: number;
+  createdSeq: number;
+}
+
+interface StoredKey {
+  operation: string;
+  payload: string;
+  status: number;
+}
+
+export class LedgerModel {
+  grants: ModelGrant[] = [];
+  held = 0;
+  private holds = new Map<string, ModelHold>();
+  private keys = new Map<string, StoredKey>();
+  private seq = 0;
+
+  constructor(public now: number) {}
+
+  isLive(grant: ModelGrant): boolean {
+    return grant.expiresAt === null || grant.expiresAt > this.now;
+  }
+
+  available(): number {
+    return this.grants.filter((grant) => this.isLive(grant)).reduce((sum, grant) => sum + grant.remaining, 0);
+  }
+
+  effectiveRemaining(): number[] {
+    return this.grants.map((grant) => (this.isLive(grant) ? grant.remaining : 0));
+  }
+
+  /** Answers a key seen before, or undefined to go on. */
+  private replay(key: string, operation: string, payload: string): number | undefined {
+    const prior = this.keys.get(key);
+    if (prior === undefined) return undefined;
+    return prior.operation === operation && prior.payload === payload ? prior.status : 409;
+  }
+
+  private spendOrder(): ModelGrant[] {
+    const expiry = (grant: ModelGrant) => grant.expiresAt ?? Number.POSITIVE_INFINITY;
+    return this.grants
+      .filter((grant) => grant.remaining > 0 && this.isLive(grant))
+      .sort((a, b) => a.priority - b.priority || expiry(a) - expiry(b) || a.createdAt - b.createdAt || a.seq - b.seq);
+  }
+
+  private take(amount: number): { grant: ModelGrant; credits: number }[] {
+    const allocations: { grant: ModelGrant; credits: number }[] = [];
+    let left = amount;
+    for (const grant of this.spendOrder()) {
+      if (left === 0) break;
+      const credits = Math.min(grant.remaining, left);
+      grant.remaining -= credits;
+      allocations.push({ grant, credits });
+      left -= credits;
+    }
+    if (left !== 0) throw new Error('model: take beyond available');
+    return allocations;
+  }
+
+  private release(hold: ModelHold, captured: number, status: ModelHold['status']): void {
+    let left = hold.amount - captured;
+    for (const allocation of [...hold.allocations].reverse()) {
+      if (left === 0) break;
+      const give = Math.min(allocation.credits, left);
+      left -= give;
+      if (this.isLive(allocation.grant)) allocation.grant.remaining += give;
+    }
+    this.held -= hold.amount;
+    hold.status = status;
+  }
+
+  /** Releases holds past their expiry (oldest first); expired grants count for nothing. */
+  settle(): void {
+    const due = [...this.holds.values()].filter((hold) => hold.status === 'pending' && hold.expiresAt <= this.now);
+    for (const hold of due.sort((a, b) => a.createdSeq - b.createdSeq)) this.release(hold, 0, 'expired');
+    for (const grant of this.grants) if (!this.isLive(grant)) grant.remaining = 0;
+  }
+
+  grant(key: string, amount: number, priority: number, expiresInSeconds: number | null): number {
+    const payload = JSON.stringify([amount, priority, expiresInSeconds === null ? null : this.now + expiresInSeconds * 1000]);
+    const replayed = this.replay(key, 'grant', payload);
+    if (replayed !== undefined) return replayed;
+    this.settle();
+    this.seq += 1;
+    this.grants.push({ seq: this.seq, priority, createdAt: this.now, expiresAt: expiresInSeconds === null ? null : this.now + expiresInSeconds * 1000, remaining: amount });
+    this.keys.set(key, { operation: 'grant', payload, status: 201 });
+    return 201;
+  }
+
+  usage(key: string, amount: number): number {
+    const replayed = this.replay(key, 'usage', String(amount));
+    if (replayed !== undefined) return replayed;
+    this.settle();
+    const status = this.available() < amount ? 402 : 200;
+    if (status === 200) this.take(amount);
+    this.keys.set(key, { operation: 'usage', payload: String(amount), status });
+    return status;
+  }
+
+  hold(key: string, amount: number, lifetimeSeconds: number): number {
+    const payload = JSON.stringify([amount, lifetimeSeconds]);
+    const replayed = this.replay(key, 'hold', payload);
+    if (replayed !== undefined) return replayed;
+    this.settle();
+    const status = this.available() < amount ? 402 : 201;
+    if (status === 201) {
+      this.seq += 1;
+      this.holds.set(key, { amount, allocations: this.take(amount), status: 'pending', expiresAt: this.now + lifetimeSeconds * 1000, createdSeq: this.seq });
+      this.held += amount;
+    }
+    this.keys.set(key, { operation: 'hold', payload, status });
+    return status;
+  }
+
+  hasHold(key: string): boolean {
+    return this.holds.has(key);
+  }
+
+  /** captured undefined means void. Returns the status and, for 409, the hold's status. */
+  resolve(key: string, captured: number | undefined): { status: number; holdStatus?: string } {
+    const hold = this.holds.get(key);
+    if (hold === undefined) throw new Error('model: no such hold');
+    if (hold.status !== 'pending') return { status: 409, holdStatus: hold.status };
+    if (hold.expiresAt <= this.now) return { status: 409, holdStatus: 'expired' };
+    if (captured !== undefined && captured > hold.amount) return { status: 400 };
+    this.release(hold, captured ?? 0, captured === undefined ? 'voided' : 'captured');
+    this.settle();
+    return { status: 200 };
+  }
+}
