@@ -288,8 +288,8 @@ end $$;
 
 -- A batch of usage events in one transaction. Accounts are locked in id order (events sorted
 -- by account, keeping each account's events in the order given), and the results come back
--- in the order of the request.
-create function tally_usage_batch(p_events jsonb, p_actor text, p_now timestamptz)
+-- in the order of the request. Each event names its actor.
+create function tally_usage_batch(p_events jsonb, p_now timestamptz)
   returns jsonb language plpgsql as $$
 declare
   e record;
@@ -300,7 +300,7 @@ begin
     order by value->>'account_id' collate "C", ordinality
   loop
     v_results[e.ordinality] := tally_usage(e.value->>'account_id', (e.value->>'amount')::bigint,
-      e.value->>'idempotency_key', e.value->>'payload_hash', p_actor,
+      e.value->>'idempotency_key', e.value->>'payload_hash', e.value->>'actor',
       coalesce(e.value->'reference', '{}'::jsonb), p_now);
   end loop;
   return to_jsonb(v_results);

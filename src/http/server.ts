@@ -4,6 +4,7 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Database } from '../db/database.js';
 import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
+import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
 import { KeyChecker } from './auth.js';
 import { renderError } from './errors.js';
@@ -12,6 +13,9 @@ import { defineRoute, registerRoutes, type RouteDefinition } from './route.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
 
 export const bodyLimitBytes = 1024 * 1024;
+// Few batches in flight is what makes batches form: spends arriving meanwhile queue up and share
+// the next commit. Four keeps two cores busy without spreading a hot account over many commits.
+export const usageBatchesConcurrentMax = 4;
 
 export interface ServerOptions {
   db: Database;
@@ -51,7 +55,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     options.metrics.requestSeconds.observe({ route }, reply.elapsedTime / 1000);
   });
 
-  const routes = [...ledgerRoutes(options.ledger), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
+  const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
   const document = buildOpenApi(routes, options.version);
   routes.push(
     defineRoute({

@@ -105,13 +105,23 @@ export class Ledger {
     ]);
   }
 
-  /** A batch of usage events in one transaction; one answer per event, in order. */
-  async usageBatch(events: BatchEvent[], actor: Actor): Promise<Outcome[]> {
-    const prepared = events.map((event) => {
+  /**
+   * A batch of usage events in one transaction; one answer per event, in order. The actor is
+   * one for the whole batch or one per event.
+   */
+  async usageBatch(events: BatchEvent[], actor: Actor | Actor[]): Promise<Outcome[]> {
+    const prepared = events.map((event, index) => {
       const { idempotency_key: key, account_id: accountId, ...payload } = event;
-      return { account_id: accountId, amount: event.amount, idempotency_key: key, payload_hash: payloadHash(payload), reference: usageReference(event) };
+      return {
+        account_id: accountId,
+        amount: event.amount,
+        idempotency_key: key,
+        payload_hash: payloadHash(payload),
+        reference: usageReference(event),
+        actor: Array.isArray(actor) ? actor[index] : actor,
+      };
     });
-    const outcomes = await this.db.callJson<Outcome[]>('select tally_usage_batch($1, $2, $3) as result', [JSON.stringify(prepared), actor, this.now()]);
+    const outcomes = await this.db.callJson<Outcome[]>('select tally_usage_batch($1, $2) as result', [JSON.stringify(prepared), this.now()]);
     assertInvariant(outcomes.length === events.length, 'batch answered a different number of results');
     return outcomes;
   }

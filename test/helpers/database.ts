@@ -15,11 +15,26 @@ export interface TestDatabase {
   close(): Promise<void>;
 }
 
-/** A fresh, migrated database cloned from the run's template; one per test file. */
-export async function createTestDatabase(poolSize = 20): Promise<TestDatabase> {
+function testServer(): { serverUrl: string; template: string } {
   const serverUrl = process.env.TALLY_TEST_SERVER_URL;
   const template = process.env.TALLY_TEST_TEMPLATE;
   if (serverUrl === undefined || template === undefined) throw new Error('run the tests with `npm test` (it starts PostgreSQL)');
+  return { serverUrl, template };
+}
+
+/** An empty database (no migrations), dropped with the run. */
+export async function createEmptyDatabase(): Promise<string> {
+  const { serverUrl, template } = testServer();
+  const name = `${template}_empty_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  await admin.query(`create database ${name}`).finally(() => admin.end());
+  return databaseUrlFor(serverUrl, name);
+}
+
+/** A fresh, migrated database cloned from the run's template; one per test file. */
+export async function createTestDatabase(poolSize = 20): Promise<TestDatabase> {
+  const { serverUrl, template } = testServer();
   const name = `${template}_${randomBytes(5).toString('hex')}`;
   const admin = new pg.Client({ connectionString: serverUrl });
   await admin.connect();

@@ -10,6 +10,7 @@ import {
   usageInputSchema,
 } from '../../ledger/commands.js';
 import type { Actor, Ledger, Outcome } from '../../ledger/ledger.js';
+import type { UsageBatcher } from '../../ledger/usage-batcher.js';
 import type { Caller } from '../auth.js';
 import { defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
 
@@ -20,7 +21,7 @@ const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: ou
 
 const errorResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 404: 'account_not_found' };
 
-export function ledgerRoutes(ledger: Ledger): RouteDefinition[] {
+export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher): RouteDefinition[] {
   return [
     defineRoute({
       method: 'PUT',
@@ -58,7 +59,7 @@ export function ledgerRoutes(ledger: Ledger): RouteDefinition[] {
       summary: 'Spend credits (idempotent by key)',
       body: usageInputSchema,
       responses: { 200: '{entry_id, amount, available, replayed}', 402: 'insufficient_credits {available}', 409: 'idempotency_conflict', ...errorResponses },
-      handler: async ({ params, body, caller }) => answer(await ledger.usage(accountId(params), body, actorOf(caller))),
+      handler: async ({ params, body, caller }) => answer(await usageBatcher.spend(accountId(params), body, actorOf(caller))),
     }),
     defineRoute({
       method: 'POST',

@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { after, before, it } from 'node:test';
+import { UsageBatcher } from '../../src/ledger/usage-batcher.js';
+import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
+
+let test: TestApp;
+before(async () => {
+  test = await createTestApp({ poolSize: 30 });
+});
+after(async () => {
+  await test.close();
+});
+
+it('shares commits between concurrent spends and answers each as a spend alone would', async () => {
+  await fundedAccount(test, 'group-1', 500);
+  const batcher = new UsageBatcher(test.ledger, 2);
+  const outcomes = await Promise.all(
+    Array.from({ length: 120 }, (_, index) => batcher.spend('group-1', { amount: 5, idempotency_key: `group-1-${index % 110}` }, 'app')),
+  );
+  const first = outcomes.slice(0, 110).map((outcome) => outcome.status);
+  assert.equal(first.filter((status) => status === 200).length, 100, '500 credits pay for exactly 100 spends of 5');
+  assert.equal(first.filter((status) => status === 402).length, 10);
+  outcomes.slice(110).forEach((replay, index) => {
+    const original = outcomes[index];
+    assert.equal(replay.status, original?.status, 'a replay answers as its first outcome');
+    // Concurrent batches have no order between them, so either of the two may be the first.
+    if (replay.status === 200) {
+      assert.equal(replay.body.entry_id, original?.body.entry_id);
+      assert.deepEqual([replay.body.replayed, original?.body.replayed].sort(), [false, true]);
+    } else {
+      assert.deepEqual(replay.body, original?.body);
+    }
+  });
+  const facts = await ledgerFacts(test, 'group-1');
+  assert.equal(facts.available, 0);
+  assert.equal(facts.entry_sum, 0);
+  // Rows written by one transaction share its xmin: fewer transactions than spends means the
+  // spends really were committed together.
+  const transactions = await test.database.db.query<{ count: number }>(
+    `select count(distinct xmin::text)::int as count from entries where account_id = 'group-1' and kind = 'usage'`,
+  );
+  assert.ok((transactions.rows[0]?.count ?? 0) < 100, `100 spends in ${transactions.rows[0]?.count} transactions`);
+});
+
+it('applies each spend alone when the batch transaction fails, so only a broken spend fails', async () => {
+  await fundedAccount(test, 'group-2', 100);
+  const failing = Object.create(test.ledger) as typeof test.ledger;
+  failing.usageBatch = async () => {
+    throw new Error('batch transaction lost');
+  };
+  const batcher = new UsageBatcher(failing, 1);
+  const outcomes = await Promise.all(
+    Array.from({ length: 10 }, (_, index) => batcher.spend('group-2', { amount: 1, idempotency_key: `group-2-${index}` }, 'app')),
+  );
+  assert.ok(outcomes.every((outcome) => outcome.status === 200));
+  assert.equal((await ledgerFacts(test, 'group-2')).available, 90);
+});

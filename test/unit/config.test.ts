@@ -1,0 +1,45 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { loadConfig, resolveApiKeys } from '../../src/config.js';
+import { canonicalJson, payloadHash } from '../../src/ledger/payload-hash.js';
+
+describe('configuration', () => {
+  it('reads defaults and lists of webhook secrets', () => {
+    const config = loadConfig({ STRIPE_WEBHOOK_SECRET: 'whsec_a, whsec_b' });
+    assert.equal(config.port, 3000);
+    assert.equal(config.host, '127.0.0.1');
+    assert.equal(config.databaseUrl, undefined);
+    assert.deepEqual(config.stripeWebhookSecrets, ['whsec_a', 'whsec_b']);
+  });
+
+  it('stops on a bad setting with a message naming it, without echoing secrets', () => {
+    assert.throws(() => loadConfig({ PORT: 'eighty' }), /PORT/);
+    assert.throws(() => loadConfig({ DATABASE_URL: 'mysql://x' }), /DATABASE_URL/);
+    assert.throws(() => loadConfig({ TALLY_API_KEY: 'short-secret' }), (error: Error) => /TALLY_API_KEY/.test(error.message) && !error.message.includes('short-secret'));
+  });
+
+  it('generates keys once into the data folder (mode 0600) and reuses them', () => {
+    const directory = mkdtempSync(join(tmpdir(), 'tally-keys-'));
+    const config = loadConfig({ TALLY_DATA_DIR: directory });
+    const first = resolveApiKeys(config);
+    assert.equal(first.generated, true);
+    assert.notEqual(first.apiKey, first.adminKey);
+    assert.equal(statSync(join(directory, 'keys.json')).mode & 0o777, 0o600);
+    const second = resolveApiKeys(config);
+    assert.equal(second.generated, false);
+    assert.equal(second.apiKey, first.apiKey);
+    const fromEnvironment = resolveApiKeys(loadConfig({ TALLY_DATA_DIR: directory, TALLY_API_KEY: 'x'.repeat(20), TALLY_ADMIN_KEY: 'y'.repeat(20) }));
+    assert.equal(fromEnvironment.source, 'environment');
+  });
+});
+
+describe('payload hash', () => {
+  it('ignores field order and undefined fields, and sees every value', () => {
+    assert.equal(canonicalJson({ b: 1, a: { d: [1, 2], c: null } }), '{"a":{"c":null,"d":[1,2]},"b":1}');
+    assert.equal(payloadHash({ a: 1, b: 2 }), payloadHash({ b: 2, a: 1, c: undefined }));
+    assert.notEqual(payloadHash({ amount: 10 }), payloadHash({ amount: 11 }));
+  });
+});
