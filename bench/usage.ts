@@ -10,6 +10,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Agent, request } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { Database } from '../src/db/database.js';
@@ -72,6 +73,7 @@ async function main(): Promise<void> {
   const app = await buildServer({ db, ledger, metrics: new Metrics(db), keys: { apiKey: appKey, adminKey: `${appKey}-admin` }, logLevel: 'silent', version: 'bench' });
   const address = await app.listen({ port: 0, host: '127.0.0.1' });
   const batcher = new UsageBatcher(ledger, usageBatchesConcurrentMax);
+  const agent = new Agent({ keepAlive: true, maxSockets: clientCount });
 
   try {
     await setUp(db);
@@ -93,13 +95,8 @@ async function main(): Promise<void> {
           if (outcome.status !== 200) throw new Error(`spend refused: ${JSON.stringify(outcome)}`);
         }));
         record(`${scenario} tally http`, await measure(async (client, sequence) => {
-          const response = await fetch(`${address}/v1/accounts/${account(client, sequence)}/usage`, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${appKey}`, 'content-type': 'application/json' },
-            body: JSON.stringify({ amount: 1, idempotency_key: `h${tag}-${client}-${sequence}` }),
-          });
-          if (response.status !== 200) throw new Error(`spend refused: ${response.status} ${await response.text()}`);
-          await response.arrayBuffer();
+          const status = await post(agent, `${address}/v1/accounts/${account(client, sequence)}/usage`, JSON.stringify({ amount: 1, idempotency_key: `h${tag}-${client}-${sequence}` }));
+          if (status !== 200) throw new Error(`spend refused: ${status}`);
         }));
       }
       process.stderr.write(`round ${round}/${roundCount} done\n`);
@@ -126,6 +123,18 @@ async function setUp(db: Database): Promise<void> {
   await db.query(`create table bench_baseline_entries (id bigint generated always as identity primary key, account_id text not null, amount bigint not null, created_at timestamptz not null default now())`);
   await db.query(`insert into bench_baseline_accounts select id, ${credits} from accounts`);
   await db.query('vacuum analyze');
+}
+
+/** A keep-alive HTTP POST with the app key; answers the status. */
+function post(agent: Agent, url: string, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const outgoing = request(url, { method: 'POST', agent, headers: { authorization: `Bearer ${appKey}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
+      response.resume();
+      response.on('end', () => resolve(response.statusCode ?? 0));
+    });
+    outgoing.on('error', reject);
+    outgoing.end(body);
+  });
 }
 
 /** The baseline: the read-lock-modify-write transaction most hand-written ledgers use. */
