@@ -7,7 +7,8 @@
  * `tally http` is the whole path, HTTP client and server sharing this process's cores. Prints spends per second, p50 and p99 latency,
  * and ratios to the baseline; each figure is the median of several rounds.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { pino } from 'pino';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'node:http';
@@ -16,10 +17,10 @@ import pg from 'pg';
 import { Database } from '../src/db/database.js';
 import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
 import { migrate } from '../src/db/migrate.js';
-import { buildServer, usageBatchesConcurrentMax } from '../src/http/server.js';
-import { Ledger } from '../src/ledger/ledger.js';
+import { assemble } from '../src/app.js';
+import { parseCatalog } from '../src/billing/catalog.js';
+import { usageBatchesConcurrentMax } from '../src/http/server.js';
 import { UsageBatcher } from '../src/ledger/usage-batcher.js';
-import { Metrics } from '../src/ops/metrics.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 
 const clientCount = 64;
@@ -69,8 +70,16 @@ async function main(): Promise<void> {
   const url = databaseUrlFor(serverUrl, name);
   await migrate(url);
   const db = new Database({ url, poolSize: clientCount, statementTimeoutMilliseconds: 60_000 });
-  const ledger = new Ledger(db, { adjustmentCreditsMax: 100_000 });
-  const app = await buildServer({ db, ledger, metrics: new Metrics(db), keys: { apiKey: appKey, adminKey: `${appKey}-admin` }, logLevel: 'silent', version: 'bench' });
+  const { app, ledger, close } = await assemble({
+    db,
+    catalog: parseCatalog(JSON.parse(readFileSync('plans.example.json', 'utf8'))),
+    keys: { apiKey: appKey, adminKey: `${appKey}-admin` },
+    logger: pino({ level: 'silent' }),
+    logLevel: 'silent',
+    version: 'bench',
+    webhookSecrets: [],
+    sweepIntervalSeconds: 60,
+  });
   const address = await app.listen({ port: 0, host: '127.0.0.1' });
   const batcher = new UsageBatcher(ledger, usageBatchesConcurrentMax);
   const agent = new Agent({ keepAlive: true, maxSockets: clientCount });
@@ -103,7 +112,7 @@ async function main(): Promise<void> {
     }
     report(results);
   } finally {
-    await app.close();
+    await close();
     await db.close();
     const admin = new pg.Client({ connectionString: serverUrl });
     await admin.connect();

@@ -1,15 +1,12 @@
 import type { FastifyInstance } from 'fastify';
 import { readFileSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
+import { assemble } from './app.js';
 import { loadCatalog, type Catalog } from './billing/catalog.js';
 import { resolveApiKeys, type ApiKeys, type Config } from './config.js';
 import { Database } from './db/database.js';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from './db/embedded.js';
 import { migrate } from './db/migrate.js';
-import { buildServer } from './http/server.js';
-import { Ledger } from './ledger/ledger.js';
-import { Sweeper } from './ledger/sweeper.js';
-import { Metrics } from './ops/metrics.js';
 
 /**
  * Start: config → database → migrations → server + worker, and the way back down. Shutdown
@@ -48,18 +45,26 @@ export async function startTally(config: Config): Promise<Tally> {
   try {
     await migrate(databaseUrl, (line) => logger.info(line));
     const db = new Database({ url: databaseUrl, poolSize: config.databasePoolSize, statementTimeoutMilliseconds: config.statementTimeoutMilliseconds });
-    const ledger = new Ledger(db, { adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max });
-    const metrics = new Metrics(db);
-    const app = await buildServer({ db, ledger, metrics, keys, logLevel: config.logLevel, version });
-    const sweeper = new Sweeper(ledger, logger, config.sweepIntervalSeconds);
-    const url = await app.listen({ port: config.port, host: config.host });
-    sweeper.start();
+    const parts = await assemble({
+      db,
+      catalog,
+      keys,
+      logger,
+      logLevel: config.logLevel,
+      version,
+      stripeSecretKey: config.stripeSecretKey,
+      stripeApiBase: config.stripeApiBase,
+      webhookSecrets: config.stripeWebhookSecrets,
+      sweepIntervalSeconds: config.sweepIntervalSeconds,
+    });
+    const url = await parts.app.listen({ port: config.port, host: config.host });
+    parts.startBackground();
     const close = async (): Promise<void> => {
-      await app.close();
-      await sweeper.stop();
+      await parts.close();
       await db.close();
       await embedded?.stop();
     };
+    const app = parts.app;
     return { app, url, keys, catalog, dataDirectory: config.dataDirectory, db, logger, close };
   } catch (error) {
     await embedded?.stop();

@@ -11,6 +11,7 @@ import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defineRoute, registerRoutes, type RouteDefinition } from './route.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
+import { stripeRoutes, webhookRoute, type StripeRouteDependencies } from './routes/stripe-routes.js';
 
 export const bodyLimitBytes = 1024 * 1024;
 // Few batches in flight is what makes batches form: spends arriving meanwhile queue up and share
@@ -24,7 +25,8 @@ export interface ServerOptions {
   keys: { apiKey: string; adminKey: string };
   logLevel: string;
   version: string;
-  /** Routes of later features (webhooks, admin), declared the same way. */
+  stripe: StripeRouteDependencies;
+  /** Routes of later features (operations), declared the same way. */
   extraRoutes?: RouteDefinition[];
 }
 
@@ -56,8 +58,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
 
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
-  const document = buildOpenApi(routes, options.version);
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher), ...stripeRoutes(options.stripe), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
+  const rawBodyRoutes = [webhookRoute(options.stripe)];
+  const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(
     defineRoute({
       method: 'GET',
@@ -70,7 +73,14 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       handler: async () => ({ status: 200, body: document }),
     }),
   );
-  registerRoutes(app, routes, new KeyChecker(options.keys));
+  const keys = new KeyChecker(options.keys);
+  registerRoutes(app, routes, keys);
+  // The webhook signature covers the exact bytes Stripe sent, so this scope keeps them raw.
+  await app.register(async (scope) => {
+    scope.removeContentTypeParser('application/json');
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+    registerRoutes(scope, rawBodyRoutes, keys);
+  });
   await app.register(swagger, { mode: 'static', specification: { document: document as never } });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   return app;

@@ -1,7 +1,10 @@
 import type { FastifyInstance, InjectOptions } from 'fastify';
-import { buildServer } from '../../src/http/server.js';
-import { Ledger } from '../../src/ledger/ledger.js';
-import { Metrics } from '../../src/ops/metrics.js';
+import { readFileSync } from 'node:fs';
+import { pino } from 'pino';
+import { assemble, type Assembled } from '../../src/app.js';
+import { parseCatalog, type Catalog } from '../../src/billing/catalog.js';
+import type { Ledger } from '../../src/ledger/ledger.js';
+import type { WorkerOptions } from '../../src/stripe/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 
 /** A test clock: starts at a fixed instant and moves only when told. */
@@ -19,9 +22,18 @@ export class TestClock {
 export const appKey = 'test-app-key-0123456789';
 export const adminKey = 'test-admin-key-0123456789';
 
+export const webhookSecret = 'whsec_test_secret_0123456789';
+
+/** The shipped example catalog, with a tighter adjustment limit when a test asks for one. */
+export function testCatalog(adjustmentCreditsMax = 100_000): Catalog {
+  const catalog = parseCatalog(JSON.parse(readFileSync('plans.example.json', 'utf8')));
+  return { ...catalog, limits: { admin_adjustment_credits_max: adjustmentCreditsMax } };
+}
+
 export interface TestApp {
   app: FastifyInstance;
   ledger: Ledger;
+  parts: Assembled;
   database: TestDatabase;
   clock: TestClock;
   /** Calls the API through Fastify's HTTP stack with the app key (or the one given). */
@@ -30,18 +42,40 @@ export interface TestApp {
   close(): Promise<void>;
 }
 
-export async function createTestApp(options: { adjustmentCreditsMax?: number; poolSize?: number } = {}): Promise<TestApp> {
-  const database = await createTestDatabase(options.poolSize ?? 20);
-  const clock = new TestClock();
-  const ledger = new Ledger(database.db, { clock: clock.now, adjustmentCreditsMax: options.adjustmentCreditsMax ?? 100_000 });
-  const app = await buildServer({
+export interface TestAppOptions {
+  adjustmentCreditsMax?: number;
+  poolSize?: number;
+  /** A database shared with another TestApp (a second Tally process on the same data). */
+  database?: TestDatabase;
+  stripeApiBase?: string;
+  workerOptions?: Partial<WorkerOptions>;
+  breakerHalfOpenAfterMilliseconds?: number;
+  clock?: TestClock;
+}
+
+/** Fast retries for tests: the worker retries within a fraction of a second. */
+export const testWorkerOptions: Partial<WorkerOptions> = { pollIntervalMilliseconds: 50, retryBaseSeconds: 0.05, retryDelaySecondsMax: 0.2, breakerWaitSeconds: 0.2 };
+
+export async function createTestApp(options: TestAppOptions = {}): Promise<TestApp> {
+  const database = options.database ?? (await createTestDatabase(options.poolSize ?? 20));
+  const clock = options.clock ?? new TestClock();
+  const parts = await assemble({
     db: database.db,
-    ledger,
-    metrics: new Metrics(database.db),
+    catalog: testCatalog(options.adjustmentCreditsMax),
     keys: { apiKey: appKey, adminKey },
+    logger: pino({ level: 'silent' }),
     logLevel: 'silent',
     version: 'test',
+    stripeSecretKey: options.stripeApiBase === undefined ? undefined : 'sk_test_fake',
+    stripeApiBase: options.stripeApiBase,
+    stripeBreakerHalfOpenAfterMilliseconds: options.breakerHalfOpenAfterMilliseconds ?? 500,
+    stripeTimeoutMilliseconds: 1000,
+    webhookSecrets: [webhookSecret],
+    workerOptions: { ...testWorkerOptions, ...options.workerOptions },
+    sweepIntervalSeconds: 60,
+    clock: clock.now,
   });
+  const { app, ledger } = parts;
   const call: TestApp['call'] = async (method, url, body, key = appKey) => {
     const headers: Record<string, string> = {};
     if (key !== null) headers.authorization = `Bearer ${key}`;
@@ -54,13 +88,14 @@ export async function createTestApp(options: { adjustmentCreditsMax?: number; po
   return {
     app,
     ledger,
+    parts,
     database,
     clock,
     call,
     admin: (method, url, body) => call(method, url, body, adminKey),
     close: async () => {
-      await app.close();
-      await database.close();
+      await parts.close();
+      if (options.database === undefined) await database.close();
     },
   };
 }

@@ -1,0 +1,84 @@
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Catalog } from './billing/catalog.js';
+import { trialGate } from './billing/trials.js';
+import type { Database } from './db/database.js';
+import { buildServer } from './http/server.js';
+import { Ledger } from './ledger/ledger.js';
+import { Sweeper } from './ledger/sweeper.js';
+import { Metrics } from './ops/metrics.js';
+import { StripeGateway } from './stripe/gateway.js';
+import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './stripe/worker.js';
+
+/**
+ * The parts of one Tally process, wired together: the ledger, the Stripe gateway and webhook
+ * worker, the sweep and the HTTP server. `tally start`, the tests and the bench all assemble
+ * Tally here, so they run the same thing.
+ */
+export interface AssembleOptions {
+  db: Database;
+  catalog: Catalog;
+  keys: { apiKey: string; adminKey: string };
+  logger: Logger;
+  logLevel: string;
+  version: string;
+  stripeSecretKey?: string | undefined;
+  stripeApiBase?: string | undefined;
+  stripeBreakerHalfOpenAfterMilliseconds?: number;
+  stripeTimeoutMilliseconds?: number;
+  webhookSecrets: string[];
+  workerOptions?: Partial<WorkerOptions>;
+  sweepIntervalSeconds: number;
+  /** The time for expiry decisions; undefined means the database's clock (tests move it). */
+  clock?: () => Date;
+}
+
+export interface Assembled {
+  app: FastifyInstance;
+  ledger: Ledger;
+  worker: WebhookWorker;
+  sweeper: Sweeper;
+  gateway: StripeGateway | undefined;
+  metrics: Metrics;
+  /** Starts the background work: the webhook worker and the sweep. */
+  startBackground(): void;
+  /** Stops intake, then the background work; the pool is the caller's to close. */
+  close(): Promise<void>;
+}
+
+export async function assemble(options: AssembleOptions): Promise<Assembled> {
+  const { db, catalog, logger } = options;
+  const ledger = new Ledger(db, { clock: options.clock, adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max });
+  const metrics = new Metrics(db);
+  const gateway =
+    options.stripeSecretKey === undefined
+      ? undefined
+      : new StripeGateway({
+          secretKey: options.stripeSecretKey,
+          apiBase: options.stripeApiBase,
+          halfOpenAfterMilliseconds: options.stripeBreakerHalfOpenAfterMilliseconds,
+          timeoutMilliseconds: options.stripeTimeoutMilliseconds,
+        });
+  const worker = new WebhookWorker(db, catalog, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock });
+  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db) };
+  const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe });
+  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds);
+  return {
+    app,
+    ledger,
+    worker,
+    sweeper,
+    gateway,
+    metrics,
+    startBackground() {
+      sweeper.start();
+      worker.start();
+      worker.nudge();
+    },
+    async close() {
+      await app.close();
+      await worker.stop();
+      await sweeper.stop();
+    },
+  };
+}

@@ -1,0 +1,112 @@
+import type pg from 'pg';
+import type { Catalog } from './catalog.js';
+
+/**
+ * What an event's effects work with: the client of the event's own transaction (effects and
+ * the processed mark commit together), the catalog, the event, and what was fetched from the
+ * Stripe API before the transaction began (no lock is ever held across a call to Stripe).
+ */
+export type StripeObject = Record<string, unknown>;
+
+export interface StoredEvent {
+  id: string;
+  type: string;
+  created: number;
+  object: StripeObject;
+}
+
+export interface Prepared {
+  /** The payment intent behind a charge, refund or dispute, when the event did not carry it. */
+  paymentIntent?: string;
+  /** The invoice a payment intent paid, when Tally had not linked them yet. */
+  invoiceId?: string;
+  /** Refunds of a charge, when a charge.refunded event did not list them. */
+  refunds?: StripeObject[];
+  /** The card fingerprint of a subscription's payment method. */
+  cardFingerprint?: string;
+}
+
+export interface EffectContext {
+  client: pg.PoolClient;
+  catalog: Catalog;
+  event: StoredEvent;
+  prepared: Prepared;
+  now: Date | null;
+}
+
+export interface EffectResult {
+  status: 'processed' | 'ignored';
+  accountId?: string;
+}
+
+/** The event cannot be applied yet (an unknown customer, a payment not yet seen): retry later. */
+export class RetryLater extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RetryLater';
+  }
+}
+
+export interface GrantRequest {
+  accountId: string;
+  source: 'subscription' | 'trial' | 'purchase' | 'rollover';
+  credits: number;
+  expiresAt: Date | null;
+  key: string;
+  reference: Record<string, unknown>;
+  paymentId?: number | undefined;
+  entryKind?: 'grant' | 'restore';
+}
+
+/** Adds a grant under its natural key once; counts it towards the payment that bought it. */
+export async function grantOnce(context: EffectContext, request: GrantRequest): Promise<{ created: boolean; grantId: number }> {
+  const { rows } = await context.client.query<{ result: { created: boolean; grant: { id: string } } }>(
+    `select tally_add_grant($1, $2, $3, 0, $4, $5, $6, $7, 'stripe', null, $8) as result`,
+    [request.accountId, request.source, request.credits, request.expiresAt, request.key, request.entryKind ?? 'grant', { ...request.reference, event: context.event.id }, context.now ?? new Date()],
+  );
+  const result = rows[0]?.result;
+  if (result === undefined) throw new Error(`tally_add_grant answered nothing for ${request.key}`);
+  const grantId = Number(result.grant.id.replace('grant_', ''));
+  if (result.created && request.paymentId !== undefined) {
+    await context.client.query('update grants set payment_id = $1 where id = $2', [request.paymentId, grantId]);
+    await context.client.query('update payments set credits = credits + $1 where id = $2', [request.credits, request.paymentId]);
+  }
+  return { created: result.created, grantId };
+}
+
+export async function lockAccount(context: EffectContext, accountId: string): Promise<void> {
+  await context.client.query('select tally_lock_account($1, $2)', [accountId, context.now]);
+}
+
+/** The account an event belongs to: named in metadata, by Stripe customer, or by subscription. */
+export async function resolveAccount(
+  context: EffectContext,
+  hints: { accountHint?: string | undefined; customerId?: string | undefined; subscriptionId?: string | undefined },
+): Promise<string> {
+  if (hints.accountHint !== undefined) {
+    const { rows } = await context.client.query<{ id: string }>('select id from accounts where id = $1', [hints.accountHint]);
+    if (rows[0] !== undefined) {
+      if (hints.customerId !== undefined) await linkCustomer(context, rows[0].id, hints.customerId);
+      return rows[0].id;
+    }
+  }
+  if (hints.customerId !== undefined) {
+    const { rows } = await context.client.query<{ id: string }>('select id from accounts where stripe_customer_id = $1', [hints.customerId]);
+    if (rows[0] !== undefined) return rows[0].id;
+  }
+  if (hints.subscriptionId !== undefined) {
+    const { rows } = await context.client.query<{ account_id: string }>('select account_id from subscriptions where id = $1', [hints.subscriptionId]);
+    if (rows[0] !== undefined) return rows[0].account_id;
+  }
+  throw new RetryLater(`no account known for customer ${hints.customerId ?? '?'} (subscription ${hints.subscriptionId ?? '?'})`);
+}
+
+/** Links a Stripe customer to an account that has none; a customer is never moved between accounts. */
+export async function linkCustomer(context: EffectContext, accountId: string, customerId: string): Promise<void> {
+  await context.client.query(
+    `update accounts set stripe_customer_id = $2, updated_at = now()
+     where id = $1 and stripe_customer_id is null
+       and not exists (select 1 from accounts where stripe_customer_id = $2)`,
+    [accountId, customerId],
+  );
+}

@@ -1,0 +1,33 @@
+import type { EffectContext, EffectResult } from './effect-context.js';
+import { applyCheckoutSession, applyDisputeEvent, applyRefundEvent } from './payments.js';
+import { applyInvoicePaid, applyInvoicePaymentFailed, applyInvoicePaymentPaid, applySubscriptionEvent } from './subscriptions.js';
+
+/**
+ * Which effect each Stripe event type has. Every effect is keyed by a natural key unique in the
+ * database, so applying an event twice, or events in any order, changes the ledger once.
+ */
+const handlers: Record<string, (context: EffectContext) => Promise<EffectResult>> = {
+  'invoice.paid': applyInvoicePaid,
+  'invoice.payment_succeeded': applyInvoicePaid,
+  'invoice.payment_failed': applyInvoicePaymentFailed,
+  'invoice_payment.paid': applyInvoicePaymentPaid,
+  'customer.subscription.created': applySubscriptionEvent,
+  'customer.subscription.updated': applySubscriptionEvent,
+  'customer.subscription.deleted': applySubscriptionEvent,
+  // Notification only: stored and marked processed, with no effect on credits.
+  'customer.subscription.trial_will_end': async () => ({ status: 'processed' }),
+  'checkout.session.completed': applyCheckoutSession,
+  'checkout.session.async_payment_succeeded': applyCheckoutSession,
+  'charge.refunded': applyRefundEvent,
+  'refund.created': applyRefundEvent,
+  'refund.updated': applyRefundEvent,
+  'charge.dispute.created': applyDisputeEvent,
+  'charge.dispute.closed': applyDisputeEvent,
+};
+
+export const handledEventTypes = Object.keys(handlers);
+
+export async function applyEvent(context: EffectContext): Promise<EffectResult> {
+  const handler = handlers[context.event.type];
+  return handler === undefined ? { status: 'ignored' } : handler(context);
+}

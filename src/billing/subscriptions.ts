@@ -1,0 +1,147 @@
+import { raiseAlert } from '../ops/alerts.js';
+import {
+  idOf,
+  invoiceAccountHint,
+  invoiceLines,
+  invoicePaymentIntent,
+  invoiceSubscriptionId,
+  readInteger,
+  readPath,
+  readText,
+  subscriptionState,
+  type InvoiceLine,
+} from '../stripe/shapes.js';
+import { findPrice, type Plan } from './catalog.js';
+import { RetryLater, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
+import { grantPeriod, grantUpgrade, monthsOf } from './periods.js';
+import { considerTrial } from './trials.js';
+
+/**
+ * Subscriptions: only invoices grant their credits (a subscription event never does, which is
+ * what makes a renewal's double grant impossible); subscription events keep the mirror.
+ */
+interface PlanLine {
+  line: InvoiceLine;
+  plan: Plan;
+  interval: 'month' | 'year';
+}
+
+function planLines(context: EffectContext, invoice: StripeObject): PlanLine[] {
+  return invoiceLines(invoice).flatMap((line) => {
+    const match = line.priceId === undefined ? undefined : findPrice(context.catalog, line.priceId);
+    return match?.kind === 'plan' ? [{ line, plan: match.plan, interval: match.interval }] : [];
+  });
+}
+
+async function recordInvoicePayment(context: EffectContext, accountId: string, invoice: StripeObject): Promise<number> {
+  const { rows } = await context.client.query<{ id: number }>(
+    `insert into payments (account_id, invoice_id, payment_intent, amount_paid, currency)
+     values ($1, $2, $3, $4, $5)
+     on conflict (invoice_id) do update set payment_intent = coalesce(payments.payment_intent, excluded.payment_intent)
+     returning id`,
+    [accountId, readText(invoice.id), invoicePaymentIntent(invoice) ?? null, readInteger(invoice.amount_paid) ?? 0, readText(invoice.currency) ?? null],
+  );
+  const id = rows[0]?.id;
+  if (id === undefined) throw new Error(`payment of invoice ${String(invoice.id)} was not recorded`);
+  return id;
+}
+
+/** invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. */
+export async function applyInvoicePaid(context: EffectContext): Promise<EffectResult> {
+  const invoice = context.event.object;
+  const subscriptionId = invoiceSubscriptionId(invoice);
+  const lines = planLines(context, invoice);
+  if (subscriptionId === undefined || lines.length === 0) return { status: 'ignored' };
+  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  await lockAccount(context, accountId);
+  const paymentId = await recordInvoicePayment(context, accountId, invoice);
+  const reference = { invoice: readText(invoice.id) };
+  for (const { line, plan, interval } of lines) {
+    if (line.proration) {
+      if (line.amount <= 0) continue;
+      const outcome = await grantUpgrade(context, { accountId, subscriptionId, plan, paymentId, reference, within: { start: line.periodStart, end: line.periodEnd } });
+      if (outcome === 'period-unknown') throw new RetryLater(`upgrade of ${subscriptionId}: the period it belongs to has no grant yet`);
+      continue;
+    }
+    const period = { start: line.periodStart, end: line.periodEnd };
+    if (interval === 'month') {
+      await grantPeriod(context, { accountId, subscriptionId, plan, period, paymentId, reference });
+      continue;
+    }
+    const [first, ...later] = monthsOf(period);
+    if (first !== undefined) await grantPeriod(context, { accountId, subscriptionId, plan, period: first, paymentId, reference });
+    for (const month of later) {
+      await context.client.query(
+        `insert into yearly_schedule (subscription_id, month_start, account_id, month_end, plan_id, credits, payment_id)
+         values ($1, to_timestamp($2), $3, to_timestamp($4), $5, $6, $7) on conflict do nothing`,
+        [subscriptionId, month.start, accountId, month.end, plan.id, plan.credits_per_month, paymentId],
+      );
+    }
+  }
+  return { status: 'processed', accountId };
+}
+
+/** invoice_payment.paid: links the payment intent to the invoice's payment. */
+export async function applyInvoicePaymentPaid(context: EffectContext): Promise<EffectResult> {
+  const invoicePayment = context.event.object;
+  const invoiceId = idOf(invoicePayment.invoice);
+  const paymentIntent = idOf(readPath(invoicePayment, 'payment', 'payment_intent'));
+  if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored' };
+  const { rows } = await context.client.query<{ account_id: string }>(
+    `update payments set payment_intent = coalesce(payment_intent, $2) where invoice_id = $1 returning account_id`,
+    [invoiceId, paymentIntent],
+  );
+  if (rows[0] === undefined) {
+    // Ignored when the invoice bought no credits; otherwise the invoice event has not been applied yet.
+    throw new RetryLater(`invoice ${invoiceId} has no recorded payment yet`);
+  }
+  return { status: 'processed', accountId: rows[0].account_id };
+}
+
+/** customer.subscription.created/updated/deleted: mirror the newest state; never older over newer. */
+export async function applySubscriptionEvent(context: EffectContext): Promise<EffectResult> {
+  const state = subscriptionState(context.event.object);
+  if (state === undefined) return { status: 'ignored' };
+  const accountId = await resolveAccount(context, { accountHint: state.accountHint, customerId: state.customerId, subscriptionId: state.id });
+  const match = state.priceId === undefined ? undefined : findPrice(context.catalog, state.priceId);
+  const plan = match?.kind === 'plan' ? match : undefined;
+  const status = context.event.type === 'customer.subscription.deleted' ? 'canceled' : state.status;
+  const toTime = (seconds: number | undefined) => (seconds === undefined ? null : new Date(seconds * 1000));
+  await context.client.query(
+    `insert into subscriptions (id, account_id, customer_id, status, price_id, plan_id, billing_interval,
+       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13)
+     on conflict (id) do update set customer_id = excluded.customer_id, status = excluded.status,
+       price_id = excluded.price_id, plan_id = excluded.plan_id, billing_interval = excluded.billing_interval,
+       current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
+       cancel_at_period_end = excluded.cancel_at_period_end, trial_end = excluded.trial_end,
+       event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
+     where (subscriptions.event_created, subscriptions.event_id) <= (excluded.event_created, excluded.event_id)`,
+    [state.id, accountId, state.customerId ?? null, status, state.priceId ?? null, plan?.plan.id ?? null, plan?.interval ?? null,
+      toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id],
+  );
+  if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, accountId, state, plan.plan);
+  return { status: 'processed', accountId };
+}
+
+/** invoice.payment_failed: the subscription is past due, and an operator is told. */
+export async function applyInvoicePaymentFailed(context: EffectContext): Promise<EffectResult> {
+  const invoice = context.event.object;
+  const subscriptionId = invoiceSubscriptionId(invoice);
+  if (subscriptionId === undefined) return { status: 'ignored' };
+  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  await context.client.query(
+    `update subscriptions set status = 'past_due', event_created = to_timestamp($2), event_id = $3, updated_at = now()
+     where id = $1 and (event_created, event_id) <= (to_timestamp($2), $3)`,
+    [subscriptionId, context.event.created, context.event.id],
+  );
+  await raiseAlert(context.client, {
+    kind: 'payment_failed',
+    key: `payment_failed:${subscriptionId}`,
+    severity: 'warning',
+    message: `payment failed for subscription ${subscriptionId} of account ${accountId}`,
+    details: { invoice: readText(invoice.id), subscription: subscriptionId },
+    accountId,
+  });
+  return { status: 'processed', accountId };
+}

@@ -1,0 +1,102 @@
+import { z } from 'zod';
+import { checkoutInputSchema, createCheckout, type TrialGate } from '../../billing/checkout.js';
+import type { Catalog } from '../../billing/catalog.js';
+import type { Database } from '../../db/database.js';
+import { TallyError } from '../../errors.js';
+import { accountIdSchema } from '../../ledger/commands.js';
+import type { StripeGateway } from '../../stripe/gateway.js';
+import { inboxListSizeMax, listEvents, storeEvent } from '../../stripe/inbox.js';
+import { verifyWebhook } from '../../stripe/signature.js';
+import type { WebhookWorker } from '../../stripe/worker.js';
+import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+
+/**
+ * Stripe's side of the API: webhook intake (verify, store, answer; the worker applies later),
+ * checkout, and the operators' view of the inbox and the circuit breaker.
+ */
+export interface StripeRouteDependencies {
+  db: Database;
+  catalog: Catalog;
+  gateway: StripeGateway | undefined;
+  worker: WebhookWorker;
+  webhookSecrets: string[];
+  trials: TrialGate;
+}
+
+/** Registered in a scope whose JSON parser keeps the raw body, which the signature covers. */
+export function webhookRoute(dependencies: StripeRouteDependencies): RouteDefinition {
+  return defineRoute({
+    method: 'POST',
+    url: '/webhooks/stripe',
+    access: 'none',
+    tag: 'stripe',
+    summary: "Stripe's webhooks: the signature is checked, the event stored, then 200 (also for duplicates and ignored types)",
+    responses: { 200: '{received: true, duplicate}', 400: 'invalid_signature, nothing written', 413: 'payload_too_large', 503: 'no webhook secret configured' },
+    handler: async ({ request }) => {
+      if (dependencies.webhookSecrets.length === 0) throw new TallyError('stripe_not_configured', 503, 'STRIPE_WEBHOOK_SECRET is not set');
+      const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.from('');
+      const signature = request.headers['stripe-signature'];
+      const event = verifyWebhook(raw, Array.isArray(signature) ? signature[0] : signature, dependencies.webhookSecrets);
+      const stored = await storeEvent(dependencies.db, event, raw);
+      if (stored === 'stored') dependencies.worker.nudge();
+      return { status: 200, body: { received: true, duplicate: stored === 'duplicate' } };
+    },
+  });
+}
+
+const webhookQuerySchema = z.strictObject({
+  status: z.enum(['pending', 'processed', 'ignored', 'failed']).optional(),
+  type: z.string().min(1).max(100).optional(),
+  limit: z.coerce.number().int().min(1).max(inboxListSizeMax).default(100),
+});
+
+export function stripeRoutes(dependencies: StripeRouteDependencies): RouteDefinition[] {
+  return [
+    defineRoute({
+      method: 'POST',
+      url: '/v1/accounts/:id/checkout',
+      access: 'app',
+      tag: 'stripe',
+      summary: 'A Stripe Checkout Session for a plan (optionally with its trial) or a credit pack',
+      body: checkoutInputSchema,
+      responses: { 200: '{session_id, url}', 403: 'trial_not_eligible {reason}', 404: 'plan_not_found or account_not_found', 503: 'stripe_unavailable' },
+      handler: async ({ params, body }) => ({
+        status: 200,
+        body: await createCheckout(dependencies, parseInput(accountIdSchema, params.id, 'id'), body),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/webhook-events',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'The webhook inbox, newest first',
+      query: webhookQuerySchema,
+      responses: { 200: '{events: [...]}' },
+      handler: async ({ query }) => ({ status: 200, body: { events: await listEvents(dependencies.db, query) } }),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/admin/webhook-events/:event_id/replay',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Apply a stored event again (its effects stay exactly once)',
+      responses: { 200: '{event_id, outcome}', 404: 'event_not_found' },
+      handler: async ({ params }) => {
+        const eventId = params.event_id ?? '';
+        const outcome = await dependencies.worker.replay(eventId);
+        if (outcome === undefined) throw new TallyError('event_not_found', 404, `no stored event ${eventId}`);
+        return { status: 200, body: { event_id: eventId, outcome } };
+      },
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/stripe-breaker',
+      access: 'admin',
+      tag: 'admin',
+      summary: "The Stripe API circuit breaker's state",
+      responses: { 200: '{state, failures, opened_at}' },
+      handler: async () => ({ status: 200, body: dependencies.gateway?.status() ?? { state: 'closed', failures: 0, opened_at: null, configured: false } }),
+    }),
+  ];
+}

@@ -1,0 +1,31 @@
+import type pg from 'pg';
+
+/**
+ * Alerts are kept in the database, in the transaction of what raised them. The same key inside
+ * the window is one alert whose count grows, not a flood.
+ */
+export const alertWindowSeconds = 3600;
+
+export interface AlertInput {
+  kind: string;
+  key: string;
+  severity: 'info' | 'warning' | 'critical';
+  message: string;
+  details?: Record<string, unknown>;
+  accountId?: string | undefined;
+}
+
+type Queryable = Pick<pg.ClientBase, 'query'>;
+
+export async function raiseAlert(client: Queryable, alert: AlertInput): Promise<void> {
+  await client.query(
+    `with repeated as (
+       update alerts set count = count + 1, last_at = now(), details = $5
+       where id = (select id from alerts where alert_key = $1 and last_at > now() - make_interval(secs => $7)
+                   order by last_at desc limit 1)
+       returning id)
+     insert into alerts (alert_key, kind, severity, message, details, account_id)
+     select $1, $2, $3, $4, $5, $6 where not exists (select 1 from repeated)`,
+    [alert.key, alert.kind, alert.severity, alert.message, alert.details ?? {}, alert.accountId ?? null, alertWindowSeconds],
+  );
+}

@@ -1,0 +1,127 @@
+import { CircuitState, ConsecutiveBreaker, BrokenCircuitError, circuitBreaker, handleWhen, type CircuitBreakerPolicy } from 'cockatiel';
+import Stripe from 'stripe';
+import { TallyError } from '../errors.js';
+
+/**
+ * Every Stripe API call Tally makes, through the official package and one circuit breaker.
+ * The breaker counts what says Stripe is unwell (timeouts, network errors, 5xx), never a card
+ * decline or another 4xx, which are answers. Options are explicit: API version, timeout, no
+ * hidden retries (callers retry with the same idempotency key, derived from our own ids).
+ */
+export const stripeApiVersion = '2026-10-28.endive';
+export const stripeTimeoutMilliseconds = 10_000;
+export const breakerFailureCountMax = 5;
+export const breakerHalfOpenAfterMilliseconds = 30_000;
+
+/** Stripe cannot be reached right now (breaker open, timeout, 5xx): try again later. */
+export class StripeUnavailableError extends TallyError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('stripe_unavailable', 503, message, {}, options);
+    this.name = 'StripeUnavailableError';
+  }
+}
+
+export function isTransientStripeError(error: unknown): boolean {
+  if (error instanceof Stripe.errors.StripeConnectionError) return true;
+  if (error instanceof Stripe.errors.StripeError) return (error.statusCode ?? 500) >= 500;
+  return false;
+}
+
+export interface BreakerStatus {
+  state: 'closed' | 'open' | 'half_open' | 'isolated';
+  failures: number;
+  opened_at: string | null;
+}
+
+export interface StripeGatewayOptions {
+  secretKey: string;
+  apiBase?: string | undefined;
+  halfOpenAfterMilliseconds?: number;
+  timeoutMilliseconds?: number;
+}
+
+export class StripeGateway {
+  readonly stripe: Stripe;
+  private readonly breaker: CircuitBreakerPolicy;
+  private failures = 0;
+  private openedAt: Date | null = null;
+  /** Called when the breaker opens (alerts, metrics). */
+  onOpen: (status: BreakerStatus) => void = () => undefined;
+
+  constructor(options: StripeGatewayOptions) {
+    const base = options.apiBase === undefined ? undefined : new URL(options.apiBase);
+    this.stripe = new Stripe(options.secretKey, {
+      apiVersion: stripeApiVersion as Stripe.StripeConfig['apiVersion'],
+      timeout: options.timeoutMilliseconds ?? stripeTimeoutMilliseconds,
+      maxNetworkRetries: 0,
+      telemetry: false,
+      ...(base === undefined
+        ? {}
+        : { host: base.hostname, port: base.port === '' ? (base.protocol === 'https:' ? 443 : 80) : Number(base.port), protocol: base.protocol.replace(':', '') as 'http' | 'https' }),
+    });
+    this.breaker = circuitBreaker(handleWhen(isTransientStripeError), {
+      halfOpenAfter: options.halfOpenAfterMilliseconds ?? breakerHalfOpenAfterMilliseconds,
+      breaker: new ConsecutiveBreaker(breakerFailureCountMax),
+    });
+    this.breaker.onFailure(({ reason }) => {
+      if ('error' in reason && isTransientStripeError(reason.error)) this.failures += 1;
+    });
+    this.breaker.onSuccess(() => {
+      this.failures = 0;
+    });
+    this.breaker.onBreak(() => {
+      this.openedAt = new Date();
+      this.onOpen(this.status());
+    });
+    this.breaker.onReset(() => {
+      this.openedAt = null;
+      this.failures = 0;
+    });
+  }
+
+  status(): BreakerStatus {
+    const states: Record<CircuitState, BreakerStatus['state']> = {
+      [CircuitState.Closed]: 'closed',
+      [CircuitState.Open]: 'open',
+      [CircuitState.HalfOpen]: 'half_open',
+      [CircuitState.Isolated]: 'isolated',
+    };
+    return { state: states[this.breaker.state], failures: this.failures, opened_at: this.openedAt?.toISOString() ?? null };
+  }
+
+  /** Runs one Stripe call through the breaker; transient failures become StripeUnavailableError. */
+  async call<T>(name: string, operation: (stripe: Stripe) => Promise<T>): Promise<T> {
+    try {
+      return await this.breaker.execute(() => operation(this.stripe));
+    } catch (error) {
+      if (error instanceof BrokenCircuitError) throw new StripeUnavailableError(`Stripe circuit breaker is open; ${name} not attempted`, { cause: error });
+      if (isTransientStripeError(error)) throw new StripeUnavailableError(`Stripe ${name} failed: ${(error as Error).message}`, { cause: error });
+      throw error;
+    }
+  }
+
+  createCheckoutSession(params: Stripe.Checkout.SessionCreateParams, idempotencyKey: string): Promise<Stripe.Checkout.Session> {
+    return this.call('checkout.sessions.create', (stripe) => stripe.checkout.sessions.create(params, { idempotencyKey }));
+  }
+
+  retrieveCharge(chargeId: string): Promise<Stripe.Charge> {
+    return this.call('charges.retrieve', (stripe) => stripe.charges.retrieve(chargeId));
+  }
+
+  /** The invoice paid by a payment intent, if any (through invoice payments). */
+  async invoiceOfPaymentIntent(paymentIntent: string): Promise<string | undefined> {
+    const list = await this.call('invoicePayments.list', (stripe) =>
+      stripe.invoicePayments.list({ payment: { type: 'payment_intent', payment_intent: paymentIntent }, limit: 1 }),
+    );
+    const invoice = list.data[0]?.invoice;
+    return typeof invoice === 'string' ? invoice : invoice?.id;
+  }
+
+  cancelSubscription(subscriptionId: string, idempotencyKey: string): Promise<Stripe.Subscription> {
+    return this.call('subscriptions.cancel', (stripe) => stripe.subscriptions.cancel(subscriptionId, {}, { idempotencyKey }));
+  }
+
+  retrievePaymentMethod(paymentMethodId: string): Promise<Stripe.PaymentMethod> {
+    return this.call('paymentMethods.retrieve', (stripe) => stripe.paymentMethods.retrieve(paymentMethodId));
+  }
+}

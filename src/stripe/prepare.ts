@@ -1,0 +1,42 @@
+import type { Prepared, StoredEvent, StripeObject } from '../billing/effect-context.js';
+import { RetryLater } from '../billing/effect-context.js';
+import type { Database } from '../db/database.js';
+import type { StripeGateway } from './gateway.js';
+import { idOf, readPath } from './shapes.js';
+
+/**
+ * What an event needs from the Stripe API, fetched before its transaction opens so that no
+ * lock is held across a network call: the payment intent behind a charge, refund or dispute,
+ * the invoice a payment intent paid, the refunds of a charge.
+ */
+const paymentEventTypes = new Set(['charge.refunded', 'refund.created', 'refund.updated', 'charge.dispute.created', 'charge.dispute.closed']);
+
+export async function prepareEvent(db: Database, gateway: StripeGateway | undefined, event: StoredEvent): Promise<Prepared> {
+  if (!paymentEventTypes.has(event.type)) return {};
+  const object = event.object;
+  const prepared: Prepared = {};
+  const needGateway = (what: string): StripeGateway => {
+    if (gateway === undefined) throw new RetryLater(`${what} needs the Stripe API, and STRIPE_SECRET_KEY is not set`);
+    return gateway;
+  };
+  let paymentIntent = idOf(object.payment_intent);
+  if (paymentIntent === undefined) {
+    const chargeId = event.type === 'charge.refunded' ? idOf(object.id) : idOf(object.charge);
+    if (chargeId === undefined) return prepared;
+    const charge = await needGateway(`the payment intent of charge ${chargeId}`).retrieveCharge(chargeId);
+    paymentIntent = idOf(charge.payment_intent);
+    if (paymentIntent !== undefined) prepared.paymentIntent = paymentIntent;
+  }
+  if (paymentIntent === undefined) return prepared;
+  const known = await db.query('select 1 from payments where payment_intent = $1', [paymentIntent]);
+  if (known.rowCount === 0 && gateway !== undefined) {
+    const invoiceId = await gateway.invoiceOfPaymentIntent(paymentIntent);
+    if (invoiceId !== undefined) prepared.invoiceId = invoiceId;
+  }
+  if (event.type === 'charge.refunded' && !Array.isArray(readPath(object, 'refunds', 'data'))) {
+    const chargeId = idOf(object.id) ?? '';
+    const refunds = await needGateway(`the refunds of charge ${chargeId}`).call('refunds.list', (stripe) => stripe.refunds.list({ charge: chargeId, limit: 100 }));
+    prepared.refunds = refunds.data as unknown as StripeObject[];
+  }
+  return prepared;
+}

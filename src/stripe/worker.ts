@@ -1,0 +1,170 @@
+import type { Logger } from 'pino';
+import type { Catalog } from '../billing/catalog.js';
+import { RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
+import { applyEvent } from '../billing/effects.js';
+import { grantDueMonth } from '../billing/yearly.js';
+import type { Database } from '../db/database.js';
+import { raiseAlert } from '../ops/alerts.js';
+import { StripeUnavailableError, type StripeGateway } from './gateway.js';
+import { prepareEvent } from './prepare.js';
+
+/**
+ * Applies stored webhook events. Each event is claimed with FOR UPDATE SKIP LOCKED inside its
+ * own transaction, and its effects commit together with its processed mark, so any number of
+ * workers in any number of processes apply each event exactly once. What the Stripe API must
+ * tell is fetched before the transaction. Failures retry with backoff, a bounded number of
+ * times over about a day, then the event is `failed` with an alert; nothing is dropped.
+ */
+export interface WorkerOptions {
+  pollIntervalMilliseconds: number;
+  batchSizeMax: number;
+  retryBaseSeconds: number;
+  retryDelaySecondsMax: number;
+  attemptsMax: number;
+  /** How long an event that needs Stripe waits while the breaker is open. */
+  breakerWaitSeconds: number;
+  clock?: (() => Date) | undefined;
+}
+
+export const defaultWorkerOptions: WorkerOptions = {
+  pollIntervalMilliseconds: 1000,
+  batchSizeMax: 50,
+  retryBaseSeconds: 30,
+  retryDelaySecondsMax: 4 * 3600,
+  attemptsMax: 14,
+  breakerWaitSeconds: 30,
+};
+
+export type EventOutcome = 'processed' | 'ignored' | 'retrying' | 'waiting' | 'failed' | 'skipped';
+
+export class WebhookWorker {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+
+  constructor(
+    private readonly db: Database,
+    private readonly catalog: Catalog,
+    private readonly gateway: StripeGateway | undefined,
+    private readonly logger: Logger,
+    private readonly options: WorkerOptions = defaultWorkerOptions,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => this.nudge(), this.options.pollIntervalMilliseconds);
+    this.timer.unref();
+  }
+
+  /** Runs a pass now (a new event was stored), or right after the pass in progress. */
+  nudge(): void {
+    if (this.running !== undefined) {
+      this.again = true;
+      return;
+    }
+    this.running = this.drain()
+      .catch((error: unknown) => this.logger.error({ err: error }, 'webhook worker pass failed; next pass retries'))
+      .finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          this.nudge();
+        }
+      });
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.again = false;
+    await this.running;
+  }
+
+  private now(): Date | null {
+    return this.options.clock?.() ?? null;
+  }
+
+  /** Applies due events in bounded batches until none is due; then due months of yearly plans. */
+  async drain(): Promise<void> {
+    for (;;) {
+      const { rows } = await this.db.query<{ id: string }>(
+        `select id from webhook_events where status = 'pending' and next_attempt_at <= coalesce($1, now())
+         order by next_attempt_at, created, id limit $2`,
+        [this.now(), this.options.batchSizeMax],
+      );
+      for (const row of rows) await this.processOne(row.id);
+      if (rows.length < this.options.batchSizeMax) break;
+    }
+    while (await grantDueMonth(this.db, this.catalog, this.now()));
+  }
+
+  async processOne(eventId: string): Promise<EventOutcome> {
+    const { rows } = await this.db.query<{ id: string; type: string; created: number; payload: { data?: { object?: Record<string, unknown> } } }>(
+      `select id, type, extract(epoch from created)::bigint as created, payload from webhook_events where id = $1 and status = 'pending'`,
+      [eventId],
+    );
+    const row = rows[0];
+    if (row === undefined) return 'skipped';
+    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {} };
+    try {
+      const prepared = await prepareEvent(this.db, this.gateway, event);
+      return await this.db.withTransaction(async (client) => {
+        const claimed = await client.query(`select 1 from webhook_events where id = $1 and status = 'pending' for update skip locked`, [eventId]);
+        if (claimed.rowCount === 0) return 'skipped';
+        const context: EffectContext = { client, catalog: this.catalog, event, prepared, now: this.now() };
+        const result = await applyEvent(context);
+        await client.query(
+          `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3 where id = $1`,
+          [eventId, result.status, result.accountId ?? null],
+        );
+        return result.status;
+      });
+    } catch (error) {
+      return this.postpone(event, error);
+    }
+  }
+
+  /** Puts an event back to wait (Stripe unavailable) or to retry (anything else), or fails it. */
+  private async postpone(event: StoredEvent, error: unknown): Promise<EventOutcome> {
+    const message = error instanceof Error ? error.message : String(error);
+    if (error instanceof StripeUnavailableError) {
+      await this.db.query(`update webhook_events set next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1 and status = 'pending'`, [
+        event.id,
+        this.options.breakerWaitSeconds,
+        message,
+      ]);
+      return 'waiting';
+    }
+    if (!(error instanceof RetryLater)) this.logger.error({ err: error, event: event.id, type: event.type }, 'webhook event failed; it will be retried');
+    return this.db.withTransaction(async (client) => {
+      const { rows } = await client.query<{ attempts: number }>(
+        `update webhook_events set attempts = attempts + 1, last_error = $2 where id = $1 and status = 'pending' returning attempts`,
+        [event.id, message],
+      );
+      const attempts = rows[0]?.attempts;
+      if (attempts === undefined) return 'skipped';
+      if (attempts >= this.options.attemptsMax) {
+        await client.query(`update webhook_events set status = 'failed' where id = $1`, [event.id]);
+        await raiseAlert(client, {
+          kind: 'webhook_failed',
+          key: `webhook_failed:${event.id}`,
+          severity: 'critical',
+          message: `Stripe event ${event.id} (${event.type}) failed after ${attempts} attempts: ${message}`,
+          details: { event: event.id, type: event.type },
+        });
+        return 'failed';
+      }
+      const delay = Math.min(this.options.retryBaseSeconds * 2 ** (attempts - 1), this.options.retryDelaySecondsMax);
+      await client.query(`update webhook_events set next_attempt_at = now() + make_interval(secs => $2) where id = $1`, [event.id, delay]);
+      return 'retrying';
+    });
+  }
+
+  /** An operator's replay: back to pending, applied at once; effects stay exactly once. */
+  async replay(eventId: string): Promise<EventOutcome | undefined> {
+    const { rowCount } = await this.db.query(
+      `update webhook_events set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null where id = $1`,
+      [eventId],
+    );
+    if (rowCount === 0) return undefined;
+    return this.processOne(eventId);
+  }
+}
