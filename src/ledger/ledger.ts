@@ -65,7 +65,15 @@ export class Ledger {
   async getAccount(accountId: string): Promise<Record<string, unknown>> {
     const result = await this.db.query<{ account: Record<string, unknown> }>(
       `select jsonb_build_object('id', a.id, 'email', a.email, 'name', a.name, 'metadata', a.metadata,
-         'stripe_customer_id', a.stripe_customer_id, 'created_at', tally_iso(a.created_at),
+         'stripe_customer_id', a.stripe_customer_id, 'created_at', tally_iso(a.created_at), 'flagged', a.flagged,
+         'subscription', (select jsonb_build_object('id', s.id, 'status', s.status, 'plan_id', s.plan_id,
+             'interval', s.billing_interval, 'current_period_start', tally_iso(s.current_period_start),
+             'current_period_end', tally_iso(s.current_period_end), 'cancel_at_period_end', s.cancel_at_period_end,
+             'trial_end', tally_iso(s.trial_end))
+           from subscriptions s where s.account_id = a.id order by s.event_created desc, s.id limit 1),
+         'trial', (select jsonb_build_object('grant_id', 'grant_' || g.id, 'credits', g.amount, 'remaining', g.remaining,
+             'expires_at', tally_iso(g.expires_at))
+           from grants g where g.account_id = a.id and g.source = 'trial' order by g.id limit 1),
          'grants', coalesce((select jsonb_agg(tally_grant_json(g) order by g.priority, g.expires_at, g.created_at, g.id)
             from grants g where g.account_id = a.id and g.remaining > 0
             and (g.expires_at is null or g.expires_at > coalesce($2, now()))), '[]'::jsonb)) as account

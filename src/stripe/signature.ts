@@ -25,7 +25,8 @@ export function verifyWebhook(rawBody: Buffer, header: string | undefined, secre
   if (timestamp > nowSeconds + signatureToleranceSeconds) throw invalidSignature('Stripe-Signature timestamp is in the future');
   for (const secret of secrets) {
     try {
-      const event = Stripe.webhooks.constructEvent(rawBody, header, secret, signatureToleranceSeconds, undefined, nowSeconds) as unknown as VerifiedEvent;
+      // receivedAt is in milliseconds.
+      const event = Stripe.webhooks.constructEvent(rawBody, header, secret, signatureToleranceSeconds, undefined, nowSeconds * 1000) as unknown as VerifiedEvent;
       return checkShape(event);
     } catch (error) {
       // A mismatch against one secret is expected during a rotation: try the next one.

@@ -41,6 +41,7 @@ export class WebhookWorker {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
+  private started = false;
 
   constructor(
     private readonly db: Database,
@@ -51,12 +52,14 @@ export class WebhookWorker {
   ) {}
 
   start(): void {
+    this.started = true;
     this.timer = setInterval(() => this.nudge(), this.options.pollIntervalMilliseconds);
     this.timer.unref();
   }
 
   /** Runs a pass now (a new event was stored), or right after the pass in progress. */
   nudge(): void {
+    if (!this.started) return;
     if (this.running !== undefined) {
       this.again = true;
       return;
@@ -73,6 +76,7 @@ export class WebhookWorker {
   }
 
   async stop(): Promise<void> {
+    this.started = false;
     clearInterval(this.timer);
     this.again = false;
     await this.running;

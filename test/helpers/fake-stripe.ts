@@ -1,0 +1,87 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+
+/**
+ * A local fake of the few Stripe API calls Tally makes, for tests: checkout sessions, charges,
+ * invoice payments, refunds, subscription cancellation and payment methods. It records every
+ * request, and can be told to time out or fail with 500 to exercise the circuit breaker.
+ */
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  params: Record<string, string>;
+  idempotencyKey: string | undefined;
+}
+
+export class FakeStripe {
+  readonly requests: RecordedRequest[] = [];
+  readonly charges = new Map<string, { payment_intent: string | null }>();
+  readonly invoiceOfPaymentIntent = new Map<string, string>();
+  readonly refundsOfCharge = new Map<string, Record<string, unknown>[]>();
+  readonly cardFingerprints = new Map<string, string>();
+  mode: 'ok' | 'timeout' | 'error' = 'ok';
+  private server: Server | undefined;
+  private sessions = 0;
+  url = '';
+
+  async start(): Promise<this> {
+    this.server = createServer((request, response) => void this.handle(request, response));
+    await new Promise<void>((resolve) => this.server?.listen(0, '127.0.0.1', resolve));
+    const address = this.server.address();
+    this.url = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+    return this;
+  }
+
+  async stop(): Promise<void> {
+    this.server?.closeAllConnections();
+    await new Promise<void>((resolve) => this.server?.close(() => resolve()));
+  }
+
+  private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    let body = '';
+    for await (const chunk of request) body += chunk;
+    const url = new URL(request.url ?? '/', 'http://fake');
+    const params = Object.fromEntries(new URLSearchParams(request.method === 'GET' || request.method === 'DELETE' ? url.search : body));
+    const key = request.headers['idempotency-key'];
+    this.requests.push({ method: request.method ?? '', path: url.pathname, params, idempotencyKey: Array.isArray(key) ? key[0] : key });
+    if (this.mode === 'timeout') return; // never answers; the client's timeout fires
+    if (this.mode === 'error') return this.send(response, 500, { error: { type: 'api_error', message: 'fake outage' } });
+    const [status, answer] = this.answer(request.method ?? '', url.pathname, params);
+    this.send(response, status, answer);
+  }
+
+  private answer(method: string, path: string, params: Record<string, string>): [number, unknown] {
+    if (method === 'POST' && path === '/v1/checkout/sessions') {
+      this.sessions += 1;
+      const id = `cs_test_fake_${this.sessions}`;
+      return [200, { id, object: 'checkout.session', url: `https://checkout.stripe.test/${id}`, mode: params.mode }];
+    }
+    const charge = /^\/v1\/charges\/([^/]+)$/.exec(path);
+    if (method === 'GET' && charge?.[1] !== undefined) {
+      const found = this.charges.get(charge[1]);
+      if (found === undefined) return [404, { error: { type: 'invalid_request_error', message: 'No such charge' } }];
+      return [200, { id: charge[1], object: 'charge', ...found }];
+    }
+    if (method === 'GET' && path === '/v1/invoice_payments') {
+      const invoice = this.invoiceOfPaymentIntent.get(params['payment[payment_intent]'] ?? '');
+      const data = invoice === undefined ? [] : [{ id: 'inpay_fake', object: 'invoice_payment', invoice, payment: { type: 'payment_intent', payment_intent: params['payment[payment_intent]'] } }];
+      return [200, { object: 'list', data, has_more: false, url: path }];
+    }
+    if (method === 'GET' && path === '/v1/refunds') {
+      return [200, { object: 'list', data: this.refundsOfCharge.get(params.charge ?? '') ?? [], has_more: false, url: path }];
+    }
+    const subscription = /^\/v1\/subscriptions\/([^/]+)$/.exec(path);
+    if (method === 'DELETE' && subscription?.[1] !== undefined) return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
+    const paymentMethod = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);
+    if (method === 'GET' && paymentMethod?.[1] !== undefined) {
+      const fingerprint = this.cardFingerprints.get(paymentMethod[1]);
+      if (fingerprint === undefined) return [404, { error: { type: 'invalid_request_error', message: 'No such payment method' } }];
+      return [200, { id: paymentMethod[1], object: 'payment_method', type: 'card', card: { fingerprint, brand: 'visa', last4: '4242' } }];
+    }
+    return [404, { error: { type: 'invalid_request_error', message: `fake Stripe does not know ${method} ${path}` } }];
+  }
+
+  private send(response: ServerResponse, status: number, body: unknown): void {
+    response.writeHead(status, { 'content-type': 'application/json', 'request-id': 'req_fake' });
+    response.end(JSON.stringify(body));
+  }
+}
