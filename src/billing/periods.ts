@@ -89,17 +89,47 @@ export async function grantPeriod(context: EffectContext, request: PeriodGrantRe
 }
 
 /**
- * Unused credits of the ending period, up to the plan's maximum, move into a rollover grant that
- * expires with the new period; the rest expire. The old grant ends now if it has not yet.
+ * Ends a period early: its period grant, the rollover it received and its upgrades expire now.
+ * Answers the credits they left unused (expired now or before).
+ */
+async function endPeriod(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<number> {
+  const { rows } = await context.client.query<{ id: number }>(
+    `select id from grants where account_id = $1 and (grant_key = $2 or grant_key = $3 or grant_key like $4) order by id`,
+    [accountId, `period:${subscriptionId}:${periodStart}`, `rollover:${subscriptionId}:${periodStart}`, `upgrade:${subscriptionId}:${periodStart}:%`],
+  );
+  let unused = 0;
+  for (const row of rows) {
+    const expired = await context.client.query<{ expired: number }>('select tally_expire_grant($1, $2) as expired', [row.id, context.now ?? new Date()]);
+    unused += expired.rows[0]?.expired ?? 0;
+  }
+  return unused;
+}
+
+/**
+ * A grant that lands in a period already ended by a renewal (its events came late) ends at
+ * once, as it would have had it come in time.
+ */
+async function expireIfPeriodEnded(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number, grantId: number): Promise<void> {
+  const { rowCount } = await context.client.query(
+    `select 1 from grants g join entries e on e.account_id = g.account_id and e.idempotency_key = 'expire:grant_' || g.id
+     where g.account_id = $1 and g.grant_key = $2`,
+    [accountId, `period:${subscriptionId}:${periodStart}`],
+  );
+  if (rowCount !== 0) await context.client.query('select tally_expire_grant($1, $2)', [grantId, context.now ?? new Date()]);
+}
+
+/**
+ * Unused credits of the ending period (its period grant, the rollover it received, its
+ * upgrades), up to the plan's maximum, move into a rollover grant that expires with the new
+ * period; the rest expire. The ending period ends now if it has not yet.
  */
 async function rollOver(context: EffectContext, accountId: string, subscriptionId: string, plan: Plan, from: PeriodGrantRow, into: Period): Promise<void> {
   const key = `rollover:${subscriptionId}:${into.start}`;
   const existing = await context.client.query('select 1 from grants where account_id = $1 and grant_key = $2', [accountId, key]);
   if (existing.rowCount !== 0 || plan.rollover === undefined) return;
-  const { rows } = await context.client.query<{ expired: number }>('select tally_expire_grant($1, $2) as expired', [from.id, context.now ?? new Date()]);
-  const credits = Math.min(rows[0]?.expired ?? 0, plan.rollover.max_credits);
+  const credits = Math.min(await endPeriod(context, accountId, subscriptionId, from.period_start), plan.rollover.max_credits);
   if (credits <= 0) return;
-  await grantOnce(context, {
+  const { grantId } = await grantOnce(context, {
     accountId,
     source: 'rollover',
     credits,
@@ -107,6 +137,7 @@ async function rollOver(context: EffectContext, accountId: string, subscriptionI
     key,
     reference: { subscription: subscriptionId, from_grant: `grant_${from.id}`, period_start: into.start, period_end: into.end },
   });
+  await expireIfPeriodEnded(context, accountId, subscriptionId, into.start, grantId);
 }
 
 /**
@@ -131,7 +162,7 @@ export async function grantUpgrade(context: EffectContext, request: Omit<PeriodG
   );
   const difference = plan.credits_per_month - (granted.rows[0]?.credits ?? 0);
   if (difference <= 0) return 'nothing';
-  await grantOnce(context, {
+  const { grantId } = await grantOnce(context, {
     accountId,
     source: 'subscription',
     credits: difference,
@@ -140,5 +171,6 @@ export async function grantUpgrade(context: EffectContext, request: Omit<PeriodG
     reference: { ...request.reference, subscription: subscriptionId, plan: plan.id, upgrade_of_period: period.period_start },
     paymentId: request.paymentId,
   });
+  await expireIfPeriodEnded(context, accountId, subscriptionId, period.period_start, grantId);
   return 'granted';
 }

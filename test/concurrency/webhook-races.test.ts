@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { after, before, it } from 'node:test';
+import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { checkoutSession, deliver, event, invoice, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+
+// The race that motivated Tally: a renewal's invoice.paid, invoice.payment_succeeded and
+// customer.subscription.updated, each delivered 20 times at once, with workers running in the
+// background, on one process and then split across two processes on one database.
+let database: TestDatabase;
+let first: TestApp;
+let second: TestApp;
+const t0 = Date.parse('2030-01-01T00:00:00Z') / 1000;
+
+before(async () => {
+  database = await createTestDatabase(40);
+  first = await createTestApp({ database });
+  second = await createTestApp({ database });
+  first.parts.startBackground();
+  second.parts.startBackground();
+});
+after(async () => {
+  await first.close();
+  await second.close();
+  await database.close();
+});
+
+async function renewalBurst(targets: TestApp[]): Promise<{ accountId: string; subscriptionId: string }> {
+  const accountId = uniqueId('acct');
+  const customer = uniqueId('cus');
+  const subscriptionId = uniqueId('sub');
+  await fundedAccount(first, accountId, 0);
+  await deliver(first, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
+  const renewal = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+  const events = [
+    event('invoice.paid', renewal),
+    event('invoice.payment_succeeded', renewal),
+    event('customer.subscription.updated', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })),
+  ];
+  const deliveries = events.flatMap((stripeEvent) => Array.from({ length: 20 }, (_, copy) => deliver(targets[copy % targets.length] ?? first, stripeEvent)));
+  const responses = await Promise.all(deliveries);
+  assert.ok(responses.every((response) => response.status === 200), 'every delivery is acknowledged');
+  await settleWebhooks(first);
+  return { accountId, subscriptionId };
+}
+
+async function assertOneGrant(accountId: string, subscriptionId: string): Promise<void> {
+  const { rows } = await database.db.query<{ grant_key: string; amount: number }>('select grant_key, amount from grants where account_id = $1', [accountId]);
+  assert.deepEqual(rows, [{ grant_key: `period:${subscriptionId}:${t0}`, amount: 4000 }]);
+  const entries = await database.db.query<{ count: number }>(`select count(*)::int as count from entries where account_id = $1 and kind = 'grant'`, [accountId]);
+  assert.equal(entries.rows[0]?.count, 1);
+  const events = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where account_id = $1 and status = 'processed'`, [accountId]);
+  assert.equal(events.rows[0]?.count, 4, 'each distinct event stored once and processed once');
+}
+
+it('grants one period when a renewal is delivered 20 times per event at once', async () => {
+  const { accountId, subscriptionId } = await renewalBurst([first]);
+  await assertOneGrant(accountId, subscriptionId);
+});
+
+it('grants one period when the deliveries are split across two processes', async () => {
+  for (let round = 0; round < 3; round += 1) {
+    const { accountId, subscriptionId } = await renewalBurst([first, second]);
+    await assertOneGrant(accountId, subscriptionId);
+  }
+});
