@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Catalog } from './billing/catalog.js';
-import { trialGate } from './billing/trials.js';
+import { loadClaimHasher, trialGate } from './billing/trials.js';
 import type { Database } from './db/database.js';
 import { buildServer } from './http/server.js';
 import { Ledger } from './ledger/ledger.js';
@@ -27,6 +27,7 @@ export interface AssembleOptions {
   stripeBreakerHalfOpenAfterMilliseconds?: number;
   stripeTimeoutMilliseconds?: number;
   webhookSecrets: string[];
+  fingerprintSecret?: string | undefined;
   workerOptions?: Partial<WorkerOptions>;
   sweepIntervalSeconds: number;
   /** The time for expiry decisions; undefined means the database's clock (tests move it). */
@@ -59,8 +60,9 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
           halfOpenAfterMilliseconds: options.stripeBreakerHalfOpenAfterMilliseconds,
           timeoutMilliseconds: options.stripeTimeoutMilliseconds,
         });
-  const worker = new WebhookWorker(db, catalog, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock });
-  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db) };
+  const hasher = await loadClaimHasher(db, options.fingerprintSecret);
+  const worker = new WebhookWorker(db, catalog, hasher, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock });
+  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher };
   const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe });
   const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds);
   return {

@@ -24,6 +24,7 @@ const environmentSchema = z.object({
   TALLY_DB_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
   TALLY_SWEEP_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(60).default(15),
   STRIPE_SECRET_KEY: optionalText,
+  TALLY_FINGERPRINT_SECRET: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   STRIPE_WEBHOOK_SECRET: optionalText,
   STRIPE_API_BASE: optionalText.pipe(z.url().optional()),
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
@@ -44,6 +45,7 @@ export interface Config {
   statementTimeoutMilliseconds: number;
   sweepIntervalSeconds: number;
   stripeSecretKey: string | undefined;
+  fingerprintSecret: string | undefined;
   stripeWebhookSecrets: string[];
   stripeApiBase: string | undefined;
   alertWebhookUrls: string[];
@@ -79,6 +81,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     statementTimeoutMilliseconds: value.TALLY_DB_STATEMENT_TIMEOUT_MS,
     sweepIntervalSeconds: value.TALLY_SWEEP_INTERVAL_SECONDS,
     stripeSecretKey: value.STRIPE_SECRET_KEY,
+    fingerprintSecret: value.TALLY_FINGERPRINT_SECRET,
     stripeWebhookSecrets: splitList(value.STRIPE_WEBHOOK_SECRET),
     stripeApiBase: value.STRIPE_API_BASE,
     alertWebhookUrls: splitList(value.TALLY_ALERT_WEBHOOK_URLS),

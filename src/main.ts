@@ -55,6 +55,7 @@ export async function startTally(config: Config): Promise<Tally> {
       stripeSecretKey: config.stripeSecretKey,
       stripeApiBase: config.stripeApiBase,
       webhookSecrets: config.stripeWebhookSecrets,
+      fingerprintSecret: config.fingerprintSecret,
       sweepIntervalSeconds: config.sweepIntervalSeconds,
     });
     const url = await parts.app.listen({ port: config.port, host: config.host });

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Catalog } from './catalog.js';
+import type { ClaimHasher } from './trials.js';
 
 /**
  * What an event's effects work with: the client of the event's own transaction (effects and
@@ -29,6 +30,7 @@ export interface Prepared {
 export interface EffectContext {
   client: pg.PoolClient;
   catalog: Catalog;
+  hasher: ClaimHasher;
   event: StoredEvent;
   prepared: Prepared;
   now: Date | null;

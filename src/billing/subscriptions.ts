@@ -120,7 +120,7 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
     [state.id, accountId, state.customerId ?? null, status, state.priceId ?? null, plan?.plan.id ?? null, plan?.interval ?? null,
       toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id],
   );
-  if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, accountId, state, plan.plan);
+  if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, context.hasher, accountId, state, plan.plan);
   return { status: 'processed', accountId };
 }
 

@@ -2,6 +2,7 @@ import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
 import type { Catalog } from './catalog.js';
 import { lockAccount, type EffectContext } from './effect-context.js';
+import type { ClaimHasher } from './trials.js';
 import { grantPeriod } from './periods.js';
 
 /**
@@ -22,7 +23,7 @@ interface DueMonth {
 }
 
 /** Grants one due month; answers whether there was one. */
-export async function grantDueMonth(db: Database, catalog: Catalog, now: Date | null): Promise<boolean> {
+export async function grantDueMonth(db: Database, catalog: Catalog, hasher: ClaimHasher, now: Date | null): Promise<boolean> {
   return db.withTransaction(async (client) => {
     const { rows } = await client.query<DueMonth>(
       `select y.subscription_id, extract(epoch from y.month_start)::bigint as month_start,
@@ -40,6 +41,7 @@ export async function grantDueMonth(db: Database, catalog: Catalog, now: Date | 
       const context: EffectContext = {
         client,
         catalog,
+        hasher,
         event: { id: `schedule:${due.subscription_id}:${due.month_start}`, type: 'schedule.yearly_month', created: due.month_start, object: {} },
         prepared: {},
         now,

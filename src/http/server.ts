@@ -58,7 +58,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
 
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher), ...stripeRoutes(options.stripe), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
+  const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice), ...stripeRoutes(options.stripe), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
   const rawBodyRoutes = [webhookRoute(options.stripe)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(

@@ -24,6 +24,8 @@ export const accountInputSchema = z.strictObject({
   email: z.email().max(320).nullable().optional(),
   name: z.string().min(1).max(200).nullable().optional(),
   metadata: metadataSchema.optional(),
+  /** The device fingerprint the app reports; kept only as a keyed hash, for trial claims. */
+  device_fingerprint: z.string().min(1).max(512).optional(),
 });
 export type AccountInput = z.infer<typeof accountInputSchema>;
 

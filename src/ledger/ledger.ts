@@ -39,15 +39,17 @@ export class Ledger {
     return this.options.clock?.() ?? null;
   }
 
-  async upsertAccount(accountId: string, input: AccountInput): Promise<Record<string, unknown>> {
+  /** Creates or updates an account; a reported device fingerprint arrives here already hashed. */
+  async upsertAccount(accountId: string, input: AccountInput, deviceFingerprintHash?: string): Promise<Record<string, unknown>> {
     const result = await this.db.query<{ account: Record<string, unknown> }>(
       `with before as (select to_jsonb(a) - 'available' - 'held' - 'debt' as row from accounts a where id = $1),
        upserted as (
-         insert into accounts (id, email, name, metadata) values ($1, $3, $5, coalesce($6, '{}'::jsonb))
+         insert into accounts (id, email, name, metadata, device_fingerprint_hash) values ($1, $3, $5, coalesce($6, '{}'::jsonb), $7)
          on conflict (id) do update set
            email = case when $2 then excluded.email else accounts.email end,
            name = case when $4 then excluded.name else accounts.name end,
            metadata = coalesce($6, accounts.metadata),
+           device_fingerprint_hash = coalesce($7, accounts.device_fingerprint_hash),
            updated_at = now()
          returning *),
        audited as (
@@ -55,7 +57,7 @@ export class Ledger {
          select $1, 'app', 'account.upsert', (select row from before), to_jsonb(u) - 'available' - 'held' - 'debt' from upserted u)
        select jsonb_build_object('id', id, 'email', email, 'name', name, 'metadata', metadata,
          'stripe_customer_id', stripe_customer_id, 'created_at', tally_iso(created_at)) as account from upserted`,
-      [accountId, input.email !== undefined, input.email ?? null, input.name !== undefined, input.name ?? null, input.metadata ?? null],
+      [accountId, input.email !== undefined, input.email ?? null, input.name !== undefined, input.name ?? null, input.metadata ?? null, deviceFingerprintHash ?? null],
     );
     const row = result.rows[0];
     assertInvariant(row !== undefined, 'account upsert returned no row');

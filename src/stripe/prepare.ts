@@ -11,7 +11,23 @@ import { idOf, readPath } from './shapes.js';
  */
 const paymentEventTypes = new Set(['charge.refunded', 'refund.created', 'refund.updated', 'charge.dispute.created', 'charge.dispute.closed']);
 
+const subscriptionEventTypes = new Set(['customer.subscription.created', 'customer.subscription.updated']);
+
+/** The card fingerprint of a trialing subscription's payment method: expanded, or fetched. */
+async function prepareTrial(gateway: StripeGateway | undefined, object: StripeObject): Promise<Prepared> {
+  if (object.status !== 'trialing') return {};
+  const method = object.default_payment_method;
+  const expanded = readPath(method, 'card', 'fingerprint');
+  if (typeof expanded === 'string') return { cardFingerprint: expanded };
+  const methodId = idOf(method);
+  if (methodId === undefined) return {};
+  if (gateway === undefined) throw new RetryLater(`the card of payment method ${methodId} needs the Stripe API, and STRIPE_SECRET_KEY is not set`);
+  const fingerprint = (await gateway.retrievePaymentMethod(methodId)).card?.fingerprint;
+  return typeof fingerprint === 'string' ? { cardFingerprint: fingerprint } : {};
+}
+
 export async function prepareEvent(db: Database, gateway: StripeGateway | undefined, event: StoredEvent): Promise<Prepared> {
+  if (subscriptionEventTypes.has(event.type)) return prepareTrial(gateway, event.object);
   if (!paymentEventTypes.has(event.type)) return {};
   const object = event.object;
   const prepared: Prepared = {};

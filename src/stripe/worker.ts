@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { Catalog } from '../billing/catalog.js';
 import { RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
 import { applyEvent } from '../billing/effects.js';
+import type { ClaimHasher } from '../billing/trials.js';
 import { grantDueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
@@ -46,6 +47,7 @@ export class WebhookWorker {
   constructor(
     private readonly db: Database,
     private readonly catalog: Catalog,
+    private readonly hasher: ClaimHasher,
     private readonly gateway: StripeGateway | undefined,
     private readonly logger: Logger,
     private readonly options: WorkerOptions = defaultWorkerOptions,
@@ -97,7 +99,8 @@ export class WebhookWorker {
       for (const row of rows) await this.processOne(row.id);
       if (rows.length < this.options.batchSizeMax) break;
     }
-    while (await grantDueMonth(this.db, this.catalog, this.now()));
+    while (await grantDueMonth(this.db, this.catalog, this.hasher, this.now()));
+    await this.cancelRefusedTrials();
   }
 
   async processOne(eventId: string): Promise<EventOutcome> {
@@ -113,7 +116,7 @@ export class WebhookWorker {
       return await this.db.withTransaction(async (client) => {
         const claimed = await client.query(`select 1 from webhook_events where id = $1 and status = 'pending' for update skip locked`, [eventId]);
         if (claimed.rowCount === 0) return 'skipped';
-        const context: EffectContext = { client, catalog: this.catalog, event, prepared, now: this.now() };
+        const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
         const result = await applyEvent(context);
         await client.query(
           `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3 where id = $1`,
@@ -160,6 +163,29 @@ export class WebhookWorker {
       await client.query(`update webhook_events set next_attempt_at = now() + make_interval(secs => $2) where id = $1`, [event.id, delay]);
       return 'retrying';
     });
+  }
+
+  /**
+   * Cancels, through the Stripe API, the subscriptions of refused trials (recorded by the
+   * effect's transaction; the call happens after it, never under its locks). The idempotency
+   * key is derived from the subscription, so a retry after a lost answer cancels once.
+   */
+  async cancelRefusedTrials(): Promise<void> {
+    if (this.gateway === undefined) return;
+    const { rows } = await this.db.query<{ subscription_id: string }>(
+      `select subscription_id from trial_refusals where cancelled_at is null and cancel_attempts < $1 order by created_at limit $2`,
+      [this.options.attemptsMax, this.options.batchSizeMax],
+    );
+    for (const row of rows) {
+      try {
+        await this.gateway.cancelSubscription(row.subscription_id, `cancel-trial:${row.subscription_id}`);
+        await this.db.query('update trial_refusals set cancelled_at = now(), last_error = null where subscription_id = $1', [row.subscription_id]);
+      } catch (error) {
+        await this.db.query('update trial_refusals set cancel_attempts = cancel_attempts + 1, last_error = $2 where subscription_id = $1', [row.subscription_id, (error as Error).message]);
+        if (error instanceof StripeUnavailableError) return;
+        this.logger.error({ err: error, subscription: row.subscription_id }, 'cancelling a refused trial failed; it will be retried');
+      }
+    }
   }
 
   /** An operator's replay: back to pending, applied at once; effects stay exactly once. */

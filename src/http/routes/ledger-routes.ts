@@ -21,7 +21,7 @@ const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: ou
 
 const errorResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 404: 'account_not_found' };
 
-export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher): RouteDefinition[] {
+export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string): RouteDefinition[] {
   return [
     defineRoute({
       method: 'PUT',
@@ -31,7 +31,10 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher): RouteD
       summary: 'Create or update an account (fields left out keep their value)',
       body: accountInputSchema,
       responses: { 200: 'the account', ...errorResponses },
-      handler: async ({ params, body }) => ({ status: 200, body: await ledger.upsertAccount(accountId(params), body) }),
+      handler: async ({ params, body }) => ({
+        status: 200,
+        body: await ledger.upsertAccount(accountId(params), body, body.device_fingerprint === undefined ? undefined : hashDevice(body.device_fingerprint)),
+      }),
     }),
     defineRoute({
       method: 'GET',

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { checkoutInputSchema, createCheckout, type TrialGate } from '../../billing/checkout.js';
 import type { Catalog } from '../../billing/catalog.js';
+import { trialEligibility, type ClaimHasher } from '../../billing/trials.js';
 import type { Database } from '../../db/database.js';
 import { TallyError } from '../../errors.js';
 import { accountIdSchema } from '../../ledger/commands.js';
@@ -21,6 +22,7 @@ export interface StripeRouteDependencies {
   worker: WebhookWorker;
   webhookSecrets: string[];
   trials: TrialGate;
+  hasher: ClaimHasher;
 }
 
 /** Registered in a scope whose JSON parser keeps the raw body, which the signature covers. */
@@ -50,6 +52,11 @@ const webhookQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(inboxListSizeMax).default(100),
 });
 
+const eligibilityQuerySchema = z.strictObject({
+  email: z.email().max(320).optional(),
+  device_fingerprint: z.string().min(1).max(512).optional(),
+});
+
 export function stripeRoutes(dependencies: StripeRouteDependencies): RouteDefinition[] {
   return [
     defineRoute({
@@ -63,6 +70,22 @@ export function stripeRoutes(dependencies: StripeRouteDependencies): RouteDefini
       handler: async ({ params, body }) => ({
         status: 200,
         body: await createCheckout(dependencies, parseInput(accountIdSchema, params.id, 'id'), body),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/trial-eligibility',
+      access: 'app',
+      tag: 'stripe',
+      summary: 'Whether the account (and the email and device given) may start a trial; creates nothing',
+      query: eligibilityQuerySchema,
+      responses: { 200: '{eligible, reason?}', 404: 'account_not_found' },
+      handler: async ({ params, query }) => ({
+        status: 200,
+        body: await trialEligibility(dependencies.db, dependencies.hasher, parseInput(accountIdSchema, params.id, 'id'), {
+          email: query.email,
+          deviceFingerprint: query.device_fingerprint,
+        }),
       }),
     }),
     defineRoute({
