@@ -6,7 +6,10 @@ import type { Database } from './db/database.js';
 import { buildServer } from './http/server.js';
 import { Ledger } from './ledger/ledger.js';
 import { Sweeper } from './ledger/sweeper.js';
+import { parseSinks } from './ops/alert-sinks.js';
+import { raiseAlert } from './ops/alerts.js';
 import { Metrics } from './ops/metrics.js';
+import { OperationsScheduler } from './ops/scheduler.js';
 import { StripeGateway } from './stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './stripe/worker.js';
 
@@ -28,6 +31,11 @@ export interface AssembleOptions {
   stripeTimeoutMilliseconds?: number;
   webhookSecrets: string[];
   fingerprintSecret?: string | undefined;
+  alertWebhookUrls?: string[];
+  pagerDutyRoutingKey?: string | undefined;
+  alertRetryBaseSeconds?: number;
+  operationsIntervalSeconds?: number;
+  reconcileIntervalHours?: number;
   workerOptions?: Partial<WorkerOptions>;
   sweepIntervalSeconds: number;
   /** The time for expiry decisions; undefined means the database's clock (tests move it). */
@@ -41,6 +49,7 @@ export interface Assembled {
   sweeper: Sweeper;
   gateway: StripeGateway | undefined;
   metrics: Metrics;
+  operations: OperationsScheduler;
   /** Starts the background work: the webhook worker and the sweep. */
   startBackground(): void;
   /** Stops intake, then the background work; the pool is the caller's to close. */
@@ -63,7 +72,19 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   const hasher = await loadClaimHasher(db, options.fingerprintSecret);
   const worker = new WebhookWorker(db, catalog, hasher, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock });
   const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher };
-  const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe });
+  const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe, operations: { db, catalog, gateway } });
+  if (gateway !== undefined) {
+    gateway.onOpen = (status) => {
+      raiseAlert(db.pool, { kind: 'stripe_breaker_open', key: 'stripe_breaker_open', severity: 'critical', message: `Stripe circuit breaker opened after ${status.failures} consecutive failures`, details: { ...status } }).catch(
+        (error: unknown) => logger.error({ err: error }, 'could not record the breaker alert'),
+      );
+    };
+  }
+  const operations = new OperationsScheduler(db, catalog, gateway, logger, {
+    intervalSeconds: options.operationsIntervalSeconds ?? 30,
+    reconcileIntervalHours: options.reconcileIntervalHours ?? 24,
+    delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
+  });
   const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds);
   return {
     app,
@@ -72,8 +93,10 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     sweeper,
     gateway,
     metrics,
+    operations,
     startBackground() {
       sweeper.start();
+      operations.start();
       worker.start();
       worker.nudge();
     },
@@ -81,6 +104,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       await app.close();
       await worker.stop();
       await sweeper.stop();
+      await operations.stop();
     },
   };
 }

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { parseSinks } from './ops/alert-sinks.js';
 
 /**
  * Every setting, read from the environment once and validated. A bad value stops the start
@@ -28,6 +29,8 @@ const environmentSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optionalText,
   STRIPE_API_BASE: optionalText.pipe(z.url().optional()),
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
+  TALLY_PAGERDUTY_ROUTING_KEY: optionalText,
+  TALLY_RECONCILE_INTERVAL_HOURS: z.coerce.number().int().min(0).max(24 * 30).default(24),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -49,6 +52,8 @@ export interface Config {
   stripeWebhookSecrets: string[];
   stripeApiBase: string | undefined;
   alertWebhookUrls: string[];
+  pagerDutyRoutingKey: string | undefined;
+  reconcileIntervalHours: number;
   logLevel: Environment['LOG_LEVEL'];
 }
 
@@ -69,6 +74,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   const value = result.data;
+  checkAlertSinks(splitList(value.TALLY_ALERT_WEBHOOK_URLS), value.TALLY_PAGERDUTY_ROUTING_KEY);
   return {
     databaseUrl: value.DATABASE_URL,
     port: value.PORT,
@@ -85,8 +91,22 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     stripeWebhookSecrets: splitList(value.STRIPE_WEBHOOK_SECRET),
     stripeApiBase: value.STRIPE_API_BASE,
     alertWebhookUrls: splitList(value.TALLY_ALERT_WEBHOOK_URLS),
+    pagerDutyRoutingKey: value.TALLY_PAGERDUTY_ROUTING_KEY,
+    reconcileIntervalHours: value.TALLY_RECONCILE_INTERVAL_HOURS,
     logLevel: value.LOG_LEVEL,
   };
+}
+
+function checkAlertSinks(urls: string[], pagerDutyRoutingKey: string | undefined): void {
+  let sinks;
+  try {
+    sinks = parseSinks(urls);
+  } catch (error) {
+    throw new ConfigError(`invalid configuration:\n  TALLY_ALERT_WEBHOOK_URLS: ${(error as Error).message}`);
+  }
+  if (sinks.some((sink) => sink.kind === 'pagerduty') && pagerDutyRoutingKey === undefined) {
+    throw new ConfigError('invalid configuration:\n  TALLY_PAGERDUTY_ROUTING_KEY: required by the PagerDuty sink in TALLY_ALERT_WEBHOOK_URLS');
+  }
 }
 
 export interface ApiKeys {

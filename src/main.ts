@@ -56,6 +56,9 @@ export async function startTally(config: Config): Promise<Tally> {
       stripeApiBase: config.stripeApiBase,
       webhookSecrets: config.stripeWebhookSecrets,
       fingerprintSecret: config.fingerprintSecret,
+      alertWebhookUrls: config.alertWebhookUrls,
+      pagerDutyRoutingKey: config.pagerDutyRoutingKey,
+      reconcileIntervalHours: config.reconcileIntervalHours,
       sweepIntervalSeconds: config.sweepIntervalSeconds,
     });
     const url = await parts.app.listen({ port: config.port, host: config.host });

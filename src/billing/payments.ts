@@ -92,6 +92,18 @@ async function clawBack(context: EffectContext, payment: PaymentRow, credits: nu
   if (bounded <= 0) return 0;
   await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [payment.account_id, bounded, key, payment.id, { ...reference, event: context.event.id }, context.now]);
   await context.client.query('update payments set clawed_back = clawed_back + $2 where id = $1', [payment.id, bounded]);
+  const { rows } = await context.client.query<{ debt: number }>('select debt from accounts where id = $1', [payment.account_id]);
+  const debt = rows[0]?.debt ?? 0;
+  if (debt > 0) {
+    await raiseAlert(context.client, {
+      kind: 'account_in_debt',
+      key: `debt:${payment.account_id}`,
+      severity: 'warning',
+      message: `account ${payment.account_id} is in debt by ${debt} credits after ${key}`,
+      details: { debt, cause: key },
+      accountId: payment.account_id,
+    });
+  }
   return bounded;
 }
 

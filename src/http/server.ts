@@ -11,6 +11,7 @@ import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defineRoute, registerRoutes, type RouteDefinition } from './route.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
+import { operationsRoutes, type OperationsRouteDependencies } from './routes/ops-routes.js';
 import { stripeRoutes, webhookRoute, type StripeRouteDependencies } from './routes/stripe-routes.js';
 
 export const bodyLimitBytes = 1024 * 1024;
@@ -26,8 +27,7 @@ export interface ServerOptions {
   logLevel: string;
   version: string;
   stripe: StripeRouteDependencies;
-  /** Routes of later features (operations), declared the same way. */
-  extraRoutes?: RouteDefinition[];
+  operations: OperationsRouteDependencies;
 }
 
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
@@ -59,7 +59,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
 
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice), ...stripeRoutes(options.stripe), ...healthRoutes(options), ...(options.extraRoutes ?? [])];
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice), ...stripeRoutes(options.stripe), ...operationsRoutes(options.operations), ...healthRoutes(options)];
   const rawBodyRoutes = [webhookRoute(options.stripe)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(

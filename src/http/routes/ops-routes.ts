@@ -1,0 +1,94 @@
+import { z } from 'zod';
+import type { Catalog } from '../../billing/catalog.js';
+import type { Database } from '../../db/database.js';
+import { accountIdSchema, reasonLengthMax } from '../../ledger/commands.js';
+import { erasePersonalData, exportAccount } from '../../ops/gdpr.js';
+import { reconcile } from '../../ops/reconcile.js';
+import type { StripeGateway } from '../../stripe/gateway.js';
+import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+
+/** The operators' calls: reconciliation, alerts, export and erasure (all with the admin key). */
+export interface OperationsRouteDependencies {
+  db: Database;
+  catalog: Catalog;
+  gateway: StripeGateway | undefined;
+}
+
+const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+
+export const alertsListSizeMax = 500;
+
+export function operationsRoutes(dependencies: OperationsRouteDependencies): RouteDefinition[] {
+  return [
+    defineRoute({
+      method: 'POST',
+      url: '/v1/admin/reconcile',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Run a reconciliation now and answer its report (never changes the ledger)',
+      body: z.strictObject({ stripe: z.boolean().default(false) }),
+      responses: { 200: 'the report: {run_id, finding_count, findings, summary}', 409: 'reconciliation_running', 503: 'stripe_unavailable' },
+      handler: async ({ body }) => ({
+        status: 200,
+        body: await reconcile(dependencies.db, { trigger: 'api', stripe: body.stripe, gateway: dependencies.gateway, catalog: dependencies.catalog }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/reconciliations',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Recent reconciliation runs, newest first',
+      query: z.strictObject({ limit: z.coerce.number().int().min(1).max(100).default(20) }),
+      responses: { 200: '{runs: [...]}' },
+      handler: async ({ query }) => {
+        const { rows } = await dependencies.db.query(
+          `select id as run_id, trigger, with_stripe, status, finding_count, findings, summary, error,
+             tally_iso(started_at) as started_at, tally_iso(finished_at) as finished_at
+           from reconciliation_runs order by started_at desc limit $1`,
+          [query.limit],
+        );
+        return { status: 200, body: { runs: rows } };
+      },
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/alerts',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Alerts, newest first, with how often each repeated in its window',
+      query: z.strictObject({ limit: z.coerce.number().int().min(1).max(alertsListSizeMax).default(100) }),
+      responses: { 200: '{alerts: [...]}' },
+      handler: async ({ query }) => {
+        const { rows } = await dependencies.db.query(
+          `select a.id, a.alert_key as key, a.kind, a.severity, a.message, a.details, a.account_id, a.count,
+             tally_iso(a.first_at) as first_at, tally_iso(a.last_at) as last_at,
+             coalesce((select jsonb_agg(jsonb_build_object('sink', d.sink, 'delivered_at', tally_iso(d.delivered_at), 'attempts', d.attempts, 'last_error', d.last_error))
+                       from alert_deliveries d where d.alert_id = a.id), '[]'::jsonb) as deliveries
+           from alerts a order by a.last_at desc, a.id desc limit $1`,
+          [query.limit],
+        );
+        return { status: 200, body: { alerts: rows } };
+      },
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/export',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Every record Tally keeps on the account (GDPR access)',
+      responses: { 200: 'the export', 404: 'account_not_found' },
+      handler: async ({ params }) => ({ status: 200, body: await exportAccount(dependencies.db, accountId(params)) }),
+    }),
+    defineRoute({
+      method: 'DELETE',
+      url: '/v1/accounts/:id/personal-data',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Erase personal data; ledger amounts stay, pseudonymized',
+      body: z.strictObject({ reason: z.string().min(1).max(reasonLengthMax) }),
+      responses: { 200: '{account_id, pseudonym, erased}', 404: 'account_not_found' },
+      handler: async ({ params, body }) => ({ status: 200, body: await erasePersonalData(dependencies.db, accountId(params), body.reason) }),
+    }),
+  ];
+}

@@ -1,0 +1,112 @@
+import type { Database } from '../db/database.js';
+
+/**
+ * Where alerts go: Slack incoming webhooks, PagerDuty Events API v2, or any URL as a JSON POST.
+ * The kind comes from the URL (hooks.slack.com, events.pagerduty.com) or from a prefix that
+ * names it (`slack+https://…`, `pagerduty+https://…`, `json+https://…`). Each alert is delivered
+ * to each sink on its own, retried with backoff; a repeat of the same alert inside its window
+ * only raises the count, so it is not sent again.
+ */
+export type SinkKind = 'slack' | 'pagerduty' | 'json';
+
+export interface Sink {
+  kind: SinkKind;
+  url: string;
+  /** The configured text, which names the sink in the database. */
+  name: string;
+}
+
+export function parseSinks(urls: string[]): Sink[] {
+  return urls.map((raw) => {
+    const prefixed = /^(slack|pagerduty|json)\+(https?:\/\/.+)$/.exec(raw);
+    if (prefixed?.[1] !== undefined && prefixed[2] !== undefined) return { kind: prefixed[1] as SinkKind, url: prefixed[2], name: raw };
+    const host = new URL(raw).hostname;
+    const kind: SinkKind = host === 'hooks.slack.com' ? 'slack' : host.endsWith('pagerduty.com') ? 'pagerduty' : 'json';
+    return { kind, url: raw, name: raw };
+  });
+}
+
+export interface AlertRow {
+  id: number;
+  alert_key: string;
+  kind: string;
+  severity: 'info' | 'warning' | 'critical';
+  message: string;
+  details: Record<string, unknown>;
+  account_id: string | null;
+  count: number;
+  first_at: string;
+  last_at: string;
+}
+
+export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: string | undefined): unknown {
+  if (sink.kind === 'slack') {
+    const icon = alert.severity === 'critical' ? ':rotating_light:' : alert.severity === 'warning' ? ':warning:' : ':information_source:';
+    return { text: `${icon} Tally ${alert.severity}: ${alert.message}`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `${icon} *${alert.kind}* (${alert.severity})\n${alert.message}` } }] };
+  }
+  if (sink.kind === 'pagerduty') {
+    return {
+      routing_key: pagerDutyRoutingKey,
+      event_action: 'trigger',
+      dedup_key: alert.alert_key,
+      payload: { summary: alert.message.slice(0, 1024), source: 'tally', severity: alert.severity, component: alert.kind, custom_details: { ...alert.details, account_id: alert.account_id, count: alert.count } },
+    };
+  }
+  return { id: alert.id, key: alert.alert_key, kind: alert.kind, severity: alert.severity, message: alert.message, details: alert.details, account_id: alert.account_id, count: alert.count, first_at: alert.first_at, last_at: alert.last_at };
+}
+
+export const deliveryAttemptsMax = 10;
+export const deliveryTimeoutMilliseconds = 5000;
+
+export interface DeliveryOptions {
+  sinks: Sink[];
+  pagerDutyRoutingKey: string | undefined;
+  retryBaseSeconds: number;
+  retryDelaySecondsMax: number;
+}
+
+/** Sends what is due to every sink; answers how many deliveries succeeded. */
+export async function deliverAlerts(db: Database, options: DeliveryOptions): Promise<number> {
+  if (options.sinks.length === 0) return 0;
+  await db.query(
+    `insert into alert_deliveries (alert_id, sink) select a.id, s.sink from alerts a cross join unnest($1::text[]) as s(sink)
+     where a.first_at > now() - interval '1 day' on conflict do nothing`,
+    [options.sinks.map((sink) => sink.name)],
+  );
+  const { rows } = await db.query<AlertRow & { sink: string; attempts: number }>(
+    `select a.id, a.alert_key, a.kind, a.severity, a.message, a.details, a.account_id, a.count, tally_iso(a.first_at) as first_at,
+       tally_iso(a.last_at) as last_at, d.sink, d.attempts
+     from alert_deliveries d join alerts a on a.id = d.alert_id
+     where d.delivered_at is null and d.next_attempt_at <= now() and d.attempts < $1 and d.sink = any($2)
+     order by a.id limit 100`,
+    [deliveryAttemptsMax, options.sinks.map((sink) => sink.name)],
+  );
+  let delivered = 0;
+  for (const row of rows) {
+    const sink = options.sinks.find((candidate) => candidate.name === row.sink);
+    if (sink === undefined) continue;
+    const error = await post(sink.url, sinkPayload(sink, row, options.pagerDutyRoutingKey));
+    if (error === undefined) {
+      delivered += 1;
+      await db.query('update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2', [row.id, row.sink]);
+    } else {
+      const delay = Math.min(options.retryBaseSeconds * 2 ** row.attempts, options.retryDelaySecondsMax);
+      await db.query(
+        `update alert_deliveries set attempts = attempts + 1, last_error = $3, next_attempt_at = now() + make_interval(secs => $4) where alert_id = $1 and sink = $2`,
+        [row.id, row.sink, error, delay],
+      );
+    }
+  }
+  return delivered;
+}
+
+/** Answers undefined on a 2xx, otherwise what went wrong. */
+async function post(url: string, body: unknown): Promise<string | undefined> {
+  try {
+    const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(deliveryTimeoutMilliseconds) });
+    await response.arrayBuffer();
+    return response.ok ? undefined : `HTTP ${response.status}`;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}

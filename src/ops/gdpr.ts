@@ -1,0 +1,75 @@
+import { createHash } from 'node:crypto';
+import type { Database } from '../db/database.js';
+import { accountNotFound } from '../errors.js';
+
+/**
+ * GDPR: export every record Tally keeps on an account, and erase its personal data. Erasure
+ * replaces the name with a pseudonym and removes the email, metadata, device fingerprint hash,
+ * usage descriptions and metadata in entries, and the Stripe payloads of its events; ledger
+ * amounts, keys and Stripe ids stay for accounting, and trial claims stay (as hashes) so that
+ * erasure does not reopen a trial. The erasure is itself audited.
+ */
+const exportQueries: Record<string, string> = {
+  grants: `select to_jsonb(g) - 'account_id' as row from grants g where account_id = $1 order by id`,
+  entries: `select tally_entry_json(e) as row from entries e where account_id = $1 order by id`,
+  holds: `select to_jsonb(h) - 'account_id' as row from holds h where account_id = $1 order by id`,
+  subscriptions: `select to_jsonb(s) - 'account_id' as row from subscriptions s where account_id = $1 order by event_created`,
+  payments: `select to_jsonb(p) - 'account_id' as row from payments p where account_id = $1 order by id`,
+  request_keys: `select jsonb_build_object('key', key, 'operation', operation, 'status_code', status_code, 'response', response, 'created_at', tally_iso(created_at)) as row from request_keys where account_id = $1 order by created_at`,
+  webhook_events: `select jsonb_build_object('id', id, 'type', type, 'status', status, 'created', tally_iso(created), 'payload', payload) as row from webhook_events where account_id = $1 order by created`,
+  trial_claims: `select jsonb_build_object('kind', kind, 'value_hash', value_hash, 'subscription_id', subscription_id, 'created_at', tally_iso(created_at)) as row from trial_claims where account_id = $1`,
+  trial_refusals: `select to_jsonb(r) - 'account_id' as row from trial_refusals r where account_id = $1`,
+  alerts: `select to_jsonb(a) - 'account_id' as row from alerts a where account_id = $1 order by id`,
+  audit_log: `select to_jsonb(l) - 'account_id' as row from audit_log l where account_id = $1 order by id`,
+};
+
+export async function exportAccount(db: Database, accountId: string): Promise<Record<string, unknown>> {
+  const account = await db.query<{ row: Record<string, unknown> }>(`select to_jsonb(a) as row from accounts a where id = $1`, [accountId]);
+  if (account.rows[0] === undefined) throw accountNotFound(accountId);
+  const sections: Record<string, unknown> = { account: account.rows[0].row };
+  for (const [name, sql] of Object.entries(exportQueries)) {
+    sections[name] = (await db.query<{ row: unknown }>(sql, [accountId])).rows.map((row) => row.row);
+  }
+  return { exported_at: new Date().toISOString(), ...sections };
+}
+
+export function pseudonymOf(accountId: string): string {
+  return `erased-${createHash('sha256').update(`tally-erasure:${accountId}`).digest('hex').slice(0, 16)}`;
+}
+
+export async function erasePersonalData(db: Database, accountId: string, reason: string): Promise<Record<string, unknown>> {
+  return db.withTransaction(async (client) => {
+    const { rows } = await client.query<{ email: string | null; name: string | null; metadata: Record<string, unknown>; device_fingerprint_hash: string | null }>(
+      'select email, name, metadata, device_fingerprint_hash from accounts where id = $1 for update',
+      [accountId],
+    );
+    const before = rows[0];
+    if (before === undefined) throw accountNotFound(accountId);
+    const pseudonym = pseudonymOf(accountId);
+    await client.query(`update accounts set email = null, name = $2, metadata = '{}'::jsonb, device_fingerprint_hash = null, updated_at = now() where id = $1`, [accountId, pseudonym]);
+    await client.query(`select set_config('tally.erasure', 'on', true)`);
+    const entries = await client.query(
+      `update entries set reference = reference - 'description' - 'metadata' where account_id = $1 and (reference ? 'description' or reference ? 'metadata')`,
+      [accountId],
+    );
+    await client.query(`select set_config('tally.erasure', 'off', true)`);
+    const events = await client.query(
+      `update webhook_events set payload = jsonb_build_object('id', id, 'type', type, 'erased', true) where account_id = $1 and status <> 'pending'`,
+      [accountId],
+    );
+    await client.query(
+      `update audit_log set before = before - 'email' - 'name' - 'metadata' - 'device_fingerprint_hash',
+         after = after - 'email' - 'name' - 'metadata' - 'device_fingerprint_hash' where account_id = $1`,
+      [accountId],
+    );
+    // What was erased is recorded by field name only, never by value.
+    const erased = { email: before.email !== null, name: before.name !== null, metadata: Object.keys(before.metadata).length > 0, device_fingerprint: before.device_fingerprint_hash !== null, entries: entries.rowCount ?? 0, webhook_events: events.rowCount ?? 0 };
+    await client.query(`insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'erasure', $2, $3, $4)`, [
+      accountId,
+      reason,
+      erased,
+      { name: pseudonym },
+    ]);
+    return { account_id: accountId, pseudonym, erased };
+  });
+}

@@ -1,0 +1,281 @@
+import type pg from 'pg';
+import type { Catalog } from '../billing/catalog.js';
+import { findPrice } from '../billing/catalog.js';
+import type { Database } from '../db/database.js';
+import { TallyError } from '../errors.js';
+import type { StripeGateway } from '../stripe/gateway.js';
+import { idOf, invoiceLines, invoiceSubscriptionId } from '../stripe/shapes.js';
+import { raiseAlert } from './alerts.js';
+
+/**
+ * Reconciliation: set-based checks that the ledger agrees with itself (and, when asked, with
+ * Stripe). A run stores its report and raises an alert for findings; it never changes the
+ * ledger. One run at a time across all processes (an advisory lock).
+ */
+export interface Finding {
+  check: string;
+  account_id: string | null;
+  message: string;
+  entry_ids: string[];
+  grant_ids?: string[];
+  stripe_ids?: string[];
+}
+
+export interface ReconciliationReport {
+  run_id: number;
+  started_at: string;
+  finished_at: string;
+  with_stripe: boolean;
+  finding_count: number;
+  findings: Finding[];
+  summary: { accounts: number; entries: number; duration_ms: number; checks: Record<string, number> };
+}
+
+export type ProgressListener = (done: number, total: number, check: string) => void;
+
+const reconcileLockKey = 7_316_122_452;
+export const findingsPerCheckMax = 1000;
+export const staleHoldGraceSeconds = 300;
+export const stripeLookbackDays = 30;
+const entriesPerFindingMax = 20;
+
+type Queryable = Pick<pg.ClientBase, 'query'>;
+const ids = (prefix: string, values: (number | string)[] | null): string[] => (values ?? []).map((value) => `${prefix}${value}`);
+
+const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[] = [
+  {
+    name: 'balance_equals_entries',
+    async run(client) {
+      const { rows } = await client.query<{ account_id: string; net: number; entry_sum: number; entry_ids: number[] }>(
+        `select a.id as account_id, a.available - a.debt as net, coalesce(e.total, 0)::bigint as entry_sum,
+           (select array_agg(id order by id desc) from (select id from entries where account_id = a.id order by id desc limit ${entriesPerFindingMax}) last) as entry_ids
+         from accounts a left join (select account_id, sum(amount) as total from entries group by account_id) e on e.account_id = a.id
+         where a.available - a.debt <> coalesce(e.total, 0) limit ${findingsPerCheckMax}`,
+      );
+      return rows.map((row) => ({
+        check: 'balance_equals_entries',
+        account_id: row.account_id,
+        message: `available - debt is ${row.net} but the entries sum to ${row.entry_sum}`,
+        entry_ids: ids('entry_', row.entry_ids),
+      }));
+    },
+  },
+  {
+    name: 'grant_remaining_equals_entries',
+    async run(client) {
+      const { rows } = await client.query<{ grant_id: number; account_id: string; amount: number; remaining: number; moved: number; entry_ids: number[] }>(
+        `with moved as (
+           select m.grant_id, sum(m.credits) as credits
+           from entries e cross join lateral unnest(e.grant_ids, e.grant_credits) as m(grant_id, credits)
+           group by m.grant_id),
+         wrong as (
+           select g.id, g.account_id, g.amount, g.remaining, coalesce(moved.credits, 0)::bigint as moved
+           from grants g left join moved on moved.grant_id = g.id
+           where g.remaining <> coalesce(moved.credits, 0) limit ${findingsPerCheckMax})
+         select wrong.id as grant_id, wrong.account_id, wrong.amount, wrong.remaining, wrong.moved,
+           (select array_agg(e.id order by e.id desc) from (select id from entries where account_id = wrong.account_id and wrong.id = any(grant_ids)
+              order by id desc limit ${entriesPerFindingMax}) e) as entry_ids
+         from wrong`,
+      );
+      return rows.map((row) => ({
+        check: 'grant_remaining_equals_entries',
+        account_id: row.account_id,
+        message: `grant_${row.grant_id} of ${row.amount} has ${row.remaining} remaining but its entries leave ${row.moved}`,
+        entry_ids: ids('entry_', row.entry_ids),
+        grant_ids: [`grant_${row.grant_id}`],
+      }));
+    },
+  },
+  {
+    name: 'available_equals_grants',
+    async run(client) {
+      const { rows } = await client.query<{ account_id: string; available: number; grant_sum: number }>(
+        `select a.id as account_id, a.available, coalesce(g.total, 0)::bigint as grant_sum
+         from accounts a left join (select account_id, sum(remaining) as total from grants group by account_id) g on g.account_id = a.id
+         where a.available <> coalesce(g.total, 0) limit ${findingsPerCheckMax}`,
+      );
+      return rows.map((row) => ({
+        check: 'available_equals_grants',
+        account_id: row.account_id,
+        message: `available is ${row.available} but its grants have ${row.grant_sum} remaining`,
+        entry_ids: [],
+      }));
+    },
+  },
+  {
+    name: 'one_grant_per_period',
+    async run(client) {
+      const { rows } = await client.query<{ account_id: string; subscription: string; period_start: string; grant_ids: number[]; entry_ids: number[] }>(
+        `select g.account_id, g.reference->>'subscription' as subscription, g.reference->>'period_start' as period_start,
+           array_agg(g.id order by g.id) as grant_ids,
+           array_agg(e.id order by e.id) filter (where e.id is not null) as entry_ids
+         from grants g left join entries e on e.account_id = g.account_id and e.idempotency_key = g.grant_key
+         where g.source = 'subscription' and g.grant_key like 'period:%'
+         group by g.account_id, g.reference->>'subscription', g.reference->>'period_start'
+         having count(distinct g.id) > 1 limit ${findingsPerCheckMax}`,
+      );
+      return rows.map((row) => ({
+        check: 'one_grant_per_period',
+        account_id: row.account_id,
+        message: `subscription ${row.subscription} has ${row.grant_ids.length} grants for the period starting ${row.period_start}`,
+        entry_ids: ids('entry_', row.entry_ids),
+        grant_ids: ids('grant_', row.grant_ids),
+        stripe_ids: [row.subscription],
+      }));
+    },
+  },
+  {
+    name: 'no_negative_balance',
+    async run(client) {
+      const { rows } = await client.query<{ account_id: string; available: number; held: number; debt: number }>(
+        `select id as account_id, available, held, debt from accounts where available < 0 or held < 0 or debt < 0 limit ${findingsPerCheckMax}`,
+      );
+      return rows.map((row) => ({
+        check: 'no_negative_balance',
+        account_id: row.account_id,
+        message: `negative balance: available ${row.available}, held ${row.held}, debt ${row.debt}`,
+        entry_ids: [],
+      }));
+    },
+  },
+  {
+    name: 'holds_resolved_or_live',
+    async run(client) {
+      const { rows } = await client.query<{ account_id: string; hold_id: number; problem: string; entry_ids: number[] }>(
+        `select h.account_id, h.id as hold_id,
+           case when h.status = 'pending' then 'pending ' || round(extract(epoch from now() - h.expires_at)) || ' s past its expiry'
+                else 'held ' || h.amount || ' but captured ' || coalesce(h.captured, 0) || ' and released ' || coalesce(h.released, 0) end as problem,
+           (select array_agg(id order by id) from entries where account_id = h.account_id and hold_id = h.id) as entry_ids
+         from holds h
+         where (h.status = 'pending' and h.expires_at < now() - make_interval(secs => ${staleHoldGraceSeconds}))
+            or (h.status <> 'pending' and coalesce(h.captured, 0) + coalesce(h.released, 0) <> h.amount)
+         limit ${findingsPerCheckMax}`,
+      );
+      const held = await client.query<{ account_id: string; held: number; pending: number }>(
+        `select a.id as account_id, a.held, coalesce(p.total, 0)::bigint as pending
+         from accounts a left join (select account_id, sum(amount) as total from holds where status = 'pending' group by account_id) p on p.account_id = a.id
+         where a.held <> coalesce(p.total, 0) limit ${findingsPerCheckMax}`,
+      );
+      return [
+        ...rows.map((row) => ({ check: 'holds_resolved_or_live', account_id: row.account_id, message: `hold_${row.hold_id} is ${row.problem}`, entry_ids: ids('entry_', row.entry_ids) })),
+        ...held.rows.map((row) => ({ check: 'holds_resolved_or_live', account_id: row.account_id, message: `held is ${row.held} but pending holds sum to ${row.pending}`, entry_ids: [] })),
+      ];
+    },
+  },
+];
+
+/** Paid Stripe invoices of the last 30 days each have their period grant; refunds their clawback. */
+async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog: Catalog, progress: (label: string) => void): Promise<Finding[]> {
+  const since = Math.floor(Date.now() / 1000) - stripeLookbackDays * 86400;
+  const findings: Finding[] = [];
+  const invoices = await gateway.call('invoices.list', (stripe) => stripe.invoices.list({ status: 'paid', created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  for (const invoice of invoices) {
+    const object = invoice as unknown as Record<string, unknown>;
+    const subscriptionId = invoiceSubscriptionId(object);
+    if (subscriptionId === undefined) continue;
+    for (const line of invoiceLines(object)) {
+      const match = line.priceId === undefined ? undefined : findPrice(catalog, line.priceId);
+      if (match?.kind !== 'plan' || line.proration) continue;
+      const key = `period:${subscriptionId}:${line.periodStart}`;
+      const { rows } = await client.query<{ account_id: string; id: number }>('select account_id, id from grants where grant_key = $1', [key]);
+      if (rows.length !== 1) {
+        findings.push({ check: 'stripe_invoice_granted_once', account_id: rows[0]?.account_id ?? null, message: `paid invoice ${invoice.id} has ${rows.length} grants under ${key}`, entry_ids: [], grant_ids: ids('grant_', rows.map((row) => row.id)), stripe_ids: [invoice.id ?? '', subscriptionId] });
+      }
+    }
+  }
+  progress('stripe invoices');
+  const refunds = await gateway.call('refunds.list', (stripe) => stripe.refunds.list({ created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  for (const refund of refunds) {
+    const paymentIntent = idOf(refund.payment_intent);
+    if (paymentIntent === undefined || refund.status === 'failed' || refund.status === 'canceled') continue;
+    const { rows } = await client.query<{ account_id: string; credits: number; clawed: boolean }>(
+      `select p.account_id, p.credits, exists (select 1 from entries e where e.account_id = p.account_id and e.idempotency_key = $2) as clawed
+       from payments p where p.payment_intent = $1`,
+      [paymentIntent, `refund:${refund.id}`],
+    );
+    const payment = rows[0];
+    if (payment !== undefined && payment.credits > 0 && !payment.clawed) {
+      findings.push({ check: 'stripe_refund_clawed_back', account_id: payment.account_id, message: `refund ${refund.id} of ${paymentIntent} has no clawback`, entry_ids: [], stripe_ids: [refund.id, paymentIntent] });
+    }
+  }
+  progress('stripe refunds');
+  return findings;
+}
+
+export interface ReconcileOptions {
+  trigger: 'cli' | 'api' | 'schedule';
+  stripe: boolean;
+  gateway: StripeGateway | undefined;
+  catalog: Catalog;
+  onProgress?: ProgressListener;
+}
+
+export const reconcileCheckNames = checks.map((check) => check.name);
+
+export async function reconcile(db: Database, options: ReconcileOptions): Promise<ReconciliationReport> {
+  if (options.stripe && options.gateway === undefined) throw new TallyError('stripe_unavailable', 503, 'reconciliation with Stripe needs STRIPE_SECRET_KEY');
+  const client = await db.pool.connect();
+  try {
+    const locked = await client.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [reconcileLockKey]);
+    if (locked.rows[0]?.locked !== true) throw new TallyError('reconciliation_running', 409, 'another reconciliation is running');
+    try {
+      return await runLocked(client, options);
+    } finally {
+      await client.query('select pg_advisory_unlock($1)', [reconcileLockKey]);
+    }
+  } finally {
+    client.release();
+  }
+}
+
+async function runLocked(client: pg.PoolClient, options: ReconcileOptions): Promise<ReconciliationReport> {
+  const started = Date.now();
+  const { rows } = await client.query<{ id: number; started_at: string }>(
+    `insert into reconciliation_runs (trigger, with_stripe) values ($1, $2) returning id, tally_iso(started_at) as started_at`,
+    [options.trigger, options.stripe],
+  );
+  const run = rows[0];
+  if (run === undefined) throw new Error('reconciliation run was not recorded');
+  const total = checks.length + (options.stripe ? 2 : 0);
+  let done = 0;
+  const progress = (label: string) => options.onProgress?.((done += 1), total, label);
+  try {
+    // One snapshot for every check, read only: the report describes one moment.
+    await client.query('begin isolation level repeatable read read only');
+    const findings: Finding[] = [];
+    const perCheck: Record<string, number> = {};
+    for (const check of checks) {
+      const found = await check.run(client);
+      perCheck[check.name] = found.length;
+      findings.push(...found);
+      progress(check.name);
+    }
+    if (options.stripe && options.gateway !== undefined) {
+      const found = await stripeFindings(client, options.gateway, options.catalog, progress);
+      perCheck.stripe = found.length;
+      findings.push(...found);
+    }
+    const counts = await client.query<{ accounts: number; entries: number }>('select (select count(*) from accounts)::bigint as accounts, (select count(*) from entries)::bigint as entries');
+    await client.query('commit');
+    const summary = { accounts: counts.rows[0]?.accounts ?? 0, entries: counts.rows[0]?.entries ?? 0, duration_ms: Date.now() - started, checks: perCheck };
+    const finished = await client.query<{ finished_at: string }>(
+      `update reconciliation_runs set finished_at = now(), status = 'done', finding_count = $2, findings = $3, summary = $4 where id = $1 returning tally_iso(finished_at) as finished_at`,
+      [run.id, findings.length, JSON.stringify(findings), summary],
+    );
+    if (findings.length > 0) {
+      await raiseAlert(client, {
+        kind: 'reconciliation',
+        key: 'reconciliation:findings',
+        severity: 'critical',
+        message: `reconciliation run ${run.id} found ${findings.length} problem(s): ${Object.entries(perCheck).filter(([, count]) => count > 0).map(([name, count]) => `${name} ${count}`).join(', ')}`,
+        details: { run_id: run.id, checks: perCheck },
+      });
+    }
+    return { run_id: run.id, started_at: run.started_at, finished_at: finished.rows[0]?.finished_at ?? '', with_stripe: options.stripe, finding_count: findings.length, findings, summary };
+  } catch (error) {
+    // The run's own error is what is reported; a failed rollback only means the connection is gone.
+    await client.query('rollback').catch((rollbackError: unknown) => void rollbackError);
+    await client.query(`update reconciliation_runs set finished_at = now(), status = 'failed', error = $2 where id = $1`, [run.id, (error as Error).message]);
+    throw error;
+  }
+}

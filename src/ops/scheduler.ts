@@ -1,0 +1,79 @@
+import type { Logger } from 'pino';
+import type { Catalog } from '../billing/catalog.js';
+import type { Database } from '../db/database.js';
+import { TallyError } from '../errors.js';
+import type { StripeGateway } from '../stripe/gateway.js';
+import { deliverAlerts, type DeliveryOptions } from './alert-sinks.js';
+import { reconcile } from './reconcile.js';
+import { checkGrantsOverAllowance, checkWebhookFailureRate } from './rules.js';
+
+/**
+ * The operations loop of a process: alert rules, alert delivery, and the scheduled
+ * reconciliation (daily by default; the advisory lock keeps it to one run at a time, and a run
+ * starts only when the last one, from any process, is older than the interval).
+ */
+export interface OperationsOptions {
+  intervalSeconds: number;
+  reconcileIntervalHours: number;
+  delivery: DeliveryOptions;
+}
+
+export class OperationsScheduler {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Database,
+    private readonly catalog: Catalog,
+    private readonly gateway: StripeGateway | undefined,
+    private readonly logger: Logger,
+    private readonly options: OperationsOptions,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.running === undefined) this.running = this.tick().finally(() => (this.running = undefined));
+    }, this.options.intervalSeconds * 1000);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.running;
+  }
+
+  async tick(): Promise<void> {
+    const steps: [string, () => Promise<unknown>][] = [
+      ['grant rule', () => checkGrantsOverAllowance(this.db, this.catalog)],
+      ['webhook rule', () => checkWebhookFailureRate(this.db)],
+      ['scheduled reconciliation', () => this.reconcileIfDue()],
+      ['alert delivery', () => deliverAlerts(this.db, this.options.delivery)],
+    ];
+    for (const [name, step] of steps) {
+      try {
+        await step();
+      } catch (error) {
+        this.logger.error({ err: error }, `${name} failed; next tick retries`);
+      }
+    }
+  }
+
+  async reconcileIfDue(): Promise<boolean> {
+    if (this.options.reconcileIntervalHours <= 0) return false;
+    const { rows } = await this.db.query<{ due: boolean }>(
+      `select coalesce(max(started_at) < now() - make_interval(hours => $1), true) as due from reconciliation_runs where status <> 'failed'`,
+      [this.options.reconcileIntervalHours],
+    );
+    if (rows[0]?.due !== true) return false;
+    let report;
+    try {
+      report = await reconcile(this.db, { trigger: 'schedule', stripe: this.gateway !== undefined, gateway: this.gateway, catalog: this.catalog });
+    } catch (error) {
+      // Another process started the same scheduled run a moment earlier: nothing to do here.
+      if (error instanceof TallyError && error.code === 'reconciliation_running') return false;
+      throw error;
+    }
+    this.logger.info({ run: report.run_id, findings: report.finding_count }, 'scheduled reconciliation done');
+    return true;
+  }
+}
