@@ -59,7 +59,6 @@ export interface Assembled {
 export async function assemble(options: AssembleOptions): Promise<Assembled> {
   const { db, catalog, logger } = options;
   const ledger = new Ledger(db, { clock: options.clock, adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max });
-  const metrics = new Metrics(db);
   const gateway =
     options.stripeSecretKey === undefined
       ? undefined
@@ -69,8 +68,12 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
           halfOpenAfterMilliseconds: options.stripeBreakerHalfOpenAfterMilliseconds,
           timeoutMilliseconds: options.stripeTimeoutMilliseconds,
         });
+  const metrics = new Metrics(db, () => gateway?.status() ?? { state: 'closed', failures: 0 });
   const hasher = await loadClaimHasher(db, options.fingerprintSecret);
-  const worker = new WebhookWorker(db, catalog, hasher, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock });
+  const worker = new WebhookWorker(db, catalog, hasher, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock }, (type, outcome, lagSeconds) => {
+    metrics.webhookEvents.inc({ type, outcome });
+    if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
+  });
   const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher };
   const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe, operations: { db, catalog, gateway } });
   if (gateway !== undefined) {

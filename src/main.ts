@@ -5,6 +5,7 @@ import { assemble } from './app.js';
 import { loadCatalog, type Catalog } from './billing/catalog.js';
 import { resolveApiKeys, type ApiKeys, type Config } from './config.js';
 import { Database } from './db/database.js';
+import { logRedaction } from './ops/logging.js';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from './db/embedded.js';
 import { migrate } from './db/migrate.js';
 
@@ -38,7 +39,7 @@ export async function openDatabase(config: Config, logger: Logger): Promise<{ ur
 }
 
 export async function startTally(config: Config): Promise<Tally> {
-  const logger = pino({ level: config.logLevel, name: 'tally' });
+  const logger = pino({ level: config.logLevel, name: 'tally', redact: logRedaction });
   const catalog = loadCatalog(config.plansPath);
   const keys = resolveApiKeys(config);
   const { url: databaseUrl, embedded } = await openDatabase(config, logger);

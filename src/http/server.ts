@@ -7,6 +7,7 @@ import type { Ledger } from '../ledger/ledger.js';
 import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
 import { KeyChecker } from './auth.js';
+import { logRedaction } from '../ops/logging.js';
 import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defineRoute, registerRoutes, type RouteDefinition } from './route.js';
@@ -35,7 +36,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     bodyLimit: bodyLimitBytes,
     logger: {
       level: options.logLevel,
-      redact: { paths: ['req.headers.authorization', 'req.headers["stripe-signature"]'], censor: '[redacted]' },
+      redact: logRedaction,
     },
     // One log line per request only when debugging; metrics count every request anyway.
     logController: new LogController({ disableRequestLogging: options.logLevel !== 'debug' && options.logLevel !== 'trace' }),
@@ -59,7 +60,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
 
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice), ...stripeRoutes(options.stripe), ...operationsRoutes(options.operations), ...healthRoutes(options)];
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe), ...operationsRoutes(options.operations), ...healthRoutes(options)];
   const rawBodyRoutes = [webhookRoute(options.stripe)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(

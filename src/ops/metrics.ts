@@ -32,7 +32,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(db: Database) {
+  readonly webhookEvents = new Counter({
+    name: 'tally_webhook_events_total',
+    help: 'Webhook events applied by the worker, by type and outcome',
+    labelNames: ['type', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly webhookLagSeconds = new Histogram({
+    name: 'tally_webhook_lag_seconds',
+    help: 'Seconds from receiving a webhook event to applying it',
+    buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400],
+    registers: [this.registry],
+  });
+
+  constructor(db: Database, breaker?: () => { state: string; failures: number }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'tally_process_' });
     new Gauge({
       name: 'tally_db_pool_connections',
@@ -43,6 +56,39 @@ export class Metrics {
         this.set({ state: 'total' }, db.pool.totalCount);
         this.set({ state: 'idle' }, db.pool.idleCount);
         this.set({ state: 'waiting' }, db.pool.waitingCount);
+      },
+    });
+    new Gauge({
+      name: 'tally_stripe_breaker_open',
+      help: 'The Stripe circuit breaker: 1 open or isolated, 0.5 half open, 0 closed',
+      registers: [this.registry],
+      collect() {
+        const state = breaker?.().state ?? 'closed';
+        this.set(state === 'closed' ? 0 : state === 'half_open' ? 0.5 : 1);
+      },
+    });
+    new Gauge({
+      name: 'tally_credits_granted',
+      help: 'Credits granted so far, by grant source (all processes, from the database)',
+      labelNames: ['source'] as const,
+      registers: [this.registry],
+      async collect() {
+        const { rows } = await db.query<{ source: string; credits: number; grants: number }>('select source, sum(amount)::bigint as credits, count(*)::bigint as grants from grants group by source');
+        this.reset();
+        for (const row of rows) this.set({ source: row.source }, row.credits);
+      },
+    });
+    new Gauge({
+      name: 'tally_alerts_last_day',
+      help: 'Alerts raised in the last 24 hours, by kind and severity',
+      labelNames: ['kind', 'severity'] as const,
+      registers: [this.registry],
+      async collect() {
+        const { rows } = await db.query<{ kind: string; severity: string; count: number }>(
+          `select kind, severity, sum(count)::int as count from alerts where last_at > now() - interval '1 day' group by kind, severity`,
+        );
+        this.reset();
+        for (const row of rows) this.set({ kind: row.kind, severity: row.severity }, row.count);
       },
     });
   }

@@ -51,6 +51,8 @@ export class WebhookWorker {
     private readonly gateway: StripeGateway | undefined,
     private readonly logger: Logger,
     private readonly options: WorkerOptions = defaultWorkerOptions,
+    /** Told of each event's outcome and, once applied, the seconds since it was received. */
+    private readonly onOutcome: (type: string, outcome: EventOutcome, lagSeconds?: number) => void = () => undefined,
   ) {}
 
   start(): void {
@@ -118,10 +120,12 @@ export class WebhookWorker {
         if (claimed.rowCount === 0) return 'skipped';
         const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
         const result = await applyEvent(context);
-        await client.query(
-          `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3 where id = $1`,
+        const marked = await client.query<{ lag: number }>(
+          `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3 where id = $1
+           returning extract(epoch from now() - received_at)::float8 as lag`,
           [eventId, result.status, result.accountId ?? null],
         );
+        this.onOutcome(event.type, result.status, marked.rows[0]?.lag);
         return result.status;
       });
     } catch (error) {
@@ -131,6 +135,12 @@ export class WebhookWorker {
 
   /** Puts an event back to wait (Stripe unavailable) or to retry (anything else), or fails it. */
   private async postpone(event: StoredEvent, error: unknown): Promise<EventOutcome> {
+    const outcome = await this.recordFailure(event, error);
+    this.onOutcome(event.type, outcome);
+    return outcome;
+  }
+
+  private async recordFailure(event: StoredEvent, error: unknown): Promise<EventOutcome> {
     const message = error instanceof Error ? error.message : String(error);
     if (error instanceof StripeUnavailableError) {
       await this.db.query(`update webhook_events set next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1 and status = 'pending'`, [

@@ -11,6 +11,7 @@ import {
 } from '../../ledger/commands.js';
 import type { Actor, Ledger, Outcome } from '../../ledger/ledger.js';
 import type { UsageBatcher } from '../../ledger/usage-batcher.js';
+import type { Metrics } from '../../ops/metrics.js';
 import type { Caller } from '../auth.js';
 import { defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
 
@@ -21,7 +22,11 @@ const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: ou
 
 const errorResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 404: 'account_not_found' };
 
-export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string): RouteDefinition[] {
+export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string, metrics: Metrics): RouteDefinition[] {
+  const counted = (operation: string, credits: number, outcome: Outcome): Answer => {
+    metrics.countOperation(operation, outcome.status, credits);
+    return answer(outcome);
+  };
   return [
     defineRoute({
       method: 'PUT',
@@ -62,7 +67,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary: 'Spend credits (idempotent by key)',
       body: usageInputSchema,
       responses: { 200: '{entry_id, amount, available, replayed}', 402: 'insufficient_credits {available}', 409: 'idempotency_conflict', ...errorResponses },
-      handler: async ({ params, body, caller }) => answer(await usageBatcher.spend(accountId(params), body, actorOf(caller))),
+      handler: async ({ params, body, caller }) => counted('usage', body.amount, await usageBatcher.spend(accountId(params), body, actorOf(caller))),
     }),
     defineRoute({
       method: 'POST',
@@ -74,6 +79,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       responses: { 200: '{results: [{status, ...answer of the single call}]}', 400: 'malformed batch', 401: 'unauthorized' },
       handler: async ({ body, caller }) => {
         const outcomes = await ledger.usageBatch(body.events, actorOf(caller));
+        outcomes.forEach((outcome, index) => metrics.countOperation('usage', outcome.status, body.events[index]?.amount ?? 0));
         return { status: 200, body: { results: outcomes.map((outcome) => ({ status: outcome.status, ...outcome.body })) } };
       },
     }),
@@ -85,7 +91,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary: 'Reserve credits for a bounded time (idempotent by key)',
       body: holdInputSchema,
       responses: { 201: '{hold_id, amount, expires_at, available, replayed}', 402: 'insufficient_credits', 409: 'idempotency_conflict', ...errorResponses },
-      handler: async ({ params, body, caller }) => answer(await ledger.hold(accountId(params), body, actorOf(caller))),
+      handler: async ({ params, body, caller }) => counted('hold', body.amount, await ledger.hold(accountId(params), body, actorOf(caller))),
     }),
     defineRoute({
       method: 'POST',
@@ -127,7 +133,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary: 'Grant promo or admin credits (idempotent by key)',
       body: grantInputSchema,
       responses: { 201: 'the grant', 403: 'forbidden (app key)', 409: 'idempotency_conflict', ...errorResponses },
-      handler: async ({ params, body }) => answer(await ledger.grant(accountId(params), body)),
+      handler: async ({ params, body }) => counted('grant', body.amount, await ledger.grant(accountId(params), body)),
     }),
     defineRoute({
       method: 'POST',
@@ -145,7 +151,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
         401: 'unauthorized',
         404: 'account_not_found',
       },
-      handler: async ({ params, body }) => answer(await ledger.adjust(accountId(params), body)),
+      handler: async ({ params, body }) => counted('adjustment', Math.abs(body.amount), await ledger.adjust(accountId(params), body)),
     }),
   ];
 }
