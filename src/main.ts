@@ -1,5 +1,7 @@
 import type { FastifyInstance } from 'fastify';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pg from 'pg';
 import { pino, type Logger } from 'pino';
 import { assemble } from './app.js';
 import { loadCatalog, type Catalog } from './billing/catalog.js';
@@ -27,15 +29,51 @@ export interface Tally {
   close(): Promise<void>;
 }
 
-export async function openDatabase(config: Config, logger: Logger): Promise<{ url: string; embedded: EmbeddedDatabase | undefined }> {
+/**
+ * The database: DATABASE_URL, or the embedded one in the data folder. A running `tally start`
+ * leaves the embedded server's address in the data folder, so that CLI commands can use that
+ * server (reuseRunning) instead of starting a second one on the same data.
+ */
+export async function openDatabase(
+  config: Config,
+  logger: Logger,
+  options: { reuseRunning?: boolean } = {},
+): Promise<{ url: string; embedded: EmbeddedDatabase | undefined }> {
   if (config.databaseUrl !== undefined) return { url: config.databaseUrl, embedded: undefined };
+  const addressFile = join(config.dataDirectory, 'postgres-url');
+  if (options.reuseRunning === true && existsSync(addressFile)) {
+    const url = readFileSync(addressFile, 'utf8').trim();
+    if (await answers(url)) return { url, embedded: undefined };
+  }
   logger.info({ dataDirectory: config.dataDirectory }, 'no DATABASE_URL: starting embedded PostgreSQL');
   const embedded = await startEmbeddedDatabase({
     dataDirectory: config.dataDirectory,
     databaseName: 'tally',
     log: (line) => logger.debug({ postgres: line.trim() }, 'embedded postgres'),
   });
-  return { url: embedded.url, embedded };
+  writeFileSync(addressFile, embedded.url, { mode: 0o600 });
+  return {
+    url: embedded.url,
+    embedded: {
+      url: embedded.url,
+      stop: async () => {
+        rmSync(addressFile, { force: true });
+        await embedded.stop();
+      },
+    },
+  };
+}
+
+async function answers(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+  try {
+    await client.connect();
+    await client.end();
+    return true;
+  } catch {
+    // Nothing listens there any more (a stale file after a crash): start a server instead.
+    return false;
+  }
 }
 
 export async function startTally(config: Config): Promise<Tally> {

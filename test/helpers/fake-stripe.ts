@@ -18,6 +18,9 @@ export class FakeStripe {
   readonly invoiceOfPaymentIntent = new Map<string, string>();
   readonly refundsOfCharge = new Map<string, Record<string, unknown>[]>();
   readonly cardFingerprints = new Map<string, string>();
+  /** What GET /v1/invoices and GET /v1/refunds (without a charge) list. */
+  readonly invoices: Record<string, unknown>[] = [];
+  readonly refunds: Record<string, unknown>[] = [];
   mode: 'ok' | 'timeout' | 'error' = 'ok';
   private server: Server | undefined;
   private sessions = 0;
@@ -67,8 +70,10 @@ export class FakeStripe {
       return [200, { object: 'list', data, has_more: false, url: path }];
     }
     if (method === 'GET' && path === '/v1/refunds') {
-      return [200, { object: 'list', data: this.refundsOfCharge.get(params.charge ?? '') ?? [], has_more: false, url: path }];
+      const data = params.charge === undefined ? this.refunds : (this.refundsOfCharge.get(params.charge) ?? []);
+      return [200, { object: 'list', data, has_more: false, url: path }];
     }
+    if (method === 'GET' && path === '/v1/invoices') return [200, { object: 'list', data: this.invoices, has_more: false, url: path }];
     const subscription = /^\/v1\/subscriptions\/([^/]+)$/.exec(path);
     if (method === 'DELETE' && subscription?.[1] !== undefined) return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
     const paymentMethod = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);

@@ -1,0 +1,166 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
+import { FakeStripe } from '../helpers/fake-stripe.js';
+import { checkoutSession, deliver, event, invoice, month, refund, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
+
+// Reconciliation must name each kind of corruption, planted straight into the database with
+// the guards turned off in this test's own database, with the right account and entries.
+let test: TestApp;
+let fake: FakeStripe;
+
+before(async () => {
+  fake = await new FakeStripe().start();
+  test = await createTestApp({ stripeApiBase: fake.url });
+  await test.database.db.query('alter table entries disable trigger entries_append_only');
+  await test.database.db.query('alter table accounts drop constraint available_not_negative, drop constraint available_or_debt');
+});
+after(async () => {
+  await test.close();
+  await fake.stop();
+});
+
+const run = async (body: Record<string, unknown> = {}) => {
+  const response = await test.admin('POST', '/v1/admin/reconcile', body);
+  assert.equal(response.status, 200, JSON.stringify(response.body));
+  return response.body as { run_id: number; finding_count: number; findings: { check: string; account_id: string; message: string; entry_ids: string[]; grant_ids?: string[]; stripe_ids?: string[] }[] };
+};
+
+async function healthy(accountId: string): Promise<void> {
+  await fundedAccount(test, accountId, 100);
+  await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 30, idempotency_key: uniqueId('use') });
+  const hold = await test.call('POST', `/v1/accounts/${accountId}/holds`, { amount: 20, idempotency_key: uniqueId('hold') });
+  await test.call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { amount: 5 });
+}
+
+describe('reconciliation', () => {
+  it('finds nothing in a healthy ledger, and stores its report', async () => {
+    await healthy('rec-healthy');
+    const report = await run();
+    assert.equal(report.finding_count, 0, JSON.stringify(report.findings));
+    const runs = await test.admin('GET', '/v1/admin/reconciliations');
+    assert.equal(runs.body.runs[0].run_id, report.run_id);
+    assert.equal(runs.body.runs[0].status, 'done');
+  });
+
+  it('names a balance that differs from its entries, with the account and its latest entries', async () => {
+    await healthy('rec-balance');
+    await test.database.db.query(`update accounts set available = available + 7 where id = 'rec-balance'`);
+    const report = await run();
+    const finding = report.findings.find((candidate) => candidate.check === 'balance_equals_entries');
+    assert.equal(finding?.account_id, 'rec-balance');
+    assert.match(finding?.message ?? '', /is 72 but the entries sum to 65/);
+    const latest = await test.database.db.query<{ id: number }>(`select max(id) as id from entries where account_id = 'rec-balance'`);
+    assert.ok(finding?.entry_ids.includes(`entry_${latest.rows[0]?.id}`));
+    await test.database.db.query(`update accounts set available = available - 7 where id = 'rec-balance'`);
+  });
+
+  it("names a grant whose remaining differs from what its entries took, with those entries", async () => {
+    await healthy('rec-grant');
+    const { rows } = await test.database.db.query<{ id: number }>(`select id from grants where account_id = 'rec-grant'`);
+    await test.database.db.query(`update grants set remaining = remaining - 3 where account_id = 'rec-grant'`);
+    const report = await run();
+    const finding = report.findings.find((candidate) => candidate.check === 'grant_remaining_equals_entries');
+    assert.equal(finding?.account_id, 'rec-grant');
+    assert.deepEqual(finding?.grant_ids, [`grant_${rows[0]?.id}`]);
+    assert.ok((finding?.entry_ids.length ?? 0) >= 3, 'the grant, usage and hold entries that moved it');
+    assert.ok(report.findings.some((candidate) => candidate.check === 'available_equals_grants' && candidate.account_id === 'rec-grant'));
+    await test.database.db.query(`update grants set remaining = remaining + 3 where account_id = 'rec-grant'`);
+  });
+
+  it('names two subscription grants for one period', async () => {
+    await fundedAccount(test, 'rec-period', 0);
+    const reference = { subscription: 'sub_twice', period_start: 1893456000 };
+    for (const key of ['period:sub_twice:1893456000', 'period:sub_twice:1893456000:copy']) {
+      await test.database.db.query(
+        `select tally_add_grant('rec-period', 'subscription', 4000, 0, null, $1, 'grant', $2, 'stripe', null, now())`,
+        [key, reference],
+      );
+    }
+    const report = await run();
+    const finding = report.findings.find((candidate) => candidate.check === 'one_grant_per_period');
+    assert.equal(finding?.account_id, 'rec-period');
+    assert.equal(finding?.grant_ids?.length, 2);
+    assert.equal(finding?.entry_ids.length, 2);
+    assert.deepEqual(finding?.stripe_ids, ['sub_twice']);
+  });
+
+  it('names a negative balance', async () => {
+    await fundedAccount(test, 'rec-negative', 0);
+    await test.database.db.query(`update accounts set available = -5 where id = 'rec-negative'`);
+    const report = await run();
+    assert.ok(report.findings.some((candidate) => candidate.check === 'no_negative_balance' && candidate.account_id === 'rec-negative'));
+    await test.database.db.query(`update accounts set available = 0 where id = 'rec-negative'`);
+  });
+
+  it('names a hold left pending long past its expiry, with its entry', async () => {
+    await fundedAccount(test, 'rec-hold', 50);
+    const hold = await test.call('POST', '/v1/accounts/rec-hold/holds', { amount: 10, idempotency_key: uniqueId('hold') });
+    await test.database.db.query(`update holds set expires_at = now() - interval '1 hour' where 'hold_' || id = $1`, [hold.body.hold_id]);
+    const report = await run();
+    const finding = report.findings.find((candidate) => candidate.check === 'holds_resolved_or_live');
+    assert.equal(finding?.account_id, 'rec-hold');
+    assert.match(finding?.message ?? '', new RegExp(`${hold.body.hold_id} is pending`));
+    assert.equal(finding?.entry_ids.length, 1);
+  });
+
+  it('raises an alert for findings and never changes the ledger', async () => {
+    const before = await test.database.db.query(`select count(*)::int as entries, (select sum(available) from accounts)::bigint as available from entries`);
+    await run();
+    const after = await test.database.db.query(`select count(*)::int as entries, (select sum(available) from accounts)::bigint as available from entries`);
+    assert.deepEqual(after.rows, before.rows);
+    const alerts = await test.admin('GET', '/v1/admin/alerts');
+    assert.ok(alerts.body.alerts.some((alert: { kind: string; count: number }) => alert.kind === 'reconciliation' && alert.count >= 1));
+  });
+
+  it('checks paid Stripe invoices and refunds of the last 30 days', async () => {
+    const t0 = Math.floor(Date.now() / 1000);
+    const accountId = uniqueId('acct');
+    const paymentIntent = uniqueId('pi');
+    await fundedAccount(test, accountId, 0);
+    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' })));
+    await settleWebhooks(test);
+    const missing = invoice({ customer: uniqueId('cus'), subscription: 'sub_never_granted', lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+    fake.invoices.push(missing);
+    const unclawed = refund({ amount: 100, paymentIntent });
+    fake.refunds.push(unclawed);
+    const report = await run({ stripe: true });
+    const invoiceFinding = report.findings.find((candidate) => candidate.check === 'stripe_invoice_granted_once');
+    assert.ok(invoiceFinding?.stripe_ids?.includes(missing.id));
+    const refundFinding = report.findings.find((candidate) => candidate.check === 'stripe_refund_clawed_back');
+    assert.equal(refundFinding?.account_id, accountId);
+    assert.ok(refundFinding?.stripe_ids?.includes(unclawed.id));
+  });
+});
+
+describe('a large healthy ledger', () => {
+  it('has no findings among 100k entries, checked in seconds', async () => {
+    const fresh = await createTestApp();
+    try {
+      // 1,000 accounts, each with one grant of 1,000 and 99 usage entries of 1: consistent by
+      // construction, written set-based so the test spends its time on reconciliation.
+      await fresh.database.db.query(`insert into accounts (id, available) select 'bulk-' || n, 901 from generate_series(1, 1000) n`);
+      await fresh.database.db.query(
+        `insert into grants (account_id, source, amount, remaining, grant_key) select 'bulk-' || n, 'promo', 1000, 901, 'bulk' from generate_series(1, 1000) n`,
+      );
+      await fresh.database.db.query(
+        `insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, idempotency_key, actor)
+         select g.account_id, 'grant', 1000, 1000, array[g.id], array[1000::bigint], 'bulk', 'system' from grants g`,
+      );
+      await fresh.database.db.query(
+        `insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, idempotency_key, actor)
+         select g.account_id, 'usage', -1, 1000 - k, array[g.id], array[-1::bigint], 'bulk-use-' || k, 'app'
+         from grants g cross join generate_series(1, 99) k`,
+      );
+      const started = Date.now();
+      const report = await fresh.admin('POST', '/v1/admin/reconcile', {});
+      const seconds = (Date.now() - started) / 1000;
+      assert.equal(report.status, 200);
+      assert.equal(report.body.summary.entries, 100_000);
+      assert.equal(report.body.finding_count, 0, JSON.stringify(report.body.findings.slice(0, 3)));
+      process.stdout.write(`# reconciliation of 100k entries: ${seconds.toFixed(2)} s\n`);
+    } finally {
+      await fresh.close();
+    }
+  });
+});
