@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { after, before, it } from 'node:test';
+import { createTestApp, type TestApp } from '../helpers/app.js';
+import { checkoutSession, deliver, event, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+
+let test: TestApp;
+before(async () => {
+  test = await createTestApp();
+});
+after(async () => {
+  await test.close();
+});
+
+async function customerWithHistory() {
+  const accountId = uniqueId('gdpr');
+  const customer = uniqueId('cus');
+  const subscriptionId = uniqueId('sub');
+  const email = `private.person.${accountId}@example.com`;
+  const device = `device-${accountId}`;
+  await test.call('PUT', `/v1/accounts/${accountId}`, { email, name: 'Private Person', metadata: { phone: '555-0100' }, device_fingerprint: device });
+  await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 100, source: 'promo', reason: 'welcome', idempotency_key: uniqueId('g') });
+  await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 10, idempotency_key: uniqueId('u'), description: 'summary of Private Person’s notes', metadata: { doc: 'diary' } });
+  await deliver(test, event('checkout.session.completed', { ...checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId }), customer_details: { email } }));
+  await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'trialing', price: 'price_plus_monthly', start: 1893456000, end: 1894060800, trialEnd: 1894060800, accountId })));
+  await settleWebhooks(test);
+  return { accountId, subscriptionId, email, device };
+}
+
+it('exports every record kept on an account', async () => {
+  const { accountId, subscriptionId, email } = await customerWithHistory();
+  const response = await test.admin('GET', `/v1/accounts/${accountId}/export`);
+  assert.equal(response.status, 200);
+  const body = response.body;
+  assert.equal(body.account.email, email);
+  for (const section of ['grants', 'entries', 'holds', 'subscriptions', 'payments', 'request_keys', 'webhook_events', 'trial_claims', 'trial_refusals', 'alerts', 'audit_log']) {
+    assert.ok(Array.isArray(body[section]), `export has ${section}`);
+  }
+  assert.equal(body.grants.length, 2, 'the promo grant and the trial');
+  assert.equal(body.entries.length, 3);
+  assert.equal(body.subscriptions[0].id, subscriptionId);
+  assert.equal(body.webhook_events.length, 2);
+  assert.equal(body.trial_claims.length, 3, 'account, email and device claims, as hashes');
+  assert.equal((await test.call('GET', `/v1/accounts/${accountId}/export`)).status, 403, 'admin only');
+  assert.equal((await test.admin('GET', '/v1/accounts/nobody/export')).status, 404);
+});
+
+it('erases personal data, keeps amounts, keys and claims, and audits the erasure', async () => {
+  const { accountId, email, device } = await customerWithHistory();
+  const before = await test.admin('GET', `/v1/accounts/${accountId}/export`);
+  const response = await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'GDPR request #77' });
+  assert.equal(response.status, 200);
+  assert.match(response.body.pseudonym, /^erased-[0-9a-f]{16}$/);
+  const after = await test.admin('GET', `/v1/accounts/${accountId}/export`);
+  const text = JSON.stringify(after.body);
+  for (const secret of [email, 'Private Person', '555-0100', 'diary', device]) {
+    assert.ok(!text.includes(secret), `${secret} is gone`);
+  }
+  assert.equal(after.body.account.name, response.body.pseudonym);
+  assert.deepEqual(after.body.entries.map((entry: { amount: number; idempotency_key: string }) => [entry.amount, entry.idempotency_key]), before.body.entries.map((entry: { amount: number; idempotency_key: string }) => [entry.amount, entry.idempotency_key]));
+  assert.equal(after.body.trial_claims.length, 3, 'claims stay, so erasure does not reopen a trial');
+  assert.deepEqual((await test.call('GET', `/v1/accounts/${accountId}/balance`)).body.available, 590, 'promo 100 + trial 500 - 10');
+  const erasure = after.body.audit_log.find((row: { action: string }) => row.action === 'erasure');
+  assert.equal(erasure.reason, 'GDPR request #77');
+  assert.equal(erasure.before.email, true, 'the audit names what was erased, not its value');
+  const eligibility = await test.call('GET', `/v1/accounts/${accountId}/trial-eligibility?email=${encodeURIComponent(email)}`);
+  assert.equal(eligibility.body.eligible, false);
+  assert.equal((await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, {})).status, 400, 'a reason is required');
+  await assert.rejects(test.database.db.query(`update entries set amount = 0 where account_id = $1`, [accountId]), /append-only/, 'entries stay append-only outside erasure');
+});
