@@ -5,7 +5,7 @@
 -- Rollback: drop the functions (the tables of 0001 are untouched):
 --   drop function if exists tally_error, tally_iso, tally_grant_json, tally_entry_json,
 --     tally_replay, tally_remember, tally_take, tally_expire_due, tally_release, tally_settle,
---     tally_open, tally_add_grant, tally_usage, tally_usage_batch, tally_hold, tally_capture,
+--     tally_open, tally_open_spend, tally_add_grant, tally_usage, tally_usage_batch, tally_hold, tally_capture,
 --     tally_void, tally_lock_pending_hold, tally_admin_grant, tally_adjust, tally_settle_account
 --     cascade;
 --   delete from tally_migrations where version = 2;
@@ -220,6 +220,26 @@ begin
   return null;
 end $$;
 
+-- tally_open, then the overdraft check of a spend: a spend above available is refused with
+-- 402, and that refusal is the key's first outcome. NULL means: go on and spend.
+create function tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text,
+  p_hash text, p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_outcome jsonb := tally_open(p_account, p_key, p_operation, p_hash, p_now);
+  v_available bigint;
+begin
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  select available into v_available from accounts where id = p_account;
+  if v_available < p_amount then
+    return tally_remember(p_key, p_account, p_operation, p_hash, 402,
+      tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_available)), p_now);
+  end if;
+  return null;
+end $$;
+
 -- Adds a grant under its natural key, repaying debt first. An existing key answers the
 -- existing grant with created = false and changes nothing. The caller holds the account lock.
 create function tally_add_grant(p_account text, p_source text, p_amount bigint, p_priority integer,
@@ -263,15 +283,9 @@ declare
   v_take record;
   v_entry_id bigint;
 begin
-  v_outcome := tally_open(p_account, p_key, 'usage', p_hash, v_now);
+  v_outcome := tally_open_spend(p_account, p_amount, p_key, 'usage', p_hash, v_now);
   if v_outcome is not null then
     return v_outcome;
-  end if;
-  select * into v_account from accounts where id = p_account;
-  if v_account.available < p_amount then
-    return tally_remember(p_key, p_account, 'usage', p_hash, 402,
-      tally_error('insufficient_credits', 'not enough credits available',
-        jsonb_build_object('available', v_account.available)), v_now);
   end if;
   select * into v_take from tally_take(p_account, p_amount, v_now);
   update accounts set available = available - p_amount, updated_at = v_now
@@ -316,15 +330,9 @@ declare
   v_hold holds;
   v_net bigint;
 begin
-  v_outcome := tally_open(p_account, p_key, 'hold', p_hash, v_now);
+  v_outcome := tally_open_spend(p_account, p_amount, p_key, 'hold', p_hash, v_now);
   if v_outcome is not null then
     return v_outcome;
-  end if;
-  select * into v_account from accounts where id = p_account;
-  if v_account.available < p_amount then
-    return tally_remember(p_key, p_account, 'hold', p_hash, 402,
-      tally_error('insufficient_credits', 'not enough credits available',
-        jsonb_build_object('available', v_account.available)), v_now);
   end if;
   select * into v_take from tally_take(p_account, p_amount, v_now);
   insert into holds (account_id, amount, grant_ids, grant_credits, expires_at, idempotency_key, created_at)
@@ -428,7 +436,7 @@ declare
   v_take record;
   v_entry entries;
 begin
-  v_outcome := tally_open(p_account, p_key, 'adjustment', p_hash, v_now);
+  v_outcome := tally_open_spend(p_account, greatest(-p_amount, 0), p_key, 'adjustment', p_hash, v_now);
   if v_outcome is not null then
     return v_outcome;
   end if;
@@ -439,11 +447,6 @@ begin
     select * into v_entry from entries
       where account_id = p_account and idempotency_key = 'request:' || p_key;
   else
-    if v_before.available < -p_amount then
-      return tally_remember(p_key, p_account, 'adjustment', p_hash, 402,
-        tally_error('insufficient_credits', 'not enough credits available',
-          jsonb_build_object('available', v_before.available)), v_now);
-    end if;
     select * into v_take from tally_take(p_account, -p_amount, v_now);
     update accounts set available = available + p_amount, updated_at = v_now
       where id = p_account returning * into v_account;
