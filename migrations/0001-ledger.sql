@@ -45,6 +45,9 @@ create table grants (
   -- The natural key of the grant (a request key, a Stripe period, a refund...).
   grant_key text not null,
   reference jsonb not null default '{}'::jsonb,
+  -- The payment a grant was bought with (payments come with Stripe, 0003), so that a refund
+  -- takes back those credits first.
+  payment_id bigint,
   created_at timestamptz not null default now(),
   constraint grant_key_unique unique (account_id, grant_key)
 );

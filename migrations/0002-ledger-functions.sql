@@ -62,10 +62,12 @@ begin
   return jsonb_build_object('status', p_status, 'body', p_body);
 end $$;
 
--- Takes p_amount from the account's live grants in spend order. The caller holds the account
--- lock and has checked that available covers p_amount.
+-- Takes p_amount from the account's live grants in spend order (the grants of p_payment_id
+-- first, when given: a clawback takes back what the payment bought). The caller holds the
+-- account lock and has checked that available covers p_amount.
 create function tally_take(p_account text, p_amount bigint, p_now timestamptz,
-  out grant_ids bigint[], out grant_credits bigint[]) language plpgsql as $$
+  out grant_ids bigint[], out grant_credits bigint[], p_payment_id bigint default null)
+  language plpgsql as $$
 declare
   g record;
   v_left bigint := p_amount;
@@ -76,7 +78,7 @@ begin
   for g in
     select id, remaining from grants
     where account_id = p_account and remaining > 0 and (expires_at is null or expires_at > p_now)
-    order by priority, expires_at, created_at, id
+    order by (payment_id = p_payment_id) is true desc, priority, expires_at, created_at, id
   loop
     v_take := least(g.remaining, v_left);
     update grants set remaining = remaining - v_take where id = g.id;

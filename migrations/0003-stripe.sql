@@ -3,7 +3,7 @@
 --
 -- Rollback:
 --   drop function if exists tally_clawback, tally_lock_account, tally_expire_grant cascade;
---   alter table grants drop column if exists payment_id;
+--   alter table grants drop constraint if exists grant_payment;
 --   drop table if exists alerts, yearly_schedule, payments, subscriptions, webhook_events cascade;
 --   alter table accounts drop column if exists flagged;
 --   delete from tally_migrations where version = 3;
@@ -99,8 +99,7 @@ create index alerts_recent on alerts (last_at desc);
 
 alter table accounts add column flagged boolean not null default false;
 
--- The payment a grant was bought with, so that a refund takes back those credits first.
-alter table grants add column payment_id bigint references payments (id);
+alter table grants add constraint grant_payment foreign key (payment_id) references payments (id);
 create index grants_by_payment on grants (payment_id) where payment_id is not null;
 
 -- Locks an account and brings it up to p_now, for effects applied inside a larger transaction.
@@ -148,11 +147,7 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_available bigint;
   v_taken bigint;
-  v_left bigint;
-  v_step bigint;
-  v_ids bigint[];
-  v_credits bigint[];
-  g record;
+  v_take record;
   v_net bigint;
   v_entry entries;
 begin
@@ -162,30 +157,16 @@ begin
   end if;
   select available into v_available from accounts where id = p_account;
   v_taken := least(v_available, p_credits);
-  v_left := v_taken;
-  v_ids := '{}';
-  v_credits := '{}';
-  for g in
-    select id, remaining from grants
-    where account_id = p_account and remaining > 0 and (expires_at is null or expires_at > v_now)
-    order by (payment_id is not distinct from p_payment_id) desc, priority, expires_at, created_at, id
-  loop
-    exit when v_left = 0;
-    v_step := least(g.remaining, v_left);
-    update grants set remaining = remaining - v_step where id = g.id;
-    v_ids := v_ids || g.id;
-    v_credits := v_credits || -v_step;
-    v_left := v_left - v_step;
-  end loop;
-  if v_left <> 0 then
-    raise exception 'invariant broken: available of account % exceeds its live grants', p_account
-      using errcode = 'TX001';
+  if v_taken > 0 then
+    select * into v_take from tally_take(p_account, v_taken, v_now, p_payment_id);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
   end if;
   update accounts set available = available - v_taken, debt = debt + (p_credits - v_taken),
     updated_at = v_now where id = p_account returning available - debt into v_net;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
     idempotency_key, reference, actor, created_at)
-  values (p_account, 'clawback', -p_credits, v_net, v_ids, v_credits, p_key,
+  values (p_account, 'clawback', -p_credits, v_net, v_take.grant_ids, v_take.grant_credits, p_key,
       p_reference || jsonb_build_object('debt_created', p_credits - v_taken), 'stripe', v_now)
   returning * into v_entry;
   return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
