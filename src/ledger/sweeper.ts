@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { Periodic } from '../ops/periodic.js';
 import type { Ledger } from './ledger.js';
 
 /**
@@ -10,20 +11,18 @@ import type { Ledger } from './ledger.js';
 export const sweepAccountCountMax = 500;
 
 export class Sweeper {
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  private readonly periodic: Periodic;
 
   constructor(
     private readonly ledger: Ledger,
     private readonly logger: Logger,
-    private readonly intervalSeconds: number,
-  ) {}
+    intervalSeconds: number,
+  ) {
+    this.periodic = new Periodic(intervalSeconds * 1000, () => this.sweep());
+  }
 
   start(): void {
-    this.timer = setInterval(() => {
-      if (this.running === undefined) this.running = this.sweep().finally(() => (this.running = undefined));
-    }, this.intervalSeconds * 1000);
-    this.timer.unref();
+    this.periodic.start();
   }
 
   async sweep(): Promise<void> {
@@ -37,7 +36,6 @@ export class Sweeper {
 
   /** Stops the timer and waits for a sweep in progress to finish. */
   async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await this.running;
+    await this.periodic.stop();
   }
 }

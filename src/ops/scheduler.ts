@@ -4,6 +4,7 @@ import type { Database } from '../db/database.js';
 import { TallyError } from '../errors.js';
 import type { StripeGateway } from '../stripe/gateway.js';
 import { deliverAlerts, type DeliveryOptions } from './alert-sinks.js';
+import { Periodic } from './periodic.js';
 import { reconcile } from './reconcile.js';
 import { checkGrantsOverAllowance, checkWebhookFailureRate } from './rules.js';
 
@@ -19,8 +20,7 @@ export interface OperationsOptions {
 }
 
 export class OperationsScheduler {
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  private readonly periodic: Periodic;
 
   constructor(
     private readonly db: Database,
@@ -28,18 +28,16 @@ export class OperationsScheduler {
     private readonly gateway: StripeGateway | undefined,
     private readonly logger: Logger,
     private readonly options: OperationsOptions,
-  ) {}
+  ) {
+    this.periodic = new Periodic(options.intervalSeconds * 1000, () => this.tick());
+  }
 
   start(): void {
-    this.timer = setInterval(() => {
-      if (this.running === undefined) this.running = this.tick().finally(() => (this.running = undefined));
-    }, this.options.intervalSeconds * 1000);
-    this.timer.unref();
+    this.periodic.start();
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await this.running;
+    await this.periodic.stop();
   }
 
   async tick(): Promise<void> {

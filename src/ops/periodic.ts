@@ -1,0 +1,26 @@
+/**
+ * Background work on an interval: one pass at a time (a slow pass is never overlapped by the
+ * next), the timer does not keep the process alive, and stop() waits for the pass in progress.
+ * The task handles its own errors; a rejection here would be a bug.
+ */
+export class Periodic {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly intervalMilliseconds: number,
+    private readonly task: () => Promise<void>,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.running === undefined) this.running = this.task().finally(() => (this.running = undefined));
+    }, this.intervalMilliseconds);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.running;
+  }
+}
