@@ -5,7 +5,7 @@
 -- Rollback: drop the functions (the tables of 0001 are untouched):
 --   drop function if exists tally_error, tally_iso, tally_grant_json, tally_entry_json,
 --     tally_replay, tally_remember, tally_take, tally_expire_due, tally_release, tally_settle,
---     tally_open, tally_open_spend, tally_add_grant, tally_usage, tally_usage_batch, tally_hold, tally_capture,
+--     tally_open, tally_open_spend, tally_add_grant, tally_usage, tally_batch_flush, tally_usage_batch, tally_hold, tally_capture,
 --     tally_void, tally_lock_pending_hold, tally_admin_grant, tally_adjust, tally_settle_account
 --     cascade;
 --   delete from tally_migrations where version = 2;
@@ -302,23 +302,153 @@ begin
       'available', v_account.available, 'replayed', false), v_now);
 end $$;
 
--- A batch of usage events in one transaction. Accounts are locked in id order (events sorted
--- by account, keeping each account's events in the order given), and the results come back
--- in the order of the request. Each event names its actor.
+-- Writes what a batch decided for one account: grants' remaining, the account's available, the
+-- entries and the request keys, each in one statement. The caller holds the account lock.
+create function tally_batch_flush(p_account text, p_available bigint, p_grant_ids bigint[],
+  p_grant_taken bigint[], p_entries jsonb[], p_keys jsonb[], p_now timestamptz) returns void
+  language plpgsql as $$
+begin
+  if cardinality(p_entries) > 0 then
+    update grants g set remaining = g.remaining - t.taken
+      from unnest(p_grant_ids, p_grant_taken) as t(id, taken) where g.id = t.id and t.taken > 0;
+    update accounts set available = p_available, updated_at = p_now where id = p_account;
+    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
+      idempotency_key, reference, actor, created_at) overriding system value
+    select r.id, p_account, 'usage', r.amount, r.balance_after, r.grant_ids, r.grant_credits,
+      r.idempotency_key, r.reference, r.actor, p_now
+    from unnest(p_entries) as x(value), jsonb_to_record(x.value) as r(id bigint, amount bigint,
+      balance_after bigint, grant_ids bigint[], grant_credits bigint[], idempotency_key text,
+      reference jsonb, actor text);
+  end if;
+  insert into request_keys (key, account_id, operation, payload_hash, status_code, response, created_at)
+  select r.key, r.account_id, r.operation, r.payload_hash, r.status_code, r.response, p_now
+  from unnest(p_keys) as x(value), jsonb_to_record(x.value) as r(key text, account_id text,
+    operation text, payload_hash text, status_code integer, response jsonb);
+end $$;
+
+-- A batch of usage events in one transaction, with the same answer for each event as
+-- tally_usage would give. Events are taken by account (sorted, so accounts are locked in id
+-- order; each account's events keep the order given): one lock, one settle and one read of the
+-- live grants per account, each spend decided in memory in spend order, then one write per
+-- table per account. Results come back in the order of the request. Each event names its actor.
 create function tally_usage_batch(p_events jsonb, p_now timestamptz)
   returns jsonb language plpgsql as $$
 declare
-  e record;
+  v_now timestamptz := coalesce(p_now, now());
   v_results jsonb[] := array_fill(null::jsonb, array[jsonb_array_length(p_events)]);
+  e record;
+  v_account text;
+  v_exists boolean := false;
+  v_available bigint;
+  v_debt bigint;
+  v_grant_ids bigint[];
+  v_grant_left bigint[];
+  v_grant_taken bigint[];
+  v_cursor integer;
+  v_entries jsonb[];
+  v_keys jsonb[];
+  v_seen_keys text[] := '{}';
+  v_seen jsonb[] := '{}';
+  v_prior request_keys;
+  v_position integer;
+  v_key text;
+  v_hash text;
+  v_amount bigint;
+  v_left bigint;
+  v_step bigint;
+  v_ids bigint[];
+  v_credits bigint[];
+  v_entry_id bigint;
+  v_status integer;
+  v_body jsonb;
+  v_stored jsonb;
 begin
   for e in
     select value, ordinality from jsonb_array_elements(p_events) with ordinality
     order by value->>'account_id' collate "C", ordinality
   loop
-    v_results[e.ordinality] := tally_usage(e.value->>'account_id', (e.value->>'amount')::bigint,
-      e.value->>'idempotency_key', e.value->>'payload_hash', e.value->>'actor',
-      coalesce(e.value->'reference', '{}'::jsonb), p_now);
+    if v_account is distinct from e.value->>'account_id' then
+      if v_exists then
+        perform tally_batch_flush(v_account, v_available, v_grant_ids, v_grant_taken, v_entries, v_keys, v_now);
+      end if;
+      v_account := e.value->>'account_id';
+      v_entries := '{}';
+      v_keys := '{}';
+      perform 1 from accounts where id = v_account for update;
+      v_exists := found;
+      if v_exists then
+        perform tally_settle(v_account, v_now);
+        select available, debt into v_available, v_debt from accounts where id = v_account;
+        select coalesce(array_agg(id order by priority, expires_at, created_at, id), '{}'),
+               coalesce(array_agg(remaining order by priority, expires_at, created_at, id), '{}')
+          into v_grant_ids, v_grant_left
+          from grants where account_id = v_account and remaining > 0 and (expires_at is null or expires_at > v_now);
+        v_grant_taken := array_fill(0::bigint, array[cardinality(v_grant_ids)]);
+        v_cursor := 1;
+      end if;
+    end if;
+    v_key := e.value->>'idempotency_key';
+    v_hash := e.value->>'payload_hash';
+    v_amount := (e.value->>'amount')::bigint;
+    -- A key seen before, earlier in this batch or stored, answers as tally_open would.
+    v_position := array_position(v_seen_keys, v_key);
+    if v_position is not null then
+      v_results[e.ordinality] := tally_replay(jsonb_populate_record(null::request_keys, v_seen[v_position]), v_account, 'usage', v_hash);
+      continue;
+    end if;
+    select * into v_prior from request_keys where key = v_key;
+    if found then
+      v_results[e.ordinality] := tally_replay(v_prior, v_account, 'usage', v_hash);
+      continue;
+    end if;
+    if not v_exists then
+      v_results[e.ordinality] := jsonb_build_object('status', 404,
+        'body', tally_error('account_not_found', 'no account with id ' || v_account));
+      continue;
+    end if;
+    if v_available < v_amount then
+      v_status := 402;
+      v_body := tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_available));
+    else
+      v_left := v_amount;
+      v_ids := '{}';
+      v_credits := '{}';
+      while v_left > 0 loop
+        if v_cursor > cardinality(v_grant_ids) then
+          raise exception 'invariant broken: available of account % exceeds its live grants', v_account
+            using errcode = 'TX001';
+        end if;
+        v_step := least(v_grant_left[v_cursor], v_left);
+        v_grant_left[v_cursor] := v_grant_left[v_cursor] - v_step;
+        v_grant_taken[v_cursor] := v_grant_taken[v_cursor] + v_step;
+        v_ids := v_ids || v_grant_ids[v_cursor];
+        v_credits := v_credits || -v_step;
+        v_left := v_left - v_step;
+        if v_grant_left[v_cursor] = 0 then
+          v_cursor := v_cursor + 1;
+        end if;
+      end loop;
+      v_available := v_available - v_amount;
+      v_entry_id := nextval(pg_get_serial_sequence('entries', 'id'));
+      v_entries := v_entries || jsonb_build_object('id', v_entry_id, 'amount', -v_amount,
+        'balance_after', v_available - v_debt, 'grant_ids', to_jsonb(v_ids), 'grant_credits', to_jsonb(v_credits),
+        'idempotency_key', 'request:' || v_key, 'reference', coalesce(e.value->'reference', '{}'::jsonb),
+        'actor', e.value->>'actor');
+      v_status := 200;
+      v_body := jsonb_build_object('entry_id', 'entry_' || v_entry_id, 'amount', v_amount,
+        'available', v_available, 'replayed', false);
+    end if;
+    v_stored := jsonb_build_object('key', v_key, 'account_id', v_account, 'operation', 'usage',
+      'payload_hash', v_hash, 'status_code', v_status, 'response', v_body);
+    v_keys := v_keys || v_stored;
+    v_seen_keys := v_seen_keys || v_key;
+    v_seen := v_seen || v_stored;
+    v_results[e.ordinality] := jsonb_build_object('status', v_status, 'body', v_body);
   end loop;
+  if v_exists then
+    perform tally_batch_flush(v_account, v_available, v_grant_ids, v_grant_taken, v_entries, v_keys, v_now);
+  end if;
   return to_jsonb(v_results);
 end $$;
 
