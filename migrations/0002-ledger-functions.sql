@@ -302,24 +302,23 @@ begin
       'available', v_account.available, 'replayed', false), v_now);
 end $$;
 
--- Writes what a batch decided for one account: grants' remaining, the account's available, the
--- entries and the request keys, each in one statement. The caller holds the account lock.
-create function tally_batch_flush(p_account text, p_available bigint, p_grant_ids bigint[],
+-- Writes what a batch decided: grants' remaining, accounts' available, the entries and the
+-- request keys, each in one statement. The caller holds the accounts' locks.
+create function tally_batch_flush(p_account_ids text[], p_available bigint[], p_grant_ids bigint[],
   p_grant_taken bigint[], p_entries jsonb[], p_keys jsonb[], p_now timestamptz) returns void
   language plpgsql as $$
 begin
-  if cardinality(p_entries) > 0 then
-    update grants g set remaining = g.remaining - t.taken
-      from unnest(p_grant_ids, p_grant_taken) as t(id, taken) where g.id = t.id and t.taken > 0;
-    update accounts set available = p_available, updated_at = p_now where id = p_account;
-    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
-      idempotency_key, reference, actor, created_at) overriding system value
-    select r.id, p_account, 'usage', r.amount, r.balance_after, r.grant_ids, r.grant_credits,
-      r.idempotency_key, r.reference, r.actor, p_now
-    from unnest(p_entries) as x(value), jsonb_to_record(x.value) as r(id bigint, amount bigint,
-      balance_after bigint, grant_ids bigint[], grant_credits bigint[], idempotency_key text,
-      reference jsonb, actor text);
-  end if;
+  update grants g set remaining = g.remaining - t.taken
+    from unnest(p_grant_ids, p_grant_taken) as t(id, taken) where g.id = t.id and t.taken > 0;
+  update accounts a set available = t.available, updated_at = p_now
+    from unnest(p_account_ids, p_available) as t(id, available) where a.id = t.id and a.available <> t.available;
+  insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, created_at) overriding system value
+  select r.id, r.account_id, 'usage', r.amount, r.balance_after, r.grant_ids, r.grant_credits,
+    r.idempotency_key, r.reference, r.actor, p_now
+  from unnest(p_entries) as x(value), jsonb_to_record(x.value) as r(id bigint, account_id text,
+    amount bigint, balance_after bigint, grant_ids bigint[], grant_credits bigint[],
+    idempotency_key text, reference jsonb, actor text);
   insert into request_keys (key, account_id, operation, payload_hash, status_code, response, created_at)
   select r.key, r.account_id, r.operation, r.payload_hash, r.status_code, r.response, p_now
   from unnest(p_keys) as x(value), jsonb_to_record(x.value) as r(key text, account_id text,
@@ -328,14 +327,16 @@ end $$;
 
 -- A batch of usage events in one transaction, with the same answer for each event as
 -- tally_usage would give. Events are taken by account (sorted, so accounts are locked in id
--- order; each account's events keep the order given): one lock, one settle and one read of the
--- live grants per account, each spend decided in memory in spend order, then one write per
--- table per account. Results come back in the order of the request. Each event names its actor.
+-- order; each account's events keep the order given): one locking read per account, a settle
+-- only where a hold or grant is due, one read of its live grants, each spend decided in memory
+-- in spend order; then one write per table for the whole batch. Results come back in the
+-- order of the request. Each event names its actor.
 create function tally_usage_batch(p_events jsonb, p_now timestamptz)
   returns jsonb language plpgsql as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_results jsonb[] := array_fill(null::jsonb, array[jsonb_array_length(p_events)]);
+  v_due text[];
   e record;
   v_account text;
   v_exists boolean := false;
@@ -345,10 +346,13 @@ declare
   v_grant_left bigint[];
   v_grant_taken bigint[];
   v_cursor integer;
-  v_entries jsonb[];
-  v_keys jsonb[];
+  v_account_ids text[] := '{}';
+  v_account_available bigint[] := '{}';
+  v_all_grant_ids bigint[] := '{}';
+  v_all_grant_taken bigint[] := '{}';
+  v_entries jsonb[] := '{}';
+  v_keys jsonb[] := '{}';
   v_seen_keys text[] := '{}';
-  v_seen jsonb[] := '{}';
   v_prior request_keys;
   v_position integer;
   v_key text;
@@ -361,24 +365,35 @@ declare
   v_entry_id bigint;
   v_status integer;
   v_body jsonb;
-  v_stored jsonb;
 begin
+  -- The accounts of this batch with a hold or a grant past due: only they need a settle.
+  select coalesce(array_agg(distinct d.account_id), '{}') into v_due from (
+    select h.account_id from holds h
+      where h.status = 'pending' and h.expires_at <= v_now
+        and h.account_id in (select value->>'account_id' from jsonb_array_elements(p_events))
+    union all
+    select g.account_id from grants g
+      where g.remaining > 0 and g.expires_at <= v_now
+        and g.account_id in (select value->>'account_id' from jsonb_array_elements(p_events))) d;
   for e in
     select value, ordinality from jsonb_array_elements(p_events) with ordinality
     order by value->>'account_id' collate "C", ordinality
   loop
     if v_account is distinct from e.value->>'account_id' then
       if v_exists then
-        perform tally_batch_flush(v_account, v_available, v_grant_ids, v_grant_taken, v_entries, v_keys, v_now);
+        v_account_ids := v_account_ids || v_account;
+        v_account_available := v_account_available || v_available;
+        v_all_grant_ids := v_all_grant_ids || v_grant_ids;
+        v_all_grant_taken := v_all_grant_taken || v_grant_taken;
       end if;
       v_account := e.value->>'account_id';
-      v_entries := '{}';
-      v_keys := '{}';
-      perform 1 from accounts where id = v_account for update;
+      select available, debt into v_available, v_debt from accounts where id = v_account for update;
       v_exists := found;
       if v_exists then
-        perform tally_settle(v_account, v_now);
-        select available, debt into v_available, v_debt from accounts where id = v_account;
+        if v_account = any(v_due) then
+          perform tally_settle(v_account, v_now);
+          select available, debt into v_available, v_debt from accounts where id = v_account;
+        end if;
         select coalesce(array_agg(id order by priority, expires_at, created_at, id), '{}'),
                coalesce(array_agg(remaining order by priority, expires_at, created_at, id), '{}')
           into v_grant_ids, v_grant_left
@@ -393,7 +408,7 @@ begin
     -- A key seen before, earlier in this batch or stored, answers as tally_open would.
     v_position := array_position(v_seen_keys, v_key);
     if v_position is not null then
-      v_results[e.ordinality] := tally_replay(jsonb_populate_record(null::request_keys, v_seen[v_position]), v_account, 'usage', v_hash);
+      v_results[e.ordinality] := tally_replay(jsonb_populate_record(null::request_keys, v_keys[v_position]), v_account, 'usage', v_hash);
       continue;
     end if;
     select * into v_prior from request_keys where key = v_key;
@@ -431,24 +446,27 @@ begin
       end loop;
       v_available := v_available - v_amount;
       v_entry_id := nextval(pg_get_serial_sequence('entries', 'id'));
-      v_entries := v_entries || jsonb_build_object('id', v_entry_id, 'amount', -v_amount,
-        'balance_after', v_available - v_debt, 'grant_ids', to_jsonb(v_ids), 'grant_credits', to_jsonb(v_credits),
-        'idempotency_key', 'request:' || v_key, 'reference', coalesce(e.value->'reference', '{}'::jsonb),
-        'actor', e.value->>'actor');
+      v_entries := v_entries || jsonb_build_object('id', v_entry_id, 'account_id', v_account,
+        'amount', -v_amount, 'balance_after', v_available - v_debt, 'grant_ids', to_jsonb(v_ids),
+        'grant_credits', to_jsonb(v_credits), 'idempotency_key', 'request:' || v_key,
+        'reference', coalesce(e.value->'reference', '{}'::jsonb), 'actor', e.value->>'actor');
       v_status := 200;
       v_body := jsonb_build_object('entry_id', 'entry_' || v_entry_id, 'amount', v_amount,
         'available', v_available, 'replayed', false);
     end if;
-    v_stored := jsonb_build_object('key', v_key, 'account_id', v_account, 'operation', 'usage',
+    v_keys := v_keys || jsonb_build_object('key', v_key, 'account_id', v_account, 'operation', 'usage',
       'payload_hash', v_hash, 'status_code', v_status, 'response', v_body);
-    v_keys := v_keys || v_stored;
     v_seen_keys := v_seen_keys || v_key;
-    v_seen := v_seen || v_stored;
     v_results[e.ordinality] := jsonb_build_object('status', v_status, 'body', v_body);
   end loop;
   if v_exists then
-    perform tally_batch_flush(v_account, v_available, v_grant_ids, v_grant_taken, v_entries, v_keys, v_now);
+    v_account_ids := v_account_ids || v_account;
+    v_account_available := v_account_available || v_available;
+    v_all_grant_ids := v_all_grant_ids || v_grant_ids;
+    v_all_grant_taken := v_all_grant_taken || v_grant_taken;
   end if;
+  perform tally_batch_flush(v_account_ids, v_account_available, v_all_grant_ids, v_all_grant_taken,
+    v_entries, v_keys, v_now);
   return to_jsonb(v_results);
 end $$;
 
