@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Catalog } from '../../billing/catalog.js';
 import type { Database } from '../../db/database.js';
 import { accountIdSchema, reasonLengthMax } from '../../ledger/commands.js';
+import { dashboardHtml } from '../../dashboard/page.js';
 import { erasePersonalData, exportAccount } from '../../ops/gdpr.js';
 import { reconcile } from '../../ops/reconcile.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
@@ -17,9 +18,19 @@ export interface OperationsRouteDependencies {
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 
 export const alertsListSizeMax = 500;
+export const accountsPageSizeMax = 200;
 
 export function operationsRoutes(dependencies: OperationsRouteDependencies): RouteDefinition[] {
   return [
+    defineRoute({
+      method: 'GET',
+      url: '/dashboard',
+      access: 'none',
+      tag: 'operations',
+      summary: "The operators' web page; it holds no data and asks for the admin key, then reads the admin API with it",
+      responses: { 200: 'text/html' },
+      handler: async () => ({ status: 200, body: dashboardHtml, contentType: 'text/html; charset=utf-8' }),
+    }),
     defineRoute({
       method: 'POST',
       url: '/v1/admin/reconcile',
@@ -69,6 +80,51 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
           [query.limit],
         );
         return { status: 200, body: { alerts: rows } };
+      },
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Accounts with their balances, by id, paged; `search` matches the start of the id',
+      query: z.strictObject({
+        limit: z.coerce.number().int().min(1).max(accountsPageSizeMax).default(50),
+        after: accountIdSchema.optional(),
+        search: z.string().min(1).max(128).optional(),
+      }),
+      responses: { 200: '{accounts: [{id, name, available, held, debt, flagged, updated_at}], next_after}' },
+      handler: async ({ query }) => {
+        const { rows } = await dependencies.db.query<{ id: string }>(
+          `select id, name, available, held, debt, flagged, tally_iso(updated_at) as updated_at from accounts
+           where ($1::text is null or id > $1) and ($2::text is null or starts_with(id, $2))
+           order by id limit $3`,
+          [query.after ?? null, query.search ?? null, query.limit + 1],
+        );
+        const page = rows.slice(0, query.limit);
+        return { status: 200, body: { accounts: page, next_after: rows.length > query.limit ? (page[page.length - 1]?.id ?? null) : null } };
+      },
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/credit-history',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Credits granted and spent per day (UTC), for the charts',
+      query: z.strictObject({ days: z.coerce.number().int().min(1).max(366).default(30), until: z.iso.date().optional() }),
+      responses: { 200: '{days: [{day, granted, spent}]}, the last day being `until` (default today)' },
+      handler: async ({ query }) => {
+        const { rows } = await dependencies.db.query(
+          `select to_char(d.day, 'YYYY-MM-DD') as day,
+             coalesce(sum(e.amount) filter (where e.kind in ('grant', 'restore') or (e.kind = 'adjustment' and e.amount > 0)), 0)::bigint as granted,
+             coalesce(-sum(e.amount) filter (where e.kind = 'usage'), 0)::bigint
+               + coalesce(sum((e.reference->>'captured')::bigint) filter (where e.kind = 'capture'), 0)::bigint as spent
+           from generate_series(coalesce($2::date, (now() at time zone 'UTC')::date) - ($1::int - 1), coalesce($2::date, (now() at time zone 'UTC')::date), interval '1 day') as d(day)
+           left join entries e on e.created_at >= d.day at time zone 'UTC' and e.created_at < (d.day + interval '1 day') at time zone 'UTC'
+           group by d.day order by d.day`,
+          [query.days, query.until ?? null],
+        );
+        return { status: 200, body: { days: rows } };
       },
     }),
     defineRoute({
