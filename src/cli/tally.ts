@@ -174,7 +174,7 @@ program
     const gateway = config.stripeSecretKey === undefined ? undefined : new StripeGateway({ secretKey: config.stripeSecretKey, apiBase: config.stripeApiBase });
     await withDatabase(async (db) => {
       const worker = new WebhookWorker(db, catalog, await loadClaimHasher(db, config.fingerprintSecret), gateway, pino({ level: 'warn' }), defaultWorkerOptions);
-      const outcome = await worker.replay(eventId);
+      const outcome = await worker.replay(eventId, 'cli');
       if (outcome === undefined) throw new TallyError('event_not_found', 404, `no stored event ${eventId}`);
       print({ event_id: eventId, outcome });
     });

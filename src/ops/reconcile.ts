@@ -262,6 +262,11 @@ async function runLocked(client: pg.PoolClient, options: ReconcileOptions): Prom
       `update reconciliation_runs set finished_at = now(), status = 'done', finding_count = $2, findings = $3, summary = $4 where id = $1 returning tally_iso(finished_at) as finished_at`,
       [run.id, findings.length, JSON.stringify(findings), summary],
     );
+    await client.query(`insert into audit_log (actor, action, reason, after) values ($1, 'reconcile', $2, $3)`, [
+      options.trigger === 'schedule' ? 'system' : 'admin',
+      `reconciliation from the ${options.trigger}`,
+      { run_id: run.id, findings: findings.length, with_stripe: options.stripe },
+    ]);
     if (findings.length > 0) {
       await raiseAlert(client, {
         kind: 'reconciliation',

@@ -199,12 +199,22 @@ export class WebhookWorker {
   }
 
   /** An operator's replay: back to pending, applied at once; effects stay exactly once. */
-  async replay(eventId: string): Promise<EventOutcome | undefined> {
-    const { rowCount } = await this.db.query(
-      `update webhook_events set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null where id = $1`,
+  async replay(eventId: string, actor: 'admin' | 'cli' = 'admin'): Promise<EventOutcome | undefined> {
+    const { rows } = await this.db.query<{ status: string; account_id: string | null }>(
+      `update webhook_events w set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null
+       from (select id, status, account_id from webhook_events where id = $1 for update) before
+       where w.id = before.id returning before.status, before.account_id`,
       [eventId],
     );
-    if (rowCount === 0) return undefined;
-    return this.processOne(eventId);
+    const before = rows[0];
+    if (before === undefined) return undefined;
+    const outcome = await this.processOne(eventId);
+    await this.db.query(`insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'webhook.replay', $2, $3, $4)`, [
+      before.account_id,
+      `replay of ${eventId} from the ${actor === 'cli' ? 'tally command' : 'admin API'}`,
+      { event: eventId, status: before.status },
+      { event: eventId, outcome },
+    ]);
+    return outcome;
   }
 }

@@ -405,6 +405,11 @@ describe('inbox administration', () => {
     assert.equal(replayed.status, 200);
     assert.equal(replayed.body.outcome, 'processed');
     assert.equal((await grantsOf(accountId)).length, 1);
+    const audit = await test.database.db.query<{ account_id: string; before: { status: string }; after: { outcome: string } }>(
+      `select account_id, before, after from audit_log where action = 'webhook.replay' and after->>'event' = $1`,
+      [paid.id],
+    );
+    assert.deepEqual(audit.rows, [{ account_id: accountId, before: { event: paid.id, status: 'processed' }, after: { event: paid.id, outcome: 'processed' } }]);
     assert.equal((await test.admin('POST', '/v1/admin/webhook-events/evt_missing/replay')).status, 404);
     assert.equal((await test.call('GET', '/v1/admin/webhook-events')).status, 403);
   });
