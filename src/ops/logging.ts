@@ -7,7 +7,6 @@ export const logRedaction = {
     'req.headers.authorization',
     'req.headers["stripe-signature"]',
     'email',
-    'name',
     'metadata',
     'device_fingerprint',
     '*.email',
