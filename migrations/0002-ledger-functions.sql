@@ -342,14 +342,15 @@ declare
   v_exists boolean := false;
   v_available bigint;
   v_debt bigint;
-  v_grant_ids bigint[];
-  v_grant_left bigint[];
-  v_grant_taken bigint[];
+  -- The live grants of every account opened so far, in spend order, one account after another:
+  -- v_cursor walks the current account's part, which ends at v_last.
+  v_grant_ids bigint[] := '{}';
+  v_grant_left bigint[] := '{}';
+  v_grant_taken bigint[] := '{}';
   v_cursor integer;
+  v_last integer;
   v_account_ids text[] := '{}';
   v_account_available bigint[] := '{}';
-  v_all_grant_ids bigint[] := '{}';
-  v_all_grant_taken bigint[] := '{}';
   v_entries jsonb[] := '{}';
   v_keys jsonb[] := '{}';
   v_seen_keys text[] := '{}';
@@ -380,12 +381,6 @@ begin
     order by value->>'account_id' collate "C", ordinality
   loop
     if v_account is distinct from e.value->>'account_id' then
-      if v_exists then
-        v_account_ids := v_account_ids || v_account;
-        v_account_available := v_account_available || v_available;
-        v_all_grant_ids := v_all_grant_ids || v_grant_ids;
-        v_all_grant_taken := v_all_grant_taken || v_grant_taken;
-      end if;
       v_account := e.value->>'account_id';
       select available, debt into v_available, v_debt from accounts where id = v_account for update;
       v_exists := found;
@@ -394,12 +389,15 @@ begin
           perform tally_settle(v_account, v_now);
           select available, debt into v_available, v_debt from accounts where id = v_account;
         end if;
-        select coalesce(array_agg(id order by priority, expires_at, created_at, id), '{}'),
-               coalesce(array_agg(remaining order by priority, expires_at, created_at, id), '{}')
-          into v_grant_ids, v_grant_left
+        v_account_ids := v_account_ids || v_account;
+        v_account_available := v_account_available || v_available;
+        v_cursor := cardinality(v_grant_ids) + 1;
+        select v_grant_ids || coalesce(array_agg(id order by priority, expires_at, created_at, id), '{}'),
+               v_grant_left || coalesce(array_agg(remaining order by priority, expires_at, created_at, id), '{}'),
+               v_grant_taken || coalesce(array_agg(0::bigint), '{}')
+          into v_grant_ids, v_grant_left, v_grant_taken
           from grants where account_id = v_account and remaining > 0 and (expires_at is null or expires_at > v_now);
-        v_grant_taken := array_fill(0::bigint, array[cardinality(v_grant_ids)]);
-        v_cursor := 1;
+        v_last := cardinality(v_grant_ids);
       end if;
     end if;
     v_key := e.value->>'idempotency_key';
@@ -430,7 +428,7 @@ begin
       v_ids := '{}';
       v_credits := '{}';
       while v_left > 0 loop
-        if v_cursor > cardinality(v_grant_ids) then
+        if v_cursor > v_last then
           raise exception 'invariant broken: available of account % exceeds its live grants', v_account
             using errcode = 'TX001';
         end if;
@@ -445,6 +443,7 @@ begin
         end if;
       end loop;
       v_available := v_available - v_amount;
+      v_account_available[cardinality(v_account_ids)] := v_available;
       v_entry_id := nextval(pg_get_serial_sequence('entries', 'id'));
       v_entries := v_entries || jsonb_build_object('id', v_entry_id, 'account_id', v_account,
         'amount', -v_amount, 'balance_after', v_available - v_debt, 'grant_ids', to_jsonb(v_ids),
@@ -459,13 +458,7 @@ begin
     v_seen_keys := v_seen_keys || v_key;
     v_results[e.ordinality] := jsonb_build_object('status', v_status, 'body', v_body);
   end loop;
-  if v_exists then
-    v_account_ids := v_account_ids || v_account;
-    v_account_available := v_account_available || v_available;
-    v_all_grant_ids := v_all_grant_ids || v_grant_ids;
-    v_all_grant_taken := v_all_grant_taken || v_grant_taken;
-  end if;
-  perform tally_batch_flush(v_account_ids, v_account_available, v_all_grant_ids, v_all_grant_taken,
+  perform tally_batch_flush(v_account_ids, v_account_available, v_grant_ids, v_grant_taken,
     v_entries, v_keys, v_now);
   return to_jsonb(v_results);
 end $$;
