@@ -151,7 +151,11 @@ describe('alert rules', () => {
       for (let index = 0; index < 5; index += 1) {
         await withStripe.parts.gateway?.retrieveCharge('ch_x').catch((error: Error) => assert.match(error.message, /failed|open/));
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      // The breaker records its alert without blocking the call that opened it: wait for it.
+      const deadline = Date.now() + 5000;
+      while ((await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open'`)).rowCount === 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
       assert.equal((await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open'`)).rowCount, 1);
     } finally {
       await withStripe.close();
