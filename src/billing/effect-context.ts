@@ -23,6 +23,8 @@ export interface Prepared {
   invoiceId?: string;
   /** Refunds of a charge, when a charge.refunded event did not list them. */
   refunds?: StripeObject[];
+  /** Every line of an invoice whose event listed only the first ones (`lines.has_more`). */
+  invoiceLines?: StripeObject[];
   /** The card fingerprint of a subscription's payment method. */
   cardFingerprint?: string;
 }

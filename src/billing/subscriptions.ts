@@ -27,7 +27,8 @@ interface PlanLine {
 }
 
 function planLines(context: EffectContext, invoice: StripeObject): PlanLine[] {
-  return invoiceLines(invoice).flatMap((line) => {
+  const complete = context.prepared.invoiceLines === undefined ? invoice : { ...invoice, lines: { data: context.prepared.invoiceLines } };
+  return invoiceLines(complete).flatMap((line) => {
     const match = line.priceId === undefined ? undefined : findPrice(context.catalog, line.priceId);
     return match?.kind === 'plan' ? [{ line, plan: match.plan, interval: match.interval }] : [];
   });

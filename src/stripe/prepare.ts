@@ -26,8 +26,20 @@ async function prepareTrial(gateway: StripeGateway | undefined, object: StripeOb
   return typeof fingerprint === 'string' ? { cardFingerprint: fingerprint } : {};
 }
 
+const paidInvoiceTypes = new Set(['invoice.paid', 'invoice.payment_succeeded']);
+
+/** All the lines of an invoice that has more than its event carries. */
+async function prepareInvoice(gateway: StripeGateway | undefined, invoice: StripeObject): Promise<Prepared> {
+  const invoiceId = idOf(invoice.id);
+  if (readPath(invoice, 'lines', 'has_more') !== true || invoiceId === undefined) return {};
+  if (gateway === undefined) throw new RetryLater(`the lines of invoice ${invoiceId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
+  const lines = await gateway.call('invoices.listLineItems', (stripe) => stripe.invoices.listLineItems(invoiceId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  return { invoiceLines: lines as unknown as StripeObject[] };
+}
+
 export async function prepareEvent(db: Database, gateway: StripeGateway | undefined, event: StoredEvent): Promise<Prepared> {
   if (subscriptionEventTypes.has(event.type)) return prepareTrial(gateway, event.object);
+  if (paidInvoiceTypes.has(event.type)) return prepareInvoice(gateway, event.object);
   if (!paymentEventTypes.has(event.type)) return {};
   const object = event.object;
   const prepared: Prepared = {};

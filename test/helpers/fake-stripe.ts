@@ -21,6 +21,7 @@ export class FakeStripe {
   /** What GET /v1/invoices and GET /v1/refunds (without a charge) list. */
   readonly invoices: Record<string, unknown>[] = [];
   readonly refunds: Record<string, unknown>[] = [];
+  readonly invoiceLines = new Map<string, Record<string, unknown>[]>();
   mode: 'ok' | 'timeout' | 'error' = 'ok';
   private server: Server | undefined;
   private sessions = 0;
@@ -74,6 +75,8 @@ export class FakeStripe {
       return [200, { object: 'list', data, has_more: false, url: path }];
     }
     if (method === 'GET' && path === '/v1/invoices') return [200, { object: 'list', data: this.invoices, has_more: false, url: path }];
+    const lines = /^\/v1\/invoices\/([^/]+)\/lines$/.exec(path);
+    if (method === 'GET' && lines?.[1] !== undefined) return [200, { object: 'list', data: this.invoiceLines.get(lines[1]) ?? [], has_more: false, url: path }];
     const subscription = /^\/v1\/subscriptions\/([^/]+)$/.exec(path);
     if (method === 'DELETE' && subscription?.[1] !== undefined) return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
     const paymentMethod = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);

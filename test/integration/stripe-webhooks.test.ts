@@ -146,6 +146,24 @@ describe('subscription credits', () => {
     assert.equal(account.body.subscription.status, 'active');
   });
 
+  it('reads every line of an invoice whose event lists only the first ones', async () => {
+    const { accountId, customer, subscriptionId } = await subscriber();
+    const full = invoice({
+      customer,
+      subscription: subscriptionId,
+      lines: [
+        { price: 'price_unrelated', start: t0, end: t0 + month },
+        { price: 'price_plus_monthly', start: t0, end: t0 + month },
+      ],
+    });
+    fake.invoiceLines.set(full.id, full.lines.data);
+    const truncated = { ...full, lines: { ...full.lines, data: full.lines.data.slice(0, 1), has_more: true } };
+    await deliver(test, event('invoice.paid', truncated));
+    await settleWebhooks(test);
+    assert.equal((await balance(accountId)).available, 4000, 'the plan line came from the API');
+    assert.ok(fake.requests.some((request) => request.path === `/v1/invoices/${full.id}/lines`));
+  });
+
   it('waits for an unknown customer, then applies once the account is linked', async () => {
     const accountId = uniqueId('acct');
     const customer = uniqueId('cus');
