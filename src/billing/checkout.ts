@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { payloadHash } from '../ledger/payload-hash.js';
 import type Stripe from 'stripe';
 import { z } from 'zod';
 import type { Database } from '../db/database.js';
@@ -49,8 +49,20 @@ export async function createCheckout(
   if (account.stripe_customer_id !== null) params.customer = account.stripe_customer_id;
   else if (account.email !== null) params.customer_email = account.email;
   if (dependencies.gateway === undefined) throw new StripeUnavailableError('Stripe is not configured (STRIPE_SECRET_KEY)');
-  const session = await dependencies.gateway.createCheckoutSession(params, `checkout:${accountId}:${input.plan_id ?? input.pack_id}:${randomUUID()}`);
+  const session = await dependencies.gateway.createCheckoutSession(params, checkoutIdempotencyKey(accountId, input, params));
   return { session_id: session.id, url: session.url };
+}
+
+/**
+ * The idempotency key of a checkout, derived from what it is for: the account, the item, a hash
+ * of the parameters, and the minute. A client that retries after a timeout gets the session it
+ * already asked for; a checkout asked for later is a new one.
+ */
+export const checkoutKeyWindowSeconds = 60;
+
+export function checkoutIdempotencyKey(accountId: string, input: CheckoutInput, params: Stripe.Checkout.SessionCreateParams, now = Date.now()): string {
+  const window = Math.floor(now / 1000 / checkoutKeyWindowSeconds);
+  return `checkout:${accountId}:${input.plan_id ?? input.pack_id}:${payloadHash(params).slice(0, 16)}:${window}`;
 }
 
 async function sessionParams(

@@ -458,7 +458,7 @@ describe('checkout', () => {
     assert.equal(request?.params.client_reference_id, 'checkout-1');
     assert.equal(request?.params['subscription_data[metadata][tally_account_id]'], 'checkout-1');
     assert.equal(request?.params.customer_email, 'buyer@example.com');
-    assert.match(request?.idempotencyKey ?? '', /^checkout:checkout-1:plus:/);
+    assert.match(request?.idempotencyKey ?? '', /^checkout:checkout-1:plus:[0-9a-f]{16}:\d+$/);
   });
 
   it('creates a pack checkout and a trial checkout', async () => {

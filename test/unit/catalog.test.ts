@@ -31,3 +31,16 @@ describe('plan catalog', () => {
     });
   }
 });
+
+describe('checkout idempotency keys', () => {
+  it('are the same for a retry within the minute and differ for another item or a later minute', async () => {
+    const { checkoutIdempotencyKey } = await import('../../src/billing/checkout.js');
+    const input = { plan_id: 'plus', interval: 'month' as const, success_url: 'https://a.test/ok', cancel_url: 'https://a.test/no' };
+    const params = { mode: 'subscription' as const, line_items: [{ price: 'price_plus_monthly', quantity: 1 }] };
+    const at = Date.parse('2030-01-01T00:00:10Z');
+    assert.equal(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a1', input, params, at + 30_000));
+    assert.notEqual(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a1', input, params, at + 60_000));
+    assert.notEqual(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a2', input, params, at));
+    assert.notEqual(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a1', input, { ...params, line_items: [{ price: 'price_plus_yearly', quantity: 1 }] }, at));
+  });
+});

@@ -21,6 +21,12 @@ describe('configuration', () => {
     assert.throws(() => loadConfig({ TALLY_API_KEY: 'short-secret' }), (error: Error) => /TALLY_API_KEY/.test(error.message) && !error.message.includes('short-secret'));
   });
 
+  it('stops on alert sinks it cannot use, naming the setting', () => {
+    assert.throws(() => loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'not a url' }), /TALLY_ALERT_WEBHOOK_URLS/);
+    assert.throws(() => loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'https://events.pagerduty.com/v2/enqueue' }), /TALLY_PAGERDUTY_ROUTING_KEY/);
+    assert.deepEqual(loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'https://hooks.slack.com/services/x, json+http://127.0.0.1:9/hook' }).alertWebhookUrls, ['https://hooks.slack.com/services/x', 'json+http://127.0.0.1:9/hook']);
+  });
+
   it('generates keys once into the data folder (mode 0600) and reuses them', () => {
     const directory = mkdtempSync(join(tmpdir(), 'tally-keys-'));
     const config = loadConfig({ TALLY_DATA_DIR: directory });
