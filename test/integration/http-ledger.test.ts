@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { Sweeper } from '../../src/ledger/sweeper.js';
 import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
 
 let test: TestApp;
@@ -189,6 +191,27 @@ describe('holds', () => {
     assert.equal(status.rows[0]?.status, 'expired');
     assert.equal(await test.ledger.settleDue(100), 0, 'a second sweep finds nothing');
     await assertReconciled('hold-2');
+  });
+
+  it('releases an expired hold by the background sweep, without any request touching the account', async () => {
+    await fundedAccount(test, 'hold-sweep', 40);
+    const hold = await test.call('POST', '/v1/accounts/hold-sweep/holds', { amount: 25, idempotency_key: 'hold-sweep-a', expires_in_seconds: 5 });
+    test.clock.advanceSeconds(5);
+    const sweeper = new Sweeper(test.ledger, pino({ level: 'silent' }), 1);
+    sweeper.start();
+    try {
+      const deadline = Date.now() + 10_000;
+      let status = 'pending';
+      while (status === 'pending' && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const { rows } = await test.database.db.query<{ status: string }>(`select status from holds where 'hold_' || id = $1`, [hold.body.hold_id]);
+        status = rows[0]?.status ?? 'missing';
+      }
+      assert.equal(status, 'expired');
+    } finally {
+      await sweeper.stop();
+    }
+    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-sweep/balance')).body, { account_id: 'hold-sweep', available: 40, held: 0, debt: 0 });
   });
 
   it('lets released credits of an expired grant expire instead of coming back', async () => {
