@@ -213,12 +213,33 @@ export interface ReconcileOptions {
 export const reconcileCheckNames = checks.map((check) => check.name);
 
 export async function reconcile(db: Database, options: ReconcileOptions): Promise<ReconciliationReport> {
+  const report = await reconcileLocked(db, options, undefined);
+  if (report === undefined) throw new Error('an unconditional reconciliation did not run');
+  return report;
+}
+
+/**
+ * The scheduled run: under the lock, runs only when the last run (from any process) started
+ * more than `intervalHours` ago, so that two processes due at the same moment run it once.
+ */
+export async function reconcileIfDue(db: Database, options: ReconcileOptions, intervalHours: number): Promise<ReconciliationReport | undefined> {
+  return reconcileLocked(db, options, intervalHours);
+}
+
+async function reconcileLocked(db: Database, options: ReconcileOptions, dueAfterHours: number | undefined): Promise<ReconciliationReport | undefined> {
   if (options.stripe && options.gateway === undefined) throw new TallyError('stripe_unavailable', 503, 'reconciliation with Stripe needs STRIPE_SECRET_KEY');
   const client = await db.pool.connect();
   try {
     const locked = await client.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [reconcileLockKey]);
     if (locked.rows[0]?.locked !== true) throw new TallyError('reconciliation_running', 409, 'another reconciliation is running');
     try {
+      if (dueAfterHours !== undefined) {
+        const { rows } = await client.query<{ due: boolean }>(
+          `select coalesce(max(started_at) < now() - make_interval(hours => $1), true) as due from reconciliation_runs where status <> 'failed'`,
+          [dueAfterHours],
+        );
+        if (rows[0]?.due !== true) return undefined;
+      }
       return await runLocked(client, options);
     } finally {
       await client.query('select pg_advisory_unlock($1)', [reconcileLockKey]);

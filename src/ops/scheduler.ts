@@ -5,7 +5,7 @@ import { TallyError } from '../errors.js';
 import type { StripeGateway } from '../stripe/gateway.js';
 import { deliverAlerts, type DeliveryOptions } from './alert-sinks.js';
 import { Periodic } from './periodic.js';
-import { reconcile } from './reconcile.js';
+import { reconcileIfDue } from './reconcile.js';
 import { checkGrantsOverAllowance, checkWebhookFailureRate } from './rules.js';
 
 /**
@@ -58,19 +58,16 @@ export class OperationsScheduler {
 
   async reconcileIfDue(): Promise<boolean> {
     if (this.options.reconcileIntervalHours <= 0) return false;
-    const { rows } = await this.db.query<{ due: boolean }>(
-      `select coalesce(max(started_at) < now() - make_interval(hours => $1), true) as due from reconciliation_runs where status <> 'failed'`,
-      [this.options.reconcileIntervalHours],
-    );
-    if (rows[0]?.due !== true) return false;
     let report;
     try {
-      report = await reconcile(this.db, { trigger: 'schedule', stripe: this.gateway !== undefined, gateway: this.gateway, catalog: this.catalog });
+      const options = { trigger: 'schedule' as const, stripe: this.gateway !== undefined, gateway: this.gateway, catalog: this.catalog };
+      report = await reconcileIfDue(this.db, options, this.options.reconcileIntervalHours);
     } catch (error) {
-      // Another process started the same scheduled run a moment earlier: nothing to do here.
+      // Another process is running it at this moment: nothing to do here.
       if (error instanceof TallyError && error.code === 'reconciliation_running') return false;
       throw error;
     }
+    if (report === undefined) return false;
     this.logger.info({ run: report.run_id, findings: report.finding_count }, 'scheduled reconciliation done');
     return true;
   }

@@ -164,3 +164,20 @@ describe('a large healthy ledger', () => {
     }
   });
 });
+
+describe('scheduled reconciliation', () => {
+  it('runs once across two processes when due, then not again before the interval', async () => {
+    const first = await createTestApp();
+    const second = await createTestApp({ database: first.database });
+    try {
+      const started = await Promise.all([first.parts.operations.reconcileIfDue(), second.parts.operations.reconcileIfDue()]);
+      assert.deepEqual([...started].sort(), [false, true]);
+      const runs = await first.database.db.query<{ trigger: string; status: string }>('select trigger, status from reconciliation_runs');
+      assert.deepEqual(runs.rows, [{ trigger: 'schedule', status: 'done' }]);
+      assert.equal(await first.parts.operations.reconcileIfDue(), false, 'the daily run is done');
+    } finally {
+      await second.close();
+      await first.close();
+    }
+  });
+});
