@@ -57,6 +57,7 @@ export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: st
 
 export const deliveryAttemptsMax = 10;
 export const deliveryTimeoutMilliseconds = 5000;
+export const deliveryLeaseSeconds = 60;
 
 export interface DeliveryOptions {
   sinks: Sink[];
@@ -73,13 +74,20 @@ export async function deliverAlerts(db: Database, options: DeliveryOptions): Pro
      where a.first_at > now() - interval '1 day' on conflict do nothing`,
     [options.sinks.map((sink) => sink.name)],
   );
+  // Claim due deliveries with a lease (their next attempt moves a minute ahead), so that several
+  // processes never send one alert twice, and one that dies mid-way leaves it to the others.
   const { rows } = await db.query<AlertRow & { sink: string; attempts: number }>(
-    `select a.id, a.alert_key, a.kind, a.severity, a.message, a.details, a.account_id, a.count, tally_iso(a.first_at) as first_at,
-       tally_iso(a.last_at) as last_at, d.sink, d.attempts
-     from alert_deliveries d join alerts a on a.id = d.alert_id
-     where d.delivered_at is null and d.next_attempt_at <= now() and d.attempts < $1 and d.sink = any($2)
-     order by a.id limit 100`,
-    [deliveryAttemptsMax, options.sinks.map((sink) => sink.name)],
+    `with claimed as (
+       update alert_deliveries d set next_attempt_at = now() + make_interval(secs => $3)
+       where (d.alert_id, d.sink) in (
+         select alert_id, sink from alert_deliveries
+         where delivered_at is null and next_attempt_at <= now() and attempts < $1 and sink = any($2)
+         order by alert_id limit 100 for update skip locked)
+       returning d.alert_id, d.sink, d.attempts)
+     select a.id, a.alert_key, a.kind, a.severity, a.message, a.details, a.account_id, a.count, tally_iso(a.first_at) as first_at,
+       tally_iso(a.last_at) as last_at, c.sink, c.attempts
+     from claimed c join alerts a on a.id = c.alert_id order by a.id`,
+    [deliveryAttemptsMax, options.sinks.map((sink) => sink.name), deliveryLeaseSeconds],
   );
   let delivered = 0;
   for (const row of rows) {

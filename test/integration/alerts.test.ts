@@ -163,3 +163,13 @@ describe('alert rules', () => {
     }
   });
 });
+
+describe('alert delivery from several processes', () => {
+  it('sends each alert once when two processes deliver at the same time', async () => {
+    received.length = 0;
+    await raiseAlert(test.database.db.pool, { kind: 'dispute', key: uniqueId('dispute'), severity: 'critical', message: 'one alert, two processes' });
+    const options = deliveryOptions([`json+${base}/json`]);
+    await Promise.all([deliverAlerts(test.database.db, options), deliverAlerts(test.database.db, options), deliverAlerts(test.database.db, options)]);
+    assert.equal(received.filter((item) => item.body.message === 'one alert, two processes').length, 1);
+  });
+});
