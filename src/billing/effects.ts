@@ -25,8 +25,6 @@ const handlers: Record<string, (context: EffectContext) => Promise<EffectResult>
   'charge.dispute.closed': applyDisputeEvent,
 };
 
-export const handledEventTypes = Object.keys(handlers);
-
 export async function applyEvent(context: EffectContext): Promise<EffectResult> {
   const handler = handlers[context.event.type];
   return handler === undefined ? { status: 'ignored' } : handler(context);

@@ -70,13 +70,18 @@ async function findPayment(context: EffectContext, object: StripeObject): Promis
   throw new RetryLater(`payment ${paymentIntent} has granted nothing that Tally knows of yet`);
 }
 
+/** Reads a payment; under its account's lock, what it says is current. */
+async function readPayment(context: EffectContext, paymentId: number): Promise<PaymentRow> {
+  const { rows } = await context.client.query<PaymentRow>('select id, account_id, amount_paid, credits, clawed_back from payments where id = $1', [paymentId]);
+  if (rows[0] === undefined) throw new Error(`payment ${paymentId} vanished`);
+  return rows[0];
+}
+
 /** Locks the payment's account, then reads the payment again under the lock. */
 async function lockPayment(context: EffectContext, object: StripeObject): Promise<PaymentRow> {
   const found = await findPayment(context, object);
   await lockAccount(context, found.account_id);
-  const { rows } = await context.client.query<PaymentRow>('select id, account_id, amount_paid, credits, clawed_back from payments where id = $1', [found.id]);
-  if (rows[0] === undefined) throw new Error(`payment ${found.id} vanished`);
-  return rows[0];
+  return readPayment(context, found.id);
 }
 
 export function proportionalCredits(payment: PaymentRow, amount: number): number {
@@ -124,8 +129,7 @@ async function applyRefund(context: EffectContext, refund: StripeObject): Promis
   // A reversal seen first still claws, then restores: every order ends in the same entries.
   const clawed = await clawBack(context, payment, proportionalCredits(payment, readInteger(refund.amount) ?? 0), `refund:${refundId}`, reference);
   if (refundReversed(readText(refund.status))) {
-    const current = await lockPayment(context, refund);
-    await restore(context, current, clawed, `refund-reversed:${refundId}`, reference);
+    await restore(context, await readPayment(context, payment.id), clawed, `refund-reversed:${refundId}`, reference);
   }
   return payment.account_id;
 }
@@ -154,8 +158,7 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
   const clawed = await clawBack(context, payment, proportionalCredits(payment, readInteger(dispute.amount) ?? payment.amount_paid), `dispute:${disputeId}`, reference);
   const status = readText(dispute.status);
   if (context.event.type === 'charge.dispute.closed' && (status === 'won' || status === 'warning_closed')) {
-    const current = await lockPayment(context, dispute);
-    await restore(context, current, clawed, `dispute-won:${disputeId}`, reference);
+    await restore(context, await readPayment(context, payment.id), clawed, `dispute-won:${disputeId}`, reference);
     return { status: 'processed', accountId: payment.account_id };
   }
   await context.client.query('update accounts set flagged = true, updated_at = now() where id = $1', [payment.account_id]);

@@ -93,7 +93,8 @@ export async function applyInvoicePaymentPaid(context: EffectContext): Promise<E
     [invoiceId, paymentIntent],
   );
   if (rows[0] === undefined) {
-    // Ignored when the invoice bought no credits; otherwise the invoice event has not been applied yet.
+    // The invoice's own event may not be applied yet. An invoice that bought no credits never gets
+    // a payment, so its invoice_payment event ends `failed` after its retries, having changed nothing.
     throw new RetryLater(`invoice ${invoiceId} has no recorded payment yet`);
   }
   return { status: 'processed', accountId: rows[0].account_id };

@@ -210,8 +210,6 @@ export interface ReconcileOptions {
   onProgress?: ProgressListener;
 }
 
-export const reconcileCheckNames = checks.map((check) => check.name);
-
 export async function reconcile(db: Database, options: ReconcileOptions): Promise<ReconciliationReport> {
   const report = await reconcileLocked(db, options, undefined);
   if (report === undefined) throw new Error('an unconditional reconciliation did not run');

@@ -94,4 +94,3 @@ export function subscriptionState(subscription: StripeObject): SubscriptionState
 export const readText = text;
 export const readInteger = integer;
 export const readPath = at;
-export const isStripeObject = isObject;
