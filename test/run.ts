@@ -42,8 +42,15 @@ await admin.connect();
 await admin.query(`create database ${template}`);
 await migrate(databaseUrlFor(serverUrl, template));
 
+// Test files run two at a time when the server has room for both. The busiest files hold about
+// 75 connections each (parallel clients, plus a second "process"), so a server with fewer than
+// 200 (PostgreSQL's default is 100) runs them one at a time rather than refusing connections.
+const maxConnections = Number((await admin.query<{ max_connections: string }>('show max_connections')).rows[0]?.max_connections ?? 100);
+const concurrency = maxConnections >= 200 ? 2 : 1;
+console.log(`# max_connections ${maxConnections}: ${concurrency} test file(s) at a time`);
+
 const exitCode = await new Promise<number>((resolve) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...files.map((file) => relative('.', file))], {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, ...files.map((file) => relative('.', file))], {
     stdio: 'inherit',
     env: { ...process.env, TALLY_TEST_SERVER_URL: serverUrl, TALLY_TEST_TEMPLATE: template },
   });

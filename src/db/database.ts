@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isRetryable, toDomainError } from './errors.js';
+import { DatabaseUnavailableError, isConnectionLoss, isRetryable, toDomainError } from './errors.js';
 
 /**
  * The pool and the two ways to use it: one statement (`query`) or one transaction
@@ -47,7 +47,32 @@ export class Database {
   }
 
   async query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<pg.QueryResult<Row>> {
-    return retrying(() => this.pool.query<Row>(text, values));
+    return retrying(async () => {
+      const client = await this.connect();
+      let broken: Error | undefined;
+      try {
+        return await client.query<Row>(text, values);
+      } catch (error) {
+        if (isConnectionLoss(error)) broken = error as Error;
+        throw error;
+      } finally {
+        client.release(broken);
+      }
+    });
+  }
+
+  /**
+   * A connection from the pool. When the server cannot give one (it refuses connections, has
+   * too many clients, is shutting down, or the pool waited too long), this is a
+   * DatabaseUnavailableError: nothing was sent, so the retry loop may try again, and a client
+   * finally sees 503 rather than an internal error.
+   */
+  private async connect(): Promise<pg.PoolClient> {
+    try {
+      return await this.pool.connect();
+    } catch (error) {
+      throw new DatabaseUnavailableError(error);
+    }
   }
 
   /** Calls a SQL function that returns one jsonb value, in one round trip. */
@@ -60,7 +85,7 @@ export class Database {
 
   async withTransaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
     return retrying(async () => {
-      const client = await this.pool.connect();
+      const client = await this.connect();
       let broken: Error | undefined;
       try {
         await client.query('begin');

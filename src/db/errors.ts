@@ -15,8 +15,34 @@ export function isDatabaseError(error: unknown): error is DatabaseErrorLike {
   return error instanceof Error && typeof (error as { code?: unknown }).code === 'string';
 }
 
-/** Serialization failures, deadlocks, and two requests racing to insert one new request key. */
+/**
+ * The database could not be reached: no connection could be had, or the one in use was lost.
+ * Answered as 503 with Retry-After; every write is keyed, so the client's retry is safe.
+ */
+export class DatabaseUnavailableError extends TallyError {
+  /** The server refused (it answered, or the port was closed): worth another quick try. A pool that waited its full timeout is not. */
+  readonly refused: boolean;
+
+  constructor(cause: unknown) {
+    super('database_unavailable', 503, `the database is unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, {}, { cause });
+    this.name = 'DatabaseUnavailableError';
+    this.refused = isDatabaseError(cause);
+  }
+}
+
+/** Connection-level SQLSTATEs (class 08, admin or crash shutdown, too many clients). */
+export function isConnectionLoss(error: unknown): boolean {
+  if (!isDatabaseError(error)) return false;
+  const code = error.code ?? '';
+  return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300';
+}
+
+/**
+ * Serialization failures, deadlocks, two requests racing to insert one new request key, and
+ * failures to get a connection (nothing was sent yet).
+ */
 export function isRetryable(error: unknown): boolean {
+  if (error instanceof DatabaseUnavailableError) return error.refused;
   if (!isDatabaseError(error)) return false;
   if (error.code === '40001' || error.code === '40P01') return true;
   return error.code === '23505' && error.constraint === 'request_keys_pkey';
@@ -24,6 +50,7 @@ export function isRetryable(error: unknown): boolean {
 
 export function toDomainError(error: unknown): unknown {
   if (!isDatabaseError(error)) return error;
+  if (isConnectionLoss(error)) return new DatabaseUnavailableError(error);
   switch (error.code) {
     case 'TH404':
       return new TallyError('hold_not_found', 404, error.message);

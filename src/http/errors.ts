@@ -7,7 +7,11 @@ import { TallyError } from '../errors.js';
  * is a bug: logged with its stack, answered 500 without internals.
  */
 export function renderError(error: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  if (error instanceof TallyError) return reply.code(error.status).send(error.toBody());
+  if (error instanceof TallyError) {
+    // A 503 is temporary (the database or Stripe); say when to come back.
+    if (error.status === 503) void reply.header('retry-after', '5');
+    return reply.code(error.status).send(error.toBody());
+  }
   const status = (error as FastifyError).statusCode;
   if (status === 413) {
     return reply.code(413).send({ error: { code: 'payload_too_large', message: 'the body is larger than 1 MiB' } });
