@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { checkGrantAgainstPlan } from '../ops/rules.js';
 import type { Catalog } from './catalog.js';
 import type { ClaimHasher } from './trials.js';
 
@@ -75,6 +76,7 @@ export async function grantOnce(context: EffectContext, request: GrantRequest): 
     await context.client.query('update grants set payment_id = $1 where id = $2', [request.paymentId, grantId]);
     await context.client.query('update payments set credits = credits + $1 where id = $2', [request.credits, request.paymentId]);
   }
+  if (result.created) await checkGrantAgainstPlan(context.client, context.catalog, { grantId, accountId: request.accountId, amount: request.credits, source: request.source });
   return { created: result.created, grantId };
 }
 

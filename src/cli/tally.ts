@@ -12,6 +12,7 @@ import { Ledger } from '../ledger/ledger.js';
 import { openDatabase, startTally, version } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
+import { checkGrantAgainstPlan } from '../ops/rules.js';
 import { StripeGateway } from '../stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions } from '../stripe/worker.js';
 
@@ -115,8 +116,10 @@ program
   .option('--key <key>', 'idempotency key (default: a new one, so each run grants)')
   .option('--expires-at <time>', 'ISO 8601 expiry')
   .action(async (account: string, amount: number, options: { reason: string; source: 'admin' | 'promo'; key?: string; expiresAt?: string }) => {
+    const catalog = loadCatalog(loadConfig().plansPath);
     await withDatabase(async (db) => {
-      const ledger = new Ledger(db, { adjustmentCreditsMax: 0 });
+      // Like the API, an operator's grant over 1.5 times the plan's allowance raises an alert.
+      const ledger = new Ledger(db, { adjustmentCreditsMax: 0, watchGrant: async (grant) => void (await checkGrantAgainstPlan(db.pool, catalog, grant)) });
       const outcome = await ledger.grant(account, {
         amount,
         source: options.source,

@@ -20,6 +20,8 @@ export interface LedgerOptions {
   /** The time used for expiry decisions; undefined means the database's clock. */
   clock?: () => Date;
   adjustmentCreditsMax: number;
+  /** Told of each grant an operator makes (not of replays); the alert rule on grants listens here. It must not throw. */
+  watchGrant?: (grant: { grantId: number; accountId: string; amount: number; source: string }) => Promise<void>;
 }
 
 export interface Balance {
@@ -164,7 +166,7 @@ export class Ledger {
     if (expiresAt !== null && expiresAt <= now) {
       throw new TallyError('invalid_request', 400, 'expires_at: must be in the future', { field: 'expires_at' });
     }
-    return this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
+    const outcome = await this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
       accountId,
       input.amount,
       input.source,
@@ -176,6 +178,10 @@ export class Ledger {
       input.reason,
       this.now(),
     ]);
+    if (outcome.status === 201 && outcome.body.replayed !== true && this.options.watchGrant !== undefined) {
+      await this.options.watchGrant({ grantId: Number(String(outcome.body.id).replace('grant_', '')), accountId, amount: input.amount, source: input.source });
+    }
+    return outcome;
   }
 
   async adjust(accountId: string, input: AdjustmentInput): Promise<Outcome> {

@@ -15,7 +15,7 @@ export interface AlertInput {
   accountId?: string | undefined;
 }
 
-type Queryable = Pick<pg.ClientBase, 'query'>;
+export type Queryable = Pick<pg.ClientBase, 'query'>;
 
 export async function raiseAlert(client: Queryable, alert: AlertInput): Promise<void> {
   await client.query(

@@ -1,10 +1,11 @@
 import type { Catalog } from '../billing/catalog.js';
 import type { Database } from '../db/database.js';
-import { raiseAlert } from './alerts.js';
+import { raiseAlert, type Queryable } from './alerts.js';
 
 /**
- * Alert rules evaluated on a schedule (the others are raised where their event happens: a
- * dispute, a refused trial, a failed event, debt, the breaker opening, reconciliation).
+ * Alert rules with thresholds: the grant rule where a grant is made, the webhook failure rate
+ * on a schedule. (The others are raised where their event happens: a dispute, a refused trial,
+ * a failed event, debt, the breaker opening, reconciliation.)
  */
 export const allowanceFactorMax = 1.5;
 export const webhookFailureRatioMax = 0.1;
@@ -12,41 +13,34 @@ export const webhookFailureWindowMinutes = 15;
 /** Below this many events in the window a ratio says little. */
 export const webhookFailureSampleMin = 10;
 
+export interface NewGrant {
+  grantId: number;
+  accountId: string;
+  amount: number;
+  source: string;
+}
+
 /**
- * Grants larger than 1.5 times the allowance of the account's plan, since the last look. The
- * rule's position row is locked for the look, so processes take turns and each grant is
- * looked at once.
+ * A grant larger than 1.5 times the monthly allowance of the account's current plan raises an
+ * alert. It is looked at when it is made: inside the event's transaction for Stripe's grants
+ * (the alert commits with the grant), and right after the call for an operator's grant.
  */
-export async function checkGrantsOverAllowance(db: Database, catalog: Catalog): Promise<number> {
-  return db.withTransaction(async (client) => {
-    await client.query(`insert into alert_rule_state (rule, position) values ('grant_over_allowance', 0) on conflict do nothing`);
-    const state = await client.query<{ position: number }>(`select position from alert_rule_state where rule = 'grant_over_allowance' for update`);
-    const { rows } = await client.query<{ id: number; account_id: string; amount: number; source: string; plan_id: string | null }>(
-      `select g.id, g.account_id, g.amount, g.source,
-         (select s.plan_id from subscriptions s where s.account_id = g.account_id order by s.event_created desc limit 1) as plan_id
-       from grants g where g.id > $1 order by g.id limit 5000`,
-      [state.rows[0]?.position ?? 0],
-    );
-    let raised = 0;
-    for (const grant of rows) {
-      const plan = catalog.plans.find((candidate) => candidate.id === grant.plan_id);
-      if (plan === undefined || grant.amount <= allowanceFactorMax * plan.credits_per_month) continue;
-      raised += 1;
-      await raiseAlert(client, {
-        kind: 'grant_over_allowance',
-        key: `grant_over_allowance:grant_${grant.id}`,
-        severity: 'warning',
-        message: `grant_${grant.id} (${grant.source}) of ${grant.amount} credits to ${grant.account_id} is over 1.5 times plan ${plan.id}'s ${plan.credits_per_month}`,
-        details: { grant_id: `grant_${grant.id}`, amount: grant.amount, plan: plan.id },
-        accountId: grant.account_id,
-      });
-    }
-    const last = rows[rows.length - 1];
-    if (last !== undefined) {
-      await client.query(`update alert_rule_state set position = $1, checked_at = now() where rule = 'grant_over_allowance'`, [last.id]);
-    }
-    return raised;
+export async function checkGrantAgainstPlan(client: Queryable, catalog: Catalog, grant: NewGrant): Promise<boolean> {
+  const { rows } = await client.query<{ plan_id: string }>(
+    'select plan_id from subscriptions where account_id = $1 order by event_created desc limit 1',
+    [grant.accountId],
+  );
+  const plan = catalog.plans.find((candidate) => candidate.id === rows[0]?.plan_id);
+  if (plan === undefined || grant.amount <= allowanceFactorMax * plan.credits_per_month) return false;
+  await raiseAlert(client, {
+    kind: 'grant_over_allowance',
+    key: `grant_over_allowance:grant_${grant.grantId}`,
+    severity: 'warning',
+    message: `grant_${grant.grantId} (${grant.source}) of ${grant.amount} credits to ${grant.accountId} is over 1.5 times plan ${plan.id}'s ${plan.credits_per_month}`,
+    details: { grant_id: `grant_${grant.grantId}`, amount: grant.amount, plan: plan.id },
+    accountId: grant.accountId,
   });
+  return true;
 }
 
 /** More than 10 % of the webhook events received in the last 15 minutes failed at least once. */

@@ -6,7 +6,7 @@ import type { StripeGateway } from '../stripe/gateway.js';
 import { deliverAlerts, type DeliveryOptions } from './alert-sinks.js';
 import { Periodic } from './periodic.js';
 import { reconcileIfDue } from './reconcile.js';
-import { checkGrantsOverAllowance, checkWebhookFailureRate } from './rules.js';
+import { checkWebhookFailureRate } from './rules.js';
 
 /**
  * The operations loop of a process: alert rules, alert delivery, and the scheduled
@@ -42,7 +42,6 @@ export class OperationsScheduler {
 
   async tick(): Promise<void> {
     const steps: [string, () => Promise<unknown>][] = [
-      ['grant rule', () => checkGrantsOverAllowance(this.db, this.catalog)],
       ['webhook rule', () => checkWebhookFailureRate(this.db)],
       ['scheduled reconciliation', () => this.reconcileIfDue()],
       ['alert delivery', () => deliverAlerts(this.db, this.options.delivery)],

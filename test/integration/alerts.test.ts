@@ -3,9 +3,9 @@ import { createServer, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { deliverAlerts, parseSinks } from '../../src/ops/alert-sinks.js';
 import { raiseAlert } from '../../src/ops/alerts.js';
-import { checkGrantsOverAllowance, checkWebhookFailureRate } from '../../src/ops/rules.js';
-import { createTestApp, fundedAccount, testCatalog, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, subscription, uniqueId } from '../helpers/stripe-events.js';
+import { checkWebhookFailureRate } from '../../src/ops/rules.js';
+import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
+import { checkoutSession, deliver, event, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // Alerts go to a local receiver that checks the exact Slack, PagerDuty and JSON payloads, the
 // retries of a failing sink, and that a repeated alert is one alert with a count.
@@ -111,21 +111,45 @@ describe('alert sinks', () => {
 });
 
 describe('alert rules', () => {
-  it('raises an alert for a grant over 1.5 times the plan allowance', async () => {
+  const alertsFor = async (accountId: string) =>
+    (await test.database.db.query<{ alert_key: string; count: number }>(`select alert_key, count from alerts where kind = 'grant_over_allowance' and account_id = $1`, [accountId])).rows;
+
+  async function starterAccount(): Promise<{ accountId: string; customer: string }> {
     const accountId = uniqueId('acct');
     const customer = uniqueId('cus');
     const subscriptionId = uniqueId('sub');
     await fundedAccount(test, accountId, 0);
     await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
     await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_starter_monthly', start: 1893456000, end: 1896048000 })));
-    await test.parts.worker.drain();
-    await checkGrantsOverAllowance(test.database.db, testCatalog());
-    await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1500, source: 'promo', reason: 'at the limit', idempotency_key: uniqueId('g') });
-    const large = await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1501, source: 'promo', reason: 'over', idempotency_key: uniqueId('g') });
-    assert.equal(await checkGrantsOverAllowance(test.database.db, testCatalog()), 1);
-    const alerts = await test.database.db.query('select 1 from alerts where alert_key = $1', [`grant_over_allowance:${large.body.id}`]);
-    assert.equal(alerts.rowCount, 1);
-    assert.equal(await checkGrantsOverAllowance(test.database.db, testCatalog()), 0, 'each grant is looked at once');
+    await settleWebhooks(test);
+    return { accountId, customer };
+  }
+
+  it("raises an alert when an operator grants over 1.5 times the plan's allowance, once per grant", async () => {
+    const { accountId } = await starterAccount();
+    const atLimit = await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1500, source: 'promo', reason: 'at the limit', idempotency_key: uniqueId('g') });
+    assert.equal(atLimit.status, 201);
+    assert.deepEqual(await alertsFor(accountId), [], 'a grant of exactly 1.5 times the allowance is allowed');
+    const over = { amount: 1501, source: 'promo', reason: 'over', idempotency_key: uniqueId('g') };
+    const large = await test.admin('POST', `/v1/accounts/${accountId}/grants`, over);
+    assert.equal(large.status, 201);
+    assert.deepEqual(await alertsFor(accountId), [{ alert_key: `grant_over_allowance:${large.body.id}`, count: 1 }]);
+    const replay = await test.admin('POST', `/v1/accounts/${accountId}/grants`, over);
+    assert.equal(replay.body.replayed, true);
+    assert.deepEqual(await alertsFor(accountId), [{ alert_key: `grant_over_allowance:${large.body.id}`, count: 1 }], 'a replay is not a new grant');
+  });
+
+  it("raises the alert in the transaction of a Stripe grant over 1.5 times the plan's allowance", async () => {
+    const { accountId, customer } = await starterAccount();
+    const buy = (packId: string, credits: number) =>
+      deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer, paymentIntent: uniqueId('pi'), packId, amountTotal: credits })));
+    await buy('pack_1000', 1000);
+    await settleWebhooks(test);
+    assert.deepEqual(await alertsFor(accountId), []);
+    await buy('pack_10000', 10000);
+    await settleWebhooks(test);
+    const { rows } = await test.database.db.query<{ id: string }>(`select 'grant_' || id as id from grants where account_id = $1 and amount = 10000`, [accountId]);
+    assert.deepEqual(await alertsFor(accountId), [{ alert_key: `grant_over_allowance:${rows[0]?.id}`, count: 1 }]);
   });
 
   it('raises an alert when more than 10 % of webhooks failed in 15 minutes', async () => {
