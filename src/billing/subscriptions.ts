@@ -34,16 +34,28 @@ function planLines(context: EffectContext, invoice: StripeObject): PlanLine[] {
   });
 }
 
+/**
+ * An invoice's payment and its invoice_payment.paid link are written under one lock per invoice,
+ * so whichever of the two events commits second sees the other and the payment always learns
+ * its payment intent.
+ */
+async function lockInvoice(context: EffectContext, invoiceId: string): Promise<void> {
+  await context.client.query(`select pg_advisory_xact_lock(hashtextextended('invoice:' || $1, 0))`, [invoiceId]);
+}
+
 async function recordInvoicePayment(context: EffectContext, accountId: string, invoice: StripeObject): Promise<number> {
+  const invoiceId = readText(invoice.id);
+  if (invoiceId === undefined) throw new Error('a paid invoice without an id');
+  await lockInvoice(context, invoiceId);
   const { rows } = await context.client.query<{ id: number }>(
     `insert into payments (account_id, invoice_id, payment_intent, amount_paid, currency)
-     values ($1, $2, $3, $4, $5)
+     values ($1, $2, coalesce($3, (select payment_intent from invoice_payment_links where invoice_id = $2)), $4, $5)
      on conflict (invoice_id) do update set payment_intent = coalesce(payments.payment_intent, excluded.payment_intent)
      returning id`,
-    [accountId, readText(invoice.id), invoicePaymentIntent(invoice) ?? null, readInteger(invoice.amount_paid) ?? 0, readText(invoice.currency) ?? null],
+    [accountId, invoiceId, invoicePaymentIntent(invoice) ?? null, readInteger(invoice.amount_paid) ?? 0, readText(invoice.currency) ?? null],
   );
   const id = rows[0]?.id;
-  if (id === undefined) throw new Error(`payment of invoice ${String(invoice.id)} was not recorded`);
+  if (id === undefined) throw new Error(`payment of invoice ${invoiceId} was not recorded`);
   return id;
 }
 
@@ -82,22 +94,25 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
   return { status: 'processed', accountId };
 }
 
-/** invoice_payment.paid: links the payment intent to the invoice's payment. */
+/**
+ * invoice_payment.paid: keeps which payment intent paid the invoice, and gives it to the
+ * invoice's payment if Tally recorded one. An invoice that bought no credits only keeps the link.
+ */
 export async function applyInvoicePaymentPaid(context: EffectContext): Promise<EffectResult> {
   const invoicePayment = context.event.object;
   const invoiceId = idOf(invoicePayment.invoice);
   const paymentIntent = idOf(readPath(invoicePayment, 'payment', 'payment_intent'));
   if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored' };
+  await lockInvoice(context, invoiceId);
+  await context.client.query(
+    'insert into invoice_payment_links (invoice_id, payment_intent, event_id) values ($1, $2, $3) on conflict (invoice_id) do nothing',
+    [invoiceId, paymentIntent, context.event.id],
+  );
   const { rows } = await context.client.query<{ account_id: string }>(
     `update payments set payment_intent = coalesce(payment_intent, $2) where invoice_id = $1 returning account_id`,
     [invoiceId, paymentIntent],
   );
-  if (rows[0] === undefined) {
-    // The invoice's own event may not be applied yet. An invoice that bought no credits never gets
-    // a payment, so its invoice_payment event ends `failed` after its retries, having changed nothing.
-    throw new RetryLater(`invoice ${invoiceId} has no recorded payment yet`);
-  }
-  return { status: 'processed', accountId: rows[0].account_id };
+  return rows[0] === undefined ? { status: 'processed' } : { status: 'processed', accountId: rows[0].account_id };
 }
 
 /** customer.subscription.created/updated/deleted: mirror the newest state; never older over newer. */

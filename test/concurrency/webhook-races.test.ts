@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import { checkoutSession, deliver, event, invoice, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+import { checkoutSession, deliver, event, invoice, invoicePayment, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // The race that motivated Tally: a renewal's invoice.paid, invoice.payment_succeeded and
 // customer.subscription.updated, each delivered 20 times at once, with workers running in the
@@ -62,5 +62,25 @@ it('grants one period when the deliveries are split across two processes', async
   for (let round = 0; round < 3; round += 1) {
     const { accountId, subscriptionId } = await renewalBurst([first, second]);
     await assertOneGrant(accountId, subscriptionId);
+  }
+});
+
+it("gives the invoice's payment its payment intent when invoice_payment.paid races invoice.paid on two processes", async () => {
+  for (let round = 0; round < 10; round += 1) {
+    const accountId = uniqueId('acct');
+    const customer = uniqueId('cus');
+    const subscriptionId = uniqueId('sub');
+    await fundedAccount(first, accountId, 0);
+    await deliver(first, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
+    const paid = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+    const paymentIntent = uniqueId('pi');
+    const responses = await Promise.all([
+      deliver(first, event('invoice.paid', paid)),
+      deliver(second, event('invoice_payment.paid', invoicePayment({ invoice: String(paid.id), paymentIntent }))),
+    ]);
+    assert.deepEqual(responses.map((response) => response.status), [200, 200]);
+    await settleWebhooks(first);
+    const { rows } = await database.db.query<{ payment_intent: string | null }>('select payment_intent from payments where invoice_id = $1', [paid.id]);
+    assert.deepEqual(rows, [{ payment_intent: paymentIntent }], `round ${round}`);
   }
 });

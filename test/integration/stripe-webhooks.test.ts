@@ -393,6 +393,30 @@ describe('packs, refunds and disputes', () => {
     assert.equal((await balance(second.accountId)).available, 2000);
   });
 
+  it('applies invoice_payment.paid of an invoice that bought no credits at once, keeping only the link', async () => {
+    const linked = event('invoice_payment.paid', invoicePayment({ invoice: uniqueId('in'), paymentIntent: uniqueId('pi') }));
+    await deliver(test, linked);
+    await settleWebhooks(test);
+    const { rows } = await test.database.db.query<{ status: string; attempts: number; last_error: string | null }>('select status, attempts, last_error from webhook_events where id = $1', [linked.id]);
+    assert.deepEqual(rows, [{ status: 'processed', attempts: 1, last_error: null }], 'no retries, no failure, no alert');
+    const alerts = await test.database.db.query(`select 1 from alerts where details->>'event' = $1`, [linked.id]);
+    assert.equal(alerts.rowCount, 0);
+  });
+
+  it('links the payment when invoice_payment.paid arrives before its invoice, without asking Stripe', async () => {
+    const { accountId, customer, subscriptionId } = await subscriber();
+    const paid = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }], amountPaid: 2000 });
+    const paymentIntent = uniqueId('pi');
+    await deliver(test, event('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent })));
+    await settleWebhooks(test);
+    await deliver(test, event('invoice.paid', paid));
+    await settleWebhooks(test);
+    await deliver(test, event('refund.created', refund({ amount: 1000, paymentIntent })));
+    await settleWebhooks(test);
+    assert.equal((await balance(accountId)).available, 2000, 'half of 4000 clawed back');
+    assert.ok(!fake.requests.some((request) => request.params['payment[payment_intent]'] === paymentIntent), 'the link came from the event, not the API');
+  });
+
   it('claws back a dispute, flags the account and alerts; a won dispute restores', async () => {
     const { accountId, paymentIntent } = await packBuyer();
     const opened = dispute({ amount: 1000, paymentIntent });
