@@ -63,8 +63,10 @@ export async function prepareEvent(db: Database, gateway: StripeGateway | undefi
   }
   if (event.type === 'charge.refunded' && !Array.isArray(readPath(object, 'refunds', 'data'))) {
     const chargeId = idOf(object.id) ?? '';
-    const refunds = await needGateway(`the refunds of charge ${chargeId}`).call('refunds.list', (stripe) => stripe.refunds.list({ charge: chargeId, limit: 100 }));
-    prepared.refunds = refunds.data as unknown as StripeObject[];
+    const refunds = await needGateway(`the refunds of charge ${chargeId}`).call('refunds.list', (stripe) =>
+      stripe.refunds.list({ charge: chargeId, limit: 100 }).autoPagingToArray({ limit: 10_000 }),
+    );
+    prepared.refunds = refunds as unknown as StripeObject[];
   }
   return prepared;
 }

@@ -23,6 +23,8 @@ export class FakeStripe {
   readonly refunds: Record<string, unknown>[] = [];
   readonly invoiceLines = new Map<string, Record<string, unknown>[]>();
   mode: 'ok' | 'timeout' | 'error' = 'ok';
+  /** Lists answer at most this many items a page (Stripe: `limit`, up to 100), to exercise paging. */
+  pageSize = 100;
   private server: Server | undefined;
   private sessions = 0;
   url = '';
@@ -71,12 +73,11 @@ export class FakeStripe {
       return [200, { object: 'list', data, has_more: false, url: path }];
     }
     if (method === 'GET' && path === '/v1/refunds') {
-      const data = params.charge === undefined ? this.refunds : (this.refundsOfCharge.get(params.charge) ?? []);
-      return [200, { object: 'list', data, has_more: false, url: path }];
+      return [200, this.page(path, params, params.charge === undefined ? this.refunds : (this.refundsOfCharge.get(params.charge) ?? []))];
     }
-    if (method === 'GET' && path === '/v1/invoices') return [200, { object: 'list', data: this.invoices, has_more: false, url: path }];
+    if (method === 'GET' && path === '/v1/invoices') return [200, this.page(path, params, this.invoices)];
     const lines = /^\/v1\/invoices\/([^/]+)\/lines$/.exec(path);
-    if (method === 'GET' && lines?.[1] !== undefined) return [200, { object: 'list', data: this.invoiceLines.get(lines[1]) ?? [], has_more: false, url: path }];
+    if (method === 'GET' && lines?.[1] !== undefined) return [200, this.page(path, params, this.invoiceLines.get(lines[1]) ?? [])];
     const subscription = /^\/v1\/subscriptions\/([^/]+)$/.exec(path);
     if (method === 'DELETE' && subscription?.[1] !== undefined) return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
     const paymentMethod = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);
@@ -86,6 +87,14 @@ export class FakeStripe {
       return [200, { id: paymentMethod[1], object: 'payment_method', type: 'card', card: { fingerprint, brand: 'visa', last4: '4242' } }];
     }
     return [404, { error: { type: 'invalid_request_error', message: `fake Stripe does not know ${method} ${path}` } }];
+  }
+
+  /** A page of a list, as Stripe pages: `limit`, then `starting_after` the last id seen. */
+  private page(path: string, params: Record<string, string>, items: Record<string, unknown>[]): unknown {
+    const size = Math.min(Number(params.limit ?? 10), this.pageSize);
+    const after = params.starting_after === undefined ? 0 : items.findIndex((item) => item.id === params.starting_after) + 1;
+    const data = items.slice(after, after + size);
+    return { object: 'list', data, has_more: after + size < items.length, url: path };
   }
 
   private send(response: ServerResponse, status: number, body: unknown): void {

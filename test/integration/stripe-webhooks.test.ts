@@ -339,6 +339,21 @@ describe('packs, refunds and disputes', () => {
     assert.deepEqual(entries.rows, [{ kind: 'clawback', amount: -250 }, { kind: 'clawback', amount: -333 }, { kind: 'restore', amount: 333 }]);
   });
 
+  it('fetches every page of refunds when charge.refunded does not list them', async () => {
+    const { accountId, paymentIntent } = await packBuyer();
+    const charge = uniqueId('ch');
+    fake.refundsOfCharge.set(charge, [100, 150, 200].map((amount) => refund({ amount, paymentIntent, charge })));
+    fake.pageSize = 2;
+    try {
+      await deliver(test, event('charge.refunded', { id: charge, object: 'charge', payment_intent: paymentIntent }));
+      await settleWebhooks(test);
+    } finally {
+      fake.pageSize = 100;
+    }
+    assert.equal((await balance(accountId)).available, 550, 'all three refunds clawed back, across two pages');
+    assert.equal(fake.requests.filter((request) => request.path === '/v1/refunds' && request.params.charge === charge).length, 2);
+  });
+
   it('never claws back more than a payment granted, whatever the refunds add up to', async () => {
     const { accountId, paymentIntent } = await packBuyer();
     for (const amount of [600, 600, 600]) await deliver(test, event('refund.created', refund({ amount, paymentIntent })));
