@@ -7,7 +7,7 @@ import { buildServer } from './http/server.js';
 import { Ledger } from './ledger/ledger.js';
 import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
-import { raiseAlert } from './ops/alerts.js';
+import { raiseAlert, resolveAlert } from './ops/alerts.js';
 import { Metrics } from './ops/metrics.js';
 import { checkGrantAgainstPlan } from './ops/rules.js';
 import { OperationsScheduler } from './ops/scheduler.js';
@@ -90,6 +90,10 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       raiseAlert(db.pool, { kind: 'stripe_breaker_open', key: 'stripe_breaker_open', severity: 'critical', message: `Stripe circuit breaker opened after ${status.failures} consecutive failures`, details: { ...status } }).catch(
         (error: unknown) => logger.error({ err: error }, 'could not record the breaker alert'),
       );
+    };
+    // Breakers are per process: the first to close again resolves the alert they share.
+    gateway.onClose = () => {
+      resolveAlert(db.pool, 'stripe_breaker_open').catch((error: unknown) => logger.error({ err: error }, 'could not resolve the breaker alert'));
     };
   }
   const operations = new OperationsScheduler(db, catalog, gateway, logger, {

@@ -102,7 +102,7 @@ async function loadInbox() {
 }
 async function loadAlerts() {
   const { alerts } = await api('/v1/admin/alerts?limit=50');
-  table('alerts', ['when', 'severity', 'alert', 'count'], alerts.map((a) => '<tr><td>' + text(a.last_at) + '</td><td>' + badge(a.severity) + '</td><td>' + text(a.message) + '</td><td class="number">' + a.count + '</td></tr>'));
+  table('alerts', ['when', 'severity', 'alert', 'count', 'resolved'], alerts.map((a) => '<tr><td>' + text(a.last_at) + '</td><td>' + badge(a.severity) + '</td><td>' + text(a.message) + '</td><td class="number">' + a.count + '</td><td>' + text(a.resolved_at ?? '') + '</td></tr>'));
 }
 async function loadReconciliations() {
   const { runs } = await api('/v1/admin/reconciliations?limit=10');

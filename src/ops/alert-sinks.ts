@@ -5,7 +5,7 @@ import type { Database } from '../db/database.js';
  * The kind comes from the URL (hooks.slack.com, events.pagerduty.com) or from a prefix that
  * names it (`slack+https://…`, `pagerduty+https://…`, `json+https://…`). Each alert is delivered
  * to each sink on its own, retried with backoff; a repeat of the same alert inside its window
- * only raises the count, so it is not sent again.
+ * only raises the count, so it is not sent again. A resolved alert is sent once more, as resolved.
  */
 export type SinkKind = 'slack' | 'pagerduty' | 'json';
 
@@ -37,14 +37,22 @@ export interface AlertRow {
   count: number;
   first_at: string;
   last_at: string;
+  resolved_at: string | null;
 }
 
-export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: string | undefined): unknown {
+/** A sink is told of an alert (trigger) and, once its condition clears, that it is over (resolve). */
+export type DeliveryAction = 'trigger' | 'resolve';
+
+export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: string | undefined, action: DeliveryAction = 'trigger'): unknown {
   if (sink.kind === 'slack') {
+    if (action === 'resolve') {
+      return { text: `:white_check_mark: Tally resolved: ${alert.message}`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `:white_check_mark: *${alert.kind}* resolved\n${alert.message}` } }] };
+    }
     const icon = alert.severity === 'critical' ? ':rotating_light:' : alert.severity === 'warning' ? ':warning:' : ':information_source:';
     return { text: `${icon} Tally ${alert.severity}: ${alert.message}`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `${icon} *${alert.kind}* (${alert.severity})\n${alert.message}` } }] };
   }
   if (sink.kind === 'pagerduty') {
+    if (action === 'resolve') return { routing_key: pagerDutyRoutingKey, event_action: 'resolve', dedup_key: alert.alert_key };
     return {
       routing_key: pagerDutyRoutingKey,
       event_action: 'trigger',
@@ -52,7 +60,20 @@ export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: st
       payload: { summary: alert.message.slice(0, 1024), source: 'tally', severity: alert.severity, component: alert.kind, custom_details: { ...alert.details, account_id: alert.account_id, count: alert.count } },
     };
   }
-  return { id: alert.id, key: alert.alert_key, kind: alert.kind, severity: alert.severity, message: alert.message, details: alert.details, account_id: alert.account_id, count: alert.count, first_at: alert.first_at, last_at: alert.last_at };
+  return {
+    action,
+    id: alert.id,
+    key: alert.alert_key,
+    kind: alert.kind,
+    severity: alert.severity,
+    message: alert.message,
+    details: alert.details,
+    account_id: alert.account_id,
+    count: alert.count,
+    first_at: alert.first_at,
+    last_at: alert.last_at,
+    resolved_at: alert.resolved_at,
+  };
 }
 
 export const deliveryAttemptsMax = 10;
@@ -69,39 +90,52 @@ export interface DeliveryOptions {
 /** Sends what is due to every sink; answers how many deliveries succeeded. */
 export async function deliverAlerts(db: Database, options: DeliveryOptions): Promise<number> {
   if (options.sinks.length === 0) return 0;
+  const sinkNames = options.sinks.map((sink) => sink.name);
   await db.query(
-    `insert into alert_deliveries (alert_id, sink) select a.id, s.sink from alerts a cross join unnest($1::text[]) as s(sink)
-     where a.first_at > now() - interval '1 day' on conflict do nothing`,
-    [options.sinks.map((sink) => sink.name)],
+    `insert into alert_deliveries (alert_id, sink, action)
+     select a.id, s.sink, 'trigger' from alerts a cross join unnest($1::text[]) as s(sink) where a.first_at > now() - interval '1 day'
+     union all
+     select a.id, s.sink, 'resolve' from alerts a cross join unnest($1::text[]) as s(sink) where a.resolved_at > now() - interval '1 day'
+     on conflict do nothing`,
+    [sinkNames],
   );
   // Claim due deliveries with a lease (their next attempt moves a minute ahead), so that several
-  // processes never send one alert twice, and one that dies mid-way leaves it to the others.
-  const { rows } = await db.query<AlertRow & { sink: string; attempts: number }>(
+  // processes never send one alert twice, and one that dies mid-way leaves it to the others. A
+  // resolve waits until its trigger reached the sink (or gave up), so it never arrives first.
+  const { rows } = await db.query<AlertRow & { sink: string; action: DeliveryAction; attempts: number }>(
     `with claimed as (
        update alert_deliveries d set next_attempt_at = now() + make_interval(secs => $3)
-       where (d.alert_id, d.sink) in (
-         select alert_id, sink from alert_deliveries
+       where (d.alert_id, d.sink, d.action) in (
+         select alert_id, sink, action from alert_deliveries r
          where delivered_at is null and next_attempt_at <= now() and attempts < $1 and sink = any($2)
-         order by alert_id limit 100 for update skip locked)
-       returning d.alert_id, d.sink, d.attempts)
+           and (action = 'trigger' or exists (
+             select 1 from alert_deliveries t where t.alert_id = r.alert_id and t.sink = r.sink and t.action = 'trigger'
+               and (t.delivered_at is not null or t.attempts >= $1)))
+         order by alert_id, action desc limit 100 for update skip locked)
+       returning d.alert_id, d.sink, d.action, d.attempts)
      select a.id, a.alert_key, a.kind, a.severity, a.message, a.details, a.account_id, a.count, tally_iso(a.first_at) as first_at,
-       tally_iso(a.last_at) as last_at, c.sink, c.attempts
-     from claimed c join alerts a on a.id = c.alert_id order by a.id`,
-    [deliveryAttemptsMax, options.sinks.map((sink) => sink.name), deliveryLeaseSeconds],
+       tally_iso(a.last_at) as last_at, tally_iso(a.resolved_at) as resolved_at, c.sink, c.action, c.attempts
+     from claimed c join alerts a on a.id = c.alert_id order by a.id, c.action desc`,
+    [deliveryAttemptsMax, sinkNames, deliveryLeaseSeconds],
   );
   let delivered = 0;
   for (const row of rows) {
     const sink = options.sinks.find((candidate) => candidate.name === row.sink);
     if (sink === undefined) continue;
-    const error = await post(sink.url, sinkPayload(sink, row, options.pagerDutyRoutingKey));
+    const error = await post(sink.url, sinkPayload(sink, row, options.pagerDutyRoutingKey, row.action));
     if (error === undefined) {
       delivered += 1;
-      await db.query('update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2', [row.id, row.sink]);
+      await db.query('update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2 and action = $3', [
+        row.id,
+        row.sink,
+        row.action,
+      ]);
     } else {
       const delay = Math.min(options.retryBaseSeconds * 2 ** row.attempts, options.retryDelaySecondsMax);
       await db.query(
-        `update alert_deliveries set attempts = attempts + 1, last_error = $3, next_attempt_at = now() + make_interval(secs => $4) where alert_id = $1 and sink = $2`,
-        [row.id, row.sink, error, delay],
+        `update alert_deliveries set attempts = attempts + 1, last_error = $4, next_attempt_at = now() + make_interval(secs => $5)
+         where alert_id = $1 and sink = $2 and action = $3`,
+        [row.id, row.sink, row.action, error, delay],
       );
     }
   }

@@ -1,6 +1,6 @@
 import type { Catalog } from '../billing/catalog.js';
 import type { Database } from '../db/database.js';
-import { raiseAlert, type Queryable } from './alerts.js';
+import { raiseAlert, resolveAlert, type Queryable } from './alerts.js';
 
 /**
  * Alert rules with thresholds: the grant rule where a grant is made, the webhook failure rate
@@ -43,7 +43,10 @@ export async function checkGrantAgainstPlan(client: Queryable, catalog: Catalog,
   return true;
 }
 
-/** More than 10 % of the webhook events received in the last 15 minutes failed at least once. */
+/**
+ * More than 10 % of the webhook events received in the last 15 minutes failed at least once.
+ * When the rate is back under the threshold, the open alert is resolved.
+ */
 export async function checkWebhookFailureRate(db: Database): Promise<boolean> {
   const { rows } = await db.query<{ total: number; failing: number }>(
     `select count(*)::int as total, count(*) filter (where status = 'failed' or last_error is not null)::int as failing
@@ -51,7 +54,10 @@ export async function checkWebhookFailureRate(db: Database): Promise<boolean> {
     [webhookFailureWindowMinutes],
   );
   const { total = 0, failing = 0 } = rows[0] ?? {};
-  if (total < webhookFailureSampleMin || failing / total <= webhookFailureRatioMax) return false;
+  if (total < webhookFailureSampleMin || failing / total <= webhookFailureRatioMax) {
+    await resolveAlert(db.pool, 'webhook_failure_rate');
+    return false;
+  }
   await raiseAlert(db.pool, {
     kind: 'webhook_failure_rate',
     key: 'webhook_failure_rate',

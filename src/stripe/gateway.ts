@@ -47,6 +47,8 @@ export class StripeGateway {
   private openedAt: Date | null = null;
   /** Called when the breaker opens (alerts, metrics). */
   onOpen: (status: BreakerStatus) => void = () => undefined;
+  /** Called when the breaker closes again after a successful trial call. */
+  onClose: () => void = () => undefined;
 
   constructor(options: StripeGatewayOptions) {
     const base = options.apiBase === undefined ? undefined : new URL(options.apiBase);
@@ -76,6 +78,7 @@ export class StripeGateway {
     this.breaker.onReset(() => {
       this.openedAt = null;
       this.failures = 0;
+      this.onClose();
     });
   }
 

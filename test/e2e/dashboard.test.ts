@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, it } from 'node:test';
 import { chromium, type Browser } from 'playwright-core';
+import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
 import { adminKey, createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { deliver, event, invoice, uniqueId } from '../helpers/stripe-events.js';
 
@@ -63,6 +64,8 @@ it('works in a browser: balances, an account ledger, replay, reconciliation, cha
   const orphan = event('invoice.paid', invoice({ customer: uniqueId('cus'), subscription: uniqueId('sub'), lines: [{ price: 'price_plus_monthly', start: 1893456000, end: 1896048000 }] }));
   await deliver(test, orphan);
   await test.database.db.query(`update webhook_events set status = 'failed', attempts = 14, last_error = 'no account known' where id = $1`, [orphan.id]);
+  await raiseAlert(test.database.db.pool, { kind: 'stripe_breaker_open', key: 'dash-breaker', severity: 'critical', message: 'dashboard breaker alert' });
+  await resolveAlert(test.database.db.pool, 'dash-breaker');
   const page = await browser.newPage();
   await page.goto(`${base}/dashboard`);
   await page.fill('#key', adminKey);
@@ -71,6 +74,7 @@ it('works in a browser: balances, an account ledger, replay, reconciliation, cha
   await page.waitForSelector('#accounts a[data-account="dash-browser"]');
   assert.match(await page.textContent('#accounts') ?? '', /dash-browser\s*380/);
   assert.match(await page.textContent('#breaker') ?? '', /breaker: closed/);
+  assert.match(await page.textContent('#alerts') ?? '', /dashboard breaker alert\s*1\s*\d{4}-\d\d-\d\dT/, 'the alert, its count and when it resolved');
   await page.click('#accounts a[data-account="dash-browser"]');
   await page.waitForSelector('#ledger');
   assert.match(await page.textContent('#account-detail') ?? '', /available 380/);

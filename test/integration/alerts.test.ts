@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { deliverAlerts, parseSinks } from '../../src/ops/alert-sinks.js';
-import { raiseAlert } from '../../src/ops/alerts.js';
+import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
 import { checkWebhookFailureRate } from '../../src/ops/rules.js';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { checkoutSession, deliver, event, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
@@ -162,7 +162,13 @@ describe('alert rules', () => {
     assert.equal(await checkWebhookFailureRate(test.database.db), false, '2 of 20 is 10 %, not above');
     await insert(uniqueId('evt_bad'), 'boom');
     assert.equal(await checkWebhookFailureRate(test.database.db), true);
-    assert.equal((await test.database.db.query(`select 1 from alerts where alert_key = 'webhook_failure_rate'`)).rowCount, 1);
+    const open = `select resolved_at from alerts where alert_key = 'webhook_failure_rate'`;
+    assert.deepEqual((await test.database.db.query(open)).rows, [{ resolved_at: null }]);
+    for (let index = 0; index < 20; index += 1) await insert(uniqueId('evt_ok'), null);
+    assert.equal(await checkWebhookFailureRate(test.database.db), false, '3 of 40 is under 10 %');
+    const { rows } = await test.database.db.query<{ resolved_at: Date | null }>(open);
+    assert.equal(rows.length, 1);
+    assert.ok(rows[0]?.resolved_at instanceof Date, 'the alert is resolved once the rate is back under the threshold');
   });
 
   it('raises an alert when the Stripe breaker opens', async () => {
@@ -181,6 +187,16 @@ describe('alert rules', () => {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       assert.equal((await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open'`)).rowCount, 1);
+      // Stripe answers again: after the pause, a trial call succeeds, the breaker closes and the alert is resolved.
+      fake.mode = 'ok';
+      fake.charges.set('ch_back', { payment_intent: null });
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      await withStripe.parts.gateway?.retrieveCharge('ch_back');
+      assert.equal(withStripe.parts.gateway?.status().state, 'closed');
+      const resolved = async () => (await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open' and resolved_at is not null`)).rowCount;
+      const until = Date.now() + 5000;
+      while ((await resolved()) === 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(await resolved(), 1);
     } finally {
       await withStripe.close();
       await fake.stop();
@@ -195,5 +211,41 @@ describe('alert delivery from several processes', () => {
     const options = deliveryOptions([`json+${base}/json`]);
     await Promise.all([deliverAlerts(test.database.db, options), deliverAlerts(test.database.db, options), deliverAlerts(test.database.db, options)]);
     assert.equal(received.filter((item) => item.body.message === 'one alert, two processes').length, 1);
+  });
+});
+
+describe('alert resolution', () => {
+  it('tells each sink once that an alert resolved, after its trigger; a new occurrence is a new alert', async () => {
+    const key = uniqueId('condition');
+    const urls = [`slack+${base}/slack-resolve`, `pagerduty+${base}/pagerduty-resolve`, `json+${base}/json-resolve`];
+    const raise = () => raiseAlert(test.database.db.pool, { kind: 'stripe_breaker_open', key, severity: 'critical', message: `breaker ${key} is open` });
+    await raise();
+    assert.equal(await resolveAlert(test.database.db.pool, key), true);
+    assert.equal(await resolveAlert(test.database.db.pool, key), false, 'nothing left open');
+    const sent = () => received.filter((item) => item.path.endsWith('-resolve') && JSON.stringify(item.body).includes(key));
+    received.length = 0;
+    await deliverAlerts(test.database.db, deliveryOptions(urls));
+    assert.deepEqual(sent().map((item) => `${item.path} ${item.body.event_action ?? item.body.action ?? item.body.text}`).sort(), [
+      `/json-resolve trigger`,
+      `/pagerduty-resolve trigger`,
+      `/slack-resolve :rotating_light: Tally critical: breaker ${key} is open`,
+    ], 'the triggers go first; the resolves wait for them');
+    received.length = 0;
+    await deliverAlerts(test.database.db, deliveryOptions(urls));
+    const byPath = Object.fromEntries(sent().map((item) => [item.path, item.body]));
+    assert.deepEqual(byPath['/slack-resolve'], {
+      text: `:white_check_mark: Tally resolved: breaker ${key} is open`,
+      blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `:white_check_mark: *stripe_breaker_open* resolved\nbreaker ${key} is open` } }],
+    });
+    assert.deepEqual(byPath['/pagerduty-resolve'], { routing_key: 'R0UTINGKEY', event_action: 'resolve', dedup_key: key });
+    assert.equal(byPath['/json-resolve']?.action, 'resolve');
+    assert.equal(typeof byPath['/json-resolve']?.resolved_at, 'string');
+    received.length = 0;
+    await deliverAlerts(test.database.db, deliveryOptions(urls));
+    assert.deepEqual(sent(), [], 'each resolve is sent once');
+
+    await raise();
+    const listed = (await test.admin('GET', '/v1/admin/alerts')).body.alerts.filter((alert: { key: string }) => alert.key === key);
+    assert.deepEqual(listed.map((alert: { count: number; resolved_at: string | null }) => [alert.count, alert.resolved_at === null]), [[1, true], [1, false]]);
   });
 });

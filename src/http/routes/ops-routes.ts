@@ -73,8 +73,9 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select a.id, a.alert_key as key, a.kind, a.severity, a.message, a.details, a.account_id, a.count,
-             tally_iso(a.first_at) as first_at, tally_iso(a.last_at) as last_at,
-             coalesce((select jsonb_agg(jsonb_build_object('sink', d.sink, 'delivered_at', tally_iso(d.delivered_at), 'attempts', d.attempts, 'last_error', d.last_error))
+             tally_iso(a.first_at) as first_at, tally_iso(a.last_at) as last_at, tally_iso(a.resolved_at) as resolved_at,
+             coalesce((select jsonb_agg(jsonb_build_object('sink', d.sink, 'action', d.action, 'delivered_at', tally_iso(d.delivered_at), 'attempts', d.attempts, 'last_error', d.last_error)
+                                 order by d.sink, d.action desc)
                        from alert_deliveries d where d.alert_id = a.id), '[]'::jsonb) as deliveries
            from alerts a order by a.last_at desc, a.id desc limit $1`,
           [query.limit],
