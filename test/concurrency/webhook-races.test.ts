@@ -25,13 +25,19 @@ after(async () => {
   await database.close();
 });
 
-async function renewalBurst(targets: TestApp[]): Promise<{ accountId: string; subscriptionId: string }> {
+/** An account whose checkout started a monthly Plus subscription, and that period's invoice. */
+async function subscriber(): Promise<{ accountId: string; customer: string; subscriptionId: string; paid: ReturnType<typeof invoice> }> {
   const accountId = uniqueId('acct');
   const customer = uniqueId('cus');
   const subscriptionId = uniqueId('sub');
   await fundedAccount(first, accountId, 0);
   await deliver(first, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
-  const renewal = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+  const paid = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+  return { accountId, customer, subscriptionId, paid };
+}
+
+async function renewalBurst(targets: TestApp[]): Promise<{ accountId: string; subscriptionId: string }> {
+  const { accountId, customer, subscriptionId, paid: renewal } = await subscriber();
   const events = [
     event('invoice.paid', renewal),
     event('invoice.payment_succeeded', renewal),
@@ -67,12 +73,7 @@ it('grants one period when the deliveries are split across two processes', async
 
 it("gives the invoice's payment its payment intent when invoice_payment.paid races invoice.paid on two processes", async () => {
   for (let round = 0; round < 10; round += 1) {
-    const accountId = uniqueId('acct');
-    const customer = uniqueId('cus');
-    const subscriptionId = uniqueId('sub');
-    await fundedAccount(first, accountId, 0);
-    await deliver(first, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
-    const paid = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+    const { paid } = await subscriber();
     const paymentIntent = uniqueId('pi');
     const responses = await Promise.all([
       deliver(first, event('invoice.paid', paid)),
