@@ -30,7 +30,8 @@ create table accounts (
     and debt <= 9007199254740991),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
-);
+  -- Room on each page for the next version of a busy account row (HOT updates).
+) with (fillfactor = 80);
 
 create table grants (
   id bigint generated always as identity primary key,
@@ -49,13 +50,18 @@ create table grants (
   -- takes back those credits first.
   payment_id bigint,
   created_at timestamptz not null default now(),
+  -- Whether credits are left. The partial indexes below name this column rather than
+  -- `remaining`, so that a spend that leaves credits in a grant changes no indexed value and
+  -- PostgreSQL can update the row in place (a HOT update, no index writes).
+  live boolean generated always as (remaining > 0) stored,
   constraint grant_key_unique unique (account_id, grant_key)
-);
+) with (fillfactor = 80);
 
 -- Spend order: priority, earliest expiry (never-expiring last: NULLs sort last ascending), oldest.
+-- Queries say `live` (not `remaining > 0`) so that these partial indexes serve them.
 create index grants_spend_order on grants (account_id, priority, expires_at, created_at, id)
-  where remaining > 0;
-create index grants_due_expiry on grants (expires_at) where remaining > 0 and expires_at is not null;
+  where live;
+create index grants_due_expiry on grants (expires_at) where live and expires_at is not null;
 
 create table entries (
   id bigint generated always as identity primary key,

@@ -77,7 +77,7 @@ begin
   grant_credits := '{}';
   for g in
     select id, remaining from grants
-    where account_id = p_account and remaining > 0 and (expires_at is null or expires_at > p_now)
+    where account_id = p_account and live and (expires_at is null or expires_at > p_now)
     order by (payment_id = p_payment_id) is true desc, priority, expires_at, created_at, id
   loop
     v_take := least(g.remaining, v_left);
@@ -102,7 +102,7 @@ declare
 begin
   for g in
     select id, remaining from grants
-    where account_id = p_account and remaining > 0 and expires_at <= p_now order by id
+    where account_id = p_account and live and expires_at <= p_now order by id
   loop
     update grants set remaining = 0 where id = g.id;
     update accounts set available = available - g.remaining, updated_at = p_now
@@ -374,7 +374,7 @@ begin
         and h.account_id in (select value->>'account_id' from jsonb_array_elements(p_events))
     union all
     select g.account_id from grants g
-      where g.remaining > 0 and g.expires_at <= v_now
+      where g.live and g.expires_at <= v_now
         and g.account_id in (select value->>'account_id' from jsonb_array_elements(p_events))) d;
   for e in
     select value, ordinality from jsonb_array_elements(p_events) with ordinality
@@ -396,7 +396,7 @@ begin
                v_grant_left || coalesce(array_agg(remaining order by priority, expires_at, created_at, id), '{}'),
                v_grant_taken || coalesce(array_agg(0::bigint), '{}')
           into v_grant_ids, v_grant_left, v_grant_taken
-          from grants where account_id = v_account and remaining > 0 and (expires_at is null or expires_at > v_now);
+          from grants where account_id = v_account and live and (expires_at is null or expires_at > v_now);
         v_last := cardinality(v_grant_ids);
       end if;
     end if;

@@ -79,7 +79,7 @@ export class Ledger {
              'expires_at', tally_iso(g.expires_at))
            from grants g where g.account_id = a.id and g.source = 'trial' order by g.id limit 1),
          'grants', coalesce((select jsonb_agg(tally_grant_json(g) order by g.priority, g.expires_at, g.created_at, g.id)
-            from grants g where g.account_id = a.id and g.remaining > 0
+            from grants g where g.account_id = a.id and g.live
             and (g.expires_at is null or g.expires_at > coalesce($2, now()))), '[]'::jsonb)) as account
        from accounts a where a.id = $1`,
       [accountId, this.now()],
@@ -93,7 +93,7 @@ export class Ledger {
   async balance(accountId: string): Promise<Balance> {
     const result = await this.db.query<{ available: number; held: number; debt: number }>(
       `select a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id
-           and g.remaining > 0 and g.expires_at <= coalesce($2, now())), 0)::bigint as available,
+           and g.live and g.expires_at <= coalesce($2, now())), 0)::bigint as available,
          a.held, a.debt
        from accounts a where a.id = $1`,
       [accountId, this.now()],
@@ -221,7 +221,7 @@ export class Ledger {
       `select account_id from (
          (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now()) order by expires_at limit $2)
          union
-         (select account_id from grants where remaining > 0 and expires_at <= coalesce($1, now()) order by expires_at limit $2)) due
+         (select account_id from grants where live and expires_at <= coalesce($1, now()) order by expires_at limit $2)) due
        order by account_id limit $2`,
       [this.now(), accountCountMax],
     );
