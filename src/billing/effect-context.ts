@@ -76,7 +76,10 @@ export async function grantOnce(context: EffectContext, request: GrantRequest): 
     await context.client.query('update grants set payment_id = $1 where id = $2', [request.paymentId, grantId]);
     await context.client.query('update payments set credits = credits + $1 where id = $2', [request.credits, request.paymentId]);
   }
-  if (result.created) await checkGrantAgainstPlan(context.client, context.catalog, { grantId, accountId: request.accountId, amount: request.credits, source: request.source });
+  // A restore gives back credits that were clawed back: not a new grant to look at.
+  if (result.created && request.entryKind !== 'restore') {
+    await checkGrantAgainstPlan(context.client, context.catalog, { grantId, accountId: request.accountId, amount: request.credits, source: request.source });
+  }
   return { created: result.created, grantId };
 }
 

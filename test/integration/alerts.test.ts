@@ -5,7 +5,7 @@ import { deliverAlerts, parseSinks } from '../../src/ops/alert-sinks.js';
 import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
 import { checkWebhookFailureRate } from '../../src/ops/rules.js';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+import { checkoutSession, deliver, dispute, event, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // Alerts go to a local receiver that checks the exact Slack, PagerDuty and JSON payloads, the
 // retries of a failing sink, and that a repeated alert is one alert with a count.
@@ -141,15 +141,28 @@ describe('alert rules', () => {
 
   it("raises the alert in the transaction of a Stripe grant over 1.5 times the plan's allowance", async () => {
     const { accountId, customer } = await starterAccount();
-    const buy = (packId: string, credits: number) =>
-      deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer, paymentIntent: uniqueId('pi'), packId, amountTotal: credits })));
+    const buy = async (packId: string, credits: number): Promise<string> => {
+      const paymentIntent = uniqueId('pi');
+      await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer, paymentIntent, packId, amountTotal: credits })));
+      return paymentIntent;
+    };
     await buy('pack_1000', 1000);
     await settleWebhooks(test);
     assert.deepEqual(await alertsFor(accountId), []);
-    await buy('pack_10000', 10000);
+    const paymentIntent = await buy('pack_10000', 10000);
     await settleWebhooks(test);
     const { rows } = await test.database.db.query<{ id: string }>(`select 'grant_' || id as id from grants where account_id = $1 and amount = 10000`, [accountId]);
-    assert.deepEqual(await alertsFor(accountId), [{ alert_key: `grant_over_allowance:${rows[0]?.id}`, count: 1 }]);
+    const expected = [{ alert_key: `grant_over_allowance:${rows[0]?.id}`, count: 1 }];
+    assert.deepEqual(await alertsFor(accountId), expected);
+    // A won dispute gives the credits back with a restore grant: not a new grant to alert on.
+    const opened = dispute({ amount: 10000, paymentIntent });
+    await deliver(test, event('charge.dispute.created', opened));
+    await settleWebhooks(test);
+    await deliver(test, event('charge.dispute.closed', { ...opened, status: 'won' }));
+    await settleWebhooks(test);
+    const restored = await test.database.db.query(`select 1 from entries where account_id = $1 and kind = 'restore' and amount = 10000`, [accountId]);
+    assert.equal(restored.rowCount, 1);
+    assert.deepEqual(await alertsFor(accountId), expected);
   });
 
   it('raises an alert when more than 10 % of webhooks failed in 15 minutes', async () => {
