@@ -1,9 +1,9 @@
--- 0005-operations: reconciliation reports, alert deliveries per sink, the state of scheduled
--- alert rules, and erasure of personal data inside append-only entries.
+-- 0005-operations: reconciliation reports, alert deliveries per sink, and erasure of personal
+-- data inside append-only entries.
 --
 -- Rollback:
---   drop table if exists reconciliation_runs, alert_deliveries, alert_rule_state cascade;
---   then restore the append-only trigger function of 0001:
+--   drop table if exists reconciliation_runs, alert_deliveries cascade;
+--   -- then restore the append-only trigger function of 0001:
 --   create or replace function tally_refuse_entry_change() returns trigger language plpgsql as $$
 --   begin raise exception 'ledger entries are append-only (% refused)', tg_op using errcode = 'TE001'; end $$;
 --   delete from tally_migrations where version = 5;
@@ -33,13 +33,6 @@ create table alert_deliveries (
   primary key (alert_id, sink)
 );
 create index alert_deliveries_due on alert_deliveries (next_attempt_at) where delivered_at is null;
-
--- Where each scheduled rule got to (for example the last grant id it examined).
-create table alert_rule_state (
-  rule text primary key,
-  position bigint not null default 0,
-  checked_at timestamptz not null default now()
-);
 
 -- Entries stay append-only, with one exception: erasing personal data (a usage description or
 -- metadata in `reference`) when the session says so. Amounts, keys and everything else stay.

@@ -1,4 +1,4 @@
--- 0008-alert-resolution: an alert whose condition has cleared (the Stripe breaker closed, the
+-- 0007-alert-resolution: an alert whose condition has cleared (the Stripe breaker closed, the
 -- webhook failure rate fell back) is resolved, and each sink is told so once: PagerDuty closes
 -- its incident, Slack and JSON receivers get a "resolved" message.
 --
@@ -8,7 +8,7 @@
 --   alter table alert_deliveries drop column action;
 --   alter table alert_deliveries add primary key (alert_id, sink);
 --   alter table alerts drop column resolved_at;
---   delete from tally_migrations where version = 8;
+--   delete from tally_migrations where version = 7;
 
 alter table alerts add column resolved_at timestamptz;
 

@@ -1,10 +1,10 @@
--- 0007-invoice-payment-links: which payment intent paid which invoice, as invoice_payment.paid
+-- 0006-invoice-payment-links: which payment intent paid which invoice, as invoice_payment.paid
 -- events say. Kept whether or not the invoice bought credits, so that the event is applied at
 -- once instead of waiting (and finally failing) for an invoice that Tally never grants for.
 --
 -- Rollback:
 --   drop table if exists invoice_payment_links;
---   delete from tally_migrations where version = 7;
+--   delete from tally_migrations where version = 6;
 
 create table invoice_payment_links (
   invoice_id text primary key,
