@@ -24,7 +24,8 @@ export class DatabaseUnavailableError extends TallyError {
   readonly refused: boolean;
 
   constructor(cause: unknown) {
-    super('database_unavailable', 503, `the database is unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, {}, { cause });
+    // The cause (with the server's own words) goes to the log, not to the client.
+    super('database_unavailable', 503, 'the database is unavailable; retry shortly with the same idempotency key', {}, { cause });
     this.name = 'DatabaseUnavailableError';
     this.refused = isDatabaseError(cause);
   }

@@ -8,8 +8,11 @@ import { TallyError } from '../errors.js';
  */
 export function renderError(error: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   if (error instanceof TallyError) {
-    // A 503 is temporary (the database or Stripe); say when to come back.
-    if (error.status === 503) void reply.header('retry-after', '5');
+    // A 503 is temporary (the database or Stripe): say when to come back, and tell the operator why.
+    if (error.status === 503) {
+      void reply.header('retry-after', '5');
+      request.log.warn({ err: error.cause ?? error, code: error.code }, 'unavailable');
+    }
     return reply.code(error.status).send(error.toBody());
   }
   const status = (error as FastifyError).statusCode;
