@@ -25,7 +25,7 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
       summary: route.summary,
       tags: [route.tag],
       parameters,
-      responses: Object.fromEntries(Object.entries(route.responses).map(([status, description]) => [status, { description }])),
+      responses: Object.fromEntries(Object.entries(documentedResponses(route)).map(([status, description]) => [status, { description }])),
     };
     if (route.access !== 'none') operation.security = [{ [route.access === 'admin' ? 'adminKey' : 'appKey']: [] }];
     if (route.body !== undefined) {
@@ -52,4 +52,12 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
     },
     paths,
   };
+}
+
+/** Every call that reads or writes the database may answer 503 while it is away. */
+function documentedResponses(route: RouteDefinition): Record<number, string> {
+  if (route.database === false) return route.responses;
+  const unavailable = 'database_unavailable: the database cannot be reached; retry after Retry-After seconds';
+  const own = route.responses[503];
+  return { ...route.responses, 503: own === undefined ? unavailable : `${own}; or ${unavailable}` };
 }

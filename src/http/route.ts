@@ -35,6 +35,8 @@ export interface RouteDefinition<Body = unknown, Query = unknown> {
   responses: Record<number, string>;
   /** Hidden from the OpenAPI description (the description itself, the docs page). */
   hidden?: boolean;
+  /** False for the few calls that never touch the database (so they never answer database_unavailable). */
+  database?: false;
   handler(input: RouteInput<Body, Query>): Promise<Answer>;
 }
 

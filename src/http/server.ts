@@ -67,6 +67,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     defineRoute({
       method: 'GET',
       url: '/openapi.json',
+      database: false,
       access: 'none',
       tag: 'meta',
       summary: 'This description',
@@ -93,6 +94,7 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
     defineRoute({
       method: 'GET',
       url: '/healthz',
+      database: false,
       access: 'none',
       tag: 'operations',
       summary: 'Liveness: the process answers',

@@ -179,6 +179,9 @@ describe('health, metrics and description', () => {
       assert.ok(paths[path]?.[method], `${method} ${path} is described`);
     }
     assert.equal(paths['/v1/accounts/{id}/usage'].post.requestBody.content['application/json'].schema.properties.amount.type, 'integer');
+    assert.match(paths['/v1/accounts/{id}/usage'].post.responses['503'].description, /database_unavailable/);
+    assert.match(paths['/v1/accounts/{id}/checkout'].post.responses['503'].description, /stripe_unavailable; or database_unavailable/);
+    assert.equal(paths['/healthz'].get.responses['503'], undefined, 'liveness never reads the database');
     const docs = await test.app.inject({ method: 'GET', url: '/docs/' });
     assert.equal(docs.statusCode, 200);
     assert.match(docs.body, /swagger/i);

@@ -25,6 +25,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
     defineRoute({
       method: 'GET',
       url: '/dashboard',
+      database: false,
       access: 'none',
       tag: 'operations',
       summary: "The operators' web page; it holds no data and asks for the admin key, then reads the admin API with it",

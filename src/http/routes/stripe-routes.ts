@@ -115,6 +115,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies): RouteDefini
     defineRoute({
       method: 'GET',
       url: '/v1/admin/stripe-breaker',
+      database: false,
       access: 'admin',
       tag: 'admin',
       summary: "The Stripe API circuit breaker's state",
