@@ -28,6 +28,8 @@ export interface Prepared {
   invoiceLines?: StripeObject[];
   /** The card fingerprint of a subscription's payment method. */
   cardFingerprint?: string;
+  /** For an invoice with a $0 plan line: its subscription's trial end in seconds (null: no trial). */
+  trialEnd?: number | null;
 }
 
 export interface EffectContext {

@@ -59,6 +59,19 @@ async function recordInvoicePayment(context: EffectContext, accountId: string, i
   return id;
 }
 
+/**
+ * The $0 line Stripe bills for a trial: it costs nothing and ends by the trial's end. The trial
+ * rule (with its claims) grants that period, so the invoice grants nothing for it; a refused
+ * trial therefore gets nothing from its $0 invoice either. A $0 line outside a trial (a free
+ * plan) grants as usual.
+ */
+function isTrialLine(context: EffectContext, line: InvoiceLine): boolean {
+  if (line.amount !== 0) return false;
+  const trialEnd = context.prepared.trialEnd;
+  if (trialEnd === undefined) throw new Error(`a $0 invoice line of event ${context.event.id} was not prepared with its trial end`);
+  return trialEnd !== null && line.periodEnd <= trialEnd;
+}
+
 /** invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. */
 export async function applyInvoicePaid(context: EffectContext): Promise<EffectResult> {
   const invoice = context.event.object;
@@ -76,6 +89,7 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
       if (outcome === 'period-unknown') throw new RetryLater(`upgrade of ${subscriptionId}: the period it belongs to has no grant yet`);
       continue;
     }
+    if (isTrialLine(context, line)) continue;
     const period = { start: line.periodStart, end: line.periodEnd };
     if (interval === 'month') {
       await grantPeriod(context, { accountId, subscriptionId, plan, period, paymentId, reference });

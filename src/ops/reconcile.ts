@@ -176,6 +176,11 @@ async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog
     for (const line of invoiceLines(object)) {
       const match = line.priceId === undefined ? undefined : findPrice(catalog, line.priceId);
       if (match?.kind !== 'plan' || line.proration) continue;
+      if (line.amount === 0) {
+        // A trial's $0 line: the trial rule grants that period, not the invoice.
+        const trial = await client.query('select 1 from subscriptions where id = $1 and trial_end >= to_timestamp($2)', [subscriptionId, line.periodEnd]);
+        if (trial.rowCount === 1) continue;
+      }
       const key = `period:${subscriptionId}:${line.periodStart}`;
       const { rows } = await client.query<{ account_id: string; id: number }>('select account_id, id from grants where grant_key = $1', [key]);
       if (rows.length !== 1) {

@@ -2,12 +2,13 @@ import type { Prepared, StoredEvent, StripeObject } from '../billing/effect-cont
 import { RetryLater } from '../billing/effect-context.js';
 import type { Database } from '../db/database.js';
 import type { StripeGateway } from './gateway.js';
-import { idOf, readPath } from './shapes.js';
+import { idOf, invoiceLines, invoiceSubscriptionId, readPath } from './shapes.js';
 
 /**
  * What an event needs from the Stripe API, fetched before its transaction opens so that no
  * lock is held across a network call: the payment intent behind a charge, refund or dispute,
- * the invoice a payment intent paid, the refunds of a charge.
+ * the invoice a payment intent paid, the refunds of a charge, an invoice's lines and its
+ * subscription's trial end.
  */
 const paymentEventTypes = new Set(['charge.refunded', 'refund.created', 'refund.updated', 'charge.dispute.created', 'charge.dispute.closed']);
 
@@ -28,18 +29,40 @@ async function prepareTrial(gateway: StripeGateway | undefined, object: StripeOb
 
 const paidInvoiceTypes = new Set(['invoice.paid', 'invoice.payment_succeeded']);
 
-/** All the lines of an invoice that has more than its event carries. */
-async function prepareInvoice(gateway: StripeGateway | undefined, invoice: StripeObject): Promise<Prepared> {
+/**
+ * What a paid invoice needs: all its lines when its event listed only the first ones, and,
+ * when a plan line costs nothing, the end of its subscription's trial. Stripe bills a trial as
+ * a $0 invoice whose line covers the trial; the trial rule grants that period, not the invoice.
+ */
+async function prepareInvoice(db: Database, gateway: StripeGateway | undefined, invoice: StripeObject): Promise<Prepared> {
   const invoiceId = idOf(invoice.id);
-  if (readPath(invoice, 'lines', 'has_more') !== true || invoiceId === undefined) return {};
-  if (gateway === undefined) throw new RetryLater(`the lines of invoice ${invoiceId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
-  const lines = await gateway.call('invoices.listLineItems', (stripe) => stripe.invoices.listLineItems(invoiceId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
-  return { invoiceLines: lines as unknown as StripeObject[] };
+  const prepared: Prepared = {};
+  if (readPath(invoice, 'lines', 'has_more') === true && invoiceId !== undefined) {
+    if (gateway === undefined) throw new RetryLater(`the lines of invoice ${invoiceId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
+    const lines = await gateway.call('invoices.listLineItems', (stripe) => stripe.invoices.listLineItems(invoiceId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+    prepared.invoiceLines = lines as unknown as StripeObject[];
+  }
+  const complete = prepared.invoiceLines === undefined ? invoice : { ...invoice, lines: { data: prepared.invoiceLines } };
+  const subscriptionId = invoiceSubscriptionId(invoice);
+  if (subscriptionId !== undefined && invoiceLines(complete).some((line) => line.amount === 0 && !line.proration)) {
+    prepared.trialEnd = await subscriptionTrialEnd(db, gateway, subscriptionId);
+  }
+  return prepared;
+}
+
+/** A subscription's trial end (null: no trial), from its mirror once a subscription event was applied, else from Stripe. */
+async function subscriptionTrialEnd(db: Database, gateway: StripeGateway | undefined, subscriptionId: string): Promise<number | null> {
+  const { rows } = await db.query<{ trial_end: number | null }>('select extract(epoch from trial_end)::bigint as trial_end from subscriptions where id = $1', [subscriptionId]);
+  if (rows[0] !== undefined) return rows[0].trial_end;
+  // Without the API, the subscription's own event (always sent) tells; until then, wait.
+  if (gateway === undefined) throw new RetryLater(`whether a $0 line of ${subscriptionId} is its trial needs its subscription event or the Stripe API`);
+  const subscription = await gateway.call('subscriptions.retrieve', (stripe) => stripe.subscriptions.retrieve(subscriptionId));
+  return subscription.trial_end ?? null;
 }
 
 export async function prepareEvent(db: Database, gateway: StripeGateway | undefined, event: StoredEvent): Promise<Prepared> {
   if (subscriptionEventTypes.has(event.type)) return prepareTrial(gateway, event.object);
-  if (paidInvoiceTypes.has(event.type)) return prepareInvoice(gateway, event.object);
+  if (paidInvoiceTypes.has(event.type)) return prepareInvoice(db, gateway, event.object);
   if (!paymentEventTypes.has(event.type)) return {};
   const object = event.object;
   const prepared: Prepared = {};

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 
 /**
  * A local fake of the few Stripe API calls Tally makes, for tests: checkout sessions, charges,
- * invoice payments, refunds, subscription cancellation and payment methods. It records every
+ * invoice payments, refunds, subscriptions (read and cancel) and payment methods. It records every
  * request, and can be told to time out or fail with 500 to exercise the circuit breaker.
  */
 export interface RecordedRequest {
@@ -18,6 +18,8 @@ export class FakeStripe {
   readonly invoiceOfPaymentIntent = new Map<string, string>();
   readonly refundsOfCharge = new Map<string, Record<string, unknown>[]>();
   readonly cardFingerprints = new Map<string, string>();
+  /** What GET /v1/subscriptions/{id} answers (Tally asks for a trial's end). */
+  readonly subscriptions = new Map<string, Record<string, unknown>>();
   /** What GET /v1/invoices and GET /v1/refunds (without a charge) list. */
   readonly invoices: Record<string, unknown>[] = [];
   readonly refunds: Record<string, unknown>[] = [];
@@ -80,6 +82,11 @@ export class FakeStripe {
     if (method === 'GET' && lines?.[1] !== undefined) return [200, this.page(path, params, this.invoiceLines.get(lines[1]) ?? [])];
     const subscription = /^\/v1\/subscriptions\/([^/]+)$/.exec(path);
     if (method === 'DELETE' && subscription?.[1] !== undefined) return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
+    if (method === 'GET' && subscription?.[1] !== undefined) {
+      const found = this.subscriptions.get(subscription[1]);
+      if (found === undefined) return [404, { error: { type: 'invalid_request_error', message: 'No such subscription' } }];
+      return [200, { id: subscription[1], object: 'subscription', ...found }];
+    }
     const paymentMethod = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);
     if (method === 'GET' && paymentMethod?.[1] !== undefined) {
       const fingerprint = this.cardFingerprints.get(paymentMethod[1]);

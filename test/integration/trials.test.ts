@@ -123,11 +123,54 @@ describe('trials', () => {
     assert.equal(checkout.body.error.reason, 'device_had_trial');
   });
 
+  // Stripe bills a trial as a $0 invoice, paid at once, whose line covers the trial.
+  const trialInvoice = (who: { accountId: string; customer: string; subscriptionId: string }) =>
+    event('invoice.paid', invoice({ customer: who.customer, subscription: who.subscriptionId, accountId: who.accountId, billingReason: 'subscription_create', amountPaid: 0, lines: [{ price: 'price_plus_monthly', start: t0, end: trialEnd, amount: 0 }] }));
+  const grantsOf = async (accountId: string) =>
+    (await test.database.db.query<{ source: string; amount: number }>('select source, amount from grants where account_id = $1 order by source', [accountId])).rows;
+
+  it("grants only the trial for the trial's $0 invoice, whichever arrives first, asking Stripe when it must", async () => {
+    for (const order of ['subscription first', 'invoice first'] as const) {
+      const who = await person({ email: uniqueId('zero') + '@example.com' });
+      fake.subscriptions.set(who.subscriptionId, { status: 'trialing', trial_end: trialEnd });
+      const events = order === 'subscription first' ? [trialing(who), trialInvoice(who)] : [trialInvoice(who), trialing(who)];
+      for (const stripeEvent of events) {
+        await deliver(test, stripeEvent);
+        await settleWebhooks(test);
+      }
+      assert.deepEqual(await grantsOf(who.accountId), [{ source: 'trial', amount: 500 }], order);
+      const asked = fake.requests.filter((request) => request.method === 'GET' && request.path === `/v1/subscriptions/${who.subscriptionId}`);
+      assert.equal(asked.length, order === 'invoice first' ? 1 : 0, 'Stripe is asked only when the subscription event has not come yet');
+    }
+  });
+
+  it("gives a refused trial nothing, not even through its $0 invoice", async () => {
+    const email = uniqueId('twice') + '@example.com';
+    const first = await person({ email });
+    await deliver(test, trialing(first));
+    await settleWebhooks(test);
+    const second = await person({ email });
+    await deliver(test, trialing(second));
+    await deliver(test, trialInvoice(second));
+    await settleWebhooks(test);
+    assert.deepEqual(await grantsOf(second.accountId), []);
+    assert.equal(cancelled(second.subscriptionId).length, 1);
+  });
+
+  it('grants a $0 plan line outside any trial as a period (a free plan)', async () => {
+    const who = await person();
+    await deliver(test, event('customer.subscription.created', subscription({ id: who.subscriptionId, customer: who.customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month, accountId: who.accountId })));
+    await deliver(test, event('invoice.paid', invoice({ customer: who.customer, subscription: who.subscriptionId, accountId: who.accountId, amountPaid: 0, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month, amount: 0 }] })));
+    await settleWebhooks(test);
+    assert.deepEqual(await grantsOf(who.accountId), [{ source: 'subscription', amount: 4000 }]);
+  });
+
   it('grants the trial and one period when the trial converts, in any order of events', async () => {
     for (const order of ['trial first', 'invoice first'] as const) {
       const who = await person({ email: uniqueId('convert') + '@example.com' });
+      fake.subscriptions.set(who.subscriptionId, { status: 'trialing', trial_end: trialEnd });
       const paid = event('invoice.paid', invoice({ customer: who.customer, subscription: who.subscriptionId, accountId: who.accountId, billingReason: 'subscription_cycle', lines: [{ price: 'price_plus_monthly', start: trialEnd, end: trialEnd + month }] }));
-      const events = order === 'trial first' ? [trialing(who), paid] : [paid, trialing(who)];
+      const events = order === 'trial first' ? [trialing(who), trialInvoice(who), paid] : [paid, trialInvoice(who), trialing(who)];
       for (const stripeEvent of events) {
         await deliver(test, stripeEvent);
         await settleWebhooks(test);
