@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
-import { checkoutSession, deliver, event, invoice, month, refund, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
+import { checkoutSession, deliver, event, invoice, month, refund, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // Reconciliation must name each kind of corruption, planted straight into the database with
 // the guards turned off in this test's own database, with the right account and entries.
@@ -122,11 +122,19 @@ describe('reconciliation', () => {
     await settleWebhooks(test);
     const missing = invoice({ customer: uniqueId('cus'), subscription: 'sub_never_granted', lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
     fake.invoices.push(missing);
+    // A trial's $0 invoice: the trial rule grants that period, so the invoice has no grant of its own.
+    const trialer = { accountId: uniqueId('acct'), customer: uniqueId('cus'), subscriptionId: uniqueId('sub') };
+    await fundedAccount(test, trialer.accountId, 0);
+    await deliver(test, event('customer.subscription.created', subscription({ id: trialer.subscriptionId, customer: trialer.customer, status: 'trialing', price: 'price_plus_monthly', start: t0, end: t0 + 7 * 86400, trialEnd: t0 + 7 * 86400, accountId: trialer.accountId })));
+    const trialInvoice = invoice({ customer: trialer.customer, subscription: trialer.subscriptionId, accountId: trialer.accountId, amountPaid: 0, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + 7 * 86400, amount: 0 }] });
+    await deliver(test, event('invoice.paid', trialInvoice));
+    await settleWebhooks(test);
+    fake.invoices.push(trialInvoice);
     const unclawed = refund({ amount: 100, paymentIntent });
     fake.refunds.push(unclawed);
     const report = await run({ stripe: true });
-    const invoiceFinding = report.findings.find((candidate) => candidate.check === 'stripe_invoice_granted_once');
-    assert.ok(invoiceFinding?.stripe_ids?.includes(missing.id));
+    const invoiceFindings = report.findings.filter((candidate) => candidate.check === 'stripe_invoice_granted_once');
+    assert.deepEqual(invoiceFindings.map((finding) => finding.stripe_ids?.[0]), [missing.id], "only the invoice that was never granted; not the trial's $0 invoice");
     const refundFinding = report.findings.find((candidate) => candidate.check === 'stripe_refund_clawed_back');
     assert.equal(refundFinding?.account_id, accountId);
     assert.ok(refundFinding?.stripe_ids?.includes(unclawed.id));
