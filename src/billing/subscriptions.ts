@@ -60,7 +60,7 @@ async function recordInvoicePayment(context: EffectContext, accountId: string, i
 }
 
 /**
- * The $0 line Stripe bills for a trial: it costs nothing and ends by the trial's end. The trial
+ * The $0 line Stripe bills for a trial: it costs nothing and starts inside the trial. The trial
  * rule (with its claims) grants that period, so the invoice grants nothing for it; a refused
  * trial therefore gets nothing from its $0 invoice either. A $0 line outside a trial (a free
  * plan) grants as usual.
@@ -69,7 +69,8 @@ function isTrialLine(context: EffectContext, line: InvoiceLine): boolean {
   if (line.amount !== 0) return false;
   const trialEnd = context.prepared.trialEnd;
   if (trialEnd === undefined) throw new Error(`a $0 invoice line of event ${context.event.id} was not prepared with its trial end`);
-  return trialEnd !== null && line.periodEnd <= trialEnd;
+  // Starting before the trial's end (not ending by it) keeps this true when a trial is ended early.
+  return trialEnd !== null && line.periodStart < trialEnd;
 }
 
 /** invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. */

@@ -178,7 +178,7 @@ async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog
       if (match?.kind !== 'plan' || line.proration) continue;
       if (line.amount === 0) {
         // A trial's $0 line: the trial rule grants that period, not the invoice.
-        const trial = await client.query('select 1 from subscriptions where id = $1 and trial_end >= to_timestamp($2)', [subscriptionId, line.periodEnd]);
+        const trial = await client.query('select 1 from subscriptions where id = $1 and trial_end > to_timestamp($2)', [subscriptionId, line.periodStart]);
         if (trial.rowCount === 1) continue;
       }
       const key = `period:${subscriptionId}:${line.periodStart}`;

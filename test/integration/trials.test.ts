@@ -144,6 +144,18 @@ describe('trials', () => {
     }
   });
 
+  it("grants nothing for the trial's $0 invoice applied after the trial was ended early", async () => {
+    const who = await person({ email: uniqueId('early') + '@example.com' });
+    const endedEarly = t0 + 86400;
+    await deliver(test, trialing(who));
+    await settleWebhooks(test);
+    await deliver(test, event('customer.subscription.updated', subscription({ id: who.subscriptionId, customer: who.customer, status: 'active', price: 'price_plus_monthly', start: endedEarly, end: endedEarly + month, trialEnd: endedEarly, accountId: who.accountId })));
+    await settleWebhooks(test);
+    await deliver(test, trialInvoice(who));
+    await settleWebhooks(test);
+    assert.deepEqual(await grantsOf(who.accountId), [{ source: 'trial', amount: 500 }]);
+  });
+
   it("gives a refused trial nothing, not even through its $0 invoice", async () => {
     const email = uniqueId('twice') + '@example.com';
     const first = await person({ email });
