@@ -9,7 +9,7 @@ import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
 import { raiseAlert, resolveAlert } from './ops/alerts.js';
 import { Metrics } from './ops/metrics.js';
-import { checkGrantAgainstPlan } from './ops/rules.js';
+import { grantWatcher } from './ops/rules.js';
 import { OperationsScheduler } from './ops/scheduler.js';
 import { StripeGateway } from './stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './stripe/worker.js';
@@ -62,11 +62,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   const ledger = new Ledger(db, {
     clock: options.clock,
     adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max,
-    watchGrant: (grant) =>
-      checkGrantAgainstPlan(db.pool, catalog, grant).then(
-        () => undefined,
-        (error: unknown) => logger.error({ err: error, grant }, 'could not check a grant against its plan'),
-      ),
+    watchGrant: grantWatcher(db.pool, catalog, (error, grant) => logger.error({ err: error, grant }, 'could not check a grant against its plan')),
   });
   const gateway =
     options.stripeSecretKey === undefined

@@ -12,7 +12,7 @@ import { Ledger } from '../ledger/ledger.js';
 import { openDatabase, startTally, version } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
-import { checkGrantAgainstPlan, type NewGrant } from '../ops/rules.js';
+import { grantWatcher } from '../ops/rules.js';
 import { StripeGateway } from '../stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions } from '../stripe/worker.js';
 
@@ -119,11 +119,9 @@ program
     const catalog = loadCatalog(loadConfig().plansPath);
     await withDatabase(async (db) => {
       // Like the API, an operator's grant over 1.5 times the plan's allowance raises an alert.
-      const watchGrant = (grant: NewGrant) =>
-        checkGrantAgainstPlan(db.pool, catalog, grant).then(
-          () => undefined,
-          (error: unknown) => void process.stderr.write(`warning: the grant was made, but checking it against the plan failed: ${(error as Error).message}\n`),
-        );
+      const watchGrant = grantWatcher(db.pool, catalog, (error) => {
+        process.stderr.write(`warning: the grant was made, but checking it against the plan failed: ${(error as Error).message}\n`);
+      });
       const ledger = new Ledger(db, { adjustmentCreditsMax: 0, watchGrant });
       const outcome = await ledger.grant(account, {
         amount,
