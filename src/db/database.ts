@@ -44,6 +44,14 @@ export class Database {
     this.pool.on('error', (error) => {
       process.emitWarning(`database pool: idle client error: ${error.message}`);
     });
+    // A checked-out client whose connection dies between statements emits 'error' outside any
+    // query, and an unheard 'error' would end the process. Heard here, it only makes the next
+    // statement on that client fail, which releases it as broken.
+    this.pool.on('connect', (client) => {
+      client.on('error', (error) => {
+        process.emitWarning(`database connection lost while in use: ${error.message}`);
+      });
+    });
   }
 
   async query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<pg.QueryResult<Row>> {
@@ -88,7 +96,11 @@ export class Database {
       const client = await this.connect();
       let broken: Error | undefined;
       try {
-        await client.query('begin');
+        await client.query('begin').catch((error: unknown) => {
+          // A connection that died in the pool fails at `begin`, before any work: try another.
+          if (isConnectionLoss(error)) throw new DatabaseUnavailableError(error, true);
+          throw error;
+        });
         const value = await work(client);
         await client.query('commit');
         return value;

@@ -1,8 +1,9 @@
 import { TallyError, InvariantError } from '../errors.js';
 
 /**
- * PostgreSQL errors, by SQLSTATE, turned into the product's errors. Nothing here reads
- * message text: the SQL functions raise custom SQLSTATEs with the detail in `detail`.
+ * PostgreSQL errors, by SQLSTATE, turned into the product's errors. Only node-postgres's own
+ * connection errors, which have no code, are known by their text: the SQL functions raise
+ * custom SQLSTATEs with the detail in `detail`.
  */
 export interface DatabaseErrorLike {
   code?: string;
@@ -20,22 +21,36 @@ export function isDatabaseError(error: unknown): error is DatabaseErrorLike {
  * Answered as 503 with Retry-After; every write is keyed, so the client's retry is safe.
  */
 export class DatabaseUnavailableError extends TallyError {
-  /** The server refused (it answered, or the port was closed): worth another quick try. A pool that waited its full timeout is not. */
-  readonly refused: boolean;
+  /**
+   * Worth another quick try: nothing was done yet. By default, when the server refused (it
+   * answered, or the port was closed); a pool that waited its full timeout is not.
+   */
+  readonly retryable: boolean;
 
-  constructor(cause: unknown) {
+  constructor(cause: unknown, retryable = isDatabaseError(cause)) {
     // The cause (with the server's own words) goes to the log, not to the client.
     super('database_unavailable', 503, 'the database is unavailable; retry shortly with the same idempotency key', {}, { cause });
     this.name = 'DatabaseUnavailableError';
-    this.refused = isDatabaseError(cause);
+    this.retryable = retryable;
   }
 }
 
-/** Connection-level SQLSTATEs (class 08, admin or crash shutdown, too many clients). */
+const socketErrorCodes = new Set(['ECONNRESET', 'EPIPE', 'ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND']);
+// node-postgres's own errors for a connection that is gone carry no code; their text is all there is.
+const clientConnectionError = /^(Connection terminated|Client has encountered a connection error|Client was closed)/;
+
+/**
+ * The connection failed rather than the statement: connection-level SQLSTATEs (class 08, admin
+ * or crash shutdown, too many clients), socket errors, and node-postgres's errors for a
+ * connection that was closed under it (for example killed while idle in the pool).
+ */
 export function isConnectionLoss(error: unknown): boolean {
-  if (!isDatabaseError(error)) return false;
-  const code = error.code ?? '';
-  return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300';
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string') {
+    return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300' || socketErrorCodes.has(code);
+  }
+  return clientConnectionError.test(error.message);
 }
 
 /**
@@ -43,15 +58,15 @@ export function isConnectionLoss(error: unknown): boolean {
  * failures to get a connection (nothing was sent yet).
  */
 export function isRetryable(error: unknown): boolean {
-  if (error instanceof DatabaseUnavailableError) return error.refused;
+  if (error instanceof DatabaseUnavailableError) return error.retryable;
   if (!isDatabaseError(error)) return false;
   if (error.code === '40001' || error.code === '40P01') return true;
   return error.code === '23505' && error.constraint === 'request_keys_pkey';
 }
 
 export function toDomainError(error: unknown): unknown {
-  if (!isDatabaseError(error)) return error;
   if (isConnectionLoss(error)) return new DatabaseUnavailableError(error);
+  if (!isDatabaseError(error)) return error;
   switch (error.code) {
     case 'TH404':
       return new TallyError('hold_not_found', 404, error.message);

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, it } from 'node:test';
+import pg from 'pg';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { checkoutSession, deliver, event, invoice, invoicePayment, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
@@ -84,4 +86,48 @@ it("gives the invoice's payment its payment intent when invoice_payment.paid rac
     const { rows } = await database.db.query<{ payment_intent: string | null }>('select payment_intent from payments where invoice_id = $1', [paid.id]);
     assert.deepEqual(rows, [{ payment_intent: paymentIntent }], `round ${round}`);
   }
+});
+
+it('applies every effect once while the database keeps killing connections during a burst', async () => {
+  const subscribers = await Promise.all(Array.from({ length: 10 }, () => subscriber()));
+  const events = subscribers.flatMap(({ customer, subscriptionId, paid }) => [
+    event('invoice.paid', paid),
+    event('invoice.payment_succeeded', paid),
+    event('customer.subscription.updated', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })),
+  ]);
+  // A server-side killer: every 60 ms, for 15 rounds, it terminates every connection of both Tally
+  // "processes" (few enough that no event uses up its retries while the database is this sick).
+  const killer = new pg.Client({ connectionString: database.url, application_name: 'killer' });
+  await killer.connect();
+  let killed = 0;
+  const killing = (async () => {
+    for (let round = 0; round < 15; round += 1) {
+      const { rowCount } = await killer.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`);
+      killed += rowCount ?? 0;
+      await sleep(60);
+    }
+  })();
+  // Stripe delivers each event 3 times, at once, to either process, and redelivers what was not acknowledged.
+  let pending = events.flatMap((stripeEvent) => [0, 1, 2].map((copy) => ({ stripeEvent, target: copy % 2 === 0 ? first : second })));
+  let refused = 0;
+  while (pending.length > 0) {
+    const statuses = await Promise.all(pending.map(({ stripeEvent, target }) => deliver(target, stripeEvent).then((response) => response.status)));
+    assert.ok(statuses.every((status) => status === 200 || status === 503), `a delivery is acknowledged or refused with 503: ${statuses.join(',')}`);
+    const again = pending.filter((_, index) => statuses[index] !== 200);
+    refused += again.length;
+    pending = again;
+    if (pending.length > 0) await sleep(50);
+  }
+  await killing;
+  await killer.end();
+  assert.ok(killed > 0, 'connections were killed');
+  await settleWebhooks(first);
+  await settleWebhooks(second);
+  for (const { accountId, subscriptionId } of subscribers) await assertOneGrant(accountId, subscriptionId);
+  const { rows } = await database.db.query<{ wrong: number }>(
+    `select count(*)::int as wrong from accounts a
+     where a.available - a.debt <> coalesce((select sum(amount) from entries e where e.account_id = a.id), 0)`,
+  );
+  assert.equal(rows[0]?.wrong, 0, 'every balance equals its entries');
+  console.log(`# ${killed} connections killed, ${refused} deliveries refused and redelivered`);
 });
