@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
 import { Ledger } from '../../src/ledger/ledger.js';
 import { Database } from '../../src/db/database.js';
 import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
@@ -139,5 +141,49 @@ describe('races', () => {
     } finally {
       await otherDb.close();
     }
+  });
+});
+
+describe('a sick database', () => {
+  it('never overdraws or spends twice while the database keeps killing connections, with clients retrying 503s', async () => {
+    const accounts = ['sick-1', 'sick-2', 'sick-3', 'sick-4'];
+    for (const accountId of accounts) await fundedAccount(test, accountId, 1000);
+    const killer = new pg.Client({ connectionString: test.database.url, application_name: 'killer' });
+    await killer.connect();
+    let killed = 0;
+    const killing = (async () => {
+      for (let round = 0; round < 15; round += 1) {
+        const { rowCount } = await killer.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`);
+        killed += rowCount ?? 0;
+        await sleep(60);
+      }
+    })();
+    // 400 spends of 10 (100 per account of 1000 credits) through the HTTP route and its group
+    // commit; a client that gets 503 sends the same request again, as it should.
+    let refused = 0;
+    const spend = async (index: number): Promise<{ status: number; body: any }> => {
+      const accountId = accounts[index % accounts.length] ?? 'sick-1';
+      for (;;) {
+        const response = await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 10, idempotency_key: `sick-${index}` });
+        if (response.status !== 503) return response;
+        refused += 1;
+        await sleep(20);
+      }
+    };
+    const responses = await Promise.all(Array.from({ length: 400 }, (_, index) => spend(index)));
+    await killing;
+    await killer.end();
+    assert.ok(killed > 0, 'connections were killed');
+    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 400 }, 'every spend fits, so every spend is accepted exactly once');
+    for (const accountId of accounts) {
+      const facts = await ledgerFacts(test, accountId);
+      assert.equal(facts.available, 0, `${accountId}: 1000 - 100 × 10`);
+      assert.equal(facts.entry_count, 101, `${accountId}: the funding grant and 100 usage entries, none twice`);
+      await assertReconciled(accountId);
+    }
+    // Asked again, each key answers its first outcome.
+    const again = await Promise.all(Array.from({ length: 400 }, (_, index) => spend(index)));
+    assert.ok(again.every((response) => response.status === 200 && response.body.replayed === true));
+    console.log(`# ${killed} connections killed, ${refused} spends refused with 503 and sent again`);
   });
 });
