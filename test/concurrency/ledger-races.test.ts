@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import pg from 'pg';
 import { Ledger } from '../../src/ledger/ledger.js';
 import { Database } from '../../src/db/database.js';
 import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
+import { startConnectionKiller } from '../helpers/database.js';
 
 // Real parallel connections: the pool is larger than the number of requests in flight that
 // matter, so transactions truly race inside PostgreSQL.
@@ -148,16 +148,7 @@ describe('a sick database', () => {
   it('never overdraws or spends twice while the database keeps killing connections, with clients retrying 503s', async () => {
     const accounts = ['sick-1', 'sick-2', 'sick-3', 'sick-4'];
     for (const accountId of accounts) await fundedAccount(test, accountId, 1000);
-    const killer = new pg.Client({ connectionString: test.database.url, application_name: 'killer' });
-    await killer.connect();
-    let killed = 0;
-    const killing = (async () => {
-      for (let round = 0; round < 15; round += 1) {
-        const { rowCount } = await killer.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`);
-        killed += rowCount ?? 0;
-        await sleep(60);
-      }
-    })();
+    const killer = await startConnectionKiller(test.database.url);
     // 400 spends of 10 (100 per account of 1000 credits) through the HTTP route and its group
     // commit; a client that gets 503 sends the same request again, as it should.
     let refused = 0;
@@ -171,8 +162,7 @@ describe('a sick database', () => {
       }
     };
     const responses = await Promise.all(Array.from({ length: 400 }, (_, index) => spend(index)));
-    await killing;
-    await killer.end();
+    const killed = await killer.stop();
     assert.ok(killed > 0, 'connections were killed');
     assert.deepEqual(countBy(responses, (response) => response.status), { 200: 400 }, 'every spend fits, so every spend is accepted exactly once');
     for (const accountId of accounts) {

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, it } from 'node:test';
-import pg from 'pg';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { createTestDatabase, startConnectionKiller, type TestDatabase } from '../helpers/database.js';
 import { checkoutSession, deliver, event, invoice, invoicePayment, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // The race that motivated Tally: a renewal's invoice.paid, invoice.payment_succeeded and
@@ -95,18 +94,9 @@ it('applies every effect once while the database keeps killing connections durin
     event('invoice.payment_succeeded', paid),
     event('customer.subscription.updated', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })),
   ]);
-  // A server-side killer: every 60 ms, for 15 rounds, it terminates every connection of both Tally
-  // "processes" (few enough that no event uses up its retries while the database is this sick).
-  const killer = new pg.Client({ connectionString: database.url, application_name: 'killer' });
-  await killer.connect();
-  let killed = 0;
-  const killing = (async () => {
-    for (let round = 0; round < 15; round += 1) {
-      const { rowCount } = await killer.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`);
-      killed += rowCount ?? 0;
-      await sleep(60);
-    }
-  })();
+  // Every 60 ms, 15 times, every connection of both Tally "processes" is killed (few enough
+  // rounds that no event uses up its retries while the database is this sick).
+  const killer = await startConnectionKiller(database.url);
   // Stripe delivers each event 3 times, at once, to either process, and redelivers what was not acknowledged.
   let pending = events.flatMap((stripeEvent) => [0, 1, 2].map((copy) => ({ stripeEvent, target: copy % 2 === 0 ? first : second })));
   let refused = 0;
@@ -118,8 +108,7 @@ it('applies every effect once while the database keeps killing connections durin
     pending = again;
     if (pending.length > 0) await sleep(50);
   }
-  await killing;
-  await killer.end();
+  const killed = await killer.stop();
   assert.ok(killed > 0, 'connections were killed');
   await settleWebhooks(first);
   await settleWebhooks(second);

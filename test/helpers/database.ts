@@ -56,3 +56,28 @@ export async function createTestDatabase(poolSize = 20): Promise<TestDatabase> {
   const db = new Database({ url, poolSize, statementTimeoutMilliseconds: 30_000, applicationName: 'tally-test' });
   return { url, db, close: () => db.close() };
 }
+
+/**
+ * A sick database for a while: every `intervalMilliseconds`, for `rounds` rounds, terminates
+ * every other connection to the database at `url`. `stop()` waits for the last round and
+ * answers how many connections were killed.
+ */
+export async function startConnectionKiller(url: string, rounds = 15, intervalMilliseconds = 60): Promise<{ stop(): Promise<number> }> {
+  const killer = new pg.Client({ connectionString: url, application_name: 'killer' });
+  await killer.connect();
+  let killed = 0;
+  const killing = (async () => {
+    for (let round = 0; round < rounds; round += 1) {
+      const { rowCount } = await killer.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`);
+      killed += rowCount ?? 0;
+      await new Promise((resolve) => setTimeout(resolve, intervalMilliseconds));
+    }
+  })();
+  return {
+    async stop() {
+      await killing;
+      await killer.end();
+      return killed;
+    },
+  };
+}
