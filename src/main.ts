@@ -83,7 +83,12 @@ export async function startTally(config: Config): Promise<Tally> {
   const { url: databaseUrl, embedded } = await openDatabase(config, logger);
   try {
     await migrate(databaseUrl, (line) => logger.info(line));
-    const db = new Database({ url: databaseUrl, poolSize: config.databasePoolSize, statementTimeoutMilliseconds: config.statementTimeoutMilliseconds });
+    const db = new Database({
+      url: databaseUrl,
+      poolSize: config.databasePoolSize,
+      statementTimeoutMilliseconds: config.statementTimeoutMilliseconds,
+      warn: (message) => logger.warn(message),
+    });
     const parts = await assemble({
       db,
       catalog,

@@ -12,6 +12,8 @@ export interface DatabaseOptions {
   poolSize: number;
   statementTimeoutMilliseconds: number;
   applicationName?: string;
+  /** Where connection losses are reported (the server's log); by default, a process warning. */
+  warn?: (message: string) => void;
 }
 
 export const retryCountMax = 8;
@@ -40,17 +42,14 @@ export class Database {
       connectionTimeoutMillis: 10_000,
       types,
     });
+    const warn = options.warn ?? ((message: string) => process.emitWarning(message));
     // An idle client losing its server is reported here; the pool replaces it on next use.
-    this.pool.on('error', (error) => {
-      process.emitWarning(`database pool: idle client error: ${error.message}`);
-    });
+    this.pool.on('error', (error) => warn(`database pool: idle connection lost: ${error.message}`));
     // A checked-out client whose connection dies between statements emits 'error' outside any
     // query, and an unheard 'error' would end the process. Heard here, it only makes the next
     // statement on that client fail, which releases it as broken.
     this.pool.on('connect', (client) => {
-      client.on('error', (error) => {
-        process.emitWarning(`database connection lost while in use: ${error.message}`);
-      });
+      client.on('error', (error) => warn(`database pool: connection lost while in use: ${error.message}`));
     });
   }
 
