@@ -62,6 +62,12 @@ export interface GrantRequest {
   key: string;
   reference: Record<string, unknown>;
   paymentId?: number | undefined;
+  /**
+   * Whether the grant adds to its payment's credits (a pack). A subscription invoice's payment
+   * knows every credit it bought when it is recorded (a yearly one: all twelve months), so its
+   * grants only link to it, for clawbacks to take from them first.
+   */
+  countsTowardsPayment?: boolean;
   entryKind?: 'grant' | 'restore';
 }
 
@@ -76,7 +82,9 @@ export async function grantOnce(context: EffectContext, request: GrantRequest): 
   const grantId = Number(result.grant.id.replace('grant_', ''));
   if (result.created && request.paymentId !== undefined) {
     await context.client.query('update grants set payment_id = $1 where id = $2', [request.paymentId, grantId]);
-    await context.client.query('update payments set credits = credits + $1 where id = $2', [request.credits, request.paymentId]);
+    if (request.countsTowardsPayment !== false) {
+      await context.client.query('update payments set credits = credits + $1 where id = $2', [request.credits, request.paymentId]);
+    }
   }
   // A restore gives back credits that were clawed back: not a new grant to look at.
   if (result.created && request.entryKind !== 'restore') {

@@ -3,6 +3,7 @@ import {
   idOf,
   invoiceAccountHint,
   invoiceLines,
+  invoicePaidAt,
   invoicePaymentIntent,
   invoiceSubscriptionId,
   readInteger,
@@ -13,7 +14,7 @@ import {
 } from '../stripe/shapes.js';
 import { findPrice, type Plan } from './catalog.js';
 import { RetryLater, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
-import { grantPeriod, grantUpgrade, monthsOf } from './periods.js';
+import { applyPeriodLine, applyProrationLine, recordBillingPeriod } from './periods.js';
 import { considerTrial } from './trials.js';
 
 /**
@@ -73,7 +74,12 @@ function isTrialLine(context: EffectContext, line: InvoiceLine): boolean {
   return trialEnd !== null && line.periodStart < trialEnd;
 }
 
-/** invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. */
+/**
+ * invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. Each
+ * plan line moves credits by the credit rule: a period line grants its period (a yearly one its
+ * first month now and the others as they start), a proration line grants or claws back its
+ * share of the credit periods it bills. The payment records every credit the invoice bought.
+ */
 export async function applyInvoicePaid(context: EffectContext): Promise<EffectResult> {
   const invoice = context.event.object;
   const subscriptionId = invoiceSubscriptionId(invoice);
@@ -83,29 +89,24 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
   await lockAccount(context, accountId);
   const paymentId = await recordInvoicePayment(context, accountId, invoice);
   const reference = { invoice: readText(invoice.id) };
-  for (const { line, plan, interval } of lines) {
-    if (line.proration) {
-      if (line.amount <= 0) continue;
-      const outcome = await grantUpgrade(context, { accountId, subscriptionId, plan, paymentId, reference, within: { start: line.periodStart, end: line.periodEnd } });
-      if (outcome === 'period-unknown') throw new RetryLater(`upgrade of ${subscriptionId}: the period it belongs to has no grant yet`);
+  const paidAt = invoicePaidAt(invoice) ?? context.event.created;
+  // Period lines first: a proration on the same invoice (create_prorations, paid at renewal)
+  // finds the new period it grants into.
+  const ordered = [...lines.filter(({ line }) => !line.proration), ...lines.filter(({ line }) => line.proration)];
+  let bought = 0;
+  for (const { line, plan, interval } of ordered) {
+    const request = { accountId, subscriptionId, plan, interval, quantity: line.quantity, billed: { start: line.periodStart, end: line.periodEnd }, paymentId, paidAt, reference };
+    if (!line.proration) {
+      if (isTrialLine(context, line)) await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);
+      else bought += await applyPeriodLine(context, request);
       continue;
     }
-    if (isTrialLine(context, line)) continue;
-    const period = { start: line.periodStart, end: line.periodEnd };
-    if (interval === 'month') {
-      await grantPeriod(context, { accountId, subscriptionId, plan, period, paymentId, reference });
-      continue;
-    }
-    const [first, ...later] = monthsOf(period);
-    if (first !== undefined) await grantPeriod(context, { accountId, subscriptionId, plan, period: first, paymentId, reference });
-    for (const month of later) {
-      await context.client.query(
-        `insert into yearly_schedule (subscription_id, month_start, account_id, month_end, plan_id, credits, payment_id)
-         values ($1, to_timestamp($2), $3, to_timestamp($4), $5, $6, $7) on conflict do nothing`,
-        [subscriptionId, month.start, accountId, month.end, plan.id, plan.credits_per_month, paymentId],
-      );
-    }
+    if (line.amount === 0) continue;
+    if (line.id === undefined) throw new Error(`a proration line of invoice ${String(invoice.id)} has no id`);
+    const direction = line.amount > 0 ? 'grant' : 'clawback';
+    bought += (direction === 'grant' ? 1 : -1) * (await applyProrationLine(context, { ...request, lineKey: `proration:${line.id}`, direction }));
   }
+  await context.client.query('update payments set credits = greatest(credits, $2) where id = $1', [paymentId, Math.max(bought, 0)]);
   return { status: 'processed', accountId };
 }
 
@@ -141,16 +142,18 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
   const toTime = (seconds: number | undefined) => (seconds === undefined ? null : new Date(seconds * 1000));
   await context.client.query(
     `insert into subscriptions (id, account_id, customer_id, status, price_id, plan_id, billing_interval,
-       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id)
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13)
+       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id, quantity, ended_at)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13, $14, $15)
      on conflict (id) do update set customer_id = excluded.customer_id, status = excluded.status,
        price_id = excluded.price_id, plan_id = excluded.plan_id, billing_interval = excluded.billing_interval,
        current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
        cancel_at_period_end = excluded.cancel_at_period_end, trial_end = excluded.trial_end,
+       quantity = excluded.quantity, ended_at = excluded.ended_at,
        event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
      where (subscriptions.event_created, subscriptions.event_id) <= (excluded.event_created, excluded.event_id)`,
     [state.id, accountId, state.customerId ?? null, status, state.priceId ?? null, plan?.plan.id ?? null, plan?.interval ?? null,
-      toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id],
+      toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id,
+      state.quantity, toTime(state.endedAt ?? (status === 'canceled' ? context.event.created : undefined))],
   );
   if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, context.hasher, accountId, state, plan.plan);
   return { status: 'processed', accountId };

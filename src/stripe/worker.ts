@@ -92,6 +92,9 @@ export class WebhookWorker {
 
   /** Applies due events in bounded batches until none is due; then due months of yearly plans. */
   async drain(): Promise<void> {
+    // Months that started before the events now due come first: a change made in a month moves
+    // that month's credits, so they must be there.
+    await this.grantDueMonths();
     for (;;) {
       const { rows } = await this.db.query<{ id: string }>(
         `select id from webhook_events where status = 'pending' and next_attempt_at <= coalesce($1, now())
@@ -101,8 +104,21 @@ export class WebhookWorker {
       for (const row of rows) await this.processOne(row.id);
       if (rows.length < this.options.batchSizeMax) break;
     }
-    while (await grantDueMonth(this.db, this.catalog, this.hasher, this.now()));
+    await this.grantDueMonths();
     await this.cancelRefusedTrials();
+  }
+
+  /** Grants every due month of yearly plans; a month that fails is passed over until the next pass, so it never blocks the others. */
+  private async grantDueMonths(): Promise<void> {
+    const passedOver: string[] = [];
+    for (;;) {
+      const month = await grantDueMonth(this.db, this.catalog, this.hasher, this.now(), passedOver);
+      if (month === undefined) return;
+      if (month.failed) {
+        this.logger.error({ month: month.key }, 'a yearly month failed; it will be retried on the next pass');
+        passedOver.push(month.key);
+      }
+    }
   }
 
   async processOne(eventId: string): Promise<EventOutcome> {

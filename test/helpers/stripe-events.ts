@@ -30,6 +30,7 @@ export interface LineSpec {
   end: number;
   proration?: boolean;
   amount?: number;
+  quantity?: number;
 }
 
 function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): StripeObject {
@@ -37,6 +38,7 @@ function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): S
   line.id = uniqueId('il');
   line.invoice = invoiceId;
   line.amount = spec.amount ?? 1000;
+  line.quantity = spec.quantity ?? 1;
   line.period = { start: spec.start, end: spec.end };
   line.parent = {
     type: 'subscription_item_details',
