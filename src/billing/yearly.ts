@@ -1,7 +1,7 @@
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
 import type { Catalog } from './catalog.js';
-import { lockAccount, type EffectContext } from './effect-context.js';
+import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
 import { clawBackFromPeriod, grantPeriod } from './periods.js';
 import type { ClaimHasher } from './trials.js';
 
@@ -176,4 +176,82 @@ async function endedBefore(context: EffectContext, due: DueMonth): Promise<boole
   const state = rows[0];
   if (state === undefined || state.status === null || !endedStatuses.has(state.status)) return false;
   return state.ended_at === null || Number(state.ended_at) <= due.month_start;
+}
+
+interface ScheduledMonth {
+  subscription_id: string;
+  month_start: number;
+  month_end: number;
+  plan_id: string;
+  credits: number;
+}
+
+/**
+ * A refund or dispute of a yearly payment takes back first what its later months would still
+ * grant: negative rows under `key`, from the last month backwards, up to `credits`. Answers the
+ * credits cancelled (now or before, under the same key); the caller claws the rest back from
+ * granted credits.
+ */
+export async function cancelScheduledMonths(context: EffectContext, paymentId: number, accountId: string, credits: number, key: string): Promise<number> {
+  const done = await context.client.query<{ credits: number }>(`select coalesce(-sum(credits), 0)::bigint as credits from yearly_schedule where payment_id = $1 and line_key = $2`, [paymentId, key]);
+  if (Number(done.rows[0]?.credits ?? 0) > 0) return Number(done.rows[0]?.credits);
+  const { rows } = await context.client.query<ScheduledMonth>(
+    `select subscription_id, extract(epoch from month_start)::bigint as month_start, extract(epoch from max(month_end))::bigint as month_end,
+       max(plan_id) as plan_id, sum(credits)::bigint as credits
+     from yearly_schedule where payment_id = $1 and granted_at is null
+     group by subscription_id, month_start having sum(credits) > 0 order by month_start desc`,
+    [paymentId],
+  );
+  let cancelled = 0;
+  for (const month of rows) {
+    const take = Math.min(credits - cancelled, Number(month.credits));
+    if (take <= 0) break;
+    await context.client.query(
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2))`,
+      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, -take, paymentId],
+    );
+    cancelled += take;
+  }
+  return cancelled;
+}
+
+/**
+ * A refund that failed or a dispute that was won gives back the months it cancelled: rows
+ * under `key` that undo the rows under `cancelKey`. A month granted meanwhile (without them)
+ * gets its credits now, expiring with it.
+ */
+export async function restoreScheduledMonths(context: EffectContext, paymentId: number, accountId: string, cancelKey: string, key: string): Promise<number> {
+  const { rows } = await context.client.query<ScheduledMonth & { granted: boolean }>(
+    `select c.subscription_id, extract(epoch from c.month_start)::bigint as month_start, extract(epoch from c.month_end)::bigint as month_end,
+       c.plan_id, -c.credits as credits, c.granted_at is not null as granted
+     from yearly_schedule c where c.payment_id = $1 and c.line_key = $2
+       and not exists (select 1 from yearly_schedule r where r.subscription_id = c.subscription_id and r.month_start = c.month_start and r.line_key = $3)
+     order by c.month_start`,
+    [paymentId, cancelKey, key],
+  );
+  let restored = 0;
+  for (const month of rows) {
+    const credits = Number(month.credits);
+    await context.client.query(
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2), case when $9 then now() end, case when $9 then 'granted' end)`,
+      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, credits, paymentId, month.granted],
+    );
+    if (month.granted) {
+      await grantOnce(context, {
+        accountId,
+        source: 'subscription',
+        credits,
+        expiresAt: new Date(Number(month.month_end) * 1000),
+        key: `${key}:${month.month_start}`,
+        reference: { subscription: month.subscription_id, plan: month.plan_id, period_start: Number(month.month_start), period_end: Number(month.month_end) },
+        paymentId,
+        countsTowardsPayment: false,
+        entryKind: 'restore',
+      });
+    }
+    restored += credits;
+  }
+  return restored;
 }
