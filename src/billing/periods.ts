@@ -99,7 +99,7 @@ async function endPeriod(context: EffectContext, accountId: string, subscription
   );
   let unused = 0;
   for (const row of rows) {
-    const expired = await context.client.query<{ expired: number }>('select tally_expire_grant($1, $2) as expired', [row.id, context.now ?? new Date()]);
+    const expired = await context.client.query<{ expired: number }>('select tally_expire_grant($1, coalesce($2::timestamptz, now())) as expired', [row.id, context.now]);
     unused += Number(expired.rows[0]?.expired ?? 0);
   }
   return unused;
@@ -121,7 +121,7 @@ async function periodEnded(context: EffectContext, accountId: string, subscripti
  */
 async function expireIfPeriodEnded(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number, grantId: number): Promise<void> {
   if (await periodEnded(context, accountId, subscriptionId, periodStart)) {
-    await context.client.query('select tally_expire_grant($1, $2)', [grantId, context.now ?? new Date()]);
+    await context.client.query('select tally_expire_grant($1, coalesce($2::timestamptz, now()))', [grantId, context.now]);
   }
 }
 
