@@ -1,5 +1,6 @@
--- 0008-ledger-fixes: an expired grant stays expired (a release never brings it back, and no
--- path writes `expire:grant_N` twice).
+-- 0008-ledger-fixes: an expired grant stays expired (a release or a restore never brings it
+-- back, and no path writes `expire:grant_N` twice); restores give credits back to the grants
+-- their clawback took them from.
 --
 -- The definitions this migration replaces are kept under *_before_0008 names, so that rolling
 -- it back puts them back exactly and drops the functions it added.
@@ -11,7 +12,7 @@
 --   alter function tally_expire_due_before_0008(text, timestamptz) rename to tally_expire_due;
 --   drop function tally_expire_grant(bigint, timestamptz);
 --   alter function tally_expire_grant_before_0008(bigint, timestamptz) rename to tally_expire_grant;
---   drop function if exists tally_expire_remaining, tally_grant_expired;
+--   drop function if exists tally_restore, tally_restore_to_grants, tally_expire_remaining, tally_grant_expired;
 --   delete from tally_migrations where version = 8;
 
 -- The definitions replaced below stay, renamed, so that the rollback puts them back exactly.
@@ -152,4 +153,85 @@ begin
     values (p_hold.account_id, 'expire', -v_expired, v_net, p_hold.id, 'expire:hold_' || p_hold.id,
       jsonb_build_object('hold_id', 'hold_' || p_hold.id), 'system', p_now);
   end if;
+end $$;
+
+-- Gives p_credits back to the grants the clawback p_clawback took them from, last taken first,
+-- each keeping its expiry: credits of a grant that has expired meanwhile are counted in
+-- `expired` instead (they expire at once). What the clawback did not take from a grant (the
+-- debt it created, since repaid) comes back in `left_over`. The caller holds the account lock.
+create or replace function tally_restore_to_grants(p_account text, p_clawback entries, p_credits bigint,
+  p_now timestamptz, out grant_ids bigint[], out grant_credits bigint[], out returned bigint,
+  out expired bigint, out left_over bigint) language plpgsql as $$
+declare
+  v_give bigint;
+  i integer;
+begin
+  grant_ids := '{}';
+  grant_credits := '{}';
+  returned := 0;
+  expired := 0;
+  left_over := p_credits;
+  for i in reverse cardinality(p_clawback.grant_ids) .. 1 loop
+    exit when left_over = 0;
+    v_give := least(-p_clawback.grant_credits[i], left_over);
+    left_over := left_over - v_give;
+    if tally_grant_expired(p_account, p_clawback.grant_ids[i], p_now) then
+      expired := expired + v_give;
+    else
+      update grants set remaining = remaining + v_give where id = p_clawback.grant_ids[i];
+      grant_ids := grant_ids || p_clawback.grant_ids[i];
+      grant_credits := grant_credits || v_give;
+      returned := returned + v_give;
+    end if;
+  end loop;
+end $$;
+
+-- Restores p_credits of what the clawback under p_clawback_key took (a refund that failed or
+-- was cancelled, a dispute won), once under p_key. Debt is repaid first (the debt the clawback
+-- created, or any: an account never holds credits while it owes some); the rest goes back to
+-- the grants the clawback took it from, with their expiry, and what belongs to a grant that has
+-- expired meanwhile expires at once under `expire:{p_key}`. Debt the clawback created that later
+-- credits have repaid since comes back as a never-expiring grant (`{p_key}:debt-repaid`): those
+-- credits were taken from whatever repaid the debt. An existing key answers created = false.
+-- The caller holds the account lock.
+create or replace function tally_restore(p_account text, p_clawback_key text, p_credits bigint,
+  p_key text, p_reference jsonb, p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_clawback entries;
+  v_entry entries;
+  v_repay bigint;
+  v_back record;
+  v_net bigint;
+begin
+  select * into v_entry from entries where account_id = p_account and idempotency_key = p_key;
+  if found then
+    return jsonb_build_object('created', false, 'entry', tally_entry_json(v_entry));
+  end if;
+  select * into v_clawback from entries
+    where account_id = p_account and idempotency_key = p_clawback_key and kind = 'clawback';
+  if not found or p_credits <= 0 or p_credits > -v_clawback.amount then
+    raise exception 'restore % of % credits does not match clawback %', p_key, p_credits, p_clawback_key
+      using errcode = 'TX001';
+  end if;
+  select least(debt, p_credits) into v_repay from accounts where id = p_account;
+  select * into v_back from tally_restore_to_grants(p_account, v_clawback, p_credits - v_repay, v_now);
+  update accounts set available = available + v_back.returned, debt = debt - v_repay, updated_at = v_now
+    where id = p_account returning available - debt into v_net;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, created_at)
+  values (p_account, 'restore', p_credits - v_back.left_over, v_net + v_back.expired, v_back.grant_ids,
+    v_back.grant_credits, p_key, p_reference || jsonb_build_object('clawback', p_clawback_key,
+      'debt_reversed', v_repay), 'stripe', v_now)
+  returning * into v_entry;
+  if v_back.expired > 0 then
+    insert into entries (account_id, kind, amount, balance_after, idempotency_key, reference, actor, created_at)
+    values (p_account, 'expire', -v_back.expired, v_net, 'expire:' || p_key,
+      jsonb_build_object('restore', p_key), 'system', v_now);
+  end if;
+  if v_back.left_over > 0 then
+    perform tally_add_grant(p_account, 'purchase', v_back.left_over, 0, null, p_key || ':debt-repaid',
+      'restore', p_reference || jsonb_build_object('clawback', p_clawback_key), 'stripe', null, v_now);
+  end if;
+  return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
 end $$;
