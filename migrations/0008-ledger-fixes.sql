@@ -1,6 +1,7 @@
 -- 0008-ledger-fixes: an expired grant stays expired (a release or a restore never brings it
 -- back, and no path writes `expire:grant_N` twice); restores give credits back to the grants
--- their clawback took them from.
+-- their clawback took them from; the usage batch locks its accounts before it decides which to
+-- settle.
 --
 -- The definitions this migration replaces are kept under *_before_0008 names, so that rolling
 -- it back puts them back exactly and drops the functions it added.
@@ -12,6 +13,8 @@
 --   alter function tally_expire_due_before_0008(text, timestamptz) rename to tally_expire_due;
 --   drop function tally_expire_grant(bigint, timestamptz);
 --   alter function tally_expire_grant_before_0008(bigint, timestamptz) rename to tally_expire_grant;
+--   drop function tally_usage_batch(jsonb, timestamptz);
+--   alter function tally_usage_batch_before_0008(jsonb, timestamptz) rename to tally_usage_batch;
 --   drop function if exists tally_restore, tally_restore_to_grants, tally_expire_remaining, tally_grant_expired;
 --   delete from tally_migrations where version = 8;
 
@@ -19,6 +22,7 @@
 alter function tally_release(holds, bigint, text, text, timestamptz) rename to tally_release_before_0008;
 alter function tally_expire_due(text, timestamptz) rename to tally_expire_due_before_0008;
 alter function tally_expire_grant(bigint, timestamptz) rename to tally_expire_grant_before_0008;
+alter function tally_usage_batch(jsonb, timestamptz) rename to tally_usage_batch_before_0008;
 
 -- Whether a grant has expired for good: its expiry has passed, or it was expired before that
 -- (tally_expire_grant, when a rollover ends a period early) or by a settle whose clock ran
@@ -235,3 +239,149 @@ begin
   end if;
   return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
 end $$;
+
+-- A batch of usage events in one transaction, with the same answer for each event as
+-- tally_usage would give. Events are taken by account (sorted, so accounts are locked in id
+-- order; each account's events keep the order given): all the batch's accounts are locked
+-- first, then a settle only where a hold or grant is due, one read of each account's live
+-- grants, each spend decided in memory in spend order; then one write per table for the whole
+-- batch. Results come back in the order of the request. Each event names its actor.
+create or replace function tally_usage_batch(p_events jsonb, p_now timestamptz)
+  returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_results jsonb[] := array_fill(null::jsonb, array[jsonb_array_length(p_events)]);
+  v_due text[];
+  e record;
+  v_account text;
+  v_exists boolean := false;
+  v_available bigint;
+  v_debt bigint;
+  -- The live grants of every account opened so far, in spend order, one account after another:
+  -- v_cursor walks the current account's part, which ends at v_last.
+  v_grant_ids bigint[] := '{}';
+  v_grant_left bigint[] := '{}';
+  v_grant_taken bigint[] := '{}';
+  v_cursor integer;
+  v_last integer;
+  v_account_ids text[] := '{}';
+  v_account_available bigint[] := '{}';
+  v_entries jsonb[] := '{}';
+  v_keys jsonb[] := '{}';
+  v_seen_keys text[] := '{}';
+  v_prior request_keys;
+  v_position integer;
+  v_key text;
+  v_hash text;
+  v_amount bigint;
+  v_left bigint;
+  v_step bigint;
+  v_ids bigint[];
+  v_credits bigint[];
+  v_entry_id bigint;
+  v_status integer;
+  v_body jsonb;
+begin
+  -- Lock first, in the order the loop below takes the accounts. Which accounts need a settle
+  -- is decided only under their locks: from a snapshot taken before, a release that committed
+  -- in between (credits back to a grant this batch then reads as expired) went unseen, and
+  -- available exceeded the live grants read next: a broken invariant where tally_usage says 402.
+  perform 1 from accounts
+    where id in (select value->>'account_id' from jsonb_array_elements(p_events))
+    order by id collate "C" for update;
+  -- The accounts of this batch with a hold or a grant past due: only they need a settle.
+  select coalesce(array_agg(distinct d.account_id), '{}') into v_due from (
+    select h.account_id from holds h
+      where h.status = 'pending' and h.expires_at <= v_now
+        and h.account_id in (select value->>'account_id' from jsonb_array_elements(p_events))
+    union all
+    select g.account_id from grants g
+      where g.live and g.expires_at <= v_now
+        and g.account_id in (select value->>'account_id' from jsonb_array_elements(p_events))) d;
+  for e in
+    select value, ordinality from jsonb_array_elements(p_events) with ordinality
+    order by value->>'account_id' collate "C", ordinality
+  loop
+    if v_account is distinct from e.value->>'account_id' then
+      v_account := e.value->>'account_id';
+      select available, debt into v_available, v_debt from accounts where id = v_account for update;
+      v_exists := found;
+      if v_exists then
+        if v_account = any(v_due) then
+          perform tally_settle(v_account, v_now);
+          select available, debt into v_available, v_debt from accounts where id = v_account;
+        end if;
+        v_account_ids := v_account_ids || v_account;
+        v_account_available := v_account_available || v_available;
+        v_cursor := cardinality(v_grant_ids) + 1;
+        select v_grant_ids || coalesce(array_agg(id order by priority, expires_at, created_at, id), '{}'),
+               v_grant_left || coalesce(array_agg(remaining order by priority, expires_at, created_at, id), '{}'),
+               v_grant_taken || coalesce(array_agg(0::bigint), '{}')
+          into v_grant_ids, v_grant_left, v_grant_taken
+          from grants where account_id = v_account and live and (expires_at is null or expires_at > v_now);
+        v_last := cardinality(v_grant_ids);
+      end if;
+    end if;
+    v_key := e.value->>'idempotency_key';
+    v_hash := e.value->>'payload_hash';
+    v_amount := (e.value->>'amount')::bigint;
+    -- A key seen before, earlier in this batch or stored, answers as tally_open would.
+    v_position := array_position(v_seen_keys, v_key);
+    if v_position is not null then
+      v_results[e.ordinality] := tally_replay(jsonb_populate_record(null::request_keys, v_keys[v_position]), v_account, 'usage', v_hash);
+      continue;
+    end if;
+    select * into v_prior from request_keys where key = v_key;
+    if found then
+      v_results[e.ordinality] := tally_replay(v_prior, v_account, 'usage', v_hash);
+      continue;
+    end if;
+    if not v_exists then
+      v_results[e.ordinality] := jsonb_build_object('status', 404,
+        'body', tally_error('account_not_found', 'no account with id ' || v_account));
+      continue;
+    end if;
+    if v_available < v_amount then
+      v_status := 402;
+      v_body := tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_available));
+    else
+      v_left := v_amount;
+      v_ids := '{}';
+      v_credits := '{}';
+      while v_left > 0 loop
+        if v_cursor > v_last then
+          raise exception 'invariant broken: available of account % exceeds its live grants', v_account
+            using errcode = 'TX001';
+        end if;
+        v_step := least(v_grant_left[v_cursor], v_left);
+        v_grant_left[v_cursor] := v_grant_left[v_cursor] - v_step;
+        v_grant_taken[v_cursor] := v_grant_taken[v_cursor] + v_step;
+        v_ids := v_ids || v_grant_ids[v_cursor];
+        v_credits := v_credits || -v_step;
+        v_left := v_left - v_step;
+        if v_grant_left[v_cursor] = 0 then
+          v_cursor := v_cursor + 1;
+        end if;
+      end loop;
+      v_available := v_available - v_amount;
+      v_account_available[cardinality(v_account_ids)] := v_available;
+      v_entry_id := nextval(pg_get_serial_sequence('entries', 'id'));
+      v_entries := v_entries || jsonb_build_object('id', v_entry_id, 'account_id', v_account,
+        'amount', -v_amount, 'balance_after', v_available - v_debt, 'grant_ids', to_jsonb(v_ids),
+        'grant_credits', to_jsonb(v_credits), 'idempotency_key', 'request:' || v_key,
+        'reference', coalesce(e.value->'reference', '{}'::jsonb), 'actor', e.value->>'actor');
+      v_status := 200;
+      v_body := jsonb_build_object('entry_id', 'entry_' || v_entry_id, 'amount', v_amount,
+        'available', v_available, 'replayed', false);
+    end if;
+    v_keys := v_keys || jsonb_build_object('key', v_key, 'account_id', v_account, 'operation', 'usage',
+      'payload_hash', v_hash, 'status_code', v_status, 'response', v_body);
+    v_seen_keys := v_seen_keys || v_key;
+    v_results[e.ordinality] := jsonb_build_object('status', v_status, 'body', v_body);
+  end loop;
+  perform tally_batch_flush(v_account_ids, v_account_available, v_grant_ids, v_grant_taken,
+    v_entries, v_keys, v_now);
+  return to_jsonb(v_results);
+end $$;
+
