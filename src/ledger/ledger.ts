@@ -215,20 +215,31 @@ export class Ledger {
     return { entries: page.map((row) => row.entry), next_cursor: nextCursor };
   }
 
-  /** Releases holds and expires grants that are due, one account per transaction. */
+  /** Releases holds and expires grants that are due, one account per transaction; answers how many. */
   async settleDue(accountCountMax: number): Promise<number> {
+    const due = await this.dueAccounts(accountCountMax);
+    for (const accountId of due) await this.settleAccount(accountId);
+    return due.length;
+  }
+
+  /** Accounts with a hold or a grant past due, at most `accountCountMax`, none of `skipped`. */
+  async dueAccounts(accountCountMax: number, skipped: string[] = []): Promise<string[]> {
     const due = await this.db.query<{ account_id: string }>(
       `select account_id from (
-         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now()) order by expires_at limit $2)
+         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now())
+            and account_id <> all($3) order by expires_at limit $2)
          union
-         (select account_id from grants where live and expires_at <= coalesce($1, now()) order by expires_at limit $2)) due
+         (select account_id from grants where live and expires_at <= coalesce($1, now())
+            and account_id <> all($3) order by expires_at limit $2)) due
        order by account_id limit $2`,
-      [this.now(), accountCountMax],
+      [this.now(), accountCountMax, skipped],
     );
-    for (const row of due.rows) {
-      await this.db.query('select tally_settle_account($1, $2)', [row.account_id, this.now()]);
-    }
-    return due.rows.length;
+    return due.rows.map((row) => row.account_id);
+  }
+
+  /** Brings one account up to now, in its own transaction under its row lock. */
+  async settleAccount(accountId: string): Promise<void> {
+    await this.db.query('select tally_settle_account($1, $2)', [accountId, this.now()]);
   }
 }
 
