@@ -134,3 +134,9 @@ describe('one clock decides expiry', () => {
     assert.equal(outcome, 100, 'the database clock, which every ledger call in this transaction uses, says the grant is live');
   });
 });
+
+it('leaves nothing for reconciliation to find in the accounts above', async () => {
+  const report = await test.admin('POST', '/v1/admin/reconcile', {});
+  assert.equal(report.status, 200);
+  assert.deepEqual(report.body.findings, []);
+});

@@ -129,4 +129,10 @@ describe('restores', () => {
     assert.deepEqual(await balance(accountId), { account_id: accountId, available: 1100, held: 0, debt: 0 });
     await assertReconciled(accountId);
   });
+
+  it('leaves nothing for reconciliation to find', async () => {
+    const report = await test.admin('POST', '/v1/admin/reconcile', {});
+    assert.equal(report.status, 200);
+    assert.deepEqual(report.body.findings, []);
+  });
 });
