@@ -41,6 +41,12 @@ export class Ledger {
     return this.options.clock?.() ?? null;
   }
 
+  /** Whether a time has passed, by the clock that decides expiry everywhere (the database's, unless a test clock is set). */
+  private async isPast(time: Date): Promise<boolean> {
+    const { rows } = await this.db.query<{ past: boolean }>('select $1::timestamptz <= coalesce($2::timestamptz, now()) as past', [time, this.now()]);
+    return rows[0]?.past === true;
+  }
+
   /** Creates or updates an account; a reported device fingerprint arrives here already hashed. */
   async upsertAccount(accountId: string, input: AccountInput, deviceFingerprintHash?: string): Promise<Record<string, unknown>> {
     const result = await this.db.query<{ account: Record<string, unknown> }>(
@@ -162,8 +168,7 @@ export class Ledger {
   async grant(accountId: string, input: GrantInput): Promise<Outcome> {
     const { idempotency_key: key, ...payload } = input;
     const expiresAt = input.expires_at === undefined ? null : new Date(input.expires_at);
-    const now = this.now() ?? new Date();
-    if (expiresAt !== null && expiresAt <= now) {
+    if (expiresAt !== null && (await this.isPast(expiresAt))) {
       throw new TallyError('invalid_request', 400, 'expires_at: must be in the future', { field: 'expires_at' });
     }
     const outcome = await this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
