@@ -48,7 +48,7 @@ declare
   v_net bigint;
 begin
   select * into v_grant from grants where id = p_grant_id;
-  if v_grant.remaining = 0 then
+  if not found or v_grant.remaining = 0 then
     return 0;
   end if;
   v_entry_id := nextval(pg_get_serial_sequence('entries', 'id'));
