@@ -97,7 +97,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     reconcileIntervalHours: options.reconcileIntervalHours ?? 24,
     delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
   });
-  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds);
+  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => raiseAlert(db.pool, alert));
   return {
     app,
     ledger,

@@ -74,8 +74,10 @@ export interface GrantRequest {
 /** Adds a grant under its natural key once; counts it towards the payment that bought it. */
 export async function grantOnce(context: EffectContext, request: GrantRequest): Promise<{ created: boolean; grantId: number }> {
   const { rows } = await context.client.query<{ result: { created: boolean; grant: { id: string } } }>(
-    `select tally_add_grant($1, $2, $3, 0, $4, $5, $6, $7, 'stripe', null, $8) as result`,
-    [request.accountId, request.source, request.credits, request.expiresAt, request.key, request.entryKind ?? 'grant', { ...request.reference, event: context.event.id }, context.now ?? new Date()],
+    // Without a test clock, expiry is decided by the database's clock, as in every ledger call
+    // (never the process's: two clocks disagree, and a grant would be live by one, expired by the other).
+    `select tally_add_grant($1, $2, $3, 0, $4, $5, $6, $7, 'stripe', null, coalesce($8::timestamptz, now())) as result`,
+    [request.accountId, request.source, request.credits, request.expiresAt, request.key, request.entryKind ?? 'grant', { ...request.reference, event: context.event.id }, context.now],
   );
   const result = rows[0]?.result;
   if (result === undefined) throw new Error(`tally_add_grant answered nothing for ${request.key}`);

@@ -112,11 +112,25 @@ async function clawBack(context: EffectContext, payment: PaymentRow, credits: nu
   return bounded;
 }
 
-/** Restores once under `key` what a clawback took. */
+/**
+ * Restores once under `key` what a clawback took: back to the grants it was taken from, with
+ * their expiry (tally_restore), never as new credits that would outlive them.
+ */
 async function restore(context: EffectContext, payment: PaymentRow, credits: number, key: string, reference: Record<string, unknown>): Promise<void> {
   if (credits <= 0) return;
-  const { created } = await grantOnce(context, { accountId: payment.account_id, source: 'purchase', credits, expiresAt: null, key, reference, entryKind: 'restore' });
-  if (created) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, credits]);
+  // The clawback a restore reverses is keyed after the same Stripe object (SPEC): `refund:{id}`
+  // for `refund-reversed:{id}`, `dispute:{id}` for `dispute-won:{id}`.
+  const clawbackKey = key.replace(/^refund-reversed:/, 'refund:').replace(/^dispute-won:/, 'dispute:');
+  if (clawbackKey === key) throw new Error(`restore key ${key} names no clawback`);
+  const { rows } = await context.client.query<{ result: { created: boolean } }>('select tally_restore($1, $2, $3, $4, $5, $6) as result', [
+    payment.account_id,
+    clawbackKey,
+    credits,
+    key,
+    { ...reference, event: context.event.id },
+    context.now,
+  ]);
+  if (rows[0]?.result.created === true) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, credits]);
 }
 
 const refundReversed = (status: string | undefined) => status === 'failed' || status === 'canceled';

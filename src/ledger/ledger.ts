@@ -41,6 +41,12 @@ export class Ledger {
     return this.options.clock?.() ?? null;
   }
 
+  /** Whether a time has passed, by the clock that decides expiry everywhere (the database's, unless a test clock is set). */
+  private async isPast(time: Date): Promise<boolean> {
+    const { rows } = await this.db.query<{ past: boolean }>('select $1::timestamptz <= coalesce($2::timestamptz, now()) as past', [time, this.now()]);
+    return rows[0]?.past === true;
+  }
+
   /** Creates or updates an account; a reported device fingerprint arrives here already hashed. */
   async upsertAccount(accountId: string, input: AccountInput, deviceFingerprintHash?: string): Promise<Record<string, unknown>> {
     const result = await this.db.query<{ account: Record<string, unknown> }>(
@@ -162,8 +168,7 @@ export class Ledger {
   async grant(accountId: string, input: GrantInput): Promise<Outcome> {
     const { idempotency_key: key, ...payload } = input;
     const expiresAt = input.expires_at === undefined ? null : new Date(input.expires_at);
-    const now = this.now() ?? new Date();
-    if (expiresAt !== null && expiresAt <= now) {
+    if (expiresAt !== null && (await this.isPast(expiresAt))) {
       throw new TallyError('invalid_request', 400, 'expires_at: must be in the future', { field: 'expires_at' });
     }
     const outcome = await this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
@@ -215,20 +220,31 @@ export class Ledger {
     return { entries: page.map((row) => row.entry), next_cursor: nextCursor };
   }
 
-  /** Releases holds and expires grants that are due, one account per transaction. */
+  /** Releases holds and expires grants that are due, one account per transaction; answers how many. */
   async settleDue(accountCountMax: number): Promise<number> {
+    const due = await this.dueAccounts(accountCountMax);
+    for (const accountId of due) await this.settleAccount(accountId);
+    return due.length;
+  }
+
+  /** Accounts with a hold or a grant past due, at most `accountCountMax`, none of `skipped`. */
+  async dueAccounts(accountCountMax: number, skipped: string[] = []): Promise<string[]> {
     const due = await this.db.query<{ account_id: string }>(
       `select account_id from (
-         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now()) order by expires_at limit $2)
+         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now())
+            and account_id <> all($3) order by expires_at limit $2)
          union
-         (select account_id from grants where live and expires_at <= coalesce($1, now()) order by expires_at limit $2)) due
+         (select account_id from grants where live and expires_at <= coalesce($1, now())
+            and account_id <> all($3) order by expires_at limit $2)) due
        order by account_id limit $2`,
-      [this.now(), accountCountMax],
+      [this.now(), accountCountMax, skipped],
     );
-    for (const row of due.rows) {
-      await this.db.query('select tally_settle_account($1, $2)', [row.account_id, this.now()]);
-    }
-    return due.rows.length;
+    return due.rows.map((row) => row.account_id);
+  }
+
+  /** Brings one account up to now, in its own transaction under its row lock. */
+  async settleAccount(accountId: string): Promise<void> {
+    await this.db.query('select tally_settle_account($1, $2)', [accountId, this.now()]);
   }
 }
 
