@@ -1,4 +1,4 @@
--- 0009-credit-rule: subscription credits follow the credit rule. Every plan line of a paid
+-- 0010-credit-rule: subscription credits follow the credit rule. Every plan line of a paid
 -- invoice moves credits in each credit period it overlaps; the months of a yearly period that
 -- have not started yet are kept as scheduled credits, one row per month and line, so that
 -- a plan, seat or interval change (or a refund) changes what the later months grant.
@@ -15,7 +15,7 @@
 --   alter table yearly_schedule drop column line_key, drop column line_start, drop column attempts, drop column last_error;
 --   drop table if exists billing_periods;
 --   alter table subscriptions drop column quantity, drop column ended_at;
---   delete from tally_migrations where version = 9;
+--   delete from tally_migrations where version = 10;
 
 -- One row per month and line: the period line of the yearly invoice ('period'), a proration
 -- line ('proration:{line}'), or a refund that cancels months not granted yet ('refund:{id}').
