@@ -237,7 +237,7 @@ export class WebhookWorker {
   /** An operator's replay: back to pending, applied at once; effects stay exactly once. */
   async replay(eventId: string, actor: 'admin' | 'cli' = 'admin'): Promise<EventOutcome | undefined> {
     const { rows } = await this.db.query<{ status: string; account_id: string | null }>(
-      `update webhook_events w set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null
+      `update webhook_events w set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null, ignored_reason = null
        from (select id, status, account_id from webhook_events where id = $1 for update) before
        where w.id = before.id returning before.status, before.account_id`,
       [eventId],

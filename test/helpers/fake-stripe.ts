@@ -67,6 +67,10 @@ export class FakeStripe {
 
   private answer(method: string, path: string, params: Record<string, string>): [number, unknown] {
     if (method === 'POST' && path === '/v1/checkout/sessions') {
+      // Under 2026-10-28.endive the parameter is gone; Stripe answers 400 (FLOWS.md, endive changes).
+      if (Object.keys(params).some((name) => name.startsWith('payment_method_types'))) {
+        return [400, { error: { type: 'invalid_request_error', code: 'parameter_unknown', param: 'payment_method_types', message: 'Received unknown parameter: payment_method_types' } }];
+      }
       this.sessions += 1;
       const id = `cs_test_fake_${this.sessions}`;
       return [200, { id, object: 'checkout.session', url: `https://checkout.stripe.test/${id}`, mode: params.mode }];

@@ -176,6 +176,26 @@ describe('signed client references', () => {
   });
 });
 
+describe('the runbook for an unattributed payment', () => {
+  it('grants once when an operator links the buyer’s customer and replays the event', async () => {
+    const buyer = uniqueId('buyer');
+    await fundedAccount(test, buyer, 0);
+    const customer = uniqueId('cus');
+    const { session } = linkPurchase({ customer, clientReference: null, items: [{ price: 'price_pack_1000' }] });
+    const completed = event('checkout.session.completed', session);
+    await deliver(test, completed);
+    await settleWebhooks(test);
+    assert.equal((await inbox(completed.id))?.status, 'ignored');
+    await db().query('update accounts set stripe_customer_id = $2, updated_at = now() where id = $1 and stripe_customer_id is null', [buyer, customer]);
+    for (let replay = 0; replay < 2; replay += 1) {
+      const response = await test.admin('POST', `/v1/admin/webhook-events/${completed.id}/replay`);
+      assert.equal(response.body.outcome, 'processed');
+    }
+    assert.equal((await ledgerFacts(test, buyer)).available, 1000);
+    assert.equal((await inbox(completed.id))?.ignored_reason, null);
+  });
+});
+
 describe('a webhook never moves a customer link', () => {
   it("attributes a session by Tally's metadata, but leaves the customer linked to the account that had it", async () => {
     const owner = uniqueId('owner');
