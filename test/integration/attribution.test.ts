@@ -164,6 +164,33 @@ describe('signed client references', () => {
     assert.equal((await alertCount('unattributed_payment')) - alertsBefore, 3);
   });
 
+  it('attributes a Payment Link subscription by its signed reference, even when the invoice comes before the session', async () => {
+    const buyer = uniqueId('buyer');
+    await fundedAccount(test, buyer, 0);
+    const customer = uniqueId('cus');
+    const subscriptionId = uniqueId('sub');
+    const session = checkoutSession({ mode: 'subscription', customer, subscription: subscriptionId, clientReference: await referenceOf(buyer), metadata: {} });
+    session.payment_link = uniqueId('plink');
+    fake.checkoutSessions.push(session);
+    await deliver(test, event('invoice.paid', invoice({ customer, subscription: subscriptionId, billingReason: 'subscription_create', lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] })));
+    await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })));
+    await settleWebhooks(test);
+    await deliver(test, event('checkout.session.completed', session));
+    await settleWebhooks(test);
+    assert.equal((await ledgerFacts(test, buyer)).available, 4000);
+    assert.equal(await customerOf(buyer), customer);
+    const mirror = await db().query<{ account_id: string }>('select account_id from subscriptions where id = $1', [subscriptionId]);
+    assert.equal(mirror.rows[0]?.account_id, buyer);
+  });
+
+  it('answers 404 for an unknown account, and is described in the OpenAPI document', async () => {
+    const missing = await test.call('GET', `/v1/accounts/${uniqueId('nobody')}/client-reference`);
+    assert.equal(missing.status, 404);
+    assert.equal(missing.body.error.code, 'account_not_found');
+    const openapi = await test.call('GET', '/openapi.json', undefined, null);
+    assert.ok(openapi.body.paths['/v1/accounts/{id}/client-reference']?.get);
+  });
+
   it('round-trips the longest account id within 200 characters, and refuses what it did not sign', () => {
     const hasher = new ClaimHasher('a-secret-of-at-least-sixteen');
     const longest = 'a'.repeat(128);
