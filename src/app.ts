@@ -32,6 +32,7 @@ export interface AssembleOptions {
   stripeTimeoutMilliseconds?: number;
   webhookSecrets: string[];
   fingerprintSecret?: string | undefined;
+  checkoutUrlHosts?: string[];
   alertWebhookUrls?: string[];
   pagerDutyRoutingKey?: string | undefined;
   alertRetryBaseSeconds?: number;
@@ -79,7 +80,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     metrics.webhookEvents.inc({ type, outcome });
     if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
   });
-  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher };
+  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher, checkoutUrlHosts: options.checkoutUrlHosts };
   const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe, operations: { db, catalog, gateway } });
   if (gateway !== undefined) {
     gateway.onOpen = (status) => {

@@ -29,6 +29,7 @@ const environmentSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optionalText,
   STRIPE_API_BASE: optionalText.pipe(z.url().optional()),
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
+  TALLY_CHECKOUT_URL_HOSTS: optionalText,
   TALLY_PAGERDUTY_ROUTING_KEY: optionalText,
   TALLY_RECONCILE_INTERVAL_HOURS: z.coerce.number().int().min(0).max(24 * 30).default(24),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -52,6 +53,8 @@ export interface Config {
   stripeWebhookSecrets: string[];
   stripeApiBase: string | undefined;
   alertWebhookUrls: string[];
+  /** The only hosts a checkout's success_url and cancel_url may name; empty: any https host. */
+  checkoutUrlHosts: string[];
   pagerDutyRoutingKey: string | undefined;
   reconcileIntervalHours: number;
   logLevel: Environment['LOG_LEVEL'];
@@ -91,6 +94,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     stripeWebhookSecrets: splitList(value.STRIPE_WEBHOOK_SECRET),
     stripeApiBase: value.STRIPE_API_BASE,
     alertWebhookUrls: splitList(value.TALLY_ALERT_WEBHOOK_URLS),
+    checkoutUrlHosts: splitList(value.TALLY_CHECKOUT_URL_HOSTS).map((host) => host.toLowerCase()),
     pagerDutyRoutingKey: value.TALLY_PAGERDUTY_ROUTING_KEY,
     reconcileIntervalHours: value.TALLY_RECONCILE_INTERVAL_HOURS,
     logLevel: value.LOG_LEVEL,

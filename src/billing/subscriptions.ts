@@ -84,8 +84,9 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
   const invoice = context.event.object;
   const subscriptionId = invoiceSubscriptionId(invoice);
   const lines = planLines(context, invoice);
-  if (subscriptionId === undefined || lines.length === 0) return { status: 'ignored' };
-  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
+  if (lines.length === 0) return { status: 'ignored', reason: "not Tally's: no line bills a plan price of the catalog" };
+  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId, payment: true });
   await lockAccount(context, accountId);
   const paymentId = await recordInvoicePayment(context, accountId, invoice);
   const reference = { invoice: readText(invoice.id) };
@@ -118,11 +119,16 @@ export async function applyInvoicePaymentPaid(context: EffectContext): Promise<E
   const invoicePayment = context.event.object;
   const invoiceId = idOf(invoicePayment.invoice);
   const paymentIntent = idOf(readPath(invoicePayment, 'payment', 'payment_intent'));
-  if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored' };
+  if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored', reason: 'an invoice payment without an invoice or a payment intent' };
   await lockInvoice(context, invoiceId);
   await context.client.query(
     'insert into invoice_payment_links (invoice_id, payment_intent, event_id) values ($1, $2, $3) on conflict (invoice_id) do nothing',
     [invoiceId, paymentIntent, context.event.id],
+  );
+  // Every payment intent of the invoice, not only the first: a refund may name any of them.
+  await context.client.query(
+    'insert into invoice_payment_intents (payment_intent, invoice_id, event_id) values ($1, $2, $3) on conflict do nothing',
+    [paymentIntent, invoiceId, context.event.id],
   );
   const { rows } = await context.client.query<{ account_id: string }>(
     `update payments set payment_intent = coalesce(payment_intent, $2) where invoice_id = $1 returning account_id`,
@@ -131,13 +137,25 @@ export async function applyInvoicePaymentPaid(context: EffectContext): Promise<E
   return rows[0] === undefined ? { status: 'processed' } : { status: 'processed', accountId: rows[0].account_id };
 }
 
-/** customer.subscription.created/updated/deleted: mirror the newest state; never older over newer. */
+/**
+ * customer.subscription.created/updated/deleted: mirror the newest state; never older over newer.
+ * Stripe stamps events to the second, and several events of one change share it, so the order
+ * within a second is Stripe's own lifecycle: the later billing period is newer, then the later
+ * status (tally_subscription_status_rank: incomplete, trialing, active, past_due, unpaid,
+ * canceled). The random event id only breaks what is left, so that replays converge.
+ */
 export async function applySubscriptionEvent(context: EffectContext): Promise<EffectResult> {
   const state = subscriptionState(context.event.object);
-  if (state === undefined) return { status: 'ignored' };
-  const accountId = await resolveAccount(context, { accountHint: state.accountHint, customerId: state.customerId, subscriptionId: state.id });
+  if (state === undefined) return { status: 'ignored', reason: 'a subscription without an id or a status' };
   const match = state.priceId === undefined ? undefined : findPrice(context.catalog, state.priceId);
   const plan = match?.kind === 'plan' ? match : undefined;
+  if (plan === undefined) {
+    // A subscription Tally mirrors keeps being mirrored when it moves to another price; one that
+    // never had a catalog price is the merchant's other business.
+    const mirrored = await context.client.query('select 1 from subscriptions where id = $1', [state.id]);
+    if (mirrored.rowCount === 0) return { status: 'ignored', reason: `not Tally's: price ${state.priceId ?? '?'} is not in the catalog` };
+  }
+  const accountId = await resolveAccount(context, { accountHint: state.accountHint, customerId: state.customerId, subscriptionId: state.id });
   const status = context.event.type === 'customer.subscription.deleted' ? 'canceled' : state.status;
   const toTime = (seconds: number | undefined) => (seconds === undefined ? null : new Date(seconds * 1000));
   await context.client.query(
@@ -150,7 +168,8 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
        cancel_at_period_end = excluded.cancel_at_period_end, trial_end = excluded.trial_end,
        quantity = excluded.quantity, ended_at = excluded.ended_at,
        event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
-     where (subscriptions.event_created, subscriptions.event_id) <= (excluded.event_created, excluded.event_id)`,
+     where (subscriptions.event_created, coalesce(subscriptions.current_period_start, '-infinity'), tally_subscription_status_rank(subscriptions.status), subscriptions.event_id)
+        <= (excluded.event_created, coalesce(excluded.current_period_start, '-infinity'), tally_subscription_status_rank(excluded.status), excluded.event_id)`,
     [state.id, accountId, state.customerId ?? null, status, state.priceId ?? null, plan?.plan.id ?? null, plan?.interval ?? null,
       toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id,
       state.quantity, toTime(state.endedAt ?? (status === 'canceled' ? context.event.created : undefined))],
@@ -163,11 +182,12 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
 export async function applyInvoicePaymentFailed(context: EffectContext): Promise<EffectResult> {
   const invoice = context.event.object;
   const subscriptionId = invoiceSubscriptionId(invoice);
-  if (subscriptionId === undefined) return { status: 'ignored' };
+  if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
   const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  // The same order as the subscription events: a failed payment does not move the period.
   await context.client.query(
     `update subscriptions set status = 'past_due', event_created = to_timestamp($2), event_id = $3, updated_at = now()
-     where id = $1 and (event_created, event_id) <= (to_timestamp($2), $3)`,
+     where id = $1 and (event_created, tally_subscription_status_rank(status), event_id) <= (to_timestamp($2), tally_subscription_status_rank('past_due'), $3)`,
     [subscriptionId, context.event.created, context.event.id],
   );
   await raiseAlert(context.client, {

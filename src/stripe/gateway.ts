@@ -50,7 +50,11 @@ export class StripeGateway {
   /** Called when the breaker closes again after a successful trial call. */
   onClose: () => void = () => undefined;
 
+  /** The mode of the secret key (live or test); undefined for a key of another form. */
+  readonly livemode: boolean | undefined;
+
   constructor(options: StripeGatewayOptions) {
+    this.livemode = /^(sk|rk)_live_/.test(options.secretKey) ? true : /^(sk|rk)_test_/.test(options.secretKey) ? false : undefined;
     const base = options.apiBase === undefined ? undefined : new URL(options.apiBase);
     this.stripe = new Stripe(options.secretKey, {
       apiVersion: stripeApiVersion as Stripe.StripeConfig['apiVersion'],
@@ -122,6 +126,31 @@ export class StripeGateway {
 
   cancelSubscription(subscriptionId: string, idempotencyKey: string): Promise<Stripe.Subscription> {
     return this.call('subscriptions.cancel', (stripe) => stripe.subscriptions.cancel(subscriptionId, {}, { idempotencyKey }));
+  }
+
+  /** Every line item of a Checkout Session (webhook payloads never carry them). */
+  async checkoutLineItems(sessionId: string): Promise<Stripe.LineItem[]> {
+    return this.call('checkout.sessions.listLineItems', (stripe) => stripe.checkout.sessions.listLineItems(sessionId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  }
+
+  /** The Checkout Session that created a subscription or a payment intent, if any. */
+  async checkoutSessionOf(of: { subscription: string } | { payment_intent: string }): Promise<Stripe.Checkout.Session | undefined> {
+    const list = await this.call('checkout.sessions.list', (stripe) => stripe.checkout.sessions.list({ ...of, limit: 1 }));
+    return list.data[0];
+  }
+
+  /** A payment intent, or undefined when Stripe knows none by that id. */
+  async retrievePaymentIntent(paymentIntent: string): Promise<Stripe.PaymentIntent | undefined> {
+    try {
+      return await this.call('paymentIntents.retrieve', (stripe) => stripe.paymentIntents.retrieve(paymentIntent));
+    } catch (error) {
+      if (error instanceof Stripe.errors.StripeInvalidRequestError && error.statusCode === 404) return undefined;
+      throw error;
+    }
+  }
+
+  retrieveInvoice(invoiceId: string): Promise<Stripe.Invoice> {
+    return this.call('invoices.retrieve', (stripe) => stripe.invoices.retrieve(invoiceId));
   }
 
   retrievePaymentMethod(paymentMethodId: string): Promise<Stripe.PaymentMethod> {

@@ -15,6 +15,7 @@ const text = (value: unknown): string | undefined => (typeof value === 'string' 
 const integer = (value: unknown): number | undefined => (typeof value === 'number' && Number.isSafeInteger(value) ? value : undefined);
 
 export const accountMetadataKey = 'tally_account_id';
+/** Set on Tally's pack sessions for people reading the Dashboard; never read to decide a grant (the price paid decides). */
 export const packMetadataKey = 'tally_pack_id';
 
 export interface InvoiceLine {

@@ -48,6 +48,9 @@ export interface TestAppOptions {
   /** A database shared with another TestApp (a second Tally process on the same data). */
   database?: TestDatabase;
   stripeApiBase?: string;
+  /** The Stripe secret key (its mode decides which events are Tally's); default a test key. */
+  stripeSecretKey?: string;
+  checkoutUrlHosts?: string[];
   workerOptions?: Partial<WorkerOptions>;
   breakerHalfOpenAfterMilliseconds?: number;
   clock?: TestClock;
@@ -66,7 +69,8 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     logger: pino({ level: 'silent' }),
     logLevel: 'silent',
     version: 'test',
-    stripeSecretKey: options.stripeApiBase === undefined ? undefined : 'sk_test_fake',
+    stripeSecretKey: options.stripeApiBase === undefined ? undefined : (options.stripeSecretKey ?? 'sk_test_fake'),
+    checkoutUrlHosts: options.checkoutUrlHosts,
     stripeApiBase: options.stripeApiBase,
     stripeBreakerHalfOpenAfterMilliseconds: options.breakerHalfOpenAfterMilliseconds ?? 500,
     stripeTimeoutMilliseconds: 1000,

@@ -3,7 +3,8 @@ import { checkoutInputSchema, createCheckout, type TrialGate } from '../../billi
 import type { Catalog } from '../../billing/catalog.js';
 import { trialEligibility, type ClaimHasher } from '../../billing/trials.js';
 import type { Database } from '../../db/database.js';
-import { TallyError } from '../../errors.js';
+import { TallyError, accountNotFound } from '../../errors.js';
+import { signClientReference } from '../../billing/client-reference.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { inboxListSizeMax, listEvents, storeEvent } from '../../stripe/inbox.js';
@@ -23,6 +24,7 @@ export interface StripeRouteDependencies {
   webhookSecrets: string[];
   trials: TrialGate;
   hasher: ClaimHasher;
+  checkoutUrlHosts?: string[] | undefined;
 }
 
 /** Registered in a scope whose JSON parser keeps the raw body, which the signature covers. */
@@ -71,6 +73,21 @@ export function stripeRoutes(dependencies: StripeRouteDependencies): RouteDefini
         status: 200,
         body: await createCheckout(dependencies, parseInput(accountIdSchema, params.id, 'id'), body),
       }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/client-reference',
+      access: 'app',
+      tag: 'stripe',
+      summary:
+        "A signed client_reference_id for the account, to put in a Payment Link URL or a pricing table's client-reference-id: Tally attributes the purchase to the account only by such a reference (it does not expire)",
+      responses: { 200: '{client_reference_id}', 404: 'account_not_found' },
+      handler: async ({ params }) => {
+        const accountId = parseInput(accountIdSchema, params.id, 'id');
+        const { rowCount } = await dependencies.db.query('select 1 from accounts where id = $1', [accountId]);
+        if (rowCount === 0) throw accountNotFound(accountId);
+        return { status: 200, body: { client_reference_id: signClientReference(dependencies.hasher, accountId) } };
+      },
     }),
     defineRoute({
       method: 'GET',
