@@ -1,4 +1,5 @@
 import { raiseAlert } from '../ops/alerts.js';
+import { cancelScheduledMonths, restoreScheduledMonths, scheduledCancellation } from './yearly.js';
 import { accountMetadataKey, idOf, readInteger, readPath, readText } from '../stripe/shapes.js';
 import { findPrice } from './catalog.js';
 import type { Catalog } from './catalog.js';
@@ -142,13 +143,20 @@ export function proportionalCredits(payment: PaymentRow, amount: number): number
   return Number((BigInt(payment.credits) * BigInt(Math.min(amount, payment.amount_paid))) / BigInt(payment.amount_paid));
 }
 
-/** Claws back once under `key`; answers the credits that entry took (now or before). */
+/**
+ * Claws back once under `key`; answers the credits it took (now or before). A yearly payment's
+ * months not granted yet are cancelled first; only the rest is taken from granted credits.
+ */
 async function clawBack(context: EffectContext, payment: PaymentRow, credits: number, key: string, reference: Record<string, unknown>): Promise<number> {
   const existing = await context.client.query<{ amount: number }>('select amount from entries where account_id = $1 and idempotency_key = $2', [payment.account_id, key]);
-  if (existing.rows[0] !== undefined) return -existing.rows[0].amount;
+  const cancelledBefore = await scheduledCancellation(context, payment.id, key);
+  if (existing.rows[0] !== undefined || cancelledBefore > 0) return cancelledBefore - Number(existing.rows[0]?.amount ?? 0);
   const bounded = Math.min(credits, payment.credits - payment.clawed_back);
   if (bounded <= 0) return 0;
-  await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [payment.account_id, bounded, key, payment.id, { ...reference, event: context.event.id }, context.now]);
+  const cancelled = await cancelScheduledMonths(context, payment.id, payment.account_id, bounded, key);
+  if (bounded > cancelled) {
+    await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [payment.account_id, bounded - cancelled, key, payment.id, { ...reference, event: context.event.id, months_cancelled: cancelled }, context.now]);
+  }
   await context.client.query('update payments set clawed_back = clawed_back + $2 where id = $1', [payment.id, bounded]);
   const { rows } = await context.client.query<{ debt: number }>('select debt from accounts where id = $1', [payment.account_id]);
   const debt = rows[0]?.debt ?? 0;
@@ -175,15 +183,22 @@ async function restore(context: EffectContext, payment: PaymentRow, credits: num
   // for `refund-reversed:{id}`, `dispute:{id}` for `dispute-won:{id}`.
   const clawbackKey = key.replace(/^refund-reversed:/, 'refund:').replace(/^dispute-won:/, 'dispute:');
   if (clawbackKey === key) throw new Error(`restore key ${key} names no clawback`);
-  const { rows } = await context.client.query<{ result: { created: boolean } }>('select tally_restore($1, $2, $3, $4, $5, $6) as result', [
-    payment.account_id,
-    clawbackKey,
-    credits,
-    key,
-    { ...reference, event: context.event.id },
-    context.now,
-  ]);
-  if (rows[0]?.result.created === true) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, credits]);
+  // Months of a yearly payment that the clawback cancelled are scheduled again; the rest goes
+  // back to the grants it was taken from.
+  let restored = await restoreScheduledMonths(context, payment.id, payment.account_id, clawbackKey, key);
+  const fromGrants = credits - (await scheduledCancellation(context, payment.id, clawbackKey));
+  if (fromGrants > 0) {
+    const { rows } = await context.client.query<{ result: { created: boolean } }>('select tally_restore($1, $2, $3, $4, $5, $6) as result', [
+      payment.account_id,
+      clawbackKey,
+      fromGrants,
+      key,
+      { ...reference, event: context.event.id },
+      context.now,
+    ]);
+    if (rows[0]?.result.created === true) restored += fromGrants;
+  }
+  if (restored > 0) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, restored]);
 }
 
 const refundReversed = (status: string | undefined) => status === 'failed' || status === 'canceled';

@@ -186,6 +186,15 @@ interface ScheduledMonth {
   credits: number;
 }
 
+/** The credits of later months that the clawback under `key` cancelled (0: none). */
+export async function scheduledCancellation(context: EffectContext, paymentId: number, key: string): Promise<number> {
+  const { rows } = await context.client.query<{ credits: number }>(
+    `select coalesce(-sum(credits), 0)::bigint as credits from yearly_schedule where payment_id = $1 and line_key = $2`,
+    [paymentId, key],
+  );
+  return Number(rows[0]?.credits ?? 0);
+}
+
 /**
  * A refund or dispute of a yearly payment takes back first what its later months would still
  * grant: negative rows under `key`, from the last month backwards, up to `credits`. Answers the
@@ -193,8 +202,8 @@ interface ScheduledMonth {
  * granted credits.
  */
 export async function cancelScheduledMonths(context: EffectContext, paymentId: number, accountId: string, credits: number, key: string): Promise<number> {
-  const done = await context.client.query<{ credits: number }>(`select coalesce(-sum(credits), 0)::bigint as credits from yearly_schedule where payment_id = $1 and line_key = $2`, [paymentId, key]);
-  if (Number(done.rows[0]?.credits ?? 0) > 0) return Number(done.rows[0]?.credits);
+  const before = await scheduledCancellation(context, paymentId, key);
+  if (before > 0) return before;
   const { rows } = await context.client.query<ScheduledMonth>(
     `select subscription_id, extract(epoch from month_start)::bigint as month_start, extract(epoch from max(month_end))::bigint as month_end,
        max(plan_id) as plan_id, sum(credits)::bigint as credits

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { addMonths } from '../../src/billing/credit-rule.js';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, invoice, settleWebhooks, subscription, uniqueId, type LineSpec } from '../helpers/stripe-events.js';
+import { checkoutSession, deliver, event, invoice, invoicePayment, refund, settleWebhooks, subscription, uniqueId, type LineSpec } from '../helpers/stripe-events.js';
 
 /**
  * The credit rule on plan, seat and interval changes: credits follow money, per credit period,
@@ -44,9 +44,10 @@ async function subscriber() {
   await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId }), { created: now() }));
   await settleWebhooks(test);
   // Both events of a paid invoice, each twice: every move happens once.
-  const pay = async (lines: LineSpec[], amountPaid = 1000) => {
+  const pay = async (lines: LineSpec[], amountPaid = 1000, paymentIntent?: string) => {
     const paid = invoice({ customer, subscription: subscriptionId, lines, amountPaid });
     for (const type of ['invoice.paid', 'invoice.payment_succeeded', 'invoice.paid']) await deliver(test, event(type, paid, { created: now() }));
+    if (paymentIntent !== undefined) await deliver(test, event('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent, amount: amountPaid }), { created: now() }));
     await settleWebhooks(test);
   };
   const mirror = async (status: string, price: string, start: number, end: number, extra: Record<string, unknown> = {}) => {
@@ -208,6 +209,49 @@ describe('yearly plans follow every change', () => {
     await travelTo(addMonths(start, 4) + 60);
     const months = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`));
     assert.equal(months.length, 2, 'months 1 and 2 only');
+  });
+});
+
+describe('refunds of yearly payments', () => {
+  const monthKeys = async (accountId: string, subscriptionId: string) =>
+    (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`)).map((grant) => grant.amount);
+
+  it('a partial refund on day 40 claws in proportion to the twelve months bought, cancelling the last months first; the same refund later claws the same; a failed refund gives the months back', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_yearly', start, end: addMonths(start, 12) }], 40000, paymentIntent);
+    await travelTo(start + 40 * day);
+    assert.equal(await available(accountId), 5000, 'month 2, and 1000 of unspent month 1 rolled over (the cap)');
+    const partial = refund({ amount: 10000, paymentIntent, status: 'succeeded' });
+    await deliver(test, event('refund.created', partial, { created: now() }));
+    await settleWebhooks(test);
+    const afterRefund = await available(accountId);
+    assert.equal(afterRefund, 5000, 'floor(48000 × 100/400) = 12000 come out of months 10 to 12, not out of granted credits');
+    await travelTo(addMonths(start, 2) + 60);
+    await deliver(test, event('refund.updated', partial, { created: now() }));
+    await settleWebhooks(test);
+    const cancelled = await test.database.db.query<{ credits: number }>(`select coalesce(sum(credits), 0)::bigint as credits from yearly_schedule where line_key = $1`, [`refund:${partial.id}`]);
+    assert.equal(Number(cancelled.rows[0]?.credits), -12000, 'the refund seen again after another month claws the same, once');
+    await deliver(test, event('refund.updated', { ...partial, status: 'failed' }, { created: now() }));
+    await settleWebhooks(test);
+    await travelTo(addMonths(start, 11) + 60);
+    assert.deepEqual(await monthKeys(accountId, subscriptionId), Array.from({ length: 12 }, () => 4000), 'the failed refund scheduled months 10 to 12 again');
+  });
+
+  it('a full refund of a yearly payment cancels every month not granted and claws back the granted ones', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_yearly', start, end: addMonths(start, 12) }], 40000, paymentIntent);
+    await travelTo(start + 40 * day);
+    await deliver(test, event('refund.created', refund({ amount: 40000, paymentIntent, status: 'succeeded' }), { created: now() }));
+    await settleWebhooks(test);
+    const balance = (await test.call('GET', `/v1/accounts/${accountId}/balance`)).body;
+    assert.equal(balance.available, 0);
+    assert.equal(balance.debt, 3000, 'months 1 and 2 (8000) were granted: 40000 cancelled, 8000 clawed from the 5000 live (month 2 and the rollover), 3000 of debt');
+    await travelTo(addMonths(start, 6) + 60);
+    assert.deepEqual(await monthKeys(accountId, subscriptionId), [4000, 4000], 'no month after the refund');
   });
 });
 
