@@ -29,10 +29,9 @@ const windowMilliseconds = 60_000;
 export const rateLimited = (retryAfterSeconds: number, what: string): TallyError =>
   new TallyError('rate_limited', 429, `too many ${what}; retry after ${retryAfterSeconds} seconds`, { retry_after_seconds: retryAfterSeconds });
 
-/** One counter: `count` adds a request and refuses past the limit; `check` only refuses. */
+/** One counter: `count` adds a request and refuses it (429) past the limit. */
 export interface Limiter {
   count(request: FastifyRequest): Promise<void>;
-  check(request: FastifyRequest): Promise<void>;
 }
 
 export interface Limiters {
@@ -46,11 +45,12 @@ export async function registerRateLimits(app: FastifyInstance, settings: RateLim
   await app.register(rateLimit, { global: false });
   const limiter = (name: string, max: number, key: (request: FastifyRequest) => string, what: string): Limiter => {
     const apply = app.createRateLimit({ max, timeWindow: windowMilliseconds, keyGenerator: (request) => `${name}:${key(request)}` });
-    const run = async (request: FastifyRequest, increment: boolean): Promise<void> => {
-      const result = await apply(request, { increment });
-      if (!result.isAllowed && (increment ? result.isExceeded : result.remaining === 0)) throw rateLimited(Math.max(1, result.ttlInSeconds), what);
+    return {
+      count: async (request) => {
+        const result = await apply(request);
+        if (!result.isAllowed && result.isExceeded) throw rateLimited(Math.max(1, result.ttlInSeconds), what);
+      },
     };
-    return { count: (request) => run(request, true), check: (request) => run(request, false) };
   };
   const address = (request: FastifyRequest): string => normalizeIP(request.ip);
   const account = (request: FastifyRequest): string => (request.params as Record<string, string>).id ?? '';

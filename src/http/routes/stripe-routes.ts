@@ -42,8 +42,6 @@ export function webhookRoute(dependencies: StripeRouteDependencies, limiters: Li
       429: 'rate_limited {retry_after_seconds}: too many bad signatures from this address (Retry-After)',
       503: 'no webhook secret configured',
     },
-    // An address that keeps sending bad signatures is refused before its body is read.
-    beforeBody: (request) => limiters.signatureFailures.check(request),
     handler: async ({ request }) => {
       if (dependencies.webhookSecrets.length === 0) throw new TallyError('stripe_not_configured', 503, 'STRIPE_WEBHOOK_SECRET is not set');
       const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.from('');
@@ -52,7 +50,9 @@ export function webhookRoute(dependencies: StripeRouteDependencies, limiters: Li
       try {
         event = verifyWebhook(raw, Array.isArray(signature) ? signature[0] : signature, dependencies.webhookSecrets);
       } catch (error) {
-        // Counted per address; past the limit the answer becomes 429 instead of 400.
+        // Counted per address; past the limit the answer becomes 429 instead of 400. A good
+        // signature is never refused, even from a counted address: behind a proxy every sender
+        // shares one address, and bad signatures must not be a way to hold Stripe's events back.
         if (error instanceof TallyError) await limiters.signatureFailures.count(request);
         throw error;
       }
