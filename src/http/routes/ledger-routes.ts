@@ -22,7 +22,7 @@ const accountId = (params: Record<string, string>): string => parseInput(account
 const appActor: Actor = 'app';
 const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: outcome.body });
 
-const errorResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 404: 'account_not_found' };
+const errorResponses = { 400: 'invalid_request naming the field', 404: 'account_not_found' };
 
 export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string, metrics: Metrics): RouteDefinition[] {
   const counted = (operation: string, credits: number, outcome: Outcome): Answer => {
@@ -103,7 +103,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'holds',
       summary: 'Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all',
       body: captureInputSchema,
-      responses: { 200: '{captured, released, available}', 400: 'capture_exceeds_hold', 401: 'unauthorized', 403: 'forbidden (viewer key)', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
+      responses: { 200: '{captured, released, available}', 400: 'capture_exceeds_hold or invalid_request', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
       handler: async ({ params, body }) => ({
         status: 200,
         body: await ledger.capture(params.hold_id ?? '', body.amount, appActor),
@@ -135,7 +135,12 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'admin',
       summary: 'Grant promo or admin credits (idempotent by key)',
       body: grantInputSchema,
-      responses: { 201: 'the grant', 403: 'forbidden (app key)', 409: 'idempotency_conflict', ...errorResponses },
+      responses: {
+        201: 'the grant',
+        ...errorResponses,
+        400: 'grant_exceeds_limit {limit} (the catalog\'s limits.admin_grant_credits_max), balance_limit_exceeded (the balance would pass the safe integer range) or invalid_request',
+        409: 'idempotency_conflict',
+      },
       handler: async ({ params, body }) => counted('grant', body.amount, await ledger.grant(accountId(params), body)),
     }),
     defineRoute({
@@ -147,11 +152,9 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       body: adjustmentInputSchema,
       responses: {
         201: 'the entry',
-        400: 'adjustment_exceeds_limit or invalid_request',
+        400: 'adjustment_exceeds_limit, balance_limit_exceeded or invalid_request',
         402: 'insufficient_credits',
-        403: 'forbidden (app key)',
         409: 'idempotency_conflict',
-        401: 'unauthorized',
         404: 'account_not_found',
       },
       handler: async ({ params, body }) => counted('adjustment', Math.abs(body.amount), await ledger.adjust(accountId(params), body)),

@@ -41,7 +41,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       database: false,
       access: 'none',
       tag: 'operations',
-      summary: "The operators' web page; it holds no data and asks for the admin key, then reads the admin API with it",
+      summary: "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
       responses: { 200: 'text/html' },
       handler: async () => ({ status: 200, body: dashboardHtml, contentType: 'text/html; charset=utf-8' }),
     }),
@@ -52,7 +52,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Run a reconciliation now and answer its report (never changes the ledger)',
       body: z.strictObject({ stripe: z.boolean().default(false) }),
-      responses: { 200: 'the report: {run_id, finding_count, findings, summary}', 409: 'reconciliation_running', 503: 'stripe_unavailable' },
+      responses: { 200: 'the report: {run_id, finding_count, findings, summary}', 409: 'reconciliation_running', 502: 'stripe_error: Stripe refused a call (the detail is in the log)', 503: 'stripe_unavailable' },
       handler: async ({ body }) => ({
         status: 200,
         body: await reconcile(dependencies.db, { trigger: 'api', stripe: body.stripe, gateway: dependencies.gateway, catalog: dependencies.catalog }),
