@@ -6,10 +6,9 @@ import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
 import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
-import { TallyError } from '../errors.js';
 import { KeyChecker, type Keys } from './auth.js';
 import { logRedaction } from '../ops/logging.js';
-import { frameworkError, renderError } from './errors.js';
+import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
 import { bodyLimitLargeBytes, defineRoute, registerRoutes, type RouteDefinition } from './route.js';
@@ -80,10 +79,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     routerOptions: { maxParamLength: pathParameterLengthMax },
     // Errors of the router itself (a URL that cannot be decoded, a segment too long) get the
     // product's error shape like every other error.
-    frameworkErrors: (error, request, reply) => {
-      const known = frameworkError(error, request) ?? new TallyError('invalid_request', 400, 'path: not a valid URL', { field: 'path' });
-      return (reply as FastifyReply).code(known.status).send(known.toBody());
-    },
+    frameworkErrors: (error, request, reply) => renderError(error, request, reply as FastifyReply),
     logger: {
       level: options.logLevel,
       redact: logRedaction,
@@ -105,6 +101,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     defaultJsonParser(request, body.toString(), done);
   });
   app.server.maxConnections = limits.connectionCountMax;
+  app.decorateRequest('caller', 'anonymous');
   app.setErrorHandler(renderError);
   // Every route's path as a pattern, to tell an unknown path (404) from a known one asked with
   // another method (405).
