@@ -29,11 +29,14 @@ export interface HttpLimits {
   connectionCountMax: number;
 }
 
+// Keep-alive outlasts the 60 s idle timeout of common proxies and load balancers, so that the
+// proxy, not Tally, closes an idle connection: otherwise it may send a request on a connection
+// Tally is closing, and answer its client 502.
 export const defaultHttpLimits: HttpLimits = {
   requestTimeoutMilliseconds: 30_000,
   headersTimeoutMilliseconds: 10_000,
-  connectionIdleTimeoutMilliseconds: 60_000,
-  keepAliveTimeoutMilliseconds: 5_000,
+  connectionIdleTimeoutMilliseconds: 65_000,
+  keepAliveTimeoutMilliseconds: 61_000,
   connectionCountMax: 1024,
 };
 
