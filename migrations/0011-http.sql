@@ -1,4 +1,4 @@
--- 0009-http: what the HTTP API answers for replays and bare captures.
+-- 0011-http: what the HTTP API answers for replays and bare captures.
 -- (Written as 0011-http in the plan; numbered 0009 in this branch until 0009 and 0010 land.)
 --
 -- * A replayed key whose first outcome was a refusal (402, 404...) says it is a replay, as a
@@ -41,7 +41,7 @@
 --     return jsonb_build_object('captured', p_amount, 'released', v_hold.amount - p_amount,
 --       'available', v_available);
 --   end $$;
---   delete from tally_migrations where version = 9;
+--   delete from tally_migrations where version = 11;
 
 create or replace function tally_replay(p_prior request_keys, p_account text, p_operation text, p_hash text)
   returns jsonb language plpgsql stable as $$
