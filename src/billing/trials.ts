@@ -51,6 +51,11 @@ export class ClaimHasher {
   derivedKey(purpose: string): Buffer {
     return createHmac('sha256', this.secret).update(`derive:${purpose}`).digest();
   }
+
+  /** A keyed digest under the same secret for another purpose (erasure pseudonyms); never equal to a claim's hash. */
+  digest(purpose: string, value: string): string {
+    return createHmac('sha256', this.secret).update(`purpose:${purpose}:${value}`).digest('hex');
+  }
 }
 
 /** The hashing secret: TALLY_FINGERPRINT_SECRET, or the one generated in the database. */

@@ -20,6 +20,8 @@ export interface LedgerOptions {
   /** The time used for expiry decisions; undefined means the database's clock. */
   clock?: () => Date;
   adjustmentCreditsMax: number;
+  /** The most one admin grant may give (the catalog's limits.admin_grant_credits_max); unset, no limit but the safe range. */
+  grantCreditsMax?: number;
   /** Told of each grant an operator makes (not of replays); the alert rule on grants listens here. It must not throw. */
   watchGrant?: (grant: { grantId: number; accountId: string; amount: number; source: string }) => Promise<void>;
 }
@@ -157,8 +159,9 @@ export class Ledger {
     ]);
   }
 
-  async capture(holdId: string, amount: number, actor: Actor): Promise<Record<string, unknown>> {
-    return this.db.callJson('select tally_capture($1, $2, $3, $4) as result', [parseHoldId(holdId), amount, actor, this.now()]);
+  /** Captures `amount` of the hold, or all of it when the amount is left out. */
+  async capture(holdId: string, amount: number | undefined, actor: Actor): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_capture($1, $2, $3, $4) as result', [parseHoldId(holdId), amount ?? null, actor, this.now()]);
   }
 
   async void(holdId: string, actor: Actor): Promise<Record<string, unknown>> {
@@ -170,6 +173,10 @@ export class Ledger {
     const expiresAt = input.expires_at === undefined ? null : new Date(input.expires_at);
     if (expiresAt !== null && (await this.isPast(expiresAt))) {
       throw new TallyError('invalid_request', 400, 'expires_at: must be in the future', { field: 'expires_at' });
+    }
+    const grantCreditsMax = this.options.grantCreditsMax;
+    if (grantCreditsMax !== undefined && input.amount > grantCreditsMax) {
+      throw new TallyError('grant_exceeds_limit', 400, `a grant may give at most ${grantCreditsMax} credits`, { limit: grantCreditsMax });
     }
     const outcome = await this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
       accountId,

@@ -33,6 +33,8 @@ export class FakeStripe {
   /** Whole payment methods (any type) for GET /v1/payment_methods/{id}, before cardFingerprints. */
   readonly paymentMethods = new Map<string, Record<string, unknown>>();
   mode: 'ok' | 'timeout' | 'error' = 'ok';
+  /** When set, every call answers this status and body, as Stripe refuses a call (401, 429, 400...). */
+  refusal: { status: number; body: unknown } | undefined;
   /** Lists answer at most this many items a page (Stripe: `limit`, up to 100), to exercise paging. */
   pageSize = 100;
   private server: Server | undefined;
@@ -61,6 +63,7 @@ export class FakeStripe {
     this.requests.push({ method: request.method ?? '', path: url.pathname, params, idempotencyKey: Array.isArray(key) ? key[0] : key });
     if (this.mode === 'timeout') return; // never answers; the client's timeout fires
     if (this.mode === 'error') return this.send(response, 500, { error: { type: 'api_error', message: 'fake outage' } });
+    if (this.refusal !== undefined) return this.send(response, this.refusal.status, this.refusal.body);
     const [status, answer] = this.answer(request.method ?? '', url.pathname, params);
     this.send(response, status, answer);
   }
