@@ -15,6 +15,12 @@
 --   alter table yearly_schedule drop column line_key, drop column line_start, drop column attempts, drop column last_error;
 --   drop table if exists billing_periods;
 --   alter table subscriptions drop column quantity, drop column ended_at;
+--   drop function tally_clawback(text, bigint, text, bigint, jsonb, timestamptz);
+--   drop function tally_take(text, bigint, timestamptz, bigint);
+--   alter function tally_clawback_before_0010(text, bigint, text, bigint, jsonb, timestamptz) rename to tally_clawback;
+--   alter function tally_take_before_0010(text, bigint, timestamptz, bigint) rename to tally_take;
+--   drop function tally_clawback_from(text, bigint, text, bigint[], jsonb, timestamptz);
+--   drop function tally_take_from(text, bigint, timestamptz, bigint[]);
 --   delete from tally_migrations where version = 10;
 
 -- One row per month and line: the period line of the yearly invoice ('period'), a proration
@@ -52,3 +58,84 @@ create index billing_periods_by_end on billing_periods (subscription_id, period_
 alter table subscriptions add column quantity integer not null default 1
   constraint subscription_quantity_positive check (quantity >= 0);
 alter table subscriptions add column ended_at timestamptz;
+
+-- Takes credits from live grants: the preferred grants first (a clawback's own payment or
+-- credit period), then the others in spend order. The caller holds the account lock.
+create function tally_take_from(p_account text, p_amount bigint, p_now timestamptz, p_preferred bigint[],
+  out grant_ids bigint[], out grant_credits bigint[])
+  language plpgsql as $$
+declare
+  g record;
+  v_left bigint := p_amount;
+  v_take bigint;
+begin
+  grant_ids := '{}';
+  grant_credits := '{}';
+  for g in
+    select id, remaining from grants
+    where account_id = p_account and live and (expires_at is null or expires_at > p_now)
+    order by (id = any(p_preferred)) is true desc, priority, expires_at, created_at, id
+  loop
+    v_take := least(g.remaining, v_left);
+    update grants set remaining = remaining - v_take where id = g.id;
+    grant_ids := grant_ids || g.id;
+    grant_credits := grant_credits || -v_take;
+    v_left := v_left - v_take;
+    exit when v_left = 0;
+  end loop;
+  if v_left <> 0 then
+    raise exception 'invariant broken: available of account % exceeds its live grants by %',
+      p_account, v_left using errcode = 'TX001';
+  end if;
+end $$;
+
+-- The spend order with a payment's own grants first is the same take, preferring them.
+alter function tally_take(text, bigint, timestamptz, bigint) rename to tally_take_before_0010;
+create function tally_take(p_account text, p_amount bigint, p_now timestamptz,
+  out grant_ids bigint[], out grant_credits bigint[], p_payment_id bigint default null)
+  language sql as $$
+  select * from tally_take_from(p_account, p_amount, p_now, case when p_payment_id is null then '{}'::bigint[]
+    else (select coalesce(array_agg(id), '{}') from grants where account_id = p_account and payment_id = p_payment_id) end)
+$$;
+
+-- Takes p_credits back: first from the preferred grants (a refund's payment, a proration's own
+-- credit period), then from the other live grants in spend order; the rest becomes debt. An
+-- existing key answers created = false. The caller holds the account lock.
+create function tally_clawback_from(p_account text, p_credits bigint, p_key text, p_preferred bigint[],
+  p_reference jsonb, p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_available bigint;
+  v_taken bigint;
+  v_take record;
+  v_net bigint;
+  v_entry entries;
+begin
+  select * into v_entry from entries where account_id = p_account and idempotency_key = p_key;
+  if found then
+    return jsonb_build_object('created', false, 'entry', tally_entry_json(v_entry));
+  end if;
+  select available into v_available from accounts where id = p_account;
+  v_taken := least(v_available, p_credits);
+  if v_taken > 0 then
+    select * into v_take from tally_take_from(p_account, v_taken, v_now, p_preferred);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
+  update accounts set available = available - v_taken, debt = debt + (p_credits - v_taken),
+    updated_at = v_now where id = p_account returning available - debt into v_net;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, created_at)
+  values (p_account, 'clawback', -p_credits, v_net, v_take.grant_ids, v_take.grant_credits, p_key,
+      p_reference || jsonb_build_object('debt_created', p_credits - v_taken), 'stripe', v_now)
+  returning * into v_entry;
+  return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
+end $$;
+
+alter function tally_clawback(text, bigint, text, bigint, jsonb, timestamptz) rename to tally_clawback_before_0010;
+create function tally_clawback(p_account text, p_credits bigint, p_key text, p_payment_id bigint,
+  p_reference jsonb, p_now timestamptz) returns jsonb language sql as $$
+  select tally_clawback_from(p_account, p_credits, p_key,
+    (select coalesce(array_agg(id), '{}') from grants where account_id = p_account and payment_id = p_payment_id),
+    p_reference, p_now)
+$$;

@@ -244,13 +244,13 @@ async function moveNow(context: EffectContext, request: LineRequest, contributio
   await clawBackFromPeriod(context, request.accountId, request.subscriptionId, period, credits, key, reference);
 }
 
-/** Claws credits back, first from the grants the period's own payment bought; beyond what is left, debt. */
+/** Claws credits back, first from the grants of their own credit period, then in spend order; beyond what is left, debt. */
 export async function clawBackFromPeriod(context: EffectContext, accountId: string, subscriptionId: string, period: Period, credits: number, key: string, reference: Record<string, unknown>): Promise<void> {
-  const { rows } = await context.client.query<{ payment_id: number | null }>('select payment_id from grants where account_id = $1 and grant_key = $2', [
-    accountId,
-    `period:${subscriptionId}:${period.start}`,
-  ]);
-  await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [accountId, credits, key, rows[0]?.payment_id ?? null, { ...reference, event: context.event.id }, context.now]);
+  await context.client.query(
+    `select tally_clawback_from($1, $2, $3, (select coalesce(array_agg(id), '{}') from grants where account_id = $1
+       and source in ('subscription', 'rollover') and reference->>'subscription' = $4 and (reference->>'period_start')::bigint = $5), $6, $7)`,
+    [accountId, credits, key, subscriptionId, period.start, { ...reference, event: context.event.id }, context.now],
+  );
 }
 
 /**
@@ -261,18 +261,22 @@ export async function clawBackFromPeriod(context: EffectContext, accountId: stri
 async function schedule(context: EffectContext, request: LineRequest, contributions: Contribution[]): Promise<void> {
   for (const contribution of contributions) {
     const signed = contribution.direction === 'grant' ? contribution.credits : -contribution.credits;
-    const { rowCount } = await context.client.query(
-      `select 1 from yearly_schedule where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is not null`,
-      [request.subscriptionId, contribution.period.start],
+    const { rows } = await context.client.query<{ own: boolean }>(
+      `select line_key = $3 as own from yearly_schedule where subscription_id = $1 and month_start = to_timestamp($2)
+         and (line_key = $3 or granted_at is not null) order by line_key = $3 desc limit 1`,
+      [request.subscriptionId, contribution.period.start, request.lineKey],
     );
-    if (rowCount !== 0) {
+    // The line is already kept for this month (the event is applied again, as by a replay).
+    if (rows[0]?.own === true) continue;
+    const alreadyGranted = rows[0] !== undefined;
+    if (alreadyGranted) {
       await moveNow(context, { ...request, paidAt: contribution.period.start }, [contribution], `late:${request.subscriptionId}:${contribution.period.start}:${request.lineKey}`);
-      continue;
     }
     await context.client.query(
-      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start)
-       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($9)) on conflict do nothing`,
-      [request.subscriptionId, contribution.period.start, request.lineKey, request.accountId, contribution.period.end, request.plan.id, signed, request.paymentId ?? null, request.billed.start],
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($9), case when $10 then now() end, case when $10 then 'granted' end)
+       on conflict do nothing`,
+      [request.subscriptionId, contribution.period.start, request.lineKey, request.accountId, contribution.period.end, request.plan.id, signed, request.paymentId ?? null, request.billed.start, alreadyGranted],
     );
   }
 }

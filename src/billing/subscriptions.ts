@@ -93,7 +93,13 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
   const paidAt = invoicePaidAt(invoice) ?? context.event.created;
   // Period lines first: a proration on the same invoice (create_prorations, paid at renewal)
   // finds the new period it grants into.
-  const ordered = [...lines.filter(({ line }) => !line.proration), ...lines.filter(({ line }) => line.proration)];
+  // Then positive prorations before negative ones, so that what an invoice does to the ledger
+  // never depends on the order Stripe lists its lines: a clawback sees the grants it made.
+  const ordered = [
+    ...lines.filter(({ line }) => !line.proration),
+    ...lines.filter(({ line }) => line.proration && line.amount > 0),
+    ...lines.filter(({ line }) => line.proration && line.amount < 0),
+  ];
   let bought = 0;
   for (const { line, plan, interval } of ordered) {
     const request = { accountId, subscriptionId, plan, interval, quantity: line.quantity, billed: { start: line.periodStart, end: line.periodEnd }, paymentId, paidAt, reference };

@@ -129,6 +129,28 @@ describe('plan and seat changes inside a monthly period', () => {
     assert.equal(await available(accountId), 12000);
   });
 
+  it("an invoice's lines move the same credits whatever order Stripe lists them in: the clawback of an upgrade takes from its own period, not from a pack", async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 10000, source: 'promo', reason: 'a pack-like never-expiring grant', idempotency_key: uniqueId('promo') });
+    const start = now();
+    const end = start + 30 * day;
+    await pay([{ price: 'price_plus_monthly', start, end }], 4000);
+    const spent = await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 4000, idempotency_key: uniqueId('use') });
+    assert.equal(spent.status, 200);
+    const upgradeAt = start + 2 * day;
+    await travelTo(upgradeAt);
+    await pay([
+      { price: 'price_plus_monthly', start: upgradeAt, end, proration: true, amount: -3733 },
+      { price: 'price_pro_monthly', start: upgradeAt, end, proration: true, amount: 18667 },
+    ]);
+    const grants = await grantsOf(accountId);
+    const promo = grants.find((grant) => grant.source === 'promo');
+    const clawed = ceilShare(4000, end - upgradeAt, end - start);
+    assert.equal(promo?.remaining, 10000, "the clawback took from the period's own grants (the pro proration grant), not the promo");
+    const period = grants.filter((grant) => grant.grant_key.startsWith('proration:') || grant.grant_key === `period:${subscriptionId}:${start}`);
+    assert.equal(period.reduce((sum, grant) => sum + grant.remaining, 0), floorShare(20000, end - upgradeAt, end - start) - clawed);
+  });
+
   it('a proration paid on the next renewal invoice (create_prorations) grants into the period current at payment', async () => {
     const { accountId, subscriptionId, pay } = await subscriber();
     const start = now();
@@ -197,6 +219,19 @@ describe('yearly plans follow every change', () => {
     await travelTo(addMonths(start, 3) + 60);
     const months = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`)).map((grant) => grant.amount);
     assert.deepEqual(months, [4000, 4000, 20000, 20000], 'Plus months 1-2, then Pro from month 3');
+  });
+
+  it("an operator's replay of a yearly invoice after months were granted grants nothing again", async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    await pay([{ price: 'price_plus_yearly', start, end: addMonths(start, 12) }], 40000);
+    await travelTo(addMonths(start, 3) + 60);
+    const before = await grantsOf(accountId);
+    const events = await test.database.db.query<{ id: string }>(`select id from webhook_events where account_id = $1 and type = 'invoice.paid'`, [accountId]);
+    assert.ok(events.rows.length > 0);
+    for (const row of events.rows) assert.equal((await test.admin('POST', `/v1/admin/webhook-events/${row.id}/replay`)).status, 200);
+    await settleWebhooks(test);
+    assert.deepEqual(await grantsOf(accountId), before);
   });
 
   it('a cancelled yearly subscription grants no month after its end', async () => {
