@@ -89,13 +89,13 @@ async function answers(url: string): Promise<boolean> {
  */
 export async function assertPortFree(port: number, host: string): Promise<void> {
   const probe = createServer();
-  await new Promise<void>((resolve, reject) => {
+  await new Promise<void>((free, taken) => {
     probe.once('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'EADDRINUSE') reject(new ConfigError(`PORT ${port} on ${host} is already in use (another Tally, or another program): stop it or set PORT to a free port`));
-      else if (error.code === 'EACCES') reject(new ConfigError(`PORT ${port} on ${host} needs privileges this user lacks: set PORT to 1024 or above`));
-      else reject(error);
+      if (error.code === 'EADDRINUSE') taken(new ConfigError(`PORT ${port} on ${host} is already in use (another Tally, or another program): stop it or set PORT to a free port`));
+      else if (error.code === 'EACCES') taken(new ConfigError(`PORT ${port} on ${host} needs privileges this user lacks: set PORT to 1024 or above`));
+      else taken(error);
     });
-    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => free()));
   });
 }
 
