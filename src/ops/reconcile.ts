@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import type Stripe from 'stripe';
 import type { Catalog } from '../billing/catalog.js';
 import { findPrice } from '../billing/catalog.js';
 import type { Database } from '../db/database.js';
@@ -38,6 +39,22 @@ export const findingsPerCheckMax = 1000;
 export const staleHoldGraceSeconds = 300;
 export const stripeLookbackDays = 30;
 const entriesPerFindingMax = 20;
+/**
+ * A run's time budget. The checks are full scans (about 40 M entries would not fit in the 10 s
+ * that bounds a request's statement), so a run has its own limit, long enough for a large
+ * ledger and short enough that a stuck run ends and is reported.
+ */
+export const reconcileTimeSecondsMax = 1800;
+/** After a failed scheduled run, the next waits this long, doubling with each failure in a row (up to the interval). */
+export const failedRunBackoffSecondsBase = 300;
+
+/** A run that used up its time budget; it is recorded as failed and alerted. */
+export class ReconcileBudgetError extends Error {
+  constructor(seconds: number, step: string, options?: { cause?: unknown }) {
+    super(`reconciliation ran out of its time budget of ${seconds} s (during ${step})`, options);
+    this.name = 'ReconcileBudgetError';
+  }
+}
 
 type Queryable = Pick<pg.ClientBase, 'query'>;
 const ids = (prefix: string, values: (number | string)[] | null): string[] => (values ?? []).map((value) => `${prefix}${value}`);
@@ -164,12 +181,31 @@ const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[]
   },
 ];
 
-/** Paid Stripe invoices of the last 30 days each have their period grant; refunds their clawback. */
-async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog: Catalog, progress: (label: string) => void): Promise<Finding[]> {
+/** What Stripe lists for the last 30 days: paid invoices and refunds. */
+interface StripeLists {
+  invoices: Stripe.Invoice[];
+  refunds: Stripe.Refund[];
+}
+
+/**
+ * Pages through Stripe before the database snapshot is taken: paging can take minutes, and a
+ * snapshot held open that long keeps PostgreSQL from pruning the rows that hot accounts update
+ * (their HOT updates then fail and the tables bloat). Anything paid after the lists were read
+ * is simply not compared this run.
+ */
+async function listStripe(gateway: StripeGateway, progress: (label: string) => void): Promise<StripeLists> {
   const since = Math.floor(Date.now() / 1000) - stripeLookbackDays * 86400;
-  const findings: Finding[] = [];
   const invoices = await gateway.call('invoices.list', (stripe) => stripe.invoices.list({ status: 'paid', created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
-  for (const invoice of invoices) {
+  progress('stripe invoices listed');
+  const refunds = await gateway.call('refunds.list', (stripe) => stripe.refunds.list({ created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  progress('stripe refunds listed');
+  return { invoices, refunds };
+}
+
+/** Paid Stripe invoices of the last 30 days each have their period grant; refunds their clawback. */
+async function stripeFindings(client: Queryable, lists: StripeLists, catalog: Catalog): Promise<Finding[]> {
+  const findings: Finding[] = [];
+  for (const invoice of lists.invoices) {
     const object = invoice as unknown as Record<string, unknown>;
     const subscriptionId = invoiceSubscriptionId(object);
     if (subscriptionId === undefined) continue;
@@ -188,9 +224,7 @@ async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog
       }
     }
   }
-  progress('stripe invoices');
-  const refunds = await gateway.call('refunds.list', (stripe) => stripe.refunds.list({ created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
-  for (const refund of refunds) {
+  for (const refund of lists.refunds) {
     const paymentIntent = idOf(refund.payment_intent);
     if (paymentIntent === undefined || refund.status === 'failed' || refund.status === 'canceled') continue;
     // A refund counts as applied when its clawback entry exists, or when Tally recorded it with
@@ -212,7 +246,6 @@ async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog
       findings.push({ check: 'stripe_refund_clawed_back', account_id: payment.account_id, message: `refund ${refund.id} of ${paymentIntent} has no clawback`, entry_ids: [], stripe_ids: [refund.id, paymentIntent] });
     }
   }
-  progress('stripe refunds');
   return findings;
 }
 
@@ -222,6 +255,8 @@ export interface ReconcileOptions {
   gateway: StripeGateway | undefined;
   catalog: Catalog;
   onProgress?: ProgressListener;
+  /** The run's own time limit (default reconcileTimeSecondsMax), instead of the pool's statement timeout. */
+  timeSecondsMax?: number;
 }
 
 export async function reconcile(db: Database, options: ReconcileOptions): Promise<ReconciliationReport> {
@@ -246,9 +281,17 @@ async function reconcileLocked(db: Database, options: ReconcileOptions, dueAfter
     if (locked.rows[0]?.locked !== true) throw new TallyError('reconciliation_running', 409, 'another reconciliation is running');
     try {
       if (dueAfterHours !== undefined) {
+        // Due when the last run that did not fail started an interval ago, and the failures
+        // since then (if any) have waited out their backoff: a failing run is retried at 5,
+        // 10, 20... minutes, up to the interval, not on every tick.
         const { rows } = await client.query<{ due: boolean }>(
-          `select coalesce(max(started_at) < now() - make_interval(hours => $1), true) as due from reconciliation_runs where status <> 'failed'`,
-          [dueAfterHours],
+          `with last_run as (select max(started_at) as at from reconciliation_runs where status <> 'failed'),
+                failures as (select count(*)::int as count, max(started_at) as last_at from reconciliation_runs
+                             where status = 'failed' and started_at > coalesce((select at from last_run), '-infinity'))
+           select coalesce((select at from last_run) < now() - make_interval(hours => $1), true)
+             and (failures.count = 0 or failures.last_at < now() - make_interval(secs => least($2 * power(2, failures.count - 1), $1 * 3600))) as due
+           from failures`,
+          [dueAfterHours, failedRunBackoffSecondsBase],
         );
         if (rows[0]?.due !== true) return undefined;
       }
@@ -263,57 +306,100 @@ async function reconcileLocked(db: Database, options: ReconcileOptions, dueAfter
 
 async function runLocked(client: pg.PoolClient, options: ReconcileOptions): Promise<ReconciliationReport> {
   const started = Date.now();
+  const timeSecondsMax = options.timeSecondsMax ?? reconcileTimeSecondsMax;
   const { rows } = await client.query<{ id: number; started_at: string }>(
     `insert into reconciliation_runs (trigger, with_stripe) values ($1, $2) returning id, tally_iso(started_at) as started_at`,
     [options.trigger, options.stripe],
   );
   const run = rows[0];
   if (run === undefined) throw new Error('reconciliation run was not recorded');
-  const total = checks.length + (options.stripe ? 2 : 0);
+  const total = checks.length + (options.stripe ? 3 : 0);
   let done = 0;
   const progress = (label: string) => options.onProgress?.((done += 1), total, label);
+  let step = 'start';
+  // Each statement may take what is left of the run's budget (at least 1 ms: 0 means no limit).
+  const budget = async (next: string): Promise<void> => {
+    step = next;
+    const leftMilliseconds = started + timeSecondsMax * 1000 - Date.now();
+    if (leftMilliseconds <= 0) throw new ReconcileBudgetError(timeSecondsMax, step);
+    await client.query(`select set_config('statement_timeout', $1, true)`, [String(Math.ceil(leftMilliseconds))]);
+  };
   try {
+    const lists = options.stripe && options.gateway !== undefined ? await listStripe(options.gateway, progress) : undefined;
     // One snapshot for every check, read only: the report describes one moment.
     await client.query('begin isolation level repeatable read read only');
     const findings: Finding[] = [];
     const perCheck: Record<string, number> = {};
     for (const check of checks) {
+      await budget(check.name);
       const found = await check.run(client);
       perCheck[check.name] = found.length;
       findings.push(...found);
       progress(check.name);
     }
-    if (options.stripe && options.gateway !== undefined) {
-      const found = await stripeFindings(client, options.gateway, options.catalog, progress);
+    if (lists !== undefined) {
+      await budget('stripe comparison');
+      const found = await stripeFindings(client, lists, options.catalog);
       perCheck.stripe = found.length;
       findings.push(...found);
+      progress('stripe comparison');
     }
+    await budget('counts');
     const counts = await client.query<{ accounts: number; entries: number }>('select (select count(*) from accounts)::bigint as accounts, (select count(*) from entries)::bigint as entries');
     await client.query('commit');
     const summary = { accounts: counts.rows[0]?.accounts ?? 0, entries: counts.rows[0]?.entries ?? 0, duration_ms: Date.now() - started, checks: perCheck };
-    const finished = await client.query<{ finished_at: string }>(
-      `update reconciliation_runs set finished_at = now(), status = 'done', finding_count = $2, findings = $3, summary = $4 where id = $1 returning tally_iso(finished_at) as finished_at`,
-      [run.id, findings.length, JSON.stringify(findings), summary],
-    );
-    await client.query(`insert into audit_log (actor, action, reason, after) values ($1, 'reconcile', $2, $3)`, [
-      options.trigger === 'schedule' ? 'system' : 'admin',
-      `reconciliation from the ${options.trigger}`,
-      { run_id: run.id, findings: findings.length, with_stripe: options.stripe },
-    ]);
-    if (findings.length > 0) {
-      await raiseAlert(client, {
-        kind: 'reconciliation',
-        key: 'reconciliation:findings',
-        severity: 'critical',
-        message: `reconciliation run ${run.id} found ${findings.length} problem(s): ${Object.entries(perCheck).filter(([, count]) => count > 0).map(([name, count]) => `${name} ${count}`).join(', ')}`,
-        details: { run_id: run.id, checks: perCheck },
-      });
+    return await recordReport(client, run, options, findings, summary);
+  } catch (caught) {
+    // A statement cancelled by the budget (57014) is the budget's failure, named as such.
+    const error = (caught as { code?: string }).code === '57014' ? new ReconcileBudgetError(timeSecondsMax, step, { cause: caught }) : caught;
+    try {
+      await recordFailure(client, run.id, options, error as Error);
+    } catch (recordError) {
+      throw new Error(`${(error as Error).message}; recording the failed run failed too: ${(recordError as Error).message}`, { cause: error });
     }
-    return { run_id: run.id, started_at: run.started_at, finished_at: finished.rows[0]?.finished_at ?? '', with_stripe: options.stripe, finding_count: findings.length, findings, summary };
-  } catch (error) {
-    // The run's own error is what is reported; a failed rollback only means the connection is gone.
-    await client.query('rollback').catch((rollbackError: unknown) => void rollbackError);
-    await client.query(`update reconciliation_runs set finished_at = now(), status = 'failed', error = $2 where id = $1`, [run.id, (error as Error).message]);
     throw error;
   }
+}
+
+async function recordReport(
+  client: pg.PoolClient,
+  run: { id: number; started_at: string },
+  options: ReconcileOptions,
+  findings: Finding[],
+  summary: ReconciliationReport['summary'],
+): Promise<ReconciliationReport> {
+  const perCheck = summary.checks;
+  const finished = await client.query<{ finished_at: string }>(
+    `update reconciliation_runs set finished_at = now(), status = 'done', finding_count = $2, findings = $3, summary = $4 where id = $1 returning tally_iso(finished_at) as finished_at`,
+    [run.id, findings.length, JSON.stringify(findings), summary],
+  );
+  await client.query(`insert into audit_log (actor, action, reason, after) values ($1, 'reconcile', $2, $3)`, [
+    options.trigger === 'schedule' ? 'system' : 'admin',
+    `reconciliation from the ${options.trigger}`,
+    { run_id: run.id, findings: findings.length, with_stripe: options.stripe },
+  ]);
+  if (findings.length > 0) {
+    await raiseAlert(client, {
+      kind: 'reconciliation',
+      key: 'reconciliation:findings',
+      severity: 'critical',
+      message: `reconciliation run ${run.id} found ${findings.length} problem(s): ${Object.entries(perCheck).filter(([, count]) => count > 0).map(([name, count]) => `${name} ${count}`).join(', ')}`,
+      details: { run_id: run.id, checks: perCheck },
+    });
+  }
+  return { run_id: run.id, started_at: run.started_at, finished_at: finished.rows[0]?.finished_at ?? '', with_stripe: options.stripe, finding_count: findings.length, findings, summary };
+}
+
+/** Marks the run failed and raises an alert: a reconciliation that cannot finish checks nothing. */
+async function recordFailure(client: pg.PoolClient, runId: number, options: ReconcileOptions, error: Error): Promise<void> {
+  // The run's own error is what is reported; a failed rollback only means the connection is gone.
+  await client.query('rollback').catch((rollbackError: unknown) => void rollbackError);
+  await client.query(`update reconciliation_runs set finished_at = now(), status = 'failed', error = $2 where id = $1`, [runId, error.message]);
+  await raiseAlert(client, {
+    kind: 'reconciliation_failed',
+    key: 'reconciliation:failed',
+    severity: 'critical',
+    message: `reconciliation run ${runId} (${options.trigger}) failed: ${error.message}`,
+    details: { run_id: runId, trigger: options.trigger },
+  });
 }

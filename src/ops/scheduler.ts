@@ -64,7 +64,10 @@ export class OperationsScheduler {
     } catch (error) {
       // Another process is running it at this moment: nothing to do here.
       if (error instanceof TallyError && error.code === 'reconciliation_running') return false;
-      throw error;
+      // The run is recorded as failed and alerted; the next is due after a backoff, not on the
+      // next tick (see reconcileIfDue).
+      this.logger.error({ err: error }, 'scheduled reconciliation failed; it is retried after a backoff');
+      return false;
     }
     if (report === undefined) return false;
     this.logger.info({ run: report.run_id, findings: report.finding_count }, 'scheduled reconciliation done');

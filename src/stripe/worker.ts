@@ -138,9 +138,9 @@ export class WebhookWorker {
     }
     try {
       const prepared = await prepareEvent({ db: this.db, gateway: this.gateway, hasher: this.hasher, catalog: this.catalog }, event);
-      return await this.db.withTransaction(async (client) => {
+      const applied = await this.db.withTransaction(async (client) => {
         const claimed = await client.query(`select 1 from webhook_events where id = $1 and status = 'pending' for update skip locked`, [eventId]);
-        if (claimed.rowCount === 0) return 'skipped';
+        if (claimed.rowCount === 0) return { status: 'skipped' as const, lag: undefined };
         const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
         const result = await applyEvent(context);
         const marked = await client.query<{ lag: number }>(
@@ -148,9 +148,12 @@ export class WebhookWorker {
            returning extract(epoch from now() - received_at)::float8 as lag`,
           [eventId, result.status, result.accountId ?? null, result.status === 'ignored' ? (result.reason ?? 'no effect') : null],
         );
-        this.onOutcome(event.type, result.status, marked.rows[0]?.lag);
-        return result.status;
+        return { status: result.status, lag: marked.rows[0]?.lag };
       });
+      // Counted once committed: withTransaction may run the work again after a serialization
+      // failure or a deadlock, and an attempt that rolled back applied nothing.
+      if (applied.status !== 'skipped') this.onOutcome(event.type, applied.status, applied.lag);
+      return applied.status;
     } catch (error) {
       if (error instanceof IgnoredEvent) return this.ignore(event, error);
       return this.postpone(event, error);

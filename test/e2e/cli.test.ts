@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createTestApp, type TestApp } from '../helpers/app.js';
 import { checkoutSession, deliver, event, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
@@ -15,9 +18,13 @@ after(async () => {
 });
 
 function tally(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return tallyWith({ DATABASE_URL: test.database.url }, ...args);
+}
+
+function tallyWith(environment: Record<string, string>, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['bin/tally.js', ...args], {
-      env: { PATH: process.env.PATH, DATABASE_URL: test.database.url, LOG_LEVEL: 'silent' },
+      env: { PATH: process.env.PATH, LOG_LEVEL: 'silent', ...environment },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -56,10 +63,10 @@ describe('tally command', () => {
     const missingAccount = await tally('balance', 'no-such-account');
     assert.equal(missingAccount.code, 3);
     assert.match(missingAccount.stderr, /account_not_found/);
-    const badAmount = await tally('grant', 'cli-1', '12.5', '--reason', 'x');
+    const badAmount = await tally('grant', 'cli-1', '12.5', '--reason', 'x', '--key', 'cli-bad-amount');
     assert.equal(badAmount.code, 2);
     assert.match(badAmount.stderr, /positive whole number/);
-    const noReason = await tally('grant', 'cli-1', '5');
+    const noReason = await tally('grant', 'cli-1', '5', '--key', 'cli-no-reason');
     assert.equal(noReason.code, 2);
     assert.match(noReason.stderr, /--reason/);
     const unknown = await tally('launch');
@@ -69,6 +76,43 @@ describe('tally command', () => {
     assert.match(missingEvent.stderr, /event_not_found/);
     const noExport = await tally('export', 'no-such-account');
     assert.equal(noExport.code, 3);
+  });
+
+  it('refuses a grant without --key: a retried grant must not grant twice', async () => {
+    // Proves that the operator names the grant: without a key each run would be a new grant.
+    const keyless = await tally('grant', 'cli-1', '5', '--reason', 'goodwill');
+    assert.equal(keyless.code, 2);
+    assert.match(keyless.stderr, /--key/);
+    const balance = await tally('balance', 'cli-1');
+    assert.equal(JSON.parse(balance.stdout).available, 250, 'nothing was granted');
+  });
+
+  it('never creates a database for a command run where there is no data', async () => {
+    // Proves that `tally balance` (and the other commands that read or change existing data)
+    // in a folder without data refuses, naming TALLY_DATA_DIR and DATABASE_URL, and leaves
+    // the folder as it was instead of starting a new empty database there.
+    const empty = mkdtempSync(join(tmpdir(), 'tally-cli-empty-'));
+    try {
+      for (const args of [['balance', 'someone'], ['export', 'someone'], ['reconcile'], ['replay', 'evt_1'], ['grant', 'someone', '5', '--reason', 'x', '--key', 'k']]) {
+        const result = await tallyWith({ TALLY_DATA_DIR: empty }, ...args);
+        assert.equal(result.code, 2, `${args[0]}: ${result.stderr}`);
+        assert.match(result.stderr, /TALLY_DATA_DIR/, args[0]);
+        assert.match(result.stderr, /DATABASE_URL/, args[0]);
+        assert.equal(result.stderr.trim().split('\n').length, 1, `${args[0]}: one line`);
+      }
+      assert.deepEqual(readdirSync(empty), [], 'nothing was created');
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  it('reconcile shows its progress on stderr when stderr is not a terminal', async () => {
+    // Proves the promise of `tally reconcile --help`: progress on stderr, the report on stdout.
+    const result = await tally('reconcile');
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stderr, /reconciling: 1\/\d+ balance_equals_entries done/);
+    assert.match(result.stderr, /reconciling: (\d+)\/\1 /, 'the last step is reported');
+    assert.doesNotMatch(result.stdout, /reconciling:/);
   });
 
   it('replays a stored event with its effects still exactly once', async () => {

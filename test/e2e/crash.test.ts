@@ -70,6 +70,8 @@ it('loses no acknowledged webhook and applies none twice across a SIGKILL', asyn
   );
   const port = await freePort();
   const victim = await startTally(port);
+  // Listened for from the start: the process may be gone before the burst's last request ends.
+  const victimExited = new Promise((resolve) => victim.once('exit', resolve));
   const acknowledged: number[] = [];
   let killed = false;
   await Promise.all(
@@ -83,7 +85,7 @@ it('loses no acknowledged webhook and applies none twice across a SIGKILL', asyn
       }
     }),
   );
-  await new Promise((resolve) => victim.once('exit', resolve));
+  await victimExited;
   assert.ok(acknowledged.length >= 60 && acknowledged.length < 200, `killed mid-burst after ${acknowledged.length} acknowledgements`);
   const stored = await database.db.query<{ id: string }>('select id from webhook_events');
   const storedIds = new Set(stored.rows.map((row) => row.id));
