@@ -44,6 +44,8 @@ export interface Config {
   port: number;
   host: string;
   dataDirectory: string;
+  /** TALLY_DATA_DIR was left to its default (./.tally): as root, its cluster may live elsewhere. */
+  dataDirectoryDefaulted: boolean;
   apiKey: string | undefined;
   adminKey: string | undefined;
   viewerKey: string | undefined;
@@ -97,6 +99,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     port: value.PORT,
     host: value.HOST,
     dataDirectory: resolve(value.TALLY_DATA_DIR),
+    dataDirectoryDefaulted: environment.TALLY_DATA_DIR === undefined || environment.TALLY_DATA_DIR === '',
     apiKey: value.TALLY_API_KEY,
     adminKey: value.TALLY_ADMIN_KEY,
     viewerKey: value.TALLY_VIEWER_KEY,

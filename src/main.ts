@@ -9,7 +9,7 @@ import { loadCatalog, type Catalog } from './billing/catalog.js';
 import { ConfigError, resolveApiKeys, type ApiKeys, type Config } from './config.js';
 import { Database } from './db/database.js';
 import { logRedaction } from './ops/logging.js';
-import { startEmbeddedDatabase, type EmbeddedDatabase } from './db/embedded.js';
+import { clusterDirectoryOf, rootClusterRoot, startEmbeddedDatabase, type EmbeddedDatabase } from './db/embedded.js';
 import { migrate } from './db/migrate.js';
 
 /**
@@ -46,7 +46,7 @@ export async function openDatabase(
     const url = readFileSync(addressFile, 'utf8').trim();
     if (await answers(url)) return { url, embedded: undefined };
   }
-  if (options.create === false && !existsSync(join(config.dataDirectory, 'postgres', 'PG_VERSION'))) {
+  if (options.create === false && !existsSync(join(clusterDirectoryOf(config.dataDirectory), 'PG_VERSION'))) {
     throw new ConfigError(
       `no Tally data in ${resolve(config.dataDirectory)}: set TALLY_DATA_DIR to the data folder of your Tally (./.tally where \`npm start\` ran) or DATABASE_URL to its database`,
     );
@@ -55,8 +55,14 @@ export async function openDatabase(
   const embedded = await startEmbeddedDatabase({
     dataDirectory: config.dataDirectory,
     databaseName: 'tally',
+    // A clone in root's home: the default data folder's cluster goes where `postgres` can reach it.
+    reachableClusterRoot: config.dataDirectoryDefaulted ? rootClusterRoot : undefined,
     log: (line) => logger.debug({ postgres: line.trim() }, 'embedded postgres'),
   });
+  const cluster = clusterDirectoryOf(config.dataDirectory);
+  if (cluster !== join(config.dataDirectory, 'postgres')) {
+    logger.info({ cluster }, `the 'postgres' user cannot reach ${config.dataDirectory}: its database files live in ${cluster} (set TALLY_DATA_DIR to choose another folder)`);
+  }
   writeFileSync(addressFile, embedded.url, { mode: 0o600 });
   return {
     url: embedded.url,

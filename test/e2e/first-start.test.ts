@@ -93,4 +93,31 @@ describe('first start', () => {
     assert.match(result.stdout, /answer 1/);
     assert.ok(readdirSync(shared).some((name) => name.startsWith('tally-postgres-')), 'the binaries ran from a copy the postgres user can reach');
   });
+
+  it("as root, keeps the default data folder's database where the postgres user can reach it, and finds it again", { skip: !isRoot && 'needs root' }, async () => {
+    // Proves that a clone in root's home (a 0700 folder) starts with the default ./.tally: the
+    // cluster lives in a folder the postgres user can reach, the data folder points at it, and a
+    // second start finds the same database (what was written is still there).
+    const privateFolder = mkdtempSync(join(scratch, 'home-'));
+    chmodSync(privateFolder, 0o700);
+    const dataDirectory = join(privateFolder, 'clone', '.tally');
+    const clusters = join(scratch, 'clusters');
+    const script = (write: boolean) => `
+      import { startEmbeddedDatabase, clusterDirectoryOf } from './src/db/embedded.ts';
+      import pg from 'pg';
+      const server = await startEmbeddedDatabase({ dataDirectory: ${JSON.stringify(dataDirectory)}, databaseName: 'tally', reachableClusterRoot: ${JSON.stringify(clusters)} });
+      const client = new pg.Client({ connectionString: server.url });
+      await client.connect();
+      ${write ? "await client.query('create table kept (value int)'); await client.query('insert into kept values (42)');" : ''}
+      const { rows } = await client.query('select value from kept');
+      await client.end();
+      await server.stop();
+      console.log('cluster', clusterDirectoryOf(${JSON.stringify(dataDirectory)}), 'value', rows[0].value);
+    `;
+    for (const write of [true, false]) {
+      const result = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script(write)], {});
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stdout, new RegExp(`cluster ${clusters}/\\S+ value 42`));
+    }
+  });
 });
