@@ -8,6 +8,7 @@ import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
 import type { WorkerOptions } from '../../src/stripe/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
+import { FakeStripe } from './fake-stripe.js';
 
 /** A test clock: starts at a fixed instant and moves only when told. */
 export class TestClock {
@@ -141,4 +142,15 @@ export async function ledgerFacts(test: TestApp, accountId: string) {
   const row = rows[0];
   if (row === undefined) throw new Error(`no account ${accountId}`);
   return row;
+}
+
+/** A Tally whose Stripe API is a local fake, for a test file's `before`; stop both with `stopWithFakeStripe`. */
+export async function startWithFakeStripe(options: TestAppOptions = {}): Promise<{ test: TestApp; fake: FakeStripe }> {
+  const fake = await new FakeStripe().start();
+  return { test: await createTestApp({ ...options, stripeApiBase: fake.url }), fake };
+}
+
+export async function stopWithFakeStripe(test: TestApp, fake: FakeStripe): Promise<void> {
+  await test.close();
+  await fake.stop();
 }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ClaimHasher } from '../../src/billing/trials.js';
 import { signClientReference, verifyClientReference } from '../../src/billing/client-reference.js';
-import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
+import { createTestApp, fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { checkoutLineItem, checkoutSession, deliver, dispute, event, invoice, month, refund, settleWebhooks, subscription, uniqueId, type SessionLineItem } from '../helpers/stripe-events.js';
 
@@ -15,14 +15,8 @@ let test: TestApp;
 let fake: FakeStripe;
 const t0 = Date.parse('2030-01-01T00:00:00Z') / 1000;
 
-before(async () => {
-  fake = await new FakeStripe().start();
-  test = await createTestApp({ stripeApiBase: fake.url });
-});
-after(async () => {
-  await test.close();
-  await fake.stop();
-});
+before(async () => ({ test, fake } = await startWithFakeStripe()));
+after(() => stopWithFakeStripe(test, fake));
 
 const db = () => test.database.db;
 const inbox = async (eventId: string) =>

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
+import { createTestApp, fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { checkoutSession, deliver, dispute, event, invoice, invoicePayment, month, refund, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
 
@@ -12,14 +12,8 @@ let test: TestApp;
 let fake: FakeStripe;
 const t0 = Date.parse('2030-01-01T00:00:00Z') / 1000;
 
-before(async () => {
-  fake = await new FakeStripe().start();
-  test = await createTestApp({ stripeApiBase: fake.url });
-});
-after(async () => {
-  await test.close();
-  await fake.stop();
-});
+before(async () => ({ test, fake } = await startWithFakeStripe()));
+after(() => stopWithFakeStripe(test, fake));
 
 const grantsOf = async (accountId: string) =>
   (await test.database.db.query<{ source: string; amount: number; remaining: number; expires_at: Date | null }>(
