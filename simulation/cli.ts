@@ -1,5 +1,5 @@
 /**
- * `npm run simulate -- [--lifecycles N] [--seed S] [--seeds K] [--kinds a,b] [--history file.json] [--no-shrink]`
+ * `npm run simulate -- [--lifecycles N] [--seed S] [--seeds K] [--kinds a,b] [--history file.json] [--no-shrink] [--shrink-runs R]`
  *
  * Plays seeded customer lifecycles against the real Tally and checks it against the reference
  * model. `--seed S` replays seed S exactly; without it, seeds count up from a random start.
@@ -57,7 +57,7 @@ try {
     failed = result.failures.length > 0 ? 1 : 0;
   } else {
     for (let seed = firstSeed; seed < firstSeed + seedCount; seed += 1) {
-      const outcome = await runSeed(seed, { lifecycles: perSeed, kinds, shrink: !args.includes('--no-shrink') });
+      const outcome = await runSeed(seed, { lifecycles: perSeed, kinds, shrink: !args.includes('--no-shrink'), shrinkRunsMax: Number(option('shrink-runs') ?? 40) });
       const { result } = outcome;
       console.log(`seed ${seed}: ${perSeed} lifecycles, ${result.steps} steps, ${result.events} deliveries, ${(outcome.milliseconds / 1000).toFixed(1)} s: ${result.failures.length === 0 ? 'ok' : 'FAILED'}`);
       if (result.failures.length === 0) continue;

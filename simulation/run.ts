@@ -208,7 +208,8 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       }
       case 'refund': {
         // Refunds and disputes take payments that bought whole periods or packs; a yearly one only when asked.
-        const target = payment(step.payment, (candidate) => !candidate.disputed && candidate.refunded < candidate.amount && candidate.kind !== 'proration');
+        // Yearly payments only when asked (refund:yearly), and never with a failing refund (see the model).
+        const target = payment(step.payment, (candidate) => !candidate.disputed && candidate.refunded < candidate.amount && candidate.kind !== 'proration' && (candidate.kind === 'yearly') === step.yearly);
         if (target === undefined || (target.kind === 'yearly' && step.failAfter !== undefined)) return;
         const amount = Math.max(1, Math.min(target.amount - target.refunded, Math.floor((target.amount * step.perMille) / 1000)));
         world.refund(target, amount, step.failAfter);

@@ -13,14 +13,15 @@ export type StepBody =
   | { kind: 'cancel'; mode: 'period_end' | 'now' | 'now_prorated' }
   | { kind: 'fail_renewal'; recoverAfter: number }
   | { kind: 'pack'; via: 'checkout' | 'link'; price: string; quantity: number }
-  | { kind: 'refund'; payment: number; perMille: number; failAfter: number | undefined }
+  | { kind: 'refund'; payment: number; perMille: number; failAfter: number | undefined; yearly: boolean }
   | { kind: 'dispute'; payment: number; outcome: 'inquiry' | 'won' | 'lost'; closeAfter: number }
   | { kind: 'usage'; amount: number }
   | { kind: 'batch'; amounts: number[] }
   | { kind: 'hold'; amount: number; expiresIn: number; resolution: 'capture' | 'void' | 'expire'; capturePerMille: number }
   | { kind: 'resolve' }
   | { kind: 'wait' };
-export type Step = { lifecycle: number; after: number } & StepBody;
+/** `kind` in the body is what happens; `label` the step kind it was generated for. */
+export type Step = { lifecycle: number; after: number; label?: string } & StepBody;
 
 /** Every step kind the generator knows, by the name CI enables it with. */
 export const allKinds = [
@@ -73,7 +74,8 @@ const monthlyPrices = ['price_starter_monthly', 'price_plus_monthly', 'price_pro
 const yearlyPrices = ['price_plus_yearly', 'price_pro_yearly'];
 
 /** The step kind a step exercises (for enabling kinds and for reports). */
-export function kindOf(step: Step): Kind | 'wait' | 'resolve' {
+export function kindOf(step: Step): string {
+  if (step.label !== undefined) return step.label;
   switch (step.kind) {
     case 'subscribe':
       if (step.trial) return 'trial:converted';
@@ -89,7 +91,7 @@ export function kindOf(step: Step): Kind | 'wait' | 'resolve' {
     case 'pack':
       return `pack:${step.via}`;
     case 'refund':
-      return step.failAfter !== undefined ? 'refund:failed' : 'refund:partial';
+      return step.yearly ? 'refund:yearly' : step.failAfter !== undefined ? 'refund:failed' : 'refund:partial';
     case 'dispute':
       return `dispute:${step.outcome}`;
     case 'hold':
@@ -99,8 +101,9 @@ export function kindOf(step: Step): Kind | 'wait' | 'resolve' {
   }
 }
 
-function stepFor(kind: Kind, random: Random): StepBody | undefined {
-  const quantity = () => (random.chance(0.3) ? random.integer(2, 4) : 1);
+function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefined {
+  // More than one seat only where seats are enabled, so the other kinds are judged on their own.
+  const quantity = () => (seats && random.chance(0.3) ? random.integer(2, 4) : 1);
   switch (kind) {
     case 'subscribe:monthly':
       return { kind: 'subscribe', price: random.pick(monthlyPrices), quantity: 1, trial: false };
@@ -135,9 +138,9 @@ function stepFor(kind: Kind, random: Random): StepBody | undefined {
     case 'refund:partial':
     case 'refund:multiple':
     case 'refund:yearly':
-      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([100, 250, 333, 500, 1000]), failAfter: undefined };
+      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([100, 250, 333, 500, 1000]), failAfter: undefined, yearly: kind === 'refund:yearly' };
     case 'refund:failed':
-      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([250, 500, 1000]), failAfter: random.integer(1, 10) * day };
+      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([250, 500, 1000]), failAfter: random.integer(1, 10) * day, yearly: false };
     case 'dispute:inquiry':
     case 'dispute:won':
     case 'dispute:lost':
@@ -160,21 +163,28 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
   const random = new Random(seed);
   const enabled = allKinds.filter((kind) => kinds.has(kind) && kind !== 'chaos:restart');
   const starts = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
+  const seats = kinds.has('subscribe:seats') || kinds.has('change:seats');
   const lifecycles: Step[][] = [];
   for (let lifecycle = 0; lifecycle < count; lifecycle += 1) {
     const steps: Step[] = [];
     const add = (kind: Kind, after: number) => {
-      const body = stepFor(kind, random);
-      if (body !== undefined) steps.push({ lifecycle, after, ...body } as Step);
+      const body = stepFor(kind, random, seats);
+      if (body !== undefined) steps.push({ lifecycle, after, label: kind, ...body } as Step);
     };
     if (starts.length > 0) add(random.pick(starts), random.integer(0, 3 * day));
     for (let index = 1; index < stepsEach && enabled.length > 0; index += 1) {
       if (random.chance(0.12)) steps.push({ lifecycle, kind: 'wait', after: random.integer(10, 40) * day });
       const kind = random.pick(enabled);
+      // Some kinds need a set-up step before them: a yearly payment, a trial already used.
+      if (kind === 'refund:yearly') add('subscribe:yearly', random.integer(0, day));
+      if (kind === 'trial:refused') {
+        add('trial:converted', random.integer(0, day));
+        add('cancel:now', random.integer(0, day));
+      }
       add(kind, random.integer(0, 4 * day));
+      if (kind === 'refund:multiple') add(kind, random.integer(0, 2 * day));
       const last = steps[steps.length - 1];
       if (last?.kind === 'hold' && last.resolution !== 'expire') steps.push({ lifecycle, kind: 'resolve', after: random.integer(0, 3600) });
-      if (kind === 'trial:refused') add('trial:converted', random.integer(0, 2 * day));
     }
     lifecycles.push(steps);
   }

@@ -1,0 +1,36 @@
+import assert from 'node:assert/strict';
+import { it } from 'node:test';
+import { runSeed } from '../../simulation/simulate.js';
+import { generate, kindOf } from '../../simulation/workload.js';
+
+// Proves invariant 13 for the step kinds that Tally passes today: fixed seeds of whole customer
+// lifecycles, played against the real Tally (PostgreSQL, HTTP API, signed webhooks delivered 1
+// to 5 times, shuffled, to two instances at once, one restarted mid-burst in some seeds), end in
+// exactly the balances, grants and answers of the reference model, with every invariant held
+// and reconciliation clean. Kinds that still fail on the current code are listed in
+// simulation/README.md and join `enabledKinds` as their fixes land.
+export const enabledKinds = new Set<string>([
+  'subscribe:monthly',
+  'pack:checkout',
+  'usage',
+  'batch',
+  'hold:capture',
+  'hold:void',
+  'hold:expire',
+]);
+const seeds = Array.from({ length: 13 }, (_, index) => 1000 + index);
+const lifecyclesPerSeed = 4;
+
+it('the seeds cover at least 50 lifecycles and every enabled step kind', () => {
+  assert.ok(seeds.length * lifecyclesPerSeed >= 50);
+  const covered = new Set(seeds.flatMap((seed) => generate(seed, lifecyclesPerSeed, enabledKinds).map(kindOf)));
+  for (const kind of enabledKinds) if (kind !== 'chaos:restart') assert.ok(covered.has(kind as never), `no seed plays ${kind}`);
+});
+
+for (const seed of seeds) {
+  it(`seed ${seed}: Tally agrees with the reference model`, async () => {
+    const outcome = await runSeed(seed, { lifecycles: lifecyclesPerSeed, kinds: enabledKinds, shrinkRunsMax: 10 });
+    const shrunk = outcome.shrunk === undefined ? '' : `\nshrunk history:\n${JSON.stringify(outcome.shrunk.steps)}`;
+    assert.deepEqual(outcome.result.failures, [], `replay: npm run simulate -- --seed ${seed} --lifecycles ${lifecyclesPerSeed}${shrunk}`);
+  });
+}
