@@ -1,5 +1,5 @@
 /**
- * `npm run simulate -- [--lifecycles N] [--seed S] [--seeds K] [--kinds a,b] [--history file.json] [--no-shrink] [--shrink-runs R]`
+ * `npm run simulate -- [--lifecycles N] [--seed S] [--seeds K] [--kinds a,b] [--history file.json] [--no-shrink] [--shrink-runs R] [--facts]`
  *
  * Plays seeded customer lifecycles against the real Tally and checks it against the reference
  * model. `--seed S` replays seed S exactly; without it, seeds count up from a random start.
@@ -14,7 +14,7 @@ import { startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded
 import { migrate } from '../src/db/migrate.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 import { runHistory } from './run.js';
-import { describe, restartsFor, runSeed } from './simulate.js';
+import { describe, kindsOf, restartsFor, runSeed } from './simulate.js';
 import { allKinds, type Step } from './workload.js';
 
 const args = process.argv.slice(2);
@@ -60,13 +60,19 @@ try {
       const outcome = await runSeed(seed, { lifecycles: perSeed, kinds, shrink: !args.includes('--no-shrink'), shrinkRunsMax: Number(option('shrink-runs') ?? 40) });
       const { result } = outcome;
       console.log(`seed ${seed}: ${perSeed} lifecycles, ${result.steps} steps, ${result.events} deliveries, ${(outcome.milliseconds / 1000).toFixed(1)} s: ${result.failures.length === 0 ? 'ok' : 'FAILED'}`);
+      if (args.includes('--facts')) {
+        const counts = new Map<string, number>();
+        for (const fact of result.facts) counts.set(fact.kind, (counts.get(fact.kind) ?? 0) + 1);
+        console.log(`  facts: ${[...counts].map(([kind, count]) => `${kind} ${count}`).join(', ')}`);
+      }
       if (result.failures.length === 0) continue;
       failed += 1;
       for (const failure of result.failures.slice(0, 20)) console.log(`  ${failure}`);
       if (outcome.shrunk !== undefined) {
-        console.log(`  shrunk to ${outcome.shrunk.steps.length} steps (replay: save the array below and run --seed ${seed} --history FILE):`);
+        console.log(`  shrunk to ${outcome.shrunk.steps.length} steps of kinds ${kindsOf(outcome.shrunk.steps).join(', ')}; it fails with:`);
         for (const failure of outcome.shrunk.result.failures.slice(0, 10)) console.log(`    ${failure}`);
-        console.log(`[\n${describe(outcome.shrunk.steps).replace(/\n/g, ',\n')}\n]`);
+        console.log(`  replay: save the history below as FILE and run npm run simulate -- --seed ${seed} --history FILE`);
+        console.log(describe(outcome.shrunk.steps));
       }
     }
   }

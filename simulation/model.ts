@@ -195,9 +195,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     if (expiresAt !== null && expiresAt <= now) expire(created);
     return created;
   };
-  /** Takes credits back: the payment's own grants first, then the others in spend order; the rest is debt. */
-  const clawBack = (owner: Account, credits: number, payment: Payment | undefined): { taken: Take[]; debt: number } => {
-    const own = payment === undefined ? [] : owner.grants.filter((candidate) => candidate.payment === payment.id);
+  /** Takes credits back: from `own` first, then the other grants in spend order; the rest is debt. */
+  const clawBack = (owner: Account, credits: number, own: Grant[]): { taken: Take[]; debt: number } => {
     const taken = take(own, credits);
     const fromOwn = taken.reduce((sum, part) => sum + part.credits, 0);
     const more = take(owner.grants, Math.min(credits - fromOwn, available(owner)));
@@ -205,6 +204,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     owner.debt += debt;
     return { taken: [...taken, ...more], debt };
   };
+  const ownGrants = (payment: Payment) => payment.account.grants.filter((candidate) => candidate.payment === payment.id);
   /** Reading: a restore first cancels the debt its clawback made (if still owed), then refills its grants. */
   const restore = (clawback: Clawback) => {
     clawback.account.debt -= Math.min(clawback.account.debt, clawback.debt);
@@ -299,7 +299,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         if (line.amount < 0) {
           const credits = share(monthly, overlap, length, true);
           if (credits > 0 && !clawbacks.has(`proration:${line.id}`)) {
-            const { taken, debt } = clawBack(owner, credits, payment);
+            // Reading: a proration clawback takes from its own credit period's grants first (SPEC:
+            // "exceeds what is left of the period's credits leaves debt, as a refund does"), then
+            // from the others in spend order, as a refund does; beyond that it is debt.
+            const period = owner.grants.filter((candidate) => candidate.period === `${sub.id}:${creditPeriod.start}`);
+            const { taken, debt } = clawBack(owner, credits, period);
             clawbacks.set(`proration:${line.id}`, { account: owner, payment, credits, taken, debt });
           }
           continue;
@@ -326,7 +330,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       sub.cancelled.set(yearStart, (sub.cancelled.get(yearStart) ?? 0) + cancelled);
       credits -= cancelled;
     }
-    const { taken, debt } = clawBack(payment.account, credits, payment);
+    const { taken, debt } = clawBack(payment.account, credits, ownGrants(payment));
     clawbacks.set(`refund:${fact.refund}`, { account: payment.account, payment, credits, taken, debt });
   };
 
@@ -335,7 +339,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     if (payment === undefined || clawbacks.has(`dispute:${fact.dispute}`)) return;
     const credits = payment.credits - payment.clawed;
     payment.clawed += credits;
-    const { taken, debt } = clawBack(payment.account, credits, payment);
+    const { taken, debt } = clawBack(payment.account, credits, ownGrants(payment));
     clawbacks.set(`dispute:${fact.dispute}`, { account: payment.account, payment, credits, taken, debt });
   };
 

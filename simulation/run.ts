@@ -75,35 +75,54 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     return response;
   };
 
-  /** Delivers the outbox: each event 1 to 5 times, shuffled, in concurrent bursts to either instance. */
+  /**
+   * Delivers the outbox: each event 1 to 5 times, shuffled, in concurrent bursts to either
+   * instance; about one delivery in six is delayed until the others have been applied.
+   */
   const deliverWindow = async () => {
     const window = world.outbox.splice(0);
-    const copies = chaos.shuffle(window.flatMap((event) => Array.from({ length: chaos.integer(1, 5) }, () => event)));
+    const all = chaos.shuffle(window.flatMap((event) => Array.from({ length: chaos.integer(1, 5) }, () => event)));
+    const delayed = all.filter(() => chaos.chance(1 / 6));
+    await deliverBursts(all.filter((copy) => !delayed.includes(copy)));
+    if (delayed.length === 0) return;
+    await Promise.all(system.apps.map((app) => app.parts.worker.drain()));
+    await deliverBursts(delayed);
+  };
+  /** Bursts of concurrent deliveries; in restart seeds, one instance is closed and replaced during a burst. */
+  const deliverBursts = async (copies: StripeObject[]) => {
     const restartAt = options.restarts && chaos.chance(0.3) ? chaos.integer(0, copies.length) : -1;
     for (let index = 0; index < copies.length; ) {
-      if (index >= restartAt && restartAt >= 0 && system.apps.length === 2 && index - restartAt < 8) {
-        const closing = system.apps.pop()!;
-        await closing.close();
-        system.apps.push(await makeApp());
-      }
       const burst = copies.slice(index, index + chaos.integer(1, 8));
+      const sending = Promise.all(burst.map((event) => deliver(chaos.pick(system.apps), event)));
+      if (restartAt >= 0 && index <= restartAt && restartAt < index + burst.length) {
+        const closing = system.apps[1]!;
+        const replacement = makeApp();
+        await closing.close();
+        system.apps[1] = await replacement;
+      }
       index += burst.length;
-      await Promise.all(burst.map((event) => deliver(chaos.pick(system.apps), event)));
+      await sending;
     }
   };
+  /** One delivery; Stripe redelivers what was not acknowledged (to the instance still up). */
   const deliver = async (app: TestApp, event: StripeObject) => {
     const payload = JSON.stringify(event);
-    for (let attempt = 0; ; attempt += 1) {
-      const response = await app.app.inject({
-        method: 'POST',
-        url: '/webhooks/stripe',
-        headers: { 'content-type': 'application/json', 'stripe-signature': Stripe.webhooks.generateTestHeaderString({ payload, secret: webhookSecret }) },
-        payload,
-      });
+    for (let attempt = 0; attempt < 5; attempt += 1) {
+      const target = attempt === 0 ? app : system.apps[0]!;
+      const response = await target.app
+        .inject({
+          method: 'POST',
+          url: '/webhooks/stripe',
+          headers: { 'content-type': 'application/json', 'stripe-signature': Stripe.webhooks.generateTestHeaderString({ payload, secret: webhookSecret }) },
+          payload,
+        })
+        .catch((error: unknown) => ({ statusCode: 0, body: String(error) }));
       delivered += 1;
-      record(`webhook ${event.type as string}`, response.statusCode, response.body);
-      if (response.statusCode === 200 || attempt >= 3) return;
+      // A closing instance may refuse (503) or fail the request: both are redelivered.
+      if (response.statusCode !== 503 && response.statusCode !== 0) record(`webhook ${event.type as string}`, response.statusCode, response.body);
+      if (response.statusCode === 200) return;
     }
+    failures.push(`webhook ${event.id as string} (${event.type as string}) was never acknowledged`);
   };
   /** Delivers until nothing is left to deliver or apply, then settles what is due now. */
   const quiesce = async () => {
@@ -306,7 +325,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       const failed = await database.db.query<{ id: string; type: string; last_error: string }>(`select id, type, last_error from webhook_events where status = 'failed' limit 5`);
       for (const row of failed.rows) failures.push(`  failed event ${row.id} ${row.type}: ${row.last_error}`);
     }
-    const report = await call('POST', '/v1/admin/reconcile', {}, true);
+    const report = await call('POST', '/v1/admin/reconcile', { stripe: true }, true);
     const findings = (report.body?.findings ?? []) as unknown[];
     if (report.status !== 200 || findings.length > 0) failures.push(`reconciliation: ${report.status} ${JSON.stringify(findings).slice(0, 600)}`);
     if (world.unknownCalls.length > 0) failures.push(`Tally made API calls the simulator's Stripe does not know: ${[...new Set(world.unknownCalls)].join(', ')}`);

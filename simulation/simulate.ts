@@ -52,6 +52,9 @@ export async function shrink(seed: number, steps: Step[], restarts: boolean, fai
   return best;
 }
 
+/** A history as JSON, one step a line, for --history. */
 export function describe(steps: Step[]): string {
-  return steps.map((step) => `  ${JSON.stringify(step)}  // ${kindOf(step)}`).join('\n');
+  return `[\n${steps.map((step) => `  ${JSON.stringify(step)}`).join(',\n')}\n]`;
 }
+
+export const kindsOf = (steps: Step[]): string[] => [...new Set(steps.map(kindOf))];

@@ -71,6 +71,7 @@ export class StripeWorld {
   private readonly charges = new Map<string, { payment_intent: string; amount: number; refunds: StripeObject[] }>();
   private readonly invoicePayments = new Map<string, string>();
   private readonly invoiceLines = new Map<string, StripeObject[]>();
+  private readonly paidInvoices: StripeObject[] = [];
   private readonly sessions = new Map<string, StripeObject>();
   private readonly sessionKeys = new Map<string, string>();
   private readonly completedSessions = new Set<string>();
@@ -249,6 +250,7 @@ export class StripeWorld {
     const due = object.amount_due as number;
     const paymentIntent = due > 0 ? this.id('pi') : null;
     const paid = { ...object, status: 'paid', amount_paid: due, amount_remaining: 0, status_transitions: { ...object.status_transitions, paid_at: this.now } };
+    this.paidInvoices.push(paid);
     this.emit('invoice.paid', paid);
     this.emit('invoice.payment_succeeded', paid);
     if (paymentIntent !== null) {
@@ -521,6 +523,7 @@ export class StripeWorld {
       const refunds = charge?.refunds ?? [...this.charges.values()].flatMap((candidate) => candidate.refunds);
       return [200, this.list(path, refunds)];
     }
+    if (method === 'GET' && path === '/v1/invoices') return [200, this.list(path, this.paidInvoices)];
     match = /^\/v1\/invoices\/([^/]+)\/lines$/.exec(path);
     if (method === 'GET' && match?.[1] !== undefined) {
       const lines = this.invoiceLines.get(match[1]);

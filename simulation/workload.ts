@@ -162,7 +162,9 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
 export function generate(seed: number, count: number, kinds: ReadonlySet<string>, stepsEach = 14): Step[] {
   const random = new Random(seed);
   const enabled = allKinds.filter((kind) => kinds.has(kind) && kind !== 'chaos:restart');
-  const starts = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
+  const starts: Kind[] = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
+  // A yearly refund needs a yearly subscription to start with.
+  if (kinds.has('refund:yearly')) starts.push('subscribe:yearly', 'subscribe:yearly');
   const seats = kinds.has('subscribe:seats') || kinds.has('change:seats');
   const lifecycles: Step[][] = [];
   for (let lifecycle = 0; lifecycle < count; lifecycle += 1) {

@@ -11,12 +11,23 @@ import { generate, kindOf } from '../../simulation/workload.js';
 // simulation/README.md and join `enabledKinds` as their fixes land.
 export const enabledKinds = new Set<string>([
   'subscribe:monthly',
+  'subscribe:yearly',
+  'trial:converted',
+  'trial:cancelled',
+  'trial:refused',
+  'cancel:period_end',
+  'cancel:now',
+  'payment:failed_recovered',
   'pack:checkout',
+  'refund:partial',
+  'refund:multiple',
+  'dispute:lost',
   'usage',
   'batch',
   'hold:capture',
   'hold:void',
   'hold:expire',
+  'chaos:restart',
 ]);
 const seeds = Array.from({ length: 13 }, (_, index) => 1000 + index);
 const lifecyclesPerSeed = 4;
