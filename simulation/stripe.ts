@@ -240,7 +240,8 @@ export class StripeWorld {
       this.emit('invoice.payment_failed', { ...object, attempt_count: 1, next_payment_attempt: failUntil });
       sub.status = 'past_due';
       this.emitSubscription('customer.subscription.updated', sub);
-      this.delayed.push({ at: failUntil, run: () => this.collect(sub, object, all) });
+      // An immediate cancellation stops the collection of the customer's open invoices (FLOWS §6b).
+      this.delayed.push({ at: failUntil, run: () => sub.status !== 'canceled' && this.collect(sub, object, all) });
       return;
     }
     this.collect(sub, object, all);
