@@ -3,7 +3,9 @@ import type { Logger } from 'pino';
 import type { Catalog } from './billing/catalog.js';
 import { loadClaimHasher, trialGate } from './billing/trials.js';
 import type { Database } from './db/database.js';
-import { buildServer } from './http/server.js';
+import type { Keys } from './http/auth.js';
+import type { RateLimitSettings } from './http/rate-limits.js';
+import { buildServer, type HttpLimits } from './http/server.js';
 import { Ledger } from './ledger/ledger.js';
 import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
@@ -22,7 +24,7 @@ import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './strip
 export interface AssembleOptions {
   db: Database;
   catalog: Catalog;
-  keys: { apiKey: string; adminKey: string };
+  keys: Keys;
   logger: Logger;
   logLevel: string;
   version: string;
@@ -32,6 +34,7 @@ export interface AssembleOptions {
   stripeTimeoutMilliseconds?: number;
   webhookSecrets: string[];
   fingerprintSecret?: string | undefined;
+  checkoutUrlHosts?: string[];
   alertWebhookUrls?: string[];
   pagerDutyRoutingKey?: string | undefined;
   alertRetryBaseSeconds?: number;
@@ -39,6 +42,8 @@ export interface AssembleOptions {
   reconcileIntervalHours?: number;
   workerOptions?: Partial<WorkerOptions>;
   sweepIntervalSeconds: number;
+  httpLimits?: Partial<HttpLimits>;
+  rateLimits?: Partial<RateLimitSettings>;
   /** The time for expiry decisions; undefined means the database's clock (tests move it). */
   clock?: () => Date;
 }
@@ -62,6 +67,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   const ledger = new Ledger(db, {
     clock: options.clock,
     adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max,
+    grantCreditsMax: catalog.limits.admin_grant_credits_max,
     watchGrant: grantWatcher(db.pool, catalog, (error, grant) => logger.error({ err: error, grant }, 'could not check a grant against its plan')),
   });
   const gateway =
@@ -75,17 +81,43 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
         });
   const metrics = new Metrics(db, () => gateway?.status() ?? { state: 'closed', failures: 0 });
   const hasher = await loadClaimHasher(db, options.fingerprintSecret);
+  if (options.fingerprintSecret === undefined) {
+    logger.warn(
+      'TALLY_FINGERPRINT_SECRET is not set: trial claims and erasure pseudonyms are keyed with a secret kept in the database, beside the hashes; fine for development, required with NODE_ENV=production',
+    );
+  }
   const worker = new WebhookWorker(db, catalog, hasher, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock }, (type, outcome, lagSeconds) => {
     metrics.webhookEvents.inc({ type, outcome });
     if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
   });
-  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher };
-  const app = await buildServer({ db, ledger, metrics, keys: options.keys, logLevel: options.logLevel, version: options.version, stripe, operations: { db, catalog, gateway } });
+  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher, checkoutUrlHosts: options.checkoutUrlHosts };
+  const app = await buildServer({
+    db,
+    ledger,
+    metrics,
+    keys: options.keys,
+    logLevel: options.logLevel,
+    version: options.version,
+    stripe,
+    operations: { db, catalog, gateway, digest: (purpose, value) => hasher.digest(purpose, value) },
+    httpLimits: options.httpLimits,
+    rateLimits: options.rateLimits,
+  });
   if (gateway !== undefined) {
     gateway.onOpen = (status) => {
       raiseAlert(db.pool, { kind: 'stripe_breaker_open', key: 'stripe_breaker_open', severity: 'critical', message: `Stripe circuit breaker opened after ${status.failures} consecutive failures`, details: { ...status } }).catch(
         (error: unknown) => logger.error({ err: error }, 'could not record the breaker alert'),
       );
+    };
+    gateway.onKeyRefused = (details) => {
+      logger.error(details, 'Stripe refused the secret key');
+      raiseAlert(db.pool, {
+        kind: 'stripe_key_refused',
+        key: 'stripe_key_refused',
+        severity: 'critical',
+        message: `Stripe refused the secret key (HTTP ${details.status} on ${details.call}): check STRIPE_SECRET_KEY, it may be revoked or wrong`,
+        details: { ...details },
+      }).catch((error: unknown) => logger.error({ err: error }, 'could not record the Stripe key alert'));
     };
     // Breakers are per process: the first to close again resolves the alert they share.
     gateway.onClose = () => {
@@ -97,7 +129,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     reconcileIntervalHours: options.reconcileIntervalHours ?? 24,
     delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
   });
-  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds);
+  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => raiseAlert(db.pool, alert));
   return {
     app,
     ledger,

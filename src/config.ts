@@ -20,6 +20,8 @@ const environmentSchema = z.object({
   TALLY_DATA_DIR: z.string().min(1).default('./.tally'),
   TALLY_API_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   TALLY_ADMIN_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
+  TALLY_VIEWER_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
+  NODE_ENV: optionalText,
   TALLY_PLANS: z.string().min(1).default('plans.example.json'),
   TALLY_DB_POOL_SIZE: z.coerce.number().int().min(2).max(200).default(20),
   TALLY_DB_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
@@ -29,6 +31,7 @@ const environmentSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optionalText,
   STRIPE_API_BASE: optionalText.pipe(z.url().optional()),
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
+  TALLY_CHECKOUT_URL_HOSTS: optionalText,
   TALLY_PAGERDUTY_ROUTING_KEY: optionalText,
   TALLY_RECONCILE_INTERVAL_HOURS: z.coerce.number().int().min(0).max(24 * 30).default(24),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -43,6 +46,9 @@ export interface Config {
   dataDirectory: string;
   apiKey: string | undefined;
   adminKey: string | undefined;
+  viewerKey: string | undefined;
+  /** NODE_ENV=production: settings that only development may leave out are required. */
+  production: boolean;
   plansPath: string;
   databasePoolSize: number;
   statementTimeoutMilliseconds: number;
@@ -52,6 +58,8 @@ export interface Config {
   stripeWebhookSecrets: string[];
   stripeApiBase: string | undefined;
   alertWebhookUrls: string[];
+  /** The only hosts a checkout's success_url and cancel_url may name; empty: any https host. */
+  checkoutUrlHosts: string[];
   pagerDutyRoutingKey: string | undefined;
   reconcileIntervalHours: number;
   logLevel: Environment['LOG_LEVEL'];
@@ -75,6 +83,15 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
   }
   const value = result.data;
   checkAlertSinks(splitList(value.TALLY_ALERT_WEBHOOK_URLS), value.TALLY_PAGERDUTY_ROUTING_KEY);
+  const production = value.NODE_ENV === 'production';
+  // In development the secret is generated into the database, beside the hashes it keys; a
+  // dump of a production database must not be enough to test guessed emails against them.
+  if (production && value.TALLY_FINGERPRINT_SECRET === undefined) {
+    throw new ConfigError(
+      'invalid configuration:\n  TALLY_FINGERPRINT_SECRET: required with NODE_ENV=production (at least 16 characters; it keys the hashes of trial claims and erasure pseudonyms, so keep it out of the database and never change it)',
+    );
+  }
+  checkDistinctKeys({ TALLY_API_KEY: value.TALLY_API_KEY, TALLY_ADMIN_KEY: value.TALLY_ADMIN_KEY, TALLY_VIEWER_KEY: value.TALLY_VIEWER_KEY });
   return {
     databaseUrl: value.DATABASE_URL,
     port: value.PORT,
@@ -82,6 +99,8 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     dataDirectory: resolve(value.TALLY_DATA_DIR),
     apiKey: value.TALLY_API_KEY,
     adminKey: value.TALLY_ADMIN_KEY,
+    viewerKey: value.TALLY_VIEWER_KEY,
+    production,
     plansPath: resolve(value.TALLY_PLANS),
     databasePoolSize: value.TALLY_DB_POOL_SIZE,
     statementTimeoutMilliseconds: value.TALLY_DB_STATEMENT_TIMEOUT_MS,
@@ -91,10 +110,23 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     stripeWebhookSecrets: splitList(value.STRIPE_WEBHOOK_SECRET),
     stripeApiBase: value.STRIPE_API_BASE,
     alertWebhookUrls: splitList(value.TALLY_ALERT_WEBHOOK_URLS),
+    checkoutUrlHosts: splitList(value.TALLY_CHECKOUT_URL_HOSTS).map((host) => host.toLowerCase()),
     pagerDutyRoutingKey: value.TALLY_PAGERDUTY_ROUTING_KEY,
     reconcileIntervalHours: value.TALLY_RECONCILE_INTERVAL_HOURS,
     logLevel: value.LOG_LEVEL,
   };
+}
+
+/**
+ * Each key opens something different; the same value for two of them would give the app (or
+ * a dashboard viewer) the admin's reach, so that is refused at start, naming the settings.
+ */
+function checkDistinctKeys(keys: Record<string, string | undefined>): void {
+  const entries = Object.entries(keys).filter((entry): entry is [string, string] => entry[1] !== undefined);
+  for (const [index, [name, value]] of entries.entries()) {
+    const same = entries.slice(index + 1).find((other) => other[1] === value);
+    if (same !== undefined) throw new ConfigError(`invalid configuration:\n  ${name}, ${same[0]}: must differ; each key opens different calls`);
+  }
 }
 
 function checkAlertSinks(urls: string[], pagerDutyRoutingKey: string | undefined): void {
@@ -112,6 +144,8 @@ function checkAlertSinks(urls: string[], pagerDutyRoutingKey: string | undefined
 export interface ApiKeys {
   apiKey: string;
   adminKey: string;
+  /** The read-only key (TALLY_VIEWER_KEY), when set. */
+  viewerKey?: string | undefined;
   /** Where they come from: both set in the environment, or the data folder's keys.json. */
   source: 'environment' | 'data-folder';
   /** True when this start generated them. */
@@ -125,6 +159,14 @@ const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16), adminKey: 
  * folder, generated on the first start (file mode 0600).
  */
 export function resolveApiKeys(config: Config): ApiKeys {
+  const keys = resolveAppAndAdminKeys(config);
+  const all = { TALLY_API_KEY: keys.apiKey, TALLY_ADMIN_KEY: keys.adminKey, TALLY_VIEWER_KEY: config.viewerKey };
+  // A key from the environment may equal one kept in the data folder; checked once both are known.
+  checkDistinctKeys(all);
+  return { ...keys, viewerKey: config.viewerKey };
+}
+
+function resolveAppAndAdminKeys(config: Config): ApiKeys {
   if (config.apiKey !== undefined && config.adminKey !== undefined) {
     return { apiKey: config.apiKey, adminKey: config.adminKey, source: 'environment', generated: false };
   }

@@ -100,6 +100,7 @@ export async function startTally(config: Config): Promise<Tally> {
       stripeApiBase: config.stripeApiBase,
       webhookSecrets: config.stripeWebhookSecrets,
       fingerprintSecret: config.fingerprintSecret,
+      checkoutUrlHosts: config.checkoutUrlHosts,
       alertWebhookUrls: config.alertWebhookUrls,
       pagerDutyRoutingKey: config.pagerDutyRoutingKey,
       reconcileIntervalHours: config.reconcileIntervalHours,

@@ -30,9 +30,11 @@ const catalogSchema = z
   .strictObject({
     plans: z.array(planSchema),
     credit_packs: z.array(packSchema).default([]),
+    // Operators' grants and adjustments are bounded, so that a slip of the keyboard cannot
+    // grant more credits than a balance can hold (balances stay safe integers).
     limits: z
-      .strictObject({ admin_adjustment_credits_max: creditsSchema.default(100_000) })
-      .default({ admin_adjustment_credits_max: 100_000 }),
+      .strictObject({ admin_adjustment_credits_max: creditsSchema.default(100_000), admin_grant_credits_max: creditsSchema.default(1_000_000) })
+      .default({ admin_adjustment_credits_max: 100_000, admin_grant_credits_max: 1_000_000 }),
   })
   .superRefine((catalog, context) => {
     const seenPrices = new Map<string, string>();

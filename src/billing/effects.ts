@@ -23,9 +23,12 @@ const handlers: Record<string, (context: EffectContext) => Promise<EffectResult>
   'refund.updated': applyRefundEvent,
   'charge.dispute.created': applyDisputeEvent,
   'charge.dispute.closed': applyDisputeEvent,
+  // An inquiry that escalates to a chargeback says so only here (status `needs_response`).
+  'charge.dispute.updated': applyDisputeEvent,
+  'charge.dispute.funds_withdrawn': applyDisputeEvent,
 };
 
 export async function applyEvent(context: EffectContext): Promise<EffectResult> {
   const handler = handlers[context.event.type];
-  return handler === undefined ? { status: 'ignored' } : handler(context);
+  return handler === undefined ? { status: 'ignored', reason: `Tally has no effect for ${context.event.type}` } : handler(context);
 }

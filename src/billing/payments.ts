@@ -1,6 +1,9 @@
 import { raiseAlert } from '../ops/alerts.js';
-import { accountMetadataKey, idOf, packMetadataKey, readInteger, readPath, readText } from '../stripe/shapes.js';
-import { RetryLater, grantOnce, linkCustomer, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
+import { cancelScheduledMonths, restoreScheduledMonths, scheduledCancellation } from './yearly.js';
+import { accountMetadataKey, idOf, readInteger, readPath, readText } from '../stripe/shapes.js';
+import { findPrice } from './catalog.js';
+import type { Catalog } from './catalog.js';
+import { IgnoredEvent, RetryLater, grantOnce, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
 
 /**
  * Credit packs bought through Checkout, and what refunds and disputes take back. A clawback is
@@ -16,22 +19,58 @@ interface PaymentRow {
   clawed_back: number;
 }
 
-/** checkout.session.completed and .async_payment_succeeded. */
+/** The packs a session bought: each line item whose price is a pack's price, times its quantity. */
+export function packsBought(catalog: Catalog, lineItems: StripeObject[]): { credits: number; packs: { pack: string; quantity: number }[] } {
+  let credits = 0;
+  const packs: { pack: string; quantity: number }[] = [];
+  for (const item of lineItems) {
+    const priceId = idOf(item.price);
+    const match = priceId === undefined ? undefined : findPrice(catalog, priceId);
+    const quantity = readInteger(item.quantity) ?? 1;
+    if (match?.kind !== 'pack' || quantity <= 0) continue;
+    credits += match.pack.credits * quantity;
+    packs.push({ pack: match.pack.id, quantity });
+  }
+  if (!Number.isSafeInteger(credits)) throw new Error(`pack credits ${credits} are not a safe integer`);
+  return { credits, packs };
+}
+
+/** A session's line items: carried by the event (expanded), or fetched before the transaction. */
+function sessionLineItems(context: EffectContext, session: StripeObject): StripeObject[] {
+  const carried = readPath(session, 'line_items', 'data');
+  if (Array.isArray(carried) && readPath(session, 'line_items', 'has_more') !== true) return carried as StripeObject[];
+  if (context.prepared.lineItems !== undefined) return context.prepared.lineItems;
+  throw new RetryLater(`the line items of checkout session ${String(session.id)} were not fetched`);
+}
+
+/**
+ * checkout.session.completed and .async_payment_succeeded. Whoever created the session (Tally's
+ * checkout, a Payment Link, a pricing table, the app's own code), the credits follow the prices
+ * paid, never metadata: a buyer cannot make a small pack's price grant a big pack. Whose account
+ * it is follows the attribution rules; a bare client_reference_id counts for nothing.
+ */
 export async function applyCheckoutSession(context: EffectContext): Promise<EffectResult> {
   const session = context.event.object;
-  const accountHint = readText(session.client_reference_id) ?? readText(readPath(session, 'metadata', accountMetadataKey));
-  const customerId = idOf(session.customer);
-  if (readText(session.mode) === 'subscription') {
-    if (accountHint === undefined || customerId === undefined) return { status: 'ignored' };
-    const accountId = await resolveAccount(context, { accountHint, customerId });
-    await linkCustomer(context, accountId, customerId);
+  const hints = {
+    accountHint: readText(readPath(session, 'metadata', accountMetadataKey)),
+    customerId: idOf(session.customer),
+    clientReference: readText(session.client_reference_id),
+    complete: true,
+  };
+  const mode = readText(session.mode);
+  if (mode === 'subscription') {
+    if (hints.customerId === undefined) return { status: 'ignored', reason: 'a subscription checkout without a customer' };
+    const accountId = await resolveAccount(context, hints);
     return { status: 'processed', accountId };
   }
+  if (mode !== 'payment') return { status: 'ignored', reason: `checkout mode ${mode ?? '?'} buys no credits` };
   const paid = readText(session.payment_status) === 'paid' || context.event.type === 'checkout.session.async_payment_succeeded';
-  const pack = context.catalog.credit_packs.find((candidate) => candidate.id === readText(readPath(session, 'metadata', packMetadataKey)));
+  if (!paid) return { status: 'ignored', reason: 'not paid yet; checkout.session.async_payment_succeeded will grant' };
   const paymentIntent = idOf(session.payment_intent);
-  if (readText(session.mode) !== 'payment' || !paid || pack === undefined || paymentIntent === undefined) return { status: 'ignored' };
-  const accountId = await resolveAccount(context, { accountHint, customerId });
+  if (paymentIntent === undefined) return { status: 'ignored', reason: 'a paid checkout without a payment intent' };
+  const bought = packsBought(context.catalog, sessionLineItems(context, session));
+  if (bought.credits === 0) return { status: 'ignored', reason: "not Tally's: no line item is a credit pack's price" };
+  const accountId = await resolveAccount(context, { ...hints, payment: true });
   await lockAccount(context, accountId);
   const { rows } = await context.client.query<{ id: number }>(
     `insert into payments (account_id, checkout_session_id, payment_intent, amount_paid, currency)
@@ -43,30 +82,45 @@ export async function applyCheckoutSession(context: EffectContext): Promise<Effe
   await grantOnce(context, {
     accountId,
     source: 'purchase',
-    credits: pack.credits,
+    credits: bought.credits,
     expiresAt: null,
     key: `purchase:${paymentIntent}`,
-    reference: { checkout_session: readText(session.id), payment_intent: paymentIntent, pack: pack.id },
+    reference: { checkout_session: readText(session.id), payment_intent: paymentIntent, packs: bought.packs },
     paymentId: rows[0]?.id,
   });
   return { status: 'processed', accountId };
 }
 
-/** The payment behind a refund or dispute: by payment intent, or through the invoice it paid. */
+/**
+ * The payment behind a refund or dispute: by payment intent, by any payment intent that paid an
+ * invoice (Stripe may take several payments for one invoice), or through the invoice the API
+ * named. A payment Tally never granted for is ignored; one that is Tally's waits for its grant.
+ */
 async function findPayment(context: EffectContext, object: StripeObject): Promise<PaymentRow> {
   const paymentIntent = idOf(object.payment_intent) ?? context.prepared.paymentIntent;
   if (paymentIntent === undefined) throw new RetryLater(`no payment intent known for ${String(object.id)}`);
-  const select = `select id, account_id, amount_paid, credits, clawed_back from payments`;
-  const byIntent = await context.client.query<PaymentRow>(`${select} where payment_intent = $1`, [paymentIntent]);
+  const select = `select p.id, p.account_id, p.amount_paid, p.credits, p.clawed_back from payments p`;
+  const byIntent = await context.client.query<PaymentRow>(`${select} where p.payment_intent = $1`, [paymentIntent]);
   if (byIntent.rows[0] !== undefined) return byIntent.rows[0];
+  const byInvoicePayment = await context.client.query<PaymentRow>(
+    `${select} join invoice_payment_intents i on i.invoice_id = p.invoice_id where i.payment_intent = $1`,
+    [paymentIntent],
+  );
+  if (byInvoicePayment.rows[0] !== undefined) return byInvoicePayment.rows[0];
   if (context.prepared.invoiceId !== undefined) {
-    const byInvoice = await context.client.query<PaymentRow>(
-      `update payments set payment_intent = $2 where invoice_id = $1 and payment_intent is null
-       returning id, account_id, amount_paid, credits, clawed_back`,
-      [context.prepared.invoiceId, paymentIntent],
-    );
-    if (byInvoice.rows[0] !== undefined) return byInvoice.rows[0];
+    const byInvoice = await context.client.query<PaymentRow>(`${select} where p.invoice_id = $1`, [context.prepared.invoiceId]);
+    const payment = byInvoice.rows[0];
+    if (payment !== undefined) {
+      await context.client.query(
+        `insert into invoice_payment_intents (payment_intent, invoice_id, event_id) values ($1, $2, $3) on conflict do nothing`,
+        [paymentIntent, context.prepared.invoiceId, context.event.id],
+      );
+      await context.client.query('update payments set payment_intent = $2 where id = $1 and payment_intent is null', [payment.id, paymentIntent]);
+      return payment;
+    }
   }
+  const owner = context.prepared.paymentOwner;
+  if (owner !== undefined && owner !== 'tally') throw new IgnoredEvent(`not Tally's: payment ${paymentIntent} ${owner.foreign}`);
   throw new RetryLater(`payment ${paymentIntent} has granted nothing that Tally knows of yet`);
 }
 
@@ -89,13 +143,20 @@ export function proportionalCredits(payment: PaymentRow, amount: number): number
   return Number((BigInt(payment.credits) * BigInt(Math.min(amount, payment.amount_paid))) / BigInt(payment.amount_paid));
 }
 
-/** Claws back once under `key`; answers the credits that entry took (now or before). */
+/**
+ * Claws back once under `key`; answers the credits it took (now or before). A yearly payment's
+ * months not granted yet are cancelled first; only the rest is taken from granted credits.
+ */
 async function clawBack(context: EffectContext, payment: PaymentRow, credits: number, key: string, reference: Record<string, unknown>): Promise<number> {
   const existing = await context.client.query<{ amount: number }>('select amount from entries where account_id = $1 and idempotency_key = $2', [payment.account_id, key]);
-  if (existing.rows[0] !== undefined) return -existing.rows[0].amount;
+  const cancelledBefore = await scheduledCancellation(context, payment.id, key);
+  if (existing.rows[0] !== undefined || cancelledBefore > 0) return cancelledBefore - Number(existing.rows[0]?.amount ?? 0);
   const bounded = Math.min(credits, payment.credits - payment.clawed_back);
   if (bounded <= 0) return 0;
-  await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [payment.account_id, bounded, key, payment.id, { ...reference, event: context.event.id }, context.now]);
+  const cancelled = await cancelScheduledMonths(context, payment.id, payment.account_id, bounded, key);
+  if (bounded > cancelled) {
+    await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [payment.account_id, bounded - cancelled, key, payment.id, { ...reference, event: context.event.id, months_cancelled: cancelled }, context.now]);
+  }
   await context.client.query('update payments set clawed_back = clawed_back + $2 where id = $1', [payment.id, bounded]);
   const { rows } = await context.client.query<{ debt: number }>('select debt from accounts where id = $1', [payment.account_id]);
   const debt = rows[0]?.debt ?? 0;
@@ -112,11 +173,32 @@ async function clawBack(context: EffectContext, payment: PaymentRow, credits: nu
   return bounded;
 }
 
-/** Restores once under `key` what a clawback took. */
+/**
+ * Restores once under `key` what a clawback took: back to the grants it was taken from, with
+ * their expiry (tally_restore), never as new credits that would outlive them.
+ */
 async function restore(context: EffectContext, payment: PaymentRow, credits: number, key: string, reference: Record<string, unknown>): Promise<void> {
   if (credits <= 0) return;
-  const { created } = await grantOnce(context, { accountId: payment.account_id, source: 'purchase', credits, expiresAt: null, key, reference, entryKind: 'restore' });
-  if (created) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, credits]);
+  // The clawback a restore reverses is keyed after the same Stripe object (SPEC): `refund:{id}`
+  // for `refund-reversed:{id}`, `dispute:{id}` for `dispute-won:{id}`.
+  const clawbackKey = key.replace(/^refund-reversed:/, 'refund:').replace(/^dispute-won:/, 'dispute:');
+  if (clawbackKey === key) throw new Error(`restore key ${key} names no clawback`);
+  // Months of a yearly payment that the clawback cancelled are scheduled again; the rest goes
+  // back to the grants it was taken from.
+  let restored = await restoreScheduledMonths(context, payment.id, payment.account_id, clawbackKey, key);
+  const fromGrants = credits - (await scheduledCancellation(context, payment.id, clawbackKey));
+  if (fromGrants > 0) {
+    const { rows } = await context.client.query<{ result: { created: boolean } }>('select tally_restore($1, $2, $3, $4, $5, $6) as result', [
+      payment.account_id,
+      clawbackKey,
+      fromGrants,
+      key,
+      { ...reference, event: context.event.id },
+      context.now,
+    ]);
+    if (rows[0]?.result.created === true) restored += fromGrants;
+  }
+  if (restored > 0) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, restored]);
 }
 
 const refundReversed = (status: string | undefined) => status === 'failed' || status === 'canceled';
@@ -128,6 +210,8 @@ async function applyRefund(context: EffectContext, refund: StripeObject): Promis
   const reference = { refund: refundId, payment_intent: idOf(refund.payment_intent) ?? context.prepared.paymentIntent };
   // A reversal seen first still claws, then restores: every order ends in the same entries.
   const clawed = await clawBack(context, payment, proportionalCredits(payment, readInteger(refund.amount) ?? 0), `refund:${refundId}`, reference);
+  // Kept even when the clawback is 0 credits, so reconciliation sees the refund was applied.
+  await context.client.query('insert into payment_refunds (refund_id, payment_id, credits) values ($1, $2, $3) on conflict do nothing', [refundId, payment.id, clawed]);
   if (refundReversed(readText(refund.status))) {
     await restore(context, await readPayment(context, payment.id), clawed, `refund-reversed:${refundId}`, reference);
   }
@@ -148,16 +232,32 @@ export async function applyRefundEvent(context: EffectContext): Promise<EffectRe
   return accountId === undefined ? { status: 'ignored' } : { status: 'processed', accountId };
 }
 
-/** charge.dispute.created and charge.dispute.closed. */
+/**
+ * An inquiry (`warning_*`) moves no money: Stripe withdraws nothing and the charge stays
+ * refundable, so it claws nothing back. A chargeback (`needs_response`, `under_review`, `lost`)
+ * claws back; `won` and `prevented` (a prevention, no chargeback) end with the credits restored.
+ * An inquiry that escalates arrives as charge.dispute.updated in `needs_response`.
+ */
+const isInquiry = (status: string | undefined) => status?.startsWith('warning_') === true;
+const disputeSettledForMerchant = (status: string | undefined) => status === 'won' || status === 'prevented';
+
+/** charge.dispute.created, .updated, .funds_withdrawn and .closed. */
 export async function applyDisputeEvent(context: EffectContext): Promise<EffectResult> {
   const dispute = context.event.object;
   const disputeId = readText(dispute.id);
-  if (disputeId === undefined) return { status: 'ignored' };
+  if (disputeId === undefined) return { status: 'ignored', reason: 'a dispute without an id' };
+  const status = readText(dispute.status);
   const payment = await lockPayment(context, dispute);
   const reference = { dispute: disputeId, charge: idOf(dispute.charge) };
+  if (isInquiry(status)) {
+    // Nothing was taken for an inquiry; should an escalation have been applied first, a closed
+    // inquiry gives back whatever that took.
+    if (status === 'warning_closed') await restoreDispute(context, payment, disputeId, reference);
+    return { status: 'processed', accountId: payment.account_id };
+  }
   const clawed = await clawBack(context, payment, proportionalCredits(payment, readInteger(dispute.amount) ?? payment.amount_paid), `dispute:${disputeId}`, reference);
-  const status = readText(dispute.status);
-  if (context.event.type === 'charge.dispute.closed' && (status === 'won' || status === 'warning_closed')) {
+  if (disputeSettledForMerchant(status)) {
+    // Claw, then restore: whichever of the dispute's events comes first, the entries end the same.
     await restore(context, await readPayment(context, payment.id), clawed, `dispute-won:${disputeId}`, reference);
     return { status: 'processed', accountId: payment.account_id };
   }
@@ -171,4 +271,11 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
     accountId: payment.account_id,
   });
   return { status: 'processed', accountId: payment.account_id };
+}
+
+/** Restores what `dispute:{id}` took, if it took anything. */
+async function restoreDispute(context: EffectContext, payment: PaymentRow, disputeId: string, reference: Record<string, unknown>): Promise<void> {
+  const taken = await context.client.query<{ amount: number }>('select amount from entries where account_id = $1 and idempotency_key = $2', [payment.account_id, `dispute:${disputeId}`]);
+  const credits = -(taken.rows[0]?.amount ?? 0);
+  if (credits > 0) await restore(context, await readPayment(context, payment.id), credits, `dispute-won:${disputeId}`, reference);
 }

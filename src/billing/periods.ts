@@ -1,20 +1,22 @@
 import type { Plan } from './catalog.js';
-import { grantOnce, type EffectContext } from './effect-context.js';
+import { creditPeriodsOf, lineContributions, type Contribution, type Direction, type Period } from './credit-rule.js';
+import { RetryLater, grantOnce, type EffectContext } from './effect-context.js';
 
 /**
- * Subscription credits by period: one grant per period under `period:{subscription}:{start}`,
- * rollover of unused credits between consecutive periods, and the months of a yearly plan.
+ * Subscription credits by credit period (the credit rule, see credit-rule.ts): one period grant
+ * per credit period under `period:{subscription}:{start}`, each proration line's move under
+ * `proration:{line}`, rollover of unused credits between consecutive periods, and the later
+ * months of a yearly period kept as scheduled credits until they start.
  */
-export interface Period {
-  start: number;
-  end: number;
-}
+export type { Period } from './credit-rule.js';
 
 export interface PeriodGrantRequest {
   accountId: string;
   subscriptionId: string;
   plan: Plan;
   period: Period;
+  /** The period's credits: the plan's monthly credits × seats, or the net of a yearly month's lines. */
+  credits: number;
   paymentId: number | undefined;
   reference: Record<string, unknown>;
 }
@@ -25,30 +27,11 @@ interface PeriodGrantRow {
   period_end: number;
 }
 
-/** Adds months in UTC, clamping to the end of a shorter month (Jan 31 + 1 month = Feb 28/29). */
-export function addMonths(unixSeconds: number, months: number): number {
-  const date = new Date(unixSeconds * 1000);
-  const target = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()));
-  const lastDay = new Date(Date.UTC(target.getUTCFullYear(), target.getUTCMonth() + 1, 0)).getUTCDate();
-  target.setUTCDate(Math.min(date.getUTCDate(), lastDay));
-  return Math.floor(target.getTime() / 1000);
-}
-
-/** The twelve months of a yearly period; the last one ends with the period. */
-export function monthsOf(period: Period): Period[] {
-  const months: Period[] = [];
-  for (let index = 0; index < 12; index += 1) {
-    const start = addMonths(period.start, index);
-    if (start >= period.end) break;
-    months.push({ start, end: Math.min(addMonths(period.start, index + 1), period.end) });
-  }
-  return months;
-}
+const periodGrantColumns = `id, (reference->>'period_start')::bigint as period_start, (reference->>'period_end')::bigint as period_end`;
 
 async function periodGrantEndingAt(context: EffectContext, accountId: string, subscriptionId: string, end: number): Promise<PeriodGrantRow | undefined> {
   const { rows } = await context.client.query<PeriodGrantRow>(
-    `select id, (reference->>'period_start')::bigint as period_start, (reference->>'period_end')::bigint as period_end
-     from grants where account_id = $1 and grant_key like 'period:%' and reference->>'subscription' = $2
+    `select ${periodGrantColumns} from grants where account_id = $1 and grant_key like 'period:%' and reference->>'subscription' = $2
        and (reference->>'period_end')::bigint = $3`,
     [accountId, subscriptionId, end],
   );
@@ -56,53 +39,80 @@ async function periodGrantEndingAt(context: EffectContext, accountId: string, su
 }
 
 async function periodGrantStartingAt(context: EffectContext, accountId: string, subscriptionId: string, start: number): Promise<PeriodGrantRow | undefined> {
-  const { rows } = await context.client.query<PeriodGrantRow>(
-    `select id, (reference->>'period_start')::bigint as period_start, (reference->>'period_end')::bigint as period_end
-     from grants where account_id = $1 and grant_key = $2`,
-    [accountId, `period:${subscriptionId}:${start}`],
-  );
+  const { rows } = await context.client.query<PeriodGrantRow>(`select ${periodGrantColumns} from grants where account_id = $1 and grant_key = $2`, [
+    accountId,
+    `period:${subscriptionId}:${start}`,
+  ]);
   return rows[0];
 }
 
 /**
- * Grants one period's credits, then settles rollover on both sides of it: from the period
- * before into this one, and from this one into a period after it that arrived first. Events
- * may come in any order; both sides end in the same grants.
+ * Grants one credit period's credits, then settles rollover on both sides of it: from the
+ * period before into this one, and from this one into a period after it that arrived first.
+ * Events may come in any order; both sides end in the same grants.
  */
 export async function grantPeriod(context: EffectContext, request: PeriodGrantRequest): Promise<void> {
   const { accountId, subscriptionId, plan, period } = request;
+  if (request.credits <= 0) return;
   await grantOnce(context, {
     accountId,
     source: 'subscription',
-    credits: plan.credits_per_month,
+    credits: request.credits,
     expiresAt: new Date(period.end * 1000),
     key: `period:${subscriptionId}:${period.start}`,
     reference: { ...request.reference, subscription: subscriptionId, plan: plan.id, period_start: period.start, period_end: period.end },
     paymentId: request.paymentId,
+    countsTowardsPayment: false,
   });
-  if (plan.rollover === undefined) return;
   const previous = await periodGrantEndingAt(context, accountId, subscriptionId, period.start);
-  if (previous !== undefined) await rollOver(context, accountId, subscriptionId, plan, previous, period);
+  if (previous !== undefined) await rollOver(context, accountId, subscriptionId, previous, period);
   const current = await periodGrantStartingAt(context, accountId, subscriptionId, period.start);
   const next = await periodGrantStartingAt(context, accountId, subscriptionId, period.end);
-  if (current !== undefined && next !== undefined) await rollOver(context, accountId, subscriptionId, plan, current, { start: next.period_start, end: next.period_end });
+  if (current !== undefined && next !== undefined) await rollOver(context, accountId, subscriptionId, current, { start: next.period_start, end: next.period_end });
 }
 
 /**
- * Ends a period early: its period grant, the rollover it received and its upgrades expire now.
+ * The plan whose rollover rule an ending period follows: the plan it ended on, named by its
+ * newest subscription grant (a mid-period upgrade's proration grant names the new plan).
+ */
+async function planOfPeriod(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<Plan | undefined> {
+  const { rows } = await context.client.query<{ plan: string }>(
+    `select reference->>'plan' as plan from grants where account_id = $1 and source = 'subscription'
+       and reference->>'subscription' = $2 and (reference->>'period_start')::bigint = $3 and reference ? 'plan'
+     order by id desc limit 1`,
+    [accountId, subscriptionId, periodStart],
+  );
+  return context.catalog.plans.find((candidate) => candidate.id === rows[0]?.plan);
+}
+
+/**
+ * Ends a credit period early: every subscription grant made for it (its period grant, the
+ * rollover it received, its proration grants, and upgrades of earlier versions) expires now.
  * Answers the credits they left unused (expired now or before).
  */
 async function endPeriod(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<number> {
   const { rows } = await context.client.query<{ id: number }>(
-    `select id from grants where account_id = $1 and (grant_key = $2 or grant_key = $3 or grant_key like $4) order by id`,
-    [accountId, `period:${subscriptionId}:${periodStart}`, `rollover:${subscriptionId}:${periodStart}`, `upgrade:${subscriptionId}:${periodStart}:%`],
+    `select id from grants where account_id = $1 and source in ('subscription', 'rollover')
+       and ((reference->>'subscription' = $2 and (reference->>'period_start')::bigint = $3) or grant_key like $4)
+     order by id`,
+    [accountId, subscriptionId, periodStart, `upgrade:${subscriptionId}:${periodStart}:%`],
   );
   let unused = 0;
   for (const row of rows) {
-    const expired = await context.client.query<{ expired: number }>('select tally_expire_grant($1, $2) as expired', [row.id, context.now ?? new Date()]);
-    unused += expired.rows[0]?.expired ?? 0;
+    const expired = await context.client.query<{ expired: number }>('select tally_expire_grant($1, coalesce($2::timestamptz, now())) as expired', [row.id, context.now]);
+    unused += Number(expired.rows[0]?.expired ?? 0);
   }
   return unused;
+}
+
+/** Whether a credit period was already ended by a rollover (its period grant has an expire entry). */
+async function periodEnded(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<boolean> {
+  const { rowCount } = await context.client.query(
+    `select 1 from grants g join entries e on e.account_id = g.account_id and e.idempotency_key = 'expire:grant_' || g.id
+     where g.account_id = $1 and g.grant_key = $2`,
+    [accountId, `period:${subscriptionId}:${periodStart}`],
+  );
+  return rowCount !== 0;
 }
 
 /**
@@ -110,23 +120,21 @@ async function endPeriod(context: EffectContext, accountId: string, subscription
  * once, as it would have had it come in time.
  */
 async function expireIfPeriodEnded(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number, grantId: number): Promise<void> {
-  const { rowCount } = await context.client.query(
-    `select 1 from grants g join entries e on e.account_id = g.account_id and e.idempotency_key = 'expire:grant_' || g.id
-     where g.account_id = $1 and g.grant_key = $2`,
-    [accountId, `period:${subscriptionId}:${periodStart}`],
-  );
-  if (rowCount !== 0) await context.client.query('select tally_expire_grant($1, $2)', [grantId, context.now ?? new Date()]);
+  if (await periodEnded(context, accountId, subscriptionId, periodStart)) {
+    await context.client.query('select tally_expire_grant($1, coalesce($2::timestamptz, now()))', [grantId, context.now]);
+  }
 }
 
 /**
  * Unused credits of the ending period (its period grant, the rollover it received, its
- * upgrades), up to the plan's maximum, move into a rollover grant that expires with the new
- * period; the rest expire. The ending period ends now if it has not yet.
+ * proration grants), up to the plan's maximum, move into a rollover grant that expires with
+ * the new period; the rest expire. The ending period ends now if it has not yet.
  */
-async function rollOver(context: EffectContext, accountId: string, subscriptionId: string, plan: Plan, from: PeriodGrantRow, into: Period): Promise<void> {
+async function rollOver(context: EffectContext, accountId: string, subscriptionId: string, from: PeriodGrantRow, into: Period): Promise<void> {
   const key = `rollover:${subscriptionId}:${into.start}`;
   const existing = await context.client.query('select 1 from grants where account_id = $1 and grant_key = $2', [accountId, key]);
-  if (existing.rowCount !== 0 || plan.rollover === undefined) return;
+  const plan = await planOfPeriod(context, accountId, subscriptionId, from.period_start);
+  if (existing.rowCount !== 0 || plan?.rollover === undefined) return;
   const credits = Math.min(await endPeriod(context, accountId, subscriptionId, from.period_start), plan.rollover.max_credits);
   if (credits <= 0) return;
   const { grantId } = await grantOnce(context, {
@@ -140,37 +148,148 @@ async function rollOver(context: EffectContext, accountId: string, subscriptionI
   await expireIfPeriodEnded(context, accountId, subscriptionId, into.start, grantId);
 }
 
+/** Remembers a billing period seen on a paid invoice (a proration line needs its length). */
+export async function recordBillingPeriod(context: EffectContext, accountId: string, subscriptionId: string, interval: 'month' | 'year', period: Period): Promise<void> {
+  await context.client.query(
+    `insert into billing_periods (subscription_id, period_start, period_end, billing_interval, account_id)
+     values ($1, $2, $3, $4, $5) on conflict do nothing`,
+    [subscriptionId, period.start, period.end, interval, accountId],
+  );
+}
+
 /**
- * An upgrade inside a period: the new plan's allowance minus what this period already granted
- * (its period grant and earlier upgrades), never negative.
+ * The billing period a proration line belongs to: the one, seen on a paid invoice, that ends
+ * where the line ends. Until that invoice is applied the line waits (its period's credits must
+ * be granted before a change can move them, in whatever order the events arrive).
  */
-export async function grantUpgrade(context: EffectContext, request: Omit<PeriodGrantRequest, 'period'> & { within: Period }): Promise<'granted' | 'nothing' | 'period-unknown'> {
-  const { accountId, subscriptionId, plan } = request;
-  const { rows } = await context.client.query<PeriodGrantRow>(
-    `select id, (reference->>'period_start')::bigint as period_start, (reference->>'period_end')::bigint as period_end
-     from grants where account_id = $1 and grant_key like 'period:%' and reference->>'subscription' = $2
-       and (reference->>'period_start')::bigint <= $3 and (reference->>'period_end')::bigint >= $4
-     order by (reference->>'period_start')::bigint desc limit 1`,
-    [accountId, subscriptionId, request.within.start, request.within.end],
+async function billingPeriodOfLine(context: EffectContext, subscriptionId: string, interval: 'month' | 'year', line: Period): Promise<Period> {
+  const { rows } = await context.client.query<{ start: number; end: number }>(
+    `select period_start as start, period_end as end from billing_periods
+     where subscription_id = $1 and period_end = $2 and period_start <= $3 and billing_interval = $4 limit 1`,
+    [subscriptionId, line.end, line.start, interval],
   );
-  const period = rows[0];
-  if (period === undefined) return 'period-unknown';
-  const granted = await context.client.query<{ credits: number }>(
-    `select coalesce(sum(amount), 0)::bigint as credits from grants
-     where account_id = $1 and (grant_key = $2 or grant_key like $3)`,
-    [accountId, `period:${subscriptionId}:${period.period_start}`, `upgrade:${subscriptionId}:${period.period_start}:%`],
+  const known = rows[0];
+  if (known === undefined) throw new RetryLater(`the ${interval}ly period of ${subscriptionId} ending ${new Date(line.end * 1000).toISOString()} has not been paid yet`);
+  return { start: Number(known.start), end: Number(known.end) };
+}
+
+/** The credit period of a subscription that contains an instant, among the billing periods Tally saw. */
+async function creditPeriodAt(context: EffectContext, subscriptionId: string, at: number): Promise<Period | undefined> {
+  const { rows } = await context.client.query<{ start: number; end: number; billing_interval: 'month' | 'year' }>(
+    `select period_start as start, period_end as end, billing_interval from billing_periods
+     where subscription_id = $1 and period_start <= $2 and period_end > $2 order by period_start desc limit 1`,
+    [subscriptionId, at],
   );
-  const difference = plan.credits_per_month - (granted.rows[0]?.credits ?? 0);
-  if (difference <= 0) return 'nothing';
-  const { grantId } = await grantOnce(context, {
+  const row = rows[0];
+  if (row === undefined) return undefined;
+  return creditPeriodsOf(row.billing_interval, { start: Number(row.start), end: Number(row.end) }).find((period) => period.start <= at && at < period.end);
+}
+
+export interface LineRequest {
+  accountId: string;
+  subscriptionId: string;
+  plan: Plan;
+  interval: 'month' | 'year';
+  lineKey: string;
+  quantity: number;
+  billed: Period;
+  direction: Direction;
+  paymentId: number | undefined;
+  /** When the invoice was paid: credit periods that started by then are moved now, later ones when they start. */
+  paidAt: number;
+  reference: Record<string, unknown>;
+}
+
+/** A proration line: moves credits now for the credit periods already started, schedules the rest. */
+export async function applyProrationLine(context: EffectContext, request: LineRequest): Promise<number> {
+  const billingPeriod = await billingPeriodOfLine(context, request.subscriptionId, request.interval, request.billed);
+  const contributions = lineContributions(
+    { creditsPerMonth: request.plan.credits_per_month, quantity: request.quantity, billed: request.billed, direction: request.direction },
+    request.interval,
+    billingPeriod,
+  );
+  // A change is paid when it happens or later, never before: an older paid_at is not to be believed.
+  const paidAt = Math.max(request.paidAt, request.billed.start);
+  const started = contributions.filter((contribution) => contribution.period.start <= paidAt);
+  const later = contributions.filter((contribution) => contribution.period.start > paidAt);
+  await moveNow(context, { ...request, paidAt }, started, request.lineKey);
+  await schedule(context, { ...request, paidAt }, later);
+  return contributions.reduce((sum, contribution) => sum + contribution.credits, 0);
+}
+
+/**
+ * Moves credits into or out of the credit period they belong to. Credits for a period that had
+ * ended when the invoice was paid go into the period current at payment, expiring with it.
+ */
+async function moveNow(context: EffectContext, request: LineRequest, contributions: Contribution[], key: string): Promise<void> {
+  const credits = contributions.reduce((sum, contribution) => sum + contribution.credits, 0);
+  const own = contributions[0]?.period;
+  if (credits <= 0 || own === undefined) return;
+  const period = own.end > request.paidAt ? own : ((await creditPeriodAt(context, request.subscriptionId, request.paidAt)) ?? own);
+  const reference = { ...request.reference, subscription: request.subscriptionId, plan: request.plan.id, period_start: period.start, period_end: period.end, line: request.lineKey };
+  if (request.direction === 'grant') {
+    const { grantId } = await grantOnce(context, {
+      accountId: request.accountId,
+      source: 'subscription',
+      credits,
+      expiresAt: new Date(period.end * 1000),
+      key,
+      reference,
+      paymentId: request.paymentId,
+      countsTowardsPayment: false,
+    });
+    await expireIfPeriodEnded(context, request.accountId, request.subscriptionId, period.start, grantId);
+    return;
+  }
+  await clawBackFromPeriod(context, request.accountId, request.subscriptionId, period, credits, key, reference);
+}
+
+/** Claws credits back, first from the grants the period's own payment bought; beyond what is left, debt. */
+export async function clawBackFromPeriod(context: EffectContext, accountId: string, subscriptionId: string, period: Period, credits: number, key: string, reference: Record<string, unknown>): Promise<void> {
+  const { rows } = await context.client.query<{ payment_id: number | null }>('select payment_id from grants where account_id = $1 and grant_key = $2', [
     accountId,
-    source: 'subscription',
-    credits: difference,
-    expiresAt: new Date(period.period_end * 1000),
-    key: `upgrade:${subscriptionId}:${period.period_start}:${plan.id}`,
-    reference: { ...request.reference, subscription: subscriptionId, plan: plan.id, upgrade_of_period: period.period_start },
-    paymentId: request.paymentId,
-  });
-  await expireIfPeriodEnded(context, accountId, subscriptionId, period.period_start, grantId);
-  return 'granted';
+    `period:${subscriptionId}:${period.start}`,
+  ]);
+  await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [accountId, credits, key, rows[0]?.payment_id ?? null, { ...reference, event: context.event.id }, context.now]);
+}
+
+/**
+ * Keeps what a line moves in months that have not started yet; the scheduler grants each
+ * month's net when it starts. A month the scheduler already granted (this line came late) is
+ * moved at once under a key of its own.
+ */
+async function schedule(context: EffectContext, request: LineRequest, contributions: Contribution[]): Promise<void> {
+  for (const contribution of contributions) {
+    const signed = contribution.direction === 'grant' ? contribution.credits : -contribution.credits;
+    const { rowCount } = await context.client.query(
+      `select 1 from yearly_schedule where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is not null`,
+      [request.subscriptionId, contribution.period.start],
+    );
+    if (rowCount !== 0) {
+      await moveNow(context, { ...request, paidAt: contribution.period.start }, [contribution], `late:${request.subscriptionId}:${contribution.period.start}:${request.lineKey}`);
+      continue;
+    }
+    await context.client.query(
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($9)) on conflict do nothing`,
+      [request.subscriptionId, contribution.period.start, request.lineKey, request.accountId, contribution.period.end, request.plan.id, signed, request.paymentId ?? null, request.billed.start],
+    );
+  }
+}
+
+/**
+ * A period line (not a proration): the whole billing period at the plan's credits × seats. A
+ * monthly period is granted now; a yearly period grants its first month now and keeps the
+ * other eleven for the scheduler.
+ */
+export async function applyPeriodLine(context: EffectContext, request: Omit<LineRequest, 'direction' | 'lineKey'>): Promise<number> {
+  const { accountId, subscriptionId, plan, interval } = request;
+  await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);
+  const contributions = lineContributions({ creditsPerMonth: plan.credits_per_month, quantity: request.quantity, billed: request.billed, direction: 'grant' }, interval, request.billed);
+  const [first, ...later] = contributions;
+  if (first !== undefined) {
+    await grantPeriod(context, { accountId, subscriptionId, plan, period: first.period, credits: first.credits, paymentId: request.paymentId, reference: request.reference });
+  }
+  await schedule(context, { ...request, direction: 'grant', lineKey: 'period' }, later);
+  return contributions.reduce((sum, contribution) => sum + contribution.credits, 0);
 }

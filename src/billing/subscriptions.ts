@@ -3,6 +3,7 @@ import {
   idOf,
   invoiceAccountHint,
   invoiceLines,
+  invoicePaidAt,
   invoicePaymentIntent,
   invoiceSubscriptionId,
   readInteger,
@@ -13,7 +14,7 @@ import {
 } from '../stripe/shapes.js';
 import { findPrice, type Plan } from './catalog.js';
 import { RetryLater, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
-import { grantPeriod, grantUpgrade, monthsOf } from './periods.js';
+import { applyPeriodLine, applyProrationLine, recordBillingPeriod } from './periods.js';
 import { considerTrial } from './trials.js';
 
 /**
@@ -73,39 +74,40 @@ function isTrialLine(context: EffectContext, line: InvoiceLine): boolean {
   return trialEnd !== null && line.periodStart < trialEnd;
 }
 
-/** invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. */
+/**
+ * invoice.paid and invoice.payment_succeeded: either or both, in any order, grant once. Each
+ * plan line moves credits by the credit rule: a period line grants its period (a yearly one its
+ * first month now and the others as they start), a proration line grants or claws back its
+ * share of the credit periods it bills. The payment records every credit the invoice bought.
+ */
 export async function applyInvoicePaid(context: EffectContext): Promise<EffectResult> {
   const invoice = context.event.object;
   const subscriptionId = invoiceSubscriptionId(invoice);
   const lines = planLines(context, invoice);
-  if (subscriptionId === undefined || lines.length === 0) return { status: 'ignored' };
-  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
+  if (lines.length === 0) return { status: 'ignored', reason: "not Tally's: no line bills a plan price of the catalog" };
+  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId, payment: true });
   await lockAccount(context, accountId);
   const paymentId = await recordInvoicePayment(context, accountId, invoice);
   const reference = { invoice: readText(invoice.id) };
-  for (const { line, plan, interval } of lines) {
-    if (line.proration) {
-      if (line.amount <= 0) continue;
-      const outcome = await grantUpgrade(context, { accountId, subscriptionId, plan, paymentId, reference, within: { start: line.periodStart, end: line.periodEnd } });
-      if (outcome === 'period-unknown') throw new RetryLater(`upgrade of ${subscriptionId}: the period it belongs to has no grant yet`);
+  const paidAt = invoicePaidAt(invoice) ?? context.event.created;
+  // Period lines first: a proration on the same invoice (create_prorations, paid at renewal)
+  // finds the new period it grants into.
+  const ordered = [...lines.filter(({ line }) => !line.proration), ...lines.filter(({ line }) => line.proration)];
+  let bought = 0;
+  for (const { line, plan, interval } of ordered) {
+    const request = { accountId, subscriptionId, plan, interval, quantity: line.quantity, billed: { start: line.periodStart, end: line.periodEnd }, paymentId, paidAt, reference };
+    if (!line.proration) {
+      if (isTrialLine(context, line)) await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);
+      else bought += await applyPeriodLine(context, request);
       continue;
     }
-    if (isTrialLine(context, line)) continue;
-    const period = { start: line.periodStart, end: line.periodEnd };
-    if (interval === 'month') {
-      await grantPeriod(context, { accountId, subscriptionId, plan, period, paymentId, reference });
-      continue;
-    }
-    const [first, ...later] = monthsOf(period);
-    if (first !== undefined) await grantPeriod(context, { accountId, subscriptionId, plan, period: first, paymentId, reference });
-    for (const month of later) {
-      await context.client.query(
-        `insert into yearly_schedule (subscription_id, month_start, account_id, month_end, plan_id, credits, payment_id)
-         values ($1, to_timestamp($2), $3, to_timestamp($4), $5, $6, $7) on conflict do nothing`,
-        [subscriptionId, month.start, accountId, month.end, plan.id, plan.credits_per_month, paymentId],
-      );
-    }
+    if (line.amount === 0) continue;
+    if (line.id === undefined) throw new Error(`a proration line of invoice ${String(invoice.id)} has no id`);
+    const direction = line.amount > 0 ? 'grant' : 'clawback';
+    bought += (direction === 'grant' ? 1 : -1) * (await applyProrationLine(context, { ...request, lineKey: `proration:${line.id}`, direction }));
   }
+  await context.client.query('update payments set credits = greatest(credits, $2) where id = $1', [paymentId, Math.max(bought, 0)]);
   return { status: 'processed', accountId };
 }
 
@@ -117,11 +119,16 @@ export async function applyInvoicePaymentPaid(context: EffectContext): Promise<E
   const invoicePayment = context.event.object;
   const invoiceId = idOf(invoicePayment.invoice);
   const paymentIntent = idOf(readPath(invoicePayment, 'payment', 'payment_intent'));
-  if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored' };
+  if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored', reason: 'an invoice payment without an invoice or a payment intent' };
   await lockInvoice(context, invoiceId);
   await context.client.query(
     'insert into invoice_payment_links (invoice_id, payment_intent, event_id) values ($1, $2, $3) on conflict (invoice_id) do nothing',
     [invoiceId, paymentIntent, context.event.id],
+  );
+  // Every payment intent of the invoice, not only the first: a refund may name any of them.
+  await context.client.query(
+    'insert into invoice_payment_intents (payment_intent, invoice_id, event_id) values ($1, $2, $3) on conflict do nothing',
+    [paymentIntent, invoiceId, context.event.id],
   );
   const { rows } = await context.client.query<{ account_id: string }>(
     `update payments set payment_intent = coalesce(payment_intent, $2) where invoice_id = $1 returning account_id`,
@@ -130,27 +137,42 @@ export async function applyInvoicePaymentPaid(context: EffectContext): Promise<E
   return rows[0] === undefined ? { status: 'processed' } : { status: 'processed', accountId: rows[0].account_id };
 }
 
-/** customer.subscription.created/updated/deleted: mirror the newest state; never older over newer. */
+/**
+ * customer.subscription.created/updated/deleted: mirror the newest state; never older over newer.
+ * Stripe stamps events to the second, and several events of one change share it, so the order
+ * within a second is Stripe's own lifecycle: the later billing period is newer, then the later
+ * status (tally_subscription_status_rank: incomplete, trialing, active, past_due, unpaid,
+ * canceled). The random event id only breaks what is left, so that replays converge.
+ */
 export async function applySubscriptionEvent(context: EffectContext): Promise<EffectResult> {
   const state = subscriptionState(context.event.object);
-  if (state === undefined) return { status: 'ignored' };
-  const accountId = await resolveAccount(context, { accountHint: state.accountHint, customerId: state.customerId, subscriptionId: state.id });
+  if (state === undefined) return { status: 'ignored', reason: 'a subscription without an id or a status' };
   const match = state.priceId === undefined ? undefined : findPrice(context.catalog, state.priceId);
   const plan = match?.kind === 'plan' ? match : undefined;
+  if (plan === undefined) {
+    // A subscription Tally mirrors keeps being mirrored when it moves to another price; one that
+    // never had a catalog price is the merchant's other business.
+    const mirrored = await context.client.query('select 1 from subscriptions where id = $1', [state.id]);
+    if (mirrored.rowCount === 0) return { status: 'ignored', reason: `not Tally's: price ${state.priceId ?? '?'} is not in the catalog` };
+  }
+  const accountId = await resolveAccount(context, { accountHint: state.accountHint, customerId: state.customerId, subscriptionId: state.id });
   const status = context.event.type === 'customer.subscription.deleted' ? 'canceled' : state.status;
   const toTime = (seconds: number | undefined) => (seconds === undefined ? null : new Date(seconds * 1000));
   await context.client.query(
     `insert into subscriptions (id, account_id, customer_id, status, price_id, plan_id, billing_interval,
-       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id)
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13)
+       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id, quantity, ended_at)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13, $14, $15)
      on conflict (id) do update set customer_id = excluded.customer_id, status = excluded.status,
        price_id = excluded.price_id, plan_id = excluded.plan_id, billing_interval = excluded.billing_interval,
        current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
        cancel_at_period_end = excluded.cancel_at_period_end, trial_end = excluded.trial_end,
+       quantity = excluded.quantity, ended_at = excluded.ended_at,
        event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
-     where (subscriptions.event_created, subscriptions.event_id) <= (excluded.event_created, excluded.event_id)`,
+     where (subscriptions.event_created, coalesce(subscriptions.current_period_start, '-infinity'), tally_subscription_status_rank(subscriptions.status), subscriptions.event_id)
+        <= (excluded.event_created, coalesce(excluded.current_period_start, '-infinity'), tally_subscription_status_rank(excluded.status), excluded.event_id)`,
     [state.id, accountId, state.customerId ?? null, status, state.priceId ?? null, plan?.plan.id ?? null, plan?.interval ?? null,
-      toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id],
+      toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id,
+      state.quantity, toTime(state.endedAt ?? (status === 'canceled' ? context.event.created : undefined))],
   );
   if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, context.hasher, accountId, state, plan.plan);
   return { status: 'processed', accountId };
@@ -160,11 +182,12 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
 export async function applyInvoicePaymentFailed(context: EffectContext): Promise<EffectResult> {
   const invoice = context.event.object;
   const subscriptionId = invoiceSubscriptionId(invoice);
-  if (subscriptionId === undefined) return { status: 'ignored' };
+  if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
   const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  // The same order as the subscription events: a failed payment does not move the period.
   await context.client.query(
     `update subscriptions set status = 'past_due', event_created = to_timestamp($2), event_id = $3, updated_at = now()
-     where id = $1 and (event_created, event_id) <= (to_timestamp($2), $3)`,
+     where id = $1 and (event_created, tally_subscription_status_rank(status), event_id) <= (to_timestamp($2), tally_subscription_status_rank('past_due'), $3)`,
     [subscriptionId, context.event.created, context.event.id],
   );
   await raiseAlert(context.client, {

@@ -16,7 +16,7 @@ import { grantOnce, lockAccount, type EffectContext } from './effect-context.js'
  * yield one trial. A refused trial gets no grant, an alert, and its subscription is cancelled
  * through the Stripe API after the transaction commits.
  */
-export type ClaimKind = 'account' | 'email' | 'device' | 'card';
+export type ClaimKind = 'account' | 'email' | 'device' | 'card' | 'payment_method';
 export type RefusalReason = `${ClaimKind}_had_trial`;
 
 const gmailDomains = new Set(['gmail.com', 'googlemail.com']);
@@ -43,6 +43,19 @@ export class ClaimHasher {
   hash(kind: ClaimKind, value: string): string {
     return createHmac('sha256', this.secret).update(`${kind}:${value}`).digest('hex');
   }
+
+  /**
+   * A key for another purpose (signed client references), derived from the same server secret so
+   * that no new setting is needed; the purpose in the derivation keeps the two uses apart.
+   */
+  derivedKey(purpose: string): Buffer {
+    return createHmac('sha256', this.secret).update(`derive:${purpose}`).digest();
+  }
+
+  /** A keyed digest under the same secret for another purpose (erasure pseudonyms); never equal to a claim's hash. */
+  digest(purpose: string, value: string): string {
+    return createHmac('sha256', this.secret).update(`purpose:${purpose}:${value}`).digest('hex');
+  }
 }
 
 /** The hashing secret: TALLY_FINGERPRINT_SECRET, or the one generated in the database. */
@@ -58,12 +71,29 @@ interface Claim {
   hash: string;
 }
 
-function claimsFor(hasher: ClaimHasher, facts: { accountId: string; email?: string | null | undefined; deviceHash?: string | null | undefined; cardFingerprint?: string | undefined }): Claim[] {
+interface ClaimFacts {
+  accountId: string;
+  email?: string | null | undefined;
+  /** More emails Stripe holds for the buyer (typed into Checkout, a Link account's). */
+  otherEmails?: string[] | undefined;
+  deviceHash?: string | null | undefined;
+  cardFingerprint?: string | undefined;
+  /** `{type}:{fingerprint}` of payment methods other than cards. */
+  paymentMethodFingerprints?: string[] | undefined;
+}
+
+function claimsFor(hasher: ClaimHasher, facts: ClaimFacts): Claim[] {
   const claims: Claim[] = [{ kind: 'account', hash: hasher.hash('account', facts.accountId) }];
-  const email = facts.email === null || facts.email === undefined ? undefined : normalizeEmail(facts.email);
-  if (email !== undefined) claims.push({ kind: 'email', hash: hasher.hash('email', email) });
+  const emails = new Set<string>();
+  for (const raw of [facts.email, ...(facts.otherEmails ?? [])]) {
+    const email = raw === null || raw === undefined ? undefined : normalizeEmail(raw);
+    if (email !== undefined) emails.add(email);
+  }
+  // Sorted, like every claim list, so that two transactions claiming the same values take them in one order.
+  for (const email of [...emails].sort()) claims.push({ kind: 'email', hash: hasher.hash('email', email) });
   if (facts.deviceHash !== null && facts.deviceHash !== undefined) claims.push({ kind: 'device', hash: facts.deviceHash });
   if (facts.cardFingerprint !== undefined) claims.push({ kind: 'card', hash: hasher.hash('card', facts.cardFingerprint) });
+  for (const fingerprint of [...new Set(facts.paymentMethodFingerprints ?? [])].sort()) claims.push({ kind: 'payment_method', hash: hasher.hash('payment_method', fingerprint) });
   return claims;
 }
 
@@ -109,7 +139,14 @@ export async function considerTrial(context: EffectContext, hasher: ClaimHasher,
   if (granted.rowCount !== 0 || refused.rowCount !== 0) return;
   await lockAccount(context, accountId);
   const { rows } = await context.client.query<{ email: string | null; device_fingerprint_hash: string | null }>('select email, device_fingerprint_hash from accounts where id = $1', [accountId]);
-  const claims = claimsFor(hasher, { accountId, email: rows[0]?.email, deviceHash: rows[0]?.device_fingerprint_hash, cardFingerprint: context.prepared.cardFingerprint });
+  const claims = claimsFor(hasher, {
+    accountId,
+    email: rows[0]?.email,
+    otherEmails: context.prepared.emails,
+    deviceHash: rows[0]?.device_fingerprint_hash,
+    cardFingerprint: context.prepared.cardFingerprint,
+    paymentMethodFingerprints: context.prepared.paymentMethodFingerprints,
+  });
   // Claims go in a fixed order, each insert-or-nothing: a racing claim of the same value waits
   // for the other transaction and then finds it taken. A refusal undoes the claims taken here.
   await context.client.query('savepoint trial_claims');

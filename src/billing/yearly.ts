@@ -1,75 +1,266 @@
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
 import type { Catalog } from './catalog.js';
-import { lockAccount, type EffectContext } from './effect-context.js';
+import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
+import { clawBackFromPeriod, grantPeriod } from './periods.js';
 import type { ClaimHasher } from './trials.js';
-import { grantPeriod } from './periods.js';
 
 /**
- * The scheduler of yearly plans: each due month is claimed with FOR UPDATE SKIP LOCKED and
- * granted in its own transaction under `period:{subscription}:{month start}`, so several
- * processes may run it at once. A cancelled subscription's later months are skipped.
+ * The scheduler of yearly plans. Each later month of a yearly period is kept as scheduled
+ * credits, one row per month and invoice line (the period line, proration lines of plan, seat
+ * and interval changes, refunds that cancel months not granted yet). When a month starts, its
+ * rows are netted and granted in one transaction under `period:{subscription}:{month start}`:
+ * after an upgrade the month grants the new plan, after a switch away from the yearly price or
+ * a prorated cancellation it nets to nothing. A subscription that ended grants no month that
+ * starts after its end. Months are claimed with FOR UPDATE SKIP LOCKED, so several processes
+ * may run the scheduler at once; a month that keeps failing is set aside with an alert after
+ * `scheduleAttemptsMax` attempts, and the months behind it go on.
  */
 const endedStatuses = new Set(['canceled', 'incomplete_expired', 'unpaid']);
+export const scheduleAttemptsMax = 5;
 
 interface DueMonth {
   subscription_id: string;
   month_start: number;
+}
+
+interface MonthRow {
+  line_key: string;
   month_end: number;
   account_id: string;
   plan_id: string;
+  credits: number;
   payment_id: number | null;
-  status: string | null;
 }
 
-/** Grants one due month; answers whether there was one. */
-export async function grantDueMonth(db: Database, catalog: Catalog, hasher: ClaimHasher, now: Date | null): Promise<boolean> {
-  return db.withTransaction(async (client) => {
-    const { rows } = await client.query<DueMonth>(
-      `select y.subscription_id, extract(epoch from y.month_start)::bigint as month_start,
-         extract(epoch from y.month_end)::bigint as month_end, y.account_id, y.plan_id, y.payment_id, s.status
-       from yearly_schedule y left join subscriptions s on s.id = y.subscription_id
-       where y.granted_at is null and y.month_start <= coalesce($1, now())
-       order by y.month_start limit 1 for update of y skip locked`,
-      [now],
+interface SubscriptionEnd {
+  status: string | null;
+  ended_at: number | null;
+}
+
+export interface MonthOutcome {
+  /** `{subscription}:{month start}`: what a later call in the same pass passes over. */
+  key: string;
+  failed: boolean;
+}
+
+/**
+ * Grants one due month, passing over the months in `passedOver` (they failed earlier in this
+ * pass); answers what it did, or undefined when no month is due.
+ */
+export async function grantDueMonth(db: Database, catalog: Catalog, hasher: ClaimHasher, now: Date | null, passedOver: string[] = []): Promise<MonthOutcome | undefined> {
+  let due: DueMonth | undefined;
+  const outcome = (failed: boolean): MonthOutcome | undefined => (due === undefined ? undefined : { key: `${due.subscription_id}:${due.month_start}`, failed });
+  try {
+    return await db.withTransaction(async (client) => {
+      const { rows } = await client.query<DueMonth>(
+        `select subscription_id, extract(epoch from month_start)::bigint as month_start from yearly_schedule
+         where granted_at is null and month_start <= coalesce($1, now())
+           and not (subscription_id || ':' || extract(epoch from month_start)::bigint = any($2::text[]))
+         order by month_start, subscription_id limit 1 for update skip locked`,
+        [now, passedOver],
+      );
+      due = rows[0];
+      if (due === undefined) return undefined;
+      await applyMonth({ client, catalog, hasher, now, due });
+      return outcome(false);
+    });
+  } catch (error) {
+    if (due === undefined) throw error;
+    await recordMonthFailure(db, due, error);
+    return outcome(true);
+  }
+}
+
+/** Counts a failed attempt at a month; the last allowed attempt sets it aside and alerts. */
+async function recordMonthFailure(db: Database, due: DueMonth, error: unknown): Promise<void> {
+  const message = error instanceof Error ? error.message : String(error);
+  await db.withTransaction(async (client) => {
+    const { rows } = await client.query<{ attempts: number; account_id: string }>(
+      `update yearly_schedule set attempts = attempts + 1, last_error = $3
+       where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null returning attempts, account_id`,
+      [due.subscription_id, due.month_start, message],
     );
-    const due = rows[0];
-    if (due === undefined) return false;
-    const plan = catalog.plans.find((candidate) => candidate.id === due.plan_id);
-    const skip = plan === undefined || (due.status !== null && endedStatuses.has(due.status));
-    if (plan !== undefined && !skip) {
-      const context: EffectContext = {
-        client,
-        catalog,
-        hasher,
-        event: { id: `schedule:${due.subscription_id}:${due.month_start}`, type: 'schedule.yearly_month', created: due.month_start, object: {} },
-        prepared: {},
-        now,
-      };
-      await lockAccount(context, due.account_id);
-      await grantPeriod(context, {
-        accountId: due.account_id,
-        subscriptionId: due.subscription_id,
-        plan,
-        period: { start: due.month_start, end: due.month_end },
-        paymentId: due.payment_id ?? undefined,
-        reference: { schedule: 'yearly' },
-      });
-    }
-    if (plan === undefined) {
-      await raiseAlert(client, {
-        kind: 'schedule_skipped',
-        key: `schedule_skipped:${due.subscription_id}`,
-        severity: 'warning',
-        message: `yearly month of ${due.subscription_id} skipped: plan ${due.plan_id} is no longer in the catalog`,
-        accountId: due.account_id,
-      });
-    }
-    await client.query(`update yearly_schedule set granted_at = now(), outcome = $3 where subscription_id = $1 and month_start = to_timestamp($2)`, [
+    const attempts = Math.max(0, ...rows.map((row) => row.attempts));
+    if (attempts < scheduleAttemptsMax) return;
+    await client.query(`update yearly_schedule set granted_at = now(), outcome = 'failed' where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`, [
       due.subscription_id,
       due.month_start,
-      skip ? 'skipped' : 'granted',
     ]);
-    return true;
+    await raiseAlert(client, {
+      kind: 'schedule_failed',
+      key: `schedule_failed:${due.subscription_id}:${due.month_start}`,
+      severity: 'critical',
+      message: `the yearly month of ${due.subscription_id} starting ${new Date(due.month_start * 1000).toISOString()} failed ${attempts} times and was set aside: ${message}`,
+      details: { subscription: due.subscription_id, month_start: due.month_start },
+      accountId: rows[0]?.account_id,
+    });
   });
+}
+
+interface MonthWork {
+  client: EffectContext['client'];
+  catalog: Catalog;
+  hasher: ClaimHasher;
+  now: Date | null;
+  due: DueMonth;
+}
+
+/** Nets a month's rows (read again under the account's lock, so a line applied meanwhile is seen) and grants or claws the net. */
+async function applyMonth(work: MonthWork): Promise<void> {
+  const { client, due } = work;
+  const accountRows = await client.query<{ account_id: string }>(
+    'select account_id from yearly_schedule where subscription_id = $1 and month_start = to_timestamp($2) limit 1',
+    [due.subscription_id, due.month_start],
+  );
+  const accountId = accountRows.rows[0]?.account_id;
+  if (accountId === undefined) throw new Error(`scheduled month of ${due.subscription_id} vanished`);
+  const context: EffectContext = {
+    client,
+    catalog: work.catalog,
+    hasher: work.hasher,
+    event: { id: `schedule:${due.subscription_id}:${due.month_start}`, type: 'schedule.yearly_month', created: due.month_start, object: {} },
+    prepared: {},
+    now: work.now,
+  };
+  await lockAccount(context, accountId);
+  const { rows } = await client.query<MonthRow>(
+    `select line_key, extract(epoch from month_end)::bigint as month_end, account_id, plan_id, credits, payment_id from yearly_schedule
+     where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null
+     order by line_start desc, line_key for update`,
+    [due.subscription_id, due.month_start],
+  );
+  const outcome = await netMonth(context, due, rows);
+  await client.query(`update yearly_schedule set granted_at = now(), outcome = $3, last_error = null where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`, [
+    due.subscription_id,
+    due.month_start,
+    outcome,
+  ]);
+}
+
+async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[]): Promise<'granted' | 'skipped' | 'netted'> {
+  const first = rows[0];
+  if (first === undefined) return 'netted';
+  if (await endedBefore(context, due)) return 'skipped';
+  const period = { start: due.month_start, end: Number(first.month_end) };
+  const credits = rows.reduce((sum, row) => sum + Number(row.credits), 0);
+  // The newest line that bills the month names its plan (its rollover rule applies).
+  const billing = rows.find((row) => Number(row.credits) > 0);
+  const plan = context.catalog.plans.find((candidate) => candidate.id === billing?.plan_id);
+  if (credits > 0 && plan === undefined) {
+    await raiseAlert(context.client, {
+      kind: 'schedule_skipped',
+      key: `schedule_skipped:${due.subscription_id}`,
+      severity: 'warning',
+      message: `yearly month of ${due.subscription_id} skipped: plan ${billing?.plan_id ?? '?'} is no longer in the catalog`,
+      accountId: first.account_id,
+    });
+    return 'skipped';
+  }
+  if (credits > 0 && plan !== undefined) {
+    await grantPeriod(context, { accountId: first.account_id, subscriptionId: due.subscription_id, plan, period, credits, paymentId: billing?.payment_id ?? undefined, reference: { schedule: 'yearly' } });
+    return 'granted';
+  }
+  if (credits < 0) {
+    await clawBackFromPeriod(context, first.account_id, due.subscription_id, period, -credits, `schedule:${due.subscription_id}:${due.month_start}`, { schedule: 'yearly' });
+  }
+  return 'netted';
+}
+
+/** Whether the subscription ended before the month started (a cancelled subscription grants no further month). */
+async function endedBefore(context: EffectContext, due: DueMonth): Promise<boolean> {
+  const { rows } = await context.client.query<SubscriptionEnd>(
+    'select status, extract(epoch from ended_at)::bigint as ended_at from subscriptions where id = $1',
+    [due.subscription_id],
+  );
+  const state = rows[0];
+  if (state === undefined || state.status === null || !endedStatuses.has(state.status)) return false;
+  return state.ended_at === null || Number(state.ended_at) <= due.month_start;
+}
+
+interface ScheduledMonth {
+  subscription_id: string;
+  month_start: number;
+  month_end: number;
+  plan_id: string;
+  credits: number;
+}
+
+/** The credits of later months that the clawback under `key` cancelled (0: none). */
+export async function scheduledCancellation(context: EffectContext, paymentId: number, key: string): Promise<number> {
+  const { rows } = await context.client.query<{ credits: number }>(
+    `select coalesce(-sum(credits), 0)::bigint as credits from yearly_schedule where payment_id = $1 and line_key = $2`,
+    [paymentId, key],
+  );
+  return Number(rows[0]?.credits ?? 0);
+}
+
+/**
+ * A refund or dispute of a yearly payment takes back first what its later months would still
+ * grant: negative rows under `key`, from the last month backwards, up to `credits`. Answers the
+ * credits cancelled (now or before, under the same key); the caller claws the rest back from
+ * granted credits.
+ */
+export async function cancelScheduledMonths(context: EffectContext, paymentId: number, accountId: string, credits: number, key: string): Promise<number> {
+  const before = await scheduledCancellation(context, paymentId, key);
+  if (before > 0) return before;
+  const { rows } = await context.client.query<ScheduledMonth>(
+    `select subscription_id, extract(epoch from month_start)::bigint as month_start, extract(epoch from max(month_end))::bigint as month_end,
+       max(plan_id) as plan_id, sum(credits)::bigint as credits
+     from yearly_schedule where payment_id = $1 and granted_at is null
+     group by subscription_id, month_start having sum(credits) > 0 order by month_start desc`,
+    [paymentId],
+  );
+  let cancelled = 0;
+  for (const month of rows) {
+    const take = Math.min(credits - cancelled, Number(month.credits));
+    if (take <= 0) break;
+    await context.client.query(
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2))`,
+      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, -take, paymentId],
+    );
+    cancelled += take;
+  }
+  return cancelled;
+}
+
+/**
+ * A refund that failed or a dispute that was won gives back the months it cancelled: rows
+ * under `key` that undo the rows under `cancelKey`. A month granted meanwhile (without them)
+ * gets its credits now, expiring with it.
+ */
+export async function restoreScheduledMonths(context: EffectContext, paymentId: number, accountId: string, cancelKey: string, key: string): Promise<number> {
+  const { rows } = await context.client.query<ScheduledMonth & { granted: boolean }>(
+    `select c.subscription_id, extract(epoch from c.month_start)::bigint as month_start, extract(epoch from c.month_end)::bigint as month_end,
+       c.plan_id, -c.credits as credits, c.granted_at is not null as granted
+     from yearly_schedule c where c.payment_id = $1 and c.line_key = $2
+       and not exists (select 1 from yearly_schedule r where r.subscription_id = c.subscription_id and r.month_start = c.month_start and r.line_key = $3)
+     order by c.month_start`,
+    [paymentId, cancelKey, key],
+  );
+  let restored = 0;
+  for (const month of rows) {
+    const credits = Number(month.credits);
+    await context.client.query(
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2), case when $9 then now() end, case when $9 then 'granted' end)`,
+      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, credits, paymentId, month.granted],
+    );
+    if (month.granted) {
+      await grantOnce(context, {
+        accountId,
+        source: 'subscription',
+        credits,
+        expiresAt: new Date(Number(month.month_end) * 1000),
+        key: `${key}:${month.month_start}`,
+        reference: { subscription: month.subscription_id, plan: month.plan_id, period_start: Number(month.month_start), period_end: Number(month.month_end) },
+        paymentId,
+        countsTowardsPayment: false,
+        entryKind: 'restore',
+      });
+    }
+    restored += credits;
+  }
+  return restored;
 }

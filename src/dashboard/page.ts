@@ -97,7 +97,7 @@ async function loadInbox() {
   const status = $('inbox-status').value;
   const { events } = await api('/v1/admin/webhook-events?limit=50' + (status ? '&status=' + status : ''));
   table('inbox', ['event', 'type', 'status', 'attempts', 'error', ''], events.map((e) =>
-    '<tr><td>' + text(e.id) + '</td><td>' + text(e.type) + '</td><td>' + badge(e.status) + '</td><td class="number">' + e.attempts + '</td><td>' + text(e.last_error)
+    '<tr><td>' + text(e.id) + '</td><td>' + text(e.type) + '</td><td>' + badge(e.status) + '</td><td class="number">' + e.attempts + '</td><td>' + text(e.last_error || e.ignored_reason)
     + '</td><td><button data-replay="' + text(e.id) + '">Replay</button></td></tr>'));
 }
 async function loadAlerts() {

@@ -80,6 +80,11 @@ export function toDomainError(error: unknown): unknown {
     case 'TE001':
       return new InvariantError(error.message, { cause: error });
     case '23514':
+      // A balance would leave the safe integer range: the request asks for more than a balance
+      // can hold (many large grants), a refusal rather than a bug; nothing was written.
+      if (error.constraint === 'balances_safe') {
+        return new TallyError('balance_limit_exceeded', 400, 'the balance would exceed 9007199254740991 credits, the most it can hold', { limit: Number.MAX_SAFE_INTEGER });
+      }
       // A CHECK constraint stopped a write that code should have refused first: a bug.
       return new InvariantError(`check constraint ${error.constraint ?? '?'} refused a write: ${error.message}`, { cause: error });
     default:

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { RouteDefinition } from './route.js';
+import { bodyLimitFor, type RouteDefinition } from './route.js';
 
 /**
  * The OpenAPI 3.1 description, built from the same route declarations that Fastify serves, so
@@ -27,10 +27,11 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
       parameters,
       responses: Object.fromEntries(Object.entries(documentedResponses(route)).map(([status, description]) => [status, { description }])),
     };
-    if (route.access !== 'none') operation.security = [{ [route.access === 'admin' ? 'adminKey' : 'appKey']: [] }];
+    if (route.access !== 'none') operation.security = securityOf(route);
     if (route.body !== undefined) {
       operation.requestBody = {
-        required: true,
+        // A left-out body reads as `{}` (a bare capture takes the whole hold).
+        required: !/without a body/i.test(route.summary),
         content: { 'application/json': { schema: z.toJSONSchema(route.body, { io: 'input', unrepresentable: 'any' }) } },
       };
     }
@@ -42,22 +43,49 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
       title: 'Tally',
       version,
       description:
-        'Credits ledger and Stripe billing engine. Errors are {"error": {"code", "message", ...details}}. Amounts are positive safe integers unless stated.',
+        'Credits ledger and Stripe billing engine. Errors are {"error": {"code", "message", ...details}}, Fastify\'s own included: ' +
+        'unknown route 404 not_found, wrong method 405 method_not_allowed (with Allow), non-JSON body 415 unsupported_media_type, ' +
+        'body over the call\'s limit 413 payload_too_large, path segment over 255 characters 414 uri_too_long, a string holding U+0000 ' +
+        '400 invalid_request naming the field. Amounts are positive safe integers unless stated. A replayed key answers as the first time ' +
+        'with replayed: true (in the error object too) and the header Idempotent-Replayed: true. Answers carry Cache-Control: no-store ' +
+        'and X-Content-Type-Options: nosniff. Rate limits answer 429 rate_limited {retry_after_seconds} with Retry-After.',
     },
     components: {
       securitySchemes: {
         appKey: { type: 'http', scheme: 'bearer', description: 'TALLY_API_KEY (the admin key also works)' },
         adminKey: { type: 'http', scheme: 'bearer', description: 'TALLY_ADMIN_KEY' },
+        viewerKey: { type: 'http', scheme: 'bearer', description: 'TALLY_VIEWER_KEY: every GET of the app and admin calls and /metrics, nothing that writes (403)' },
       },
     },
     paths,
   };
 }
 
-/** Every call that reads or writes the database may answer 503 while it is away. */
+/** Which keys open a call: the viewer key opens reads only. */
+function securityOf(route: RouteDefinition): Record<string, string[]>[] {
+  const keys = route.access === 'admin' ? ['adminKey'] : ['appKey', 'adminKey'];
+  if (route.method === 'GET') keys.push('viewerKey');
+  return keys.map((key) => ({ [key]: [] }));
+}
+
+/**
+ * The answers every call may give besides its own: refusals of the key (checked before the
+ * body is read), of the body (size, media type), and 503 while the database is away.
+ */
 function documentedResponses(route: RouteDefinition): Record<number, string> {
-  if (route.database === false) return route.responses;
+  const common: Record<number, string> = {};
+  if (route.access !== 'none') {
+    common[401] = 'unauthorized: missing or wrong bearer key';
+    common[403] = route.method === 'GET' ? 'forbidden: this call needs the admin key' : 'forbidden: the viewer key is read-only, or this call needs the admin key';
+    common[429] = 'rate_limited {retry_after_seconds}: too many wrong keys from this address; retry after Retry-After seconds';
+  }
+  if (route.body !== undefined) {
+    common[413] = `payload_too_large: the body is over ${bodyLimitFor(route)} bytes`;
+    common[415] = 'unsupported_media_type: the body is not application/json';
+  }
+  const responses = { ...common, ...route.responses };
+  if (route.database === false) return responses;
   const unavailable = 'database_unavailable: the database cannot be reached; retry after Retry-After seconds';
   const own = route.responses[503];
-  return { ...route.responses, 503: own === undefined ? unavailable : `${own}; or ${unavailable}` };
+  return { ...responses, 503: own === undefined ? unavailable : `${own}; or ${unavailable}` };
 }

@@ -1,21 +1,47 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Database } from '../db/database.js';
 import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
 import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
-import { KeyChecker } from './auth.js';
+import { KeyChecker, type Keys } from './auth.js';
 import { logRedaction } from '../ops/logging.js';
 import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
-import { defineRoute, registerRoutes, type RouteDefinition } from './route.js';
+import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
+import { bodyLimitLargeBytes, defineRoute, registerRoutes, type RouteDefinition } from './route.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
 import { operationsRoutes, type OperationsRouteDependencies } from './routes/ops-routes.js';
 import { stripeRoutes, webhookRoute, type StripeRouteDependencies } from './routes/stripe-routes.js';
 
-export const bodyLimitBytes = 1024 * 1024;
+/**
+ * Time and size limits of the HTTP server, so that slow or idle clients cannot hold its
+ * connections: a request (headers and body) must arrive within requestTimeoutMilliseconds, a
+ * connection idle that long is closed, and past connectionCountMax new connections are refused.
+ */
+export interface HttpLimits {
+  requestTimeoutMilliseconds: number;
+  headersTimeoutMilliseconds: number;
+  connectionIdleTimeoutMilliseconds: number;
+  keepAliveTimeoutMilliseconds: number;
+  connectionCountMax: number;
+}
+
+// Keep-alive outlasts the 60 s idle timeout of common proxies and load balancers, so that the
+// proxy, not Tally, closes an idle connection: otherwise it may send a request on a connection
+// Tally is closing, and answer its client 502.
+export const defaultHttpLimits: HttpLimits = {
+  requestTimeoutMilliseconds: 30_000,
+  headersTimeoutMilliseconds: 10_000,
+  connectionIdleTimeoutMilliseconds: 65_000,
+  keepAliveTimeoutMilliseconds: 61_000,
+  connectionCountMax: 1024,
+};
+
+/** Account ids are up to 128 characters (SPEC); Stripe's ids up to 255. Longer segments are 414. */
+export const pathParameterLengthMax = 255;
 // Few batches in flight is what makes batches form: spends arriving meanwhile queue up and share
 // the next commit. Four keeps two cores busy without spreading a hot account over many commits.
 export const usageBatchesConcurrentMax = 4;
@@ -24,23 +50,50 @@ export interface ServerOptions {
   db: Database;
   ledger: Ledger;
   metrics: Metrics;
-  keys: { apiKey: string; adminKey: string };
+  keys: Keys;
   logLevel: string;
+  httpLimits?: Partial<HttpLimits>;
+  rateLimits?: Partial<RateLimitSettings>;
   version: string;
   stripe: StripeRouteDependencies;
   operations: OperationsRouteDependencies;
 }
 
+/**
+ * A URL as logs show it: query strings of trial-eligibility carry an email and a device
+ * fingerprint (the GET kept for compatibility), so they never reach a log line.
+ */
+export function redactQuery(url: string): string {
+  const query = url.indexOf('?');
+  if (query < 0 || !url.slice(0, query).endsWith('/trial-eligibility')) return url;
+  return `${url.slice(0, query)}?[redacted]`;
+}
+
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
+  const limits = { ...defaultHttpLimits, ...options.httpLimits };
   const app = Fastify({
-    bodyLimit: bodyLimitBytes,
+    bodyLimit: bodyLimitLargeBytes,
+    requestTimeout: limits.requestTimeoutMilliseconds,
+    connectionTimeout: limits.connectionIdleTimeoutMilliseconds,
+    keepAliveTimeout: limits.keepAliveTimeoutMilliseconds,
+    // Node checks request timeouts on this interval (30 s by default); a tighter one cuts a
+    // slow client off close to its deadline.
+    http: { headersTimeout: limits.headersTimeoutMilliseconds, connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMilliseconds) },
+    routerOptions: { maxParamLength: pathParameterLengthMax },
+    // Errors of the router itself (a URL that cannot be decoded, a segment too long) get the
+    // product's error shape like every other error.
+    frameworkErrors: (error, request, reply) => renderError(error, request, reply as FastifyReply),
     logger: {
       level: options.logLevel,
       redact: logRedaction,
+      serializers: { req: (request) => ({ method: request.method, url: redactQuery(request.url), remoteAddress: request.ip }) },
     },
     // One log line per request only when debugging; metrics count every request anyway.
     logController: new LogController({ disableRequestLogging: options.logLevel !== 'debug' && options.logLevel !== 'trace' }),
   });
+  // JSON in, JSON out (SPEC): a text body is 415 like any other non-JSON body, not a string
+  // that fails validation later.
+  app.removeContentTypeParser('text/plain');
   const defaultJsonParser = app.getDefaultJsonParser('error', 'error');
   // An empty JSON body (a bare POST .../void) reads as no body rather than as an error.
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
@@ -50,18 +103,40 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     }
     defaultJsonParser(request, body.toString(), done);
   });
+  app.server.maxConnections = limits.connectionCountMax;
+  app.decorateRequest('caller', 'anonymous');
   app.setErrorHandler(renderError);
-  app.setNotFoundHandler((request, reply) => reply.code(404).send({ error: { code: 'not_found', message: `no route ${request.method} ${request.url}` } }));
+  // Every route's path as a pattern, to tell an unknown path (404) from a known one asked with
+  // another method (405).
+  const knownPaths: { pattern: RegExp; method: string }[] = [];
+  app.addHook('onRoute', (route) => {
+    const source = route.url.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/:[A-Za-z_]+/g, '[^/]+').replace(/\*/g, '.*');
+    for (const method of [route.method].flat()) knownPaths.push({ pattern: new RegExp(`^${source}$`), method });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? '';
+    const allowed = [...new Set(knownPaths.filter((known) => known.pattern.test(path)).map((known) => known.method))];
+    if (allowed.length > 0) {
+      return reply.code(405).header('allow', allowed.join(', ')).send({ error: { code: 'method_not_allowed', message: `${request.method} is not allowed here; use ${allowed.join(' or ')}`, allowed } });
+    }
+    return reply.code(404).send({ error: { code: 'not_found', message: 'no such route' } });
+  });
+  // Answers are per caller and often personal: never cached, and never sniffed into HTML.
+  app.addHook('onSend', async (request, reply) => {
+    void reply.header('x-content-type-options', 'nosniff');
+    if (!request.url.startsWith('/docs')) void reply.header('cache-control', 'no-store');
+  });
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
     options.metrics.requests.inc({ route, method: request.method, status: String(reply.statusCode) });
     options.metrics.requestSeconds.observe({ route }, reply.elapsedTime / 1000);
   });
 
+  const limiters = await registerRateLimits(app, { ...defaultRateLimits, ...options.rateLimits });
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe), ...operationsRoutes(options.operations), ...healthRoutes(options)];
-  const rawBodyRoutes = [webhookRoute(options.stripe)];
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...healthRoutes(options)];
+  const rawBodyRoutes = [webhookRoute(options.stripe, limiters)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(
     defineRoute({
@@ -76,7 +151,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       handler: async () => ({ status: 200, body: document }),
     }),
   );
-  const keys = new KeyChecker(options.keys);
+  const keys = new KeyChecker(options.keys, limiters.authFailures.count);
   registerRoutes(app, routes, keys);
   // The webhook signature covers the exact bytes Stripe sent, so this scope keeps them raw.
   await app.register(async (scope) => {
@@ -107,14 +182,20 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
       access: 'none',
       tag: 'operations',
       summary: 'Readiness: the database answers and every migration is applied',
-      responses: { 200: '{status: "ready"}', 503: '{status: "unavailable", reason}' },
-      handler: async () => {
+      responses: { 200: '{status: "ready"}', 503: '{status: "unavailable", reason: "database" | "migrations_pending"}' },
+      // Unauthenticated, so it says only which condition failed; the database's own words (host
+      // names, user names) go to the log.
+      handler: async ({ request }) => {
         try {
           const pending = await pendingMigrations((text) => options.db.pool.query(text));
-          if (pending.length > 0) return { status: 503, body: { status: 'unavailable', reason: `migrations pending: ${pending.join(', ')}` } };
+          if (pending.length > 0) {
+            request.log.warn({ pending }, 'readiness: migrations pending');
+            return { status: 503, body: { status: 'unavailable', reason: 'migrations_pending' } };
+          }
           return { status: 200, body: { status: 'ready' } };
         } catch (error) {
-          return { status: 503, body: { status: 'unavailable', reason: `database: ${(error as Error).message}` } };
+          request.log.warn({ err: error }, 'readiness: the database did not answer');
+          return { status: 503, body: { status: 'unavailable', reason: 'database' } };
         }
       },
     }),
@@ -123,8 +204,8 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
       url: '/metrics',
       access: 'admin',
       tag: 'operations',
-      summary: 'Prometheus metrics (admin key)',
-      responses: { 200: 'Prometheus text format', 401: 'unauthorized', 403: 'forbidden' },
+      summary: 'Prometheus metrics (admin or viewer key)',
+      responses: { 200: 'Prometheus text format', 401: 'unauthorized', 403: 'forbidden (app key)' },
       handler: async () => ({
         status: 200,
         body: await options.metrics.registry.metrics(),

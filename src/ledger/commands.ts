@@ -51,8 +51,9 @@ export const holdInputSchema = z.strictObject({
 });
 export type HoldInput = z.infer<typeof holdInputSchema>;
 
+/** Left out, the amount is the whole hold (a bare POST captures everything); 0 releases it all. */
 export const captureInputSchema = z.strictObject({
-  amount: z.int().min(0).max(Number.MAX_SAFE_INTEGER),
+  amount: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
 });
 
 export const grantInputSchema = z.strictObject({

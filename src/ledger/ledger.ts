@@ -20,6 +20,8 @@ export interface LedgerOptions {
   /** The time used for expiry decisions; undefined means the database's clock. */
   clock?: () => Date;
   adjustmentCreditsMax: number;
+  /** The most one admin grant may give (the catalog's limits.admin_grant_credits_max); unset, no limit but the safe range. */
+  grantCreditsMax?: number;
   /** Told of each grant an operator makes (not of replays); the alert rule on grants listens here. It must not throw. */
   watchGrant?: (grant: { grantId: number; accountId: string; amount: number; source: string }) => Promise<void>;
 }
@@ -39,6 +41,12 @@ export class Ledger {
 
   private now(): Date | null {
     return this.options.clock?.() ?? null;
+  }
+
+  /** Whether a time has passed, by the clock that decides expiry everywhere (the database's, unless a test clock is set). */
+  private async isPast(time: Date): Promise<boolean> {
+    const { rows } = await this.db.query<{ past: boolean }>('select $1::timestamptz <= coalesce($2::timestamptz, now()) as past', [time, this.now()]);
+    return rows[0]?.past === true;
   }
 
   /** Creates or updates an account; a reported device fingerprint arrives here already hashed. */
@@ -151,8 +159,9 @@ export class Ledger {
     ]);
   }
 
-  async capture(holdId: string, amount: number, actor: Actor): Promise<Record<string, unknown>> {
-    return this.db.callJson('select tally_capture($1, $2, $3, $4) as result', [parseHoldId(holdId), amount, actor, this.now()]);
+  /** Captures `amount` of the hold, or all of it when the amount is left out. */
+  async capture(holdId: string, amount: number | undefined, actor: Actor): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_capture($1, $2, $3, $4) as result', [parseHoldId(holdId), amount ?? null, actor, this.now()]);
   }
 
   async void(holdId: string, actor: Actor): Promise<Record<string, unknown>> {
@@ -162,9 +171,12 @@ export class Ledger {
   async grant(accountId: string, input: GrantInput): Promise<Outcome> {
     const { idempotency_key: key, ...payload } = input;
     const expiresAt = input.expires_at === undefined ? null : new Date(input.expires_at);
-    const now = this.now() ?? new Date();
-    if (expiresAt !== null && expiresAt <= now) {
+    if (expiresAt !== null && (await this.isPast(expiresAt))) {
       throw new TallyError('invalid_request', 400, 'expires_at: must be in the future', { field: 'expires_at' });
+    }
+    const grantCreditsMax = this.options.grantCreditsMax;
+    if (grantCreditsMax !== undefined && input.amount > grantCreditsMax) {
+      throw new TallyError('grant_exceeds_limit', 400, `a grant may give at most ${grantCreditsMax} credits`, { limit: grantCreditsMax });
     }
     const outcome = await this.db.callJson<Outcome>('select tally_admin_grant($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as result', [
       accountId,
@@ -215,20 +227,31 @@ export class Ledger {
     return { entries: page.map((row) => row.entry), next_cursor: nextCursor };
   }
 
-  /** Releases holds and expires grants that are due, one account per transaction. */
+  /** Releases holds and expires grants that are due, one account per transaction; answers how many. */
   async settleDue(accountCountMax: number): Promise<number> {
+    const due = await this.dueAccounts(accountCountMax);
+    for (const accountId of due) await this.settleAccount(accountId);
+    return due.length;
+  }
+
+  /** Accounts with a hold or a grant past due, at most `accountCountMax`, none of `skipped`. */
+  async dueAccounts(accountCountMax: number, skipped: string[] = []): Promise<string[]> {
     const due = await this.db.query<{ account_id: string }>(
       `select account_id from (
-         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now()) order by expires_at limit $2)
+         (select account_id from holds where status = 'pending' and expires_at <= coalesce($1, now())
+            and account_id <> all($3) order by expires_at limit $2)
          union
-         (select account_id from grants where live and expires_at <= coalesce($1, now()) order by expires_at limit $2)) due
+         (select account_id from grants where live and expires_at <= coalesce($1, now())
+            and account_id <> all($3) order by expires_at limit $2)) due
        order by account_id limit $2`,
-      [this.now(), accountCountMax],
+      [this.now(), accountCountMax, skipped],
     );
-    for (const row of due.rows) {
-      await this.db.query('select tally_settle_account($1, $2)', [row.account_id, this.now()]);
-    }
-    return due.rows.length;
+    return due.rows.map((row) => row.account_id);
+  }
+
+  /** Brings one account up to now, in its own transaction under its row lock. */
+  async settleAccount(accountId: string): Promise<void> {
+    await this.db.query('select tally_settle_account($1, $2)', [accountId, this.now()]);
   }
 }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Database } from '../db/database.js';
 
 /**
@@ -16,12 +17,31 @@ export interface Sink {
   name: string;
 }
 
+/** PagerDuty's Events API v2 hosts (US and EU service regions). */
+export const pagerDutyHosts = new Set(['events.pagerduty.com', 'events.eu.pagerduty.com']);
+
+/**
+ * A sink's name as the API shows it: the kind and host, and a short digest to tell two sinks on
+ * one host apart. A Slack incoming-webhook URL (its path) is a secret of its own, so the
+ * configured text never leaves the process.
+ */
+export function redactSinkName(name: string): string {
+  const digest = createHash('sha256').update(name).digest('hex').slice(0, 8);
+  const prefixed = /^(slack|pagerduty|json)\+(.+)$/.exec(name);
+  const url = prefixed?.[2] ?? name;
+  // Names come from parsed URLs; one kept from an older configuration may not parse, and stays redacted.
+  const host = URL.canParse(url) ? new URL(url).host : 'unknown';
+  const kind = prefixed?.[1] ?? (host === 'hooks.slack.com' ? 'slack' : pagerDutyHosts.has(host) ? 'pagerduty' : 'json');
+  return `${kind}:${host}#${digest}`;
+}
+
 export function parseSinks(urls: string[]): Sink[] {
   return urls.map((raw) => {
     const prefixed = /^(slack|pagerduty|json)\+(https?:\/\/.+)$/.exec(raw);
     if (prefixed?.[1] !== undefined && prefixed[2] !== undefined) return { kind: prefixed[1] as SinkKind, url: prefixed[2], name: raw };
     const host = new URL(raw).hostname;
-    const kind: SinkKind = host === 'hooks.slack.com' ? 'slack' : host.endsWith('pagerduty.com') ? 'pagerduty' : 'json';
+    // Exact hosts only: a suffix match would send the routing key to evilpagerduty.com.
+    const kind: SinkKind = host === 'hooks.slack.com' ? 'slack' : pagerDutyHosts.has(host) ? 'pagerduty' : 'json';
     return { kind, url: raw, name: raw };
   });
 }

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type { Database } from '../db/database.js';
 import { accountNotFound } from '../errors.js';
 
@@ -33,11 +32,18 @@ export async function exportAccount(db: Database, accountId: string): Promise<Re
   return { exported_at: new Date().toISOString(), ...sections };
 }
 
-export function pseudonymOf(accountId: string): string {
-  return `erased-${createHash('sha256').update(`tally-erasure:${accountId}`).digest('hex').slice(0, 16)}`;
+/** Keys a digest with TALLY_FINGERPRINT_SECRET (or the development secret kept in the database). */
+export type KeyedDigest = (purpose: string, value: string) => string;
+
+/**
+ * The name an erased account keeps. It is keyed: an unkeyed hash of the account id would let
+ * anyone with a database dump test guesses (an id is often an email) against erased accounts.
+ */
+export function pseudonymOf(accountId: string, digest: KeyedDigest): string {
+  return `erased-${digest('erasure', accountId).slice(0, 16)}`;
 }
 
-export async function erasePersonalData(db: Database, accountId: string, reason: string): Promise<Record<string, unknown>> {
+export async function erasePersonalData(db: Database, accountId: string, reason: string, digest: KeyedDigest): Promise<Record<string, unknown>> {
   return db.withTransaction(async (client) => {
     const { rows } = await client.query<{ email: string | null; name: string | null; metadata: Record<string, unknown>; device_fingerprint_hash: string | null }>(
       'select email, name, metadata, device_fingerprint_hash from accounts where id = $1 for update',
@@ -45,7 +51,7 @@ export async function erasePersonalData(db: Database, accountId: string, reason:
     );
     const before = rows[0];
     if (before === undefined) throw accountNotFound(accountId);
-    const pseudonym = pseudonymOf(accountId);
+    const pseudonym = pseudonymOf(accountId, digest);
     await client.query(`update accounts set email = null, name = $2, metadata = '{}'::jsonb, device_fingerprint_hash = null, updated_at = now() where id = $1`, [accountId, pseudonym]);
     await client.query(`select set_config('tally.erasure', 'on', true)`);
     const entries = await client.query(

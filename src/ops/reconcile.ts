@@ -193,10 +193,19 @@ async function stripeFindings(client: Queryable, gateway: StripeGateway, catalog
   for (const refund of refunds) {
     const paymentIntent = idOf(refund.payment_intent);
     if (paymentIntent === undefined || refund.status === 'failed' || refund.status === 'canceled') continue;
+    // A refund counts as applied when its clawback entry exists, or when Tally recorded it with
+    // nothing to take (its proportion rounded down to 0, or the payment was already clawed back):
+    // such a refund has no entry and would otherwise be reported missing forever. The payment is
+    // found by any payment intent that paid its invoice, not only the first.
     const { rows } = await client.query<{ account_id: string; credits: number; clawed: boolean }>(
-      `select p.account_id, p.credits, exists (select 1 from entries e where e.account_id = p.account_id and e.idempotency_key = $2) as clawed
-       from payments p where p.payment_intent = $1`,
-      [paymentIntent, `refund:${refund.id}`],
+      `select p.account_id, p.credits,
+         exists (select 1 from entries e where e.account_id = p.account_id and e.idempotency_key = $2)
+           or exists (select 1 from payment_refunds r where r.refund_id = $3) as clawed
+       from payments p
+       where p.payment_intent = $1
+          or p.invoice_id = (select invoice_id from invoice_payment_intents where payment_intent = $1)
+       limit 1`,
+      [paymentIntent, `refund:${refund.id}`, refund.id],
     );
     const payment = rows[0];
     if (payment !== undefined && payment.credits > 0 && !payment.clawed) {

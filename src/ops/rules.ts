@@ -26,17 +26,19 @@ export interface NewGrant {
  * (the alert commits with the grant), and right after the call for an operator's grant.
  */
 export async function checkGrantAgainstPlan(client: Queryable, catalog: Catalog, grant: NewGrant): Promise<boolean> {
-  const { rows } = await client.query<{ plan_id: string }>(
-    'select plan_id from subscriptions where account_id = $1 order by event_created desc limit 1',
+  const { rows } = await client.query<{ plan_id: string; quantity: number }>(
+    'select plan_id, quantity from subscriptions where account_id = $1 order by event_created desc limit 1',
     [grant.accountId],
   );
   const plan = catalog.plans.find((candidate) => candidate.id === rows[0]?.plan_id);
-  if (plan === undefined || grant.amount <= allowanceFactorMax * plan.credits_per_month) return false;
+  // The allowance is per seat: a period grant for five seats is five allowances.
+  const allowance = (plan?.credits_per_month ?? 0) * Math.max(rows[0]?.quantity ?? 1, 1);
+  if (plan === undefined || grant.amount <= allowanceFactorMax * allowance) return false;
   await raiseAlert(client, {
     kind: 'grant_over_allowance',
     key: `grant_over_allowance:grant_${grant.grantId}`,
     severity: 'warning',
-    message: `grant_${grant.grantId} (${grant.source}) of ${grant.amount} credits to ${grant.accountId} is over 1.5 times plan ${plan.id}'s ${plan.credits_per_month}`,
+    message: `grant_${grant.grantId} (${grant.source}) of ${grant.amount} credits to ${grant.accountId} is over 1.5 times the allowance of plan ${plan.id} (${allowance})`,
     details: { grant_id: `grant_${grant.grantId}`, amount: grant.amount, plan: plan.id },
     accountId: grant.accountId,
   });

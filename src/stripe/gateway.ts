@@ -4,8 +4,8 @@ import { TallyError } from '../errors.js';
 
 /**
  * Every Stripe API call Tally makes, through the official package and one circuit breaker.
- * The breaker counts what says Stripe is unwell (timeouts, network errors, 5xx), never a card
- * decline or another 4xx, which are answers. Options are explicit: API version, timeout, no
+ * The breaker counts what says Stripe is unwell (timeouts, network errors, 5xx, 429), never a
+ * card decline or another 4xx, which are answers (502 stripe_error, Stripe's text kept for the log). Options are explicit: API version, timeout, no
  * hidden retries (callers retry with the same idempotency key, derived from our own ids).
  */
 export const stripeApiVersion = '2026-10-28.endive';
@@ -21,9 +21,31 @@ export class StripeUnavailableError extends TallyError {
   }
 }
 
+/**
+ * Stripe refused a call (a 4xx other than 429): a bad key, a bad parameter, a missing object.
+ * Answered `502 stripe_error` without Stripe's text, which can name the key ("Invalid API Key
+ * provided: sk_live_****…") or internals; the text stays in the cause, for the log.
+ */
+export class StripeRefusedError extends TallyError {
+  readonly stripeStatus: number;
+
+  constructor(name: string, stripeStatus: number, options: { cause: unknown }) {
+    super('stripe_error', 502, `Stripe refused ${name} (HTTP ${stripeStatus}); the operator has the details in the log`, {}, options);
+    this.name = 'StripeRefusedError';
+    this.stripeStatus = stripeStatus;
+  }
+}
+
+/**
+ * What says Stripe is unwell or overloaded right now: timeouts, network errors, 5xx, and 429
+ * (rate limited: Stripe asks us to back off, which is what an open breaker does).
+ */
 export function isTransientStripeError(error: unknown): boolean {
   if (error instanceof Stripe.errors.StripeConnectionError) return true;
-  if (error instanceof Stripe.errors.StripeError) return (error.statusCode ?? 500) >= 500;
+  if (error instanceof Stripe.errors.StripeError) {
+    const status = error.statusCode ?? 500;
+    return status >= 500 || status === 429;
+  }
   return false;
 }
 
@@ -49,8 +71,14 @@ export class StripeGateway {
   onOpen: (status: BreakerStatus) => void = () => undefined;
   /** Called when the breaker closes again after a successful trial call. */
   onClose: () => void = () => undefined;
+  /** Called when Stripe refuses the secret key (401, 403): a revoked or wrong key needs a person. */
+  onKeyRefused: (details: { call: string; status: number; requestId: string | undefined }) => void = () => undefined;
+
+  /** The mode of the secret key (live or test); undefined for a key of another form. */
+  readonly livemode: boolean | undefined;
 
   constructor(options: StripeGatewayOptions) {
+    this.livemode = /^(sk|rk)_live_/.test(options.secretKey) ? true : /^(sk|rk)_test_/.test(options.secretKey) ? false : undefined;
     const base = options.apiBase === undefined ? undefined : new URL(options.apiBase);
     this.stripe = new Stripe(options.secretKey, {
       apiVersion: stripeApiVersion as Stripe.StripeConfig['apiVersion'],
@@ -99,6 +127,11 @@ export class StripeGateway {
     } catch (error) {
       if (error instanceof BrokenCircuitError) throw new StripeUnavailableError(`Stripe circuit breaker is open; ${name} not attempted`, { cause: error });
       if (isTransientStripeError(error)) throw new StripeUnavailableError(`Stripe ${name} failed: ${(error as Error).message}`, { cause: error });
+      if (error instanceof Stripe.errors.StripeError) {
+        const status = error.statusCode ?? 400;
+        if (status === 401 || status === 403) this.onKeyRefused({ call: name, status, requestId: error.requestId });
+        throw new StripeRefusedError(name, status, { cause: error });
+      }
       throw error;
     }
   }
@@ -122,6 +155,31 @@ export class StripeGateway {
 
   cancelSubscription(subscriptionId: string, idempotencyKey: string): Promise<Stripe.Subscription> {
     return this.call('subscriptions.cancel', (stripe) => stripe.subscriptions.cancel(subscriptionId, {}, { idempotencyKey }));
+  }
+
+  /** Every line item of a Checkout Session (webhook payloads never carry them). */
+  async checkoutLineItems(sessionId: string): Promise<Stripe.LineItem[]> {
+    return this.call('checkout.sessions.listLineItems', (stripe) => stripe.checkout.sessions.listLineItems(sessionId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  }
+
+  /** The Checkout Session that created a subscription or a payment intent, if any. */
+  async checkoutSessionOf(of: { subscription: string } | { payment_intent: string }): Promise<Stripe.Checkout.Session | undefined> {
+    const list = await this.call('checkout.sessions.list', (stripe) => stripe.checkout.sessions.list({ ...of, limit: 1 }));
+    return list.data[0];
+  }
+
+  /** A payment intent, or undefined when Stripe knows none by that id. */
+  async retrievePaymentIntent(paymentIntent: string): Promise<Stripe.PaymentIntent | undefined> {
+    try {
+      return await this.call('paymentIntents.retrieve', (stripe) => stripe.paymentIntents.retrieve(paymentIntent));
+    } catch (error) {
+      if (error instanceof Stripe.errors.StripeInvalidRequestError && error.statusCode === 404) return undefined;
+      throw error;
+    }
+  }
+
+  retrieveInvoice(invoiceId: string): Promise<Stripe.Invoice> {
+    return this.call('invoices.retrieve', (stripe) => stripe.invoices.retrieve(invoiceId));
   }
 
   retrievePaymentMethod(paymentMethodId: string): Promise<Stripe.PaymentMethod> {

@@ -25,6 +25,8 @@ export interface InboxRow {
   next_attempt_at: string;
   processed_at: string | null;
   last_error: string | null;
+  /** Why the event was ignored: not Tally's (a foreign price, customer or payment), unattributed, or no effect for its type. */
+  ignored_reason: string | null;
   account_id: string | null;
 }
 
@@ -33,7 +35,7 @@ export const inboxListSizeMax = 500;
 export async function listEvents(db: Database, filter: { status?: string; type?: string; limit: number }): Promise<InboxRow[]> {
   const result = await db.query<InboxRow>(
     `select id, type, status, attempts, tally_iso(created) as created, tally_iso(received_at) as received_at,
-       tally_iso(next_attempt_at) as next_attempt_at, tally_iso(processed_at) as processed_at, last_error, account_id
+       tally_iso(next_attempt_at) as next_attempt_at, tally_iso(processed_at) as processed_at, last_error, ignored_reason, account_id
      from webhook_events
      where ($1::text is null or status = $1) and ($2::text is null or type = $2)
      order by received_at desc, id limit $3`,

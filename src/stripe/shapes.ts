@@ -15,10 +15,15 @@ const text = (value: unknown): string | undefined => (typeof value === 'string' 
 const integer = (value: unknown): number | undefined => (typeof value === 'number' && Number.isSafeInteger(value) ? value : undefined);
 
 export const accountMetadataKey = 'tally_account_id';
+/** Set on Tally's pack sessions for people reading the Dashboard; never read to decide a grant (the price paid decides). */
 export const packMetadataKey = 'tally_pack_id';
 
 export interface InvoiceLine {
+  /** The line's id (`il_...`): the natural key of a proration's effect. */
+  id: string | undefined;
   priceId: string | undefined;
+  /** Seats billed by the line (Stripe: null for lines without a quantity, counted as 1). */
+  quantity: number;
   proration: boolean;
   periodStart: number;
   periodEnd: number;
@@ -42,8 +47,14 @@ export function invoiceLines(invoice: StripeObject): InvoiceLine[] {
     if (periodStart === undefined || periodEnd === undefined) return [];
     const priceId = idOf(at(line, 'pricing', 'price_details', 'price')) ?? idOf(line.price) ?? idOf(line.plan);
     const proration = at(line, 'parent', 'subscription_item_details', 'proration') ?? at(line, 'parent', 'invoice_item_details', 'proration') ?? line.proration;
-    return [{ priceId, proration: proration === true, periodStart, periodEnd, amount: integer(line.amount) ?? 0 }];
+    const quantity = integer(line.quantity) ?? 1;
+    return [{ id: text(line.id), priceId, quantity: Math.max(quantity, 0), proration: proration === true, periodStart, periodEnd, amount: integer(line.amount) ?? 0 }];
   });
+}
+
+/** When an invoice was paid (Stripe's `status_transitions.paid_at`), if the event says. */
+export function invoicePaidAt(invoice: StripeObject): number | undefined {
+  return integer(at(invoice, 'status_transitions', 'paid_at'));
 }
 
 /** The payment intent of an invoice where the event carries it (older shapes, or payments expanded). */
@@ -64,10 +75,12 @@ export interface SubscriptionState {
   accountHint: string | undefined;
   status: string;
   priceId: string | undefined;
+  quantity: number;
   periodStart: number | undefined;
   periodEnd: number | undefined;
   cancelAtPeriodEnd: boolean;
   trialEnd: number | undefined;
+  endedAt: number | undefined;
   defaultPaymentMethod: string | undefined;
 }
 
@@ -83,10 +96,12 @@ export function subscriptionState(subscription: StripeObject): SubscriptionState
     accountHint: text(at(subscription, 'metadata', accountMetadataKey)),
     status,
     priceId: idOf(item.price) ?? idOf(item.plan),
+    quantity: Math.max(integer(item.quantity) ?? 1, 0),
     periodStart: integer(item.current_period_start) ?? integer(subscription.current_period_start),
     periodEnd: integer(item.current_period_end) ?? integer(subscription.current_period_end),
     cancelAtPeriodEnd: subscription.cancel_at_period_end === true,
     trialEnd: integer(subscription.trial_end),
+    endedAt: integer(subscription.ended_at),
     defaultPaymentMethod: idOf(subscription.default_payment_method),
   };
 }

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Catalog } from '../billing/catalog.js';
-import { RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
+import { IgnoredEvent, RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
 import { applyEvent } from '../billing/effects.js';
 import type { ClaimHasher } from '../billing/trials.js';
 import { grantDueMonth } from '../billing/yearly.js';
@@ -92,6 +92,9 @@ export class WebhookWorker {
 
   /** Applies due events in bounded batches until none is due; then due months of yearly plans. */
   async drain(): Promise<void> {
+    // Months that started before the events now due come first: a change made in a month moves
+    // that month's credits, so they must be there.
+    await this.grantDueMonths();
     for (;;) {
       const { rows } = await this.db.query<{ id: string }>(
         `select id from webhook_events where status = 'pending' and next_attempt_at <= coalesce($1, now())
@@ -101,36 +104,85 @@ export class WebhookWorker {
       for (const row of rows) await this.processOne(row.id);
       if (rows.length < this.options.batchSizeMax) break;
     }
-    while (await grantDueMonth(this.db, this.catalog, this.hasher, this.now()));
+    await this.grantDueMonths();
     await this.cancelRefusedTrials();
   }
 
+  /** Grants every due month of yearly plans; a month that fails is passed over until the next pass, so it never blocks the others. */
+  private async grantDueMonths(): Promise<void> {
+    const passedOver: string[] = [];
+    for (;;) {
+      const month = await grantDueMonth(this.db, this.catalog, this.hasher, this.now(), passedOver);
+      if (month === undefined) return;
+      if (month.failed) {
+        this.logger.error({ month: month.key }, 'a yearly month failed; it will be retried on the next pass');
+        passedOver.push(month.key);
+      }
+    }
+  }
+
   async processOne(eventId: string): Promise<EventOutcome> {
-    const { rows } = await this.db.query<{ id: string; type: string; created: number; payload: { data?: { object?: Record<string, unknown> } } }>(
+    const { rows } = await this.db.query<{ id: string; type: string; created: number; payload: { livemode?: unknown; data?: { object?: Record<string, unknown> } } }>(
       `select id, type, extract(epoch from created)::bigint as created, payload from webhook_events where id = $1 and status = 'pending'`,
       [eventId],
     );
     const row = rows[0];
     if (row === undefined) return 'skipped';
-    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {} };
+    const livemode = typeof row.payload.livemode === 'boolean' ? row.payload.livemode : undefined;
+    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {}, livemode };
+    // A test-mode webhook secret left configured beside a live key (or the reverse) must not let
+    // test payments grant real credits: an event of the other mode is not this Tally's.
+    const expected = this.gateway?.livemode;
+    if (expected !== undefined && livemode !== undefined && livemode !== expected) {
+      return this.ignore(event, new IgnoredEvent(`livemode ${livemode} differs from STRIPE_SECRET_KEY's ${expected ? 'live' : 'test'} mode`));
+    }
     try {
-      const prepared = await prepareEvent(this.db, this.gateway, event);
+      const prepared = await prepareEvent({ db: this.db, gateway: this.gateway, hasher: this.hasher, catalog: this.catalog }, event);
       return await this.db.withTransaction(async (client) => {
         const claimed = await client.query(`select 1 from webhook_events where id = $1 and status = 'pending' for update skip locked`, [eventId]);
         if (claimed.rowCount === 0) return 'skipped';
         const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
         const result = await applyEvent(context);
         const marked = await client.query<{ lag: number }>(
-          `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3 where id = $1
+          `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3, ignored_reason = $4 where id = $1
            returning extract(epoch from now() - received_at)::float8 as lag`,
-          [eventId, result.status, result.accountId ?? null],
+          [eventId, result.status, result.accountId ?? null, result.status === 'ignored' ? (result.reason ?? 'no effect') : null],
         );
         this.onOutcome(event.type, result.status, marked.rows[0]?.lag);
         return result.status;
       });
     } catch (error) {
+      if (error instanceof IgnoredEvent) return this.ignore(event, error);
       return this.postpone(event, error);
     }
+  }
+
+  /**
+   * Marks an event ignored with its reason, at once: no retries. A payment of Tally's prices that
+   * no rule attributes also raises an alert, since someone paid and was credited nothing; the
+   * runbook says how an operator grants it by hand.
+   */
+  private async ignore(event: StoredEvent, ignored: IgnoredEvent): Promise<EventOutcome> {
+    const outcome = await this.db.withTransaction(async (client) => {
+      const { rowCount } = await client.query(
+        `update webhook_events set status = 'ignored', attempts = attempts + 1, processed_at = now(), last_error = null, ignored_reason = $2
+         where id = $1 and status = 'pending'`,
+        [event.id, ignored.reason],
+      );
+      if (rowCount === 0) return 'skipped' as const;
+      if (ignored.alert) {
+        await raiseAlert(client, {
+          kind: 'unattributed_payment',
+          key: `unattributed:${event.id}`,
+          severity: 'warning',
+          message: `Stripe event ${event.id} (${event.type}) paid for credits but names no account: ${ignored.reason}`,
+          details: { event: event.id, type: event.type, object: event.object.id ?? null },
+        });
+      }
+      return 'ignored' as const;
+    });
+    this.onOutcome(event.type, outcome);
+    return outcome;
   }
 
   /** Puts an event back to wait (Stripe unavailable) or to retry (anything else), or fails it. */
@@ -201,7 +253,7 @@ export class WebhookWorker {
   /** An operator's replay: back to pending, applied at once; effects stay exactly once. */
   async replay(eventId: string, actor: 'admin' | 'cli' = 'admin'): Promise<EventOutcome | undefined> {
     const { rows } = await this.db.query<{ status: string; account_id: string | null }>(
-      `update webhook_events w set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null
+      `update webhook_events w set status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null, ignored_reason = null
        from (select id, status, account_id from webhook_events where id = $1 for update) before
        where w.id = before.id returning before.status, before.account_id`,
       [eventId],

@@ -3,6 +3,8 @@ import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { assemble, type Assembled } from '../../src/app.js';
 import { parseCatalog, type Catalog } from '../../src/billing/catalog.js';
+import type { RateLimitSettings } from '../../src/http/rate-limits.js';
+import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
 import type { WorkerOptions } from '../../src/stripe/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
@@ -21,13 +23,14 @@ export class TestClock {
 
 export const appKey = 'test-app-key-0123456789';
 export const adminKey = 'test-admin-key-0123456789';
+export const viewerKey = 'test-viewer-key-0123456789';
 
 export const webhookSecret = 'whsec_test_secret_0123456789';
 
 /** The shipped example catalog, with a tighter adjustment limit when a test asks for one. */
-export function testCatalog(adjustmentCreditsMax = 100_000): Catalog {
+export function testCatalog(adjustmentCreditsMax = 100_000, grantCreditsMax?: number): Catalog {
   const catalog = parseCatalog(JSON.parse(readFileSync('plans.example.json', 'utf8')));
-  return { ...catalog, limits: { admin_adjustment_credits_max: adjustmentCreditsMax } };
+  return { ...catalog, limits: { admin_adjustment_credits_max: adjustmentCreditsMax, admin_grant_credits_max: grantCreditsMax ?? catalog.limits.admin_grant_credits_max } };
 }
 
 export interface TestApp {
@@ -44,13 +47,20 @@ export interface TestApp {
 
 export interface TestAppOptions {
   adjustmentCreditsMax?: number;
+  /** The catalog's limits.admin_grant_credits_max (default the example catalog's). */
+  grantCreditsMax?: number;
   poolSize?: number;
   /** A database shared with another TestApp (a second Tally process on the same data). */
   database?: TestDatabase;
   stripeApiBase?: string;
+  /** The Stripe secret key (its mode decides which events are Tally's); default a test key. */
+  stripeSecretKey?: string;
+  checkoutUrlHosts?: string[];
   workerOptions?: Partial<WorkerOptions>;
   breakerHalfOpenAfterMilliseconds?: number;
   clock?: TestClock;
+  httpLimits?: Partial<HttpLimits>;
+  rateLimits?: Partial<RateLimitSettings>;
 }
 
 /** Fast retries for tests: the worker retries within a fraction of a second. */
@@ -61,12 +71,15 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
   const clock = options.clock ?? new TestClock();
   const parts = await assemble({
     db: database.db,
-    catalog: testCatalog(options.adjustmentCreditsMax),
-    keys: { apiKey: appKey, adminKey },
+    catalog: testCatalog(options.adjustmentCreditsMax, options.grantCreditsMax),
+    keys: { apiKey: appKey, adminKey, viewerKey },
+    httpLimits: options.httpLimits,
+    rateLimits: options.rateLimits,
     logger: pino({ level: 'silent' }),
     logLevel: 'silent',
     version: 'test',
-    stripeSecretKey: options.stripeApiBase === undefined ? undefined : 'sk_test_fake',
+    stripeSecretKey: options.stripeApiBase === undefined ? undefined : (options.stripeSecretKey ?? 'sk_test_fake'),
+    checkoutUrlHosts: options.checkoutUrlHosts,
     stripeApiBase: options.stripeApiBase,
     stripeBreakerHalfOpenAfterMilliseconds: options.breakerHalfOpenAfterMilliseconds ?? 500,
     stripeTimeoutMilliseconds: 1000,

@@ -24,7 +24,17 @@ export class FakeStripe {
   readonly invoices: Record<string, unknown>[] = [];
   readonly refunds: Record<string, unknown>[] = [];
   readonly invoiceLines = new Map<string, Record<string, unknown>[]>();
+  /** Checkout Sessions, as GET /v1/checkout/sessions lists them (by subscription or payment intent). */
+  readonly checkoutSessions: Record<string, unknown>[] = [];
+  /** What GET /v1/checkout/sessions/{id}/line_items answers (webhook payloads never carry them). */
+  readonly checkoutLineItems = new Map<string, Record<string, unknown>[]>();
+  /** What GET /v1/payment_intents/{id} answers; unknown ids are 404. */
+  readonly paymentIntents = new Map<string, Record<string, unknown>>();
+  /** Whole payment methods (any type) for GET /v1/payment_methods/{id}, before cardFingerprints. */
+  readonly paymentMethods = new Map<string, Record<string, unknown>>();
   mode: 'ok' | 'timeout' | 'error' = 'ok';
+  /** When set, every call answers this status and body, as Stripe refuses a call (401, 429, 400...). */
+  refusal: { status: number; body: unknown } | undefined;
   /** Lists answer at most this many items a page (Stripe: `limit`, up to 100), to exercise paging. */
   pageSize = 100;
   private server: Server | undefined;
@@ -53,15 +63,46 @@ export class FakeStripe {
     this.requests.push({ method: request.method ?? '', path: url.pathname, params, idempotencyKey: Array.isArray(key) ? key[0] : key });
     if (this.mode === 'timeout') return; // never answers; the client's timeout fires
     if (this.mode === 'error') return this.send(response, 500, { error: { type: 'api_error', message: 'fake outage' } });
+    if (this.refusal !== undefined) return this.send(response, this.refusal.status, this.refusal.body);
     const [status, answer] = this.answer(request.method ?? '', url.pathname, params);
     this.send(response, status, answer);
   }
 
   private answer(method: string, path: string, params: Record<string, string>): [number, unknown] {
     if (method === 'POST' && path === '/v1/checkout/sessions') {
+      // Under 2026-10-28.endive the parameter is gone; Stripe answers 400 (FLOWS.md, endive changes).
+      if (Object.keys(params).some((name) => name.startsWith('payment_method_types'))) {
+        return [400, { error: { type: 'invalid_request_error', code: 'parameter_unknown', param: 'payment_method_types', message: 'Received unknown parameter: payment_method_types' } }];
+      }
       this.sessions += 1;
       const id = `cs_test_fake_${this.sessions}`;
       return [200, { id, object: 'checkout.session', url: `https://checkout.stripe.test/${id}`, mode: params.mode }];
+    }
+    if (method === 'GET' && path === '/v1/checkout/sessions') {
+      const matching = this.checkoutSessions.filter(
+        (session) =>
+          (params.subscription === undefined || session.subscription === params.subscription) &&
+          (params.payment_intent === undefined || session.payment_intent === params.payment_intent),
+      );
+      return [200, this.page(path, params, matching)];
+    }
+    const sessionLines = /^\/v1\/checkout\/sessions\/([^/]+)\/line_items$/.exec(path);
+    if (method === 'GET' && sessionLines?.[1] !== undefined) {
+      const items = this.checkoutLineItems.get(sessionLines[1]);
+      if (items === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such checkout session' } }];
+      return [200, this.page(path, params, items)];
+    }
+    const paymentIntent = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
+    if (method === 'GET' && paymentIntent?.[1] !== undefined) {
+      const found = this.paymentIntents.get(paymentIntent[1]);
+      if (found === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such payment_intent' } }];
+      return [200, { id: paymentIntent[1], object: 'payment_intent', metadata: {}, ...found }];
+    }
+    const invoice = /^\/v1\/invoices\/([^/]+)$/.exec(path);
+    if (method === 'GET' && invoice?.[1] !== undefined) {
+      const found = this.invoices.find((candidate) => candidate.id === invoice[1]);
+      if (found === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such invoice' } }];
+      return [200, found];
     }
     const charge = /^\/v1\/charges\/([^/]+)$/.exec(path);
     if (method === 'GET' && charge?.[1] !== undefined) {
@@ -89,6 +130,8 @@ export class FakeStripe {
     }
     const paymentMethod = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);
     if (method === 'GET' && paymentMethod?.[1] !== undefined) {
+      const whole = this.paymentMethods.get(paymentMethod[1]);
+      if (whole !== undefined) return [200, { id: paymentMethod[1], object: 'payment_method', ...whole }];
       const fingerprint = this.cardFingerprints.get(paymentMethod[1]);
       if (fingerprint === undefined) return [404, { error: { type: 'invalid_request_error', message: 'No such payment method' } }];
       return [200, { id: paymentMethod[1], object: 'payment_method', type: 'card', card: { fingerprint, brand: 'visa', last4: '4242' } }];

@@ -30,6 +30,7 @@ export interface LineSpec {
   end: number;
   proration?: boolean;
   amount?: number;
+  quantity?: number;
 }
 
 function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): StripeObject {
@@ -37,6 +38,7 @@ function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): S
   line.id = uniqueId('il');
   line.invoice = invoiceId;
   line.amount = spec.amount ?? 1000;
+  line.quantity = spec.quantity ?? 1;
   line.period = { start: spec.start, end: spec.end };
   line.parent = {
     type: 'subscription_item_details',
@@ -98,27 +100,61 @@ export function subscription(spec: {
   return object;
 }
 
+/** The price of each pack in plans.example.json, which the tests' catalog is. */
+const packPrices: Record<string, string> = { pack_1000: 'price_pack_1000', pack_10000: 'price_pack_10000' };
+
+export interface SessionLineItem {
+  price: string;
+  quantity?: number;
+}
+
+export function checkoutLineItem(item: SessionLineItem): StripeObject {
+  const quantity = item.quantity ?? 1;
+  return { id: uniqueId('li'), object: 'item', price: { id: item.price, object: 'price' }, quantity, amount_total: 1000 * quantity, currency: 'usd' };
+}
+
+/**
+ * A Checkout Session as Tally's checkout creates it (Tally's metadata), or, with `accountId`
+ * undefined, as a Payment Link or the app's own code does (only what `metadata` and
+ * `clientReference` give). A session with `packId` or `lineItems` carries its line items in the
+ * payload, as an expanded session would, unless `lineItemsInPayload` is false: Stripe's own
+ * webhooks never carry them, and Tally then fetches them.
+ */
 export function checkoutSession(spec: {
   mode: 'payment' | 'subscription';
-  accountId: string;
+  accountId?: string;
   customer: string;
   paymentStatus?: string;
   paymentIntent?: string | null;
   packId?: string;
+  lineItems?: SessionLineItem[];
+  lineItemsInPayload?: boolean;
+  clientReference?: string | null;
+  metadata?: Record<string, string>;
   amountTotal?: number;
   subscription?: string;
+  email?: string;
 }): StripeObject {
   const object = base('checkout.session');
   object.id = uniqueId('cs_test');
   object.mode = spec.mode;
   object.status = 'complete';
-  object.client_reference_id = spec.accountId;
+  object.client_reference_id = spec.clientReference !== undefined ? spec.clientReference : (spec.accountId ?? null);
   object.customer = spec.customer;
   object.payment_status = spec.paymentStatus ?? 'paid';
   object.payment_intent = spec.paymentIntent ?? null;
   object.subscription = spec.subscription ?? null;
   object.amount_total = spec.amountTotal ?? 1000;
-  object.metadata = { tally_account_id: spec.accountId, ...(spec.packId === undefined ? {} : { tally_pack_id: spec.packId }) };
+  if (spec.email !== undefined) object.customer_details = { ...object.customer_details, email: spec.email };
+  object.metadata = spec.metadata ?? {
+    ...(spec.accountId === undefined ? {} : { tally_account_id: spec.accountId }),
+    ...(spec.packId === undefined ? {} : { tally_pack_id: spec.packId }),
+  };
+  const items = spec.lineItems ?? (spec.packId === undefined ? undefined : [{ price: packPrices[spec.packId] ?? spec.packId }]);
+  delete object.line_items;
+  if (items !== undefined && spec.lineItemsInPayload !== false) {
+    object.line_items = { object: 'list', data: items.map(checkoutLineItem), has_more: false, url: `/v1/checkout/sessions/${object.id}/line_items` };
+  }
   return object;
 }
 

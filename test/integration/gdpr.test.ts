@@ -1,3 +1,4 @@
+import { createHash, createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import { createTestApp, type TestApp } from '../helpers/app.js';
@@ -50,6 +51,13 @@ it('erases personal data, keeps amounts, keys and claims, and audits the erasure
   const response = await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'GDPR request #77' });
   assert.equal(response.status, 200);
   assert.match(response.body.pseudonym, /^erased-[0-9a-f]{16}$/);
+  // The pseudonym is keyed by the fingerprint secret: an unkeyed hash of the id would let a
+  // database dump test guessed ids (often emails) against erased accounts.
+  const unkeyed = `erased-${createHash('sha256').update(`tally-erasure:${accountId}`).digest('hex').slice(0, 16)}`;
+  assert.notEqual(response.body.pseudonym, unkeyed);
+  const { rows: secrets } = await test.database.db.query<{ value: string }>(`select value from tally_secrets where name = 'fingerprint'`);
+  const keyed = createHmac('sha256', secrets[0]?.value ?? '').update(`purpose:erasure:${accountId}`).digest('hex').slice(0, 16);
+  assert.equal(response.body.pseudonym, `erased-${keyed}`);
   const after = await test.admin('GET', `/v1/accounts/${accountId}/export`);
   const text = JSON.stringify(after.body);
   for (const secret of [email, 'Private Person', '555-0100', 'diary', device]) {

@@ -141,7 +141,8 @@ describe('health, metrics and description', () => {
     try {
       const response = await test.call('GET', '/readyz', undefined, null);
       assert.equal(response.status, 503);
-      assert.match(response.body.reason, new RegExp(`migrations pending: ${rows[0]?.version}`));
+      // A status only: which migrations are pending is for the operator's log, not for anyone who asks.
+      assert.deepEqual(response.body, { status: 'unavailable', reason: 'migrations_pending' });
     } finally {
       await test.database.db.query('insert into tally_migrations (version, name) values ($1, $2)', [rows[0]?.version, rows[0]?.name]);
     }
@@ -181,6 +182,15 @@ describe('health, metrics and description', () => {
     assert.equal(paths['/v1/accounts/{id}/usage'].post.requestBody.content['application/json'].schema.properties.amount.type, 'integer');
     assert.match(paths['/v1/accounts/{id}/usage'].post.responses['503'].description, /database_unavailable/);
     assert.match(paths['/v1/accounts/{id}/checkout'].post.responses['503'].description, /stripe_unavailable; or database_unavailable/);
+    // The codes every call may answer are described with it.
+    const usage = paths['/v1/accounts/{id}/usage'].post;
+    for (const status of ['401', '403', '413', '415', '429']) assert.ok(usage.responses[status], `usage documents ${status}`);
+    assert.match(paths['/v1/accounts/{id}/checkout'].post.responses['502'].description, /stripe_error/);
+    assert.match(paths['/v1/accounts/{id}/grants'].post.responses['400'].description, /grant_exceeds_limit/);
+    assert.ok(paths['/v1/accounts/{id}/trial-eligibility'].post, 'trial eligibility by POST');
+    assert.ok(response.body.components.securitySchemes.viewerKey);
+    assert.deepEqual(paths['/v1/accounts/{id}/balance'].get.security.map((entry: object) => Object.keys(entry)[0]), ['appKey', 'adminKey', 'viewerKey']);
+    assert.equal(paths['/v1/holds/{hold_id}/capture'].post.requestBody.required, false, 'a bare capture takes the whole hold');
     assert.equal(paths['/healthz'].get.responses['503'], undefined, 'liveness never reads the database');
     const docs = await test.app.inject({ method: 'GET', url: '/docs/' });
     assert.equal(docs.statusCode, 200);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { Sweeper } from '../../src/ledger/sweeper.js';
+import { raiseAlert } from '../../src/ops/alerts.js';
 import { createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
 
 let test: TestApp;
@@ -197,7 +198,7 @@ describe('holds', () => {
     await fundedAccount(test, 'hold-sweep', 40);
     const hold = await test.call('POST', '/v1/accounts/hold-sweep/holds', { amount: 25, idempotency_key: 'hold-sweep-a', expires_in_seconds: 5 });
     test.clock.advanceSeconds(5);
-    const sweeper = new Sweeper(test.ledger, pino({ level: 'silent' }), 1);
+    const sweeper = new Sweeper(test.ledger, pino({ level: 'silent' }), 1, (alert) => raiseAlert(test.database.db.pool, alert));
     sweeper.start();
     try {
       const deadline = Date.now() + 10_000;

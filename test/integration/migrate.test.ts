@@ -11,7 +11,7 @@ it('applies every migration once when three processes migrate at the same time',
   const url = await createEmptyDatabase();
   const results = await Promise.all([migrate(url), migrate(url), migrate(url)]);
   const expected = readMigrations().map((migration) => migration.version);
-  assert.deepEqual(results.flat().sort(), expected, 'each migration was applied by exactly one of them');
+  assert.deepEqual(results.flat().sort((a, b) => a - b), expected, 'each migration was applied by exactly one of them');
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {

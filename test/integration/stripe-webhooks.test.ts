@@ -164,19 +164,21 @@ describe('subscription credits', () => {
     assert.ok(fake.requests.some((request) => request.path === `/v1/invoices/${full.id}/lines`));
   });
 
-  it('waits for an unknown customer, then applies once the account is linked', async () => {
+  it('attributes an invoice that arrives before its checkout by asking Stripe for the session that created its subscription', async () => {
     const accountId = uniqueId('acct');
     const customer = uniqueId('cus');
     const subscriptionId = uniqueId('sub');
     await fundedAccount(test, accountId, 0);
+    // Stripe holds the session before it bills the subscription it created; its event comes later.
+    const session = checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId });
+    fake.checkoutSessions.push(session);
     const paid = event('invoice.paid', invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_starter_monthly', start: t0, end: t0 + month }] }));
     await deliver(test, paid);
-    await test.parts.worker.drain();
-    const waiting = await test.database.db.query<{ status: string; attempts: number; last_error: string }>('select status, attempts, last_error from webhook_events where id = $1', [paid.id]);
-    assert.equal(waiting.rows[0]?.status, 'pending');
-    assert.ok((waiting.rows[0]?.attempts ?? 0) >= 1);
-    assert.match(waiting.rows[0]?.last_error ?? '', /no account known/);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
+    await settleWebhooks(test);
+    assert.equal((await balance(accountId)).available, 1000);
+    const linked = await test.database.db.query<{ stripe_customer_id: string }>('select stripe_customer_id from accounts where id = $1', [accountId]);
+    assert.equal(linked.rows[0]?.stripe_customer_id, customer, "Tally's metadata on the session links the customer");
+    await deliver(test, event('checkout.session.completed', session));
     await settleWebhooks(test);
     assert.equal((await balance(accountId)).available, 1000);
   });
@@ -219,37 +221,6 @@ describe('subscription credits', () => {
     await deliver(test, event('invoice.paid', invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0 + month, end: t0 + 2 * month }] })));
     await settleWebhooks(test);
     assert.equal((await grantsOf(accountId)).find((grant) => grant.source === 'rollover')?.amount, 300);
-  });
-
-  it('grants the difference on an upgrade, never twice and never negative', async () => {
-    const { accountId, customer, subscriptionId } = await subscriber();
-    await deliver(test, event('invoice.paid', invoice({ customer, subscription: subscriptionId, billingReason: 'subscription_create', lines: [{ price: 'price_starter_monthly', start: t0, end: t0 + month }] })));
-    await settleWebhooks(test);
-    const upgrade = invoice({
-      customer,
-      subscription: subscriptionId,
-      billingReason: 'subscription_update',
-      lines: [
-        { price: 'price_starter_monthly', start: t0 + 10 * 86400, end: t0 + month, proration: true, amount: -700 },
-        { price: 'price_plus_monthly', start: t0 + 10 * 86400, end: t0 + month, proration: true, amount: 2100 },
-      ],
-    });
-    await deliver(test, event('invoice.paid', upgrade));
-    await deliver(test, event('invoice.payment_succeeded', upgrade));
-    await settleWebhooks(test);
-    const grants = await grantsOf(accountId);
-    const upgraded = grants.filter((grant) => grant.grant_key.startsWith('upgrade:'));
-    assert.equal(upgraded.length, 1);
-    assert.equal(upgraded[0]?.amount, 3000, 'plus allowance 4000 minus the 1000 already granted');
-    const downgrade = invoice({
-      customer,
-      subscription: subscriptionId,
-      billingReason: 'subscription_update',
-      lines: [{ price: 'price_starter_monthly', start: t0 + 20 * 86400, end: t0 + month, proration: true, amount: 100 }],
-    });
-    await deliver(test, event('invoice.paid', downgrade));
-    await settleWebhooks(test);
-    assert.equal((await grantsOf(accountId)).length, 2, 'moving down grants nothing');
   });
 
   it('grants a yearly plan month by month, each month once', async () => {
@@ -472,7 +443,10 @@ describe('inbox administration', () => {
   });
 
   it('fails an event after its bounded retries, with an alert, and keeps it for a replay', async () => {
-    const orphan = event('invoice.paid', invoice({ customer: uniqueId('cus'), subscription: uniqueId('sub'), lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] }));
+    // A refund of a payment that is Tally's (its metadata says so) but whose grant never arrives.
+    const paymentIntent = uniqueId('pi');
+    fake.paymentIntents.set(paymentIntent, { metadata: { tally_account_id: 'someone' } });
+    const orphan = event('refund.created', refund({ amount: 100, paymentIntent }));
     await deliver(test, orphan);
     await test.database.db.query('update webhook_events set attempts = 13 where id = $1', [orphan.id]);
     await settleWebhooks(test);
@@ -494,7 +468,8 @@ describe('checkout', () => {
     const request = fake.requests.filter((candidate) => candidate.path === '/v1/checkout/sessions').at(-1);
     assert.equal(request?.params.mode, 'subscription');
     assert.equal(request?.params['line_items[0][price]'], 'price_plus_yearly');
-    assert.equal(request?.params.client_reference_id, 'checkout-1');
+    const reference = await test.call('GET', '/v1/accounts/checkout-1/client-reference');
+    assert.equal(request?.params.client_reference_id, reference.body.client_reference_id, 'a signed reference, never the bare account id');
     assert.equal(request?.params['subscription_data[metadata][tally_account_id]'], 'checkout-1');
     assert.equal(request?.params.customer_email, 'buyer@example.com');
     assert.match(request?.idempotencyKey ?? '', /^checkout:checkout-1:plus:[0-9a-f]{16}:\d+$/);

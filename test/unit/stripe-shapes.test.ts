@@ -32,5 +32,5 @@ it('reads the current shapes: subscription under parent, price under pricing, pe
 it('tolerates the older shapes: invoice.subscription, line.price, line.proration', () => {
   const older = { id: 'in_old', subscription: 'sub_old', lines: { data: [{ period: { start: 1, end: 2 }, price: { id: 'price_old' }, proration: true, amount: 5 }] } };
   assert.equal(invoiceSubscriptionId(older), 'sub_old');
-  assert.deepEqual(invoiceLines(older), [{ priceId: 'price_old', proration: true, periodStart: 1, periodEnd: 2, amount: 5 }]);
+  assert.deepEqual(invoiceLines(older), [{ id: undefined, priceId: 'price_old', quantity: 1, proration: true, periodStart: 1, periodEnd: 2, amount: 5 }]);
 });

@@ -12,15 +12,17 @@ import {
 import type { Actor, Ledger, Outcome } from '../../ledger/ledger.js';
 import type { UsageBatcher } from '../../ledger/usage-batcher.js';
 import type { Metrics } from '../../ops/metrics.js';
-import type { Caller } from '../auth.js';
-import { defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
+import { bodyLimitLargeBytes, defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
 
 /** The ledger's HTTP calls: accounts, balance, usage, holds, ledger, admin grants and adjustments. */
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
-const actorOf = (caller: Caller): Actor => (caller === 'admin' ? 'admin' : 'app');
+// An entry's actor names the API it came through. The app's calls (usage, holds, batches) are
+// the app's whichever key made them: actor `admin` is kept for an operator's grants and
+// adjustments, which must carry a reason (the admin_has_reason check), and an app call has none.
+const appActor: Actor = 'app';
 const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: outcome.body });
 
-const errorResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 404: 'account_not_found' };
+const errorResponses = { 400: 'invalid_request naming the field', 404: 'account_not_found' };
 
 export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string, metrics: Metrics): RouteDefinition[] {
   const counted = (operation: string, credits: number, outcome: Outcome): Answer => {
@@ -67,7 +69,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary: 'Spend credits (idempotent by key)',
       body: usageInputSchema,
       responses: { 200: '{entry_id, amount, available, replayed}', 402: 'insufficient_credits {available}', 409: 'idempotency_conflict', ...errorResponses },
-      handler: async ({ params, body, caller }) => counted('usage', body.amount, await usageBatcher.spend(accountId(params), body, actorOf(caller))),
+      handler: async ({ params, body }) => counted('usage', body.amount, await usageBatcher.spend(accountId(params), body, appActor)),
     }),
     defineRoute({
       method: 'POST',
@@ -76,9 +78,10 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'usage',
       summary: 'Up to 1000 usage events in one transaction; one result per event, in order',
       body: usageBatchInputSchema,
+      bodyLimitBytes: bodyLimitLargeBytes,
       responses: { 200: '{results: [{status, ...answer of the single call}]}', 400: 'malformed batch', 401: 'unauthorized' },
-      handler: async ({ body, caller }) => {
-        const outcomes = await ledger.usageBatch(body.events, actorOf(caller));
+      handler: async ({ body }) => {
+        const outcomes = await ledger.usageBatch(body.events, appActor);
         outcomes.forEach((outcome, index) => metrics.countOperation('usage', outcome.status, body.events[index]?.amount ?? 0));
         return { status: 200, body: { results: outcomes.map((outcome) => ({ status: outcome.status, ...outcome.body })) } };
       },
@@ -91,19 +94,19 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary: 'Reserve credits for a bounded time (idempotent by key)',
       body: holdInputSchema,
       responses: { 201: '{hold_id, amount, expires_at, available, replayed}', 402: 'insufficient_credits', 409: 'idempotency_conflict', ...errorResponses },
-      handler: async ({ params, body, caller }) => counted('hold', body.amount, await ledger.hold(accountId(params), body, actorOf(caller))),
+      handler: async ({ params, body }) => counted('hold', body.amount, await ledger.hold(accountId(params), body, appActor)),
     }),
     defineRoute({
       method: 'POST',
       url: '/v1/holds/:hold_id/capture',
       access: 'app',
       tag: 'holds',
-      summary: 'Capture up to the held amount; the rest is released',
+      summary: 'Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all',
       body: captureInputSchema,
-      responses: { 200: '{captured, released, available}', 400: 'capture_exceeds_hold', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
-      handler: async ({ params, body, caller }) => ({
+      responses: { 200: '{captured, released, available}', 400: 'capture_exceeds_hold or invalid_request', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
+      handler: async ({ params, body }) => ({
         status: 200,
-        body: await ledger.capture(params.hold_id ?? '', body.amount, actorOf(caller)),
+        body: await ledger.capture(params.hold_id ?? '', body.amount, appActor),
       }),
     }),
     defineRoute({
@@ -113,7 +116,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'holds',
       summary: 'Release a hold entirely',
       responses: { 200: '{released, available}', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
-      handler: async ({ params, caller }) => ({ status: 200, body: await ledger.void(params.hold_id ?? '', actorOf(caller)) }),
+      handler: async ({ params }) => ({ status: 200, body: await ledger.void(params.hold_id ?? '', appActor) }),
     }),
     defineRoute({
       method: 'GET',
@@ -132,7 +135,12 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'admin',
       summary: 'Grant promo or admin credits (idempotent by key)',
       body: grantInputSchema,
-      responses: { 201: 'the grant', 403: 'forbidden (app key)', 409: 'idempotency_conflict', ...errorResponses },
+      responses: {
+        201: 'the grant',
+        ...errorResponses,
+        400: 'grant_exceeds_limit {limit} (the catalog\'s limits.admin_grant_credits_max), balance_limit_exceeded (the balance would pass the safe integer range) or invalid_request',
+        409: 'idempotency_conflict',
+      },
       handler: async ({ params, body }) => counted('grant', body.amount, await ledger.grant(accountId(params), body)),
     }),
     defineRoute({
@@ -144,11 +152,9 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       body: adjustmentInputSchema,
       responses: {
         201: 'the entry',
-        400: 'adjustment_exceeds_limit or invalid_request',
+        400: 'adjustment_exceeds_limit, balance_limit_exceeded or invalid_request',
         402: 'insufficient_credits',
-        403: 'forbidden (app key)',
         409: 'idempotency_conflict',
-        401: 'unauthorized',
         404: 'account_not_found',
       },
       handler: async ({ params, body }) => counted('adjustment', Math.abs(body.amount), await ledger.adjust(accountId(params), body)),

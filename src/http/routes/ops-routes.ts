@@ -3,7 +3,8 @@ import type { Catalog } from '../../billing/catalog.js';
 import type { Database } from '../../db/database.js';
 import { accountIdSchema, reasonLengthMax } from '../../ledger/commands.js';
 import { dashboardHtml } from '../../dashboard/page.js';
-import { erasePersonalData, exportAccount } from '../../ops/gdpr.js';
+import { redactSinkName } from '../../ops/alert-sinks.js';
+import { erasePersonalData, exportAccount, type KeyedDigest } from '../../ops/gdpr.js';
 import { reconcile } from '../../ops/reconcile.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
@@ -13,11 +14,23 @@ export interface OperationsRouteDependencies {
   db: Database;
   catalog: Catalog;
   gateway: StripeGateway | undefined;
+  /** Keys erasure pseudonyms with the fingerprint secret. */
+  digest: KeyedDigest;
 }
 
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 
 export const alertsListSizeMax = 500;
+
+/**
+ * A day's sum over every account can pass what a JSON number holds exactly, even when each
+ * balance is safe: the database sums in numeric, and a sum past the safe range is answered as
+ * its exact decimal text rather than failing the whole chart.
+ */
+export function safeSum(text: string): number | string {
+  const value = Number(text);
+  return Number.isSafeInteger(value) ? value : text;
+}
 export const accountsPageSizeMax = 200;
 
 export function operationsRoutes(dependencies: OperationsRouteDependencies): RouteDefinition[] {
@@ -28,7 +41,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       database: false,
       access: 'none',
       tag: 'operations',
-      summary: "The operators' web page; it holds no data and asks for the admin key, then reads the admin API with it",
+      summary: "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
       responses: { 200: 'text/html' },
       handler: async () => ({ status: 200, body: dashboardHtml, contentType: 'text/html; charset=utf-8' }),
     }),
@@ -39,7 +52,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Run a reconciliation now and answer its report (never changes the ledger)',
       body: z.strictObject({ stripe: z.boolean().default(false) }),
-      responses: { 200: 'the report: {run_id, finding_count, findings, summary}', 409: 'reconciliation_running', 503: 'stripe_unavailable' },
+      responses: { 200: 'the report: {run_id, finding_count, findings, summary}', 409: 'reconciliation_running', 502: 'stripe_error: Stripe refused a call (the detail is in the log)', 503: 'stripe_unavailable' },
       handler: async ({ body }) => ({
         status: 200,
         body: await reconcile(dependencies.db, { trigger: 'api', stripe: body.stripe, gateway: dependencies.gateway, catalog: dependencies.catalog }),
@@ -70,7 +83,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Alerts, newest first, with how often each repeated in its window',
       query: z.strictObject({ limit: z.coerce.number().int().min(1).max(alertsListSizeMax).default(100) }),
-      responses: { 200: '{alerts: [...]}' },
+      responses: { 200: '{alerts: [...]}, each delivery naming its sink by kind, host and a digest, never by its URL' },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select a.id, a.alert_key as key, a.kind, a.severity, a.message, a.details, a.account_id, a.count,
@@ -81,7 +94,9 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
            from alerts a order by a.last_at desc, a.id desc limit $1`,
           [query.limit],
         );
-        return { status: 200, body: { alerts: rows } };
+        // Sinks are named without their URLs: a Slack webhook URL is a secret of its own.
+        const alerts = (rows as { deliveries: { sink: string }[] }[]).map((row) => ({ ...row, deliveries: row.deliveries.map((delivery) => ({ ...delivery, sink: redactSinkName(delivery.sink) })) }));
+        return { status: 200, body: { alerts } };
       },
     }),
     defineRoute({
@@ -114,19 +129,19 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Credits granted and spent per day (UTC), for the charts',
       query: z.strictObject({ days: z.coerce.number().int().min(1).max(366).default(30), until: z.iso.date().optional() }),
-      responses: { 200: '{days: [{day, granted, spent}]}, the last day being `until` (default today)' },
+      responses: { 200: '{days: [{day, granted, spent}]}, the last day being `until` (default today); a sum beyond the safe integer range is given as a decimal string' },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select to_char(d.day, 'YYYY-MM-DD') as day,
-             coalesce(sum(e.amount) filter (where e.kind in ('grant', 'restore') or (e.kind = 'adjustment' and e.amount > 0)), 0)::bigint as granted,
-             coalesce(-sum(e.amount) filter (where e.kind = 'usage'), 0)::bigint
-               + coalesce(sum((e.reference->>'captured')::bigint) filter (where e.kind = 'capture'), 0)::bigint as spent
+             coalesce(sum(e.amount) filter (where e.kind in ('grant', 'restore') or (e.kind = 'adjustment' and e.amount > 0)), 0)::text as granted,
+             (coalesce(-sum(e.amount) filter (where e.kind = 'usage'), 0)
+               + coalesce(sum((e.reference->>'captured')::numeric) filter (where e.kind = 'capture'), 0))::text as spent
            from generate_series(coalesce($2::date, (now() at time zone 'UTC')::date) - ($1::int - 1), coalesce($2::date, (now() at time zone 'UTC')::date), interval '1 day') as d(day)
            left join entries e on e.created_at >= d.day at time zone 'UTC' and e.created_at < (d.day + interval '1 day') at time zone 'UTC'
            group by d.day order by d.day`,
           [query.days, query.until ?? null],
         );
-        return { status: 200, body: { days: rows } };
+        return { status: 200, body: { days: (rows as { day: string; granted: string; spent: string }[]).map((row) => ({ day: row.day, granted: safeSum(row.granted), spent: safeSum(row.spent) })) } };
       },
     }),
     defineRoute({
@@ -146,7 +161,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       summary: 'Erase personal data; ledger amounts stay, pseudonymized',
       body: z.strictObject({ reason: z.string().min(1).max(reasonLengthMax) }),
       responses: { 200: '{account_id, pseudonym, erased}', 404: 'account_not_found' },
-      handler: async ({ params, body }) => ({ status: 200, body: await erasePersonalData(dependencies.db, accountId(params), body.reason) }),
+      handler: async ({ params, body }) => ({ status: 200, body: await erasePersonalData(dependencies.db, accountId(params), body.reason, dependencies.digest) }),
     }),
   ];
 }
