@@ -14,7 +14,7 @@ import { startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded
 import { migrate } from '../src/db/migrate.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 import { runHistory } from './run.js';
-import { describe, kindsOf, restartsFor, runSeed } from './simulate.js';
+import { chaosFor, describe, kindsOf, runSeed } from './simulate.js';
 import { allKinds, type Step } from './workload.js';
 
 const args = process.argv.slice(2);
@@ -52,7 +52,7 @@ try {
   const historyFile = option('history');
   if (historyFile !== undefined) {
     const steps = JSON.parse(readFileSync(historyFile, 'utf8')) as Step[];
-    const result = await runHistory(steps, { seed: firstSeed, restarts: restartsFor(firstSeed, kinds) });
+    const result = await runHistory(steps, { seed: firstSeed, ...chaosFor(firstSeed, kinds) });
     for (const failure of result.failures) console.log(`  ${failure}`);
     failed = result.failures.length > 0 ? 1 : 0;
   } else {

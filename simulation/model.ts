@@ -33,6 +33,8 @@ interface Grant extends ModelGrant {
   payment: string | undefined;
   /** The subscription credit period it belongs to (`{subscription}:{start}`), for rollover. */
   period: string | undefined;
+  /** The plan a subscription grant was billed for. */
+  plan: Plan | undefined;
   expiredCredits: number;
 }
 interface Take {
@@ -73,7 +75,7 @@ interface Subscription {
   account: Account;
   lines: PaidLine[];
   /** Credit periods granted so far, by start. */
-  periods: Map<number, Period & { plan: Plan }>;
+  periods: Map<number, Period>;
   /** Yearly months still to grant (months 2 to 12 of each paid year). */
   schedule: (Period & { year: Period })[];
   /** Credits of not yet granted months cancelled by refunds, by year start. */
@@ -186,11 +188,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
   const spend = (owner: Account, amount: number): Take[] | undefined => (available(owner) < amount ? undefined : take(owner.grants, amount));
 
-  const grant = (owner: Account, key: string, amount: number, expiresAt: number | null, extra: { payment?: Payment; period?: string } = {}): Grant | undefined => {
+  const grant = (owner: Account, key: string, amount: number, expiresAt: number | null, extra: { payment?: Payment; period?: string; plan?: Plan } = {}): Grant | undefined => {
     if (amount <= 0 || owner.grants.some((existing) => existing.key === key)) return undefined;
     const repaid = Math.min(owner.debt, amount);
     owner.debt -= repaid;
-    const created: Grant = { key, amount, remaining: amount - repaid, expiresAt, expired: false, sequence: (sequence += 1), payment: extra.payment?.id, period: extra.period, expiredCredits: 0 };
+    const created: Grant = { key, amount, remaining: amount - repaid, expiresAt, expired: false, sequence: (sequence += 1), payment: extra.payment?.id, period: extra.period, plan: extra.plan, expiredCredits: 0 };
     owner.grants.push(created);
     if (expiresAt !== null && expiresAt <= now) expire(created);
     return created;
@@ -214,22 +216,26 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
 
   /**
    * A subscription credit period's grant, with rollover: when the period before it (same
-   * subscription, ending exactly where this one starts) had a plan with rollover, its unused
-   * credits up to max_credits move into a rollover grant; the rest expire now. Reading: the
-   * plan whose rollover applies is the new period's; "unused" counts what the old period's
-   * grants expired with if they ended before this grant came (a renewal paid late).
+   * subscription, ending exactly where this one starts) ended on a plan with rollover, its unused
+   * credits up to that plan's max_credits move into a rollover grant; the rest expire now.
+   * Reading: the plan is the one the ending period ended on (its newest grant that names a plan:
+   * a mid-period upgrade names the new plan, a change with `none` does not). "Unused" counts
+   * what the old period's grants expired with if they ended before this grant came (a renewal
+   * paid late).
    */
   const grantPeriod = (sub: Subscription, period: Period, plan: Plan, credits: number, payment: Payment | undefined) => {
     const key = `${sub.id}:${period.start}`;
-    const made = grant(sub.account, `period:${key}`, credits, period.end, { payment, period: key });
+    const made = grant(sub.account, `period:${key}`, credits, period.end, { payment, period: key, plan });
     if (made === undefined) return;
     const previous = [...sub.periods.values()].find((candidate) => candidate.end === period.start);
-    sub.periods.set(period.start, { ...period, plan });
-    if (previous === undefined || plan.rollover === undefined) return;
+    sub.periods.set(period.start, period);
+    if (previous === undefined) return;
     const ending = sub.account.grants.filter((candidate) => candidate.period === `${sub.id}:${previous.start}`);
+    const endedOn = ending.filter((old) => old.plan !== undefined).sort((a, b) => b.sequence - a.sequence)[0]?.plan;
+    if (endedOn?.rollover === undefined) return;
     for (const old of ending) expire(old);
     const unused = ending.reduce((sum, old) => sum + old.expiredCredits, 0);
-    grant(sub.account, `rollover:${key}`, Math.min(unused, plan.rollover.max_credits), period.end, { period: key });
+    grant(sub.account, `rollover:${key}`, Math.min(unused, endedOn.rollover.max_credits), period.end, { period: key });
   };
 
   /** The net credits of a future yearly month: every paid yearly line covering it, less refund cancellations. */
@@ -310,7 +316,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         }
         // Paid after its period ended: into the period current at payment, expiring with it.
         const into = creditPeriod.end > fact.at ? creditPeriod : fact.currentPeriod;
-        grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, { payment, period: `${sub.id}:${into.start}` });
+        grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, { payment, period: `${sub.id}:${into.start}`, plan });
       }
     }
   };

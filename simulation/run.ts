@@ -26,6 +26,8 @@ export interface RunOptions {
   seed: number;
   /** Some seeds close one instance and start another mid-burst. */
   restarts: boolean;
+  /** An operator replays a few applied events at the end. */
+  replays: boolean;
 }
 
 export interface RunResult {
@@ -61,6 +63,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   const holdIds = new Map<string, string>();
   const pendingHolds = new Map<number, { key: string; step: Extract<Step, { kind: 'hold' }> }[]>();
   const holdExpiries: number[] = [];
+  const replayed: string[] = [];
   let keyCounter = 0;
   let delivered = 0;
   const key = (what: string) => `${what}_${options.seed}_${(keyCounter += 1)}`;
@@ -172,7 +175,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     // The end: let every delayed action (recoveries, refund failures, dispute closings) happen.
     const end = world.now + 45 * day;
     for (let boundary = nextBoundary(); boundary !== undefined && boundary <= end; boundary = nextBoundary()) await tick(boundary);
-    await replaySome();
+    if (options.replays) await replaySome();
     await audit();
   } finally {
     for (const app of system.apps) await app.close();
@@ -308,6 +311,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     const { rows } = await database.db.query<{ id: string }>(`select id from webhook_events where status in ('processed', 'ignored') order by id`);
     for (let count = 0; count < 5 && rows.length > 0; count += 1) {
       const event = chaos.pick(rows);
+      replayed.push(event.id);
       const response = await call('POST', `/v1/admin/webhook-events/${event.id}/replay`, undefined, true);
       if (response.status !== 200) failures.push(`replay of ${event.id} answered ${response.status}: ${JSON.stringify(response.body)}`);
     }
@@ -325,6 +329,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     }
     const now = clock.now().getTime() / 1000;
     for (const [accountId, expected] of model.accounts) await compareAccount(accountId, expected, now);
+    if (failures.length > 0 && replayed.length > 0) failures.push(`(the operator replayed ${replayed.join(', ')} at the end)`);
     const invariants = await database.db.query<{ check: string; count: number }>(
       `select 'balance differs from the fold of its entries' as check, count(*)::int as count from accounts a
          where a.available - a.debt <> coalesce((select sum(amount) from entries e where e.account_id = a.id), 0)
@@ -350,8 +355,8 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     const actual = { available: balance.body.available, held: balance.body.held, debt: balance.body.debt };
     const wanted = { available: expected.available, held: expected.held, debt: expected.debt };
     if (JSON.stringify(actual) !== JSON.stringify(wanted)) failures.push(`${accountId} balance: Tally ${JSON.stringify(actual)}, model ${JSON.stringify(wanted)}`);
-    const { rows } = await database.db.query<{ grant_key: string; amount: number; remaining: number; expires_at: number | null }>(
-      `select grant_key, amount, remaining, extract(epoch from expires_at)::bigint as expires_at from grants where account_id = $1`,
+    const { rows } = await database.db.query<{ grant_key: string; amount: number; remaining: number; expires_at: number | null; event: string | null }>(
+      `select grant_key, amount, remaining, extract(epoch from expires_at)::bigint as expires_at, reference->>'event' as event from grants where account_id = $1`,
       [accountId],
     );
     const tally = new Map(rows.map((row) => [row.grant_key, row]));
@@ -363,7 +368,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         failures.push(`${accountId} grant ${grantKey}: Tally ${found.amount} expiring ${iso(found.expires_at)}, model ${grant.amount} expiring ${iso(grant.expiresAt)}`);
       }
     }
-    for (const [grantKey, row] of tally) if (!model.has(grantKey)) failures.push(`${accountId} grant ${grantKey} (${row.amount}) in Tally, not in the model`);
+    for (const [grantKey, row] of tally) if (!model.has(grantKey)) failures.push(`${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model`);
     // Within one expiry the spend order falls back to creation order, which chaotic delivery may
     // change; what remains per expiry (live grants) is what must agree.
     const byExpiry = (entries: { expiresAt: number | null; remaining: number; live: boolean }[]) => {

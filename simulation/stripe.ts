@@ -72,6 +72,9 @@ export class StripeWorld {
   private readonly invoicePayments = new Map<string, string>();
   private readonly invoiceLines = new Map<string, StripeObject[]>();
   private readonly paidInvoices: StripeObject[] = [];
+  private readonly invoicesById = new Map<string, StripeObject>();
+  private readonly paymentIntents = new Map<string, StripeObject>();
+  private readonly completedSessionObjects: StripeObject[] = [];
   private readonly sessions = new Map<string, StripeObject>();
   private readonly sessionKeys = new Map<string, string>();
   private readonly completedSessions = new Set<string>();
@@ -235,6 +238,7 @@ export class StripeWorld {
       lines: { object: 'list', has_more: false, url: `/v1/invoices/${invoiceId}/lines`, data: all.map((line) => this.lineObject(invoiceId, sub, line)) },
     });
     this.invoiceLines.set(invoiceId, object.lines.data);
+    this.invoicesById.set(invoiceId, object);
     this.emit('invoice.finalized', object);
     if (failUntil !== undefined && due > 0) {
       this.emit('invoice.payment_failed', { ...object, attempt_count: 1, next_payment_attempt: failUntil });
@@ -250,14 +254,16 @@ export class StripeWorld {
   private collect(sub: SimSubscription, object: StripeObject, lines: PaidLine[]): void {
     const due = object.amount_due as number;
     const paymentIntent = due > 0 ? this.id('pi') : null;
-    const paid = { ...object, status: 'paid', amount_paid: due, amount_remaining: 0, status_transitions: { ...object.status_transitions, paid_at: this.now } };
+    const paid: StripeObject = { ...object, status: 'paid', amount_paid: due, amount_remaining: 0, status_transitions: { ...object.status_transitions, paid_at: this.now } };
     this.paidInvoices.push(paid);
+    this.invoicesById.set(paid.id, paid);
     this.emit('invoice.paid', paid);
     this.emit('invoice.payment_succeeded', paid);
     if (paymentIntent !== null) {
       const charge = this.id('ch');
       this.charges.set(charge, { payment_intent: paymentIntent, amount: due, refunds: [] });
       this.invoicePayments.set(paymentIntent, object.id);
+      this.paymentIntents.set(paymentIntent, this.paymentIntentObject(paymentIntent, due, charge, sub.customer, {}));
       const invoicePayment = base('invoice_payment');
       Object.assign(invoicePayment, { id: this.id('inpay'), invoice: object.id, amount_paid: due, amount_requested: due, status: 'paid', payment: { type: 'payment_intent', payment_intent: paymentIntent } });
       this.emit('invoice_payment.paid', invoicePayment);
@@ -275,6 +281,15 @@ export class StripeWorld {
   private creditPeriod(sub: SimSubscription): Period {
     if (intervalOf(sub.price) === 'month') return { ...sub.period };
     return monthsOf(sub.period).find((month) => month.start <= this.now && this.now < month.end) ?? { ...sub.period };
+  }
+
+  /** Each buyer types an email of their own into Checkout (the fixture's would make every trial one person's). */
+  private emailOf(account: string): string {
+    return `${account}@buyers.test`;
+  }
+
+  private paymentIntentObject(id: string, amount: number, charge: string, customer: string | null, metadata: Record<string, string>): StripeObject {
+    return { id, object: 'payment_intent', amount, amount_received: amount, currency: 'usd', status: 'succeeded', latest_charge: charge, customer, metadata, livemode: false };
   }
 
   paymentsOf(account: string): SimPayment[] {
@@ -304,6 +319,8 @@ export class StripeWorld {
       this.completedSessions.add(session);
       const completed = base('checkout.session');
       Object.assign(completed, { id: session, mode: 'subscription', status: 'complete', payment_status: trialEnd === null ? 'paid' : 'no_payment_required', customer, subscription: sub.id, client_reference_id: account, metadata: { tally_account_id: account }, payment_intent: null, payment_link: null });
+      completed.customer_details = { ...completed.customer_details, email: this.emailOf(account) };
+      this.completedSessionObjects.push(completed);
       this.emit('checkout.session.completed', completed);
     }
     this.emitSubscription('customer.subscription.created', sub);
@@ -403,6 +420,9 @@ export class StripeWorld {
       payment_link: session === undefined ? this.id('plink') : null,
       subscription: null,
     });
+    object.customer_details = { ...object.customer_details, email: this.emailOf(account) };
+    this.completedSessionObjects.push(object);
+    this.paymentIntents.set(paymentIntent, this.paymentIntentObject(paymentIntent, amount, charge, object.customer, created?.payment_intent_metadata ?? {}));
     this.sessionLineItems.set(sessionId, lineItems.map((item) => ({ id: this.id('li'), object: 'item', price: { id: item.price, object: 'price', unit_amount: unitAmounts[item.price] }, quantity: item.quantity, amount_total: (unitAmounts[item.price] ?? 0) * item.quantity, currency: 'usd' })));
     this.emit('payment_intent.succeeded', { ...base('charge'), id: paymentIntent, object: 'payment_intent', amount, status: 'succeeded', latest_charge: charge });
     this.emit('checkout.session.completed', object);
@@ -495,8 +515,8 @@ export class StripeWorld {
       const existing = idempotencyKey === undefined ? undefined : this.sessionKeys.get(idempotencyKey);
       const id = existing !== undefined && !this.completedSessions.has(existing) ? existing : this.id('cs');
       if (idempotencyKey !== undefined) this.sessionKeys.set(idempotencyKey, id);
-      const metadata = Object.fromEntries(Object.entries(params).filter(([name]) => name.startsWith('metadata[')).map(([name, value]) => [name.slice(9, -1), value]));
-      const session = { id, object: 'checkout.session', url: `https://checkout.stripe.test/${id}`, mode: params.mode, client_reference_id: params.client_reference_id ?? null, metadata };
+      const nested = (prefix: string) => Object.fromEntries(Object.entries(params).filter(([name]) => name.startsWith(`${prefix}[`)).map(([name, value]) => [name.slice(prefix.length + 1, -1), value]));
+      const session = { id, object: 'checkout.session', url: `https://checkout.stripe.test/${id}`, mode: params.mode, client_reference_id: params.client_reference_id ?? null, metadata: nested('metadata'), payment_intent_metadata: nested('payment_intent_data[metadata]') };
       this.sessions.set(id, session);
       return [200, session];
     }
@@ -504,6 +524,20 @@ export class StripeWorld {
     if (method === 'GET' && match?.[1] !== undefined) {
       const items = this.sessionLineItems.get(match[1]);
       return items === undefined ? notFound : [200, this.list(path, items)];
+    }
+    if (method === 'GET' && path === '/v1/checkout/sessions') {
+      const found = this.completedSessionObjects.filter((session) => (params.subscription === undefined || session.subscription === params.subscription) && (params.payment_intent === undefined || session.payment_intent === params.payment_intent));
+      return [200, this.list(path, found)];
+    }
+    match = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
+    if (method === 'GET' && match?.[1] !== undefined) {
+      const found = this.paymentIntents.get(match[1]);
+      return found === undefined ? notFound : [200, found];
+    }
+    match = /^\/v1\/invoices\/([^/]+)$/.exec(path);
+    if (method === 'GET' && match?.[1] !== undefined) {
+      const found = this.invoicesById.get(match[1]);
+      return found === undefined ? notFound : [200, found];
     }
     match = /^\/v1\/checkout\/sessions\/([^/]+)$/.exec(path);
     if (method === 'GET' && match?.[1] !== undefined) {

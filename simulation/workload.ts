@@ -34,7 +34,7 @@ export const allKinds = [
   'refund:partial', 'refund:multiple', 'refund:failed', 'refund:yearly',
   'dispute:inquiry', 'dispute:won', 'dispute:lost',
   'usage', 'batch', 'hold:capture', 'hold:void', 'hold:expire',
-  'chaos:restart',
+  'chaos:restart', 'chaos:replay',
 ] as const;
 export type Kind = (typeof allKinds)[number];
 
@@ -154,6 +154,7 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
     case 'hold:expire':
       return { kind: 'hold', amount: random.pick([5, 100, 900, 3000]), expiresIn: random.integer(60, 86400), resolution: kind.slice(5) as 'capture', capturePerMille: random.integer(0, 1000) };
     case 'chaos:restart':
+    case 'chaos:replay':
       return undefined;
   }
 }
@@ -161,7 +162,7 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
 /** `count` lifecycles of `stepsEach` steps from `seed`, over the enabled kinds, interleaved. */
 export function generate(seed: number, count: number, kinds: ReadonlySet<string>, stepsEach = 14): Step[] {
   const random = new Random(seed);
-  const enabled = allKinds.filter((kind) => kinds.has(kind) && kind !== 'chaos:restart');
+  const enabled = allKinds.filter((kind) => kinds.has(kind) && !kind.startsWith('chaos:'));
   const starts: Kind[] = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
   // A yearly refund needs a yearly subscription to start with.
   if (kinds.has('refund:yearly')) starts.push('subscribe:yearly', 'subscribe:yearly');
