@@ -207,10 +207,23 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     return { taken: [...taken, ...more], debt };
   };
   const ownGrants = (payment: Payment) => payment.account.grants.filter((candidate) => candidate.payment === payment.id);
-  /** Reading: a restore first cancels the debt its clawback made (if still owed), then refills its grants. */
-  const restore = (clawback: Clawback) => {
-    clawback.account.debt -= Math.min(clawback.account.debt, clawback.debt);
-    for (const part of clawback.taken) giveBack(clawback.account, part.grant, part.credits);
+  /**
+   * Reading (as main's tally_restore): a restore first repays what the account owes, then gives
+   * the rest back to the grants the clawback took from, last taken first (a grant that has
+   * expired meanwhile loses them); what is still left (debt the clawback made that later
+   * credits repaid) comes back as a never-expiring grant `{key}:debt-repaid`.
+   */
+  const restore = (clawback: Clawback, key: string) => {
+    const owner = clawback.account;
+    const repaid = Math.min(owner.debt, clawback.credits);
+    owner.debt -= repaid;
+    let left = clawback.credits - repaid;
+    for (const part of [...clawback.taken].reverse()) {
+      const give = Math.min(part.credits, left);
+      left -= give;
+      if (!part.grant.expired) part.grant.remaining += give;
+    }
+    grant(owner, `${key}:debt-repaid`, left, null);
     clawback.payment.clawed -= clawback.credits;
   };
 
@@ -238,13 +251,17 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     grant(sub.account, `rollover:${key}`, Math.min(unused, endedOn.rollover.max_credits), period.end, { period: key });
   };
 
-  /** The net credits of a future yearly month: every paid yearly line covering it, less refund cancellations. */
+  /**
+   * The net credits of a future yearly month: every paid line of its year covering it, less
+   * refund cancellations. A line counts only in the months of its own billing period (after an
+   * interval change with `none`, the old year's months and the new year's are both paid for).
+   */
   const monthCredits = (sub: Subscription, month: Period & { year: Period }): { credits: number; plan: Plan | undefined } => {
     let credits = 0;
     let plan: Plan | undefined;
     for (const line of sub.lines) {
       const match = planOf(line.price);
-      if (match?.interval !== 'year' || line.start > month.start || line.end < month.end) continue;
+      if (match?.interval !== 'year' || line.billingPeriod.start !== month.year.start || line.start > month.start || line.end < month.end) continue;
       credits += (line.amount < 0 ? -1 : 1) * match.plan.credits_per_month * line.quantity;
       if (line.amount >= 0) plan = match.plan;
     }
@@ -349,11 +366,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     clawbacks.set(`dispute:${fact.dispute}`, { account: payment.account, payment, credits, taken, debt });
   };
 
-  const reverse = (key: string) => {
+  const reverse = (key: string, restoreKey: string) => {
     const clawback = clawbacks.get(key);
-    if (clawback === undefined || clawbacks.has(`${key}:restored`)) return;
-    clawbacks.set(`${key}:restored`, clawback);
-    restore(clawback);
+    if (clawback === undefined || clawbacks.has(restoreKey)) return;
+    clawbacks.set(restoreKey, clawback);
+    restore(clawback, restoreKey);
   };
 
   const usage = (accountId: string, amount: number, key: string) => {
@@ -396,13 +413,13 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         refund(fact);
         break;
       case 'refund_reversed':
-        reverse(`refund:${fact.refund}`);
+        reverse(`refund:${fact.refund}`, `refund-reversed:${fact.refund}`);
         break;
       case 'dispute':
         dispute(fact);
         break;
       case 'dispute_won':
-        reverse(`dispute:${fact.dispute}`);
+        reverse(`dispute:${fact.dispute}`, `dispute-won:${fact.dispute}`);
         break;
       case 'usage':
         usage(fact.account, fact.amount, fact.key);

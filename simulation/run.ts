@@ -77,6 +77,19 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     record(`${method} ${url}`, response.status, response.body);
     return response;
   };
+  /**
+   * A keyed app call, sometimes sent again (a client retrying after a lost answer) to the other
+   * instance: the replay must answer as the first time did (invariant 7).
+   */
+  const keyedCall = async (method: 'POST', url: string, body: Record<string, unknown>) => {
+    const first = await call(method, url, body);
+    if (chaos.chance(0.2)) {
+      const again = await call(method, url, body);
+      const strip = (answer: { status: number; body: any }) => JSON.stringify({ status: answer.status, body: { ...answer.body, replayed: undefined, error: answer.body?.error === undefined ? undefined : { ...answer.body.error, replayed: undefined } } });
+      if (strip(again) !== strip(first)) failures.push(`${url} replayed with key ${String(body.idempotency_key)} answered ${strip(again)}, first ${strip(first)}`);
+    }
+    return first;
+  };
 
   /**
    * Delivers the outbox: each event 1 to 5 times, shuffled, in concurrent bursts to either
@@ -258,7 +271,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       case 'usage': {
         const usageKey = key('use');
         world.facts.push({ kind: 'usage', at: world.now, account, amount: step.amount, key: usageKey });
-        remember(usageKey, await call('POST', `/v1/accounts/${account}/usage`, { amount: step.amount, idempotency_key: usageKey }));
+        remember(usageKey, await keyedCall('POST', `/v1/accounts/${account}/usage`, { amount: step.amount, idempotency_key: usageKey }));
         return;
       }
       case 'batch': {
@@ -276,7 +289,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       case 'hold': {
         const holdKey = key('hold');
         world.facts.push({ kind: 'hold', at: world.now, account, amount: step.amount, key: holdKey, expiresInSeconds: step.expiresIn });
-        const response = await call('POST', `/v1/accounts/${account}/holds`, { amount: step.amount, idempotency_key: holdKey, expires_in_seconds: step.expiresIn });
+        const response = await keyedCall('POST', `/v1/accounts/${account}/holds`, { amount: step.amount, idempotency_key: holdKey, expires_in_seconds: step.expiresIn });
         remember(holdKey, response);
         if (response.status === 201) {
           holdIds.set(holdKey, response.body.hold_id as string);

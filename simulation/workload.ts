@@ -175,6 +175,8 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
       if (body !== undefined) steps.push({ lifecycle, after, label: kind, ...body } as Step);
     };
     if (starts.length > 0) add(random.pick(starts), random.integer(0, 3 * day));
+    // A lifecycle's pace: most move a few days between steps, one in four weeks (whole years then pass).
+    const pace = random.chance(0.25) ? 20 * day : 4 * day;
     for (let index = 1; index < stepsEach && enabled.length > 0; index += 1) {
       if (random.chance(0.12)) steps.push({ lifecycle, kind: 'wait', after: random.integer(10, 40) * day });
       const kind = random.pick(enabled);
@@ -184,7 +186,7 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
         add('trial:converted', random.integer(0, day));
         add('cancel:now', random.integer(0, day));
       }
-      add(kind, random.integer(0, 4 * day));
+      add(kind, random.integer(0, pace));
       if (kind === 'refund:multiple') add(kind, random.integer(0, 2 * day));
       const last = steps[steps.length - 1];
       if (last?.kind === 'hold' && last.resolution !== 'expire') steps.push({ lifecycle, kind: 'resolve', after: random.integer(0, 3600) });
