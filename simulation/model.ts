@@ -59,7 +59,6 @@ interface Clawback {
   payment: Payment;
   credits: number;
   taken: Take[];
-  debt: number;
 }
 interface Payment {
   id: string;
@@ -198,13 +197,13 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     return created;
   };
   /** Takes credits back: from `own` first, then the other grants in spend order; the rest is debt. */
-  const clawBack = (owner: Account, credits: number, own: Grant[]): { taken: Take[]; debt: number } => {
+  const clawBack = (owner: Account, credits: number, own: Grant[]): Take[] => {
     const taken = take(own, credits);
     const fromOwn = taken.reduce((sum, part) => sum + part.credits, 0);
     const more = take(owner.grants, Math.min(credits - fromOwn, available(owner)));
     const debt = credits - fromOwn - more.reduce((sum, part) => sum + part.credits, 0);
     owner.debt += debt;
-    return { taken: [...taken, ...more], debt };
+    return [...taken, ...more];
   };
   const ownGrants = (payment: Payment) => payment.account.grants.filter((candidate) => candidate.payment === payment.id);
   /**
@@ -326,8 +325,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
             // "exceeds what is left of the period's credits leaves debt, as a refund does"), then
             // from the others in spend order, as a refund does; beyond that it is debt.
             const period = owner.grants.filter((candidate) => candidate.period === `${sub.id}:${creditPeriod.start}`);
-            const { taken, debt } = clawBack(owner, credits, period);
-            clawbacks.set(`proration:${line.id}`, { account: owner, payment, credits, taken, debt });
+            clawbacks.set(`proration:${line.id}`, { account: owner, payment, credits, taken: clawBack(owner, credits, period) });
           }
           continue;
         }
@@ -353,8 +351,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       sub.cancelled.set(yearStart, (sub.cancelled.get(yearStart) ?? 0) + cancelled);
       credits -= cancelled;
     }
-    const { taken, debt } = clawBack(payment.account, credits, ownGrants(payment));
-    clawbacks.set(`refund:${fact.refund}`, { account: payment.account, payment, credits, taken, debt });
+    clawbacks.set(`refund:${fact.refund}`, { account: payment.account, payment, credits, taken: clawBack(payment.account, credits, ownGrants(payment)) });
   };
 
   const dispute = (fact: Extract<Fact, { kind: 'dispute' }>) => {
@@ -362,8 +359,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     if (payment === undefined || clawbacks.has(`dispute:${fact.dispute}`)) return;
     const credits = payment.credits - payment.clawed;
     payment.clawed += credits;
-    const { taken, debt } = clawBack(payment.account, credits, ownGrants(payment));
-    clawbacks.set(`dispute:${fact.dispute}`, { account: payment.account, payment, credits, taken, debt });
+    clawbacks.set(`dispute:${fact.dispute}`, { account: payment.account, payment, credits, taken: clawBack(payment.account, credits, ownGrants(payment)) });
   };
 
   const reverse = (key: string, restoreKey: string) => {

@@ -152,15 +152,20 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         failures.push(`the window at ${iso(world.now)} did not quiesce: ${rows[0]?.count} events pending`);
         break;
       }
+      profile.waits += 1;
       await sleep(20);
     }
     await system.apps[0]!.parts.ledger.settleDue(10_000);
   };
+  const profile = { ticks: 0, quiesceMilliseconds: 0, waits: 0 };
   const tick = async (at: number) => {
     clock.advanceSeconds(at - clock.now().getTime() / 1000);
     world.facts.push({ kind: 'clock', at });
     world.advanceTo(at);
+    const started = Date.now();
     await quiesce();
+    profile.ticks += 1;
+    profile.quiesceMilliseconds += Date.now() - started;
   };
   const nextBoundary = () => {
     const candidates = [world.nextBoundary(), ...holdExpiries.filter((at) => at > world.now)].filter((at): at is number => at !== undefined);
@@ -190,6 +195,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     for (let boundary = nextBoundary(); boundary !== undefined && boundary <= end; boundary = nextBoundary()) await tick(boundary);
     if (options.replays) await replaySome();
     await audit();
+    if (process.env.SIMULATION_PROFILE !== undefined) console.log(`  profile: ${JSON.stringify(profile)}`);
   } finally {
     for (const app of system.apps) await app.close();
     await database.close();
