@@ -24,7 +24,8 @@ const option = (name: string): string | undefined => {
 };
 const lifecyclesPerSeed = 4;
 const lifecycles = Number(option('lifecycles') ?? lifecyclesPerSeed);
-const kinds = new Set<string>(option('kinds')?.split(',') ?? allKinds);
+// A replayed history plays its own steps; chaos besides delivery only when --kinds names it.
+const kinds = new Set<string>(option('kinds')?.split(',') ?? (option('history') === undefined ? allKinds : []));
 const seedGiven = option('seed');
 const firstSeed = seedGiven === undefined ? Math.floor(Math.random() * 1_000_000) : Number(seedGiven);
 const seedCount = Number(option('seeds') ?? (seedGiven === undefined ? Math.ceil(lifecycles / lifecyclesPerSeed) : 1));
