@@ -77,8 +77,8 @@ interface Subscription {
   periods: Map<number, Period>;
   /** Yearly months still to grant (months 2 to 12 of each paid year). */
   schedule: (Period & { year: Period })[];
-  /** Credits of not yet granted months cancelled by refunds, by year start. */
-  cancelled: Map<number, number>;
+  /** Credits of not yet granted months cancelled by refunds, by year start, and the refunded payment's credits a month. */
+  cancelled: Map<number, { credits: number; monthly: number }>;
   endedAt: number | undefined;
   trialEnd: number | undefined;
 }
@@ -266,14 +266,17 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     }
     return { credits: credits - cancelledShare(sub, month), plan };
   };
-  /** Reading: a refund cancels not yet granted months from the last month of the year backwards. */
+  /**
+   * Reading (as main): a refund cancels, from the last month of the year backwards, what the
+   * refunded payment itself still had to grant in months not yet granted (its own line's
+   * credits × quantity a month), not what later changes added to those months.
+   */
   const cancelledShare = (sub: Subscription, month: Period & { year: Period }): number => {
-    const pool = sub.cancelled.get(month.year.start) ?? 0;
-    if (pool === 0) return 0;
+    const cancelled = sub.cancelled.get(month.year.start);
+    if (cancelled === undefined) return 0;
     const months = monthsOf(month.year);
     const after = months.length - 1 - months.findIndex((candidate) => candidate.start === month.start);
-    const full = monthCredits({ ...sub, cancelled: new Map() }, month).credits;
-    return Math.max(0, Math.min(full, pool - full * after));
+    return Math.max(0, Math.min(cancelled.monthly, cancelled.credits - cancelled.monthly * after));
   };
   const grantDueMonths = (at: number) => {
     const due = [...subscriptions.values()].flatMap((sub) => sub.schedule.filter((month) => month.start <= at).map((month) => ({ sub, month })));
@@ -346,9 +349,10 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       // A yearly payment: months not yet granted are cancelled first.
       const sub = subscriptions.get(payment.year.subscription)!;
       const yearStart = payment.year.period.start;
-      const pending = sub.schedule.filter((month) => month.year.start === yearStart).length * payment.year.monthly - (sub.cancelled.get(yearStart) ?? 0);
+      const before = sub.cancelled.get(yearStart)?.credits ?? 0;
+      const pending = sub.schedule.filter((month) => month.year.start === yearStart).length * payment.year.monthly - before;
       const cancelled = Math.min(credits, Math.max(0, pending));
-      sub.cancelled.set(yearStart, (sub.cancelled.get(yearStart) ?? 0) + cancelled);
+      sub.cancelled.set(yearStart, { credits: before + cancelled, monthly: payment.year.monthly });
       credits -= cancelled;
     }
     clawbacks.set(`refund:${fact.refund}`, { account: payment.account, payment, credits, taken: clawBack(payment.account, credits, ownGrants(payment)) });
