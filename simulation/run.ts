@@ -111,6 +111,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       const burst = copies.slice(index, index + chaos.integer(1, 8));
       const sending = Promise.all(burst.map((event) => deliver(chaos.pick(system.apps), event)));
       if (restartAt >= 0 && index <= restartAt && restartAt < index + burst.length) {
+        profile.restarts += 1;
         const closing = system.apps[1]!;
         const replacement = makeApp();
         await closing.close();
@@ -144,8 +145,12 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   const quiesce = async () => {
     const deadline = Date.now() + 60_000;
     for (;;) {
+      let started = Date.now();
       if (world.outbox.length > 0) await deliverWindow();
+      profile.deliverMilliseconds += Date.now() - started;
+      started = Date.now();
       await Promise.all(system.apps.map((app) => app.parts.worker.drain()));
+      profile.drainMilliseconds += Date.now() - started;
       const { rows } = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'pending'`);
       if ((rows[0]?.count ?? 0) === 0 && world.outbox.length === 0) break;
       if (Date.now() > deadline) {
@@ -155,9 +160,11 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       profile.waits += 1;
       await sleep(20);
     }
+    const started = Date.now();
     await system.apps[0]!.parts.ledger.settleDue(10_000);
+    profile.settleMilliseconds += Date.now() - started;
   };
-  const profile = { ticks: 0, quiesceMilliseconds: 0, waits: 0 };
+  const profile = { ticks: 0, quiesceMilliseconds: 0, waits: 0, deliverMilliseconds: 0, drainMilliseconds: 0, settleMilliseconds: 0, restarts: 0 };
   const tick = async (at: number) => {
     clock.advanceSeconds(at - clock.now().getTime() / 1000);
     world.facts.push({ kind: 'clock', at });
