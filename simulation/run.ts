@@ -1,3 +1,4 @@
+import pg from 'pg';
 import Stripe from 'stripe';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createTestApp, TestClock, testCatalog, webhookSecret, type TestApp } from '../test/helpers/app.js';
@@ -207,6 +208,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     for (const app of system.apps) await app.close();
     await database.close();
     await world.stop();
+    await dropDatabase(database.url);
   }
   return { failures, facts: world.facts, steps: steps.length, events: delivered };
 
@@ -405,6 +407,19 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     const tallyLive = byExpiry(rows.map((row) => ({ expiresAt: row.expires_at === null ? null : Number(row.expires_at), remaining: Number(row.remaining), live: row.expires_at === null || Number(row.expires_at) > now })));
     const modelLive = byExpiry(expected.grants.map((grant) => ({ expiresAt: grant.expiresAt, remaining: grant.remaining, live: !grant.expired })));
     if (tallyLive !== modelLive) failures.push(`${accountId} live credits by expiry: Tally ${tallyLive}, model ${modelLive}`);
+  }
+}
+
+/** A seed's database goes when the seed is done: long runs would otherwise fill the disk. */
+async function dropDatabase(url: string): Promise<void> {
+  const server = process.env.TALLY_TEST_SERVER_URL;
+  if (server === undefined) return;
+  const admin = new pg.Client({ connectionString: server });
+  await admin.connect();
+  try {
+    await admin.query(`drop database if exists ${pg.escapeIdentifier(new URL(url).pathname.slice(1))} with (force)`);
+  } finally {
+    await admin.end();
   }
 }
 
