@@ -294,7 +294,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     const payment: Payment = { id: fact.paymentIntent ?? fact.invoice, account: owner, amountPaid: fact.amountPaid, credits: 0, clawed: 0, year: undefined };
     payments.set(payment.id, payment);
     const lines = fact.lines.filter((line) => planOf(line.price) !== undefined);
-    // Positive lines first, then negative ones: a clawback on the same invoice sees the grants it made.
+    // Reading: positive lines first, then negative ones, so that a clawback on an invoice sees the
+    // grants the same invoice made and the result does not depend on the order Stripe lists lines.
     for (const line of [...lines].sort((a, b) => Number(a.amount < 0) - Number(b.amount < 0))) {
       const { plan, interval } = planOf(line.price)!;
       const monthly = plan.credits_per_month * line.quantity;
