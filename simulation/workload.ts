@@ -1,0 +1,208 @@
+/**
+ * The workload generator: from a seed, the customer lifecycles to play, as one interleaved list
+ * of steps. A step names its lifecycle, how long after the previous step it happens, and what
+ * the customer, Stripe or the app does. Steps do not depend on each other by construction: one
+ * whose precondition does not hold when it runs (a plan change without a subscription) does
+ * nothing, so a history still plays after any of its steps is dropped (shrinking).
+ */
+export type Behavior = 'always_invoice' | 'create_prorations' | 'none';
+
+export type StepBody =
+  | { kind: 'subscribe'; price: string; quantity: number; trial: boolean }
+  | { kind: 'change'; price: string; quantity: number; behavior: Behavior }
+  | { kind: 'cancel'; mode: 'period_end' | 'now' | 'now_prorated' }
+  | { kind: 'fail_renewal'; recoverAfter: number }
+  | { kind: 'pack'; via: 'checkout' | 'link'; price: string; quantity: number }
+  | { kind: 'refund'; payment: number; perMille: number; failAfter: number | undefined; yearly: boolean }
+  | { kind: 'dispute'; payment: number; outcome: 'inquiry' | 'won' | 'lost'; closeAfter: number }
+  | { kind: 'usage'; amount: number }
+  | { kind: 'batch'; amounts: number[] }
+  | { kind: 'hold'; amount: number; expiresIn: number; resolution: 'capture' | 'void' | 'expire'; capturePerMille: number }
+  | { kind: 'resolve' }
+  | { kind: 'wait' };
+/** `kind` in the body is what happens; `label` the step kind it was generated for. */
+export type Step = { lifecycle: number; after: number; label?: string } & StepBody;
+
+/** Every step kind the generator knows, by the name CI enables it with. */
+export const allKinds = [
+  'subscribe:monthly', 'subscribe:yearly', 'subscribe:seats',
+  'trial:converted', 'trial:cancelled', 'trial:refused',
+  'change:always_invoice', 'change:create_prorations', 'change:none', 'change:seats', 'change:interval', 'change:yearly',
+  'cancel:period_end', 'cancel:now', 'cancel:now_prorated',
+  'payment:failed_recovered',
+  'pack:checkout', 'pack:link',
+  'refund:partial', 'refund:multiple', 'refund:failed', 'refund:yearly',
+  'dispute:inquiry', 'dispute:won', 'dispute:lost',
+  'usage', 'batch', 'hold:capture', 'hold:void', 'hold:expire',
+  'chaos:restart', 'chaos:replay',
+] as const;
+export type Kind = (typeof allKinds)[number];
+
+/** A small, fast, seeded generator (mulberry32): the same seed gives the same history everywhere. */
+export class Random {
+  private state: number;
+  constructor(seed: number) {
+    this.state = seed >>> 0;
+  }
+  next(): number {
+    this.state = (this.state + 0x6d2b79f5) >>> 0;
+    let t = this.state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  integer(min: number, max: number): number {
+    return min + Math.floor(this.next() * (max - min + 1));
+  }
+  pick<T>(items: readonly T[]): T {
+    return items[Math.floor(this.next() * items.length)]!;
+  }
+  chance(probability: number): boolean {
+    return this.next() < probability;
+  }
+  shuffle<T>(items: T[]): T[] {
+    for (let index = items.length - 1; index > 0; index -= 1) {
+      const other = Math.floor(this.next() * (index + 1));
+      [items[index], items[other]] = [items[other]!, items[index]!];
+    }
+    return items;
+  }
+}
+
+const day = 86400;
+const monthlyPrices = ['price_starter_monthly', 'price_plus_monthly', 'price_pro_monthly'];
+const yearlyPrices = ['price_plus_yearly', 'price_pro_yearly'];
+
+/** The step kind a step exercises (for enabling kinds and for reports). */
+export function kindOf(step: Step): string {
+  if (step.label !== undefined) return step.label;
+  switch (step.kind) {
+    case 'subscribe':
+      if (step.trial) return 'trial:converted';
+      if (step.price.endsWith('_yearly')) return 'subscribe:yearly';
+      return step.quantity > 1 ? 'subscribe:seats' : 'subscribe:monthly';
+    case 'change':
+      if (step.price.endsWith('_yearly')) return 'change:yearly';
+      return `change:${step.behavior}`;
+    case 'cancel':
+      return `cancel:${step.mode}`;
+    case 'fail_renewal':
+      return 'payment:failed_recovered';
+    case 'pack':
+      return `pack:${step.via}`;
+    case 'refund':
+      return step.yearly ? 'refund:yearly' : step.failAfter !== undefined ? 'refund:failed' : 'refund:partial';
+    case 'dispute':
+      return `dispute:${step.outcome}`;
+    case 'hold':
+      return `hold:${step.resolution}`;
+    default:
+      return step.kind;
+  }
+}
+
+function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefined {
+  // More than one seat only where seats are enabled, so the other kinds are judged on their own.
+  const quantity = () => (seats && random.chance(0.3) ? random.integer(2, 4) : 1);
+  switch (kind) {
+    case 'subscribe:monthly':
+      return { kind: 'subscribe', price: random.pick(monthlyPrices), quantity: 1, trial: false };
+    case 'subscribe:seats':
+      return { kind: 'subscribe', price: random.pick(monthlyPrices), quantity: random.integer(2, 4), trial: false };
+    case 'subscribe:yearly':
+      return { kind: 'subscribe', price: random.pick(yearlyPrices), quantity: quantity(), trial: false };
+    case 'trial:converted':
+    case 'trial:refused':
+      return { kind: 'subscribe', price: 'price_plus_monthly', quantity: 1, trial: true };
+    case 'trial:cancelled':
+      return { kind: 'cancel', mode: random.pick(['period_end', 'now'] as const) };
+    case 'change:always_invoice':
+    case 'change:create_prorations':
+    case 'change:none':
+      return { kind: 'change', price: random.pick(monthlyPrices), quantity: quantity(), behavior: kind.slice(7) as Behavior };
+    case 'change:seats':
+      return { kind: 'change', price: '', quantity: random.integer(1, 5), behavior: random.pick(['always_invoice', 'create_prorations'] as const) };
+    case 'change:interval':
+      return { kind: 'change', price: random.pick([...monthlyPrices, ...yearlyPrices]), quantity: quantity(), behavior: random.pick(['always_invoice', 'none'] as const) };
+    case 'change:yearly':
+      return { kind: 'change', price: random.pick(yearlyPrices), quantity: quantity(), behavior: 'always_invoice' };
+    case 'cancel:period_end':
+    case 'cancel:now':
+    case 'cancel:now_prorated':
+      return { kind: 'cancel', mode: kind.slice(7) as 'period_end' };
+    case 'payment:failed_recovered':
+      return { kind: 'fail_renewal', recoverAfter: random.integer(1, 5) * day + random.integer(0, 3600) };
+    case 'pack:checkout':
+    case 'pack:link':
+      return { kind: 'pack', via: kind.slice(5) as 'checkout', price: random.pick(['price_pack_1000', 'price_pack_10000']), quantity: kind === 'pack:link' ? random.integer(1, 3) : 1 };
+    case 'refund:partial':
+    case 'refund:multiple':
+    case 'refund:yearly':
+      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([100, 250, 333, 500, 1000]), failAfter: undefined, yearly: kind === 'refund:yearly' };
+    case 'refund:failed':
+      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([250, 500, 1000]), failAfter: random.integer(1, 10) * day, yearly: false };
+    case 'dispute:inquiry':
+    case 'dispute:won':
+    case 'dispute:lost':
+      return { kind: 'dispute', payment: random.integer(0, 5), outcome: kind.slice(8) as 'won', closeAfter: random.integer(2, 20) * day };
+    case 'usage':
+      return { kind: 'usage', amount: random.pick([1, 7, 50, 300, 1200, 5000]) };
+    case 'batch':
+      return { kind: 'batch', amounts: Array.from({ length: random.integer(2, 6) }, () => random.pick([1, 10, 100, 700])) };
+    case 'hold:capture':
+    case 'hold:void':
+    case 'hold:expire':
+      return { kind: 'hold', amount: random.pick([5, 100, 900, 3000]), expiresIn: random.integer(60, 86400), resolution: kind.slice(5) as 'capture', capturePerMille: random.integer(0, 1000) };
+    case 'chaos:restart':
+    case 'chaos:replay':
+      return undefined;
+  }
+}
+
+/** `count` lifecycles of `stepsEach` steps from `seed`, over the enabled kinds, interleaved. */
+export function generate(seed: number, count: number, kinds: ReadonlySet<string>, stepsEach = 14): Step[] {
+  const random = new Random(seed);
+  const enabled = allKinds.filter((kind) => kinds.has(kind) && !kind.startsWith('chaos:'));
+  const starts: Kind[] = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
+  // A yearly refund needs a yearly subscription to start with.
+  if (kinds.has('refund:yearly')) starts.push('subscribe:yearly', 'subscribe:yearly');
+  const seats = kinds.has('subscribe:seats') || kinds.has('change:seats');
+  const lifecycles: Step[][] = [];
+  for (let lifecycle = 0; lifecycle < count; lifecycle += 1) {
+    const steps: Step[] = [];
+    const add = (kind: Kind, after: number) => {
+      const body = stepFor(kind, random, seats);
+      if (body !== undefined) steps.push({ lifecycle, after, label: kind, ...body } as Step);
+    };
+    if (starts.length > 0) add(random.pick(starts), random.integer(0, 3 * day));
+    // A lifecycle's pace: most move a few days between steps, one in four weeks (whole years then pass).
+    const pace = random.chance(0.25) ? 20 * day : 4 * day;
+    for (let index = 1; index < stepsEach && enabled.length > 0; index += 1) {
+      if (random.chance(0.12)) steps.push({ lifecycle, kind: 'wait', after: random.integer(10, 40) * day });
+      const kind = random.pick(enabled);
+      // Some kinds need a set-up step before them: a yearly payment, a trial already used.
+      if (kind === 'refund:yearly') add('subscribe:yearly', random.integer(0, day));
+      if (kind === 'trial:refused') {
+        add('trial:converted', random.integer(0, day));
+        add('cancel:now', random.integer(0, day));
+      }
+      add(kind, random.integer(0, pace));
+      if (kind === 'refund:multiple') add(kind, random.integer(0, 2 * day));
+      const last = steps[steps.length - 1];
+      if (last?.kind === 'hold' && last.resolution !== 'expire') steps.push({ lifecycle, kind: 'resolve', after: random.integer(0, 3600) });
+    }
+    lifecycles.push(steps);
+  }
+  // Interleave the lifecycles, each keeping its order; a step's `after` runs from the step before it.
+  const merged: Step[] = [];
+  const cursors = lifecycles.map(() => 0);
+  for (;;) {
+    const open = lifecycles.map((steps, index) => (cursors[index]! < steps.length ? index : -1)).filter((index) => index >= 0);
+    if (open.length === 0) break;
+    const index = random.pick(open);
+    const step = lifecycles[index]![cursors[index]!]!;
+    cursors[index]! += 1;
+    merged.push({ ...step, after: Math.floor(step.after / Math.max(1, count / 2)) });
+  }
+  return merged;
+}
