@@ -55,6 +55,22 @@ create table billing_periods (
 );
 create index billing_periods_by_end on billing_periods (subscription_id, period_end);
 
+-- The periods paid before this migration, so that a change to a subscription paid earlier finds
+-- its period at once: monthly periods from their period grants, yearly ones from the months
+-- their invoice scheduled (the year starts a month before its first scheduled month).
+insert into billing_periods (subscription_id, period_start, period_end, billing_interval, account_id)
+select distinct on (g.reference->>'subscription', (g.reference->>'period_start')::bigint)
+  g.reference->>'subscription', (g.reference->>'period_start')::bigint, (g.reference->>'period_end')::bigint, 'month', g.account_id
+from grants g left join subscriptions s on s.id = g.reference->>'subscription'
+where g.grant_key like 'period:%' and coalesce(s.billing_interval, 'month') = 'month'
+  and (g.reference->>'period_end')::bigint > (g.reference->>'period_start')::bigint
+on conflict do nothing;
+insert into billing_periods (subscription_id, period_start, period_end, billing_interval, account_id)
+select subscription_id, extract(epoch from (min(month_start) at time zone 'UTC' - interval '1 month') at time zone 'UTC')::bigint,
+  extract(epoch from max(month_end))::bigint, 'year', min(account_id)
+from yearly_schedule group by subscription_id, payment_id
+on conflict do nothing;
+
 alter table subscriptions add column quantity integer not null default 1
   constraint subscription_quantity_positive check (quantity >= 0);
 alter table subscriptions add column ended_at timestamptz;

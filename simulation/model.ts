@@ -77,8 +77,8 @@ interface Subscription {
   periods: Map<number, Period>;
   /** Yearly months still to grant (months 2 to 12 of each paid year). */
   schedule: (Period & { year: Period })[];
-  /** Credits of not yet granted months cancelled by refunds, by year start, and the refunded payment's credits a month. */
-  cancelled: Map<number, { credits: number; monthly: number }>;
+  /** Credits of yearly months (by month start) cancelled by refunds before they were granted. */
+  cancelled: Map<number, number>;
   endedAt: number | undefined;
   trialEnd: number | undefined;
 }
@@ -243,11 +243,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     sub.periods.set(period.start, period);
     if (previous === undefined) return;
     const ending = sub.account.grants.filter((candidate) => candidate.period === `${sub.id}:${previous.start}`);
-    const endedOn = ending.filter((old) => old.plan !== undefined).sort((a, b) => b.sequence - a.sequence)[0]?.plan;
-    if (endedOn?.rollover === undefined) return;
+    // The smallest rollover of the plans billed in the ending period (none if one has none), so
+    // that a short upgrade just before a renewal cannot raise the cap.
+    const billed = ending.flatMap((old) => (old.plan === undefined ? [] : [old.plan]));
+    if (billed.length === 0 || billed.some((plan) => plan.rollover === undefined)) return;
+    const cap = Math.min(...billed.map((plan) => plan.rollover?.max_credits ?? 0));
     for (const old of ending) expire(old);
     const unused = ending.reduce((sum, old) => sum + old.expiredCredits, 0);
-    grant(sub.account, `rollover:${key}`, Math.min(unused, endedOn.rollover.max_credits), period.end, { period: key });
+    grant(sub.account, `rollover:${key}`, Math.min(unused, cap), period.end, { period: key });
   };
 
   /**
@@ -264,20 +267,13 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       credits += (line.amount < 0 ? -1 : 1) * match.plan.credits_per_month * line.quantity;
       if (line.amount >= 0) plan = match.plan;
     }
-    return { credits: credits - cancelledShare(sub, month), plan };
+    return { credits: credits - (sub.cancelled.get(month.start) ?? 0), plan };
   };
   /**
    * Reading (as main): a refund cancels, from the last month of the year backwards, what the
    * refunded payment itself still had to grant in months not yet granted (its own line's
    * credits × quantity a month), not what later changes added to those months.
    */
-  const cancelledShare = (sub: Subscription, month: Period & { year: Period }): number => {
-    const cancelled = sub.cancelled.get(month.year.start);
-    if (cancelled === undefined) return 0;
-    const months = monthsOf(month.year);
-    const after = months.length - 1 - months.findIndex((candidate) => candidate.start === month.start);
-    return Math.max(0, Math.min(cancelled.monthly, cancelled.credits - cancelled.monthly * after));
-  };
   const grantDueMonths = (at: number) => {
     const due = [...subscriptions.values()].flatMap((sub) => sub.schedule.filter((month) => month.start <= at).map((month) => ({ sub, month })));
     for (const { sub, month } of due.sort((a, b) => a.month.start - b.month.start)) {
@@ -340,6 +336,31 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     }
   };
 
+  /**
+   * Reading (as main): a yearly refund first cancels what the payment bought and was never
+   * granted, from the last month of its year backwards: a month still to come up to what it
+   * still nets (a later plan change is not clawed twice), a month the ended subscription never
+   * granted in full. Answers the credits cancelled.
+   */
+  const cancelMonths = (year: NonNullable<Payment['year']>, credits: number): number => {
+    const sub = subscriptions.get(year.subscription)!;
+    let cancelled = 0;
+    for (const month of monthsOf(year.period).slice(1).reverse()) {
+      if (credits - cancelled <= 0) break;
+      const already = sub.cancelled.get(month.start) ?? 0;
+      const pending = sub.schedule.find((candidate) => candidate.start === month.start && candidate.year.start === year.period.start);
+      const granted = sub.account.grants.some((candidate) => candidate.key === `period:${sub.id}:${month.start}`);
+      let cap = 0;
+      if (pending !== undefined) cap = Math.min(year.monthly - already, Math.max(0, monthCredits(sub, pending).credits));
+      else if (!granted) cap = year.monthly - already;
+      const take = Math.min(credits - cancelled, Math.max(0, cap));
+      if (take <= 0) continue;
+      sub.cancelled.set(month.start, already + take);
+      cancelled += take;
+    }
+    return cancelled;
+  };
+
   const refund = (fact: Extract<Fact, { kind: 'refund' }>) => {
     const payment = payments.get(fact.paymentIntent);
     if (payment === undefined || payment.amountPaid <= 0 || clawbacks.has(`refund:${fact.refund}`)) return;
@@ -347,14 +368,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     let credits = Math.min(wanted, payment.credits - payment.clawed);
     payment.clawed += credits;
     if (payment.year !== undefined) {
-      // A yearly payment: months not yet granted are cancelled first.
-      const sub = subscriptions.get(payment.year.subscription)!;
-      const yearStart = payment.year.period.start;
-      const before = sub.cancelled.get(yearStart)?.credits ?? 0;
-      const pending = sub.schedule.filter((month) => month.year.start === yearStart).length * payment.year.monthly - before;
-      const cancelled = Math.min(credits, Math.max(0, pending));
-      sub.cancelled.set(yearStart, { credits: before + cancelled, monthly: payment.year.monthly });
-      credits -= cancelled;
+      credits -= cancelMonths(payment.year, credits);
     }
     clawbacks.set(`refund:${fact.refund}`, { account: payment.account, payment, credits, taken: clawBack(payment.account, credits, ownGrants(payment)) });
   };

@@ -47,6 +47,11 @@ export function creditPeriodsOf(interval: 'month' | 'year', billingPeriod: Perio
   return interval === 'month' ? [billingPeriod] : monthsOf(billingPeriod);
 }
 
+/** The billing period that ends at `end`, counted back one interval (for a period Tally never saw paid). */
+export function billingPeriodEndingAt(interval: 'month' | 'year', end: number): Period {
+  return { start: addMonths(end, interval === 'month' ? -1 : -12), end };
+}
+
 /**
  * `credits × quantity × overlap / length`, rounded down for a grant and up for a clawback, in
  * exact integer arithmetic (BigInt: the product can pass 2^53 before the division).

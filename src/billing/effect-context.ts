@@ -18,6 +18,8 @@ export interface StoredEvent {
   object: StripeObject;
   /** The event's `livemode`, when it says. */
   livemode?: boolean | undefined;
+  /** How long ago Tally stored it: what waits for another event stops waiting after a while. */
+  receivedSecondsAgo?: number | undefined;
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { Plan } from './catalog.js';
-import { creditPeriodsOf, lineContributions, type Contribution, type Direction, type Period } from './credit-rule.js';
+import { billingPeriodEndingAt, creditPeriodsOf, lineContributions, type Contribution, type Direction, type Period } from './credit-rule.js';
 import { RetryLater, grantOnce, type EffectContext } from './effect-context.js';
 
 /**
@@ -72,17 +72,19 @@ export async function grantPeriod(context: EffectContext, request: PeriodGrantRe
 }
 
 /**
- * The plan whose rollover rule an ending period follows: the plan it ended on, named by its
- * newest subscription grant (a mid-period upgrade's proration grant names the new plan).
+ * How many credits an ending period may roll over: the smallest `max_credits` of the plans
+ * billed in it (its period grant and its proration grants), none when one of them has no
+ * rollover. A short upgrade just before a renewal therefore cannot raise the cap.
  */
-async function planOfPeriod(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<Plan | undefined> {
+async function rolloverCapOfPeriod(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<number | undefined> {
   const { rows } = await context.client.query<{ plan: string }>(
-    `select reference->>'plan' as plan from grants where account_id = $1 and source = 'subscription'
-       and reference->>'subscription' = $2 and (reference->>'period_start')::bigint = $3 and reference ? 'plan'
-     order by id desc limit 1`,
+    `select distinct reference->>'plan' as plan from grants where account_id = $1 and source = 'subscription'
+       and reference->>'subscription' = $2 and (reference->>'period_start')::bigint = $3 and reference ? 'plan'`,
     [accountId, subscriptionId, periodStart],
   );
-  return context.catalog.plans.find((candidate) => candidate.id === rows[0]?.plan);
+  const caps = rows.map((row) => context.catalog.plans.find((candidate) => candidate.id === row.plan)?.rollover?.max_credits);
+  if (caps.length === 0 || caps.some((cap) => cap === undefined)) return undefined;
+  return Math.min(...caps.map((cap) => cap ?? 0));
 }
 
 /**
@@ -133,9 +135,9 @@ async function expireIfPeriodEnded(context: EffectContext, accountId: string, su
 async function rollOver(context: EffectContext, accountId: string, subscriptionId: string, from: PeriodGrantRow, into: Period): Promise<void> {
   const key = `rollover:${subscriptionId}:${into.start}`;
   const existing = await context.client.query('select 1 from grants where account_id = $1 and grant_key = $2', [accountId, key]);
-  const plan = await planOfPeriod(context, accountId, subscriptionId, from.period_start);
-  if (existing.rowCount !== 0 || plan?.rollover === undefined) return;
-  const credits = Math.min(await endPeriod(context, accountId, subscriptionId, from.period_start), plan.rollover.max_credits);
+  const cap = await rolloverCapOfPeriod(context, accountId, subscriptionId, from.period_start);
+  if (existing.rowCount !== 0 || cap === undefined) return;
+  const credits = Math.min(await endPeriod(context, accountId, subscriptionId, from.period_start), cap);
   if (credits <= 0) return;
   const { grantId } = await grantOnce(context, {
     accountId,
@@ -169,9 +171,19 @@ async function billingPeriodOfLine(context: EffectContext, subscriptionId: strin
     [subscriptionId, line.end, line.start, interval],
   );
   const known = rows[0];
-  if (known === undefined) throw new RetryLater(`the ${interval}ly period of ${subscriptionId} ending ${new Date(line.end * 1000).toISOString()} has not been paid yet`);
-  return { start: Number(known.start), end: Number(known.end) };
+  if (known !== undefined) return { start: Number(known.start), end: Number(known.end) };
+  // Stripe delivers a period's invoice within minutes of its changes; a line still without its
+  // period after that belongs to a period Tally never saw paid (paid before Tally ran, or voided).
+  // Counted back from its end, as Stripe counts periods from their anchor, it moves its credits
+  // rather than waiting until it fails.
+  if ((context.event.receivedSecondsAgo ?? 0) < periodWaitSecondsMax) {
+    throw new RetryLater(`the ${interval}ly period of ${subscriptionId} ending ${new Date(line.end * 1000).toISOString()} has not been paid yet`);
+  }
+  return billingPeriodEndingAt(interval, line.end);
 }
+
+/** How long a proration line waits for the invoice of its period before counting the period back from its end. */
+export const periodWaitSecondsMax = 15 * 60;
 
 /** The credit period of a subscription that contains an instant, among the billing periods Tally saw. */
 async function creditPeriodAt(context: EffectContext, subscriptionId: string, at: number): Promise<Period | undefined> {

@@ -100,8 +100,15 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
     ...lines.filter(({ line }) => line.proration && line.amount > 0),
     ...lines.filter(({ line }) => line.proration && line.amount < 0),
   ];
+  // An invoice applied before the credit rule moved its upgrade under `upgrade:` keys; applied
+  // again (an operator's replay), its proration lines have already moved their credits.
+  const legacy = await context.client.query(`select 1 from grants where account_id = $1 and grant_key like 'upgrade:%' and reference->>'invoice' = $2 limit 1`, [
+    accountId,
+    readText(invoice.id) ?? '',
+  ]);
   let bought = 0;
   for (const { line, plan, interval } of ordered) {
+    if (line.proration && legacy.rowCount !== 0) continue;
     const request = { accountId, subscriptionId, plan, interval, quantity: line.quantity, billed: { start: line.periodStart, end: line.periodEnd }, paymentId, paidAt, reference };
     if (!line.proration) {
       if (isTrialLine(context, line)) await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);

@@ -16,7 +16,9 @@ import type { ClaimHasher } from './trials.js';
  * may run the scheduler at once; a month that keeps failing is set aside with an alert after
  * `scheduleAttemptsMax` attempts, and the months behind it go on.
  */
-const endedStatuses = new Set(['canceled', 'incomplete_expired', 'unpaid']);
+// `unpaid` is not an end: the subscription may be paid and become active again, and the months
+// the yearly invoice paid for must still come.
+const endedStatuses = new Set(['canceled', 'incomplete_expired']);
 export const scheduleAttemptsMax = 5;
 
 interface DueMonth {
@@ -186,6 +188,13 @@ interface ScheduledMonth {
   credits: number;
 }
 
+interface CancellableMonth extends ScheduledMonth {
+  /** What this payment's own rows still give the month. */
+  own: number;
+  /** The month is not granted yet, or was set aside (skipped, failed) and never granted. */
+  open: boolean;
+}
+
 /** The credits of later months that the clawback under `key` cancelled (0: none). */
 export async function scheduledCancellation(context: EffectContext, paymentId: number, key: string): Promise<number> {
   const { rows } = await context.client.query<{ credits: number }>(
@@ -196,29 +205,39 @@ export async function scheduledCancellation(context: EffectContext, paymentId: n
 }
 
 /**
- * A refund or dispute of a yearly payment takes back first what its later months would still
- * grant: negative rows under `key`, from the last month backwards, up to `credits`. Answers the
- * credits cancelled (now or before, under the same key); the caller claws the rest back from
- * granted credits.
+ * A refund or dispute of a yearly payment takes back first what it bought and was never
+ * granted: its months not granted yet (each up to what the month still nets, so that a plan
+ * change after the payment is not clawed twice) and its months set aside without a grant (the
+ * subscription ended first). Negative rows under `key`, from the last month backwards, up to
+ * `credits`. Answers the credits cancelled (now or before, under the same key); the caller
+ * claws the rest back from granted credits.
  */
 export async function cancelScheduledMonths(context: EffectContext, paymentId: number, accountId: string, credits: number, key: string): Promise<number> {
   const before = await scheduledCancellation(context, paymentId, key);
   if (before > 0) return before;
-  const { rows } = await context.client.query<ScheduledMonth>(
+  const { rows } = await context.client.query<CancellableMonth>(
     `select subscription_id, extract(epoch from month_start)::bigint as month_start, extract(epoch from max(month_end))::bigint as month_end,
-       max(plan_id) as plan_id, sum(credits)::bigint as credits
-     from yearly_schedule where payment_id = $1 and granted_at is null
-     group by subscription_id, month_start having sum(credits) > 0 order by month_start desc`,
+       max(plan_id) as plan_id,
+       coalesce(sum(credits) filter (where payment_id = $1), 0)::bigint as own,
+       greatest(coalesce(sum(credits) filter (where granted_at is null), 0), 0)::bigint as credits,
+       bool_or(granted_at is null) as open
+     from yearly_schedule
+     where subscription_id in (select subscription_id from yearly_schedule where payment_id = $1)
+     group by subscription_id, month_start
+     having bool_or(granted_at is null) or bool_and(outcome in ('skipped', 'failed'))
+     order by month_start desc`,
     [paymentId],
   );
   let cancelled = 0;
   for (const month of rows) {
-    const take = Math.min(credits - cancelled, Number(month.credits));
-    if (take <= 0) break;
+    const cap = month.open ? Math.min(Number(month.own), Number(month.credits)) : Number(month.own);
+    const take = Math.min(credits - cancelled, cap);
+    if (credits - cancelled <= 0) break;
+    if (take <= 0) continue;
     await context.client.query(
-      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start)
-       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2))`,
-      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, -take, paymentId],
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2), case when $9 then null else now() end, case when $9 then null else 'skipped' end)`,
+      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, -take, paymentId, month.open],
     );
     cancelled += take;
   }
@@ -228,12 +247,14 @@ export async function cancelScheduledMonths(context: EffectContext, paymentId: n
 /**
  * A refund that failed or a dispute that was won gives back the months it cancelled: rows
  * under `key` that undo the rows under `cancelKey`. A month granted meanwhile (without them)
- * gets its credits now, expiring with it.
+ * gets its credits now, expiring with it; a month that was set aside (the subscription ended)
+ * gets nothing, as it would have had the refund never happened.
  */
 export async function restoreScheduledMonths(context: EffectContext, paymentId: number, accountId: string, cancelKey: string, key: string): Promise<number> {
-  const { rows } = await context.client.query<ScheduledMonth & { granted: boolean }>(
+  const { rows } = await context.client.query<ScheduledMonth & { state: 'open' | 'granted' | 'lost' }>(
     `select c.subscription_id, extract(epoch from c.month_start)::bigint as month_start, extract(epoch from c.month_end)::bigint as month_end,
-       c.plan_id, -c.credits as credits, c.granted_at is not null as granted
+       c.plan_id, -c.credits as credits,
+       case when c.granted_at is null then 'open' when c.outcome in ('granted', 'netted') then 'granted' else 'lost' end as state
      from yearly_schedule c where c.payment_id = $1 and c.line_key = $2
        and not exists (select 1 from yearly_schedule r where r.subscription_id = c.subscription_id and r.month_start = c.month_start and r.line_key = $3)
      order by c.month_start`,
@@ -244,10 +265,11 @@ export async function restoreScheduledMonths(context: EffectContext, paymentId: 
     const credits = Number(month.credits);
     await context.client.query(
       `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
-       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2), case when $9 then now() end, case when $9 then 'granted' end)`,
-      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, credits, paymentId, month.granted],
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($2), case when $9 = 'open' then null else now() end,
+         case $9 when 'open' then null when 'granted' then 'granted' else 'skipped' end)`,
+      [month.subscription_id, month.month_start, key, accountId, month.month_end, month.plan_id, credits, paymentId, month.state],
     );
-    if (month.granted) {
+    if (month.state === 'granted') {
       await grantOnce(context, {
         accountId,
         source: 'subscription',

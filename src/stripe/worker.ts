@@ -122,14 +122,15 @@ export class WebhookWorker {
   }
 
   async processOne(eventId: string): Promise<EventOutcome> {
-    const { rows } = await this.db.query<{ id: string; type: string; created: number; payload: { livemode?: unknown; data?: { object?: Record<string, unknown> } } }>(
-      `select id, type, extract(epoch from created)::bigint as created, payload from webhook_events where id = $1 and status = 'pending'`,
+    const { rows } = await this.db.query<{ id: string; type: string; created: number; received_seconds_ago: number; payload: { livemode?: unknown; data?: { object?: Record<string, unknown> } } }>(
+      `select id, type, extract(epoch from created)::bigint as created, extract(epoch from now() - received_at)::float8 as received_seconds_ago, payload
+       from webhook_events where id = $1 and status = 'pending'`,
       [eventId],
     );
     const row = rows[0];
     if (row === undefined) return 'skipped';
     const livemode = typeof row.payload.livemode === 'boolean' ? row.payload.livemode : undefined;
-    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {}, livemode };
+    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {}, livemode, receivedSecondsAgo: row.received_seconds_ago };
     // A test-mode webhook secret left configured beside a live key (or the reverse) must not let
     // test payments grant real credits: an event of the other mode is not this Tally's.
     const expected = this.gateway?.livemode;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { addMonths } from '../../src/billing/credit-rule.js';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, invoice, invoicePayment, refund, settleWebhooks, subscription, uniqueId, type LineSpec } from '../helpers/stripe-events.js';
+import { checkoutSession, deliver, dispute, event, invoice, invoicePayment, refund, settleWebhooks, subscription, uniqueId, type LineSpec } from '../helpers/stripe-events.js';
 
 /**
  * The credit rule on plan, seat and interval changes: credits follow money, per credit period,
@@ -287,6 +287,87 @@ describe('refunds of yearly payments', () => {
     assert.equal(balance.debt, 3000, 'months 1 and 2 (8000) were granted: 40000 cancelled, 8000 clawed from the 5000 live (month 2 and the rollover), 3000 of debt');
     await travelTo(addMonths(start, 6) + 60);
     assert.deepEqual(await monthKeys(accountId, subscriptionId), [4000, 4000], 'no month after the refund');
+  });
+});
+
+describe('yearly months and the end of a subscription', () => {
+  const monthKeys = async (accountId: string, subscriptionId: string) =>
+    (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`)).map((grant) => grant.amount);
+
+  it('an unpaid subscription still gets the months its yearly invoice paid for', async () => {
+    const { accountId, subscriptionId, pay, mirror } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], 40000);
+    await travelTo(start + 40 * day);
+    await mirror('unpaid', 'price_plus_yearly', start, yearEnd);
+    await travelTo(addMonths(start, 3) + 60);
+    await mirror('active', 'price_plus_yearly', start, yearEnd);
+    await travelTo(addMonths(start, 4) + 60);
+    assert.deepEqual(await monthKeys(accountId, subscriptionId), [4000, 4000, 4000, 4000, 4000], 'months 1 to 5: none was skipped for good while unpaid');
+  });
+
+  it('a full refund after the subscription ended cancels the months it never granted, whenever it is processed, and claws back only the granted ones', async () => {
+    const early = await subscriber();
+    const late = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    const intents = { early: uniqueId('pi'), late: uniqueId('pi') };
+    await early.pay([{ price: 'price_plus_yearly', start, end: yearEnd }], 40000, intents.early);
+    await late.pay([{ price: 'price_plus_yearly', start, end: yearEnd }], 40000, intents.late);
+    await travelTo(start + 50 * day);
+    for (const sub of [early, late]) await sub.mirror('canceled', 'price_plus_yearly', start, yearEnd, { ended_at: now() });
+    await deliver(test, event('refund.created', refund({ amount: 40000, paymentIntent: intents.early }), { created: now() }));
+    await settleWebhooks(test);
+    await travelTo(addMonths(start, 5) + 60);
+    await deliver(test, event('refund.created', refund({ amount: 40000, paymentIntent: intents.late }), { created: now() }));
+    await settleWebhooks(test);
+    for (const sub of [early, late]) {
+      const cancelled = await test.database.db.query<{ credits: number }>(`select coalesce(-sum(credits), 0)::bigint as credits from yearly_schedule where subscription_id = $1 and line_key like 'refund:%'`, [sub.subscriptionId]);
+      assert.equal(Number(cancelled.rows[0]?.credits), 40000, 'months 3 to 12, never granted (the subscription ended), are cancelled, not clawed');
+      const clawed = await test.database.db.query<{ amount: number }>(`select amount from entries where account_id = $1 and kind = 'clawback'`, [sub.accountId]);
+      assert.deepEqual(clawed.rows.map((row) => Number(row.amount)), [-8000], 'only the two granted months are clawed back');
+    }
+  });
+
+  it('a dispute won after the subscription ended gives back no month the subscription never reached', async () => {
+    const { accountId, subscriptionId, pay, mirror } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], 40000, paymentIntent);
+    await travelTo(start + 40 * day);
+    const opened = dispute({ amount: 40000, paymentIntent });
+    await deliver(test, event('charge.dispute.created', opened, { created: now() }));
+    await settleWebhooks(test);
+    await mirror('canceled', 'price_plus_yearly', start, yearEnd, { ended_at: now() });
+    await travelTo(addMonths(start, 4) + 60);
+    await deliver(test, event('charge.dispute.closed', { ...opened, status: 'won' }, { created: now() }));
+    await settleWebhooks(test);
+    await travelTo(addMonths(start, 6) + 60);
+    const grants = await grantsOf(accountId);
+    assert.deepEqual(await monthKeys(accountId, subscriptionId), [4000, 4000]);
+    assert.ok(!grants.some((grant) => grant.grant_key.startsWith('dispute-won:') && grant.remaining > 0 && grant.source === 'subscription'), 'no month of the ended subscription came back as live credits');
+  });
+});
+
+describe('a proration line whose period Tally never saw paid', () => {
+  it('waits a while for the period invoice, then counts the period back from its end instead of failing', async () => {
+    const { accountId, subscriptionId } = await subscriber();
+    const customer = (await test.database.db.query<{ stripe_customer_id: string }>('select stripe_customer_id from accounts where id = $1', [accountId])).rows[0]?.stripe_customer_id ?? '';
+    const start = now();
+    const end = addMonths(start, 1);
+    const changedAt = start + 10 * day;
+    await travelTo(changedAt);
+    const upgrade = event('invoice.paid', invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: changedAt, end, proration: true, amount: 2000 }] }), { created: now() });
+    await deliver(test, upgrade);
+    await test.parts.worker.drain();
+    const waiting = await test.database.db.query<{ status: string }>('select status from webhook_events where id = $1', [upgrade.id]);
+    assert.equal(waiting.rows[0]?.status, 'pending', 'it waits for the period first');
+    assert.equal(await available(accountId), 0);
+    await test.database.db.query(`update webhook_events set received_at = received_at - interval '20 minutes', next_attempt_at = now() where id = $1`, [upgrade.id]);
+    await settleWebhooks(test);
+    assert.equal(await available(accountId), floorShare(4000, end - changedAt, end - start));
   });
 });
 
