@@ -10,24 +10,7 @@ export const dashboardHtml = String.raw`<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Tally dashboard</title>
-<style>
-  :root { font-family: system-ui, sans-serif; color: #1b1f24; background: #f6f7f9; }
-  body { margin: 0; }
-  header { background: #1b1f24; color: #fff; padding: 12px 20px; display: flex; gap: 16px; align-items: center; }
-  header h1 { font-size: 18px; margin: 0; }
-  main { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; padding: 16px; }
-  section { background: #fff; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 2px #0002; overflow: auto; }
-  h2 { font-size: 15px; margin: 0 0 8px; }
-  table { border-collapse: collapse; width: 100%; font-size: 13px; }
-  th, td { text-align: left; padding: 4px 6px; border-bottom: 1px solid #eee; vertical-align: top; }
-  td.number { text-align: right; font-variant-numeric: tabular-nums; }
-  .badge { padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #1b1f24; }
-  .closed, .processed, .done, .info { background: #d8f5dd; } .open, .failed, .critical { background: #fdd; }
-  .half_open, .pending, .warning, .running { background: #fff1c2; } .ignored { background: #eee; }
-  button { cursor: pointer; } input { padding: 4px; }
-  #key-form { display: flex; gap: 8px; } #error { color: #b00020; padding: 0 20px; }
-  svg text { font-size: 10px; fill: #555; }
-</style>
+<link rel="stylesheet" href="/dashboard/app.css">
 </head>
 <body>
 <header>
@@ -46,8 +29,34 @@ export const dashboardHtml = String.raw`<!doctype html>
   <section><h2>Alerts</h2><table id="alerts"></table></section>
   <section><h2>Reconciliation</h2><button id="reconcile">Run now</button><table id="reconciliations"></table></section>
 </main>
-<script>
-const state = { key: sessionStorage.getItem('tally-admin-key') || '' };
+<script src="/dashboard/app.js"></script>
+</body>
+</html>`;
+
+/**
+ * The page's style and script are served as files of their own, never inline, so that the
+ * Content-Security-Policy can forbid inline script: a name, an email or a Stripe payload that
+ * smuggled markup into the page still could not run.
+ */
+export const dashboardStyle = String.raw`  :root { font-family: system-ui, sans-serif; color: #1b1f24; background: #f6f7f9; }
+  body { margin: 0; }
+  header { background: #1b1f24; color: #fff; padding: 12px 20px; display: flex; gap: 16px; align-items: center; }
+  header h1 { font-size: 18px; margin: 0; }
+  main { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; padding: 16px; }
+  section { background: #fff; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 2px #0002; overflow: auto; }
+  h2 { font-size: 15px; margin: 0 0 8px; }
+  table { border-collapse: collapse; width: 100%; font-size: 13px; }
+  th, td { text-align: left; padding: 4px 6px; border-bottom: 1px solid #eee; vertical-align: top; }
+  td.number { text-align: right; font-variant-numeric: tabular-nums; }
+  .badge { padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #1b1f24; }
+  .closed, .processed, .done, .info { background: #d8f5dd; } .open, .failed, .critical { background: #fdd; }
+  .half_open, .pending, .warning, .running { background: #fff1c2; } .ignored { background: #eee; }
+  button { cursor: pointer; } input { padding: 4px; }
+  #key-form { display: flex; gap: 8px; } #error { color: #b00020; padding: 0 20px; }
+  svg text { font-size: 10px; fill: #555; }
+`;
+
+export const dashboardScript = String.raw`const state = { key: sessionStorage.getItem('tally-admin-key') || '' };
 const $ = (id) => document.getElementById(id);
 const text = (value) => String(value ?? '').replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
 async function api(path, options = {}) {
@@ -135,6 +144,7 @@ document.addEventListener('click', async (event) => {
 });
 refresh();
 setInterval(refresh, 15000);
-</script>
-</body>
-</html>`;
+`;
+
+/** No inline script or style, nothing from elsewhere, never framed (clickjacking). */
+export const dashboardSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";

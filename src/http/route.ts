@@ -13,6 +13,8 @@ export interface Answer {
   status: number;
   body: unknown;
   contentType?: string;
+  /** Headers of this answer besides those every answer gets. */
+  headers?: Record<string, string>;
 }
 
 export interface RouteInput<Body, Query> {
@@ -197,6 +199,7 @@ export function registerRoutes(app: FastifyInstance, routes: RouteDefinition[], 
         const query = route.query === undefined ? undefined : parseInput(route.query, request.query ?? {}, '');
         const answer = await route.handler({ params, body, query, caller: request.caller, request, reply });
         if (answer.contentType !== undefined) reply.type(answer.contentType);
+        if (answer.headers !== undefined) void reply.headers(answer.headers);
         if (isReplay(answer.body)) void reply.header('idempotent-replayed', 'true');
         return reply.code(answer.status).send(answer.body);
       },

@@ -166,6 +166,24 @@ describe('headers, the viewer key, and what is never answered', () => {
     }
   });
 
+  // Proves: the dashboard is served with a Content-Security-Policy that allows no inline script
+  // or style and no framing, and the page holds none: its script and style are files of their own.
+  it('serves the dashboard under a CSP without inline script, never framed', async () => {
+    const page = await test.app.inject({ method: 'GET', url: '/dashboard' });
+    assert.equal(page.statusCode, 200);
+    const policy = String(page.headers['content-security-policy']);
+    assert.match(policy, /script-src 'self'(;|$)/);
+    assert.match(policy, /frame-ancestors 'none'/);
+    assert.doesNotMatch(policy, /unsafe-inline|unsafe-eval/);
+    assert.equal(page.headers['x-frame-options'], 'DENY');
+    assert.doesNotMatch(page.body, /<script>|<style>|\son[a-z]+=/i, 'no inline script, style or handler');
+    for (const [url, type] of [['/dashboard/app.js', 'text/javascript'], ['/dashboard/app.css', 'text/css']]) {
+      const asset = await test.app.inject({ method: 'GET', url: url ?? '' });
+      assert.equal(asset.statusCode, 200);
+      assert.match(String(asset.headers['content-type']), new RegExp(type ?? ''));
+    }
+  });
+
   // Proves: the viewer key reads every GET of app and admin calls and /metrics, and every
   // write answers 403 with it.
   it('lets the viewer key read and never write', async () => {
