@@ -79,6 +79,8 @@ interface Subscription {
   schedule: (Period & { year: Period })[];
   /** Credits of yearly months (by month start) cancelled by refunds before they were granted. */
   cancelled: Map<number, number>;
+  /** Yearly months (by start) never granted because the subscription had ended. */
+  lost: Set<number>;
   endedAt: number | undefined;
   trialEnd: number | undefined;
 }
@@ -135,7 +137,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const subscription = (id: string, owner: Account): Subscription => {
     let found = subscriptions.get(id);
     if (found === undefined) {
-      found = { id, account: owner, lines: [], periods: new Map(), schedule: [], cancelled: new Map(), endedAt: undefined, trialEnd: undefined };
+      found = { id, account: owner, lines: [], periods: new Map(), schedule: [], cancelled: new Map(), lost: new Set(), endedAt: undefined, trialEnd: undefined };
       subscriptions.set(id, found);
     }
     return found;
@@ -278,7 +280,10 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     const due = [...subscriptions.values()].flatMap((sub) => sub.schedule.filter((month) => month.start <= at).map((month) => ({ sub, month })));
     for (const { sub, month } of due.sort((a, b) => a.month.start - b.month.start)) {
       sub.schedule = sub.schedule.filter((candidate) => candidate !== month);
-      if (sub.endedAt !== undefined && sub.endedAt <= month.start) continue;
+      if (sub.endedAt !== undefined && sub.endedAt <= month.start) {
+        sub.lost.add(month.start);
+        continue;
+      }
       const { credits, plan } = monthCredits(sub, month);
       if (plan !== undefined) grantPeriod(sub, month, plan, credits, undefined);
     }
@@ -340,7 +345,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * Reading (as main): a yearly refund first cancels what the payment bought and was never
    * granted, from the last month of its year backwards: a month still to come up to what it
    * still nets (a later plan change is not clawed twice), a month the ended subscription never
-   * granted in full. Answers the credits cancelled.
+   * granted in full. Answers the credits cancelled. (SPEC is silent on a refund after a change
+   * already credited the payment's months; the refund then claws from granted credits.)
    */
   const cancelMonths = (year: NonNullable<Payment['year']>, credits: number): number => {
     const sub = subscriptions.get(year.subscription)!;
@@ -349,10 +355,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       if (credits - cancelled <= 0) break;
       const already = sub.cancelled.get(month.start) ?? 0;
       const pending = sub.schedule.find((candidate) => candidate.start === month.start && candidate.year.start === year.period.start);
-      const granted = sub.account.grants.some((candidate) => candidate.key === `period:${sub.id}:${month.start}`);
+      // A month that came and netted to nothing (a switch away from the yearly price credited it)
+      // is not cancelled again: only months still to come and months the end took away.
       let cap = 0;
       if (pending !== undefined) cap = Math.min(year.monthly - already, Math.max(0, monthCredits(sub, pending).credits));
-      else if (!granted) cap = year.monthly - already;
+      else if (sub.lost.has(month.start)) cap = year.monthly - already;
       const take = Math.min(credits - cancelled, Math.max(0, cap));
       if (take <= 0) continue;
       sub.cancelled.set(month.start, already + take);

@@ -2,7 +2,7 @@ import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
 import type { Catalog } from './catalog.js';
 import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
-import { clawBackFromPeriod, grantPeriod } from './periods.js';
+import { grantPeriod } from './periods.js';
 import type { ClaimHasher } from './trials.js';
 
 /**
@@ -163,9 +163,9 @@ async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[])
     await grantPeriod(context, { accountId: first.account_id, subscriptionId: due.subscription_id, plan, period, credits, paymentId: billing?.payment_id ?? undefined, reference: { schedule: 'yearly' } });
     return 'granted';
   }
-  if (credits < 0) {
-    await clawBackFromPeriod(context, first.account_id, due.subscription_id, period, -credits, `schedule:${due.subscription_id}:${due.month_start}`, { schedule: 'yearly' });
-  }
+  // A month that nets below zero was taken away twice before it came (a refund cancelled it and
+  // a switch away from the yearly price credited it too): it grants nothing, and takes nothing
+  // from credits it never gave.
   return 'netted';
 }
 
