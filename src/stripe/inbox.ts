@@ -6,13 +6,23 @@ import type { VerifiedEvent } from './signature.js';
  * 2xx; a duplicate delivery changes nothing. The worker applies stored events later.
  */
 export async function storeEvent(db: Database, event: VerifiedEvent, rawBody: Buffer): Promise<'stored' | 'duplicate'> {
+  const text = rawBody.toString('utf8');
   const result = await db.query(
-    `insert into webhook_events (id, type, api_version, created, payload)
-     values ($1, $2, $3, to_timestamp($4), $5::jsonb)
+    `insert into webhook_events (id, type, api_version, created, payload, raw_body)
+     values ($1, $2, $3, to_timestamp($4), $5::jsonb, $6)
      on conflict (id) do nothing`,
-    [event.id, event.type, event.api_version, event.created, rawBody.toString('utf8')],
+    [event.id, event.type, event.api_version, event.created, jsonbSafe(text), text],
   );
   return result.rowCount === 1 ? 'stored' : 'duplicate';
+}
+
+/**
+ * The JSON text with every escaped NUL (`\u0000`, not an escaped backslash before `u0000`)
+ * replaced by U+FFFD: jsonb cannot hold NUL, and a webhook must be stored whatever its strings
+ * hold. The exact body is kept beside it.
+ */
+export function jsonbSafe(json: string): string {
+  return json.includes('\\u0000') ? json.replace(/(?<!\\)((?:\\\\)*)\\u0000/g, '$1\\ufffd') : json;
 }
 
 export interface InboxRow {

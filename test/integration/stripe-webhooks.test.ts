@@ -59,6 +59,23 @@ describe('webhook intake', () => {
     assert.equal(stored.rows[0]?.api_version, '2026-10-28.endive');
   });
 
+  it('stores and applies an event whose strings hold NUL, keeping the exact body it was signed with', async () => {
+    // Proves: jsonb cannot hold NUL, yet such an event (a name typed with one) is stored and
+    // answered 200, its effects read the text with U+FFFD in its place, and the raw body is kept.
+    const stripeEvent = event('customer.subscription.trial_will_end', { id: 'sub_nul', object: 'subscription', metadata: { note: 'a\u0000b', escaped: 'c\\u0000d' } });
+    const response = await deliver(test, stripeEvent);
+    assert.equal(response.status, 200);
+    await settleWebhooks(test);
+    const stored = await test.database.db.query<{ status: string; raw_body: string; note: string; escaped: string }>(
+      `select status, raw_body, payload->'data'->'object'->'metadata'->>'note' as note, payload->'data'->'object'->'metadata'->>'escaped' as escaped from webhook_events where id = $1`,
+      [stripeEvent.id],
+    );
+    assert.equal(stored.rows[0]?.status, 'processed');
+    assert.equal(stored.rows[0]?.raw_body, JSON.stringify(stripeEvent), 'the body exactly as signed');
+    assert.equal(stored.rows[0]?.note, 'a\ufffdb');
+    assert.equal(stored.rows[0]?.escaped, 'c\\u0000d', 'an escaped backslash before u0000 is text, left alone');
+  });
+
   it('stores and marks ignored an event type Tally has no effect for', async () => {
     const stripeEvent = event('product.created', { id: 'prod_1', object: 'product' });
     assert.equal((await deliver(test, stripeEvent)).status, 200);
