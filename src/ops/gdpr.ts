@@ -8,6 +8,22 @@ import { accountNotFound } from '../errors.js';
  * amounts, keys and Stripe ids stay for accounting, and trial claims stay (as hashes) so that
  * erasure does not reopen a trial. The erasure is itself audited.
  */
+/**
+ * The account's webhook events: those applied to it, and those stored without an account
+ * (ignored, failed, pending) that name its Stripe customer, one of its subscriptions or its
+ * payments. Their payloads hold the customer's email, name and address too.
+ */
+const eventsOfAccount = `(w.account_id = $1 or (w.account_id is null and (
+    coalesce(w.payload->'data'->'object'->>'customer', w.payload->'data'->'object'->'customer'->>'id') = (select stripe_customer_id from accounts where id = $1)
+    or w.payload->'data'->'object'->>'id' in (select id from subscriptions where account_id = $1 union all select stripe_customer_id from accounts where id = $1)
+    or coalesce(w.payload->'data'->'object'->>'subscription', w.payload->'data'->'object'->'parent'->'subscription_details'->>'subscription') in (select id from subscriptions where account_id = $1)
+    or w.payload->'data'->'object'->>'payment_intent' in (select payment_intent from payments where account_id = $1)
+    or w.payload->'data'->'object'->>'client_reference_id' = $1)))`;
+
+/** The parts of a Stripe object that hold personal data, removed on erasure from events that must still be applied. */
+const personalFields = ['customer_details', 'customer_email', 'customer_name', 'customer_address', 'customer_phone', 'customer_shipping', 'shipping_details', 'shipping', 'billing_details', 'receipt_email', 'metadata'];
+const scrubPersonalFields = personalFields.map((field) => `#- '{data,object,${field}}'`).join(' ');
+
 const exportQueries: Record<string, string> = {
   grants: `select to_jsonb(g) - 'account_id' as row from grants g where account_id = $1 order by id`,
   entries: `select tally_entry_json(e) as row from entries e where account_id = $1 order by id`,
@@ -15,7 +31,7 @@ const exportQueries: Record<string, string> = {
   subscriptions: `select to_jsonb(s) - 'account_id' as row from subscriptions s where account_id = $1 order by event_created`,
   payments: `select to_jsonb(p) - 'account_id' as row from payments p where account_id = $1 order by id`,
   request_keys: `select jsonb_build_object('key', key, 'operation', operation, 'status_code', status_code, 'response', response, 'created_at', tally_iso(created_at)) as row from request_keys where account_id = $1 order by created_at`,
-  webhook_events: `select jsonb_build_object('id', id, 'type', type, 'status', status, 'created', tally_iso(created), 'payload', payload) as row from webhook_events where account_id = $1 order by created`,
+  webhook_events: `select jsonb_build_object('id', id, 'type', type, 'status', status, 'created', tally_iso(created), 'payload', payload) as row from webhook_events w where ${eventsOfAccount} order by created`,
   trial_claims: `select jsonb_build_object('kind', kind, 'value_hash', value_hash, 'subscription_id', subscription_id, 'created_at', tally_iso(created_at)) as row from trial_claims where account_id = $1`,
   trial_refusals: `select to_jsonb(r) - 'account_id' as row from trial_refusals r where account_id = $1`,
   alerts: `select to_jsonb(a) - 'account_id' as row from alerts a where account_id = $1 order by id`,
@@ -59,8 +75,12 @@ export async function erasePersonalData(db: Database, accountId: string, reason:
       [accountId],
     );
     await client.query(`select set_config('tally.erasure', 'off', true)`);
+    // Events already settled keep only their id and type; a pending one must still be applied, so
+    // it loses the fields that hold personal data. The exact body goes with them.
     const events = await client.query(
-      `update webhook_events set payload = jsonb_build_object('id', id, 'type', type, 'erased', true) where account_id = $1 and status <> 'pending'`,
+      `update webhook_events w set raw_body = null,
+         payload = case when w.status = 'pending' then w.payload ${scrubPersonalFields} else jsonb_build_object('id', w.id, 'type', w.type, 'erased', true) end
+       where ${eventsOfAccount}`,
       [accountId],
     );
     await client.query(

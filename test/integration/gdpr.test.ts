@@ -75,3 +75,27 @@ it('erases personal data, keeps amounts, keys and claims, and audits the erasure
   assert.equal((await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, {})).status, 400, 'a reason is required');
   await assert.rejects(test.database.db.query(`update entries set amount = 0 where account_id = $1`, [accountId]), /append-only/, 'entries stay append-only outside erasure');
 });
+
+it('exports and erases the webhook payloads that name the account without being applied to it, read from the database', async () => {
+  // Proves: events stored without an account (ignored, failed or still pending) that name the
+  // account's Stripe customer or subscription are in its export, and erasure scrubs them (the
+  // exact body included), checked in the database rather than through the export.
+  const { accountId, subscriptionId, email } = await customerWithHistory();
+  const customer = (await test.database.db.query<{ stripe_customer_id: string }>('select stripe_customer_id from accounts where id = $1', [accountId])).rows[0]?.stripe_customer_id;
+  assert.ok(customer !== undefined);
+  const ignored = event('customer.updated', { id: customer, object: 'customer', email, name: 'Private Person', address: { line1: '1 Private Street' } });
+  const pending = event('invoice.payment_failed', { id: uniqueId('in'), object: 'invoice', customer, customer_email: email, customer_name: 'Private Person', parent: { subscription_details: { subscription: subscriptionId } } });
+  await deliver(test, ignored);
+  await settleWebhooks(test);
+  await deliver(test, pending);
+  const exported = (await test.admin('GET', `/v1/accounts/${accountId}/export`)).body;
+  const exportedIds = exported.webhook_events.map((row: { id: string }) => row.id);
+  assert.ok(exportedIds.includes(ignored.id) && exportedIds.includes(pending.id), 'both are in the export');
+  assert.equal((await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'the customer asked' })).status, 200);
+  const rows = await test.database.db.query<{ id: string; text: string }>(`select id, coalesce(raw_body, '') || payload::text as text from webhook_events where id = any($1)`, [[ignored.id, pending.id]]);
+  assert.equal(rows.rows.length, 2);
+  for (const row of rows.rows) {
+    assert.ok(!row.text.includes(email), `${row.id} keeps no email`);
+    assert.ok(!row.text.includes('Private Person'), `${row.id} keeps no name`);
+  }
+});
