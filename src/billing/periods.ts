@@ -253,7 +253,9 @@ async function moveNow(context: EffectContext, request: LineRequest, contributio
     await expireIfPeriodEnded(context, request.accountId, request.subscriptionId, period.start, grantId);
     return;
   }
-  await clawBackFromPeriod(context, request.accountId, request.subscriptionId, period, credits, key, reference);
+  // A clawback prefers the credits of the period the line billed (none are left once it ended),
+  // then takes in spend order: never the new period's before credits that expire sooner.
+  await clawBackFromPeriod(context, request.accountId, request.subscriptionId, own, credits, key, reference);
 }
 
 /** Claws credits back, first from the grants of their own credit period, then in spend order; beyond what is left, debt. */
