@@ -85,7 +85,11 @@ interface Subscription {
   trialEnd: number | undefined;
 }
 
-/** Adds months in UTC, clamped to the end of a shorter month (as src/billing/periods.ts). */
+/**
+ * Adds months in UTC, clamped to the end of a shorter month, as Stripe counts periods from their
+ * anchor. Written again here on purpose: the oracle shares no code with what it judges, so a wrong
+ * calendar in src/billing/credit-rule.ts shows up as a disagreement instead of agreeing with itself.
+ */
 export function addMonths(unixSeconds: number, months: number): number {
   const date = new Date(unixSeconds * 1000);
   const target = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()));
