@@ -372,7 +372,12 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       const failed = await database.db.query<{ id: string; type: string; last_error: string }>(`select id, type, last_error from webhook_events where status = 'failed' limit 5`);
       for (const row of failed.rows) failures.push(`  failed event ${row.id} ${row.type}: ${row.last_error}`);
     }
-    const report = await call('POST', '/v1/admin/reconcile', { stripe: true }, true);
+    // The scheduled run may hold the reconciliation lock (409 reconciliation_running): ask again.
+    let report = await call('POST', '/v1/admin/reconcile', { stripe: true }, true);
+    for (let attempt = 1; report.status === 409 && attempt <= 20; attempt += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      report = await call('POST', '/v1/admin/reconcile', { stripe: true }, true);
+    }
     const findings = (report.body?.findings ?? []) as unknown[];
     if (report.status !== 200 || findings.length > 0) failures.push(`reconciliation: ${report.status} ${JSON.stringify(findings).slice(0, 600)}`);
     if (world.unknownCalls.length > 0) failures.push(`Tally made API calls the simulator's Stripe does not know: ${[...new Set(world.unknownCalls)].join(', ')}`);
