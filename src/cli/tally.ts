@@ -82,7 +82,7 @@ function progressOnStderr(label: string): { update: (done: number, total: number
   if (process.stderr.isTTY !== true) {
     process.stderr.write(`${label}...\n`);
     return {
-      update: (done, total, step) => process.stderr.write(`${label}: ${done}/${total} ${step} done (${((Date.now() - started) / 1000).toFixed(1)} s)\n`),
+      update: (done, total, step) => process.stderr.write(`${label}: ${done}/${total} ${step} done (${Date.now() - started} ms)\n`),
       stop: () => undefined,
     };
   }
