@@ -55,11 +55,15 @@ export async function grantDueMonth(db: Database, catalog: Catalog, hasher: Clai
   const outcome = (failed: boolean): MonthOutcome | undefined => (due === undefined ? undefined : { key: `${due.subscription_id}:${due.month_start}`, failed });
   try {
     return await db.withTransaction(async (client) => {
+      // Not locked here: locks go account first, then the month's rows (applyMonth), in the order
+      // event effects take them. Locking a row of the month first deadlocked against a worker
+      // granting another line of the same month, or an event of the account. Two workers that
+      // pick the same month queue on the account; the second finds it granted and does nothing.
       const { rows } = await client.query<DueMonth>(
         `select subscription_id, extract(epoch from month_start)::bigint as month_start from yearly_schedule
          where granted_at is null and month_start <= coalesce($1, now())
            and not (subscription_id || ':' || extract(epoch from month_start)::bigint = any($2::text[]))
-         order by month_start, subscription_id limit 1 for update skip locked`,
+         order by month_start, subscription_id limit 1`,
         [now, passedOver],
       );
       due = rows[0];

@@ -25,6 +25,13 @@ export interface WorkerOptions {
   /** How long an event that needs Stripe waits while the breaker is open. */
   breakerWaitSeconds: number;
   clock?: (() => Date) | undefined;
+  /**
+   * Count an event's waits (RetryLater: something it needs has not happened yet) and its age in
+   * `clock`'s time rather than the database's. Only a world that lives on a virtual clock (the
+   * lifecycle simulator, whose Stripe creates and delivers each event at one virtual instant)
+   * sets it; there the age counts from the event's creation.
+   */
+  waitsInClockTime?: boolean;
 }
 
 export const defaultWorkerOptions: WorkerOptions = {
@@ -130,7 +137,9 @@ export class WebhookWorker {
     const row = rows[0];
     if (row === undefined) return 'skipped';
     const livemode = typeof row.payload.livemode === 'boolean' ? row.payload.livemode : undefined;
-    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {}, livemode, receivedSecondsAgo: row.received_seconds_ago };
+    const clockNow = this.now();
+    const receivedSecondsAgo = this.options.waitsInClockTime === true && clockNow !== null ? clockNow.getTime() / 1000 - Number(row.created) : row.received_seconds_ago;
+    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {}, livemode, receivedSecondsAgo };
     // A test-mode webhook secret left configured beside a live key (or the reverse) must not let
     // test payments grant real credits: an event of the other mode is not this Tally's.
     const expected = this.gateway?.livemode;
@@ -226,7 +235,8 @@ export class WebhookWorker {
         return 'failed';
       }
       const delay = Math.min(this.options.retryBaseSeconds * 2 ** (attempts - 1), this.options.retryDelaySecondsMax);
-      await client.query(`update webhook_events set next_attempt_at = now() + make_interval(secs => $2) where id = $1`, [event.id, delay]);
+      const waitFrom = error instanceof RetryLater && this.options.waitsInClockTime === true ? this.now() : null;
+      await client.query(`update webhook_events set next_attempt_at = coalesce($3, now()) + make_interval(secs => $2) where id = $1`, [event.id, delay, waitFrom]);
       return 'retrying';
     });
   }
