@@ -1,0 +1,114 @@
+/**
+ * `npm run bench`: every figure of Tally's hot path in one run, beside a baseline measured in
+ * the same run on the same database, each the median of several rounds (BENCH_ROUNDS, default
+ * 3, of BENCH_SECONDS, default 5). The server runs in its own process (the real `tally start`);
+ * HTTP load comes from autocannon in this one. PostgreSQL is a fresh embedded cluster unless
+ * BENCH_DATABASE_URL names a server (a scratch database is created there and dropped after).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { migrate } from '../src/db/migrate.js';
+import { databaseUrlFor } from '../test/helpers/database.js';
+import { accountCount, connectionCount, createNaiveSpend, hotAccount, measureHttp, measureNaiveNode, measureNaivePgbench, median, spreadAccount, type Figures } from './load.js';
+import { benchAppKey, startBenchServer } from './server.js';
+
+const roundSeconds = Number(process.env.BENCH_SECONDS ?? 5);
+const roundCount = Number(process.env.BENCH_ROUNDS ?? 3);
+const fundedCredits = 1_000_000_000;
+
+interface Row {
+  label: string;
+  unit: string;
+  target?: string;
+  /** The row this one is compared with (its label). */
+  baseline?: string;
+  figures: Figures[];
+}
+
+async function main(): Promise<void> {
+  let embedded: EmbeddedDatabase | undefined;
+  let scratch: string | undefined;
+  let serverUrl = process.env.BENCH_DATABASE_URL;
+  if (serverUrl === undefined) {
+    scratch = mkdtempSync(join(tmpdir(), 'tally-bench-'));
+    embedded = await startEmbeddedDatabase({ dataDirectory: scratch, databaseName: 'postgres' });
+    serverUrl = embedded.url;
+  }
+  const name = `tally_bench_${process.pid}`;
+  await ensureDatabase(serverUrl, name);
+  const url = databaseUrlFor(serverUrl, name);
+  const rows = new Map<string, Row>();
+  const row = (label: string, unit: string, extra: Partial<Row> = {}): Row => {
+    const existing = rows.get(label) ?? { label, unit, figures: [], ...extra };
+    rows.set(label, existing);
+    return existing;
+  };
+  let server: Awaited<ReturnType<typeof startBenchServer>> | undefined;
+  try {
+    await migrate(url);
+    await setUp(url);
+    server = await startBenchServer(url);
+    const usage = (account: () => string) => () =>
+      measureHttp({ url: server!.url, apiKey: benchAppKey, seconds: roundSeconds, path: () => `/v1/accounts/${account()}/usage`, body: (key) => `{"amount":1,"idempotency_key":"${key}"}` });
+    const randomAccount = () => spreadAccount(Math.floor(Math.random() * accountCount));
+    let rss = 0;
+    for (let round = 1; round <= roundCount; round += 1) {
+      for (const [scenario, account, hot] of [
+        ['one hot account', () => hotAccount, true],
+        [`${accountCount.toLocaleString('en')} accounts`, randomAccount, false],
+      ] as const) {
+        row(`naive spend function, ${scenario} (pg client)`, 'spends/s').figures.push(await measureNaiveNode(url, roundSeconds, account));
+        const pgbench = await measureNaivePgbench(url, roundSeconds, hot);
+        if (pgbench !== undefined) row(`naive spend function, ${scenario} (pgbench)`, 'spends/s').figures.push(pgbench);
+        row(`POST usage over HTTP, ${scenario}`, 'spends/s', { target: '≥ 15,000/s, p99 ≤ 50 ms', baseline: `naive spend function, ${scenario} (pg client)` }).figures.push(await usage(account)());
+        rss = Math.max(rss, server.takePeakRssMiB());
+      }
+      process.stderr.write(`round ${round}/${roundCount} done\n`);
+    }
+    row('server peak RSS under the load above', 'MiB', { target: '≤ 200 MB' }).figures.push({ perSecond: rss, p50: Number.NaN, p99: Number.NaN });
+    report([...rows.values()]);
+  } finally {
+    await server?.stop();
+    const admin = new pg.Client({ connectionString: serverUrl });
+    await admin.connect();
+    await admin.query(`drop database if exists ${name} with (force)`);
+    await admin.end();
+    await embedded?.stop();
+    if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+/** Every account funded through the ledger's own grant function, so balances and grants agree; the baseline's copy beside them. */
+async function setUp(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, ${accountCount - 1}) n union all select $1`, [hotAccount]);
+    await client.query(`select tally_add_grant(id, 'promo', $1, 0, null, 'bench-fund', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`, [fundedCredits]);
+    await createNaiveSpend(client, fundedCredits);
+    await client.query('vacuum analyze');
+  } finally {
+    await client.end();
+  }
+}
+
+function report(rows: Row[]): void {
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  console.log(`\nTally bench: ${cpus().length} cores (${cpu}), ${Math.round(totalmem() / 2 ** 30)} GiB; ${connectionCount} connections; median of ${roundCount} rounds of ${roundSeconds} s\n`);
+  const format = (value: number, digits = 0) => (Number.isNaN(value) ? '' : value.toFixed(digits));
+  console.log(`${'path'.padEnd(58)} ${'figure'.padStart(10)} ${'unit'.padEnd(9)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'ratio'.padStart(7)}  target`);
+  for (const row of rows) {
+    const figure = median(row.figures.map((f) => f.perSecond));
+    const baseline = row.baseline === undefined ? undefined : rows.find((candidate) => candidate.label === row.baseline);
+    const ratio = baseline === undefined ? '' : `${(figure / median(baseline.figures.map((f) => f.perSecond))).toFixed(2)}x`;
+    console.log(
+      `${row.label.padEnd(58)} ${format(figure).padStart(10)} ${row.unit.padEnd(9)} ${format(median(row.figures.map((f) => f.p50)), 1).padStart(7)} ${format(median(row.figures.map((f) => f.p99)), 1).padStart(7)} ${ratio.padStart(7)}  ${row.target ?? ''}`,
+    );
+  }
+  console.log('\nratio: to the naive spend function on the same accounts, driven by the same Node client (pgbench rows: average latency in the p50 column).');
+}
+
+await main();
