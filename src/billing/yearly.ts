@@ -51,30 +51,27 @@ export interface MonthOutcome {
  * pass); answers what it did, or undefined when no month is due.
  */
 export async function grantDueMonth(db: Database, catalog: Catalog, hasher: ClaimHasher, now: Date | null, passedOver: string[] = []): Promise<MonthOutcome | undefined> {
-  let due: DueMonth | undefined;
-  const outcome = (failed: boolean): MonthOutcome | undefined => (due === undefined ? undefined : { key: `${due.subscription_id}:${due.month_start}`, failed });
+  // Found without a lock, outside the transaction (an idle pass costs one query): locks go
+  // account first, then the month's rows (applyMonth), in the order event effects take them.
+  // Locking a row of the month first deadlocked against a worker granting another line of the
+  // same month, or an event of the account. Two workers that pick the same month queue on the
+  // account; the second finds it granted and does nothing.
+  const { rows } = await db.query<DueMonth>(
+    `select subscription_id, extract(epoch from month_start)::bigint as month_start from yearly_schedule
+     where granted_at is null and month_start <= coalesce($1, now())
+       and not (subscription_id || ':' || extract(epoch from month_start)::bigint = any($2::text[]))
+     order by month_start, subscription_id limit 1`,
+    [now, passedOver],
+  );
+  const due = rows[0];
+  if (due === undefined) return undefined;
+  const key = `${due.subscription_id}:${due.month_start}`;
   try {
-    return await db.withTransaction(async (client) => {
-      // Not locked here: locks go account first, then the month's rows (applyMonth), in the order
-      // event effects take them. Locking a row of the month first deadlocked against a worker
-      // granting another line of the same month, or an event of the account. Two workers that
-      // pick the same month queue on the account; the second finds it granted and does nothing.
-      const { rows } = await client.query<DueMonth>(
-        `select subscription_id, extract(epoch from month_start)::bigint as month_start from yearly_schedule
-         where granted_at is null and month_start <= coalesce($1, now())
-           and not (subscription_id || ':' || extract(epoch from month_start)::bigint = any($2::text[]))
-         order by month_start, subscription_id limit 1`,
-        [now, passedOver],
-      );
-      due = rows[0];
-      if (due === undefined) return undefined;
-      await applyMonth({ client, catalog, hasher, now, due });
-      return outcome(false);
-    });
+    await db.withTransaction((client) => applyMonth({ client, catalog, hasher, now, due }));
+    return { key, failed: false };
   } catch (error) {
-    if (due === undefined) throw error;
     await recordMonthFailure(db, due, error);
-    return outcome(true);
+    return { key, failed: true };
   }
 }
 
