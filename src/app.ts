@@ -14,6 +14,7 @@ import { Metrics } from './ops/metrics.js';
 import { grantWatcher } from './ops/rules.js';
 import { OperationsScheduler } from './ops/scheduler.js';
 import { StripeGateway } from './stripe/gateway.js';
+import { WebhookIntake } from './stripe/inbox.js';
 import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './stripe/worker.js';
 
 /**
@@ -52,6 +53,8 @@ export interface Assembled {
   app: FastifyInstance;
   ledger: Ledger;
   worker: WebhookWorker;
+  /** Webhook intake: verified deliveries stored with group commit. */
+  intake: WebhookIntake;
   sweeper: Sweeper;
   gateway: StripeGateway | undefined;
   metrics: Metrics;
@@ -90,7 +93,10 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     metrics.webhookEvents.inc({ type, outcome });
     if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
   });
-  const stripe = { db, catalog, gateway, worker, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher, checkoutUrlHosts: options.checkoutUrlHosts };
+  const intake = new WebhookIntake(db, {
+    onBatchError: (error, batchSize) => logger.warn({ err: error, batchSize }, 'a webhook intake batch failed; its events are stored one by one'),
+  });
+  const stripe = { db, catalog, gateway, worker, intake, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher, checkoutUrlHosts: options.checkoutUrlHosts };
   const app = await buildServer({
     db,
     ledger,
@@ -134,6 +140,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     app,
     ledger,
     worker,
+    intake,
     sweeper,
     gateway,
     metrics,

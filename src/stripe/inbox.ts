@@ -1,11 +1,20 @@
 import type { Database } from '../db/database.js';
+import { GroupCommit } from '../db/group-commit.js';
 import type { VerifiedEvent } from './signature.js';
 
 /**
- * The webhook inbox. An event is stored in one statement keyed by its id before Tally answers
- * 2xx; a duplicate delivery changes nothing. The worker applies stored events later.
+ * The webhook inbox. An event is stored keyed by its id before Tally answers 2xx; a duplicate
+ * delivery changes nothing. The worker applies stored events later.
  */
-export async function storeEvent(db: Database, event: VerifiedEvent, rawBody: Buffer): Promise<'stored' | 'duplicate'> {
+export type StoreOutcome = 'stored' | 'duplicate';
+
+export interface ReceivedEvent {
+  event: VerifiedEvent;
+  /** The body exactly as Stripe signed it. */
+  rawBody: Buffer;
+}
+
+export async function storeEvent(db: Database, event: VerifiedEvent, rawBody: Buffer): Promise<StoreOutcome> {
   const text = rawBody.toString('utf8');
   const result = await db.query(
     `insert into webhook_events (id, type, api_version, created, payload, raw_body)
@@ -14,6 +23,80 @@ export async function storeEvent(db: Database, event: VerifiedEvent, rawBody: Bu
     [event.id, event.type, event.api_version, event.created, jsonbSafe(text), text],
   );
   return result.rowCount === 1 ? 'stored' : 'duplicate';
+}
+
+/**
+ * Stores many events in one statement, so one commit and one WAL flush. The rows go in id order
+ * (two batches holding the same ids, in two processes, wait for each other instead of
+ * deadlocking), and an id that appears twice in the batch is written once: its first delivery
+ * is the one stored, the others answer as duplicates. Answers one outcome per event, in order.
+ */
+export async function storeEvents(db: Database, received: ReceivedEvent[]): Promise<StoreOutcome[]> {
+  const firstOfId = new Map<string, { event: VerifiedEvent; text: string }>();
+  for (const { event, rawBody } of received) {
+    if (!firstOfId.has(event.id)) firstOfId.set(event.id, { event, text: rawBody.toString('utf8') });
+  }
+  const ids = [...firstOfId.keys()].sort();
+  const rows = ids.map((id) => firstOfId.get(id) as { event: VerifiedEvent; text: string });
+  const result = await db.query<{ id: string }>(
+    `insert into webhook_events (id, type, api_version, created, payload, raw_body)
+     select id, type, api_version, to_timestamp(created), payload::jsonb, raw_body
+     from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[]) as received (id, type, api_version, created, payload, raw_body)
+     order by id
+     on conflict (id) do nothing
+     returning id`,
+    [
+      ids,
+      rows.map((row) => row.event.type),
+      rows.map((row) => row.event.api_version),
+      rows.map((row) => row.event.created),
+      rows.map((row) => jsonbSafe(row.text)),
+      rows.map((row) => row.text),
+    ],
+  );
+  const stored = new Set(result.rows.map((row) => row.id));
+  const answered = new Set<string>();
+  return received.map(({ event }) => {
+    const first = !answered.has(event.id);
+    answered.add(event.id);
+    return first && stored.has(event.id) ? 'stored' : 'duplicate';
+  });
+}
+
+/** Events stored in one statement at most; a Stripe event's body is a few kilobytes. */
+export const intakeBatchSizeMax = 256;
+// Few batches in flight is what makes batches form (as for usage): deliveries arriving while
+// they commit queue up and share the next commit.
+export const intakeBatchesConcurrentMax = 4;
+
+/**
+ * Webhook intake with group commit: deliveries that arrive while earlier ones are being stored
+ * go together in the next statement (db/group-commit.ts). Each delivery's promise settles only
+ * once its row is committed, so the route still answers 2xx only for a stored event; a batch
+ * that fails is written again member by member, so one event that cannot be stored fails alone.
+ */
+export class WebhookIntake {
+  private readonly group: GroupCommit<ReceivedEvent, StoreOutcome>;
+
+  constructor(db: Database, options: { batchSizeMax?: number; concurrentBatchesMax?: number; onBatchError?: (error: unknown, batchSize: number) => void } = {}) {
+    this.group = new GroupCommit(
+      { writeBatch: (received) => storeEvents(db, received), writeOne: ({ event, rawBody }) => storeEvent(db, event, rawBody) },
+      {
+        batchSizeMax: options.batchSizeMax ?? intakeBatchSizeMax,
+        concurrentBatchesMax: options.concurrentBatchesMax ?? intakeBatchesConcurrentMax,
+        onBatchError: options.onBatchError,
+      },
+    );
+  }
+
+  store(event: VerifiedEvent, rawBody: Buffer): Promise<StoreOutcome> {
+    return this.group.submit({ event, rawBody });
+  }
+
+  /** Deliveries waiting for the next batch. */
+  get queuedCount(): number {
+    return this.group.queuedCount;
+  }
 }
 
 /**

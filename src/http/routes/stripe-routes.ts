@@ -7,7 +7,7 @@ import { TallyError, accountNotFound } from '../../errors.js';
 import { signClientReference } from '../../billing/client-reference.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
-import { inboxListSizeMax, listEvents, storeEvent } from '../../stripe/inbox.js';
+import { inboxListSizeMax, listEvents, type WebhookIntake } from '../../stripe/inbox.js';
 import { verifyWebhook } from '../../stripe/signature.js';
 import type { WebhookWorker } from '../../stripe/worker.js';
 import type { Limiters } from '../rate-limits.js';
@@ -22,6 +22,8 @@ export interface StripeRouteDependencies {
   catalog: Catalog;
   gateway: StripeGateway | undefined;
   worker: WebhookWorker;
+  /** Stores verified deliveries with group commit. */
+  intake: WebhookIntake;
   webhookSecrets: string[];
   trials: TrialGate;
   hasher: ClaimHasher;
@@ -58,7 +60,8 @@ export function webhookRoute(dependencies: StripeRouteDependencies, limiters: Li
         if (error instanceof TallyError) await limiters.signatureFailures.count(request);
         throw error;
       }
-      const stored = await storeEvent(dependencies.db, event, raw);
+      // Settles once the event's row is committed, shared with whatever arrived with it.
+      const stored = await dependencies.intake.store(event, raw);
       if (stored === 'stored') dependencies.worker.nudge();
       return { status: 200, body: { received: true, duplicate: stored === 'duplicate' } };
     },
