@@ -26,6 +26,7 @@ const environmentSchema = z.object({
   TALLY_DB_POOL_SIZE: z.coerce.number().int().min(2).max(200).default(20),
   TALLY_DB_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
   TALLY_SWEEP_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(60).default(15),
+  TALLY_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(4),
   STRIPE_SECRET_KEY: optionalText,
   TALLY_FINGERPRINT_SECRET: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   STRIPE_WEBHOOK_SECRET: optionalText,
@@ -55,6 +56,8 @@ export interface Config {
   databasePoolSize: number;
   statementTimeoutMilliseconds: number;
   sweepIntervalSeconds: number;
+  /** Webhook events applied at once per process. */
+  webhookEventsConcurrentMax: number;
   stripeSecretKey: string | undefined;
   fingerprintSecret: string | undefined;
   stripeWebhookSecrets: string[];
@@ -108,6 +111,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     databasePoolSize: value.TALLY_DB_POOL_SIZE,
     statementTimeoutMilliseconds: value.TALLY_DB_STATEMENT_TIMEOUT_MS,
     sweepIntervalSeconds: value.TALLY_SWEEP_INTERVAL_SECONDS,
+    webhookEventsConcurrentMax: value.TALLY_WEBHOOK_CONCURRENCY,
     stripeSecretKey: value.STRIPE_SECRET_KEY,
     fingerprintSecret: value.TALLY_FINGERPRINT_SECRET,
     stripeWebhookSecrets: splitList(value.STRIPE_WEBHOOK_SECRET),

@@ -137,6 +137,7 @@ export async function startTally(config: Config): Promise<Tally> {
       pagerDutyRoutingKey: config.pagerDutyRoutingKey,
       reconcileIntervalHours: config.reconcileIntervalHours,
       sweepIntervalSeconds: config.sweepIntervalSeconds,
+      workerOptions: { concurrentEventsMax: config.webhookEventsConcurrentMax },
     });
     const url = await parts.app.listen({ port: config.port, host: config.host });
     parts.startBackground();

@@ -7,6 +7,7 @@ import { grantDueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
 import { StripeUnavailableError, type StripeGateway } from './gateway.js';
+import { OrderedLanes } from './ordered-lanes.js';
 import { prepareEvent } from './prepare.js';
 
 /**
@@ -15,10 +16,18 @@ import { prepareEvent } from './prepare.js';
  * workers in any number of processes apply each event exactly once. What the Stripe API must
  * tell is fetched before the transaction. Failures retry with backoff, a bounded number of
  * times over about a day, then the event is `failed` with an alert; nothing is dropped.
+ *
+ * A process applies several events at once (`concurrentEventsMax`), in lanes: an event waits
+ * while an earlier one naming the same customer, subscription, payment intent, charge, invoice
+ * or account is in progress in this process (ordered-lanes.ts), so the effects of one account
+ * are applied in event order while other accounts' events proceed beside them.
  */
 export interface WorkerOptions {
   pollIntervalMilliseconds: number;
+  /** Due events read at a time. */
   batchSizeMax: number;
+  /** Events applied at once in this process (each holds one connection at a time). */
+  concurrentEventsMax: number;
   retryBaseSeconds: number;
   retryDelaySecondsMax: number;
   attemptsMax: number;
@@ -37,6 +46,7 @@ export interface WorkerOptions {
 export const defaultWorkerOptions: WorkerOptions = {
   pollIntervalMilliseconds: 1000,
   batchSizeMax: 50,
+  concurrentEventsMax: 4,
   retryBaseSeconds: 30,
   retryDelaySecondsMax: 4 * 3600,
   attemptsMax: 14,
@@ -45,11 +55,29 @@ export const defaultWorkerOptions: WorkerOptions = {
 
 export type EventOutcome = 'processed' | 'ignored' | 'retrying' | 'waiting' | 'failed' | 'skipped';
 
+/**
+ * The Stripe objects an event names, read from its payload: the keys of its lane. Two events
+ * sharing any of them are applied one after the other. An expanded object counts by its id;
+ * Tally's account metadata (on sessions, subscriptions, payment intents and invoices) counts as
+ * the account.
+ */
+const orderingKeysSql = `array_remove(array[
+  o->>'id',
+  coalesce(o->'customer'->>'id', o->>'customer'),
+  coalesce(o->'subscription'->>'id', o->>'subscription', o#>>'{parent,subscription_details,subscription}'),
+  coalesce(o->'payment_intent'->>'id', o->>'payment_intent', o#>>'{payment,payment_intent}'),
+  coalesce(o->'charge'->>'id', o->>'charge'),
+  coalesce(o->'invoice'->>'id', o->>'invoice'),
+  'account:' || coalesce(o#>>'{metadata,tally_account_id}', o#>>'{parent,subscription_details,metadata,tally_account_id}'),
+  o->>'client_reference_id'
+], null)`;
+
 export class WebhookWorker {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
   private started = false;
+  private readonly lanes: OrderedLanes<EventOutcome>;
 
   constructor(
     private readonly db: Database,
@@ -60,7 +88,9 @@ export class WebhookWorker {
     private readonly options: WorkerOptions = defaultWorkerOptions,
     /** Told of each event's outcome and, once applied, the seconds since it was received. */
     private readonly onOutcome: (type: string, outcome: EventOutcome, lagSeconds?: number) => void = () => undefined,
-  ) {}
+  ) {
+    this.lanes = new OrderedLanes(options.concurrentEventsMax);
+  }
 
   start(): void {
     this.started = true;
@@ -97,20 +127,34 @@ export class WebhookWorker {
     return this.options.clock?.() ?? null;
   }
 
-  /** Applies due events in bounded batches until none is due; then due months of yearly plans. */
+  /**
+   * Applies due events, several at once in lanes, until none is due; then due months of yearly
+   * plans. When it returns, every event due when it was called has been attempted (by this
+   * call or by another pass of this process that had it in progress).
+   */
   async drain(): Promise<void> {
     // Months that started before the events now due come first: a change made in a month moves
     // that month's credits, so they must be there.
     await this.grantDueMonths();
+    const attempts: Promise<EventOutcome>[] = [];
     for (;;) {
-      const { rows } = await this.db.query<{ id: string }>(
-        `select id from webhook_events where status = 'pending' and next_attempt_at <= coalesce($1, now())
+      // Events in progress here are left out, so that the next page is read while the lanes
+      // still work on this one; their order is kept by the lanes.
+      const { rows } = await this.db.query<{ id: string; ordering_keys: string[] }>(
+        `select id, ${orderingKeysSql} as ordering_keys
+         from webhook_events, lateral (select payload->'data'->'object' as o) event_object
+         where status = 'pending' and next_attempt_at <= coalesce($1, now()) and id <> all($3::text[])
          order by next_attempt_at, created, id limit $2`,
-        [this.now(), this.options.batchSizeMax],
+        [this.now(), this.options.batchSizeMax, this.lanes.ids()],
       );
-      for (const row of rows) await this.processOne(row.id);
+      for (const row of rows) attempts.push(this.lanes.submit(row.id, row.ordering_keys, () => this.processOne(row.id)));
       if (rows.length < this.options.batchSizeMax) break;
+      await this.lanes.whenWaitingAtMost(this.options.concurrentEventsMax);
     }
+    // Another pass of this process may hold due events this one left out: wait for them too.
+    const settled = await Promise.allSettled([...attempts, ...this.lanes.inProgress()]);
+    const failure = settled.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failure !== undefined) throw failure.reason;
     await this.grantDueMonths();
     await this.cancelRefusedTrials();
   }
