@@ -42,6 +42,8 @@ export interface AssembleOptions {
   operationsIntervalSeconds?: number;
   reconcileIntervalHours?: number;
   workerOptions?: Partial<WorkerOptions>;
+  /** Group commit of the webhook intake (the bench compares settings; default: inbox.ts's). */
+  intakeOptions?: { batchSizeMax?: number; concurrentBatchesMax?: number };
   sweepIntervalSeconds: number;
   httpLimits?: Partial<HttpLimits>;
   rateLimits?: Partial<RateLimitSettings>;
@@ -94,6 +96,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
   });
   const intake = new WebhookIntake(db, {
+    ...options.intakeOptions,
     onBatchError: (error, batchSize) => logger.warn({ err: error, batchSize }, 'a webhook intake batch failed; its events are stored one by one'),
   });
   const stripe = { db, catalog, gateway, worker, intake, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher, checkoutUrlHosts: options.checkoutUrlHosts };
