@@ -100,12 +100,22 @@ export class WebhookIntake {
 }
 
 /**
- * The JSON text with every escaped NUL (`\u0000`, not an escaped backslash before `u0000`)
- * replaced by U+FFFD: jsonb cannot hold NUL, and a webhook must be stored whatever its strings
- * hold. The exact body is kept beside it.
+ * The JSON text as jsonb can hold it: jsonb refuses the NUL character and a lone UTF-16
+ * surrogate (`\ud800` with no partner), both valid JSON that a name or an address typed on a
+ * broken keyboard can carry. Each such character, in strings and keys, becomes U+FFFD; a
+ * webhook must be stored whatever its strings hold, and its exact body is kept beside it. Text
+ * with neither escape (nearly every event) is passed through untouched.
  */
 export function jsonbSafe(json: string): string {
-  return json.includes('\\u0000') ? json.replace(/(?<!\\)((?:\\\\)*)\\u0000/g, '$1\\ufffd') : json;
+  if (!/\\u(?:0000|[dD][89a-fA-F])/.test(json)) return json;
+  return JSON.stringify(wellFormed(JSON.parse(json)));
+}
+
+function wellFormed(value: unknown): unknown {
+  if (typeof value === 'string') return value.replace(/\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+  if (Array.isArray(value)) return value.map(wellFormed);
+  if (value !== null && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([key, member]) => [wellFormed(key), wellFormed(member)]));
+  return value;
 }
 
 export interface InboxRow {

@@ -62,7 +62,8 @@ describe('webhook intake', () => {
   it('stores and applies an event whose strings hold NUL, keeping the exact body it was signed with', async () => {
     // Proves: jsonb cannot hold NUL, yet such an event (a name typed with one) is stored and
     // answered 200, its effects read the text with U+FFFD in its place, and the raw body is kept.
-    const stripeEvent = event('customer.subscription.trial_will_end', { id: 'sub_nul', object: 'subscription', metadata: { note: 'a\u0000b', escaped: 'c\\u0000d' } });
+    // A lone UTF-16 surrogate (valid JSON, refused by jsonb) is kept the same way, in a value or a key.
+    const stripeEvent = event('customer.subscription.trial_will_end', { id: 'sub_nul', object: 'subscription', metadata: { note: 'a\u0000b', escaped: 'c\\u0000d', lone: 'x\ud800y', 'k\udc00': 'pair \ud83d\ude00' } });
     const response = await deliver(test, stripeEvent);
     assert.equal(response.status, 200);
     await settleWebhooks(test);
@@ -74,6 +75,9 @@ describe('webhook intake', () => {
     assert.equal(stored.rows[0]?.raw_body, JSON.stringify(stripeEvent), 'the body exactly as signed');
     assert.equal(stored.rows[0]?.note, 'a\ufffdb');
     assert.equal(stored.rows[0]?.escaped, 'c\\u0000d', 'an escaped backslash before u0000 is text, left alone');
+    const surrogates = await test.database.db.query<{ metadata: Record<string, string> }>(`select payload->'data'->'object'->'metadata' as metadata from webhook_events where id = $1`, [stripeEvent.id]);
+    assert.equal(surrogates.rows[0]?.metadata.lone, 'x\ufffdy');
+    assert.equal(surrogates.rows[0]?.metadata['k\ufffd'], 'pair \ud83d\ude00', 'a lone surrogate in a key is replaced; a surrogate pair is kept');
   });
 
   it('stores and marks ignored an event type Tally has no effect for', async () => {
