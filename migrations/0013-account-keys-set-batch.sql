@@ -190,7 +190,8 @@ end $$;
 --
 -- The statement works account by account (arrays per account, lateral subqueries) and never
 -- joins two sets of the batch on a key: its plan is cached, and a plan made for a guessed
--- number of events then stays cheap for any number.
+-- number of events then stays cheap for any number (a join planned for one row per side
+-- became a loop over the batch for each event).
 create function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
   p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamptz)
   returns jsonb language plpgsql as $$
@@ -270,7 +271,11 @@ begin
   -- One row per account of the batch: its events as arrays in batch order, whether a key comes
   -- twice or was seen before, its live grants in spend order, and its balance.
   account as (
-    select t.*, coalesce(t.keys_new and t.total <= t.available, false) as at_once
+    -- Each spend reads its account's live grants, so an account with more than 100 of them
+    -- (rare: packs bought again and again) takes the per-event path, which stops at the grants
+    -- a spend needs.
+    select t.*, coalesce(t.keys_new and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100, false)
+      as at_once
     from (
       select p.account_id as id,
         array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,

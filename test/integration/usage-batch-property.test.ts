@@ -421,3 +421,30 @@ it('answers the JSON form of the batch (processes started before 0013 call it) a
   const references = await database.db.query<{ reference: unknown }>(`select reference from entries where account_id = 'json-form' and kind = 'usage'`);
   assert.deepEqual(references.rows.map((row) => row.reference), [{ description: 'x' }]);
 });
+
+it('answers as single spends for an account with more live grants than the batch reads at once (the per-event path)', async () => {
+  // 101 grants, each of 1 credit, spent in order: the batch hands this account to tally_usage.
+  const accounts = { batched: 'many-grants-batched', single: 'many-grants-single' };
+  for (const account of Object.values(accounts)) {
+    await ledger.upsertAccount(account, {});
+    await database.db.query(
+      `select tally_add_grant($1, 'purchase', 1, n % 3, null, 'pack-' || n, 'grant', '{}', 'system', null, now()) from generate_series(1, 101) n`,
+      [account],
+    );
+  }
+  const amounts = [3, 40, 1, 57, 1];
+  const batched = await ledger.usageBatch(amounts.map((amount, index) => ({ account_id: accounts.batched, amount, idempotency_key: `u${index}` })), 'app');
+  const single: Outcome[] = [];
+  for (const [index, amount] of amounts.entries()) single.push(await ledger.usage(accounts.single, { amount, idempotency_key: `u${index}` }, 'app'));
+  assert.deepEqual(batched.map((outcome) => outcome.status), [200, 200, 200, 200, 402]);
+  const withoutIds = (outcomes: Outcome[]) => JSON.stringify(outcomes).replace(/"entry_\d+"/g, '"entry"');
+  assert.equal(withoutIds(batched), withoutIds(single));
+  const spends = async (account: string) =>
+    (await database.db.query<{ credits: string[]; positions: string[] }>(
+      `select e.grant_credits as credits, (select array_agg(g.position order by u.n) from unnest(e.grant_ids) with ordinality as u(id, n)
+         join (select id, row_number() over (order by id) as position from grants where account_id = $1) g on g.id = u.id) as positions
+       from entries e where e.account_id = $1 and e.kind = 'usage' order by e.id`,
+      [account],
+    )).rows;
+  assert.deepEqual(await spends(accounts.batched), await spends(accounts.single));
+});
