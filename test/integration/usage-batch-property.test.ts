@@ -448,3 +448,19 @@ it('answers as single spends for an account with more live grants than the batch
     )).rows;
   assert.deepEqual(await spends(accounts.batched), await spends(accounts.single));
 });
+
+it('keeps keys and references exactly through the array form: quotes, backslashes, braces, commas, NULL', async () => {
+  const account = 'array-escapes';
+  await ledger.upsertAccount(account, {});
+  await ledger.grant(account, { amount: 100, source: 'promo', reason: 'r', idempotency_key: 'g', priority: 0 });
+  const keys = ['a"b', 'c\\d', 'NULL', '{x,y}', "it's"];
+  const events = keys.map((key) => ({ account_id: account, amount: 1, idempotency_key: key, description: `say "${key}" \\ {}`, metadata: { note: key } }));
+  const outcomes = await ledger.usageBatch(events, 'app');
+  assert.deepEqual(outcomes.map((outcome) => [outcome.status, outcome.body.replayed]), keys.map(() => [200, false]));
+  const { rows } = await database.db.query<{ idempotency_key: string; reference: unknown }>(`select idempotency_key, reference from entries where account_id = $1 and kind = 'usage' order by id`, [account]);
+  assert.deepEqual(rows, events.map((event) => ({ idempotency_key: `request:${event.idempotency_key}`, reference: { description: event.description, metadata: event.metadata } })));
+  for (const [index, event] of events.entries()) {
+    const { account_id: _account, ...input } = event;
+    assert.deepEqual(await ledger.usage(account, input, 'app'), { status: 200, body: { ...outcomes[index]!.body, replayed: true } }, `${event.idempotency_key} replays alone`);
+  }
+});
