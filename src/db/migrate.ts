@@ -36,8 +36,13 @@ export function readMigrations(directory = migrationsDirectory): Migration[] {
 const createTable = `create table if not exists tally_migrations (
   version integer primary key, name text not null, applied_at timestamptz not null default now())`;
 
-export async function migrate(databaseUrl: string, log: (line: string) => void = () => undefined): Promise<number[]> {
-  const migrations = readMigrations();
+export interface MigrateOptions {
+  /** Apply migrations up to this version only (benchmarks compare a function before and after a migration). */
+  versionMax?: number;
+}
+
+export async function migrate(databaseUrl: string, log: (line: string) => void = () => undefined, options: MigrateOptions = {}): Promise<number[]> {
+  const migrations = readMigrations().filter((migration) => options.versionMax === undefined || migration.version <= options.versionMax);
   const client = new pg.Client({ connectionString: databaseUrl, application_name: 'tally-migrate' });
   await client.connect();
   const applied: number[] = [];

@@ -47,7 +47,8 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
         'unknown route 404 not_found, wrong method 405 method_not_allowed (with Allow), non-JSON body 415 unsupported_media_type, ' +
         'body over the call\'s limit 413 payload_too_large, path segment over 255 characters 414 uri_too_long, a string holding U+0000 ' +
         '400 invalid_request naming the field. Amounts are positive safe integers unless stated. A replayed key answers as the first time ' +
-        'with replayed: true (in the error object too) and the header Idempotent-Replayed: true. Answers carry Cache-Control: no-store ' +
+        'with replayed: true (in the error object too) and the header Idempotent-Replayed: true; keys are scoped to their account (the same ' +
+        'key sent for another account is another request). Answers carry Cache-Control: no-store ' +
         'and X-Content-Type-Options: nosniff. Rate limits answer 429 rate_limited {retry_after_seconds} with Retry-After.',
     },
     components: {

@@ -127,21 +127,31 @@ export class Ledger {
 
   /**
    * A batch of usage events in one transaction; one answer per event, in order. The actor is
-   * one for the whole batch or one per event.
+   * one for the whole batch or one per event. The events go to SQL as parallel arrays, one
+   * element per event, which tally_usage_batch reads as a set.
    */
   async usageBatch(events: BatchEvent[], actor: Actor | Actor[]): Promise<Outcome[]> {
-    const prepared = events.map((event, index) => {
+    const accountIds: string[] = [];
+    const amounts: number[] = [];
+    const keys: string[] = [];
+    const hashes: string[] = [];
+    const references: Record<string, unknown>[] = [];
+    const actors: Actor[] = [];
+    events.forEach((event, index) => {
       const { idempotency_key: key, account_id: accountId, ...payload } = event;
-      return {
-        account_id: accountId,
-        amount: event.amount,
-        idempotency_key: key,
-        payload_hash: payloadHash(payload),
-        reference: usageReference(event),
-        actor: Array.isArray(actor) ? actor[index] : actor,
-      };
+      accountIds.push(accountId);
+      amounts.push(event.amount);
+      keys.push(key);
+      hashes.push(payloadHash(payload));
+      references.push(usageReference(event));
+      const eventActor = Array.isArray(actor) ? actor[index] : actor;
+      assertInvariant(eventActor !== undefined, `batch event ${index} has no actor`);
+      actors.push(eventActor);
     });
-    const outcomes = await this.db.callJson<Outcome[]>('select tally_usage_batch($1, $2) as result', [JSON.stringify(prepared), this.now()]);
+    const outcomes = await this.db.callJson<Outcome[]>(
+      'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7) as result',
+      [accountIds, amounts, keys, hashes, references, actors, this.now()],
+    );
     assertInvariant(outcomes.length === events.length, 'batch answered a different number of results');
     return outcomes;
   }

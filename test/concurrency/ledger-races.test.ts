@@ -76,13 +76,18 @@ describe('races', () => {
     await assertReconciled('race-3');
   });
 
-  it('answers one success and conflicts when one key races on different accounts', async () => {
+  it('spends once per account when one key races on different accounts, each several times (keys are scoped to their account)', async () => {
     const accounts = Array.from({ length: 10 }, (_, index) => `race-4-${index}`);
     for (const account of accounts) await fundedAccount(test, account, 100);
     const responses = await Promise.all(
-      accounts.map((account) => test.call('POST', `/v1/accounts/${account}/usage`, { amount: 1, idempotency_key: 'race-4-shared' })),
+      accounts.flatMap((account) => Array.from({ length: 3 }, () => test.call('POST', `/v1/accounts/${account}/usage`, { amount: 1, idempotency_key: 'race-4-shared' }))),
     );
-    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 1, 409: 9 });
+    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 30 });
+    assert.deepEqual(countBy(responses, (response) => String(response.body.replayed)), { false: 10, true: 20 });
+    for (const account of accounts) {
+      assert.equal((await test.call('GET', `/v1/accounts/${account}/balance`)).body.available, 99, account);
+      await assertReconciled(account);
+    }
   });
 
   it('never lets a deadlock or serialization failure reach a client when batches overlap', async () => {

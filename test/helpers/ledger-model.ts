@@ -133,6 +133,12 @@ export class LedgerModel {
     return this.holds.has(key);
   }
 
+  /** Whether the hold can still be captured or voided now. */
+  isPendingHold(key: string): boolean {
+    const hold = this.holds.get(key);
+    return hold !== undefined && hold.status === 'pending' && hold.expiresAt > this.now;
+  }
+
   /** captured undefined means void. Returns the status and, for 409, the hold's status. */
   resolve(key: string, captured: number | undefined): { status: number; holdStatus?: string } {
     const hold = this.holds.get(key);

@@ -56,19 +56,46 @@ describe('usage', () => {
     assert.equal(replay.body.error.available, 60);
   });
 
-  it('answers 409 idempotency_conflict for the same key with another amount or account, and changes nothing', async () => {
-    await fundedAccount(test, 'use-2', 100);
-    const before1 = await ledgerFacts(test, 'use-1');
-    const before2 = await ledgerFacts(test, 'use-2');
+  it('answers 409 idempotency_conflict for the same key with another amount or operation on the same account, and changes nothing', async () => {
+    const before = await ledgerFacts(test, 'use-1');
     const otherAmount = await test.call('POST', '/v1/accounts/use-1/usage', { amount: 11, idempotency_key: 'use-1-b' });
     assert.equal(otherAmount.status, 409);
     assert.equal(otherAmount.body.error.code, 'idempotency_conflict');
-    const otherAccount = await test.call('POST', '/v1/accounts/use-2/usage', { amount: 10, idempotency_key: 'use-1-b' });
-    assert.equal(otherAccount.status, 409);
+    assert.equal(otherAmount.body.error.idempotency_key, 'use-1-b');
+    const otherDescription = await test.call('POST', '/v1/accounts/use-1/usage', { amount: 10, idempotency_key: 'use-1-b', description: 'another payload' });
+    assert.equal(otherDescription.status, 409, 'the payload is more than its amount');
     const otherOperation = await test.call('POST', '/v1/accounts/use-1/holds', { amount: 10, idempotency_key: 'use-1-b' });
     assert.equal(otherOperation.status, 409);
-    assert.deepEqual(await ledgerFacts(test, 'use-1'), before1);
-    assert.deepEqual(await ledgerFacts(test, 'use-2'), before2);
+    assert.equal(otherOperation.body.error.code, 'idempotency_conflict');
+    const grantUnderUsageKey = await test.admin('POST', '/v1/accounts/use-1/grants', { amount: 5, source: 'promo', reason: 'r', idempotency_key: 'use-1-b' });
+    assert.equal(grantUnderUsageKey.status, 409);
+    const usageUnderRefusedKey = await test.call('POST', '/v1/accounts/use-1/holds', { amount: 61, idempotency_key: 'use-1-c' });
+    assert.equal(usageUnderRefusedKey.status, 409, 'a refused usage key is taken for other operations too');
+    assert.deepEqual(await ledgerFacts(test, 'use-1'), before);
+  });
+
+  it('treats the same key sent for another account as another request (keys are scoped to their account)', async () => {
+    await fundedAccount(test, 'use-2', 100);
+    const before1 = await ledgerFacts(test, 'use-1');
+    const first = await test.call('POST', '/v1/accounts/use-1/usage', { amount: 1, idempotency_key: 'shared-key' });
+    assert.equal(first.status, 200);
+    const other = await test.call('POST', '/v1/accounts/use-2/usage', { amount: 10, idempotency_key: 'shared-key' });
+    assert.equal(other.status, 200, 'another account, another request: no conflict');
+    assert.equal(other.body.replayed, false);
+    assert.equal(other.body.available, 90);
+    assert.notEqual(other.body.entry_id, first.body.entry_id);
+    const replayed = await test.call('POST', '/v1/accounts/use-2/usage', { amount: 10, idempotency_key: 'shared-key' });
+    assert.deepEqual(replayed.body, { ...other.body, replayed: true });
+    // A refusal on one account does not bind the key on another, and the reverse.
+    const refused = await test.call('POST', '/v1/accounts/use-2/usage', { amount: 1000, idempotency_key: 'use-1-b' });
+    assert.equal(refused.status, 402);
+    assert.equal(refused.body.error.replayed, undefined);
+    const held = await test.call('POST', '/v1/accounts/use-2/holds', { amount: 5, idempotency_key: 'use-1-c' });
+    assert.equal(held.status, 201);
+    assert.equal((await ledgerFacts(test, 'use-1')).entry_count, before1.entry_count + 1, 'use-1 spent only its own request');
+    assert.equal((await test.call('GET', '/v1/accounts/use-2/balance')).body.available, 85);
+    await assertReconciled('use-1');
+    await assertReconciled('use-2');
   });
 });
 
@@ -251,6 +278,30 @@ describe('usage batch', () => {
     assert.equal(results[5].error.code, 'idempotency_conflict');
     const single = await test.call('POST', '/v1/accounts/batch-b/usage', { amount: 6, idempotency_key: 'bt-3' });
     assert.equal(single.status, 402, 'the batch stored the refusal as the first outcome');
+  });
+
+  it('answers the same key on two accounts as two requests, in one batch and against a stored key', async () => {
+    await fundedAccount(test, 'batch-c', 10);
+    await fundedAccount(test, 'batch-d', 10);
+    const single = await test.call('POST', '/v1/accounts/batch-c/usage', { amount: 1, idempotency_key: 'bt-shared' });
+    assert.equal(single.status, 200);
+    const response = await test.call('POST', '/v1/usage/batch', {
+      events: [
+        { account_id: 'batch-d', amount: 2, idempotency_key: 'bt-shared' },
+        { account_id: 'batch-c', amount: 1, idempotency_key: 'bt-shared' },
+        { account_id: 'batch-d', amount: 3, idempotency_key: 'bt-shared' },
+        { account_id: 'batch-d', amount: 2, idempotency_key: 'bt-shared' },
+      ],
+    });
+    assert.equal(response.status, 200);
+    const results = response.body.results;
+    assert.deepEqual(results.map((result: { status: number }) => result.status), [200, 200, 409, 200]);
+    assert.deepEqual(results[0], { status: 200, entry_id: results[0].entry_id, amount: 2, available: 8, replayed: false }, 'a new request on batch-d');
+    assert.deepEqual(results[1], { status: 200, ...single.body, replayed: true }, 'the replay of the stored spend on batch-c');
+    assert.equal(results[2].error.code, 'idempotency_conflict');
+    assert.deepEqual(results[3], { ...results[0], replayed: true });
+    assert.equal((await test.call('GET', '/v1/accounts/batch-c/balance')).body.available, 9);
+    assert.equal((await test.call('GET', '/v1/accounts/batch-d/balance')).body.available, 8);
   });
 
   it('refuses a malformed batch with 400 naming the event and writes nothing', async () => {

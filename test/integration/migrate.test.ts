@@ -67,3 +67,47 @@ it("rolls back every migration, newest first, with its note's statements, and mi
     await client.end();
   }
 });
+
+it('rolls 0013 back with its data: spends since keep their key and first answer, and a key used on two accounts refuses the rollback', async () => {
+  const url = await createEmptyDatabase();
+  await migrate(url);
+  const rollback = rollbackStatements(readMigrations().find((migration) => migration.version === 13)!.sql);
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  const call = async (sql: string): Promise<{ status: number; body: Record<string, unknown> }> => (await client.query(sql)).rows[0].result;
+  try {
+    await client.query(`insert into accounts (id) values ('roll-a'), ('roll-b')`);
+    for (const account of ['roll-a', 'roll-b']) {
+      await client.query(`select tally_add_grant($1, 'promo', 100, 0, null, 'seed', 'grant', '{}', 'system', null, now())`, [account]);
+    }
+    const spent = await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`);
+    assert.equal(spent.status, 200);
+    assert.equal((await call(`select tally_usage('roll-a', 1000, 'k2', 'h2', 'app', '{}', null) as result`)).status, 402);
+    assert.equal((await client.query(`select count(*)::int as count from request_keys where key = 'k1'`)).rows[0].count, 0, 'a successful spend keeps its key in its entry only');
+
+    await client.query('begin');
+    await client.query(rollback);
+    await client.query('commit');
+    const stored = (await client.query(`select operation, payload_hash, status_code, response from request_keys where account_id = 'roll-a' and key = 'k1'`)).rows;
+    assert.deepEqual(stored, [{ operation: 'usage', payload_hash: 'h1', status_code: 200, response: spent.body }], 'the spend is back in request_keys with its first answer');
+    assert.deepEqual(await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`), { status: 200, body: { ...spent.body, replayed: true } });
+    assert.equal((await call(`select tally_usage('roll-b', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status, 409, 'keys are unique across accounts again');
+    const refusedAgain = await call(`select tally_usage('roll-a', 1000, 'k2', 'h2', 'app', '{}', null) as result`);
+    assert.deepEqual([refusedAgain.status, (refusedAgain.body.error as { replayed?: boolean }).replayed], [402, true], 'the refusal is still the first outcome of its key');
+    const columns = await client.query(`select column_name from information_schema.columns where table_name = 'entries' and column_name = 'payload_hash'`);
+    assert.equal(columns.rowCount, 0);
+    const primaryKey = await client.query(`select pg_get_constraintdef(oid) as definition from pg_constraint where conname = 'request_keys_pkey'`);
+    assert.equal(primaryKey.rows[0].definition, 'PRIMARY KEY (key)');
+
+    assert.deepEqual(await migrate(url), [13], 'and 0013 applies again');
+    assert.deepEqual(await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`), { status: 200, body: { ...spent.body, replayed: true } });
+    assert.equal((await call(`select tally_usage('roll-b', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status, 200, 'the same key on another account is another request');
+    await client.query('begin');
+    await assert.rejects(client.query(rollback), /used on more than one account/);
+    await client.query('rollback');
+    const applied = await client.query<{ version: number }>('select max(version) as version from tally_migrations');
+    assert.equal(applied.rows[0]?.version, 13, 'the refused rollback changed nothing');
+  } finally {
+    await client.end();
+  }
+});

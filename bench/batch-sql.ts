@@ -1,0 +1,289 @@
+/**
+ * `npx tsx bench/batch-sql.ts`: the usage batch at the SQL level, before and after migration
+ * 0013 (set-based `tally_usage_batch`, request keys per account), in one run on one server.
+ * Two databases are made on the server: one migrated up to 0012 (the per-event batch, every
+ * key in request_keys), one migrated to the newest; both hold the same 10,000 funded accounts
+ * and one hot account. Each round sends the same number of batches of 256 spends (unique keys,
+ * arguments built before the clock starts) to each side over a few connections, spread over
+ * the 10,000 accounts and then all on the hot account, the sides taking turns going first.
+ * Prints spends per second (median of the rounds, and their range), the median batch time,
+ * and the ratio after / before. Ratios are steadier than the figures on a shared machine; the
+ * steadiest is the CPU time PostgreSQL's backends spent per spend (read from
+ * /proc/PID/schedstat when the server runs on this machine), which waiting for a core on a busy
+ * machine does not inflate as it does wall time.
+ *
+ * The server is TEST_DATABASE_URL or BENCH_DATABASE_URL when set, else an embedded PostgreSQL.
+ * `measureBatchSql(serverUrl)` is the same measurement for another bench script to call: it
+ * creates its two databases on that server and drops them when done.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pathToFileURL } from 'node:url';
+import pg from 'pg';
+import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { migrate } from '../src/db/migrate.js';
+import { payloadHash } from '../src/ledger/payload-hash.js';
+import { databaseUrlFor } from '../test/helpers/database.js';
+
+/** The last migration before the set-based batch. */
+const versionBefore = 12;
+
+export interface BatchSqlOptions {
+  roundCount?: number;
+  /** Batches each side sends per scenario and round. */
+  batchCountPerRound?: number;
+  batchSize?: number;
+  /** Connections sending batches at once per side (the HTTP server writes 4 batches at once). */
+  connectionCount?: number;
+  accountCount?: number;
+  log?: (line: string) => void;
+}
+
+export interface BatchSqlFigure {
+  scenario: 'spread' | 'hot';
+  /** Median spends per second of the rounds, before 0013 and after. */
+  beforePerSecond: number;
+  afterPerSecond: number;
+  /** afterPerSecond / beforePerSecond. */
+  ratio: number;
+  beforeRounds: number[];
+  afterRounds: number[];
+  /** Median milliseconds per batch, all rounds together. */
+  beforeBatchMilliseconds: number;
+  afterBatchMilliseconds: number;
+  /** Median CPU microseconds the backends spent per spend; null when the server is not on this machine. */
+  beforeCpuMicroseconds: number | null;
+  afterCpuMicroseconds: number | null;
+}
+
+type Side = 'before' | 'after';
+
+interface Event {
+  account_id: string;
+  amount: number;
+  idempotency_key: string;
+  payload_hash: string;
+  reference: Record<string, unknown>;
+  actor: 'app';
+}
+
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
+
+/** A small deterministic generator, so that every run spreads its spends the same way. */
+function randomIntegers(seed: number): (below: number) => number {
+  let state = seed >>> 0;
+  return (below) => {
+    state = (Math.imul(state, 1_664_525) + 1_013_904_223) >>> 0;
+    return state % below;
+  };
+}
+
+/** The process ids of the pool's connections, all opened now and kept open (the pool never lets them idle out). */
+async function backendPids(pool: pg.Pool, connectionCount: number): Promise<number[]> {
+  const clients = await Promise.all(Array.from({ length: connectionCount }, () => pool.connect()));
+  try {
+    return await Promise.all(clients.map(async (client) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid));
+  } finally {
+    for (const client of clients) client.release();
+  }
+}
+
+/** Nanoseconds these processes have run on a CPU, or null when they are not on this machine. */
+function cpuNanoseconds(pids: number[]): number | null {
+  try {
+    return pids.reduce((sum, pid) => sum + Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]), 0);
+  } catch (error) {
+    // Another machine's server (or no /proc): the figure is left out, not guessed.
+    if (['ENOENT', 'EACCES'].includes((error as { code?: string }).code ?? '')) return null;
+    throw error;
+  }
+}
+
+/** The arguments of one call, as each side's function takes them. */
+function callOf(side: Side, events: Event[]): { text: string; values: unknown[] } {
+  if (side === 'before') return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
+  return {
+    text: 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null) as result',
+    values: [
+      events.map((event) => event.account_id),
+      events.map((event) => event.amount),
+      events.map((event) => event.idempotency_key),
+      events.map((event) => event.payload_hash),
+      events.map((event) => event.reference),
+      events.map((event) => event.actor),
+    ],
+  };
+}
+
+async function setUp(url: string, accountCount: number): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, $1::int - 1) n union all select 'hot'`, [accountCount]);
+    // Through the ledger's own grant function, so that balances, grants and entries agree: a
+    // month of subscription credits (spent first) and a never-expiring pack behind it.
+    await client.query(`select tally_add_grant(id, 'subscription', 1000000000000, 0, now() + interval '30 days', 'bench-month', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
+    await client.query(`select tally_add_grant(id, 'purchase', 1000, 0, null, 'bench-pack', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
+    await client.query('vacuum analyze');
+  } finally {
+    await client.end();
+  }
+}
+
+interface Measured {
+  perSecond: number;
+  batchMilliseconds: number[];
+  cpuMicrosecondsPerSpend: number | null;
+}
+
+/** Sends `batches` over `pool`, `connectionCount` at a time; answers spends/s, each batch's milliseconds and the backends' CPU per spend. */
+async function send(pool: pg.Pool, side: Side, batches: Event[][], connectionCount: number): Promise<Measured> {
+  const calls = batches.map((events) => callOf(side, events));
+  const spendCount = batches.reduce((sum, events) => sum + events.length, 0);
+  const pids = await backendPids(pool, connectionCount);
+  const batchMilliseconds: number[] = [];
+  let next = 0;
+  const cpuBefore = cpuNanoseconds(pids);
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: connectionCount }, async () => {
+      for (let index = next++; index < calls.length; index = next++) {
+        const call = calls[index]!;
+        const begin = performance.now();
+        const { rows } = await pool.query<{ result: { status: number }[] }>(call.text, call.values);
+        batchMilliseconds.push(performance.now() - begin);
+        const refused = rows[0]?.result.find((outcome) => outcome.status !== 200);
+        if (refused !== undefined) throw new Error(`${side}: a spend was refused: ${JSON.stringify(refused)}`);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  const cpuAfter = cpuNanoseconds(pids);
+  const cpuMicrosecondsPerSpend = cpuBefore === null || cpuAfter === null ? null : (cpuAfter - cpuBefore) / 1000 / spendCount;
+  return { perSecond: spendCount / seconds, batchMilliseconds, cpuMicrosecondsPerSpend };
+}
+
+export async function measureBatchSql(serverUrl: string, options: BatchSqlOptions = {}): Promise<BatchSqlFigure[]> {
+  const roundCount = options.roundCount ?? 5;
+  const batchCountPerRound = options.batchCountPerRound ?? 24;
+  const batchSize = options.batchSize ?? 256;
+  const connectionCount = options.connectionCount ?? 4;
+  const accountCount = options.accountCount ?? 10_000;
+  const log = options.log ?? (() => undefined);
+  const names: Record<Side, string> = { before: `tally_batch_sql_before_${process.pid}`, after: `tally_batch_sql_after_${process.pid}` };
+  const pools: Partial<Record<Side, pg.Pool>> = {};
+  try {
+    for (const side of ['before', 'after'] as const) {
+      const url = databaseUrlFor(serverUrl, names[side]);
+      await ensureDatabase(serverUrl, names[side]);
+      await migrate(url, () => undefined, side === 'before' ? { versionMax: versionBefore } : {});
+      await setUp(url, accountCount);
+      pools[side] = new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 });
+      log(`${side}: ${accountCount} accounts funded`);
+    }
+    const random = randomIntegers(0x13);
+    const hash = payloadHash({ amount: 1 });
+    const figures: BatchSqlFigure[] = [];
+    for (const scenario of ['spread', 'hot'] as const) {
+      const rounds: Record<Side, number[]> = { before: [], after: [] };
+      const batchMilliseconds: Record<Side, number[]> = { before: [], after: [] };
+      const cpu: Record<Side, number[]> = { before: [], after: [] };
+      for (let round = 1; round <= roundCount; round += 1) {
+        // Each side gets the same accounts in the same order, under keys of its own run.
+        const accounts = Array.from({ length: batchCountPerRound }, () =>
+          Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)),
+        );
+        const order: Side[] = round % 2 === 1 ? ['before', 'after'] : ['after', 'before'];
+        for (const side of order) {
+          const batches = accounts.map((batch, batchIndex) =>
+            batch.map((accountId, index): Event => ({
+              account_id: accountId,
+              amount: 1,
+              idempotency_key: `${scenario}-${round}-${batchIndex}-${index}`,
+              payload_hash: hash,
+              reference: {},
+              actor: 'app',
+            })),
+          );
+          const measured = await send(pools[side]!, side, batches, connectionCount);
+          rounds[side].push(measured.perSecond);
+          batchMilliseconds[side].push(...measured.batchMilliseconds);
+          if (measured.cpuMicrosecondsPerSpend !== null) cpu[side].push(measured.cpuMicrosecondsPerSpend);
+        }
+        log(`${scenario} round ${round}/${roundCount}: before ${rounds.before.at(-1)?.toFixed(0)}/s, after ${rounds.after.at(-1)?.toFixed(0)}/s; CPU us/spend before ${cpu.before.at(-1)?.toFixed(1) ?? '-'}, after ${cpu.after.at(-1)?.toFixed(1) ?? '-'}`);
+      }
+      const beforePerSecond = median(rounds.before);
+      const afterPerSecond = median(rounds.after);
+      figures.push({
+        scenario,
+        beforePerSecond,
+        afterPerSecond,
+        ratio: afterPerSecond / beforePerSecond,
+        beforeRounds: rounds.before,
+        afterRounds: rounds.after,
+        beforeBatchMilliseconds: median(batchMilliseconds.before),
+        afterBatchMilliseconds: median(batchMilliseconds.after),
+        beforeCpuMicroseconds: cpu.before.length === 0 ? null : median(cpu.before),
+        afterCpuMicroseconds: cpu.after.length === 0 ? null : median(cpu.after),
+      });
+    }
+    return figures;
+  } finally {
+    await Promise.all(Object.values(pools).map((pool) => pool.end()));
+    const admin = new pg.Client({ connectionString: serverUrl });
+    await admin.connect();
+    for (const name of Object.values(names)) await admin.query(`drop database if exists ${name} with (force)`);
+    await admin.end();
+  }
+}
+
+export function formatBatchSql(figures: BatchSqlFigure[], options: BatchSqlOptions = {}): string {
+  const range = (values: number[]) => `${Math.min(...values).toFixed(0)}-${Math.max(...values).toFixed(0)}`;
+  const cpu = (value: number | null) => (value === null ? '-' : value.toFixed(1));
+  const lines = [
+    `tally_usage_batch at the SQL level: batches of ${options.batchSize ?? 256} spends, ${options.connectionCount ?? 4} connections, ` +
+      `median of ${options.roundCount ?? 5} rounds of ${options.batchCountPerRound ?? 24} batches per side`,
+    'scenario  spends/s before 0013 (range)  after 0013 (range)        after/before  ms/batch before  after  CPU us/spend before  after  before/after',
+  ];
+  for (const figure of figures) {
+    const cpuRatio = figure.beforeCpuMicroseconds === null || figure.afterCpuMicroseconds === null ? '-' : `${(figure.beforeCpuMicroseconds / figure.afterCpuMicroseconds).toFixed(2)}x`;
+    lines.push(
+      figure.scenario.padEnd(8) +
+        `${figure.beforePerSecond.toFixed(0)} (${range(figure.beforeRounds)})`.padStart(30) +
+        `${figure.afterPerSecond.toFixed(0)} (${range(figure.afterRounds)})`.padStart(20) +
+        `${figure.ratio.toFixed(2)}x`.padStart(14) +
+        figure.beforeBatchMilliseconds.toFixed(1).padStart(17) +
+        figure.afterBatchMilliseconds.toFixed(1).padStart(7) +
+        cpu(figure.beforeCpuMicroseconds).padStart(21) +
+        cpu(figure.afterCpuMicroseconds).padStart(7) +
+        cpuRatio.padStart(14),
+    );
+  }
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  let embedded: EmbeddedDatabase | undefined;
+  let scratch: string | undefined;
+  let serverUrl = process.env.TEST_DATABASE_URL || process.env.BENCH_DATABASE_URL;
+  if (serverUrl === undefined || serverUrl === '') {
+    scratch = mkdtempSync(join(tmpdir(), 'tally-bench-sql-'));
+    embedded = await startEmbeddedDatabase({ dataDirectory: scratch, databaseName: 'postgres' });
+    serverUrl = embedded.url;
+  }
+  const options: BatchSqlOptions = {
+    roundCount: Number(process.env.BENCH_ROUNDS ?? 5),
+    batchCountPerRound: Number(process.env.BENCH_BATCHES ?? 24),
+    log: (line) => process.stderr.write(`${line}\n`),
+  };
+  try {
+    console.log(formatBatchSql(await measureBatchSql(serverUrl, options), options));
+  } finally {
+    await embedded?.stop();
+    if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) await main();
