@@ -6,6 +6,7 @@ import type { Database } from './db/database.js';
 import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';
 import { buildServer, type HttpLimits } from './http/server.js';
+import { EventDelivery, type DeliveryOptions } from './events/delivery.js';
 import { Ledger } from './ledger/ledger.js';
 import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
@@ -41,6 +42,8 @@ export interface AssembleOptions {
   operationsIntervalSeconds?: number;
   reconcileIntervalHours?: number;
   workerOptions?: Partial<WorkerOptions>;
+  /** Delivery of events to the app's endpoints (tests shorten its interval and timeouts). */
+  eventDeliveryOptions?: Partial<DeliveryOptions>;
   sweepIntervalSeconds: number;
   httpLimits?: Partial<HttpLimits>;
   rateLimits?: Partial<RateLimitSettings>;
@@ -52,6 +55,7 @@ export interface Assembled {
   app: FastifyInstance;
   ledger: Ledger;
   worker: WebhookWorker;
+  eventDelivery: EventDelivery;
   sweeper: Sweeper;
   gateway: StripeGateway | undefined;
   metrics: Metrics;
@@ -129,11 +133,13 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     reconcileIntervalHours: options.reconcileIntervalHours ?? 24,
     delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
   });
+  const eventDelivery = new EventDelivery(db, logger, { ...options.eventDeliveryOptions, clock: options.clock });
   const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => raiseAlert(db.pool, alert));
   return {
     app,
     ledger,
     worker,
+    eventDelivery,
     sweeper,
     gateway,
     metrics,
@@ -143,12 +149,14 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       operations.start();
       worker.start();
       worker.nudge();
+      eventDelivery.start();
     },
     async close() {
       await app.close();
       await worker.stop();
       await sweeper.stop();
       await operations.stop();
+      await eventDelivery.stop();
     },
   };
 }

@@ -12,6 +12,7 @@ import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
 import { bodyLimitLargeBytes, defineRoute, registerRoutes, type RouteDefinition } from './route.js';
+import { eventRoutes } from './routes/event-routes.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
 import { operationsRoutes, type OperationsRouteDependencies } from './routes/ops-routes.js';
 import { stripeRoutes, webhookRoute, type StripeRouteDependencies } from './routes/stripe-routes.js';
@@ -135,7 +136,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   const limiters = await registerRateLimits(app, { ...defaultRateLimits, ...options.rateLimits });
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...healthRoutes(options)];
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...eventRoutes(options.db), ...healthRoutes(options)];
   const rawBodyRoutes = [webhookRoute(options.stripe, limiters)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(

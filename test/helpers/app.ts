@@ -6,6 +6,7 @@ import { parseCatalog, type Catalog } from '../../src/billing/catalog.js';
 import type { RateLimitSettings } from '../../src/http/rate-limits.js';
 import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
+import type { DeliveryOptions } from '../../src/events/delivery.js';
 import type { WorkerOptions } from '../../src/stripe/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 import { FakeStripe } from './fake-stripe.js';
@@ -58,6 +59,7 @@ export interface TestAppOptions {
   stripeSecretKey?: string;
   checkoutUrlHosts?: string[];
   workerOptions?: Partial<WorkerOptions>;
+  eventDeliveryOptions?: Partial<DeliveryOptions>;
   breakerHalfOpenAfterMilliseconds?: number;
   clock?: TestClock;
   httpLimits?: Partial<HttpLimits>;
@@ -86,6 +88,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     stripeTimeoutMilliseconds: 1000,
     webhookSecrets: [webhookSecret],
     workerOptions: { ...testWorkerOptions, ...options.workerOptions },
+    eventDeliveryOptions: { timeoutMilliseconds: 1000, ...options.eventDeliveryOptions },
     sweepIntervalSeconds: 60,
     clock: clock.now,
   });
