@@ -21,7 +21,7 @@
 --   drop trigger if exists subscriptions_insert_events on subscriptions;
 --   drop trigger if exists subscriptions_update_events on subscriptions;
 --   drop trigger if exists trial_refusals_events on trial_refusals;
---   drop function if exists tally_event, tally_sequence_events, tally_account_events, tally_grant_events, tally_entry_events, tally_hold_events, tally_subscription_events, tally_trial_refusal_events, tally_subscription_json;
+--   drop function if exists tally_event, tally_sequence_events, tally_request_top_up, tally_account_events, tally_grant_events, tally_entry_events, tally_hold_events, tally_subscription_events, tally_trial_refusal_events, tally_subscription_json;
 --   drop table if exists top_ups, auto_top_ups, event_deliveries, webhook_endpoints, events cascade;
 --   alter table accounts drop column if exists low_balance_threshold, drop column if exists top_up_threshold;
 --   delete from tally_migrations where version = 13;
@@ -144,12 +144,34 @@ begin
   return v_count;
 end $$;
 
--- Balance events and the auto top-up trigger. Runs only when the WHEN clause of its trigger
--- saw a crossing; the row lock of the update is held, so the top-up number is safe to take.
-create function tally_account_events() returns trigger language plpgsql as $$
+-- Asks for a top-up of an account whose auto top-up is enabled: a pending row that the
+-- background job pays, unless one is in flight already or the month's maximum is reached (top-ups
+-- pending or succeeded since the start of p_at's UTC month). The caller holds the account's row
+-- lock (the spend's update, or the setting's call), which makes the next number safe to take.
+create function tally_request_top_up(p_account text, p_at timestamptz) returns void language plpgsql as $$
 declare
   v_setting auto_top_ups;
   v_this_month integer;
+begin
+  select * into v_setting from auto_top_ups where account_id = p_account and enabled;
+  if not found then
+    return;
+  end if;
+  select count(*) into v_this_month from top_ups
+    where account_id = p_account and status in ('pending', 'succeeded')
+      and created_at >= date_trunc('month', p_at at time zone 'UTC') at time zone 'UTC';
+  if v_this_month >= v_setting.max_per_month then
+    return;
+  end if;
+  insert into top_ups (account_id, number, pack_id, created_at)
+  select p_account, coalesce(max(number), 0) + 1, v_setting.pack_id, p_at
+    from top_ups where account_id = p_account
+  on conflict (account_id) where status = 'pending' do nothing;
+end $$;
+
+-- Balance events and the auto top-up trigger. Runs only when the WHEN clause of its trigger
+-- saw a crossing; the row lock of the update is held, so the top-up number is safe to take.
+create function tally_account_events() returns trigger language plpgsql as $$
 begin
   if new.available < old.available and new.available < new.low_balance_threshold
      and old.available >= new.low_balance_threshold then
@@ -168,18 +190,7 @@ begin
   end if;
   if new.available < old.available and new.available < new.top_up_threshold
      and old.available >= new.top_up_threshold then
-    select * into v_setting from auto_top_ups where account_id = new.id and enabled;
-    if found then
-      select count(*) into v_this_month from top_ups
-        where account_id = new.id and status in ('pending', 'succeeded')
-          and created_at >= date_trunc('month', new.updated_at at time zone 'UTC') at time zone 'UTC';
-      if v_this_month < v_setting.max_per_month then
-        insert into top_ups (account_id, number, pack_id, created_at)
-        select new.id, coalesce(max(number), 0) + 1, v_setting.pack_id, new.updated_at
-          from top_ups where account_id = new.id
-        on conflict (account_id) where status = 'pending' do nothing;
-      end if;
-    end if;
+    perform tally_request_top_up(new.id, new.updated_at);
   end if;
   return null;
 end $$;

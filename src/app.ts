@@ -7,6 +7,7 @@ import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';
 import { buildServer, type HttpLimits } from './http/server.js';
 import { EventDelivery, type DeliveryOptions } from './events/delivery.js';
+import { TopUpRunner } from './billing/top-ups.js';
 import { Ledger } from './ledger/ledger.js';
 import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
@@ -56,11 +57,13 @@ export interface Assembled {
   ledger: Ledger;
   worker: WebhookWorker;
   eventDelivery: EventDelivery;
+  /** Pays pending auto top-ups; undefined without Stripe. */
+  topUps: TopUpRunner | undefined;
   sweeper: Sweeper;
   gateway: StripeGateway | undefined;
   metrics: Metrics;
   operations: OperationsScheduler;
-  /** Starts the background work: the webhook worker and the sweep. */
+  /** Starts the background work: the webhook worker, the sweep, event delivery and auto top-up. */
   startBackground(): void;
   /** Stops intake, then the background work; the pool is the caller's to close. */
   close(): Promise<void>;
@@ -106,6 +109,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     operations: { db, catalog, gateway, digest: (purpose, value) => hasher.digest(purpose, value) },
     httpLimits: options.httpLimits,
     rateLimits: options.rateLimits,
+    clock: options.clock,
   });
   if (gateway !== undefined) {
     gateway.onOpen = (status) => {
@@ -134,12 +138,14 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
   });
   const eventDelivery = new EventDelivery(db, logger, { ...options.eventDeliveryOptions, clock: options.clock });
+  const topUps = gateway === undefined ? undefined : new TopUpRunner({ db, catalog, gateway, clock: options.clock }, logger);
   const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => raiseAlert(db.pool, alert));
   return {
     app,
     ledger,
     worker,
     eventDelivery,
+    topUps,
     sweeper,
     gateway,
     metrics,
@@ -150,6 +156,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       worker.start();
       worker.nudge();
       eventDelivery.start();
+      topUps?.start();
     },
     async close() {
       await app.close();
@@ -157,6 +164,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       await sweeper.stop();
       await operations.stop();
       await eventDelivery.stop();
+      await topUps?.stop();
     },
   };
 }
