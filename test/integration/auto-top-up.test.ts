@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { completeTopUp } from '../../src/billing/top-ups.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';
-import { fundedAccount, startWithFakeStripe, stopWithFakeStripe, testCatalog, type TestApp } from '../helpers/app.js';
+import { fundedAccount, settleEvents, startWithFakeStripe, stopWithFakeStripe, testCatalog, type TestApp } from '../helpers/app.js';
 import { deliver, event, settleWebhooks } from '../helpers/stripe-events.js';
 
 // Auto top-up against the fake Stripe: one PaymentIntent per crossing however many spends race
@@ -40,6 +40,7 @@ async function topUps(accountId: string): Promise<any[]> {
 }
 
 async function eventsOf(accountId: string, prefix = 'topup.'): Promise<any[]> {
+  await settleEvents(test);
   const answer = await test.call('GET', `/v1/events?account_id=${accountId}&limit=500`);
   return answer.body.events.filter((item: any) => item.type.startsWith(prefix));
 }
