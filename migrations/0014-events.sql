@@ -1,4 +1,4 @@
--- 0013-events: the event log the app reads or receives (a transactional outbox), the app's
+-- 0014-events: the event log the app reads or receives (a transactional outbox), the app's
 -- webhook endpoints and their deliveries, and auto top-up.
 --
 -- Events are written by triggers, in the transaction of the change they report, so no ledger
@@ -24,7 +24,7 @@
 --   drop function if exists tally_event, tally_sequence_events, tally_request_top_up, tally_account_events, tally_grant_events, tally_entry_events, tally_hold_events, tally_subscription_events, tally_trial_refusal_events, tally_subscription_json;
 --   drop table if exists top_ups, auto_top_ups, event_deliveries, webhook_endpoints, events cascade;
 --   alter table accounts drop column if exists low_balance_threshold, drop column if exists top_up_threshold;
---   delete from tally_migrations where version = 13;
+--   delete from tally_migrations where version = 14;
 
 create table events (
   -- Insertion order; the public id is `event_{id}`.
