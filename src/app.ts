@@ -6,6 +6,8 @@ import type { Database } from './db/database.js';
 import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';
 import { buildServer, type HttpLimits } from './http/server.js';
+import { EventDelivery, type DeliveryOptions } from './events/delivery.js';
+import { TopUpRunner } from './billing/top-ups.js';
 import { Ledger } from './ledger/ledger.js';
 import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
@@ -44,6 +46,8 @@ export interface AssembleOptions {
   workerOptions?: Partial<WorkerOptions>;
   /** Group commit of the webhook intake (the bench compares settings; default: inbox.ts's). */
   intakeOptions?: { batchSizeMax?: number; concurrentBatchesMax?: number };
+  /** Delivery of events to the app's endpoints (tests shorten its interval and timeouts). */
+  eventDeliveryOptions?: Partial<DeliveryOptions>;
   sweepIntervalSeconds: number;
   httpLimits?: Partial<HttpLimits>;
   rateLimits?: Partial<RateLimitSettings>;
@@ -57,11 +61,14 @@ export interface Assembled {
   worker: WebhookWorker;
   /** Webhook intake: verified deliveries stored with group commit. */
   intake: WebhookIntake;
+  eventDelivery: EventDelivery;
+  /** Pays pending auto top-ups; undefined without Stripe. */
+  topUps: TopUpRunner | undefined;
   sweeper: Sweeper;
   gateway: StripeGateway | undefined;
   metrics: Metrics;
   operations: OperationsScheduler;
-  /** Starts the background work: the webhook worker and the sweep. */
+  /** Starts the background work: the webhook worker, the sweep, event delivery and auto top-up. */
   startBackground(): void;
   /** Stops intake, then the background work; the pool is the caller's to close. */
   close(): Promise<void>;
@@ -111,6 +118,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     operations: { db, catalog, gateway, digest: (purpose, value) => hasher.digest(purpose, value) },
     httpLimits: options.httpLimits,
     rateLimits: options.rateLimits,
+    clock: options.clock,
   });
   if (gateway !== undefined) {
     gateway.onOpen = (status) => {
@@ -138,12 +146,16 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     reconcileIntervalHours: options.reconcileIntervalHours ?? 24,
     delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
   });
+  const eventDelivery = new EventDelivery(db, logger, { ...options.eventDeliveryOptions, clock: options.clock });
+  const topUps = gateway === undefined ? undefined : new TopUpRunner({ db, catalog, gateway, clock: options.clock }, logger);
   const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => raiseAlert(db.pool, alert));
   return {
     app,
     ledger,
     worker,
     intake,
+    eventDelivery,
+    topUps,
     sweeper,
     gateway,
     metrics,
@@ -153,12 +165,16 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       operations.start();
       worker.start();
       worker.nudge();
+      eventDelivery.start();
+      topUps?.start();
     },
     async close() {
       await app.close();
       await worker.stop();
       await sweeper.stop();
       await operations.stop();
+      await eventDelivery.stop();
+      await topUps?.stop();
     },
   };
 }

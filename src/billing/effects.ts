@@ -1,5 +1,6 @@
 import type { EffectContext, EffectResult } from './effect-context.js';
 import { applyCheckoutSession, applyDisputeEvent, applyRefundEvent } from './payments.js';
+import { applyPaymentIntentSucceeded } from './top-ups.js';
 import { applyInvoicePaid, applyInvoicePaymentFailed, applyInvoicePaymentPaid, applySubscriptionEvent } from './subscriptions.js';
 
 /**
@@ -18,6 +19,8 @@ const handlers: Record<string, (context: EffectContext) => Promise<EffectResult>
   'customer.subscription.trial_will_end': async () => ({ status: 'processed' }),
   'checkout.session.completed': applyCheckoutSession,
   'checkout.session.async_payment_succeeded': applyCheckoutSession,
+  // An auto top-up's payment (attributed by the metadata Tally set on it); others are ignored.
+  'payment_intent.succeeded': applyPaymentIntentSucceeded,
   'charge.refunded': applyRefundEvent,
   'refund.created': applyRefundEvent,
   'refund.updated': applyRefundEvent,

@@ -185,4 +185,38 @@ export class StripeGateway {
   retrievePaymentMethod(paymentMethodId: string): Promise<Stripe.PaymentMethod> {
     return this.call('paymentMethods.retrieve', (stripe) => stripe.paymentMethods.retrieve(paymentMethodId));
   }
+
+  retrieveCustomer(customerId: string): Promise<Stripe.Customer | Stripe.DeletedCustomer> {
+    return this.call('customers.retrieve', (stripe) => stripe.customers.retrieve(customerId));
+  }
+
+  retrievePrice(priceId: string): Promise<Stripe.Price> {
+    return this.call('prices.retrieve', (stripe) => stripe.prices.retrieve(priceId));
+  }
+
+  /**
+   * Creates and confirms an off-session PaymentIntent. A card decline or a payment that needs
+   * the customer (`authentication_required`) is Stripe's answer, not an outage: it comes back as
+   * `failed` with Stripe's code (and never counts against the breaker); other refusals throw.
+   */
+  async createOffSessionPayment(params: Stripe.PaymentIntentCreateParams, idempotencyKey: string): Promise<OffSessionPayment> {
+    try {
+      const intent = await this.call('paymentIntents.create', (stripe) => stripe.paymentIntents.create(params, { idempotencyKey }));
+      if (intent.status === 'succeeded') return { outcome: 'succeeded', paymentIntent: intent.id, amount: intent.amount_received || intent.amount, currency: intent.currency };
+      if (intent.status === 'processing') return { outcome: 'processing', paymentIntent: intent.id };
+      return { outcome: 'failed', paymentIntent: intent.id, code: intent.status === 'requires_action' ? 'authentication_required' : intent.status, message: `payment intent is ${intent.status}` };
+    } catch (error) {
+      const cause = error instanceof StripeRefusedError ? error.cause : undefined;
+      if (cause instanceof Stripe.errors.StripeCardError) {
+        const intent = (cause.raw as { payment_intent?: { id?: string } }).payment_intent;
+        return { outcome: 'failed', paymentIntent: intent?.id, code: cause.code ?? 'card_declined', message: cause.message };
+      }
+      throw error;
+    }
+  }
 }
+
+export type OffSessionPayment =
+  | { outcome: 'succeeded'; paymentIntent: string; amount: number; currency: string }
+  | { outcome: 'processing'; paymentIntent: string }
+  | { outcome: 'failed'; paymentIntent: string | undefined; code: string; message: string };

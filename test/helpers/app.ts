@@ -6,6 +6,8 @@ import { parseCatalog, type Catalog } from '../../src/billing/catalog.js';
 import type { RateLimitSettings } from '../../src/http/rate-limits.js';
 import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
+import type { DeliveryOptions } from '../../src/events/delivery.js';
+import { sequenceEvents } from '../../src/events/event-log.js';
 import type { WorkerOptions } from '../../src/stripe/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 import { FakeStripe } from './fake-stripe.js';
@@ -58,6 +60,7 @@ export interface TestAppOptions {
   stripeSecretKey?: string;
   checkoutUrlHosts?: string[];
   workerOptions?: Partial<WorkerOptions>;
+  eventDeliveryOptions?: Partial<DeliveryOptions>;
   breakerHalfOpenAfterMilliseconds?: number;
   clock?: TestClock;
   httpLimits?: Partial<HttpLimits>;
@@ -86,6 +89,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     stripeTimeoutMilliseconds: 1000,
     webhookSecrets: [webhookSecret],
     workerOptions: { ...testWorkerOptions, ...options.workerOptions },
+    eventDeliveryOptions: { timeoutMilliseconds: 1000, ...options.eventDeliveryOptions },
     sweepIntervalSeconds: 60,
     clock: clock.now,
   });
@@ -153,4 +157,20 @@ export async function startWithFakeStripe(options: TestAppOptions = {}): Promise
 export async function stopWithFakeStripe(test: TestApp, fake: FakeStripe): Promise<void> {
   await test.close();
   await fake.stop();
+}
+
+/**
+ * Waits until every committed event is numbered. An event is numbered once every older
+ * transaction of the server has finished, and test files running beside this one (other
+ * databases, same server) hold transactions of their own for a moment.
+ */
+export async function settleEvents(test: TestApp, timeoutMilliseconds = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMilliseconds;
+  for (;;) {
+    await sequenceEvents(test.database.db);
+    const { rows } = await test.database.db.query<{ count: number }>('select count(*)::int as count from events where sequence is null');
+    if ((rows[0]?.count ?? 0) === 0) return;
+    if (Date.now() > deadline) throw new Error(`${rows[0]?.count} events still not numbered`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }

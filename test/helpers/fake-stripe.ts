@@ -32,6 +32,15 @@ export class FakeStripe {
   readonly paymentIntents = new Map<string, Record<string, unknown>>();
   /** Whole payment methods (any type) for GET /v1/payment_methods/{id}, before cardFingerprints. */
   readonly paymentMethods = new Map<string, Record<string, unknown>>();
+  /** What GET /v1/customers/{id} answers (auto top-up reads invoice_settings.default_payment_method). */
+  readonly customers = new Map<string, Record<string, unknown>>();
+  /** What GET /v1/prices/{id} answers; a price not listed answers 1000 usd (unit_amount in cents). */
+  readonly prices = new Map<string, Record<string, unknown>>();
+  /** How POST /v1/payment_intents (confirm, off_session) ends: as Stripe answers each outcome. */
+  paymentIntentOutcome: 'succeeded' | 'declined' | 'authentication_required' | 'processing' = 'succeeded';
+  /** Payment intents created, in order; a repeated idempotency key answers the first result again. */
+  readonly createdPaymentIntents: Record<string, unknown>[] = [];
+  private readonly idempotentAnswers = new Map<string, [number, unknown]>();
   mode: 'ok' | 'timeout' | 'error' = 'ok';
   /** When set, every call answers this status and body, as Stripe refuses a call (401, 429, 400...). */
   refusal: { status: number; body: unknown } | undefined;
@@ -64,11 +73,28 @@ export class FakeStripe {
     if (this.mode === 'timeout') return; // never answers; the client's timeout fires
     if (this.mode === 'error') return this.send(response, 500, { error: { type: 'api_error', message: 'fake outage' } });
     if (this.refusal !== undefined) return this.send(response, this.refusal.status, this.refusal.body);
-    const [status, answer] = this.answer(request.method ?? '', url.pathname, params);
+    const [status, answer] = this.answer(request.method ?? '', url.pathname, params, Array.isArray(key) ? key[0] : key);
     this.send(response, status, answer);
   }
 
-  private answer(method: string, path: string, params: Record<string, string>): [number, unknown] {
+  private answer(method: string, path: string, params: Record<string, string>, idempotencyKey?: string): [number, unknown] {
+    if (method === 'POST' && path === '/v1/payment_intents') {
+      const earlier = idempotencyKey === undefined ? undefined : this.idempotentAnswers.get(idempotencyKey);
+      if (earlier !== undefined) return earlier;
+      const answer = this.createPaymentIntent(params);
+      if (idempotencyKey !== undefined) this.idempotentAnswers.set(idempotencyKey, answer);
+      return answer;
+    }
+    const customer = /^\/v1\/customers\/([^/]+)$/.exec(path);
+    if (method === 'GET' && customer?.[1] !== undefined) {
+      const found = this.customers.get(customer[1]);
+      if (found === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such customer' } }];
+      return [200, { id: customer[1], object: 'customer', invoice_settings: { default_payment_method: null }, ...found }];
+    }
+    const price = /^\/v1\/prices\/([^/]+)$/.exec(path);
+    if (method === 'GET' && price?.[1] !== undefined) {
+      return [200, { id: price[1], object: 'price', unit_amount: 1000, currency: 'usd', ...this.prices.get(price[1]) }];
+    }
     if (method === 'POST' && path === '/v1/checkout/sessions') {
       // Under 2026-10-28.endive the parameter is gone; Stripe answers 400 (FLOWS.md, endive changes).
       if (Object.keys(params).some((name) => name.startsWith('payment_method_types'))) {
@@ -137,6 +163,27 @@ export class FakeStripe {
       return [200, { id: paymentMethod[1], object: 'payment_method', type: 'card', card: { fingerprint, brand: 'visa', last4: '4242' } }];
     }
     return [404, { error: { type: 'invalid_request_error', message: `fake Stripe does not know ${method} ${path}` } }];
+  }
+
+  /** A confirmed off-session PaymentIntent with the configured outcome, shaped as Stripe answers it. */
+  private createPaymentIntent(params: Record<string, string>): [number, unknown] {
+    const id = `pi_fake_${this.createdPaymentIntents.length + 1}`;
+    const metadata = Object.fromEntries(Object.entries(params).flatMap(([name, value]) => {
+      const match = /^metadata\[(.+)\]$/.exec(name);
+      return match?.[1] === undefined ? [] : [[match[1], value]];
+    }));
+    const amount = Number(params.amount);
+    const status = { succeeded: 'succeeded', processing: 'processing', declined: 'requires_payment_method', authentication_required: 'requires_payment_method' }[this.paymentIntentOutcome];
+    const intent = { id, object: 'payment_intent', amount, amount_received: status === 'succeeded' ? amount : 0, currency: params.currency, customer: params.customer, payment_method: params.payment_method, status, metadata };
+    this.createdPaymentIntents.push(intent);
+    this.paymentIntents.set(id, intent);
+    if (this.paymentIntentOutcome === 'declined') {
+      return [402, { error: { type: 'card_error', code: 'card_declined', decline_code: 'generic_decline', message: 'Your card was declined.', payment_intent: intent } }];
+    }
+    if (this.paymentIntentOutcome === 'authentication_required') {
+      return [402, { error: { type: 'card_error', code: 'authentication_required', message: 'Your card was declined. This transaction requires authentication.', payment_intent: intent } }];
+    }
+    return [200, intent];
   }
 
   /** A page of a list, as Stripe pages: `limit`, then `starting_after` the last id seen. */

@@ -1,0 +1,177 @@
+import type { Logger } from 'pino';
+import { Webhook } from 'standardwebhooks';
+import type { Database } from '../db/database.js';
+import { raiseAlert } from '../ops/alerts.js';
+import { Periodic } from '../ops/periodic.js';
+import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
+
+/**
+ * Delivers events to the app's endpoints as signed POSTs (Standard Webhooks: `webhook-id`,
+ * `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), at least once and in
+ * sequence order per account: only the oldest undelivered event of an (endpoint, account) pair
+ * is ever claimed, so an account's next event waits for the previous one. Claims take a lease
+ * with FOR UPDATE SKIP LOCKED, so any number of processes share the work and none sends what
+ * another holds; one that dies mid-send leaves its claims to the others once the lease ends.
+ * A failure is retried with exponential backoff; a delivery still failing after the retry
+ * window (3 days) disables its endpoint with an alert, and an operator enables it again.
+ */
+export interface DeliveryOptions {
+  intervalMilliseconds: number;
+  batchSizeMax: number;
+  timeoutMilliseconds: number;
+  leaseSeconds: number;
+  retryBaseSeconds: number;
+  retryDelaySecondsMax: number;
+  retryWindowSeconds: number;
+  /** The time retries are scheduled by; the database's clock when undefined (tests move theirs). */
+  clock?: (() => Date) | undefined;
+}
+
+export const defaultDeliveryOptions: DeliveryOptions = {
+  intervalMilliseconds: 1000,
+  batchSizeMax: 100,
+  timeoutMilliseconds: 10_000,
+  leaseSeconds: 60,
+  retryBaseSeconds: 5,
+  retryDelaySecondsMax: 6 * 3600,
+  retryWindowSeconds: 3 * 24 * 3600,
+};
+
+interface Claimed extends EventRecord {
+  endpoint_id: number;
+  url: string;
+  secret: string;
+  attempts: number;
+  first_failed_at: Date | null;
+}
+
+/** What went wrong with one POST, or undefined for a 2xx. Redirects are failures, never followed. */
+export async function postSigned(url: string, secret: string, event: EventRecord, timeoutMilliseconds: number): Promise<string | undefined> {
+  const body = JSON.stringify({ ...event, timestamp: event.created_at });
+  // The signature's timestamp is the wall clock's: receivers compare it with theirs.
+  const sentAt = new Date();
+  const signature = new Webhook(secret).sign(event.id, sentAt, body);
+  try {
+    const response = await fetch(url, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: {
+        'content-type': 'application/json',
+        'user-agent': 'Tally-Webhooks',
+        'webhook-id': event.id,
+        'webhook-timestamp': String(Math.floor(sentAt.getTime() / 1000)),
+        'webhook-signature': signature,
+      },
+      body,
+      signal: AbortSignal.timeout(timeoutMilliseconds),
+    });
+    await response.arrayBuffer();
+    return response.status >= 200 && response.status < 300 ? undefined : `HTTP ${response.status}`;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}
+
+export class EventDelivery {
+  private readonly periodic: Periodic;
+  readonly options: DeliveryOptions;
+
+  constructor(
+    private readonly db: Database,
+    private readonly logger: Logger,
+    options: Partial<DeliveryOptions> = {},
+  ) {
+    this.options = { ...defaultDeliveryOptions, ...options };
+    this.periodic = new Periodic(this.options.intervalMilliseconds, () => this.tick());
+  }
+
+  start(): void {
+    this.periodic.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.periodic.stop();
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      while ((await this.deliverOnce()) > 0);
+    } catch (error) {
+      this.logger.error({ err: error }, 'event delivery failed; next tick retries');
+    }
+  }
+
+  private now(): Date | null {
+    return this.options.clock?.() ?? null;
+  }
+
+  /** Numbers new events, claims what is due, sends it; answers how many it attempted. */
+  async deliverOnce(): Promise<number> {
+    await sequenceEvents(this.db);
+    const claimed = await this.claim();
+    await Promise.all(claimed.map((delivery) => this.send(delivery)));
+    return claimed.length;
+  }
+
+  private async claim(): Promise<Claimed[]> {
+    const { rows } = await this.db.query<Claimed>(
+      `with due as (
+         select d.endpoint_id, d.sequence from event_deliveries d
+         join webhook_endpoints w on w.id = d.endpoint_id and w.status = 'enabled'
+         where d.delivered_at is null and d.next_attempt_at <= coalesce($1::timestamptz, now())
+           and not exists (select 1 from event_deliveries p where p.endpoint_id = d.endpoint_id and p.account_id = d.account_id
+                           and p.delivered_at is null and p.sequence < d.sequence)
+         order by d.sequence limit $2 for update of d skip locked),
+       claimed as (
+         update event_deliveries d set next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => $3)
+         from due where d.endpoint_id = due.endpoint_id and d.sequence = due.sequence
+         returning d.endpoint_id, d.sequence, d.attempts, d.first_failed_at)
+       select ${eventColumns}, c.endpoint_id, c.attempts, c.first_failed_at, w.url, w.secret
+       from claimed c join events e on e.sequence = c.sequence join webhook_endpoints w on w.id = c.endpoint_id
+       order by e.sequence`,
+      [this.now(), this.options.batchSizeMax, this.options.leaseSeconds],
+    );
+    return rows;
+  }
+
+  private async send(delivery: Claimed): Promise<void> {
+    const { endpoint_id: endpointId, url, secret, attempts, first_failed_at: firstFailedAt, ...event } = delivery;
+    const error = await postSigned(url, secret, event, this.options.timeoutMilliseconds);
+    if (error === undefined) {
+      await this.db.query(
+        `update event_deliveries set delivered_at = coalesce($3::timestamptz, now()), attempts = attempts + 1, last_error = null where endpoint_id = $1 and sequence = $2`,
+        [endpointId, event.sequence, this.now()],
+      );
+      return;
+    }
+    const now = this.now() ?? new Date();
+    const failingSince = firstFailedAt ?? now;
+    const delaySeconds = Math.min(this.options.retryBaseSeconds * 2 ** Math.min(attempts, 30), this.options.retryDelaySecondsMax);
+    await this.db.query(
+      `update event_deliveries set attempts = attempts + 1, last_error = $3, first_failed_at = coalesce(first_failed_at, $4),
+         next_attempt_at = $4::timestamptz + make_interval(secs => $5)
+       where endpoint_id = $1 and sequence = $2`,
+      [endpointId, event.sequence, error.slice(0, 500), now, delaySeconds],
+    );
+    if (now.getTime() - failingSince.getTime() >= this.options.retryWindowSeconds * 1000) await this.disable(endpointId, url, event, error);
+  }
+
+  private async disable(endpointId: number, url: string, event: EventRecord, error: string): Promise<void> {
+    const reason = `event ${event.sequence} for account ${event.account_id ?? '-'} failed for ${this.options.retryWindowSeconds / 3600} hours: ${error.slice(0, 200)}`;
+    await this.db.withTransaction(async (client) => {
+      const { rowCount } = await client.query(
+        `update webhook_endpoints set status = 'disabled', disabled_at = coalesce($2::timestamptz, now()), disabled_reason = $3 where id = $1 and status = 'enabled'`,
+        [endpointId, this.now(), reason],
+      );
+      if (rowCount === 0) return;
+      await raiseAlert(client, {
+        kind: 'webhook_endpoint_disabled',
+        key: `webhook_endpoint_disabled:${endpointId}`,
+        severity: 'critical',
+        message: `webhook endpoint we_${endpointId} (${new URL(url).host}) is disabled: ${reason}; fix it, then POST /v1/admin/webhook-endpoints/we_${endpointId}/enable`,
+        details: { endpoint_id: `we_${endpointId}`, host: new URL(url).host, sequence: event.sequence, account_id: event.account_id, error: error.slice(0, 200) },
+      });
+    });
+    this.logger.warn({ endpoint: `we_${endpointId}` }, 'webhook endpoint disabled after its retry window');
+  }
+}

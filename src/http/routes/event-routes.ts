@@ -1,0 +1,92 @@
+import { z } from 'zod';
+import type { Database } from '../../db/database.js';
+import { accountNotFound } from '../../errors.js';
+import { createEndpoint, deleteEndpoint, enableEndpoint, getEndpoint, listEndpoints } from '../../events/endpoints.js';
+import { eventTypes, eventsPageSizeMax, readEvents } from '../../events/event-log.js';
+import { accountIdSchema } from '../../ledger/commands.js';
+import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+
+/** The event feed, the low-balance threshold, and the admin calls for the app's webhook endpoints. */
+const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const endpointResponses = { 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'endpoint_not_found' };
+
+export function eventRoutes(db: Database): RouteDefinition[] {
+  return [
+    defineRoute({
+      method: 'GET',
+      url: '/v1/events',
+      access: 'app',
+      tag: 'events',
+      summary:
+        'Events in sequence order, after the sequence given (replayable: the same `after` answers the same events); pass `next_after` to read on. An event appears once every transaction older than it has finished, so no later page ever holds a smaller sequence',
+      query: z.strictObject({
+        after: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+        limit: z.coerce.number().int().min(1).max(eventsPageSizeMax).default(100),
+        account_id: accountIdSchema.optional(),
+      }),
+      responses: { 200: '{events: [{id, sequence, type, account_id, created_at, data}], next_after}', 400: 'invalid_request naming the field' },
+      handler: async ({ query }) => ({ status: 200, body: await readEvents(db, { after: query.after, limit: query.limit, accountId: query.account_id }) }),
+    }),
+    defineRoute({
+      method: 'PUT',
+      url: '/v1/accounts/:id/low-balance-threshold',
+      access: 'app',
+      tag: 'events',
+      summary: '`balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off',
+      body: z.strictObject({ threshold: z.int().positive().max(Number.MAX_SAFE_INTEGER).nullable() }),
+      responses: { 200: '{account_id, low_balance_threshold}', 400: 'invalid_request naming the field', 404: 'account_not_found' },
+      handler: async ({ params, body }) => {
+        const id = accountId(params);
+        const { rows } = await db.query<{ low_balance_threshold: number | null }>('update accounts set low_balance_threshold = $2 where id = $1 returning low_balance_threshold', [id, body.threshold]);
+        if (rows[0] === undefined) throw accountNotFound(id);
+        return { status: 200, body: { account_id: id, low_balance_threshold: rows[0].low_balance_threshold } };
+      },
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/admin/webhook-endpoints',
+      access: 'admin',
+      tag: 'events',
+      summary: 'Register an endpoint that receives events as signed POSTs (Standard Webhooks); the secret is shown only in this answer',
+      body: z.strictObject({ url: z.string().min(1).max(2048), event_types: z.array(z.enum(eventTypes)).min(1).max(eventTypes.length).optional() }),
+      responses: { 201: '{id, url, event_types, secret}', 400: 'invalid_request: a URL that is not https (http only to this machine), or an unknown event type', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      handler: async ({ body }) => ({ status: 201, body: await createEndpoint(db, body) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/webhook-endpoints',
+      access: 'admin',
+      tag: 'events',
+      summary: 'Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered',
+      responses: { 200: '{endpoints: [...]}', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      handler: async () => ({ status: 200, body: { endpoints: await listEndpoints(db) } }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/webhook-endpoints/:id',
+      access: 'admin',
+      tag: 'events',
+      summary: 'One endpoint with its delivery state',
+      responses: { 200: 'the endpoint', ...endpointResponses },
+      handler: async ({ params }) => ({ status: 200, body: await getEndpoint(db, params.id ?? '') }),
+    }),
+    defineRoute({
+      method: 'DELETE',
+      url: '/v1/admin/webhook-endpoints/:id',
+      access: 'admin',
+      tag: 'events',
+      summary: 'Remove an endpoint and its undelivered events (the event log keeps them)',
+      responses: { 200: '{id, deleted: true}', ...endpointResponses },
+      handler: async ({ params }) => ({ status: 200, body: await deleteEndpoint(db, params.id ?? '') }),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/admin/webhook-endpoints/:id/enable',
+      access: 'admin',
+      tag: 'events',
+      summary: 'Enable a disabled endpoint: it resumes from its oldest undelivered event, in order per account, with a fresh retry window',
+      responses: { 200: 'the endpoint', ...endpointResponses },
+      handler: async ({ params }) => ({ status: 200, body: await enableEndpoint(db, params.id ?? '') }),
+    }),
+  ];
+}
