@@ -1,7 +1,8 @@
 /**
- * `npm run bench`: every figure of Tally's hot path in one run, beside a baseline measured in
- * the same run on the same database, each the median of several rounds (BENCH_ROUNDS, default
- * 3, of BENCH_SECONDS, default 5). The server runs in its own process (the real `tally start`);
+ * `npm run bench`: every figure of Tally's hot path in one run (usage over HTTP, the usage batch
+ * at the SQL level, webhook intake and apply, the server's memory), each beside a baseline
+ * measured in the same run on the same database, each the median of several rounds
+ * (BENCH_ROUNDS, default 3; HTTP rounds of BENCH_SECONDS, default 5). The server runs in its own process (the real `tally start`);
  * HTTP load comes from autocannon in this one. PostgreSQL is a fresh embedded cluster unless
  * BENCH_DATABASE_URL names a server (a scratch database is created there and dropped after).
  */
@@ -13,7 +14,9 @@ import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '..
 import { migrate } from '../src/db/migrate.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 import { accountCount, connectionCount, createNaiveSpend, hotAccount, measureHttp, measureNaiveNode, measureNaivePgbench, median, spreadAccount, type Figures } from './load.js';
+import { measureBatchSql } from './batch-sql.js';
 import { benchAppKey, startBenchServer } from './server.js';
+import { runWebhookBench } from './webhooks.js';
 
 const roundSeconds = Number(process.env.BENCH_SECONDS ?? 5);
 const roundCount = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -68,7 +71,32 @@ async function main(): Promise<void> {
       }
       process.stderr.write(`round ${round}/${roundCount} done\n`);
     }
-    row('server peak RSS under the load above', 'MiB', { target: '≤ 200 MB' }).figures.push({ perSecond: rss, p50: Number.NaN, p99: Number.NaN });
+    row('server peak RSS under the HTTP load above', 'MiB', { target: '≤ 200 MB' }).figures.push({ perSecond: rss, p50: Number.NaN, p99: Number.NaN });
+    await server.stop();
+    server = undefined;
+    const none = { p50: Number.NaN, p99: Number.NaN };
+    process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0013\n');
+    for (const figure of await measureBatchSql(serverUrl, { roundCount })) {
+      const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
+      const before = row(`tally_usage_batch of 256, ${scenario}, before 0013`, 'spends/s');
+      before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
+      row(`tally_usage_batch of 256, ${scenario}, set-based`, 'spends/s', { target: figure.scenario === 'spread' ? '≥ 40,000/s' : '', baseline: before.label }).figures.push(
+        ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
+      );
+    }
+    process.stderr.write('webhook intake and apply\n');
+    process.env.BENCH_DATABASE_URL = serverUrl;
+    const webhooks = await runWebhookBench({ rounds: roundCount });
+    const [oneInsert] = webhooks.intake;
+    for (const line of webhooks.intake) {
+      const first = line === oneInsert;
+      row(`webhook intake, ${line.label}`, 'events/s', { target: first ? '' : '≥ 5,000/s durable', baseline: first ? undefined : `webhook intake, ${oneInsert!.label}` }).figures.push(line);
+    }
+    const [oneLane] = webhooks.apply;
+    for (const line of webhooks.apply) {
+      const first = line === oneLane;
+      row(`webhooks applied (pack purchases), ${line.label}`, 'events/s', { target: first ? '' : '≥ 2,000/s', baseline: first ? undefined : `webhooks applied (pack purchases), ${oneLane!.label}` }).figures.push({ perSecond: line.perSecond, ...none });
+    }
     report([...rows.values()]);
   } finally {
     await server?.stop();
@@ -108,7 +136,8 @@ function report(rows: Row[]): void {
       `${row.label.padEnd(58)} ${format(figure).padStart(10)} ${row.unit.padEnd(9)} ${format(median(row.figures.map((f) => f.p50)), 1).padStart(7)} ${format(median(row.figures.map((f) => f.p99)), 1).padStart(7)} ${ratio.padStart(7)}  ${row.target ?? ''}`,
     );
   }
-  console.log('\nratio: to the naive spend function on the same accounts, driven by the same Node client (pgbench rows: average latency in the p50 column).');
+  console.log('\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; the set-based batch to the batch before 0013;');
+  console.log('group commit to one insert per delivery; the default lanes to one lane. pgbench rows show the average latency in the p50 column.');
 }
 
 await main();
