@@ -149,9 +149,9 @@ function batchesOf(accounts: string[][], label: string, hash: string): Event[][]
 
 /**
  * A round of each scenario that is not measured, then fresh statistics: the tables a side
- * writes (entries, and request_keys before 0013) then have rows and statistics when the
- * measured connections plan their statements. Planned on a new database's empty tables, a
- * lookup may be cached as a scan that grows with every batch the connection sends.
+ * writes (entries, and request_keys before 0013) have rows and statistics before the measured
+ * connections plan their statements, as in a database in use. Without it, on a new database,
+ * the old batch's cost per spend grew with every batch a connection sent (cause not found).
  */
 async function warmUp(url: string, side: Side, batches: Event[][], connectionCount: number): Promise<void> {
   const pool = new pg.Pool({ connectionString: url, max: connectionCount });
