@@ -3,7 +3,8 @@
  * 0013 (set-based `tally_usage_batch`, request keys per account), in one run on one server.
  * Two databases are made on the server: one migrated up to 0012 (the per-event batch, every
  * key in request_keys), one migrated to the newest; both hold the same 10,000 funded accounts
- * and one hot account. Each round sends the same number of batches of 256 spends (unique keys,
+ * and one hot account, the same request keys of holds, and one unmeasured round (then fresh
+ * statistics) behind them. Each round sends the same number of batches of 256 spends (unique keys,
  * arguments built before the clock starts) to each side over a few connections, spread over
  * the 10,000 accounts and then all on the hot account, the sides taking turns going first.
  * Prints spends per second (median of the rounds, and their range), the median batch time,
@@ -126,9 +127,39 @@ async function setUp(url: string, accountCount: number): Promise<void> {
     // month of subscription credits (spent first) and a never-expiring pack behind it.
     await client.query(`select tally_add_grant(id, 'subscription', 1000000000000, 0, now() + interval '30 days', 'bench-month', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
     await client.query(`select tally_add_grant(id, 'purchase', 1000, 0, null, 'bench-pack', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
+    // Request keys both versions keep (first answers of holds), five per account, so that key
+    // lookups meet a table of a realistic size on both sides.
+    await client.query(
+      `insert into request_keys (key, account_id, operation, payload_hash, status_code, response)
+       select 'hold-' || n, 'acct-' || (n % $1::int), 'hold', 'h', 201, '{}'::jsonb from generate_series(1, $1::int * 5) n`,
+      [accountCount],
+    );
     await client.query('vacuum analyze');
   } finally {
     await client.end();
+  }
+}
+
+/** Batches of one scenario under keys of their own. */
+function batchesOf(accounts: string[][], label: string, hash: string): Event[][] {
+  return accounts.map((batch, batchIndex) =>
+    batch.map((accountId, index): Event => ({ account_id: accountId, amount: 1, idempotency_key: `${label}-${batchIndex}-${index}`, payload_hash: hash, reference: {}, actor: 'app' })),
+  );
+}
+
+/**
+ * A round of each scenario that is not measured, then fresh statistics: the tables a side
+ * writes (entries, and request_keys before 0013) have rows and statistics before the measured
+ * connections plan their statements, as in a database in use. Without it, on a new database,
+ * the old batch's cost per spend grew with every batch a connection sent (cause not found).
+ */
+async function warmUp(url: string, side: Side, batches: Event[][], connectionCount: number): Promise<void> {
+  const pool = new pg.Pool({ connectionString: url, max: connectionCount });
+  try {
+    await send(pool, side, batches, connectionCount);
+    await pool.query('vacuum analyze');
+  } finally {
+    await pool.end();
   }
 }
 
@@ -175,16 +206,20 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
   const names: Record<Side, string> = { before: `tally_batch_sql_before_${process.pid}`, after: `tally_batch_sql_after_${process.pid}` };
   const pools: Partial<Record<Side, pg.Pool>> = {};
   try {
+    const random = randomIntegers(0x13);
+    const hash = payloadHash({ amount: 1 });
+    const scenarioAccounts = (scenario: 'spread' | 'hot') =>
+      Array.from({ length: batchCountPerRound }, () => Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)));
+    const warmUpBatches = [...batchesOf(scenarioAccounts('spread'), 'warm-spread', hash), ...batchesOf(scenarioAccounts('hot'), 'warm-hot', hash)];
     for (const side of ['before', 'after'] as const) {
       const url = databaseUrlFor(serverUrl, names[side]);
       await ensureDatabase(serverUrl, names[side]);
       await migrate(url, () => undefined, side === 'before' ? { versionMax: versionBefore } : {});
       await setUp(url, accountCount);
+      await warmUp(url, side, warmUpBatches, connectionCount);
       pools[side] = new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 });
-      log(`${side}: ${accountCount} accounts funded`);
+      log(`${side}: ${accountCount} accounts funded, warmed up`);
     }
-    const random = randomIntegers(0x13);
-    const hash = payloadHash({ amount: 1 });
     const figures: BatchSqlFigure[] = [];
     for (const scenario of ['spread', 'hot'] as const) {
       const rounds: Record<Side, number[]> = { before: [], after: [] };
@@ -192,21 +227,10 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
       const cpu: Record<Side, number[]> = { before: [], after: [] };
       for (let round = 1; round <= roundCount; round += 1) {
         // Each side gets the same accounts in the same order, under keys of its own run.
-        const accounts = Array.from({ length: batchCountPerRound }, () =>
-          Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)),
-        );
+        const accounts = scenarioAccounts(scenario);
         const order: Side[] = round % 2 === 1 ? ['before', 'after'] : ['after', 'before'];
         for (const side of order) {
-          const batches = accounts.map((batch, batchIndex) =>
-            batch.map((accountId, index): Event => ({
-              account_id: accountId,
-              amount: 1,
-              idempotency_key: `${scenario}-${round}-${batchIndex}-${index}`,
-              payload_hash: hash,
-              reference: {},
-              actor: 'app',
-            })),
-          );
+          const batches = batchesOf(accounts, `${scenario}-${round}`, hash);
           const measured = await send(pools[side]!, side, batches, connectionCount);
           rounds[side].push(measured.perSecond);
           batchMilliseconds[side].push(...measured.batchMilliseconds);
