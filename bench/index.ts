@@ -6,11 +6,10 @@
  * HTTP load comes from autocannon in this one. PostgreSQL is a fresh embedded cluster unless
  * BENCH_DATABASE_URL names a server (a scratch database is created there and dropped after).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { cpus, totalmem } from 'node:os';
 import pg from 'pg';
-import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { ensureDatabase } from '../src/db/embedded.js';
+import { openBenchPostgres } from './scratch-server.js';
 import { migrate } from '../src/db/migrate.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 import { accountCount, connectionCount, createNaiveSpend, hotAccount, measureHttp, measureNaiveNode, measureNaivePgbench, median, spreadAccount, type Figures } from './load.js';
@@ -32,14 +31,8 @@ interface Row {
 }
 
 async function main(): Promise<void> {
-  let embedded: EmbeddedDatabase | undefined;
-  let scratch: string | undefined;
-  let serverUrl = process.env.BENCH_DATABASE_URL;
-  if (serverUrl === undefined) {
-    scratch = mkdtempSync(join(tmpdir(), 'tally-bench-'));
-    embedded = await startEmbeddedDatabase({ dataDirectory: scratch, databaseName: 'postgres' });
-    serverUrl = embedded.url;
-  }
+  const postgres = await openBenchPostgres('http');
+  const { serverUrl } = postgres;
   const name = `tally_bench_${process.pid}`;
   await ensureDatabase(serverUrl, name);
   const url = databaseUrlFor(serverUrl, name);
@@ -104,8 +97,7 @@ async function main(): Promise<void> {
     await admin.connect();
     await admin.query(`drop database if exists ${name} with (force)`);
     await admin.end();
-    await embedded?.stop();
-    if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
+    await postgres.stop();
   }
 }
 

@@ -6,14 +6,13 @@
  * time, the run time and entries per second. Runs on the embedded PostgreSQL, or on
  * BENCH_DATABASE_URL's server (a database of its own, dropped at the end).
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { parseCatalog } from '../src/billing/catalog.js';
 import { Database } from '../src/db/database.js';
-import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { ensureDatabase } from '../src/db/embedded.js';
+import { openBenchPostgres } from './scratch-server.js';
 import { migrate } from '../src/db/migrate.js';
 import { reconcile } from '../src/ops/reconcile.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
@@ -52,14 +51,8 @@ async function fill(url: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  let embedded: EmbeddedDatabase | undefined;
-  let scratch: string | undefined;
-  let serverUrl = process.env.BENCH_DATABASE_URL;
-  if (serverUrl === undefined) {
-    scratch = mkdtempSync(join(tmpdir(), 'tally-bench-reconcile-'));
-    embedded = await startEmbeddedDatabase({ dataDirectory: scratch, databaseName: 'postgres' });
-    serverUrl = embedded.url;
-  }
+  const postgres = await openBenchPostgres('reconcile');
+  const { serverUrl } = postgres;
   const name = `tally_bench_reconcile_${process.pid}`;
   await ensureDatabase(serverUrl, name);
   const url = databaseUrlFor(serverUrl, name);
@@ -86,8 +79,7 @@ async function main(): Promise<void> {
     await admin.connect();
     await admin.query(`drop database if exists ${pg.escapeIdentifier(name)} with (force)`);
     await admin.end();
-    await embedded?.stop();
-    if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
+    await postgres.stop();
   }
 }
 
