@@ -77,6 +77,17 @@ export const adjustmentInputSchema = z.strictObject({
 });
 export type AdjustmentInput = z.infer<typeof adjustmentInputSchema>;
 
+/**
+ * Spend limits: credits per UTC day and per UTC month. A field left out keeps its limit, null
+ * removes it, 0 lets nothing be spent in that window.
+ */
+export const limitCreditsSchema = z.int().min(0).max(Number.MAX_SAFE_INTEGER);
+export const spendLimitsInputSchema = z.strictObject({
+  per_day: limitCreditsSchema.nullable().optional(),
+  per_month: limitCreditsSchema.nullable().optional(),
+});
+export type SpendLimitsInput = z.infer<typeof spendLimitsInputSchema>;
+
 export const ledgerQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(ledgerPageSizeMax).default(ledgerPageSizeDefault),
   cursor: z.string().regex(/^[0-9]{1,18}$/, 'a cursor from a previous page').optional(),

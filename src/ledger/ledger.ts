@@ -1,6 +1,6 @@
 import type { Database } from '../db/database.js';
 import { TallyError, accountNotFound, assertInvariant } from '../errors.js';
-import type { AccountInput, AdjustmentInput, BatchEvent, GrantInput, HoldInput, UsageInput } from './commands.js';
+import type { AccountInput, AdjustmentInput, BatchEvent, GrantInput, HoldInput, SpendLimitsInput, UsageInput } from './commands.js';
 import { payloadHash } from './payload-hash.js';
 
 /**
@@ -219,6 +219,24 @@ export class Ledger {
       key,
       payloadHash(payload),
       input.reason,
+      this.now(),
+    ]);
+  }
+
+  /** The account's spend limits and what was spent in the current UTC day and month (migration 0015). */
+  async spendLimits(accountId: string): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_spend_limits_json($1, $2) as result', [accountId, this.now()]);
+  }
+
+  /** Sets, changes or removes spend limits: a window left out keeps its limit, null removes it. */
+  async setSpendLimits(accountId: string, input: SpendLimitsInput, actor: Actor): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_set_spend_limits($1, $2, $3, $4, $5, $6, $7) as result', [
+      accountId,
+      input.per_day !== undefined,
+      input.per_day ?? null,
+      input.per_month !== undefined,
+      input.per_month ?? null,
+      actor,
       this.now(),
     ]);
   }

@@ -36,6 +36,7 @@ const exportQueries: Record<string, string> = {
   trial_refusals: `select to_jsonb(r) - 'account_id' as row from trial_refusals r where account_id = $1`,
   alerts: `select to_jsonb(a) - 'account_id' as row from alerts a where account_id = $1 order by id`,
   audit_log: `select to_jsonb(l) - 'account_id' as row from audit_log l where account_id = $1 order by id`,
+  spend_limits: `select to_jsonb(s) - 'account_id' as row from spend_limits s where account_id = $1`,
 };
 
 export async function exportAccount(db: Database, accountId: string): Promise<Record<string, unknown>> {

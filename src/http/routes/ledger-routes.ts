@@ -6,6 +6,7 @@ import {
   grantInputSchema,
   holdInputSchema,
   ledgerQuerySchema,
+  spendLimitsInputSchema,
   usageBatchInputSchema,
   usageInputSchema,
 } from '../../ledger/commands.js';
@@ -14,7 +15,7 @@ import type { UsageBatcher } from '../../ledger/usage-batcher.js';
 import type { Metrics } from '../../ops/metrics.js';
 import { bodyLimitLargeBytes, defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
 
-/** The ledger's HTTP calls: accounts, balance, usage, holds, ledger, admin grants and adjustments. */
+/** The ledger's HTTP calls: accounts, balance, usage, holds, spend limits, ledger, admin grants and adjustments. */
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 // An entry's actor names the API it came through. The app's calls (usage, holds, batches) are
 // the app's whichever key made them: actor `admin` is kept for an operator's grants and
@@ -23,6 +24,8 @@ const appActor: Actor = 'app';
 const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: outcome.body });
 
 const errorResponses = { 400: 'invalid_request naming the field', 404: 'account_not_found' };
+const spendRefusals = 'insufficient_credits {available}, or spend_limit_exceeded {window: "day" | "month", limit, spent, resets_at} when the spend would pass a limit (nothing is written; the key keeps this answer)';
+const spendLimitsAnswer = '{account_id, per_day, per_month, spent: {day, month}, resets_at: {day, month}}';
 
 export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string, metrics: Metrics): RouteDefinition[] {
   const counted = (operation: string, credits: number, outcome: Outcome): Answer => {
@@ -68,7 +71,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'usage',
       summary: 'Spend credits (idempotent by key)',
       body: usageInputSchema,
-      responses: { 200: '{entry_id, amount, available, replayed}', 402: 'insufficient_credits {available}', 409: 'idempotency_conflict', ...errorResponses },
+      responses: { 200: '{entry_id, amount, available, replayed}', 402: spendRefusals, 409: 'idempotency_conflict', ...errorResponses },
       handler: async ({ params, body }) => counted('usage', body.amount, await usageBatcher.spend(accountId(params), body, appActor)),
     }),
     defineRoute({
@@ -76,7 +79,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       url: '/v1/usage/batch',
       access: 'app',
       tag: 'usage',
-      summary: 'Up to 1000 usage events in one transaction; one result per event, in order',
+      summary: 'Up to 1000 usage events in one transaction; one result per event, in order (a 402 result may be insufficient_credits or spend_limit_exceeded)',
       body: usageBatchInputSchema,
       bodyLimitBytes: bodyLimitLargeBytes,
       responses: { 200: '{results: [{status, ...answer of the single call}]}', 400: 'malformed batch', 401: 'unauthorized' },
@@ -93,7 +96,7 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'holds',
       summary: 'Reserve credits for a bounded time (idempotent by key)',
       body: holdInputSchema,
-      responses: { 201: '{hold_id, amount, expires_at, available, replayed}', 402: 'insufficient_credits', 409: 'idempotency_conflict', ...errorResponses },
+      responses: { 201: '{hold_id, amount, expires_at, available, replayed}', 402: spendRefusals, 409: 'idempotency_conflict', ...errorResponses },
       handler: async ({ params, body }) => counted('hold', body.amount, await ledger.hold(accountId(params), body, appActor)),
     }),
     defineRoute({
@@ -117,6 +120,29 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary: 'Release a hold entirely',
       responses: { 200: '{released, available}', 404: 'hold_not_found', 409: 'hold_not_pending {status}' },
       handler: async ({ params }) => ({ status: 200, body: await ledger.void(params.hold_id ?? '', appActor) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/limits',
+      access: 'app',
+      tag: 'accounts',
+      summary: 'Spend limits per UTC day and per UTC month (null: none) and the credits spent in the current windows (usage and holds; a resolved hold counts what it captured)',
+      responses: { 200: spendLimitsAnswer, ...errorResponses },
+      handler: async ({ params }) => ({ status: 200, body: await ledger.spendLimits(accountId(params)) }),
+    }),
+    defineRoute({
+      method: 'PUT',
+      url: '/v1/accounts/:id/limits',
+      access: 'app',
+      tag: 'accounts',
+      summary:
+        'Set spend limits in credits per UTC day and per UTC month: a field left out keeps its limit, null removes it, 0 stops spending in that window. A usage or hold that would pass a limit is 402 spend_limit_exceeded',
+      body: spendLimitsInputSchema,
+      responses: { 200: spendLimitsAnswer, ...errorResponses },
+      handler: async ({ params, body, caller }) => ({
+        status: 200,
+        body: await ledger.setSpendLimits(accountId(params), body, caller === 'admin' ? 'admin' : appActor),
+      }),
     }),
     defineRoute({
       method: 'GET',
