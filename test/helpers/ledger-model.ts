@@ -1,7 +1,7 @@
 /**
  * A small in-memory reference model of one account's ledger: grants with priority and expiry,
- * spends, holds with lifetimes, captures, voids, request keys and time. It states the rules
- * in the plainest way, so that the database can be compared with it after every step.
+ * spends, holds with lifetimes, captures, voids, request keys, time and spend limits. It states
+ * the rules in the plainest way, so that the database can be compared with it after every step.
  */
 export interface ModelGrant {
   seq: number;
@@ -17,7 +17,20 @@ interface ModelHold {
   status: 'pending' | 'captured' | 'voided' | 'expired';
   expiresAt: number;
   createdSeq: number;
+  /** The UTC day and month the hold was made in, and whether it counted against the limits. */
+  day: string;
+  month: string;
+  counted: boolean;
 }
+
+/** Spend limits in credits per UTC day and per UTC month (null: none in that window). */
+export interface ModelLimits {
+  day: number | null;
+  month: number | null;
+}
+
+const dayOf = (time: number): string => new Date(time).toISOString().slice(0, 10);
+const monthOf = (time: number): string => new Date(time).toISOString().slice(0, 7);
 
 interface StoredKey {
   operation: string;
@@ -31,8 +44,47 @@ export class LedgerModel {
   private holds = new Map<string, ModelHold>();
   private keys = new Map<string, StoredKey>();
   private seq = 0;
+  /**
+   * What was spent in a window: usage and holds, a hold counted for its amount when made and
+   * giving back what it releases while its window is still the counter's. The counters move to
+   * a new window only when a spend is checked against them, as the database's do.
+   */
+  private counter = { day: '', dayCredits: 0, month: '', monthCredits: 0 };
 
-  constructor(public now: number) {}
+  /** Limits are set before the account's first spend; undefined: the account has none. */
+  constructor(
+    public now: number,
+    readonly limits?: ModelLimits,
+  ) {
+    this.counter.day = dayOf(now);
+    this.counter.month = monthOf(now);
+  }
+
+  /** What was spent in the current day and month, as GET /v1/accounts/{id}/limits answers. */
+  spentNow(): { day: number; month: number } {
+    return {
+      day: this.counter.day >= dayOf(this.now) ? this.counter.dayCredits : 0,
+      month: this.counter.month >= monthOf(this.now) ? this.counter.monthCredits : 0,
+    };
+  }
+
+  /** Whether the limits let `amount` be spent now (always, without limits). */
+  limitAllows(amount: number): boolean {
+    if (this.limits === undefined) return true;
+    const spent = this.spentNow();
+    return (this.limits.day === null || spent.day + amount <= this.limits.day) && (this.limits.month === null || spent.month + amount <= this.limits.month);
+  }
+
+  /** Checks a spend against the limits, and counts it when they let it through. */
+  private countSpend(amount: number): boolean {
+    if (this.limits === undefined) return true;
+    if (dayOf(this.now) > this.counter.day) this.counter = { ...this.counter, day: dayOf(this.now), dayCredits: 0 };
+    if (monthOf(this.now) > this.counter.month) this.counter = { ...this.counter, month: monthOf(this.now), monthCredits: 0 };
+    if (!this.limitAllows(amount)) return false;
+    this.counter.dayCredits += amount;
+    this.counter.monthCredits += amount;
+    return true;
+  }
 
   isLive(grant: ModelGrant): boolean {
     return grant.expiresAt === null || grant.expiresAt > this.now;
@@ -84,6 +136,9 @@ export class LedgerModel {
     }
     this.held -= hold.amount;
     hold.status = status;
+    const released = hold.amount - captured;
+    if (hold.counted && hold.day === this.counter.day) this.counter.dayCredits -= released;
+    if (hold.counted && hold.month === this.counter.month) this.counter.monthCredits -= released;
   }
 
   /** Releases holds past their expiry (oldest first); expired grants count for nothing. */
@@ -108,7 +163,7 @@ export class LedgerModel {
     const replayed = this.replay(key, 'usage', String(amount));
     if (replayed !== undefined) return replayed;
     this.settle();
-    const status = this.available() < amount ? 402 : 200;
+    const status = this.available() < amount || !this.countSpend(amount) ? 402 : 200;
     if (status === 200) this.take(amount);
     this.keys.set(key, { operation: 'usage', payload: String(amount), status });
     return status;
@@ -119,10 +174,19 @@ export class LedgerModel {
     const replayed = this.replay(key, 'hold', payload);
     if (replayed !== undefined) return replayed;
     this.settle();
-    const status = this.available() < amount ? 402 : 201;
+    const status = this.available() < amount || !this.countSpend(amount) ? 402 : 201;
     if (status === 201) {
       this.seq += 1;
-      this.holds.set(key, { amount, allocations: this.take(amount), status: 'pending', expiresAt: this.now + lifetimeSeconds * 1000, createdSeq: this.seq });
+      this.holds.set(key, {
+        amount,
+        allocations: this.take(amount),
+        status: 'pending',
+        expiresAt: this.now + lifetimeSeconds * 1000,
+        createdSeq: this.seq,
+        day: dayOf(this.now),
+        month: monthOf(this.now),
+        counted: this.limits !== undefined,
+      });
       this.held += amount;
     }
     this.keys.set(key, { operation: 'hold', payload, status });
