@@ -1,6 +1,6 @@
 import type { EffectContext, EffectResult } from './effect-context.js';
 import { applyCheckoutSession, applyDisputeEvent, applyRefundEvent } from './payments.js';
-import { applyPaymentIntentSucceeded } from './top-ups.js';
+import { applyPaymentIntentFailed, applyPaymentIntentSucceeded } from './top-ups.js';
 import { applyInvoicePaid, applyInvoicePaymentFailed, applyInvoicePaymentPaid, applySubscriptionEvent } from './subscriptions.js';
 
 /**
@@ -21,6 +21,8 @@ const handlers: Record<string, (context: EffectContext) => Promise<EffectResult>
   'checkout.session.async_payment_succeeded': applyCheckoutSession,
   // An auto top-up's payment (attributed by the metadata Tally set on it); others are ignored.
   'payment_intent.succeeded': applyPaymentIntentSucceeded,
+  // An auto top-up's payment that Stripe reports failed after its answer: topup.failed, once.
+  'payment_intent.payment_failed': applyPaymentIntentFailed,
   'charge.refunded': applyRefundEvent,
   'refund.created': applyRefundEvent,
   'refund.updated': applyRefundEvent,

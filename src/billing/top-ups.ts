@@ -144,8 +144,12 @@ export async function completeTopUp(client: pg.ClientBase, catalog: Catalog, pai
   return true;
 }
 
-/** Records a failed top-up once, writes `topup.failed`, and turns auto top-up off after three in a row. */
-export async function failTopUp(client: pg.ClientBase, topUp: TopUpRow, failure: { code: string; message: string; paymentIntent?: string | undefined }, now: Date | null): Promise<void> {
+/**
+ * Records a failed top-up once, writes `topup.failed`, and turns auto top-up off after three in a
+ * row. Only a pending top-up fails: the job's own decline and Stripe's `payment_intent.payment_failed`
+ * for the same payment, in either order, count one failure.
+ */
+export async function failTopUp(client: pg.ClientBase, topUp: Pick<TopUpRow, 'id' | 'account_id'>, failure: { code: string; message: string; paymentIntent?: string | undefined }, now: Date | null): Promise<void> {
   await client.query('select 1 from accounts where id = $1 for update', [topUp.account_id]);
   const { rowCount } = await client.query(
     `update top_ups set status = 'failed', failure_code = $2, last_error = $3, payment_intent = coalesce($4, payment_intent), resolved_at = coalesce($5::timestamptz, now())
@@ -266,15 +270,47 @@ export class TopUpRunner {
  */
 export async function applyPaymentIntentSucceeded(context: EffectContext): Promise<EffectResult> {
   const intent = context.event.object;
+  const topUp = await topUpOfPaymentIntent(context);
+  if ('ignored' in topUp) return { status: 'ignored', reason: topUp.ignored };
+  const amount = Number(intent.amount_received ?? intent.amount ?? 0);
+  await completeTopUp(context.client, context.catalog, { accountId: topUp.accountId, topUpId: topUp.id, paymentIntent: topUp.paymentIntent, amount, currency: readText(intent.currency) ?? null, now: context.now });
+  return { status: 'processed', accountId: topUp.accountId };
+}
+
+/**
+ * payment_intent.payment_failed: Stripe may report a top-up's failure after its answer (a
+ * payment that was `processing`, a bank that refused later). It is the top-up's `topup.failed`,
+ * counted once: a top-up the job already failed (the synchronous decline, which Stripe reports
+ * with this event too) or already granted is left as it is.
+ */
+export async function applyPaymentIntentFailed(context: EffectContext): Promise<EffectResult> {
+  const topUp = await topUpOfPaymentIntent(context);
+  if ('ignored' in topUp) return { status: 'ignored', reason: topUp.ignored };
+  if (topUp.recordedPaymentIntent !== null && topUp.recordedPaymentIntent !== topUp.paymentIntent) {
+    return { status: 'ignored', reason: `top-up ${topUp.id} was paid with ${topUp.recordedPaymentIntent}, not ${topUp.paymentIntent}` };
+  }
+  const error = context.event.object.last_payment_error as Record<string, unknown> | null | undefined;
+  const code = readText(error?.code) ?? readText(error?.decline_code) ?? 'payment_failed';
+  const message = readText(error?.message) ?? `payment intent ${topUp.paymentIntent} failed`;
+  await failTopUp(context.client, { id: topUp.id, account_id: topUp.accountId }, { code, message, paymentIntent: topUp.paymentIntent }, context.now);
+  return { status: 'processed', accountId: topUp.accountId };
+}
+
+/**
+ * The top-up a PaymentIntent event is about, attributed by the metadata Tally set when it
+ * created the PaymentIntent and checked against the top-ups Tally recorded.
+ */
+async function topUpOfPaymentIntent(
+  context: EffectContext,
+): Promise<{ id: number; accountId: string; paymentIntent: string; recordedPaymentIntent: string | null } | { ignored: string }> {
+  const intent = context.event.object;
   const topUpId = readText((intent.metadata as Record<string, unknown> | undefined)?.[topUpMetadataKey]);
   const accountId = readText((intent.metadata as Record<string, unknown> | undefined)?.[accountMetadataKey]);
   const paymentIntent = readText(intent.id);
   if (topUpId === undefined || accountId === undefined || paymentIntent === undefined || !/^[1-9][0-9]{0,15}$/.test(topUpId)) {
-    return { status: 'ignored', reason: 'not a Tally top-up (checkout payments are granted by their checkout session)' };
+    return { ignored: 'not a Tally top-up (checkout payments are granted by their checkout session)' };
   }
-  const { rows } = await context.client.query('select 1 from top_ups where id = $1 and account_id = $2', [Number(topUpId), accountId]);
-  if (rows[0] === undefined) return { status: 'ignored', reason: `no top-up ${topUpId} for account ${accountId}` };
-  const amount = Number(intent.amount_received ?? intent.amount ?? 0);
-  await completeTopUp(context.client, context.catalog, { accountId, topUpId: Number(topUpId), paymentIntent, amount, currency: readText(intent.currency) ?? null, now: context.now });
-  return { status: 'processed', accountId };
+  const { rows } = await context.client.query<{ payment_intent: string | null }>('select payment_intent from top_ups where id = $1 and account_id = $2', [Number(topUpId), accountId]);
+  if (rows[0] === undefined) return { ignored: `no top-up ${topUpId} for account ${accountId}` };
+  return { id: Number(topUpId), accountId, paymentIntent, recordedPaymentIntent: rows[0].payment_intent };
 }

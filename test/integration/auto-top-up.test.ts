@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { completeTopUp } from '../../src/billing/top-ups.js';
+import { completeTopUp, failTopUp, topUpAttemptsMax, topUpLeaseSeconds } from '../../src/billing/top-ups.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';
 import { fundedAccount, settleEvents, startWithFakeStripe, stopWithFakeStripe, testCatalog, type TestApp } from '../helpers/app.js';
 import { deliver, event, settleWebhooks } from '../helpers/stripe-events.js';
@@ -197,5 +197,127 @@ describe('paying', () => {
     assert.equal((await topUps('tu_below')).length, 1);
     await runner().runOnce();
     assert.equal(await available('tu_below'), 1100);
+  });
+});
+
+describe('failures Stripe reports later, and failures of the job itself', () => {
+  /** A pending top-up of a fresh account, paid as `processing` so that its PaymentIntent is recorded. */
+  async function processingTopUp(accountId: string): Promise<{ id: number; paymentIntent: string }> {
+    await customerAccount(accountId, 600);
+    await test.call('PUT', `/v1/accounts/${accountId}/auto-top-up`, setting);
+    await spend(accountId, 200);
+    fake.paymentIntentOutcome = 'processing';
+    await runner().runOnce();
+    fake.paymentIntentOutcome = 'succeeded';
+    const [row] = await topUps(accountId);
+    assert.equal(row.status, 'pending');
+    return { id: Number(row.id), paymentIntent: row.payment_intent };
+  }
+
+  const failedIntent = (paymentIntent: string, metadata: Record<string, string>, code = 'card_declined') => ({
+    ...fake.paymentIntents.get(paymentIntent),
+    id: paymentIntent,
+    status: 'requires_payment_method',
+    metadata,
+    last_payment_error: { type: 'card_error', code, message: 'Your card was declined.' },
+  });
+  const topUpMetadata = (accountId: string, topUpId: number) => ({ tally_account_id: accountId, tally_top_up: String(topUpId), tally_pack: 'pack_1000' });
+
+  it('a processing payment that Stripe reports failed is topup.failed once, however often the event comes; nothing is granted', async () => {
+    const topUp = await processingTopUp('tu_async');
+    const intent = failedIntent(topUp.paymentIntent, topUpMetadata('tu_async', topUp.id), 'authentication_required');
+    for (let delivery = 0; delivery < 3; delivery += 1) assert.equal((await deliver(test, event('payment_intent.payment_failed', intent))).status, 200);
+    await settleWebhooks(test);
+    assert.deepEqual((await topUps('tu_async')).map((row) => [row.status, row.failure_code]), [['failed', 'authentication_required']]);
+    const failed = await eventsOf('tu_async');
+    assert.deepEqual(failed.map((item) => [item.type, item.data.code, item.data.payment_intent, item.data.failures_in_row]), [['topup.failed', 'authentication_required', topUp.paymentIntent, 1]]);
+    assert.equal(await available('tu_async'), 400);
+    const { rows } = await test.database.db.query(`select failures_in_row from auto_top_ups where account_id = 'tu_async'`);
+    assert.equal(rows[0]?.failures_in_row, 1);
+  });
+
+  it("the job's own decline and Stripe's payment_failed event for the same payment count one failure, in either order", async () => {
+    // The job first: a synchronous decline, then the event Stripe sends for it.
+    await customerAccount('tu_both_job', 600);
+    await test.call('PUT', '/v1/accounts/tu_both_job/auto-top-up', setting);
+    await spend('tu_both_job', 200);
+    fake.paymentIntentOutcome = 'declined';
+    await runner().runOnce();
+    fake.paymentIntentOutcome = 'succeeded';
+    const [declined] = await topUps('tu_both_job');
+    assert.equal(declined.status, 'failed');
+    await deliver(test, event('payment_intent.payment_failed', failedIntent(declined.payment_intent, topUpMetadata('tu_both_job', Number(declined.id)))));
+    await settleWebhooks(test);
+    assert.equal((await eventsOf('tu_both_job')).length, 1);
+
+    // The event first, then the job's answer (a decline) for the same top-up.
+    const topUp = await processingTopUp('tu_both_event');
+    await deliver(test, event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, topUpMetadata('tu_both_event', topUp.id))));
+    await settleWebhooks(test);
+    await test.database.db.withTransaction((client) =>
+      failTopUp(client, { id: topUp.id, account_id: 'tu_both_event' }, { code: 'card_declined', message: 'Your card was declined.', paymentIntent: topUp.paymentIntent }, test.clock.now()),
+    );
+    const failed = await eventsOf('tu_both_event');
+    assert.deepEqual(failed.map((item) => item.data.failures_in_row), [1]);
+  });
+
+  it('ignores a payment_failed event that is not a top-up\'s, or that names a top-up paid with another PaymentIntent, changing nothing', async () => {
+    const topUp = await processingTopUp('tu_other');
+    const foreign = event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, {}));
+    const mismatched = event('payment_intent.payment_failed', { ...failedIntent(topUp.paymentIntent, topUpMetadata('tu_other', topUp.id)), id: 'pi_someone_else' });
+    const unknown = event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, topUpMetadata('tu_other', topUp.id + 1000)));
+    for (const stripeEvent of [foreign, mismatched, unknown]) assert.equal((await deliver(test, stripeEvent)).status, 200);
+    await settleWebhooks(test);
+    const { rows } = await test.database.db.query<{ status: string }>('select status from webhook_events where id = any($1) order by id', [[foreign.id, mismatched.id, unknown.id]]);
+    assert.deepEqual(rows.map((row) => row.status), ['ignored', 'ignored', 'ignored']);
+    assert.deepEqual((await topUps('tu_other')).map((row) => row.status), ['pending']);
+    assert.deepEqual(await eventsOf('tu_other'), []);
+  });
+
+  it('a customer whose default payment method is gone by the time the top-up is paid: topup.failed no_payment_method, no PaymentIntent', async () => {
+    await customerAccount('tu_nopm', 600);
+    await test.call('PUT', '/v1/accounts/tu_nopm/auto-top-up', setting);
+    fake.customers.set('cus_tu_nopm', { invoice_settings: { default_payment_method: null } });
+    await spend('tu_nopm', 200);
+    await runner().runOnce();
+    assert.deepEqual((await topUps('tu_nopm')).map((row) => [row.status, row.failure_code]), [['failed', 'no_payment_method']]);
+    assert.ok(!fake.requests.some((request) => request.path === '/v1/payment_intents' && request.idempotencyKey === 'topup:tu_nopm:1'));
+    assert.deepEqual((await eventsOf('tu_nopm')).map((item) => item.data.code), ['no_payment_method']);
+  });
+
+  it(`a top-up that Stripe keeps refusing (not a decline) is retried after its lease and fails as "error" after ${topUpAttemptsMax} attempts`, async () => {
+    await customerAccount('tu_refused', 600);
+    await test.call('PUT', '/v1/accounts/tu_refused/auto-top-up', setting);
+    await spend('tu_refused', 200);
+    fake.refusal = { status: 400, body: { error: { type: 'invalid_request_error', message: 'fake refusal' } } };
+    try {
+      for (let attempt = 1; attempt <= topUpAttemptsMax; attempt += 1) {
+        assert.deepEqual((await topUps('tu_refused')).map((row) => row.status), ['pending'], `before attempt ${attempt}`);
+        await runner().runOnce();
+        assert.equal(await runner().runOnce(), 0, 'not tried again within its lease');
+        test.clock.advanceSeconds(topUpLeaseSeconds + 1);
+      }
+    } finally {
+      fake.refusal = undefined;
+    }
+    const { rows } = await test.database.db.query(`select status, failure_code, attempts from top_ups where account_id = 'tu_refused'`);
+    assert.deepEqual(rows, [{ status: 'failed', failure_code: 'error', attempts: topUpAttemptsMax }]);
+    const failed = await eventsOf('tu_refused');
+    assert.deepEqual(failed.map((item) => [item.type, item.data.code, item.data.failures_in_row]), [['topup.failed', 'error', 1]]);
+    assert.equal(await available('tu_refused'), 400);
+  });
+
+  it('a pack price without an amount is topup.failed price_without_amount, with no PaymentIntent', async () => {
+    await customerAccount('tu_noprice', 600);
+    await test.call('PUT', '/v1/accounts/tu_noprice/auto-top-up', setting);
+    await spend('tu_noprice', 200);
+    fake.prices.set('price_pack_1000', { unit_amount: null });
+    try {
+      await runner().runOnce();
+    } finally {
+      fake.prices.delete('price_pack_1000');
+    }
+    assert.deepEqual((await topUps('tu_noprice')).map((row) => [row.status, row.failure_code]), [['failed', 'price_without_amount']]);
+    assert.ok(!fake.requests.some((request) => request.idempotencyKey === 'topup:tu_noprice:1'));
   });
 });
