@@ -1,5 +1,6 @@
 /**
- * `npm run bench`: every figure of Tally's hot path in one run (usage over HTTP, the usage batch
+ * `npm run bench`: every figure of Tally's hot path in one run (usage over HTTP, with and without
+ * spend limits, the usage batch
  * at the SQL level, webhook intake and apply, the server's memory), each beside a baseline
  * measured in the same run on the same database, each the median of several rounds
  * (BENCH_ROUNDS, default 3; HTTP rounds of BENCH_SECONDS, default 5). The server runs in its own process (the real `tally start`);
@@ -20,6 +21,8 @@ import { runWebhookBench } from './webhooks.js';
 const roundSeconds = Number(process.env.BENCH_SECONDS ?? 5);
 const roundCount = Number(process.env.BENCH_ROUNDS ?? 3);
 const fundedCredits = 1_000_000_000;
+/** Each account has a twin with spend limits that the bench never reaches (its spends are 1 credit). */
+const limitedTwin = (account: string): string => `limited-${account}`;
 
 interface Row {
   label: string;
@@ -60,6 +63,7 @@ async function main(): Promise<void> {
         const pgbench = await measureNaivePgbench(url, roundSeconds, hot);
         if (pgbench !== undefined) row(`naive spend function, ${scenario} (pgbench)`, 'spends/s').figures.push(pgbench);
         row(`POST usage over HTTP, ${scenario}`, 'spends/s', { target: '≥ 15,000/s, p99 ≤ 50 ms', baseline: `naive spend function, ${scenario} (pg client)` }).figures.push(await usage(account)());
+        row(`POST usage over HTTP, ${scenario}, spend limits`, 'spends/s', { baseline: `POST usage over HTTP, ${scenario}` }).figures.push(await usage(() => limitedTwin(account()))());
         rss = Math.max(rss, server.takePeakRssMiB());
       }
       process.stderr.write(`round ${round}/${roundCount} done\n`);
@@ -101,13 +105,20 @@ async function main(): Promise<void> {
   }
 }
 
-/** Every account funded through the ledger's own grant function, so balances and grants agree; the baseline's copy beside them. */
+/**
+ * Every account funded through the ledger's own grant function, so balances and grants agree;
+ * each with a twin that has spend limits per day and per month (as high as the funding, so
+ * never reached: the twins measure what checking and counting limits costs); the baseline's
+ * copy beside them.
+ */
 async function setUp(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
     await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, ${accountCount - 1}) n union all select $1`, [hotAccount]);
+    await client.query(`insert into accounts (id) select $1 || id from accounts`, [limitedTwin('')]);
     await client.query(`select tally_add_grant(id, 'promo', $1, 0, null, 'bench-fund', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`, [fundedCredits]);
+    await client.query(`select tally_set_spend_limits(id, true, $1, true, $1, 'system', null) from accounts where id like $2`, [fundedCredits, `${limitedTwin('')}%`]);
     await createNaiveSpend(client, fundedCredits);
     await client.query('vacuum analyze');
   } finally {
@@ -128,7 +139,8 @@ function report(rows: Row[]): void {
       `${row.label.padEnd(58)} ${format(figure).padStart(10)} ${row.unit.padEnd(9)} ${format(median(row.figures.map((f) => f.p50)), 1).padStart(7)} ${format(median(row.figures.map((f) => f.p99)), 1).padStart(7)} ${ratio.padStart(7)}  ${row.target ?? ''}`,
     );
   }
-  console.log('\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; the set-based batch to the batch before 0013;');
+  console.log('\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; with spend limits to the same call on accounts without;');
+  console.log('the set-based batch to the batch before 0013;');
   console.log('group commit to one insert per delivery; the default lanes to one lane. pgbench rows show the average latency in the p50 column.');
 }
 
