@@ -181,7 +181,8 @@ export type GrantState = 'live' | 'past' | 'all';
 
 /**
  * An account's grants, newest first: `live` ones still hold credits and have not expired;
- * `past` ones are used up or expired. Each says which it is (`live`, `used_up`, `expired`).
+ * `past` ones are used up or expired. Each says which it is: `live`, `used_up` (nothing left,
+ * expiry not reached) or `expired` (its expiry has passed, whatever was left then).
  */
 export async function accountGrants(db: Database, accountId: string, options: { state: GrantState; limit: number; offset: number; now: Date | null }): Promise<{ grants: unknown[]; next_offset: number | null }> {
   await requireAccount(db, accountId);

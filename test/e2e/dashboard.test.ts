@@ -215,6 +215,8 @@ describe('in a browser', () => {
       await page.check(`input[name="overview-range"][value="${days}"]`);
       await page.waitForFunction((count) => document.querySelectorAll('#credits-chart details tbody tr').length === count, days);
     }
+    await page.check('input[name="overview-range"][value="30"]');
+    await page.waitForFunction(() => document.querySelectorAll('#credits-chart details tbody tr').length === 30);
     await assertLabelled(page);
     await page.screenshot({ path: join(artifacts, 'overview.png'), fullPage: true });
     await resolveAlert(test.database.db.pool, 'overview-open');
