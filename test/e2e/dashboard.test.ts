@@ -162,7 +162,12 @@ describe('in a browser', () => {
     await page.fill('#key', appKey);
     await page.click('#login-form button[type="submit"]');
     await page.waitForFunction(() => document.querySelector('#login-error')?.textContent?.includes('app key'));
-    await logIn(page, adminKey);
+    // From the keyboard alone: type the key, press Enter.
+    await page.fill('#key', '');
+    await page.focus('#key');
+    await page.keyboard.type(adminKey);
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('[data-session="in"]');
     assert.match(await page.textContent('[data-session="in"]') ?? '', /Logged in with the admin key/);
     await page.reload();
     await page.waitForSelector('[data-session="in"]');
@@ -175,6 +180,52 @@ describe('in a browser', () => {
     assert.equal(await page.inputValue('#key'), '');
     await page.reload();
     await page.waitForSelector('[data-session="out"]');
+    // A key saved in the tab that Tally no longer accepts (rotated meanwhile) is dropped, in words.
+    await page.evaluate(() => sessionStorage.setItem('tally-dashboard-key', 'a-key-rotated-away'));
+    await page.reload();
+    await page.waitForSelector('#login-error');
+    assert.match(await page.textContent('#login-error') ?? '', /key saved in this tab is no longer accepted/);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('tally-dashboard-key')), null);
+    await page.close();
+  });
+
+  // Proves: the pages are reached with the keyboard: Tab walks the navigation to "Log out", and
+  // Enter on a link opens its page.
+  it('is reachable from the keyboard', async (t) => {
+    if (skipWithoutBrowser(t)) return;
+    const page = await openPage();
+    await logIn(page, adminKey);
+    const reached: string[] = [];
+    for (let step = 0; step < 12; step += 1) {
+      await page.keyboard.press('Tab');
+      reached.push(await page.evaluate(() => document.activeElement?.textContent?.trim() ?? ''));
+    }
+    for (const name of ['Overview', 'Accounts', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out']) assert.ok(reached.includes(name), `${name} in ${reached.join(' | ')}`);
+    await page.focus('nav a[href="#/accounts"]');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('#account-search');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'main', 'focus moves to the new page');
+    await page.close();
+  });
+
+  // Proves: the account list sorts by a column from its header and pages 50 at a time.
+  it('sorts accounts from a column header and pages through them', async (t) => {
+    if (skipWithoutBrowser(t)) return;
+    for (let index = 0; index < 55; index += 1) await fundedAccount(test, `page-${String(index).padStart(3, '0')}`, index === 7 ? 999 : 0);
+    const page = await openPage();
+    await logIn(page, adminKey);
+    await page.goto(`${base}/dashboard#/accounts`);
+    await page.fill('#account-search', 'page-');
+    await page.press('#account-search', 'Enter');
+    await page.waitForFunction(() => document.querySelector('#accounts tbody tr td')?.textContent?.includes('page-000'));
+    assert.equal(await page.locator('#accounts tbody tr').count(), 50);
+    await page.click('nav.pager button:has-text("Next page")');
+    await page.waitForFunction(() => document.querySelector('nav.pager')?.textContent?.includes('Accounts 51 to 55'));
+    assert.equal(await page.locator('#accounts tbody tr').count(), 5);
+    await page.click('#accounts th button:has-text("Available")');
+    await page.waitForFunction(() => document.querySelector('#accounts tbody tr td')?.textContent?.includes('page-007'));
+    assert.equal(await page.getAttribute('#accounts th[aria-sort]', 'aria-sort'), 'descending');
+    assert.match(page.url(), /sort=available&order=desc/, 'the sort is in the address, so a reload keeps it');
     await page.close();
   });
 
@@ -331,6 +382,9 @@ describe('in a browser', () => {
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.waitForSelector('#reconciliation-title');
     assert.equal(await page.locator('#reconcile').count(), 0);
+    await page.goto(`${base}/dashboard#/accounts/no-such-account`);
+    await page.waitForSelector('.problem');
+    assert.match(await page.textContent('.problem') ?? '', /there is no such account\. Find it on the Accounts page/);
     await page.close();
   });
 

@@ -1,6 +1,6 @@
 // The webhook inbox: Stripe's events as Tally stored them, filtered by status and type; one
 // event with its payload and where its attempts stand; replay (admin key only).
-import { useState } from './vendor/hooks.js';
+import { useEffect, useState } from './vendor/hooks.js';
 import { path, query } from './api.js';
 import { ReplayButton } from './actions.js';
 import { accountHref } from './accounts.js';
@@ -21,7 +21,11 @@ export function Inbox({ api, canAct, params }) {
   const [typed, setTyped] = useState(type);
   const [notice, setNotice] = useState('');
   const events = useLoad(() => api.get('/v1/admin/webhook-events' + query({ status, type, limit })), [api, status, type]);
-  const types = useLoad(() => api.get('/v1/admin/overview' + query({ hours: 24 * 30 })).then((overview) => overview.webhooks.types), [api]);
+  // The type box suggests every type seen on this page so far.
+  const [types, setTypes] = useState([]);
+  useEffect(() => {
+    if (events.data) setTypes((known) => [...new Set([...known, ...events.data.events.map((event) => event.type)])].sort());
+  }, [events.data]);
   const go = (changes) => navigate('#/inbox' + query({ status, type, ...changes }), true);
   const columns = [
     { label: 'Received', render: (event) => html`<${Time} value=${event.received_at} />` },
@@ -50,7 +54,7 @@ export function Inbox({ api, canAct, params }) {
         <div class="field">
           <label for="inbox-type">Event type (exact, as invoice.paid)</label>
           <input id="inbox-type" list="inbox-types" autocomplete="off" spellcheck="false" value=${typed} onInput=${(event) => setTyped(event.currentTarget.value)} />
-          <datalist id="inbox-types">${(types.data || []).map((name) => html`<option value=${name} />`)}</datalist>
+          <datalist id="inbox-types">${types.map((name) => html`<option value=${name} />`)}</datalist>
         </div>
         <button type="submit">Filter</button>
         ${filtered ? html`<button type="button" onClick=${() => { setTyped(''); go({ status: '', type: '' }); }}>Clear filters</button>` : null}
