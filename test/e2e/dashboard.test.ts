@@ -474,12 +474,12 @@ describe('in a browser', () => {
     await page.waitForSelector('#reconciliations .run');
     await page.waitForSelector('#reconciliations a[title="drifted"]');
     await page.screenshot({ path: join(artifacts, 'reconciliation.png'), fullPage: true });
-    const entryLink = page.locator('#reconciliations a[href^="#/entries/"]').first();
-    if ((await entryLink.count()) > 0) {
-      await entryLink.click();
-      await page.waitForSelector('main dl.facts');
-      assert.match(await page.textContent('main') ?? '', /Account/);
-    }
+    // The finding names the account's latest entries; each opens with its account.
+    const drifted = (await test.call('GET', '/v1/accounts/drifted/ledger')).body.entries[0].id;
+    await page.click(`#reconciliations a[title="${drifted}"]`);
+    await page.waitForSelector('main dl.facts');
+    assert.match(await page.textContent('#entry-title') ?? '', new RegExp(drifted));
+    assert.equal(await page.getAttribute('main dl.facts a', 'title'), 'drifted');
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.click('#reconciliations a[title="drifted"]');
     await page.waitForSelector('#account-title');
