@@ -71,21 +71,25 @@ async function assertLabelled(page: Page): Promise<void> {
   assert.deepEqual(unlabelled, []);
 }
 
-/** Nothing on the page reaches past the viewport's right edge. */
+/**
+ * Nothing on the page reaches past the viewport's right edge, and the page does not scroll
+ * sideways. A failure names the elements that reach past it, hidden ones included.
+ */
 async function assertNoOverflow(page: Page, width: number): Promise<void> {
   const overflow = await page.evaluate((limit) => {
-    const wide = [...document.querySelectorAll('body *')]
-      // Headers kept for screen readers only, and the chart's own overlays, are clipped away.
-      .filter((element) => element.closest('thead, .visually-hidden, .skip') === null && element.parentElement?.closest('.u-wrap') == null)
-      .filter((element) => {
-        const box = element.getBoundingClientRect();
-        return box.width > 0 && box.right > limit + 0.5;
-      })
-      .map((element) => `${element.tagName}.${element.className} ${Math.round(element.getBoundingClientRect().right)}`);
-    return { scrollWidth: document.documentElement.scrollWidth, wide: wide.slice(0, 5) };
+    const past = (element: Element) => element.getBoundingClientRect().width > 0 && element.getBoundingClientRect().right > limit + 0.5;
+    const describe = (element: Element) => `${element.tagName}.${element.className} ${Math.round(element.getBoundingClientRect().right)}`;
+    const everything = [...document.querySelectorAll('body *')];
+    // Text kept for screen readers only, and the chart's own overlays, are clipped away.
+    const visible = everything.filter((element) => element.closest('.visually-hidden, .skip') === null && element.parentElement?.closest('.u-wrap') == null);
+    return {
+      scrollWidth: Math.max(document.documentElement.scrollWidth, document.body.scrollWidth),
+      wide: visible.filter(past).map(describe).slice(0, 5),
+      anyWide: everything.filter(past).map(describe).slice(0, 5),
+    };
   }, width);
-  assert.deepEqual(overflow.wide, [], 'no element reaches past the right edge');
-  assert.ok(overflow.scrollWidth <= width, `the page scrolls sideways: ${overflow.scrollWidth} px`);
+  assert.deepEqual(overflow.wide, [], `no element reaches past the right edge of ${page.url()}`);
+  assert.ok(overflow.scrollWidth <= width, `${page.url()} scrolls sideways: ${overflow.scrollWidth} px (${overflow.anyWide.join(', ')})`);
 }
 
 const figure = async (page: Page, id: string): Promise<string> => (await page.textContent(`[data-figure="${id}"]`))?.trim() ?? '';
@@ -226,6 +230,7 @@ describe('in a browser', () => {
     await page.waitForFunction(() => document.querySelector('#accounts tbody tr td')?.textContent?.includes('page-007'));
     assert.equal(await page.getAttribute('#accounts th[aria-sort]', 'aria-sort'), 'descending');
     assert.match(page.url(), /sort=available&order=desc/, 'the sort is in the address, so a reload keeps it');
+    await page.screenshot({ path: join(artifacts, 'accounts.png'), fullPage: true });
     await page.close();
   });
 
@@ -448,6 +453,11 @@ describe('in a browser', () => {
     const time = await page.locator('#ledger tbody tr:first-child td[data-label="Time"] time').boundingBox();
     assert.ok(time !== null && time.x + time.width <= 420, 'the time of an entry is in view');
     await page.screenshot({ path: join(artifacts, 'account-420.png'), fullPage: true });
+    for (const [route, ready] of [['inbox', '#inbox'], ['alerts', '#alerts-open'], ['reconciliation', '#reconciliation-title']]) {
+      await page.goto(`${base}/dashboard#/${route}`);
+      await page.waitForSelector(ready ?? '');
+      await assertNoOverflow(page, 420);
+    }
     await page.close();
   });
 

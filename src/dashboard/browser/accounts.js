@@ -18,12 +18,13 @@ export function Accounts({ api, params }) {
   const list = useLoad(() => api.get('/v1/admin/accounts/search' + query({ search, sort, order, offset, limit: pageSize })), [api, search, sort, order, offset]);
   const go = (changes) => navigate('#/accounts' + query({ search, sort, order, offset: 0, ...changes }), true);
 
-  // Typing searches after a short pause; Enter searches at once.
+  // Typing searches after a short pause; Enter searches at once (and cancels the pause, so a
+  // page turned meanwhile is not sent back to the first).
   useEffect(() => {
     if (typed.trim() === search) return undefined;
     const timer = setTimeout(() => go({ search: typed.trim() }), 350);
     return () => clearTimeout(timer);
-  }, [typed]);
+  }, [typed, search]);
 
   const onSort = (column) => go({ sort: column, order: column === sort && order === 'asc' ? 'desc' : column === sort ? 'asc' : defaultOrder(column) });
   const accounts = list.data ? list.data.accounts : [];

@@ -51,7 +51,10 @@ function Findings({ run }) {
       { label: 'Account', render: (finding) => (finding.account_id ? html`<${Id} value=${finding.account_id} href=${accountHref(finding.account_id)} />` : html`<span class="muted">—</span>`) },
       { label: 'Finding', render: (finding) => html`<span class="text">${finding.message}</span>` },
       { label: 'Entries', render: (finding) => entryLinks(finding.entry_ids) ?? html`<span class="muted">—</span>` },
-      { label: 'Grants and Stripe objects', render: (finding) => [...(finding.grant_ids || []), ...(finding.stripe_ids || [])].map((id) => html`<${Id} value=${id} /> `) },
+      { label: 'Grants and Stripe objects', render: (finding) => {
+        const ids = [...(finding.grant_ids || []), ...(finding.stripe_ids || [])];
+        return ids.length === 0 ? html`<span class="muted">—</span>` : ids.map((id) => html`<${Id} value=${id} /> `);
+      } },
     ]}
     rows=${findings}
     empty="No findings: the ledger agrees with itself."
