@@ -12,6 +12,7 @@ import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
 import { bodyLimitLargeBytes, defineRoute, registerRoutes, type RouteDefinition } from './route.js';
+import { dashboardRoutes } from './routes/dashboard-routes.js';
 import { eventRoutes } from './routes/event-routes.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
 import { topUpRoutes } from './routes/top-up-routes.js';
@@ -139,7 +140,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   const limiters = await registerRateLimits(app, { ...defaultRateLimits, ...options.rateLimits });
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax);
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...eventRoutes(options.db), ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }), ...healthRoutes(options)];
+  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }), ...eventRoutes(options.db), ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }), ...healthRoutes(options)];
   const rawBodyRoutes = [webhookRoute(options.stripe, limiters)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(

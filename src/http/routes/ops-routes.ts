@@ -2,12 +2,6 @@ import { z } from 'zod';
 import type { Catalog } from '../../billing/catalog.js';
 import type { Database } from '../../db/database.js';
 import { accountIdSchema, reasonLengthMax } from '../../ledger/commands.js';
-import { dashboardHtml, dashboardScript, dashboardSecurityPolicy, dashboardStyle } from '../../dashboard/page.js';
-
-const dashboardAssets: [string, string, string][] = [
-  ['/dashboard/app.js', dashboardScript, 'text/javascript; charset=utf-8'],
-  ['/dashboard/app.css', dashboardStyle, 'text/css; charset=utf-8'],
-];
 import { redactSinkName } from '../../ops/alert-sinks.js';
 import { erasePersonalData, exportAccount, type KeyedDigest } from '../../ops/gdpr.js';
 import { reconcile } from '../../ops/reconcile.js';
@@ -40,34 +34,6 @@ export const accountsPageSizeMax = 200;
 
 export function operationsRoutes(dependencies: OperationsRouteDependencies): RouteDefinition[] {
   return [
-    defineRoute({
-      method: 'GET',
-      url: '/dashboard',
-      database: false,
-      access: 'none',
-      tag: 'operations',
-      summary: "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
-      responses: { 200: 'text/html' },
-      handler: async () => ({
-        status: 200,
-        body: dashboardHtml,
-        contentType: 'text/html; charset=utf-8',
-        headers: { 'content-security-policy': dashboardSecurityPolicy, 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer' },
-      }),
-    }),
-    ...dashboardAssets.map(([url, body, contentType]) =>
-      defineRoute({
-        method: 'GET',
-        url,
-        database: false,
-        access: 'none',
-        tag: 'operations',
-        hidden: true,
-        summary: "The dashboard's script or style (no data)",
-        responses: { 200: contentType },
-        handler: async () => ({ status: 200, body, contentType }),
-      }),
-    ),
     defineRoute({
       method: 'POST',
       url: '/v1/admin/reconcile',

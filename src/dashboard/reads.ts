@@ -1,0 +1,263 @@
+import type { Database } from '../db/database.js';
+import { TallyError, accountNotFound } from '../errors.js';
+
+/**
+ * The reads the operators' dashboard needs beyond the app's API: the overview's figures,
+ * credits per day, account search, an account's grants, holds and balance over time, one
+ * webhook event with its payload, one entry. Read-only, one SQL statement each (the overview a
+ * few), every list bounded. `now` is the ledger's clock (null: the database's), so expiry is
+ * judged as the ledger judges it.
+ */
+
+/**
+ * A sum over accounts can pass what a JSON number holds exactly, even when each balance is
+ * safe: the database sums in numeric, and a sum past the safe range is answered as its exact
+ * decimal text rather than rounded.
+ */
+export function exactSum(text: string | null): number | string {
+  const value = Number(text ?? '0');
+  return Number.isSafeInteger(value) ? value : (text ?? '0');
+}
+
+export interface OverviewOptions {
+  now: Date | null;
+  webhookWindowHours: number;
+}
+
+export async function overview(db: Database, options: OverviewOptions): Promise<Record<string, unknown>> {
+  const [credits, webhooks, alerts, reconciliation] = await Promise.all([
+    db.query<Record<string, string | number | null>>(
+      // Grants past their expiry stop counting at once (as the balance call says), before the
+      // sweep writes their expire entries.
+      `select count(*)::int as accounts, count(*) filter (where debt > 0)::int as accounts_in_debt,
+         count(*) filter (where flagged)::int as accounts_flagged,
+         (coalesce(sum(available), 0) - (select coalesce(sum(remaining), 0) from grants
+            where live and expires_at <= coalesce($1, now())))::text as available,
+         coalesce(sum(held), 0)::text as held, coalesce(sum(debt), 0)::text as debt
+       from accounts`,
+      [options.now],
+    ),
+    db.query<Record<string, string | number | null>>(
+      `select count(*)::int as received,
+         count(*) filter (where status = 'processed')::int as processed,
+         count(*) filter (where status = 'ignored')::int as ignored,
+         count(*) filter (where status = 'failed')::int as failed,
+         count(*) filter (where status = 'pending')::int as pending,
+         round(percentile_cont(0.5) within group (order by extract(epoch from processed_at - received_at))
+           filter (where processed_at is not null)::numeric, 3)::float8 as lag_seconds_median,
+         round(percentile_cont(0.95) within group (order by extract(epoch from processed_at - received_at))
+           filter (where processed_at is not null)::numeric, 3)::float8 as lag_seconds_95th,
+         round(max(extract(epoch from processed_at - received_at))::numeric, 3)::float8 as lag_seconds_max,
+         coalesce((select jsonb_agg(type order by type) from (select distinct type from webhook_events
+           where received_at >= now() - make_interval(hours => $1)) types), '[]'::jsonb) as types,
+         (select count(*)::int from webhook_events where status = 'failed') as failed_total,
+         (select count(*)::int from webhook_events where status = 'pending') as pending_total,
+         (select tally_iso(min(received_at)) from webhook_events where status = 'pending') as oldest_pending_received_at
+       from webhook_events where received_at >= now() - make_interval(hours => $1)`,
+      [options.webhookWindowHours],
+    ),
+    db.query<{ open: number; open_critical: number; resolved: number }>(
+      `select count(*) filter (where resolved_at is null)::int as open,
+         count(*) filter (where resolved_at is null and severity = 'critical')::int as open_critical,
+         count(*) filter (where resolved_at is not null)::int as resolved
+       from alerts`,
+    ),
+    db.query(
+      `select id as run_id, trigger, with_stripe, status, finding_count, error,
+         tally_iso(started_at) as started_at, tally_iso(finished_at) as finished_at
+       from reconciliation_runs order by started_at desc limit 1`,
+    ),
+  ]);
+  const totals = credits.rows[0] ?? {};
+  const available = String(totals.available ?? '0');
+  const held = String(totals.held ?? '0');
+  return {
+    as_of: (options.now ?? new Date()).toISOString(),
+    accounts: { count: totals.accounts, in_debt: totals.accounts_in_debt, flagged: totals.accounts_flagged },
+    credits: {
+      available: exactSum(available),
+      held: exactSum(held),
+      debt: exactSum(String(totals.debt ?? '0')),
+      // What the merchant still owes its customers in credits: spendable now plus reserved.
+      outstanding: exactSum((BigInt(available) + BigInt(held)).toString()),
+    },
+    webhooks: { window_hours: options.webhookWindowHours, ...webhooks.rows[0] },
+    alerts: alerts.rows[0],
+    last_reconciliation: reconciliation.rows[0] ?? null,
+  };
+}
+
+export interface CreditDay {
+  day: string;
+  granted: number | string;
+  spent: number | string;
+  expired: number | string;
+  clawed_back: number | string;
+  adjusted_down: number | string;
+}
+
+/**
+ * Credits moved per UTC day, the last day being `until` (default: today on the ledger's clock):
+ * granted (grants, restores and positive adjustments), spent (usage and captured holds),
+ * expired, clawed back (refunds, disputes, downgrades) and adjusted down by operators.
+ */
+export async function creditTotals(db: Database, options: { days: number; until: string | null; now: Date | null; accountId: string | null }): Promise<CreditDay[]> {
+  const { rows } = await db.query<Record<string, string>>(
+    `with bounds as (
+       select coalesce($2::date, (coalesce($3, now()) at time zone 'UTC')::date) as last_day),
+     totals as (
+       select (e.created_at at time zone 'UTC')::date as day,
+         coalesce(sum(e.amount) filter (where e.kind in ('grant', 'restore') or (e.kind = 'adjustment' and e.amount > 0)), 0) as granted,
+         coalesce(-sum(e.amount) filter (where e.kind = 'usage'), 0)
+           + coalesce(sum((e.reference->>'captured')::numeric) filter (where e.kind = 'capture'), 0) as spent,
+         coalesce(-sum(e.amount) filter (where e.kind = 'expire'), 0) as expired,
+         coalesce(-sum(e.amount) filter (where e.kind = 'clawback'), 0) as clawed_back,
+         coalesce(-sum(e.amount) filter (where e.kind = 'adjustment' and e.amount < 0), 0) as adjusted_down
+       from entries e, bounds b
+       where e.created_at >= (b.last_day - ($1::int - 1)) at time zone 'UTC'
+         and e.created_at < (b.last_day + 1) at time zone 'UTC'
+         and ($4::text is null or e.account_id = $4)
+       group by 1)
+     select to_char(d.day, 'YYYY-MM-DD') as day, coalesce(t.granted, 0)::text as granted, coalesce(t.spent, 0)::text as spent,
+       coalesce(t.expired, 0)::text as expired, coalesce(t.clawed_back, 0)::text as clawed_back, coalesce(t.adjusted_down, 0)::text as adjusted_down
+     from bounds b, generate_series(b.last_day - ($1::int - 1), b.last_day, interval '1 day') as d(day)
+     left join totals t on t.day = d.day::date
+     order by d.day`,
+    [options.days, options.until, options.now, options.accountId],
+  );
+  return rows.map((row) => ({
+    day: row.day ?? '',
+    granted: exactSum(row.granted ?? null),
+    spent: exactSum(row.spent ?? null),
+    expired: exactSum(row.expired ?? null),
+    clawed_back: exactSum(row.clawed_back ?? null),
+    adjusted_down: exactSum(row.adjusted_down ?? null),
+  }));
+}
+
+/** Columns the account list may be sorted by, each a fixed SQL expression (never the caller's text). */
+export const accountSortColumns = { id: 'a.id', email: 'a.email', available: 'a.available', held: 'a.held', debt: 'a.debt', created_at: 'a.created_at', updated_at: 'a.updated_at' } as const;
+export type AccountSort = keyof typeof accountSortColumns;
+
+export interface AccountSearch {
+  search: string | null;
+  sort: AccountSort;
+  order: 'asc' | 'desc';
+  limit: number;
+  offset: number;
+  now: Date | null;
+}
+
+/**
+ * Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted and
+ * paged by offset. Sorting is on the stored balance columns; the `available` answered leaves out
+ * grants past their expiry that the sweep has not yet expired, as the balance call does.
+ */
+export async function searchAccounts(db: Database, options: AccountSearch): Promise<{ accounts: unknown[]; next_offset: number | null }> {
+  const column = accountSortColumns[options.sort];
+  const direction = options.order === 'desc' ? 'desc nulls last' : 'asc nulls last';
+  const { rows } = await db.query(
+    `select a.id, a.email, a.name, a.stripe_customer_id,
+       a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id and g.live
+         and g.expires_at <= coalesce($4, now())), 0)::bigint as available,
+       a.held, a.debt, a.flagged, tally_iso(a.created_at) as created_at, tally_iso(a.updated_at) as updated_at,
+       (select s.status from subscriptions s where s.account_id = a.id order by s.event_created desc, s.id limit 1) as subscription_status
+     from accounts a
+     where $1::text is null or starts_with(a.id, $1) or starts_with(lower(a.email), lower($1)) or starts_with(a.stripe_customer_id, $1)
+     order by ${column} ${direction}, a.id
+     limit $2 offset $3`,
+    [options.search, options.limit + 1, options.offset, options.now],
+  );
+  const more = rows.length > options.limit;
+  return { accounts: rows.slice(0, options.limit), next_offset: more ? options.offset + options.limit : null };
+}
+
+async function requireAccount(db: Database, accountId: string): Promise<void> {
+  const { rowCount } = await db.query('select 1 from accounts where id = $1', [accountId]);
+  if (rowCount === 0) throw accountNotFound(accountId);
+}
+
+export type GrantState = 'live' | 'past' | 'all';
+
+/**
+ * An account's grants, newest first: `live` ones still hold credits and have not expired;
+ * `past` ones are used up or expired. Each says which it is: `live`, `used_up` (nothing left,
+ * expiry not reached) or `expired` (its expiry has passed, whatever was left then).
+ */
+export async function accountGrants(db: Database, accountId: string, options: { state: GrantState; limit: number; offset: number; now: Date | null }): Promise<{ grants: unknown[]; next_offset: number | null }> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{ grant: unknown }>(
+    `select tally_grant_json(g) || jsonb_build_object('state', s.state) as grant
+     from grants g
+     cross join lateral (select case
+         when g.expires_at is not null and g.expires_at <= coalesce($5, now()) then 'expired'
+         when g.live then 'live' else 'used_up' end as state) s
+     where g.account_id = $1 and ($2 = 'all' or ($2 = 'live') = (s.state = 'live'))
+     order by g.id desc limit $3 offset $4`,
+    [accountId, options.state, options.limit + 1, options.offset, options.now],
+  );
+  const more = rows.length > options.limit;
+  return { grants: rows.slice(0, options.limit).map((row) => row.grant), next_offset: more ? options.offset + options.limit : null };
+}
+
+/** An account's holds, newest first, paged by the id of the last hold of the previous page. */
+export async function accountHolds(db: Database, accountId: string, options: { status: string | null; limit: number; cursor: number | null }): Promise<{ holds: unknown[]; next_cursor: string | null }> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{ number: string }>(
+    `select id::text as number, 'hold_' || id as id, amount, status, captured, released, idempotency_key,
+       tally_iso(expires_at) as expires_at, tally_iso(created_at) as created_at, tally_iso(resolved_at) as resolved_at
+     from holds where account_id = $1 and ($2::text is null or status = $2) and ($3::bigint is null or id < $3)
+     order by id desc limit $4`,
+    [accountId, options.status, options.cursor, options.limit + 1],
+  );
+  const page = rows.slice(0, options.limit);
+  const last = page[page.length - 1];
+  return {
+    holds: page.map(({ number: _number, ...hold }) => hold),
+    next_cursor: rows.length > options.limit && last !== undefined ? last.number : null,
+  };
+}
+
+/**
+ * The account's balance (available minus debt, as entries record it) at the end of each UTC
+ * day; null before its first entry.
+ */
+export async function balanceHistory(db: Database, accountId: string, options: { days: number; until: string | null; now: Date | null }): Promise<{ day: string; balance: number | null }[]> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{ day: string; balance: string | null }>(
+    `select to_char(d.day, 'YYYY-MM-DD') as day,
+       (select e.balance_after from entries e where e.account_id = $1 and e.created_at < (d.day + interval '1 day') at time zone 'UTC'
+        order by e.id desc limit 1) as balance
+     from generate_series(coalesce($3::date, (coalesce($4, now()) at time zone 'UTC')::date) - ($2::int - 1),
+                          coalesce($3::date, (coalesce($4, now()) at time zone 'UTC')::date), interval '1 day') as d(day)
+     order by d.day`,
+    [accountId, options.days, options.until, options.now],
+  );
+  return rows.map((row) => ({ day: row.day, balance: row.balance === null ? null : Number(row.balance) }));
+}
+
+/** One stored Stripe event with its payload and where its processing stands. */
+export async function webhookEvent(db: Database, eventId: string): Promise<unknown> {
+  const { rows } = await db.query(
+    `select id, type, api_version, status, attempts, tally_iso(created) as created, tally_iso(received_at) as received_at,
+       tally_iso(next_attempt_at) as next_attempt_at, tally_iso(processed_at) as processed_at, last_error, ignored_reason,
+       account_id, payload
+     from webhook_events where id = $1`,
+    [eventId],
+  );
+  if (rows[0] === undefined) throw new TallyError('event_not_found', 404, `no stored event ${eventId}`);
+  return rows[0];
+}
+
+/** One ledger entry with the account it belongs to (reconciliation findings name entries). */
+export async function ledgerEntry(db: Database, entryId: string): Promise<unknown> {
+  const match = /^entry_([0-9]{1,18})$/.exec(entryId);
+  const { rows } = match?.[1] === undefined
+    ? { rows: [] }
+    : await db.query<{ entry: Record<string, unknown> }>(
+        `select tally_entry_json(e) || jsonb_build_object('account_id', e.account_id) as entry from entries e where e.id = $1`,
+        [match[1]],
+      );
+  if (rows[0] === undefined) throw new TallyError('entry_not_found', 404, `no entry with id ${entryId}`);
+  return rows[0].entry;
+}

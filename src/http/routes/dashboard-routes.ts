@@ -1,0 +1,184 @@
+import { z } from 'zod';
+import type { Database } from '../../db/database.js';
+import { dashboardAssets, dashboardHtml, dashboardSecurityPolicy } from '../../dashboard/assets.js';
+import { accountGrants, accountHolds, accountSortColumns, balanceHistory, creditTotals, ledgerEntry, overview, searchAccounts, webhookEvent, type AccountSort } from '../../dashboard/reads.js';
+import { accountIdSchema } from '../../ledger/commands.js';
+import type { StripeGateway } from '../../stripe/gateway.js';
+import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+
+/**
+ * The operators' dashboard: its page and browser files (no data, no key needed), and the
+ * read-only admin calls it needs beyond the app's API. Reads are `admin` routes, so the viewer
+ * key opens them (every GET) and the app key is refused (403), as for every admin call.
+ */
+export interface DashboardRouteDependencies {
+  db: Database;
+  gateway: StripeGateway | undefined;
+  /** The ledger's clock (tests move it); undefined means the database's. */
+  clock?: (() => Date) | undefined;
+}
+
+export const dashboardChartDaysMax = 366;
+export const dashboardPageSizeMax = 200;
+export const dashboardOffsetMax = 10_000;
+export const webhookWindowHoursMax = 24 * 30;
+
+const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const pageQuery = {
+  limit: z.coerce.number().int().min(1).max(dashboardPageSizeMax).default(50),
+  offset: z.coerce.number().int().min(0).max(dashboardOffsetMax).default(0),
+};
+const daysQuery = {
+  days: z.coerce.number().int().min(1).max(dashboardChartDaysMax).default(30),
+  until: z.iso.date().optional(),
+};
+const accountResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'account_not_found' };
+
+const pageHeaders = { 'content-security-policy': dashboardSecurityPolicy, 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer' };
+
+function pageRoutes(): RouteDefinition[] {
+  return [
+    defineRoute({
+      method: 'GET',
+      url: '/dashboard',
+      database: false,
+      access: 'none',
+      tag: 'operations',
+      summary: "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
+      responses: { 200: 'text/html' },
+      handler: async () => ({ status: 200, body: dashboardHtml, contentType: 'text/html; charset=utf-8', headers: pageHeaders }),
+    }),
+    ...dashboardAssets().map((asset) =>
+      defineRoute({
+        method: 'GET',
+        url: asset.url,
+        database: false,
+        access: 'none',
+        tag: 'operations',
+        hidden: true,
+        summary: "The dashboard's scripts, styles and libraries (no data)",
+        responses: { 200: asset.contentType },
+        handler: async () => ({ status: 200, body: asset.body, contentType: asset.contentType, headers: pageHeaders }),
+      }),
+    ),
+  ];
+}
+
+export function dashboardRoutes(dependencies: DashboardRouteDependencies): RouteDefinition[] {
+  const { db } = dependencies;
+  const now = (): Date | null => dependencies.clock?.() ?? null;
+  return [
+    ...pageRoutes(),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/caller',
+      database: false,
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Who the presented key is (admin, or viewer: reads only) and whether Stripe is configured; the dashboard logs in with it',
+      responses: { 200: '{role: "admin" | "viewer", can_act, stripe_configured}', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      handler: async ({ caller }) => ({ status: 200, body: { role: caller, can_act: caller === 'admin', stripe_configured: dependencies.gateway !== undefined } }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/overview',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        "The dashboard's overview: accounts, credits outstanding (available and held across accounts) and debt, webhook intake, outcomes and lag over the last `hours`, alerts open and resolved, the last reconciliation, and the Stripe breaker (`not_configured` without Stripe)",
+      query: z.strictObject({ hours: z.coerce.number().int().min(1).max(webhookWindowHoursMax).default(24) }),
+      responses: { 200: '{as_of, accounts, credits: {available, held, debt, outstanding}, webhooks, alerts, last_reconciliation, stripe: {configured, breaker}}; a sum beyond the safe integer range is a decimal string', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      handler: async ({ query }) => {
+        const figures = await overview(db, { now: now(), webhookWindowHours: query.hours });
+        const breaker = dependencies.gateway?.status() ?? { state: 'not_configured', failures: 0, opened_at: null };
+        return { status: 200, body: { ...figures, stripe: { configured: dependencies.gateway !== undefined, breaker } } };
+      },
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/credit-totals',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Credits granted, spent, expired, clawed back and adjusted down per UTC day, over all accounts or one (`account_id`); the last day is `until` (default today)',
+      query: z.strictObject({ ...daysQuery, account_id: accountIdSchema.optional() }),
+      responses: { 200: '{days: [{day, granted, spent, expired, clawed_back, adjusted_down}]}; a sum beyond the safe integer range is a decimal string', 400: 'invalid_request naming the field', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      handler: async ({ query }) => ({
+        status: 200,
+        body: { days: await creditTotals(db, { days: query.days, until: query.until ?? null, now: now(), accountId: query.account_id ?? null }) },
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/search',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`',
+      query: z.strictObject({
+        search: z.string().min(1).max(320).optional(),
+        sort: z.enum(Object.keys(accountSortColumns) as [AccountSort, ...AccountSort[]]).default('id'),
+        order: z.enum(['asc', 'desc']).default('asc'),
+        ...pageQuery,
+      }),
+      responses: { 200: '{accounts: [{id, email, name, stripe_customer_id, available, held, debt, flagged, subscription_status, created_at, updated_at}], next_offset}', 400: 'invalid_request naming the field', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      handler: async ({ query }) => ({
+        status: 200,
+        body: await searchAccounts(db, { search: query.search ?? null, sort: query.sort, order: query.order, limit: query.limit, offset: query.offset, now: now() }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/:id/grants',
+      access: 'admin',
+      tag: 'admin',
+      summary: "An account's grants, newest first: `live` (credits left, not expired), `past` (used up or expired) or `all`; each with its `state`",
+      query: z.strictObject({ state: z.enum(['live', 'past', 'all']).default('all'), ...pageQuery }),
+      responses: { 200: '{grants: [grant + {state}], next_offset}', ...accountResponses },
+      handler: async ({ params, query }) => ({ status: 200, body: await accountGrants(db, accountId(params), { ...query, now: now() }) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/:id/holds',
+      access: 'admin',
+      tag: 'admin',
+      summary: "An account's holds, newest first, optionally of one `status`; paged by `cursor`",
+      query: z.strictObject({
+        status: z.enum(['pending', 'captured', 'voided', 'expired']).optional(),
+        limit: pageQuery.limit,
+        cursor: z.string().regex(/^[0-9]{1,18}$/, 'a cursor from a previous page').optional(),
+      }),
+      responses: { 200: '{holds: [{id, amount, status, captured, released, idempotency_key, expires_at, created_at, resolved_at}], next_cursor}', ...accountResponses },
+      handler: async ({ params, query }) => ({
+        status: 200,
+        body: await accountHolds(db, accountId(params), { status: query.status ?? null, limit: query.limit, cursor: query.cursor === undefined ? null : Number(query.cursor) }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/:id/balance-history',
+      access: 'admin',
+      tag: 'admin',
+      summary: "An account's balance (available minus debt) at the end of each UTC day; null before its first entry",
+      query: z.strictObject(daysQuery),
+      responses: { 200: '{days: [{day, balance}]}', ...accountResponses },
+      handler: async ({ params, query }) => ({ status: 200, body: { days: await balanceHistory(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }) } }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/webhook-events/:event_id',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to',
+      responses: { 200: 'the event with its payload', 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'event_not_found' },
+      handler: async ({ params }) => ({ status: 200, body: await webhookEvent(db, params.event_id ?? '') }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/entries/:entry_id',
+      access: 'admin',
+      tag: 'admin',
+      summary: 'One ledger entry (as reconciliation findings name them) with its account',
+      responses: { 200: 'the entry with account_id', 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'entry_not_found' },
+      handler: async ({ params }) => ({ status: 200, body: await ledgerEntry(db, params.entry_id ?? '') }),
+    }),
+  ];
+}

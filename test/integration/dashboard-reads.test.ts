@@ -1,0 +1,247 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
+import { appKey, createTestApp, fundedAccount, viewerKey, type TestApp } from '../helpers/app.js';
+import { checkoutSession, deliver, event, uniqueId } from '../helpers/stripe-events.js';
+
+// The read-only admin calls the dashboard uses: who may call them (admin and viewer keys, never
+// the app key), and that each answers what the ledger holds.
+let test: TestApp;
+before(async () => {
+  test = await createTestApp();
+});
+after(async () => {
+  await test.close();
+});
+
+const db = () => test.database.db;
+
+describe('access', () => {
+  // Proves: every new read answers the viewer key, refuses the app key (403) and no key (401).
+  it('opens every dashboard read to the admin and viewer keys, refuses the app key and no key', async () => {
+    await fundedAccount(test, 'access-1', 10);
+    const stored = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }));
+    await deliver(test, stored);
+    const entry = (await test.call('GET', '/v1/accounts/access-1/ledger')).body.entries[0].id;
+    const urls = [
+      '/v1/admin/caller',
+      '/v1/admin/overview',
+      '/v1/admin/credit-totals',
+      '/v1/admin/accounts/search',
+      '/v1/admin/accounts/access-1/grants',
+      '/v1/admin/accounts/access-1/holds',
+      '/v1/admin/accounts/access-1/balance-history',
+      `/v1/admin/webhook-events/${stored.id}`,
+      `/v1/admin/entries/${entry}`,
+    ];
+    for (const url of urls) {
+      assert.equal((await test.admin('GET', url)).status, 200, `admin ${url}`);
+      assert.equal((await test.call('GET', url, undefined, viewerKey)).status, 200, `viewer ${url}`);
+      const app = await test.call('GET', url, undefined, appKey);
+      assert.equal(app.status, 403, `app key ${url}`);
+      assert.equal(app.body.error.code, 'forbidden');
+      assert.equal((await test.call('GET', url, undefined, null)).status, 401, `no key ${url}`);
+    }
+  });
+
+  // Proves: the caller call tells the dashboard which key it holds, so the viewer sees no actions.
+  it('says which key the caller holds and whether Stripe is configured', async () => {
+    assert.deepEqual((await test.admin('GET', '/v1/admin/caller')).body, { role: 'admin', can_act: true, stripe_configured: false });
+    assert.deepEqual((await test.call('GET', '/v1/admin/caller', undefined, viewerKey)).body, { role: 'viewer', can_act: false, stripe_configured: false });
+  });
+
+  // Proves: bad query values are refused with the field named, and nothing runs.
+  it('refuses bad query values naming the field', async () => {
+    const cases: [string, string][] = [
+      ['/v1/admin/accounts/search?sort=name;drop', 'sort'],
+      ['/v1/admin/accounts/search?offset=10001', 'offset'],
+      ['/v1/admin/accounts/search?limit=0', 'limit'],
+      ['/v1/admin/accounts/search?order=sideways', 'order'],
+      ['/v1/admin/credit-totals?days=367', 'days'],
+      ['/v1/admin/credit-totals?account_id=bad%20id', 'account_id'],
+      ['/v1/admin/overview?hours=0', 'hours'],
+      ['/v1/admin/accounts/access-1/grants?state=gone', 'state'],
+      ['/v1/admin/accounts/access-1/holds?cursor=abc', 'cursor'],
+      ['/v1/admin/accounts/access-1/balance-history?until=yesterday', 'until'],
+    ];
+    for (const [url, field] of cases) {
+      const response = await test.admin('GET', url);
+      assert.equal(response.status, 400, url);
+      assert.equal(response.body.error.field, field, url);
+    }
+  });
+
+  // Proves: an unknown account, event or entry is a 404 with its own code.
+  it('answers 404 for an unknown account, event or entry', async () => {
+    for (const url of ['/v1/admin/accounts/nobody/grants', '/v1/admin/accounts/nobody/holds', '/v1/admin/accounts/nobody/balance-history']) {
+      const response = await test.admin('GET', url);
+      assert.equal(response.status, 404, url);
+      assert.equal(response.body.error.code, 'account_not_found');
+    }
+    assert.equal((await test.admin('GET', '/v1/admin/webhook-events/evt_never')).body.error.code, 'event_not_found');
+    assert.equal((await test.admin('GET', '/v1/admin/entries/entry_999999999')).body.error.code, 'entry_not_found');
+    assert.equal((await test.admin('GET', '/v1/admin/entries/not-an-entry')).status, 404);
+  });
+});
+
+describe('what the reads answer', () => {
+  // Proves: the overview's credits are the sums of every account's balance call (grants past
+  // their expiry excluded before the sweep), and its webhook, alert and reconciliation figures
+  // count what is stored.
+  it('sums balances, counts webhooks, alerts and the last reconciliation', async () => {
+    await fundedAccount(test, 'sum-a', 100);
+    await test.call('POST', '/v1/accounts/sum-a/usage', { amount: 30, idempotency_key: uniqueId('u') });
+    await test.call('POST', '/v1/accounts/sum-a/holds', { amount: 20, idempotency_key: uniqueId('h') });
+    await fundedAccount(test, 'sum-b', 50, { expires_at: '2030-01-01T06:00:00Z' });
+    await fundedAccount(test, 'sum-c', 7);
+    const early = (await test.admin('GET', '/v1/admin/overview')).body;
+    test.clock.advanceSeconds(7 * 3600);
+    const { rows } = await db().query<{ id: string }>('select id from accounts order by id');
+    const expected = { available: 0, held: 0, debt: 0 };
+    for (const { id } of rows) {
+      const balance = (await test.call('GET', `/v1/accounts/${id}/balance`)).body;
+      expected.available += balance.available;
+      expected.held += balance.held;
+      expected.debt += balance.debt;
+    }
+    const overview = (await test.admin('GET', '/v1/admin/overview')).body;
+    assert.deepEqual(overview.credits, { ...expected, outstanding: expected.available + expected.held });
+    assert.equal(early.credits.available - overview.credits.available, 50, 'the expired grant stopped counting before any sweep');
+    assert.equal(overview.accounts.count, rows.length);
+    assert.deepEqual(overview.stripe, { configured: false, breaker: { state: 'not_configured', failures: 0, opened_at: null } });
+
+    const webhooksBefore = overview.webhooks;
+    const applied = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }));
+    const refused = event('invoice.paid', { id: uniqueId('in'), object: 'invoice' });
+    await deliver(test, applied);
+    await deliver(test, refused);
+    await db().query(`update webhook_events set status = 'processed', processed_at = received_at + interval '2 seconds' where id = $1`, [applied.id]);
+    await db().query(`update webhook_events set status = 'failed', attempts = 14 where id = $1`, [refused.id]);
+    await raiseAlert(db().pool, { kind: 'test_alert', key: 'reads-open', severity: 'critical', message: 'open' });
+    await raiseAlert(db().pool, { kind: 'test_alert', key: 'reads-resolved', severity: 'warning', message: 'resolved' });
+    await resolveAlert(db().pool, 'reads-resolved');
+    assert.equal(overview.last_reconciliation, null);
+    const run = (await test.admin('POST', '/v1/admin/reconcile', {})).body;
+    const later = (await test.admin('GET', '/v1/admin/overview')).body;
+    assert.equal(later.webhooks.received, webhooksBefore.received + 2);
+    assert.equal(later.webhooks.processed, webhooksBefore.processed + 1);
+    assert.equal(later.webhooks.failed, webhooksBefore.failed + 1);
+    assert.equal(later.webhooks.failed_total, webhooksBefore.failed_total + 1);
+    assert.equal(later.webhooks.lag_seconds_max, 2);
+    assert.ok(later.webhooks.types.includes('invoice.paid') && later.webhooks.types.includes('checkout.session.completed'));
+    assert.equal(later.alerts.open, 1);
+    assert.equal(later.alerts.open_critical, 1);
+    assert.ok(later.alerts.resolved >= 1);
+    assert.equal(later.last_reconciliation.run_id, run.run_id);
+    assert.equal(later.last_reconciliation.status, 'done');
+  });
+
+  // Proves: credits per day split into granted, spent (usage and captures), expired and adjusted
+  // down, for one account, on the ledger clock's days.
+  it('totals one account per day: granted, spent, expired, adjusted down', async () => {
+    await fundedAccount(test, 'totals', 100);
+    await fundedAccount(test, 'totals', 40, { expires_at: '2030-01-01T12:00:00Z' });
+    // Spends take the expiring grant first; at least 5 of its 40 are left to expire.
+    await test.call('POST', '/v1/accounts/totals/usage', { amount: 10, idempotency_key: uniqueId('u') });
+    const hold = (await test.call('POST', '/v1/accounts/totals/holds', { amount: 20, idempotency_key: uniqueId('h') })).body;
+    await test.call('POST', `/v1/holds/${hold.hold_id}/capture`, { amount: 15 });
+    await test.admin('POST', '/v1/accounts/totals/adjustments', { amount: -5, reason: 'correction', idempotency_key: uniqueId('a') });
+    test.clock.advanceSeconds(6 * 3600);
+    await test.ledger.settleAccount('totals');
+    const days = (await test.admin('GET', '/v1/admin/credit-totals?days=3&account_id=totals')).body.days;
+    assert.deepEqual(days.map((day: { day: string }) => day.day), ['2029-12-30', '2029-12-31', '2030-01-01']);
+    const today = days[2];
+    assert.deepEqual(today, { day: '2030-01-01', granted: 140, spent: 25, expired: today.expired, clawed_back: 0, adjusted_down: 5 });
+    const expired = await db().query<{ total: string }>(`select coalesce(-sum(amount), 0)::text as total from entries where account_id = 'totals' and kind = 'expire'`);
+    assert.ok(Number(expired.rows[0]?.total) > 0, 'the sweep expired what was left of the grant');
+    assert.equal(today.expired, Number(expired.rows[0]?.total));
+    assert.deepEqual(days[0], { day: '2029-12-30', granted: 0, spent: 0, expired: 0, clawed_back: 0, adjusted_down: 0 });
+    const before = (await test.admin('GET', '/v1/admin/credit-totals?days=1&until=2029-12-31&account_id=totals')).body.days;
+    assert.deepEqual(before, [{ day: '2029-12-31', granted: 0, spent: 0, expired: 0, clawed_back: 0, adjusted_down: 0 }]);
+  });
+
+  // Proves: search matches the start of an id, an email in any case, or a Stripe customer id;
+  // sorting and offset paging hold together.
+  it('searches accounts by id, email or Stripe customer, sorted and paged', async () => {
+    await test.call('PUT', '/v1/accounts/srch-alpha', { email: 'Alpha.Person@Example.com' });
+    await fundedAccount(test, 'srch-alpha', 10);
+    await fundedAccount(test, 'srch-beta', 30);
+    await fundedAccount(test, 'srch-gamma', 20);
+    await db().query(`update accounts set stripe_customer_id = 'cus_SEARCH_1' where id = 'srch-beta'`);
+    const ids = async (search: string) => (await test.admin('GET', `/v1/admin/accounts/search?search=${encodeURIComponent(search)}`)).body.accounts.map((account: { id: string }) => account.id);
+    assert.deepEqual(await ids('srch-'), ['srch-alpha', 'srch-beta', 'srch-gamma']);
+    assert.deepEqual(await ids('alpha.person@'), ['srch-alpha'], 'email, any case');
+    assert.deepEqual(await ids('cus_SEARCH'), ['srch-beta'], 'Stripe customer');
+    assert.deepEqual(await ids('nothing-like-this'), []);
+    const first = (await test.admin('GET', '/v1/admin/accounts/search?search=srch-&sort=available&order=desc&limit=2')).body;
+    assert.deepEqual(first.accounts.map((account: { id: string; available: number }) => [account.id, account.available]), [['srch-beta', 30], ['srch-gamma', 20]]);
+    assert.equal(first.next_offset, 2);
+    const second = (await test.admin('GET', '/v1/admin/accounts/search?search=srch-&sort=available&order=desc&limit=2&offset=2')).body;
+    assert.deepEqual(second.accounts.map((account: { id: string }) => account.id), ['srch-alpha']);
+    assert.equal(second.next_offset, null);
+    assert.equal(second.accounts[0].email, 'Alpha.Person@Example.com');
+  });
+
+  // Proves: grants are told apart as live, used up or expired (expired at once when their expiry
+  // passes, before the sweep).
+  it("lists an account's grants as live or past, with their state", async () => {
+    await fundedAccount(test, 'grants-1', 10);
+    await fundedAccount(test, 'grants-1', 20, { expires_at: '2030-01-09T00:00:00Z' });
+    await fundedAccount(test, 'grants-1', 30, { priority: 5 });
+    // Spend order: priority, then earliest expiry: the 20, then the 10; the 30 comes last.
+    await test.call('POST', '/v1/accounts/grants-1/usage', { amount: 30, idempotency_key: uniqueId('u') });
+    const states = async (state: string) =>
+      (await test.admin('GET', `/v1/admin/accounts/grants-1/grants?state=${state}`)).body.grants.map((grant: { amount: number; state: string }) => [grant.amount, grant.state]);
+    assert.deepEqual(await states('live'), [[30, 'live']]);
+    assert.deepEqual(await states('past'), [[20, 'used_up'], [10, 'used_up']]);
+    await fundedAccount(test, 'grants-1', 40, { expires_at: '2030-01-09T00:00:00Z' });
+    test.clock.advanceSeconds(10 * 86400);
+    assert.deepEqual(await states('live'), [[30, 'live']]);
+    assert.deepEqual(await states('past'), [[40, 'expired'], [20, 'expired'], [10, 'used_up']]);
+    assert.deepEqual(await states('all'), [[40, 'expired'], [30, 'live'], [20, 'expired'], [10, 'used_up']]);
+    const paged = (await test.admin('GET', '/v1/admin/accounts/grants-1/grants?limit=2')).body;
+    assert.equal(paged.grants.length, 2);
+    assert.equal(paged.next_offset, 2);
+  });
+
+  // Proves: holds are listed newest first, filtered by status, paged by cursor.
+  it("lists an account's holds by status, paged", async () => {
+    await fundedAccount(test, 'holds-1', 100);
+    const first = (await test.call('POST', '/v1/accounts/holds-1/holds', { amount: 10, idempotency_key: uniqueId('h') })).body;
+    const second = (await test.call('POST', '/v1/accounts/holds-1/holds', { amount: 20, idempotency_key: uniqueId('h') })).body;
+    const third = (await test.call('POST', '/v1/accounts/holds-1/holds', { amount: 30, idempotency_key: uniqueId('h') })).body;
+    await test.call('POST', `/v1/holds/${second.hold_id}/void`);
+    const pending = (await test.admin('GET', '/v1/admin/accounts/holds-1/holds?status=pending')).body;
+    assert.deepEqual(pending.holds.map((hold: { id: string }) => hold.id), [third.hold_id, first.hold_id]);
+    assert.equal(pending.holds[0].status, 'pending');
+    const page = (await test.admin('GET', '/v1/admin/accounts/holds-1/holds?limit=2')).body;
+    assert.deepEqual(page.holds.map((hold: { id: string; status: string }) => [hold.id, hold.status]), [[third.hold_id, 'pending'], [second.hold_id, 'voided']]);
+    const rest = (await test.admin('GET', `/v1/admin/accounts/holds-1/holds?limit=2&cursor=${page.next_cursor}`)).body;
+    assert.deepEqual(rest.holds.map((hold: { id: string }) => hold.id), [first.hold_id]);
+    assert.equal(rest.next_cursor, null);
+  });
+
+  // Proves: the balance over time is the last entry's balance at each day's end, null before the first.
+  it("answers an account's balance at the end of each day", async () => {
+    await fundedAccount(test, 'history-1', 100);
+    test.clock.advanceSeconds(86400);
+    await test.call('POST', '/v1/accounts/history-1/usage', { amount: 25, idempotency_key: uniqueId('u') });
+    const today = test.clock.now().toISOString().slice(0, 10);
+    const days = (await test.admin('GET', `/v1/admin/accounts/history-1/balance-history?days=3&until=${today}`)).body.days;
+    assert.deepEqual(days.map((day: { balance: number | null }) => day.balance), [null, 100, 75]);
+  });
+
+  // Proves: one stored Stripe event comes with its payload; one entry with its account.
+  it('answers one webhook event with its payload and one entry with its account', async () => {
+    const stored = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: 'cus_payload', paymentIntent: uniqueId('pi') }));
+    await deliver(test, stored);
+    const answer = (await test.admin('GET', `/v1/admin/webhook-events/${stored.id}`)).body;
+    assert.equal(answer.type, 'checkout.session.completed');
+    assert.equal(answer.payload.data.object.customer, 'cus_payload');
+    assert.equal(answer.status, 'pending');
+    await fundedAccount(test, 'entry-1', 12);
+    const ledger = (await test.call('GET', '/v1/accounts/entry-1/ledger')).body.entries;
+    const entry = (await test.admin('GET', `/v1/admin/entries/${ledger[0].id}`)).body;
+    assert.deepEqual(entry, { ...ledger[0], account_id: 'entry-1' });
+  });
+});
