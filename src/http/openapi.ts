@@ -1,13 +1,50 @@
 import { z } from 'zod';
+import { namedSchemas } from './entities.js';
+import { bodySchemaOf, errorCatalog, errorBodySchema, errorSchemaName, mergeResponses, refusals, type ErrorCode, type Responses } from './responses.js';
 import { bodyLimitFor, type RouteDefinition } from './route.js';
 
 /**
  * The OpenAPI 3.1 description, built from the same route declarations that Fastify serves, so
- * the two cannot drift apart. Bodies and queries are the zod schemas the handlers validate with.
+ * the two cannot drift apart. Bodies and queries are the zod schemas the handlers validate with;
+ * answers are the zod schemas each route declares for every status it may give, refusals
+ * included, plus those every route of its kind shares (commonResponses). Shared objects and
+ * every error code's body are listed once under components.schemas.
  */
+const componentPath = '#/components/schemas/';
+
 export function buildOpenApi(routes: RouteDefinition[], version: string): Record<string, unknown> {
+  const registry = z.registry<{ id: string; description?: string }>();
+  const registered = new Map<z.ZodType, string>();
+  const register = (schema: z.ZodType, id: string, description?: string): void => {
+    registry.add(schema, description === undefined ? { id } : { id, description });
+    registered.set(schema, id);
+  };
+  for (const { name, schema } of namedSchemas) register(schema, name);
+  for (const code of Object.keys(errorCatalog) as ErrorCode[]) register(errorBodySchema(code), errorSchemaName(code), `${errorCatalog[code].status} ${code}: ${errorCatalog[code].description}`);
+  // Each answer's body is converted in the same pass, under a temporary id, so that what it
+  // shares with others becomes a reference; the bodies are then put back inline.
+  const visible = routes.filter((candidate) => candidate.hidden !== true);
+  const answers = visible.map((route, index) => {
+    const responses = mergeResponses(route.responses, commonResponses(route));
+    const bodies = new Map<string, string>();
+    for (const [status, spec] of Object.entries(responses)) {
+      const schema = bodySchemaOf(spec);
+      if (schema === undefined) continue;
+      const id = registered.get(schema) ?? `answer_${index}_${status}`;
+      if (!registered.has(schema)) register(schema, id);
+      bodies.set(status, id);
+    }
+    return { route, responses, bodies };
+  });
+  const converted = z.toJSONSchema(registry, { io: 'output', uri: (id) => `${componentPath}${id}` }).schemas as Record<string, Record<string, unknown>>;
+  for (const schema of Object.values(converted)) {
+    delete schema.$schema;
+    delete schema.$id;
+  }
+  const inlineOrReference = (id: string): unknown => (id.startsWith('answer_') ? converted[id] : { $ref: `${componentPath}${id}` });
+
   const paths: Record<string, Record<string, unknown>> = {};
-  for (const route of routes.filter((candidate) => candidate.hidden !== true)) {
+  for (const { route, responses, bodies } of answers) {
     const path = route.url.replace(/:([a-z_]+)/g, '{$1}');
     const parameters: unknown[] = [...route.url.matchAll(/:([a-z_]+)/g)].map((match) => ({
       name: match[1],
@@ -25,18 +62,26 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
       summary: route.summary,
       tags: [route.tag],
       parameters,
-      responses: Object.fromEntries(Object.entries(documentedResponses(route)).map(([status, description]) => [status, { description }])),
+      responses: Object.fromEntries(
+        Object.entries(responses).map(([status, spec]) => {
+          const id = bodies.get(status);
+          const content = id !== undefined ? { 'application/json': { schema: inlineOrReference(id) } } : spec.contentType !== undefined ? { [spec.contentType]: { schema: { type: 'string' } } } : undefined;
+          const headers = status === '429' || status === '503' ? { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer' } } } : undefined;
+          return [status, { description: spec.description, ...(headers === undefined ? {} : { headers }), ...(content === undefined ? {} : { content }) }];
+        }),
+      ),
     };
     if (route.access !== 'none') operation.security = securityOf(route);
     if (route.body !== undefined) {
       operation.requestBody = {
         // A left-out body reads as `{}` (a bare capture takes the whole hold).
         required: !/without a body/i.test(route.summary),
-        content: { 'application/json': { schema: z.toJSONSchema(route.body, { io: 'input', unrepresentable: 'any' }) } },
+        content: { 'application/json': { schema: inputSchema(route.body) } },
       };
     }
     paths[path] = { ...paths[path], [route.method.toLowerCase()]: operation };
   }
+  const components = Object.fromEntries(Object.entries(converted).filter(([id]) => !id.startsWith('answer_')));
   return {
     openapi: '3.1.0',
     info: {
@@ -52,6 +97,7 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
         'and X-Content-Type-Options: nosniff. Rate limits answer 429 rate_limited {retry_after_seconds} with Retry-After.',
     },
     components: {
+      schemas: components,
       securitySchemes: {
         appKey: { type: 'http', scheme: 'bearer', description: 'TALLY_API_KEY (the admin key also works)' },
         adminKey: { type: 'http', scheme: 'bearer', description: 'TALLY_ADMIN_KEY' },
@@ -69,24 +115,30 @@ function securityOf(route: RouteDefinition): Record<string, string[]>[] {
   return keys.map((key) => ({ [key]: [] }));
 }
 
+function inputSchema(schema: z.ZodType): Record<string, unknown> {
+  const converted = z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  delete converted.$schema;
+  return converted;
+}
+
 /**
- * The answers every call may give besides its own: refusals of the key (checked before the
- * body is read), of the body (size, media type), and 503 while the database is away.
+ * The answers every call of a kind may give besides its own: refusals of the key (checked
+ * before the body is read), of the path and body (size, media type, JSON), a bug, and 503 while
+ * the database is away.
  */
-function documentedResponses(route: RouteDefinition): Record<number, string> {
-  const common: Record<number, string> = {};
+export function commonResponses(route: RouteDefinition): Responses {
+  const hasParameters = route.url.includes(':');
+  const readsBody = route.method !== 'GET';
+  const codes: (ErrorCode | [ErrorCode, string])[] = [];
+  if (hasParameters || route.query !== undefined || (readsBody && route.rawBody !== true)) codes.push('invalid_request');
   if (route.access !== 'none') {
-    common[401] = 'unauthorized: missing or wrong bearer key';
-    common[403] = route.method === 'GET' ? 'forbidden: this call needs the admin key' : 'forbidden: the viewer key is read-only, or this call needs the admin key';
-    common[429] = 'rate_limited {retry_after_seconds}: too many wrong keys from this address; retry after Retry-After seconds';
+    codes.push('unauthorized', ['rate_limited', 'too many wrong keys from this address; retry after Retry-After seconds']);
+    // Every key opens the app's reads; the viewer key is refused writes, the app key admin calls.
+    if (route.access === 'admin' || readsBody) codes.push(['forbidden', route.access === 'admin' ? 'this call needs the admin key' : 'the viewer key is read-only']);
   }
-  if (route.body !== undefined) {
-    common[413] = `payload_too_large: the body is over ${bodyLimitFor(route)} bytes`;
-    common[415] = 'unsupported_media_type: the body is not application/json';
-  }
-  const responses = { ...common, ...route.responses };
-  if (route.database === false) return responses;
-  const unavailable = 'database_unavailable: the database cannot be reached; retry after Retry-After seconds';
-  const own = route.responses[503];
-  return { ...responses, 503: own === undefined ? unavailable : `${own}; or ${unavailable}` };
+  if (readsBody) codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type');
+  if (hasParameters) codes.push('uri_too_long');
+  codes.push('internal_error');
+  if (route.database !== false) codes.push('database_unavailable');
+  return refusals(...codes);
 }
