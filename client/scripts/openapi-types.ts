@@ -15,6 +15,6 @@ const header = `/**
 `;
 
 export async function generateClientTypes(document: Record<string, unknown>): Promise<string> {
-  const ast = await openapiTS(document as Parameters<typeof openapiTS>[0], { silent: true });
+  const ast = await openapiTS(document as unknown as Parameters<typeof openapiTS>[0], { silent: true });
   return header + astToString(ast);
 }

@@ -3727,7 +3727,6 @@ export interface paths {
                             id: string;
                             url: string;
                             event_types: ("grant.created" | "grant.expired" | "credits.clawed_back" | "credits.restored" | "balance.low" | "balance.depleted" | "account.in_debt" | "subscription.updated" | "trial.granted" | "trial.refused" | "hold.expired" | "topup.succeeded" | "topup.failed" | "spend_limit.reached")[] | null;
-                            /** Format: starts_with */
                             secret: string;
                         };
                     };
@@ -4830,9 +4829,12 @@ export interface components {
                 /** @constant */
                 code: "spend_limit_exceeded";
                 message: string;
-                window: string;
+                /** @enum {string} */
+                window: "day" | "month";
                 limit: number;
                 spent: number;
+                /** Format: date-time */
+                resets_at: string;
                 /** @constant */
                 replayed?: true;
             };

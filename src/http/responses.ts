@@ -45,8 +45,8 @@ export const errorCatalog = {
   insufficient_credits: { status: 402, description: 'not enough credits available (`available`); the key keeps this answer', details: { available: credits }, replayable: true },
   spend_limit_exceeded: {
     status: 402,
-    description: 'the spend would pass the account\'s limit for the day or the month (`window`, `limit`, `spent`)',
-    details: { window: z.string(), limit: credits, spent: credits },
+    description: "the spend would pass the account's limit for the UTC day or month (`window`, `limit`, `spent`, and `resets_at` when the window starts again)",
+    details: { window: z.enum(['day', 'month']), limit: credits, spent: credits, resets_at: z.iso.datetime() },
     replayable: true,
   },
   forbidden: { status: 403, description: 'the viewer key is read-only, or this call needs the admin key' },
