@@ -256,19 +256,23 @@ describe('@tally/client against a real Tally', () => {
   it('retries after a timeout with the same key; the late first attempt and the retry spend once', async () => {
     const accountId = await funded(100);
     const keys: string[] = [];
+    let late: Promise<Response> | undefined;
     const slowFirst = clientWith(
       async (request) => {
         keys.push(await keyOf(request));
+        if (keys.length > 1) return checker.fetch(request);
         // The first attempt reaches Tally only after the client gave up on it.
-        if (keys.length === 1) await sleep(400);
-        return checker.fetch(request);
+        const copy = new Request(request.url, { method: request.method, headers: request.headers, body: await request.clone().arrayBuffer() });
+        late = sleep(300).then(() => checker.fetch(copy));
+        return new Promise<Response>((_resolve, reject) => request.signal.addEventListener('abort', () => reject(request.signal.reason)));
       },
-      { timeoutMilliseconds: 200 },
+      { timeoutMilliseconds: 100 },
     );
     const answer = await slowFirst.usage(accountId, { amount: 25, idempotency_key: 'slow-1' });
     assert.deepEqual(keys, ['slow-1', 'slow-1']);
-    assert.equal(answer.amount, 25);
-    await sleep(400);
+    assert.deepEqual({ amount: answer.amount, available: answer.available, replayed: answer.replayed }, { amount: 25, available: 75, replayed: false });
+    const lateAnswer = (await (await late)?.json()) as { replayed: boolean; available: number };
+    assert.deepEqual({ replayed: lateAnswer.replayed, available: lateAnswer.available }, { replayed: true, available: 75 }, 'the late attempt got the first answer');
     assert.equal((await app.balance(accountId)).available, 75);
     assert.equal(await usageEntries(accountId), 1);
   });
