@@ -13,64 +13,12 @@ import { bodyLimitFor, type RouteDefinition } from './route.js';
 const componentPath = '#/components/schemas/';
 
 export function buildOpenApi(routes: RouteDefinition[], version: string): Record<string, unknown> {
-  const registry = z.registry<{ id: string; description?: string }>();
-  const registered = new Map<z.ZodType, string>();
-  const register = (schema: z.ZodType, id: string, description?: string): void => {
-    registry.add(schema, description === undefined ? { id } : { id, description });
-    registered.set(schema, id);
-  };
-  for (const { name, schema } of namedSchemas) register(schema, name);
-  for (const code of Object.keys(errorCatalog) as ErrorCode[]) register(errorBodySchema(code), errorSchemaName(code), `${errorCatalog[code].status} ${code}: ${errorCatalog[code].description}`);
-  // Each answer's body is converted in the same pass, under a temporary id, so that what it
-  // shares with others becomes a reference; the bodies are then put back inline.
   const visible = routes.filter((candidate) => candidate.hidden !== true);
-  const answers = visible.map((route, index) => {
-    const responses = mergeResponses(route.responses, commonResponses(route));
-    const bodies = new Map<string, string>();
-    for (const [status, spec] of Object.entries(responses)) {
-      const schema = bodySchemaOf(spec);
-      if (schema === undefined) continue;
-      const id = registered.get(schema) ?? `answer_${index}_${status}`;
-      if (!registered.has(schema)) register(schema, id);
-      bodies.set(status, id);
-    }
-    return { route, responses, bodies };
-  });
-  const converted = z.toJSONSchema(registry, { io: 'output', uri: (id) => `${componentPath}${id}` }).schemas as Record<string, Record<string, unknown>>;
-  for (const schema of Object.values(converted)) {
-    delete schema.$schema;
-    delete schema.$id;
-  }
-  const inlineOrReference = (id: string): unknown => (id.startsWith('answer_') ? converted[id] : { $ref: `${componentPath}${id}` });
-
+  const { components, responsesOf } = describeAnswers(visible);
   const paths: Record<string, Record<string, unknown>> = {};
-  for (const { route, responses, bodies } of answers) {
+  for (const route of visible) {
     const path = route.url.replace(/:([a-z_]+)/g, '{$1}');
-    const parameters: unknown[] = [...route.url.matchAll(/:([a-z_]+)/g)].map((match) => ({
-      name: match[1],
-      in: 'path',
-      required: true,
-      schema: { type: 'string' },
-    }));
-    if (route.query !== undefined) {
-      const schema = z.toJSONSchema(route.query, { io: 'input', unrepresentable: 'any' }) as { properties?: Record<string, unknown>; required?: string[] };
-      for (const [name, property] of Object.entries(schema.properties ?? {})) {
-        parameters.push({ name, in: 'query', required: schema.required?.includes(name) ?? false, schema: property });
-      }
-    }
-    const operation: Record<string, unknown> = {
-      summary: route.summary,
-      tags: [route.tag],
-      parameters,
-      responses: Object.fromEntries(
-        Object.entries(responses).map(([status, spec]) => {
-          const id = bodies.get(status);
-          const content = id !== undefined ? { 'application/json': { schema: inlineOrReference(id) } } : spec.contentType !== undefined ? { [spec.contentType]: { schema: { type: 'string' } } } : undefined;
-          const headers = status === '429' || status === '503' ? { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer' } } } : undefined;
-          return [status, { description: spec.description, ...(headers === undefined ? {} : { headers }), ...(content === undefined ? {} : { content }) }];
-        }),
-      ),
-    };
+    const operation: Record<string, unknown> = { summary: route.summary, tags: [route.tag], parameters: parametersOf(route), responses: responsesOf(route) };
     if (route.access !== 'none') operation.security = securityOf(route);
     if (route.body !== undefined) {
       operation.requestBody = {
@@ -81,7 +29,6 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
     }
     paths[path] = { ...paths[path], [route.method.toLowerCase()]: operation };
   }
-  const components = Object.fromEntries(Object.entries(converted).filter(([id]) => !id.startsWith('answer_')));
   return {
     openapi: '3.1.0',
     info: {
@@ -106,6 +53,66 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
     },
     paths,
   };
+}
+
+/**
+ * The answers of every route, as OpenAPI response objects, and the named schemas they share.
+ * Every body is converted in one pass of zod's converter, each under a temporary id, so that
+ * what it shares with others (a Grant, an error code's body) becomes a reference to
+ * components.schemas; each route's own bodies are then put back inline.
+ */
+function describeAnswers(routes: RouteDefinition[]): { components: Record<string, unknown>; responsesOf: (route: RouteDefinition) => Record<string, unknown> } {
+  const registry = z.registry<{ id: string; description?: string }>();
+  const registered = new Map<z.ZodType, string>();
+  const register = (schema: z.ZodType, id: string, description?: string): void => {
+    registry.add(schema, description === undefined ? { id } : { id, description });
+    registered.set(schema, id);
+  };
+  for (const { name, schema } of namedSchemas) register(schema, name);
+  for (const code of Object.keys(errorCatalog) as ErrorCode[]) register(errorBodySchema(code), errorSchemaName(code), `${errorCatalog[code].status} ${code}: ${errorCatalog[code].description}`);
+  const answers = new Map<RouteDefinition, { responses: Responses; bodies: Map<string, string> }>();
+  routes.forEach((route, index) => {
+    const responses = mergeResponses(route.responses, commonResponses(route));
+    const bodies = new Map<string, string>();
+    for (const [status, spec] of Object.entries(responses)) {
+      const schema = bodySchemaOf(spec);
+      if (schema === undefined) continue;
+      if (!registered.has(schema)) register(schema, `answer_${index}_${status}`);
+      bodies.set(status, registered.get(schema) ?? '');
+    }
+    answers.set(route, { responses, bodies });
+  });
+  const converted = z.toJSONSchema(registry, { io: 'output', uri: (id) => `${componentPath}${id}` }).schemas as Record<string, Record<string, unknown>>;
+  for (const schema of Object.values(converted)) {
+    delete schema.$schema;
+    delete schema.$id;
+  }
+  const inlineOrReference = (id: string): unknown => (id.startsWith('answer_') ? converted[id] : { $ref: `${componentPath}${id}` });
+  const retryAfter = { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer' } } };
+  const responsesOf = (route: RouteDefinition): Record<string, unknown> => {
+    const answer = answers.get(route);
+    if (answer === undefined) throw new Error(`${route.method} ${route.url} was not described`);
+    return Object.fromEntries(
+      Object.entries(answer.responses).map(([status, spec]) => {
+        const id = answer.bodies.get(status);
+        const content = id !== undefined ? { 'application/json': { schema: inlineOrReference(id) } } : spec.contentType !== undefined ? { [spec.contentType]: { schema: { type: 'string' } } } : undefined;
+        return [status, { description: spec.description, ...(status === '429' || status === '503' ? { headers: retryAfter } : {}), ...(content === undefined ? {} : { content }) }];
+      }),
+    );
+  };
+  return { components: Object.fromEntries(Object.entries(converted).filter(([id]) => !id.startsWith('answer_'))), responsesOf };
+}
+
+/** Path parameters, and the query's fields from its zod schema. */
+function parametersOf(route: RouteDefinition): unknown[] {
+  const parameters: unknown[] = [...route.url.matchAll(/:([a-z_]+)/g)].map((match) => ({ name: match[1], in: 'path', required: true, schema: { type: 'string' } }));
+  if (route.query !== undefined) {
+    const schema = z.toJSONSchema(route.query, { io: 'input', unrepresentable: 'any' }) as { properties?: Record<string, unknown>; required?: string[] };
+    for (const [name, property] of Object.entries(schema.properties ?? {})) {
+      parameters.push({ name, in: 'query', required: schema.required?.includes(name) ?? false, schema: property });
+    }
+  }
+  return parameters;
 }
 
 /** Which keys open a call: the viewer key opens reads only. */
