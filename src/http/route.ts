@@ -2,12 +2,13 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import { invalidRequest } from '../errors.js';
 import type { AccessLevel, Caller, KeyChecker } from './auth.js';
+import type { Responses } from './responses.js';
 
 /**
  * A route is declared once, with its access level, body limit and zod schemas; from the
  * declaration come the Fastify route, the key check (before the body is read), the strict
- * validation (nothing runs on a bad request) and the OpenAPI description. Handlers stay thin:
- * validated input in, an answer out.
+ * validation (nothing runs on a bad request) and the OpenAPI description, answers included.
+ * Handlers stay thin: validated input in, an answer out.
  */
 export interface Answer {
   status: number;
@@ -36,12 +37,21 @@ export interface RouteDefinition<Body = unknown, Query = unknown> {
   /** The largest body this route reads; the default fits the route (see bodyLimitFor). */
   bodyLimitBytes?: number;
   query?: z.ZodType<Query>;
-  /** Status codes and what they mean, for the OpenAPI description. */
-  responses: Record<number, string>;
+  /**
+   * What the route itself answers, by status: bodies as zod schemas, refusals by error code.
+   * The answers every route of its kind shares (a wrong key, a body too large, the database
+   * away) are added by the OpenAPI builder (see commonResponses).
+   */
+  responses: Responses;
   /** Hidden from the OpenAPI description (the description itself, the docs page). */
   hidden?: boolean;
-  /** False for the few calls that never touch the database (so they never answer database_unavailable). */
+  /**
+   * False for the few calls that never answer database_unavailable: they never touch the
+   * database, or (readiness) answer its absence in their own words.
+   */
   database?: false;
+  /** The body is read as bytes, never parsed as JSON here (the webhook, whose signature covers the bytes). */
+  rawBody?: true;
   /** Checks run once the key is accepted and before the body is read (rate limits). */
   beforeBody?: (request: FastifyRequest, caller: Caller) => Promise<void>;
   handler(input: RouteInput<Body, Query>): Promise<Answer>;

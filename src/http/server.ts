@@ -1,5 +1,6 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
+import { z } from 'zod';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Database } from '../db/database.js';
 import { pendingMigrations } from '../db/migrate.js';
@@ -11,6 +12,7 @@ import { logRedaction } from '../ops/logging.js';
 import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
+import { answer } from './responses.js';
 import { bodyLimitLargeBytes, defineRoute, registerRoutes, type RouteDefinition } from './route.js';
 import { dashboardRoutes } from './routes/dashboard-routes.js';
 import { eventRoutes } from './routes/event-routes.js';
@@ -152,7 +154,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       tag: 'meta',
       summary: 'This description',
       hidden: true,
-      responses: { 200: 'OpenAPI 3.1' },
+      responses: { 200: { description: 'OpenAPI 3.1', contentType: 'application/json' } },
       handler: async () => ({ status: 200, body: document }),
     }),
   );
@@ -178,7 +180,7 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
       access: 'none',
       tag: 'operations',
       summary: 'Liveness: the process answers',
-      responses: { 200: '{status: "ok"}' },
+      responses: { 200: answer('the process answers', z.object({ status: z.literal('ok') })) },
       handler: async () => ({ status: 200, body: { status: 'ok' } }),
     }),
     defineRoute({
@@ -187,7 +189,12 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
       access: 'none',
       tag: 'operations',
       summary: 'Readiness: the database answers and every migration is applied',
-      responses: { 200: '{status: "ready"}', 503: '{status: "unavailable", reason: "database" | "migrations_pending"}' },
+      // It answers the database's absence itself, never with database_unavailable.
+      database: false,
+      responses: {
+        200: answer('ready', z.object({ status: z.literal('ready') })),
+        503: answer('not ready, and which condition failed', z.object({ status: z.literal('unavailable'), reason: z.enum(['database', 'migrations_pending']) })),
+      },
       // Unauthenticated, so it says only which condition failed; the database's own words (host
       // names, user names) go to the log.
       handler: async ({ request }) => {
@@ -210,7 +217,7 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
       access: 'admin',
       tag: 'operations',
       summary: 'Prometheus metrics (admin or viewer key)',
-      responses: { 200: 'Prometheus text format', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: { 200: { description: 'Prometheus text format', contentType: 'text/plain' } },
       handler: async () => ({
         status: 200,
         body: await options.metrics.registry.metrics(),

@@ -4,11 +4,13 @@ import { accountNotFound } from '../../errors.js';
 import { createEndpoint, deleteEndpoint, enableEndpoint, getEndpoint, listEndpoints } from '../../events/endpoints.js';
 import { eventTypes, eventsPageSizeMax, readEvents } from '../../events/event-log.js';
 import { accountIdSchema } from '../../ledger/commands.js';
+import { eventSchema, webhookEndpointSchema } from '../entities.js';
+import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
 /** The event feed, the low-balance threshold, and the admin calls for the app's webhook endpoints. */
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
-const endpointResponses = { 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'endpoint_not_found' };
+const endpointNotFound = refusals('endpoint_not_found');
 
 export function eventRoutes(db: Database): RouteDefinition[] {
   return [
@@ -24,7 +26,9 @@ export function eventRoutes(db: Database): RouteDefinition[] {
         limit: z.coerce.number().int().min(1).max(eventsPageSizeMax).default(100),
         account_id: accountIdSchema.optional(),
       }),
-      responses: { 200: '{events: [{id, sequence, type, account_id, created_at, data}], next_after}', 400: 'invalid_request naming the field' },
+      responses: {
+        200: answer('the events after `after`, in sequence order; next_after is where the next page starts (the same `after` when none is newer)', z.object({ events: z.array(eventSchema), next_after: z.int().min(0) })),
+      },
       handler: async ({ query }) => ({ status: 200, body: await readEvents(db, { after: query.after, limit: query.limit, accountId: query.account_id }) }),
     }),
     defineRoute({
@@ -34,7 +38,10 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       tag: 'events',
       summary: '`balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off',
       body: z.strictObject({ threshold: z.int().positive().max(Number.MAX_SAFE_INTEGER).nullable() }),
-      responses: { 200: '{account_id, low_balance_threshold}', 400: 'invalid_request naming the field', 404: 'account_not_found' },
+      responses: {
+        200: answer('the threshold now', z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() })),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, body }) => {
         const id = accountId(params);
         const { rows } = await db.query<{ low_balance_threshold: number | null }>('update accounts set low_balance_threshold = $2 where id = $1 returning low_balance_threshold', [id, body.threshold]);
@@ -49,7 +56,13 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       tag: 'events',
       summary: 'Register an endpoint that receives events as signed POSTs (Standard Webhooks); the secret is shown only in this answer',
       body: z.strictObject({ url: z.string().min(1).max(2048), event_types: z.array(z.enum(eventTypes)).min(1).max(eventTypes.length).optional() }),
-      responses: { 201: '{id, url, event_types, secret}', 400: 'invalid_request: a URL that is not https (http only to this machine), or an unknown event type', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: {
+        201: answer(
+          'the endpoint with its signing secret (shown only here)',
+          z.object({ id: z.string(), url: z.string(), event_types: webhookEndpointSchema.shape.event_types, secret: z.string().regex(/^whsec_/) }),
+        ),
+        ...refusals(['invalid_request', 'a URL that is not https (http only to this machine), or an unknown event type']),
+      },
       handler: async ({ body }) => ({ status: 201, body: await createEndpoint(db, body) }),
     }),
     defineRoute({
@@ -58,7 +71,7 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       access: 'admin',
       tag: 'events',
       summary: 'Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered',
-      responses: { 200: '{endpoints: [...]}', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: { 200: answer('every endpoint', z.object({ endpoints: z.array(webhookEndpointSchema) })) },
       handler: async () => ({ status: 200, body: { endpoints: await listEndpoints(db) } }),
     }),
     defineRoute({
@@ -67,7 +80,7 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       access: 'admin',
       tag: 'events',
       summary: 'One endpoint with its delivery state',
-      responses: { 200: 'the endpoint', ...endpointResponses },
+      responses: { 200: answer('the endpoint', webhookEndpointSchema), ...endpointNotFound },
       handler: async ({ params }) => ({ status: 200, body: await getEndpoint(db, params.id ?? '') }),
     }),
     defineRoute({
@@ -76,7 +89,7 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       access: 'admin',
       tag: 'events',
       summary: 'Remove an endpoint and its undelivered events (the event log keeps them)',
-      responses: { 200: '{id, deleted: true}', ...endpointResponses },
+      responses: { 200: answer('removed', z.object({ id: z.string(), deleted: z.literal(true) })), ...endpointNotFound },
       handler: async ({ params }) => ({ status: 200, body: await deleteEndpoint(db, params.id ?? '') }),
     }),
     defineRoute({
@@ -85,7 +98,7 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       access: 'admin',
       tag: 'events',
       summary: 'Enable a disabled endpoint: it resumes from its oldest undelivered event, in order per account, with a fresh retry window',
-      responses: { 200: 'the endpoint', ...endpointResponses },
+      responses: { 200: answer('the endpoint, enabled', webhookEndpointSchema), ...endpointNotFound },
       handler: async ({ params }) => ({ status: 200, body: await enableEndpoint(db, params.id ?? '') }),
     }),
   ];

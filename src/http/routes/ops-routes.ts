@@ -6,6 +6,8 @@ import { redactSinkName } from '../../ops/alert-sinks.js';
 import { erasePersonalData, exportAccount, type KeyedDigest } from '../../ops/gdpr.js';
 import { reconcile } from '../../ops/reconcile.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
+import { creditsSchema, jsonObjectSchema, timestampSchema } from '../entities.js';
+import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
 /** The operators' calls: reconciliation, alerts, export and erasure (all with the admin key). */
@@ -32,6 +34,81 @@ export function safeSum(text: string): number | string {
 }
 export const accountsPageSizeMax = 200;
 
+const daySumSchema = z.union([creditsSchema, z.string().regex(/^[0-9]+$/)]);
+
+const findingSchema = z.object({
+  check: z.string(),
+  account_id: z.string().nullable(),
+  message: z.string(),
+  entry_ids: z.array(z.string()),
+  grant_ids: z.array(z.string()).optional(),
+  stripe_ids: z.array(z.string()).optional(),
+});
+
+const reconciliationSummarySchema = z.object({
+  accounts: creditsSchema,
+  entries: creditsSchema,
+  duration_ms: z.int().min(0),
+  checks: z.record(z.string(), z.int().min(0)),
+});
+
+const reconciliationReportSchema = z.object({
+  run_id: z.int().positive(),
+  started_at: timestampSchema,
+  finished_at: timestampSchema,
+  with_stripe: z.boolean(),
+  finding_count: z.int().min(0),
+  findings: z.array(findingSchema),
+  summary: reconciliationSummarySchema,
+});
+
+// A run's row as stored: a running or failed run has no count and an empty summary.
+const reconciliationRunSchema = z.object({
+  run_id: z.int().positive(),
+  trigger: z.enum(['cli', 'api', 'schedule']),
+  with_stripe: z.boolean(),
+  status: z.enum(['running', 'done', 'failed']),
+  finding_count: z.int().min(0).nullable(),
+  findings: z.array(findingSchema),
+  summary: z.union([reconciliationSummarySchema, z.object({})]),
+  error: z.string().nullable(),
+  started_at: timestampSchema,
+  finished_at: timestampSchema.nullable(),
+});
+
+const alertSchema = z.object({
+  id: z.int().positive(),
+  key: z.string(),
+  kind: z.string(),
+  severity: z.enum(['info', 'warning', 'critical']),
+  message: z.string(),
+  details: jsonObjectSchema,
+  account_id: z.string().nullable(),
+  count: z.int().positive(),
+  first_at: timestampSchema,
+  last_at: timestampSchema,
+  resolved_at: timestampSchema.nullable(),
+  deliveries: z.array(z.object({ sink: z.string(), action: z.enum(['trigger', 'resolve']), delivered_at: timestampSchema.nullable(), attempts: z.int().min(0), last_error: z.string().nullable() })),
+});
+
+// The export is the account's rows as stored, table by table; their columns follow the schema.
+const exportSchema = z.object({
+  exported_at: timestampSchema,
+  account: jsonObjectSchema,
+  ...Object.fromEntries(
+    ['grants', 'entries', 'holds', 'subscriptions', 'payments', 'request_keys', 'webhook_events', 'trial_claims', 'trial_refusals', 'alerts', 'audit_log'].map((table) => [table, z.array(jsonObjectSchema)]),
+  ),
+});
+
+const erasedSchema = z.object({
+  email: z.boolean(),
+  name: z.boolean(),
+  metadata: z.boolean(),
+  device_fingerprint: z.boolean(),
+  entries: z.int().min(0),
+  webhook_events: z.int().min(0),
+});
+
 export function operationsRoutes(dependencies: OperationsRouteDependencies): RouteDefinition[] {
   return [
     defineRoute({
@@ -41,7 +118,10 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Run a reconciliation now and answer its report (never changes the ledger)',
       body: z.strictObject({ stripe: z.boolean().default(false) }),
-      responses: { 200: 'the report: {run_id, finding_count, findings, summary}', 409: 'reconciliation_running', 502: 'stripe_error: Stripe refused a call (the detail is in the log)', 503: 'stripe_unavailable' },
+      responses: {
+        200: answer('the report', reconciliationReportSchema),
+        ...refusals('reconciliation_running', 'stripe_error', ['stripe_unavailable', 'Stripe cannot be reached or is not configured (stripe: true needs STRIPE_SECRET_KEY)']),
+      },
       handler: async ({ body }) => ({
         status: 200,
         body: await reconcile(dependencies.db, { trigger: 'api', stripe: body.stripe, gateway: dependencies.gateway, catalog: dependencies.catalog }),
@@ -54,7 +134,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Recent reconciliation runs, newest first',
       query: z.strictObject({ limit: z.coerce.number().int().min(1).max(100).default(20) }),
-      responses: { 200: '{runs: [...]}' },
+      responses: { 200: answer('the runs, newest first (a running one has no findings yet)', z.object({ runs: z.array(reconciliationRunSchema) })) },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select id as run_id, trigger, with_stripe, status, finding_count, findings, summary, error,
@@ -72,7 +152,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Alerts, newest first, with how often each repeated in its window',
       query: z.strictObject({ limit: z.coerce.number().int().min(1).max(alertsListSizeMax).default(100) }),
-      responses: { 200: '{alerts: [...]}, each delivery naming its sink by kind, host and a digest, never by its URL' },
+      responses: { 200: answer('the alerts, each delivery naming its sink by kind, host and a digest, never by its URL', z.object({ alerts: z.array(alertSchema) })) },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select a.id, a.alert_key as key, a.kind, a.severity, a.message, a.details, a.account_id, a.count,
@@ -99,7 +179,15 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
         after: accountIdSchema.optional(),
         search: z.string().min(1).max(128).optional(),
       }),
-      responses: { 200: '{accounts: [{id, name, available, held, debt, flagged, updated_at}], next_after}' },
+      responses: {
+        200: answer(
+          'a page of accounts; next_after is null on the last page',
+          z.object({
+            accounts: z.array(z.object({ id: z.string(), name: z.string().nullable(), available: creditsSchema, held: creditsSchema, debt: creditsSchema, flagged: z.boolean(), updated_at: timestampSchema })),
+            next_after: z.string().nullable(),
+          }),
+        ),
+      },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query<{ id: string }>(
           `select id, name, available, held, debt, flagged, tally_iso(updated_at) as updated_at from accounts
@@ -118,7 +206,12 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Credits granted and spent per day (UTC), for the charts',
       query: z.strictObject({ days: z.coerce.number().int().min(1).max(366).default(30), until: z.iso.date().optional() }),
-      responses: { 200: '{days: [{day, granted, spent}]}, the last day being `until` (default today); a sum beyond the safe integer range is given as a decimal string' },
+      responses: {
+        200: answer(
+          'one row per day, the last day being `until` (default today); a sum beyond the safe integer range is given as a decimal string',
+          z.object({ days: z.array(z.object({ day: z.iso.date(), granted: daySumSchema, spent: daySumSchema })) }),
+        ),
+      },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select to_char(d.day, 'YYYY-MM-DD') as day,
@@ -139,7 +232,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       access: 'admin',
       tag: 'admin',
       summary: 'Every record Tally keeps on the account (GDPR access)',
-      responses: { 200: 'the export', 404: 'account_not_found' },
+      responses: { 200: answer('every record Tally keeps on the account, by table', exportSchema), ...refusals('account_not_found') },
       handler: async ({ params }) => ({ status: 200, body: await exportAccount(dependencies.db, accountId(params)) }),
     }),
     defineRoute({
@@ -149,7 +242,10 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Erase personal data; ledger amounts stay, pseudonymized',
       body: z.strictObject({ reason: z.string().min(1).max(reasonLengthMax) }),
-      responses: { 200: '{account_id, pseudonym, erased}', 404: 'account_not_found' },
+      responses: {
+        200: answer('what was erased (by field, never by value)', z.object({ account_id: z.string(), pseudonym: z.string(), erased: erasedSchema })),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, body }) => ({ status: 200, body: await erasePersonalData(dependencies.db, accountId(params), body.reason, dependencies.digest) }),
     }),
   ];

@@ -11,6 +11,8 @@ import { inboxListSizeMax, listEvents, type WebhookIntake } from '../../stripe/i
 import { verifyWebhook } from '../../stripe/signature.js';
 import type { WebhookWorker } from '../../stripe/worker.js';
 import type { Limiters } from '../rate-limits.js';
+import { timestampSchema } from '../entities.js';
+import { answer, errorCatalog, refusals } from '../responses.js';
 import { bodyLimitLargeBytes, defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
 /**
@@ -39,12 +41,10 @@ export function webhookRoute(dependencies: StripeRouteDependencies, limiters: Li
     tag: 'stripe',
     summary: "Stripe's webhooks: the signature is checked, the event stored, then 200 (also for duplicates and ignored types)",
     bodyLimitBytes: bodyLimitLargeBytes,
+    rawBody: true,
     responses: {
-      200: '{received: true, duplicate}',
-      400: 'invalid_signature, nothing written',
-      413: 'payload_too_large',
-      429: 'rate_limited {retry_after_seconds}: too many bad signatures from this address (Retry-After)',
-      503: 'no webhook secret configured',
+      200: answer('stored (duplicate: true when it was stored before)', z.object({ received: z.literal(true), duplicate: z.boolean() })),
+      ...refusals('invalid_signature', ['rate_limited', 'too many bad signatures from this address (Retry-After)'], 'stripe_not_configured'),
     },
     handler: async ({ request }) => {
       if (dependencies.webhookSecrets.length === 0) throw new TallyError('stripe_not_configured', 503, 'STRIPE_WEBHOOK_SECRET is not set');
@@ -79,6 +79,23 @@ const eligibilitySchema = z.strictObject({
   device_fingerprint: z.string().min(1).max(512).optional(),
 });
 
+// Every refusal reason a trial can have (the kinds of claim, and the plan's lack of a trial at checkout).
+const eligibilityAnswerSchema = z.object({ eligible: z.boolean(), reason: errorCatalog.trial_not_eligible.details.reason.exclude(['plan_has_no_trial']).optional() });
+
+const inboxRowSchema = z.object({
+  id: z.string(),
+  type: z.string(),
+  status: z.enum(['pending', 'processed', 'ignored', 'failed']),
+  attempts: z.int().min(0),
+  created: timestampSchema,
+  received_at: timestampSchema,
+  next_attempt_at: timestampSchema,
+  processed_at: timestampSchema.nullable(),
+  last_error: z.string().nullable(),
+  ignored_reason: z.string().nullable(),
+  account_id: z.string().nullable(),
+});
+
 export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Limiters): RouteDefinition[] {
   const eligibility = async (accountIdParam: string | undefined, reported: z.infer<typeof eligibilitySchema>) => ({
     status: 200,
@@ -96,12 +113,16 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       summary: 'A Stripe Checkout Session for a plan (optionally with its trial) or a credit pack',
       body: checkoutInputSchema,
       responses: {
-        200: '{session_id, url}',
-        403: 'trial_not_eligible {reason}',
-        404: 'plan_not_found or account_not_found',
-        429: 'rate_limited {retry_after_seconds}: too many checkout sessions for this account (Retry-After)',
-        502: 'stripe_error: Stripe refused the request (the detail is in the log)',
-        503: 'stripe_unavailable',
+        200: answer('a Stripe Checkout Session to redirect the customer to', z.object({ session_id: z.string(), url: z.string().nullable() })),
+        ...refusals(
+          ['invalid_request', 'a field is wrong, or success_url or cancel_url is not https (http only for this machine) or not on TALLY_CHECKOUT_URL_HOSTS'],
+          'trial_not_eligible',
+          'plan_not_found',
+          'account_not_found',
+          ['rate_limited', 'too many checkout sessions for this account (Retry-After)'],
+          'stripe_error',
+          'stripe_unavailable',
+        ),
       },
       // Each session is a call to Stripe: counted per account, before the body is read.
       beforeBody: (request) => limiters.checkouts.count(request),
@@ -117,7 +138,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'stripe',
       summary:
         "A signed client_reference_id for the account, to put in a Payment Link URL or a pricing table's client-reference-id: Tally attributes the purchase to the account only by such a reference (it does not expire)",
-      responses: { 200: '{client_reference_id}', 404: 'account_not_found' },
+      responses: { 200: answer('the signed reference', z.object({ client_reference_id: z.string() })), ...refusals('account_not_found') },
       handler: async ({ params }) => {
         const accountId = parseInput(accountIdSchema, params.id, 'id');
         const { rowCount } = await dependencies.db.query('select 1 from accounts where id = $1', [accountId]);
@@ -132,7 +153,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'stripe',
       summary: 'Whether the account (and the email and device given) may start a trial; creates nothing. Prefer the POST: a query string is kept by proxies and logs',
       query: eligibilitySchema,
-      responses: { 200: '{eligible, reason?}', 404: 'account_not_found' },
+      responses: { 200: answer('whether a trial would be granted, and why not', eligibilityAnswerSchema), ...refusals('account_not_found') },
       handler: async ({ params, query }) => eligibility(params.id, query),
     }),
     defineRoute({
@@ -142,7 +163,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'stripe',
       summary: 'Whether the account (and the email and device given in the body) may start a trial; creates nothing',
       body: eligibilitySchema,
-      responses: { 200: '{eligible, reason?}', 404: 'account_not_found' },
+      responses: { 200: answer('whether a trial would be granted, and why not', eligibilityAnswerSchema), ...refusals('account_not_found') },
       handler: async ({ params, body }) => eligibility(params.id, body),
     }),
     defineRoute({
@@ -152,7 +173,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'admin',
       summary: 'The webhook inbox, newest first',
       query: webhookQuerySchema,
-      responses: { 200: '{events: [...]}' },
+      responses: { 200: answer('the inbox rows, newest first', z.object({ events: z.array(inboxRowSchema) })) },
       handler: async ({ query }) => ({ status: 200, body: { events: await listEvents(dependencies.db, query) } }),
     }),
     defineRoute({
@@ -161,7 +182,10 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       access: 'admin',
       tag: 'admin',
       summary: 'Apply a stored event again (its effects stay exactly once)',
-      responses: { 200: '{event_id, outcome}', 404: 'event_not_found' },
+      responses: {
+        200: answer('what applying the event again did', z.object({ event_id: z.string(), outcome: z.enum(['processed', 'ignored', 'retrying', 'waiting', 'failed', 'skipped']) })),
+        ...refusals('event_not_found'),
+      },
       handler: async ({ params }) => {
         const eventId = params.event_id ?? '';
         const outcome = await dependencies.worker.replay(eventId);
@@ -176,7 +200,12 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       access: 'admin',
       tag: 'admin',
       summary: "The Stripe API circuit breaker's state",
-      responses: { 200: '{state, failures, opened_at}' },
+      responses: {
+        200: answer(
+          "the breaker's state (configured: false when no Stripe key is set)",
+          z.object({ state: z.enum(['closed', 'open', 'half_open', 'isolated']), failures: z.int().min(0), opened_at: timestampSchema.nullable(), configured: z.literal(false).optional() }),
+        ),
+      },
       handler: async () => ({ status: 200, body: dependencies.gateway?.status() ?? { state: 'closed', failures: 0, opened_at: null, configured: false } }),
     }),
   ];

@@ -1,0 +1,385 @@
+import createClient, { type Client } from 'openapi-fetch';
+import { v7 as uuidv7 } from 'uuid';
+import { errorFromAnswer } from './errors.js';
+import type { components, paths } from './openapi-types.js';
+import { Transport, defaultRetryOptions, type FetchFunction, type RetryOptions, type RetryPolicy } from './transport.js';
+
+/**
+ * The typed client of Tally's HTTP API. Every method sends one call (with the retries its
+ * transport allows), answers the success body typed from Tally's OpenAPI description, and
+ * throws the refusal's own TallyError subclass otherwise. Keyed writes take an
+ * `idempotency_key`; left out, one is generated (UUIDv7) and kept for every retry of that call.
+ */
+type Schemas = components['schemas'];
+export type Grant = Schemas['Grant'];
+export type Entry = Schemas['Entry'];
+export type Balance = Schemas['Balance'];
+export type Account = Schemas['Account'];
+export type AccountDetail = Schemas['AccountDetail'];
+export type Subscription = Schemas['Subscription'];
+export type TallyEventRecord = Schemas['Event'];
+export type WebhookEndpoint = Schemas['WebhookEndpoint'];
+
+type Method = 'get' | 'put' | 'post' | 'delete';
+/** The JSON body a call takes. */
+export type RequestBody<Path extends keyof paths, M extends Method> = paths[Path][M] extends { requestBody?: { content: { 'application/json': infer Body } } } ? Body : never;
+/** The JSON body of a call's success (its 200 or 201). */
+export type SuccessBody<Path extends keyof paths, M extends Method> = paths[Path][M] extends { responses: infer Responses }
+  ? Responses extends { 200: { content: { 'application/json': infer Body } } }
+    ? Body
+    : Responses extends { 201: { content: { 'application/json': infer Body } } }
+      ? Body
+      : never
+  : never;
+type Query<Path extends keyof paths, M extends Method> = paths[Path][M] extends { parameters: { query?: infer Parameters } } ? NonNullable<Parameters> : never;
+/** A keyed body whose key may be left out (one is generated). */
+type Keyed<Body> = Omit<Body, 'idempotency_key'> & { idempotency_key?: string };
+
+export type AccountInput = RequestBody<'/v1/accounts/{id}', 'put'>;
+export type UsageInput = Keyed<RequestBody<'/v1/accounts/{id}/usage', 'post'>>;
+export type UsageAnswer = SuccessBody<'/v1/accounts/{id}/usage', 'post'>;
+export type BatchEventInput = Keyed<RequestBody<'/v1/usage/batch', 'post'>['events'][number]>;
+export type BatchResult = SuccessBody<'/v1/usage/batch', 'post'>['results'][number];
+export type HoldInput = Keyed<RequestBody<'/v1/accounts/{id}/holds', 'post'>>;
+export type HoldAnswer = SuccessBody<'/v1/accounts/{id}/holds', 'post'>;
+export type CaptureAnswer = SuccessBody<'/v1/holds/{hold_id}/capture', 'post'>;
+export type VoidAnswer = SuccessBody<'/v1/holds/{hold_id}/void', 'post'>;
+export type LedgerPage = SuccessBody<'/v1/accounts/{id}/ledger', 'get'>;
+export type CheckoutInput = RequestBody<'/v1/accounts/{id}/checkout', 'post'>;
+export type CheckoutSession = SuccessBody<'/v1/accounts/{id}/checkout', 'post'>;
+export type TrialEligibilityInput = RequestBody<'/v1/accounts/{id}/trial-eligibility', 'post'>;
+export type TrialEligibility = SuccessBody<'/v1/accounts/{id}/trial-eligibility', 'post'>;
+export type AutoTopUpInput = RequestBody<'/v1/accounts/{id}/auto-top-up', 'put'>;
+export type AutoTopUp = SuccessBody<'/v1/accounts/{id}/auto-top-up', 'put'>;
+export type LowBalanceThreshold = SuccessBody<'/v1/accounts/{id}/low-balance-threshold', 'put'>;
+export type EventsPage = SuccessBody<'/v1/events', 'get'>;
+export type GrantInput = Keyed<RequestBody<'/v1/accounts/{id}/grants', 'post'>>;
+export type GrantAnswer = SuccessBody<'/v1/accounts/{id}/grants', 'post'>;
+export type AdjustmentInput = Keyed<RequestBody<'/v1/accounts/{id}/adjustments', 'post'>>;
+export type AdjustmentAnswer = SuccessBody<'/v1/accounts/{id}/adjustments', 'post'>;
+export type AccountExport = SuccessBody<'/v1/accounts/{id}/export', 'get'>;
+export type Erasure = SuccessBody<'/v1/accounts/{id}/personal-data', 'delete'>;
+export type ReconciliationReport = SuccessBody<'/v1/admin/reconcile', 'post'>;
+export type ReconciliationRuns = SuccessBody<'/v1/admin/reconciliations', 'get'>;
+export type WebhookEventsQuery = Query<'/v1/admin/webhook-events', 'get'>;
+export type WebhookEvents = SuccessBody<'/v1/admin/webhook-events', 'get'>;
+export type ReplayAnswer = SuccessBody<'/v1/admin/webhook-events/{event_id}/replay', 'post'>;
+export type Alerts = SuccessBody<'/v1/admin/alerts', 'get'>;
+export type BreakerState = SuccessBody<'/v1/admin/stripe-breaker', 'get'>;
+export type AccountsQuery = Query<'/v1/admin/accounts', 'get'>;
+export type AccountsPage = SuccessBody<'/v1/admin/accounts', 'get'>;
+export type CreditHistory = SuccessBody<'/v1/admin/credit-history', 'get'>;
+export type WebhookEndpointInput = RequestBody<'/v1/admin/webhook-endpoints', 'post'>;
+export type CreatedWebhookEndpoint = SuccessBody<'/v1/admin/webhook-endpoints', 'post'>;
+
+/**
+ * Spend limits (`PUT /v1/accounts/{id}/limits`, SPEC "Spend limits"). Written against SPEC's
+ * shape while the call is being built beside this client; once Tally publishes it in its
+ * description, these types come from the generated file like the others.
+ */
+export interface SpendLimitsInput {
+  /** Credits per UTC day; null removes the limit, left out keeps it. */
+  per_day?: number | null;
+  /** Credits per UTC month; null removes the limit, left out keeps it. */
+  per_month?: number | null;
+}
+export interface SpendLimits {
+  account_id: string;
+  per_day: number | null;
+  per_month: number | null;
+  /** Credits spent in the current UTC day and month. */
+  spent: { day: number; month: number };
+  /** When each window starts again. */
+  resets_at: { day: string; month: string };
+}
+
+export interface TallyClientOptions {
+  /** Where Tally listens, as `https://tally.internal:3000`. */
+  baseUrl: string;
+  /** The app key (TALLY_API_KEY), or the admin key for `admin` calls. */
+  apiKey: string;
+  /** Another fetch (a proxy's, a test's); the global fetch by default. */
+  fetch?: FetchFunction;
+  /** Each attempt's time limit (default 15 s). */
+  timeoutMilliseconds?: number;
+  retry?: Partial<RetryOptions>;
+  /** Waits between retries (tests shorten it). */
+  sleep?: (milliseconds: number) => Promise<void>;
+}
+
+export interface AccountCalls {
+  /** Creates or updates an account; fields left out keep their value. */
+  upsert(accountId: string, input?: AccountInput): Promise<Account>;
+  /** The account with its subscription, trial, live grants and balance. */
+  get(accountId: string): Promise<AccountDetail>;
+}
+
+export interface HoldCalls {
+  /** Reserves credits for up to `expires_in_seconds` (default 900). Keyed like usage. */
+  create(accountId: string, input: HoldInput): Promise<HoldAnswer>;
+  /**
+   * Captures `amount` of the hold (all of it when left out); the rest is released. A hold
+   * resolves once, so this call is retried only when Tally surely did nothing.
+   */
+  capture(holdId: string, amount?: number): Promise<CaptureAnswer>;
+  /** Releases the whole hold; retried only when Tally surely did nothing. */
+  void(holdId: string): Promise<VoidAnswer>;
+}
+
+export interface LimitCalls {
+  /** The limits and what was spent in the current windows. */
+  get(accountId: string): Promise<SpendLimits>;
+  /** Sets limits per UTC day and month; a spend past one is refused with SpendLimitExceeded. */
+  set(accountId: string, input: SpendLimitsInput): Promise<SpendLimits>;
+}
+
+export interface WebhookEndpointCalls {
+  /** Registers an endpoint; its signing secret is in this answer only. Not retried after a lost answer (it would make a second endpoint). */
+  create(input: WebhookEndpointInput): Promise<CreatedWebhookEndpoint>;
+  list(): Promise<WebhookEndpoint[]>;
+  get(endpointId: string): Promise<WebhookEndpoint>;
+  delete(endpointId: string): Promise<{ id: string; deleted: true }>;
+  /** Enables a disabled endpoint: it resumes from its oldest undelivered event. */
+  enable(endpointId: string): Promise<WebhookEndpoint>;
+}
+
+/** The operators' calls: they need the admin key. */
+export interface AdminCalls {
+  /** Grants promo or admin credits. Keyed. */
+  grant(accountId: string, input: GrantInput): Promise<GrantAnswer>;
+  /** A signed correction with a reason. Keyed. */
+  adjust(accountId: string, input: AdjustmentInput): Promise<AdjustmentAnswer>;
+  /** Every record Tally keeps on the account (GDPR access). */
+  export(accountId: string): Promise<AccountExport>;
+  /** Erases the account's personal data; ledger amounts stay, pseudonymized. */
+  erase(accountId: string, reason: string): Promise<Erasure>;
+  /** Runs a reconciliation now (never changes the ledger). */
+  reconcile(input?: { stripe?: boolean }): Promise<ReconciliationReport>;
+  reconciliations(limit?: number): Promise<ReconciliationRuns['runs']>;
+  /** The Stripe webhook inbox, newest first. */
+  webhookEvents(query?: WebhookEventsQuery): Promise<WebhookEvents['events']>;
+  /** Applies a stored Stripe event again (its effects stay exactly once). */
+  replay(eventId: string): Promise<ReplayAnswer>;
+  alerts(limit?: number): Promise<Alerts['alerts']>;
+  stripeBreaker(): Promise<BreakerState>;
+  accounts(query?: AccountsQuery): Promise<AccountsPage>;
+  creditHistory(query?: { days?: number; until?: string }): Promise<CreditHistory['days']>;
+  webhookEndpoints: WebhookEndpointCalls;
+}
+
+/** What a call of openapi-fetch answers. */
+type Outcome<Data> = { data?: Data; error?: unknown; response: Response };
+
+export const pageSizeDefault = 100;
+
+export class TallyClient {
+  /** The generated openapi-fetch client, for anything the methods do not cover. */
+  readonly http: Client<paths>;
+  readonly accounts: AccountCalls;
+  readonly holds: HoldCalls;
+  readonly limits: LimitCalls;
+  readonly admin: AdminCalls;
+  private readonly transport: Transport;
+  private readonly baseUrl: string;
+  private readonly authorization: string;
+
+  constructor(options: TallyClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.authorization = `Bearer ${options.apiKey}`;
+    const fetchFunction: FetchFunction = options.fetch ?? ((request) => globalThis.fetch(request));
+    this.transport = new Transport({
+      fetch: fetchFunction,
+      timeoutMilliseconds: options.timeoutMilliseconds ?? 15_000,
+      retry: { ...defaultRetryOptions, ...options.retry },
+      sleep: options.sleep,
+    });
+    this.http = createClient<paths>({ baseUrl: this.baseUrl, headers: { authorization: this.authorization }, fetch: this.transport.fetchFor('idempotent') });
+    this.accounts = this.accountCalls();
+    this.holds = this.holdCalls();
+    this.limits = this.limitCalls();
+    this.admin = this.adminCalls();
+  }
+
+  /** The body of a success; a refusal as its typed error. */
+  private async unwrap<Data>(pending: Promise<Outcome<Data>>): Promise<Data> {
+    const { data, error, response } = await pending;
+    if (response.ok && data !== undefined) return data;
+    throw errorFromAnswer(response.status, error ?? data);
+  }
+
+  private fetchFor(policy: RetryPolicy, idempotencyKey?: string): { fetch: FetchFunction } {
+    return { fetch: this.transport.fetchFor(policy, idempotencyKey) };
+  }
+
+  /** The spendable, held and owed credits of an account. */
+  async balance(accountId: string): Promise<Balance> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/balance', { params: { path: { id: accountId } } }));
+  }
+
+  /** Spends credits. A retry of this call (or a call with the same key) never spends twice. */
+  async usage(accountId: string, input: UsageInput): Promise<UsageAnswer> {
+    const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
+    return this.unwrap(this.http.POST('/v1/accounts/{id}/usage', { params: { path: { id: accountId } }, body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+  }
+
+  /**
+   * Up to 1000 spends in one call; one result per event, in order, each with its status (a
+   * refused spend is a result, not an error). Events without a key get one each.
+   */
+  async usageBatch(events: BatchEventInput[]): Promise<BatchResult[]> {
+    const body = { events: events.map((event) => ({ ...event, idempotency_key: event.idempotency_key ?? uuidv7() })) };
+    return (await this.unwrap(this.http.POST('/v1/usage/batch', { body, ...this.fetchFor('idempotent') }))).results;
+  }
+
+  /**
+   * The account's ledger, newest first, one page per step (`limit` entries, 1 to 500). Stops
+   * after the last page.
+   */
+  async *ledger(accountId: string, options: { limit?: number; cursor?: string } = {}): AsyncGenerator<LedgerPage> {
+    let cursor = options.cursor;
+    for (;;) {
+      const page = await this.unwrap(this.http.GET('/v1/accounts/{id}/ledger', { params: { path: { id: accountId }, query: { limit: options.limit ?? pageSizeDefault, ...(cursor === undefined ? {} : { cursor }) } } }));
+      yield page;
+      if (page.next_cursor === null) return;
+      cursor = page.next_cursor;
+    }
+  }
+
+  /**
+   * The event log in sequence order, one event per step, from after the sequence given (0: from
+   * the start). It ends when no newer event exists, unless `pollIntervalMilliseconds` is given:
+   * then it waits and reads on until `signal` aborts. Keep the last event's `sequence` to
+   * resume later.
+   */
+  async *events(options: { after?: number; accountId?: string; limit?: number; pollIntervalMilliseconds?: number; signal?: AbortSignal } = {}): AsyncGenerator<TallyEventRecord> {
+    let after = options.after ?? 0;
+    while (options.signal?.aborted !== true) {
+      const page = await this.eventsPage({ after, limit: options.limit, accountId: options.accountId });
+      for (const event of page.events) yield event;
+      after = page.next_after;
+      if (page.events.length > 0) continue;
+      if (options.pollIntervalMilliseconds === undefined) return;
+      await new Promise((resolve) => setTimeout(resolve, options.pollIntervalMilliseconds));
+    }
+  }
+
+  /** One page of the event log after a sequence. */
+  async eventsPage(options: { after?: number; limit?: number; accountId?: string } = {}): Promise<EventsPage> {
+    const query = { after: options.after ?? 0, limit: options.limit ?? pageSizeDefault, ...(options.accountId === undefined ? {} : { account_id: options.accountId }) };
+    return this.unwrap(this.http.GET('/v1/events', { params: { query } }));
+  }
+
+  /** A Stripe Checkout Session for a plan (optionally its trial) or a credit pack. Tally keys it by its parameters and the minute, so a retry gets the same session. */
+  async checkout(accountId: string, input: CheckoutInput): Promise<CheckoutSession> {
+    return this.unwrap(this.http.POST('/v1/accounts/{id}/checkout', { params: { path: { id: accountId } }, body: input }));
+  }
+
+  /** Whether the account (and the email and device given) may start a trial; creates nothing. */
+  async trialEligibility(accountId: string, input: TrialEligibilityInput = {}): Promise<TrialEligibility> {
+    return this.unwrap(this.http.POST('/v1/accounts/{id}/trial-eligibility', { params: { path: { id: accountId } }, body: input }));
+  }
+
+  /** The account's signed client_reference_id, for Payment Links and pricing tables. */
+  async clientReference(accountId: string): Promise<string> {
+    return (await this.unwrap(this.http.GET('/v1/accounts/{id}/client-reference', { params: { path: { id: accountId } } }))).client_reference_id;
+  }
+
+  /** Buys a pack off-session whenever a spend leaves `available` below `threshold`. */
+  async autoTopUp(accountId: string, input: AutoTopUpInput): Promise<AutoTopUp> {
+    return this.unwrap(this.http.PUT('/v1/accounts/{id}/auto-top-up', { params: { path: { id: accountId } }, body: input }));
+  }
+
+  /** The threshold under which `balance.low` fires (null turns it off). */
+  async lowBalanceThreshold(accountId: string, threshold: number | null): Promise<LowBalanceThreshold> {
+    return this.unwrap(this.http.PUT('/v1/accounts/{id}/low-balance-threshold', { params: { path: { id: accountId } }, body: { threshold } }));
+  }
+
+  private accountCalls(): AccountCalls {
+    return {
+      /** Creates or updates an account; fields left out keep their value. */
+      upsert: (accountId: string, input: AccountInput = {}): Promise<Account> => this.unwrap(this.http.PUT('/v1/accounts/{id}', { params: { path: { id: accountId } }, body: input })),
+      /** The account with its subscription, trial, live grants and balance. */
+      get: (accountId: string): Promise<AccountDetail> => this.unwrap(this.http.GET('/v1/accounts/{id}', { params: { path: { id: accountId } } })),
+    };
+  }
+
+  private holdCalls(): HoldCalls {
+    return {
+      /** Reserves credits for up to `expires_in_seconds` (default 900). Keyed like usage. */
+      create: (accountId: string, input: HoldInput): Promise<HoldAnswer> => {
+        const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
+        return this.unwrap(this.http.POST('/v1/accounts/{id}/holds', { params: { path: { id: accountId } }, body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+      },
+      /**
+       * Captures `amount` of the hold (all of it when left out); the rest is released. A hold
+       * resolves once, so this call is retried only when Tally surely did nothing.
+       */
+      capture: (holdId: string, amount?: number): Promise<CaptureAnswer> =>
+        this.unwrap(this.http.POST('/v1/holds/{hold_id}/capture', { params: { path: { hold_id: holdId } }, body: amount === undefined ? {} : { amount }, ...this.fetchFor('once') })),
+      /** Releases the whole hold; retried only when Tally surely did nothing. */
+      void: (holdId: string): Promise<VoidAnswer> => this.unwrap(this.http.POST('/v1/holds/{hold_id}/void', { params: { path: { hold_id: holdId } }, ...this.fetchFor('once') })),
+    };
+  }
+
+  private limitCalls(): LimitCalls {
+    const call = async (method: 'GET' | 'PUT', accountId: string, body?: SpendLimitsInput): Promise<SpendLimits> => {
+      const request = new Request(`${this.baseUrl}/v1/accounts/${encodeURIComponent(accountId)}/limits`, {
+        method,
+        headers: { authorization: this.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      });
+      const response = await this.transport.send(request, 'idempotent');
+      const text = await response.text();
+      const parsed: unknown = text === '' ? undefined : JSON.parse(text);
+      if (!response.ok) throw errorFromAnswer(response.status, parsed);
+      return parsed as SpendLimits;
+    };
+    return {
+      /** The limits and what was spent in the current windows. */
+      get: (accountId: string): Promise<SpendLimits> => call('GET', accountId),
+      /** Sets limits per UTC day and month; a spend past one is refused with SpendLimitExceeded. */
+      set: (accountId: string, input: SpendLimitsInput): Promise<SpendLimits> => call('PUT', accountId, input),
+    };
+  }
+
+  private adminCalls(): AdminCalls {
+    const path = (id: string) => ({ params: { path: { id } } });
+    return {
+      /** Grants promo or admin credits (admin key). Keyed. */
+      grant: (accountId: string, input: GrantInput): Promise<GrantAnswer> => {
+        const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
+        return this.unwrap(this.http.POST('/v1/accounts/{id}/grants', { ...path(accountId), body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+      },
+      /** A signed correction with a reason (admin key). Keyed. */
+      adjust: (accountId: string, input: AdjustmentInput): Promise<AdjustmentAnswer> => {
+        const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
+        return this.unwrap(this.http.POST('/v1/accounts/{id}/adjustments', { ...path(accountId), body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+      },
+      /** Every record Tally keeps on the account (GDPR access). */
+      export: (accountId: string): Promise<AccountExport> => this.unwrap(this.http.GET('/v1/accounts/{id}/export', path(accountId))),
+      /** Erases the account's personal data; ledger amounts stay, pseudonymized. */
+      erase: (accountId: string, reason: string): Promise<Erasure> => this.unwrap(this.http.DELETE('/v1/accounts/{id}/personal-data', { ...path(accountId), body: { reason } })),
+      /** Runs a reconciliation now (never changes the ledger). */
+      reconcile: (input: { stripe?: boolean } = {}): Promise<ReconciliationReport> => this.unwrap(this.http.POST('/v1/admin/reconcile', { body: input })),
+      reconciliations: (limit?: number): Promise<ReconciliationRuns['runs']> =>
+        this.unwrap(this.http.GET('/v1/admin/reconciliations', { params: { query: limit === undefined ? {} : { limit } } })).then((answer) => answer.runs),
+      /** The Stripe webhook inbox, newest first. */
+      webhookEvents: (query: WebhookEventsQuery = {}): Promise<WebhookEvents['events']> => this.unwrap(this.http.GET('/v1/admin/webhook-events', { params: { query } })).then((answer) => answer.events),
+      /** Applies a stored Stripe event again (its effects stay exactly once). */
+      replay: (eventId: string): Promise<ReplayAnswer> => this.unwrap(this.http.POST('/v1/admin/webhook-events/{event_id}/replay', { params: { path: { event_id: eventId } } })),
+      alerts: (limit?: number): Promise<Alerts['alerts']> => this.unwrap(this.http.GET('/v1/admin/alerts', { params: { query: limit === undefined ? {} : { limit } } })).then((answer) => answer.alerts),
+      stripeBreaker: (): Promise<BreakerState> => this.unwrap(this.http.GET('/v1/admin/stripe-breaker')),
+      accounts: (query: AccountsQuery = {}): Promise<AccountsPage> => this.unwrap(this.http.GET('/v1/admin/accounts', { params: { query } })),
+      creditHistory: (query: { days?: number; until?: string } = {}): Promise<CreditHistory['days']> =>
+        this.unwrap(this.http.GET('/v1/admin/credit-history', { params: { query } })).then((answer) => answer.days),
+      webhookEndpoints: {
+        /** Registers an endpoint; its signing secret is in this answer only. Not retried after a lost answer (it would make a second endpoint). */
+        create: (input: WebhookEndpointInput): Promise<CreatedWebhookEndpoint> => this.unwrap(this.http.POST('/v1/admin/webhook-endpoints', { body: input, ...this.fetchFor('once') })),
+        list: (): Promise<WebhookEndpoint[]> => this.unwrap(this.http.GET('/v1/admin/webhook-endpoints')).then((answer) => answer.endpoints),
+        get: (endpointId: string): Promise<WebhookEndpoint> => this.unwrap(this.http.GET('/v1/admin/webhook-endpoints/{id}', path(endpointId))),
+        delete: (endpointId: string): Promise<{ id: string; deleted: true }> => this.unwrap(this.http.DELETE('/v1/admin/webhook-endpoints/{id}', { ...path(endpointId), ...this.fetchFor('once') })),
+        enable: (endpointId: string): Promise<WebhookEndpoint> => this.unwrap(this.http.POST('/v1/admin/webhook-endpoints/{id}/enable', path(endpointId))),
+      },
+    };
+  }
+}

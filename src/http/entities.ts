@@ -1,0 +1,135 @@
+import { z } from 'zod';
+import { eventTypes } from '../events/event-log.js';
+
+/**
+ * The objects several answers share (SPEC: "a grant reads ...", "an entry ..."), as zod schemas
+ * with a name. The OpenAPI description lists each once under components.schemas, and the typed
+ * client's types take their names from there (Grant, Entry, Account...).
+ */
+export const namedSchemas: { name: string; schema: z.ZodType }[] = [];
+
+function named<T extends z.ZodType>(name: string, schema: T): T {
+  namedSchemas.push({ name, schema });
+  return schema;
+}
+
+export const creditsSchema = z.int().min(0).max(Number.MAX_SAFE_INTEGER);
+export const signedCreditsSchema = z.int().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER);
+/** Timestamps are ISO 8601 in UTC with milliseconds (`2030-01-31T12:00:00.000Z`). */
+export const timestampSchema = z.iso.datetime();
+/** A JSON object whose fields Tally does not fix (references, metadata, Stripe's words). */
+export const jsonObjectSchema = z.record(z.string(), z.unknown());
+
+export const metadataValueSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
+
+export const grantSchema = named(
+  'Grant',
+  z.object({
+    id: z.string(),
+    source: z.enum(['subscription', 'trial', 'purchase', 'promo', 'admin', 'rollover']),
+    amount: creditsSchema,
+    remaining: creditsSchema,
+    priority: z.int().min(0).max(1000),
+    expires_at: timestampSchema.nullable(),
+    created_at: timestampSchema,
+    reference: jsonObjectSchema,
+  }),
+);
+
+export const entrySchema = named(
+  'Entry',
+  z.object({
+    id: z.string(),
+    kind: z.enum(['grant', 'usage', 'hold', 'capture', 'release', 'expire', 'clawback', 'restore', 'adjustment']),
+    amount: signedCreditsSchema,
+    balance_after: signedCreditsSchema,
+    grant_ids: z.array(z.string()),
+    idempotency_key: z.string(),
+    reference: jsonObjectSchema,
+    actor: z.enum(['app', 'admin', 'stripe', 'system']),
+    reason: z.string().nullable(),
+    created_at: timestampSchema,
+  }),
+);
+
+export const balanceSchema = named(
+  'Balance',
+  z.object({ account_id: z.string(), available: creditsSchema, held: creditsSchema, debt: creditsSchema }),
+);
+
+const accountFields = {
+  id: z.string(),
+  email: z.string().nullable(),
+  name: z.string().nullable(),
+  metadata: z.record(z.string(), metadataValueSchema),
+  stripe_customer_id: z.string().nullable(),
+  created_at: timestampSchema,
+};
+
+/** An account as PUT answers it. */
+export const accountSchema = named('Account', z.object(accountFields));
+
+export const subscriptionSchema = named(
+  'Subscription',
+  z.object({
+    id: z.string(),
+    status: z.string(),
+    plan_id: z.string().nullable(),
+    interval: z.enum(['month', 'year']).nullable(),
+    current_period_start: timestampSchema.nullable(),
+    current_period_end: timestampSchema.nullable(),
+    cancel_at_period_end: z.boolean(),
+    trial_end: timestampSchema.nullable(),
+  }),
+);
+
+/** An account as GET answers it: with its subscription, trial, live grants and balance. */
+export const accountDetailSchema = named(
+  'AccountDetail',
+  z.object({
+    ...accountFields,
+    flagged: z.boolean(),
+    subscription: subscriptionSchema.nullable(),
+    trial: z.object({ grant_id: z.string(), credits: creditsSchema, remaining: creditsSchema, expires_at: timestampSchema.nullable() }).nullable(),
+    grants: z.array(grantSchema),
+    balance: balanceSchema,
+  }),
+);
+
+export const eventSchema = named(
+  'Event',
+  z.object({
+    id: z.string(),
+    sequence: z.int().positive(),
+    type: z.enum(eventTypes),
+    account_id: z.string().nullable(),
+    created_at: timestampSchema,
+    data: jsonObjectSchema,
+  }),
+);
+
+export const webhookEndpointSchema = named(
+  'WebhookEndpoint',
+  z.object({
+    id: z.string(),
+    url: z.string(),
+    event_types: z.array(z.enum(eventTypes)).nullable(),
+    status: z.enum(['enabled', 'disabled']),
+    disabled_at: timestampSchema.nullable(),
+    disabled_reason: z.string().nullable(),
+    created_at: timestampSchema,
+    /** Events not yet delivered to it. */
+    pending: creditsSchema,
+    oldest_failing: z
+      .object({
+        sequence: z.int().positive(),
+        account_id: z.string().nullable(),
+        attempts: z.int().min(0),
+        first_failed_at: timestampSchema.nullable(),
+        next_attempt_at: timestampSchema.nullable(),
+        last_error: z.string().nullable(),
+      })
+      .nullable(),
+    last_delivered_sequence: z.int().positive().nullable(),
+  }),
+);

@@ -1,0 +1,430 @@
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, afterEach, before, describe, it } from 'node:test';
+import pg from 'pg';
+import {
+  AccountNotFound,
+  AdjustmentExceedsLimit,
+  CaptureExceedsHold,
+  EndpointNotFound,
+  EventNotFound,
+  Forbidden,
+  GrantExceedsLimit,
+  HoldNotFound,
+  HoldNotPending,
+  IdempotencyConflict,
+  InsufficientCredits,
+  InvalidRequest,
+  NoPaymentMethod,
+  PackNotFound,
+  PlanNotFound,
+  ReconciliationRunning,
+  SpendLimitExceeded,
+  StripeError,
+  TallyClient,
+  TallyConnectionError,
+  TallyError,
+  TrialNotEligible,
+  Unauthorized,
+  verifyEvent,
+  type FetchFunction,
+} from '../../client/src/index.js';
+import { adminKey, appKey, settleEvents } from '../helpers/app.js';
+import { FakeStripe } from '../helpers/fake-stripe.js';
+import { ConformanceChecker } from '../helpers/openapi-conformance.js';
+import { publishedDocument, serveTestApp, type ServedApp } from '../helpers/served-app.js';
+import { event, signedHeader, subscription, uniqueId } from '../helpers/stripe-events.js';
+
+/**
+ * Issue 13: @tally/client against a real Tally (real PostgreSQL, real HTTP). Every method is
+ * called; a spend whose answer is lost after Tally committed it is retried with the same key and
+ * spends once; a generated key (UUIDv7) is reused by every retry; 503 database_unavailable is
+ * retried after Retry-After; 4xx never are; every refusal is its own typed error. Every answer
+ * the client gets also passes through the OpenAPI conformance check.
+ */
+let served: ServedApp;
+let fake: FakeStripe;
+let checker: ConformanceChecker;
+let app: TallyClient;
+let admin: TallyClient;
+/** The waits the transport asked for, instead of waiting them. */
+let waits: number[] = [];
+
+const noWait = async (milliseconds: number): Promise<void> => {
+  waits.push(milliseconds);
+};
+const clientWith = (fetch: FetchFunction, options: { apiKey?: string; timeoutMilliseconds?: number } = {}) =>
+  new TallyClient({ baseUrl: `${served.url}/`, apiKey: options.apiKey ?? appKey, fetch, sleep: noWait, timeoutMilliseconds: options.timeoutMilliseconds });
+
+before(async () => {
+  fake = await new FakeStripe().start();
+  served = await serveTestApp({ stripeApiBase: fake.url, grantCreditsMax: 1_000_000 });
+  checker = new ConformanceChecker((await publishedDocument(served)) as never);
+  app = clientWith(checker.fetch);
+  admin = clientWith(checker.fetch, { apiKey: adminKey });
+});
+after(async () => {
+  await served.close();
+  await fake.stop();
+});
+afterEach(() => {
+  waits = [];
+  assert.deepEqual(checker.failures.splice(0), [], 'every answer the client got is described by /openapi.json');
+});
+
+/** A fresh account with `credits` granted through the client. */
+async function funded(credits: number): Promise<string> {
+  const accountId = uniqueId('client');
+  await app.accounts.upsert(accountId, { email: `${accountId}@example.com` });
+  if (credits > 0) await admin.admin.grant(accountId, { amount: credits, source: 'promo', reason: 'test funding' });
+  return accountId;
+}
+
+async function usageEntries(accountId: string): Promise<number> {
+  const { rows } = await served.database.db.query<{ count: number }>(`select count(*)::int as count from entries where account_id = $1 and kind = 'usage'`, [accountId]);
+  return rows[0]?.count ?? 0;
+}
+
+const uuidV7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+/** The idempotency key in a request's JSON body. */
+async function keyOf(request: Request): Promise<string> {
+  return ((await request.clone().json()) as { idempotency_key: string }).idempotency_key;
+}
+
+async function expectTyped<T extends TallyError>(pending: Promise<unknown>, errorClass: new (...args: never[]) => T, status: number, code: string): Promise<T> {
+  const error = await pending.then(
+    () => assert.fail(`expected ${errorClass.name}`),
+    (caught: unknown) => caught,
+  );
+  assert.ok(error instanceof errorClass, `${(error as Error).name}: ${(error as Error).message} is a ${errorClass.name}`);
+  assert.ok(error instanceof TallyError);
+  assert.equal(error.status, status);
+  assert.equal(error.code, code);
+  assert.equal(error.error.code, code);
+  return error;
+}
+
+describe('@tally/client against a real Tally', () => {
+  it('calls accounts, balance, usage (single and batch), holds and the ledger', async () => {
+    const accountId = await funded(1000);
+    const upserted = await app.accounts.upsert(accountId, { name: 'Client Test', metadata: { tier: 'gold' } });
+    assert.equal(upserted.name, 'Client Test');
+    const account = await app.accounts.get(accountId);
+    assert.equal(account.balance.available, 1000);
+    assert.equal(account.grants[0]?.remaining, 1000);
+    assert.deepEqual(await app.balance(accountId), { account_id: accountId, available: 1000, held: 0, debt: 0 });
+
+    const spent = await app.usage(accountId, { amount: 30, description: 'one run' });
+    assert.deepEqual({ amount: spent.amount, available: spent.available, replayed: spent.replayed }, { amount: 30, available: 970, replayed: false });
+    const results = await app.usageBatch([
+      { account_id: accountId, amount: 5 },
+      { account_id: accountId, amount: 1_000_000 },
+    ]);
+    assert.deepEqual(
+      results.map((result) => result.status),
+      [200, 402],
+    );
+
+    const hold = await app.holds.create(accountId, { amount: 100, expires_in_seconds: 600 });
+    assert.equal(hold.available, 865);
+    assert.deepEqual(await app.holds.capture(hold.hold_id, 60), { captured: 60, released: 40, available: 905 });
+    const second = await app.holds.create(accountId, { amount: 10 });
+    assert.deepEqual(await app.holds.void(second.hold_id), { released: 10, available: 905 });
+    const third = await app.holds.create(accountId, { amount: 5 });
+    assert.equal((await app.holds.capture(third.hold_id)).captured, 5);
+
+    const pages = [];
+    for await (const page of app.ledger(accountId, { limit: 3 })) pages.push(page);
+    const entries = pages.flatMap((page) => page.entries);
+    assert.ok(pages.length >= 3, 'the ledger came in several pages');
+    assert.equal(pages.at(-1)?.next_cursor, null);
+    const whole = (await app.ledger(accountId, { limit: 500 }).next()).value;
+    assert.deepEqual(entries, whole?.entries, 'the pages together are the ledger, newest first, each entry once');
+    assert.equal(entries.at(-1)?.kind, 'grant');
+    assert.equal(entries.filter((entry) => entry.kind === 'usage').length, 2);
+  });
+
+  it('calls checkout, trial eligibility, the client reference, auto top-up, the threshold and the events feed', async () => {
+    const accountId = await funded(100);
+    const session = await app.checkout(accountId, { pack_id: 'pack_1000', success_url: 'https://app.example/ok', cancel_url: 'https://app.example/no' });
+    assert.match(session.session_id, /^cs_/);
+    assert.deepEqual(await app.trialEligibility(accountId, { email: 'fresh@example.com' }), { eligible: true });
+    assert.match(await app.clientReference(accountId), /^t1_/);
+    const topUp = await app.autoTopUp(accountId, { enabled: false, threshold: 10, pack_id: 'pack_1000', max_per_month: 1 });
+    assert.equal(topUp.enabled, false);
+    assert.equal((await app.lowBalanceThreshold(accountId, 50)).low_balance_threshold, 50);
+    await app.usage(accountId, { amount: 60 });
+
+    await settleEvents(served);
+    const seen = [];
+    for await (const tallyEvent of app.events({ accountId, limit: 1 })) seen.push(tallyEvent);
+    assert.deepEqual(
+      seen.map((tallyEvent) => tallyEvent.type),
+      ['grant.created', 'balance.low'],
+    );
+    const sequence = seen[0]?.sequence ?? 0;
+    const resumed = [];
+    for await (const tallyEvent of app.events({ accountId, after: sequence })) resumed.push(tallyEvent.type);
+    assert.deepEqual(resumed, ['balance.low'], 'reading on from a sequence skips what was read');
+  });
+
+  it('calls every admin method', async () => {
+    const accountId = await funded(0);
+    const grant = await admin.admin.grant(accountId, { amount: 500, source: 'admin', reason: 'welcome', idempotency_key: 'welcome-1' });
+    assert.equal(grant.remaining, 500);
+    assert.equal((await admin.admin.grant(accountId, { amount: 500, source: 'admin', reason: 'welcome', idempotency_key: 'welcome-1' })).replayed, true);
+    const adjustment = await admin.admin.adjust(accountId, { amount: -20, reason: 'ticket 12' });
+    assert.equal(adjustment.balance_after, 480);
+    assert.equal((await admin.admin.export(accountId)).grants.length, 1);
+    assert.equal((await admin.admin.erase(accountId, 'asked')).erased.email, true);
+    assert.equal((await admin.admin.reconcile()).finding_count, 0);
+    assert.ok((await admin.admin.reconciliations(5)).length >= 1);
+
+    const stripeEvent = event('customer.subscription.updated', subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }));
+    const payload = JSON.stringify(stripeEvent);
+    const delivered = await fetch(`${served.url}/webhooks/stripe`, { method: 'POST', headers: { 'content-type': 'application/json', 'stripe-signature': signedHeader(payload) }, body: payload });
+    assert.equal(delivered.status, 200);
+    assert.equal((await admin.admin.webhookEvents({ limit: 5 }))[0]?.id, stripeEvent.id);
+    assert.equal((await admin.admin.replay(stripeEvent.id)).event_id, stripeEvent.id);
+    assert.ok(Array.isArray(await admin.admin.alerts(10)));
+    assert.equal((await admin.admin.stripeBreaker()).state, 'closed');
+    assert.equal((await admin.admin.accounts({ search: accountId })).accounts[0]?.id, accountId);
+    assert.equal((await admin.admin.creditHistory({ days: 2 })).length, 2);
+
+    const endpoint = await admin.admin.webhookEndpoints.create({ url: 'https://hooks.example/tally' });
+    assert.match(endpoint.secret, /^whsec_/);
+    assert.ok((await admin.admin.webhookEndpoints.list()).some((listed) => listed.id === endpoint.id));
+    assert.equal((await admin.admin.webhookEndpoints.get(endpoint.id)).url, 'https://hooks.example/tally');
+    assert.equal((await admin.admin.webhookEndpoints.enable(endpoint.id)).status, 'enabled');
+    assert.deepEqual(await admin.admin.webhookEndpoints.delete(endpoint.id), { id: endpoint.id, deleted: true });
+  });
+
+  it('sets spend limits with PUT /v1/accounts/{id}/limits (SPEC shape), and refuses a spend past one as SpendLimitExceeded', async () => {
+    const accountId = await funded(100);
+    const document = (await publishedDocument(served)) as { paths: Record<string, unknown> };
+    if (document.paths['/v1/accounts/{id}/limits'] === undefined) {
+      // The call is being built beside this client: until Tally serves it, check what is sent.
+      const sent: Request[] = [];
+      const spy = clientWith(async (request) => {
+        sent.push(request.clone());
+        return fetch(request);
+      });
+      const refused = await expectTyped(spy.limits.set(accountId, { per_day: 50, per_month: null }), TallyError, 404, 'not_found');
+      assert.match(refused.message, /no such route/);
+      assert.equal(sent[0]?.method, 'PUT');
+      assert.equal(new URL(sent[0]?.url ?? '').pathname, `/v1/accounts/${accountId}/limits`);
+      assert.deepEqual(await sent[0]?.json(), { per_day: 50, per_month: null });
+      return;
+    }
+    const limits = await app.limits.set(accountId, { per_day: 50 });
+    assert.equal(limits.per_day, 50);
+    await app.usage(accountId, { amount: 40 });
+    const refused = await expectTyped(app.usage(accountId, { amount: 20 }), SpendLimitExceeded, 402, 'spend_limit_exceeded');
+    assert.deepEqual({ window: refused.window, limit: refused.limit, spent: refused.spent }, { window: 'day', limit: 50, spent: 40 });
+    assert.equal((await app.limits.get(accountId)).spent.day, 40);
+  });
+
+  it('retries a spend whose answer was lost after Tally committed it, with the same key: it spends once', async () => {
+    const accountId = await funded(100);
+    const keys: string[] = [];
+    let dropped = false;
+    const dropFirstAnswer = clientWith(async (request) => {
+      keys.push(await keyOf(request));
+      const response = await checker.fetch(request);
+      if (!dropped) {
+        dropped = true;
+        // Tally answered (and committed); the connection drops before the answer arrives.
+        await response.body?.cancel();
+        throw new TypeError('fetch failed', { cause: Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }) });
+      }
+      return response;
+    });
+    const answer = await dropFirstAnswer.usage(accountId, { amount: 30 });
+    assert.equal(keys.length, 2);
+    assert.match(keys[0] ?? '', uuidV7, 'a UUIDv7 key was generated');
+    assert.equal(keys[1], keys[0], 'the retry sent the same key');
+    assert.equal(answer.replayed, true, 'the retry got the first answer back');
+    assert.equal(answer.available, 70);
+    assert.equal((await app.balance(accountId)).available, 70);
+    assert.equal(await usageEntries(accountId), 1, 'one spend in the ledger');
+    assert.equal(waits.length, 1);
+  });
+
+  it('retries after a timeout with the same key; the late first attempt and the retry spend once', async () => {
+    const accountId = await funded(100);
+    const keys: string[] = [];
+    let late: Promise<Response> | undefined;
+    const slowFirst = clientWith(
+      async (request) => {
+        keys.push(await keyOf(request));
+        if (keys.length > 1) return checker.fetch(request);
+        // The first attempt reaches Tally only after the client gave up on it.
+        const copy = new Request(request.url, { method: request.method, headers: request.headers, body: await request.clone().arrayBuffer() });
+        late = sleep(300).then(() => checker.fetch(copy));
+        return new Promise<Response>((_resolve, reject) => request.signal.addEventListener('abort', () => reject(request.signal.reason)));
+      },
+      { timeoutMilliseconds: 100 },
+    );
+    const answer = await slowFirst.usage(accountId, { amount: 25, idempotency_key: 'slow-1' });
+    assert.deepEqual(keys, ['slow-1', 'slow-1']);
+    assert.deepEqual({ amount: answer.amount, available: answer.available, replayed: answer.replayed }, { amount: 25, available: 75, replayed: false });
+    const lateAnswer = (await (await late)?.json()) as { replayed: boolean; available: number };
+    assert.deepEqual({ replayed: lateAnswer.replayed, available: lateAnswer.available }, { replayed: true, available: 75 }, 'the late attempt got the first answer');
+    assert.equal((await app.balance(accountId)).available, 75);
+    assert.equal(await usageEntries(accountId), 1);
+  });
+
+  it('retries 503 database_unavailable after Retry-After, with the same generated key', async () => {
+    const accountId = await funded(100);
+    const name = decodeURIComponent(new URL(served.database.url).pathname.slice(1));
+    const server = new pg.Client({ connectionString: process.env.TALLY_TEST_SERVER_URL });
+    await server.connect();
+    try {
+      await server.query(`alter database ${pg.escapeIdentifier(name)} allow_connections false`);
+      await server.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [name]);
+      await sleep(300);
+      const keys: string[] = [];
+      const statuses: number[] = [];
+      const client = clientWith(async (request) => {
+        keys.push(await keyOf(request));
+        const response = await checker.fetch(request);
+        statuses.push(response.status);
+        // The database comes back while the client waits.
+        if (response.status === 503) await server.query(`alter database ${pg.escapeIdentifier(name)} allow_connections true`);
+        return response;
+      });
+      const answer = await client.usage(accountId, { amount: 10 });
+      assert.equal(answer.available, 90);
+      assert.deepEqual(statuses, [503, 200]);
+      assert.equal(keys[1], keys[0]);
+      assert.match(keys[0] ?? '', uuidV7);
+      assert.ok((waits[0] ?? 0) >= 5000, `the wait honoured Retry-After: 5 (waited ${waits[0]} ms)`);
+    } finally {
+      await server.query(`alter database ${pg.escapeIdentifier(name)} allow_connections true`);
+      await server.end();
+    }
+    assert.equal(await usageEntries(accountId), 1);
+  });
+
+  it('gives up after a bounded number of attempts, naming the key to try again with', async () => {
+    let attempts = 0;
+    const unreachable = clientWith(async () => {
+      attempts += 1;
+      throw new TypeError('fetch failed');
+    });
+    const error = await unreachable.usage('nobody', { amount: 1, idempotency_key: 'offline-1' }).then(
+      () => assert.fail('expected a connection error'),
+      (caught: unknown) => caught,
+    );
+    assert.ok(error instanceof TallyConnectionError);
+    assert.equal(error.attempts, 4);
+    assert.equal(error.idempotencyKey, 'offline-1');
+    assert.equal(attempts, 4);
+    assert.equal(waits.length, 3);
+    assert.ok(waits.every((wait, index) => wait <= 5000 && wait >= 100 * 2 ** index), `bounded exponential waits: ${waits}`);
+  });
+
+  it('never retries a 4xx, and does not resend a capture whose answer was lost', async () => {
+    const accountId = await funded(10);
+    let attempts = 0;
+    const counting = clientWith(async (request) => {
+      attempts += 1;
+      return checker.fetch(request);
+    });
+    const refused = await expectTyped(counting.usage(accountId, { amount: 11, idempotency_key: 'too-much' }), InsufficientCredits, 402, 'insufficient_credits');
+    assert.equal(refused.available, 10);
+    assert.equal(refused.replayed, false);
+    assert.equal(attempts, 1);
+    const again = await expectTyped(counting.usage(accountId, { amount: 11, idempotency_key: 'too-much' }), InsufficientCredits, 402, 'insufficient_credits');
+    assert.equal(again.replayed, true, 'the key keeps its first answer');
+
+    const hold = await app.holds.create(accountId, { amount: 5 });
+    let captures = 0;
+    const losing = clientWith(async (request) => {
+      captures += 1;
+      const response = await checker.fetch(request);
+      await response.body?.cancel();
+      throw new TypeError('fetch failed');
+    });
+    await assert.rejects(losing.holds.capture(hold.hold_id), TallyConnectionError);
+    assert.equal(captures, 1, 'a capture is sent once');
+    await expectTyped(app.holds.void(hold.hold_id), HoldNotPending, 409, 'hold_not_pending');
+  });
+
+  it('throws one typed error per refusal, carrying the error object and status', async () => {
+    const accountId = await funded(100);
+    await expectTyped(app.balance(uniqueId('missing')), AccountNotFound, 404, 'account_not_found');
+    await app.usage(accountId, { amount: 1, idempotency_key: 'typed-1' });
+    const conflict = await expectTyped(app.usage(accountId, { amount: 2, idempotency_key: 'typed-1' }), IdempotencyConflict, 409, 'idempotency_conflict');
+    assert.equal(conflict.idempotencyKey, 'typed-1');
+    const invalid = await expectTyped(app.usage(accountId, { amount: -1 }), InvalidRequest, 400, 'invalid_request');
+    assert.equal(invalid.field, 'amount');
+    const hold = await app.holds.create(accountId, { amount: 10 });
+    assert.equal((await expectTyped(app.holds.capture(hold.hold_id, 11), CaptureExceedsHold, 400, 'capture_exceeds_hold')).held, 10);
+    await app.holds.void(hold.hold_id);
+    assert.equal((await expectTyped(app.holds.void(hold.hold_id), HoldNotPending, 409, 'hold_not_pending')).holdStatus, 'voided');
+    await expectTyped(app.holds.void('hold_999999999'), HoldNotFound, 404, 'hold_not_found');
+    await expectTyped(clientWith(checker.fetch, { apiKey: 'wrong-key-0123456789' }).balance(accountId), Unauthorized, 401, 'unauthorized');
+    await expectTyped(app.admin.export(accountId), Forbidden, 403, 'forbidden');
+    const urls = { success_url: 'https://app.example/ok', cancel_url: 'https://app.example/no' };
+    assert.equal((await expectTyped(app.checkout(accountId, { plan_id: 'pro', interval: 'month', trial: true, ...urls }), TrialNotEligible, 403, 'trial_not_eligible')).reason, 'plan_has_no_trial');
+    await expectTyped(app.checkout(accountId, { plan_id: 'nothing', interval: 'month', ...urls }), PlanNotFound, 404, 'plan_not_found');
+    await expectTyped(app.autoTopUp(accountId, { enabled: true, threshold: 5, pack_id: 'pack_none', max_per_month: 1 }), PackNotFound, 404, 'pack_not_found');
+    await expectTyped(app.autoTopUp(accountId, { enabled: true, threshold: 5, pack_id: 'pack_1000', max_per_month: 1 }), NoPaymentMethod, 409, 'no_payment_method');
+    assert.equal((await expectTyped(admin.admin.adjust(accountId, { amount: 200_000, reason: 'too much' }), AdjustmentExceedsLimit, 400, 'adjustment_exceeds_limit')).limit, 100_000);
+    assert.equal((await expectTyped(admin.admin.grant(accountId, { amount: 2_000_000, source: 'promo', reason: 'too much' }), GrantExceedsLimit, 400, 'grant_exceeds_limit')).limit, 1_000_000);
+    await expectTyped(admin.admin.replay('evt_missing'), EventNotFound, 404, 'event_not_found');
+    await expectTyped(admin.admin.webhookEndpoints.get('we_999999'), EndpointNotFound, 404, 'endpoint_not_found');
+    const lock = new pg.Client({ connectionString: served.database.url });
+    await lock.connect();
+    try {
+      await lock.query('select pg_advisory_lock(7316122452)');
+      await expectTyped(admin.admin.reconcile(), ReconciliationRunning, 409, 'reconciliation_running');
+    } finally {
+      await lock.end();
+    }
+    fake.refusal = { status: 400, body: { error: { type: 'invalid_request_error', message: 'No such price' } } };
+    try {
+      await expectTyped(app.checkout(accountId, { pack_id: 'pack_10000', ...urls }), StripeError, 502, 'stripe_error');
+    } finally {
+      fake.refusal = undefined;
+    }
+  });
+
+  it("verifies the events Tally POSTs to the app's endpoint (Standard Webhooks)", async () => {
+    const bodies: { body: string; headers: Record<string, string | string[] | undefined> }[] = [];
+    const receiver: Server = createServer((request, response) => {
+      let body = '';
+      request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      request.on('end', () => {
+        bodies.push({ body, headers: request.headers });
+        response.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    try {
+      const endpoint = await admin.admin.webhookEndpoints.create({ url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/tally`, event_types: ['grant.created'] });
+      const accountId = await funded(42);
+      await settleEvents(served);
+      const deadline = Date.now() + 20_000;
+      while (!bodies.some((delivery) => delivery.body.includes(accountId)) && Date.now() < deadline) {
+        await served.parts.eventDelivery.deliverOnce();
+        await sleep(50);
+      }
+      const delivery = bodies.find((candidate) => candidate.body.includes(accountId));
+      assert.ok(delivery !== undefined, 'the event reached the endpoint');
+      const verified = verifyEvent(delivery.body, delivery.headers, endpoint.secret);
+      assert.equal(verified.type, 'grant.created');
+      assert.equal(verified.account_id, accountId);
+      assert.equal(verifyEvent(delivery.body, new Headers(delivery.headers as Record<string, string>), endpoint.secret).id, verified.id);
+      assert.throws(() => verifyEvent(delivery.body.replace('42', '43'), delivery.headers, endpoint.secret), 'a changed body fails');
+      assert.throws(() => verifyEvent(delivery.body, delivery.headers, `whsec_${Buffer.from('another secret of 24 bytes').toString('base64')}`), 'another secret fails');
+      await admin.admin.webhookEndpoints.delete(endpoint.id);
+    } finally {
+      await new Promise((resolve) => receiver.close(resolve));
+    }
+  });
+});
