@@ -39,6 +39,9 @@ const exportQueries: Record<string, string> = {
   spend_limits: `select to_jsonb(s) - 'account_id' as row from spend_limits s where account_id = $1`,
 };
 
+/** The tables an export answers besides the account itself, each as a list of rows. */
+export const exportedTables = Object.keys(exportQueries);
+
 export async function exportAccount(db: Database, accountId: string): Promise<Record<string, unknown>> {
   const account = await db.query<{ row: Record<string, unknown> }>(`select to_jsonb(a) as row from accounts a where id = $1`, [accountId]);
   if (account.rows[0] === undefined) throw accountNotFound(accountId);

@@ -3,7 +3,7 @@ import type { Catalog } from '../../billing/catalog.js';
 import type { Database } from '../../db/database.js';
 import { accountIdSchema, reasonLengthMax } from '../../ledger/commands.js';
 import { redactSinkName } from '../../ops/alert-sinks.js';
-import { erasePersonalData, exportAccount, type KeyedDigest } from '../../ops/gdpr.js';
+import { erasePersonalData, exportAccount, exportedTables, type KeyedDigest } from '../../ops/gdpr.js';
 import { reconcile } from '../../ops/reconcile.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { creditsSchema, jsonObjectSchema, timestampSchema } from '../entities.js';
@@ -91,13 +91,12 @@ const alertSchema = z.object({
   deliveries: z.array(z.object({ sink: z.string(), action: z.enum(['trigger', 'resolve']), delivered_at: timestampSchema.nullable(), attempts: z.int().min(0), last_error: z.string().nullable() })),
 });
 
-// The export is the account's rows as stored, table by table; their columns follow the schema.
+// The export is the account's rows as stored, table by table (the tables gdpr.ts reads, so a
+// table added there is described here); their columns follow the database's schema.
 const exportSchema = z.object({
   exported_at: timestampSchema,
   account: jsonObjectSchema,
-  ...Object.fromEntries(
-    ['grants', 'entries', 'holds', 'subscriptions', 'payments', 'request_keys', 'webhook_events', 'trial_claims', 'trial_refusals', 'alerts', 'audit_log'].map((table) => [table, z.array(jsonObjectSchema)]),
-  ),
+  ...Object.fromEntries(exportedTables.map((table) => [table, z.array(jsonObjectSchema)])),
 });
 
 const erasedSchema = z.object({
