@@ -110,6 +110,7 @@ export class HoldNotFound extends TallyError<ErrorObjectOf<'HoldNotFoundError'>>
 export class PlanNotFound extends TallyError<ErrorObjectOf<'PlanNotFoundError'>> {}
 export class PackNotFound extends TallyError<ErrorObjectOf<'PackNotFoundError'>> {}
 export class EventNotFound extends TallyError<ErrorObjectOf<'EventNotFoundError'>> {}
+export class EntryNotFound extends TallyError<ErrorObjectOf<'EntryNotFoundError'>> {}
 export class EndpointNotFound extends TallyError<ErrorObjectOf<'EndpointNotFoundError'>> {}
 export class IdempotencyConflict extends TallyError<ErrorObjectOf<'IdempotencyConflictError'>> {
   get idempotencyKey(): string {
@@ -158,6 +159,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   plan_not_found: PlanNotFound,
   pack_not_found: PackNotFound,
   event_not_found: EventNotFound,
+  entry_not_found: EntryNotFound,
   endpoint_not_found: EndpointNotFound,
   idempotency_conflict: IdempotencyConflict,
   hold_not_pending: HoldNotPending,

@@ -395,13 +395,13 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
-                /** @description insufficient_credits: not enough credits available (`available`); the key keeps this answer */
+                /** @description insufficient_credits: not enough credits available (`available`); the key keeps this answer; or spend_limit_exceeded: the spend would pass the account's limit for the UTC day or month (`window`, `limit`, `spent`, and `resets_at` when the window starts again) */
                 402: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["InsufficientCreditsError"];
+                        "application/json": components["schemas"]["InsufficientCreditsError"] | components["schemas"]["SpendLimitExceededError"];
                     };
                 };
                 /** @description forbidden: the viewer key is read-only */
@@ -506,7 +506,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Up to 1000 usage events in one transaction; one result per event, in order */
+        /** Up to 1000 usage events in one transaction; one result per event, in order (a 402 result may be insufficient_credits or spend_limit_exceeded) */
         post: {
             parameters: {
                 query?: never;
@@ -552,6 +552,22 @@ export interface paths {
                                     code: "insufficient_credits";
                                     message: string;
                                     available: number;
+                                    /** @constant */
+                                    replayed?: true;
+                                };
+                            } | {
+                                /** @constant */
+                                status: 402;
+                                error: {
+                                    /** @constant */
+                                    code: "spend_limit_exceeded";
+                                    message: string;
+                                    /** @enum {string} */
+                                    window: "day" | "month";
+                                    limit: number;
+                                    spent: number;
+                                    /** Format: date-time */
+                                    resets_at: string;
                                     /** @constant */
                                     replayed?: true;
                                 };
@@ -724,13 +740,13 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
-                /** @description insufficient_credits: not enough credits available (`available`); the key keeps this answer */
+                /** @description insufficient_credits: not enough credits available (`available`); the key keeps this answer; or spend_limit_exceeded: the spend would pass the account's limit for the UTC day or month (`window`, `limit`, `spent`, and `resets_at` when the window starts again) */
                 402: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["InsufficientCreditsError"];
+                        "application/json": components["schemas"]["InsufficientCreditsError"] | components["schemas"]["SpendLimitExceededError"];
                     };
                 };
                 /** @description forbidden: the viewer key is read-only */
@@ -1115,6 +1131,262 @@ export interface paths {
                 };
             };
         };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/accounts/{id}/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Spend limits per UTC day and per UTC month (null: none) and the credits spent in the current windows (usage and holds; a resolved hold counts what it captured) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the limits and what was spent */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            account_id: string;
+                            per_day: number | null;
+                            per_month: number | null;
+                            spent: {
+                                day: number;
+                                month: number;
+                            };
+                            resets_at: {
+                                /** Format: date-time */
+                                day: string;
+                                /** Format: date-time */
+                                month: string;
+                            };
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        /** Set spend limits in credits per UTC day and per UTC month: a field left out keeps its limit, null removes it, 0 stops spending in that window. A usage or hold that would pass a limit is 402 spend_limit_exceeded */
+        put: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        per_day?: number | null;
+                        per_month?: number | null;
+                    };
+                };
+            };
+            responses: {
+                /** @description the limits as set and what was spent */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            account_id: string;
+                            per_day: number | null;
+                            per_month: number | null;
+                            spent: {
+                                day: number;
+                                month: number;
+                            };
+                            resets_at: {
+                                /** Format: date-time */
+                                day: string;
+                                /** Format: date-time */
+                                month: string;
+                            };
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: the viewer key is read-only */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description payload_too_large: the body is over 65536 bytes */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["PayloadTooLargeError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description unsupported_media_type: the body is not application/json */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnsupportedMediaTypeError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -2111,23 +2383,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
-                            events: {
-                                id: string;
-                                type: string;
-                                /** @enum {string} */
-                                status: "pending" | "processed" | "ignored" | "failed";
-                                attempts: number;
-                                /** Format: date-time */
-                                created: string;
-                                /** Format: date-time */
-                                received_at: string;
-                                /** Format: date-time */
-                                next_attempt_at: string;
-                                processed_at: string | null;
-                                last_error: string | null;
-                                ignored_reason: string | null;
-                                account_id: string | null;
-                            }[];
+                            events: components["schemas"]["InboxEvent"][];
                         };
                     };
                 };
@@ -2395,51 +2651,6 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["RateLimitedError"];
-                    };
-                };
-                /** @description internal_error: a bug; the operator has the details in the log */
-                500: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["InternalErrorError"];
-                    };
-                };
-            };
-        };
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/dashboard": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description the page */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "text/html": string;
                     };
                 };
                 /** @description internal_error: a bug; the operator has the details in the log */
@@ -3149,6 +3360,9 @@ export interface paths {
                             audit_log: {
                                 [key: string]: unknown;
                             }[];
+                            spend_limits: {
+                                [key: string]: unknown;
+                            }[];
                         };
                     };
                 };
@@ -3382,6 +3596,1152 @@ export interface paths {
                 };
             };
         };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/dashboard": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the page (HTML); it loads its scripts and styles from /dashboard/ */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/html": string;
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/caller": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Who the presented key is (admin, or viewer: reads only) and whether Stripe is configured; the dashboard logs in with it */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description which key this is (the viewer key cannot act) and whether Stripe is configured */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** @enum {string} */
+                            role: "admin" | "viewer";
+                            can_act: boolean;
+                            stripe_configured: boolean;
+                        };
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The dashboard's overview: accounts, credits outstanding (available and held across accounts) and debt, webhook intake, outcomes and lag over the last `hours`, alerts open and resolved, the last reconciliation, and the Stripe breaker (`not_configured` without Stripe) */
+        get: {
+            parameters: {
+                query?: {
+                    hours?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the figures; a sum beyond the safe integer range is a decimal string */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: date-time */
+                            as_of: string;
+                            accounts: {
+                                count: number;
+                                in_debt: number;
+                                flagged: number;
+                            };
+                            credits: {
+                                available: number | string;
+                                held: number | string;
+                                debt: number | string;
+                                outstanding: number | string;
+                            };
+                            webhooks: {
+                                window_hours: number;
+                                received: number;
+                                processed: number;
+                                ignored: number;
+                                failed: number;
+                                pending: number;
+                                lag_seconds_median: number | null;
+                                lag_seconds_95th: number | null;
+                                lag_seconds_max: number | null;
+                                types: string[];
+                                failed_total: number;
+                                pending_total: number;
+                                oldest_pending_received_at: string | null;
+                            };
+                            alerts: {
+                                open: number;
+                                open_critical: number;
+                                resolved: number;
+                            };
+                            last_reconciliation: {
+                                run_id: number;
+                                /** @enum {string} */
+                                trigger: "cli" | "api" | "schedule";
+                                with_stripe: boolean;
+                                /** @enum {string} */
+                                status: "running" | "done" | "failed";
+                                finding_count: number | null;
+                                error: string | null;
+                                /** Format: date-time */
+                                started_at: string;
+                                finished_at: string | null;
+                            } | null;
+                            stripe: {
+                                configured: boolean;
+                                breaker: {
+                                    /** @enum {string} */
+                                    state: "closed" | "open" | "half_open" | "isolated" | "not_configured";
+                                    failures: number;
+                                    opened_at: string | null;
+                                };
+                            };
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/credit-totals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Credits granted, spent, expired, clawed back and adjusted down per UTC day, over all accounts or one (`account_id`); the last day is `until` (default today) */
+        get: {
+            parameters: {
+                query?: {
+                    days?: number;
+                    until?: string;
+                    account_id?: string;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description one row per UTC day, oldest first (an unknown account_id has only zeros); a sum beyond the safe integer range is a decimal string */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            days: {
+                                /** Format: date */
+                                day: string;
+                                granted: number | string;
+                                spent: number | string;
+                                expired: number | string;
+                                clawed_back: number | string;
+                                adjusted_down: number | string;
+                            }[];
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/accounts/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset` */
+        get: {
+            parameters: {
+                query?: {
+                    search?: string;
+                    sort?: "id" | "email" | "available" | "held" | "debt" | "created_at" | "updated_at";
+                    order?: "asc" | "desc";
+                    limit?: number;
+                    offset?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of accounts; next_offset is null on the last page */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            accounts: {
+                                id: string;
+                                email: string | null;
+                                name: string | null;
+                                stripe_customer_id: string | null;
+                                available: number;
+                                held: number;
+                                debt: number;
+                                flagged: boolean;
+                                /** Format: date-time */
+                                created_at: string;
+                                /** Format: date-time */
+                                updated_at: string;
+                                subscription_status: string | null;
+                            }[];
+                            next_offset: number | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/accounts/{id}/grants": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An account's grants, newest first: `live` (credits left, not expired), `past` (used up or expired) or `all`; each with its `state` */
+        get: {
+            parameters: {
+                query?: {
+                    state?: "live" | "past" | "all";
+                    limit?: number;
+                    offset?: number;
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of grants, newest first; next_offset is null on the last page */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            grants: {
+                                id: string;
+                                /** @enum {string} */
+                                source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+                                amount: number;
+                                remaining: number;
+                                priority: number;
+                                expires_at: string | null;
+                                /** Format: date-time */
+                                created_at: string;
+                                reference: {
+                                    [key: string]: unknown;
+                                };
+                                /** @enum {string} */
+                                state: "live" | "used_up" | "expired";
+                            }[];
+                            next_offset: number | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/accounts/{id}/holds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An account's holds, newest first, optionally of one `status`; paged by `cursor` */
+        get: {
+            parameters: {
+                query?: {
+                    status?: "pending" | "captured" | "voided" | "expired";
+                    limit?: number;
+                    cursor?: string;
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of holds, newest first; next_cursor is null on the last page */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            holds: components["schemas"]["Hold"][];
+                            next_cursor: string | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/accounts/{id}/balance-history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An account's balance (available minus debt) at the end of each UTC day; null before its first entry */
+        get: {
+            parameters: {
+                query?: {
+                    days?: number;
+                    until?: string;
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description one row per UTC day, oldest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            days: {
+                                /** Format: date */
+                                day: string;
+                                balance: number | null;
+                            }[];
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/webhook-events/{event_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    event_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the stored event with its payload */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            id: string;
+                            type: string;
+                            /** @enum {string} */
+                            status: "pending" | "processed" | "ignored" | "failed";
+                            attempts: number;
+                            /** Format: date-time */
+                            created: string;
+                            /** Format: date-time */
+                            received_at: string;
+                            /** Format: date-time */
+                            next_attempt_at: string;
+                            processed_at: string | null;
+                            last_error: string | null;
+                            ignored_reason: string | null;
+                            account_id: string | null;
+                            api_version: string | null;
+                            payload: {
+                                [key: string]: unknown;
+                            };
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description event_not_found: no stored Stripe event with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["EventNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/entries/{entry_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One ledger entry (as reconciliation findings name them) with its account */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    entry_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the entry with the account it belongs to */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            id: string;
+                            /** @enum {string} */
+                            kind: "grant" | "usage" | "hold" | "capture" | "release" | "expire" | "clawback" | "restore" | "adjustment";
+                            amount: number;
+                            balance_after: number;
+                            grant_ids: string[];
+                            idempotency_key: string;
+                            reference: {
+                                [key: string]: unknown;
+                            };
+                            /** @enum {string} */
+                            actor: "app" | "admin" | "stripe" | "system";
+                            reason: string | null;
+                            /** Format: date-time */
+                            created_at: string;
+                            account_id: string;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description entry_not_found: no ledger entry with this id (an id not of the form entry_N included) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["EntryNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -4760,6 +6120,37 @@ export interface components {
             } | null;
             last_delivered_sequence: number | null;
         };
+        Hold: {
+            id: string;
+            amount: number;
+            /** @enum {string} */
+            status: "pending" | "captured" | "voided" | "expired";
+            captured: number | null;
+            released: number | null;
+            idempotency_key: string;
+            /** Format: date-time */
+            expires_at: string;
+            /** Format: date-time */
+            created_at: string;
+            resolved_at: string | null;
+        };
+        InboxEvent: {
+            id: string;
+            type: string;
+            /** @enum {string} */
+            status: "pending" | "processed" | "ignored" | "failed";
+            attempts: number;
+            /** Format: date-time */
+            created: string;
+            /** Format: date-time */
+            received_at: string;
+            /** Format: date-time */
+            next_attempt_at: string;
+            processed_at: string | null;
+            last_error: string | null;
+            ignored_reason: string | null;
+            account_id: string | null;
+        };
         InvalidRequestError: {
             error: {
                 /** @constant */
@@ -4887,6 +6278,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "event_not_found";
+                message: string;
+            };
+        };
+        EntryNotFoundError: {
+            error: {
+                /** @constant */
+                code: "entry_not_found";
                 message: string;
             };
         };

@@ -20,6 +20,12 @@ export const timestampSchema = z.iso.datetime();
 /** A JSON object whose fields Tally does not fix (references, metadata, Stripe's words). */
 export const jsonObjectSchema = z.record(z.string(), z.unknown());
 
+/**
+ * A sum of credits over accounts or days: a number while it is a safe integer, past that its
+ * exact decimal text (the database sums in numeric; a JSON number would round it).
+ */
+export const creditsSumSchema = z.union([creditsSchema, z.string().regex(/^[0-9]+$/)]);
+
 export const metadataValueSchema = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 
 export const grantSchema = named(
@@ -131,5 +137,40 @@ export const webhookEndpointSchema = named(
       })
       .nullable(),
     last_delivered_sequence: z.int().positive().nullable(),
+  }),
+);
+
+/** A hold as the operators' reads list it (the app's calls answer only its id and amounts). */
+export const holdSchema = named(
+  'Hold',
+  z.object({
+    id: z.string(),
+    amount: creditsSchema,
+    status: z.enum(['pending', 'captured', 'voided', 'expired']),
+    /** Null while pending; once resolved, captured plus released is the amount. */
+    captured: creditsSchema.nullable(),
+    released: creditsSchema.nullable(),
+    idempotency_key: z.string(),
+    expires_at: timestampSchema,
+    created_at: timestampSchema,
+    resolved_at: timestampSchema.nullable(),
+  }),
+);
+
+/** A Stripe event as the webhook inbox stores it, and where its processing stands. */
+export const inboxEventSchema = named(
+  'InboxEvent',
+  z.object({
+    id: z.string(),
+    type: z.string(),
+    status: z.enum(['pending', 'processed', 'ignored', 'failed']),
+    attempts: z.int().min(0),
+    created: timestampSchema,
+    received_at: timestampSchema,
+    next_attempt_at: timestampSchema,
+    processed_at: timestampSchema.nullable(),
+    last_error: z.string().nullable(),
+    ignored_reason: z.string().nullable(),
+    account_id: z.string().nullable(),
   }),
 );

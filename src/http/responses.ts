@@ -60,6 +60,7 @@ export const errorCatalog = {
   plan_not_found: { status: 404, description: 'no such plan (or interval) or credit pack in the catalog' },
   pack_not_found: { status: 404, description: 'no such credit pack in the catalog' },
   event_not_found: { status: 404, description: 'no stored Stripe event with this id' },
+  entry_not_found: { status: 404, description: 'no ledger entry with this id' },
   endpoint_not_found: { status: 404, description: 'no webhook endpoint with this id' },
   idempotency_conflict: {
     status: 409,

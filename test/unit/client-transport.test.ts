@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AccountNotFound, InsufficientCredits, TallyError, errorFromAnswer } from '../../client/src/errors.js';
+import { AccountNotFound, EntryNotFound, InsufficientCredits, SpendLimitExceeded, TallyError, errorClasses, errorFromAnswer } from '../../client/src/errors.js';
+import { errorCatalog } from '../../src/http/responses.js';
 import { backoffMilliseconds, defaultRetryOptions, retryAfterSeconds } from '../../client/src/transport.js';
 
 /**
  * Issue 13, the client's pure parts: Retry-After is read in both of its forms (and nonsense is
  * ignored), the backoff doubles and stays within its bounds whatever the jitter draws, and an
  * answer becomes the typed error of its code, or a plain TallyError when the code or the body
- * is unknown.
+ * is unknown; every code of the server's catalog has its class.
  */
 describe('the client transport', () => {
   it('reads Retry-After as seconds or as an HTTP date, and ignores what it cannot read', () => {
@@ -45,5 +46,13 @@ describe('the client transport', () => {
     const gateway = errorFromAnswer(502, '<html>Bad Gateway</html>');
     assert.equal(gateway.code, 'http_502');
     assert.match(gateway.message, /Bad Gateway/);
+  });
+
+  it("has a typed error for every code of Tally's error catalog, and no other", () => {
+    assert.deepEqual(Object.keys(errorClasses).sort(), Object.keys(errorCatalog).sort());
+    assert.ok(errorFromAnswer(404, { error: { code: 'entry_not_found', message: 'no entry' } }) instanceof EntryNotFound);
+    const limited = errorFromAnswer(402, { error: { code: 'spend_limit_exceeded', message: 'past the day', window: 'day', limit: 50, spent: 40, resets_at: '2030-01-02T00:00:00.000Z' } });
+    assert.ok(limited instanceof SpendLimitExceeded);
+    assert.deepEqual({ window: limited.window, limit: limited.limit, spent: limited.spent, resetsAt: limited.resetsAt }, { window: 'day', limit: 50, spent: 40, resetsAt: '2030-01-02T00:00:00.000Z' });
   });
 });

@@ -2,14 +2,29 @@ import { z } from 'zod';
 import type { Database } from '../../db/database.js';
 import { dashboardAssets, dashboardHtml, dashboardSecurityPolicy } from '../../dashboard/assets.js';
 import { accountGrants, accountHolds, accountSortColumns, balanceHistory, creditTotals, ledgerEntry, overview, searchAccounts, webhookEvent, type AccountSort } from '../../dashboard/reads.js';
+import {
+  accountGrantsSchema,
+  accountHoldsSchema,
+  accountSearchSchema,
+  balanceHistorySchema,
+  callerSchema,
+  creditTotalsSchema,
+  entryWithAccountSchema,
+  inboxEventDetailSchema,
+  overviewSchema,
+} from '../../dashboard/answers.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
+import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
 /**
  * The operators' dashboard: its page and browser files (no data, no key needed), and the
  * read-only admin calls it needs beyond the app's API. Reads are `admin` routes, so the viewer
- * key opens them (every GET) and the app key is refused (403), as for every admin call.
+ * key opens them (every GET) and the app key is refused (403), as for every admin call. The
+ * refusals every admin read shares (401, 403, 429 for wrong keys, 400 for a bad query or path,
+ * 503 without the database) are added to the description by openapi.ts (commonResponses); each
+ * route declares its answer's schema (dashboard/answers.ts) and the refusals of its own.
  */
 export interface DashboardRouteDependencies {
   db: Database;
@@ -32,7 +47,9 @@ const daysQuery = {
   days: z.coerce.number().int().min(1).max(dashboardChartDaysMax).default(30),
   until: z.iso.date().optional(),
 };
-const accountResponses = { 400: 'invalid_request naming the field', 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'account_not_found' };
+
+/** `text/javascript; charset=utf-8` → `text/javascript`: the description names media types without their parameters. */
+const mediaTypeOf = (contentType: string): string => contentType.split(';')[0]?.trim() ?? contentType;
 
 const pageHeaders = { 'content-security-policy': dashboardSecurityPolicy, 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer' };
 
@@ -45,7 +62,7 @@ function pageRoutes(): RouteDefinition[] {
       access: 'none',
       tag: 'operations',
       summary: "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
-      responses: { 200: 'text/html' },
+      responses: { 200: { description: 'the page (HTML); it loads its scripts and styles from /dashboard/', contentType: 'text/html' } },
       handler: async () => ({ status: 200, body: dashboardHtml, contentType: 'text/html; charset=utf-8', headers: pageHeaders }),
     }),
     ...dashboardAssets().map((asset) =>
@@ -57,7 +74,7 @@ function pageRoutes(): RouteDefinition[] {
         tag: 'operations',
         hidden: true,
         summary: "The dashboard's scripts, styles and libraries (no data)",
-        responses: { 200: asset.contentType },
+        responses: { 200: { description: 'the file', contentType: mediaTypeOf(asset.contentType) } },
         handler: async () => ({ status: 200, body: asset.body, contentType: asset.contentType, headers: pageHeaders }),
       }),
     ),
@@ -76,7 +93,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary: 'Who the presented key is (admin, or viewer: reads only) and whether Stripe is configured; the dashboard logs in with it',
-      responses: { 200: '{role: "admin" | "viewer", can_act, stripe_configured}', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: { 200: answer('which key this is (the viewer key cannot act) and whether Stripe is configured', callerSchema) },
       handler: async ({ caller }) => ({ status: 200, body: { role: caller, can_act: caller === 'admin', stripe_configured: dependencies.gateway !== undefined } }),
     }),
     defineRoute({
@@ -87,7 +104,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       summary:
         "The dashboard's overview: accounts, credits outstanding (available and held across accounts) and debt, webhook intake, outcomes and lag over the last `hours`, alerts open and resolved, the last reconciliation, and the Stripe breaker (`not_configured` without Stripe)",
       query: z.strictObject({ hours: z.coerce.number().int().min(1).max(webhookWindowHoursMax).default(24) }),
-      responses: { 200: '{as_of, accounts, credits: {available, held, debt, outstanding}, webhooks, alerts, last_reconciliation, stripe: {configured, breaker}}; a sum beyond the safe integer range is a decimal string', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: { 200: answer('the figures; a sum beyond the safe integer range is a decimal string', overviewSchema) },
       handler: async ({ query }) => {
         const figures = await overview(db, { now: now(), webhookWindowHours: query.hours });
         const breaker = dependencies.gateway?.status() ?? { state: 'not_configured', failures: 0, opened_at: null };
@@ -101,7 +118,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       tag: 'admin',
       summary: 'Credits granted, spent, expired, clawed back and adjusted down per UTC day, over all accounts or one (`account_id`); the last day is `until` (default today)',
       query: z.strictObject({ ...daysQuery, account_id: accountIdSchema.optional() }),
-      responses: { 200: '{days: [{day, granted, spent, expired, clawed_back, adjusted_down}]}; a sum beyond the safe integer range is a decimal string', 400: 'invalid_request naming the field', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: { 200: answer('one row per UTC day, oldest first (an unknown account_id has only zeros); a sum beyond the safe integer range is a decimal string', creditTotalsSchema) },
       handler: async ({ query }) => ({
         status: 200,
         body: { days: await creditTotals(db, { days: query.days, until: query.until ?? null, now: now(), accountId: query.account_id ?? null }) },
@@ -119,7 +136,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
         order: z.enum(['asc', 'desc']).default('asc'),
         ...pageQuery,
       }),
-      responses: { 200: '{accounts: [{id, email, name, stripe_customer_id, available, held, debt, flagged, subscription_status, created_at, updated_at}], next_offset}', 400: 'invalid_request naming the field', 401: 'unauthorized', 403: 'forbidden (app key)' },
+      responses: { 200: answer('a page of accounts; next_offset is null on the last page', accountSearchSchema) },
       handler: async ({ query }) => ({
         status: 200,
         body: await searchAccounts(db, { search: query.search ?? null, sort: query.sort, order: query.order, limit: query.limit, offset: query.offset, now: now() }),
@@ -132,7 +149,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       tag: 'admin',
       summary: "An account's grants, newest first: `live` (credits left, not expired), `past` (used up or expired) or `all`; each with its `state`",
       query: z.strictObject({ state: z.enum(['live', 'past', 'all']).default('all'), ...pageQuery }),
-      responses: { 200: '{grants: [grant + {state}], next_offset}', ...accountResponses },
+      responses: { 200: answer('a page of grants, newest first; next_offset is null on the last page', accountGrantsSchema), ...refusals('account_not_found') },
       handler: async ({ params, query }) => ({ status: 200, body: await accountGrants(db, accountId(params), { ...query, now: now() }) }),
     }),
     defineRoute({
@@ -146,7 +163,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
         limit: pageQuery.limit,
         cursor: z.string().regex(/^[0-9]{1,18}$/, 'a cursor from a previous page').optional(),
       }),
-      responses: { 200: '{holds: [{id, amount, status, captured, released, idempotency_key, expires_at, created_at, resolved_at}], next_cursor}', ...accountResponses },
+      responses: { 200: answer('a page of holds, newest first; next_cursor is null on the last page', accountHoldsSchema), ...refusals('account_not_found') },
       handler: async ({ params, query }) => ({
         status: 200,
         body: await accountHolds(db, accountId(params), { status: query.status ?? null, limit: query.limit, cursor: query.cursor === undefined ? null : Number(query.cursor) }),
@@ -159,7 +176,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       tag: 'admin',
       summary: "An account's balance (available minus debt) at the end of each UTC day; null before its first entry",
       query: z.strictObject(daysQuery),
-      responses: { 200: '{days: [{day, balance}]}', ...accountResponses },
+      responses: { 200: answer('one row per UTC day, oldest first', balanceHistorySchema), ...refusals('account_not_found') },
       handler: async ({ params, query }) => ({ status: 200, body: { days: await balanceHistory(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }) } }),
     }),
     defineRoute({
@@ -168,7 +185,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary: 'One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to',
-      responses: { 200: 'the event with its payload', 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'event_not_found' },
+      responses: { 200: answer('the stored event with its payload', inboxEventDetailSchema), ...refusals('event_not_found') },
       handler: async ({ params }) => ({ status: 200, body: await webhookEvent(db, params.event_id ?? '') }),
     }),
     defineRoute({
@@ -177,7 +194,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary: 'One ledger entry (as reconciliation findings name them) with its account',
-      responses: { 200: 'the entry with account_id', 401: 'unauthorized', 403: 'forbidden (app key)', 404: 'entry_not_found' },
+      responses: { 200: answer('the entry with the account it belongs to', entryWithAccountSchema), ...refusals(['entry_not_found', 'no ledger entry with this id (an id not of the form entry_N included)']) },
       handler: async ({ params }) => ({ status: 200, body: await ledgerEntry(db, params.entry_id ?? '') }),
     }),
   ];

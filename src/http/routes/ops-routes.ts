@@ -6,7 +6,7 @@ import { redactSinkName } from '../../ops/alert-sinks.js';
 import { erasePersonalData, exportAccount, exportedTables, type KeyedDigest } from '../../ops/gdpr.js';
 import { reconcile } from '../../ops/reconcile.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
-import { creditsSchema, jsonObjectSchema, timestampSchema } from '../entities.js';
+import { creditsSchema, creditsSumSchema, jsonObjectSchema, timestampSchema } from '../entities.js';
 import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
@@ -33,8 +33,6 @@ export function safeSum(text: string): number | string {
   return Number.isSafeInteger(value) ? value : text;
 }
 export const accountsPageSizeMax = 200;
-
-const daySumSchema = z.union([creditsSchema, z.string().regex(/^[0-9]+$/)]);
 
 const findingSchema = z.object({
   check: z.string(),
@@ -208,7 +206,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       responses: {
         200: answer(
           'one row per day, the last day being `until` (default today); a sum beyond the safe integer range is given as a decimal string',
-          z.object({ days: z.array(z.object({ day: z.iso.date(), granted: daySumSchema, spent: daySumSchema })) }),
+          z.object({ days: z.array(z.object({ day: z.iso.date(), granted: creditsSumSchema, spent: creditsSumSchema })) }),
         ),
       },
       handler: async ({ query }) => {

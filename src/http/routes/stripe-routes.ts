@@ -11,7 +11,7 @@ import { inboxListSizeMax, listEvents, type WebhookIntake } from '../../stripe/i
 import { verifyWebhook } from '../../stripe/signature.js';
 import type { WebhookWorker } from '../../stripe/worker.js';
 import type { Limiters } from '../rate-limits.js';
-import { timestampSchema } from '../entities.js';
+import { inboxEventSchema, timestampSchema } from '../entities.js';
 import { answer, errorCatalog, refusals } from '../responses.js';
 import { bodyLimitLargeBytes, defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
@@ -81,20 +81,6 @@ const eligibilitySchema = z.strictObject({
 
 // Every refusal reason a trial can have (the kinds of claim, and the plan's lack of a trial at checkout).
 const eligibilityAnswerSchema = z.object({ eligible: z.boolean(), reason: errorCatalog.trial_not_eligible.details.reason.exclude(['plan_has_no_trial']).optional() });
-
-const inboxRowSchema = z.object({
-  id: z.string(),
-  type: z.string(),
-  status: z.enum(['pending', 'processed', 'ignored', 'failed']),
-  attempts: z.int().min(0),
-  created: timestampSchema,
-  received_at: timestampSchema,
-  next_attempt_at: timestampSchema,
-  processed_at: timestampSchema.nullable(),
-  last_error: z.string().nullable(),
-  ignored_reason: z.string().nullable(),
-  account_id: z.string().nullable(),
-});
 
 export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Limiters): RouteDefinition[] {
   const eligibility = async (accountIdParam: string | undefined, reported: z.infer<typeof eligibilitySchema>) => ({
@@ -173,7 +159,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'admin',
       summary: 'The webhook inbox, newest first',
       query: webhookQuerySchema,
-      responses: { 200: answer('the inbox rows, newest first', z.object({ events: z.array(inboxRowSchema) })) },
+      responses: { 200: answer('the inbox rows, newest first', z.object({ events: z.array(inboxEventSchema) })) },
       handler: async ({ query }) => ({ status: 200, body: { events: await listEvents(dependencies.db, query) } }),
     }),
     defineRoute({

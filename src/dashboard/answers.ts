@@ -1,0 +1,115 @@
+import { z } from 'zod';
+import { creditsSchema, creditsSumSchema, entrySchema, grantSchema, holdSchema, inboxEventSchema, jsonObjectSchema, signedCreditsSchema, timestampSchema } from '../http/entities.js';
+
+/**
+ * What the dashboard's reads answer (reads.ts), as zod schemas: the routes declare them, the
+ * OpenAPI description publishes them, and the conformance test checks real answers against
+ * them. Each mirrors its read's SQL column for column; a count is a non-negative integer, a
+ * sum over accounts or days may be a decimal string (creditsSumSchema).
+ */
+
+const countSchema = z.int().min(0);
+/** Seconds between receiving a Stripe event and processing it, to the millisecond; null when none was processed. */
+const lagSecondsSchema = z.number().min(0).nullable();
+
+export const callerSchema = z.object({
+  role: z.enum(['admin', 'viewer']),
+  /** False for the viewer key: the page shows no actions. */
+  can_act: z.boolean(),
+  stripe_configured: z.boolean(),
+});
+
+export const breakerStateSchema = z.object({
+  state: z.enum(['closed', 'open', 'half_open', 'isolated', 'not_configured']),
+  failures: z.int().min(0),
+  opened_at: timestampSchema.nullable(),
+});
+
+export const overviewSchema = z.object({
+  as_of: timestampSchema,
+  accounts: z.object({ count: countSchema, in_debt: countSchema, flagged: countSchema }),
+  credits: z.object({ available: creditsSumSchema, held: creditsSumSchema, debt: creditsSumSchema, outstanding: creditsSumSchema }),
+  webhooks: z.object({
+    window_hours: z.int().positive(),
+    received: countSchema,
+    processed: countSchema,
+    ignored: countSchema,
+    failed: countSchema,
+    pending: countSchema,
+    lag_seconds_median: lagSecondsSchema,
+    lag_seconds_95th: lagSecondsSchema,
+    lag_seconds_max: lagSecondsSchema,
+    /** The event types received in the window, sorted. */
+    types: z.array(z.string()),
+    failed_total: countSchema,
+    pending_total: countSchema,
+    oldest_pending_received_at: timestampSchema.nullable(),
+  }),
+  alerts: z.object({ open: countSchema, open_critical: countSchema, resolved: countSchema }),
+  last_reconciliation: z
+    .object({
+      run_id: z.int().positive(),
+      trigger: z.enum(['cli', 'api', 'schedule']),
+      with_stripe: z.boolean(),
+      status: z.enum(['running', 'done', 'failed']),
+      finding_count: countSchema.nullable(),
+      error: z.string().nullable(),
+      started_at: timestampSchema,
+      finished_at: timestampSchema.nullable(),
+    })
+    .nullable(),
+  stripe: z.object({ configured: z.boolean(), breaker: breakerStateSchema }),
+});
+
+export const creditTotalsSchema = z.object({
+  days: z.array(
+    z.object({
+      day: z.iso.date(),
+      granted: creditsSumSchema,
+      spent: creditsSumSchema,
+      expired: creditsSumSchema,
+      clawed_back: creditsSumSchema,
+      adjusted_down: creditsSumSchema,
+    }),
+  ),
+});
+
+export const accountSearchSchema = z.object({
+  accounts: z.array(
+    z.object({
+      id: z.string(),
+      email: z.string().nullable(),
+      name: z.string().nullable(),
+      stripe_customer_id: z.string().nullable(),
+      /** Grants past their expiry that the sweep has not expired yet are left out, as the balance call does. */
+      available: creditsSchema,
+      held: creditsSchema,
+      debt: creditsSchema,
+      flagged: z.boolean(),
+      created_at: timestampSchema,
+      updated_at: timestampSchema,
+      /** The newest subscription's status; null without one. */
+      subscription_status: z.string().nullable(),
+    }),
+  ),
+  next_offset: z.int().positive().nullable(),
+});
+
+export const accountGrantsSchema = z.object({
+  grants: z.array(grantSchema.extend({ state: z.enum(['live', 'used_up', 'expired']) })),
+  next_offset: z.int().positive().nullable(),
+});
+
+export const accountHoldsSchema = z.object({
+  holds: z.array(holdSchema),
+  /** The cursor of the next page (older holds); null on the last page. */
+  next_cursor: z.string().regex(/^[0-9]{1,18}$/).nullable(),
+});
+
+export const balanceHistorySchema = z.object({
+  days: z.array(z.object({ day: z.iso.date(), balance: signedCreditsSchema.nullable() })),
+});
+
+export const inboxEventDetailSchema = inboxEventSchema.extend({ api_version: z.string().nullable(), payload: jsonObjectSchema });
+
+export const entryWithAccountSchema = entrySchema.extend({ account_id: z.string() });
