@@ -202,29 +202,27 @@ describe('@tally/client against a real Tally', () => {
     assert.deepEqual(await admin.admin.webhookEndpoints.delete(endpoint.id), { id: endpoint.id, deleted: true });
   });
 
-  it('sets spend limits with PUT /v1/accounts/{id}/limits (SPEC shape), and refuses a spend past one as SpendLimitExceeded', async () => {
+  it('sets and reads spend limits, refuses a spend past one as SpendLimitExceeded with its window, limit and spent, and refuses bad limits', async () => {
     const accountId = await funded(100);
-    const document = (await publishedDocument(served)) as { paths: Record<string, unknown> };
-    if (document.paths['/v1/accounts/{id}/limits'] === undefined) {
-      // The call is being built beside this client: until Tally serves it, check what is sent.
-      const sent: Request[] = [];
-      const spy = clientWith(async (request) => {
-        sent.push(request.clone());
-        return fetch(request);
-      });
-      const refused = await expectTyped(spy.limits.set(accountId, { per_day: 50, per_month: null }), TallyError, 404, 'not_found');
-      assert.match(refused.message, /no such route/);
-      assert.equal(sent[0]?.method, 'PUT');
-      assert.equal(new URL(sent[0]?.url ?? '').pathname, `/v1/accounts/${accountId}/limits`);
-      assert.deepEqual(await sent[0]?.json(), { per_day: 50, per_month: null });
-      return;
-    }
-    const limits = await app.limits.set(accountId, { per_day: 50 });
-    assert.equal(limits.per_day, 50);
+    const set = await app.limits.set(accountId, { per_day: 50, per_month: 80 });
+    assert.deepEqual({ per_day: set.per_day, per_month: set.per_month, spent: set.spent }, { per_day: 50, per_month: 80, spent: { day: 0, month: 0 } });
     await app.usage(accountId, { amount: 40 });
     const refused = await expectTyped(app.usage(accountId, { amount: 20 }), SpendLimitExceeded, 402, 'spend_limit_exceeded');
     assert.deepEqual({ window: refused.window, limit: refused.limit, spent: refused.spent }, { window: 'day', limit: 50, spent: 40 });
-    assert.equal((await app.limits.get(accountId)).spent.day, 40);
+    assert.ok(Date.parse(refused.resetsAt) > Date.now(), 'the day window starts again later');
+    const read = await app.limits.get(accountId);
+    assert.deepEqual({ per_day: read.per_day, per_month: read.per_month, spent: read.spent }, { per_day: 50, per_month: 80, spent: { day: 40, month: 40 } });
+    assert.equal((await app.balance(accountId)).available, 60, 'the refused spend changed nothing');
+
+    // Without the day's limit, the month's is the one passed; a field left out keeps its limit.
+    assert.deepEqual((await app.limits.set(accountId, { per_day: null })).per_month, 80);
+    const monthly = await expectTyped(app.holds.create(accountId, { amount: 41 }), SpendLimitExceeded, 402, 'spend_limit_exceeded');
+    assert.deepEqual({ window: monthly.window, limit: monthly.limit, spent: monthly.spent }, { window: 'month', limit: 80, spent: 40 });
+
+    const invalid = await expectTyped(app.limits.set(accountId, { per_day: -1 }), InvalidRequest, 400, 'invalid_request');
+    assert.equal(invalid.field, 'per_day');
+    await expectTyped(app.limits.set(uniqueId('nobody'), { per_day: 5 }), AccountNotFound, 404, 'account_not_found');
+    await expectTyped(app.limits.get(uniqueId('nobody')), AccountNotFound, 404, 'account_not_found');
   });
 
   it('retries a spend whose answer was lost after Tally committed it, with the same key: it spends once', async () => {
