@@ -14,7 +14,8 @@ import { event, signedHeader, subscription, uniqueId } from '../helpers/stripe-e
  * against a real Tally (real PostgreSQL), for its success and for each of its refusals, and
  * every answer is checked against the published /openapi.json with ajv (JSON Schema 2020-12):
  * an answer whose status, media type or body the description does not have fails the test.
- * The last test checks that every operation's success and every refusal of its own was seen.
+ * The spend limits and the dashboard's reads are among them. The last test checks that every
+ * operation's success and every refusal of its own was seen.
  */
 let served: ServedApp;
 // The same data served without Stripe: checkout and reconciliation with Stripe answer 503.
@@ -124,6 +125,38 @@ describe('every answer of every route is described', () => {
     expectError(await call('POST', '/v1/holds/nonsense/void'), 404, 'hold_not_found');
   });
 
+  it('spend limits: read and set, with every refusal, and spend_limit_exceeded on usage, holds and in a batch', async () => {
+    const limited = uniqueId('limited');
+    assert.equal((await call('PUT', `/v1/accounts/${limited}`, {})).status, 200);
+    assert.equal((await admin('POST', `/v1/accounts/${limited}/grants`, { amount: 1000, source: 'promo', reason: 'limits', idempotency_key: 'g-limits' })).status, 201);
+    const none = await call('GET', `/v1/accounts/${limited}/limits`);
+    assert.deepEqual({ per_day: none.body.per_day, per_month: none.body.per_month }, { per_day: null, per_month: null });
+    expectError(await call('GET', `/v1/accounts/${missing}/limits`), 404, 'account_not_found');
+    const set = await call('PUT', `/v1/accounts/${limited}/limits`, { per_day: 100, per_month: 500 });
+    assert.deepEqual({ per_day: set.body.per_day, per_month: set.body.per_month, spent: set.body.spent }, { per_day: 100, per_month: 500, spent: { day: 0, month: 0 } });
+    expectError(await call('PUT', `/v1/accounts/${limited}/limits`, { per_day: -1 }), 400, 'invalid_request');
+    expectError(await call('PUT', `/v1/accounts/${limited}/limits`, { per_week: 10 }), 400, 'invalid_request');
+    expectError(await call('PUT', `/v1/accounts/${missing}/limits`, { per_day: 10 }), 404, 'account_not_found');
+
+    assert.equal((await call('POST', `/v1/accounts/${limited}/usage`, { amount: 60, idempotency_key: 'limited-1' })).status, 200);
+    const refused = await call('POST', `/v1/accounts/${limited}/usage`, { amount: 50, idempotency_key: 'limited-2' });
+    expectError(refused, 402, 'spend_limit_exceeded');
+    assert.deepEqual({ window: refused.body.error.window, limit: refused.body.error.limit, spent: refused.body.error.spent }, { window: 'day', limit: 100, spent: 60 });
+    assert.equal((await call('POST', `/v1/accounts/${limited}/usage`, { amount: 50, idempotency_key: 'limited-2' })).body.error.replayed, true);
+    expectError(await call('POST', `/v1/accounts/${limited}/holds`, { amount: 41, idempotency_key: 'limited-hold' }), 402, 'spend_limit_exceeded');
+    const batch = await call('POST', '/v1/usage/batch', {
+      events: [
+        { account_id: limited, amount: 30, idempotency_key: 'limited-batch-1' },
+        { account_id: limited, amount: 20, idempotency_key: 'limited-batch-2' },
+      ],
+    });
+    assert.equal(batch.status, 200);
+    assert.equal(batch.body.results[0].status, 200);
+    assert.equal(batch.body.results[1].status, 402);
+    assert.deepEqual({ code: batch.body.results[1].error.code, window: batch.body.results[1].error.window, spent: batch.body.results[1].error.spent }, { code: 'spend_limit_exceeded', window: 'day', spent: 90 });
+    assert.deepEqual((await call('GET', `/v1/accounts/${limited}/limits`)).body.spent, { day: 90, month: 90 });
+  });
+
   it('admin grants and adjustments, with every refusal', async () => {
     assert.equal((await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1000, source: 'promo', reason: 'conformance', idempotency_key: 'g-1', expires_at: '2099-01-01T00:00:00Z' })).body.replayed, true);
     expectError(await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 999, source: 'promo', reason: 'conformance', idempotency_key: 'g-1' }), 409, 'idempotency_conflict');
@@ -207,6 +240,62 @@ describe('every answer of every route is described', () => {
     expectError(await admin('GET', `/v1/accounts/${missing}/export`), 404, 'account_not_found');
     assert.equal((await admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'asked by the person' })).body.erased.email, true);
     expectError(await admin('DELETE', `/v1/accounts/${missing}/personal-data`, { reason: 'nobody' }), 404, 'account_not_found');
+  });
+
+  it("the dashboard's reads, with every refusal", async () => {
+    const caller = await call('GET', '/v1/admin/caller', undefined, { key: viewerKey });
+    assert.deepEqual(caller.body, { role: 'viewer', can_act: false, stripe_configured: true });
+    expectError(await call('GET', '/v1/admin/caller'), 403, 'forbidden');
+    const overview = await admin('GET', '/v1/admin/overview?hours=48');
+    assert.equal(overview.body.webhooks.window_hours, 48);
+    assert.ok(overview.body.webhooks.received >= 1, 'the Stripe events stored above are counted');
+    assert.notEqual(overview.body.last_reconciliation, null);
+    assert.equal(overview.body.stripe.breaker.state, 'closed');
+    assert.equal((await call('GET', '/v1/admin/overview', undefined, { key: adminKey, app: withoutStripe })).body.stripe.breaker.state, 'not_configured');
+    expectError(await admin('GET', '/v1/admin/overview?hours=0'), 400, 'invalid_request');
+
+    const totals = await admin('GET', `/v1/admin/credit-totals?days=2&account_id=${accountId}`);
+    assert.equal(totals.body.days.length, 2);
+    const sum = (field: string): number => totals.body.days.reduce((total: number, day: Record<string, number>) => total + (day[field] ?? 0), 0);
+    assert.ok(sum('granted') >= 1000 && sum('spent') > 0, "the account's grants and spends of these two days are counted");
+    expectError(await admin('GET', '/v1/admin/credit-totals?days=0'), 400, 'invalid_request');
+
+    const search = await admin('GET', `/v1/admin/accounts/search?search=${accountId}&sort=available&order=desc&limit=1`);
+    assert.deepEqual(search.body.accounts.map((account: { id: string }) => account.id), [accountId]);
+    assert.equal((await admin('GET', '/v1/admin/accounts/search?limit=1')).body.next_offset, 1);
+    expectError(await admin('GET', '/v1/admin/accounts/search?sort=name'), 400, 'invalid_request');
+
+    const grants = await admin('GET', `/v1/admin/accounts/${accountId}/grants?state=all&limit=1`);
+    assert.equal(grants.body.grants.length, 1);
+    assert.ok(['live', 'used_up', 'expired'].includes(grants.body.grants[0].state));
+    assert.equal(grants.body.next_offset, 1, 'the account has more than one grant');
+    expectError(await admin('GET', `/v1/admin/accounts/${accountId}/grants?state=gone`), 400, 'invalid_request');
+    expectError(await admin('GET', `/v1/admin/accounts/${missing}/grants`), 404, 'account_not_found');
+
+    const holds = await admin('GET', `/v1/admin/accounts/${accountId}/holds?limit=1`);
+    assert.equal(holds.body.holds.length, 1);
+    const older = await admin('GET', `/v1/admin/accounts/${accountId}/holds?limit=1&cursor=${holds.body.next_cursor}`);
+    assert.notEqual(older.body.holds[0].id, holds.body.holds[0].id);
+    const captured = (await admin('GET', `/v1/admin/accounts/${accountId}/holds?status=captured`)).body.holds;
+    assert.deepEqual(captured.map((hold: { amount: number; captured: number; released: number }) => [hold.amount, hold.captured, hold.released]), [[50, 20, 30]]);
+    expectError(await admin('GET', `/v1/admin/accounts/${accountId}/holds?cursor=abc`), 400, 'invalid_request');
+    expectError(await admin('GET', `/v1/admin/accounts/${missing}/holds`), 404, 'account_not_found');
+
+    const history = await admin('GET', `/v1/admin/accounts/${accountId}/balance-history?days=3`);
+    assert.equal(history.body.days.length, 3);
+    assert.equal(typeof history.body.days[2].balance, 'number');
+    expectError(await admin('GET', `/v1/admin/accounts/${accountId}/balance-history?until=yesterday`), 400, 'invalid_request');
+    expectError(await admin('GET', `/v1/admin/accounts/${missing}/balance-history`), 404, 'account_not_found');
+
+    const stored = (await admin('GET', '/v1/admin/webhook-events?limit=1')).body.events[0];
+    const detail = await admin('GET', `/v1/admin/webhook-events/${stored.id}`);
+    assert.equal(detail.body.payload.id, stored.id);
+    expectError(await admin('GET', '/v1/admin/webhook-events/evt_never_stored'), 404, 'event_not_found');
+
+    const entry = (await call('GET', `/v1/accounts/${accountId}/ledger?limit=1`)).body.entries[0];
+    assert.deepEqual(await admin('GET', `/v1/admin/entries/${entry.id}`).then((answer) => answer.body), { ...entry, account_id: accountId });
+    expectError(await admin('GET', '/v1/admin/entries/entry_999999999'), 404, 'entry_not_found');
+    expectError(await admin('GET', '/v1/admin/entries/not-an-entry'), 404, 'entry_not_found');
   });
 
   it('events, endpoints, the low-balance threshold and auto top-up', async () => {
