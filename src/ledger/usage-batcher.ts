@@ -7,6 +7,11 @@ import type { Actor, Ledger, Outcome } from './ledger.js';
  * for many spends, so a hot account is not limited to one fsync per spend. With nothing in
  * flight a spend goes at once, so a quiet system adds no latency.
  *
+ * An account is in one batch at a time: its spends that arrive while a batch holding it is
+ * written wait for the next one. Batches in flight then never wait on each other's account
+ * locks, and a hot account's spends gather into one big batch per commit instead of being
+ * spread over every batch in flight (each paying its own wait for the lock and its own commit).
+ *
  * Each spend keeps its own semantics inside the batch (its key, its 402, its replay); answers
  * are given only after the batch commits. If the batch transaction itself fails, each spend of
  * it is retried alone, so one broken spend cannot fail the others.
@@ -24,6 +29,8 @@ interface Pending {
 export class UsageBatcher {
   private queue: Pending[] = [];
   private inFlight = 0;
+  /** Accounts in a batch being written. */
+  private readonly busy = new Set<string>();
 
   constructor(
     private readonly ledger: Ledger,
@@ -40,9 +47,19 @@ export class UsageBatcher {
 
   private drain(): void {
     while (this.inFlight < this.concurrentBatchesMax && this.queue.length > 0) {
-      const batch = this.queue.splice(0, batchSizeMax);
+      const batch: Pending[] = [];
+      const waiting: Pending[] = [];
+      for (const pending of this.queue) {
+        if (batch.length < batchSizeMax && !this.busy.has(pending.accountId)) batch.push(pending);
+        else waiting.push(pending);
+      }
+      if (batch.length === 0) return;
+      this.queue = waiting;
+      const accounts = new Set(batch.map((pending) => pending.accountId));
+      for (const account of accounts) this.busy.add(account);
       this.inFlight += 1;
       void this.write(batch).finally(() => {
+        for (const account of accounts) this.busy.delete(account);
         this.inFlight -= 1;
         this.drain();
       });

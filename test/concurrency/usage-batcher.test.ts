@@ -59,3 +59,34 @@ it('applies each spend alone when the batch transaction fails, so only a broken 
   assert.ok(outcomes.every((outcome) => outcome.status === 200));
   assert.equal((await ledgerFacts(test, 'group-2')).available, 90);
 });
+
+it('never writes one account in two batches at once, and a hot account gathers into few commits', async () => {
+  for (const account of ['group-3a', 'group-3b', 'group-3c']) await fundedAccount(test, account, 1000);
+  const watched = Object.create(test.ledger) as typeof test.ledger;
+  const inFlight = new Map<string, number>();
+  const overlaps: string[] = [];
+  let batches = 0;
+  watched.usageBatch = async (events, actors) => {
+    const accounts = new Set(events.map((event) => event.account_id));
+    for (const account of accounts) {
+      if ((inFlight.get(account) ?? 0) > 0) overlaps.push(account);
+      inFlight.set(account, (inFlight.get(account) ?? 0) + 1);
+    }
+    batches += 1;
+    try {
+      return await test.ledger.usageBatch(events, actors);
+    } finally {
+      for (const account of accounts) inFlight.set(account, (inFlight.get(account) ?? 0) - 1);
+    }
+  };
+  const batcher = new UsageBatcher(watched, 4);
+  const accounts = ['group-3a', 'group-3a', 'group-3a', 'group-3b', 'group-3c'];
+  const outcomes = await Promise.all(
+    Array.from({ length: 300 }, (_, index) => batcher.spend(accounts[index % accounts.length]!, { amount: 1, idempotency_key: `group-3-${index}` }, 'app')),
+  );
+  assert.ok(outcomes.every((outcome) => outcome.status === 200));
+  assert.deepEqual(overlaps, [], 'an account was in two batches being written at once');
+  assert.ok(batches > 1 && batches < 20, `300 spends over 3 accounts in ${batches} batches`);
+  assert.equal((await ledgerFacts(test, 'group-3a')).available, 1000 - 180);
+  assert.equal((await ledgerFacts(test, 'group-3b')).available, 1000 - 60);
+});
