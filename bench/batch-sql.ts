@@ -28,8 +28,8 @@ import { migrate } from '../src/db/migrate.js';
 import { payloadHash } from '../src/ledger/payload-hash.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 
-/** The last migration before the set-based batch. */
-const versionBefore = 12;
+/** The last migration before the set-based batch: the default "before" side. */
+const setBasedVersionBefore = 12;
 
 export interface BatchSqlOptions {
   roundCount?: number;
@@ -39,6 +39,8 @@ export interface BatchSqlOptions {
   /** Connections sending batches at once per side (the HTTP server writes 4 batches at once). */
   connectionCount?: number;
   accountCount?: number;
+  /** The migration the "before" side stops at (default 12, the batch before 0013; 14 compares with the batch before spend limits). */
+  versionBefore?: number;
   log?: (line: string) => void;
 }
 
@@ -103,8 +105,9 @@ function cpuNanoseconds(pids: number[]): number | null {
 }
 
 /** The arguments of one call, as each side's function takes them. */
-function callOf(side: Side, events: Event[]): { text: string; values: unknown[] } {
-  if (side === 'before') return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
+function callOf(side: Side, events: Event[], versionBefore: number): { text: string; values: unknown[] } {
+  // Before 0013 the batch took its events as JSON; from 0013 both sides take arrays.
+  if (side === 'before' && versionBefore < 13) return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
   return {
     text: 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null) as result',
     values: [
@@ -153,10 +156,10 @@ function batchesOf(accounts: string[][], label: string, hash: string): Event[][]
  * connections plan their statements, as in a database in use. Without it, on a new database,
  * the old batch's cost per spend grew with every batch a connection sent (cause not found).
  */
-async function warmUp(url: string, side: Side, batches: Event[][], connectionCount: number): Promise<void> {
+async function warmUp(url: string, side: Side, batches: Event[][], connectionCount: number, versionBefore: number): Promise<void> {
   const pool = new pg.Pool({ connectionString: url, max: connectionCount });
   try {
-    await send(pool, side, batches, connectionCount);
+    await send(pool, side, batches, connectionCount, versionBefore);
     await pool.query('vacuum analyze');
   } finally {
     await pool.end();
@@ -170,8 +173,8 @@ interface Measured {
 }
 
 /** Sends `batches` over `pool`, `connectionCount` at a time; answers spends/s, each batch's milliseconds and the backends' CPU per spend. */
-async function send(pool: pg.Pool, side: Side, batches: Event[][], connectionCount: number): Promise<Measured> {
-  const calls = batches.map((events) => callOf(side, events));
+async function send(pool: pg.Pool, side: Side, batches: Event[][], connectionCount: number, versionBefore: number): Promise<Measured> {
+  const calls = batches.map((events) => callOf(side, events, versionBefore));
   const spendCount = batches.reduce((sum, events) => sum + events.length, 0);
   const pids = await backendPids(pool, connectionCount);
   const batchMilliseconds: number[] = [];
@@ -202,6 +205,7 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
   const batchSize = options.batchSize ?? 256;
   const connectionCount = options.connectionCount ?? 4;
   const accountCount = options.accountCount ?? 10_000;
+  const versionBefore = options.versionBefore ?? setBasedVersionBefore;
   const log = options.log ?? (() => undefined);
   const names: Record<Side, string> = { before: `tally_batch_sql_before_${process.pid}`, after: `tally_batch_sql_after_${process.pid}` };
   const pools: Partial<Record<Side, pg.Pool>> = {};
@@ -216,7 +220,7 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
       await ensureDatabase(serverUrl, names[side]);
       await migrate(url, () => undefined, side === 'before' ? { versionMax: versionBefore } : {});
       await setUp(url, accountCount);
-      await warmUp(url, side, warmUpBatches, connectionCount);
+      await warmUp(url, side, warmUpBatches, connectionCount, versionBefore);
       pools[side] = new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 });
       log(`${side}: ${accountCount} accounts funded, warmed up`);
     }
@@ -231,7 +235,7 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
         const order: Side[] = round % 2 === 1 ? ['before', 'after'] : ['after', 'before'];
         for (const side of order) {
           const batches = batchesOf(accounts, `${scenario}-${round}`, hash);
-          const measured = await send(pools[side]!, side, batches, connectionCount);
+          const measured = await send(pools[side]!, side, batches, connectionCount, versionBefore);
           rounds[side].push(measured.perSecond);
           batchMilliseconds[side].push(...measured.batchMilliseconds);
           if (measured.cpuMicrosecondsPerSpend !== null) cpu[side].push(measured.cpuMicrosecondsPerSpend);
@@ -269,7 +273,7 @@ export function formatBatchSql(figures: BatchSqlFigure[], options: BatchSqlOptio
   const lines = [
     `tally_usage_batch at the SQL level: batches of ${options.batchSize ?? 256} spends, ${options.connectionCount ?? 4} connections, ` +
       `median of ${options.roundCount ?? 5} rounds of ${options.batchCountPerRound ?? 24} batches per side`,
-    'scenario  spends/s before 0013 (range)  after 0013 (range)        after/before  ms/batch before  after  CPU us/spend before  after  before/after',
+    `scenario  spends/s before ${String((options.versionBefore ?? setBasedVersionBefore) + 1).padStart(4, '0')} (range)  now (range)               after/before  ms/batch before  after  CPU us/spend before  after  before/after`,
   ];
   for (const figure of figures) {
     const cpuRatio = figure.beforeCpuMicroseconds === null || figure.afterCpuMicroseconds === null ? '-' : `${(figure.beforeCpuMicroseconds / figure.afterCpuMicroseconds).toFixed(2)}x`;

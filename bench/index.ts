@@ -81,6 +81,15 @@ async function main(): Promise<void> {
         ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
       );
     }
+    process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0015 (spend limits), accounts without limits\n');
+    for (const figure of await measureBatchSql(serverUrl, { roundCount, versionBefore: 14 })) {
+      const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
+      const before = row(`tally_usage_batch of 256, ${scenario}, before 0015`, 'spends/s');
+      before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
+      row(`tally_usage_batch of 256, ${scenario}, no limits, now`, 'spends/s', { baseline: before.label }).figures.push(
+        ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
+      );
+    }
     process.stderr.write('webhook intake and apply\n');
     process.env.BENCH_DATABASE_URL = serverUrl;
     const webhooks = await runWebhookBench({ rounds: roundCount });
@@ -140,7 +149,7 @@ function report(rows: Row[]): void {
     );
   }
   console.log('\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; with spend limits to the same call on accounts without;');
-  console.log('the set-based batch to the batch before 0013;');
+  console.log('the set-based batch to the batch before 0013; the batch now to the batch before spend limits (0015), on accounts without limits;');
   console.log('group commit to one insert per delivery; the default lanes to one lane. pgbench rows show the average latency in the p50 column.');
 }
 
