@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import type { Database } from '../db/database.js';
 import { TallyError, accountNotFound } from '../errors.js';
-import { Periodic } from '../ops/periodic.js';
+import { Periodic, untilDone } from '../ops/periodic.js';
 import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { accountMetadataKey, idOf, packMetadataKey, readText } from '../stripe/shapes.js';
 import type { Catalog, CreditPack } from './catalog.js';
@@ -180,7 +180,7 @@ export class TopUpRunner {
     private readonly logger: Logger,
     intervalMilliseconds = 1000,
   ) {
-    this.periodic = new Periodic(intervalMilliseconds, () => this.tick());
+    this.periodic = new Periodic(intervalMilliseconds, untilDone(() => this.runOnce(), this.logger, 'auto top-up pass failed; next tick retries'));
   }
 
   start(): void {
@@ -189,14 +189,6 @@ export class TopUpRunner {
 
   async stop(): Promise<void> {
     await this.periodic.stop();
-  }
-
-  private async tick(): Promise<void> {
-    try {
-      while ((await this.runOnce()) > 0);
-    } catch (error) {
-      this.logger.error({ err: error }, 'auto top-up pass failed; next tick retries');
-    }
   }
 
   private now(): Date | null {

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
-import { Periodic } from '../ops/periodic.js';
+import { Periodic, untilDone } from '../ops/periodic.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
 /**
@@ -82,7 +82,7 @@ export class EventDelivery {
     options: Partial<DeliveryOptions> = {},
   ) {
     this.options = { ...defaultDeliveryOptions, ...options };
-    this.periodic = new Periodic(this.options.intervalMilliseconds, () => this.tick());
+    this.periodic = new Periodic(this.options.intervalMilliseconds, untilDone(() => this.deliverOnce(), this.logger, 'event delivery failed; next tick retries'));
   }
 
   start(): void {
@@ -91,14 +91,6 @@ export class EventDelivery {
 
   async stop(): Promise<void> {
     await this.periodic.stop();
-  }
-
-  private async tick(): Promise<void> {
-    try {
-      while ((await this.deliverOnce()) > 0);
-    } catch (error) {
-      this.logger.error({ err: error }, 'event delivery failed; next tick retries');
-    }
   }
 
   private now(): Date | null {

@@ -7,6 +7,7 @@ import { erasePersonalData, exportAccount, exportedTables, type KeyedDigest } fr
 import { reconcile } from '../../ops/reconcile.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { creditsSchema, creditsSumSchema, jsonObjectSchema, timestampSchema } from '../entities.js';
+import { exactSum } from '../../dashboard/reads.js';
 import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
@@ -23,15 +24,6 @@ const accountId = (params: Record<string, string>): string => parseInput(account
 
 export const alertsListSizeMax = 500;
 
-/**
- * A day's sum over every account can pass what a JSON number holds exactly, even when each
- * balance is safe: the database sums in numeric, and a sum past the safe range is answered as
- * its exact decimal text rather than failing the whole chart.
- */
-export function safeSum(text: string): number | string {
-  const value = Number(text);
-  return Number.isSafeInteger(value) ? value : text;
-}
 export const accountsPageSizeMax = 200;
 
 const findingSchema = z.object({
@@ -220,7 +212,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
            group by d.day order by d.day`,
           [query.days, query.until ?? null],
         );
-        return { status: 200, body: { days: (rows as { day: string; granted: string; spent: string }[]).map((row) => ({ day: row.day, granted: safeSum(row.granted), spent: safeSum(row.spent) })) } };
+        return { status: 200, body: { days: (rows as { day: string; granted: string; spent: string }[]).map((row) => ({ day: row.day, granted: exactSum(row.granted), spent: exactSum(row.spent) })) } };
       },
     }),
     defineRoute({
