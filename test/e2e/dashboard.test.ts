@@ -92,6 +92,18 @@ async function assertNoOverflow(page: Page, width: number): Promise<void> {
 }
 
 const figure = async (page: Page, id: string): Promise<string> => (await page.textContent(`[data-figure="${id}"]`))?.trim() ?? '';
+
+/**
+ * Waits until the element's text matches, then asserts it: each section of a page loads on its
+ * own, so the text read right after another element appears may not have arrived yet. A
+ * failure shows the text the element had when the wait ran out.
+ */
+async function seeText(page: Page, selector: string, pattern: RegExp, message?: string): Promise<void> {
+  await page
+    .waitForFunction(([css, source, flags]) => new RegExp(source, flags).test(document.querySelector(css)?.textContent ?? ''), [selector, pattern.source, pattern.flags] as const, { timeout: 10_000 })
+    .catch(() => undefined);
+  assert.match(await page.textContent(selector) ?? '', pattern, message);
+}
 const grouped = (value: number): string => value.toLocaleString('en-US');
 
 function skipWithoutBrowser(t: { skip(message: string): void }): boolean {
@@ -129,25 +141,25 @@ describe('in a browser', () => {
     const page = await openPage();
     await logIn(page, adminKey);
     await page.goto(`${base}/dashboard#/reconciliation`);
-    assert.match(await page.textContent('#reconciliations') ?? '', /No reconciliation has run yet/);
+    await seeText(page, '#reconciliations', /No reconciliation has run yet/);
     await page.goto(`${base}/dashboard#/alerts`);
     await page.waitForSelector('#alerts-open');
-    assert.match(await page.textContent('#alerts-open') ?? '', /No open alerts: nothing needs attention/);
-    assert.match(await page.textContent('#alerts-resolved') ?? '', /No resolved alerts yet/);
+    await seeText(page, '#alerts-open', /No open alerts: nothing needs attention/);
+    await seeText(page, '#alerts-resolved', /No resolved alerts yet/);
     await page.goto(`${base}/dashboard#/inbox`);
     await page.waitForSelector('#inbox');
-    assert.match(await page.textContent('#inbox') ?? '', /No Stripe event has arrived yet/);
+    await seeText(page, '#inbox', /No Stripe event has arrived yet/);
     await page.goto(`${base}/dashboard#/accounts?search=nobody-has-this`);
     await page.waitForSelector('#accounts');
-    assert.match(await page.textContent('#accounts') ?? '', /No account's id, email or Stripe customer starts with “nobody-has-this”/);
+    await seeText(page, '#accounts', /No account's id, email or Stripe customer starts with “nobody-has-this”/);
     await page.goto(`${base}/dashboard#/accounts/empty-account`);
     await page.waitForSelector('#ledger table');
-    assert.match(await page.textContent('#ledger') ?? '', /No ledger entries yet/);
-    assert.match(await page.textContent('#live-grants') ?? '', /No live grants/);
-    assert.match(await page.textContent('#past-grants') ?? '', /No past grants/);
-    assert.match(await page.textContent('#holds-table') ?? '', /No pending holds/);
+    await seeText(page, '#ledger', /No ledger entries yet/);
+    await seeText(page, '#live-grants', /No live grants/);
+    await seeText(page, '#past-grants', /No past grants/);
+    await seeText(page, '#holds-table', /No pending holds/);
     await page.waitForSelector('#account-events table');
-    assert.match(await page.textContent('#account-events') ?? '', /No events about this account yet/);
+    await seeText(page, '#account-events', /No events about this account yet/);
     await page.close();
   });
 
@@ -157,11 +169,11 @@ describe('in a browser', () => {
     if (skipWithoutBrowser(t)) return;
     const page = await openPage();
     await page.goto(`${base}/dashboard`);
-    assert.match(await page.textContent('[data-session="out"]') ?? '', /You are logged out/);
+    await seeText(page, '[data-session="out"]', /You are logged out/);
     await page.fill('#key', 'not-a-key-at-all');
     await page.click('#login-form button[type="submit"]');
     await page.waitForSelector('#login-error');
-    assert.match(await page.textContent('#login-error') ?? '', /not accepted.*admin key \(TALLY_ADMIN_KEY\) or the viewer key/);
+    await seeText(page, '#login-error', /not accepted.*admin key \(TALLY_ADMIN_KEY\) or the viewer key/);
     await page.fill('#key', appKey);
     await page.click('#login-form button[type="submit"]');
     await page.waitForFunction(() => document.querySelector('#login-error')?.textContent?.includes('app key'));
@@ -171,10 +183,10 @@ describe('in a browser', () => {
     await page.keyboard.type(adminKey);
     await page.keyboard.press('Enter');
     await page.waitForSelector('[data-session="in"]');
-    assert.match(await page.textContent('[data-session="in"]') ?? '', /Logged in with the admin key/);
+    await seeText(page, '[data-session="in"]', /Logged in with the admin key/);
     await page.reload();
     await page.waitForSelector('[data-session="in"]');
-    assert.match(await page.textContent('[data-session="in"]') ?? '', /Logged in with the admin key/);
+    await seeText(page, '[data-session="in"]', /Logged in with the admin key/);
     assert.equal(await page.evaluate(() => sessionStorage.getItem('tally-dashboard-key')), adminKey, 'the key is in this tab only');
     assert.equal(await page.evaluate(() => localStorage.length + document.cookie.length), 0, 'and nowhere else');
     await page.click('#logout');
@@ -187,7 +199,7 @@ describe('in a browser', () => {
     await page.evaluate(() => sessionStorage.setItem('tally-dashboard-key', 'a-key-rotated-away'));
     await page.reload();
     await page.waitForSelector('#login-error');
-    assert.match(await page.textContent('#login-error') ?? '', /key saved in this tab is no longer accepted/);
+    await seeText(page, '#login-error', /key saved in this tab is no longer accepted/);
     assert.equal(await page.evaluate(() => sessionStorage.getItem('tally-dashboard-key')), null);
     await page.close();
   });
@@ -207,6 +219,8 @@ describe('in a browser', () => {
     await page.focus('nav a[href="#/accounts"]');
     await page.keyboard.press('Enter');
     await page.waitForSelector('#account-search');
+    // Focus moves once the new page has rendered, a moment after its first element appears.
+    await page.waitForFunction(() => document.activeElement?.id === 'main', undefined, { timeout: 5_000 }).catch(() => undefined);
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'main', 'focus moves to the new page');
     await page.close();
   });
@@ -290,18 +304,19 @@ describe('in a browser', () => {
     await page.goto(`${base}/dashboard#/accounts/acting`);
     await page.waitForSelector('#grant-form');
     await page.click('#grant-form button[type="submit"]');
-    assert.match(await page.textContent('#grant-form') ?? '', /whole number above 0/, 'an empty amount is refused in words');
+    await seeText(page, '#grant-form', /whole number above 0/, 'an empty amount is refused in words');
     await page.fill('#grant-amount', '250');
     await page.click('#grant-form button[type="submit"]');
-    assert.match(await page.textContent('#grant-form') ?? '', /Enter a reason/, 'no grant without a reason');
+    await seeText(page, '#grant-form', /Enter a reason/, 'no grant without a reason');
     await page.fill('#grant-reason', 'ticket 4711: goodwill for the outage');
     await page.click('#grant-form button[type="submit"]');
     await page.waitForSelector('#grant-confirm');
-    assert.match(await page.textContent('#grant-confirm') ?? '', /Grant 250 promo credits to acting, never expiring, for the reason “ticket 4711: goodwill for the outage”\?/);
+    await seeText(page, '#grant-confirm', /Grant 250 promo credits to acting, never expiring, for the reason “ticket 4711: goodwill for the outage”\?/);
+    await page.waitForFunction(() => document.activeElement?.textContent === 'Confirm grant', undefined, { timeout: 5_000 }).catch(() => undefined);
     assert.equal(await page.evaluate(() => document.activeElement?.textContent), 'Confirm grant', 'focus moves to the confirmation');
     await page.click('#grant-confirm button.primary');
     await page.waitForFunction(() => document.querySelector('#ledger')?.textContent?.includes('ticket 4711: goodwill for the outage'));
-    assert.match(await page.textContent('#ledger tbody tr:first-child') ?? '', /grant.*\+250.*320.*admin.*ticket 4711/s);
+    await seeText(page, '#ledger tbody tr:first-child', /grant.*\+250.*320.*admin.*ticket 4711/s);
     const entries = await test.database.db.query<{ actor: string; reason: string }>(`select actor, reason from entries where account_id = 'acting' and kind = 'grant' order by id desc limit 1`);
     assert.deepEqual(entries.rows[0], { actor: 'admin', reason: 'ticket 4711: goodwill for the outage' });
     const audited = await test.database.db.query(`select 1 from audit_log where account_id = 'acting' and reason = 'ticket 4711: goodwill for the outage'`);
@@ -311,17 +326,17 @@ describe('in a browser', () => {
     await page.fill('#adjust-reason', 'double charge corrected');
     await page.click('#adjust-form button[type="submit"]');
     await page.waitForSelector('#adjust-confirm');
-    assert.match(await page.textContent('#adjust-confirm') ?? '', /Take away 20 credits from acting \(−20\)/);
+    await seeText(page, '#adjust-confirm', /Take away 20 credits from acting \(−20\)/);
     await page.click('#adjust-confirm button.primary');
     await page.waitForFunction(() => document.querySelector('#ledger tbody tr:first-child')?.textContent?.includes('double charge corrected'));
-    assert.match(await page.textContent('#ledger tbody tr:first-child') ?? '', /adjustment.*−20.*300/s);
+    await seeText(page, '#ledger tbody tr:first-child', /adjustment.*−20.*300/s);
 
     await page.fill('#adjust-amount', '-5000');
     await page.fill('#adjust-reason', 'too much');
     await page.click('#adjust-form button[type="submit"]');
     await page.click('#adjust-confirm button.primary');
     await page.waitForSelector('#adjust-form .problem');
-    assert.match(await page.textContent('#adjust-form .problem') ?? '', /has only 300 credits available\. Enter a smaller amount/);
+    await seeText(page, '#adjust-form .problem', /has only 300 credits available\. Enter a smaller amount/);
 
     await page.waitForSelector(`#holds-table button[aria-label="Void ${hold.body.hold_id}"]`);
     await page.click(`#holds-table button[aria-label="Void ${hold.body.hold_id}"]`);
@@ -349,18 +364,18 @@ describe('in a browser', () => {
     await page.fill('#inbox-type', 'checkout.session.completed');
     await page.click('.filters button[type="submit"]');
     await page.waitForFunction((id) => document.querySelector('#inbox')?.textContent?.includes(id), session.id);
-    assert.match(await page.textContent('#inbox') ?? '', /failed.*14.*database timeout while applying/s);
+    await seeText(page, '#inbox', /failed.*14.*database timeout while applying/s);
     await page.click(`#inbox a[title="${session.id}"]`);
     await page.waitForSelector('#event-payload');
-    assert.match(await page.textContent('main') ?? '', /Attempts\s*14/);
-    assert.match(await page.textContent('pre.json') ?? '', /"tally_pack_id": "pack_1000"/);
+    await seeText(page, 'main', /Attempts\s*14/);
+    await seeText(page, 'pre.json', /"tally_pack_id": "pack_1000"/);
     await page.screenshot({ path: join(artifacts, 'inbox-event.png'), fullPage: true });
     await page.goBack();
     await page.waitForSelector(`button[data-replay="${session.id}"]`);
     await page.screenshot({ path: join(artifacts, 'inbox.png'), fullPage: true });
     await page.click(`button[data-replay="${session.id}"]`);
     await page.waitForSelector('#inbox-notice');
-    assert.match(await page.textContent('#inbox-notice') ?? '', new RegExp(`Replayed ${session.id}: processed`));
+    await seeText(page, '#inbox-notice', new RegExp(`Replayed ${session.id}: processed`));
     const stored = await test.database.db.query<{ status: string }>('select status from webhook_events where id = $1', [session.id]);
     assert.equal(stored.rows[0]?.status, 'processed');
     assert.equal((await test.call('GET', '/v1/accounts/replayed/balance')).body.available, 1000, 'the pack was granted by the replay');
@@ -375,7 +390,7 @@ describe('in a browser', () => {
     await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') })));
     const page = await openPage();
     await logIn(page, viewerKey);
-    assert.match(await page.textContent('[data-session="in"]') ?? '', /viewer key \(read only\)/);
+    await seeText(page, '[data-session="in"]', /viewer key \(read only\)/);
     await page.goto(`${base}/dashboard#/accounts/viewed`);
     await page.waitForFunction(() => document.querySelector('#holds-table tbody')?.textContent?.includes('hold_'));
     assert.equal(await page.locator('#account-actions, #grant-form, #adjust-form, button.void').count(), 0);
@@ -388,7 +403,7 @@ describe('in a browser', () => {
     assert.equal(await page.locator('#reconcile').count(), 0);
     await page.goto(`${base}/dashboard#/accounts/no-such-account`);
     await page.waitForSelector('.problem');
-    assert.match(await page.textContent('.problem') ?? '', /there is no such account\. Find it on the Accounts page/);
+    await seeText(page, '.problem', /there is no such account\. Find it on the Accounts page/);
     await page.close();
   });
 
@@ -442,7 +457,7 @@ describe('in a browser', () => {
     const box = await link.boundingBox();
     assert.ok(box !== null && box.x + box.width <= 420, 'the id is cut to fit');
     assert.ok((await link.evaluate((element) => element.scrollWidth > element.clientWidth)), 'and it is shown cut, with an ellipsis');
-    assert.match(await page.textContent('#accounts td[data-label="Available"]') ?? '', /3,766/, 'the balance stays in view');
+    await seeText(page, '#accounts td[data-label="Available"]', /3,766/, 'the balance stays in view');
     await assertNoOverflow(page, 420);
     await page.screenshot({ path: join(artifacts, 'accounts-420.png'), fullPage: true });
     await link.click();
@@ -474,9 +489,9 @@ describe('in a browser', () => {
     await logIn(page, adminKey);
     await page.goto(`${base}/dashboard#/alerts`);
     await page.waitForSelector('#alerts-open tbody tr');
-    assert.match(await page.textContent('#alerts-open') ?? '', /a warning still open/);
+    await seeText(page, '#alerts-open', /a warning still open/);
     assert.doesNotMatch(await page.textContent('#alerts-open') ?? '', /now resolved/);
-    assert.match(await page.textContent('#alerts-resolved') ?? '', /a breaker alert now resolved/);
+    await seeText(page, '#alerts-resolved', /a breaker alert now resolved/);
     await page.screenshot({ path: join(artifacts, 'alerts.png'), fullPage: true });
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.click('#reconcile');
@@ -487,12 +502,12 @@ describe('in a browser', () => {
     const drifted = (await test.call('GET', '/v1/accounts/drifted/ledger')).body.entries[0].id;
     await page.click(`#reconciliations a[title="${drifted}"]`);
     await page.waitForSelector('main dl.facts');
-    assert.match(await page.textContent('#entry-title') ?? '', new RegExp(drifted));
+    await seeText(page, '#entry-title', new RegExp(drifted));
     assert.equal(await page.getAttribute('main dl.facts a', 'title'), 'drifted');
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.click('#reconciliations a[title="drifted"]');
     await page.waitForSelector('#account-title');
-    assert.match(await page.textContent('#account-title') ?? '', /drifted/);
+    await seeText(page, '#account-title', /drifted/);
     await page.close();
   });
 
