@@ -19,9 +19,9 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-export async function startBenchServer(databaseUrl: string, extraEnvironment: Record<string, string> = {}): Promise<BenchServer> {
+export async function startBenchServer(databaseUrl: string, extraEnvironment: Record<string, string> = {}, nodeArguments: string[] = []): Promise<BenchServer> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['bin/tally.js', 'start'], {
+  const child = spawn(process.execPath, [...nodeArguments, 'bin/tally.js', 'start'], {
     env: {
       ...process.env,
       DATABASE_URL: databaseUrl,

@@ -17,6 +17,8 @@ import type { Actor, Ledger, Outcome } from './ledger.js';
  * it is retried alone, so one broken spend cannot fail the others.
  */
 export const batchSizeMax = 256;
+/** Spends that must wait before a second batch starts beside one in flight. */
+export const gatherBeforeAnotherBatch = 16;
 
 interface Pending {
   accountId: string;
@@ -36,6 +38,8 @@ export class UsageBatcher {
     private readonly ledger: Ledger,
     /** Batches written at once; keep it below the pool size so other calls get connections. */
     private readonly concurrentBatchesMax: number,
+    /** Told the size of each batch as it is written (a metric). */
+    private readonly observeBatch: (spends: number) => void = () => undefined,
   ) {}
 
   spend(accountId: string, input: UsageInput, actor: Actor): Promise<Outcome> {
@@ -47,6 +51,11 @@ export class UsageBatcher {
 
   private drain(): void {
     while (this.inFlight < this.concurrentBatchesMax && this.queue.length > 0) {
+      // A batch in flight takes everything that waits when it ends; another one starts beside
+      // it only when enough spends wait to be worth a transaction of their own. Without this,
+      // each spend that arrives while a slot is free goes alone, and a busy server writes
+      // mostly batches of one (two thirds of them, measured over 10,000 accounts).
+      if (this.inFlight > 0 && this.queue.length < gatherBeforeAnotherBatch) return;
       const batch: Pending[] = [];
       const waiting: Pending[] = [];
       for (const pending of this.queue) {
@@ -58,19 +67,24 @@ export class UsageBatcher {
       const accounts = new Set(batch.map((pending) => pending.accountId));
       for (const account of accounts) this.busy.add(account);
       this.inFlight += 1;
-      void this.write(batch).finally(() => {
+      void this.write(batch).then((answer) => {
         for (const account of accounts) this.busy.delete(account);
         this.inFlight -= 1;
+        // The next batch goes to the database first; the answers of this one are written while
+        // it runs (after the calls that send it, which the event loop finishes first).
         this.drain();
+        setImmediate(answer);
       });
     }
   }
 
-  private async write(batch: Pending[]): Promise<void> {
+  /** Writes the batch; answers the function that gives each spend its outcome. Never rejects. */
+  private async write(batch: Pending[]): Promise<() => void> {
+    this.observeBatch(batch.length);
     if (batch.length === 1) {
       const [only] = batch as [Pending];
-      await this.ledger.usage(only.accountId, only.input, only.actor).then(only.resolve, only.reject);
-      return;
+      const [settled] = await Promise.allSettled([this.ledger.usage(only.accountId, only.input, only.actor)]);
+      return () => settle(only, settled!);
     }
     let outcomes: Outcome[];
     try {
@@ -82,9 +96,14 @@ export class UsageBatcher {
       // The batch rolled back as a whole (batchError is what broke it); apply each spend alone,
       // so that only a spend that fails by itself answers with an error.
       void batchError;
-      await Promise.all(batch.map((pending) => this.ledger.usage(pending.accountId, pending.input, pending.actor).then(pending.resolve, pending.reject)));
-      return;
+      const alone = await Promise.allSettled(batch.map((pending) => this.ledger.usage(pending.accountId, pending.input, pending.actor)));
+      return () => batch.forEach((pending, index) => settle(pending, alone[index]!));
     }
-    batch.forEach((pending, index) => pending.resolve(outcomes[index] as Outcome));
+    return () => batch.forEach((pending, index) => pending.resolve(outcomes[index] as Outcome));
   }
+}
+
+function settle(pending: Pending, result: PromiseSettledResult<Outcome>): void {
+  if (result.status === 'fulfilled') pending.resolve(result.value);
+  else pending.reject(result.reason);
 }

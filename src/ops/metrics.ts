@@ -49,6 +49,13 @@ export class Metrics {
     registers: [this.own],
   });
 
+  readonly usageBatchSpends = new Histogram({
+    name: 'tally_usage_batch_spends',
+    help: 'Spends written together in one usage transaction (group commit)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    registers: [this.own],
+  });
+
   readonly webhookEvents = new Counter({
     name: 'tally_webhook_events_total',
     help: 'Webhook events applied by the worker, by type and outcome',

@@ -90,3 +90,53 @@ it('never writes one account in two batches at once, and a hot account gathers i
   assert.equal((await ledgerFacts(test, 'group-3a')).available, 1000 - 180);
   assert.equal((await ledgerFacts(test, 'group-3b')).available, 1000 - 60);
 });
+
+it('gathers spends that arrive while a batch is written into the next batch instead of sending each alone', async () => {
+  const accounts = Array.from({ length: 12 }, (_, index) => `group-4-${index}`);
+  for (const account of accounts) await fundedAccount(test, account, 100);
+  const sizes: number[] = [];
+  let releaseFirst: () => void = () => undefined;
+  const firstHeld = new Promise<void>((resolve) => (releaseFirst = resolve));
+  const slow = Object.create(test.ledger) as typeof test.ledger;
+  // The first spend is held in the database until every other spend has arrived.
+  slow.usage = async (accountId, input, actor) => {
+    if (input.idempotency_key === 'group-4-first') await firstHeld;
+    return test.ledger.usage(accountId, input, actor);
+  };
+  const batcher = new UsageBatcher(slow, 4, (spends) => sizes.push(spends));
+  const first = batcher.spend(accounts[0]!, { amount: 1, idempotency_key: 'group-4-first' }, 'app');
+  // Fewer than gather the second batch early: they wait for the first, then go together.
+  const others = accounts.slice(1).map((account, index) => batcher.spend(account, { amount: 1, idempotency_key: `group-4-${index}` }, 'app'));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.deepEqual(sizes, [1], 'with a batch in flight, 11 waiting spends do not start batches of their own');
+  releaseFirst();
+  const outcomes = await Promise.all([first, ...others]);
+  assert.ok(outcomes.every((outcome) => outcome.status === 200));
+  assert.deepEqual(sizes, [1, 11], 'the 11 went as one batch once the first was written');
+  for (const account of accounts) assert.equal((await ledgerFacts(test, account)).available, 99);
+});
+
+it('sends the next batch to the database before it answers the spends of the last one', async () => {
+  await fundedAccount(test, 'group-5', 100);
+  const events: string[] = [];
+  let releaseFirst: () => void = () => undefined;
+  const firstHeld = new Promise<void>((resolve) => (releaseFirst = resolve));
+  const watched = Object.create(test.ledger) as typeof test.ledger;
+  watched.usage = async (accountId, input, actor) => {
+    events.push(`write ${input.idempotency_key}`);
+    if (input.idempotency_key === 'group-5-a') await firstHeld;
+    return test.ledger.usage(accountId, input, actor);
+  };
+  const batcher = new UsageBatcher(watched, 4);
+  const first = batcher.spend('group-5', { amount: 1, idempotency_key: 'group-5-a' }, 'app').then((outcome) => {
+    events.push('answer group-5-a');
+    return outcome;
+  });
+  // The same account: it waits for the first batch to end.
+  const second = batcher.spend('group-5', { amount: 1, idempotency_key: 'group-5-b' }, 'app');
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  releaseFirst();
+  await Promise.all([first, second]);
+  assert.deepEqual(events.slice(0, 3), ['write group-5-a', 'write group-5-b', 'answer group-5-a']);
+  assert.equal((await ledgerFacts(test, 'group-5')).available, 98);
+});
