@@ -17,8 +17,8 @@ import type { Actor, Ledger, Outcome } from './ledger.js';
  * it is retried alone, so one broken spend cannot fail the others.
  */
 export const batchSizeMax = 256;
-/** Spends that must wait before a second batch starts beside one in flight. */
-export const gatherBeforeAnotherBatch = 16;
+/** Spends that must wait before a second batch starts beside one in flight (half of the bench's 64 connections). */
+export const gatherBeforeAnotherBatch = 32;
 
 interface Pending {
   accountId: string;
