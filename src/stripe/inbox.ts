@@ -39,9 +39,11 @@ export async function storeEvents(db: Database, received: ReceivedEvent[]): Prom
   const ids = [...firstOfId.keys()].sort();
   const rows = ids.map((id) => firstOfId.get(id) as { event: VerifiedEvent; text: string });
   const result = await db.query<{ id: string }>(
+    // A body goes to the database once: the payload is read from it there, unless it had to be
+    // made storable as jsonb first (then that version goes beside it).
     `insert into webhook_events (id, type, api_version, created, payload, raw_body)
-     select id, type, api_version, to_timestamp(created), payload::jsonb, raw_body
-     from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[]) as received (id, type, api_version, created, payload, raw_body)
+     select id, type, api_version, to_timestamp(created), coalesce(storable, raw_body)::jsonb, raw_body
+     from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[]) as received (id, type, api_version, created, storable, raw_body)
      order by id
      on conflict (id) do nothing
      returning id`,
@@ -50,7 +52,10 @@ export async function storeEvents(db: Database, received: ReceivedEvent[]): Prom
       rows.map((row) => row.event.type),
       rows.map((row) => row.event.api_version),
       rows.map((row) => row.event.created),
-      rows.map((row) => jsonbSafe(row.text)),
+      rows.map((row) => {
+        const storable = jsonbSafe(row.text);
+        return storable === row.text ? null : storable;
+      }),
       rows.map((row) => row.text),
     ],
   );
