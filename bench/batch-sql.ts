@@ -83,6 +83,16 @@ function randomIntegers(seed: number): (below: number) => number {
   };
 }
 
+/**
+ * A pool whose idle connections may be cut when its database is dropped: pool.end() resolves
+ * before every connection has closed, and `drop database ... with (force)` then terminates the
+ * ones still closing, which a pool without an error listener would throw out of the process.
+ */
+function quietWhenDropped(pool: pg.Pool): pg.Pool {
+  pool.on('error', () => undefined);
+  return pool;
+}
+
 /** The process ids of the pool's connections, all opened now and kept open (the pool never lets them idle out). */
 async function backendPids(pool: pg.Pool, connectionCount: number): Promise<number[]> {
   const clients = await Promise.all(Array.from({ length: connectionCount }, () => pool.connect()));
@@ -157,7 +167,7 @@ function batchesOf(accounts: string[][], label: string, hash: string): Event[][]
  * the old batch's cost per spend grew with every batch a connection sent (cause not found).
  */
 async function warmUp(url: string, side: Side, batches: Event[][], connectionCount: number, versionBefore: number): Promise<void> {
-  const pool = new pg.Pool({ connectionString: url, max: connectionCount });
+  const pool = quietWhenDropped(new pg.Pool({ connectionString: url, max: connectionCount }));
   try {
     await send(pool, side, batches, connectionCount, versionBefore);
     await pool.query('vacuum analyze');
@@ -221,7 +231,7 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
       await migrate(url, () => undefined, side === 'before' ? { versionMax: versionBefore } : {});
       await setUp(url, accountCount);
       await warmUp(url, side, warmUpBatches, connectionCount, versionBefore);
-      pools[side] = new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 });
+      pools[side] = quietWhenDropped(new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 }));
       log(`${side}: ${accountCount} accounts funded, warmed up`);
     }
     const figures: BatchSqlFigure[] = [];
