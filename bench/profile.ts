@@ -139,6 +139,7 @@ async function main(): Promise<void> {
     const server = await startBenchServer(url, {}, ['--cpu-prof', `--cpu-prof-dir=${profileDirectory}`]);
     const usage = (account: () => string) =>
       measureHttp({ url: server.url, apiKey: benchAppKey, seconds, path: () => `/v1/accounts/${account()}/usage`, body: (key) => `{"amount":1,"idempotency_key":"${key}"}` });
+    const idleRss = server.takePeakRssMiB();
     const transactionsBefore = await transactions();
     const start = { server: cpuSeconds(server.pid), postgres: postgresCpuSeconds(), generator: process.cpuUsage(), wall: performance.now() };
     const figures = scenario === 'usage-hot' ? await usage(() => hotAccount) : await usage(() => spreadAccount(Math.floor(Math.random() * accountCount)));
@@ -151,6 +152,7 @@ async function main(): Promise<void> {
         return (user + system) / 1e6;
       })(),
     };
+    const loadedRss = server.takePeakRssMiB();
     const batches = await batchSizes(server.url);
     const transactionCount = (await transactions()) - transactionsBefore;
     await server.stop();
@@ -162,6 +164,7 @@ async function main(): Promise<void> {
     for (const [party, value] of [['Tally server', used.server], ['PostgreSQL', used.postgres], ['load generator', used.generator], ['idle or other', idle]] as const) {
       console.log(`  ${party.padEnd(16)} ${value.toFixed(1).padStart(6)} s  ${((100 * value) / capacity).toFixed(0).padStart(3)} %  ${((1e6 * value) / (figures.perSecond * seconds)).toFixed(0).padStart(5)} µs a request`);
     }
+    console.log(`server resident memory: ${idleRss.toFixed(0)} MiB idle, ${loadedRss.toFixed(0)} MiB at most under the load`);
     console.log(`PostgreSQL transactions in the database: ${transactionCount} (${(transactionCount / (figures.perSecond * seconds)).toFixed(3)} a request)`);
     console.log(`usage transactions: ${batches.count}, ${(batches.spends / batches.count).toFixed(1)} spends each on average; by size:`);
     console.log(`  ${batches.buckets.map(({ upTo, count }) => `≤${upTo}: ${count}`).join('  ')}`);

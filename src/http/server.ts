@@ -141,6 +141,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
 
   const limiters = await registerRateLimits(app, { ...defaultRateLimits, ...options.rateLimits });
   const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax, (spends) => options.metrics.usageBatchSpends.observe(spends));
+  // A spend whose client hung up is still written (or not) as a whole; closing waits for the
+  // spends the batcher holds, so that the pool is never closed under them.
+  app.addHook('onClose', async () => usageBatcher.idle());
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
   const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }), ...eventRoutes(options.db), ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }), ...healthRoutes(options)];
   const rawBodyRoutes = [webhookRoute(options.stripe, limiters)];

@@ -33,6 +33,9 @@ export class UsageBatcher {
   private inFlight = 0;
   /** Accounts in a batch being written. */
   private readonly busy = new Set<string>();
+  /** Batches written whose answers are not given yet. */
+  private answering = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
     private readonly ledger: Ledger,
@@ -41,6 +44,13 @@ export class UsageBatcher {
     /** Told the size of each batch as it is written (a metric). */
     private readonly observeBatch: (spends: number) => void = () => undefined,
   ) {}
+
+  /** Resolves once no spend waits or is being written (answers given). */
+  async idle(): Promise<void> {
+    while (this.queue.length > 0 || this.inFlight > 0 || this.answering > 0) {
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    }
+  }
 
   spend(accountId: string, input: UsageInput, actor: Actor): Promise<Outcome> {
     return new Promise((resolve, reject) => {
@@ -73,7 +83,14 @@ export class UsageBatcher {
         // The next batch goes to the database first; the answers of this one are written while
         // it runs (after the calls that send it, which the event loop finishes first).
         this.drain();
-        setImmediate(answer);
+        this.answering += 1;
+        setImmediate(() => {
+          answer();
+          this.answering -= 1;
+          if (this.queue.length === 0 && this.inFlight === 0 && this.answering === 0) {
+            for (const wake of this.idleWaiters.splice(0)) wake();
+          }
+        });
       });
     }
   }

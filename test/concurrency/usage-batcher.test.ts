@@ -140,3 +140,37 @@ it('sends the next batch to the database before it answers the spends of the las
   assert.deepEqual(events.slice(0, 3), ['write group-5-a', 'write group-5-b', 'answer group-5-a']);
   assert.equal((await ledgerFacts(test, 'group-5')).available, 98);
 });
+
+it('is idle only once every spend it holds is written and answered, so closing never cuts one off', async () => {
+  await fundedAccount(test, 'group-6', 100);
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  const slow = Object.create(test.ledger) as typeof test.ledger;
+  slow.usage = async (accountId, input, actor) => {
+    await held;
+    return test.ledger.usage(accountId, input, actor);
+  };
+  slow.usageBatch = async (events, actors) => {
+    await held;
+    return test.ledger.usageBatch(events, actors);
+  };
+  const batcher = new UsageBatcher(slow, 2);
+  const answered: string[] = [];
+  const spends = Array.from({ length: 5 }, (_, index) =>
+    batcher.spend('group-6', { amount: 1, idempotency_key: `group-6-${index}` }, 'app').then((outcome) => {
+      answered.push(`${index}:${outcome.status}`);
+    }),
+  );
+  let idle = false;
+  const idleNow = batcher.idle().then(() => {
+    idle = true;
+  });
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  assert.equal(idle, false, 'not idle while spends wait');
+  release();
+  await idleNow;
+  assert.equal(answered.length, 5, 'every spend was answered before the batcher said it was idle');
+  await Promise.all(spends);
+  assert.equal((await ledgerFacts(test, 'group-6')).available, 95);
+  await batcher.idle();
+});
