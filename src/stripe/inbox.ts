@@ -18,9 +18,9 @@ export async function storeEvent(db: Database, event: VerifiedEvent, rawBody: Bu
   const text = rawBody.toString('utf8');
   const result = await db.query(
     `insert into webhook_events (id, type, api_version, created, payload, raw_body)
-     values ($1, $2, $3, to_timestamp($4), $5::jsonb, $6)
+     values ($1, $2, $3, to_timestamp($4), coalesce($5, $6)::jsonb, $6)
      on conflict (id) do nothing`,
-    [event.id, event.type, event.api_version, event.created, jsonbSafe(text), text],
+    [event.id, event.type, event.api_version, event.created, storableVersion(text), text],
   );
   return result.rowCount === 1 ? 'stored' : 'duplicate';
 }
@@ -39,8 +39,6 @@ export async function storeEvents(db: Database, received: ReceivedEvent[]): Prom
   const ids = [...firstOfId.keys()].sort();
   const rows = ids.map((id) => firstOfId.get(id) as { event: VerifiedEvent; text: string });
   const result = await db.query<{ id: string }>(
-    // A body goes to the database once: the payload is read from it there, unless it had to be
-    // made storable as jsonb first (then that version goes beside it).
     `insert into webhook_events (id, type, api_version, created, payload, raw_body)
      select id, type, api_version, to_timestamp(created), coalesce(storable, raw_body)::jsonb, raw_body
      from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[]) as received (id, type, api_version, created, storable, raw_body)
@@ -52,10 +50,7 @@ export async function storeEvents(db: Database, received: ReceivedEvent[]): Prom
       rows.map((row) => row.event.type),
       rows.map((row) => row.event.api_version),
       rows.map((row) => row.event.created),
-      rows.map((row) => {
-        const storable = jsonbSafe(row.text);
-        return storable === row.text ? null : storable;
-      }),
+      rows.map((row) => storableVersion(row.text)),
       rows.map((row) => row.text),
     ],
   );
@@ -111,6 +106,15 @@ export class WebhookIntake {
  * webhook must be stored whatever its strings hold, and its exact body is kept beside it. Text
  * with neither escape (nearly every event) is passed through untouched.
  */
+/**
+ * A body goes to the database once and its payload is read from it there, unless it had to be
+ * made storable as jsonb first: then that version goes beside it, else null.
+ */
+function storableVersion(body: string): string | null {
+  const storable = jsonbSafe(body);
+  return storable === body ? null : storable;
+}
+
 export function jsonbSafe(json: string): string {
   if (!/\\u(?:0000|[dD][89a-fA-F])/.test(json)) return json;
   return JSON.stringify(wellFormed(JSON.parse(json)));
