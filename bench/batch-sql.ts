@@ -97,7 +97,9 @@ function quietWhenDropped(pool: pg.Pool): pg.Pool {
 async function backendPids(pool: pg.Pool, connectionCount: number): Promise<number[]> {
   const clients = await Promise.all(Array.from({ length: connectionCount }, () => pool.connect()));
   try {
-    return await Promise.all(clients.map(async (client) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid));
+    return await Promise.all(
+      clients.map(async (client) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid),
+    );
   } finally {
     for (const client of clients) client.release();
   }
@@ -117,7 +119,8 @@ function cpuNanoseconds(pids: number[]): number | null {
 /** The arguments of one call, as each side's function takes them. */
 function callOf(side: Side, events: Event[], versionBefore: number): { text: string; values: unknown[] } {
   // Before 0013 the batch took its events as JSON; from 0013 both sides take arrays.
-  if (side === 'before' && versionBefore < 13) return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
+  if (side === 'before' && versionBefore < 13)
+    return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
   return {
     text: 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null) as result',
     values: [
@@ -135,11 +138,17 @@ async function setUp(url: string, accountCount: number): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, $1::int - 1) n union all select 'hot'`, [accountCount]);
+    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, $1::int - 1) n union all select 'hot'`, [
+      accountCount,
+    ]);
     // Through the ledger's own grant function, so that balances, grants and entries agree: a
     // month of subscription credits (spent first) and a never-expiring pack behind it.
-    await client.query(`select tally_add_grant(id, 'subscription', 1000000000000, 0, now() + interval '30 days', 'bench-month', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
-    await client.query(`select tally_add_grant(id, 'purchase', 1000, 0, null, 'bench-pack', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
+    await client.query(
+      `select tally_add_grant(id, 'subscription', 1000000000000, 0, now() + interval '30 days', 'bench-month', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`,
+    );
+    await client.query(
+      `select tally_add_grant(id, 'purchase', 1000, 0, null, 'bench-pack', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`,
+    );
     // Request keys both versions keep (first answers of holds), five per account, so that key
     // lookups meet a table of a realistic size on both sides.
     await client.query(
@@ -156,7 +165,16 @@ async function setUp(url: string, accountCount: number): Promise<void> {
 /** Batches of one scenario under keys of their own. */
 function batchesOf(accounts: string[][], label: string, hash: string): Event[][] {
   return accounts.map((batch, batchIndex) =>
-    batch.map((accountId, index): Event => ({ account_id: accountId, amount: 1, idempotency_key: `${label}-${batchIndex}-${index}`, payload_hash: hash, reference: {}, actor: 'app' })),
+    batch.map(
+      (accountId, index): Event => ({
+        account_id: accountId,
+        amount: 1,
+        idempotency_key: `${label}-${batchIndex}-${index}`,
+        payload_hash: hash,
+        reference: {},
+        actor: 'app',
+      }),
+    ),
   );
 }
 
@@ -223,8 +241,13 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
     const random = randomIntegers(0x13);
     const hash = payloadHash({ amount: 1 });
     const scenarioAccounts = (scenario: 'spread' | 'hot') =>
-      Array.from({ length: batchCountPerRound }, () => Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)));
-    const warmUpBatches = [...batchesOf(scenarioAccounts('spread'), 'warm-spread', hash), ...batchesOf(scenarioAccounts('hot'), 'warm-hot', hash)];
+      Array.from({ length: batchCountPerRound }, () =>
+        Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)),
+      );
+    const warmUpBatches = [
+      ...batchesOf(scenarioAccounts('spread'), 'warm-spread', hash),
+      ...batchesOf(scenarioAccounts('hot'), 'warm-hot', hash),
+    ];
     for (const side of ['before', 'after'] as const) {
       const url = databaseUrlFor(serverUrl, names[side]);
       await ensureDatabase(serverUrl, names[side]);
@@ -250,7 +273,9 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
           batchMilliseconds[side].push(...measured.batchMilliseconds);
           if (measured.cpuMicrosecondsPerSpend !== null) cpu[side].push(measured.cpuMicrosecondsPerSpend);
         }
-        log(`${scenario} round ${round}/${roundCount}: before ${rounds.before.at(-1)?.toFixed(0)}/s, after ${rounds.after.at(-1)?.toFixed(0)}/s; CPU us/spend before ${cpu.before.at(-1)?.toFixed(1) ?? '-'}, after ${cpu.after.at(-1)?.toFixed(1) ?? '-'}`);
+        log(
+          `${scenario} round ${round}/${roundCount}: before ${rounds.before.at(-1)?.toFixed(0)}/s, after ${rounds.after.at(-1)?.toFixed(0)}/s; CPU us/spend before ${cpu.before.at(-1)?.toFixed(1) ?? '-'}, after ${cpu.after.at(-1)?.toFixed(1) ?? '-'}`,
+        );
       }
       const beforePerSecond = median(rounds.before);
       const afterPerSecond = median(rounds.after);
@@ -286,7 +311,10 @@ export function formatBatchSql(figures: BatchSqlFigure[], options: BatchSqlOptio
     `scenario  spends/s before ${String((options.versionBefore ?? setBasedVersionBefore) + 1).padStart(4, '0')} (range)  now (range)               after/before  ms/batch before  after  CPU us/spend before  after  before/after`,
   ];
   for (const figure of figures) {
-    const cpuRatio = figure.beforeCpuMicroseconds === null || figure.afterCpuMicroseconds === null ? '-' : `${(figure.beforeCpuMicroseconds / figure.afterCpuMicroseconds).toFixed(2)}x`;
+    const cpuRatio =
+      figure.beforeCpuMicroseconds === null || figure.afterCpuMicroseconds === null
+        ? '-'
+        : `${(figure.beforeCpuMicroseconds / figure.afterCpuMicroseconds).toFixed(2)}x`;
     lines.push(
       figure.scenario.padEnd(8) +
         `${figure.beforePerSecond.toFixed(0)} (${range(figure.beforeRounds)})`.padStart(30) +

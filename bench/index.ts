@@ -13,7 +13,18 @@ import { ensureDatabase } from '../src/db/embedded.js';
 import { openBenchPostgres } from './scratch-server.js';
 import { migrate } from '../src/db/migrate.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
-import { accountCount, connectionCount, createNaiveSpend, hotAccount, measureHttp, measureNaiveNode, measureNaivePgbench, median, spreadAccount, type Figures } from './load.js';
+import {
+  accountCount,
+  connectionCount,
+  createNaiveSpend,
+  hotAccount,
+  measureHttp,
+  measureNaiveNode,
+  measureNaivePgbench,
+  median,
+  spreadAccount,
+  type Figures,
+} from './load.js';
 import { measureBatchSql } from './batch-sql.js';
 import { benchAppKey, startBenchServer } from './server.js';
 import { runWebhookBench } from './webhooks.js';
@@ -51,7 +62,13 @@ async function main(): Promise<void> {
     await setUp(url);
     server = await startBenchServer(url);
     const usage = (account: () => string) => () =>
-      measureHttp({ url: server!.url, apiKey: benchAppKey, seconds: roundSeconds, path: () => `/v1/accounts/${account()}/usage`, body: (key) => `{"amount":1,"idempotency_key":"${key}"}` });
+      measureHttp({
+        url: server!.url,
+        apiKey: benchAppKey,
+        seconds: roundSeconds,
+        path: () => `/v1/accounts/${account()}/usage`,
+        body: (key) => `{"amount":1,"idempotency_key":"${key}"}`,
+      });
     const randomAccount = () => spreadAccount(Math.floor(Math.random() * accountCount));
     let rss = 0;
     for (let round = 1; round <= roundCount; round += 1) {
@@ -62,13 +79,22 @@ async function main(): Promise<void> {
         row(`naive spend function, ${scenario} (pg client)`, 'spends/s').figures.push(await measureNaiveNode(url, roundSeconds, account));
         const pgbench = await measureNaivePgbench(url, roundSeconds, hot);
         if (pgbench !== undefined) row(`naive spend function, ${scenario} (pgbench)`, 'spends/s').figures.push(pgbench);
-        row(`POST usage over HTTP, ${scenario}`, 'spends/s', { target: '≥ 15,000/s, p99 ≤ 50 ms', baseline: `naive spend function, ${scenario} (pg client)` }).figures.push(await usage(account)());
-        row(`POST usage over HTTP, ${scenario}, spend limits`, 'spends/s', { baseline: `POST usage over HTTP, ${scenario}` }).figures.push(await usage(() => limitedTwin(account()))());
+        row(`POST usage over HTTP, ${scenario}`, 'spends/s', {
+          target: '≥ 15,000/s, p99 ≤ 50 ms',
+          baseline: `naive spend function, ${scenario} (pg client)`,
+        }).figures.push(await usage(account)());
+        row(`POST usage over HTTP, ${scenario}, spend limits`, 'spends/s', { baseline: `POST usage over HTTP, ${scenario}` }).figures.push(
+          await usage(() => limitedTwin(account()))(),
+        );
         rss = Math.max(rss, server.takePeakRssMiB());
       }
       process.stderr.write(`round ${round}/${roundCount} done\n`);
     }
-    row('server peak RSS under the HTTP load above', 'MiB', { target: '≤ 200 MB' }).figures.push({ perSecond: rss, p50: Number.NaN, p99: Number.NaN });
+    row('server peak RSS under the HTTP load above', 'MiB', { target: '≤ 200 MB' }).figures.push({
+      perSecond: rss,
+      p50: Number.NaN,
+      p99: Number.NaN,
+    });
     await server.stop();
     server = undefined;
     const none = { p50: Number.NaN, p99: Number.NaN };
@@ -77,9 +103,10 @@ async function main(): Promise<void> {
       const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
       const before = row(`tally_usage_batch of 256, ${scenario}, before 0013`, 'spends/s');
       before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
-      row(`tally_usage_batch of 256, ${scenario}, set-based`, 'spends/s', { target: figure.scenario === 'spread' ? '≥ 40,000/s' : '', baseline: before.label }).figures.push(
-        ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
-      );
+      row(`tally_usage_batch of 256, ${scenario}, set-based`, 'spends/s', {
+        target: figure.scenario === 'spread' ? '≥ 40,000/s' : '',
+        baseline: before.label,
+      }).figures.push(...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })));
     }
     process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0015 (spend limits), accounts without limits\n');
     for (const figure of await measureBatchSql(serverUrl, { roundCount, versionBefore: 14 })) {
@@ -96,12 +123,18 @@ async function main(): Promise<void> {
     const [oneInsert] = webhooks.intake;
     for (const line of webhooks.intake) {
       const first = line === oneInsert;
-      row(`webhook intake, ${line.label}`, 'events/s', { target: first ? '' : '≥ 5,000/s durable', baseline: first ? undefined : `webhook intake, ${oneInsert!.label}` }).figures.push(line);
+      row(`webhook intake, ${line.label}`, 'events/s', {
+        target: first ? '' : '≥ 5,000/s durable',
+        baseline: first ? undefined : `webhook intake, ${oneInsert!.label}`,
+      }).figures.push(line);
     }
     const [oneLane] = webhooks.apply;
     for (const line of webhooks.apply) {
       const first = line === oneLane;
-      row(`webhooks applied (pack purchases), ${line.label}`, 'events/s', { target: first ? '' : '≥ 2,000/s', baseline: first ? undefined : `webhooks applied (pack purchases), ${oneLane!.label}` }).figures.push({ perSecond: line.perSecond, ...none });
+      row(`webhooks applied (pack purchases), ${line.label}`, 'events/s', {
+        target: first ? '' : '≥ 2,000/s',
+        baseline: first ? undefined : `webhooks applied (pack purchases), ${oneLane!.label}`,
+      }).figures.push({ perSecond: line.perSecond, ...none });
     }
     report([...rows.values()]);
   } finally {
@@ -124,10 +157,18 @@ async function setUp(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, ${accountCount - 1}) n union all select $1`, [hotAccount]);
+    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, ${accountCount - 1}) n union all select $1`, [
+      hotAccount,
+    ]);
     await client.query(`insert into accounts (id) select $1 || id from accounts`, [limitedTwin('')]);
-    await client.query(`select tally_add_grant(id, 'promo', $1, 0, null, 'bench-fund', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`, [fundedCredits]);
-    await client.query(`select tally_set_spend_limits(id, true, $1, true, $1, 'system', null) from accounts where id like $2`, [fundedCredits, `${limitedTwin('')}%`]);
+    await client.query(
+      `select tally_add_grant(id, 'promo', $1, 0, null, 'bench-fund', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`,
+      [fundedCredits],
+    );
+    await client.query(`select tally_set_spend_limits(id, true, $1, true, $1, 'system', null) from accounts where id like $2`, [
+      fundedCredits,
+      `${limitedTwin('')}%`,
+    ]);
     await createNaiveSpend(client, fundedCredits);
     await client.query('vacuum analyze');
   } finally {
@@ -137,9 +178,13 @@ async function setUp(url: string): Promise<void> {
 
 function report(rows: Row[]): void {
   const cpu = cpus()[0]?.model ?? 'unknown CPU';
-  console.log(`\nTally bench: ${cpus().length} cores (${cpu}), ${Math.round(totalmem() / 2 ** 30)} GiB; ${connectionCount} connections; median of ${roundCount} rounds of ${roundSeconds} s\n`);
+  console.log(
+    `\nTally bench: ${cpus().length} cores (${cpu}), ${Math.round(totalmem() / 2 ** 30)} GiB; ${connectionCount} connections; median of ${roundCount} rounds of ${roundSeconds} s\n`,
+  );
   const format = (value: number, digits = 0) => (Number.isNaN(value) ? '' : value.toFixed(digits));
-  console.log(`${'path'.padEnd(58)} ${'figure'.padStart(10)} ${'unit'.padEnd(9)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'ratio'.padStart(7)}  target`);
+  console.log(
+    `${'path'.padEnd(58)} ${'figure'.padStart(10)} ${'unit'.padEnd(9)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'ratio'.padStart(7)}  target`,
+  );
   for (const row of rows) {
     const figure = median(row.figures.map((f) => f.perSecond));
     const baseline = row.baseline === undefined ? undefined : rows.find((candidate) => candidate.label === row.baseline);
@@ -148,9 +193,15 @@ function report(rows: Row[]): void {
       `${row.label.padEnd(58)} ${format(figure).padStart(10)} ${row.unit.padEnd(9)} ${format(median(row.figures.map((f) => f.p50)), 1).padStart(7)} ${format(median(row.figures.map((f) => f.p99)), 1).padStart(7)} ${ratio.padStart(7)}  ${row.target ?? ''}`,
     );
   }
-  console.log('\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; with spend limits to the same call on accounts without;');
-  console.log('the set-based batch to the batch before 0013; the batch now to the batch before spend limits (0015), on accounts without limits;');
-  console.log('group commit to one insert per delivery; the default lanes to one lane. pgbench rows show the average latency in the p50 column.');
+  console.log(
+    '\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; with spend limits to the same call on accounts without;',
+  );
+  console.log(
+    'the set-based batch to the batch before 0013; the batch now to the batch before spend limits (0015), on accounts without limits;',
+  );
+  console.log(
+    'group commit to one insert per delivery; the default lanes to one lane. pgbench rows show the average latency in the p50 column.',
+  );
 }
 
 await main();

@@ -30,7 +30,14 @@ let requestCounter = 0;
  * POSTs `body(key)` to `path()` for `seconds` over `connectionCount` keep-alive connections;
  * every answer must be 2xx (a refusal would measure something else), or this throws.
  */
-export async function measureHttp(options: { url: string; apiKey: string; seconds: number; path: () => string; body: (key: string) => string; headers?: (body: string) => Record<string, string> }): Promise<Figures> {
+export async function measureHttp(options: {
+  url: string;
+  apiKey: string;
+  seconds: number;
+  path: () => string;
+  body: (key: string) => string;
+  headers?: (body: string) => Record<string, string>;
+}): Promise<Figures> {
   const run = (requestCounter += 1);
   let sequence = 0;
   const result = await autocannon({
@@ -54,14 +61,19 @@ export async function measureHttp(options: { url: string; apiKey: string; second
     ],
   });
   const failed = result.non2xx + result.errors + result.timeouts;
-  if (failed > 0) throw new Error(`${failed} of ${result.requests.total} requests to ${options.url} failed (non-2xx ${result.non2xx}, errors ${result.errors}, timeouts ${result.timeouts})`);
+  if (failed > 0)
+    throw new Error(
+      `${failed} of ${result.requests.total} requests to ${options.url} failed (non-2xx ${result.non2xx}, errors ${result.errors}, timeouts ${result.timeouts})`,
+    );
   return { perSecond: result.requests.total / options.seconds, p50: result.latency.p50, p99: result.latency.p99 };
 }
 
 /** The baseline's tables and its function: lock the row, update it, insert an entry; no keys, no grants. */
 export async function createNaiveSpend(client: pg.Client, credits: number): Promise<void> {
   await client.query(`create table bench_naive_accounts (id text primary key, balance bigint not null check (balance >= 0))`);
-  await client.query(`create table bench_naive_entries (id bigint generated always as identity primary key, account_id text not null, amount bigint not null, created_at timestamptz not null default now())`);
+  await client.query(
+    `create table bench_naive_entries (id bigint generated always as identity primary key, account_id text not null, amount bigint not null, created_at timestamptz not null default now())`,
+  );
   await client.query(`insert into bench_naive_accounts select id, $1 from accounts`, [credits]);
   await client.query(`
     create function bench_naive_spend(p_account text) returns bigint language plpgsql as $$
@@ -110,9 +122,18 @@ const pgbenchConnectSeconds = 5;
 export async function measureNaivePgbench(url: string, seconds: number, hot: boolean): Promise<Figures | undefined> {
   const folder = mkdtempSync(join(tmpdir(), 'tally-pgbench-'));
   const script = join(folder, 'spend.sql');
-  writeFileSync(script, hot ? `select bench_naive_spend('${hotAccount}');\n` : `\\set n random(0, ${accountCount - 1})\nselect bench_naive_spend('acct-' || :n);\n`);
+  writeFileSync(
+    script,
+    hot
+      ? `select bench_naive_spend('${hotAccount}');\n`
+      : `\\set n random(0, ${accountCount - 1})\nselect bench_naive_spend('acct-' || :n);\n`,
+  );
   try {
-    const { stdout } = await promisify(execFile)('pgbench', ['-n', '-c', String(connectionCount), '-j', '2', '-T', String(seconds + pgbenchConnectSeconds), '-r', '-f', script, url], { maxBuffer: 1 << 22 });
+    const { stdout } = await promisify(execFile)(
+      'pgbench',
+      ['-n', '-c', String(connectionCount), '-j', '2', '-T', String(seconds + pgbenchConnectSeconds), '-r', '-f', script, url],
+      { maxBuffer: 1 << 22 },
+    );
     const tps = Number(/tps = ([\d.]+)/.exec(stdout)?.[1] ?? Number.NaN);
     const latency = Number(/latency average = ([\d.]+) ms/.exec(stdout)?.[1] ?? Number.NaN);
     if (!Number.isFinite(tps)) throw new Error(`pgbench printed no tps:\n${stdout}`);

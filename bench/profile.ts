@@ -91,9 +91,11 @@ function summarize(profile: CpuProfile): void {
   }
   const share = (value: number) => `${((100 * value) / total).toFixed(1).padStart(5)} %`;
   console.log('\nserver profile by place (self time; "(idle)" is the event loop waiting):');
-  for (const [place, microseconds] of [...places].sort((a, b) => b[1] - a[1]).slice(0, 20)) console.log(`  ${share(microseconds)}  ${place}`);
+  for (const [place, microseconds] of [...places].sort((a, b) => b[1] - a[1]).slice(0, 20))
+    console.log(`  ${share(microseconds)}  ${place}`);
   console.log('\nfunctions with the most self time:');
-  for (const [name, microseconds] of [...functions].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(`  ${share(microseconds)}  ${name}`);
+  for (const [name, microseconds] of [...functions].sort((a, b) => b[1] - a[1]).slice(0, 25))
+    console.log(`  ${share(microseconds)}  ${name}`);
 }
 
 /** The usage batch sizes the server saw, from its /metrics (buckets as counts of their own). */
@@ -119,8 +121,12 @@ async function main(): Promise<void> {
     await migrate(url);
     const client = new pg.Client({ connectionString: url });
     await client.connect();
-    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, ${accountCount - 1}) n union all select $1`, [hotAccount]);
-    await client.query(`select tally_add_grant(id, 'promo', 1000000000, 0, null, 'bench-fund', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`);
+    await client.query(`insert into accounts (id) select 'acct-' || n from generate_series(0, ${accountCount - 1}) n union all select $1`, [
+      hotAccount,
+    ]);
+    await client.query(
+      `select tally_add_grant(id, 'promo', 1000000000, 0, null, 'bench-fund', 'grant', '{}'::jsonb, 'system', null, now()) from accounts`,
+    );
     await client.query('vacuum analyze');
     await client.end();
 
@@ -130,7 +136,9 @@ async function main(): Promise<void> {
       try {
         // Backends report their counts within a second of going idle.
         await new Promise((resolve) => setTimeout(resolve, 1500));
-        const { rows } = await reader.query<{ count: string }>('select xact_commit + xact_rollback as count from pg_stat_database where datname = current_database()');
+        const { rows } = await reader.query<{ count: string }>(
+          'select xact_commit + xact_rollback as count from pg_stat_database where datname = current_database()',
+        );
         return Number(rows[0]!.count);
       } finally {
         await reader.end();
@@ -138,11 +146,23 @@ async function main(): Promise<void> {
     };
     const server = await startBenchServer(url, {}, ['--cpu-prof', `--cpu-prof-dir=${profileDirectory}`]);
     const usage = (account: () => string) =>
-      measureHttp({ url: server.url, apiKey: benchAppKey, seconds, path: () => `/v1/accounts/${account()}/usage`, body: (key) => `{"amount":1,"idempotency_key":"${key}"}` });
+      measureHttp({
+        url: server.url,
+        apiKey: benchAppKey,
+        seconds,
+        path: () => `/v1/accounts/${account()}/usage`,
+        body: (key) => `{"amount":1,"idempotency_key":"${key}"}`,
+      });
     const idleRss = server.takePeakRssMiB();
     const transactionsBefore = await transactions();
-    const start = { server: cpuSeconds(server.pid), postgres: postgresCpuSeconds(), generator: process.cpuUsage(), wall: performance.now() };
-    const figures = scenario === 'usage-hot' ? await usage(() => hotAccount) : await usage(() => spreadAccount(Math.floor(Math.random() * accountCount)));
+    const start = {
+      server: cpuSeconds(server.pid),
+      postgres: postgresCpuSeconds(),
+      generator: process.cpuUsage(),
+      wall: performance.now(),
+    };
+    const figures =
+      scenario === 'usage-hot' ? await usage(() => hotAccount) : await usage(() => spreadAccount(Math.floor(Math.random() * accountCount)));
     const wall = (performance.now() - start.wall) / 1000;
     const used = {
       server: cpuSeconds(server.pid) - start.server,
@@ -161,11 +181,20 @@ async function main(): Promise<void> {
     console.log(`\n${scenario}: ${Math.round(figures.perSecond)}/s, p50 ${figures.p50} ms, p99 ${figures.p99} ms over ${seconds} s`);
     console.log(`CPU seconds of the ${cpus().length} cores' ${capacity.toFixed(1)} over the run:`);
     const idle = capacity - used.server - used.postgres - used.generator;
-    for (const [party, value] of [['Tally server', used.server], ['PostgreSQL', used.postgres], ['load generator', used.generator], ['idle or other', idle]] as const) {
-      console.log(`  ${party.padEnd(16)} ${value.toFixed(1).padStart(6)} s  ${((100 * value) / capacity).toFixed(0).padStart(3)} %  ${((1e6 * value) / (figures.perSecond * seconds)).toFixed(0).padStart(5)} µs a request`);
+    for (const [party, value] of [
+      ['Tally server', used.server],
+      ['PostgreSQL', used.postgres],
+      ['load generator', used.generator],
+      ['idle or other', idle],
+    ] as const) {
+      console.log(
+        `  ${party.padEnd(16)} ${value.toFixed(1).padStart(6)} s  ${((100 * value) / capacity).toFixed(0).padStart(3)} %  ${((1e6 * value) / (figures.perSecond * seconds)).toFixed(0).padStart(5)} µs a request`,
+      );
     }
     console.log(`server resident memory: ${idleRss.toFixed(0)} MiB idle, ${loadedRss.toFixed(0)} MiB at most under the load`);
-    console.log(`PostgreSQL transactions in the database: ${transactionCount} (${(transactionCount / (figures.perSecond * seconds)).toFixed(3)} a request)`);
+    console.log(
+      `PostgreSQL transactions in the database: ${transactionCount} (${(transactionCount / (figures.perSecond * seconds)).toFixed(3)} a request)`,
+    );
     console.log(`usage transactions: ${batches.count}, ${(batches.spends / batches.count).toFixed(1)} spends each on average; by size:`);
     console.log(`  ${batches.buckets.map(({ upTo, count }) => `≤${upTo}: ${count}`).join('  ')}`);
     const file = readdirSync(profileDirectory).find((entry) => entry.endsWith('.cpuprofile'));

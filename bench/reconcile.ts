@@ -68,9 +68,12 @@ async function main(): Promise<void> {
       const running = performance.now();
       const report = await reconcile(db, { trigger: 'cli', stripe: false, gateway: undefined, catalog });
       const runSeconds = (performance.now() - running) / 1000;
-      if (report.finding_count !== 0) throw new Error(`the bench ledger should be consistent: ${JSON.stringify(report.findings.slice(0, 3))}`);
+      if (report.finding_count !== 0)
+        throw new Error(`the bench ledger should be consistent: ${JSON.stringify(report.findings.slice(0, 3))}`);
       console.log(`entries ${report.summary.entries}, accounts ${report.summary.accounts}`);
-      console.log(`fill ${fillSeconds.toFixed(1)} s; reconciliation ${runSeconds.toFixed(1)} s (${Math.round(report.summary.entries / runSeconds)} entries/s)`);
+      console.log(
+        `fill ${fillSeconds.toFixed(1)} s; reconciliation ${runSeconds.toFixed(1)} s (${Math.round(report.summary.entries / runSeconds)} entries/s)`,
+      );
     } finally {
       await db.close();
     }

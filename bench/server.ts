@@ -19,7 +19,11 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-export async function startBenchServer(databaseUrl: string, extraEnvironment: Record<string, string> = {}, nodeArguments: string[] = []): Promise<BenchServer> {
+export async function startBenchServer(
+  databaseUrl: string,
+  extraEnvironment: Record<string, string> = {},
+  nodeArguments: string[] = [],
+): Promise<BenchServer> {
   const port = await freePort();
   const child = spawn(process.execPath, [...nodeArguments, 'bin/tally.js', 'start'], {
     env: {
@@ -76,7 +80,10 @@ async function waitUntilReady(url: string, child: ChildProcess): Promise<void> {
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`the bench server exited with ${child.exitCode} before it was ready`);
-    const ready = await fetch(`${url}/readyz`).then((response) => response.ok, () => false);
+    const ready = await fetch(`${url}/readyz`).then(
+      (response) => response.ok,
+      () => false,
+    );
     if (ready) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }

@@ -149,11 +149,18 @@ export async function measureIntake(
   try {
     const address = await parts.app.listen({ port: 0, host: '127.0.0.1' });
     const runTag = `i${Date.now().toString(36)}`;
-    const result = await runLoadGenerator({ url: `${address}/webhooks/stripe`, deliveries: options.deliveries, connections: connectionCount, runTag });
+    const result = await runLoadGenerator({
+      url: `${address}/webhooks/stripe`,
+      deliveries: options.deliveries,
+      connections: connectionCount,
+      runTag,
+    });
     if (result.non2xx !== 0 || result.errors !== 0 || result.completed !== options.deliveries) {
       throw new Error(`intake: ${result.completed} of ${options.deliveries} answered, ${result.non2xx} not 2xx, ${result.errors} errors`);
     }
-    const stored = await bench.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where id like $1`, [`evt_bench_${runTag}_%`]);
+    const stored = await bench.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where id like $1`, [
+      `evt_bench_${runTag}_%`,
+    ]);
     if (stored.rows[0]?.count !== options.deliveries) throw new Error(`intake: ${stored.rows[0]?.count} of ${options.deliveries} stored`);
     return { perSecond: result.completed / result.seconds, p50: result.p50, p99: result.p99, deliveries: options.deliveries };
   } finally {
@@ -213,21 +220,29 @@ async function loadGenerator(): Promise<void> {
   const finished = new Promise<autocannon.Result>((resolveRun, rejectRun) => {
     finish = (error, result) => (error === null ? resolveRun(result) : rejectRun(error));
   });
-  const run = autocannon({
-    url: spec.url,
-    connections: spec.connections,
-    amount: spec.deliveries,
-    method: 'POST',
-    requests: [
-      {
-        setupRequest: (request) => {
-          const delivery = deliveries[next % deliveries.length] as { payload: string; header: string };
-          next += 1;
-          return { ...request, method: 'POST', body: delivery.payload, headers: { 'content-type': 'application/json', 'stripe-signature': delivery.header } };
+  const run = autocannon(
+    {
+      url: spec.url,
+      connections: spec.connections,
+      amount: spec.deliveries,
+      method: 'POST',
+      requests: [
+        {
+          setupRequest: (request) => {
+            const delivery = deliveries[next % deliveries.length] as { payload: string; header: string };
+            next += 1;
+            return {
+              ...request,
+              method: 'POST',
+              body: delivery.payload,
+              headers: { 'content-type': 'application/json', 'stripe-signature': delivery.header },
+            };
+          },
         },
-      },
-    ],
-  }, (error, result) => finish(error ?? null, result));
+      ],
+    },
+    (error, result) => finish(error ?? null, result),
+  );
   run.on('response', () => {
     lastAnswer = performance.now();
   });
@@ -256,14 +271,22 @@ export async function measureApply(bench: WebhookBench, options: { events: numbe
   for (let start = 0; start < purchases.length; start += 256) {
     await storeEvents(
       bench.db,
-      purchases.slice(start, start + 256).map((purchase) => ({ event: purchase as unknown as VerifiedEvent, rawBody: Buffer.from(JSON.stringify(purchase)) })),
+      purchases
+        .slice(start, start + 256)
+        .map((purchase) => ({ event: purchase as unknown as VerifiedEvent, rawBody: Buffer.from(JSON.stringify(purchase)) })),
     );
   }
-  const worker = new WebhookWorker(bench.db, bench.catalog, bench.hasher, bench.gateway, silent, { ...defaultWorkerOptions, concurrentEventsMax: options.lanes });
+  const worker = new WebhookWorker(bench.db, bench.catalog, bench.hasher, bench.gateway, silent, {
+    ...defaultWorkerOptions,
+    concurrentEventsMax: options.lanes,
+  });
   const started = performance.now();
   await worker.drain();
   const seconds = (performance.now() - started) / 1000;
-  const { rows } = await bench.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where id like $1 and status = 'processed'`, [`evt_bench_${runTag}_%`]);
+  const { rows } = await bench.db.query<{ count: number }>(
+    `select count(*)::int as count from webhook_events where id like $1 and status = 'processed'`,
+    [`evt_bench_${runTag}_%`],
+  );
   if (rows[0]?.count !== options.events) throw new Error(`apply: ${rows[0]?.count} of ${options.events} events processed`);
   bench.fake.requests.length = 0;
   return { perSecond: options.events / seconds, events: options.events, lanes: options.lanes };
@@ -280,7 +303,9 @@ export interface WebhookBenchResult {
 }
 
 /** Every variant, in alternating order each round; medians of the rounds. */
-export async function runWebhookBench(options: { rounds?: number; intakeDeliveries?: number; applyEvents?: number; log?: (line: string) => void } = {}): Promise<WebhookBenchResult> {
+export async function runWebhookBench(
+  options: { rounds?: number; intakeDeliveries?: number; applyEvents?: number; log?: (line: string) => void } = {},
+): Promise<WebhookBenchResult> {
   const rounds = options.rounds ?? Number(process.env.BENCH_ROUNDS ?? 3);
   const intakeDeliveries = options.intakeDeliveries ?? Number(process.env.BENCH_INTAKE_DELIVERIES ?? 8000);
   const applyEvents = options.applyEvents ?? Number(process.env.BENCH_APPLY_EVENTS ?? 1000);
@@ -321,7 +346,12 @@ export async function runWebhookBench(options: { rounds?: number; intakeDeliveri
     applyEvents,
     intake: intakeVariants.map(({ label }) => {
       const figures = intake.get(label) ?? [];
-      return { label, perSecond: median(figures.map((f) => f.perSecond)), p50: median(figures.map((f) => f.p50)), p99: median(figures.map((f) => f.p99)) };
+      return {
+        label,
+        perSecond: median(figures.map((f) => f.perSecond)),
+        p50: median(figures.map((f) => f.p50)),
+        p99: median(figures.map((f) => f.p99)),
+      };
     }),
     apply: laneVariants.map((lanes) => ({
       label: lanes === defaultWorkerOptions.concurrentEventsMax ? `${lanes} lanes (default)` : `${lanes} lane`,
@@ -332,16 +362,24 @@ export async function runWebhookBench(options: { rounds?: number; intakeDeliveri
 
 function report(result: WebhookBenchResult): void {
   const [baseline] = result.intake;
-  console.log(`\nwebhook intake: signed checkout.session.completed, ${connectionCount} connections from autocannon in another process, median of ${result.rounds} rounds of ${result.intakeDeliveries} deliveries\n`);
+  console.log(
+    `\nwebhook intake: signed checkout.session.completed, ${connectionCount} connections from autocannon in another process, median of ${result.rounds} rounds of ${result.intakeDeliveries} deliveries\n`,
+  );
   console.log('variant                              deliveries/s    p50 ms    p99 ms   ratio');
   for (const line of result.intake) {
-    console.log(`${line.label.padEnd(36)} ${line.perSecond.toFixed(0).padStart(12)} ${line.p50.toFixed(1).padStart(9)} ${line.p99.toFixed(1).padStart(9)}   ${(line.perSecond / (baseline?.perSecond ?? 1)).toFixed(2)}x`);
+    console.log(
+      `${line.label.padEnd(36)} ${line.perSecond.toFixed(0).padStart(12)} ${line.p50.toFixed(1).padStart(9)} ${line.p99.toFixed(1).padStart(9)}   ${(line.perSecond / (baseline?.perSecond ?? 1)).toFixed(2)}x`,
+    );
   }
   const [serial] = result.apply;
-  console.log(`\nwebhook apply: pack purchases over ${accountCount.toLocaleString('en')} accounts (line items asked of the fake Stripe), one drain(), median of ${result.rounds} rounds of ${result.applyEvents} events\n`);
+  console.log(
+    `\nwebhook apply: pack purchases over ${accountCount.toLocaleString('en')} accounts (line items asked of the fake Stripe), one drain(), median of ${result.rounds} rounds of ${result.applyEvents} events\n`,
+  );
   console.log('variant                              events/s   ratio');
   for (const line of result.apply) {
-    console.log(`${line.label.padEnd(36)} ${line.perSecond.toFixed(0).padStart(8)}   ${(line.perSecond / (serial?.perSecond ?? 1)).toFixed(2)}x`);
+    console.log(
+      `${line.label.padEnd(36)} ${line.perSecond.toFixed(0).padStart(8)}   ${(line.perSecond / (serial?.perSecond ?? 1)).toFixed(2)}x`,
+    );
   }
 }
 

@@ -58,9 +58,16 @@ try {
     failed = result.failures.length > 0 ? 1 : 0;
   } else {
     for (let seed = firstSeed; seed < firstSeed + seedCount; seed += 1) {
-      const outcome = await runSeed(seed, { lifecycles: perSeed, kinds, shrink: !args.includes('--no-shrink'), shrinkRunsMax: Number(option('shrink-runs') ?? 40) });
+      const outcome = await runSeed(seed, {
+        lifecycles: perSeed,
+        kinds,
+        shrink: !args.includes('--no-shrink'),
+        shrinkRunsMax: Number(option('shrink-runs') ?? 40),
+      });
       const { result } = outcome;
-      console.log(`seed ${seed}: ${perSeed} lifecycles, ${result.steps} steps, ${result.events} deliveries, ${(outcome.milliseconds / 1000).toFixed(1)} s: ${result.failures.length === 0 ? 'ok' : 'FAILED'}`);
+      console.log(
+        `seed ${seed}: ${perSeed} lifecycles, ${result.steps} steps, ${result.events} deliveries, ${(outcome.milliseconds / 1000).toFixed(1)} s: ${result.failures.length === 0 ? 'ok' : 'FAILED'}`,
+      );
       if (args.includes('--facts')) {
         const counts = new Map<string, number>();
         for (const fact of result.facts) counts.set(fact.kind, (counts.get(fact.kind) ?? 0) + 1);
@@ -70,7 +77,9 @@ try {
       failed += 1;
       for (const failure of result.failures.slice(0, 20)) console.log(`  ${failure}`);
       if (outcome.shrunk !== undefined) {
-        console.log(`  shrunk to ${outcome.shrunk.steps.length} steps of kinds ${kindsOf(outcome.shrunk.steps).join(', ')}; it fails with:`);
+        console.log(
+          `  shrunk to ${outcome.shrunk.steps.length} steps of kinds ${kindsOf(outcome.shrunk.steps).join(', ')}; it fails with:`,
+        );
         for (const failure of outcome.shrunk.result.failures.slice(0, 10)) console.log(`    ${failure}`);
         console.log(`  replay: save the history below as FILE and run npm run simulate -- --seed ${seed} --history FILE`);
         console.log(describe(outcome.shrunk.steps));
@@ -78,7 +87,9 @@ try {
     }
   }
 } finally {
-  await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname like $1 and pid <> pg_backend_pid()`, [`${template}%`]);
+  await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname like $1 and pid <> pg_backend_pid()`, [
+    `${template}%`,
+  ]);
   const leftovers = await admin.query<{ datname: string }>('select datname from pg_database where datname like $1', [`${template}%`]);
   for (const row of leftovers.rows) await admin.query(`drop database if exists ${pg.escapeIdentifier(row.datname)} with (force)`);
   await admin.end();

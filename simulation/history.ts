@@ -23,10 +23,27 @@ export interface PaidLine {
 export type Fact =
   /** The clock reached `at` and every event before it was applied (the world quiesced). */
   | { kind: 'clock'; at: number }
-  | { kind: 'invoice_paid'; at: number; account: string; subscription: string; invoice: string; paymentIntent: string | null; amountPaid: number; lines: PaidLine[]; currentPeriod: Period }
+  | {
+      kind: 'invoice_paid';
+      at: number;
+      account: string;
+      subscription: string;
+      invoice: string;
+      paymentIntent: string | null;
+      amountPaid: number;
+      lines: PaidLine[];
+      currentPeriod: Period;
+    }
   | { kind: 'trial_started'; at: number; account: string; subscription: string; price: string; trialEnd: number }
   | { kind: 'subscription_ended'; at: number; subscription: string }
-  | { kind: 'pack_paid'; at: number; account: string; paymentIntent: string; amountPaid: number; items: { price: string; quantity: number }[] }
+  | {
+      kind: 'pack_paid';
+      at: number;
+      account: string;
+      paymentIntent: string;
+      amountPaid: number;
+      items: { price: string; quantity: number }[];
+    }
   | { kind: 'refund'; at: number; refund: string; paymentIntent: string; amount: number }
   | { kind: 'refund_reversed'; at: number; refund: string }
   | { kind: 'dispute'; at: number; dispute: string; paymentIntent: string }

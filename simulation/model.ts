@@ -92,7 +92,9 @@ interface Subscription {
  */
 export function addMonths(unixSeconds: number, months: number): number {
   const date = new Date(unixSeconds * 1000);
-  const target = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()));
+  const target = new Date(
+    Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()),
+  );
   const lastDay = new Date(Date.UTC(target.getUTCFullYear(), target.getUTCMonth() + 1, 0)).getUTCDate();
   target.setUTCDate(Math.min(date.getUTCDate(), lastDay));
   return Math.floor(target.getTime() / 1000);
@@ -141,7 +143,17 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const subscription = (id: string, owner: Account): Subscription => {
     let found = subscriptions.get(id);
     if (found === undefined) {
-      found = { id, account: owner, lines: [], periods: new Map(), schedule: [], cancelled: new Map(), lost: new Set(), endedAt: undefined, trialEnd: undefined };
+      found = {
+        id,
+        account: owner,
+        lines: [],
+        periods: new Map(),
+        schedule: [],
+        cancelled: new Map(),
+        lost: new Set(),
+        endedAt: undefined,
+        trialEnd: undefined,
+      };
       subscriptions.set(id, found);
     }
     return found;
@@ -178,7 +190,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const settle = (at: number) => {
     now = at;
     for (const hold of holds.values()) if (hold.pending && hold.expiresAt <= at) release(hold, 0);
-    for (const owner of accounts.values()) for (const grant of owner.grants) if (grant.expiresAt !== null && grant.expiresAt <= at) expire(grant);
+    for (const owner of accounts.values())
+      for (const grant of owner.grants) if (grant.expiresAt !== null && grant.expiresAt <= at) expire(grant);
   };
   const take = (grants: Grant[], credits: number): Take[] => {
     const taken: Take[] = [];
@@ -191,13 +204,31 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     }
     return taken;
   };
-  const spend = (owner: Account, amount: number): Take[] | undefined => (available(owner) < amount ? undefined : take(owner.grants, amount));
+  const spend = (owner: Account, amount: number): Take[] | undefined =>
+    available(owner) < amount ? undefined : take(owner.grants, amount);
 
-  const grant = (owner: Account, key: string, amount: number, expiresAt: number | null, extra: { payment?: Payment; period?: string; plan?: Plan } = {}): Grant | undefined => {
+  const grant = (
+    owner: Account,
+    key: string,
+    amount: number,
+    expiresAt: number | null,
+    extra: { payment?: Payment; period?: string; plan?: Plan } = {},
+  ): Grant | undefined => {
     if (amount <= 0 || owner.grants.some((existing) => existing.key === key)) return undefined;
     const repaid = Math.min(owner.debt, amount);
     owner.debt -= repaid;
-    const created: Grant = { key, amount, remaining: amount - repaid, expiresAt, expired: false, sequence: (sequence += 1), payment: extra.payment?.id, period: extra.period, plan: extra.plan, expiredCredits: 0 };
+    const created: Grant = {
+      key,
+      amount,
+      remaining: amount - repaid,
+      expiresAt,
+      expired: false,
+      sequence: (sequence += 1),
+      payment: extra.payment?.id,
+      period: extra.period,
+      plan: extra.plan,
+      expiredCredits: 0,
+    };
     owner.grants.push(created);
     if (expiresAt !== null && expiresAt <= now) expire(created);
     return created;
@@ -269,7 +300,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     let plan: Plan | undefined;
     for (const line of sub.lines) {
       const match = planOf(line.price);
-      if (match?.interval !== 'year' || line.billingPeriod.start !== month.year.start || line.start > month.start || line.end < month.end) continue;
+      if (match?.interval !== 'year' || line.billingPeriod.start !== month.year.start || line.start > month.start || line.end < month.end)
+        continue;
       credits += (line.amount < 0 ? -1 : 1) * match.plan.credits_per_month * line.quantity;
       if (line.amount >= 0) plan = match.plan;
     }
@@ -281,7 +313,9 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * credits × quantity a month), not what later changes added to those months.
    */
   const grantDueMonths = (at: number) => {
-    const due = [...subscriptions.values()].flatMap((sub) => sub.schedule.filter((month) => month.start <= at).map((month) => ({ sub, month })));
+    const due = [...subscriptions.values()].flatMap((sub) =>
+      sub.schedule.filter((month) => month.start <= at).map((month) => ({ sub, month })),
+    );
     for (const { sub, month } of due.sort((a, b) => a.month.start - b.month.start)) {
       sub.schedule = sub.schedule.filter((candidate) => candidate !== month);
       if (sub.endedAt !== undefined && sub.endedAt <= month.start) {
@@ -296,7 +330,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const invoicePaid = (fact: Extract<Fact, { kind: 'invoice_paid' }>) => {
     const owner = account(fact.account);
     const sub = subscription(fact.subscription, owner);
-    const payment: Payment = { id: fact.paymentIntent ?? fact.invoice, account: owner, amountPaid: fact.amountPaid, credits: 0, clawed: 0, year: undefined };
+    const payment: Payment = {
+      id: fact.paymentIntent ?? fact.invoice,
+      account: owner,
+      amountPaid: fact.amountPaid,
+      credits: 0,
+      clawed: 0,
+      year: undefined,
+    };
     payments.set(payment.id, payment);
     const lines = fact.lines.filter((line) => planOf(line.price) !== undefined);
     // Reading: positive lines first, then negative ones, so that a clawback on an invoice sees the
@@ -322,7 +363,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       }
       // A proration line moves credits in each credit period it overlaps that has begun; later
       // yearly months take it in their net when they are granted.
-      const creditPeriods = interval === 'month' ? [line.billingPeriod] : monthsOf(line.billingPeriod).filter((month) => month.start <= fact.at);
+      const creditPeriods =
+        interval === 'month' ? [line.billingPeriod] : monthsOf(line.billingPeriod).filter((month) => month.start <= fact.at);
       for (const creditPeriod of creditPeriods) {
         const overlap = overlapOf(line, creditPeriod);
         if (overlap === 0) continue;
@@ -340,7 +382,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         }
         // Paid after its period ended: into the period current at payment, expiring with it.
         const into = creditPeriod.end > fact.at ? creditPeriod : fact.currentPeriod;
-        grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, { payment, period: `${sub.id}:${into.start}`, plan });
+        grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, {
+          payment,
+          period: `${sub.id}:${into.start}`,
+          plan,
+        });
       }
     }
   };
@@ -381,7 +427,12 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     if (payment.year !== undefined) {
       credits -= cancelMonths(payment.year, credits);
     }
-    clawbacks.set(`refund:${fact.refund}`, { account: payment.account, payment, credits, taken: clawBack(payment.account, credits, ownGrants(payment)) });
+    clawbacks.set(`refund:${fact.refund}`, {
+      account: payment.account,
+      payment,
+      credits,
+      taken: clawBack(payment.account, credits, ownGrants(payment)),
+    });
   };
 
   const dispute = (fact: Extract<Fact, { kind: 'dispute' }>) => {
@@ -389,7 +440,12 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     if (payment === undefined || clawbacks.has(`dispute:${fact.dispute}`)) return;
     const credits = payment.credits - payment.clawed;
     payment.clawed += credits;
-    clawbacks.set(`dispute:${fact.dispute}`, { account: payment.account, payment, credits, taken: clawBack(payment.account, credits, ownGrants(payment)) });
+    clawbacks.set(`dispute:${fact.dispute}`, {
+      account: payment.account,
+      payment,
+      credits,
+      taken: clawBack(payment.account, credits, ownGrants(payment)),
+    });
   };
 
   const reverse = (key: string, restoreKey: string) => {
@@ -429,8 +485,18 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         break;
       case 'pack_paid': {
         const owner = account(fact.account);
-        const credits = fact.items.reduce((sum, item) => sum + (catalog.credit_packs.find((pack) => pack.price === item.price)?.credits ?? 0) * item.quantity, 0);
-        const payment: Payment = { id: fact.paymentIntent, account: owner, amountPaid: fact.amountPaid, credits, clawed: 0, year: undefined };
+        const credits = fact.items.reduce(
+          (sum, item) => sum + (catalog.credit_packs.find((pack) => pack.price === item.price)?.credits ?? 0) * item.quantity,
+          0,
+        );
+        const payment: Payment = {
+          id: fact.paymentIntent,
+          account: owner,
+          amountPaid: fact.amountPaid,
+          credits,
+          clawed: 0,
+          year: undefined,
+        };
         payments.set(payment.id, payment);
         grant(owner, `purchase:${fact.paymentIntent}`, credits, null, { payment });
         break;
@@ -468,7 +534,10 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         const hold = holds.get(fact.hold);
         const pending = hold?.pending === true;
         if (hold !== undefined && pending) release(hold, fact.kind === 'capture' ? fact.amount : 0);
-        answers.set(`${fact.kind}:${fact.hold}`, pending ? { status: 200, available: available(hold!.account) } : { status: hold === undefined ? 404 : 409 });
+        answers.set(
+          `${fact.kind}:${fact.hold}`,
+          pending ? { status: 200, available: available(hold!.account) } : { status: hold === undefined ? 404 : 409 },
+        );
         break;
       }
     }

@@ -54,7 +54,12 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   const database = await createTestDatabase(30);
   const makeApp = async () => {
     // Waits (a proration whose period's invoice is not paid yet) pass in the world's virtual time.
-    const app = await createTestApp({ database, clock, stripeApiBase: world.url, workerOptions: { waitsInClockTime: true, pollIntervalMilliseconds: 1000 } });
+    const app = await createTestApp({
+      database,
+      clock,
+      stripeApiBase: world.url,
+      workerOptions: { waitsInClockTime: true, pollIntervalMilliseconds: 1000 },
+    });
     app.parts.startBackground();
     return app;
   };
@@ -88,8 +93,17 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     const first = await call(method, url, body);
     if (chaos.chance(0.2)) {
       const again = await call(method, url, body);
-      const strip = (answer: { status: number; body: any }) => JSON.stringify({ status: answer.status, body: { ...answer.body, replayed: undefined, error: answer.body?.error === undefined ? undefined : { ...answer.body.error, replayed: undefined } } });
-      if (strip(again) !== strip(first)) failures.push(`${url} replayed with key ${String(body.idempotency_key)} answered ${strip(again)}, first ${strip(first)}`);
+      const strip = (answer: { status: number; body: any }) =>
+        JSON.stringify({
+          status: answer.status,
+          body: {
+            ...answer.body,
+            replayed: undefined,
+            error: answer.body?.error === undefined ? undefined : { ...answer.body.error, replayed: undefined },
+          },
+        });
+      if (strip(again) !== strip(first))
+        failures.push(`${url} replayed with key ${String(body.idempotency_key)} answered ${strip(again)}, first ${strip(first)}`);
     }
     return first;
   };
@@ -133,13 +147,17 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         .inject({
           method: 'POST',
           url: '/webhooks/stripe',
-          headers: { 'content-type': 'application/json', 'stripe-signature': Stripe.webhooks.generateTestHeaderString({ payload, secret: webhookSecret }) },
+          headers: {
+            'content-type': 'application/json',
+            'stripe-signature': Stripe.webhooks.generateTestHeaderString({ payload, secret: webhookSecret }),
+          },
           payload,
         })
         .catch((error: unknown) => ({ statusCode: 0, body: String(error) }));
       delivered += 1;
       // A closing instance may refuse (503) or fail the request: both are redelivered.
-      if (response.statusCode !== 503 && response.statusCode !== 0) record(`webhook ${event.type as string}`, response.statusCode, response.body);
+      if (response.statusCode !== 503 && response.statusCode !== 0)
+        record(`webhook ${event.type as string}`, response.statusCode, response.body);
       if (response.statusCode === 200) return;
     }
     failures.push(`webhook ${event.id as string} (${event.type as string}) was never acknowledged`);
@@ -169,7 +187,10 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       await drainBoth();
       profile.drainMilliseconds += Date.now() - started;
       // An event waiting in virtual time for something later (its period's payment) is not due.
-      const { rows } = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'pending' and next_attempt_at <= $1`, [clock.now()]);
+      const { rows } = await database.db.query<{ count: number }>(
+        `select count(*)::int as count from webhook_events where status = 'pending' and next_attempt_at <= $1`,
+        [clock.now()],
+      );
       if ((rows[0]?.count ?? 0) === 0 && world.outbox.length === 0) break;
       if (Date.now() > deadline) {
         failures.push(`the window at ${iso(world.now)} did not quiesce: ${rows[0]?.count} events pending`);
@@ -182,7 +203,16 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     await system.apps[0]!.parts.ledger.settleDue(10_000);
     profile.settleMilliseconds += Date.now() - started;
   };
-  const profile = { ticks: 0, quiesceMilliseconds: 0, waits: 0, deliverMilliseconds: 0, drainMilliseconds: 0, settleMilliseconds: 0, restarts: 0, unavailable: 0 };
+  const profile = {
+    ticks: 0,
+    quiesceMilliseconds: 0,
+    waits: 0,
+    deliverMilliseconds: 0,
+    drainMilliseconds: 0,
+    settleMilliseconds: 0,
+    restarts: 0,
+    unavailable: 0,
+  };
   const tick = async (at: number) => {
     clock.advanceSeconds(at - clock.now().getTime() / 1000);
     world.facts.push({ kind: 'clock', at });
@@ -193,7 +223,9 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     profile.quiesceMilliseconds += Date.now() - started;
   };
   const nextBoundary = () => {
-    const candidates = [world.nextBoundary(), ...holdExpiries.filter((at) => at > world.now)].filter((at): at is number => at !== undefined);
+    const candidates = [world.nextBoundary(), ...holdExpiries.filter((at) => at > world.now)].filter(
+      (at): at is number => at !== undefined,
+    );
     return candidates.length === 0 ? undefined : Math.min(...candidates);
   };
 
@@ -239,18 +271,35 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     switch (step.kind) {
       case 'subscribe': {
         if (sub !== undefined) return;
-        const plan = testCatalog().plans.find((candidate) => candidate.prices.month === step.price || candidate.prices.year === step.price)!;
+        const plan = testCatalog().plans.find(
+          (candidate) => candidate.prices.month === step.price || candidate.prices.year === step.price,
+        )!;
         const trialDays = step.trial ? plan.trial?.days : undefined;
-        const checkout = await call('POST', `/v1/accounts/${account}/checkout`, { plan_id: plan.id, interval: intervalOf(step.price), ...(trialDays === undefined ? {} : { trial: true }), success_url: 'https://app.test/ok', cancel_url: 'https://app.test/no' });
+        const checkout = await call('POST', `/v1/accounts/${account}/checkout`, {
+          plan_id: plan.id,
+          interval: intervalOf(step.price),
+          ...(trialDays === undefined ? {} : { trial: true }),
+          success_url: 'https://app.test/ok',
+          cancel_url: 'https://app.test/no',
+        });
         // A refused trial eligibility: the customer subscribes through the app's own code (Tally's metadata, no session).
-        world.subscribe(account, step.price, step.quantity, trialDays, checkout.status === 200 ? (checkout.body.session_id as string) : undefined);
+        world.subscribe(
+          account,
+          step.price,
+          step.quantity,
+          trialDays,
+          checkout.status === 200 ? (checkout.body.session_id as string) : undefined,
+        );
         return;
       }
       case 'change': {
         if (sub === undefined || sub.status !== 'active') return;
         const price = step.price === '' ? sub.price : step.price;
         // Yearly prices change only with always_invoice or an interval change (see README: what is simulated).
-        const behavior = intervalOf(sub.price) === 'year' && intervalOf(price) === 'year' && step.behavior === 'create_prorations' ? 'always_invoice' : step.behavior;
+        const behavior =
+          intervalOf(sub.price) === 'year' && intervalOf(price) === 'year' && step.behavior === 'create_prorations'
+            ? 'always_invoice'
+            : step.behavior;
         if (price === sub.price && step.quantity === sub.quantity) return;
         world.change(sub, price, step.quantity, behavior);
         return;
@@ -261,31 +310,51 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         else world.cancelNow(sub, step.mode === 'now_prorated');
         return;
       case 'fail_renewal':
-        if (sub !== undefined && sub.status === 'active' && step.recoverAfter < (sub.period.end - sub.period.start) / 2) world.failNextRenewal(sub, step.recoverAfter);
+        if (sub !== undefined && sub.status === 'active' && step.recoverAfter < (sub.period.end - sub.period.start) / 2)
+          world.failNextRenewal(sub, step.recoverAfter);
         return;
       case 'pack': {
         const pack = testCatalog().credit_packs.find((candidate) => candidate.price === step.price)!;
         if (step.via === 'checkout') {
-          const checkout = await call('POST', `/v1/accounts/${account}/checkout`, { pack_id: pack.id, success_url: 'https://app.test/ok', cancel_url: 'https://app.test/no' });
+          const checkout = await call('POST', `/v1/accounts/${account}/checkout`, {
+            pack_id: pack.id,
+            success_url: 'https://app.test/ok',
+            cancel_url: 'https://app.test/no',
+          });
           if (checkout.status !== 200) return;
           world.buyPack(account, [{ price: step.price, quantity: 1 }], checkout.body.session_id as string, undefined);
           return;
         }
         const reference = await call('GET', `/v1/accounts/${account}/client-reference`);
-        world.buyPack(account, [{ price: step.price, quantity: step.quantity }], undefined, reference.status === 200 ? (reference.body.client_reference_id as string) : undefined);
+        world.buyPack(
+          account,
+          [{ price: step.price, quantity: step.quantity }],
+          undefined,
+          reference.status === 200 ? (reference.body.client_reference_id as string) : undefined,
+        );
         return;
       }
       case 'refund': {
         // Refunds and disputes take payments that bought whole periods or packs; a yearly one only when asked.
         // Yearly payments only when asked (refund:yearly), and never with a failing refund (see the model).
-        const target = payment(step.payment, (candidate) => !candidate.disputed && candidate.refunded < candidate.amount && candidate.kind !== 'proration' && (candidate.kind === 'yearly') === step.yearly);
+        const target = payment(
+          step.payment,
+          (candidate) =>
+            !candidate.disputed &&
+            candidate.refunded < candidate.amount &&
+            candidate.kind !== 'proration' &&
+            (candidate.kind === 'yearly') === step.yearly,
+        );
         if (target === undefined || (target.kind === 'yearly' && step.failAfter !== undefined)) return;
         const amount = Math.max(1, Math.min(target.amount - target.refunded, Math.floor((target.amount * step.perMille) / 1000)));
         world.refund(target, amount, step.failAfter);
         return;
       }
       case 'dispute': {
-        const target = payment(step.payment, (candidate) => !candidate.disputed && candidate.refunded === 0 && candidate.kind !== 'proration' && candidate.kind !== 'yearly');
+        const target = payment(
+          step.payment,
+          (candidate) => !candidate.disputed && candidate.refunded === 0 && candidate.kind !== 'proration' && candidate.kind !== 'yearly',
+        );
         if (target !== undefined) world.dispute(target, step.outcome, step.closeAfter);
         return;
       }
@@ -309,20 +378,34 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       }
       case 'batch': {
         // A batch spends for this lifecycle's account and its neighbours.
-        const events = step.amounts.map((amount, index) => ({ account_id: accountOf((step.lifecycle + index) % lifecycleCount), amount, idempotency_key: key('batch') }));
-        world.facts.push({ kind: 'batch', at: world.now, events: events.map((event) => ({ account: event.account_id, amount: event.amount, key: event.idempotency_key })) });
+        const events = step.amounts.map((amount, index) => ({
+          account_id: accountOf((step.lifecycle + index) % lifecycleCount),
+          amount,
+          idempotency_key: key('batch'),
+        }));
+        world.facts.push({
+          kind: 'batch',
+          at: world.now,
+          events: events.map((event) => ({ account: event.account_id, amount: event.amount, key: event.idempotency_key })),
+        });
         const response = await call('POST', '/v1/usage/batch', { events });
         if (response.status !== 200) {
           failures.push(`batch answered ${response.status}: ${JSON.stringify(response.body)}`);
           return;
         }
-        (response.body.results as { status: number }[]).forEach((result, index) => remember(events[index]!.idempotency_key, { status: result.status, body: result }));
+        (response.body.results as { status: number }[]).forEach((result, index) =>
+          remember(events[index]!.idempotency_key, { status: result.status, body: result }),
+        );
         return;
       }
       case 'hold': {
         const holdKey = key('hold');
         world.facts.push({ kind: 'hold', at: world.now, account, amount: step.amount, key: holdKey, expiresInSeconds: step.expiresIn });
-        const response = await keyedCall('POST', `/v1/accounts/${account}/holds`, { amount: step.amount, idempotency_key: holdKey, expires_in_seconds: step.expiresIn });
+        const response = await keyedCall('POST', `/v1/accounts/${account}/holds`, {
+          amount: step.amount,
+          idempotency_key: holdKey,
+          expires_in_seconds: step.expiresIn,
+        });
         remember(holdKey, response);
         if (response.status === 201) {
           holdIds.set(holdKey, response.body.hold_id as string);
@@ -354,7 +437,9 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
 
   /** An operator replays a few applied events: their effects must stay exactly once (invariants 1 and 14). */
   async function replaySome(): Promise<void> {
-    const { rows } = await database.db.query<{ id: string }>(`select id from webhook_events where status in ('processed', 'ignored') order by id`);
+    const { rows } = await database.db.query<{ id: string }>(
+      `select id from webhook_events where status in ('processed', 'ignored') order by id`,
+    );
     for (let count = 0; count < 5 && rows.length > 0; count += 1) {
       const event = chaos.pick(rows);
       replayed.push(event.id);
@@ -369,7 +454,10 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     for (const [name, expected] of model.answers) {
       const actual = answers.get(name);
       if (actual === undefined) continue;
-      if (actual.status !== expected.status || (expected.available !== undefined && actual.available !== undefined && actual.available !== expected.available)) {
+      if (
+        actual.status !== expected.status ||
+        (expected.available !== undefined && actual.available !== undefined && actual.available !== expected.available)
+      ) {
         failures.push(`app call ${name}: Tally answered ${JSON.stringify(actual)}, the model ${JSON.stringify(expected)}`);
       }
     }
@@ -388,7 +476,9 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     );
     for (const row of invariants.rows) if (row.count > 0) failures.push(`invariant: ${row.check}: ${row.count}`);
     if (invariants.rows.some((row) => row.check === 'webhook events failed' && row.count > 0)) {
-      const failed = await database.db.query<{ id: string; type: string; last_error: string }>(`select id, type, last_error from webhook_events where status = 'failed' limit 5`);
+      const failed = await database.db.query<{ id: string; type: string; last_error: string }>(
+        `select id, type, last_error from webhook_events where status = 'failed' limit 5`,
+      );
       for (const row of failed.rows) failures.push(`  failed event ${row.id} ${row.type}: ${row.last_error}`);
     }
     // The scheduled run may hold the reconciliation lock (409 reconciliation_running): ask again.
@@ -398,16 +488,25 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       report = await call('POST', '/v1/admin/reconcile', { stripe: true }, true);
     }
     const findings = (report.body?.findings ?? []) as unknown[];
-    if (report.status !== 200 || findings.length > 0) failures.push(`reconciliation: ${report.status} ${JSON.stringify(findings).slice(0, 600)}`);
-    if (world.unknownCalls.length > 0) failures.push(`Tally made API calls the simulator's Stripe does not know: ${[...new Set(world.unknownCalls)].join(', ')}`);
+    if (report.status !== 200 || findings.length > 0)
+      failures.push(`reconciliation: ${report.status} ${JSON.stringify(findings).slice(0, 600)}`);
+    if (world.unknownCalls.length > 0)
+      failures.push(`Tally made API calls the simulator's Stripe does not know: ${[...new Set(world.unknownCalls)].join(', ')}`);
   }
 
   async function compareAccount(accountId: string, expected: ModelAccount, now: number): Promise<void> {
     const balance = await call('GET', `/v1/accounts/${accountId}/balance`);
     const actual = { available: balance.body.available, held: balance.body.held, debt: balance.body.debt };
     const wanted = { available: expected.available, held: expected.held, debt: expected.debt };
-    if (JSON.stringify(actual) !== JSON.stringify(wanted)) failures.push(`${accountId} balance: Tally ${JSON.stringify(actual)}, model ${JSON.stringify(wanted)}`);
-    const { rows } = await database.db.query<{ grant_key: string; amount: number; remaining: number; expires_at: number | null; event: string | null }>(
+    if (JSON.stringify(actual) !== JSON.stringify(wanted))
+      failures.push(`${accountId} balance: Tally ${JSON.stringify(actual)}, model ${JSON.stringify(wanted)}`);
+    const { rows } = await database.db.query<{
+      grant_key: string;
+      amount: number;
+      remaining: number;
+      expires_at: number | null;
+      event: string | null;
+    }>(
       `select grant_key, amount, remaining, extract(epoch from expires_at)::bigint as expires_at, reference->>'event' as event from grants where account_id = $1`,
       [accountId],
     );
@@ -417,19 +516,32 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       const found = tally.get(grantKey);
       if (found === undefined) failures.push(`${accountId} grant ${grantKey} (${grant.amount}) missing in Tally`);
       else if (Number(found.amount) !== grant.amount || (found.expires_at === null ? null : Number(found.expires_at)) !== grant.expiresAt) {
-        failures.push(`${accountId} grant ${grantKey}: Tally ${found.amount} expiring ${iso(found.expires_at)}, model ${grant.amount} expiring ${iso(grant.expiresAt)}`);
+        failures.push(
+          `${accountId} grant ${grantKey}: Tally ${found.amount} expiring ${iso(found.expires_at)}, model ${grant.amount} expiring ${iso(grant.expiresAt)}`,
+        );
       }
     }
-    for (const [grantKey, row] of tally) if (!model.has(grantKey)) failures.push(`${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model`);
+    for (const [grantKey, row] of tally)
+      if (!model.has(grantKey))
+        failures.push(`${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model`);
     // Within one expiry the spend order falls back to creation order, which chaotic delivery may
     // change; what remains per expiry (live grants) is what must agree.
     const byExpiry = (entries: { expiresAt: number | null; remaining: number; live: boolean }[]) => {
       const sums = new Map<string, number>();
-      for (const entry of entries) if (entry.live) sums.set(String(entry.expiresAt), (sums.get(String(entry.expiresAt)) ?? 0) + entry.remaining);
+      for (const entry of entries)
+        if (entry.live) sums.set(String(entry.expiresAt), (sums.get(String(entry.expiresAt)) ?? 0) + entry.remaining);
       return JSON.stringify([...sums].filter(([, sum]) => sum !== 0).sort());
     };
-    const tallyLive = byExpiry(rows.map((row) => ({ expiresAt: row.expires_at === null ? null : Number(row.expires_at), remaining: Number(row.remaining), live: row.expires_at === null || Number(row.expires_at) > now })));
-    const modelLive = byExpiry(expected.grants.map((grant) => ({ expiresAt: grant.expiresAt, remaining: grant.remaining, live: !grant.expired })));
+    const tallyLive = byExpiry(
+      rows.map((row) => ({
+        expiresAt: row.expires_at === null ? null : Number(row.expires_at),
+        remaining: Number(row.remaining),
+        live: row.expires_at === null || Number(row.expires_at) > now,
+      })),
+    );
+    const modelLive = byExpiry(
+      expected.grants.map((grant) => ({ expiresAt: grant.expiresAt, remaining: grant.remaining, live: !grant.expired })),
+    );
     if (tallyLive !== modelLive) failures.push(`${accountId} live credits by expiry: Tally ${tallyLive}, model ${modelLive}`);
   }
 }

@@ -26,7 +26,10 @@ export interface SeedOptions {
 export const restartsFor = (seed: number, kinds: ReadonlySet<string>) => kinds.has('chaos:restart') && seed % 3 === 0;
 
 /** The chaos a seed plays besides its steps. */
-export const chaosFor = (seed: number, kinds: ReadonlySet<string>) => ({ restarts: restartsFor(seed, kinds), replays: kinds.has('chaos:replay') });
+export const chaosFor = (seed: number, kinds: ReadonlySet<string>) => ({
+  restarts: restartsFor(seed, kinds),
+  replays: kinds.has('chaos:replay'),
+});
 
 export async function runSeed(seed: number, options: SeedOptions): Promise<SeedOutcome> {
   const started = Date.now();
@@ -34,12 +37,19 @@ export async function runSeed(seed: number, options: SeedOptions): Promise<SeedO
   const chaos = chaosFor(seed, options.kinds);
   const result = await runHistory(steps, { seed, ...chaos });
   const outcome: SeedOutcome = { seed, steps, result, milliseconds: 0 };
-  if (result.failures.length > 0 && options.shrink !== false) outcome.shrunk = await shrink(seed, steps, chaos, result, options.shrinkRunsMax ?? 40);
+  if (result.failures.length > 0 && options.shrink !== false)
+    outcome.shrunk = await shrink(seed, steps, chaos, result, options.shrinkRunsMax ?? 40);
   outcome.milliseconds = Date.now() - started;
   return outcome;
 }
 
-export async function shrink(seed: number, steps: Step[], chaos: { restarts: boolean; replays: boolean }, failing: RunResult, runsMax: number): Promise<{ steps: Step[]; result: RunResult }> {
+export async function shrink(
+  seed: number,
+  steps: Step[],
+  chaos: { restarts: boolean; replays: boolean },
+  failing: RunResult,
+  runsMax: number,
+): Promise<{ steps: Step[]; result: RunResult }> {
   let best = { steps, result: failing };
   let runs = 0;
   for (let chunk = Math.max(1, Math.floor(steps.length / 2)); chunk >= 1 && runs < runsMax; chunk = Math.floor(chunk / 2)) {

@@ -12,7 +12,10 @@ import { addMonths, monthsOf } from './model.js';
  * reads. It also answers, over HTTP, the API calls Tally makes.
  */
 type StripeObject = Record<string, any>;
-const fixtures = JSON.parse(readFileSync(new URL('../test/fixtures/stripe-objects.json', import.meta.url), 'utf8')) as Record<string, StripeObject>;
+const fixtures = JSON.parse(readFileSync(new URL('../test/fixtures/stripe-objects.json', import.meta.url), 'utf8')) as Record<
+  string,
+  StripeObject
+>;
 const base = (name: string): StripeObject => structuredClone(fixtures[name] ?? {});
 
 /** Unit prices in cents; a pack's credits come from the catalog, its price from here. */
@@ -85,7 +88,10 @@ export class StripeWorld {
   /** Server errors answered: none expected. */
   readonly unknownCalls: string[] = [];
 
-  constructor(private readonly prefix: string, start: number) {
+  constructor(
+    private readonly prefix: string,
+    start: number,
+  ) {
     this.now = start;
   }
 
@@ -102,7 +108,12 @@ export class StripeWorld {
     for (const sub of this.subscriptions.values()) {
       if (sub.status === 'canceled') continue;
       times.push(sub.period.end);
-      if (intervalOf(sub.price) === 'year') times.push(...monthsOf(sub.period).map((month) => month.start).filter((start) => start > this.now));
+      if (intervalOf(sub.price) === 'year')
+        times.push(
+          ...monthsOf(sub.period)
+            .map((month) => month.start)
+            .filter((start) => start > this.now),
+        );
     }
     const future = times.filter((time) => time > this.now);
     return future.length === 0 ? undefined : Math.min(...future);
@@ -125,7 +136,15 @@ export class StripeWorld {
   // ---- events -------------------------------------------------------------------------------
 
   private emit(type: string, object: StripeObject, previous?: StripeObject): void {
-    const envelope: StripeObject = { ...base('event'), id: this.id('evt'), type, api_version: '2026-10-28.endive', created: this.now, livemode: false, data: { object: structuredClone(object) } };
+    const envelope: StripeObject = {
+      ...base('event'),
+      id: this.id('evt'),
+      type,
+      api_version: '2026-10-28.endive',
+      created: this.now,
+      livemode: false,
+      data: { object: structuredClone(object) },
+    };
     if (previous !== undefined) envelope.data.previous_attributes = previous;
     envelope.request = { id: null, idempotency_key: null };
     this.outbox.push(envelope);
@@ -146,7 +165,12 @@ export class StripeWorld {
       quantity: sub.quantity,
       current_period_start: sub.period.start,
       current_period_end: sub.period.end,
-      price: { ...item.price, id: sub.price, unit_amount: unitAmounts[sub.price], recurring: { ...item.price.recurring, interval: intervalOf(sub.price) } },
+      price: {
+        ...item.price,
+        id: sub.price,
+        unit_amount: unitAmounts[sub.price],
+        recurring: { ...item.price.recurring, interval: intervalOf(sub.price) },
+      },
     });
     item.plan = { ...item.plan, id: sub.price, interval: intervalOf(sub.price), interval_count: 1 };
     object.items.data = [item];
@@ -174,7 +198,10 @@ export class StripeWorld {
     this.now = saved;
   }
 
-  private line(sub: SimSubscription, spec: { price: string; quantity: number; start: number; end: number; proration: boolean; amount: number; billingPeriod: Period }): PaidLine {
+  private line(
+    _sub: SimSubscription,
+    spec: { price: string; quantity: number; start: number; end: number; proration: boolean; amount: number; billingPeriod: Period },
+  ): PaidLine {
     return { id: this.id('il'), ...spec };
   }
 
@@ -182,7 +209,15 @@ export class StripeWorld {
   private proration(sub: SimSubscription, price: string, quantity: number, sign: 1 | -1): PaidLine {
     const { start, end } = sub.period;
     const amount = Math.round(((unitAmounts[price] ?? 0) * quantity * (end - this.now)) / (end - start));
-    return this.line(sub, { price, quantity, start: this.now, end, proration: true, amount: sign * amount, billingPeriod: { ...sub.period } });
+    return this.line(sub, {
+      price,
+      quantity,
+      start: this.now,
+      end,
+      proration: true,
+      amount: sign * amount,
+      billingPeriod: { ...sub.period },
+    });
   }
 
   private lineObject(invoiceId: string, sub: SimSubscription, line: PaidLine): StripeObject {
@@ -196,14 +231,26 @@ export class StripeWorld {
       amount: line.amount,
       quantity: line.quantity,
       subscription: sub.id,
-      description: line.proration ? `${line.amount < 0 ? 'Unused' : 'Remaining'} time on ${line.quantity} × ${line.price}` : `${line.quantity} × ${line.price}`,
+      description: line.proration
+        ? `${line.amount < 0 ? 'Unused' : 'Remaining'} time on ${line.quantity} × ${line.price}`
+        : `${line.quantity} × ${line.price}`,
       period: { start: line.start, end: line.end },
       parent: {
         type: 'subscription_item_details',
         invoice_item_details: null,
-        subscription_item_details: { invoice_item: line.proration ? this.id('ii') : null, proration: line.proration, proration_details: { credited_items: null }, subscription: sub.id, subscription_item: sub.item },
+        subscription_item_details: {
+          invoice_item: line.proration ? this.id('ii') : null,
+          proration: line.proration,
+          proration_details: { credited_items: null },
+          subscription: sub.id,
+          subscription_item: sub.item,
+        },
       },
-      pricing: { type: 'price_details', price_details: { price: line.price, product: `prod_${line.price}` }, unit_amount_decimal: String(unitAmounts[line.price] ?? 0) },
+      pricing: {
+        type: 'price_details',
+        price_details: { price: line.price, product: `prod_${line.price}` },
+        unit_amount_decimal: String(unitAmounts[line.price] ?? 0),
+      },
     });
   }
 
@@ -234,8 +281,17 @@ export class StripeWorld {
       amount_remaining: due,
       period_start: sub.period.start,
       period_end: sub.period.start,
-      parent: { type: 'subscription_details', quote_details: null, subscription_details: { subscription: sub.id, metadata: { tally_account_id: sub.account } } },
-      lines: { object: 'list', has_more: false, url: `/v1/invoices/${invoiceId}/lines`, data: all.map((line) => this.lineObject(invoiceId, sub, line)) },
+      parent: {
+        type: 'subscription_details',
+        quote_details: null,
+        subscription_details: { subscription: sub.id, metadata: { tally_account_id: sub.account } },
+      },
+      lines: {
+        object: 'list',
+        has_more: false,
+        url: `/v1/invoices/${invoiceId}/lines`,
+        data: all.map((line) => this.lineObject(invoiceId, sub, line)),
+      },
     });
     this.invoiceLines.set(invoiceId, object.lines.data);
     this.invoicesById.set(invoiceId, object);
@@ -254,7 +310,13 @@ export class StripeWorld {
   private collect(sub: SimSubscription, object: StripeObject, lines: PaidLine[]): void {
     const due = object.amount_due as number;
     const paymentIntent = due > 0 ? this.id('pi') : null;
-    const paid: StripeObject = { ...object, status: 'paid', amount_paid: due, amount_remaining: 0, status_transitions: { ...object.status_transitions, paid_at: this.now } };
+    const paid: StripeObject = {
+      ...object,
+      status: 'paid',
+      amount_paid: due,
+      amount_remaining: 0,
+      status_transitions: { ...object.status_transitions, paid_at: this.now },
+    };
     this.paidInvoices.push(paid);
     this.invoicesById.set(paid.id, paid);
     this.emit('invoice.paid', paid);
@@ -265,7 +327,14 @@ export class StripeWorld {
       this.invoicePayments.set(paymentIntent, object.id);
       this.paymentIntents.set(paymentIntent, this.paymentIntentObject(paymentIntent, due, charge, sub.customer, {}));
       const invoicePayment = base('invoice_payment');
-      Object.assign(invoicePayment, { id: this.id('inpay'), invoice: object.id, amount_paid: due, amount_requested: due, status: 'paid', payment: { type: 'payment_intent', payment_intent: paymentIntent } });
+      Object.assign(invoicePayment, {
+        id: this.id('inpay'),
+        invoice: object.id,
+        amount_paid: due,
+        amount_requested: due,
+        status: 'paid',
+        payment: { type: 'payment_intent', payment_intent: paymentIntent },
+      });
       this.emit('invoice_payment.paid', invoicePayment);
       const kind = lines.some((line) => line.proration) ? 'proration' : intervalOf(lines[0]?.price ?? '') === 'year' ? 'yearly' : 'monthly';
       this.paymentsOf(sub.account).push({ paymentIntent, charge, amount: due, refunded: 0, disputed: false, kind });
@@ -274,7 +343,17 @@ export class StripeWorld {
       sub.status = 'active';
       this.emitSubscription('customer.subscription.updated', sub);
     }
-    this.facts.push({ kind: 'invoice_paid', at: this.now, account: sub.account, subscription: sub.id, invoice: object.id, paymentIntent, amountPaid: due, lines, currentPeriod: this.creditPeriod(sub) });
+    this.facts.push({
+      kind: 'invoice_paid',
+      at: this.now,
+      account: sub.account,
+      subscription: sub.id,
+      invoice: object.id,
+      paymentIntent,
+      amountPaid: due,
+      lines,
+      currentPeriod: this.creditPeriod(sub),
+    });
   }
 
   /** The credit period current now: the billing period, or for a yearly price its month slice. */
@@ -288,8 +367,25 @@ export class StripeWorld {
     return `${account}@buyers.test`;
   }
 
-  private paymentIntentObject(id: string, amount: number, charge: string, customer: string | null, metadata: Record<string, string>): StripeObject {
-    return { id, object: 'payment_intent', amount, amount_received: amount, currency: 'usd', status: 'succeeded', latest_charge: charge, customer, metadata, livemode: false };
+  private paymentIntentObject(
+    id: string,
+    amount: number,
+    charge: string,
+    customer: string | null,
+    metadata: Record<string, string>,
+  ): StripeObject {
+    return {
+      id,
+      object: 'payment_intent',
+      amount,
+      amount_received: amount,
+      currency: 'usd',
+      status: 'succeeded',
+      latest_charge: charge,
+      customer,
+      metadata,
+      livemode: false,
+    };
   }
 
   paymentsOf(account: string): SimPayment[] {
@@ -310,15 +406,38 @@ export class StripeWorld {
     const months = intervalOf(price) === 'year' ? 12 : 1;
     const trialEnd = trialDays === undefined ? null : this.now + trialDays * 86400;
     const sub: SimSubscription = {
-      id: this.id('sub'), account, customer, item: this.id('si'), price, quantity, anchor: this.now, cycles: 1,
+      id: this.id('sub'),
+      account,
+      customer,
+      item: this.id('si'),
+      price,
+      quantity,
+      anchor: this.now,
+      cycles: 1,
       period: { start: this.now, end: trialEnd ?? addMonths(this.now, months) },
-      status: trialEnd === null ? 'active' : 'trialing', cancelAtPeriodEnd: false, trialEnd, pending: [], failNextRenewal: undefined, created: this.now - 1,
+      status: trialEnd === null ? 'active' : 'trialing',
+      cancelAtPeriodEnd: false,
+      trialEnd,
+      pending: [],
+      failNextRenewal: undefined,
+      created: this.now - 1,
     };
     this.subscriptions.set(sub.id, sub);
     if (session !== undefined) {
       this.completedSessions.add(session);
       const completed = base('checkout.session');
-      Object.assign(completed, { id: session, mode: 'subscription', status: 'complete', payment_status: trialEnd === null ? 'paid' : 'no_payment_required', customer, subscription: sub.id, client_reference_id: account, metadata: { tally_account_id: account }, payment_intent: null, payment_link: null });
+      Object.assign(completed, {
+        id: session,
+        mode: 'subscription',
+        status: 'complete',
+        payment_status: trialEnd === null ? 'paid' : 'no_payment_required',
+        customer,
+        subscription: sub.id,
+        client_reference_id: account,
+        metadata: { tally_account_id: account },
+        payment_intent: null,
+        payment_link: null,
+      });
       completed.customer_details = { ...completed.customer_details, email: this.emailOf(account) };
       this.completedSessionObjects.push(completed);
       this.emit('checkout.session.completed', completed);
@@ -326,7 +445,21 @@ export class StripeWorld {
     this.emitSubscription('customer.subscription.created', sub);
     if (trialEnd !== null) this.facts.push({ kind: 'trial_started', at: this.now, account, subscription: sub.id, price, trialEnd });
     const amount = trialEnd === null ? (unitAmounts[price] ?? 0) * quantity : 0;
-    this.invoice(sub, [this.line(sub, { price, quantity, start: sub.period.start, end: sub.period.end, proration: false, amount, billingPeriod: { ...sub.period } })], 'subscription_create');
+    this.invoice(
+      sub,
+      [
+        this.line(sub, {
+          price,
+          quantity,
+          start: sub.period.start,
+          end: sub.period.end,
+          proration: false,
+          amount,
+          billingPeriod: { ...sub.period },
+        }),
+      ],
+      'subscription_create',
+    );
     return sub;
   }
 
@@ -343,7 +476,15 @@ export class StripeWorld {
     const fail = sub.failNextRenewal;
     sub.failNextRenewal = undefined;
     if (fail === undefined) this.emitSubscription('customer.subscription.updated', sub);
-    const line = this.line(sub, { price: sub.price, quantity: sub.quantity, start: sub.period.start, end: sub.period.end, proration: false, amount: (unitAmounts[sub.price] ?? 0) * sub.quantity, billingPeriod: { ...sub.period } });
+    const line = this.line(sub, {
+      price: sub.price,
+      quantity: sub.quantity,
+      start: sub.period.start,
+      end: sub.period.end,
+      proration: false,
+      amount: (unitAmounts[sub.price] ?? 0) * sub.quantity,
+      billingPeriod: { ...sub.period },
+    });
     this.invoice(sub, [line], 'subscription_cycle', fail === undefined ? undefined : this.now + fail);
   }
 
@@ -368,7 +509,17 @@ export class StripeWorld {
       sub.cycles = 1;
       sub.period = { start: this.now, end: addMonths(this.now, intervalOf(price) === 'year' ? 12 : 1) };
       this.emitSubscription('customer.subscription.updated', sub);
-      lines.push(this.line(sub, { price, quantity, start: sub.period.start, end: sub.period.end, proration: false, amount: (unitAmounts[price] ?? 0) * quantity, billingPeriod: { ...sub.period } }));
+      lines.push(
+        this.line(sub, {
+          price,
+          quantity,
+          start: sub.period.start,
+          end: sub.period.end,
+          proration: false,
+          amount: (unitAmounts[price] ?? 0) * quantity,
+          billingPeriod: { ...sub.period },
+        }),
+      );
       this.invoice(sub, lines, 'subscription_update');
       return;
     }
@@ -395,7 +546,12 @@ export class StripeWorld {
   }
 
   /** A completed, paid Checkout Session for packs: Tally's (`session` made by Tally) or a Payment Link's. */
-  buyPack(account: string, lineItems: { price: string; quantity: number }[], session: string | undefined, clientReference: string | undefined): void {
+  buyPack(
+    account: string,
+    lineItems: { price: string; quantity: number }[],
+    session: string | undefined,
+    clientReference: string | undefined,
+  ): void {
     const sessionId = session ?? this.id('cs');
     this.completedSessions.add(sessionId);
     const created = this.sessions.get(sessionId);
@@ -422,9 +578,29 @@ export class StripeWorld {
     });
     object.customer_details = { ...object.customer_details, email: this.emailOf(account) };
     this.completedSessionObjects.push(object);
-    this.paymentIntents.set(paymentIntent, this.paymentIntentObject(paymentIntent, amount, charge, object.customer, created?.payment_intent_metadata ?? {}));
-    this.sessionLineItems.set(sessionId, lineItems.map((item) => ({ id: this.id('li'), object: 'item', price: { id: item.price, object: 'price', unit_amount: unitAmounts[item.price] }, quantity: item.quantity, amount_total: (unitAmounts[item.price] ?? 0) * item.quantity, currency: 'usd' })));
-    this.emit('payment_intent.succeeded', { ...base('charge'), id: paymentIntent, object: 'payment_intent', amount, status: 'succeeded', latest_charge: charge });
+    this.paymentIntents.set(
+      paymentIntent,
+      this.paymentIntentObject(paymentIntent, amount, charge, object.customer, created?.payment_intent_metadata ?? {}),
+    );
+    this.sessionLineItems.set(
+      sessionId,
+      lineItems.map((item) => ({
+        id: this.id('li'),
+        object: 'item',
+        price: { id: item.price, object: 'price', unit_amount: unitAmounts[item.price] },
+        quantity: item.quantity,
+        amount_total: (unitAmounts[item.price] ?? 0) * item.quantity,
+        currency: 'usd',
+      })),
+    );
+    this.emit('payment_intent.succeeded', {
+      ...base('charge'),
+      id: paymentIntent,
+      object: 'payment_intent',
+      amount,
+      status: 'succeeded',
+      latest_charge: charge,
+    });
     this.emit('checkout.session.completed', object);
     this.paymentsOf(account).push({ paymentIntent, charge, amount, refunded: 0, disputed: false, kind: 'pack' });
     this.facts.push({ kind: 'pack_paid', at: this.now, account, paymentIntent, amountPaid: amount, items: lineItems });
@@ -432,7 +608,15 @@ export class StripeWorld {
 
   /** A refund of `amount` of a payment; when `failAfter` is given the refund fails that many seconds later. */
   refund(payment: SimPayment, amount: number, failAfter: number | undefined): void {
-    const refund = { ...base('refund'), id: this.id('re'), amount, charge: payment.charge, payment_intent: payment.paymentIntent, status: 'succeeded', created: this.now };
+    const refund = {
+      ...base('refund'),
+      id: this.id('re'),
+      amount,
+      charge: payment.charge,
+      payment_intent: payment.paymentIntent,
+      status: 'succeeded',
+      created: this.now,
+    };
     const charge = this.charges.get(payment.charge)!;
     charge.refunds.push(refund);
     payment.refunded += amount;
@@ -456,7 +640,15 @@ export class StripeWorld {
   dispute(payment: SimPayment, outcome: 'inquiry' | 'won' | 'lost', closeAfter: number): void {
     payment.disputed = true;
     const inquiry = outcome === 'inquiry';
-    const dispute = { ...base('dispute'), id: this.id('dp'), amount: payment.amount, charge: payment.charge, payment_intent: payment.paymentIntent, status: inquiry ? 'warning_needs_response' : 'needs_response', created: this.now };
+    const dispute = {
+      ...base('dispute'),
+      id: this.id('dp'),
+      amount: payment.amount,
+      charge: payment.charge,
+      payment_intent: payment.paymentIntent,
+      status: inquiry ? 'warning_needs_response' : 'needs_response',
+      created: this.now,
+    };
     this.emit('charge.dispute.created', dispute);
     if (!inquiry) this.facts.push({ kind: 'dispute', at: this.now, dispute: dispute.id, paymentIntent: payment.paymentIntent });
     this.delayed.push({
@@ -471,8 +663,21 @@ export class StripeWorld {
 
   private chargeObject(chargeId: string): StripeObject {
     const charge = this.charges.get(chargeId)!;
-    const refunded = charge.refunds.filter((refund) => refund.status !== 'failed').reduce((sum, refund) => sum + (refund.amount as number), 0);
-    const object: StripeObject = { ...base('charge'), id: chargeId, amount: charge.amount, amount_captured: charge.amount, captured: true, paid: true, status: 'succeeded', payment_intent: charge.payment_intent, amount_refunded: refunded, refunded: refunded >= charge.amount };
+    const refunded = charge.refunds
+      .filter((refund) => refund.status !== 'failed')
+      .reduce((sum, refund) => sum + (refund.amount as number), 0);
+    const object: StripeObject = {
+      ...base('charge'),
+      id: chargeId,
+      amount: charge.amount,
+      amount_captured: charge.amount,
+      captured: true,
+      paid: true,
+      status: 'succeeded',
+      payment_intent: charge.payment_intent,
+      amount_refunded: refunded,
+      refunded: refunded >= charge.amount,
+    };
     delete object.refunds;
     return object;
   }
@@ -515,8 +720,21 @@ export class StripeWorld {
       const existing = idempotencyKey === undefined ? undefined : this.sessionKeys.get(idempotencyKey);
       const id = existing !== undefined && !this.completedSessions.has(existing) ? existing : this.id('cs');
       if (idempotencyKey !== undefined) this.sessionKeys.set(idempotencyKey, id);
-      const nested = (prefix: string) => Object.fromEntries(Object.entries(params).filter(([name]) => name.startsWith(`${prefix}[`)).map(([name, value]) => [name.slice(prefix.length + 1, -1), value]));
-      const session = { id, object: 'checkout.session', url: `https://checkout.stripe.test/${id}`, mode: params.mode, client_reference_id: params.client_reference_id ?? null, metadata: nested('metadata'), payment_intent_metadata: nested('payment_intent_data[metadata]') };
+      const nested = (prefix: string) =>
+        Object.fromEntries(
+          Object.entries(params)
+            .filter(([name]) => name.startsWith(`${prefix}[`))
+            .map(([name, value]) => [name.slice(prefix.length + 1, -1), value]),
+        );
+      const session = {
+        id,
+        object: 'checkout.session',
+        url: `https://checkout.stripe.test/${id}`,
+        mode: params.mode,
+        client_reference_id: params.client_reference_id ?? null,
+        metadata: nested('metadata'),
+        payment_intent_metadata: nested('payment_intent_data[metadata]'),
+      };
       this.sessions.set(id, session);
       return [200, session];
     }
@@ -526,7 +744,11 @@ export class StripeWorld {
       return items === undefined ? notFound : [200, this.list(path, items)];
     }
     if (method === 'GET' && path === '/v1/checkout/sessions') {
-      const found = this.completedSessionObjects.filter((session) => (params.subscription === undefined || session.subscription === params.subscription) && (params.payment_intent === undefined || session.payment_intent === params.payment_intent));
+      const found = this.completedSessionObjects.filter(
+        (session) =>
+          (params.subscription === undefined || session.subscription === params.subscription) &&
+          (params.payment_intent === undefined || session.payment_intent === params.payment_intent),
+      );
       return [200, this.list(path, found)];
     }
     match = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
@@ -543,14 +765,27 @@ export class StripeWorld {
     if (method === 'GET' && match?.[1] !== undefined) {
       const session = this.sessions.get(match[1]);
       const items = this.sessionLineItems.get(match[1]);
-      return session === undefined ? notFound : [200, { ...session, line_items: items === undefined ? undefined : this.list(`${path}/line_items`, items) }];
+      return session === undefined
+        ? notFound
+        : [200, { ...session, line_items: items === undefined ? undefined : this.list(`${path}/line_items`, items) }];
     }
     match = /^\/v1\/charges\/([^/]+)$/.exec(path);
     if (method === 'GET' && match?.[1] !== undefined) return this.charges.has(match[1]) ? [200, this.chargeObject(match[1])] : notFound;
     if (method === 'GET' && path === '/v1/invoice_payments') {
       const paymentIntent = params['payment[payment_intent]'] ?? '';
       const invoice = this.invoicePayments.get(paymentIntent);
-      const data = invoice === undefined ? [] : [{ id: `inpay_of_${paymentIntent}`, object: 'invoice_payment', invoice, status: 'paid', payment: { type: 'payment_intent', payment_intent: paymentIntent } }];
+      const data =
+        invoice === undefined
+          ? []
+          : [
+              {
+                id: `inpay_of_${paymentIntent}`,
+                object: 'invoice_payment',
+                invoice,
+                status: 'paid',
+                payment: { type: 'payment_intent', payment_intent: paymentIntent },
+              },
+            ];
       return [200, this.list(path, data)];
     }
     if (method === 'GET' && path === '/v1/refunds') {
@@ -574,7 +809,11 @@ export class StripeWorld {
       return [200, this.subscriptionObject(sub)];
     }
     match = /^\/v1\/payment_methods\/([^/]+)$/.exec(path);
-    if (method === 'GET' && match?.[1] !== undefined) return [200, { id: match[1], object: 'payment_method', type: 'card', card: { fingerprint: `fp_${match[1]}`, brand: 'visa', last4: '4242' } }];
+    if (method === 'GET' && match?.[1] !== undefined)
+      return [
+        200,
+        { id: match[1], object: 'payment_method', type: 'card', card: { fingerprint: `fp_${match[1]}`, brand: 'visa', last4: '4242' } },
+      ];
     this.unknownCalls.push(`${method} ${path}`);
     return [404, { error: { type: 'invalid_request_error', message: `the simulator's Stripe does not know ${method} ${path}` } }];
   }

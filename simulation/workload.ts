@@ -25,16 +25,38 @@ export type Step = { lifecycle: number; after: number; label?: string } & StepBo
 
 /** Every step kind the generator knows, by the name CI enables it with. */
 export const allKinds = [
-  'subscribe:monthly', 'subscribe:yearly', 'subscribe:seats',
-  'trial:converted', 'trial:cancelled', 'trial:refused',
-  'change:always_invoice', 'change:create_prorations', 'change:none', 'change:seats', 'change:interval', 'change:yearly',
-  'cancel:period_end', 'cancel:now', 'cancel:now_prorated',
+  'subscribe:monthly',
+  'subscribe:yearly',
+  'subscribe:seats',
+  'trial:converted',
+  'trial:cancelled',
+  'trial:refused',
+  'change:always_invoice',
+  'change:create_prorations',
+  'change:none',
+  'change:seats',
+  'change:interval',
+  'change:yearly',
+  'cancel:period_end',
+  'cancel:now',
+  'cancel:now_prorated',
   'payment:failed_recovered',
-  'pack:checkout', 'pack:link',
-  'refund:partial', 'refund:multiple', 'refund:failed', 'refund:yearly',
-  'dispute:inquiry', 'dispute:won', 'dispute:lost',
-  'usage', 'batch', 'hold:capture', 'hold:void', 'hold:expire',
-  'chaos:restart', 'chaos:replay',
+  'pack:checkout',
+  'pack:link',
+  'refund:partial',
+  'refund:multiple',
+  'refund:failed',
+  'refund:yearly',
+  'dispute:inquiry',
+  'dispute:won',
+  'dispute:lost',
+  'usage',
+  'batch',
+  'hold:capture',
+  'hold:void',
+  'hold:expire',
+  'chaos:restart',
+  'chaos:replay',
 ] as const;
 export type Kind = (typeof allKinds)[number];
 
@@ -121,9 +143,19 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
     case 'change:none':
       return { kind: 'change', price: random.pick(monthlyPrices), quantity: quantity(), behavior: kind.slice(7) as Behavior };
     case 'change:seats':
-      return { kind: 'change', price: '', quantity: random.integer(1, 5), behavior: random.pick(['always_invoice', 'create_prorations'] as const) };
+      return {
+        kind: 'change',
+        price: '',
+        quantity: random.integer(1, 5),
+        behavior: random.pick(['always_invoice', 'create_prorations'] as const),
+      };
     case 'change:interval':
-      return { kind: 'change', price: random.pick([...monthlyPrices, ...yearlyPrices]), quantity: quantity(), behavior: random.pick(['always_invoice', 'none'] as const) };
+      return {
+        kind: 'change',
+        price: random.pick([...monthlyPrices, ...yearlyPrices]),
+        quantity: quantity(),
+        behavior: random.pick(['always_invoice', 'none'] as const),
+      };
     case 'change:yearly':
       return { kind: 'change', price: random.pick(yearlyPrices), quantity: quantity(), behavior: 'always_invoice' };
     case 'cancel:period_end':
@@ -134,13 +166,30 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
       return { kind: 'fail_renewal', recoverAfter: random.integer(1, 5) * day + random.integer(0, 3600) };
     case 'pack:checkout':
     case 'pack:link':
-      return { kind: 'pack', via: kind.slice(5) as 'checkout', price: random.pick(['price_pack_1000', 'price_pack_10000']), quantity: kind === 'pack:link' ? random.integer(1, 3) : 1 };
+      return {
+        kind: 'pack',
+        via: kind.slice(5) as 'checkout',
+        price: random.pick(['price_pack_1000', 'price_pack_10000']),
+        quantity: kind === 'pack:link' ? random.integer(1, 3) : 1,
+      };
     case 'refund:partial':
     case 'refund:multiple':
     case 'refund:yearly':
-      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([100, 250, 333, 500, 1000]), failAfter: undefined, yearly: kind === 'refund:yearly' };
+      return {
+        kind: 'refund',
+        payment: random.integer(0, 5),
+        perMille: random.pick([100, 250, 333, 500, 1000]),
+        failAfter: undefined,
+        yearly: kind === 'refund:yearly',
+      };
     case 'refund:failed':
-      return { kind: 'refund', payment: random.integer(0, 5), perMille: random.pick([250, 500, 1000]), failAfter: random.integer(1, 10) * day, yearly: false };
+      return {
+        kind: 'refund',
+        payment: random.integer(0, 5),
+        perMille: random.pick([250, 500, 1000]),
+        failAfter: random.integer(1, 10) * day,
+        yearly: false,
+      };
     case 'dispute:inquiry':
     case 'dispute:won':
     case 'dispute:lost':
@@ -152,7 +201,13 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
     case 'hold:capture':
     case 'hold:void':
     case 'hold:expire':
-      return { kind: 'hold', amount: random.pick([5, 100, 900, 3000]), expiresIn: random.integer(60, 86400), resolution: kind.slice(5) as 'capture', capturePerMille: random.integer(0, 1000) };
+      return {
+        kind: 'hold',
+        amount: random.pick([5, 100, 900, 3000]),
+        expiresIn: random.integer(60, 86400),
+        resolution: kind.slice(5) as 'capture',
+        capturePerMille: random.integer(0, 1000),
+      };
     case 'chaos:restart':
     case 'chaos:replay':
       return undefined;

@@ -80,7 +80,9 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     clock: options.clock,
     adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max,
     grantCreditsMax: catalog.limits.admin_grant_credits_max,
-    watchGrant: grantWatcher(db.pool, catalog, (error, grant) => logger.error({ err: error, grant }, 'could not check a grant against its plan')),
+    watchGrant: grantWatcher(db.pool, catalog, (error, grant) =>
+      logger.error({ err: error, grant }, 'could not check a grant against its plan'),
+    ),
   });
   const gateway =
     options.stripeSecretKey === undefined
@@ -98,15 +100,34 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       'TALLY_FINGERPRINT_SECRET is not set: trial claims and erasure pseudonyms are keyed with a secret kept in the database, beside the hashes; fine for development, required with NODE_ENV=production',
     );
   }
-  const worker = new WebhookWorker(db, catalog, hasher, gateway, logger, { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock }, (type, outcome, lagSeconds) => {
-    metrics.webhookEvents.inc({ type, outcome });
-    if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
-  });
+  const worker = new WebhookWorker(
+    db,
+    catalog,
+    hasher,
+    gateway,
+    logger,
+    { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock },
+    (type, outcome, lagSeconds) => {
+      metrics.webhookEvents.inc({ type, outcome });
+      if (lagSeconds !== undefined) metrics.webhookLagSeconds.observe(lagSeconds);
+    },
+  );
   const intake = new WebhookIntake(db, {
     ...options.intakeOptions,
-    onBatchError: (error, batchSize) => logger.warn({ err: error, batchSize }, 'a webhook intake batch failed; its events are stored one by one'),
+    onBatchError: (error, batchSize) =>
+      logger.warn({ err: error, batchSize }, 'a webhook intake batch failed; its events are stored one by one'),
   });
-  const stripe = { db, catalog, gateway, worker, intake, webhookSecrets: options.webhookSecrets, trials: trialGate(db, hasher), hasher, checkoutUrlHosts: options.checkoutUrlHosts };
+  const stripe = {
+    db,
+    catalog,
+    gateway,
+    worker,
+    intake,
+    webhookSecrets: options.webhookSecrets,
+    trials: trialGate(db, hasher),
+    hasher,
+    checkoutUrlHosts: options.checkoutUrlHosts,
+  };
   const app = await buildServer({
     db,
     ledger,
@@ -122,9 +143,13 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   });
   if (gateway !== undefined) {
     gateway.onOpen = (status) => {
-      raiseAlert(db.pool, { kind: 'stripe_breaker_open', key: 'stripe_breaker_open', severity: 'critical', message: `Stripe circuit breaker opened after ${status.failures} consecutive failures`, details: { ...status } }).catch(
-        (error: unknown) => logger.error({ err: error }, 'could not record the breaker alert'),
-      );
+      raiseAlert(db.pool, {
+        kind: 'stripe_breaker_open',
+        key: 'stripe_breaker_open',
+        severity: 'critical',
+        message: `Stripe circuit breaker opened after ${status.failures} consecutive failures`,
+        details: { ...status },
+      }).catch((error: unknown) => logger.error({ err: error }, 'could not record the breaker alert'));
     };
     gateway.onKeyRefused = (details) => {
       logger.error(details, 'Stripe refused the secret key');
@@ -138,13 +163,20 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     };
     // Breakers are per process: the first to close again resolves the alert they share.
     gateway.onClose = () => {
-      resolveAlert(db.pool, 'stripe_breaker_open').catch((error: unknown) => logger.error({ err: error }, 'could not resolve the breaker alert'));
+      resolveAlert(db.pool, 'stripe_breaker_open').catch((error: unknown) =>
+        logger.error({ err: error }, 'could not resolve the breaker alert'),
+      );
     };
   }
   const operations = new OperationsScheduler(db, catalog, gateway, logger, {
     intervalSeconds: options.operationsIntervalSeconds ?? 30,
     reconcileIntervalHours: options.reconcileIntervalHours ?? 24,
-    delivery: { sinks: parseSinks(options.alertWebhookUrls ?? []), pagerDutyRoutingKey: options.pagerDutyRoutingKey, retryBaseSeconds: options.alertRetryBaseSeconds ?? 30, retryDelaySecondsMax: 3600 },
+    delivery: {
+      sinks: parseSinks(options.alertWebhookUrls ?? []),
+      pagerDutyRoutingKey: options.pagerDutyRoutingKey,
+      retryBaseSeconds: options.alertRetryBaseSeconds ?? 30,
+      retryDelaySecondsMax: 3600,
+    },
   });
   const eventDelivery = new EventDelivery(db, logger, { ...options.eventDeliveryOptions, clock: options.clock });
   const topUps = gateway === undefined ? undefined : new TopUpRunner({ db, catalog, gateway, clock: options.clock }, logger);

@@ -34,7 +34,12 @@ const environmentSchema = z.object({
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
   TALLY_CHECKOUT_URL_HOSTS: optionalText,
   TALLY_PAGERDUTY_ROUTING_KEY: optionalText,
-  TALLY_RECONCILE_INTERVAL_HOURS: z.coerce.number().int().min(0).max(24 * 30).default(24),
+  TALLY_RECONCILE_INTERVAL_HOURS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(24 * 30)
+    .default(24),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -78,7 +83,12 @@ export class ConfigError extends Error {
 }
 
 const splitList = (value: string | undefined): string[] =>
-  value === undefined ? [] : value.split(',').map((part) => part.trim()).filter((part) => part !== '');
+  value === undefined
+    ? []
+    : value
+        .split(',')
+        .map((part) => part.trim())
+        .filter((part) => part !== '');
 
 export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config {
   const result = environmentSchema.safeParse(environment);
@@ -96,7 +106,11 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
       'invalid configuration:\n  TALLY_FINGERPRINT_SECRET: required with NODE_ENV=production (at least 16 characters; it keys the hashes of trial claims and erasure pseudonyms, so keep it out of the database and never change it)',
     );
   }
-  checkDistinctKeys({ TALLY_API_KEY: value.TALLY_API_KEY, TALLY_ADMIN_KEY: value.TALLY_ADMIN_KEY, TALLY_VIEWER_KEY: value.TALLY_VIEWER_KEY });
+  checkDistinctKeys({
+    TALLY_API_KEY: value.TALLY_API_KEY,
+    TALLY_ADMIN_KEY: value.TALLY_ADMIN_KEY,
+    TALLY_VIEWER_KEY: value.TALLY_VIEWER_KEY,
+  });
   return {
     databaseUrl: value.DATABASE_URL,
     port: value.PORT,
@@ -132,19 +146,22 @@ function checkDistinctKeys(keys: Record<string, string | undefined>): void {
   const entries = Object.entries(keys).filter((entry): entry is [string, string] => entry[1] !== undefined);
   for (const [index, [name, value]] of entries.entries()) {
     const same = entries.slice(index + 1).find((other) => other[1] === value);
-    if (same !== undefined) throw new ConfigError(`invalid configuration:\n  ${name}, ${same[0]}: must differ; each key opens different calls`);
+    if (same !== undefined)
+      throw new ConfigError(`invalid configuration:\n  ${name}, ${same[0]}: must differ; each key opens different calls`);
   }
 }
 
 function checkAlertSinks(urls: string[], pagerDutyRoutingKey: string | undefined): void {
-  let sinks;
+  let sinks: ReturnType<typeof parseSinks>;
   try {
     sinks = parseSinks(urls);
   } catch (error) {
     throw new ConfigError(`invalid configuration:\n  TALLY_ALERT_WEBHOOK_URLS: ${(error as Error).message}`);
   }
   if (sinks.some((sink) => sink.kind === 'pagerduty') && pagerDutyRoutingKey === undefined) {
-    throw new ConfigError('invalid configuration:\n  TALLY_PAGERDUTY_ROUTING_KEY: required by the PagerDuty sink in TALLY_ALERT_WEBHOOK_URLS');
+    throw new ConfigError(
+      'invalid configuration:\n  TALLY_PAGERDUTY_ROUTING_KEY: required by the PagerDuty sink in TALLY_ALERT_WEBHOOK_URLS',
+    );
   }
 }
 

@@ -17,7 +17,8 @@ import { migrate } from './db/migrate.js';
  * stops intake, lets requests in flight finish, stops the worker, closes the pool, then stops
  * the embedded database.
  */
-export const version: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+export const version: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string })
+  .version;
 
 export interface Tally {
   app: FastifyInstance;
@@ -61,7 +62,10 @@ export async function openDatabase(
   });
   const cluster = clusterDirectoryOf(config.dataDirectory);
   if (cluster !== join(config.dataDirectory, 'postgres')) {
-    logger.info({ cluster }, `the 'postgres' user cannot reach ${config.dataDirectory}: its database files live in ${cluster} (set TALLY_DATA_DIR to choose another folder)`);
+    logger.info(
+      { cluster },
+      `the 'postgres' user cannot reach ${config.dataDirectory}: its database files live in ${cluster} (set TALLY_DATA_DIR to choose another folder)`,
+    );
   }
   writeFileSync(addressFile, embedded.url, { mode: 0o600 });
   return {
@@ -97,8 +101,14 @@ export async function assertPortFree(port: number, host: string): Promise<void> 
   const probe = createServer();
   await new Promise<void>((free, taken) => {
     probe.once('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'EADDRINUSE') taken(new ConfigError(`PORT ${port} on ${host} is already in use (another Tally, or another program): stop it or set PORT to a free port`));
-      else if (error.code === 'EACCES') taken(new ConfigError(`PORT ${port} on ${host} needs privileges this user lacks: set PORT to 1024 or above`));
+      if (error.code === 'EADDRINUSE')
+        taken(
+          new ConfigError(
+            `PORT ${port} on ${host} is already in use (another Tally, or another program): stop it or set PORT to a free port`,
+          ),
+        );
+      else if (error.code === 'EACCES')
+        taken(new ConfigError(`PORT ${port} on ${host} needs privileges this user lacks: set PORT to 1024 or above`));
       else taken(error);
     });
     probe.listen({ port, host, exclusive: true }, () => probe.close(() => free()));

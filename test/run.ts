@@ -21,7 +21,9 @@ function testFiles(directory: string): string[] {
 }
 
 const filters = process.argv.slice(2);
-const files = testFiles('test').filter((file) => filters.length === 0 || filters.some((filter) => file.includes(filter))).sort();
+const files = testFiles('test')
+  .filter((file) => filters.length === 0 || filters.some((filter) => file.includes(filter)))
+  .sort();
 if (files.length === 0) throw new Error(`no test files match ${filters.join(' ')}`);
 
 let embedded: EmbeddedDatabase | undefined;
@@ -60,10 +62,14 @@ const concurrency = maxConnections >= 200 ? 2 : 1;
 console.log(`# max_connections ${maxConnections}: ${concurrency} test file(s) at a time`);
 
 const exitCode = await new Promise<number>((resolve) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, ...files.map((file) => relative('.', file))], {
-    stdio: 'inherit',
-    env: { ...process.env, TALLY_TEST_SERVER_URL: serverUrl, TALLY_TEST_TEMPLATE: template },
-  });
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, ...files.map((file) => relative('.', file))],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, TALLY_TEST_SERVER_URL: serverUrl, TALLY_TEST_TEMPLATE: template },
+    },
+  );
   child.on('exit', (code, signal) => resolve(code ?? (signal === null ? 1 : 128)));
 });
 

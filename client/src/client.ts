@@ -22,7 +22,11 @@ export type WebhookEndpoint = Schemas['WebhookEndpoint'];
 
 type Method = 'get' | 'put' | 'post' | 'delete';
 /** The JSON body a call takes. */
-export type RequestBody<Path extends keyof paths, M extends Method> = paths[Path][M] extends { requestBody?: { content: { 'application/json': infer Body } } } ? Body : never;
+export type RequestBody<Path extends keyof paths, M extends Method> = paths[Path][M] extends {
+  requestBody?: { content: { 'application/json': infer Body } };
+}
+  ? Body
+  : never;
 /** The JSON body of a call's success (its 200 or 201). */
 export type SuccessBody<Path extends keyof paths, M extends Method> = paths[Path][M] extends { responses: infer Responses }
   ? Responses extends { 200: { content: { 'application/json': infer Body } } }
@@ -31,7 +35,9 @@ export type SuccessBody<Path extends keyof paths, M extends Method> = paths[Path
       ? Body
       : never
   : never;
-type Query<Path extends keyof paths, M extends Method> = paths[Path][M] extends { parameters: { query?: infer Parameters } } ? NonNullable<Parameters> : never;
+type Query<Path extends keyof paths, M extends Method> = paths[Path][M] extends { parameters: { query?: infer Parameters } }
+  ? NonNullable<Parameters>
+  : never;
 /** A keyed body whose key may be left out (one is generated). */
 type Keyed<Body> = Omit<Body, 'idempotency_key'> & { idempotency_key?: string };
 
@@ -173,7 +179,11 @@ export class TallyClient {
       retry: { ...defaultRetryOptions, ...options.retry },
       sleep: options.sleep,
     });
-    this.http = createClient<paths>({ baseUrl, headers: { authorization: `Bearer ${options.apiKey}` }, fetch: this.transport.fetchFor('idempotent') });
+    this.http = createClient<paths>({
+      baseUrl,
+      headers: { authorization: `Bearer ${options.apiKey}` },
+      fetch: this.transport.fetchFor('idempotent'),
+    });
     this.accounts = this.accountCalls();
     this.holds = this.holdCalls();
     this.limits = this.limitCalls();
@@ -199,7 +209,13 @@ export class TallyClient {
   /** Spends credits. A retry of this call (or a call with the same key) never spends twice. */
   async usage(accountId: string, input: UsageInput): Promise<UsageAnswer> {
     const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
-    return this.unwrap(this.http.POST('/v1/accounts/{id}/usage', { params: { path: { id: accountId } }, body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+    return this.unwrap(
+      this.http.POST('/v1/accounts/{id}/usage', {
+        params: { path: { id: accountId } },
+        body,
+        ...this.fetchFor('idempotent', body.idempotency_key),
+      }),
+    );
   }
 
   /**
@@ -218,7 +234,14 @@ export class TallyClient {
   async *ledger(accountId: string, options: { limit?: number; cursor?: string } = {}): AsyncGenerator<LedgerPage> {
     let cursor = options.cursor;
     for (;;) {
-      const page = await this.unwrap(this.http.GET('/v1/accounts/{id}/ledger', { params: { path: { id: accountId }, query: { limit: options.limit ?? pageSizeDefault, ...(cursor === undefined ? {} : { cursor }) } } }));
+      const page = await this.unwrap(
+        this.http.GET('/v1/accounts/{id}/ledger', {
+          params: {
+            path: { id: accountId },
+            query: { limit: options.limit ?? pageSizeDefault, ...(cursor === undefined ? {} : { cursor }) },
+          },
+        }),
+      );
       yield page;
       if (page.next_cursor === null) return;
       cursor = page.next_cursor;
@@ -231,7 +254,9 @@ export class TallyClient {
    * then it waits and reads on until `signal` aborts. Keep the last event's `sequence` to
    * resume later.
    */
-  async *events(options: { after?: number; accountId?: string; limit?: number; pollIntervalMilliseconds?: number; signal?: AbortSignal } = {}): AsyncGenerator<TallyEventRecord> {
+  async *events(
+    options: { after?: number; accountId?: string; limit?: number; pollIntervalMilliseconds?: number; signal?: AbortSignal } = {},
+  ): AsyncGenerator<TallyEventRecord> {
     let after = options.after ?? 0;
     while (options.signal?.aborted !== true) {
       const page = await this.eventsPage({ after, limit: options.limit, accountId: options.accountId });
@@ -245,7 +270,11 @@ export class TallyClient {
 
   /** One page of the event log after a sequence. */
   async eventsPage(options: { after?: number; limit?: number; accountId?: string } = {}): Promise<EventsPage> {
-    const query = { after: options.after ?? 0, limit: options.limit ?? pageSizeDefault, ...(options.accountId === undefined ? {} : { account_id: options.accountId }) };
+    const query = {
+      after: options.after ?? 0,
+      limit: options.limit ?? pageSizeDefault,
+      ...(options.accountId === undefined ? {} : { account_id: options.accountId }),
+    };
     return this.unwrap(this.http.GET('/v1/events', { params: { query } }));
   }
 
@@ -261,7 +290,8 @@ export class TallyClient {
 
   /** The account's signed client_reference_id, for Payment Links and pricing tables. */
   async clientReference(accountId: string): Promise<string> {
-    return (await this.unwrap(this.http.GET('/v1/accounts/{id}/client-reference', { params: { path: { id: accountId } } }))).client_reference_id;
+    return (await this.unwrap(this.http.GET('/v1/accounts/{id}/client-reference', { params: { path: { id: accountId } } })))
+      .client_reference_id;
   }
 
   /** Buys a pack off-session whenever a spend leaves `available` below `threshold`. */
@@ -271,15 +301,19 @@ export class TallyClient {
 
   /** The threshold under which `balance.low` fires (null turns it off). */
   async lowBalanceThreshold(accountId: string, threshold: number | null): Promise<LowBalanceThreshold> {
-    return this.unwrap(this.http.PUT('/v1/accounts/{id}/low-balance-threshold', { params: { path: { id: accountId } }, body: { threshold } }));
+    return this.unwrap(
+      this.http.PUT('/v1/accounts/{id}/low-balance-threshold', { params: { path: { id: accountId } }, body: { threshold } }),
+    );
   }
 
   private accountCalls(): AccountCalls {
     return {
       /** Creates or updates an account; fields left out keep their value. */
-      upsert: (accountId: string, input: AccountInput = {}): Promise<Account> => this.unwrap(this.http.PUT('/v1/accounts/{id}', { params: { path: { id: accountId } }, body: input })),
+      upsert: (accountId: string, input: AccountInput = {}): Promise<Account> =>
+        this.unwrap(this.http.PUT('/v1/accounts/{id}', { params: { path: { id: accountId } }, body: input })),
       /** The account with its subscription, trial, live grants and balance. */
-      get: (accountId: string): Promise<AccountDetail> => this.unwrap(this.http.GET('/v1/accounts/{id}', { params: { path: { id: accountId } } })),
+      get: (accountId: string): Promise<AccountDetail> =>
+        this.unwrap(this.http.GET('/v1/accounts/{id}', { params: { path: { id: accountId } } })),
     };
   }
 
@@ -288,16 +322,29 @@ export class TallyClient {
       /** Reserves credits for up to `expires_in_seconds` (default 900). Keyed like usage. */
       create: (accountId: string, input: HoldInput): Promise<HoldAnswer> => {
         const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
-        return this.unwrap(this.http.POST('/v1/accounts/{id}/holds', { params: { path: { id: accountId } }, body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+        return this.unwrap(
+          this.http.POST('/v1/accounts/{id}/holds', {
+            params: { path: { id: accountId } },
+            body,
+            ...this.fetchFor('idempotent', body.idempotency_key),
+          }),
+        );
       },
       /**
        * Captures `amount` of the hold (all of it when left out); the rest is released. A hold
        * resolves once, so this call is retried only when Tally surely did nothing.
        */
       capture: (holdId: string, amount?: number): Promise<CaptureAnswer> =>
-        this.unwrap(this.http.POST('/v1/holds/{hold_id}/capture', { params: { path: { hold_id: holdId } }, body: amount === undefined ? {} : { amount }, ...this.fetchFor('once') })),
+        this.unwrap(
+          this.http.POST('/v1/holds/{hold_id}/capture', {
+            params: { path: { hold_id: holdId } },
+            body: amount === undefined ? {} : { amount },
+            ...this.fetchFor('once'),
+          }),
+        ),
       /** Releases the whole hold; retried only when Tally surely did nothing. */
-      void: (holdId: string): Promise<VoidAnswer> => this.unwrap(this.http.POST('/v1/holds/{hold_id}/void', { params: { path: { hold_id: holdId } }, ...this.fetchFor('once') })),
+      void: (holdId: string): Promise<VoidAnswer> =>
+        this.unwrap(this.http.POST('/v1/holds/{hold_id}/void', { params: { path: { hold_id: holdId } }, ...this.fetchFor('once') })),
     };
   }
 
@@ -310,7 +357,8 @@ export class TallyClient {
        * Sets limits per UTC day and month; a spend past one is refused with SpendLimitExceeded.
        * Setting the same limits again changes nothing, so a retry is safe.
        */
-      set: (accountId: string, input: SpendLimitsInput): Promise<SpendLimits> => this.unwrap(this.http.PUT('/v1/accounts/{id}/limits', { ...path(accountId), body: input })),
+      set: (accountId: string, input: SpendLimitsInput): Promise<SpendLimits> =>
+        this.unwrap(this.http.PUT('/v1/accounts/{id}/limits', { ...path(accountId), body: input })),
     };
   }
 
@@ -320,37 +368,60 @@ export class TallyClient {
       /** Grants promo or admin credits (admin key). Keyed. */
       grant: (accountId: string, input: GrantInput): Promise<GrantAnswer> => {
         const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
-        return this.unwrap(this.http.POST('/v1/accounts/{id}/grants', { ...path(accountId), body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+        return this.unwrap(
+          this.http.POST('/v1/accounts/{id}/grants', { ...path(accountId), body, ...this.fetchFor('idempotent', body.idempotency_key) }),
+        );
       },
       /** A signed correction with a reason (admin key). Keyed. */
       adjust: (accountId: string, input: AdjustmentInput): Promise<AdjustmentAnswer> => {
         const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
-        return this.unwrap(this.http.POST('/v1/accounts/{id}/adjustments', { ...path(accountId), body, ...this.fetchFor('idempotent', body.idempotency_key) }));
+        return this.unwrap(
+          this.http.POST('/v1/accounts/{id}/adjustments', {
+            ...path(accountId),
+            body,
+            ...this.fetchFor('idempotent', body.idempotency_key),
+          }),
+        );
       },
       /** Every record Tally keeps on the account (GDPR access). */
       export: (accountId: string): Promise<AccountExport> => this.unwrap(this.http.GET('/v1/accounts/{id}/export', path(accountId))),
       /** Erases the account's personal data; ledger amounts stay, pseudonymized. */
-      erase: (accountId: string, reason: string): Promise<Erasure> => this.unwrap(this.http.DELETE('/v1/accounts/{id}/personal-data', { ...path(accountId), body: { reason } })),
+      erase: (accountId: string, reason: string): Promise<Erasure> =>
+        this.unwrap(this.http.DELETE('/v1/accounts/{id}/personal-data', { ...path(accountId), body: { reason } })),
       /** Runs a reconciliation now (never changes the ledger). */
-      reconcile: (input: { stripe?: boolean } = {}): Promise<ReconciliationReport> => this.unwrap(this.http.POST('/v1/admin/reconcile', { body: input })),
+      reconcile: (input: { stripe?: boolean } = {}): Promise<ReconciliationReport> =>
+        this.unwrap(this.http.POST('/v1/admin/reconcile', { body: input })),
       reconciliations: (limit?: number): Promise<ReconciliationRuns['runs']> =>
-        this.unwrap(this.http.GET('/v1/admin/reconciliations', { params: { query: limit === undefined ? {} : { limit } } })).then((answer) => answer.runs),
+        this.unwrap(this.http.GET('/v1/admin/reconciliations', { params: { query: limit === undefined ? {} : { limit } } })).then(
+          (answer) => answer.runs,
+        ),
       /** The Stripe webhook inbox, newest first. */
-      webhookEvents: (query: WebhookEventsQuery = {}): Promise<WebhookEvents['events']> => this.unwrap(this.http.GET('/v1/admin/webhook-events', { params: { query } })).then((answer) => answer.events),
+      webhookEvents: (query: WebhookEventsQuery = {}): Promise<WebhookEvents['events']> =>
+        this.unwrap(this.http.GET('/v1/admin/webhook-events', { params: { query } })).then((answer) => answer.events),
       /** Applies a stored Stripe event again (its effects stay exactly once). */
-      replay: (eventId: string): Promise<ReplayAnswer> => this.unwrap(this.http.POST('/v1/admin/webhook-events/{event_id}/replay', { params: { path: { event_id: eventId } } })),
-      alerts: (limit?: number): Promise<Alerts['alerts']> => this.unwrap(this.http.GET('/v1/admin/alerts', { params: { query: limit === undefined ? {} : { limit } } })).then((answer) => answer.alerts),
+      replay: (eventId: string): Promise<ReplayAnswer> =>
+        this.unwrap(this.http.POST('/v1/admin/webhook-events/{event_id}/replay', { params: { path: { event_id: eventId } } })),
+      alerts: (limit?: number): Promise<Alerts['alerts']> =>
+        this.unwrap(this.http.GET('/v1/admin/alerts', { params: { query: limit === undefined ? {} : { limit } } })).then(
+          (answer) => answer.alerts,
+        ),
       stripeBreaker: (): Promise<BreakerState> => this.unwrap(this.http.GET('/v1/admin/stripe-breaker')),
-      accounts: (query: AccountsQuery = {}): Promise<AccountsPage> => this.unwrap(this.http.GET('/v1/admin/accounts', { params: { query } })),
+      accounts: (query: AccountsQuery = {}): Promise<AccountsPage> =>
+        this.unwrap(this.http.GET('/v1/admin/accounts', { params: { query } })),
       creditHistory: (query: { days?: number; until?: string } = {}): Promise<CreditHistory['days']> =>
         this.unwrap(this.http.GET('/v1/admin/credit-history', { params: { query } })).then((answer) => answer.days),
       webhookEndpoints: {
         /** Registers an endpoint; its signing secret is in this answer only. Not retried after a lost answer (it would make a second endpoint). */
-        create: (input: WebhookEndpointInput): Promise<CreatedWebhookEndpoint> => this.unwrap(this.http.POST('/v1/admin/webhook-endpoints', { body: input, ...this.fetchFor('once') })),
-        list: (): Promise<WebhookEndpoint[]> => this.unwrap(this.http.GET('/v1/admin/webhook-endpoints')).then((answer) => answer.endpoints),
-        get: (endpointId: string): Promise<WebhookEndpoint> => this.unwrap(this.http.GET('/v1/admin/webhook-endpoints/{id}', path(endpointId))),
-        delete: (endpointId: string): Promise<{ id: string; deleted: true }> => this.unwrap(this.http.DELETE('/v1/admin/webhook-endpoints/{id}', { ...path(endpointId), ...this.fetchFor('once') })),
-        enable: (endpointId: string): Promise<WebhookEndpoint> => this.unwrap(this.http.POST('/v1/admin/webhook-endpoints/{id}/enable', path(endpointId))),
+        create: (input: WebhookEndpointInput): Promise<CreatedWebhookEndpoint> =>
+          this.unwrap(this.http.POST('/v1/admin/webhook-endpoints', { body: input, ...this.fetchFor('once') })),
+        list: (): Promise<WebhookEndpoint[]> =>
+          this.unwrap(this.http.GET('/v1/admin/webhook-endpoints')).then((answer) => answer.endpoints),
+        get: (endpointId: string): Promise<WebhookEndpoint> =>
+          this.unwrap(this.http.GET('/v1/admin/webhook-endpoints/{id}', path(endpointId))),
+        delete: (endpointId: string): Promise<{ id: string; deleted: true }> =>
+          this.unwrap(this.http.DELETE('/v1/admin/webhook-endpoints/{id}', { ...path(endpointId), ...this.fetchFor('once') })),
+        enable: (endpointId: string): Promise<WebhookEndpoint> =>
+          this.unwrap(this.http.POST('/v1/admin/webhook-endpoints/{id}/enable', path(endpointId))),
       },
     };
   }

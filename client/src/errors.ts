@@ -184,5 +184,8 @@ export function errorFromAnswer(status: number, body: unknown): TallyError {
     const errorClass = errorClasses[object.code] ?? TallyError;
     return new (errorClass as new (status: number, error: TallyErrorObject) => TallyError)(status, object);
   }
-  return new TallyError(status, { code: `http_${status}`, message: typeof body === 'string' && body !== '' ? body.slice(0, 200) : `HTTP ${status} without a Tally error body` });
+  return new TallyError(status, {
+    code: `http_${status}`,
+    message: typeof body === 'string' && body !== '' ? body.slice(0, 200) : `HTTP ${status} without a Tally error body`,
+  });
 }

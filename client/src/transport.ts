@@ -17,7 +17,12 @@ export interface RetryOptions {
   retryAfterSecondsMax: number;
 }
 
-export const defaultRetryOptions: RetryOptions = { attemptsMax: 4, delayMillisecondsBase: 200, delayMillisecondsMax: 5_000, retryAfterSecondsMax: 30 };
+export const defaultRetryOptions: RetryOptions = {
+  attemptsMax: 4,
+  delayMillisecondsBase: 200,
+  delayMillisecondsMax: 5_000,
+  retryAfterSecondsMax: 30,
+};
 
 /**
  * How a call may be retried. `idempotent`: sending it twice does what sending it once does (a
@@ -118,7 +123,12 @@ export class Transport {
         const retryable = policy === 'idempotent' || connectionRefused(error);
         if (!retryable || attempt >= attemptsMax) {
           const what = error instanceof AttemptTimeout ? error.message : `the request failed (${(error as Error).message})`;
-          throw new TallyConnectionError(`${request.method} ${new URL(request.url).pathname}: ${what} after ${attempt} attempt(s)`, attempt, idempotencyKey, { cause: error });
+          throw new TallyConnectionError(
+            `${request.method} ${new URL(request.url).pathname}: ${what} after ${attempt} attempt(s)`,
+            attempt,
+            idempotencyKey,
+            { cause: error },
+          );
         }
         await this.sleep(backoffMilliseconds(attempt, this.options.retry, this.random));
         continue;

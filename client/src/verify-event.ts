@@ -8,7 +8,7 @@ import type { components } from './openapi-types.js';
  * signature, a timestamp more than five minutes away or a missing header throws.
  */
 /** An event as delivered: the event log's record, with `timestamp` (its creation time) as Standard Webhooks payloads carry. */
-export type DeliveredEvent = components["schemas"]["Event"] & { timestamp: string };
+export type DeliveredEvent = components['schemas']['Event'] & { timestamp: string };
 
 export type EventHeaders = Headers | Record<string, string | string[] | undefined>;
 

@@ -33,7 +33,10 @@ const catalogSchema = z
     // Operators' grants and adjustments are bounded, so that a slip of the keyboard cannot
     // grant more credits than a balance can hold (balances stay safe integers).
     limits: z
-      .strictObject({ admin_adjustment_credits_max: creditsSchema.default(100_000), admin_grant_credits_max: creditsSchema.default(1_000_000) })
+      .strictObject({
+        admin_adjustment_credits_max: creditsSchema.default(100_000),
+        admin_grant_credits_max: creditsSchema.default(1_000_000),
+      })
       .default({ admin_adjustment_credits_max: 100_000, admin_grant_credits_max: 1_000_000 }),
   })
   .superRefine((catalog, context) => {
@@ -54,7 +57,8 @@ const catalogSchema = z
       claimPrice(plan.prices.year, `plan ${plan.id}`, ['plans', index, 'prices', 'year']);
     });
     catalog.credit_packs.forEach((pack, index) => {
-      if (seenIds.has(pack.id)) context.addIssue({ code: 'custom', path: ['credit_packs', index, 'id'], message: `duplicate id ${pack.id}` });
+      if (seenIds.has(pack.id))
+        context.addIssue({ code: 'custom', path: ['credit_packs', index, 'id'], message: `duplicate id ${pack.id}` });
       seenIds.add(pack.id);
       claimPrice(pack.price, `pack ${pack.id}`, ['credit_packs', index, 'price']);
     });
@@ -95,10 +99,7 @@ export function loadCatalog(path: string): Catalog {
 }
 
 /** Where a Stripe price leads: a plan with its interval, a credit pack, or nothing we sell. */
-export type PriceMatch =
-  | { kind: 'plan'; plan: Plan; interval: 'month' | 'year' }
-  | { kind: 'pack'; pack: CreditPack }
-  | undefined;
+export type PriceMatch = { kind: 'plan'; plan: Plan; interval: 'month' | 'year' } | { kind: 'pack'; pack: CreditPack } | undefined;
 
 export function findPrice(catalog: Catalog, priceId: string): PriceMatch {
   for (const plan of catalog.plans) {

@@ -43,7 +43,10 @@ export const checkoutInputSchema = z
     success_url: z.url().max(2048),
     cancel_url: z.url().max(2048),
   })
-  .refine((input) => (input.plan_id === undefined) !== (input.pack_id === undefined), { message: 'give plan_id or pack_id', path: ['plan_id'] })
+  .refine((input) => (input.plan_id === undefined) !== (input.pack_id === undefined), {
+    message: 'give plan_id or pack_id',
+    path: ['plan_id'],
+  })
   .refine((input) => input.plan_id === undefined || input.interval !== undefined, { message: 'required with plan_id', path: ['interval'] })
   .refine((input) => input.pack_id === undefined || (input.interval === undefined && input.trial === undefined), {
     message: 'interval and trial go with plan_id',
@@ -66,7 +69,11 @@ export interface CheckoutDependencies {
   checkoutUrlHosts?: string[] | undefined;
 }
 
-export async function createCheckout(dependencies: CheckoutDependencies, accountId: string, input: CheckoutInput): Promise<{ session_id: string; url: string | null }> {
+export async function createCheckout(
+  dependencies: CheckoutDependencies,
+  accountId: string,
+  input: CheckoutInput,
+): Promise<{ session_id: string; url: string | null }> {
   for (const field of ['success_url', 'cancel_url'] as const) {
     const problem = returnUrlProblem(input[field], dependencies.checkoutUrlHosts ?? []);
     if (problem !== undefined) throw invalidRequest(field, problem);
@@ -92,15 +99,28 @@ export async function createCheckout(dependencies: CheckoutDependencies, account
  */
 export const checkoutKeyWindowSeconds = 60;
 
-export function checkoutIdempotencyKey(accountId: string, input: CheckoutInput, params: Stripe.Checkout.SessionCreateParams, now = Date.now()): string {
+export function checkoutIdempotencyKey(
+  accountId: string,
+  input: CheckoutInput,
+  params: Stripe.Checkout.SessionCreateParams,
+  now = Date.now(),
+): string {
   const window = Math.floor(now / 1000 / checkoutKeyWindowSeconds);
   return `checkout:${accountId}:${input.plan_id ?? input.pack_id}:${payloadHash(params).slice(0, 16)}:${window}`;
 }
 
-async function sessionParams(dependencies: CheckoutDependencies, accountId: string, input: CheckoutInput): Promise<Stripe.Checkout.SessionCreateParams> {
+async function sessionParams(
+  dependencies: CheckoutDependencies,
+  accountId: string,
+  input: CheckoutInput,
+): Promise<Stripe.Checkout.SessionCreateParams> {
   // The metadata attributes the session; the signed reference is there for the same reason a
   // Payment Link carries one, and a bare account id would teach integrators the wrong habit.
-  const common = { client_reference_id: signClientReference(dependencies.hasher, accountId), success_url: input.success_url, cancel_url: input.cancel_url };
+  const common = {
+    client_reference_id: signClientReference(dependencies.hasher, accountId),
+    success_url: input.success_url,
+    cancel_url: input.cancel_url,
+  };
   if (input.pack_id !== undefined) {
     const pack = dependencies.catalog.credit_packs.find((candidate) => candidate.id === input.pack_id);
     if (pack === undefined) throw new TallyError('plan_not_found', 404, `no credit pack ${input.pack_id}`);
@@ -109,17 +129,27 @@ async function sessionParams(dependencies: CheckoutDependencies, accountId: stri
   }
   const plan = dependencies.catalog.plans.find((candidate) => candidate.id === input.plan_id);
   const price = input.interval === undefined ? undefined : plan?.prices[input.interval];
-  if (plan === undefined || price === undefined) throw new TallyError('plan_not_found', 404, `no plan ${input.plan_id} billed by the ${input.interval}`);
+  if (plan === undefined || price === undefined)
+    throw new TallyError('plan_not_found', 404, `no plan ${input.plan_id} billed by the ${input.interval}`);
   const metadata = { [accountMetadataKey]: accountId };
   const subscriptionData: Stripe.Checkout.SessionCreateParams.SubscriptionData = { metadata };
   if (input.trial === true) {
-    if (plan.trial === undefined) throw new TallyError('trial_not_eligible', 403, `plan ${plan.id} has no trial`, { reason: 'plan_has_no_trial' });
+    if (plan.trial === undefined)
+      throw new TallyError('trial_not_eligible', 403, `plan ${plan.id} has no trial`, { reason: 'plan_has_no_trial' });
     const refusal = await dependencies.trials.refusal(accountId);
-    if (refusal !== undefined) throw new TallyError('trial_not_eligible', 403, `no trial for account ${accountId}: ${refusal}`, { reason: refusal });
+    if (refusal !== undefined)
+      throw new TallyError('trial_not_eligible', 403, `no trial for account ${accountId}: ${refusal}`, { reason: refusal });
     subscriptionData.trial_period_days = plan.trial.days;
     // A trial is claimed by its card's fingerprint; Link and other methods would escape that.
     // Under endive `payment_method_types` is gone (a 400): `allowed_payment_method_types` it is.
-    return { ...common, mode: 'subscription', line_items: [{ price, quantity: 1 }], metadata, subscription_data: subscriptionData, allowed_payment_method_types: ['card'] };
+    return {
+      ...common,
+      mode: 'subscription',
+      line_items: [{ price, quantity: 1 }],
+      metadata,
+      subscription_data: subscriptionData,
+      allowed_payment_method_types: ['card'],
+    };
   }
   return { ...common, mode: 'subscription', line_items: [{ price, quantity: 1 }], metadata, subscription_data: subscriptionData };
 }

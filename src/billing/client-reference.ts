@@ -28,7 +28,8 @@ const keyOf = (hasher: ClaimHasher): Buffer => hasher.derivedKey('client-referen
 
 export function signClientReference(hasher: ClaimHasher, accountId: string): string {
   const reference = `${prefix}${Buffer.from(accountId, 'utf8').toString('base64url')}_${mac(keyOf(hasher), accountId)}`;
-  if (reference.length > clientReferenceLengthMax) throw new Error(`a client reference for an account id of ${accountId.length} characters is too long for Stripe`);
+  if (reference.length > clientReferenceLengthMax)
+    throw new Error(`a client reference for an account id of ${accountId.length} characters is too long for Stripe`);
   return reference;
 }
 

@@ -25,7 +25,9 @@ export interface Contribution {
 /** Adds months in UTC, clamping to the end of a shorter month (Jan 31 + 1 month = Feb 28/29). */
 export function addMonths(unixSeconds: number, months: number): number {
   const date = new Date(unixSeconds * 1000);
-  const target = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()));
+  const target = new Date(
+    Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()),
+  );
   const lastDay = new Date(Date.UTC(target.getUTCFullYear(), target.getUTCMonth() + 1, 0)).getUTCDate();
   target.setUTCDate(Math.min(date.getUTCDate(), lastDay));
   return Math.floor(target.getTime() / 1000);
@@ -56,7 +58,13 @@ export function billingPeriodEndingAt(interval: 'month' | 'year', end: number): 
  * `credits × quantity × overlap / length`, rounded down for a grant and up for a clawback, in
  * exact integer arithmetic (BigInt: the product can pass 2^53 before the division).
  */
-export function proratedCredits(creditsPerMonth: number, quantity: number, overlapSeconds: number, periodSeconds: number, direction: Direction): number {
+export function proratedCredits(
+  creditsPerMonth: number,
+  quantity: number,
+  overlapSeconds: number,
+  periodSeconds: number,
+  direction: Direction,
+): number {
   if (overlapSeconds <= 0 || periodSeconds <= 0 || quantity <= 0) return 0;
   const numerator = BigInt(creditsPerMonth) * BigInt(quantity) * BigInt(Math.min(overlapSeconds, periodSeconds));
   const denominator = BigInt(periodSeconds);

@@ -123,7 +123,16 @@ export async function grantOnce(context: EffectContext, request: GrantRequest): 
     // Without a test clock, expiry is decided by the database's clock, as in every ledger call
     // (never the process's: two clocks disagree, and a grant would be live by one, expired by the other).
     `select tally_add_grant($1, $2, $3, 0, $4, $5, $6, $7, 'stripe', null, coalesce($8::timestamptz, now())) as result`,
-    [request.accountId, request.source, request.credits, request.expiresAt, request.key, request.entryKind ?? 'grant', { ...request.reference, event: context.event.id }, context.now],
+    [
+      request.accountId,
+      request.source,
+      request.credits,
+      request.expiresAt,
+      request.key,
+      request.entryKind ?? 'grant',
+      { ...request.reference, event: context.event.id },
+      context.now,
+    ],
   );
   const result = rows[0]?.result;
   if (result === undefined) throw new Error(`tally_add_grant answered nothing for ${request.key}`);
@@ -136,7 +145,12 @@ export async function grantOnce(context: EffectContext, request: GrantRequest): 
   }
   // A restore gives back credits that were clawed back: not a new grant to look at.
   if (result.created && request.entryKind !== 'restore') {
-    await checkGrantAgainstPlan(context.client, context.catalog, { grantId, accountId: request.accountId, amount: request.credits, source: request.source });
+    await checkGrantAgainstPlan(context.client, context.catalog, {
+      grantId,
+      accountId: request.accountId,
+      amount: request.credits,
+      source: request.source,
+    });
   }
   return { created: result.created, grantId };
 }
@@ -177,11 +191,15 @@ export async function resolveAccount(context: EffectContext, hints: AttributionH
   const byMetadata = await accountExists(context, hints.accountHint);
   if (byMetadata !== undefined) return linked(context, byMetadata, hints.customerId);
   if (hints.customerId !== undefined) {
-    const { rows } = await context.client.query<{ id: string }>('select id from accounts where stripe_customer_id = $1', [hints.customerId]);
+    const { rows } = await context.client.query<{ id: string }>('select id from accounts where stripe_customer_id = $1', [
+      hints.customerId,
+    ]);
     if (rows[0] !== undefined) return rows[0].id;
   }
   if (hints.subscriptionId !== undefined) {
-    const { rows } = await context.client.query<{ account_id: string }>('select account_id from subscriptions where id = $1', [hints.subscriptionId]);
+    const { rows } = await context.client.query<{ account_id: string }>('select account_id from subscriptions where id = $1', [
+      hints.subscriptionId,
+    ]);
     if (rows[0] !== undefined) return rows[0].account_id;
   }
   const byReference = await accountExists(context, verifyClientReference(context.hasher, hints.clientReference));
@@ -189,7 +207,8 @@ export async function resolveAccount(context: EffectContext, hints: AttributionH
   const provenance = context.prepared.provenance;
   if (provenance !== undefined) {
     const byProvenance =
-      (await accountExists(context, provenance.accountHint)) ?? (await accountExists(context, verifyClientReference(context.hasher, provenance.clientReference)));
+      (await accountExists(context, provenance.accountHint)) ??
+      (await accountExists(context, verifyClientReference(context.hasher, provenance.clientReference)));
     if (byProvenance !== undefined) return linked(context, byProvenance, hints.customerId);
   }
   const what = `customer ${hints.customerId ?? '?'}, subscription ${hints.subscriptionId ?? '?'}`;

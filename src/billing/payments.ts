@@ -3,7 +3,16 @@ import { cancelScheduledMonths, restoreScheduledMonths, scheduledCancellation } 
 import { accountMetadataKey, idOf, readInteger, readPath, readText } from '../stripe/shapes.js';
 import { findPrice } from './catalog.js';
 import type { Catalog } from './catalog.js';
-import { IgnoredEvent, RetryLater, grantOnce, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
+import {
+  IgnoredEvent,
+  RetryLater,
+  grantOnce,
+  lockAccount,
+  resolveAccount,
+  type EffectContext,
+  type EffectResult,
+  type StripeObject,
+} from './effect-context.js';
 
 /**
  * Credit packs bought through Checkout, and what refunds and disputes take back. A clawback is
@@ -115,7 +124,10 @@ async function findPayment(context: EffectContext, object: StripeObject): Promis
         `insert into invoice_payment_intents (payment_intent, invoice_id, event_id) values ($1, $2, $3) on conflict do nothing`,
         [paymentIntent, context.prepared.invoiceId, context.event.id],
       );
-      await context.client.query('update payments set payment_intent = $2 where id = $1 and payment_intent is null', [payment.id, paymentIntent]);
+      await context.client.query('update payments set payment_intent = $2 where id = $1 and payment_intent is null', [
+        payment.id,
+        paymentIntent,
+      ]);
       return payment;
     }
   }
@@ -126,7 +138,10 @@ async function findPayment(context: EffectContext, object: StripeObject): Promis
 
 /** Reads a payment; under its account's lock, what it says is current. */
 async function readPayment(context: EffectContext, paymentId: number): Promise<PaymentRow> {
-  const { rows } = await context.client.query<PaymentRow>('select id, account_id, amount_paid, credits, clawed_back from payments where id = $1', [paymentId]);
+  const { rows } = await context.client.query<PaymentRow>(
+    'select id, account_id, amount_paid, credits, clawed_back from payments where id = $1',
+    [paymentId],
+  );
   if (rows[0] === undefined) throw new Error(`payment ${paymentId} vanished`);
   return rows[0];
 }
@@ -147,15 +162,31 @@ export function proportionalCredits(payment: PaymentRow, amount: number): number
  * Claws back once under `key`; answers the credits it took (now or before). A yearly payment's
  * months not granted yet are cancelled first; only the rest is taken from granted credits.
  */
-async function clawBack(context: EffectContext, payment: PaymentRow, credits: number, key: string, reference: Record<string, unknown>): Promise<number> {
-  const existing = await context.client.query<{ amount: number }>('select amount from entries where account_id = $1 and idempotency_key = $2', [payment.account_id, key]);
+async function clawBack(
+  context: EffectContext,
+  payment: PaymentRow,
+  credits: number,
+  key: string,
+  reference: Record<string, unknown>,
+): Promise<number> {
+  const existing = await context.client.query<{ amount: number }>(
+    'select amount from entries where account_id = $1 and idempotency_key = $2',
+    [payment.account_id, key],
+  );
   const cancelledBefore = await scheduledCancellation(context, payment.id, key);
   if (existing.rows[0] !== undefined || cancelledBefore > 0) return cancelledBefore - Number(existing.rows[0]?.amount ?? 0);
   const bounded = Math.min(credits, payment.credits - payment.clawed_back);
   if (bounded <= 0) return 0;
   const cancelled = await cancelScheduledMonths(context, payment.id, payment.account_id, bounded, key);
   if (bounded > cancelled) {
-    await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [payment.account_id, bounded - cancelled, key, payment.id, { ...reference, event: context.event.id, months_cancelled: cancelled }, context.now]);
+    await context.client.query('select tally_clawback($1, $2, $3, $4, $5, $6)', [
+      payment.account_id,
+      bounded - cancelled,
+      key,
+      payment.id,
+      { ...reference, event: context.event.id, months_cancelled: cancelled },
+      context.now,
+    ]);
   }
   await context.client.query('update payments set clawed_back = clawed_back + $2 where id = $1', [payment.id, bounded]);
   const { rows } = await context.client.query<{ debt: number }>('select debt from accounts where id = $1', [payment.account_id]);
@@ -177,7 +208,13 @@ async function clawBack(context: EffectContext, payment: PaymentRow, credits: nu
  * Restores once under `key` what a clawback took: back to the grants it was taken from, with
  * their expiry (tally_restore), never as new credits that would outlive them.
  */
-async function restore(context: EffectContext, payment: PaymentRow, credits: number, key: string, reference: Record<string, unknown>): Promise<void> {
+async function restore(
+  context: EffectContext,
+  payment: PaymentRow,
+  credits: number,
+  key: string,
+  reference: Record<string, unknown>,
+): Promise<void> {
   if (credits <= 0) return;
   // The clawback a restore reverses is keyed after the same Stripe object (SPEC): `refund:{id}`
   // for `refund-reversed:{id}`, `dispute:{id}` for `dispute-won:{id}`.
@@ -188,14 +225,10 @@ async function restore(context: EffectContext, payment: PaymentRow, credits: num
   let restored = await restoreScheduledMonths(context, payment.id, payment.account_id, clawbackKey, key);
   const fromGrants = credits - (await scheduledCancellation(context, payment.id, clawbackKey));
   if (fromGrants > 0) {
-    const { rows } = await context.client.query<{ result: { created: boolean } }>('select tally_restore($1, $2, $3, $4, $5, $6) as result', [
-      payment.account_id,
-      clawbackKey,
-      fromGrants,
-      key,
-      { ...reference, event: context.event.id },
-      context.now,
-    ]);
+    const { rows } = await context.client.query<{ result: { created: boolean } }>(
+      'select tally_restore($1, $2, $3, $4, $5, $6) as result',
+      [payment.account_id, clawbackKey, fromGrants, key, { ...reference, event: context.event.id }, context.now],
+    );
     if (rows[0]?.result.created === true) restored += fromGrants;
   }
   if (restored > 0) await context.client.query('update payments set clawed_back = clawed_back - $2 where id = $1', [payment.id, restored]);
@@ -209,9 +242,19 @@ async function applyRefund(context: EffectContext, refund: StripeObject): Promis
   const payment = await lockPayment(context, refund);
   const reference = { refund: refundId, payment_intent: idOf(refund.payment_intent) ?? context.prepared.paymentIntent };
   // A reversal seen first still claws, then restores: every order ends in the same entries.
-  const clawed = await clawBack(context, payment, proportionalCredits(payment, readInteger(refund.amount) ?? 0), `refund:${refundId}`, reference);
+  const clawed = await clawBack(
+    context,
+    payment,
+    proportionalCredits(payment, readInteger(refund.amount) ?? 0),
+    `refund:${refundId}`,
+    reference,
+  );
   // Kept even when the clawback is 0 credits, so reconciliation sees the refund was applied.
-  await context.client.query('insert into payment_refunds (refund_id, payment_id, credits) values ($1, $2, $3) on conflict do nothing', [refundId, payment.id, clawed]);
+  await context.client.query('insert into payment_refunds (refund_id, payment_id, credits) values ($1, $2, $3) on conflict do nothing', [
+    refundId,
+    payment.id,
+    clawed,
+  ]);
   if (refundReversed(readText(refund.status))) {
     await restore(context, await readPayment(context, payment.id), clawed, `refund-reversed:${refundId}`, reference);
   }
@@ -255,7 +298,13 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
     if (status === 'warning_closed') await restoreDispute(context, payment, disputeId, reference);
     return { status: 'processed', accountId: payment.account_id };
   }
-  const clawed = await clawBack(context, payment, proportionalCredits(payment, readInteger(dispute.amount) ?? payment.amount_paid), `dispute:${disputeId}`, reference);
+  const clawed = await clawBack(
+    context,
+    payment,
+    proportionalCredits(payment, readInteger(dispute.amount) ?? payment.amount_paid),
+    `dispute:${disputeId}`,
+    reference,
+  );
   if (disputeSettledForMerchant(status)) {
     // Claw, then restore: whichever of the dispute's events comes first, the entries end the same.
     await restore(context, await readPayment(context, payment.id), clawed, `dispute-won:${disputeId}`, reference);
@@ -274,8 +323,16 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
 }
 
 /** Restores what `dispute:{id}` took, if it took anything. */
-async function restoreDispute(context: EffectContext, payment: PaymentRow, disputeId: string, reference: Record<string, unknown>): Promise<void> {
-  const taken = await context.client.query<{ amount: number }>('select amount from entries where account_id = $1 and idempotency_key = $2', [payment.account_id, `dispute:${disputeId}`]);
+async function restoreDispute(
+  context: EffectContext,
+  payment: PaymentRow,
+  disputeId: string,
+  reference: Record<string, unknown>,
+): Promise<void> {
+  const taken = await context.client.query<{ amount: number }>(
+    'select amount from entries where account_id = $1 and idempotency_key = $2',
+    [payment.account_id, `dispute:${disputeId}`],
+  );
   const credits = -(taken.rows[0]?.amount ?? 0);
   if (credits > 0) await restore(context, await readPayment(context, payment.id), credits, `dispute-won:${disputeId}`, reference);
 }

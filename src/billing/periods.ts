@@ -1,5 +1,12 @@
 import type { Plan } from './catalog.js';
-import { billingPeriodEndingAt, creditPeriodsOf, lineContributions, type Contribution, type Direction, type Period } from './credit-rule.js';
+import {
+  billingPeriodEndingAt,
+  creditPeriodsOf,
+  lineContributions,
+  type Contribution,
+  type Direction,
+  type Period,
+} from './credit-rule.js';
 import { RetryLater, grantOnce, type EffectContext } from './effect-context.js';
 
 /**
@@ -29,7 +36,12 @@ interface PeriodGrantRow {
 
 const periodGrantColumns = `id, (reference->>'period_start')::bigint as period_start, (reference->>'period_end')::bigint as period_end`;
 
-async function periodGrantEndingAt(context: EffectContext, accountId: string, subscriptionId: string, end: number): Promise<PeriodGrantRow | undefined> {
+async function periodGrantEndingAt(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  end: number,
+): Promise<PeriodGrantRow | undefined> {
   const { rows } = await context.client.query<PeriodGrantRow>(
     `select ${periodGrantColumns} from grants where account_id = $1 and grant_key like 'period:%' and reference->>'subscription' = $2
        and (reference->>'period_end')::bigint = $3`,
@@ -38,11 +50,16 @@ async function periodGrantEndingAt(context: EffectContext, accountId: string, su
   return rows[0];
 }
 
-async function periodGrantStartingAt(context: EffectContext, accountId: string, subscriptionId: string, start: number): Promise<PeriodGrantRow | undefined> {
-  const { rows } = await context.client.query<PeriodGrantRow>(`select ${periodGrantColumns} from grants where account_id = $1 and grant_key = $2`, [
-    accountId,
-    `period:${subscriptionId}:${start}`,
-  ]);
+async function periodGrantStartingAt(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  start: number,
+): Promise<PeriodGrantRow | undefined> {
+  const { rows } = await context.client.query<PeriodGrantRow>(
+    `select ${periodGrantColumns} from grants where account_id = $1 and grant_key = $2`,
+    [accountId, `period:${subscriptionId}:${start}`],
+  );
   return rows[0];
 }
 
@@ -68,7 +85,8 @@ export async function grantPeriod(context: EffectContext, request: PeriodGrantRe
   if (previous !== undefined) await rollOver(context, accountId, subscriptionId, previous, period);
   const current = await periodGrantStartingAt(context, accountId, subscriptionId, period.start);
   const next = await periodGrantStartingAt(context, accountId, subscriptionId, period.end);
-  if (current !== undefined && next !== undefined) await rollOver(context, accountId, subscriptionId, current, { start: next.period_start, end: next.period_end });
+  if (current !== undefined && next !== undefined)
+    await rollOver(context, accountId, subscriptionId, current, { start: next.period_start, end: next.period_end });
 }
 
 /**
@@ -76,7 +94,12 @@ export async function grantPeriod(context: EffectContext, request: PeriodGrantRe
  * billed in it (its period grant and its proration grants), none when one of them has no
  * rollover. A short upgrade just before a renewal therefore cannot raise the cap.
  */
-async function rolloverCapOfPeriod(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<number | undefined> {
+async function rolloverCapOfPeriod(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  periodStart: number,
+): Promise<number | undefined> {
   const { rows } = await context.client.query<{ plan: string }>(
     `select distinct reference->>'plan' as plan from grants where account_id = $1 and source = 'subscription'
        and reference->>'subscription' = $2 and (reference->>'period_start')::bigint = $3 and reference ? 'plan'`,
@@ -101,7 +124,10 @@ async function endPeriod(context: EffectContext, accountId: string, subscription
   );
   let unused = 0;
   for (const row of rows) {
-    const expired = await context.client.query<{ expired: number }>('select tally_expire_grant($1, coalesce($2::timestamptz, now())) as expired', [row.id, context.now]);
+    const expired = await context.client.query<{ expired: number }>(
+      'select tally_expire_grant($1, coalesce($2::timestamptz, now())) as expired',
+      [row.id, context.now],
+    );
     unused += Number(expired.rows[0]?.expired ?? 0);
   }
   return unused;
@@ -121,7 +147,13 @@ async function periodEnded(context: EffectContext, accountId: string, subscripti
  * A grant that lands in a period already ended by a renewal (its events came late) ends at
  * once, as it would have had it come in time.
  */
-async function expireIfPeriodEnded(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number, grantId: number): Promise<void> {
+async function expireIfPeriodEnded(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  periodStart: number,
+  grantId: number,
+): Promise<void> {
   if (await periodEnded(context, accountId, subscriptionId, periodStart)) {
     await context.client.query('select tally_expire_grant($1, coalesce($2::timestamptz, now()))', [grantId, context.now]);
   }
@@ -132,7 +164,13 @@ async function expireIfPeriodEnded(context: EffectContext, accountId: string, su
  * proration grants), up to the plan's maximum, move into a rollover grant that expires with
  * the new period; the rest expire. The ending period ends now if it has not yet.
  */
-async function rollOver(context: EffectContext, accountId: string, subscriptionId: string, from: PeriodGrantRow, into: Period): Promise<void> {
+async function rollOver(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  from: PeriodGrantRow,
+  into: Period,
+): Promise<void> {
   const key = `rollover:${subscriptionId}:${into.start}`;
   const existing = await context.client.query('select 1 from grants where account_id = $1 and grant_key = $2', [accountId, key]);
   const cap = await rolloverCapOfPeriod(context, accountId, subscriptionId, from.period_start);
@@ -151,7 +189,13 @@ async function rollOver(context: EffectContext, accountId: string, subscriptionI
 }
 
 /** Remembers a billing period seen on a paid invoice (a proration line needs its length). */
-export async function recordBillingPeriod(context: EffectContext, accountId: string, subscriptionId: string, interval: 'month' | 'year', period: Period): Promise<void> {
+export async function recordBillingPeriod(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  interval: 'month' | 'year',
+  period: Period,
+): Promise<void> {
   await context.client.query(
     `insert into billing_periods (subscription_id, period_start, period_end, billing_interval, account_id)
      values ($1, $2, $3, $4, $5) on conflict do nothing`,
@@ -164,7 +208,12 @@ export async function recordBillingPeriod(context: EffectContext, accountId: str
  * where the line ends. Until that invoice is applied the line waits (its period's credits must
  * be granted before a change can move them, in whatever order the events arrive).
  */
-async function billingPeriodOfLine(context: EffectContext, subscriptionId: string, interval: 'month' | 'year', line: Period): Promise<Period> {
+async function billingPeriodOfLine(
+  context: EffectContext,
+  subscriptionId: string,
+  interval: 'month' | 'year',
+  line: Period,
+): Promise<Period> {
   const { rows } = await context.client.query<{ start: number; end: number }>(
     `select period_start as start, period_end as end from billing_periods
      where subscription_id = $1 and period_end = $2 and period_start <= $3 and billing_interval = $4 limit 1`,
@@ -177,7 +226,9 @@ async function billingPeriodOfLine(context: EffectContext, subscriptionId: strin
   // Counted back from its end, as Stripe counts periods from their anchor, it moves its credits
   // rather than waiting until it fails.
   if ((context.event.receivedSecondsAgo ?? 0) < periodWaitSecondsMax) {
-    throw new RetryLater(`the ${interval}ly period of ${subscriptionId} ending ${new Date(line.end * 1000).toISOString()} has not been paid yet`);
+    throw new RetryLater(
+      `the ${interval}ly period of ${subscriptionId} ending ${new Date(line.end * 1000).toISOString()} has not been paid yet`,
+    );
   }
   return billingPeriodEndingAt(interval, line.end);
 }
@@ -194,7 +245,9 @@ async function creditPeriodAt(context: EffectContext, subscriptionId: string, at
   );
   const row = rows[0];
   if (row === undefined) return undefined;
-  return creditPeriodsOf(row.billing_interval, { start: Number(row.start), end: Number(row.end) }).find((period) => period.start <= at && at < period.end);
+  return creditPeriodsOf(row.billing_interval, { start: Number(row.start), end: Number(row.end) }).find(
+    (period) => period.start <= at && at < period.end,
+  );
 }
 
 export interface LineRequest {
@@ -238,7 +291,14 @@ async function moveNow(context: EffectContext, request: LineRequest, contributio
   const own = contributions[0]?.period;
   if (credits <= 0 || own === undefined) return;
   const period = own.end > request.paidAt ? own : ((await creditPeriodAt(context, request.subscriptionId, request.paidAt)) ?? own);
-  const reference = { ...request.reference, subscription: request.subscriptionId, plan: request.plan.id, period_start: period.start, period_end: period.end, line: request.lineKey };
+  const reference = {
+    ...request.reference,
+    subscription: request.subscriptionId,
+    plan: request.plan.id,
+    period_start: period.start,
+    period_end: period.end,
+    line: request.lineKey,
+  };
   if (request.direction === 'grant') {
     const { grantId } = await grantOnce(context, {
       accountId: request.accountId,
@@ -259,7 +319,15 @@ async function moveNow(context: EffectContext, request: LineRequest, contributio
 }
 
 /** Claws credits back, first from the grants of their own credit period, then in spend order; beyond what is left, debt. */
-export async function clawBackFromPeriod(context: EffectContext, accountId: string, subscriptionId: string, period: Period, credits: number, key: string, reference: Record<string, unknown>): Promise<void> {
+export async function clawBackFromPeriod(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  period: Period,
+  credits: number,
+  key: string,
+  reference: Record<string, unknown>,
+): Promise<void> {
   await context.client.query(
     `select tally_clawback_from($1, $2, $3, (select coalesce(array_agg(id), '{}') from grants where account_id = $1
        and source in ('subscription', 'rollover') and reference->>'subscription' = $4 and (reference->>'period_start')::bigint = $5), $6, $7)`,
@@ -284,13 +352,29 @@ async function schedule(context: EffectContext, request: LineRequest, contributi
     if (rows[0]?.own === true) continue;
     const alreadyGranted = rows[0] !== undefined;
     if (alreadyGranted) {
-      await moveNow(context, { ...request, paidAt: contribution.period.start }, [contribution], `late:${request.subscriptionId}:${contribution.period.start}:${request.lineKey}`);
+      await moveNow(
+        context,
+        { ...request, paidAt: contribution.period.start },
+        [contribution],
+        `late:${request.subscriptionId}:${contribution.period.start}:${request.lineKey}`,
+      );
     }
     await context.client.query(
       `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
        values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($9), case when $10 then now() end, case when $10 then 'granted' end)
        on conflict do nothing`,
-      [request.subscriptionId, contribution.period.start, request.lineKey, request.accountId, contribution.period.end, request.plan.id, signed, request.paymentId ?? null, request.billed.start, alreadyGranted],
+      [
+        request.subscriptionId,
+        contribution.period.start,
+        request.lineKey,
+        request.accountId,
+        contribution.period.end,
+        request.plan.id,
+        signed,
+        request.paymentId ?? null,
+        request.billed.start,
+        alreadyGranted,
+      ],
     );
   }
 }
@@ -303,10 +387,22 @@ async function schedule(context: EffectContext, request: LineRequest, contributi
 export async function applyPeriodLine(context: EffectContext, request: Omit<LineRequest, 'direction' | 'lineKey'>): Promise<number> {
   const { accountId, subscriptionId, plan, interval } = request;
   await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);
-  const contributions = lineContributions({ creditsPerMonth: plan.credits_per_month, quantity: request.quantity, billed: request.billed, direction: 'grant' }, interval, request.billed);
+  const contributions = lineContributions(
+    { creditsPerMonth: plan.credits_per_month, quantity: request.quantity, billed: request.billed, direction: 'grant' },
+    interval,
+    request.billed,
+  );
   const [first, ...later] = contributions;
   if (first !== undefined) {
-    await grantPeriod(context, { accountId, subscriptionId, plan, period: first.period, credits: first.credits, paymentId: request.paymentId, reference: request.reference });
+    await grantPeriod(context, {
+      accountId,
+      subscriptionId,
+      plan,
+      period: first.period,
+      credits: first.credits,
+      paymentId: request.paymentId,
+      reference: request.reference,
+    });
   }
   await schedule(context, { ...request, direction: 'grant', lineKey: 'period' }, later);
   return contributions.reduce((sum, contribution) => sum + contribution.credits, 0);

@@ -13,7 +13,7 @@ import {
   type InvoiceLine,
 } from '../stripe/shapes.js';
 import { findPrice, type Plan } from './catalog.js';
-import { RetryLater, lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
+import { lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
 import { applyPeriodLine, applyProrationLine, recordBillingPeriod } from './periods.js';
 import { considerTrial } from './trials.js';
 
@@ -53,7 +53,13 @@ async function recordInvoicePayment(context: EffectContext, accountId: string, i
      values ($1, $2, coalesce($3, (select payment_intent from invoice_payment_links where invoice_id = $2)), $4, $5)
      on conflict (invoice_id) do update set payment_intent = coalesce(payments.payment_intent, excluded.payment_intent)
      returning id`,
-    [accountId, invoiceId, invoicePaymentIntent(invoice) ?? null, readInteger(invoice.amount_paid) ?? 0, readText(invoice.currency) ?? null],
+    [
+      accountId,
+      invoiceId,
+      invoicePaymentIntent(invoice) ?? null,
+      readInteger(invoice.amount_paid) ?? 0,
+      readText(invoice.currency) ?? null,
+    ],
   );
   const id = rows[0]?.id;
   if (id === undefined) throw new Error(`payment of invoice ${invoiceId} was not recorded`);
@@ -86,7 +92,12 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
   const lines = planLines(context, invoice);
   if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
   if (lines.length === 0) return { status: 'ignored', reason: "not Tally's: no line bills a plan price of the catalog" };
-  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId, payment: true });
+  const accountId = await resolveAccount(context, {
+    accountHint: invoiceAccountHint(invoice),
+    customerId: idOf(invoice.customer),
+    subscriptionId,
+    payment: true,
+  });
   await lockAccount(context, accountId);
   const paymentId = await recordInvoicePayment(context, accountId, invoice);
   const reference = { invoice: readText(invoice.id) };
@@ -102,14 +113,24 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
   ];
   // An invoice applied before the credit rule moved its upgrade under `upgrade:` keys; applied
   // again (an operator's replay), its proration lines have already moved their credits.
-  const legacy = await context.client.query(`select 1 from grants where account_id = $1 and grant_key like 'upgrade:%' and reference->>'invoice' = $2 limit 1`, [
-    accountId,
-    readText(invoice.id) ?? '',
-  ]);
+  const legacy = await context.client.query(
+    `select 1 from grants where account_id = $1 and grant_key like 'upgrade:%' and reference->>'invoice' = $2 limit 1`,
+    [accountId, readText(invoice.id) ?? ''],
+  );
   let bought = 0;
   for (const { line, plan, interval } of ordered) {
     if (line.proration && legacy.rowCount !== 0) continue;
-    const request = { accountId, subscriptionId, plan, interval, quantity: line.quantity, billed: { start: line.periodStart, end: line.periodEnd }, paymentId, paidAt, reference };
+    const request = {
+      accountId,
+      subscriptionId,
+      plan,
+      interval,
+      quantity: line.quantity,
+      billed: { start: line.periodStart, end: line.periodEnd },
+      paymentId,
+      paidAt,
+      reference,
+    };
     if (!line.proration) {
       if (isTrialLine(context, line)) await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);
       else bought += await applyPeriodLine(context, request);
@@ -118,7 +139,8 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
     if (line.amount === 0) continue;
     if (line.id === undefined) throw new Error(`a proration line of invoice ${String(invoice.id)} has no id`);
     const direction = line.amount > 0 ? 'grant' : 'clawback';
-    bought += (direction === 'grant' ? 1 : -1) * (await applyProrationLine(context, { ...request, lineKey: `proration:${line.id}`, direction }));
+    bought +=
+      (direction === 'grant' ? 1 : -1) * (await applyProrationLine(context, { ...request, lineKey: `proration:${line.id}`, direction }));
   }
   await context.client.query('update payments set credits = greatest(credits, $2) where id = $1', [paymentId, Math.max(bought, 0)]);
   return { status: 'processed', accountId };
@@ -132,7 +154,8 @@ export async function applyInvoicePaymentPaid(context: EffectContext): Promise<E
   const invoicePayment = context.event.object;
   const invoiceId = idOf(invoicePayment.invoice);
   const paymentIntent = idOf(readPath(invoicePayment, 'payment', 'payment_intent'));
-  if (invoiceId === undefined || paymentIntent === undefined) return { status: 'ignored', reason: 'an invoice payment without an invoice or a payment intent' };
+  if (invoiceId === undefined || paymentIntent === undefined)
+    return { status: 'ignored', reason: 'an invoice payment without an invoice or a payment intent' };
   await lockInvoice(context, invoiceId);
   await context.client.query(
     'insert into invoice_payment_links (invoice_id, payment_intent, event_id) values ($1, $2, $3) on conflict (invoice_id) do nothing',
@@ -168,7 +191,11 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
     const mirrored = await context.client.query('select 1 from subscriptions where id = $1', [state.id]);
     if (mirrored.rowCount === 0) return { status: 'ignored', reason: `not Tally's: price ${state.priceId ?? '?'} is not in the catalog` };
   }
-  const accountId = await resolveAccount(context, { accountHint: state.accountHint, customerId: state.customerId, subscriptionId: state.id });
+  const accountId = await resolveAccount(context, {
+    accountHint: state.accountHint,
+    customerId: state.customerId,
+    subscriptionId: state.id,
+  });
   const status = context.event.type === 'customer.subscription.deleted' ? 'canceled' : state.status;
   const toTime = (seconds: number | undefined) => (seconds === undefined ? null : new Date(seconds * 1000));
   await context.client.query(
@@ -183,9 +210,23 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
        event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
      where (subscriptions.event_created, coalesce(subscriptions.current_period_start, '-infinity'), tally_subscription_status_rank(subscriptions.status), subscriptions.event_id)
         <= (excluded.event_created, coalesce(excluded.current_period_start, '-infinity'), tally_subscription_status_rank(excluded.status), excluded.event_id)`,
-    [state.id, accountId, state.customerId ?? null, status, state.priceId ?? null, plan?.plan.id ?? null, plan?.interval ?? null,
-      toTime(state.periodStart), toTime(state.periodEnd), state.cancelAtPeriodEnd, toTime(state.trialEnd), context.event.created, context.event.id,
-      state.quantity, toTime(state.endedAt ?? (status === 'canceled' ? context.event.created : undefined))],
+    [
+      state.id,
+      accountId,
+      state.customerId ?? null,
+      status,
+      state.priceId ?? null,
+      plan?.plan.id ?? null,
+      plan?.interval ?? null,
+      toTime(state.periodStart),
+      toTime(state.periodEnd),
+      state.cancelAtPeriodEnd,
+      toTime(state.trialEnd),
+      context.event.created,
+      context.event.id,
+      state.quantity,
+      toTime(state.endedAt ?? (status === 'canceled' ? context.event.created : undefined)),
+    ],
   );
   if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, context.hasher, accountId, state, plan.plan);
   return { status: 'processed', accountId };
@@ -196,7 +237,11 @@ export async function applyInvoicePaymentFailed(context: EffectContext): Promise
   const invoice = context.event.object;
   const subscriptionId = invoiceSubscriptionId(invoice);
   if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
-  const accountId = await resolveAccount(context, { accountHint: invoiceAccountHint(invoice), customerId: idOf(invoice.customer), subscriptionId });
+  const accountId = await resolveAccount(context, {
+    accountHint: invoiceAccountHint(invoice),
+    customerId: idOf(invoice.customer),
+    subscriptionId,
+  });
   // The same order as the subscription events: a failed payment does not move the period.
   await context.client.query(
     `update subscriptions set status = 'past_due', event_created = to_timestamp($2), event_id = $3, updated_at = now()

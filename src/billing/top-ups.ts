@@ -31,7 +31,8 @@ export const autoTopUpInputSchema = z.strictObject({
 });
 export type AutoTopUpInput = z.infer<typeof autoTopUpInputSchema>;
 
-export const packNotFound = (packId: string): TallyError => new TallyError('pack_not_found', 404, `no credit pack with id ${packId} in the catalog`);
+export const packNotFound = (packId: string): TallyError =>
+  new TallyError('pack_not_found', 404, `no credit pack with id ${packId} in the catalog`);
 const noPaymentMethod = (message: string): TallyError => new TallyError('no_payment_method', 409, message);
 
 function findPack(catalog: Catalog, packId: string): CreditPack {
@@ -55,13 +56,21 @@ export interface TopUpDependencies {
 }
 
 /** PUT /v1/accounts/{id}/auto-top-up. Enabling it asks Stripe that the customer can be charged. */
-export async function setAutoTopUp(dependencies: TopUpDependencies, accountId: string, input: AutoTopUpInput): Promise<Record<string, unknown>> {
+export async function setAutoTopUp(
+  dependencies: TopUpDependencies,
+  accountId: string,
+  input: AutoTopUpInput,
+): Promise<Record<string, unknown>> {
   findPack(dependencies.catalog, input.pack_id);
-  const { rows } = await dependencies.db.query<{ stripe_customer_id: string | null }>('select stripe_customer_id from accounts where id = $1', [accountId]);
+  const { rows } = await dependencies.db.query<{ stripe_customer_id: string | null }>(
+    'select stripe_customer_id from accounts where id = $1',
+    [accountId],
+  );
   if (rows[0] === undefined) throw accountNotFound(accountId);
   if (input.enabled) {
     const customerId = rows[0].stripe_customer_id;
-    if (customerId === null) throw noPaymentMethod(`account ${accountId} has no Stripe customer yet; a first purchase or subscription links one`);
+    if (customerId === null)
+      throw noPaymentMethod(`account ${accountId} has no Stripe customer yet; a first purchase or subscription links one`);
     if (dependencies.gateway === undefined) throw noPaymentMethod('Stripe is not configured (STRIPE_SECRET_KEY)');
     if ((await defaultPaymentMethod(dependencies.gateway, customerId)) === undefined) {
       throw noPaymentMethod(`Stripe customer ${customerId} has no default payment method (invoice_settings.default_payment_method)`);
@@ -78,15 +87,19 @@ export async function setAutoTopUp(dependencies: TopUpDependencies, accountId: s
        returning account_id, enabled, threshold, pack_id, max_per_month, failures_in_row, tally_iso(updated_at) as updated_at`,
       [accountId, input.enabled, input.threshold, input.pack_id, input.max_per_month, now],
     );
-    const { rows: account } = await client.query<{ available: number }>('update accounts set top_up_threshold = $2 where id = $1 returning available', [
-      accountId,
-      input.enabled ? input.threshold : null,
-    ]);
+    const { rows: account } = await client.query<{ available: number }>(
+      'update accounts set top_up_threshold = $2 where id = $1 returning available',
+      [accountId, input.enabled ? input.threshold : null],
+    );
     if (input.enabled && (account[0]?.available ?? 0) < input.threshold) {
       // Already below the threshold: no spend will cross it, so the top-up starts now.
       await client.query('select tally_request_top_up($1, coalesce($2::timestamptz, now()))', [accountId, now]);
     }
-    if (!input.enabled) await client.query(`update top_ups set status = 'cancelled', resolved_at = now() where account_id = $1 and status = 'pending' and payment_intent is null`, [accountId]);
+    if (!input.enabled)
+      await client.query(
+        `update top_ups set status = 'cancelled', resolved_at = now() where account_id = $1 and status = 'pending' and payment_intent is null`,
+        [accountId],
+      );
     return saved[0] as Record<string, unknown>;
   });
 }
@@ -115,7 +128,10 @@ export interface PaidTopUp {
  */
 export async function completeTopUp(client: pg.ClientBase, catalog: Catalog, paid: PaidTopUp): Promise<boolean> {
   await client.query('select tally_lock_account($1, $2)', [paid.accountId, paid.now]);
-  const { rows: topUps } = await client.query<{ pack_id: string; status: string }>('select pack_id, status from top_ups where id = $1 and account_id = $2', [paid.topUpId, paid.accountId]);
+  const { rows: topUps } = await client.query<{ pack_id: string; status: string }>(
+    'select pack_id, status from top_ups where id = $1 and account_id = $2',
+    [paid.topUpId, paid.accountId],
+  );
   const topUp = topUps[0];
   if (topUp === undefined) throw new Error(`top-up ${paid.topUpId} of ${paid.accountId} vanished`);
   const pack = findPack(catalog, topUp.pack_id);
@@ -127,18 +143,34 @@ export async function completeTopUp(client: pg.ClientBase, catalog: Catalog, pai
   const paymentId = payments[0]?.id;
   const { rows } = await client.query<{ result: { created: boolean; grant: { id: string } } }>(
     `select tally_add_grant($1, 'purchase', $2, 0, null, $3, 'grant', $4, 'stripe', null, coalesce($5::timestamptz, now())) as result`,
-    [paid.accountId, pack.credits, `purchase:${paid.paymentIntent}`, { payment_intent: paid.paymentIntent, top_up: paid.topUpId, pack: pack.id }, paid.now],
+    [
+      paid.accountId,
+      pack.credits,
+      `purchase:${paid.paymentIntent}`,
+      { payment_intent: paid.paymentIntent, top_up: paid.topUpId, pack: pack.id },
+      paid.now,
+    ],
   );
   const result = rows[0]?.result;
   if (result === undefined) throw new Error(`tally_add_grant answered nothing for top-up ${paid.topUpId}`);
   if (!result.created) return false;
   await client.query('update grants set payment_id = $1 where id = $2', [paymentId, Number(result.grant.id.replace('grant_', ''))]);
   await client.query('update payments set credits = credits + $1 where id = $2', [pack.credits, paymentId]);
-  await client.query(`update top_ups set status = 'succeeded', payment_intent = $2, resolved_at = coalesce($3::timestamptz, now()) where id = $1`, [paid.topUpId, paid.paymentIntent, paid.now]);
+  await client.query(
+    `update top_ups set status = 'succeeded', payment_intent = $2, resolved_at = coalesce($3::timestamptz, now()) where id = $1`,
+    [paid.topUpId, paid.paymentIntent, paid.now],
+  );
   await client.query('update auto_top_ups set failures_in_row = 0 where account_id = $1', [paid.accountId]);
   await client.query(`select tally_event('topup.succeeded', $1, $2, $3)`, [
     paid.accountId,
-    { top_up_id: `topup_${paid.topUpId}`, payment_intent: paid.paymentIntent, pack_id: pack.id, credits: pack.credits, amount: paid.amount, currency: paid.currency },
+    {
+      top_up_id: `topup_${paid.topUpId}`,
+      payment_intent: paid.paymentIntent,
+      pack_id: pack.id,
+      credits: pack.credits,
+      amount: paid.amount,
+      currency: paid.currency,
+    },
     paid.now,
   ]);
   return true;
@@ -149,7 +181,12 @@ export async function completeTopUp(client: pg.ClientBase, catalog: Catalog, pai
  * row. Only a pending top-up fails: the job's own decline and Stripe's `payment_intent.payment_failed`
  * for the same payment, in either order, count one failure.
  */
-export async function failTopUp(client: pg.ClientBase, topUp: Pick<TopUpRow, 'id' | 'account_id'>, failure: { code: string; message: string; paymentIntent?: string | undefined }, now: Date | null): Promise<void> {
+export async function failTopUp(
+  client: pg.ClientBase,
+  topUp: Pick<TopUpRow, 'id' | 'account_id'>,
+  failure: { code: string; message: string; paymentIntent?: string | undefined },
+  now: Date | null,
+): Promise<void> {
   await client.query('select 1 from accounts where id = $1 for update', [topUp.account_id]);
   const { rowCount } = await client.query(
     `update top_ups set status = 'failed', failure_code = $2, last_error = $3, payment_intent = coalesce($4, payment_intent), resolved_at = coalesce($5::timestamptz, now())
@@ -166,7 +203,14 @@ export async function failTopUp(client: pg.ClientBase, topUp: Pick<TopUpRow, 'id
   if (disabled) await client.query('update accounts set top_up_threshold = null where id = $1', [topUp.account_id]);
   await client.query(`select tally_event('topup.failed', $1, $2, $3)`, [
     topUp.account_id,
-    { top_up_id: `topup_${topUp.id}`, code: failure.code, message: failure.message.slice(0, 500), payment_intent: failure.paymentIntent ?? null, failures_in_row: failures, auto_top_up_disabled: disabled },
+    {
+      top_up_id: `topup_${topUp.id}`,
+      code: failure.code,
+      message: failure.message.slice(0, 500),
+      payment_intent: failure.paymentIntent ?? null,
+      failures_in_row: failures,
+      auto_top_up_disabled: disabled,
+    },
     now,
   ]);
 }
@@ -180,7 +224,10 @@ export class TopUpRunner {
     private readonly logger: Logger,
     intervalMilliseconds = 1000,
   ) {
-    this.periodic = new Periodic(intervalMilliseconds, untilDone(() => this.runOnce(), this.logger, 'auto top-up pass failed; next tick retries'));
+    this.periodic = new Periodic(
+      intervalMilliseconds,
+      untilDone(() => this.runOnce(), this.logger, 'auto top-up pass failed; next tick retries'),
+    );
   }
 
   start(): void {
@@ -210,7 +257,9 @@ export class TopUpRunner {
         if (error instanceof StripeUnavailableError) {
           this.logger.warn({ err: error, topUp: topUp.id }, 'Stripe unavailable; the top-up is retried after its lease');
         } else if (topUp.attempts >= topUpAttemptsMax) {
-          await this.dependencies.db.withTransaction((client) => failTopUp(client, topUp, { code: 'error', message: (error as Error).message }, this.now()));
+          await this.dependencies.db.withTransaction((client) =>
+            failTopUp(client, topUp, { code: 'error', message: (error as Error).message }, this.now()),
+          );
         } else {
           this.logger.error({ err: error, topUp: topUp.id }, 'top-up failed; retried after its lease');
         }
@@ -221,8 +270,11 @@ export class TopUpRunner {
 
   private async pay(topUp: TopUpRow): Promise<void> {
     const { db, catalog, gateway } = this.dependencies;
-    const fail = (code: string, message: string, paymentIntent?: string) => db.withTransaction((client) => failTopUp(client, topUp, { code, message, paymentIntent }, this.now()));
-    const { rows } = await db.query<{ stripe_customer_id: string | null }>('select stripe_customer_id from accounts where id = $1', [topUp.account_id]);
+    const fail = (code: string, message: string, paymentIntent?: string) =>
+      db.withTransaction((client) => failTopUp(client, topUp, { code, message, paymentIntent }, this.now()));
+    const { rows } = await db.query<{ stripe_customer_id: string | null }>('select stripe_customer_id from accounts where id = $1', [
+      topUp.account_id,
+    ]);
     const customerId = rows[0]?.stripe_customer_id ?? null;
     if (customerId === null) return fail('no_payment_method', 'the account has no Stripe customer');
     const pack = findPack(catalog, topUp.pack_id);
@@ -250,7 +302,14 @@ export class TopUpRunner {
       return;
     }
     await db.withTransaction((client) =>
-      completeTopUp(client, catalog, { accountId: topUp.account_id, topUpId: topUp.id, paymentIntent: payment.paymentIntent, amount: payment.amount, currency: payment.currency, now: this.now() }),
+      completeTopUp(client, catalog, {
+        accountId: topUp.account_id,
+        topUpId: topUp.id,
+        paymentIntent: payment.paymentIntent,
+        amount: payment.amount,
+        currency: payment.currency,
+        now: this.now(),
+      }),
     );
   }
 }
@@ -265,7 +324,14 @@ export async function applyPaymentIntentSucceeded(context: EffectContext): Promi
   const topUp = await topUpOfPaymentIntent(context);
   if ('ignored' in topUp) return { status: 'ignored', reason: topUp.ignored };
   const amount = Number(intent.amount_received ?? intent.amount ?? 0);
-  await completeTopUp(context.client, context.catalog, { accountId: topUp.accountId, topUpId: topUp.id, paymentIntent: topUp.paymentIntent, amount, currency: readText(intent.currency) ?? null, now: context.now });
+  await completeTopUp(context.client, context.catalog, {
+    accountId: topUp.accountId,
+    topUpId: topUp.id,
+    paymentIntent: topUp.paymentIntent,
+    amount,
+    currency: readText(intent.currency) ?? null,
+    now: context.now,
+  });
   return { status: 'processed', accountId: topUp.accountId };
 }
 
@@ -284,7 +350,12 @@ export async function applyPaymentIntentFailed(context: EffectContext): Promise<
   const error = context.event.object.last_payment_error as Record<string, unknown> | null | undefined;
   const code = readText(error?.code) ?? readText(error?.decline_code) ?? 'payment_failed';
   const message = readText(error?.message) ?? `payment intent ${topUp.paymentIntent} failed`;
-  await failTopUp(context.client, { id: topUp.id, account_id: topUp.accountId }, { code, message, paymentIntent: topUp.paymentIntent }, context.now);
+  await failTopUp(
+    context.client,
+    { id: topUp.id, account_id: topUp.accountId },
+    { code, message, paymentIntent: topUp.paymentIntent },
+    context.now,
+  );
   return { status: 'processed', accountId: topUp.accountId };
 }
 
@@ -302,7 +373,10 @@ async function topUpOfPaymentIntent(
   if (topUpId === undefined || accountId === undefined || paymentIntent === undefined || !/^[1-9][0-9]{0,15}$/.test(topUpId)) {
     return { ignored: 'not a Tally top-up (checkout payments are granted by their checkout session)' };
   }
-  const { rows } = await context.client.query<{ payment_intent: string | null }>('select payment_intent from top_ups where id = $1 and account_id = $2', [Number(topUpId), accountId]);
+  const { rows } = await context.client.query<{ payment_intent: string | null }>(
+    'select payment_intent from top_ups where id = $1 and account_id = $2',
+    [Number(topUpId), accountId],
+  );
   if (rows[0] === undefined) return { ignored: `no top-up ${topUpId} for account ${accountId}` };
   return { id: Number(topUpId), accountId, paymentIntent, recordedPaymentIntent: rows[0].payment_intent };
 }

@@ -93,7 +93,8 @@ function claimsFor(hasher: ClaimHasher, facts: ClaimFacts): Claim[] {
   for (const email of [...emails].sort()) claims.push({ kind: 'email', hash: hasher.hash('email', email) });
   if (facts.deviceHash !== null && facts.deviceHash !== undefined) claims.push({ kind: 'device', hash: facts.deviceHash });
   if (facts.cardFingerprint !== undefined) claims.push({ kind: 'card', hash: hasher.hash('card', facts.cardFingerprint) });
-  for (const fingerprint of [...new Set(facts.paymentMethodFingerprints ?? [])].sort()) claims.push({ kind: 'payment_method', hash: hasher.hash('payment_method', fingerprint) });
+  for (const fingerprint of [...new Set(facts.paymentMethodFingerprints ?? [])].sort())
+    claims.push({ kind: 'payment_method', hash: hasher.hash('payment_method', fingerprint) });
   return claims;
 }
 
@@ -108,8 +109,16 @@ async function takenClaim(client: Queryable, claims: Claim[]): Promise<ClaimKind
   return undefined;
 }
 
-export async function trialEligibility(db: Database, hasher: ClaimHasher, accountId: string, reported: { email?: string | undefined; deviceFingerprint?: string | undefined }) {
-  const { rows } = await db.query<{ email: string | null; device_fingerprint_hash: string | null }>('select email, device_fingerprint_hash from accounts where id = $1', [accountId]);
+export async function trialEligibility(
+  db: Database,
+  hasher: ClaimHasher,
+  accountId: string,
+  reported: { email?: string | undefined; deviceFingerprint?: string | undefined },
+) {
+  const { rows } = await db.query<{ email: string | null; device_fingerprint_hash: string | null }>(
+    'select email, device_fingerprint_hash from accounts where id = $1',
+    [accountId],
+  );
   const account = rows[0];
   if (account === undefined) throw accountNotFound(accountId);
   const facts = { accountId, email: account.email, deviceHash: account.device_fingerprint_hash };
@@ -132,13 +141,25 @@ export function trialGate(db: Database, hasher: ClaimHasher): TrialGate {
 }
 
 /** Called for a subscription event in `trialing` on a plan with a trial, inside the event's transaction. */
-export async function considerTrial(context: EffectContext, hasher: ClaimHasher, accountId: string, state: SubscriptionState, plan: Plan): Promise<void> {
+export async function considerTrial(
+  context: EffectContext,
+  hasher: ClaimHasher,
+  accountId: string,
+  state: SubscriptionState,
+  plan: Plan,
+): Promise<void> {
   if (plan.trial === undefined) return;
-  const granted = await context.client.query('select 1 from grants where account_id = $1 and grant_key = $2', [accountId, `trial:${accountId}`]);
+  const granted = await context.client.query('select 1 from grants where account_id = $1 and grant_key = $2', [
+    accountId,
+    `trial:${accountId}`,
+  ]);
   const refused = await context.client.query('select 1 from trial_refusals where subscription_id = $1', [state.id]);
   if (granted.rowCount !== 0 || refused.rowCount !== 0) return;
   await lockAccount(context, accountId);
-  const { rows } = await context.client.query<{ email: string | null; device_fingerprint_hash: string | null }>('select email, device_fingerprint_hash from accounts where id = $1', [accountId]);
+  const { rows } = await context.client.query<{ email: string | null; device_fingerprint_hash: string | null }>(
+    'select email, device_fingerprint_hash from accounts where id = $1',
+    [accountId],
+  );
   const claims = claimsFor(hasher, {
     accountId,
     email: rows[0]?.email,
@@ -164,12 +185,22 @@ export async function considerTrial(context: EffectContext, hasher: ClaimHasher,
   if (conflict === undefined) {
     await context.client.query('release savepoint trial_claims');
     const trialEnd = state.trialEnd ?? Math.floor((context.now ?? new Date()).getTime() / 1000) + plan.trial.days * 86400;
-    await grantOnce(context, { accountId, source: 'trial', credits: plan.trial.credits, expiresAt: new Date(trialEnd * 1000), key: `trial:${accountId}`, reference: { subscription: state.id, plan: plan.id } });
+    await grantOnce(context, {
+      accountId,
+      source: 'trial',
+      credits: plan.trial.credits,
+      expiresAt: new Date(trialEnd * 1000),
+      key: `trial:${accountId}`,
+      reference: { subscription: state.id, plan: plan.id },
+    });
     return;
   }
   await context.client.query('rollback to savepoint trial_claims');
   const reason: RefusalReason = `${conflict}_had_trial`;
-  await context.client.query('insert into trial_refusals (subscription_id, account_id, reason) values ($1, $2, $3) on conflict do nothing', [state.id, accountId, reason]);
+  await context.client.query(
+    'insert into trial_refusals (subscription_id, account_id, reason) values ($1, $2, $3) on conflict do nothing',
+    [state.id, accountId, reason],
+  );
   await raiseAlert(context.client, {
     kind: 'trial_refused',
     key: `trial_refused:${state.id}`,

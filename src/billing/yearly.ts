@@ -50,7 +50,13 @@ export interface MonthOutcome {
  * Grants one due month, passing over the months in `passedOver` (they failed earlier in this
  * pass); answers what it did, or undefined when no month is due.
  */
-export async function grantDueMonth(db: Database, catalog: Catalog, hasher: ClaimHasher, now: Date | null, passedOver: string[] = []): Promise<MonthOutcome | undefined> {
+export async function grantDueMonth(
+  db: Database,
+  catalog: Catalog,
+  hasher: ClaimHasher,
+  now: Date | null,
+  passedOver: string[] = [],
+): Promise<MonthOutcome | undefined> {
   // Found without a lock, outside the transaction (an idle pass costs one query): locks go
   // account first, then the month's rows (applyMonth), in the order event effects take them.
   // Locking a row of the month first deadlocked against a worker granting another line of the
@@ -86,10 +92,10 @@ async function recordMonthFailure(db: Database, due: DueMonth, error: unknown): 
     );
     const attempts = Math.max(0, ...rows.map((row) => row.attempts));
     if (attempts < scheduleAttemptsMax) return;
-    await client.query(`update yearly_schedule set granted_at = now(), outcome = 'failed' where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`, [
-      due.subscription_id,
-      due.month_start,
-    ]);
+    await client.query(
+      `update yearly_schedule set granted_at = now(), outcome = 'failed' where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`,
+      [due.subscription_id, due.month_start],
+    );
     await raiseAlert(client, {
       kind: 'schedule_failed',
       key: `schedule_failed:${due.subscription_id}:${due.month_start}`,
@@ -122,7 +128,12 @@ async function applyMonth(work: MonthWork): Promise<void> {
     client,
     catalog: work.catalog,
     hasher: work.hasher,
-    event: { id: `schedule:${due.subscription_id}:${due.month_start}`, type: 'schedule.yearly_month', created: due.month_start, object: {} },
+    event: {
+      id: `schedule:${due.subscription_id}:${due.month_start}`,
+      type: 'schedule.yearly_month',
+      created: due.month_start,
+      object: {},
+    },
     prepared: {},
     now: work.now,
   };
@@ -134,11 +145,10 @@ async function applyMonth(work: MonthWork): Promise<void> {
     [due.subscription_id, due.month_start],
   );
   const outcome = await netMonth(context, due, rows);
-  await client.query(`update yearly_schedule set granted_at = now(), outcome = $3, last_error = null where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`, [
-    due.subscription_id,
-    due.month_start,
-    outcome,
-  ]);
+  await client.query(
+    `update yearly_schedule set granted_at = now(), outcome = $3, last_error = null where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`,
+    [due.subscription_id, due.month_start, outcome],
+  );
 }
 
 async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[]): Promise<'granted' | 'skipped' | 'netted'> {
@@ -161,7 +171,15 @@ async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[])
     return 'skipped';
   }
   if (credits > 0 && plan !== undefined) {
-    await grantPeriod(context, { accountId: first.account_id, subscriptionId: due.subscription_id, plan, period, credits, paymentId: billing?.payment_id ?? undefined, reference: { schedule: 'yearly' } });
+    await grantPeriod(context, {
+      accountId: first.account_id,
+      subscriptionId: due.subscription_id,
+      plan,
+      period,
+      credits,
+      paymentId: billing?.payment_id ?? undefined,
+      reference: { schedule: 'yearly' },
+    });
     return 'granted';
   }
   // A month that nets below zero was taken away twice before it came (a refund cancelled it and
@@ -213,7 +231,13 @@ export async function scheduledCancellation(context: EffectContext, paymentId: n
  * `credits`. Answers the credits cancelled (now or before, under the same key); the caller
  * claws the rest back from granted credits.
  */
-export async function cancelScheduledMonths(context: EffectContext, paymentId: number, accountId: string, credits: number, key: string): Promise<number> {
+export async function cancelScheduledMonths(
+  context: EffectContext,
+  paymentId: number,
+  accountId: string,
+  credits: number,
+  key: string,
+): Promise<number> {
   const before = await scheduledCancellation(context, paymentId, key);
   if (before > 0) return before;
   const { rows } = await context.client.query<CancellableMonth>(
@@ -251,7 +275,13 @@ export async function cancelScheduledMonths(context: EffectContext, paymentId: n
  * gets its credits now, expiring with it; a month that was set aside (the subscription ended)
  * gets nothing, as it would have had the refund never happened.
  */
-export async function restoreScheduledMonths(context: EffectContext, paymentId: number, accountId: string, cancelKey: string, key: string): Promise<number> {
+export async function restoreScheduledMonths(
+  context: EffectContext,
+  paymentId: number,
+  accountId: string,
+  cancelKey: string,
+  key: string,
+): Promise<number> {
   const { rows } = await context.client.query<ScheduledMonth & { state: 'open' | 'granted' | 'lost' }>(
     `select c.subscription_id, extract(epoch from c.month_start)::bigint as month_start, extract(epoch from c.month_end)::bigint as month_end,
        c.plan_id, -c.credits as credits,
@@ -277,7 +307,12 @@ export async function restoreScheduledMonths(context: EffectContext, paymentId: 
         credits,
         expiresAt: new Date(Number(month.month_end) * 1000),
         key: `${key}:${month.month_start}`,
-        reference: { subscription: month.subscription_id, plan: month.plan_id, period_start: Number(month.month_start), period_end: Number(month.month_end) },
+        reference: {
+          subscription: month.subscription_id,
+          plan: month.plan_id,
+          period_start: Number(month.month_start),
+          period_end: Number(month.month_end),
+        },
         paymentId,
         countsTowardsPayment: false,
         entryKind: 'restore',

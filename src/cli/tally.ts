@@ -104,7 +104,8 @@ const print = (value: unknown): void => {
 
 const positiveInteger = (text: string): number => {
   const value = Number(text);
-  if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(value) || value <= 0) throw new InvalidArgumentError('a positive whole number of credits');
+  if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(value) || value <= 0)
+    throw new InvalidArgumentError('a positive whole number of credits');
   return value;
 };
 
@@ -134,7 +135,11 @@ program
 function startBanner(tally: Tally): string {
   const lines = [`Tally ${version} listening on ${tally.url}`];
   if (tally.keys.source === 'data-folder' && tally.keys.generated) {
-    lines.push(`Keys generated for ${tally.dataDirectory}/keys.json (printed this once):`, `  app key:   ${tally.keys.apiKey}`, `  admin key: ${tally.keys.adminKey}`);
+    lines.push(
+      `Keys generated for ${tally.dataDirectory}/keys.json (printed this once):`,
+      `  app key:   ${tally.keys.apiKey}`,
+      `  admin key: ${tally.keys.adminKey}`,
+    );
   } else if (tally.keys.source === 'data-folder') {
     lines.push(`Keys: kept in ${tally.dataDirectory}/keys.json (app key: apiKey, admin key: adminKey)`);
   } else {
@@ -203,28 +208,38 @@ program
   .argument('<amount>', 'credits, a positive whole number', positiveInteger)
   .requiredOption('--reason <text>', 'why (kept in the ledger and the audit log)')
   .addOption(new Option('--source <source>', 'grant source').choices(['admin', 'promo']).default('admin'))
-  .requiredOption('--key <key>', 'idempotency key, e.g. the ticket id: the same key grants once, so running the command again never grants twice')
+  .requiredOption(
+    '--key <key>',
+    'idempotency key, e.g. the ticket id: the same key grants once, so running the command again never grants twice',
+  )
   .option('--expires-at <time>', 'ISO 8601 expiry')
-  .action(async (account: string, amount: number, options: { reason: string; source: 'admin' | 'promo'; key: string; expiresAt?: string }) => {
-    const catalog = loadCatalog(loadConfig().plansPath);
-    await withDatabase(async (db) => {
-      // Like the API, an operator's grant over 1.5 times the plan's allowance raises an alert.
-      const watchGrant = grantWatcher(db.pool, catalog, (error) => {
-        process.stderr.write(`warning: the grant was made, but checking it against the plan failed: ${(error as Error).message}\n`);
+  .action(
+    async (account: string, amount: number, options: { reason: string; source: 'admin' | 'promo'; key: string; expiresAt?: string }) => {
+      const catalog = loadCatalog(loadConfig().plansPath);
+      await withDatabase(async (db) => {
+        // Like the API, an operator's grant over 1.5 times the plan's allowance raises an alert.
+        const watchGrant = grantWatcher(db.pool, catalog, (error) => {
+          process.stderr.write(`warning: the grant was made, but checking it against the plan failed: ${(error as Error).message}\n`);
+        });
+        const ledger = new Ledger(db, { adjustmentCreditsMax: 0, watchGrant });
+        const outcome = await ledger.grant(account, {
+          amount,
+          source: options.source,
+          reason: options.reason,
+          idempotency_key: options.key,
+          priority: 0,
+          expires_at: options.expiresAt,
+        });
+        if (outcome.status >= 300)
+          throw new TallyError(
+            String((outcome.body.error as { code?: string })?.code ?? 'refused'),
+            outcome.status,
+            JSON.stringify(outcome.body),
+          );
+        print(outcome.body);
       });
-      const ledger = new Ledger(db, { adjustmentCreditsMax: 0, watchGrant });
-      const outcome = await ledger.grant(account, {
-        amount,
-        source: options.source,
-        reason: options.reason,
-        idempotency_key: options.key,
-        priority: 0,
-        expires_at: options.expiresAt,
-      });
-      if (outcome.status >= 300) throw new TallyError(String((outcome.body.error as { code?: string })?.code ?? 'refused'), outcome.status, JSON.stringify(outcome.body));
-      print(outcome.body);
-    });
-  });
+    },
+  );
 
 program
   .command('reconcile')
@@ -234,7 +249,10 @@ program
   .action(async (options: { stripe?: boolean; json?: boolean }) => {
     const config = loadConfig();
     const catalog = loadCatalog(config.plansPath);
-    const gateway = config.stripeSecretKey === undefined ? undefined : new StripeGateway({ secretKey: config.stripeSecretKey, apiBase: config.stripeApiBase });
+    const gateway =
+      config.stripeSecretKey === undefined
+        ? undefined
+        : new StripeGateway({ secretKey: config.stripeSecretKey, apiBase: config.stripeApiBase });
     const findings = await withDatabase(async (db) => {
       const progress = progressOnStderr('reconciling');
       const report = await reconcile(db, {
@@ -246,9 +264,13 @@ program
       }).finally(() => progress.stop());
       if (options.json === true) print(report);
       else {
-        process.stdout.write(`reconciliation run ${report.run_id}: ${report.summary.accounts} accounts, ${report.summary.entries} entries, ${report.finding_count} finding(s) in ${report.summary.duration_ms} ms\n`);
+        process.stdout.write(
+          `reconciliation run ${report.run_id}: ${report.summary.accounts} accounts, ${report.summary.entries} entries, ${report.finding_count} finding(s) in ${report.summary.duration_ms} ms\n`,
+        );
         for (const finding of report.findings) {
-          process.stdout.write(`  ${finding.check}  ${finding.account_id ?? '-'}  ${finding.message}${finding.entry_ids.length > 0 ? `  [${finding.entry_ids.join(' ')}]` : ''}\n`);
+          process.stdout.write(
+            `  ${finding.check}  ${finding.account_id ?? '-'}  ${finding.message}${finding.entry_ids.length > 0 ? `  [${finding.entry_ids.join(' ')}]` : ''}\n`,
+          );
         }
       }
       return report.finding_count;
@@ -263,9 +285,19 @@ program
   .action(async (eventId: string) => {
     const config = loadConfig();
     const catalog = loadCatalog(config.plansPath);
-    const gateway = config.stripeSecretKey === undefined ? undefined : new StripeGateway({ secretKey: config.stripeSecretKey, apiBase: config.stripeApiBase });
+    const gateway =
+      config.stripeSecretKey === undefined
+        ? undefined
+        : new StripeGateway({ secretKey: config.stripeSecretKey, apiBase: config.stripeApiBase });
     await withDatabase(async (db) => {
-      const worker = new WebhookWorker(db, catalog, await loadClaimHasher(db, config.fingerprintSecret), gateway, pino({ level: 'warn' }), defaultWorkerOptions);
+      const worker = new WebhookWorker(
+        db,
+        catalog,
+        await loadClaimHasher(db, config.fingerprintSecret),
+        gateway,
+        pino({ level: 'warn' }),
+        defaultWorkerOptions,
+      );
       const outcome = await worker.replay(eventId, 'cli');
       if (outcome === undefined) throw new TallyError('event_not_found', 404, `no stored event ${eventId}`);
       print({ event_id: eventId, outcome });

@@ -1,5 +1,15 @@
 import { z } from 'zod';
-import { creditsSchema, creditsSumSchema, entrySchema, grantSchema, holdSchema, inboxEventSchema, jsonObjectSchema, signedCreditsSchema, timestampSchema } from '../http/entities.js';
+import {
+  creditsSchema,
+  creditsSumSchema,
+  entrySchema,
+  grantSchema,
+  holdSchema,
+  inboxEventSchema,
+  jsonObjectSchema,
+  signedCreditsSchema,
+  timestampSchema,
+} from '../http/entities.js';
 
 /**
  * What the dashboard's reads answer (reads.ts), as zod schemas: the routes declare them, the
@@ -103,7 +113,10 @@ export const accountGrantsSchema = z.object({
 export const accountHoldsSchema = z.object({
   holds: z.array(holdSchema),
   /** The cursor of the next page (older holds); null on the last page. */
-  next_cursor: z.string().regex(/^[0-9]{1,18}$/).nullable(),
+  next_cursor: z
+    .string()
+    .regex(/^[0-9]{1,18}$/)
+    .nullable(),
 });
 
 export const balanceHistorySchema = z.object({

@@ -26,10 +26,13 @@ const require = createRequire(import.meta.url);
  * URL that serves it. An import left bare would fail in the browser only, so it stops the start.
  */
 export function rewriteImports(source: string, name: string, urls: Record<string, string>): string {
-  const rewritten = source.replace(/\b(from|import)\s*(["'])([@A-Za-z][\w@/.-]*)\2/g, (whole, keyword: string, quote: string, specifier: string) => {
-    const url = urls[specifier];
-    return url === undefined ? whole : `${keyword}${quote}${url}${quote}`;
-  });
+  const rewritten = source.replace(
+    /\b(from|import)\s*(["'])([@A-Za-z][\w@/.-]*)\2/g,
+    (whole, keyword: string, quote: string, specifier: string) => {
+      const url = urls[specifier];
+      return url === undefined ? whole : `${keyword}${quote}${url}${quote}`;
+    },
+  );
   const bare = /\b(?:from|import)\s*["']([@A-Za-z][\w@/.-]*)["']/.exec(rewritten);
   if (bare !== null) throw new Error(`dashboard library ${name} imports "${bare[1]}", which is not served`);
   return rewritten;
@@ -42,7 +45,11 @@ const packageFile = (specifier: string, file?: string): string => {
 
 function vendorAssets(): Asset[] {
   const urls = { preact: './preact.js' };
-  const module = (url: string, path: string): Asset => ({ url, body: rewriteImports(readFileSync(path, 'utf8'), url, urls), contentType: javascript });
+  const module = (url: string, path: string): Asset => ({
+    url,
+    body: rewriteImports(readFileSync(path, 'utf8'), url, urls),
+    contentType: javascript,
+  });
   return [
     module('/dashboard/vendor/preact.js', packageFile('preact')),
     module('/dashboard/vendor/hooks.js', packageFile('preact/hooks')),

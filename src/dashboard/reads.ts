@@ -101,7 +101,10 @@ export interface CreditDay {
  * granted (grants, restores and positive adjustments), spent (usage and captured holds),
  * expired, clawed back (refunds, disputes, downgrades) and adjusted down by operators.
  */
-export async function creditTotals(db: Database, options: { days: number; until: string | null; now: Date | null; accountId: string | null }): Promise<CreditDay[]> {
+export async function creditTotals(
+  db: Database,
+  options: { days: number; until: string | null; now: Date | null; accountId: string | null },
+): Promise<CreditDay[]> {
   const { rows } = await db.query<Record<string, string>>(
     `with bounds as (
        select coalesce($2::date, (coalesce($3, now()) at time zone 'UTC')::date) as last_day),
@@ -136,7 +139,15 @@ export async function creditTotals(db: Database, options: { days: number; until:
 }
 
 /** Columns the account list may be sorted by, each a fixed SQL expression (never the caller's text). */
-export const accountSortColumns = { id: 'a.id', email: 'a.email', available: 'a.available', held: 'a.held', debt: 'a.debt', created_at: 'a.created_at', updated_at: 'a.updated_at' } as const;
+export const accountSortColumns = {
+  id: 'a.id',
+  email: 'a.email',
+  available: 'a.available',
+  held: 'a.held',
+  debt: 'a.debt',
+  created_at: 'a.created_at',
+  updated_at: 'a.updated_at',
+} as const;
 export type AccountSort = keyof typeof accountSortColumns;
 
 export interface AccountSearch {
@@ -184,7 +195,11 @@ export type GrantState = 'live' | 'past' | 'all';
  * `past` ones are used up or expired. Each says which it is: `live`, `used_up` (nothing left,
  * expiry not reached) or `expired` (its expiry has passed, whatever was left then).
  */
-export async function accountGrants(db: Database, accountId: string, options: { state: GrantState; limit: number; offset: number; now: Date | null }): Promise<{ grants: unknown[]; next_offset: number | null }> {
+export async function accountGrants(
+  db: Database,
+  accountId: string,
+  options: { state: GrantState; limit: number; offset: number; now: Date | null },
+): Promise<{ grants: unknown[]; next_offset: number | null }> {
   await requireAccount(db, accountId);
   const { rows } = await db.query<{ grant: unknown }>(
     `select tally_grant_json(g) || jsonb_build_object('state', s.state) as grant
@@ -201,7 +216,11 @@ export async function accountGrants(db: Database, accountId: string, options: { 
 }
 
 /** An account's holds, newest first, paged by the id of the last hold of the previous page. */
-export async function accountHolds(db: Database, accountId: string, options: { status: string | null; limit: number; cursor: number | null }): Promise<{ holds: unknown[]; next_cursor: string | null }> {
+export async function accountHolds(
+  db: Database,
+  accountId: string,
+  options: { status: string | null; limit: number; cursor: number | null },
+): Promise<{ holds: unknown[]; next_cursor: string | null }> {
   await requireAccount(db, accountId);
   const { rows } = await db.query<{ number: string }>(
     `select id::text as number, 'hold_' || id as id, amount, status, captured, released, idempotency_key,
@@ -222,7 +241,11 @@ export async function accountHolds(db: Database, accountId: string, options: { s
  * The account's balance (available minus debt, as entries record it) at the end of each UTC
  * day; null before its first entry.
  */
-export async function balanceHistory(db: Database, accountId: string, options: { days: number; until: string | null; now: Date | null }): Promise<{ day: string; balance: number | null }[]> {
+export async function balanceHistory(
+  db: Database,
+  accountId: string,
+  options: { days: number; until: string | null; now: Date | null },
+): Promise<{ day: string; balance: number | null }[]> {
   await requireAccount(db, accountId);
   const { rows } = await db.query<{ day: string; balance: string | null }>(
     `select to_char(d.day, 'YYYY-MM-DD') as day,
@@ -252,12 +275,13 @@ export async function webhookEvent(db: Database, eventId: string): Promise<unkno
 /** One ledger entry with the account it belongs to (reconciliation findings name entries). */
 export async function ledgerEntry(db: Database, entryId: string): Promise<unknown> {
   const match = /^entry_([0-9]{1,18})$/.exec(entryId);
-  const { rows } = match?.[1] === undefined
-    ? { rows: [] }
-    : await db.query<{ entry: Record<string, unknown> }>(
-        `select tally_entry_json(e) || jsonb_build_object('account_id', e.account_id) as entry from entries e where e.id = $1`,
-        [match[1]],
-      );
+  const { rows } =
+    match?.[1] === undefined
+      ? { rows: [] }
+      : await db.query<{ entry: Record<string, unknown> }>(
+          `select tally_entry_json(e) || jsonb_build_object('account_id', e.account_id) as entry from entries e where e.id = $1`,
+          [match[1]],
+        );
   if (rows[0] === undefined) throw new TallyError('entry_not_found', 404, `no entry with id ${entryId}`);
   return rows[0].entry;
 }

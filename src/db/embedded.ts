@@ -1,6 +1,18 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { arch, platform, tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { dirname, join, parse, resolve } from 'node:path';
@@ -128,7 +140,9 @@ function reachableCluster(dataDirectory: string, owner: Account | undefined, opt
   mkdirSync(options.reachableClusterRoot, { recursive: true, mode: 0o711 });
   const stillBlocked = firstBlockedFolder(options.reachableClusterRoot, owner);
   if (stillBlocked !== undefined) {
-    throw new EmbeddedDatabaseError(`the embedded PostgreSQL runs as '${serverUser}', which can reach neither ${dataDirectory} (blocked at ${blocked}) nor ${options.reachableClusterRoot}; set TALLY_DATA_DIR to a folder it can reach, or set DATABASE_URL`);
+    throw new EmbeddedDatabaseError(
+      `the embedded PostgreSQL runs as '${serverUser}', which can reach neither ${dataDirectory} (blocked at ${blocked}) nor ${options.reachableClusterRoot}; set TALLY_DATA_DIR to a folder it can reach, or set DATABASE_URL`,
+    );
   }
   options.log?.(`the '${serverUser}' user cannot enter ${blocked}: the database files of ${dataDirectory} live in ${moved}`);
   writeFileSync(join(dataDirectory, clusterPointer), `${moved}\n`, { mode: 0o600 });
@@ -139,7 +153,10 @@ function reachableCluster(dataDirectory: string, owner: Account | undefined, opt
 function serverAccount(): Account {
   const lookup = (): Account | undefined => {
     try {
-      return { uid: Number(execFileSync('id', ['-u', serverUser], { encoding: 'utf8' })), gid: Number(execFileSync('id', ['-g', serverUser], { encoding: 'utf8' })) };
+      return {
+        uid: Number(execFileSync('id', ['-u', serverUser], { encoding: 'utf8' })),
+        gid: Number(execFileSync('id', ['-g', serverUser], { encoding: 'utf8' })),
+      };
     } catch (error) {
       // `id` exits 1 for an unknown user: create it below. Anything else is a real failure.
       if ((error as { status?: number }).status === 1) return undefined;
@@ -152,7 +169,10 @@ function serverAccount(): Account {
     execFileSync('groupadd', ['--force', serverUser], { stdio: 'pipe' });
     execFileSync('useradd', ['--system', '-g', serverUser, serverUser], { stdio: 'pipe' });
   } catch (error) {
-    throw new EmbeddedDatabaseError(`the embedded PostgreSQL cannot run as root and the '${serverUser}' user could not be created (${(error as Error).message.split('\n')[0]}); create it, or set DATABASE_URL`, { cause: error });
+    throw new EmbeddedDatabaseError(
+      `the embedded PostgreSQL cannot run as root and the '${serverUser}' user could not be created (${(error as Error).message.split('\n')[0]}); create it, or set DATABASE_URL`,
+      { cause: error },
+    );
   }
   const created = lookup();
   if (created === undefined) throw new EmbeddedDatabaseError(`the '${serverUser}' user was created but cannot be found; set DATABASE_URL`);
@@ -192,7 +212,9 @@ function reachableBinaries(directory: string, account: Account | undefined): str
   const copy = join(tmpdir(), `tally-postgres-${version}-${statSync(join(directory, 'bin', 'postgres')).size}`);
   const blocked = firstBlockedFolder(tmpdir(), account);
   if (blocked !== undefined) {
-    throw new EmbeddedDatabaseError(`the embedded PostgreSQL's binaries sit under ${firstBlockedFolder(directory, account)}, which the '${serverUser}' user cannot enter, and so does the temporary folder (${blocked}); install Tally in a folder it can reach, or set DATABASE_URL`);
+    throw new EmbeddedDatabaseError(
+      `the embedded PostgreSQL's binaries sit under ${firstBlockedFolder(directory, account)}, which the '${serverUser}' user cannot enter, and so does the temporary folder (${blocked}); install Tally in a folder it can reach, or set DATABASE_URL`,
+    );
   }
   if (existsSync(join(copy, '.complete'))) {
     const { uid, mode } = statSync(copy);
@@ -214,7 +236,13 @@ function reachableBinaries(directory: string, account: Account | undefined): str
   return copy;
 }
 
-async function initialise(binaries: string, clusterDirectory: string, password: string, owner: Account | undefined, log: (line: string) => void): Promise<void> {
+async function initialise(
+  binaries: string,
+  clusterDirectory: string,
+  password: string,
+  owner: Account | undefined,
+  log: (line: string) => void,
+): Promise<void> {
   mkdirSync(clusterDirectory, { recursive: true, mode: 0o700 });
   // Beside the cluster folder, which the server's user is known to reach; removed at once.
   const passwordFile = join(dirname(clusterDirectory), 'initdb-password');
@@ -224,7 +252,14 @@ async function initialise(binaries: string, clusterDirectory: string, password: 
     chownSync(passwordFile, owner.uid, owner.gid);
   }
   try {
-    const args = [`--pgdata=${clusterDirectory}`, '--auth=scram-sha-256', '--username=tally', `--pwfile=${passwordFile}`, '--encoding=UTF8', '--locale=C'];
+    const args = [
+      `--pgdata=${clusterDirectory}`,
+      '--auth=scram-sha-256',
+      '--username=tally',
+      `--pwfile=${passwordFile}`,
+      '--encoding=UTF8',
+      '--locale=C',
+    ];
     const { code, output } = await runToEnd(join(binaries, 'bin', 'initdb'), args, owner);
     log(output);
     if (code !== 0) throw new EmbeddedDatabaseError(`initdb failed in ${clusterDirectory}: ${lastLines(output)}`);
@@ -244,12 +279,7 @@ function runToEnd(command: string, args: string[], owner: Account | undefined): 
   });
 }
 
-const lastLines = (output: string): string =>
-  output
-    .trim()
-    .split('\n')
-    .slice(-3)
-    .join(' / ');
+const lastLines = (output: string): string => output.trim().split('\n').slice(-3).join(' / ');
 
 /** Servers started by this process, stopped on its way out if nobody stopped them before. */
 const running = new Set<ChildProcess>();
@@ -267,13 +297,17 @@ async function startServer(
   owner: Account | undefined,
   log: (line: string) => void,
 ): Promise<{ stop(): Promise<void> }> {
-  const child = spawn(join(binaries, 'bin', 'postgres'), ['-D', clusterDirectory, '-p', String(port), '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=300'], {
-    ...owner,
-    env: { ...process.env, LC_MESSAGES: 'C' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    // A session of its own: signals for Tally's process group (Ctrl-C) do not reach it.
-    detached: true,
-  });
+  const child = spawn(
+    join(binaries, 'bin', 'postgres'),
+    ['-D', clusterDirectory, '-p', String(port), '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=300'],
+    {
+      ...owner,
+      env: { ...process.env, LC_MESSAGES: 'C' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // A session of its own: signals for Tally's process group (Ctrl-C) do not reach it.
+      detached: true,
+    },
+  );
   running.add(child);
   let output = '';
   const collect = (chunk: Buffer): void => {
@@ -291,11 +325,15 @@ async function startServer(
   const deadline = Date.now() + startSecondsMax * 1000;
   while (!(await answers(serverUrl))) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new EmbeddedDatabaseError(`embedded PostgreSQL did not start in ${clusterDirectory} (another Tally on the same data folder?): ${lastLines(output)}`);
+      throw new EmbeddedDatabaseError(
+        `embedded PostgreSQL did not start in ${clusterDirectory} (another Tally on the same data folder?): ${lastLines(output)}`,
+      );
     }
     if (Date.now() > deadline) {
       child.kill('SIGQUIT');
-      throw new EmbeddedDatabaseError(`embedded PostgreSQL did not start within ${startSecondsMax} s in ${clusterDirectory}: ${lastLines(output)}`);
+      throw new EmbeddedDatabaseError(
+        `embedded PostgreSQL did not start within ${startSecondsMax} s in ${clusterDirectory}: ${lastLines(output)}`,
+      );
     }
     await new Promise((resolvePromise) => setTimeout(resolvePromise, 100));
   }

@@ -48,7 +48,9 @@ export function isConnectionLoss(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string') {
-    return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300' || socketErrorCodes.has(code);
+    return (
+      code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300' || socketErrorCodes.has(code)
+    );
   }
   return clientConnectionError.test(error.message);
 }
@@ -83,7 +85,9 @@ export function toDomainError(error: unknown): unknown {
       // A balance would leave the safe integer range: the request asks for more than a balance
       // can hold (many large grants), a refusal rather than a bug; nothing was written.
       if (error.constraint === 'balances_safe') {
-        return new TallyError('balance_limit_exceeded', 400, 'the balance would exceed 9007199254740991 credits, the most it can hold', { limit: Number.MAX_SAFE_INTEGER });
+        return new TallyError('balance_limit_exceeded', 400, 'the balance would exceed 9007199254740991 credits, the most it can hold', {
+          limit: Number.MAX_SAFE_INTEGER,
+        });
       }
       // A CHECK constraint stopped a write that code should have refused first: a bug.
       return new InvariantError(`check constraint ${error.constraint ?? '?'} refused a write: ${error.message}`, { cause: error });

@@ -38,7 +38,8 @@ export class GroupCommit<Item, Result> {
     private readonly writer: GroupCommitWriter<Item, Result>,
     private readonly options: GroupCommitOptions,
   ) {
-    if (!(options.batchSizeMax >= 1 && options.concurrentBatchesMax >= 1)) throw new RangeError('group commit needs batchSizeMax and concurrentBatchesMax of at least 1');
+    if (!(options.batchSizeMax >= 1 && options.concurrentBatchesMax >= 1))
+      throw new RangeError('group commit needs batchSizeMax and concurrentBatchesMax of at least 1');
   }
 
   /** Resolves with the item's result once the batch that carried it committed. */

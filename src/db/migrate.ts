@@ -41,7 +41,11 @@ export interface MigrateOptions {
   versionMax?: number;
 }
 
-export async function migrate(databaseUrl: string, log: (line: string) => void = () => undefined, options: MigrateOptions = {}): Promise<number[]> {
+export async function migrate(
+  databaseUrl: string,
+  log: (line: string) => void = () => undefined,
+  options: MigrateOptions = {},
+): Promise<number[]> {
   const migrations = readMigrations().filter((migration) => options.versionMax === undefined || migration.version <= options.versionMax);
   const client = new pg.Client({ connectionString: databaseUrl, application_name: 'tally-migrate' });
   await client.connect();

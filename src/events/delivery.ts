@@ -46,7 +46,12 @@ interface Claimed extends EventRecord {
 }
 
 /** What went wrong with one POST, or undefined for a 2xx. Redirects are failures, never followed. */
-export async function postSigned(url: string, secret: string, event: EventRecord, timeoutMilliseconds: number): Promise<string | undefined> {
+export async function postSigned(
+  url: string,
+  secret: string,
+  event: EventRecord,
+  timeoutMilliseconds: number,
+): Promise<string | undefined> {
   const body = JSON.stringify({ ...event, timestamp: event.created_at });
   // The signature's timestamp is the wall clock's: receivers compare it with theirs.
   const sentAt = new Date();
@@ -82,7 +87,10 @@ export class EventDelivery {
     options: Partial<DeliveryOptions> = {},
   ) {
     this.options = { ...defaultDeliveryOptions, ...options };
-    this.periodic = new Periodic(this.options.intervalMilliseconds, untilDone(() => this.deliverOnce(), this.logger, 'event delivery failed; next tick retries'));
+    this.periodic = new Periodic(
+      this.options.intervalMilliseconds,
+      untilDone(() => this.deliverOnce(), this.logger, 'event delivery failed; next tick retries'),
+    );
   }
 
   start(): void {
@@ -161,7 +169,13 @@ export class EventDelivery {
         key: `webhook_endpoint_disabled:${endpointId}`,
         severity: 'critical',
         message: `webhook endpoint we_${endpointId} (${new URL(url).host}) is disabled: ${reason}; fix it, then POST /v1/admin/webhook-endpoints/we_${endpointId}/enable`,
-        details: { endpoint_id: `we_${endpointId}`, host: new URL(url).host, sequence: event.sequence, account_id: event.account_id, error: error.slice(0, 200) },
+        details: {
+          endpoint_id: `we_${endpointId}`,
+          host: new URL(url).host,
+          sequence: event.sequence,
+          account_id: event.account_id,
+          error: error.slice(0, 200),
+        },
       });
     });
     this.logger.warn({ endpoint: `we_${endpointId}` }, 'webhook endpoint disabled after its retry window');

@@ -36,7 +36,10 @@ function endpointNumber(id: string): number {
   return Number(match[1]);
 }
 
-export async function createEndpoint(db: Database, input: { url: string; event_types?: string[] | undefined }): Promise<{ id: string; url: string; event_types: string[] | null; secret: string }> {
+export async function createEndpoint(
+  db: Database,
+  input: { url: string; event_types?: string[] | undefined },
+): Promise<{ id: string; url: string; event_types: string[] | null; secret: string }> {
   const problem = endpointUrlProblem(input.url);
   if (problem !== undefined) throw invalidRequest('url', problem);
   const secret = `whsec_${randomBytes(24).toString('base64')}`;
@@ -73,9 +76,15 @@ export async function deleteEndpoint(db: Database, id: string): Promise<{ id: st
 export async function enableEndpoint(db: Database, id: string): Promise<Record<string, unknown>> {
   const number = endpointNumber(id);
   await db.withTransaction(async (client) => {
-    const { rowCount } = await client.query(`update webhook_endpoints set status = 'enabled', disabled_at = null, disabled_reason = null where id = $1`, [number]);
+    const { rowCount } = await client.query(
+      `update webhook_endpoints set status = 'enabled', disabled_at = null, disabled_reason = null where id = $1`,
+      [number],
+    );
     if (rowCount === 0) throw endpointNotFound(id);
-    await client.query(`update event_deliveries set attempts = 0, first_failed_at = null, next_attempt_at = '-infinity' where endpoint_id = $1 and delivered_at is null`, [number]);
+    await client.query(
+      `update event_deliveries set attempts = 0, first_failed_at = null, next_attempt_at = '-infinity' where endpoint_id = $1 and delivered_at is null`,
+      [number],
+    );
   });
   return getEndpoint(db, id);
 }

@@ -50,7 +50,10 @@ export async function sequenceEvents(db: Database): Promise<number> {
   }
 }
 
-export async function readEvents(db: Database, query: { after: number; limit: number; accountId?: string | undefined }): Promise<{ events: EventRecord[]; next_after: number }> {
+export async function readEvents(
+  db: Database,
+  query: { after: number; limit: number; accountId?: string | undefined },
+): Promise<{ events: EventRecord[]; next_after: number }> {
   await sequenceEvents(db);
   const { rows } = await db.query<EventRecord>(
     `select ${eventColumns} from events e

@@ -96,7 +96,9 @@ export const accountDetailSchema = named(
     ...accountFields,
     flagged: z.boolean(),
     subscription: subscriptionSchema.nullable(),
-    trial: z.object({ grant_id: z.string(), credits: creditsSchema, remaining: creditsSchema, expires_at: timestampSchema.nullable() }).nullable(),
+    trial: z
+      .object({ grant_id: z.string(), credits: creditsSchema, remaining: creditsSchema, expires_at: timestampSchema.nullable() })
+      .nullable(),
     grants: z.array(grantSchema),
     balance: balanceSchema,
   }),

@@ -1,6 +1,15 @@
 import { z } from 'zod';
 import { namedSchemas } from './entities.js';
-import { bodySchemaOf, errorCatalog, errorBodySchema, errorSchemaName, mergeResponses, refusals, type ErrorCode, type Responses } from './responses.js';
+import {
+  bodySchemaOf,
+  errorCatalog,
+  errorBodySchema,
+  errorSchemaName,
+  mergeResponses,
+  refusals,
+  type ErrorCode,
+  type Responses,
+} from './responses.js';
 import { bodyLimitFor, type RouteDefinition } from './route.js';
 
 /**
@@ -18,7 +27,12 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of visible) {
     const path = route.url.replace(/:([a-z_]+)/g, '{$1}');
-    const operation: Record<string, unknown> = { summary: route.summary, tags: [route.tag], parameters: parametersOf(route), responses: responsesOf(route) };
+    const operation: Record<string, unknown> = {
+      summary: route.summary,
+      tags: [route.tag],
+      parameters: parametersOf(route),
+      responses: responsesOf(route),
+    };
     if (route.access !== 'none') operation.security = securityOf(route);
     if (route.body !== undefined) {
       operation.requestBody = {
@@ -37,7 +51,7 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
       description:
         'Credits ledger and Stripe billing engine. Errors are {"error": {"code", "message", ...details}}, Fastify\'s own included: ' +
         'unknown route 404 not_found, wrong method 405 method_not_allowed (with Allow), non-JSON body 415 unsupported_media_type, ' +
-        'body over the call\'s limit 413 payload_too_large, path segment over 255 characters 414 uri_too_long, a string holding U+0000 ' +
+        "body over the call's limit 413 payload_too_large, path segment over 255 characters 414 uri_too_long, a string holding U+0000 " +
         '400 invalid_request naming the field. Amounts are positive safe integers unless stated. A replayed key answers as the first time ' +
         'with replayed: true (in the error object too) and the header Idempotent-Replayed: true; keys are scoped to their account (the same ' +
         'key sent for another account is another request). Answers carry Cache-Control: no-store ' +
@@ -48,7 +62,11 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
       securitySchemes: {
         appKey: { type: 'http', scheme: 'bearer', description: 'TALLY_API_KEY (the admin key also works)' },
         adminKey: { type: 'http', scheme: 'bearer', description: 'TALLY_ADMIN_KEY' },
-        viewerKey: { type: 'http', scheme: 'bearer', description: 'TALLY_VIEWER_KEY: every GET of the app and admin calls and /metrics, nothing that writes (403)' },
+        viewerKey: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'TALLY_VIEWER_KEY: every GET of the app and admin calls and /metrics, nothing that writes (403)',
+        },
       },
     },
     paths,
@@ -61,7 +79,10 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
  * what it shares with others (a Grant, an error code's body) becomes a reference to
  * components.schemas; each route's own bodies are then put back inline.
  */
-function describeAnswers(routes: RouteDefinition[]): { components: Record<string, unknown>; responsesOf: (route: RouteDefinition) => Record<string, unknown> } {
+function describeAnswers(routes: RouteDefinition[]): {
+  components: Record<string, unknown>;
+  responsesOf: (route: RouteDefinition) => Record<string, unknown>;
+} {
   const registry = z.registry<{ id: string; description?: string }>();
   const registered = new Map<z.ZodType, string>();
   const register = (schema: z.ZodType, id: string, description?: string): void => {
@@ -69,7 +90,8 @@ function describeAnswers(routes: RouteDefinition[]): { components: Record<string
     registered.set(schema, id);
   };
   for (const { name, schema } of namedSchemas) register(schema, name);
-  for (const code of Object.keys(errorCatalog) as ErrorCode[]) register(errorBodySchema(code), errorSchemaName(code), `${errorCatalog[code].status} ${code}: ${errorCatalog[code].description}`);
+  for (const code of Object.keys(errorCatalog) as ErrorCode[])
+    register(errorBodySchema(code), errorSchemaName(code), `${errorCatalog[code].status} ${code}: ${errorCatalog[code].description}`);
   const answers = new Map<RouteDefinition, { responses: Responses; bodies: Map<string, string> }>();
   routes.forEach((route, index) => {
     const responses = mergeResponses(route.responses, commonResponses(route));
@@ -82,7 +104,10 @@ function describeAnswers(routes: RouteDefinition[]): { components: Record<string
     }
     answers.set(route, { responses, bodies });
   });
-  const converted = z.toJSONSchema(registry, { io: 'output', uri: (id) => `${componentPath}${id}` }).schemas as Record<string, Record<string, unknown>>;
+  const converted = z.toJSONSchema(registry, { io: 'output', uri: (id) => `${componentPath}${id}` }).schemas as Record<
+    string,
+    Record<string, unknown>
+  >;
   for (const schema of Object.values(converted)) {
     delete schema.$schema;
     delete schema.$id;
@@ -95,8 +120,20 @@ function describeAnswers(routes: RouteDefinition[]): { components: Record<string
     return Object.fromEntries(
       Object.entries(answer.responses).map(([status, spec]) => {
         const id = answer.bodies.get(status);
-        const content = id !== undefined ? { 'application/json': { schema: inlineOrReference(id) } } : spec.contentType !== undefined ? { [spec.contentType]: { schema: { type: 'string' } } } : undefined;
-        return [status, { description: spec.description, ...(status === '429' || status === '503' ? { headers: retryAfter } : {}), ...(content === undefined ? {} : { content }) }];
+        const content =
+          id !== undefined
+            ? { 'application/json': { schema: inlineOrReference(id) } }
+            : spec.contentType !== undefined
+              ? { [spec.contentType]: { schema: { type: 'string' } } }
+              : undefined;
+        return [
+          status,
+          {
+            description: spec.description,
+            ...(status === '429' || status === '503' ? { headers: retryAfter } : {}),
+            ...(content === undefined ? {} : { content }),
+          },
+        ];
       }),
     );
   };
@@ -105,9 +142,17 @@ function describeAnswers(routes: RouteDefinition[]): { components: Record<string
 
 /** Path parameters, and the query's fields from its zod schema. */
 function parametersOf(route: RouteDefinition): unknown[] {
-  const parameters: unknown[] = [...route.url.matchAll(/:([a-z_]+)/g)].map((match) => ({ name: match[1], in: 'path', required: true, schema: { type: 'string' } }));
+  const parameters: unknown[] = [...route.url.matchAll(/:([a-z_]+)/g)].map((match) => ({
+    name: match[1],
+    in: 'path',
+    required: true,
+    schema: { type: 'string' },
+  }));
   if (route.query !== undefined) {
-    const schema = z.toJSONSchema(route.query, { io: 'input', unrepresentable: 'any' }) as { properties?: Record<string, unknown>; required?: string[] };
+    const schema = z.toJSONSchema(route.query, { io: 'input', unrepresentable: 'any' }) as {
+      properties?: Record<string, unknown>;
+      required?: string[];
+    };
     for (const [name, property] of Object.entries(schema.properties ?? {})) {
       parameters.push({ name, in: 'query', required: schema.required?.includes(name) ?? false, schema: property });
     }
@@ -141,7 +186,8 @@ export function commonResponses(route: RouteDefinition): Responses {
   if (route.access !== 'none') {
     codes.push('unauthorized', ['rate_limited', 'too many wrong keys from this address; retry after Retry-After seconds']);
     // Every key opens the app's reads; the viewer key is refused writes, the app key admin calls.
-    if (route.access === 'admin' || readsBody) codes.push(['forbidden', route.access === 'admin' ? 'this call needs the admin key' : 'the viewer key is read-only']);
+    if (route.access === 'admin' || readsBody)
+      codes.push(['forbidden', route.access === 'admin' ? 'this call needs the admin key' : 'the viewer key is read-only']);
   }
   if (readsBody) codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type');
   if (hasParameters) codes.push('uri_too_long');

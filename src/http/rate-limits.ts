@@ -27,7 +27,9 @@ export const defaultRateLimits: RateLimitSettings = {
 const windowMilliseconds = 60_000;
 
 export const rateLimited = (retryAfterSeconds: number, what: string): TallyError =>
-  new TallyError('rate_limited', 429, `too many ${what}; retry after ${retryAfterSeconds} seconds`, { retry_after_seconds: retryAfterSeconds });
+  new TallyError('rate_limited', 429, `too many ${what}; retry after ${retryAfterSeconds} seconds`, {
+    retry_after_seconds: retryAfterSeconds,
+  });
 
 /** One counter: `count` adds a request and refuses it (429) past the limit. */
 export interface Limiter {
@@ -56,7 +58,12 @@ export async function registerRateLimits(app: FastifyInstance, settings: RateLim
   const account = (request: FastifyRequest): string => (request.params as Record<string, string>).id ?? '';
   return {
     authFailures: limiter('auth', settings.authFailuresPerMinuteMax, address, 'requests with a wrong key from this address'),
-    signatureFailures: limiter('signature', settings.signatureFailuresPerMinuteMax, address, 'webhooks with a bad signature from this address'),
+    signatureFailures: limiter(
+      'signature',
+      settings.signatureFailuresPerMinuteMax,
+      address,
+      'webhooks with a bad signature from this address',
+    ),
     checkouts: limiter('checkout', settings.checkoutsPerAccountPerMinuteMax, account, 'checkout sessions for this account'),
   };
 }

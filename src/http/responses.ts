@@ -37,15 +37,33 @@ const credits = z.int().min(0).max(Number.MAX_SAFE_INTEGER);
 export const errorCatalog = {
   invalid_request: { status: 400, description: 'a field is missing or wrong; `field` names it', details: { field: z.string() } },
   capture_exceeds_hold: { status: 400, description: 'the capture is larger than the hold (`held`)', details: { held: credits } },
-  adjustment_exceeds_limit: { status: 400, description: "the adjustment moves more than the catalog's limits.admin_adjustment_credits_max (`limit`)", details: { limit: credits } },
-  grant_exceeds_limit: { status: 400, description: "the grant gives more than the catalog's limits.admin_grant_credits_max (`limit`)", details: { limit: credits } },
-  balance_limit_exceeded: { status: 400, description: 'the balance would pass 2^53 - 1 credits, the most a JSON number holds exactly (`limit`)', details: { limit: credits } },
+  adjustment_exceeds_limit: {
+    status: 400,
+    description: "the adjustment moves more than the catalog's limits.admin_adjustment_credits_max (`limit`)",
+    details: { limit: credits },
+  },
+  grant_exceeds_limit: {
+    status: 400,
+    description: "the grant gives more than the catalog's limits.admin_grant_credits_max (`limit`)",
+    details: { limit: credits },
+  },
+  balance_limit_exceeded: {
+    status: 400,
+    description: 'the balance would pass 2^53 - 1 credits, the most a JSON number holds exactly (`limit`)',
+    details: { limit: credits },
+  },
   invalid_signature: { status: 400, description: 'the Stripe-Signature header does not match the body (nothing written)' },
   unauthorized: { status: 401, description: 'missing or wrong bearer key' },
-  insufficient_credits: { status: 402, description: 'not enough credits available (`available`); the key keeps this answer', details: { available: credits }, replayable: true },
+  insufficient_credits: {
+    status: 402,
+    description: 'not enough credits available (`available`); the key keeps this answer',
+    details: { available: credits },
+    replayable: true,
+  },
   spend_limit_exceeded: {
     status: 402,
-    description: "the spend would pass the account's limit for the UTC day or month (`window`, `limit`, `spent`, and `resets_at` when the window starts again)",
+    description:
+      "the spend would pass the account's limit for the UTC day or month (`window`, `limit`, `spent`, and `resets_at` when the window starts again)",
     details: { window: z.enum(['day', 'month']), limit: credits, spent: credits, resets_at: z.iso.datetime() },
     replayable: true,
   },
@@ -53,7 +71,16 @@ export const errorCatalog = {
   trial_not_eligible: {
     status: 403,
     description: 'the account, its email or its device had a trial, or the plan has none (`reason`)',
-    details: { reason: z.enum(['account_had_trial', 'email_had_trial', 'device_had_trial', 'card_had_trial', 'payment_method_had_trial', 'plan_has_no_trial']) },
+    details: {
+      reason: z.enum([
+        'account_had_trial',
+        'email_had_trial',
+        'device_had_trial',
+        'card_had_trial',
+        'payment_method_had_trial',
+        'plan_has_no_trial',
+      ]),
+    },
   },
   account_not_found: { status: 404, description: 'no account with this id' },
   hold_not_found: { status: 404, description: 'no hold with this id' },
@@ -67,18 +94,36 @@ export const errorCatalog = {
     description: 'the idempotency key was first used with another request (another amount, operation or payload)',
     details: { idempotency_key: z.string() },
   },
-  hold_not_pending: { status: 409, description: 'the hold was captured, voided or expired already (`status`)', details: { status: z.enum(['captured', 'voided', 'expired']) } },
+  hold_not_pending: {
+    status: 409,
+    description: 'the hold was captured, voided or expired already (`status`)',
+    details: { status: z.enum(['captured', 'voided', 'expired']) },
+  },
   reconciliation_running: { status: 409, description: 'another reconciliation is running' },
   no_payment_method: { status: 409, description: 'enabling needs a linked Stripe customer with a default payment method' },
-  payload_too_large: { status: 413, description: "the body is over the call's limit (`limit_bytes`)", details: { limit_bytes: z.int().positive().optional() } },
+  payload_too_large: {
+    status: 413,
+    description: "the body is over the call's limit (`limit_bytes`)",
+    details: { limit_bytes: z.int().positive().optional() },
+  },
   uri_too_long: { status: 414, description: 'a path segment is longer than any id Tally accepts (255 characters)' },
   unsupported_media_type: { status: 415, description: 'the body is not application/json' },
-  rate_limited: { status: 429, description: 'too many requests of this kind; retry after `retry_after_seconds` (also in Retry-After)', details: { retry_after_seconds: z.int().positive() } },
+  rate_limited: {
+    status: 429,
+    description: 'too many requests of this kind; retry after `retry_after_seconds` (also in Retry-After)',
+    details: { retry_after_seconds: z.int().positive() },
+  },
   internal_error: { status: 500, description: 'a bug; the operator has the details in the log' },
   stripe_error: { status: 502, description: 'Stripe refused a call (the detail is in the log, never in the answer)' },
-  stripe_unavailable: { status: 503, description: 'Stripe cannot be reached, the circuit breaker is open, or Stripe is not configured; retry after Retry-After seconds' },
+  stripe_unavailable: {
+    status: 503,
+    description: 'Stripe cannot be reached, the circuit breaker is open, or Stripe is not configured; retry after Retry-After seconds',
+  },
   stripe_not_configured: { status: 503, description: 'no webhook secret configured (STRIPE_WEBHOOK_SECRET)' },
-  database_unavailable: { status: 503, description: 'the database cannot be reached; retry after Retry-After seconds with the same idempotency key' },
+  database_unavailable: {
+    status: 503,
+    description: 'the database cannot be reached; retry after Retry-After seconds with the same idempotency key',
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof errorCatalog;
@@ -143,7 +188,10 @@ export function mergeResponses(first: Responses, second: Responses): Responses {
     const added = (spec.codes ?? []).some((code) => !(earlier.codes ?? []).includes(code)) || spec.schema !== undefined;
     merged[status] = {
       description: added ? `${earlier.description}; or ${spec.description}` : earlier.description,
-      schema: earlier.schema !== undefined && spec.schema !== undefined ? z.union([earlier.schema, spec.schema]) : (earlier.schema ?? spec.schema),
+      schema:
+        earlier.schema !== undefined && spec.schema !== undefined
+          ? z.union([earlier.schema, spec.schema])
+          : (earlier.schema ?? spec.schema),
       contentType: earlier.contentType ?? spec.contentType,
       codes: codes.length === 0 ? undefined : codes,
     };

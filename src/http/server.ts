@@ -85,7 +85,10 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     keepAliveTimeout: limits.keepAliveTimeoutMilliseconds,
     // Node checks request timeouts on this interval (30 s by default); a tighter one cuts a
     // slow client off close to its deadline.
-    http: { headersTimeout: limits.headersTimeoutMilliseconds, connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMilliseconds) },
+    http: {
+      headersTimeout: limits.headersTimeoutMilliseconds,
+      connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMilliseconds),
+    },
     routerOptions: { maxParamLength: pathParameterLengthMax },
     // Errors of the router itself (a URL that cannot be decoded, a segment too long) get the
     // product's error shape like every other error.
@@ -117,14 +120,22 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   // another method (405).
   const knownPaths: { pattern: RegExp; method: string }[] = [];
   app.addHook('onRoute', (route) => {
-    const source = route.url.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/:[A-Za-z_]+/g, '[^/]+').replace(/\*/g, '.*');
+    const source = route.url
+      .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
+      .replace(/:[A-Za-z_]+/g, '[^/]+')
+      .replace(/\*/g, '.*');
     for (const method of [route.method].flat()) knownPaths.push({ pattern: new RegExp(`^${source}$`), method });
   });
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? '';
     const allowed = [...new Set(knownPaths.filter((known) => known.pattern.test(path)).map((known) => known.method))];
     if (allowed.length > 0) {
-      return reply.code(405).header('allow', allowed.join(', ')).send({ error: { code: 'method_not_allowed', message: `${request.method} is not allowed here; use ${allowed.join(' or ')}`, allowed } });
+      return reply
+        .code(405)
+        .header('allow', allowed.join(', '))
+        .send({
+          error: { code: 'method_not_allowed', message: `${request.method} is not allowed here; use ${allowed.join(' or ')}`, allowed },
+        });
     }
     return reply.code(404).send({ error: { code: 'not_found', message: 'no such route' } });
   });
@@ -140,12 +151,22 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
 
   const limiters = await registerRateLimits(app, { ...defaultRateLimits, ...options.rateLimits });
-  const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax, (spends) => options.metrics.usageBatchSpends.observe(spends));
+  const usageBatcher = new UsageBatcher(options.ledger, usageBatchesConcurrentMax, (spends) =>
+    options.metrics.usageBatchSpends.observe(spends),
+  );
   // A spend whose client hung up is still written (or not) as a whole; closing waits for the
   // spends the batcher holds, so that the pool is never closed under them.
   app.addHook('onClose', async () => usageBatcher.idle());
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
-  const routes = [...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics), ...stripeRoutes(options.stripe, limiters), ...operationsRoutes(options.operations), ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }), ...eventRoutes(options.db), ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }), ...healthRoutes(options)];
+  const routes = [
+    ...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics),
+    ...stripeRoutes(options.stripe, limiters),
+    ...operationsRoutes(options.operations),
+    ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }),
+    ...eventRoutes(options.db),
+    ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }),
+    ...healthRoutes(options),
+  ];
   const rawBodyRoutes = [webhookRoute(options.stripe, limiters)];
   const document = buildOpenApi([...routes, ...rawBodyRoutes], options.version);
   routes.push(
@@ -196,7 +217,10 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
       database: false,
       responses: {
         200: answer('ready', z.object({ status: z.literal('ready') })),
-        503: answer('not ready, and which condition failed', z.object({ status: z.literal('unavailable'), reason: z.enum(['database', 'migrations_pending']) })),
+        503: answer(
+          'not ready, and which condition failed',
+          z.object({ status: z.literal('unavailable'), reason: z.enum(['database', 'migrations_pending']) }),
+        ),
       },
       // Unauthenticated, so it says only which condition failed; the database's own words (host
       // names, user names) go to the log.

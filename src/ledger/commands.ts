@@ -14,7 +14,11 @@ export const reasonLengthMax = 500;
 
 export const accountIdSchema = z.string().regex(/^[A-Za-z0-9_.:@-]{1,128}$/, '1 to 128 characters of A-Za-z0-9_.:@-');
 export const amountCreditsSchema = z.int().positive().max(Number.MAX_SAFE_INTEGER);
-export const idempotencyKeySchema = z.string().min(1).max(255).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
+export const idempotencyKeySchema = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
 
 const metadataSchema = z
   .record(z.string().min(1).max(64), z.union([z.string().max(500), z.number(), z.boolean(), z.null()]))
@@ -90,5 +94,8 @@ export type SpendLimitsInput = z.infer<typeof spendLimitsInputSchema>;
 
 export const ledgerQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(ledgerPageSizeMax).default(ledgerPageSizeDefault),
-  cursor: z.string().regex(/^[0-9]{1,18}$/, 'a cursor from a previous page').optional(),
+  cursor: z
+    .string()
+    .regex(/^[0-9]{1,18}$/, 'a cursor from a previous page')
+    .optional(),
 });

@@ -45,7 +45,10 @@ export class Ledger {
 
   /** Whether a time has passed, by the clock that decides expiry everywhere (the database's, unless a test clock is set). */
   private async isPast(time: Date): Promise<boolean> {
-    const { rows } = await this.db.query<{ past: boolean }>('select $1::timestamptz <= coalesce($2::timestamptz, now()) as past', [time, this.now()]);
+    const { rows } = await this.db.query<{ past: boolean }>('select $1::timestamptz <= coalesce($2::timestamptz, now()) as past', [
+      time,
+      this.now(),
+    ]);
     return rows[0]?.past === true;
   }
 
@@ -67,7 +70,15 @@ export class Ledger {
          select $1, 'app', 'account.upsert', (select row from before), to_jsonb(u) - 'available' - 'held' - 'debt' from upserted u)
        select jsonb_build_object('id', id, 'email', email, 'name', name, 'metadata', metadata,
          'stripe_customer_id', stripe_customer_id, 'created_at', tally_iso(created_at)) as account from upserted`,
-      [accountId, input.email !== undefined, input.email ?? null, input.name !== undefined, input.name ?? null, input.metadata ?? null, deviceFingerprintHash ?? null],
+      [
+        accountId,
+        input.email !== undefined,
+        input.email ?? null,
+        input.name !== undefined,
+        input.name ?? null,
+        input.metadata ?? null,
+        deviceFingerprintHash ?? null,
+      ],
     );
     const row = result.rows[0];
     assertInvariant(row !== undefined, 'account upsert returned no row');
@@ -201,7 +212,12 @@ export class Ledger {
       this.now(),
     ]);
     if (outcome.status === 201 && outcome.body.replayed !== true && this.options.watchGrant !== undefined) {
-      await this.options.watchGrant({ grantId: Number(String(outcome.body.id).replace('grant_', '')), accountId, amount: input.amount, source: input.source });
+      await this.options.watchGrant({
+        grantId: Number(String(outcome.body.id).replace('grant_', '')),
+        accountId,
+        amount: input.amount,
+        source: input.source,
+      });
     }
     return outcome;
   }
@@ -283,7 +299,10 @@ export class Ledger {
   }
 }
 
-function usageReference(input: { description?: string | undefined; metadata?: Record<string, unknown> | undefined }): Record<string, unknown> {
+function usageReference(input: {
+  description?: string | undefined;
+  metadata?: Record<string, unknown> | undefined;
+}): Record<string, unknown> {
   const reference: Record<string, unknown> = {};
   if (input.description !== undefined) reference.description = input.description;
   if (input.metadata !== undefined) reference.metadata = input.metadata;

@@ -100,8 +100,10 @@ export class UsageBatcher {
     this.observeBatch(batch.length);
     if (batch.length === 1) {
       const [only] = batch as [Pending];
-      const [settled] = await Promise.allSettled([this.ledger.usage(only.accountId, only.input, only.actor)]);
-      return () => settle(only, settled!);
+      const [settled] = (await Promise.allSettled([this.ledger.usage(only.accountId, only.input, only.actor)])) as [
+        PromiseSettledResult<Outcome>,
+      ];
+      return () => settle(only, settled);
     }
     let outcomes: Outcome[];
     try {
@@ -114,7 +116,7 @@ export class UsageBatcher {
       // so that only a spend that fails by itself answers with an error.
       void batchError;
       const alone = await Promise.allSettled(batch.map((pending) => this.ledger.usage(pending.accountId, pending.input, pending.actor)));
-      return () => batch.forEach((pending, index) => settle(pending, alone[index]!));
+      return () => batch.forEach((pending, index) => settle(pending, alone[index] as PromiseSettledResult<Outcome>));
     }
     return () => batch.forEach((pending, index) => pending.resolve(outcomes[index] as Outcome));
   }

@@ -63,13 +63,24 @@ export interface AlertRow {
 /** A sink is told of an alert (trigger) and, once its condition clears, that it is over (resolve). */
 export type DeliveryAction = 'trigger' | 'resolve';
 
-export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: string | undefined, action: DeliveryAction = 'trigger'): unknown {
+export function sinkPayload(
+  sink: Sink,
+  alert: AlertRow,
+  pagerDutyRoutingKey: string | undefined,
+  action: DeliveryAction = 'trigger',
+): unknown {
   if (sink.kind === 'slack') {
     if (action === 'resolve') {
-      return { text: `:white_check_mark: Tally resolved: ${alert.message}`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `:white_check_mark: *${alert.kind}* resolved\n${alert.message}` } }] };
+      return {
+        text: `:white_check_mark: Tally resolved: ${alert.message}`,
+        blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `:white_check_mark: *${alert.kind}* resolved\n${alert.message}` } }],
+      };
     }
     const icon = alert.severity === 'critical' ? ':rotating_light:' : alert.severity === 'warning' ? ':warning:' : ':information_source:';
-    return { text: `${icon} Tally ${alert.severity}: ${alert.message}`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `${icon} *${alert.kind}* (${alert.severity})\n${alert.message}` } }] };
+    return {
+      text: `${icon} Tally ${alert.severity}: ${alert.message}`,
+      blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `${icon} *${alert.kind}* (${alert.severity})\n${alert.message}` } }],
+    };
   }
   if (sink.kind === 'pagerduty') {
     if (action === 'resolve') return { routing_key: pagerDutyRoutingKey, event_action: 'resolve', dedup_key: alert.alert_key };
@@ -77,7 +88,13 @@ export function sinkPayload(sink: Sink, alert: AlertRow, pagerDutyRoutingKey: st
       routing_key: pagerDutyRoutingKey,
       event_action: 'trigger',
       dedup_key: alert.alert_key,
-      payload: { summary: alert.message.slice(0, 1024), source: 'tally', severity: alert.severity, component: alert.kind, custom_details: { ...alert.details, account_id: alert.account_id, count: alert.count } },
+      payload: {
+        summary: alert.message.slice(0, 1024),
+        source: 'tally',
+        severity: alert.severity,
+        component: alert.kind,
+        custom_details: { ...alert.details, account_id: alert.account_id, count: alert.count },
+      },
     };
   }
   return {
@@ -145,11 +162,10 @@ export async function deliverAlerts(db: Database, options: DeliveryOptions): Pro
     const error = await post(sink.url, sinkPayload(sink, row, options.pagerDutyRoutingKey, row.action));
     if (error === undefined) {
       delivered += 1;
-      await db.query('update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2 and action = $3', [
-        row.id,
-        row.sink,
-        row.action,
-      ]);
+      await db.query(
+        'update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2 and action = $3',
+        [row.id, row.sink, row.action],
+      );
     } else {
       const delay = Math.min(options.retryBaseSeconds * 2 ** row.attempts, options.retryDelaySecondsMax);
       await db.query(
@@ -165,7 +181,12 @@ export async function deliverAlerts(db: Database, options: DeliveryOptions): Pro
 /** Answers undefined on a 2xx, otherwise what went wrong. */
 async function post(url: string, body: unknown): Promise<string | undefined> {
   try {
-    const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(deliveryTimeoutMilliseconds) });
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(deliveryTimeoutMilliseconds),
+    });
     await response.arrayBuffer();
     return response.ok ? undefined : `HTTP ${response.status}`;
   } catch (error) {

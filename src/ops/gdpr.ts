@@ -21,7 +21,19 @@ const eventsOfAccount = `(w.account_id = $1 or (w.account_id is null and (
     or w.payload->'data'->'object'->>'client_reference_id' = $1)))`;
 
 /** The parts of a Stripe object that hold personal data, removed on erasure from events that must still be applied. */
-const personalFields = ['customer_details', 'customer_email', 'customer_name', 'customer_address', 'customer_phone', 'customer_shipping', 'shipping_details', 'shipping', 'billing_details', 'receipt_email', 'metadata'];
+const personalFields = [
+  'customer_details',
+  'customer_email',
+  'customer_name',
+  'customer_address',
+  'customer_phone',
+  'customer_shipping',
+  'shipping_details',
+  'shipping',
+  'billing_details',
+  'receipt_email',
+  'metadata',
+];
 const scrubPersonalFields = personalFields.map((field) => `#- '{data,object,${field}}'`).join(' ');
 
 const exportQueries: Record<string, string> = {
@@ -63,16 +75,26 @@ export function pseudonymOf(accountId: string, digest: KeyedDigest): string {
   return `erased-${digest('erasure', accountId).slice(0, 16)}`;
 }
 
-export async function erasePersonalData(db: Database, accountId: string, reason: string, digest: KeyedDigest): Promise<Record<string, unknown>> {
+export async function erasePersonalData(
+  db: Database,
+  accountId: string,
+  reason: string,
+  digest: KeyedDigest,
+): Promise<Record<string, unknown>> {
   return db.withTransaction(async (client) => {
-    const { rows } = await client.query<{ email: string | null; name: string | null; metadata: Record<string, unknown>; device_fingerprint_hash: string | null }>(
-      'select email, name, metadata, device_fingerprint_hash from accounts where id = $1 for update',
-      [accountId],
-    );
+    const { rows } = await client.query<{
+      email: string | null;
+      name: string | null;
+      metadata: Record<string, unknown>;
+      device_fingerprint_hash: string | null;
+    }>('select email, name, metadata, device_fingerprint_hash from accounts where id = $1 for update', [accountId]);
     const before = rows[0];
     if (before === undefined) throw accountNotFound(accountId);
     const pseudonym = pseudonymOf(accountId, digest);
-    await client.query(`update accounts set email = null, name = $2, metadata = '{}'::jsonb, device_fingerprint_hash = null, updated_at = now() where id = $1`, [accountId, pseudonym]);
+    await client.query(
+      `update accounts set email = null, name = $2, metadata = '{}'::jsonb, device_fingerprint_hash = null, updated_at = now() where id = $1`,
+      [accountId, pseudonym],
+    );
     await client.query(`select set_config('tally.erasure', 'on', true)`);
     const entries = await client.query(
       `update entries set reference = reference - 'description' - 'metadata' where account_id = $1 and (reference ? 'description' or reference ? 'metadata')`,
@@ -93,13 +115,18 @@ export async function erasePersonalData(db: Database, accountId: string, reason:
       [accountId],
     );
     // What was erased is recorded by field name only, never by value.
-    const erased = { email: before.email !== null, name: before.name !== null, metadata: Object.keys(before.metadata).length > 0, device_fingerprint: before.device_fingerprint_hash !== null, entries: entries.rowCount ?? 0, webhook_events: events.rowCount ?? 0 };
-    await client.query(`insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'erasure', $2, $3, $4)`, [
-      accountId,
-      reason,
-      erased,
-      { name: pseudonym },
-    ]);
+    const erased = {
+      email: before.email !== null,
+      name: before.name !== null,
+      metadata: Object.keys(before.metadata).length > 0,
+      device_fingerprint: before.device_fingerprint_hash !== null,
+      entries: entries.rowCount ?? 0,
+      webhook_events: events.rowCount ?? 0,
+    };
+    await client.query(
+      `insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'erasure', $2, $3, $4)`,
+      [accountId, reason, erased, { name: pseudonym }],
+    );
     return { account_id: accountId, pseudonym, erased };
   });
 }

@@ -98,7 +98,9 @@ export class Metrics {
       // Summed as float8: Prometheus values are floats anyway, and a sum past the safe integer
       // range must not fail the whole scrape.
       async collect() {
-        const { rows } = await db.query<{ source: string; credits: number; grants: number }>('select source, sum(amount)::float8 as credits, count(*)::bigint as grants from grants group by source');
+        const { rows } = await db.query<{ source: string; credits: number; grants: number }>(
+          'select source, sum(amount)::float8 as credits, count(*)::bigint as grants from grants group by source',
+        );
         this.reset();
         for (const row of rows) this.set({ source: row.source }, row.credits);
       },

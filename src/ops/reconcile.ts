@@ -80,7 +80,14 @@ const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[]
   {
     name: 'grant_remaining_equals_entries',
     async run(client) {
-      const { rows } = await client.query<{ grant_id: number; account_id: string; amount: number; remaining: number; moved: number; entry_ids: number[] }>(
+      const { rows } = await client.query<{
+        grant_id: number;
+        account_id: string;
+        amount: number;
+        remaining: number;
+        moved: number;
+        entry_ids: number[];
+      }>(
         `with moved as (
            select m.grant_id, sum(m.credits) as credits
            from entries e cross join lateral unnest(e.grant_ids, e.grant_credits) as m(grant_id, credits)
@@ -122,7 +129,13 @@ const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[]
   {
     name: 'one_grant_per_period',
     async run(client) {
-      const { rows } = await client.query<{ account_id: string; subscription: string; period_start: string; grant_ids: number[]; entry_ids: number[] }>(
+      const { rows } = await client.query<{
+        account_id: string;
+        subscription: string;
+        period_start: string;
+        grant_ids: number[];
+        entry_ids: number[];
+      }>(
         `select g.account_id, g.reference->>'subscription' as subscription, g.reference->>'period_start' as period_start,
            array_agg(g.id order by g.id) as grant_ids,
            array_agg(e.id order by e.id) filter (where e.id is not null) as entry_ids
@@ -174,8 +187,18 @@ const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[]
          where a.held <> coalesce(p.total, 0) limit ${findingsPerCheckMax}`,
       );
       return [
-        ...rows.map((row) => ({ check: 'holds_resolved_or_live', account_id: row.account_id, message: `hold_${row.hold_id} is ${row.problem}`, entry_ids: ids('entry_', row.entry_ids) })),
-        ...held.rows.map((row) => ({ check: 'holds_resolved_or_live', account_id: row.account_id, message: `held is ${row.held} but pending holds sum to ${row.pending}`, entry_ids: [] })),
+        ...rows.map((row) => ({
+          check: 'holds_resolved_or_live',
+          account_id: row.account_id,
+          message: `hold_${row.hold_id} is ${row.problem}`,
+          entry_ids: ids('entry_', row.entry_ids),
+        })),
+        ...held.rows.map((row) => ({
+          check: 'holds_resolved_or_live',
+          account_id: row.account_id,
+          message: `held is ${row.held} but pending holds sum to ${row.pending}`,
+          entry_ids: [],
+        })),
       ];
     },
   },
@@ -195,9 +218,13 @@ interface StripeLists {
  */
 async function listStripe(gateway: StripeGateway, progress: (label: string) => void): Promise<StripeLists> {
   const since = Math.floor(Date.now() / 1000) - stripeLookbackDays * 86400;
-  const invoices = await gateway.call('invoices.list', (stripe) => stripe.invoices.list({ status: 'paid', created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  const invoices = await gateway.call('invoices.list', (stripe) =>
+    stripe.invoices.list({ status: 'paid', created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }),
+  );
   progress('stripe invoices listed');
-  const refunds = await gateway.call('refunds.list', (stripe) => stripe.refunds.list({ created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+  const refunds = await gateway.call('refunds.list', (stripe) =>
+    stripe.refunds.list({ created: { gte: since }, limit: 100 }).autoPagingToArray({ limit: 10_000 }),
+  );
   progress('stripe refunds listed');
   return { invoices, refunds };
 }
@@ -214,13 +241,28 @@ async function stripeFindings(client: Queryable, lists: StripeLists, catalog: Ca
       if (match?.kind !== 'plan' || line.proration) continue;
       if (line.amount === 0) {
         // A trial's $0 line: the trial rule grants that period, not the invoice.
-        const trial = await client.query('select 1 from subscriptions where id = $1 and trial_end > to_timestamp($2)', [subscriptionId, line.periodStart]);
+        const trial = await client.query('select 1 from subscriptions where id = $1 and trial_end > to_timestamp($2)', [
+          subscriptionId,
+          line.periodStart,
+        ]);
         if (trial.rowCount === 1) continue;
       }
       const key = `period:${subscriptionId}:${line.periodStart}`;
-      const { rows } = await client.query<{ account_id: string; id: number }>('select account_id, id from grants where grant_key = $1', [key]);
+      const { rows } = await client.query<{ account_id: string; id: number }>('select account_id, id from grants where grant_key = $1', [
+        key,
+      ]);
       if (rows.length !== 1) {
-        findings.push({ check: 'stripe_invoice_granted_once', account_id: rows[0]?.account_id ?? null, message: `paid invoice ${invoice.id} has ${rows.length} grants under ${key}`, entry_ids: [], grant_ids: ids('grant_', rows.map((row) => row.id)), stripe_ids: [invoice.id ?? '', subscriptionId] });
+        findings.push({
+          check: 'stripe_invoice_granted_once',
+          account_id: rows[0]?.account_id ?? null,
+          message: `paid invoice ${invoice.id} has ${rows.length} grants under ${key}`,
+          entry_ids: [],
+          grant_ids: ids(
+            'grant_',
+            rows.map((row) => row.id),
+          ),
+          stripe_ids: [invoice.id ?? '', subscriptionId],
+        });
       }
     }
   }
@@ -243,7 +285,13 @@ async function stripeFindings(client: Queryable, lists: StripeLists, catalog: Ca
     );
     const payment = rows[0];
     if (payment !== undefined && payment.credits > 0 && !payment.clawed) {
-      findings.push({ check: 'stripe_refund_clawed_back', account_id: payment.account_id, message: `refund ${refund.id} of ${paymentIntent} has no clawback`, entry_ids: [], stripe_ids: [refund.id, paymentIntent] });
+      findings.push({
+        check: 'stripe_refund_clawed_back',
+        account_id: payment.account_id,
+        message: `refund ${refund.id} of ${paymentIntent} has no clawback`,
+        entry_ids: [],
+        stripe_ids: [refund.id, paymentIntent],
+      });
     }
   }
   return findings;
@@ -269,12 +317,21 @@ export async function reconcile(db: Database, options: ReconcileOptions): Promis
  * The scheduled run: under the lock, runs only when the last run (from any process) started
  * more than `intervalHours` ago, so that two processes due at the same moment run it once.
  */
-export async function reconcileIfDue(db: Database, options: ReconcileOptions, intervalHours: number): Promise<ReconciliationReport | undefined> {
+export async function reconcileIfDue(
+  db: Database,
+  options: ReconcileOptions,
+  intervalHours: number,
+): Promise<ReconciliationReport | undefined> {
   return reconcileLocked(db, options, intervalHours);
 }
 
-async function reconcileLocked(db: Database, options: ReconcileOptions, dueAfterHours: number | undefined): Promise<ReconciliationReport | undefined> {
-  if (options.stripe && options.gateway === undefined) throw new TallyError('stripe_unavailable', 503, 'reconciliation with Stripe needs STRIPE_SECRET_KEY');
+async function reconcileLocked(
+  db: Database,
+  options: ReconcileOptions,
+  dueAfterHours: number | undefined,
+): Promise<ReconciliationReport | undefined> {
+  if (options.stripe && options.gateway === undefined)
+    throw new TallyError('stripe_unavailable', 503, 'reconciliation with Stripe needs STRIPE_SECRET_KEY');
   const client = await db.pool.connect();
   try {
     const locked = await client.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [reconcileLockKey]);
@@ -315,7 +372,10 @@ async function runLocked(client: pg.PoolClient, options: ReconcileOptions): Prom
   if (run === undefined) throw new Error('reconciliation run was not recorded');
   const total = checks.length + (options.stripe ? 3 : 0);
   let done = 0;
-  const progress = (label: string) => options.onProgress?.((done += 1), total, label);
+  const progress = (label: string) => {
+    done += 1;
+    options.onProgress?.(done, total, label);
+  };
   let step = 'start';
   // Each statement may take what is left of the run's budget (at least 1 ms: 0 means no limit).
   const budget = async (next: string): Promise<void> => {
@@ -345,17 +405,27 @@ async function runLocked(client: pg.PoolClient, options: ReconcileOptions): Prom
       progress('stripe comparison');
     }
     await budget('counts');
-    const counts = await client.query<{ accounts: number; entries: number }>('select (select count(*) from accounts)::bigint as accounts, (select count(*) from entries)::bigint as entries');
+    const counts = await client.query<{ accounts: number; entries: number }>(
+      'select (select count(*) from accounts)::bigint as accounts, (select count(*) from entries)::bigint as entries',
+    );
     await client.query('commit');
-    const summary = { accounts: counts.rows[0]?.accounts ?? 0, entries: counts.rows[0]?.entries ?? 0, duration_ms: Date.now() - started, checks: perCheck };
+    const summary = {
+      accounts: counts.rows[0]?.accounts ?? 0,
+      entries: counts.rows[0]?.entries ?? 0,
+      duration_ms: Date.now() - started,
+      checks: perCheck,
+    };
     return await recordReport(client, run, options, findings, summary);
   } catch (caught) {
     // A statement cancelled by the budget (57014) is the budget's failure, named as such.
-    const error = (caught as { code?: string }).code === '57014' ? new ReconcileBudgetError(timeSecondsMax, step, { cause: caught }) : caught;
+    const error =
+      (caught as { code?: string }).code === '57014' ? new ReconcileBudgetError(timeSecondsMax, step, { cause: caught }) : caught;
     try {
       await recordFailure(client, run.id, options, error as Error);
     } catch (recordError) {
-      throw new Error(`${(error as Error).message}; recording the failed run failed too: ${(recordError as Error).message}`, { cause: error });
+      throw new Error(`${(error as Error).message}; recording the failed run failed too: ${(recordError as Error).message}`, {
+        cause: error,
+      });
     }
     throw error;
   }
@@ -383,18 +453,32 @@ async function recordReport(
       kind: 'reconciliation',
       key: 'reconciliation:findings',
       severity: 'critical',
-      message: `reconciliation run ${run.id} found ${findings.length} problem(s): ${Object.entries(perCheck).filter(([, count]) => count > 0).map(([name, count]) => `${name} ${count}`).join(', ')}`,
+      message: `reconciliation run ${run.id} found ${findings.length} problem(s): ${Object.entries(perCheck)
+        .filter(([, count]) => count > 0)
+        .map(([name, count]) => `${name} ${count}`)
+        .join(', ')}`,
       details: { run_id: run.id, checks: perCheck },
     });
   }
-  return { run_id: run.id, started_at: run.started_at, finished_at: finished.rows[0]?.finished_at ?? '', with_stripe: options.stripe, finding_count: findings.length, findings, summary };
+  return {
+    run_id: run.id,
+    started_at: run.started_at,
+    finished_at: finished.rows[0]?.finished_at ?? '',
+    with_stripe: options.stripe,
+    finding_count: findings.length,
+    findings,
+    summary,
+  };
 }
 
 /** Marks the run failed and raises an alert: a reconciliation that cannot finish checks nothing. */
 async function recordFailure(client: pg.PoolClient, runId: number, options: ReconcileOptions, error: Error): Promise<void> {
   // The run's own error is what is reported; a failed rollback only means the connection is gone.
   await client.query('rollback').catch((rollbackError: unknown) => void rollbackError);
-  await client.query(`update reconciliation_runs set finished_at = now(), status = 'failed', error = $2 where id = $1`, [runId, error.message]);
+  await client.query(`update reconciliation_runs set finished_at = now(), status = 'failed', error = $2 where id = $1`, [
+    runId,
+    error.message,
+  ]);
   await raiseAlert(client, {
     kind: 'reconciliation_failed',
     key: 'reconciliation:failed',

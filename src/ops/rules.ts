@@ -49,11 +49,16 @@ export async function checkGrantAgainstPlan(client: Queryable, catalog: Catalog,
  * The Ledger's `watchGrant` for an operator's grants. The grant is already made, so a failed
  * check is reported, never thrown.
  */
-export function grantWatcher(client: Queryable, catalog: Catalog, report: (error: unknown, grant: NewGrant) => void): (grant: NewGrant) => Promise<void> {
-  return (grant) => checkGrantAgainstPlan(client, catalog, grant).then(
-    () => undefined,
-    (error: unknown) => report(error, grant),
-  );
+export function grantWatcher(
+  client: Queryable,
+  catalog: Catalog,
+  report: (error: unknown, grant: NewGrant) => void,
+): (grant: NewGrant) => Promise<void> {
+  return (grant) =>
+    checkGrantAgainstPlan(client, catalog, grant).then(
+      () => undefined,
+      (error: unknown) => report(error, grant),
+    );
 }
 
 /**

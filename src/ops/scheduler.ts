@@ -57,7 +57,7 @@ export class OperationsScheduler {
 
   async reconcileIfDue(): Promise<boolean> {
     if (this.options.reconcileIntervalHours <= 0) return false;
-    let report;
+    let report: Awaited<ReturnType<typeof reconcileIfDue>>;
     try {
       const options = { trigger: 'schedule' as const, stripe: this.gateway !== undefined, gateway: this.gateway, catalog: this.catalog };
       report = await reconcileIfDue(this.db, options, this.options.reconcileIntervalHours);

@@ -87,7 +87,11 @@ export class StripeGateway {
       telemetry: false,
       ...(base === undefined
         ? {}
-        : { host: base.hostname, port: base.port === '' ? (base.protocol === 'https:' ? 443 : 80) : Number(base.port), protocol: base.protocol.replace(':', '') as 'http' | 'https' }),
+        : {
+            host: base.hostname,
+            port: base.port === '' ? (base.protocol === 'https:' ? 443 : 80) : Number(base.port),
+            protocol: base.protocol.replace(':', '') as 'http' | 'https',
+          }),
     });
     this.breaker = circuitBreaker(handleWhen(isTransientStripeError), {
       halfOpenAfter: options.halfOpenAfterMilliseconds ?? breakerHalfOpenAfterMilliseconds,
@@ -125,8 +129,10 @@ export class StripeGateway {
     try {
       return await this.breaker.execute(() => operation(this.stripe));
     } catch (error) {
-      if (error instanceof BrokenCircuitError) throw new StripeUnavailableError(`Stripe circuit breaker is open; ${name} not attempted`, { cause: error });
-      if (isTransientStripeError(error)) throw new StripeUnavailableError(`Stripe ${name} failed: ${(error as Error).message}`, { cause: error });
+      if (error instanceof BrokenCircuitError)
+        throw new StripeUnavailableError(`Stripe circuit breaker is open; ${name} not attempted`, { cause: error });
+      if (isTransientStripeError(error))
+        throw new StripeUnavailableError(`Stripe ${name} failed: ${(error as Error).message}`, { cause: error });
       if (error instanceof Stripe.errors.StripeError) {
         const status = error.statusCode ?? 400;
         if (status === 401 || status === 403) this.onKeyRefused({ call: name, status, requestId: error.requestId });
@@ -159,7 +165,9 @@ export class StripeGateway {
 
   /** Every line item of a Checkout Session (webhook payloads never carry them). */
   async checkoutLineItems(sessionId: string): Promise<Stripe.LineItem[]> {
-    return this.call('checkout.sessions.listLineItems', (stripe) => stripe.checkout.sessions.listLineItems(sessionId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+    return this.call('checkout.sessions.listLineItems', (stripe) =>
+      stripe.checkout.sessions.listLineItems(sessionId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }),
+    );
   }
 
   /** The Checkout Session that created a subscription or a payment intent, if any. */
@@ -202,9 +210,20 @@ export class StripeGateway {
   async createOffSessionPayment(params: Stripe.PaymentIntentCreateParams, idempotencyKey: string): Promise<OffSessionPayment> {
     try {
       const intent = await this.call('paymentIntents.create', (stripe) => stripe.paymentIntents.create(params, { idempotencyKey }));
-      if (intent.status === 'succeeded') return { outcome: 'succeeded', paymentIntent: intent.id, amount: intent.amount_received || intent.amount, currency: intent.currency };
+      if (intent.status === 'succeeded')
+        return {
+          outcome: 'succeeded',
+          paymentIntent: intent.id,
+          amount: intent.amount_received || intent.amount,
+          currency: intent.currency,
+        };
       if (intent.status === 'processing') return { outcome: 'processing', paymentIntent: intent.id };
-      return { outcome: 'failed', paymentIntent: intent.id, code: intent.status === 'requires_action' ? 'authentication_required' : intent.status, message: `payment intent is ${intent.status}` };
+      return {
+        outcome: 'failed',
+        paymentIntent: intent.id,
+        code: intent.status === 'requires_action' ? 'authentication_required' : intent.status,
+        message: `payment intent is ${intent.status}`,
+      };
     } catch (error) {
       const cause = error instanceof StripeRefusedError ? error.cause : undefined;
       if (cause instanceof Stripe.errors.StripeCardError) {

@@ -78,7 +78,10 @@ export const intakeBatchesConcurrentMax = 4;
 export class WebhookIntake {
   private readonly group: GroupCommit<ReceivedEvent, StoreOutcome>;
 
-  constructor(db: Database, options: { batchSizeMax?: number; concurrentBatchesMax?: number; onBatchError?: (error: unknown, batchSize: number) => void } = {}) {
+  constructor(
+    db: Database,
+    options: { batchSizeMax?: number; concurrentBatchesMax?: number; onBatchError?: (error: unknown, batchSize: number) => void } = {},
+  ) {
     this.group = new GroupCommit(
       { writeBatch: (received) => storeEvents(db, received), writeOne: ({ event, rawBody }) => storeEvent(db, event, rawBody) },
       {
@@ -121,9 +124,12 @@ export function jsonbSafe(json: string): string {
 }
 
 function wellFormed(value: unknown): unknown {
-  if (typeof value === 'string') return value.replace(/\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+  if (typeof value === 'string')
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: PostgreSQL's jsonb refuses NUL, which is why it is replaced
+    return value.replace(/\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
   if (Array.isArray(value)) return value.map(wellFormed);
-  if (value !== null && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([key, member]) => [wellFormed(key), wellFormed(member)]));
+  if (value !== null && typeof value === 'object')
+    return Object.fromEntries(Object.entries(value).map(([key, member]) => [wellFormed(key), wellFormed(member)]));
   return value;
 }
 

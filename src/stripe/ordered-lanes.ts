@@ -25,7 +25,8 @@ export class OrderedLanes<Result> {
   private readonly waitingListeners: { atMost: number; resolve: () => void }[] = [];
 
   constructor(readonly concurrencyMax: number) {
-    if (!Number.isSafeInteger(concurrencyMax) || concurrencyMax < 1) throw new RangeError(`lanes need a concurrency of at least 1, not ${concurrencyMax}`);
+    if (!Number.isSafeInteger(concurrencyMax) || concurrencyMax < 1)
+      throw new RangeError(`lanes need a concurrency of at least 1, not ${concurrencyMax}`);
   }
 
   submit(id: string, keys: readonly string[], run: () => Promise<Result>): Promise<Result> {

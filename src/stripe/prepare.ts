@@ -6,7 +6,16 @@ import { packsBought } from '../billing/payments.js';
 import type { ClaimHasher } from '../billing/trials.js';
 import type { Database } from '../db/database.js';
 import type { StripeGateway } from './gateway.js';
-import { accountMetadataKey, idOf, invoiceAccountHint, invoiceLines, invoiceSubscriptionId, readPath, readText, subscriptionState } from './shapes.js';
+import {
+  accountMetadataKey,
+  idOf,
+  invoiceAccountHint,
+  invoiceLines,
+  invoiceSubscriptionId,
+  readPath,
+  readText,
+  subscriptionState,
+} from './shapes.js';
 
 /**
  * What an event needs from the Stripe API, fetched before its transaction opens so that no
@@ -47,7 +56,8 @@ async function prepareTrial(gateway: StripeGateway | undefined, object: StripeOb
   const methodId = idOf(method);
   const expanded = typeof method === 'object' && method !== null ? (method as StripeObject) : undefined;
   if (expanded !== undefined || methodId !== undefined) {
-    if (expanded === undefined && gateway === undefined) throw new RetryLater(`the payment method ${methodId ?? '?'} needs the Stripe API, and STRIPE_SECRET_KEY is not set`);
+    if (expanded === undefined && gateway === undefined)
+      throw new RetryLater(`the payment method ${methodId ?? '?'} needs the Stripe API, and STRIPE_SECRET_KEY is not set`);
     const paymentMethod = expanded ?? ((await gateway?.retrievePaymentMethod(methodId ?? '')) as unknown as StripeObject | undefined) ?? {};
     Object.assign(prepared, paymentMethodFacts(paymentMethod));
   }
@@ -83,8 +93,11 @@ async function prepareInvoice(db: Database, gateway: StripeGateway | undefined, 
   const invoiceId = idOf(invoice.id);
   const prepared: Prepared = {};
   if (readPath(invoice, 'lines', 'has_more') === true && invoiceId !== undefined) {
-    if (gateway === undefined) throw new RetryLater(`the lines of invoice ${invoiceId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
-    const lines = await gateway.call('invoices.listLineItems', (stripe) => stripe.invoices.listLineItems(invoiceId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }));
+    if (gateway === undefined)
+      throw new RetryLater(`the lines of invoice ${invoiceId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
+    const lines = await gateway.call('invoices.listLineItems', (stripe) =>
+      stripe.invoices.listLineItems(invoiceId, { limit: 100 }).autoPagingToArray({ limit: 10_000 }),
+    );
     prepared.invoiceLines = lines as unknown as StripeObject[];
   }
   const complete = prepared.invoiceLines === undefined ? invoice : { ...invoice, lines: { data: prepared.invoiceLines } };
@@ -97,10 +110,14 @@ async function prepareInvoice(db: Database, gateway: StripeGateway | undefined, 
 
 /** A subscription's trial end (null: no trial), from its mirror once a subscription event was applied, else from Stripe. */
 async function subscriptionTrialEnd(db: Database, gateway: StripeGateway | undefined, subscriptionId: string): Promise<number | null> {
-  const { rows } = await db.query<{ trial_end: number | null }>('select extract(epoch from trial_end)::bigint as trial_end from subscriptions where id = $1', [subscriptionId]);
+  const { rows } = await db.query<{ trial_end: number | null }>(
+    'select extract(epoch from trial_end)::bigint as trial_end from subscriptions where id = $1',
+    [subscriptionId],
+  );
   if (rows[0] !== undefined) return rows[0].trial_end;
   // Without the API, the subscription's own event (always sent) tells; until then, wait.
-  if (gateway === undefined) throw new RetryLater(`whether a $0 line of ${subscriptionId} is its trial needs its subscription event or the Stripe API`);
+  if (gateway === undefined)
+    throw new RetryLater(`whether a $0 line of ${subscriptionId} is its trial needs its subscription event or the Stripe API`);
   const subscription = await gateway.call('subscriptions.retrieve', (stripe) => stripe.subscriptions.retrieve(subscriptionId));
   return subscription.trial_end ?? null;
 }
@@ -125,7 +142,10 @@ async function prepareProvenance(
   );
   if (rows[0]?.known === true) return undefined;
   const session = await gateway.checkoutSessionOf({ subscription: facts.subscriptionId });
-  return { accountHint: readText(readPath(session, 'metadata', accountMetadataKey)), clientReference: readText(session?.client_reference_id) };
+  return {
+    accountHint: readText(readPath(session, 'metadata', accountMetadataKey)),
+    clientReference: readText(session?.client_reference_id),
+  };
 }
 
 /** A paid payment-mode session's line items, when its event did not carry them (it never does). */
@@ -135,7 +155,8 @@ async function prepareCheckout(gateway: StripeGateway | undefined, event: Stored
   const carried = Array.isArray(readPath(session, 'line_items', 'data')) && readPath(session, 'line_items', 'has_more') !== true;
   const sessionId = idOf(session.id);
   if (session.mode !== 'payment' || !paid || carried || sessionId === undefined) return {};
-  if (gateway === undefined) throw new RetryLater(`the line items of checkout session ${sessionId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
+  if (gateway === undefined)
+    throw new RetryLater(`the line items of checkout session ${sessionId} need the Stripe API, and STRIPE_SECRET_KEY is not set`);
   return { lineItems: (await gateway.checkoutLineItems(sessionId)) as unknown as StripeObject[] };
 }
 
@@ -144,7 +165,12 @@ async function prepareCheckout(gateway: StripeGateway | undefined, event: Stored
  * credits for an account, so the refund waits for its grant) or foreign (ignored at once)?
  * Undefined when Stripe does not know the payment intent: nothing to decide on, so it waits.
  */
-async function paymentOwner(dependencies: PrepareDependencies, gateway: StripeGateway, paymentIntent: string, invoiceId: string | undefined): Promise<Prepared['paymentOwner']> {
+async function paymentOwner(
+  dependencies: PrepareDependencies,
+  gateway: StripeGateway,
+  paymentIntent: string,
+  invoiceId: string | undefined,
+): Promise<Prepared['paymentOwner']> {
   const { db, hasher, catalog } = dependencies;
   const intent = await gateway.retrievePaymentIntent(paymentIntent);
   if (intent === undefined) return undefined;
@@ -155,7 +181,10 @@ async function paymentOwner(dependencies: PrepareDependencies, gateway: StripeGa
   if (session !== undefined) {
     const bought = packsBought(catalog, (await gateway.checkoutLineItems(session.id)) as unknown as StripeObject[]);
     if (bought.credits === 0) return { foreign: 'bought no credit pack' };
-    const attributed = readText(session.metadata?.[accountMetadataKey]) !== undefined || verifyClientReference(hasher, readText(session.client_reference_id)) !== undefined || (await linked(idOf(session.customer)));
+    const attributed =
+      readText(session.metadata?.[accountMetadataKey]) !== undefined ||
+      verifyClientReference(hasher, readText(session.client_reference_id)) !== undefined ||
+      (await linked(idOf(session.customer)));
     return attributed ? 'tally' : { foreign: 'was never attributed to an account' };
   }
   if (invoiceId !== undefined) {
@@ -163,8 +192,11 @@ async function paymentOwner(dependencies: PrepareDependencies, gateway: StripeGa
     const plans = invoiceLines(invoice).some((line) => line.priceId !== undefined && findPrice(catalog, line.priceId)?.kind === 'plan');
     if (!plans) return { foreign: `paid invoice ${invoiceId}, which bills no plan of the catalog` };
     const subscriptionId = invoiceSubscriptionId(invoice);
-    const mirrored = subscriptionId !== undefined && (await db.query('select 1 from subscriptions where id = $1', [subscriptionId])).rowCount !== 0;
-    return invoiceAccountHint(invoice) !== undefined || mirrored || (await linked(idOf(invoice.customer))) ? 'tally' : { foreign: `paid invoice ${invoiceId}, never attributed to an account` };
+    const mirrored =
+      subscriptionId !== undefined && (await db.query('select 1 from subscriptions where id = $1', [subscriptionId])).rowCount !== 0;
+    return invoiceAccountHint(invoice) !== undefined || mirrored || (await linked(idOf(invoice.customer)))
+      ? 'tally'
+      : { foreign: `paid invoice ${invoiceId}, never attributed to an account` };
   }
   return { foreign: 'is neither a credit pack nor a plan invoice' };
 }
@@ -175,15 +207,24 @@ export async function prepareEvent(dependencies: PrepareDependencies, event: Sto
   if (subscriptionEventTypes.has(event.type) || event.type === 'customer.subscription.deleted') {
     const state = subscriptionState(object);
     const prepared = event.type === 'customer.subscription.deleted' ? {} : await prepareTrial(gateway, object);
-    const provenance = await prepareProvenance(dependencies, { accountHint: state?.accountHint, customerId: state?.customerId, subscriptionId: state?.id });
+    const provenance = await prepareProvenance(dependencies, {
+      accountHint: state?.accountHint,
+      customerId: state?.customerId,
+      subscriptionId: state?.id,
+    });
     return provenance === undefined ? prepared : { ...prepared, provenance };
   }
   if (paidInvoiceTypes.has(event.type) || event.type === 'invoice.payment_failed') {
     const prepared = paidInvoiceTypes.has(event.type) ? await prepareInvoice(db, gateway, object) : {};
-    const provenance = await prepareProvenance(dependencies, { accountHint: invoiceAccountHint(object), customerId: idOf(object.customer), subscriptionId: invoiceSubscriptionId(object) });
+    const provenance = await prepareProvenance(dependencies, {
+      accountHint: invoiceAccountHint(object),
+      customerId: idOf(object.customer),
+      subscriptionId: invoiceSubscriptionId(object),
+    });
     return provenance === undefined ? prepared : { ...prepared, provenance };
   }
-  if (event.type === 'checkout.session.completed' || event.type === 'checkout.session.async_payment_succeeded') return prepareCheckout(gateway, event);
+  if (event.type === 'checkout.session.completed' || event.type === 'checkout.session.async_payment_succeeded')
+    return prepareCheckout(gateway, event);
   if (!paymentEventTypes.has(event.type)) return {};
   const prepared: Prepared = {};
   const needGateway = (what: string): StripeGateway => {
@@ -206,7 +247,8 @@ export async function prepareEvent(dependencies: PrepareDependencies, event: Sto
   if (known.rowCount === 0 && gateway !== undefined) {
     const invoiceId = await gateway.invoiceOfPaymentIntent(paymentIntent);
     if (invoiceId !== undefined) prepared.invoiceId = invoiceId;
-    const knownInvoice = invoiceId !== undefined && (await db.query('select 1 from payments where invoice_id = $1', [invoiceId])).rowCount !== 0;
+    const knownInvoice =
+      invoiceId !== undefined && (await db.query('select 1 from payments where invoice_id = $1', [invoiceId])).rowCount !== 0;
     if (!knownInvoice) {
       const owner = await paymentOwner(dependencies, gateway, paymentIntent, invoiceId);
       if (owner !== undefined) prepared.paymentOwner = owner;

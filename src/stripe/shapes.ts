@@ -8,9 +8,11 @@
 type StripeObject = Record<string, unknown>;
 
 const isObject = (value: unknown): value is StripeObject => typeof value === 'object' && value !== null && !Array.isArray(value);
-const at = (value: unknown, ...path: string[]): unknown => path.reduce<unknown>((current, key) => (isObject(current) ? current[key] : undefined), value);
+const at = (value: unknown, ...path: string[]): unknown =>
+  path.reduce<unknown>((current, key) => (isObject(current) ? current[key] : undefined), value);
 /** An id, whether the field holds the id or the expanded object. */
-export const idOf = (value: unknown): string | undefined => (typeof value === 'string' ? value : isObject(value) && typeof value.id === 'string' ? value.id : undefined);
+export const idOf = (value: unknown): string | undefined =>
+  typeof value === 'string' ? value : isObject(value) && typeof value.id === 'string' ? value.id : undefined;
 const text = (value: unknown): string | undefined => (typeof value === 'string' && value !== '' ? value : undefined);
 const integer = (value: unknown): number | undefined => (typeof value === 'number' && Number.isSafeInteger(value) ? value : undefined);
 
@@ -46,9 +48,22 @@ export function invoiceLines(invoice: StripeObject): InvoiceLine[] {
     const periodEnd = integer(at(line, 'period', 'end'));
     if (periodStart === undefined || periodEnd === undefined) return [];
     const priceId = idOf(at(line, 'pricing', 'price_details', 'price')) ?? idOf(line.price) ?? idOf(line.plan);
-    const proration = at(line, 'parent', 'subscription_item_details', 'proration') ?? at(line, 'parent', 'invoice_item_details', 'proration') ?? line.proration;
+    const proration =
+      at(line, 'parent', 'subscription_item_details', 'proration') ??
+      at(line, 'parent', 'invoice_item_details', 'proration') ??
+      line.proration;
     const quantity = integer(line.quantity) ?? 1;
-    return [{ id: text(line.id), priceId, quantity: Math.max(quantity, 0), proration: proration === true, periodStart, periodEnd, amount: integer(line.amount) ?? 0 }];
+    return [
+      {
+        id: text(line.id),
+        priceId,
+        quantity: Math.max(quantity, 0),
+        proration: proration === true,
+        periodStart,
+        periodEnd,
+        amount: integer(line.amount) ?? 0,
+      },
+    ];
   });
 }
 

@@ -18,7 +18,12 @@ export interface VerifiedEvent {
 
 const invalidSignature = (message: string): TallyError => new TallyError('invalid_signature', 400, message);
 
-export function verifyWebhook(rawBody: Buffer, header: string | undefined, secrets: string[], nowSeconds = Math.floor(Date.now() / 1000)): VerifiedEvent {
+export function verifyWebhook(
+  rawBody: Buffer,
+  header: string | undefined,
+  secrets: string[],
+  nowSeconds = Math.floor(Date.now() / 1000),
+): VerifiedEvent {
   if (header === undefined || header === '') throw invalidSignature('missing Stripe-Signature header');
   const timestamp = Number(/(?:^|,)t=(\d+)/.exec(header)?.[1]);
   if (!Number.isSafeInteger(timestamp)) throw invalidSignature('Stripe-Signature has no timestamp');
@@ -26,11 +31,19 @@ export function verifyWebhook(rawBody: Buffer, header: string | undefined, secre
   for (const secret of secrets) {
     try {
       // receivedAt is in milliseconds.
-      const event = Stripe.webhooks.constructEvent(rawBody, header, secret, signatureToleranceSeconds, undefined, nowSeconds * 1000) as unknown as VerifiedEvent;
+      const event = Stripe.webhooks.constructEvent(
+        rawBody,
+        header,
+        secret,
+        signatureToleranceSeconds,
+        undefined,
+        nowSeconds * 1000,
+      ) as unknown as VerifiedEvent;
       return checkShape(event);
     } catch (error) {
       // A mismatch against one secret is expected during a rotation: try the next one.
-      if (!(error instanceof Stripe.errors.StripeSignatureVerificationError)) throw invalidSignature(`unreadable event: ${(error as Error).message}`);
+      if (!(error instanceof Stripe.errors.StripeSignatureVerificationError))
+        throw invalidSignature(`unreadable event: ${(error as Error).message}`);
     }
   }
   throw invalidSignature('no configured webhook secret matches the signature, or the timestamp is too old');
@@ -40,6 +53,7 @@ function checkShape(event: VerifiedEvent): VerifiedEvent {
   if (typeof event.id !== 'string' || !event.id.startsWith('evt_')) throw invalidSignature('signed body is not a Stripe event (id)');
   if (typeof event.type !== 'string' || event.type === '') throw invalidSignature('signed body is not a Stripe event (type)');
   if (!Number.isSafeInteger(event.created)) throw invalidSignature('signed body is not a Stripe event (created)');
-  if (typeof event.data?.object !== 'object' || event.data.object === null) throw invalidSignature('signed body is not a Stripe event (data.object)');
+  if (typeof event.data?.object !== 'object' || event.data.object === null)
+    throw invalidSignature('signed body is not a Stripe event (data.object)');
   return event;
 }

@@ -173,7 +173,13 @@ export class WebhookWorker {
   }
 
   async processOne(eventId: string): Promise<EventOutcome> {
-    const { rows } = await this.db.query<{ id: string; type: string; created: number; received_seconds_ago: number; payload: { livemode?: unknown; data?: { object?: Record<string, unknown> } } }>(
+    const { rows } = await this.db.query<{
+      id: string;
+      type: string;
+      created: number;
+      received_seconds_ago: number;
+      payload: { livemode?: unknown; data?: { object?: Record<string, unknown> } };
+    }>(
       `select id, type, extract(epoch from created)::bigint as created, extract(epoch from now() - received_at)::float8 as received_seconds_ago, payload
        from webhook_events where id = $1 and status = 'pending'`,
       [eventId],
@@ -182,18 +188,33 @@ export class WebhookWorker {
     if (row === undefined) return 'skipped';
     const livemode = typeof row.payload.livemode === 'boolean' ? row.payload.livemode : undefined;
     const clockNow = this.now();
-    const receivedSecondsAgo = this.options.waitsInClockTime === true && clockNow !== null ? clockNow.getTime() / 1000 - Number(row.created) : row.received_seconds_ago;
-    const event: StoredEvent = { id: row.id, type: row.type, created: row.created, object: row.payload.data?.object ?? {}, livemode, receivedSecondsAgo };
+    const receivedSecondsAgo =
+      this.options.waitsInClockTime === true && clockNow !== null
+        ? clockNow.getTime() / 1000 - Number(row.created)
+        : row.received_seconds_ago;
+    const event: StoredEvent = {
+      id: row.id,
+      type: row.type,
+      created: row.created,
+      object: row.payload.data?.object ?? {},
+      livemode,
+      receivedSecondsAgo,
+    };
     // A test-mode webhook secret left configured beside a live key (or the reverse) must not let
     // test payments grant real credits: an event of the other mode is not this Tally's.
     const expected = this.gateway?.livemode;
     if (expected !== undefined && livemode !== undefined && livemode !== expected) {
-      return this.ignore(event, new IgnoredEvent(`livemode ${livemode} differs from STRIPE_SECRET_KEY's ${expected ? 'live' : 'test'} mode`));
+      return this.ignore(
+        event,
+        new IgnoredEvent(`livemode ${livemode} differs from STRIPE_SECRET_KEY's ${expected ? 'live' : 'test'} mode`),
+      );
     }
     try {
       const prepared = await prepareEvent({ db: this.db, gateway: this.gateway, hasher: this.hasher, catalog: this.catalog }, event);
       const applied = await this.db.withTransaction(async (client) => {
-        const claimed = await client.query(`select 1 from webhook_events where id = $1 and status = 'pending' for update skip locked`, [eventId]);
+        const claimed = await client.query(`select 1 from webhook_events where id = $1 and status = 'pending' for update skip locked`, [
+          eventId,
+        ]);
         if (claimed.rowCount === 0) return { status: 'skipped' as const, lag: undefined };
         const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
         const result = await applyEvent(context);
@@ -252,14 +273,14 @@ export class WebhookWorker {
   private async recordFailure(event: StoredEvent, error: unknown): Promise<EventOutcome> {
     const message = error instanceof Error ? error.message : String(error);
     if (error instanceof StripeUnavailableError) {
-      await this.db.query(`update webhook_events set next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1 and status = 'pending'`, [
-        event.id,
-        this.options.breakerWaitSeconds,
-        message,
-      ]);
+      await this.db.query(
+        `update webhook_events set next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1 and status = 'pending'`,
+        [event.id, this.options.breakerWaitSeconds, message],
+      );
       return 'waiting';
     }
-    if (!(error instanceof RetryLater)) this.logger.error({ err: error, event: event.id, type: event.type }, 'webhook event failed; it will be retried');
+    if (!(error instanceof RetryLater))
+      this.logger.error({ err: error, event: event.id, type: event.type }, 'webhook event failed; it will be retried');
     return this.db.withTransaction(async (client) => {
       const { rows } = await client.query<{ attempts: number }>(
         `update webhook_events set attempts = attempts + 1, last_error = $2 where id = $1 and status = 'pending' returning attempts`,
@@ -280,7 +301,11 @@ export class WebhookWorker {
       }
       const delay = Math.min(this.options.retryBaseSeconds * 2 ** (attempts - 1), this.options.retryDelaySecondsMax);
       const waitFrom = error instanceof RetryLater && this.options.waitsInClockTime === true ? this.now() : null;
-      await client.query(`update webhook_events set next_attempt_at = coalesce($3, now()) + make_interval(secs => $2) where id = $1`, [event.id, delay, waitFrom]);
+      await client.query(`update webhook_events set next_attempt_at = coalesce($3, now()) + make_interval(secs => $2) where id = $1`, [
+        event.id,
+        delay,
+        waitFrom,
+      ]);
       return 'retrying';
     });
   }
@@ -299,9 +324,14 @@ export class WebhookWorker {
     for (const row of rows) {
       try {
         await this.gateway.cancelSubscription(row.subscription_id, `cancel-trial:${row.subscription_id}`);
-        await this.db.query('update trial_refusals set cancelled_at = now(), last_error = null where subscription_id = $1', [row.subscription_id]);
+        await this.db.query('update trial_refusals set cancelled_at = now(), last_error = null where subscription_id = $1', [
+          row.subscription_id,
+        ]);
       } catch (error) {
-        await this.db.query('update trial_refusals set cancel_attempts = cancel_attempts + 1, last_error = $2 where subscription_id = $1', [row.subscription_id, (error as Error).message]);
+        await this.db.query('update trial_refusals set cancel_attempts = cancel_attempts + 1, last_error = $2 where subscription_id = $1', [
+          row.subscription_id,
+          (error as Error).message,
+        ]);
         if (error instanceof StripeUnavailableError) return;
         this.logger.error({ err: error, subscription: row.subscription_id }, 'cancelling a refused trial failed; it will be retried');
       }
@@ -319,12 +349,15 @@ export class WebhookWorker {
     const before = rows[0];
     if (before === undefined) return undefined;
     const outcome = await this.processOne(eventId);
-    await this.db.query(`insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'webhook.replay', $2, $3, $4)`, [
-      before.account_id,
-      `replay of ${eventId} from the ${actor === 'cli' ? 'tally command' : 'admin API'}`,
-      { event: eventId, status: before.status },
-      { event: eventId, outcome },
-    ]);
+    await this.db.query(
+      `insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'webhook.replay', $2, $3, $4)`,
+      [
+        before.account_id,
+        `replay of ${eventId} from the ${actor === 'cli' ? 'tally command' : 'admin API'}`,
+        { event: eventId, status: before.status },
+        { event: eventId, outcome },
+      ],
+    );
     return outcome;
   }
 }

@@ -27,9 +27,19 @@ function ledgerAhead(seconds: number): Ledger {
 async function heldAccount(accountId: string, credits: number): Promise<string> {
   await fundedAccount(test, accountId, 0);
   const expiresAt = new Date(test.clock.now().getTime() + 60_000).toISOString();
-  const granted = await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: credits, source: 'promo', reason: 'r', idempotency_key: `${accountId}-g`, expires_at: expiresAt });
+  const granted = await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
+    amount: credits,
+    source: 'promo',
+    reason: 'r',
+    idempotency_key: `${accountId}-g`,
+    expires_at: expiresAt,
+  });
   assert.equal(granted.status, 201);
-  const hold = await test.call('POST', `/v1/accounts/${accountId}/holds`, { amount: credits, idempotency_key: `${accountId}-h`, expires_in_seconds: 3600 });
+  const hold = await test.call('POST', `/v1/accounts/${accountId}/holds`, {
+    amount: credits,
+    idempotency_key: `${accountId}-h`,
+    expires_in_seconds: 3600,
+  });
   assert.equal(hold.status, 201);
   return String(hold.body.hold_id);
 }
@@ -66,7 +76,9 @@ describe('batches racing releases', () => {
       await untilSomeoneWaitsOnALock();
     });
     const outcomes = await batch;
-    assert.deepEqual(outcomes, [{ status: 402, body: { error: { code: 'insufficient_credits', message: 'not enough credits available', available: 0 } } }]);
+    assert.deepEqual(outcomes, [
+      { status: 402, body: { error: { code: 'insufficient_credits', message: 'not enough credits available', available: 0 } } },
+    ]);
     const single = await later.usage('race-batch-1', { amount: 10, idempotency_key: 'race-batch-1-single' }, 'app');
     assert.equal(single.status, 402);
     await assertReconciled('race-batch-1');
@@ -78,11 +90,17 @@ describe('batches racing releases', () => {
     const later = ledgerAhead(120);
     const voids = holds.map((holdId) => test.call('POST', `/v1/holds/${holdId}/void`));
     const batches = Array.from({ length: 12 }, (_, round) =>
-      later.usageBatch(accounts.map((accountId) => ({ account_id: accountId, amount: 5, idempotency_key: `${accountId}-b${round}` })), 'app'),
+      later.usageBatch(
+        accounts.map((accountId) => ({ account_id: accountId, amount: 5, idempotency_key: `${accountId}-b${round}` })),
+        'app',
+      ),
     );
     const settles = Array.from({ length: 4 }, () => later.settleDue(100));
     const [voided, batched] = await Promise.all([Promise.all(voids), Promise.all(batches), Promise.all(settles)]);
-    assert.ok(voided.every((response) => response.status === 200), JSON.stringify(voided.map((response) => response.status)));
+    assert.ok(
+      voided.every((response) => response.status === 200),
+      JSON.stringify(voided.map((response) => response.status)),
+    );
     for (const outcome of batched.flat()) assert.equal(outcome.status, 402, 'by the later clock the grants expired: nothing to spend');
     for (const accountId of accounts) await assertReconciled(accountId);
   });

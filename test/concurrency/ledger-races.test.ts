@@ -33,9 +33,14 @@ describe('races', () => {
   it('accepts exactly 100 of 200 parallel spends of 10 against 1000 (no overdraft)', async () => {
     await fundedAccount(test, 'race-1', 1000);
     const responses = await Promise.all(
-      Array.from({ length: 200 }, (_, index) => test.call('POST', '/v1/accounts/race-1/usage', { amount: 10, idempotency_key: `race-1-${index}` })),
+      Array.from({ length: 200 }, (_, index) =>
+        test.call('POST', '/v1/accounts/race-1/usage', { amount: 10, idempotency_key: `race-1-${index}` }),
+      ),
     );
-    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 100, 402: 100 });
+    assert.deepEqual(
+      countBy(responses, (response) => response.status),
+      { 200: 100, 402: 100 },
+    );
     assert.equal((await test.call('GET', '/v1/accounts/race-1/balance')).body.available, 0);
     await assertReconciled('race-1');
   });
@@ -47,7 +52,10 @@ describe('races', () => {
       Array.from({ length: 50 }, () => test.call('POST', '/v1/accounts/race-2/usage', { amount: 7, idempotency_key: 'race-2-once' })),
     );
     assert.ok(responses.every((response) => response.status === 200));
-    assert.deepEqual(countBy(responses, (response) => String(response.body.replayed)), { false: 1, true: 49 });
+    assert.deepEqual(
+      countBy(responses, (response) => String(response.body.replayed)),
+      { false: 1, true: 49 },
+    );
     assert.equal(new Set(responses.map((response) => response.body.entry_id)).size, 1);
     const after = await ledgerFacts(test, 'race-2');
     assert.equal(after.entry_count, before.entry_count + 1);
@@ -67,7 +75,10 @@ describe('races', () => {
     const holds = await test.database.db.query<{ status: string; count: number }>(
       `select status, count(*)::int as count from holds where account_id = 'race-3' group by status`,
     );
-    assert.equal(holds.rows.reduce((sum, row) => sum + row.count, 0), 20);
+    assert.equal(
+      holds.rows.reduce((sum, row) => sum + row.count, 0),
+      20,
+    );
     const resolutions = await test.database.db.query<{ count: number }>(
       `select count(*)::int as count from entries where account_id = 'race-3' and kind in ('capture', 'release') and hold_id is not null
        group by hold_id having count(*) > 2`,
@@ -80,10 +91,20 @@ describe('races', () => {
     const accounts = Array.from({ length: 10 }, (_, index) => `race-4-${index}`);
     for (const account of accounts) await fundedAccount(test, account, 100);
     const responses = await Promise.all(
-      accounts.flatMap((account) => Array.from({ length: 3 }, () => test.call('POST', `/v1/accounts/${account}/usage`, { amount: 1, idempotency_key: 'race-4-shared' }))),
+      accounts.flatMap((account) =>
+        Array.from({ length: 3 }, () =>
+          test.call('POST', `/v1/accounts/${account}/usage`, { amount: 1, idempotency_key: 'race-4-shared' }),
+        ),
+      ),
     );
-    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 30 });
-    assert.deepEqual(countBy(responses, (response) => String(response.body.replayed)), { false: 10, true: 20 });
+    assert.deepEqual(
+      countBy(responses, (response) => response.status),
+      { 200: 30 },
+    );
+    assert.deepEqual(
+      countBy(responses, (response) => String(response.body.replayed)),
+      { false: 10, true: 20 },
+    );
     for (const account of accounts) {
       assert.equal((await test.call('GET', `/v1/accounts/${account}/balance`)).body.available, 99, account);
       await assertReconciled(account);
@@ -100,9 +121,16 @@ describe('races', () => {
         events: shuffled.map((account, index) => ({ account_id: account, amount: 1, idempotency_key: `race-5-${round}-${index}` })),
       });
     };
-    const singles = (round: number) => test.call('POST', `/v1/accounts/${accounts[round % 8]}/usage`, { amount: 1, idempotency_key: `race-5-single-${round}` });
-    const responses = await Promise.all([...Array.from({ length: 30 }, (_, round) => batch(round)), ...Array.from({ length: 30 }, (_, round) => singles(round))]);
-    assert.ok(responses.every((response) => response.status === 200), JSON.stringify(responses.find((response) => response.status !== 200)));
+    const singles = (round: number) =>
+      test.call('POST', `/v1/accounts/${accounts[round % 8]}/usage`, { amount: 1, idempotency_key: `race-5-single-${round}` });
+    const responses = await Promise.all([
+      ...Array.from({ length: 30 }, (_, round) => batch(round)),
+      ...Array.from({ length: 30 }, (_, round) => singles(round)),
+    ]);
+    assert.ok(
+      responses.every((response) => response.status === 200),
+      JSON.stringify(responses.find((response) => response.status !== 200)),
+    );
     for (const account of accounts) await assertReconciled(account);
     const spent = accounts.map(async (account) => 500 - (await test.call('GET', `/v1/accounts/${account}/balance`)).body.available);
     const total = (await Promise.all(spent)).reduce((sum, value) => sum + value, 0);
@@ -123,7 +151,13 @@ describe('races', () => {
         const amount = 1 + (index % 7);
         const kind = index % 5;
         if (kind === 0) {
-          const outcome = await ledger.grant(account, { amount, source: 'promo', reason: 'race', idempotency_key: `race-6-g-${index}`, priority: 0 });
+          const outcome = await ledger.grant(account, {
+            amount,
+            source: 'promo',
+            reason: 'race',
+            idempotency_key: `race-6-g-${index}`,
+            priority: 0,
+          });
           if (outcome.status === 201) expected[account] = (expected[account] ?? 0) + amount;
         } else if (kind === 1) {
           const outcome = await ledger.hold(account, { amount, idempotency_key: `race-6-h-${index}`, expires_in_seconds: 600 }, 'app');
@@ -169,7 +203,11 @@ describe('a sick database', () => {
     const responses = await Promise.all(Array.from({ length: 400 }, (_, index) => spend(index)));
     const killed = await killer.stop();
     assert.ok(killed > 0, 'connections were killed');
-    assert.deepEqual(countBy(responses, (response) => response.status), { 200: 400 }, 'every spend fits, so every spend is accepted exactly once');
+    assert.deepEqual(
+      countBy(responses, (response) => response.status),
+      { 200: 400 },
+      'every spend fits, so every spend is accepted exactly once',
+    );
     for (const accountId of accounts) {
       const facts = await ledgerFacts(test, accountId);
       assert.equal(facts.available, 0, `${accountId}: 1000 - 100 × 10`);

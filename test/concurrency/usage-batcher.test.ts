@@ -30,7 +30,7 @@ it('shares commits between concurrent spends and answers each as a spend alone w
     } else {
       // A refusal answers the same too, and the replay of the two says so in its error object.
       const { replayed: replayMarker, ...replayError } = replay.body.error as Record<string, unknown>;
-      const { replayed: originalMarker, ...originalError } = original?.body.error as Record<string, unknown>;
+      const { replayed: originalMarker, ...originalError } = (original?.body.error ?? {}) as Record<string, unknown>;
       assert.deepEqual(replayError, originalError);
       assert.deepEqual([replayMarker, originalMarker].sort(), [true, undefined]);
     }
@@ -82,7 +82,9 @@ it('never writes one account in two batches at once, and a hot account gathers i
   const batcher = new UsageBatcher(watched, 4);
   const accounts = ['group-3a', 'group-3a', 'group-3a', 'group-3b', 'group-3c'];
   const outcomes = await Promise.all(
-    Array.from({ length: 300 }, (_, index) => batcher.spend(accounts[index % accounts.length]!, { amount: 1, idempotency_key: `group-3-${index}` }, 'app')),
+    Array.from({ length: 300 }, (_, index) =>
+      batcher.spend(accounts[index % accounts.length]!, { amount: 1, idempotency_key: `group-3-${index}` }, 'app'),
+    ),
   );
   assert.ok(outcomes.every((outcome) => outcome.status === 200));
   assert.deepEqual(overlaps, [], 'an account was in two batches being written at once');
@@ -106,7 +108,9 @@ it('gathers spends that arrive while a batch is written into the next batch inst
   const batcher = new UsageBatcher(slow, 4, (spends) => sizes.push(spends));
   const first = batcher.spend(accounts[0]!, { amount: 1, idempotency_key: 'group-4-first' }, 'app');
   // Fewer than gather the second batch early: they wait for the first, then go together.
-  const others = accounts.slice(1).map((account, index) => batcher.spend(account, { amount: 1, idempotency_key: `group-4-${index}` }, 'app'));
+  const others = accounts
+    .slice(1)
+    .map((account, index) => batcher.spend(account, { amount: 1, idempotency_key: `group-4-${index}` }, 'app'));
   await new Promise((resolve) => setTimeout(resolve, 50));
   assert.deepEqual(sizes, [1], 'with a batch in flight, 11 waiting spends do not start batches of their own');
   releaseFirst();

@@ -52,7 +52,14 @@ async function customerHistory(packs: number, created: () => number): Promise<Cu
   for (let pack = 0; pack < packs; pack += 1) {
     const paymentIntent = uniqueId('pi');
     const fetched = pack % 2 === 1;
-    const session = checkoutSession({ mode: 'payment', accountId, customer, paymentIntent, packId: 'pack_1000', lineItemsInPayload: !fetched });
+    const session = checkoutSession({
+      mode: 'payment',
+      accountId,
+      customer,
+      paymentIntent,
+      packId: 'pack_1000',
+      lineItemsInPayload: !fetched,
+    });
     if (fetched) fake.checkoutLineItems.set(session.id, [checkoutLineItem({ price: 'price_pack_1000' })]);
     events.push(event('checkout.session.completed', session, { created: created() }));
     expectedCredits += 1000;
@@ -91,7 +98,10 @@ async function assertLedger(customers: Customer[]): Promise<void> {
     assert.deepEqual(rows[0], { available: expectedCredits, entry_sum: expectedCredits, grants: packs }, accountId);
   }
   const ids = customers.flatMap((customer) => customer.events.map((stripeEvent) => stripeEvent.id as string));
-  const { rows } = await database.db.query<{ status: string; count: number }>(`select status, count(*)::int as count from webhook_events where id = any($1) group by status`, [ids]);
+  const { rows } = await database.db.query<{ status: string; count: number }>(
+    `select status, count(*)::int as count from webhook_events where id = any($1) group by status`,
+    [ids],
+  );
   assert.deepEqual(rows, [{ status: 'processed', count: ids.length }]);
 }
 
@@ -130,9 +140,16 @@ describe('webhook apply in lanes', () => {
     assert.ok(mostAtOnce > 1 && mostAtOnce <= lanesMax, `between 2 and ${lanesMax} events at once, not ${mostAtOnce}`);
     for (const customer of customers) {
       const order = started.filter((id) => customer.events.some((stripeEvent) => stripeEvent.id === id));
-      assert.deepEqual(order, customer.events.map((stripeEvent) => stripeEvent.id), `the events of ${customer.customer} start in Stripe's order`);
+      assert.deepEqual(
+        order,
+        customer.events.map((stripeEvent) => stripeEvent.id),
+        `the events of ${customer.customer} start in Stripe's order`,
+      );
     }
-    const retried = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where id = any($1) and attempts <> 1`, [[...byId.keys()]]);
+    const retried = await database.db.query<{ count: number }>(
+      `select count(*)::int as count from webhook_events where id = any($1) and attempts <> 1`,
+      [[...byId.keys()]],
+    );
     assert.equal(retried.rows[0]?.count, 0, 'no refund ran before the purchase it refunds, so none had to wait');
     await assertLedger(customers);
   });
@@ -141,10 +158,12 @@ describe('webhook apply in lanes', () => {
     first.parts.startBackground();
     second.parts.startBackground();
     const customers = await histories(5, 9);
-    const copies = customers.flatMap((customer) => customer.events.flatMap((stripeEvent, index) => Array.from({ length: 1 + (index % 3) }, () => stripeEvent)));
+    const copies = customers.flatMap((customer) =>
+      customer.events.flatMap((stripeEvent, index) => Array.from({ length: 1 + (index % 3) }, () => stripeEvent)),
+    );
     // A fixed shuffle, so a failure replays.
     let seed = 11;
-    const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
+    const random = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
     for (let index = copies.length - 1; index > 0; index -= 1) {
       const other = Math.floor(random() * (index + 1));
       [copies[index], copies[other]] = [copies[other] as StripeEvent, copies[index] as StripeEvent];
@@ -167,18 +186,26 @@ describe('drain', () => {
     const customers = await histories(12, 3);
     const all = customers.flatMap((customer) => customer.events);
     const database2 = await createTestDatabase(20);
-    const alone = await createTestApp({ database: database2, stripeApiBase: fake.url, workerOptions: { concurrentEventsMax: 3, batchSizeMax: 12 } });
+    const alone = await createTestApp({
+      database: database2,
+      stripeApiBase: fake.url,
+      workerOptions: { concurrentEventsMax: 3, batchSizeMax: 12 },
+    });
     try {
       for (const customer of customers) await fundedAccount(alone, customer.accountId, 0);
       for (const stripeEvent of all) assert.equal((await deliver(alone, stripeEvent)).status, 200);
-      const pending = async () => (await database2.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'pending'`)).rows[0]?.count;
+      const pending = async () =>
+        (await database2.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'pending'`)).rows[0]
+          ?.count;
       assert.ok(all.length > 24);
       const firstPass = alone.parts.worker.drain();
       const secondPass = alone.parts.worker.drain().then(pending);
       await firstPass;
       assert.equal(await pending(), 0, 'the first pass returned with nothing due left');
       assert.equal(await secondPass, 0, 'the second pass too');
-      const { rows } = await database2.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'processed' and attempts = 1`);
+      const { rows } = await database2.db.query<{ count: number }>(
+        `select count(*)::int as count from webhook_events where status = 'processed' and attempts = 1`,
+      );
       assert.equal(rows[0]?.count, all.length, 'each applied once');
     } finally {
       await alone.close();

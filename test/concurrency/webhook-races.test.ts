@@ -3,7 +3,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, it } from 'node:test';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { createTestDatabase, startConnectionKiller, type TestDatabase } from '../helpers/database.js';
-import { checkoutSession, deliver, event, invoice, invoicePayment, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+import {
+  checkoutSession,
+  deliver,
+  event,
+  invoice,
+  invoicePayment,
+  month,
+  settleWebhooks,
+  subscription,
+  uniqueId,
+} from '../helpers/stripe-events.js';
 
 // The race that motivated Tally: a renewal's invoice.paid, invoice.payment_succeeded and
 // customer.subscription.updated, each delivered 20 times at once, with workers running in the
@@ -32,7 +42,10 @@ async function subscriber(): Promise<{ accountId: string; customer: string; subs
   const customer = uniqueId('cus');
   const subscriptionId = uniqueId('sub');
   await fundedAccount(first, accountId, 0);
-  await deliver(first, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
+  await deliver(
+    first,
+    event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })),
+  );
   const paid = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
   return { accountId, customer, subscriptionId, paid };
 }
@@ -42,21 +55,38 @@ async function renewalBurst(targets: TestApp[]): Promise<{ accountId: string; su
   const events = [
     event('invoice.paid', renewal),
     event('invoice.payment_succeeded', renewal),
-    event('customer.subscription.updated', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })),
+    event(
+      'customer.subscription.updated',
+      subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month }),
+    ),
   ];
-  const deliveries = events.flatMap((stripeEvent) => Array.from({ length: 20 }, (_, copy) => deliver(targets[copy % targets.length] ?? first, stripeEvent)));
+  const deliveries = events.flatMap((stripeEvent) =>
+    Array.from({ length: 20 }, (_, copy) => deliver(targets[copy % targets.length] ?? first, stripeEvent)),
+  );
   const responses = await Promise.all(deliveries);
-  assert.ok(responses.every((response) => response.status === 200), 'every delivery is acknowledged');
+  assert.ok(
+    responses.every((response) => response.status === 200),
+    'every delivery is acknowledged',
+  );
   await settleWebhooks(first);
   return { accountId, subscriptionId };
 }
 
 async function assertOneGrant(accountId: string, subscriptionId: string): Promise<void> {
-  const { rows } = await database.db.query<{ grant_key: string; amount: number }>('select grant_key, amount from grants where account_id = $1', [accountId]);
+  const { rows } = await database.db.query<{ grant_key: string; amount: number }>(
+    'select grant_key, amount from grants where account_id = $1',
+    [accountId],
+  );
   assert.deepEqual(rows, [{ grant_key: `period:${subscriptionId}:${t0}`, amount: 4000 }]);
-  const entries = await database.db.query<{ count: number }>(`select count(*)::int as count from entries where account_id = $1 and kind = 'grant'`, [accountId]);
+  const entries = await database.db.query<{ count: number }>(
+    `select count(*)::int as count from entries where account_id = $1 and kind = 'grant'`,
+    [accountId],
+  );
   assert.equal(entries.rows[0]?.count, 1);
-  const events = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where account_id = $1 and status = 'processed'`, [accountId]);
+  const events = await database.db.query<{ count: number }>(
+    `select count(*)::int as count from webhook_events where account_id = $1 and status = 'processed'`,
+    [accountId],
+  );
   assert.equal(events.rows[0]?.count, 4, 'each distinct event stored once and processed once');
 }
 
@@ -80,9 +110,15 @@ it("gives the invoice's payment its payment intent when invoice_payment.paid rac
       deliver(first, event('invoice.paid', paid)),
       deliver(second, event('invoice_payment.paid', invoicePayment({ invoice: String(paid.id), paymentIntent }))),
     ]);
-    assert.deepEqual(responses.map((response) => response.status), [200, 200]);
+    assert.deepEqual(
+      responses.map((response) => response.status),
+      [200, 200],
+    );
     await settleWebhooks(first);
-    const { rows } = await database.db.query<{ payment_intent: string | null }>('select payment_intent from payments where invoice_id = $1', [paid.id]);
+    const { rows } = await database.db.query<{ payment_intent: string | null }>(
+      'select payment_intent from payments where invoice_id = $1',
+      [paid.id],
+    );
     assert.deepEqual(rows, [{ payment_intent: paymentIntent }], `round ${round}`);
   }
 });
@@ -92,7 +128,10 @@ it('applies every effect once while the database keeps killing connections durin
   const events = subscribers.flatMap(({ customer, subscriptionId, paid }) => [
     event('invoice.paid', paid),
     event('invoice.payment_succeeded', paid),
-    event('customer.subscription.updated', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })),
+    event(
+      'customer.subscription.updated',
+      subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month }),
+    ),
   ]);
   // Every 60 ms, 15 times, every connection of both Tally "processes" is killed (few enough
   // rounds that no event uses up its retries while the database is this sick).
@@ -101,8 +140,13 @@ it('applies every effect once while the database keeps killing connections durin
   let pending = events.flatMap((stripeEvent) => [0, 1, 2].map((copy) => ({ stripeEvent, target: copy % 2 === 0 ? first : second })));
   let refused = 0;
   while (pending.length > 0) {
-    const statuses = await Promise.all(pending.map(({ stripeEvent, target }) => deliver(target, stripeEvent).then((response) => response.status)));
-    assert.ok(statuses.every((status) => status === 200 || status === 503), `a delivery is acknowledged or refused with 503: ${statuses.join(',')}`);
+    const statuses = await Promise.all(
+      pending.map(({ stripeEvent, target }) => deliver(target, stripeEvent).then((response) => response.status)),
+    );
+    assert.ok(
+      statuses.every((status) => status === 200 || status === 503),
+      `a delivery is acknowledged or refused with 503: ${statuses.join(',')}`,
+    );
     const again = pending.filter((_, index) => statuses[index] !== 200);
     refused += again.length;
     pending = again;

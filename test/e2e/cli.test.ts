@@ -21,7 +21,10 @@ function tally(...args: string[]): Promise<{ code: number | null; stdout: string
   return tallyWith({ DATABASE_URL: test.database.url }, ...args);
 }
 
-function tallyWith(environment: Record<string, string>, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function tallyWith(
+  environment: Record<string, string>,
+  ...args: string[]
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['bin/tally.js', ...args], {
       env: { PATH: process.env.PATH, LOG_LEVEL: 'silent', ...environment },
@@ -55,7 +58,9 @@ describe('tally command', () => {
     const balance = await tally('balance', 'cli-1');
     assert.equal(balance.code, 0);
     assert.deepEqual(JSON.parse(balance.stdout), { account_id: 'cli-1', available: 250, held: 0, debt: 0 });
-    const entry = await test.database.db.query<{ actor: string; reason: string }>(`select actor, reason from entries where account_id = 'cli-1'`);
+    const entry = await test.database.db.query<{ actor: string; reason: string }>(
+      `select actor, reason from entries where account_id = 'cli-1'`,
+    );
     assert.deepEqual(entry.rows, [{ actor: 'admin', reason: 'support ticket 4' }]);
   });
 
@@ -93,7 +98,13 @@ describe('tally command', () => {
     // the folder as it was instead of starting a new empty database there.
     const empty = mkdtempSync(join(tmpdir(), 'tally-cli-empty-'));
     try {
-      for (const args of [['balance', 'someone'], ['export', 'someone'], ['reconcile'], ['replay', 'evt_1'], ['grant', 'someone', '5', '--reason', 'x', '--key', 'k']]) {
+      for (const args of [
+        ['balance', 'someone'],
+        ['export', 'someone'],
+        ['reconcile'],
+        ['replay', 'evt_1'],
+        ['grant', 'someone', '5', '--reason', 'x', '--key', 'k'],
+      ]) {
         const result = await tallyWith({ TALLY_DATA_DIR: empty }, ...args);
         assert.equal(result.code, 2, `${args[0]}: ${result.stderr}`);
         assert.match(result.stderr, /TALLY_DATA_DIR/, args[0]);
@@ -117,7 +128,16 @@ describe('tally command', () => {
 
   it('replays a stored event with its effects still exactly once', async () => {
     await test.call('PUT', '/v1/accounts/cli-2', {});
-    const purchase = event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId: 'cli-2', customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }));
+    const purchase = event(
+      'checkout.session.completed',
+      checkoutSession({
+        mode: 'payment',
+        accountId: 'cli-2',
+        customer: uniqueId('cus'),
+        paymentIntent: uniqueId('pi'),
+        packId: 'pack_1000',
+      }),
+    );
     await deliver(test, purchase);
     await settleWebhooks(test);
     const replayed = await tally('replay', String(purchase.id));

@@ -66,7 +66,12 @@ it('loses no acknowledged webhook and applies none twice across a SIGKILL', asyn
   const accounts = Array.from({ length: 200 }, () => uniqueId('crash'));
   await database.db.query(`insert into accounts (id) select unnest($1::text[])`, [accounts]);
   const payloads = accounts.map((accountId) =>
-    JSON.stringify(event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }))),
+    JSON.stringify(
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }),
+      ),
+    ),
   );
   const port = await freePort();
   const victim = await startTally(port);
@@ -94,10 +99,15 @@ it('loses no acknowledged webhook and applies none twice across a SIGKILL', asyn
   const survivor = await startTally(port);
   try {
     const statuses = await Promise.all(payloads.map((payload) => post(port, payload)));
-    assert.ok(statuses.every((status) => status === 200), 'every redelivery is acknowledged');
+    assert.ok(
+      statuses.every((status) => status === 200),
+      'every redelivery is acknowledged',
+    );
     const deadline = Date.now() + 60_000;
     for (;;) {
-      const pending = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'pending'`);
+      const pending = await database.db.query<{ count: number }>(
+        `select count(*)::int as count from webhook_events where status = 'pending'`,
+      );
       if (pending.rows[0]?.count === 0) break;
       assert.ok(Date.now() < deadline, 'the worker applies every stored event');
       await new Promise((resolve) => setTimeout(resolve, 200));
@@ -109,8 +119,13 @@ it('loses no acknowledged webhook and applies none twice across a SIGKILL', asyn
       [accounts],
     );
     assert.equal(grants.rows.length, 200);
-    assert.ok(grants.rows.every((row) => row.count === 1 && row.credits === 1000), 'every purchase granted exactly once');
-    const events = await database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'processed'`);
+    assert.ok(
+      grants.rows.every((row) => row.count === 1 && row.credits === 1000),
+      'every purchase granted exactly once',
+    );
+    const events = await database.db.query<{ count: number }>(
+      `select count(*)::int as count from webhook_events where status = 'processed'`,
+    );
     assert.equal(events.rows[0]?.count, 200);
   } finally {
     survivor.kill('SIGTERM');

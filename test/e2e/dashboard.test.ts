@@ -28,7 +28,16 @@ before(async () => {
   if (existsSync(chromiumPath)) {
     browser = await chromium.launch({
       executablePath: chromiumPath,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
   }
 });
@@ -78,13 +87,21 @@ async function assertLabelled(page: Page): Promise<void> {
 async function assertNoOverflow(page: Page, width: number): Promise<void> {
   // No named functions inside: the test runner's compiler would wrap them in a helper the page lacks.
   const overflow = await page.evaluate((limit) => {
-    const everything = [...document.querySelectorAll('body *')].filter((element) => element.getBoundingClientRect().width > 0 && element.getBoundingClientRect().right > limit + 0.5);
+    const everything = [...document.querySelectorAll('body *')].filter(
+      (element) => element.getBoundingClientRect().width > 0 && element.getBoundingClientRect().right > limit + 0.5,
+    );
     // Text kept for screen readers only, and the chart's own overlays, are clipped away.
-    const visible = everything.filter((element) => element.closest('.visually-hidden, .skip') === null && element.parentElement?.closest('.u-wrap') == null);
+    const visible = everything.filter(
+      (element) => element.closest('.visually-hidden, .skip') === null && element.parentElement?.closest('.u-wrap') == null,
+    );
     return {
       scrollWidth: Math.max(document.documentElement.scrollWidth, document.body.scrollWidth),
-      wide: visible.slice(0, 5).map((element) => `${element.tagName}.${element.className} ${Math.round(element.getBoundingClientRect().right)}`),
-      anyWide: everything.slice(0, 5).map((element) => `${element.tagName}.${element.className} ${Math.round(element.getBoundingClientRect().right)}`),
+      wide: visible
+        .slice(0, 5)
+        .map((element) => `${element.tagName}.${element.className} ${Math.round(element.getBoundingClientRect().right)}`),
+      anyWide: everything
+        .slice(0, 5)
+        .map((element) => `${element.tagName}.${element.className} ${Math.round(element.getBoundingClientRect().right)}`),
     };
   }, width);
   assert.deepEqual(overflow.wide, [], `no element reaches past the right edge of ${page.url()}`);
@@ -100,9 +117,13 @@ const figure = async (page: Page, id: string): Promise<string> => (await page.te
  */
 async function seeText(page: Page, selector: string, pattern: RegExp, message?: string): Promise<void> {
   await page
-    .waitForFunction(([css, source, flags]) => new RegExp(source, flags).test(document.querySelector(css)?.textContent ?? ''), [selector, pattern.source, pattern.flags] as const, { timeout: 10_000 })
+    .waitForFunction(
+      ([css, source, flags]) => new RegExp(source, flags).test(document.querySelector(css)?.textContent ?? ''),
+      [selector, pattern.source, pattern.flags] as const,
+      { timeout: 10_000 },
+    )
     .catch(() => undefined);
-  assert.match(await page.textContent(selector) ?? '', pattern, message);
+  assert.match((await page.textContent(selector)) ?? '', pattern, message);
 }
 const grouped = (value: number): string => value.toLocaleString('en-US');
 
@@ -123,7 +144,14 @@ describe('the page itself', () => {
     assert.doesNotMatch(policy, /unsafe-inline|unsafe-eval/);
     const html = await page.text();
     assert.doesNotMatch(html, /https?:\/\//, 'nothing is loaded from another host');
-    for (const url of ['/dashboard/app.js', '/dashboard/vendor/preact.js', '/dashboard/vendor/hooks.js', '/dashboard/vendor/htm.js', '/dashboard/vendor/uplot.js', '/dashboard/vendor/uplot.css']) {
+    for (const url of [
+      '/dashboard/app.js',
+      '/dashboard/vendor/preact.js',
+      '/dashboard/vendor/hooks.js',
+      '/dashboard/vendor/htm.js',
+      '/dashboard/vendor/uplot.js',
+      '/dashboard/vendor/uplot.css',
+    ]) {
       const asset = await fetch(base + url);
       assert.equal(asset.status, 200, url);
       const text = await asset.text();
@@ -215,7 +243,8 @@ describe('in a browser', () => {
       await page.keyboard.press('Tab');
       reached.push(await page.evaluate(() => document.activeElement?.textContent?.trim() ?? ''));
     }
-    for (const name of ['Overview', 'Accounts', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out']) assert.ok(reached.includes(name), `${name} in ${reached.join(' | ')}`);
+    for (const name of ['Overview', 'Accounts', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out'])
+      assert.ok(reached.includes(name), `${name} in ${reached.join(' | ')}`);
     await page.focus('nav a[href="#/accounts"]');
     await page.keyboard.press('Enter');
     await page.waitForSelector('#account-search');
@@ -256,7 +285,12 @@ describe('in a browser', () => {
     await fundedAccount(test, 'overview-b', 300);
     await test.call('POST', '/v1/accounts/overview-a/usage', { amount: 120, idempotency_key: uniqueId('u') });
     await test.call('POST', '/v1/accounts/overview-b/holds', { amount: 50, idempotency_key: uniqueId('h') });
-    await raiseAlert(test.database.db.pool, { kind: 'test_alert', key: 'overview-open', severity: 'critical', message: 'an open alert for the overview' });
+    await raiseAlert(test.database.db.pool, {
+      kind: 'test_alert',
+      key: 'overview-open',
+      severity: 'critical',
+      message: 'an open alert for the overview',
+    });
     const page = await openPage();
     await logIn(page, adminKey);
     await page.waitForSelector('[data-figure="available"]');
@@ -271,15 +305,21 @@ describe('in a browser', () => {
     assert.equal(await figure(page, 'breaker'), 'not configured');
     await page.waitForSelector('#credits-chart .u-over');
     assert.ok((await page.locator('#credits-chart .u-axis').count()) >= 2, 'both axes are drawn');
-    const legend = await page.textContent('#credits-chart .u-legend') ?? '';
+    const legend = (await page.textContent('#credits-chart .u-legend')) ?? '';
     for (const name of ['Granted', 'Spent', 'Expired', 'Clawed back', 'Adjusted down']) assert.ok(legend.includes(name), name);
     const over = await page.locator('#credits-chart .u-over').boundingBox();
     assert.ok(over);
     await page.mouse.move(over.x + over.width - 2, over.y + over.height / 2);
-    await page.waitForFunction(() => /\d/.test(document.querySelector('#credits-chart .u-legend .u-series:nth-child(2) .u-value')?.textContent ?? ''));
+    await page.waitForFunction(() =>
+      /\d/.test(document.querySelector('#credits-chart .u-legend .u-series:nth-child(2) .u-value')?.textContent ?? ''),
+    );
     const history = (await test.admin('GET', '/v1/admin/credit-totals?days=30')).body.days;
     const today = history[history.length - 1];
-    assert.equal((await page.textContent('#credits-chart .u-legend .u-series:nth-child(2) .u-value'))?.trim(), grouped(today.granted), 'the hovered day shows its granted credits');
+    assert.equal(
+      (await page.textContent('#credits-chart .u-legend .u-series:nth-child(2) .u-value'))?.trim(),
+      grouped(today.granted),
+      'the hovered day shows its granted credits',
+    );
     for (const days of [7, 90]) {
       await page.check(`input[name="overview-range"][value="${days}"]`);
       await page.waitForFunction((count) => document.querySelectorAll('#credits-chart details tbody tr').length === count, days);
@@ -311,15 +351,25 @@ describe('in a browser', () => {
     await page.fill('#grant-reason', 'ticket 4711: goodwill for the outage');
     await page.click('#grant-form button[type="submit"]');
     await page.waitForSelector('#grant-confirm');
-    await seeText(page, '#grant-confirm', /Grant 250 promo credits to acting, never expiring, for the reason “ticket 4711: goodwill for the outage”\?/);
-    await page.waitForFunction(() => document.activeElement?.textContent === 'Confirm grant', undefined, { timeout: 5_000 }).catch(() => undefined);
+    await seeText(
+      page,
+      '#grant-confirm',
+      /Grant 250 promo credits to acting, never expiring, for the reason “ticket 4711: goodwill for the outage”\?/,
+    );
+    await page
+      .waitForFunction(() => document.activeElement?.textContent === 'Confirm grant', undefined, { timeout: 5_000 })
+      .catch(() => undefined);
     assert.equal(await page.evaluate(() => document.activeElement?.textContent), 'Confirm grant', 'focus moves to the confirmation');
     await page.click('#grant-confirm button.primary');
     await page.waitForFunction(() => document.querySelector('#ledger')?.textContent?.includes('ticket 4711: goodwill for the outage'));
     await seeText(page, '#ledger tbody tr:first-child', /grant.*\+250.*320.*admin.*ticket 4711/s);
-    const entries = await test.database.db.query<{ actor: string; reason: string }>(`select actor, reason from entries where account_id = 'acting' and kind = 'grant' order by id desc limit 1`);
+    const entries = await test.database.db.query<{ actor: string; reason: string }>(
+      `select actor, reason from entries where account_id = 'acting' and kind = 'grant' order by id desc limit 1`,
+    );
     assert.deepEqual(entries.rows[0], { actor: 'admin', reason: 'ticket 4711: goodwill for the outage' });
-    const audited = await test.database.db.query(`select 1 from audit_log where account_id = 'acting' and reason = 'ticket 4711: goodwill for the outage'`);
+    const audited = await test.database.db.query(
+      `select 1 from audit_log where account_id = 'acting' and reason = 'ticket 4711: goodwill for the outage'`,
+    );
     assert.equal(audited.rowCount, 1, 'the grant is in the audit trail');
 
     await page.fill('#adjust-amount', '-20');
@@ -328,7 +378,9 @@ describe('in a browser', () => {
     await page.waitForSelector('#adjust-confirm');
     await seeText(page, '#adjust-confirm', /Take away 20 credits from acting \(−20\)/);
     await page.click('#adjust-confirm button.primary');
-    await page.waitForFunction(() => document.querySelector('#ledger tbody tr:first-child')?.textContent?.includes('double charge corrected'));
+    await page.waitForFunction(() =>
+      document.querySelector('#ledger tbody tr:first-child')?.textContent?.includes('double charge corrected'),
+    );
     await seeText(page, '#ledger tbody tr:first-child', /adjustment.*−20.*300/s);
 
     await page.fill('#adjust-amount', '-5000');
@@ -354,9 +406,21 @@ describe('in a browser', () => {
   it('filters the webhook inbox, shows an event, and replays a failed one so that it is processed', async (t) => {
     if (skipWithoutBrowser(t)) return;
     await fundedAccount(test, 'replayed', 0);
-    const session = event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId: 'replayed', customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }));
+    const session = event(
+      'checkout.session.completed',
+      checkoutSession({
+        mode: 'payment',
+        accountId: 'replayed',
+        customer: uniqueId('cus'),
+        paymentIntent: uniqueId('pi'),
+        packId: 'pack_1000',
+      }),
+    );
     assert.equal((await deliver(test, session)).status, 200);
-    await test.database.db.query(`update webhook_events set status = 'failed', attempts = 14, last_error = 'database timeout while applying' where id = $1`, [session.id]);
+    await test.database.db.query(
+      `update webhook_events set status = 'failed', attempts = 14, last_error = 'database timeout while applying' where id = $1`,
+      [session.id],
+    );
     const page = await openPage();
     await logIn(page, adminKey);
     await page.goto(`${base}/dashboard#/inbox`);
@@ -387,7 +451,10 @@ describe('in a browser', () => {
     if (skipWithoutBrowser(t)) return;
     await fundedAccount(test, 'viewed', 40);
     await test.call('POST', '/v1/accounts/viewed/holds', { amount: 10, idempotency_key: uniqueId('h') });
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') })));
+    await deliver(
+      test,
+      event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') })),
+    );
     const page = await openPage();
     await logIn(page, viewerKey);
     await seeText(page, '[data-session="in"]', /viewer key \(read only\)/);
@@ -396,7 +463,7 @@ describe('in a browser', () => {
     assert.equal(await page.locator('#account-actions, #grant-form, #adjust-form, button.void').count(), 0);
     await page.goto(`${base}/dashboard#/inbox`);
     await page.waitForSelector('#inbox tbody tr');
-    assert.ok(await page.locator('#inbox tbody tr').count() > 0);
+    assert.ok((await page.locator('#inbox tbody tr').count()) > 0);
     assert.equal(await page.locator('button.replay').count(), 0);
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.waitForSelector('#reconciliation-title');
@@ -414,7 +481,10 @@ describe('in a browser', () => {
     await test.call('PUT', '/v1/accounts/hostile', { name: planted, metadata: { note: planted } });
     await fundedAccount(test, 'hostile', 100, { reason: planted });
     await test.call('POST', '/v1/accounts/hostile/usage', { amount: 5, idempotency_key: uniqueId('u'), description: planted });
-    const session = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), metadata: { note: planted } }));
+    const session = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), metadata: { note: planted } }),
+    );
     await deliver(test, session);
     await test.database.db.query(`update webhook_events set status = 'failed', last_error = $2 where id = $1`, [session.id, planted]);
     const page = await openPage();
@@ -423,18 +493,22 @@ describe('in a browser', () => {
     await logIn(page, adminKey);
     await page.goto(`${base}/dashboard#/accounts?search=hostile`);
     await page.waitForSelector('#accounts a[title="hostile"]');
-    assert.ok((await page.textContent('#accounts') ?? '').includes(planted), 'the name shows as text');
+    assert.ok(((await page.textContent('#accounts')) ?? '').includes(planted), 'the name shows as text');
     await page.goto(`${base}/dashboard#/accounts/hostile`);
     await page.waitForFunction((text) => document.querySelector('#ledger')?.textContent?.includes(text), planted);
     await page.click('#account-metadata summary');
-    const shown = await page.textContent('main') ?? '';
+    const shown = (await page.textContent('main')) ?? '';
     assert.ok(shown.includes(`"note": "${planted.replace(/"/g, '\\"')}"`), 'the metadata shows as text');
     await page.goto(`${base}/dashboard#/inbox/${session.id}`);
     await page.waitForSelector('#event-payload');
-    assert.ok((await page.textContent('main') ?? '').includes(planted), 'the error and payload show as text');
+    assert.ok(((await page.textContent('main')) ?? '').includes(planted), 'the error and payload show as text');
     await page.goto(`${base}/dashboard#/inbox`);
     await page.waitForSelector(`#inbox a[title="${session.id}"]`);
-    assert.equal(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned), undefined, 'the planted handler never ran');
+    assert.equal(
+      await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned),
+      undefined,
+      'the planted handler never ran',
+    );
     assert.equal(await page.locator('img').count(), 0, 'no planted element exists');
     await page.close();
   });
@@ -445,7 +519,11 @@ describe('in a browser', () => {
     if (skipWithoutBrowser(t)) return;
     assert.ok(longId.length >= 100);
     await fundedAccount(test, longId, 5000);
-    await test.call('POST', `/v1/accounts/${longId}/usage`, { amount: 1234, idempotency_key: `usage-${'k'.repeat(200)}`, description: 'a long key and a long id' });
+    await test.call('POST', `/v1/accounts/${longId}/usage`, {
+      amount: 1234,
+      idempotency_key: `usage-${'k'.repeat(200)}`,
+      description: 'a long key and a long id',
+    });
     const page = await openPage(420);
     await logIn(page, adminKey);
     await page.waitForSelector('#credits-chart .u-over');
@@ -456,7 +534,7 @@ describe('in a browser', () => {
     await link.waitFor();
     const box = await link.boundingBox();
     assert.ok(box !== null && box.x + box.width <= 420, 'the id is cut to fit');
-    assert.ok((await link.evaluate((element) => element.scrollWidth > element.clientWidth)), 'and it is shown cut, with an ellipsis');
+    assert.ok(await link.evaluate((element) => element.scrollWidth > element.clientWidth), 'and it is shown cut, with an ellipsis');
     await seeText(page, '#accounts td[data-label="Available"]', /3,766/, 'the balance stays in view');
     await assertNoOverflow(page, 420);
     await page.screenshot({ path: join(artifacts, 'accounts-420.png'), fullPage: true });
@@ -467,7 +545,11 @@ describe('in a browser', () => {
     const time = await page.locator('#ledger tbody tr:first-child td[data-label="Time"] time').boundingBox();
     assert.ok(time !== null && time.x + time.width <= 420, 'the time of an entry is in view');
     await page.screenshot({ path: join(artifacts, 'account-420.png'), fullPage: true });
-    for (const [route, ready] of [['inbox', '#inbox'], ['alerts', '#alerts-open'], ['reconciliation', '#reconciliation-title']]) {
+    for (const [route, ready] of [
+      ['inbox', '#inbox'],
+      ['alerts', '#alerts-open'],
+      ['reconciliation', '#reconciliation-title'],
+    ]) {
       await page.goto(`${base}/dashboard#/${route}`);
       await page.waitForSelector(ready ?? '');
       await assertNoOverflow(page, 420);
@@ -479,8 +561,18 @@ describe('in a browser', () => {
   // findings linked to their accounts and entries.
   it('shows alerts open and resolved, and runs a reconciliation whose findings link to accounts and entries', async (t) => {
     if (skipWithoutBrowser(t)) return;
-    await raiseAlert(test.database.db.pool, { kind: 'test_alert', key: 'still-open', severity: 'warning', message: 'a warning still open' });
-    await raiseAlert(test.database.db.pool, { kind: 'stripe_breaker_open', key: 'was-open', severity: 'critical', message: 'a breaker alert now resolved' });
+    await raiseAlert(test.database.db.pool, {
+      kind: 'test_alert',
+      key: 'still-open',
+      severity: 'warning',
+      message: 'a warning still open',
+    });
+    await raiseAlert(test.database.db.pool, {
+      kind: 'stripe_breaker_open',
+      key: 'was-open',
+      severity: 'critical',
+      message: 'a breaker alert now resolved',
+    });
     await resolveAlert(test.database.db.pool, 'was-open');
     // A balance that no longer equals its entries: what reconciliation exists to find.
     await fundedAccount(test, 'drifted', 10);
@@ -490,7 +582,7 @@ describe('in a browser', () => {
     await page.goto(`${base}/dashboard#/alerts`);
     await page.waitForSelector('#alerts-open tbody tr');
     await seeText(page, '#alerts-open', /a warning still open/);
-    assert.doesNotMatch(await page.textContent('#alerts-open') ?? '', /now resolved/);
+    assert.doesNotMatch((await page.textContent('#alerts-open')) ?? '', /now resolved/);
     await seeText(page, '#alerts-resolved', /a breaker alert now resolved/);
     await page.screenshot({ path: join(artifacts, 'alerts.png'), fullPage: true });
     await page.goto(`${base}/dashboard#/reconciliation`);

@@ -15,9 +15,16 @@ chmodSync(scratch, 0o711);
 after(() => rmSync(scratch, { recursive: true, force: true }));
 const isRoot = process.getuid?.() === 0;
 
-function run(command: string, args: string[], environment: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(
+  command: string,
+  args: string[],
+  environment: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(command, args, { env: { PATH: process.env.PATH, LOG_LEVEL: 'warn', ...environment }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, {
+      env: { PATH: process.env.PATH, LOG_LEVEL: 'warn', ...environment },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -47,14 +54,19 @@ describe('first start', () => {
     }
   });
 
-  it('as root, says in one line what to do when the postgres user cannot reach the data folder', { skip: !isRoot && 'needs root' }, async () => {
+  it('as root, says in one line what to do when the postgres user cannot reach the data folder', {
+    skip: !isRoot && 'needs root',
+  }, async () => {
     // Proves that root with TALLY_DATA_DIR under a folder only root can enter (a home folder,
     // any `mktemp -d`) gets one line naming TALLY_DATA_DIR and the permission to add, not
     // initdb's error and a stack trace.
     const privateFolder = mkdtempSync(join(scratch, 'private-'));
     chmodSync(privateFolder, 0o700);
     const port = await freePort();
-    const result = await run(process.execPath, ['bin/tally.js', 'start'], { TALLY_DATA_DIR: join(privateFolder, 'data'), PORT: String(port) });
+    const result = await run(process.execPath, ['bin/tally.js', 'start'], {
+      TALLY_DATA_DIR: join(privateFolder, 'data'),
+      PORT: String(port),
+    });
     assert.equal(result.code, 2, result.stderr);
     assert.equal(oneLine(result.stderr).length, 1, result.stderr);
     assert.match(result.stderr, /TALLY_DATA_DIR/);
@@ -62,7 +74,9 @@ describe('first start', () => {
     assert.doesNotMatch(result.stderr, /\n\s+at /);
   });
 
-  it('as root, runs the embedded PostgreSQL from an installation under a folder only root can enter', { skip: !isRoot && 'needs root' }, async () => {
+  it('as root, runs the embedded PostgreSQL from an installation under a folder only root can enter', {
+    skip: !isRoot && 'needs root',
+  }, async () => {
     // Proves that `npm install && npm test` works in a clone under a 0700 folder (root's home,
     // `mktemp -d`): the server's binaries there are out of the postgres user's reach, so Tally
     // runs a root-owned copy from the temporary folder instead, and the server answers.
@@ -91,10 +105,15 @@ describe('first start', () => {
     const result = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { TMPDIR: shared });
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /answer 1/);
-    assert.ok(readdirSync(shared).some((name) => name.startsWith('tally-postgres-')), 'the binaries ran from a copy the postgres user can reach');
+    assert.ok(
+      readdirSync(shared).some((name) => name.startsWith('tally-postgres-')),
+      'the binaries ran from a copy the postgres user can reach',
+    );
   });
 
-  it("as root, keeps the default data folder's database where the postgres user can reach it, and finds it again", { skip: !isRoot && 'needs root' }, async () => {
+  it("as root, keeps the default data folder's database where the postgres user can reach it, and finds it again", {
+    skip: !isRoot && 'needs root',
+  }, async () => {
     // Proves that a clone in root's home (a 0700 folder) starts with the default ./.tally: the
     // cluster lives in a folder the postgres user can reach, the data folder points at it, and a
     // second start finds the same database (what was written is still there).

@@ -47,7 +47,10 @@ function walkthroughSteps(readme: string): Step[] {
  * `...` member lets an object have members not shown.
  */
 function shapeOf(text: string): unknown {
-  const json = text.replace(/\[\.\.\.\]/g, '"..."').replace(/,\s*\.\.\.\s*(?=})/g, ',"...":"..."').replace(/{\s*\.\.\.\s*}/g, '{"...":"..."}');
+  const json = text
+    .replace(/\[\.\.\.\]/g, '"..."')
+    .replace(/,\s*\.\.\.\s*(?=})/g, ',"...":"..."')
+    .replace(/{\s*\.\.\.\s*}/g, '{"...":"..."}');
   return JSON.parse(json);
 }
 
@@ -63,7 +66,8 @@ function assertShape(actual: unknown, shape: unknown, path: string): void {
     assert.ok(actual !== null && typeof actual === 'object' && !Array.isArray(actual), `${path} is an object`);
     const expectedKeys = Object.keys(shape).filter((key) => key !== '...');
     if (!('...' in shape)) assert.deepEqual(Object.keys(actual).sort(), expectedKeys.sort(), `${path} has exactly the members shown`);
-    for (const key of expectedKeys) assertShape((actual as Record<string, unknown>)[key], (shape as Record<string, unknown>)[key], `${path}.${key}`);
+    for (const key of expectedKeys)
+      assertShape((actual as Record<string, unknown>)[key], (shape as Record<string, unknown>)[key], `${path}.${key}`);
     return;
   }
   assert.deepEqual(actual, shape, path);

@@ -27,7 +27,12 @@ async function assertStoppedCleanly(started: StartedTally, port: number): Promis
 describe('stopping Tally by a signal', () => {
   it('SIGTERM to the pid of `npm start` stops Tally and its database', async () => {
     const port = await freePort();
-    const started = await startTallyProcess('npm', ['start'], { TALLY_DATA_DIR: dataDirectory, PORT: String(port) }, { ready, detached: true });
+    const started = await startTallyProcess(
+      'npm',
+      ['start'],
+      { TALLY_DATA_DIR: dataDirectory, PORT: String(port) },
+      { ready, detached: true },
+    );
     assert.ok(postgresProcessesUnder(dataDirectory).length > 0, 'the embedded PostgreSQL runs');
     process.kill(started.child.pid ?? 0, 'SIGTERM');
     await started.exited;
@@ -36,7 +41,12 @@ describe('stopping Tally by a signal', () => {
 
   it('Ctrl-C (SIGINT to the process group of `npm start`) stops Tally first, then its database', async () => {
     const port = await freePort();
-    const started = await startTallyProcess('npm', ['start'], { TALLY_DATA_DIR: dataDirectory, PORT: String(port) }, { ready, detached: true });
+    const started = await startTallyProcess(
+      'npm',
+      ['start'],
+      { TALLY_DATA_DIR: dataDirectory, PORT: String(port) },
+      { ready, detached: true },
+    );
     process.kill(-(started.child.pid ?? 0), 'SIGINT');
     await started.exited;
     await assertStoppedCleanly(started, port);
@@ -45,7 +55,12 @@ describe('stopping Tally by a signal', () => {
   it('SIGTERM to the shell npm runs Tally under (`npx tally start`) stops Tally and its database', async () => {
     const port = await freePort();
     // `; true` keeps the shell from replacing itself with node, as npm's script shell does not.
-    const started = await startTallyProcess('sh', ['-c', 'node bin/tally.js start; true'], { TALLY_DATA_DIR: dataDirectory, PORT: String(port), npm_command: 'exec' }, { ready, detached: true });
+    const started = await startTallyProcess(
+      'sh',
+      ['-c', 'node bin/tally.js start; true'],
+      { TALLY_DATA_DIR: dataDirectory, PORT: String(port), npm_command: 'exec' },
+      { ready, detached: true },
+    );
     process.kill(started.child.pid ?? 0, 'SIGTERM');
     await started.exited;
     await assertStoppedCleanly(started, port);

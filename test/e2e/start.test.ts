@@ -63,7 +63,11 @@ it('starts on an embedded database, serves, stops cleanly, and restarts on the s
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };
   };
   assert.equal((await call('PUT', '/v1/accounts/e2e', appKey, {})).status, 200);
-  assert.equal((await call('POST', '/v1/accounts/e2e/grants', adminKey, { amount: 10, source: 'promo', reason: 'e2e', idempotency_key: 'e2e-g' })).status, 201);
+  assert.equal(
+    (await call('POST', '/v1/accounts/e2e/grants', adminKey, { amount: 10, source: 'promo', reason: 'e2e', idempotency_key: 'e2e-g' }))
+      .status,
+    201,
+  );
   assert.equal((await call('POST', '/v1/accounts/e2e/usage', appKey, { amount: 3, idempotency_key: 'e2e-u' })).status, 200);
   assert.equal(await stop(first, 'SIGTERM'), 0, 'exits 0 on SIGTERM');
 

@@ -33,7 +33,13 @@ export const webhookSecret = 'whsec_test_secret_0123456789';
 /** The shipped example catalog, with a tighter adjustment limit when a test asks for one. */
 export function testCatalog(adjustmentCreditsMax = 100_000, grantCreditsMax?: number): Catalog {
   const catalog = parseCatalog(JSON.parse(readFileSync('plans.example.json', 'utf8')));
-  return { ...catalog, limits: { admin_adjustment_credits_max: adjustmentCreditsMax, admin_grant_credits_max: grantCreditsMax ?? catalog.limits.admin_grant_credits_max } };
+  return {
+    ...catalog,
+    limits: {
+      admin_adjustment_credits_max: adjustmentCreditsMax,
+      admin_grant_credits_max: grantCreditsMax ?? catalog.limits.admin_grant_credits_max,
+    },
+  };
 }
 
 export interface TestApp {
@@ -68,7 +74,12 @@ export interface TestAppOptions {
 }
 
 /** Fast retries for tests: the worker retries within a fraction of a second. */
-export const testWorkerOptions: Partial<WorkerOptions> = { pollIntervalMilliseconds: 50, retryBaseSeconds: 0.05, retryDelaySecondsMax: 0.2, breakerWaitSeconds: 0.2 };
+export const testWorkerOptions: Partial<WorkerOptions> = {
+  pollIntervalMilliseconds: 50,
+  retryBaseSeconds: 0.05,
+  retryDelaySecondsMax: 0.2,
+  breakerWaitSeconds: 0.2,
+};
 
 export async function createTestApp(options: TestAppOptions = {}): Promise<TestApp> {
   const database = options.database ?? (await createTestDatabase(options.poolSize ?? 20));
@@ -135,7 +146,14 @@ export async function fundedAccount(test: TestApp, accountId: string, credits: n
 
 /** Ledger facts read straight from the database, for assertions. */
 export async function ledgerFacts(test: TestApp, accountId: string) {
-  const { rows } = await test.database.db.query<{ available: number; held: number; debt: number; entry_sum: number; grant_sum: number; entry_count: number }>(
+  const { rows } = await test.database.db.query<{
+    available: number;
+    held: number;
+    debt: number;
+    entry_sum: number;
+    grant_sum: number;
+    entry_count: number;
+  }>(
     `select a.available, a.held, a.debt,
        (select coalesce(sum(amount), 0) from entries where account_id = a.id)::bigint as entry_sum,
        (select coalesce(sum(remaining), 0) from grants where account_id = a.id)::bigint as grant_sum,

@@ -69,7 +69,9 @@ export async function startConnectionKiller(url: string, rounds = 15, intervalMi
   let killed = 0;
   const killing = (async () => {
     for (let round = 0; round < rounds; round += 1) {
-      const { rowCount } = await killer.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`);
+      const { rowCount } = await killer.query(
+        `select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name <> 'killer'`,
+      );
       killed += rowCount ?? 0;
       await new Promise((resolve) => setTimeout(resolve, intervalMilliseconds));
     }

@@ -88,7 +88,8 @@ export class FakeStripe {
     const customer = /^\/v1\/customers\/([^/]+)$/.exec(path);
     if (method === 'GET' && customer?.[1] !== undefined) {
       const found = this.customers.get(customer[1]);
-      if (found === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such customer' } }];
+      if (found === undefined)
+        return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such customer' } }];
       return [200, { id: customer[1], object: 'customer', invoice_settings: { default_payment_method: null }, ...found }];
     }
     const price = /^\/v1\/prices\/([^/]+)$/.exec(path);
@@ -98,7 +99,17 @@ export class FakeStripe {
     if (method === 'POST' && path === '/v1/checkout/sessions') {
       // Under 2026-10-28.endive the parameter is gone; Stripe answers 400 (FLOWS.md, endive changes).
       if (Object.keys(params).some((name) => name.startsWith('payment_method_types'))) {
-        return [400, { error: { type: 'invalid_request_error', code: 'parameter_unknown', param: 'payment_method_types', message: 'Received unknown parameter: payment_method_types' } }];
+        return [
+          400,
+          {
+            error: {
+              type: 'invalid_request_error',
+              code: 'parameter_unknown',
+              param: 'payment_method_types',
+              message: 'Received unknown parameter: payment_method_types',
+            },
+          },
+        ];
       }
       this.sessions += 1;
       const id = `cs_test_fake_${this.sessions}`;
@@ -115,19 +126,22 @@ export class FakeStripe {
     const sessionLines = /^\/v1\/checkout\/sessions\/([^/]+)\/line_items$/.exec(path);
     if (method === 'GET' && sessionLines?.[1] !== undefined) {
       const items = this.checkoutLineItems.get(sessionLines[1]);
-      if (items === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such checkout session' } }];
+      if (items === undefined)
+        return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such checkout session' } }];
       return [200, this.page(path, params, items)];
     }
     const paymentIntent = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
     if (method === 'GET' && paymentIntent?.[1] !== undefined) {
       const found = this.paymentIntents.get(paymentIntent[1]);
-      if (found === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such payment_intent' } }];
+      if (found === undefined)
+        return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such payment_intent' } }];
       return [200, { id: paymentIntent[1], object: 'payment_intent', metadata: {}, ...found }];
     }
     const invoice = /^\/v1\/invoices\/([^/]+)$/.exec(path);
     if (method === 'GET' && invoice?.[1] !== undefined) {
       const found = this.invoices.find((candidate) => candidate.id === invoice[1]);
-      if (found === undefined) return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such invoice' } }];
+      if (found === undefined)
+        return [404, { error: { type: 'invalid_request_error', code: 'resource_missing', message: 'No such invoice' } }];
       return [200, found];
     }
     const charge = /^\/v1\/charges\/([^/]+)$/.exec(path);
@@ -138,7 +152,17 @@ export class FakeStripe {
     }
     if (method === 'GET' && path === '/v1/invoice_payments') {
       const invoice = this.invoiceOfPaymentIntent.get(params['payment[payment_intent]'] ?? '');
-      const data = invoice === undefined ? [] : [{ id: 'inpay_fake', object: 'invoice_payment', invoice, payment: { type: 'payment_intent', payment_intent: params['payment[payment_intent]'] } }];
+      const data =
+        invoice === undefined
+          ? []
+          : [
+              {
+                id: 'inpay_fake',
+                object: 'invoice_payment',
+                invoice,
+                payment: { type: 'payment_intent', payment_intent: params['payment[payment_intent]'] },
+              },
+            ];
       return [200, { object: 'list', data, has_more: false, url: path }];
     }
     if (method === 'GET' && path === '/v1/refunds') {
@@ -148,7 +172,8 @@ export class FakeStripe {
     const lines = /^\/v1\/invoices\/([^/]+)\/lines$/.exec(path);
     if (method === 'GET' && lines?.[1] !== undefined) return [200, this.page(path, params, this.invoiceLines.get(lines[1]) ?? [])];
     const subscription = /^\/v1\/subscriptions\/([^/]+)$/.exec(path);
-    if (method === 'DELETE' && subscription?.[1] !== undefined) return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
+    if (method === 'DELETE' && subscription?.[1] !== undefined)
+      return [200, { id: subscription[1], object: 'subscription', status: 'canceled' }];
     if (method === 'GET' && subscription?.[1] !== undefined) {
       const found = this.subscriptions.get(subscription[1]);
       if (found === undefined) return [404, { error: { type: 'invalid_request_error', message: 'No such subscription' } }];
@@ -168,20 +193,58 @@ export class FakeStripe {
   /** A confirmed off-session PaymentIntent with the configured outcome, shaped as Stripe answers it. */
   private createPaymentIntent(params: Record<string, string>): [number, unknown] {
     const id = `pi_fake_${this.createdPaymentIntents.length + 1}`;
-    const metadata = Object.fromEntries(Object.entries(params).flatMap(([name, value]) => {
-      const match = /^metadata\[(.+)\]$/.exec(name);
-      return match?.[1] === undefined ? [] : [[match[1], value]];
-    }));
+    const metadata = Object.fromEntries(
+      Object.entries(params).flatMap(([name, value]) => {
+        const match = /^metadata\[(.+)\]$/.exec(name);
+        return match?.[1] === undefined ? [] : [[match[1], value]];
+      }),
+    );
     const amount = Number(params.amount);
-    const status = { succeeded: 'succeeded', processing: 'processing', declined: 'requires_payment_method', authentication_required: 'requires_payment_method' }[this.paymentIntentOutcome];
-    const intent = { id, object: 'payment_intent', amount, amount_received: status === 'succeeded' ? amount : 0, currency: params.currency, customer: params.customer, payment_method: params.payment_method, status, metadata };
+    const status = {
+      succeeded: 'succeeded',
+      processing: 'processing',
+      declined: 'requires_payment_method',
+      authentication_required: 'requires_payment_method',
+    }[this.paymentIntentOutcome];
+    const intent = {
+      id,
+      object: 'payment_intent',
+      amount,
+      amount_received: status === 'succeeded' ? amount : 0,
+      currency: params.currency,
+      customer: params.customer,
+      payment_method: params.payment_method,
+      status,
+      metadata,
+    };
     this.createdPaymentIntents.push(intent);
     this.paymentIntents.set(id, intent);
     if (this.paymentIntentOutcome === 'declined') {
-      return [402, { error: { type: 'card_error', code: 'card_declined', decline_code: 'generic_decline', message: 'Your card was declined.', payment_intent: intent } }];
+      return [
+        402,
+        {
+          error: {
+            type: 'card_error',
+            code: 'card_declined',
+            decline_code: 'generic_decline',
+            message: 'Your card was declined.',
+            payment_intent: intent,
+          },
+        },
+      ];
     }
     if (this.paymentIntentOutcome === 'authentication_required') {
-      return [402, { error: { type: 'card_error', code: 'authentication_required', message: 'Your card was declined. This transaction requires authentication.', payment_intent: intent } }];
+      return [
+        402,
+        {
+          error: {
+            type: 'card_error',
+            code: 'authentication_required',
+            message: 'Your card was declined. This transaction requires authentication.',
+            payment_intent: intent,
+          },
+        },
+      ];
     }
     return [200, intent];
   }

@@ -72,7 +72,10 @@ export class LedgerModel {
   limitAllows(amount: number): boolean {
     if (this.limits === undefined) return true;
     const spent = this.spentNow();
-    return (this.limits.day === null || spent.day + amount <= this.limits.day) && (this.limits.month === null || spent.month + amount <= this.limits.month);
+    return (
+      (this.limits.day === null || spent.day + amount <= this.limits.day) &&
+      (this.limits.month === null || spent.month + amount <= this.limits.month)
+    );
   }
 
   /** Checks a spend against the limits, and counts it when they let it through. */
@@ -154,7 +157,13 @@ export class LedgerModel {
     if (replayed !== undefined) return replayed;
     this.settle();
     this.seq += 1;
-    this.grants.push({ seq: this.seq, priority, createdAt: this.now, expiresAt: expiresInSeconds === null ? null : this.now + expiresInSeconds * 1000, remaining: amount });
+    this.grants.push({
+      seq: this.seq,
+      priority,
+      createdAt: this.now,
+      expiresAt: expiresInSeconds === null ? null : this.now + expiresInSeconds * 1000,
+      remaining: amount,
+    });
     this.keys.set(key, { operation: 'grant', payload, status: 201 });
     return 201;
   }

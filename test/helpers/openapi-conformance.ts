@@ -18,7 +18,8 @@ export interface Observation {
 
 const addFormats = addFormatsModule as unknown as (ajv: Ajv2020) => Ajv2020;
 const documentId = 'https://tally.test/openapi.json';
-const pointer = (...segments: string[]): string => segments.map((segment) => encodeURIComponent(segment.replace(/~/g, '~0').replace(/\//g, '~1'))).join('/');
+const pointer = (...segments: string[]): string =>
+  segments.map((segment) => encodeURIComponent(segment.replace(/~/g, '~0').replace(/\//g, '~1'))).join('/');
 
 export class ConformanceChecker {
   readonly observations: Observation[] = [];
@@ -35,7 +36,12 @@ export class ConformanceChecker {
     for (const [path, item] of Object.entries(document.paths)) {
       const source = path.replace(/[.+?^$()|[\]\\]/g, '\\$&').replace(/\{[a-z_]+\}/g, '[^/]+');
       for (const method of Object.keys(item)) {
-        this.operations.push({ method: method.toUpperCase(), path, pattern: new RegExp(`^${source}$`), literalLength: path.replace(/\{[a-z_]+\}/g, '').length });
+        this.operations.push({
+          method: method.toUpperCase(),
+          path,
+          pattern: new RegExp(`^${source}$`),
+          literalLength: path.replace(/\{[a-z_]+\}/g, '').length,
+        });
       }
     }
   }
@@ -43,7 +49,9 @@ export class ConformanceChecker {
   /** The described operation a request reaches (the most literal path wins, as in the router). */
   operationOf(method: string, url: string): { method: string; path: string } | undefined {
     const pathname = new URL(url).pathname;
-    return this.operations.filter((operation) => operation.method === method && operation.pattern.test(pathname)).sort((a, b) => b.literalLength - a.literalLength)[0];
+    return this.operations
+      .filter((operation) => operation.method === method && operation.pattern.test(pathname))
+      .sort((a, b) => b.literalLength - a.literalLength)[0];
   }
 
   /** Checks one answer; a mismatch is recorded in `failures` (never thrown, so a client's retry logic never sees it). */
@@ -54,7 +62,13 @@ export class ConformanceChecker {
       this.failures.push(`${where}: no described operation`);
       return;
     }
-    const described = (this.document.paths[operation.path]?.[operation.method.toLowerCase()] as { responses: Record<string, { content?: Record<string, unknown> }> }).responses[String(response.status)];
+    const described = (
+      this.document.paths[operation.path]?.[operation.method.toLowerCase()] as
+        | {
+            responses: Record<string, { content?: Record<string, unknown> }>;
+          }
+        | undefined
+    )?.responses[String(response.status)];
     if (described === undefined) {
       this.failures.push(`${where}: status not described for ${operation.method} ${operation.path}`);
       return;
@@ -68,7 +82,9 @@ export class ConformanceChecker {
         return;
       }
       const body: unknown = JSON.parse(text);
-      const validate = this.ajv.getSchema(`${documentId}#/${pointer('paths', operation.path, operation.method.toLowerCase(), 'responses', String(response.status), 'content', 'application/json', 'schema')}`);
+      const validate = this.ajv.getSchema(
+        `${documentId}#/${pointer('paths', operation.path, operation.method.toLowerCase(), 'responses', String(response.status), 'content', 'application/json', 'schema')}`,
+      );
       if (validate === undefined) throw new Error(`no schema for ${where}`);
       if (!validate(body)) this.failures.push(`${where}: ${this.ajv.errorsText(validate.errors)} in ${text.slice(0, 500)}`);
       const code = (body as { error?: { code?: unknown } }).error?.code;
@@ -89,6 +105,8 @@ export class ConformanceChecker {
 
   /** Whether an answer with this status (and code) was seen for the operation. */
   seen(method: string, path: string, status: number, code?: string): boolean {
-    return this.observations.some((seen) => seen.method === method && seen.path === path && seen.status === status && (code === undefined || seen.code === code));
+    return this.observations.some(
+      (seen) => seen.method === method && seen.path === path && seen.status === status && (code === undefined || seen.code === code),
+    );
   }
 }

@@ -7,11 +7,14 @@ import { webhookSecret, type TestApp } from './app.js';
  * fields a scenario needs overridden, and signed with Stripe's real scheme.
  */
 type StripeObject = Record<string, any>;
-const fixtures = JSON.parse(readFileSync(new URL('../fixtures/stripe-objects.json', import.meta.url), 'utf8')) as Record<string, StripeObject>;
+const fixtures = JSON.parse(readFileSync(new URL('../fixtures/stripe-objects.json', import.meta.url), 'utf8')) as Record<
+  string,
+  StripeObject
+>;
 const base = (name: string): StripeObject => structuredClone(fixtures[name] ?? {});
 
 let sequence = 0;
-export const uniqueId = (prefix: string): string => `${prefix}_${Date.now().toString(36)}${(sequence += 1).toString(36)}`;
+export const uniqueId = (prefix: string): string => `${prefix}_${Date.now().toString(36)}${((sequence += 1)).toString(36)}`;
 
 export function event(type: string, object: StripeObject, options: { id?: string; created?: number } = {}): StripeObject {
   return {
@@ -43,9 +46,19 @@ function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): S
   line.parent = {
     type: 'subscription_item_details',
     invoice_item_details: null,
-    subscription_item_details: { invoice_item: null, proration: spec.proration ?? false, proration_details: { credited_items: null }, subscription, subscription_item: 'si_test' },
+    subscription_item_details: {
+      invoice_item: null,
+      proration: spec.proration ?? false,
+      proration_details: { credited_items: null },
+      subscription,
+      subscription_item: 'si_test',
+    },
   };
-  line.pricing = { type: 'price_details', price_details: { price: spec.price, product: 'prod_test' }, unit_amount_decimal: String(spec.amount ?? 1000) };
+  line.pricing = {
+    type: 'price_details',
+    price_details: { price: spec.price, product: 'prod_test' },
+    unit_amount_decimal: String(spec.amount ?? 1000),
+  };
   return line;
 }
 
@@ -67,9 +80,17 @@ export function invoice(spec: {
   object.parent = {
     type: 'subscription_details',
     quote_details: null,
-    subscription_details: { subscription: spec.subscription, metadata: spec.accountId === undefined ? {} : { tally_account_id: spec.accountId } },
+    subscription_details: {
+      subscription: spec.subscription,
+      metadata: spec.accountId === undefined ? {} : { tally_account_id: spec.accountId },
+    },
   };
-  object.lines = { object: 'list', has_more: false, url: `/v1/invoices/${object.id}/lines`, data: spec.lines.map((line) => invoiceLine(object.id, spec.subscription, line)) };
+  object.lines = {
+    object: 'list',
+    has_more: false,
+    url: `/v1/invoices/${object.id}/lines`,
+    data: spec.lines.map((line) => invoiceLine(object.id, spec.subscription, line)),
+  };
   return object;
 }
 
@@ -110,7 +131,14 @@ export interface SessionLineItem {
 
 export function checkoutLineItem(item: SessionLineItem): StripeObject {
   const quantity = item.quantity ?? 1;
-  return { id: uniqueId('li'), object: 'item', price: { id: item.price, object: 'price' }, quantity, amount_total: 1000 * quantity, currency: 'usd' };
+  return {
+    id: uniqueId('li'),
+    object: 'item',
+    price: { id: item.price, object: 'price' },
+    quantity,
+    amount_total: 1000 * quantity,
+    currency: 'usd',
+  };
 }
 
 /**
@@ -153,17 +181,48 @@ export function checkoutSession(spec: {
   const items = spec.lineItems ?? (spec.packId === undefined ? undefined : [{ price: packPrices[spec.packId] ?? spec.packId }]);
   delete object.line_items;
   if (items !== undefined && spec.lineItemsInPayload !== false) {
-    object.line_items = { object: 'list', data: items.map(checkoutLineItem), has_more: false, url: `/v1/checkout/sessions/${object.id}/line_items` };
+    object.line_items = {
+      object: 'list',
+      data: items.map(checkoutLineItem),
+      has_more: false,
+      url: `/v1/checkout/sessions/${object.id}/line_items`,
+    };
   }
   return object;
 }
 
-export function refund(spec: { id?: string; amount: number; paymentIntent: string | null; charge?: string; status?: string }): StripeObject {
-  return { ...base('refund'), id: spec.id ?? uniqueId('re'), amount: spec.amount, payment_intent: spec.paymentIntent, charge: spec.charge ?? uniqueId('ch'), status: spec.status ?? 'succeeded' };
+export function refund(spec: {
+  id?: string;
+  amount: number;
+  paymentIntent: string | null;
+  charge?: string;
+  status?: string;
+}): StripeObject {
+  return {
+    ...base('refund'),
+    id: spec.id ?? uniqueId('re'),
+    amount: spec.amount,
+    payment_intent: spec.paymentIntent,
+    charge: spec.charge ?? uniqueId('ch'),
+    status: spec.status ?? 'succeeded',
+  };
 }
 
-export function dispute(spec: { id?: string; amount: number; paymentIntent: string | null; charge?: string; status?: string }): StripeObject {
-  return { ...base('dispute'), id: spec.id ?? uniqueId('dp'), amount: spec.amount, payment_intent: spec.paymentIntent, charge: spec.charge ?? uniqueId('ch'), status: spec.status ?? 'needs_response' };
+export function dispute(spec: {
+  id?: string;
+  amount: number;
+  paymentIntent: string | null;
+  charge?: string;
+  status?: string;
+}): StripeObject {
+  return {
+    ...base('dispute'),
+    id: spec.id ?? uniqueId('dp'),
+    amount: spec.amount,
+    payment_intent: spec.paymentIntent,
+    charge: spec.charge ?? uniqueId('ch'),
+    status: spec.status ?? 'needs_response',
+  };
 }
 
 export function invoicePayment(spec: { invoice: string; paymentIntent: string; amount?: number }): StripeObject {
@@ -197,7 +256,9 @@ export async function settleWebhooks(test: TestApp, timeoutMilliseconds = 20_000
   const deadline = Date.now() + timeoutMilliseconds;
   for (;;) {
     await test.parts.worker.drain();
-    const { rows } = await test.database.db.query<{ count: number }>(`select count(*)::int as count from webhook_events where status = 'pending'`);
+    const { rows } = await test.database.db.query<{ count: number }>(
+      `select count(*)::int as count from webhook_events where status = 'pending'`,
+    );
     if ((rows[0]?.count ?? 0) === 0) return;
     if (Date.now() > deadline) throw new Error(`${rows[0]?.count} webhook events still pending`);
     await new Promise((resolve) => setTimeout(resolve, 50));

@@ -44,18 +44,35 @@ after(async () => {
   await new Promise((resolve) => receiver.close(resolve));
 });
 
-const deliveryOptions = (urls: string[]) => ({ sinks: parseSinks(urls), pagerDutyRoutingKey: 'R0UTINGKEY', retryBaseSeconds: 0, retryDelaySecondsMax: 0 });
+const deliveryOptions = (urls: string[]) => ({
+  sinks: parseSinks(urls),
+  pagerDutyRoutingKey: 'R0UTINGKEY',
+  retryBaseSeconds: 0,
+  retryDelaySecondsMax: 0,
+});
 
 describe('alert sinks', () => {
   it('knows sinks by host or by prefix', () => {
     assert.deepEqual(
-      parseSinks(['https://hooks.slack.com/services/T/B/X', 'https://events.pagerduty.com/v2/enqueue', 'https://ops.example/hook', 'slack+http://127.0.0.1:9/s']).map((sink) => sink.kind),
+      parseSinks([
+        'https://hooks.slack.com/services/T/B/X',
+        'https://events.pagerduty.com/v2/enqueue',
+        'https://ops.example/hook',
+        'slack+http://127.0.0.1:9/s',
+      ]).map((sink) => sink.kind),
       ['slack', 'pagerduty', 'json', 'slack'],
     );
   });
 
   it('sends the exact Slack, PagerDuty and JSON payloads', async () => {
-    await raiseAlert(test.database.db.pool, { kind: 'dispute', key: 'dispute:dp_1', severity: 'critical', message: 'dispute dp_1 on account a1', details: { dispute: 'dp_1' }, accountId: 'a1' });
+    await raiseAlert(test.database.db.pool, {
+      kind: 'dispute',
+      key: 'dispute:dp_1',
+      severity: 'critical',
+      message: 'dispute dp_1 on account a1',
+      details: { dispute: 'dp_1' },
+      accountId: 'a1',
+    });
     const urls = [`slack+${base}/slack`, `pagerduty+${base}/pagerduty`, `json+${base}/json`];
     assert.equal(await deliverAlerts(test.database.db, deliveryOptions(urls)), 3);
     const byPath = Object.fromEntries(received.map((item) => [item.path, item.body]));
@@ -67,7 +84,13 @@ describe('alert sinks', () => {
       routing_key: 'R0UTINGKEY',
       event_action: 'trigger',
       dedup_key: 'dispute:dp_1',
-      payload: { summary: 'dispute dp_1 on account a1', source: 'tally', severity: 'critical', component: 'dispute', custom_details: { dispute: 'dp_1', account_id: 'a1', count: 1 } },
+      payload: {
+        summary: 'dispute dp_1 on account a1',
+        source: 'tally',
+        severity: 'critical',
+        component: 'dispute',
+        custom_details: { dispute: 'dp_1', account_id: 'a1', count: 1 },
+      },
     });
     const json = byPath['/json'];
     assert.equal(json.key, 'dispute:dp_1');
@@ -82,7 +105,12 @@ describe('alert sinks', () => {
   it('retries a failing sink with backoff until it takes the alert', async () => {
     received.length = 0;
     failuresLeft = 4; // two deliveries due (the earlier alert and this one), each failing twice
-    await raiseAlert(test.database.db.pool, { kind: 'account_in_debt', key: 'debt:a2', severity: 'warning', message: 'account a2 is in debt' });
+    await raiseAlert(test.database.db.pool, {
+      kind: 'account_in_debt',
+      key: 'debt:a2',
+      severity: 'warning',
+      message: 'account a2 is in debt',
+    });
     const options = deliveryOptions([`json+${base}/flaky`]);
     assert.equal(await deliverAlerts(test.database.db, options), 0);
     assert.equal(await deliverAlerts(test.database.db, options), 0);
@@ -99,7 +127,12 @@ describe('alert sinks', () => {
     received.length = 0;
     const urls = [`json+${base}/json`];
     for (let index = 0; index < 5; index += 1) {
-      await raiseAlert(test.database.db.pool, { kind: 'payment_failed', key: 'payment_failed:sub_9', severity: 'warning', message: 'payment failed for sub_9' });
+      await raiseAlert(test.database.db.pool, {
+        kind: 'payment_failed',
+        key: 'payment_failed:sub_9',
+        severity: 'warning',
+        message: 'payment failed for sub_9',
+      });
       await deliverAlerts(test.database.db, deliveryOptions(urls));
     }
     assert.equal(received.filter((item) => item.body.key === 'payment_failed:sub_9').length, 1);
@@ -112,22 +145,48 @@ describe('alert sinks', () => {
 
 describe('alert rules', () => {
   const alertsFor = async (accountId: string) =>
-    (await test.database.db.query<{ alert_key: string; count: number }>(`select alert_key, count from alerts where kind = 'grant_over_allowance' and account_id = $1`, [accountId])).rows;
+    (
+      await test.database.db.query<{ alert_key: string; count: number }>(
+        `select alert_key, count from alerts where kind = 'grant_over_allowance' and account_id = $1`,
+        [accountId],
+      )
+    ).rows;
 
   async function starterAccount(): Promise<{ accountId: string; customer: string }> {
     const accountId = uniqueId('acct');
     const customer = uniqueId('cus');
     const subscriptionId = uniqueId('sub');
     await fundedAccount(test, accountId, 0);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
-    await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_starter_monthly', start: 1893456000, end: 1896048000 })));
+    await deliver(
+      test,
+      event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })),
+    );
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({
+          id: subscriptionId,
+          customer,
+          status: 'active',
+          price: 'price_starter_monthly',
+          start: 1893456000,
+          end: 1896048000,
+        }),
+      ),
+    );
     await settleWebhooks(test);
     return { accountId, customer };
   }
 
   it("raises an alert when an operator grants over 1.5 times the plan's allowance, once per grant", async () => {
     const { accountId } = await starterAccount();
-    const atLimit = await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1500, source: 'promo', reason: 'at the limit', idempotency_key: uniqueId('g') });
+    const atLimit = await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
+      amount: 1500,
+      source: 'promo',
+      reason: 'at the limit',
+      idempotency_key: uniqueId('g'),
+    });
     assert.equal(atLimit.status, 201);
     assert.deepEqual(await alertsFor(accountId), [], 'a grant of exactly 1.5 times the allowance is allowed');
     const over = { amount: 1501, source: 'promo', reason: 'over', idempotency_key: uniqueId('g') };
@@ -136,14 +195,24 @@ describe('alert rules', () => {
     assert.deepEqual(await alertsFor(accountId), [{ alert_key: `grant_over_allowance:${large.body.id}`, count: 1 }]);
     const replay = await test.admin('POST', `/v1/accounts/${accountId}/grants`, over);
     assert.equal(replay.body.replayed, true);
-    assert.deepEqual(await alertsFor(accountId), [{ alert_key: `grant_over_allowance:${large.body.id}`, count: 1 }], 'a replay is not a new grant');
+    assert.deepEqual(
+      await alertsFor(accountId),
+      [{ alert_key: `grant_over_allowance:${large.body.id}`, count: 1 }],
+      'a replay is not a new grant',
+    );
   });
 
   it("raises the alert in the transaction of a Stripe grant over 1.5 times the plan's allowance", async () => {
     const { accountId, customer } = await starterAccount();
     const buy = async (packId: string, credits: number): Promise<string> => {
       const paymentIntent = uniqueId('pi');
-      await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer, paymentIntent, packId, amountTotal: credits })));
+      await deliver(
+        test,
+        event(
+          'checkout.session.completed',
+          checkoutSession({ mode: 'payment', accountId, customer, paymentIntent, packId, amountTotal: credits }),
+        ),
+      );
       return paymentIntent;
     };
     await buy('pack_1000', 1000);
@@ -151,7 +220,10 @@ describe('alert rules', () => {
     assert.deepEqual(await alertsFor(accountId), []);
     const paymentIntent = await buy('pack_10000', 10000);
     await settleWebhooks(test);
-    const { rows } = await test.database.db.query<{ id: string }>(`select 'grant_' || id as id from grants where account_id = $1 and amount = 10000`, [accountId]);
+    const { rows } = await test.database.db.query<{ id: string }>(
+      `select 'grant_' || id as id from grants where account_id = $1 and amount = 10000`,
+      [accountId],
+    );
     const expected = [{ alert_key: `grant_over_allowance:${rows[0]?.id}`, count: 1 }];
     assert.deepEqual(await alertsFor(accountId), expected);
     // A won dispute gives the credits back with a restore grant: not a new grant to alert on.
@@ -160,7 +232,9 @@ describe('alert rules', () => {
     await settleWebhooks(test);
     await deliver(test, event('charge.dispute.closed', { ...opened, status: 'won' }));
     await settleWebhooks(test);
-    const restored = await test.database.db.query(`select 1 from entries where account_id = $1 and kind = 'restore' and amount = 10000`, [accountId]);
+    const restored = await test.database.db.query(`select 1 from entries where account_id = $1 and kind = 'restore' and amount = 10000`, [
+      accountId,
+    ]);
     assert.equal(restored.rowCount, 1);
     assert.deepEqual(await alertsFor(accountId), expected);
   });
@@ -168,7 +242,10 @@ describe('alert rules', () => {
   it('raises an alert when more than 10 % of webhooks failed in 15 minutes', async () => {
     await test.database.db.query(`update webhook_events set received_at = now() - interval '1 hour'`);
     const insert = (id: string, error: string | null) =>
-      test.database.db.query(`insert into webhook_events (id, type, created, payload, last_error) values ($1, 'x', now(), '{}', $2)`, [id, error]);
+      test.database.db.query(`insert into webhook_events (id, type, created, payload, last_error) values ($1, 'x', now(), '{}', $2)`, [
+        id,
+        error,
+      ]);
     for (let index = 0; index < 18; index += 1) await insert(uniqueId('evt_ok'), null);
     await insert(uniqueId('evt_bad'), 'boom');
     await insert(uniqueId('evt_bad'), 'boom');
@@ -196,7 +273,10 @@ describe('alert rules', () => {
       }
       // The breaker records its alert without blocking the call that opened it: wait for it.
       const deadline = Date.now() + 5000;
-      while ((await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open'`)).rowCount === 0 && Date.now() < deadline) {
+      while (
+        (await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open'`)).rowCount === 0 &&
+        Date.now() < deadline
+      ) {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       assert.equal((await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open'`)).rowCount, 1);
@@ -206,7 +286,8 @@ describe('alert rules', () => {
       await new Promise((resolve) => setTimeout(resolve, 600));
       await withStripe.parts.gateway?.retrieveCharge('ch_back');
       assert.equal(withStripe.parts.gateway?.status().state, 'closed');
-      const resolved = async () => (await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open' and resolved_at is not null`)).rowCount;
+      const resolved = async () =>
+        (await test.database.db.query(`select 1 from alerts where alert_key = 'stripe_breaker_open' and resolved_at is not null`)).rowCount;
       const until = Date.now() + 5000;
       while ((await resolved()) === 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 50));
       assert.equal(await resolved(), 1);
@@ -220,9 +301,18 @@ describe('alert rules', () => {
 describe('alert delivery from several processes', () => {
   it('sends each alert once when two processes deliver at the same time', async () => {
     received.length = 0;
-    await raiseAlert(test.database.db.pool, { kind: 'dispute', key: uniqueId('dispute'), severity: 'critical', message: 'one alert, two processes' });
+    await raiseAlert(test.database.db.pool, {
+      kind: 'dispute',
+      key: uniqueId('dispute'),
+      severity: 'critical',
+      message: 'one alert, two processes',
+    });
     const options = deliveryOptions([`json+${base}/json`]);
-    await Promise.all([deliverAlerts(test.database.db, options), deliverAlerts(test.database.db, options), deliverAlerts(test.database.db, options)]);
+    await Promise.all([
+      deliverAlerts(test.database.db, options),
+      deliverAlerts(test.database.db, options),
+      deliverAlerts(test.database.db, options),
+    ]);
     assert.equal(received.filter((item) => item.body.message === 'one alert, two processes').length, 1);
   });
 });
@@ -231,24 +321,29 @@ describe('alert resolution', () => {
   it('tells each sink once that an alert resolved, after its trigger; a new occurrence is a new alert', async () => {
     const key = uniqueId('condition');
     const urls = [`slack+${base}/slack-resolve`, `pagerduty+${base}/pagerduty-resolve`, `json+${base}/json-resolve`];
-    const raise = () => raiseAlert(test.database.db.pool, { kind: 'stripe_breaker_open', key, severity: 'critical', message: `breaker ${key} is open` });
+    const raise = () =>
+      raiseAlert(test.database.db.pool, { kind: 'stripe_breaker_open', key, severity: 'critical', message: `breaker ${key} is open` });
     await raise();
     assert.equal(await resolveAlert(test.database.db.pool, key), true);
     assert.equal(await resolveAlert(test.database.db.pool, key), false, 'nothing left open');
     const sent = () => received.filter((item) => item.path.endsWith('-resolve') && JSON.stringify(item.body).includes(key));
     received.length = 0;
     await deliverAlerts(test.database.db, deliveryOptions(urls));
-    assert.deepEqual(sent().map((item) => `${item.path} ${item.body.event_action ?? item.body.action ?? item.body.text}`).sort(), [
-      `/json-resolve trigger`,
-      `/pagerduty-resolve trigger`,
-      `/slack-resolve :rotating_light: Tally critical: breaker ${key} is open`,
-    ], 'the triggers go first; the resolves wait for them');
+    assert.deepEqual(
+      sent()
+        .map((item) => `${item.path} ${item.body.event_action ?? item.body.action ?? item.body.text}`)
+        .sort(),
+      [`/json-resolve trigger`, `/pagerduty-resolve trigger`, `/slack-resolve :rotating_light: Tally critical: breaker ${key} is open`],
+      'the triggers go first; the resolves wait for them',
+    );
     received.length = 0;
     await deliverAlerts(test.database.db, deliveryOptions(urls));
     const byPath = Object.fromEntries(sent().map((item) => [item.path, item.body]));
     assert.deepEqual(byPath['/slack-resolve'], {
       text: `:white_check_mark: Tally resolved: breaker ${key} is open`,
-      blocks: [{ type: 'section', text: { type: 'mrkdwn', text: `:white_check_mark: *stripe_breaker_open* resolved\nbreaker ${key} is open` } }],
+      blocks: [
+        { type: 'section', text: { type: 'mrkdwn', text: `:white_check_mark: *stripe_breaker_open* resolved\nbreaker ${key} is open` } },
+      ],
     });
     assert.deepEqual(byPath['/pagerduty-resolve'], { routing_key: 'R0UTINGKEY', event_action: 'resolve', dedup_key: key });
     assert.equal(byPath['/json-resolve']?.action, 'resolve');
@@ -259,6 +354,12 @@ describe('alert resolution', () => {
 
     await raise();
     const listed = (await test.admin('GET', '/v1/admin/alerts')).body.alerts.filter((alert: { key: string }) => alert.key === key);
-    assert.deepEqual(listed.map((alert: { count: number; resolved_at: string | null }) => [alert.count, alert.resolved_at === null]), [[1, true], [1, false]]);
+    assert.deepEqual(
+      listed.map((alert: { count: number; resolved_at: string | null }) => [alert.count, alert.resolved_at === null]),
+      [
+        [1, true],
+        [1, false],
+      ],
+    );
   });
 });

@@ -2,9 +2,22 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ClaimHasher } from '../../src/billing/trials.js';
 import { signClientReference, verifyClientReference } from '../../src/billing/client-reference.js';
-import { createTestApp, fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
-import { FakeStripe } from '../helpers/fake-stripe.js';
-import { checkoutLineItem, checkoutSession, deliver, dispute, event, invoice, month, refund, settleWebhooks, subscription, uniqueId, type SessionLineItem } from '../helpers/stripe-events.js';
+import { fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
+import type { FakeStripe } from '../helpers/fake-stripe.js';
+import {
+  checkoutLineItem,
+  checkoutSession,
+  deliver,
+  dispute,
+  event,
+  invoice,
+  month,
+  refund,
+  settleWebhooks,
+  subscription,
+  uniqueId,
+  type SessionLineItem,
+} from '../helpers/stripe-events.js';
 
 /**
  * Whose payment it is (SPEC "Attribution", issue 9) and which objects are Tally's at all (issue 8
@@ -20,9 +33,17 @@ after(() => stopWithFakeStripe(test, fake));
 
 const db = () => test.database.db;
 const inbox = async (eventId: string) =>
-  (await db().query<{ status: string; attempts: number; ignored_reason: string | null }>('select status, attempts, ignored_reason from webhook_events where id = $1', [eventId])).rows[0];
-const customerOf = async (accountId: string) => (await db().query<{ stripe_customer_id: string | null }>('select stripe_customer_id from accounts where id = $1', [accountId])).rows[0]?.stripe_customer_id;
-const alertCount = async (kind: string) => (await db().query<{ count: number }>('select count(*)::int as count from alerts where kind = $1', [kind])).rows[0]?.count ?? 0;
+  (
+    await db().query<{ status: string; attempts: number; ignored_reason: string | null }>(
+      'select status, attempts, ignored_reason from webhook_events where id = $1',
+      [eventId],
+    )
+  ).rows[0];
+const customerOf = async (accountId: string) =>
+  (await db().query<{ stripe_customer_id: string | null }>('select stripe_customer_id from accounts where id = $1', [accountId])).rows[0]
+    ?.stripe_customer_id;
+const alertCount = async (kind: string) =>
+  (await db().query<{ count: number }>('select count(*)::int as count from alerts where kind = $1', [kind])).rows[0]?.count ?? 0;
 const referenceOf = async (accountId: string): Promise<string> => {
   const response = await test.call('GET', `/v1/accounts/${accountId}/client-reference`);
   assert.equal(response.status, 200);
@@ -34,7 +55,13 @@ const referenceOf = async (accountId: string): Promise<string> => {
  * of Tally's) and whatever client_reference_id the buyer's URL carried. Stripe holds the session,
  * its line items and its payment intent; the webhook carries no line items.
  */
-function linkPurchase(spec: { customer: string; clientReference: string | null; items: SessionLineItem[]; metadata?: Record<string, string>; amountTotal?: number }) {
+function linkPurchase(spec: {
+  customer: string;
+  clientReference: string | null;
+  items: SessionLineItem[];
+  metadata?: Record<string, string>;
+  amountTotal?: number;
+}) {
   const paymentIntent = uniqueId('pi');
   const session = checkoutSession({
     mode: 'payment',
@@ -60,7 +87,13 @@ describe('the takeover through client_reference_id fails in each of its forms', 
     await test.call('PUT', `/v1/accounts/${victim}`, { email: 'victim@example.com' });
     const attackerCustomer = uniqueId('cus_attacker');
     const subscriptionId = uniqueId('sub');
-    const session = checkoutSession({ mode: 'subscription', customer: attackerCustomer, subscription: subscriptionId, clientReference: victim, metadata: {} });
+    const session = checkoutSession({
+      mode: 'subscription',
+      customer: attackerCustomer,
+      subscription: subscriptionId,
+      clientReference: victim,
+      metadata: {},
+    });
     fake.checkoutSessions.push(session);
     const completed = event('checkout.session.completed', session);
     await deliver(test, completed);
@@ -68,7 +101,12 @@ describe('the takeover through client_reference_id fails in each of its forms', 
     assert.equal(await customerOf(victim), null, 'the bare id in client_reference_id linked nothing');
     assert.equal((await inbox(completed.id))?.status, 'ignored');
     assert.match((await inbox(completed.id))?.ignored_reason ?? '', /not Tally's/);
-    const checkout = await test.call('POST', `/v1/accounts/${victim}/checkout`, { plan_id: 'plus', interval: 'month', success_url: 'https://app.test/ok', cancel_url: 'https://app.test/no' });
+    const checkout = await test.call('POST', `/v1/accounts/${victim}/checkout`, {
+      plan_id: 'plus',
+      interval: 'month',
+      success_url: 'https://app.test/ok',
+      cancel_url: 'https://app.test/no',
+    });
     assert.equal(checkout.status, 200);
     const request = fake.requests.filter((candidate) => candidate.path === '/v1/checkout/sessions' && candidate.method === 'POST').at(-1);
     assert.equal(request?.params.customer, undefined, "the victim's checkout is not created for the attacker's customer");
@@ -81,9 +119,27 @@ describe('the takeover through client_reference_id fails in each of its forms', 
     const attackerCustomer = uniqueId('cus_attacker');
     const subscriptionId = uniqueId('sub');
     const trialEnd = t0 + 7 * 86400;
-    const session = checkoutSession({ mode: 'subscription', customer: attackerCustomer, subscription: subscriptionId, clientReference: victim, metadata: {}, paymentStatus: 'no_payment_required' });
+    const session = checkoutSession({
+      mode: 'subscription',
+      customer: attackerCustomer,
+      subscription: subscriptionId,
+      clientReference: victim,
+      metadata: {},
+      paymentStatus: 'no_payment_required',
+    });
     fake.checkoutSessions.push(session);
-    const trialing = event('customer.subscription.created', subscription({ id: subscriptionId, customer: attackerCustomer, status: 'trialing', price: 'price_plus_monthly', start: t0, end: trialEnd, trialEnd }));
+    const trialing = event(
+      'customer.subscription.created',
+      subscription({
+        id: subscriptionId,
+        customer: attackerCustomer,
+        status: 'trialing',
+        price: 'price_plus_monthly',
+        start: t0,
+        end: trialEnd,
+        trialEnd,
+      }),
+    );
     await deliver(test, trialing);
     await deliver(test, event('checkout.session.completed', session));
     await settleWebhooks(test);
@@ -92,7 +148,13 @@ describe('the takeover through client_reference_id fails in each of its forms', 
     assert.equal(claims.rowCount, 0, 'no claim was taken in the name of the victim');
     const eligibility = await test.call('GET', `/v1/accounts/${victim}/trial-eligibility`);
     assert.deepEqual(eligibility.body, { eligible: true });
-    const checkout = await test.call('POST', `/v1/accounts/${victim}/checkout`, { plan_id: 'plus', interval: 'month', trial: true, success_url: 'https://app.test/ok', cancel_url: 'https://app.test/no' });
+    const checkout = await test.call('POST', `/v1/accounts/${victim}/checkout`, {
+      plan_id: 'plus',
+      interval: 'month',
+      trial: true,
+      success_url: 'https://app.test/ok',
+      cancel_url: 'https://app.test/no',
+    });
     assert.equal(checkout.status, 200, JSON.stringify(checkout.body));
   });
 
@@ -100,7 +162,12 @@ describe('the takeover through client_reference_id fails in each of its forms', 
     const victim = uniqueId('victim');
     await fundedAccount(test, victim, 0);
     // A merchant's Payment Link that copies Tally's own metadata convention for the pack.
-    const { session, paymentIntent } = linkPurchase({ customer: uniqueId('cus_attacker'), clientReference: victim, items: [{ price: 'price_pack_1000' }], metadata: { tally_pack_id: 'pack_1000' } });
+    const { session, paymentIntent } = linkPurchase({
+      customer: uniqueId('cus_attacker'),
+      clientReference: victim,
+      items: [{ price: 'price_pack_1000' }],
+      metadata: { tally_pack_id: 'pack_1000' },
+    });
     const completed = event('checkout.session.completed', session);
     await deliver(test, completed);
     await settleWebhooks(test);
@@ -127,7 +194,12 @@ describe('signed client references', () => {
     const customer = uniqueId('cus');
     const reference = await referenceOf(buyer);
     assert.match(reference, /^[A-Za-z0-9_-]{1,200}$/, "Stripe's charset for client_reference_id");
-    const { session } = linkPurchase({ customer, clientReference: reference, items: [{ price: 'price_pack_1000', quantity: 3 }], amountTotal: 3000 });
+    const { session } = linkPurchase({
+      customer,
+      clientReference: reference,
+      items: [{ price: 'price_pack_1000', quantity: 3 }],
+      amountTotal: 3000,
+    });
     await deliver(test, event('checkout.session.completed', session));
     await settleWebhooks(test);
     assert.equal((await ledgerFacts(test, buyer)).available, 3000, 'three packs of 1000');
@@ -163,11 +235,34 @@ describe('signed client references', () => {
     await fundedAccount(test, buyer, 0);
     const customer = uniqueId('cus');
     const subscriptionId = uniqueId('sub');
-    const session = checkoutSession({ mode: 'subscription', customer, subscription: subscriptionId, clientReference: await referenceOf(buyer), metadata: {} });
+    const session = checkoutSession({
+      mode: 'subscription',
+      customer,
+      subscription: subscriptionId,
+      clientReference: await referenceOf(buyer),
+      metadata: {},
+    });
     session.payment_link = uniqueId('plink');
     fake.checkoutSessions.push(session);
-    await deliver(test, event('invoice.paid', invoice({ customer, subscription: subscriptionId, billingReason: 'subscription_create', lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] })));
-    await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month })));
+    await deliver(
+      test,
+      event(
+        'invoice.paid',
+        invoice({
+          customer,
+          subscription: subscriptionId,
+          billingReason: 'subscription_create',
+          lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }],
+        }),
+      ),
+    );
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({ id: subscriptionId, customer, status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month }),
+      ),
+    );
     await settleWebhooks(test);
     await deliver(test, event('checkout.session.completed', session));
     await settleWebhooks(test);
@@ -207,7 +302,10 @@ describe('the runbook for an unattributed payment', () => {
     await deliver(test, completed);
     await settleWebhooks(test);
     assert.equal((await inbox(completed.id))?.status, 'ignored');
-    await db().query('update accounts set stripe_customer_id = $2, updated_at = now() where id = $1 and stripe_customer_id is null', [buyer, customer]);
+    await db().query('update accounts set stripe_customer_id = $2, updated_at = now() where id = $1 and stripe_customer_id is null', [
+      buyer,
+      customer,
+    ]);
     for (let replay = 0; replay < 2; replay += 1) {
       const response = await test.admin('POST', `/v1/admin/webhook-events/${completed.id}/replay`);
       assert.equal(response.body.outcome, 'processed');
@@ -224,10 +322,22 @@ describe('a webhook never moves a customer link', () => {
     const customer = uniqueId('cus');
     await fundedAccount(test, owner, 0);
     await fundedAccount(test, other, 0);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId: owner, customer, subscription: uniqueId('sub') })));
+    await deliver(
+      test,
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'subscription', accountId: owner, customer, subscription: uniqueId('sub') }),
+      ),
+    );
     await settleWebhooks(test);
     assert.equal(await customerOf(owner), customer);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId: other, customer, subscription: uniqueId('sub') })));
+    await deliver(
+      test,
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'subscription', accountId: other, customer, subscription: uniqueId('sub') }),
+      ),
+    );
     await settleWebhooks(test);
     assert.equal(await customerOf(owner), customer);
     assert.equal(await customerOf(other), null);
@@ -239,7 +349,16 @@ describe('packs follow the price paid', () => {
     const buyer = uniqueId('buyer');
     await fundedAccount(test, buyer, 0);
     const paymentIntent = uniqueId('pi');
-    const session = checkoutSession({ mode: 'payment', accountId: buyer, customer: uniqueId('cus'), paymentIntent, packId: 'pack_10000', lineItems: [{ price: 'price_pack_1000' }], lineItemsInPayload: false, amountTotal: 50 });
+    const session = checkoutSession({
+      mode: 'payment',
+      accountId: buyer,
+      customer: uniqueId('cus'),
+      paymentIntent,
+      packId: 'pack_10000',
+      lineItems: [{ price: 'price_pack_1000' }],
+      lineItemsInPayload: false,
+      amountTotal: 50,
+    });
     fake.checkoutLineItems.set(session.id, [checkoutLineItem({ price: 'price_pack_1000' })]);
     await deliver(test, event('checkout.session.completed', session));
     await settleWebhooks(test);
@@ -252,9 +371,25 @@ describe("objects that are not Tally's are ignored at once, with the reason, wit
     const alertsBefore = (await db().query<{ count: number }>('select count(*)::int as count from alerts')).rows[0]?.count;
     const customer = uniqueId('cus');
     const subscriptionId = uniqueId('sub');
-    const foreignPrice = event('invoice.paid', invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_something_else', start: t0, end: t0 + month }] }));
-    const unknownCustomer = event('customer.subscription.created', subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: t0, end: t0 + month }));
-    const foreignSubscriptionPrice = event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'active', price: 'price_something_else', start: t0, end: t0 + month }));
+    const foreignPrice = event(
+      'invoice.paid',
+      invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_something_else', start: t0, end: t0 + month }] }),
+    );
+    const unknownCustomer = event(
+      'customer.subscription.created',
+      subscription({
+        id: uniqueId('sub'),
+        customer: uniqueId('cus'),
+        status: 'active',
+        price: 'price_plus_monthly',
+        start: t0,
+        end: t0 + month,
+      }),
+    );
+    const foreignSubscriptionPrice = event(
+      'customer.subscription.created',
+      subscription({ id: subscriptionId, customer, status: 'active', price: 'price_something_else', start: t0, end: t0 + month }),
+    );
     const paymentIntent = uniqueId('pi');
     fake.paymentIntents.set(paymentIntent, { customer: uniqueId('cus') });
     const foreignRefund = event('refund.created', refund({ amount: 500, paymentIntent }));
@@ -270,7 +405,12 @@ describe("objects that are not Tally's are ignored at once, with the reason, wit
     const alertsAfter = (await db().query<{ count: number }>('select count(*)::int as count from alerts')).rows[0]?.count;
     assert.equal(alertsAfter, alertsBefore, 'no alert for the merchant’s other business');
     const listed = await test.admin('GET', '/v1/admin/webhook-events?status=ignored');
-    assert.ok(listed.body.events.some((row: { id: string; ignored_reason?: string }) => row.id === foreignRefund.id && typeof row.ignored_reason === 'string'), 'operators see the reason');
+    assert.ok(
+      listed.body.events.some(
+        (row: { id: string; ignored_reason?: string }) => row.id === foreignRefund.id && typeof row.ignored_reason === 'string',
+      ),
+      'operators see the reason',
+    );
   });
 
   it('still waits for a refund of a payment that is Tally’s but whose grant has not arrived', async () => {
@@ -282,7 +422,13 @@ describe("objects that are not Tally's are ignored at once, with the reason, wit
     await deliver(test, early);
     await test.parts.worker.drain();
     assert.equal((await inbox(early.id))?.status, 'pending');
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId: buyer, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' })));
+    await deliver(
+      test,
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'payment', accountId: buyer, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' }),
+      ),
+    );
     await settleWebhooks(test);
     assert.equal((await inbox(early.id))?.status, 'processed');
     assert.equal((await ledgerFacts(test, buyer)).available, 0);
@@ -293,7 +439,10 @@ describe('modes', () => {
   it("ignores an event whose livemode differs from the secret key's mode", async () => {
     const buyer = uniqueId('buyer');
     await fundedAccount(test, buyer, 0);
-    const live = event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId: buyer, customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }));
+    const live = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', accountId: buyer, customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }),
+    );
     live.livemode = true;
     await deliver(test, live);
     await settleWebhooks(test);

@@ -20,7 +20,8 @@ after(async () => {
 
 const setting = { enabled: true, threshold: 500, pack_id: 'pack_1000', max_per_month: 5 };
 let keys = 0;
-const spend = (accountId: string, amount: number) => test.call('POST', `/v1/accounts/${accountId}/usage`, { amount, idempotency_key: `tu-${(keys += 1)}` });
+const spend = (accountId: string, amount: number) =>
+  test.call('POST', `/v1/accounts/${accountId}/usage`, { amount, idempotency_key: `tu-${(keys += 1)}` });
 const runner = () => {
   const topUps = test.parts.topUps;
   assert.ok(topUps !== undefined);
@@ -36,7 +37,11 @@ async function customerAccount(accountId: string, credits: number, paymentMethod
 }
 
 async function topUps(accountId: string): Promise<any[]> {
-  return (await test.database.db.query('select id, number, status, payment_intent, failure_code from top_ups where account_id = $1 order by id', [accountId])).rows;
+  return (
+    await test.database.db.query('select id, number, status, payment_intent, failure_code from top_ups where account_id = $1 order by id', [
+      accountId,
+    ])
+  ).rows;
 }
 
 async function eventsOf(accountId: string, prefix = 'topup.'): Promise<any[]> {
@@ -45,7 +50,8 @@ async function eventsOf(accountId: string, prefix = 'topup.'): Promise<any[]> {
   return answer.body.events.filter((item: any) => item.type.startsWith(prefix));
 }
 
-const available = async (accountId: string): Promise<number> => (await test.call('GET', `/v1/accounts/${accountId}/balance`)).body.available;
+const available = async (accountId: string): Promise<number> =>
+  (await test.call('GET', `/v1/accounts/${accountId}/balance`)).body.available;
 
 describe('the setting', () => {
   it('refuses an unknown pack, an account without customer or default payment method, an unknown account and bad input, writing nothing', async () => {
@@ -65,16 +71,24 @@ describe('the setting', () => {
       assert.equal(answer.status, status, JSON.stringify(body));
       assert.equal(answer.body.error.code, code);
     }
-    const { rows } = await test.database.db.query(`select count(*)::int as count from auto_top_ups where account_id in ('tu_refuse', 'tu_nocustomer')`);
+    const { rows } = await test.database.db.query(
+      `select count(*)::int as count from auto_top_ups where account_id in ('tu_refuse', 'tu_nocustomer')`,
+    );
     assert.equal(rows[0]?.count, 0);
-    assert.ok(fake.requests.some((request) => request.path === '/v1/customers/cus_tu_refuse'), 'the payment method was asked of Stripe');
+    assert.ok(
+      fake.requests.some((request) => request.path === '/v1/customers/cus_tu_refuse'),
+      'the payment method was asked of Stripe',
+    );
   });
 
   it('answers the setting, and disabling needs no payment method', async () => {
     await customerAccount('tu_setting', 1000);
     const answer = await test.call('PUT', '/v1/accounts/tu_setting/auto-top-up', setting);
     assert.equal(answer.status, 200);
-    assert.deepEqual({ ...answer.body, updated_at: undefined }, { account_id: 'tu_setting', ...setting, failures_in_row: 0, updated_at: undefined });
+    assert.deepEqual(
+      { ...answer.body, updated_at: undefined },
+      { account_id: 'tu_setting', ...setting, failures_in_row: 0, updated_at: undefined },
+    );
     fake.customers.set('cus_tu_setting', { invoice_settings: { default_payment_method: null } });
     const off = await test.call('PUT', '/v1/accounts/tu_setting/auto-top-up', { ...setting, enabled: false });
     assert.equal(off.status, 200);
@@ -93,7 +107,9 @@ describe('paying', () => {
     await Promise.all([runner().runOnce(), runner().runOnce()]);
     const created = fake.createdPaymentIntents.slice(before);
     assert.equal(created.length, 1);
-    const request = fake.requests.find((candidate) => candidate.path === '/v1/payment_intents' && candidate.idempotencyKey === 'topup:tu_race:1');
+    const request = fake.requests.find(
+      (candidate) => candidate.path === '/v1/payment_intents' && candidate.idempotencyKey === 'topup:tu_race:1',
+    );
     assert.equal(request?.params.off_session, 'true');
     assert.equal(request?.params.payment_method, 'pm_card_visa');
     assert.equal(request?.params['metadata[tally_account_id]'], 'tu_race');
@@ -101,7 +117,10 @@ describe('paying', () => {
     const [row] = await topUps('tu_race');
     assert.equal(row.status, 'succeeded');
     const succeeded = await eventsOf('tu_race');
-    assert.deepEqual(succeeded.map((item) => item.type), ['topup.succeeded']);
+    assert.deepEqual(
+      succeeded.map((item) => item.type),
+      ['topup.succeeded'],
+    );
     assert.equal(succeeded[0].data.credits, 1000);
     assert.equal(succeeded[0].data.payment_intent, created[0]?.id);
   });
@@ -116,7 +135,14 @@ describe('paying', () => {
     const [row] = await topUps('tu_webhook');
     assert.equal(row.status, 'pending');
     const intent = { ...fake.paymentIntents.get(row.payment_intent), status: 'succeeded', amount_received: 1000 };
-    const paid = { accountId: 'tu_webhook', topUpId: Number(row.id), paymentIntent: row.payment_intent, amount: 1000, currency: 'usd', now: test.clock.now() };
+    const paid = {
+      accountId: 'tu_webhook',
+      topUpId: Number(row.id),
+      paymentIntent: row.payment_intent,
+      amount: 1000,
+      currency: 'usd',
+      now: test.clock.now(),
+    };
     const stripeEvent = event('payment_intent.succeeded', intent);
     await Promise.all([
       (async () => {
@@ -130,10 +156,15 @@ describe('paying', () => {
     await settleWebhooks(test);
     assert.equal(await test.database.db.withTransaction((client) => completeTopUp(client, testCatalog(), paid)), false);
     assert.equal(await available('tu_webhook'), 400 + 1000);
-    const grants = await test.database.db.query(`select count(*)::int as count from grants where account_id = 'tu_webhook' and grant_key = $1`, [`purchase:${row.payment_intent}`]);
+    const grants = await test.database.db.query(
+      `select count(*)::int as count from grants where account_id = 'tu_webhook' and grant_key = $1`,
+      [`purchase:${row.payment_intent}`],
+    );
     assert.equal(grants.rows[0]?.count, 1);
     assert.equal((await eventsOf('tu_webhook')).length, 1);
-    const payment = await test.database.db.query('select credits, amount_paid from payments where payment_intent = $1', [row.payment_intent]);
+    const payment = await test.database.db.query('select credits, amount_paid from payments where payment_intent = $1', [
+      row.payment_intent,
+    ]);
     assert.deepEqual(payment.rows[0], { credits: 1000, amount_paid: 1000 });
   });
 
@@ -150,7 +181,10 @@ describe('paying', () => {
       const [row] = await topUps(account);
       assert.equal(row.status, 'failed');
       const failed = await eventsOf(account);
-      assert.deepEqual(failed.map((item) => item.type), ['topup.failed']);
+      assert.deepEqual(
+        failed.map((item) => item.type),
+        ['topup.failed'],
+      );
       assert.equal(failed[0].data.code, outcome === 'declined' ? 'card_declined' : 'authentication_required');
       assert.equal(failed[0].data.auto_top_up_disabled, false);
     }
@@ -167,8 +201,14 @@ describe('paying', () => {
     }
     fake.paymentIntentOutcome = 'succeeded';
     const failed = await eventsOf('tu_three');
-    assert.deepEqual(failed.map((item) => item.data.failures_in_row), [1, 2, 3]);
-    assert.deepEqual(failed.map((item) => item.data.auto_top_up_disabled), [false, false, true]);
+    assert.deepEqual(
+      failed.map((item) => item.data.failures_in_row),
+      [1, 2, 3],
+    );
+    assert.deepEqual(
+      failed.map((item) => item.data.auto_top_up_disabled),
+      [false, false, true],
+    );
     const { rows } = await test.database.db.query(`select enabled from auto_top_ups where account_id = 'tu_three'`);
     assert.equal(rows[0]?.enabled, false);
     await spend('tu_three', 200);
@@ -179,7 +219,7 @@ describe('paying', () => {
     await customerAccount('tu_month', 600);
     await test.call('PUT', '/v1/accounts/tu_month/auto-top-up', { ...setting, max_per_month: 2 });
     for (let round = 0; round < 3; round += 1) {
-      await spend('tu_month', await available('tu_month') - 400); // down to 400: crosses
+      await spend('tu_month', (await available('tu_month')) - 400); // down to 400: crosses
       await runner().runOnce();
     }
     assert.equal((await topUps('tu_month')).length, 2);
@@ -188,7 +228,10 @@ describe('paying', () => {
     await fundedAccount(test, 'tu_month', 200);
     await spend('tu_month', 200);
     await runner().runOnce();
-    assert.deepEqual((await topUps('tu_month')).map((row) => row.status), ['succeeded', 'succeeded', 'succeeded']);
+    assert.deepEqual(
+      (await topUps('tu_month')).map((row) => row.status),
+      ['succeeded', 'succeeded', 'succeeded'],
+    );
   });
 
   it('starts a top-up at once when enabled below the threshold', async () => {
@@ -221,16 +264,27 @@ describe('failures Stripe reports later, and failures of the job itself', () => 
     metadata,
     last_payment_error: { type: 'card_error', code, message: 'Your card was declined.' },
   });
-  const topUpMetadata = (accountId: string, topUpId: number) => ({ tally_account_id: accountId, tally_top_up: String(topUpId), tally_pack: 'pack_1000' });
+  const topUpMetadata = (accountId: string, topUpId: number) => ({
+    tally_account_id: accountId,
+    tally_top_up: String(topUpId),
+    tally_pack: 'pack_1000',
+  });
 
   it('a processing payment that Stripe reports failed is topup.failed once, however often the event comes; nothing is granted', async () => {
     const topUp = await processingTopUp('tu_async');
     const intent = failedIntent(topUp.paymentIntent, topUpMetadata('tu_async', topUp.id), 'authentication_required');
-    for (let delivery = 0; delivery < 3; delivery += 1) assert.equal((await deliver(test, event('payment_intent.payment_failed', intent))).status, 200);
+    for (let delivery = 0; delivery < 3; delivery += 1)
+      assert.equal((await deliver(test, event('payment_intent.payment_failed', intent))).status, 200);
     await settleWebhooks(test);
-    assert.deepEqual((await topUps('tu_async')).map((row) => [row.status, row.failure_code]), [['failed', 'authentication_required']]);
+    assert.deepEqual(
+      (await topUps('tu_async')).map((row) => [row.status, row.failure_code]),
+      [['failed', 'authentication_required']],
+    );
     const failed = await eventsOf('tu_async');
-    assert.deepEqual(failed.map((item) => [item.type, item.data.code, item.data.payment_intent, item.data.failures_in_row]), [['topup.failed', 'authentication_required', topUp.paymentIntent, 1]]);
+    assert.deepEqual(
+      failed.map((item) => [item.type, item.data.code, item.data.payment_intent, item.data.failures_in_row]),
+      [['topup.failed', 'authentication_required', topUp.paymentIntent, 1]],
+    );
     assert.equal(await available('tu_async'), 400);
     const { rows } = await test.database.db.query(`select failures_in_row from auto_top_ups where account_id = 'tu_async'`);
     assert.equal(rows[0]?.failures_in_row, 1);
@@ -246,31 +300,56 @@ describe('failures Stripe reports later, and failures of the job itself', () => 
     fake.paymentIntentOutcome = 'succeeded';
     const [declined] = await topUps('tu_both_job');
     assert.equal(declined.status, 'failed');
-    await deliver(test, event('payment_intent.payment_failed', failedIntent(declined.payment_intent, topUpMetadata('tu_both_job', Number(declined.id)))));
+    await deliver(
+      test,
+      event('payment_intent.payment_failed', failedIntent(declined.payment_intent, topUpMetadata('tu_both_job', Number(declined.id)))),
+    );
     await settleWebhooks(test);
     assert.equal((await eventsOf('tu_both_job')).length, 1);
 
     // The event first, then the job's answer (a decline) for the same top-up.
     const topUp = await processingTopUp('tu_both_event');
-    await deliver(test, event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, topUpMetadata('tu_both_event', topUp.id))));
+    await deliver(
+      test,
+      event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, topUpMetadata('tu_both_event', topUp.id))),
+    );
     await settleWebhooks(test);
     await test.database.db.withTransaction((client) =>
-      failTopUp(client, { id: topUp.id, account_id: 'tu_both_event' }, { code: 'card_declined', message: 'Your card was declined.', paymentIntent: topUp.paymentIntent }, test.clock.now()),
+      failTopUp(
+        client,
+        { id: topUp.id, account_id: 'tu_both_event' },
+        { code: 'card_declined', message: 'Your card was declined.', paymentIntent: topUp.paymentIntent },
+        test.clock.now(),
+      ),
     );
     const failed = await eventsOf('tu_both_event');
-    assert.deepEqual(failed.map((item) => item.data.failures_in_row), [1]);
+    assert.deepEqual(
+      failed.map((item) => item.data.failures_in_row),
+      [1],
+    );
   });
 
-  it('ignores a payment_failed event that is not a top-up\'s, or that names a top-up paid with another PaymentIntent, changing nothing', async () => {
+  it("ignores a payment_failed event that is not a top-up's, or that names a top-up paid with another PaymentIntent, changing nothing", async () => {
     const topUp = await processingTopUp('tu_other');
     const foreign = event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, {}));
-    const mismatched = event('payment_intent.payment_failed', { ...failedIntent(topUp.paymentIntent, topUpMetadata('tu_other', topUp.id)), id: 'pi_someone_else' });
+    const mismatched = event('payment_intent.payment_failed', {
+      ...failedIntent(topUp.paymentIntent, topUpMetadata('tu_other', topUp.id)),
+      id: 'pi_someone_else',
+    });
     const unknown = event('payment_intent.payment_failed', failedIntent(topUp.paymentIntent, topUpMetadata('tu_other', topUp.id + 1000)));
     for (const stripeEvent of [foreign, mismatched, unknown]) assert.equal((await deliver(test, stripeEvent)).status, 200);
     await settleWebhooks(test);
-    const { rows } = await test.database.db.query<{ status: string }>('select status from webhook_events where id = any($1) order by id', [[foreign.id, mismatched.id, unknown.id]]);
-    assert.deepEqual(rows.map((row) => row.status), ['ignored', 'ignored', 'ignored']);
-    assert.deepEqual((await topUps('tu_other')).map((row) => row.status), ['pending']);
+    const { rows } = await test.database.db.query<{ status: string }>('select status from webhook_events where id = any($1) order by id', [
+      [foreign.id, mismatched.id, unknown.id],
+    ]);
+    assert.deepEqual(
+      rows.map((row) => row.status),
+      ['ignored', 'ignored', 'ignored'],
+    );
+    assert.deepEqual(
+      (await topUps('tu_other')).map((row) => row.status),
+      ['pending'],
+    );
     assert.deepEqual(await eventsOf('tu_other'), []);
   });
 
@@ -280,9 +359,15 @@ describe('failures Stripe reports later, and failures of the job itself', () => 
     fake.customers.set('cus_tu_nopm', { invoice_settings: { default_payment_method: null } });
     await spend('tu_nopm', 200);
     await runner().runOnce();
-    assert.deepEqual((await topUps('tu_nopm')).map((row) => [row.status, row.failure_code]), [['failed', 'no_payment_method']]);
+    assert.deepEqual(
+      (await topUps('tu_nopm')).map((row) => [row.status, row.failure_code]),
+      [['failed', 'no_payment_method']],
+    );
     assert.ok(!fake.requests.some((request) => request.path === '/v1/payment_intents' && request.idempotencyKey === 'topup:tu_nopm:1'));
-    assert.deepEqual((await eventsOf('tu_nopm')).map((item) => item.data.code), ['no_payment_method']);
+    assert.deepEqual(
+      (await eventsOf('tu_nopm')).map((item) => item.data.code),
+      ['no_payment_method'],
+    );
   });
 
   it(`a top-up that Stripe keeps refusing (not a decline) is retried after its lease and fails as "error" after ${topUpAttemptsMax} attempts`, async () => {
@@ -292,7 +377,11 @@ describe('failures Stripe reports later, and failures of the job itself', () => 
     fake.refusal = { status: 400, body: { error: { type: 'invalid_request_error', message: 'fake refusal' } } };
     try {
       for (let attempt = 1; attempt <= topUpAttemptsMax; attempt += 1) {
-        assert.deepEqual((await topUps('tu_refused')).map((row) => row.status), ['pending'], `before attempt ${attempt}`);
+        assert.deepEqual(
+          (await topUps('tu_refused')).map((row) => row.status),
+          ['pending'],
+          `before attempt ${attempt}`,
+        );
         await runner().runOnce();
         assert.equal(await runner().runOnce(), 0, 'not tried again within its lease');
         test.clock.advanceSeconds(topUpLeaseSeconds + 1);
@@ -303,7 +392,10 @@ describe('failures Stripe reports later, and failures of the job itself', () => 
     const { rows } = await test.database.db.query(`select status, failure_code, attempts from top_ups where account_id = 'tu_refused'`);
     assert.deepEqual(rows, [{ status: 'failed', failure_code: 'error', attempts: topUpAttemptsMax }]);
     const failed = await eventsOf('tu_refused');
-    assert.deepEqual(failed.map((item) => [item.type, item.data.code, item.data.failures_in_row]), [['topup.failed', 'error', 1]]);
+    assert.deepEqual(
+      failed.map((item) => [item.type, item.data.code, item.data.failures_in_row]),
+      [['topup.failed', 'error', 1]],
+    );
     assert.equal(await available('tu_refused'), 400);
   });
 
@@ -317,7 +409,10 @@ describe('failures Stripe reports later, and failures of the job itself', () => 
     } finally {
       fake.prices.delete('price_pack_1000');
     }
-    assert.deepEqual((await topUps('tu_noprice')).map((row) => [row.status, row.failure_code]), [['failed', 'price_without_amount']]);
+    assert.deepEqual(
+      (await topUps('tu_noprice')).map((row) => [row.status, row.failure_code]),
+      [['failed', 'price_without_amount']],
+    );
     assert.ok(!fake.requests.some((request) => request.idempotencyKey === 'topup:tu_noprice:1'));
   });
 });

@@ -27,7 +27,8 @@ after(async () => {
   await fake.stop();
 });
 
-const lastSessionRequest = () => fake.requests.filter((request) => request.method === 'POST' && request.path === '/v1/checkout/sessions').at(-1);
+const lastSessionRequest = () =>
+  fake.requests.filter((request) => request.method === 'POST' && request.path === '/v1/checkout/sessions').at(-1);
 
 async function account(email?: string): Promise<string> {
   const accountId = uniqueId('acct');
@@ -38,13 +39,27 @@ async function account(email?: string): Promise<string> {
 describe('trial checkouts', () => {
   it('accept cards only, through allowed_payment_method_types (payment_method_types is gone under endive)', async () => {
     const accountId = await account();
-    const trial = await test.call('POST', `/v1/accounts/${accountId}/checkout`, { plan_id: 'plus', interval: 'month', trial: true, success_url: 'https://app.test/ok', cancel_url: 'https://app.test/no' });
+    const trial = await test.call('POST', `/v1/accounts/${accountId}/checkout`, {
+      plan_id: 'plus',
+      interval: 'month',
+      trial: true,
+      success_url: 'https://app.test/ok',
+      cancel_url: 'https://app.test/no',
+    });
     assert.equal(trial.status, 200, JSON.stringify(trial.body));
     const params = lastSessionRequest()?.params ?? {};
     assert.equal(params['allowed_payment_method_types[0]'], 'card');
     assert.equal(params['allowed_payment_method_types[1]'], undefined);
-    assert.equal(Object.keys(params).some((name) => name.startsWith('payment_method_types')), false);
-    await test.call('POST', `/v1/accounts/${accountId}/checkout`, { plan_id: 'plus', interval: 'year', success_url: 'https://app.test/ok', cancel_url: 'https://app.test/no' });
+    assert.equal(
+      Object.keys(params).some((name) => name.startsWith('payment_method_types')),
+      false,
+    );
+    await test.call('POST', `/v1/accounts/${accountId}/checkout`, {
+      plan_id: 'plus',
+      interval: 'year',
+      success_url: 'https://app.test/ok',
+      cancel_url: 'https://app.test/no',
+    });
     assert.equal(lastSessionRequest()?.params['allowed_payment_method_types[0]'], undefined, 'a paid plan takes any method');
   });
 });
@@ -56,11 +71,38 @@ describe('trial claims beyond the card', () => {
     const subscriptionId = uniqueId('sub');
     const methodId = paymentMethod === undefined ? null : uniqueId('pm');
     if (methodId !== null && paymentMethod !== undefined) fake.paymentMethods.set(methodId, paymentMethod);
-    fake.checkoutSessions.push(checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId, paymentStatus: 'no_payment_required', email: email ?? `${uniqueId('buyer')}@example.com` }));
-    await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'trialing', price: 'price_plus_monthly', start: t0, end: trialEnd, trialEnd, accountId, defaultPaymentMethod: methodId })));
+    fake.checkoutSessions.push(
+      checkoutSession({
+        mode: 'subscription',
+        accountId,
+        customer,
+        subscription: subscriptionId,
+        paymentStatus: 'no_payment_required',
+        email: email ?? `${uniqueId('buyer')}@example.com`,
+      }),
+    );
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({
+          id: subscriptionId,
+          customer,
+          status: 'trialing',
+          price: 'price_plus_monthly',
+          start: t0,
+          end: trialEnd,
+          trialEnd,
+          accountId,
+          defaultPaymentMethod: methodId,
+        }),
+      ),
+    );
     await settleWebhooks(test);
     const granted = await test.database.db.query(`select 1 from grants where account_id = $1 and source = 'trial'`, [accountId]);
-    const refused = await test.database.db.query<{ reason: string }>('select reason from trial_refusals where subscription_id = $1', [subscriptionId]);
+    const refused = await test.database.db.query<{ reason: string }>('select reason from trial_refusals where subscription_id = $1', [
+      subscriptionId,
+    ]);
     return { granted: granted.rowCount === 1, refusal: refused.rows[0]?.reason };
   }
 
@@ -70,11 +112,17 @@ describe('trial claims beyond the card', () => {
   });
 
   it("claims a Link payment method's email", async () => {
-    assert.deepEqual(await startTrial(await account(), { type: 'link', link: { email: 'linker@example.com' } }), { granted: true, refusal: undefined });
-    assert.deepEqual(await startTrial(await account(), { type: 'link', link: { email: 'LINKER@example.com' } }), { granted: false, refusal: 'email_had_trial' });
+    assert.deepEqual(await startTrial(await account(), { type: 'link', link: { email: 'linker@example.com' } }), {
+      granted: true,
+      refusal: undefined,
+    });
+    assert.deepEqual(await startTrial(await account(), { type: 'link', link: { email: 'LINKER@example.com' } }), {
+      granted: false,
+      refusal: 'email_had_trial',
+    });
   });
 
-  it("claims the fingerprint of a payment method that is not a card", async () => {
+  it('claims the fingerprint of a payment method that is not a card', async () => {
     const bank = { type: 'us_bank_account', us_bank_account: { fingerprint: uniqueId('fp'), last4: '6789' } };
     assert.deepEqual(await startTrial(await account(), bank), { granted: true, refusal: undefined });
     assert.deepEqual(await startTrial(await account(), bank), { granted: false, refusal: 'payment_method_had_trial' });
@@ -94,7 +142,8 @@ describe('return URLs', () => {
       assert.equal(response.body.error.field, 'success_url', url);
     }
     assert.equal(fake.requests.length, before, 'nothing reached Stripe');
-    for (const url of ['https://app.test/ok', 'http://localhost:5173/ok', 'http://127.0.0.1:8080/ok']) assert.equal((await checkout(test, accountId, url)).status, 200, url);
+    for (const url of ['https://app.test/ok', 'http://localhost:5173/ok', 'http://127.0.0.1:8080/ok'])
+      assert.equal((await checkout(test, accountId, url)).status, 200, url);
   });
 
   it('keep to TALLY_CHECKOUT_URL_HOSTS when it is set', async () => {

@@ -56,7 +56,13 @@ const noWait = async (milliseconds: number): Promise<void> => {
   waits.push(milliseconds);
 };
 const clientWith = (fetch: FetchFunction, options: { apiKey?: string; timeoutMilliseconds?: number } = {}) =>
-  new TallyClient({ baseUrl: `${served.url}/`, apiKey: options.apiKey ?? appKey, fetch, sleep: noWait, timeoutMilliseconds: options.timeoutMilliseconds });
+  new TallyClient({
+    baseUrl: `${served.url}/`,
+    apiKey: options.apiKey ?? appKey,
+    fetch,
+    sleep: noWait,
+    timeoutMilliseconds: options.timeoutMilliseconds,
+  });
 
 before(async () => {
   fake = await new FakeStripe().start();
@@ -83,7 +89,10 @@ async function funded(credits: number): Promise<string> {
 }
 
 async function usageEntries(accountId: string): Promise<number> {
-  const { rows } = await served.database.db.query<{ count: number }>(`select count(*)::int as count from entries where account_id = $1 and kind = 'usage'`, [accountId]);
+  const { rows } = await served.database.db.query<{ count: number }>(
+    `select count(*)::int as count from entries where account_id = $1 and kind = 'usage'`,
+    [accountId],
+  );
   return rows[0]?.count ?? 0;
 }
 
@@ -94,7 +103,12 @@ async function keyOf(request: Request): Promise<string> {
   return ((await request.clone().json()) as { idempotency_key: string }).idempotency_key;
 }
 
-async function expectTyped<T extends TallyError>(pending: Promise<unknown>, errorClass: new (...args: never[]) => T, status: number, code: string): Promise<T> {
+async function expectTyped<T extends TallyError>(
+  pending: Promise<unknown>,
+  errorClass: new (...args: never[]) => T,
+  status: number,
+  code: string,
+): Promise<T> {
   const error = await pending.then(
     () => assert.fail(`expected ${errorClass.name}`),
     (caught: unknown) => caught,
@@ -118,7 +132,10 @@ describe('@tally/client against a real Tally', () => {
     assert.deepEqual(await app.balance(accountId), { account_id: accountId, available: 1000, held: 0, debt: 0 });
 
     const spent = await app.usage(accountId, { amount: 30, description: 'one run' });
-    assert.deepEqual({ amount: spent.amount, available: spent.available, replayed: spent.replayed }, { amount: 30, available: 970, replayed: false });
+    assert.deepEqual(
+      { amount: spent.amount, available: spent.available, replayed: spent.replayed },
+      { amount: 30, available: 970, replayed: false },
+    );
     const results = await app.usageBatch([
       { account_id: accountId, amount: 5 },
       { account_id: accountId, amount: 1_000_000 },
@@ -149,7 +166,11 @@ describe('@tally/client against a real Tally', () => {
 
   it('calls checkout, trial eligibility, the client reference, auto top-up, the threshold and the events feed', async () => {
     const accountId = await funded(100);
-    const session = await app.checkout(accountId, { pack_id: 'pack_1000', success_url: 'https://app.example/ok', cancel_url: 'https://app.example/no' });
+    const session = await app.checkout(accountId, {
+      pack_id: 'pack_1000',
+      success_url: 'https://app.example/ok',
+      cancel_url: 'https://app.example/no',
+    });
     assert.match(session.session_id, /^cs_/);
     assert.deepEqual(await app.trialEligibility(accountId, { email: 'fresh@example.com' }), { eligible: true });
     assert.match(await app.clientReference(accountId), /^t1_/);
@@ -175,7 +196,10 @@ describe('@tally/client against a real Tally', () => {
     const accountId = await funded(0);
     const grant = await admin.admin.grant(accountId, { amount: 500, source: 'admin', reason: 'welcome', idempotency_key: 'welcome-1' });
     assert.equal(grant.remaining, 500);
-    assert.equal((await admin.admin.grant(accountId, { amount: 500, source: 'admin', reason: 'welcome', idempotency_key: 'welcome-1' })).replayed, true);
+    assert.equal(
+      (await admin.admin.grant(accountId, { amount: 500, source: 'admin', reason: 'welcome', idempotency_key: 'welcome-1' })).replayed,
+      true,
+    );
     const adjustment = await admin.admin.adjust(accountId, { amount: -20, reason: 'ticket 12' });
     assert.equal(adjustment.balance_after, 480);
     assert.equal((await admin.admin.export(accountId)).grants.length, 1);
@@ -183,9 +207,16 @@ describe('@tally/client against a real Tally', () => {
     assert.equal((await admin.admin.reconcile()).finding_count, 0);
     assert.ok((await admin.admin.reconciliations(5)).length >= 1);
 
-    const stripeEvent = event('customer.subscription.updated', subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }));
+    const stripeEvent = event(
+      'customer.subscription.updated',
+      subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }),
+    );
     const payload = JSON.stringify(stripeEvent);
-    const delivered = await fetch(`${served.url}/webhooks/stripe`, { method: 'POST', headers: { 'content-type': 'application/json', 'stripe-signature': signedHeader(payload) }, body: payload });
+    const delivered = await fetch(`${served.url}/webhooks/stripe`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'stripe-signature': signedHeader(payload) },
+      body: payload,
+    });
     assert.equal(delivered.status, 200);
     assert.equal((await admin.admin.webhookEvents({ limit: 5 }))[0]?.id, stripeEvent.id);
     assert.equal((await admin.admin.replay(stripeEvent.id)).event_id, stripeEvent.id);
@@ -205,13 +236,19 @@ describe('@tally/client against a real Tally', () => {
   it('sets and reads spend limits, refuses a spend past one as SpendLimitExceeded with its window, limit and spent, and refuses bad limits', async () => {
     const accountId = await funded(100);
     const set = await app.limits.set(accountId, { per_day: 50, per_month: 80 });
-    assert.deepEqual({ per_day: set.per_day, per_month: set.per_month, spent: set.spent }, { per_day: 50, per_month: 80, spent: { day: 0, month: 0 } });
+    assert.deepEqual(
+      { per_day: set.per_day, per_month: set.per_month, spent: set.spent },
+      { per_day: 50, per_month: 80, spent: { day: 0, month: 0 } },
+    );
     await app.usage(accountId, { amount: 40 });
     const refused = await expectTyped(app.usage(accountId, { amount: 20 }), SpendLimitExceeded, 402, 'spend_limit_exceeded');
     assert.deepEqual({ window: refused.window, limit: refused.limit, spent: refused.spent }, { window: 'day', limit: 50, spent: 40 });
     assert.ok(Date.parse(refused.resetsAt) > Date.now(), 'the day window starts again later');
     const read = await app.limits.get(accountId);
-    assert.deepEqual({ per_day: read.per_day, per_month: read.per_month, spent: read.spent }, { per_day: 50, per_month: 80, spent: { day: 40, month: 40 } });
+    assert.deepEqual(
+      { per_day: read.per_day, per_month: read.per_month, spent: read.spent },
+      { per_day: 50, per_month: 80, spent: { day: 40, month: 40 } },
+    );
     assert.equal((await app.balance(accountId)).available, 60, 'the refused spend changed nothing');
 
     // Without the day's limit, the month's is the one passed; a field left out keeps its limit.
@@ -260,7 +297,11 @@ describe('@tally/client against a real Tally', () => {
         keys.push(await keyOf(request));
         if (keys.length > 1) return checker.fetch(request);
         // The first attempt reaches Tally only after the client gave up on it.
-        const copy = new Request(request.url, { method: request.method, headers: request.headers, body: await request.clone().arrayBuffer() });
+        const copy = new Request(request.url, {
+          method: request.method,
+          headers: request.headers,
+          body: await request.clone().arrayBuffer(),
+        });
         late = sleep(300).then(() => checker.fetch(copy));
         return new Promise<Response>((_resolve, reject) => request.signal.addEventListener('abort', () => reject(request.signal.reason)));
       },
@@ -268,9 +309,16 @@ describe('@tally/client against a real Tally', () => {
     );
     const answer = await slowFirst.usage(accountId, { amount: 25, idempotency_key: 'slow-1' });
     assert.deepEqual(keys, ['slow-1', 'slow-1']);
-    assert.deepEqual({ amount: answer.amount, available: answer.available, replayed: answer.replayed }, { amount: 25, available: 75, replayed: false });
+    assert.deepEqual(
+      { amount: answer.amount, available: answer.available, replayed: answer.replayed },
+      { amount: 25, available: 75, replayed: false },
+    );
     const lateAnswer = (await (await late)?.json()) as { replayed: boolean; available: number };
-    assert.deepEqual({ replayed: lateAnswer.replayed, available: lateAnswer.available }, { replayed: true, available: 75 }, 'the late attempt got the first answer');
+    assert.deepEqual(
+      { replayed: lateAnswer.replayed, available: lateAnswer.available },
+      { replayed: true, available: 75 },
+      'the late attempt got the first answer',
+    );
     assert.equal((await app.balance(accountId)).available, 75);
     assert.equal(await usageEntries(accountId), 1);
   });
@@ -322,7 +370,10 @@ describe('@tally/client against a real Tally', () => {
     assert.equal(error.idempotencyKey, 'offline-1');
     assert.equal(attempts, 4);
     assert.equal(waits.length, 3);
-    assert.ok(waits.every((wait, index) => wait <= 5000 && wait >= 100 * 2 ** index), `bounded exponential waits: ${waits}`);
+    assert.ok(
+      waits.every((wait, index) => wait <= 5000 && wait >= 100 * 2 ** index),
+      `bounded exponential waits: ${waits}`,
+    );
   });
 
   it('never retries a 4xx, and does not resend a capture whose answer was lost', async () => {
@@ -332,11 +383,21 @@ describe('@tally/client against a real Tally', () => {
       attempts += 1;
       return checker.fetch(request);
     });
-    const refused = await expectTyped(counting.usage(accountId, { amount: 11, idempotency_key: 'too-much' }), InsufficientCredits, 402, 'insufficient_credits');
+    const refused = await expectTyped(
+      counting.usage(accountId, { amount: 11, idempotency_key: 'too-much' }),
+      InsufficientCredits,
+      402,
+      'insufficient_credits',
+    );
     assert.equal(refused.available, 10);
     assert.equal(refused.replayed, false);
     assert.equal(attempts, 1);
-    const again = await expectTyped(counting.usage(accountId, { amount: 11, idempotency_key: 'too-much' }), InsufficientCredits, 402, 'insufficient_credits');
+    const again = await expectTyped(
+      counting.usage(accountId, { amount: 11, idempotency_key: 'too-much' }),
+      InsufficientCredits,
+      402,
+      'insufficient_credits',
+    );
     assert.equal(again.replayed, true, 'the key keeps its first answer');
 
     const hold = await app.holds.create(accountId, { amount: 5 });
@@ -356,7 +417,12 @@ describe('@tally/client against a real Tally', () => {
     const accountId = await funded(100);
     await expectTyped(app.balance(uniqueId('missing')), AccountNotFound, 404, 'account_not_found');
     await app.usage(accountId, { amount: 1, idempotency_key: 'typed-1' });
-    const conflict = await expectTyped(app.usage(accountId, { amount: 2, idempotency_key: 'typed-1' }), IdempotencyConflict, 409, 'idempotency_conflict');
+    const conflict = await expectTyped(
+      app.usage(accountId, { amount: 2, idempotency_key: 'typed-1' }),
+      IdempotencyConflict,
+      409,
+      'idempotency_conflict',
+    );
     assert.equal(conflict.idempotencyKey, 'typed-1');
     const invalid = await expectTyped(app.usage(accountId, { amount: -1 }), InvalidRequest, 400, 'invalid_request');
     assert.equal(invalid.field, 'amount');
@@ -368,12 +434,52 @@ describe('@tally/client against a real Tally', () => {
     await expectTyped(clientWith(checker.fetch, { apiKey: 'wrong-key-0123456789' }).balance(accountId), Unauthorized, 401, 'unauthorized');
     await expectTyped(app.admin.export(accountId), Forbidden, 403, 'forbidden');
     const urls = { success_url: 'https://app.example/ok', cancel_url: 'https://app.example/no' };
-    assert.equal((await expectTyped(app.checkout(accountId, { plan_id: 'pro', interval: 'month', trial: true, ...urls }), TrialNotEligible, 403, 'trial_not_eligible')).reason, 'plan_has_no_trial');
+    assert.equal(
+      (
+        await expectTyped(
+          app.checkout(accountId, { plan_id: 'pro', interval: 'month', trial: true, ...urls }),
+          TrialNotEligible,
+          403,
+          'trial_not_eligible',
+        )
+      ).reason,
+      'plan_has_no_trial',
+    );
     await expectTyped(app.checkout(accountId, { plan_id: 'nothing', interval: 'month', ...urls }), PlanNotFound, 404, 'plan_not_found');
-    await expectTyped(app.autoTopUp(accountId, { enabled: true, threshold: 5, pack_id: 'pack_none', max_per_month: 1 }), PackNotFound, 404, 'pack_not_found');
-    await expectTyped(app.autoTopUp(accountId, { enabled: true, threshold: 5, pack_id: 'pack_1000', max_per_month: 1 }), NoPaymentMethod, 409, 'no_payment_method');
-    assert.equal((await expectTyped(admin.admin.adjust(accountId, { amount: 200_000, reason: 'too much' }), AdjustmentExceedsLimit, 400, 'adjustment_exceeds_limit')).limit, 100_000);
-    assert.equal((await expectTyped(admin.admin.grant(accountId, { amount: 2_000_000, source: 'promo', reason: 'too much' }), GrantExceedsLimit, 400, 'grant_exceeds_limit')).limit, 1_000_000);
+    await expectTyped(
+      app.autoTopUp(accountId, { enabled: true, threshold: 5, pack_id: 'pack_none', max_per_month: 1 }),
+      PackNotFound,
+      404,
+      'pack_not_found',
+    );
+    await expectTyped(
+      app.autoTopUp(accountId, { enabled: true, threshold: 5, pack_id: 'pack_1000', max_per_month: 1 }),
+      NoPaymentMethod,
+      409,
+      'no_payment_method',
+    );
+    assert.equal(
+      (
+        await expectTyped(
+          admin.admin.adjust(accountId, { amount: 200_000, reason: 'too much' }),
+          AdjustmentExceedsLimit,
+          400,
+          'adjustment_exceeds_limit',
+        )
+      ).limit,
+      100_000,
+    );
+    assert.equal(
+      (
+        await expectTyped(
+          admin.admin.grant(accountId, { amount: 2_000_000, source: 'promo', reason: 'too much' }),
+          GrantExceedsLimit,
+          400,
+          'grant_exceeds_limit',
+        )
+      ).limit,
+      1_000_000,
+    );
     await expectTyped(admin.admin.replay('evt_missing'), EventNotFound, 404, 'event_not_found');
     await expectTyped(admin.admin.webhookEndpoints.get('we_999999'), EndpointNotFound, 404, 'endpoint_not_found');
     const lock = new pg.Client({ connectionString: served.database.url });
@@ -404,7 +510,10 @@ describe('@tally/client against a real Tally', () => {
     });
     await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
     try {
-      const endpoint = await admin.admin.webhookEndpoints.create({ url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/tally`, event_types: ['grant.created'] });
+      const endpoint = await admin.admin.webhookEndpoints.create({
+        url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/tally`,
+        event_types: ['grant.created'],
+      });
       const accountId = await funded(42);
       await settleEvents(served);
       const deadline = Date.now() + 20_000;
@@ -419,7 +528,10 @@ describe('@tally/client against a real Tally', () => {
       assert.equal(verified.account_id, accountId);
       assert.equal(verifyEvent(delivery.body, new Headers(delivery.headers as Record<string, string>), endpoint.secret).id, verified.id);
       assert.throws(() => verifyEvent(delivery.body.replace('42', '43'), delivery.headers, endpoint.secret), 'a changed body fails');
-      assert.throws(() => verifyEvent(delivery.body, delivery.headers, `whsec_${Buffer.from('another secret of 24 bytes').toString('base64')}`), 'another secret fails');
+      assert.throws(
+        () => verifyEvent(delivery.body, delivery.headers, `whsec_${Buffer.from('another secret of 24 bytes').toString('base64')}`),
+        'another secret fails',
+      );
       await admin.admin.webhookEndpoints.delete(endpoint.id);
     } finally {
       await new Promise((resolve) => receiver.close(resolve));

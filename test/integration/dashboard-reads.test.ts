@@ -20,7 +20,10 @@ describe('access', () => {
   // Proves: every new read answers the viewer key, refuses the app key (403) and no key (401).
   it('opens every dashboard read to the admin and viewer keys, refuses the app key and no key', async () => {
     await fundedAccount(test, 'access-1', 10);
-    const stored = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }));
+    const stored = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }),
+    );
     await deliver(test, stored);
     const entry = (await test.call('GET', '/v1/accounts/access-1/ledger')).body.entries[0].id;
     const urls = [
@@ -47,7 +50,11 @@ describe('access', () => {
   // Proves: the caller call tells the dashboard which key it holds, so the viewer sees no actions.
   it('says which key the caller holds and whether Stripe is configured', async () => {
     assert.deepEqual((await test.admin('GET', '/v1/admin/caller')).body, { role: 'admin', can_act: true, stripe_configured: false });
-    assert.deepEqual((await test.call('GET', '/v1/admin/caller', undefined, viewerKey)).body, { role: 'viewer', can_act: false, stripe_configured: false });
+    assert.deepEqual((await test.call('GET', '/v1/admin/caller', undefined, viewerKey)).body, {
+      role: 'viewer',
+      can_act: false,
+      stripe_configured: false,
+    });
   });
 
   // Proves: bad query values are refused with the field named, and nothing runs.
@@ -73,7 +80,11 @@ describe('access', () => {
 
   // Proves: an unknown account, event or entry is a 404 with its own code.
   it('answers 404 for an unknown account, event or entry', async () => {
-    for (const url of ['/v1/admin/accounts/nobody/grants', '/v1/admin/accounts/nobody/holds', '/v1/admin/accounts/nobody/balance-history']) {
+    for (const url of [
+      '/v1/admin/accounts/nobody/grants',
+      '/v1/admin/accounts/nobody/holds',
+      '/v1/admin/accounts/nobody/balance-history',
+    ]) {
       const response = await test.admin('GET', url);
       assert.equal(response.status, 404, url);
       assert.equal(response.body.error.code, 'account_not_found');
@@ -111,11 +122,16 @@ describe('what the reads answer', () => {
     assert.deepEqual(overview.stripe, { configured: false, breaker: { state: 'not_configured', failures: 0, opened_at: null } });
 
     const webhooksBefore = overview.webhooks;
-    const applied = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }));
+    const applied = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }),
+    );
     const refused = event('invoice.paid', { id: uniqueId('in'), object: 'invoice' });
     await deliver(test, applied);
     await deliver(test, refused);
-    await db().query(`update webhook_events set status = 'processed', processed_at = received_at + interval '2 seconds' where id = $1`, [applied.id]);
+    await db().query(`update webhook_events set status = 'processed', processed_at = received_at + interval '2 seconds' where id = $1`, [
+      applied.id,
+    ]);
     await db().query(`update webhook_events set status = 'failed', attempts = 14 where id = $1`, [refused.id]);
     await raiseAlert(db().pool, { kind: 'test_alert', key: 'reads-open', severity: 'critical', message: 'open' });
     await raiseAlert(db().pool, { kind: 'test_alert', key: 'reads-resolved', severity: 'warning', message: 'resolved' });
@@ -149,10 +165,15 @@ describe('what the reads answer', () => {
     test.clock.advanceSeconds(6 * 3600);
     await test.ledger.settleAccount('totals');
     const days = (await test.admin('GET', '/v1/admin/credit-totals?days=3&account_id=totals')).body.days;
-    assert.deepEqual(days.map((day: { day: string }) => day.day), ['2029-12-30', '2029-12-31', '2030-01-01']);
+    assert.deepEqual(
+      days.map((day: { day: string }) => day.day),
+      ['2029-12-30', '2029-12-31', '2030-01-01'],
+    );
     const today = days[2];
     assert.deepEqual(today, { day: '2030-01-01', granted: 140, spent: 25, expired: today.expired, clawed_back: 0, adjusted_down: 5 });
-    const expired = await db().query<{ total: string }>(`select coalesce(-sum(amount), 0)::text as total from entries where account_id = 'totals' and kind = 'expire'`);
+    const expired = await db().query<{ total: string }>(
+      `select coalesce(-sum(amount), 0)::text as total from entries where account_id = 'totals' and kind = 'expire'`,
+    );
     assert.ok(Number(expired.rows[0]?.total) > 0, 'the sweep expired what was left of the grant');
     assert.equal(today.expired, Number(expired.rows[0]?.total));
     assert.deepEqual(days[0], { day: '2029-12-30', granted: 0, spent: 0, expired: 0, clawed_back: 0, adjusted_down: 0 });
@@ -168,16 +189,28 @@ describe('what the reads answer', () => {
     await fundedAccount(test, 'srch-beta', 30);
     await fundedAccount(test, 'srch-gamma', 20);
     await db().query(`update accounts set stripe_customer_id = 'cus_SEARCH_1' where id = 'srch-beta'`);
-    const ids = async (search: string) => (await test.admin('GET', `/v1/admin/accounts/search?search=${encodeURIComponent(search)}`)).body.accounts.map((account: { id: string }) => account.id);
+    const ids = async (search: string) =>
+      (await test.admin('GET', `/v1/admin/accounts/search?search=${encodeURIComponent(search)}`)).body.accounts.map(
+        (account: { id: string }) => account.id,
+      );
     assert.deepEqual(await ids('srch-'), ['srch-alpha', 'srch-beta', 'srch-gamma']);
     assert.deepEqual(await ids('alpha.person@'), ['srch-alpha'], 'email, any case');
     assert.deepEqual(await ids('cus_SEARCH'), ['srch-beta'], 'Stripe customer');
     assert.deepEqual(await ids('nothing-like-this'), []);
     const first = (await test.admin('GET', '/v1/admin/accounts/search?search=srch-&sort=available&order=desc&limit=2')).body;
-    assert.deepEqual(first.accounts.map((account: { id: string; available: number }) => [account.id, account.available]), [['srch-beta', 30], ['srch-gamma', 20]]);
+    assert.deepEqual(
+      first.accounts.map((account: { id: string; available: number }) => [account.id, account.available]),
+      [
+        ['srch-beta', 30],
+        ['srch-gamma', 20],
+      ],
+    );
     assert.equal(first.next_offset, 2);
     const second = (await test.admin('GET', '/v1/admin/accounts/search?search=srch-&sort=available&order=desc&limit=2&offset=2')).body;
-    assert.deepEqual(second.accounts.map((account: { id: string }) => account.id), ['srch-alpha']);
+    assert.deepEqual(
+      second.accounts.map((account: { id: string }) => account.id),
+      ['srch-alpha'],
+    );
     assert.equal(second.next_offset, null);
     assert.equal(second.accounts[0].email, 'Alpha.Person@Example.com');
   });
@@ -191,14 +224,28 @@ describe('what the reads answer', () => {
     // Spend order: priority, then earliest expiry: the 20, then the 10; the 30 comes last.
     await test.call('POST', '/v1/accounts/grants-1/usage', { amount: 30, idempotency_key: uniqueId('u') });
     const states = async (state: string) =>
-      (await test.admin('GET', `/v1/admin/accounts/grants-1/grants?state=${state}`)).body.grants.map((grant: { amount: number; state: string }) => [grant.amount, grant.state]);
+      (await test.admin('GET', `/v1/admin/accounts/grants-1/grants?state=${state}`)).body.grants.map(
+        (grant: { amount: number; state: string }) => [grant.amount, grant.state],
+      );
     assert.deepEqual(await states('live'), [[30, 'live']]);
-    assert.deepEqual(await states('past'), [[20, 'used_up'], [10, 'used_up']]);
+    assert.deepEqual(await states('past'), [
+      [20, 'used_up'],
+      [10, 'used_up'],
+    ]);
     await fundedAccount(test, 'grants-1', 40, { expires_at: '2030-01-09T00:00:00Z' });
     test.clock.advanceSeconds(10 * 86400);
     assert.deepEqual(await states('live'), [[30, 'live']]);
-    assert.deepEqual(await states('past'), [[40, 'expired'], [20, 'expired'], [10, 'used_up']]);
-    assert.deepEqual(await states('all'), [[40, 'expired'], [30, 'live'], [20, 'expired'], [10, 'used_up']]);
+    assert.deepEqual(await states('past'), [
+      [40, 'expired'],
+      [20, 'expired'],
+      [10, 'used_up'],
+    ]);
+    assert.deepEqual(await states('all'), [
+      [40, 'expired'],
+      [30, 'live'],
+      [20, 'expired'],
+      [10, 'used_up'],
+    ]);
     const paged = (await test.admin('GET', '/v1/admin/accounts/grants-1/grants?limit=2')).body;
     assert.equal(paged.grants.length, 2);
     assert.equal(paged.next_offset, 2);
@@ -212,12 +259,24 @@ describe('what the reads answer', () => {
     const third = (await test.call('POST', '/v1/accounts/holds-1/holds', { amount: 30, idempotency_key: uniqueId('h') })).body;
     await test.call('POST', `/v1/holds/${second.hold_id}/void`);
     const pending = (await test.admin('GET', '/v1/admin/accounts/holds-1/holds?status=pending')).body;
-    assert.deepEqual(pending.holds.map((hold: { id: string }) => hold.id), [third.hold_id, first.hold_id]);
+    assert.deepEqual(
+      pending.holds.map((hold: { id: string }) => hold.id),
+      [third.hold_id, first.hold_id],
+    );
     assert.equal(pending.holds[0].status, 'pending');
     const page = (await test.admin('GET', '/v1/admin/accounts/holds-1/holds?limit=2')).body;
-    assert.deepEqual(page.holds.map((hold: { id: string; status: string }) => [hold.id, hold.status]), [[third.hold_id, 'pending'], [second.hold_id, 'voided']]);
+    assert.deepEqual(
+      page.holds.map((hold: { id: string; status: string }) => [hold.id, hold.status]),
+      [
+        [third.hold_id, 'pending'],
+        [second.hold_id, 'voided'],
+      ],
+    );
     const rest = (await test.admin('GET', `/v1/admin/accounts/holds-1/holds?limit=2&cursor=${page.next_cursor}`)).body;
-    assert.deepEqual(rest.holds.map((hold: { id: string }) => hold.id), [first.hold_id]);
+    assert.deepEqual(
+      rest.holds.map((hold: { id: string }) => hold.id),
+      [first.hold_id],
+    );
     assert.equal(rest.next_cursor, null);
   });
 
@@ -228,12 +287,18 @@ describe('what the reads answer', () => {
     await test.call('POST', '/v1/accounts/history-1/usage', { amount: 25, idempotency_key: uniqueId('u') });
     const today = test.clock.now().toISOString().slice(0, 10);
     const days = (await test.admin('GET', `/v1/admin/accounts/history-1/balance-history?days=3&until=${today}`)).body.days;
-    assert.deepEqual(days.map((day: { balance: number | null }) => day.balance), [null, 100, 75]);
+    assert.deepEqual(
+      days.map((day: { balance: number | null }) => day.balance),
+      [null, 100, 75],
+    );
   });
 
   // Proves: one stored Stripe event comes with its payload; one entry with its account.
   it('answers one webhook event with its payload and one entry with its account', async () => {
-    const stored = event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: 'cus_payload', paymentIntent: uniqueId('pi') }));
+    const stored = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', customer: 'cus_payload', paymentIntent: uniqueId('pi') }),
+    );
     await deliver(test, stored);
     const answer = (await test.admin('GET', `/v1/admin/webhook-events/${stored.id}`)).body;
     assert.equal(answer.type, 'checkout.session.completed');

@@ -26,7 +26,9 @@ after(async () => {
 
 async function refuseConnections(): Promise<void> {
   await server.query(`alter database ${pg.escapeIdentifier(databaseName)} allow_connections false`);
-  await server.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [databaseName]);
+  await server.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [
+    databaseName,
+  ]);
   // The pool learns that its idle connections were closed from their error events.
   await sleep(300);
 }
@@ -35,14 +37,20 @@ const inject = (method: 'GET' | 'POST', url: string, key: string | null, body?: 
   test.app.inject({
     method,
     url,
-    headers: { ...(key === null ? {} : { authorization: `Bearer ${key}` }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    headers: {
+      ...(key === null ? {} : { authorization: `Bearer ${key}` }),
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
     payload: body === undefined ? undefined : JSON.stringify(body),
   });
 
 it('answers 503 database_unavailable while the database refuses connections, writes nothing, and recovers', async () => {
   const accountId = uniqueId('acct');
   await fundedAccount(test, accountId, 100);
-  const stripeEvent = event('customer.subscription.updated', subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }));
+  const stripeEvent = event(
+    'customer.subscription.updated',
+    subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }),
+  );
   const usage = { amount: 30, idempotency_key: uniqueId('use') };
 
   await refuseConnections();
@@ -56,7 +64,12 @@ it('answers 503 database_unavailable while the database refuses connections, wri
     assert.equal(spend.statusCode, 503);
     assert.equal(spend.json().error.code, 'database_unavailable');
 
-    const grant = await inject('POST', `/v1/accounts/${accountId}/grants`, adminKey, { amount: 5, source: 'promo', reason: 'while down', idempotency_key: uniqueId('g') });
+    const grant = await inject('POST', `/v1/accounts/${accountId}/grants`, adminKey, {
+      amount: 5,
+      source: 'promo',
+      reason: 'while down',
+      idempotency_key: uniqueId('g'),
+    });
     assert.equal(grant.statusCode, 503);
 
     // Stripe redelivers a webhook that was not acknowledged with 2xx.

@@ -22,7 +22,7 @@ let receiver: Server;
 let base = '';
 const received: Received[] = [];
 const behaviour = new Map<string, Behaviour>();
-let secrets = new Map<string, string>();
+const secrets = new Map<string, string>();
 let badSignatures = 0;
 let answerDelayMilliseconds = 0;
 
@@ -65,7 +65,10 @@ after(async () => {
 });
 
 async function register(test: TestApp, path: string, eventTypes?: string[]): Promise<string> {
-  const created = await test.admin('POST', '/v1/admin/webhook-endpoints', { url: `${base}${path}`, ...(eventTypes === undefined ? {} : { event_types: eventTypes }) });
+  const created = await test.admin('POST', '/v1/admin/webhook-endpoints', {
+    url: `${base}${path}`,
+    ...(eventTypes === undefined ? {} : { event_types: eventTypes }),
+  });
   assert.equal(created.status, 201, JSON.stringify(created.body));
   assert.match(created.body.secret, /^whsec_/);
   secrets.set(path, created.body.secret);
@@ -98,12 +101,21 @@ describe('registering endpoints', () => {
   });
 
   it('refuses a URL that is not https (http only for this machine), an unknown event type, and the app key', async () => {
-    for (const url of ['http://example.com/hook', 'ftp://127.0.0.1/hook', 'not a url', 'https://user:pass@example.com/hook', 'javascript:alert(1)']) {
+    for (const url of [
+      'http://example.com/hook',
+      'ftp://127.0.0.1/hook',
+      'not a url',
+      'https://user:pass@example.com/hook',
+      'javascript:alert(1)',
+    ]) {
       const answer = await test.admin('POST', '/v1/admin/webhook-endpoints', { url });
       assert.equal(answer.status, 400, url);
       assert.equal(answer.body.error.field, 'url');
     }
-    assert.equal((await test.admin('POST', '/v1/admin/webhook-endpoints', { url: 'https://example.com/hook', event_types: ['no.such'] })).status, 400);
+    assert.equal(
+      (await test.admin('POST', '/v1/admin/webhook-endpoints', { url: 'https://example.com/hook', event_types: ['no.such'] })).status,
+      400,
+    );
     assert.equal((await test.call('POST', '/v1/admin/webhook-endpoints', { url: 'https://example.com/hook' })).status, 403);
     assert.equal((await test.admin('GET', '/v1/admin/endpoints')).status, 404);
     const { rows } = await test.database.db.query('select count(*)::int as count from webhook_endpoints');
@@ -111,7 +123,10 @@ describe('registering endpoints', () => {
   });
 
   it('shows the secret once, lists and deletes; unknown ids are 404', async () => {
-    const created = await test.admin('POST', '/v1/admin/webhook-endpoints', { url: 'https://example.com/hook', event_types: ['balance.low'] });
+    const created = await test.admin('POST', '/v1/admin/webhook-endpoints', {
+      url: 'https://example.com/hook',
+      event_types: ['balance.low'],
+    });
     assert.equal(created.status, 201);
     const listed = await test.admin('GET', '/v1/admin/webhook-endpoints');
     assert.equal(listed.body.endpoints.length, 1);
@@ -119,10 +134,18 @@ describe('registering endpoints', () => {
     assert.equal(listed.body.endpoints[0].status, 'enabled');
     const one = await test.admin('GET', `/v1/admin/webhook-endpoints/${created.body.id}`);
     assert.deepEqual(one.body.event_types, ['balance.low']);
-    for (const [method, suffix] of [['GET', ''], ['DELETE', ''], ['POST', '/enable']] as const) {
-      for (const id of ['we_999', 'nope']) assert.equal((await test.admin(method, `/v1/admin/webhook-endpoints/${id}${suffix}`)).status, 404);
+    for (const [method, suffix] of [
+      ['GET', ''],
+      ['DELETE', ''],
+      ['POST', '/enable'],
+    ] as const) {
+      for (const id of ['we_999', 'nope'])
+        assert.equal((await test.admin(method, `/v1/admin/webhook-endpoints/${id}${suffix}`)).status, 404);
     }
-    assert.deepEqual((await test.admin('DELETE', `/v1/admin/webhook-endpoints/${created.body.id}`)).body, { id: created.body.id, deleted: true });
+    assert.deepEqual((await test.admin('DELETE', `/v1/admin/webhook-endpoints/${created.body.id}`)).body, {
+      id: created.body.id,
+      deleted: true,
+    });
     assert.equal((await test.admin('GET', `/v1/admin/webhook-endpoints/${created.body.id}`)).status, 404);
   });
 });
@@ -159,13 +182,26 @@ describe('delivering', () => {
     await drain(test);
     const all = (await test.call('GET', '/v1/events?limit=500')).body.events;
     // At least once: a delivery whose answer came after its timeout (a loaded machine) is sent again.
-    assert.deepEqual([...new Set(at('/flaky').map((item) => item.body.sequence))].sort((a, b) => a - b), all.map((event: any) => event.sequence), 'every event');
+    assert.deepEqual(
+      [...new Set(at('/flaky').map((item) => item.body.sequence))].sort((a, b) => a - b),
+      all.map((event: any) => event.sequence),
+      'every event',
+    );
     for (const account of ['dl_a', 'dl_b']) {
-      const order = at('/flaky').filter((item) => item.body.account_id === account).map((item) => item.body.sequence);
-      assert.deepEqual(order, [...order].sort((a, b) => a - b), `order of ${account}`);
+      const order = at('/flaky')
+        .filter((item) => item.body.account_id === account)
+        .map((item) => item.body.sequence);
+      assert.deepEqual(
+        order,
+        [...order].sort((a, b) => a - b),
+        `order of ${account}`,
+      );
     }
     assert.deepEqual([...new Set(at('/only-low').map((item) => item.id))].length, 1);
-    assert.ok(at('/only-low').every((item) => item.body.type === 'balance.depleted'), 'only the types asked for');
+    assert.ok(
+      at('/only-low').every((item) => item.body.type === 'balance.depleted'),
+      'only the types asked for',
+    );
     assert.equal(badSignatures, 0);
     assert.equal(at('/flaky')[0]?.id, at('/flaky')[0]?.body.id, 'webhook-id is the event id');
   });
@@ -209,7 +245,9 @@ describe('delivering', () => {
     const enabled = await test.admin('POST', `/v1/admin/webhook-endpoints/${id}/enable`);
     assert.equal(enabled.body.status, 'enabled');
     await drain(test);
-    const mine = at('/down').filter((item) => item.body.account_id === 'dl_down').map((item) => item.body.sequence);
+    const mine = at('/down')
+      .filter((item) => item.body.account_id === 'dl_down')
+      .map((item) => item.body.sequence);
     const expected = (await test.call('GET', '/v1/events?account_id=dl_down')).body.events.map((event: any) => event.sequence);
     assert.deepEqual(mine, expected);
   });
@@ -227,7 +265,9 @@ describe('delivering', () => {
     const ids = at(path).map((item) => item.id);
     assert.equal(new Set(ids).size, ids.length, 'no event sent twice');
     const expected = (await test.call('GET', '/v1/events?limit=500')).body.events.filter((event: any) => event.sequence > 0).length;
-    const { rows } = await test.database.db.query<{ count: number }>(`select count(*)::int as count from event_deliveries d join webhook_endpoints w on w.id = d.endpoint_id where w.url like '%/shared'`);
+    const { rows } = await test.database.db.query<{ count: number }>(
+      `select count(*)::int as count from event_deliveries d join webhook_endpoints w on w.id = d.endpoint_id where w.url like '%/shared'`,
+    );
     assert.equal(ids.length, rows[0]?.count);
     assert.ok(expected >= ids.length);
   });
@@ -250,7 +290,10 @@ describe('a restart between a change and its delivery', () => {
       clock.advanceSeconds(60);
       await drain(second);
       const got = at('/restart');
-      assert.deepEqual(got.map((item) => item.body.type), ['grant.created']);
+      assert.deepEqual(
+        got.map((item) => item.body.type),
+        ['grant.created'],
+      );
       assert.equal(got[0]?.body.data.amount, 7);
     } finally {
       await second.close();

@@ -27,7 +27,8 @@ async function eventsOf(accountId: string): Promise<any[]> {
 
 const typesOf = (list: any[]) => list.map((event) => event.type);
 let keyCount = 0;
-const spend = (accountId: string, amount: number) => test.call('POST', `/v1/accounts/${accountId}/usage`, { amount, idempotency_key: `spend-${(keyCount += 1)}` });
+const spend = (accountId: string, amount: number) =>
+  test.call('POST', `/v1/accounts/${accountId}/usage`, { amount, idempotency_key: `spend-${(keyCount += 1)}` });
 
 describe('writing events', () => {
   it('writes grant.created in the grant transaction, with the event shape of SPEC', async () => {
@@ -44,7 +45,9 @@ describe('writing events', () => {
     await fundedAccount(test, 'ev_rollback', 0);
     await assert.rejects(
       test.database.db.withTransaction(async (client) => {
-        await client.query(`select tally_add_grant('ev_rollback', 'promo', 50, 0, null, 'rolled-back', 'grant', '{}', 'admin', 'test', now())`);
+        await client.query(
+          `select tally_add_grant('ev_rollback', 'promo', 50, 0, null, 'rolled-back', 'grant', '{}', 'admin', 'test', now())`,
+        );
         const inside = await client.query(`select count(*)::int as count from events where account_id = 'ev_rollback'`);
         assert.equal(inside.rows[0]?.count, 1, 'the event is written inside the transaction');
         throw new Error('roll back');
@@ -60,7 +63,8 @@ describe('writing events', () => {
     await fundedAccount(test, 'ev_low', 300);
     const threshold = await test.call('PUT', '/v1/accounts/ev_low/low-balance-threshold', { threshold: 100 });
     assert.deepEqual(threshold.body, { account_id: 'ev_low', low_balance_threshold: 100 });
-    const count = async () => (await test.database.db.query(`select count(*)::int as count from events where account_id = 'ev_low'`)).rows[0]?.count;
+    const count = async () =>
+      (await test.database.db.query(`select count(*)::int as count from events where account_id = 'ev_low'`)).rows[0]?.count;
     const before = await count();
     assert.equal((await spend('ev_low', 150)).status, 200);
     assert.equal(await count(), before, 'a spend that crosses nothing writes no event');
@@ -79,7 +83,11 @@ describe('writing events', () => {
 
   it('writes hold.expired when the sweep expires a hold, and grant.expired when a grant expires', async () => {
     await fundedAccount(test, 'ev_hold', 100, { expires_at: new Date(test.clock.now().getTime() + 7200_000).toISOString() });
-    const hold = await test.call('POST', '/v1/accounts/ev_hold/holds', { amount: 40, idempotency_key: 'ev-hold-1', expires_in_seconds: 60 });
+    const hold = await test.call('POST', '/v1/accounts/ev_hold/holds', {
+      amount: 40,
+      idempotency_key: 'ev-hold-1',
+      expires_in_seconds: 60,
+    });
     assert.equal(hold.status, 201);
     test.clock.advanceSeconds(120);
     await test.parts.sweeper.sweep();
@@ -110,7 +118,10 @@ describe('reading events', () => {
     for (let index = 0; index < 4; index += 1) await fundedAccount(test, 'ev_page', 5);
     const all = await events('?limit=500');
     const sequences = all.map((event) => event.sequence);
-    assert.deepEqual(sequences, [...sequences].sort((a, b) => a - b));
+    assert.deepEqual(
+      sequences,
+      [...sequences].sort((a, b) => a - b),
+    );
     assert.equal(new Set(sequences).size, sequences.length);
     await settleEvents(test);
     const first = await test.call('GET', '/v1/events?limit=2');
@@ -216,6 +227,9 @@ describe('reading events', () => {
     assert.deepEqual(new Set(mine.map((event) => String(event.data.n))), committed);
     assert.equal(mine.length, committed.size, 'each event once');
     const sequences = seen.map((event) => event.sequence);
-    assert.deepEqual(sequences, [...sequences].sort((a, b) => a - b));
+    assert.deepEqual(
+      sequences,
+      [...sequences].sort((a, b) => a - b),
+    );
   });
 });

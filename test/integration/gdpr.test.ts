@@ -18,11 +18,47 @@ async function customerWithHistory() {
   const subscriptionId = uniqueId('sub');
   const email = `private.person.${accountId}@example.com`;
   const device = `device-${accountId}`;
-  await test.call('PUT', `/v1/accounts/${accountId}`, { email, name: 'Private Person', metadata: { phone: '555-0100' }, device_fingerprint: device });
-  await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 100, source: 'promo', reason: 'welcome', idempotency_key: uniqueId('g') });
-  await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 10, idempotency_key: uniqueId('u'), description: 'summary of Private Person’s notes', metadata: { doc: 'diary' } });
-  await deliver(test, event('checkout.session.completed', { ...checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId }), customer_details: { email } }));
-  await deliver(test, event('customer.subscription.created', subscription({ id: subscriptionId, customer, status: 'trialing', price: 'price_plus_monthly', start: 1893456000, end: 1894060800, trialEnd: 1894060800, accountId })));
+  await test.call('PUT', `/v1/accounts/${accountId}`, {
+    email,
+    name: 'Private Person',
+    metadata: { phone: '555-0100' },
+    device_fingerprint: device,
+  });
+  await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
+    amount: 100,
+    source: 'promo',
+    reason: 'welcome',
+    idempotency_key: uniqueId('g'),
+  });
+  await test.call('POST', `/v1/accounts/${accountId}/usage`, {
+    amount: 10,
+    idempotency_key: uniqueId('u'),
+    description: 'summary of Private Person’s notes',
+    metadata: { doc: 'diary' },
+  });
+  await deliver(
+    test,
+    event('checkout.session.completed', {
+      ...checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId }),
+      customer_details: { email },
+    }),
+  );
+  await deliver(
+    test,
+    event(
+      'customer.subscription.created',
+      subscription({
+        id: subscriptionId,
+        customer,
+        status: 'trialing',
+        price: 'price_plus_monthly',
+        start: 1893456000,
+        end: 1894060800,
+        trialEnd: 1894060800,
+        accountId,
+      }),
+    ),
+  );
   await settleWebhooks(test);
   return { accountId, subscriptionId, email, device };
 }
@@ -33,7 +69,19 @@ it('exports every record kept on an account', async () => {
   assert.equal(response.status, 200);
   const body = response.body;
   assert.equal(body.account.email, email);
-  for (const section of ['grants', 'entries', 'holds', 'subscriptions', 'payments', 'request_keys', 'webhook_events', 'trial_claims', 'trial_refusals', 'alerts', 'audit_log']) {
+  for (const section of [
+    'grants',
+    'entries',
+    'holds',
+    'subscriptions',
+    'payments',
+    'request_keys',
+    'webhook_events',
+    'trial_claims',
+    'trial_refusals',
+    'alerts',
+    'audit_log',
+  ]) {
     assert.ok(Array.isArray(body[section]), `export has ${section}`);
   }
   assert.equal(body.grants.length, 2, 'the promo grant and the trial');
@@ -56,7 +104,10 @@ it('erases personal data, keeps amounts, keys and claims, and audits the erasure
   const unkeyed = `erased-${createHash('sha256').update(`tally-erasure:${accountId}`).digest('hex').slice(0, 16)}`;
   assert.notEqual(response.body.pseudonym, unkeyed);
   const { rows: secrets } = await test.database.db.query<{ value: string }>(`select value from tally_secrets where name = 'fingerprint'`);
-  const keyed = createHmac('sha256', secrets[0]?.value ?? '').update(`purpose:erasure:${accountId}`).digest('hex').slice(0, 16);
+  const keyed = createHmac('sha256', secrets[0]?.value ?? '')
+    .update(`purpose:erasure:${accountId}`)
+    .digest('hex')
+    .slice(0, 16);
   assert.equal(response.body.pseudonym, `erased-${keyed}`);
   const after = await test.admin('GET', `/v1/accounts/${accountId}/export`);
   const text = JSON.stringify(after.body);
@@ -64,7 +115,10 @@ it('erases personal data, keeps amounts, keys and claims, and audits the erasure
     assert.ok(!text.includes(secret), `${secret} is gone`);
   }
   assert.equal(after.body.account.name, response.body.pseudonym);
-  assert.deepEqual(after.body.entries.map((entry: { amount: number; idempotency_key: string }) => [entry.amount, entry.idempotency_key]), before.body.entries.map((entry: { amount: number; idempotency_key: string }) => [entry.amount, entry.idempotency_key]));
+  assert.deepEqual(
+    after.body.entries.map((entry: { amount: number; idempotency_key: string }) => [entry.amount, entry.idempotency_key]),
+    before.body.entries.map((entry: { amount: number; idempotency_key: string }) => [entry.amount, entry.idempotency_key]),
+  );
   assert.equal(after.body.trial_claims.length, 3, 'claims stay, so erasure does not reopen a trial');
   assert.deepEqual((await test.call('GET', `/v1/accounts/${accountId}/balance`)).body.available, 590, 'promo 100 + trial 500 - 10');
   const erasure = after.body.audit_log.find((row: { action: string }) => row.action === 'erasure');
@@ -73,7 +127,11 @@ it('erases personal data, keeps amounts, keys and claims, and audits the erasure
   const eligibility = await test.call('GET', `/v1/accounts/${accountId}/trial-eligibility?email=${encodeURIComponent(email)}`);
   assert.equal(eligibility.body.eligible, false);
   assert.equal((await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, {})).status, 400, 'a reason is required');
-  await assert.rejects(test.database.db.query(`update entries set amount = 0 where account_id = $1`, [accountId]), /append-only/, 'entries stay append-only outside erasure');
+  await assert.rejects(
+    test.database.db.query(`update entries set amount = 0 where account_id = $1`, [accountId]),
+    /append-only/,
+    'entries stay append-only outside erasure',
+  );
 });
 
 it('exports and erases the webhook payloads that name the account without being applied to it, read from the database', async () => {
@@ -81,10 +139,25 @@ it('exports and erases the webhook payloads that name the account without being 
   // account's Stripe customer or subscription are in its export, and erasure scrubs them (the
   // exact body included), checked in the database rather than through the export.
   const { accountId, subscriptionId, email } = await customerWithHistory();
-  const customer = (await test.database.db.query<{ stripe_customer_id: string }>('select stripe_customer_id from accounts where id = $1', [accountId])).rows[0]?.stripe_customer_id;
+  const customer = (
+    await test.database.db.query<{ stripe_customer_id: string }>('select stripe_customer_id from accounts where id = $1', [accountId])
+  ).rows[0]?.stripe_customer_id;
   assert.ok(customer !== undefined);
-  const ignored = event('customer.updated', { id: customer, object: 'customer', email, name: 'Private Person', address: { line1: '1 Private Street' } });
-  const pending = event('invoice.payment_failed', { id: uniqueId('in'), object: 'invoice', customer, customer_email: email, customer_name: 'Private Person', parent: { subscription_details: { subscription: subscriptionId } } });
+  const ignored = event('customer.updated', {
+    id: customer,
+    object: 'customer',
+    email,
+    name: 'Private Person',
+    address: { line1: '1 Private Street' },
+  });
+  const pending = event('invoice.payment_failed', {
+    id: uniqueId('in'),
+    object: 'invoice',
+    customer,
+    customer_email: email,
+    customer_name: 'Private Person',
+    parent: { subscription_details: { subscription: subscriptionId } },
+  });
   await deliver(test, ignored);
   await settleWebhooks(test);
   await deliver(test, pending);
@@ -92,7 +165,10 @@ it('exports and erases the webhook payloads that name the account without being 
   const exportedIds = exported.webhook_events.map((row: { id: string }) => row.id);
   assert.ok(exportedIds.includes(ignored.id) && exportedIds.includes(pending.id), 'both are in the export');
   assert.equal((await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'the customer asked' })).status, 200);
-  const rows = await test.database.db.query<{ id: string; text: string }>(`select id, coalesce(raw_body, '') || payload::text as text from webhook_events where id = any($1)`, [[ignored.id, pending.id]]);
+  const rows = await test.database.db.query<{ id: string; text: string }>(
+    `select id, coalesce(raw_body, '') || payload::text as text from webhook_events where id = any($1)`,
+    [[ignored.id, pending.id]],
+  );
   assert.equal(rows.rows.length, 2);
   for (const row of rows.rows) {
     assert.ok(!row.text.includes(email), `${row.id} keeps no email`);

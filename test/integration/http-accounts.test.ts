@@ -25,7 +25,12 @@ describe('authentication', () => {
   it('refuses the app key on an admin call (403) and writes nothing', async () => {
     await fundedAccount(test, 'auth-1', 0);
     const before = await countRows('grants');
-    const response = await test.call('POST', '/v1/accounts/auth-1/grants', { amount: 5, source: 'promo', reason: 'x', idempotency_key: 'auth-g' }, appKey);
+    const response = await test.call(
+      'POST',
+      '/v1/accounts/auth-1/grants',
+      { amount: 5, source: 'promo', reason: 'x', idempotency_key: 'auth-g' },
+      appKey,
+    );
     assert.equal(response.status, 403);
     assert.equal(response.body.error.code, 'forbidden');
     assert.equal(await countRows('grants'), before);
@@ -39,7 +44,11 @@ describe('authentication', () => {
 
 describe('accounts', () => {
   it('creates an account with PUT, updates only the fields given, and reads it back', async () => {
-    const created = await test.call('PUT', '/v1/accounts/acct:1@x', { email: 'jane@example.com', name: 'Jane', metadata: { plan: 'gold' } });
+    const created = await test.call('PUT', '/v1/accounts/acct:1@x', {
+      email: 'jane@example.com',
+      name: 'Jane',
+      metadata: { plan: 'gold' },
+    });
     assert.equal(created.status, 200);
     assert.equal(created.body.id, 'acct:1@x');
     const updated = await test.call('PUT', '/v1/accounts/acct:1@x', { name: 'Jane Doe' });
@@ -65,7 +74,12 @@ describe('accounts', () => {
       assert.equal(response.status, 404, `${method} ${url}`);
       assert.equal(response.body.error.code, 'account_not_found', `${method} ${url}`);
     }
-    const grant = await test.admin('POST', '/v1/accounts/ghost/grants', { amount: 1, source: 'promo', reason: 'r', idempotency_key: 'ghost-g' });
+    const grant = await test.admin('POST', '/v1/accounts/ghost/grants', {
+      amount: 1,
+      source: 'promo',
+      reason: 'r',
+      idempotency_key: 'ghost-g',
+    });
     assert.equal(grant.status, 404);
     const adjustment = await test.admin('POST', '/v1/accounts/ghost/adjustments', { amount: 1, reason: 'r', idempotency_key: 'ghost-a' });
     assert.equal(adjustment.status, 404);
@@ -85,6 +99,7 @@ describe('validation writes nothing', () => {
     ['a string amount', { amount: '10', idempotency_key: 'v2' }, 'amount'],
     ['a zero amount', { amount: 0, idempotency_key: 'v3' }, 'amount'],
     ['a negative amount', { amount: -3, idempotency_key: 'v4' }, 'amount'],
+    // biome-ignore lint/correctness/noPrecisionLoss: the point is an amount past the safe range
     ['an unsafe amount', { amount: 9007199254740993, idempotency_key: 'v5' }, 'amount'],
     ['a missing key', { amount: 1 }, 'idempotency_key'],
     ['an unknown field', { amount: 1, idempotency_key: 'v6', colour: 'red' }, 'colour'],
@@ -181,7 +196,10 @@ describe('health, metrics and description', () => {
     }
     assert.equal(paths['/v1/accounts/{id}/usage'].post.requestBody.content['application/json'].schema.properties.amount.type, 'integer');
     assert.match(paths['/v1/accounts/{id}/usage'].post.responses['503'].description, /database_unavailable/);
-    assert.match(paths['/v1/accounts/{id}/checkout'].post.responses['503'].description, /stripe_unavailable: .*; or database_unavailable: /);
+    assert.match(
+      paths['/v1/accounts/{id}/checkout'].post.responses['503'].description,
+      /stripe_unavailable: .*; or database_unavailable: /,
+    );
     // The codes every call may answer are described with it.
     const usage = paths['/v1/accounts/{id}/usage'].post;
     for (const status of ['401', '403', '413', '415', '429']) assert.ok(usage.responses[status], `usage documents ${status}`);
@@ -189,7 +207,10 @@ describe('health, metrics and description', () => {
     assert.match(paths['/v1/accounts/{id}/grants'].post.responses['400'].description, /grant_exceeds_limit/);
     assert.ok(paths['/v1/accounts/{id}/trial-eligibility'].post, 'trial eligibility by POST');
     assert.ok(response.body.components.securitySchemes.viewerKey);
-    assert.deepEqual(paths['/v1/accounts/{id}/balance'].get.security.map((entry: object) => Object.keys(entry)[0]), ['appKey', 'adminKey', 'viewerKey']);
+    assert.deepEqual(
+      paths['/v1/accounts/{id}/balance'].get.security.map((entry: object) => Object.keys(entry)[0]),
+      ['appKey', 'adminKey', 'viewerKey'],
+    );
     assert.equal(paths['/v1/holds/{hold_id}/capture'].post.requestBody.required, false, 'a bare capture takes the whole hold');
     assert.equal(paths['/healthz'].get.responses['503'], undefined, 'liveness never reads the database');
     const docs = await test.app.inject({ method: 'GET', url: '/docs/' });

@@ -15,9 +15,18 @@ after(async () => {
 });
 
 /** A raw request through Fastify's HTTP stack, for bodies and headers the JSON helper cannot send. */
-async function raw(method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH', url: string, payload?: string, headers: Record<string, string> = {}) {
+async function raw(
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH',
+  url: string,
+  payload?: string,
+  headers: Record<string, string> = {},
+) {
   const response = await test.app.inject({ method, url, payload, headers: { authorization: `Bearer ${adminKey}`, ...headers } });
-  return { status: response.statusCode, headers: response.headers, body: response.headers['content-type']?.toString().includes('json') ? response.json() : response.body };
+  return {
+    status: response.statusCode,
+    headers: response.headers,
+    body: response.headers['content-type']?.toString().includes('json') ? response.json() : response.body,
+  };
 }
 
 describe('the admin key on the app calls', () => {
@@ -34,11 +43,18 @@ describe('the admin key on the app calls', () => {
     const second = await test.admin('POST', '/v1/accounts/adm-app-1/holds', { amount: 20, idempotency_key: 'adm-h2' });
     const voided = await test.admin('POST', `/v1/holds/${second.body.hold_id}/void`);
     assert.equal(voided.status, 200, JSON.stringify(voided.body));
-    const batch = await test.admin('POST', '/v1/usage/batch', { events: [{ account_id: 'adm-app-1', amount: 1, idempotency_key: 'adm-b1' }] });
+    const batch = await test.admin('POST', '/v1/usage/batch', {
+      events: [{ account_id: 'adm-app-1', amount: 1, idempotency_key: 'adm-b1' }],
+    });
     assert.equal(batch.status, 200);
     assert.equal(batch.body.results[0].status, 200, JSON.stringify(batch.body));
-    const { rows } = await test.database.db.query<{ actor: string }>(`select distinct actor from entries where account_id = 'adm-app-1' and kind <> 'grant'`);
-    assert.deepEqual(rows.map((row) => row.actor), ['app']);
+    const { rows } = await test.database.db.query<{ actor: string }>(
+      `select distinct actor from entries where account_id = 'adm-app-1' and kind <> 'grant'`,
+    );
+    assert.deepEqual(
+      rows.map((row) => row.actor),
+      ['app'],
+    );
   });
 });
 
@@ -53,7 +69,12 @@ describe('U+0000 in input', () => {
       ['PUT', '/v1/accounts/nul-1', { metadata: { plan: 'x\u0000' } }, 'metadata.plan'],
       ['PUT', '/v1/accounts/nul-1', { metadata: { 'k\u0000': 'x' } }, 'metadata.k\u0000'],
       ['POST', '/v1/accounts/nul-1/usage', { amount: 1, idempotency_key: 'nul-u1', description: 'tokens\u0000' }, 'description'],
-      ['POST', '/v1/usage/batch', { events: [{ account_id: 'nul-1', amount: 1, idempotency_key: 'nul-b1', metadata: { m: '\u0000' } }] }, 'events.0.metadata.m'],
+      [
+        'POST',
+        '/v1/usage/batch',
+        { events: [{ account_id: 'nul-1', amount: 1, idempotency_key: 'nul-b1', metadata: { m: '\u0000' } }] },
+        'events.0.metadata.m',
+      ],
       ['POST', '/v1/accounts/nul-1/grants', { amount: 1, source: 'promo', reason: 'why\u0000', idempotency_key: 'nul-g1' }, 'reason'],
     ];
     for (const [method, url, body, field] of cases) {
@@ -105,7 +126,12 @@ describe("Fastify's own refusals", () => {
     const form = await raw('POST', '/v1/accounts/x/usage', 'amount=1', { 'content-type': 'application/x-www-form-urlencoded' });
     assert.equal(form.status, 415);
     assert.equal(form.body.error.code, 'unsupported_media_type');
-    const large = await raw('POST', '/v1/accounts/x/usage', JSON.stringify({ amount: 1, idempotency_key: 'k', description: 'x'.repeat(200_000) }), { 'content-type': 'application/json' });
+    const large = await raw(
+      'POST',
+      '/v1/accounts/x/usage',
+      JSON.stringify({ amount: 1, idempotency_key: 'k', description: 'x'.repeat(200_000) }),
+      { 'content-type': 'application/json' },
+    );
     assert.equal(large.status, 413);
     assert.equal(large.body.error.code, 'payload_too_large');
     const broken = await raw('POST', '/v1/accounts/x/usage', '{"amount": ', { 'content-type': 'application/json' });
@@ -126,9 +152,20 @@ describe("Fastify's own refusals", () => {
     assert.equal(zero.body.error.message, 'amount: must be more than 0');
     const text = await test.call('POST', '/v1/accounts/msg-1/usage', { amount: 'ten', idempotency_key: 'msg-u3' });
     assert.equal(text.body.error.message, 'amount: expected a number');
-    const expiry = await test.admin('POST', '/v1/accounts/msg-1/grants', { amount: 1, source: 'promo', reason: 'r', idempotency_key: 'msg-g1', expires_at: 'tomorrow' });
+    const expiry = await test.admin('POST', '/v1/accounts/msg-1/grants', {
+      amount: 1,
+      source: 'promo',
+      reason: 'r',
+      idempotency_key: 'msg-g1',
+      expires_at: 'tomorrow',
+    });
     assert.match(expiry.body.error.message, /^expires_at: expected an ISO 8601 date-time/);
-    const source = await test.admin('POST', '/v1/accounts/msg-1/grants', { amount: 1, source: 'gift', reason: 'r', idempotency_key: 'msg-g2' });
+    const source = await test.admin('POST', '/v1/accounts/msg-1/grants', {
+      amount: 1,
+      source: 'gift',
+      reason: 'r',
+      idempotency_key: 'msg-g2',
+    });
     assert.equal(source.body.error.message, 'source: must be one of "promo", "admin"');
     for (const response of [limit, fraction, zero, text, expiry, source]) {
       assert.doesNotMatch(response.body.error.message, /NaN|received|Invalid input|expected int\b|[<>]=?\d/);
@@ -141,7 +178,12 @@ describe('limits on credits', () => {
   // grant_exceeds_limit and writes nothing.
   it('refuses a grant above limits.admin_grant_credits_max', async () => {
     await fundedAccount(test, 'lim-1', 0);
-    const response = await test.admin('POST', '/v1/accounts/lim-1/grants', { amount: 1_000_001, source: 'promo', reason: 'too much', idempotency_key: 'lim-g1' });
+    const response = await test.admin('POST', '/v1/accounts/lim-1/grants', {
+      amount: 1_000_001,
+      source: 'promo',
+      reason: 'too much',
+      idempotency_key: 'lim-g1',
+    });
     assert.equal(response.status, 400);
     assert.equal(response.body.error.code, 'grant_exceeds_limit');
     assert.equal(response.body.error.limit, 1_000_000);
@@ -158,7 +200,12 @@ describe('limits on credits', () => {
       for (const id of ['huge-1', 'huge-2']) {
         await fundedAccount(big, id, half);
       }
-      const over = await big.admin('POST', '/v1/accounts/huge-1/grants', { amount: half, source: 'promo', reason: 'overflow', idempotency_key: 'huge-g2' });
+      const over = await big.admin('POST', '/v1/accounts/huge-1/grants', {
+        amount: half,
+        source: 'promo',
+        reason: 'overflow',
+        idempotency_key: 'huge-g2',
+      });
       assert.equal(over.status, 400, JSON.stringify(over.body));
       assert.equal(over.body.error.code, 'balance_limit_exceeded');
       assert.equal((await ledgerFacts(big, 'huge-1')).available, half);
@@ -202,10 +249,16 @@ describe('replays and captures', () => {
     const first = await test.call('POST', '/v1/accounts/cap-1/holds', { amount: 30, idempotency_key: 'cap-h1' });
     const zero = await test.call('POST', `/v1/holds/${first.body.hold_id}/capture`, { amount: 0 });
     assert.equal(zero.status, 200);
-    assert.deepEqual({ captured: zero.body.captured, released: zero.body.released, available: zero.body.available }, { captured: 0, released: 30, available: 100 });
+    assert.deepEqual(
+      { captured: zero.body.captured, released: zero.body.released, available: zero.body.available },
+      { captured: 0, released: 30, available: 100 },
+    );
     const second = await test.call('POST', `/v1/accounts/cap-1/holds`, { amount: 40, idempotency_key: 'cap-h2' });
     const whole = await test.call('POST', `/v1/holds/${second.body.hold_id}/capture`);
     assert.equal(whole.status, 200, JSON.stringify(whole.body));
-    assert.deepEqual({ captured: whole.body.captured, released: whole.body.released, available: whole.body.available }, { captured: 40, released: 0, available: 60 });
+    assert.deepEqual(
+      { captured: whole.body.captured, released: whole.body.released, available: whole.body.available },
+      { captured: 40, released: 0, available: 60 },
+    );
   });
 });

@@ -23,7 +23,12 @@ async function assertReconciled(accountId: string): Promise<void> {
 describe('usage', () => {
   it('spends credits and answers the entry and what is left', async () => {
     await fundedAccount(test, 'use-1', 100);
-    const response = await test.call('POST', '/v1/accounts/use-1/usage', { amount: 30, idempotency_key: 'use-1-a', description: 'gpt tokens', metadata: { model: 'x' } });
+    const response = await test.call('POST', '/v1/accounts/use-1/usage', {
+      amount: 30,
+      idempotency_key: 'use-1-a',
+      description: 'gpt tokens',
+      metadata: { model: 'x' },
+    });
     assert.equal(response.status, 200);
     assert.equal(response.body.amount, 30);
     assert.equal(response.body.available, 70);
@@ -50,7 +55,12 @@ describe('usage', () => {
   });
 
   it('answers 402 again for a replayed refused key, even after a top-up', async () => {
-    await test.admin('POST', '/v1/accounts/use-1/grants', { amount: 1000, source: 'promo', reason: 'top-up', idempotency_key: 'use-1-topup' });
+    await test.admin('POST', '/v1/accounts/use-1/grants', {
+      amount: 1000,
+      source: 'promo',
+      reason: 'top-up',
+      idempotency_key: 'use-1-topup',
+    });
     const replay = await test.call('POST', '/v1/accounts/use-1/usage', { amount: 61, idempotency_key: 'use-1-c' });
     assert.equal(replay.status, 402);
     assert.equal(replay.body.error.available, 60);
@@ -62,12 +72,21 @@ describe('usage', () => {
     assert.equal(otherAmount.status, 409);
     assert.equal(otherAmount.body.error.code, 'idempotency_conflict');
     assert.equal(otherAmount.body.error.idempotency_key, 'use-1-b');
-    const otherDescription = await test.call('POST', '/v1/accounts/use-1/usage', { amount: 10, idempotency_key: 'use-1-b', description: 'another payload' });
+    const otherDescription = await test.call('POST', '/v1/accounts/use-1/usage', {
+      amount: 10,
+      idempotency_key: 'use-1-b',
+      description: 'another payload',
+    });
     assert.equal(otherDescription.status, 409, 'the payload is more than its amount');
     const otherOperation = await test.call('POST', '/v1/accounts/use-1/holds', { amount: 10, idempotency_key: 'use-1-b' });
     assert.equal(otherOperation.status, 409);
     assert.equal(otherOperation.body.error.code, 'idempotency_conflict');
-    const grantUnderUsageKey = await test.admin('POST', '/v1/accounts/use-1/grants', { amount: 5, source: 'promo', reason: 'r', idempotency_key: 'use-1-b' });
+    const grantUnderUsageKey = await test.admin('POST', '/v1/accounts/use-1/grants', {
+      amount: 5,
+      source: 'promo',
+      reason: 'r',
+      idempotency_key: 'use-1-b',
+    });
     assert.equal(grantUnderUsageKey.status, 409);
     const usageUnderRefusedKey = await test.call('POST', '/v1/accounts/use-1/holds', { amount: 61, idempotency_key: 'use-1-c' });
     assert.equal(usageUnderRefusedKey.status, 409, 'a refused usage key is taken for other operations too');
@@ -105,7 +124,15 @@ describe('spend order and expiry', () => {
     const soon = new Date(test.clock.now().getTime() + 3600_000).toISOString();
     const later = new Date(test.clock.now().getTime() + 7200_000).toISOString();
     const grant = async (key: string, amount: number, extra: Record<string, unknown>) =>
-      (await test.admin('POST', '/v1/accounts/order-1/grants', { amount, source: 'promo', reason: 'order', idempotency_key: key, ...extra })).body.id as string;
+      (
+        await test.admin('POST', '/v1/accounts/order-1/grants', {
+          amount,
+          source: 'promo',
+          reason: 'order',
+          idempotency_key: key,
+          ...extra,
+        })
+      ).body.id as string;
     const never = await grant('o-never', 10, {});
     const laterId = await grant('o-later', 10, { expires_at: later });
     const soonId = await grant('o-soon', 10, { expires_at: soon });
@@ -120,18 +147,30 @@ describe('spend order and expiry', () => {
     assert.equal(spend.status, 200);
     const entries = await test.call('GET', '/v1/accounts/order-1/ledger?limit=1');
     assert.deepEqual(entries.body.entries[0].grant_ids, [soonId, laterId, never]);
-    const remaining = Object.fromEntries((await test.call('GET', '/v1/accounts/order-1')).body.grants.map((g: { id: string; remaining: number }) => [g.id, g.remaining]));
+    const remaining = Object.fromEntries(
+      (await test.call('GET', '/v1/accounts/order-1')).body.grants.map((g: { id: string; remaining: number }) => [g.id, g.remaining]),
+    );
     assert.deepEqual(remaining, { [never]: 5, [urgent]: 10, [lowPriority]: 10 });
   });
 
   it('stops counting a grant the moment it expires, and records an expire entry', async () => {
     await fundedAccount(test, 'exp-1', 0);
     const expiresAt = new Date(test.clock.now().getTime() + 60_000).toISOString();
-    await test.admin('POST', '/v1/accounts/exp-1/grants', { amount: 40, source: 'promo', reason: 'short', idempotency_key: 'exp-1-g', expires_at: expiresAt });
+    await test.admin('POST', '/v1/accounts/exp-1/grants', {
+      amount: 40,
+      source: 'promo',
+      reason: 'short',
+      idempotency_key: 'exp-1-g',
+      expires_at: expiresAt,
+    });
     await test.admin('POST', '/v1/accounts/exp-1/grants', { amount: 5, source: 'promo', reason: 'long', idempotency_key: 'exp-1-g2' });
     assert.equal((await test.call('GET', '/v1/accounts/exp-1/balance')).body.available, 45);
     test.clock.advanceSeconds(60);
-    assert.equal((await test.call('GET', '/v1/accounts/exp-1/balance')).body.available, 5, 'no sweep has run, yet the grant no longer counts');
+    assert.equal(
+      (await test.call('GET', '/v1/accounts/exp-1/balance')).body.available,
+      5,
+      'no sweep has run, yet the grant no longer counts',
+    );
     const refused = await test.call('POST', '/v1/accounts/exp-1/usage', { amount: 6, idempotency_key: 'exp-1-u' });
     assert.equal(refused.status, 402);
     const ledger = await test.call('GET', '/v1/accounts/exp-1/ledger');
@@ -143,7 +182,11 @@ describe('spend order and expiry', () => {
 
   it('refuses an admin grant whose expiry is already past', async () => {
     const response = await test.admin('POST', '/v1/accounts/exp-1/grants', {
-      amount: 5, source: 'promo', reason: 'late', idempotency_key: 'exp-1-past', expires_at: '2000-01-01T00:00:00Z',
+      amount: 5,
+      source: 'promo',
+      reason: 'late',
+      idempotency_key: 'exp-1-past',
+      expires_at: '2000-01-01T00:00:00Z',
     });
     assert.equal(response.status, 400);
     assert.equal(response.body.error.field, 'expires_at');
@@ -158,14 +201,24 @@ describe('holds', () => {
     assert.equal(hold.body.available, 60);
     assert.equal(hold.body.replayed, false);
     assert.equal(Date.parse(hold.body.expires_at) - test.clock.now().getTime(), 900_000, 'default lifetime 900 s');
-    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-1/balance')).body, { account_id: 'hold-1', available: 60, held: 40, debt: 0 });
+    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-1/balance')).body, {
+      account_id: 'hold-1',
+      available: 60,
+      held: 40,
+      debt: 0,
+    });
     const replay = await test.call('POST', '/v1/accounts/hold-1/holds', { amount: 40, idempotency_key: 'hold-1-a' });
     assert.equal(replay.status, 201);
     assert.deepEqual(replay.body, { ...hold.body, replayed: true });
     const capture = await test.call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { amount: 25 });
     assert.equal(capture.status, 200);
     assert.deepEqual(capture.body, { captured: 25, released: 15, available: 75 });
-    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-1/balance')).body, { account_id: 'hold-1', available: 75, held: 0, debt: 0 });
+    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-1/balance')).body, {
+      account_id: 'hold-1',
+      available: 75,
+      held: 0,
+      debt: 0,
+    });
     await assertReconciled('hold-1');
   });
 
@@ -201,7 +254,11 @@ describe('holds', () => {
     assert.equal(tooBig.body.error.available, 70);
     assert.equal((await test.call('POST', '/v1/holds/hold_999999/void')).status, 404);
     assert.equal((await test.call('POST', '/v1/holds/nonsense/void')).status, 404);
-    const tooLong = await test.call('POST', '/v1/accounts/hold-1/holds', { amount: 1, idempotency_key: 'hold-1-e', expires_in_seconds: 86_401 });
+    const tooLong = await test.call('POST', '/v1/accounts/hold-1/holds', {
+      amount: 1,
+      idempotency_key: 'hold-1-e',
+      expires_in_seconds: 86_401,
+    });
     assert.equal(tooLong.status, 400);
     assert.equal(tooLong.body.error.field, 'expires_in_seconds');
   });
@@ -214,8 +271,15 @@ describe('holds', () => {
     assert.equal(late.status, 409);
     assert.equal(late.body.error.status, 'expired');
     assert.equal(await test.ledger.settleDue(100), 1);
-    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-2/balance')).body, { account_id: 'hold-2', available: 50, held: 0, debt: 0 });
-    const status = await test.database.db.query<{ status: string }>(`select status from holds where 'hold_' || id = $1`, [hold.body.hold_id]);
+    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-2/balance')).body, {
+      account_id: 'hold-2',
+      available: 50,
+      held: 0,
+      debt: 0,
+    });
+    const status = await test.database.db.query<{ status: string }>(`select status from holds where 'hold_' || id = $1`, [
+      hold.body.hold_id,
+    ]);
     assert.equal(status.rows[0]?.status, 'expired');
     assert.equal(await test.ledger.settleDue(100), 0, 'a second sweep finds nothing');
     await assertReconciled('hold-2');
@@ -223,7 +287,11 @@ describe('holds', () => {
 
   it('releases an expired hold by the background sweep, without any request touching the account', async () => {
     await fundedAccount(test, 'hold-sweep', 40);
-    const hold = await test.call('POST', '/v1/accounts/hold-sweep/holds', { amount: 25, idempotency_key: 'hold-sweep-a', expires_in_seconds: 5 });
+    const hold = await test.call('POST', '/v1/accounts/hold-sweep/holds', {
+      amount: 25,
+      idempotency_key: 'hold-sweep-a',
+      expires_in_seconds: 5,
+    });
     test.clock.advanceSeconds(5);
     const sweeper = new Sweeper(test.ledger, pino({ level: 'silent' }), 1, (alert) => raiseAlert(test.database.db.pool, alert));
     sweeper.start();
@@ -232,21 +300,38 @@ describe('holds', () => {
       let status = 'pending';
       while (status === 'pending' && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 200));
-        const { rows } = await test.database.db.query<{ status: string }>(`select status from holds where 'hold_' || id = $1`, [hold.body.hold_id]);
+        const { rows } = await test.database.db.query<{ status: string }>(`select status from holds where 'hold_' || id = $1`, [
+          hold.body.hold_id,
+        ]);
         status = rows[0]?.status ?? 'missing';
       }
       assert.equal(status, 'expired');
     } finally {
       await sweeper.stop();
     }
-    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-sweep/balance')).body, { account_id: 'hold-sweep', available: 40, held: 0, debt: 0 });
+    assert.deepEqual((await test.call('GET', '/v1/accounts/hold-sweep/balance')).body, {
+      account_id: 'hold-sweep',
+      available: 40,
+      held: 0,
+      debt: 0,
+    });
   });
 
   it('lets released credits of an expired grant expire instead of coming back', async () => {
     await fundedAccount(test, 'hold-3', 0);
     const expiresAt = new Date(test.clock.now().getTime() + 100_000).toISOString();
-    await test.admin('POST', '/v1/accounts/hold-3/grants', { amount: 30, source: 'promo', reason: 'r', idempotency_key: 'hold-3-g', expires_at: expiresAt });
-    const hold = await test.call('POST', '/v1/accounts/hold-3/holds', { amount: 20, idempotency_key: 'hold-3-a', expires_in_seconds: 3600 });
+    await test.admin('POST', '/v1/accounts/hold-3/grants', {
+      amount: 30,
+      source: 'promo',
+      reason: 'r',
+      idempotency_key: 'hold-3-g',
+      expires_at: expiresAt,
+    });
+    const hold = await test.call('POST', '/v1/accounts/hold-3/holds', {
+      amount: 20,
+      idempotency_key: 'hold-3-a',
+      expires_in_seconds: 3600,
+    });
     test.clock.advanceSeconds(200);
     const released = await test.call('POST', `/v1/holds/${hold.body.hold_id}/void`);
     assert.deepEqual(released.body, { released: 20, available: 0 });
@@ -270,7 +355,10 @@ describe('usage batch', () => {
     });
     assert.equal(response.status, 200);
     const results = response.body.results;
-    assert.deepEqual(results.map((result: { status: number }) => result.status), [200, 200, 402, 404, 200, 409]);
+    assert.deepEqual(
+      results.map((result: { status: number }) => result.status),
+      [200, 200, 402, 404, 200, 409],
+    );
     assert.equal(results[0].available, 4);
     assert.equal(results[1].available, 6);
     assert.equal(results[2].error.available, 4);
@@ -295,8 +383,15 @@ describe('usage batch', () => {
     });
     assert.equal(response.status, 200);
     const results = response.body.results;
-    assert.deepEqual(results.map((result: { status: number }) => result.status), [200, 200, 409, 200]);
-    assert.deepEqual(results[0], { status: 200, entry_id: results[0].entry_id, amount: 2, available: 8, replayed: false }, 'a new request on batch-d');
+    assert.deepEqual(
+      results.map((result: { status: number }) => result.status),
+      [200, 200, 409, 200],
+    );
+    assert.deepEqual(
+      results[0],
+      { status: 200, entry_id: results[0].entry_id, amount: 2, available: 8, replayed: false },
+      'a new request on batch-d',
+    );
     assert.deepEqual(results[1], { status: 200, ...single.body, replayed: true }, 'the replay of the stored spend on batch-c');
     assert.equal(results[2].error.code, 'idempotency_conflict');
     assert.deepEqual(results[3], { ...results[0], replayed: true });
@@ -335,14 +430,31 @@ describe('ledger', () => {
     assert.equal(second.body.next_cursor, null);
     const all = [...first.body.entries, ...second.body.entries];
     const ids = all.map((entry: { id: string }) => Number(entry.id.slice(6)));
-    assert.deepEqual(ids, [...ids].sort((a, b) => b - a));
-    assert.deepEqual(all.map((entry: { kind: string }) => entry.kind), ['usage', 'usage', 'usage', 'usage', 'usage', 'grant']);
+    assert.deepEqual(
+      ids,
+      [...ids].sort((a, b) => b - a),
+    );
+    assert.deepEqual(
+      all.map((entry: { kind: string }) => entry.kind),
+      ['usage', 'usage', 'usage', 'usage', 'usage', 'grant'],
+    );
     const grantEntry = all[5];
     assert.equal(grantEntry.actor, 'admin');
     assert.equal(grantEntry.reason, 'test funding');
     assert.equal(all[0].actor, 'app');
     assert.equal(all[0].balance_after, 95);
-    for (const key of ['id', 'kind', 'amount', 'balance_after', 'grant_ids', 'idempotency_key', 'reference', 'actor', 'reason', 'created_at']) {
+    for (const key of [
+      'id',
+      'kind',
+      'amount',
+      'balance_after',
+      'grant_ids',
+      'idempotency_key',
+      'reference',
+      'actor',
+      'reason',
+      'created_at',
+    ]) {
       assert.ok(key in grantEntry, `entry has ${key}`);
     }
     assert.equal((await test.call('GET', '/v1/accounts/page-1/ledger?limit=501')).status, 400);
@@ -365,7 +477,8 @@ describe('admin grants and adjustments', () => {
     assert.equal(grant.body.source, 'admin');
     assert.equal(grant.body.remaining, 50);
     assert.equal(grant.body.priority, 3);
-    for (const key of ['id', 'source', 'amount', 'remaining', 'priority', 'expires_at', 'created_at', 'reference']) assert.ok(key in grant.body);
+    for (const key of ['id', 'source', 'amount', 'remaining', 'priority', 'expires_at', 'created_at', 'reference'])
+      assert.ok(key in grant.body);
     const replay = await test.admin('POST', '/v1/accounts/adm-1/grants', body);
     assert.equal(replay.status, 201);
     assert.equal(replay.body.id, grant.body.id);
@@ -374,25 +487,44 @@ describe('admin grants and adjustments', () => {
     assert.equal((await test.call('GET', '/v1/accounts/adm-1/balance')).body.available, 50);
     const missingReason = await test.admin('POST', '/v1/accounts/adm-1/grants', { amount: 1, source: 'promo', idempotency_key: 'adm-1-x' });
     assert.equal(missingReason.body.error.field, 'reason');
-    const badSource = await test.admin('POST', '/v1/accounts/adm-1/grants', { amount: 1, source: 'subscription', reason: 'r', idempotency_key: 'adm-1-y' });
+    const badSource = await test.admin('POST', '/v1/accounts/adm-1/grants', {
+      amount: 1,
+      source: 'subscription',
+      reason: 'r',
+      idempotency_key: 'adm-1-y',
+    });
     assert.equal(badSource.body.error.field, 'source');
   });
 
   it('adjusts up and down with a reason, audited with before and after', async () => {
-    const up = await test.admin('POST', '/v1/accounts/adm-1/adjustments', { amount: 20, reason: 'support ticket 12', idempotency_key: 'adm-1-up' });
+    const up = await test.admin('POST', '/v1/accounts/adm-1/adjustments', {
+      amount: 20,
+      reason: 'support ticket 12',
+      idempotency_key: 'adm-1-up',
+    });
     assert.equal(up.status, 201);
     assert.equal(up.body.kind, 'adjustment');
     assert.equal(up.body.amount, 20);
     assert.equal(up.body.balance_after, 70);
     assert.equal(up.body.actor, 'admin');
     assert.equal(up.body.reason, 'support ticket 12');
-    const down = await test.admin('POST', '/v1/accounts/adm-1/adjustments', { amount: -30, reason: 'correction', idempotency_key: 'adm-1-down' });
+    const down = await test.admin('POST', '/v1/accounts/adm-1/adjustments', {
+      amount: -30,
+      reason: 'correction',
+      idempotency_key: 'adm-1-down',
+    });
     assert.equal(down.status, 201);
     assert.equal(down.body.balance_after, 40);
     const audit = await test.database.db.query<{ before: { available: number }; after: { available: number } }>(
       `select before, after from audit_log where account_id = 'adm-1' and action = 'adjustment' order by id`,
     );
-    assert.deepEqual(audit.rows.map((row) => [row.before.available, row.after.available]), [[50, 70], [70, 40]]);
+    assert.deepEqual(
+      audit.rows.map((row) => [row.before.available, row.after.available]),
+      [
+        [50, 70],
+        [70, 40],
+      ],
+    );
     await assertReconciled('adm-1');
   });
 
@@ -401,9 +533,17 @@ describe('admin grants and adjustments', () => {
     const tooBig = await test.admin('POST', '/v1/accounts/adm-1/adjustments', { amount: 1001, reason: 'r', idempotency_key: 'adm-1-big' });
     assert.equal(tooBig.status, 400);
     assert.equal(tooBig.body.error.code, 'adjustment_exceeds_limit');
-    const tooBigDown = await test.admin('POST', '/v1/accounts/adm-1/adjustments', { amount: -1001, reason: 'r', idempotency_key: 'adm-1-big2' });
+    const tooBigDown = await test.admin('POST', '/v1/accounts/adm-1/adjustments', {
+      amount: -1001,
+      reason: 'r',
+      idempotency_key: 'adm-1-big2',
+    });
     assert.equal(tooBigDown.body.error.code, 'adjustment_exceeds_limit');
-    const overdraw = await test.admin('POST', '/v1/accounts/adm-1/adjustments', { amount: -41, reason: 'r', idempotency_key: 'adm-1-over' });
+    const overdraw = await test.admin('POST', '/v1/accounts/adm-1/adjustments', {
+      amount: -41,
+      reason: 'r',
+      idempotency_key: 'adm-1-over',
+    });
     assert.equal(overdraw.status, 402);
     assert.equal(overdraw.body.error.available, 40);
     const zero = await test.admin('POST', '/v1/accounts/adm-1/adjustments', { amount: 0, reason: 'r', idempotency_key: 'adm-1-zero' });

@@ -39,13 +39,28 @@ describe('keys before bodies', () => {
   it('answers 401 to an unauthenticated body without parsing it', async () => {
     const anonymous = await createTestApp({ database: test.database, rateLimits: { authFailuresPerMinuteMax: 1000 } });
     try {
-      const notJson = await anonymous.app.inject({ method: 'POST', url: '/v1/accounts/x/usage', headers: { 'content-type': 'application/json' }, payload: '{"nested": [[[[[[' });
+      const notJson = await anonymous.app.inject({
+        method: 'POST',
+        url: '/v1/accounts/x/usage',
+        headers: { 'content-type': 'application/json' },
+        payload: '{"nested": [[[[[[',
+      });
       assert.equal(notJson.statusCode, 401);
       assert.equal(notJson.json().error.code, 'unauthorized');
-      const huge = await anonymous.app.inject({ method: 'POST', url: '/v1/usage/batch', headers: { 'content-type': 'application/json', authorization: 'Bearer wrong-key-0123456789' }, payload: `[${'1,'.repeat(1_500_000)}1]` });
+      const huge = await anonymous.app.inject({
+        method: 'POST',
+        url: '/v1/usage/batch',
+        headers: { 'content-type': 'application/json', authorization: 'Bearer wrong-key-0123456789' },
+        payload: `[${'1,'.repeat(1_500_000)}1]`,
+      });
       assert.equal(huge.statusCode, 401);
       // The same body with the key is read, and refused for its size by this route's limit.
-      const keyed = await anonymous.app.inject({ method: 'POST', url: '/v1/accounts/x/usage', headers: { 'content-type': 'application/json', authorization: `Bearer ${appKey}` }, payload: `[${'1,'.repeat(100_000)}1]` });
+      const keyed = await anonymous.app.inject({
+        method: 'POST',
+        url: '/v1/accounts/x/usage',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${appKey}` },
+        payload: `[${'1,'.repeat(100_000)}1]`,
+      });
       assert.equal(keyed.statusCode, 413);
     } finally {
       await anonymous.close();
@@ -55,7 +70,10 @@ describe('keys before bodies', () => {
   // Proves: a client that sends a partial body and then stalls is cut off by the request
   // timeout (the connection stayed open indefinitely).
   it('cuts off a slow partial body', async () => {
-    const slow = await createTestApp({ database: test.database, httpLimits: { requestTimeoutMilliseconds: 1000, headersTimeoutMilliseconds: 1000 } });
+    const slow = await createTestApp({
+      database: test.database,
+      httpLimits: { requestTimeoutMilliseconds: 1000, headersTimeoutMilliseconds: 1000 },
+    });
     try {
       const address = await slow.app.listen({ port: 0, host: '127.0.0.1' });
       const port = Number(new URL(address).port);
@@ -66,7 +84,9 @@ describe('keys before bodies', () => {
         socket.on('data', (chunk) => (answer += chunk.toString()));
         socket.on('close', () => resolve({ closedAfterMilliseconds: Date.now() - started, answer }));
         socket.on('error', () => undefined);
-        socket.write(`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"id": "evt_`);
+        socket.write(
+          `POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"id": "evt_`,
+        );
         // A guard for the test itself: never wait forever.
         setTimeout(() => socket.destroy(), 8000).unref();
       });
@@ -83,9 +103,13 @@ describe('rate limits', () => {
   // SPEC's error shape, while the right key from the same address still works.
   it('limits wrong keys per address', async () => {
     const statuses: number[] = [];
-    let last;
+    let last: Awaited<ReturnType<typeof test.app.inject>> | undefined;
     for (let attempt = 0; attempt < 7; attempt += 1) {
-      last = await test.app.inject({ method: 'GET', url: '/v1/accounts/x/balance', headers: { authorization: 'Bearer guess-0123456789abcdef' } });
+      last = await test.app.inject({
+        method: 'GET',
+        url: '/v1/accounts/x/balance',
+        headers: { authorization: 'Bearer guess-0123456789abcdef' },
+      });
       statuses.push(last.statusCode);
     }
     assert.deepEqual(statuses, [401, 401, 401, 401, 401, 429, 429]);
@@ -101,7 +125,9 @@ describe('rate limits', () => {
   it('limits bad webhook signatures per address, never good ones', async () => {
     const statuses: number[] = [];
     for (let attempt = 0; attempt < 5; attempt += 1) {
-      statuses.push((await deliver(test, event('customer.created', { id: 'cus_x', object: 'customer' }), signedHeader('other payload'))).status);
+      statuses.push(
+        (await deliver(test, event('customer.created', { id: 'cus_x', object: 'customer' }), signedHeader('other payload'))).status,
+      );
     }
     assert.deepEqual(statuses, [400, 400, 400, 429, 429]);
     const { rows } = await test.database.db.query(`select 1 from webhook_events where payload->'data'->'object'->>'id' = 'cus_x'`);
@@ -116,7 +142,8 @@ describe('rate limits', () => {
     await fundedAccount(test, 'buyer-1', 0);
     await fundedAccount(test, 'buyer-2', 0);
     const statuses: number[] = [];
-    for (let attempt = 0; attempt < 3; attempt += 1) statuses.push((await test.call('POST', '/v1/accounts/buyer-1/checkout', checkoutBody)).status);
+    for (let attempt = 0; attempt < 3; attempt += 1)
+      statuses.push((await test.call('POST', '/v1/accounts/buyer-1/checkout', checkoutBody)).status);
     assert.deepEqual(statuses, [200, 200, 429]);
     assert.equal((await test.call('POST', '/v1/accounts/buyer-2/checkout', checkoutBody)).status, 200);
   });
@@ -128,10 +155,17 @@ describe("Stripe's refusals", () => {
   // 429s count as Stripe being unavailable (they open the breaker).
   it('answers 502 stripe_error, alerts on a refused key, and lets 429 open the breaker', async () => {
     const stripe = await new FakeStripe().start();
-    const app = await createTestApp({ database: test.database, stripeApiBase: stripe.url, rateLimits: { checkoutsPerAccountPerMinuteMax: 100 } });
+    const app = await createTestApp({
+      database: test.database,
+      stripeApiBase: stripe.url,
+      rateLimits: { checkoutsPerAccountPerMinuteMax: 100 },
+    });
     try {
       await fundedAccount(app, 'stripe-1', 0);
-      stripe.refusal = { status: 401, body: { error: { type: 'invalid_request_error', message: 'Invalid API Key provided: sk_live_****abcd' } } };
+      stripe.refusal = {
+        status: 401,
+        body: { error: { type: 'invalid_request_error', message: 'Invalid API Key provided: sk_live_****abcd' } },
+      };
       const refused = await app.call('POST', '/v1/accounts/stripe-1/checkout', checkoutBody);
       assert.equal(refused.status, 502);
       assert.equal(refused.body.error.code, 'stripe_error');
@@ -139,14 +173,21 @@ describe("Stripe's refusals", () => {
       await new Promise((resolve) => setTimeout(resolve, 100));
       const alerts = await app.admin('GET', '/v1/admin/alerts');
       assert.ok(alerts.body.alerts.some((alert: { kind: string }) => alert.kind === 'stripe_key_refused'));
-      stripe.refusal = { status: 400, body: { error: { type: 'invalid_request_error', message: 'No such price: price_x', param: 'line_items' } } };
+      stripe.refusal = {
+        status: 400,
+        body: { error: { type: 'invalid_request_error', message: 'No such price: price_x', param: 'line_items' } },
+      };
       const invalid = await app.call('POST', '/v1/accounts/stripe-1/checkout', { ...checkoutBody, success_url: 'https://app.test/ok2' });
       assert.equal(invalid.status, 502);
       assert.doesNotMatch(JSON.stringify(invalid.body), /No such price/);
       assert.equal((await app.admin('GET', '/v1/admin/stripe-breaker')).body.failures, 0, 'a refusal is an answer, not an outage');
       stripe.refusal = { status: 429, body: { error: { type: 'rate_limit_error', message: 'Too many requests' } } };
       const limited: number[] = [];
-      for (let attempt = 0; attempt < 6; attempt += 1) limited.push((await app.call('POST', '/v1/accounts/stripe-1/checkout', { ...checkoutBody, success_url: `https://app.test/r${attempt}` })).status);
+      for (let attempt = 0; attempt < 6; attempt += 1)
+        limited.push(
+          (await app.call('POST', '/v1/accounts/stripe-1/checkout', { ...checkoutBody, success_url: `https://app.test/r${attempt}` }))
+            .status,
+        );
       assert.deepEqual(limited, [503, 503, 503, 503, 503, 503]);
       assert.equal((await app.admin('GET', '/v1/admin/stripe-breaker')).body.state, 'open');
     } finally {
@@ -177,7 +218,10 @@ describe('headers, the viewer key, and what is never answered', () => {
     assert.doesNotMatch(policy, /unsafe-inline|unsafe-eval/);
     assert.equal(page.headers['x-frame-options'], 'DENY');
     assert.doesNotMatch(page.body, /<script>|<style>|\son[a-z]+=/i, 'no inline script, style or handler');
-    for (const [url, type] of [['/dashboard/app.js', 'text/javascript'], ['/dashboard/app.css', 'text/css']]) {
+    for (const [url, type] of [
+      ['/dashboard/app.js', 'text/javascript'],
+      ['/dashboard/app.css', 'text/css'],
+    ]) {
       const asset = await test.app.inject({ method: 'GET', url: url ?? '' });
       assert.equal(asset.statusCode, 200);
       assert.match(String(asset.headers['content-type']), new RegExp(type ?? ''));
@@ -188,7 +232,16 @@ describe('headers, the viewer key, and what is never answered', () => {
   // write answers 403 with it.
   it('lets the viewer key read and never write', async () => {
     const read = async (url: string) => (await test.call('GET', url, undefined, viewerKey)).status;
-    for (const url of ['/v1/accounts/limit-ok', '/v1/accounts/limit-ok/balance', '/v1/accounts/limit-ok/ledger', '/v1/admin/alerts', '/v1/admin/accounts', '/v1/admin/webhook-events', '/v1/accounts/limit-ok/export', '/metrics']) {
+    for (const url of [
+      '/v1/accounts/limit-ok',
+      '/v1/accounts/limit-ok/balance',
+      '/v1/accounts/limit-ok/ledger',
+      '/v1/admin/alerts',
+      '/v1/admin/accounts',
+      '/v1/admin/webhook-events',
+      '/v1/accounts/limit-ok/export',
+      '/metrics',
+    ]) {
       assert.equal(await read(url), 200, url);
     }
     const writes: [string, string, unknown][] = [
@@ -225,12 +278,18 @@ describe('headers, the viewer key, and what is never answered', () => {
   // the GET's query string is redacted from logged URLs.
   it('takes trial eligibility in a POST body and redacts the GET query in logs', async () => {
     await fundedAccount(test, 'trial-post', 0);
-    const posted = await test.call('POST', '/v1/accounts/trial-post/trial-eligibility', { email: 'someone@example.com', device_fingerprint: 'fp-1' });
+    const posted = await test.call('POST', '/v1/accounts/trial-post/trial-eligibility', {
+      email: 'someone@example.com',
+      device_fingerprint: 'fp-1',
+    });
     assert.equal(posted.status, 200, JSON.stringify(posted.body));
     assert.equal(posted.body.eligible, true);
     const { redactQuery } = await import('../../src/http/server.js');
     assert.equal(typeof redactQuery, 'function');
-    assert.equal(redactQuery('/v1/accounts/a/trial-eligibility?email=someone%40example.com'), '/v1/accounts/a/trial-eligibility?[redacted]');
+    assert.equal(
+      redactQuery('/v1/accounts/a/trial-eligibility?email=someone%40example.com'),
+      '/v1/accounts/a/trial-eligibility?[redacted]',
+    );
     assert.equal(redactQuery('/v1/accounts/a/ledger?limit=5'), '/v1/accounts/a/ledger?limit=5');
   });
 });
@@ -240,11 +299,18 @@ describe('settings at start', () => {
   // settings, whether the equal key comes from the environment or the data folder.
   it('refuses equal keys', () => {
     const same = 'k'.repeat(24);
-    assert.throws(() => loadConfig({ TALLY_API_KEY: same, TALLY_ADMIN_KEY: same }), (error: Error) => error instanceof ConfigError && /TALLY_API_KEY, TALLY_ADMIN_KEY/.test(error.message) && !error.message.includes(same));
+    assert.throws(
+      () => loadConfig({ TALLY_API_KEY: same, TALLY_ADMIN_KEY: same }),
+      (error: Error) =>
+        error instanceof ConfigError && /TALLY_API_KEY, TALLY_ADMIN_KEY/.test(error.message) && !error.message.includes(same),
+    );
     assert.throws(() => loadConfig({ TALLY_API_KEY: same, TALLY_VIEWER_KEY: same }), /TALLY_API_KEY, TALLY_VIEWER_KEY/);
     const directory = mkdtempSync(join(tmpdir(), 'tally-keys-'));
     writeFileSync(join(directory, 'keys.json'), JSON.stringify({ apiKey: same, adminKey: 'a'.repeat(24) }));
-    assert.throws(() => resolveApiKeys(loadConfig({ TALLY_DATA_DIR: directory, TALLY_VIEWER_KEY: same })), /TALLY_API_KEY, TALLY_VIEWER_KEY/);
+    assert.throws(
+      () => resolveApiKeys(loadConfig({ TALLY_DATA_DIR: directory, TALLY_VIEWER_KEY: same })),
+      /TALLY_API_KEY, TALLY_VIEWER_KEY/,
+    );
   });
 
   // Proves: with NODE_ENV=production, TALLY_FINGERPRINT_SECRET is required (the start stops
@@ -256,8 +322,20 @@ describe('settings at start', () => {
     const logger = pino({ level: 'warn' }, { write: (line: string) => lines.push(line) });
     const { assemble } = await import('../../src/app.js');
     const { testCatalog } = await import('../helpers/app.js');
-    const parts = await assemble({ db: test.database.db, catalog: testCatalog(), keys: { apiKey: appKey, adminKey }, logger, logLevel: 'silent', version: 'test', webhookSecrets: [], sweepIntervalSeconds: 60 });
+    const parts = await assemble({
+      db: test.database.db,
+      catalog: testCatalog(),
+      keys: { apiKey: appKey, adminKey },
+      logger,
+      logLevel: 'silent',
+      version: 'test',
+      webhookSecrets: [],
+      sweepIntervalSeconds: 60,
+    });
     await parts.close();
-    assert.ok(lines.some((line) => line.includes('TALLY_FINGERPRINT_SECRET is not set')), lines.join('\n'));
+    assert.ok(
+      lines.some((line) => line.includes('TALLY_FINGERPRINT_SECRET is not set')),
+      lines.join('\n'),
+    );
   });
 });

@@ -27,7 +27,10 @@ before(async () => {
   const warm = await client.query<{ status: number }>(
     `select (tally_usage('hot', 1, 'warm-' || i, 'h', 'app', '{}'::jsonb, null) ->> 'status')::integer as status from generate_series(1, ${hotEntries}) i`,
   );
-  assert.ok(warm.rows.every((row) => row.status === 200), 'the hot account gathers its entries');
+  assert.ok(
+    warm.rows.every((row) => row.status === 200),
+    'the hot account gathers its entries',
+  );
   assert.equal((await client.query(`select count(*)::integer as count from entries where account_id like 'acct-%'`)).rows[0].count, 2000);
 });
 after(async () => {
@@ -41,7 +44,9 @@ async function entriesByAccountRead(statement: string, values: unknown[]): Promi
   try {
     const before = await client.query<{ read: string }>(`select pg_stat_get_xact_tuples_returned('entries_by_account'::regclass) as read`);
     await client.query(statement, values);
-    const afterwards = await client.query<{ read: string }>(`select pg_stat_get_xact_tuples_returned('entries_by_account'::regclass) as read`);
+    const afterwards = await client.query<{ read: string }>(
+      `select pg_stat_get_xact_tuples_returned('entries_by_account'::regclass) as read`,
+    );
     return Number(afterwards.rows[0]!.read) - Number(before.rows[0]!.read);
   } finally {
     await client.query('rollback');
@@ -52,7 +57,14 @@ it('reads no entries of the account to check a batch of keys on a busy account',
   const count = 32;
   const read = await entriesByAccountRead(
     'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null)',
-    [Array(count).fill('hot'), Array(count).fill(1), Array.from({ length: count }, (_, i) => `batch-${i}`), Array(count).fill('h'), Array(count).fill({}), Array(count).fill('app')],
+    [
+      Array(count).fill('hot'),
+      Array(count).fill(1),
+      Array.from({ length: count }, (_, i) => `batch-${i}`),
+      Array(count).fill('h'),
+      Array(count).fill({}),
+      Array(count).fill('app'),
+    ],
   );
   assert.ok(read < hotEntries, `a batch of ${count} new keys read ${read} entries of an account holding ${hotEntries + 1}`);
 });

@@ -28,20 +28,33 @@ async function assertReconciled(accountId: string): Promise<void> {
 async function expiringGrant(accountId: string, credits: number, seconds: number): Promise<number> {
   const expiresAt = new Date(test.clock.now().getTime() + seconds * 1000).toISOString();
   const granted = await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
-    amount: credits, source: 'promo', reason: 'expiring', idempotency_key: `${accountId}-grant`, expires_at: expiresAt,
+    amount: credits,
+    source: 'promo',
+    reason: 'expiring',
+    idempotency_key: `${accountId}-grant`,
+    expires_at: expiresAt,
   });
   assert.equal(granted.status, 201);
   return Number(String(granted.body.id).replace('grant_', ''));
 }
 
 const expireEntries = async (grantId: number) =>
-  (await test.database.db.query<{ idempotency_key: string }>(`select idempotency_key from entries where idempotency_key like $1 order by id`, [`expire:grant_${grantId}%`])).rows.map((row) => row.idempotency_key);
+  (
+    await test.database.db.query<{ idempotency_key: string }>(
+      `select idempotency_key from entries where idempotency_key like $1 order by id`,
+      [`expire:grant_${grantId}%`],
+    )
+  ).rows.map((row) => row.idempotency_key);
 
 describe('an expired grant stays expired', () => {
   it('survives the reported case: hold, early expiry of the grant, void, then usage after the original expiry', async () => {
     await fundedAccount(test, 'revive-1', 0);
     const grantId = await expiringGrant('revive-1', 1000, 3600);
-    const hold = await test.call('POST', '/v1/accounts/revive-1/holds', { amount: 500, idempotency_key: 'revive-1-hold', expires_in_seconds: 7200 });
+    const hold = await test.call('POST', '/v1/accounts/revive-1/holds', {
+      amount: 500,
+      idempotency_key: 'revive-1-hold',
+      expires_in_seconds: 7200,
+    });
     assert.equal(hold.status, 201);
     await test.database.db.withTransaction(async (client) => {
       await client.query('select tally_lock_account($1, $2)', ['revive-1', test.clock.now()]);
@@ -52,7 +65,12 @@ describe('an expired grant stays expired', () => {
     const usage = await test.call('POST', '/v1/accounts/revive-1/usage', { amount: 1, idempotency_key: 'revive-1-use' });
     assert.equal(usage.status, 402, JSON.stringify(usage.body));
     assert.deepEqual(voided.body, { released: 500, available: 0 }, 'the released credits expired with their grant');
-    const granted = await test.admin('POST', '/v1/accounts/revive-1/grants', { amount: 10, source: 'promo', reason: 'later', idempotency_key: 'revive-1-later' });
+    const granted = await test.admin('POST', '/v1/accounts/revive-1/grants', {
+      amount: 10,
+      source: 'promo',
+      reason: 'later',
+      idempotency_key: 'revive-1-later',
+    });
     assert.equal(granted.status, 201);
     assert.deepEqual(await expireEntries(grantId), [`expire:grant_${grantId}`]);
     await assertReconciled('revive-1');
@@ -61,7 +79,11 @@ describe('an expired grant stays expired', () => {
   it('keeps a grant expired by a settle with a later clock when a hold is voided on an earlier one', async () => {
     await fundedAccount(test, 'revive-2', 0);
     const grantId = await expiringGrant('revive-2', 300, 60);
-    const hold = await test.call('POST', '/v1/accounts/revive-2/holds', { amount: 100, idempotency_key: 'revive-2-hold', expires_in_seconds: 3600 });
+    const hold = await test.call('POST', '/v1/accounts/revive-2/holds', {
+      amount: 100,
+      idempotency_key: 'revive-2-hold',
+      expires_in_seconds: 3600,
+    });
     const laterClock = new TestClock(test.clock.now().getTime() + 120_000);
     const later = new Ledger(test.database.db, { adjustmentCreditsMax: 1000, clock: laterClock.now });
     assert.equal((await later.usage('revive-2', { amount: 1, idempotency_key: 'revive-2-late' }, 'app')).status, 402);
@@ -91,9 +113,10 @@ describe('an expired grant stays expired', () => {
     });
     const early = await test.database.db.withTransaction(async (client) => {
       await client.query('select tally_lock_account($1, $2)', ['revive-3', test.clock.now()]);
-      return (await client.query<{ expired: number }>('select tally_expire_grant($1, $2) as expired', [grantId, test.clock.now()])).rows[0]?.expired;
+      return (await client.query<{ expired: number }>('select tally_expire_grant($1, $2) as expired', [grantId, test.clock.now()])).rows[0]
+        ?.expired;
     });
-    assert.equal(early, 200, 'what expired under the grant\'s own key');
+    assert.equal(early, 200, "what expired under the grant's own key");
     assert.equal((await test.call('GET', '/v1/accounts/revive-3/balance')).body.available, 0);
     await assertReconciled('revive-3');
     // And the sweep's path (tally_expire_due), for a grant revived the same way.
@@ -125,10 +148,21 @@ describe('one clock decides expiry', () => {
       // in it) and the process's clock a moment later: by one clock it is live, by the other not.
       await sleep(300);
       const context: EffectContext = {
-        client, catalog: testCatalog(), hasher, prepared: {}, now: null,
+        client,
+        catalog: testCatalog(),
+        hasher,
+        prepared: {},
+        now: null,
         event: { id: 'evt_clock_1', type: 'invoice.paid', created: 0, object: {} },
       };
-      await grantOnce(context, { accountId: 'clock-1', source: 'subscription', credits: 100, expiresAt: new Date(started.getTime() + 150), key: 'clock-1-grant', reference: {} });
+      await grantOnce(context, {
+        accountId: 'clock-1',
+        source: 'subscription',
+        credits: 100,
+        expiresAt: new Date(started.getTime() + 150),
+        key: 'clock-1-grant',
+        reference: {},
+      });
       return (await client.query<{ available: number }>(`select available from accounts where id = 'clock-1'`)).rows[0]?.available;
     });
     assert.equal(outcome, 100, 'the database clock, which every ledger call in this transaction uses, says the grant is live');

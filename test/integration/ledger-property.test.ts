@@ -23,9 +23,20 @@ type Step =
 // Keys come from a small pool so that replays and conflicts happen often.
 const key = fc.integer({ min: 0, max: 12 });
 const stepArbitrary: fc.Arbitrary<Step> = fc.oneof(
-  fc.record({ kind: fc.constant('grant' as const), key, amount: fc.integer({ min: 1, max: 100 }), priority: fc.integer({ min: 0, max: 2 }), expiresIn: fc.option(fc.integer({ min: 1, max: 400 }), { nil: null }) }),
+  fc.record({
+    kind: fc.constant('grant' as const),
+    key,
+    amount: fc.integer({ min: 1, max: 100 }),
+    priority: fc.integer({ min: 0, max: 2 }),
+    expiresIn: fc.option(fc.integer({ min: 1, max: 400 }), { nil: null }),
+  }),
   fc.record({ kind: fc.constant('usage' as const), key, amount: fc.integer({ min: 1, max: 80 }) }),
-  fc.record({ kind: fc.constant('hold' as const), key, amount: fc.integer({ min: 1, max: 80 }), lifetime: fc.integer({ min: 1, max: 300 }) }),
+  fc.record({
+    kind: fc.constant('hold' as const),
+    key,
+    amount: fc.integer({ min: 1, max: 80 }),
+    lifetime: fc.integer({ min: 1, max: 300 }),
+  }),
   fc.record({ kind: fc.constant('capture' as const), key, amount: fc.integer({ min: 0, max: 90 }) }),
   fc.record({ kind: fc.constant('void' as const), key }),
   fc.record({ kind: fc.constant('tick' as const), seconds: fc.integer({ min: 1, max: 200 }) }),
@@ -46,7 +57,14 @@ async function applyStep(ledger: Ledger, model: LedgerModel, clock: TestClock, a
   switch (step.kind) {
     case 'grant': {
       const expiresAt = step.expiresIn === null ? undefined : new Date(clock.now().getTime() + step.expiresIn * 1000).toISOString();
-      const outcome = await ledger.grant(account, { amount: step.amount, source: 'promo', reason: 'model', idempotency_key: `${prefix}g${step.key}`, priority: step.priority, expires_at: expiresAt });
+      const outcome = await ledger.grant(account, {
+        amount: step.amount,
+        source: 'promo',
+        reason: 'model',
+        idempotency_key: `${prefix}g${step.key}`,
+        priority: step.priority,
+        expires_at: expiresAt,
+      });
       assert.equal(outcome.status, model.grant(`g${step.key}`, step.amount, step.priority, step.expiresIn));
       return;
     }
@@ -56,7 +74,11 @@ async function applyStep(ledger: Ledger, model: LedgerModel, clock: TestClock, a
       return;
     }
     case 'hold': {
-      const outcome = await ledger.hold(account, { amount: step.amount, idempotency_key: `${prefix}h${step.key}`, expires_in_seconds: step.lifetime }, 'app');
+      const outcome = await ledger.hold(
+        account,
+        { amount: step.amount, idempotency_key: `${prefix}h${step.key}`, expires_in_seconds: step.lifetime },
+        'app',
+      );
       assert.equal(outcome.status, model.hold(`h${step.key}`, step.amount, step.lifetime));
       return;
     }
@@ -89,18 +111,27 @@ async function applyStep(ledger: Ledger, model: LedgerModel, clock: TestClock, a
 }
 
 async function holdIdFor(account: string, key: string): Promise<string> {
-  const { rows } = await database.db.query<{ id: number }>('select id from holds where account_id = $1 and idempotency_key = $2', [account, key]);
+  const { rows } = await database.db.query<{ id: number }>('select id from holds where account_id = $1 and idempotency_key = $2', [
+    account,
+    key,
+  ]);
   return `hold_${rows[0]?.id}`;
 }
 
 async function assertAgrees(ledger: Ledger, model: LedgerModel, clock: TestClock, account: string): Promise<void> {
   const balance = await ledger.balance(account);
-  assert.deepEqual({ available: balance.available, held: balance.held, debt: balance.debt }, { available: model.available(), held: model.held, debt: 0 });
+  assert.deepEqual(
+    { available: balance.available, held: balance.held, debt: balance.debt },
+    { available: model.available(), held: model.held, debt: 0 },
+  );
   const grants = await database.db.query<{ remaining: number }>(
     `select case when expires_at <= $2 then 0 else remaining end as remaining from grants where account_id = $1 order by id`,
     [account, clock.now()],
   );
-  assert.deepEqual(grants.rows.map((row) => row.remaining), model.effectiveRemaining());
+  assert.deepEqual(
+    grants.rows.map((row) => row.remaining),
+    model.effectiveRemaining(),
+  );
   const folded = await database.db.query<{ available: number; entry_sum: number; grant_sum: number; held_sum: number; held: number }>(
     `select a.available, a.held,
        (select coalesce(sum(amount), 0) from entries e where e.account_id = a.id)::bigint as entry_sum,

@@ -11,12 +11,19 @@ it('applies every migration once when three processes migrate at the same time',
   const url = await createEmptyDatabase();
   const results = await Promise.all([migrate(url), migrate(url), migrate(url)]);
   const expected = readMigrations().map((migration) => migration.version);
-  assert.deepEqual(results.flat().sort((a, b) => a - b), expected, 'each migration was applied by exactly one of them');
+  assert.deepEqual(
+    results.flat().sort((a, b) => a - b),
+    expected,
+    'each migration was applied by exactly one of them',
+  );
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
     const rows = (await client.query<{ version: number }>('select version from tally_migrations order by version')).rows;
-    assert.deepEqual(rows.map((row) => row.version), expected);
+    assert.deepEqual(
+      rows.map((row) => row.version),
+      expected,
+    );
     assert.deepEqual(await migrate(url), [], 'a later start finds nothing to do');
   } finally {
     await client.end();
@@ -51,18 +58,26 @@ it("rolls back every migration, newest first, with its note's statements, and mi
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    const applied = async () => (await client.query<{ version: number }>('select version from tally_migrations order by version')).rows.map((row) => row.version);
+    const applied = async () =>
+      (await client.query<{ version: number }>('select version from tally_migrations order by version')).rows.map((row) => row.version);
     for (const migration of readMigrations().reverse()) {
       const statements = rollbackStatements(migration.sql);
       assert.match(statements, new RegExp(`delete from tally_migrations where version = ${migration.version};`), migration.name);
       await client.query('begin');
       await client.query(statements);
       await client.query('commit');
-      assert.deepEqual(await applied(), Array.from({ length: migration.version - 1 }, (_, index) => index + 1), `after rolling back ${migration.name}`);
+      assert.deepEqual(
+        await applied(),
+        Array.from({ length: migration.version - 1 }, (_, index) => index + 1),
+        `after rolling back ${migration.name}`,
+      );
     }
     const tables = await client.query(`select tablename from pg_tables where schemaname = 'public' and tablename <> 'tally_migrations'`);
     assert.deepEqual(tables.rows, [], 'nothing is left but the migrations table');
-    assert.deepEqual(await migrate(url), readMigrations().map((migration) => migration.version));
+    assert.deepEqual(
+      await migrate(url),
+      readMigrations().map((migration) => migration.version),
+    );
   } finally {
     await client.end();
   }
@@ -84,25 +99,59 @@ it('rolls 0013 back with its data: spends since keep their key and first answer,
     const spent = await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`);
     assert.equal(spent.status, 200);
     assert.equal((await call(`select tally_usage('roll-a', 1000, 'k2', 'h2', 'app', '{}', null) as result`)).status, 402);
-    assert.equal((await client.query(`select count(*)::int as count from request_keys where key = 'k1'`)).rows[0].count, 0, 'a successful spend keeps its key in its entry only');
+    assert.equal(
+      (await client.query(`select count(*)::int as count from request_keys where key = 'k1'`)).rows[0].count,
+      0,
+      'a successful spend keeps its key in its entry only',
+    );
 
     await client.query('begin');
     await client.query(rollback);
     await client.query('commit');
-    const stored = (await client.query(`select operation, payload_hash, status_code, response from request_keys where account_id = 'roll-a' and key = 'k1'`)).rows;
-    assert.deepEqual(stored, [{ operation: 'usage', payload_hash: 'h1', status_code: 200, response: spent.body }], 'the spend is back in request_keys with its first answer');
-    assert.deepEqual(await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`), { status: 200, body: { ...spent.body, replayed: true } });
-    assert.equal((await call(`select tally_usage('roll-b', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status, 409, 'keys are unique across accounts again');
+    const stored = (
+      await client.query(
+        `select operation, payload_hash, status_code, response from request_keys where account_id = 'roll-a' and key = 'k1'`,
+      )
+    ).rows;
+    assert.deepEqual(
+      stored,
+      [{ operation: 'usage', payload_hash: 'h1', status_code: 200, response: spent.body }],
+      'the spend is back in request_keys with its first answer',
+    );
+    assert.deepEqual(await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`), {
+      status: 200,
+      body: { ...spent.body, replayed: true },
+    });
+    assert.equal(
+      (await call(`select tally_usage('roll-b', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status,
+      409,
+      'keys are unique across accounts again',
+    );
     const refusedAgain = await call(`select tally_usage('roll-a', 1000, 'k2', 'h2', 'app', '{}', null) as result`);
-    assert.deepEqual([refusedAgain.status, (refusedAgain.body.error as { replayed?: boolean }).replayed], [402, true], 'the refusal is still the first outcome of its key');
-    const columns = await client.query(`select column_name from information_schema.columns where table_name = 'entries' and column_name = 'payload_hash'`);
+    assert.deepEqual(
+      [refusedAgain.status, (refusedAgain.body.error as { replayed?: boolean }).replayed],
+      [402, true],
+      'the refusal is still the first outcome of its key',
+    );
+    const columns = await client.query(
+      `select column_name from information_schema.columns where table_name = 'entries' and column_name = 'payload_hash'`,
+    );
     assert.equal(columns.rowCount, 0);
-    const primaryKey = await client.query(`select pg_get_constraintdef(oid) as definition from pg_constraint where conname = 'request_keys_pkey'`);
+    const primaryKey = await client.query(
+      `select pg_get_constraintdef(oid) as definition from pg_constraint where conname = 'request_keys_pkey'`,
+    );
     assert.equal(primaryKey.rows[0].definition, 'PRIMARY KEY (key)');
 
     assert.deepEqual(await migrate(url, undefined, { versionMax: 13 }), [13], 'and 0013 applies again');
-    assert.deepEqual(await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`), { status: 200, body: { ...spent.body, replayed: true } });
-    assert.equal((await call(`select tally_usage('roll-b', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status, 200, 'the same key on another account is another request');
+    assert.deepEqual(await call(`select tally_usage('roll-a', 10, 'k1', 'h1', 'app', '{}', null) as result`), {
+      status: 200,
+      body: { ...spent.body, replayed: true },
+    });
+    assert.equal(
+      (await call(`select tally_usage('roll-b', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status,
+      200,
+      'the same key on another account is another request',
+    );
     await client.query('begin');
     await assert.rejects(client.query(rollback), /used on more than one account/);
     await client.query('rollback');

@@ -48,11 +48,20 @@ interface Call {
   body: any;
 }
 
-async function call(method: string, path: string, body?: unknown, options: { key?: string | null; app?: ServedApp; headers?: Record<string, string>; raw?: string } = {}): Promise<Call> {
+async function call(
+  method: string,
+  path: string,
+  body?: unknown,
+  options: { key?: string | null; app?: ServedApp; headers?: Record<string, string>; raw?: string } = {},
+): Promise<Call> {
   const key = options.key === undefined ? appKey : options.key;
   const headers: Record<string, string> = { ...(key === null ? {} : { authorization: `Bearer ${key}` }), ...options.headers };
   if (body !== undefined || options.raw !== undefined) headers['content-type'] ??= 'application/json';
-  const response = await checker.fetch(`${(options.app ?? served).url}${path}`, { method, headers, body: options.raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+  const response = await checker.fetch(`${(options.app ?? served).url}${path}`, {
+    method,
+    headers,
+    body: options.raw ?? (body === undefined ? undefined : JSON.stringify(body)),
+  });
   const text = await response.text();
   return { status: response.status, body: (response.headers.get('content-type') ?? '').includes('json') ? JSON.parse(text) : text };
 }
@@ -67,10 +76,30 @@ const missing = uniqueId('missing');
 
 describe('every answer of every route is described', () => {
   it('accounts, balance and the ledger', async () => {
-    assert.equal((await call('PUT', `/v1/accounts/${accountId}`, { email: 'conformance@example.com', name: 'Conformance', metadata: { plan: 'test', seats: 3 } })).status, 200);
+    assert.equal(
+      (
+        await call('PUT', `/v1/accounts/${accountId}`, {
+          email: 'conformance@example.com',
+          name: 'Conformance',
+          metadata: { plan: 'test', seats: 3 },
+        })
+      ).status,
+      200,
+    );
     expectError(await call('PUT', `/v1/accounts/${encodeURIComponent('not an id!')}`, {}), 400, 'invalid_request');
     expectError(await call('PUT', `/v1/accounts/${accountId}`, { colour: 'blue' }), 400, 'invalid_request');
-    assert.equal((await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1000, source: 'promo', reason: 'conformance', idempotency_key: 'g-1', expires_at: '2099-01-01T00:00:00Z' })).status, 201);
+    assert.equal(
+      (
+        await admin('POST', `/v1/accounts/${accountId}/grants`, {
+          amount: 1000,
+          source: 'promo',
+          reason: 'conformance',
+          idempotency_key: 'g-1',
+          expires_at: '2099-01-01T00:00:00Z',
+        })
+      ).status,
+      201,
+    );
     const account = await call('GET', `/v1/accounts/${accountId}`);
     assert.equal(account.status, 200);
     assert.equal(account.body.grants.length, 1);
@@ -86,9 +115,20 @@ describe('every answer of every route is described', () => {
   it('usage, single and batch, with every refusal and replays', async () => {
     const spent = await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 10, idempotency_key: 'use-1', description: 'a run' });
     assert.equal(spent.status, 200);
-    assert.equal((await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 10, idempotency_key: 'use-1', description: 'a run' })).body.replayed, true);
-    expectError(await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 11, idempotency_key: 'use-1' }), 409, 'idempotency_conflict');
-    expectError(await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1_000_000, idempotency_key: 'use-2' }), 402, 'insufficient_credits');
+    assert.equal(
+      (await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 10, idempotency_key: 'use-1', description: 'a run' })).body.replayed,
+      true,
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 11, idempotency_key: 'use-1' }),
+      409,
+      'idempotency_conflict',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1_000_000, idempotency_key: 'use-2' }),
+      402,
+      'insufficient_credits',
+    );
     const replayedRefusal = await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1_000_000, idempotency_key: 'use-2' });
     assert.equal(replayedRefusal.body.error.replayed, true);
     expectError(await call('POST', `/v1/accounts/${missing}/usage`, { amount: 1, idempotency_key: 'use-3' }), 404, 'account_not_found');
@@ -112,8 +152,16 @@ describe('every answer of every route is described', () => {
   it('holds: create, capture and void, with every refusal', async () => {
     const hold = await call('POST', `/v1/accounts/${accountId}/holds`, { amount: 50, idempotency_key: 'hold-1', expires_in_seconds: 600 });
     assert.equal(hold.status, 201);
-    expectError(await call('POST', `/v1/accounts/${accountId}/holds`, { amount: 51, idempotency_key: 'hold-1' }), 409, 'idempotency_conflict');
-    expectError(await call('POST', `/v1/accounts/${accountId}/holds`, { amount: 1_000_000, idempotency_key: 'hold-2' }), 402, 'insufficient_credits');
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/holds`, { amount: 51, idempotency_key: 'hold-1' }),
+      409,
+      'idempotency_conflict',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/holds`, { amount: 1_000_000, idempotency_key: 'hold-2' }),
+      402,
+      'insufficient_credits',
+    );
     expectError(await call('POST', `/v1/accounts/${missing}/holds`, { amount: 1, idempotency_key: 'hold-3' }), 404, 'account_not_found');
     expectError(await call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { amount: 51 }), 400, 'capture_exceeds_hold');
     assert.deepEqual((await call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { amount: 20 })).body.released, 30);
@@ -128,12 +176,25 @@ describe('every answer of every route is described', () => {
   it('spend limits: read and set, with every refusal, and spend_limit_exceeded on usage, holds and in a batch', async () => {
     const limited = uniqueId('limited');
     assert.equal((await call('PUT', `/v1/accounts/${limited}`, {})).status, 200);
-    assert.equal((await admin('POST', `/v1/accounts/${limited}/grants`, { amount: 1000, source: 'promo', reason: 'limits', idempotency_key: 'g-limits' })).status, 201);
+    assert.equal(
+      (
+        await admin('POST', `/v1/accounts/${limited}/grants`, {
+          amount: 1000,
+          source: 'promo',
+          reason: 'limits',
+          idempotency_key: 'g-limits',
+        })
+      ).status,
+      201,
+    );
     const none = await call('GET', `/v1/accounts/${limited}/limits`);
     assert.deepEqual({ per_day: none.body.per_day, per_month: none.body.per_month }, { per_day: null, per_month: null });
     expectError(await call('GET', `/v1/accounts/${missing}/limits`), 404, 'account_not_found');
     const set = await call('PUT', `/v1/accounts/${limited}/limits`, { per_day: 100, per_month: 500 });
-    assert.deepEqual({ per_day: set.body.per_day, per_month: set.body.per_month, spent: set.body.spent }, { per_day: 100, per_month: 500, spent: { day: 0, month: 0 } });
+    assert.deepEqual(
+      { per_day: set.body.per_day, per_month: set.body.per_month, spent: set.body.spent },
+      { per_day: 100, per_month: 500, spent: { day: 0, month: 0 } },
+    );
     expectError(await call('PUT', `/v1/accounts/${limited}/limits`, { per_day: -1 }), 400, 'invalid_request');
     expectError(await call('PUT', `/v1/accounts/${limited}/limits`, { per_week: 10 }), 400, 'invalid_request');
     expectError(await call('PUT', `/v1/accounts/${missing}/limits`, { per_day: 10 }), 404, 'account_not_found');
@@ -141,9 +202,19 @@ describe('every answer of every route is described', () => {
     assert.equal((await call('POST', `/v1/accounts/${limited}/usage`, { amount: 60, idempotency_key: 'limited-1' })).status, 200);
     const refused = await call('POST', `/v1/accounts/${limited}/usage`, { amount: 50, idempotency_key: 'limited-2' });
     expectError(refused, 402, 'spend_limit_exceeded');
-    assert.deepEqual({ window: refused.body.error.window, limit: refused.body.error.limit, spent: refused.body.error.spent }, { window: 'day', limit: 100, spent: 60 });
-    assert.equal((await call('POST', `/v1/accounts/${limited}/usage`, { amount: 50, idempotency_key: 'limited-2' })).body.error.replayed, true);
-    expectError(await call('POST', `/v1/accounts/${limited}/holds`, { amount: 41, idempotency_key: 'limited-hold' }), 402, 'spend_limit_exceeded');
+    assert.deepEqual(
+      { window: refused.body.error.window, limit: refused.body.error.limit, spent: refused.body.error.spent },
+      { window: 'day', limit: 100, spent: 60 },
+    );
+    assert.equal(
+      (await call('POST', `/v1/accounts/${limited}/usage`, { amount: 50, idempotency_key: 'limited-2' })).body.error.replayed,
+      true,
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${limited}/holds`, { amount: 41, idempotency_key: 'limited-hold' }),
+      402,
+      'spend_limit_exceeded',
+    );
     const batch = await call('POST', '/v1/usage/batch', {
       events: [
         { account_id: limited, amount: 30, idempotency_key: 'limited-batch-1' },
@@ -153,35 +224,131 @@ describe('every answer of every route is described', () => {
     assert.equal(batch.status, 200);
     assert.equal(batch.body.results[0].status, 200);
     assert.equal(batch.body.results[1].status, 402);
-    assert.deepEqual({ code: batch.body.results[1].error.code, window: batch.body.results[1].error.window, spent: batch.body.results[1].error.spent }, { code: 'spend_limit_exceeded', window: 'day', spent: 90 });
+    assert.deepEqual(
+      { code: batch.body.results[1].error.code, window: batch.body.results[1].error.window, spent: batch.body.results[1].error.spent },
+      { code: 'spend_limit_exceeded', window: 'day', spent: 90 },
+    );
     assert.deepEqual((await call('GET', `/v1/accounts/${limited}/limits`)).body.spent, { day: 90, month: 90 });
   });
 
   it('admin grants and adjustments, with every refusal', async () => {
-    assert.equal((await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1000, source: 'promo', reason: 'conformance', idempotency_key: 'g-1', expires_at: '2099-01-01T00:00:00Z' })).body.replayed, true);
-    expectError(await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 999, source: 'promo', reason: 'conformance', idempotency_key: 'g-1' }), 409, 'idempotency_conflict');
-    expectError(await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 2_000_000, source: 'admin', reason: 'too much', idempotency_key: 'g-2' }), 400, 'grant_exceeds_limit');
-    expectError(await admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 5, source: 'promo', reason: 'past', idempotency_key: 'g-3', expires_at: '2001-01-01T00:00:00Z' }), 400, 'invalid_request');
-    expectError(await admin('POST', `/v1/accounts/${missing}/grants`, { amount: 5, source: 'promo', reason: 'nobody', idempotency_key: 'g-4' }), 404, 'account_not_found');
-    assert.equal((await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: 25, reason: 'goodwill', idempotency_key: 'adj-1' })).status, 201);
-    assert.equal((await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -5, reason: 'correction', idempotency_key: 'adj-2' })).body.amount, -5);
-    assert.equal((await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -5, reason: 'correction', idempotency_key: 'adj-2' })).body.replayed, true);
-    expectError(await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -4, reason: 'correction', idempotency_key: 'adj-2' }), 409, 'idempotency_conflict');
-    expectError(await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: 200_000, reason: 'too much', idempotency_key: 'adj-3' }), 400, 'adjustment_exceeds_limit');
-    expectError(await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -90_000, reason: 'more than there is', idempotency_key: 'adj-4' }), 402, 'insufficient_credits');
-    expectError(await admin('POST', `/v1/accounts/${missing}/adjustments`, { amount: 5, reason: 'nobody', idempotency_key: 'adj-5' }), 404, 'account_not_found');
+    assert.equal(
+      (
+        await admin('POST', `/v1/accounts/${accountId}/grants`, {
+          amount: 1000,
+          source: 'promo',
+          reason: 'conformance',
+          idempotency_key: 'g-1',
+          expires_at: '2099-01-01T00:00:00Z',
+        })
+      ).body.replayed,
+      true,
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${accountId}/grants`, {
+        amount: 999,
+        source: 'promo',
+        reason: 'conformance',
+        idempotency_key: 'g-1',
+      }),
+      409,
+      'idempotency_conflict',
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${accountId}/grants`, {
+        amount: 2_000_000,
+        source: 'admin',
+        reason: 'too much',
+        idempotency_key: 'g-2',
+      }),
+      400,
+      'grant_exceeds_limit',
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${accountId}/grants`, {
+        amount: 5,
+        source: 'promo',
+        reason: 'past',
+        idempotency_key: 'g-3',
+        expires_at: '2001-01-01T00:00:00Z',
+      }),
+      400,
+      'invalid_request',
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${missing}/grants`, { amount: 5, source: 'promo', reason: 'nobody', idempotency_key: 'g-4' }),
+      404,
+      'account_not_found',
+    );
+    assert.equal(
+      (await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: 25, reason: 'goodwill', idempotency_key: 'adj-1' })).status,
+      201,
+    );
+    assert.equal(
+      (await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -5, reason: 'correction', idempotency_key: 'adj-2' })).body
+        .amount,
+      -5,
+    );
+    assert.equal(
+      (await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -5, reason: 'correction', idempotency_key: 'adj-2' })).body
+        .replayed,
+      true,
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: -4, reason: 'correction', idempotency_key: 'adj-2' }),
+      409,
+      'idempotency_conflict',
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${accountId}/adjustments`, { amount: 200_000, reason: 'too much', idempotency_key: 'adj-3' }),
+      400,
+      'adjustment_exceeds_limit',
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${accountId}/adjustments`, {
+        amount: -90_000,
+        reason: 'more than there is',
+        idempotency_key: 'adj-4',
+      }),
+      402,
+      'insufficient_credits',
+    );
+    expectError(
+      await admin('POST', `/v1/accounts/${missing}/adjustments`, { amount: 5, reason: 'nobody', idempotency_key: 'adj-5' }),
+      404,
+      'account_not_found',
+    );
   });
 
   it('checkout, client reference and trial eligibility', async () => {
     const urls = { success_url: 'https://app.example/ok', cancel_url: 'https://app.example/no' };
     const checkoutAccount = uniqueId('checkout');
     await call('PUT', `/v1/accounts/${checkoutAccount}`, {});
-    assert.equal((await call('POST', `/v1/accounts/${checkoutAccount}/checkout`, { plan_id: 'plus', interval: 'month', ...urls })).status, 200);
-    expectError(await call('POST', `/v1/accounts/${checkoutAccount}/checkout`, { plan_id: 'pro', interval: 'month', trial: true, ...urls }), 403, 'trial_not_eligible');
+    assert.equal(
+      (await call('POST', `/v1/accounts/${checkoutAccount}/checkout`, { plan_id: 'plus', interval: 'month', ...urls })).status,
+      200,
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${checkoutAccount}/checkout`, { plan_id: 'pro', interval: 'month', trial: true, ...urls }),
+      403,
+      'trial_not_eligible',
+    );
     expectError(await call('POST', `/v1/accounts/${checkoutAccount}/checkout`, { pack_id: 'pack_none', ...urls }), 404, 'plan_not_found');
     expectError(await call('POST', `/v1/accounts/${missing}/checkout`, { pack_id: 'pack_1000', ...urls }), 404, 'account_not_found');
-    expectError(await call('POST', `/v1/accounts/${accountId}/checkout`, { pack_id: 'pack_1000', success_url: 'http://app.example/ok', cancel_url: urls.cancel_url }), 400, 'invalid_request');
-    expectError(await call('POST', `/v1/accounts/${accountId}/checkout`, { pack_id: 'pack_1000', ...urls }, { app: withoutStripe }), 503, 'stripe_unavailable');
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/checkout`, {
+        pack_id: 'pack_1000',
+        success_url: 'http://app.example/ok',
+        cancel_url: urls.cancel_url,
+      }),
+      400,
+      'invalid_request',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/checkout`, { pack_id: 'pack_1000', ...urls }, { app: withoutStripe }),
+      503,
+      'stripe_unavailable',
+    );
     fake.refusal = { status: 400, body: { error: { type: 'invalid_request_error', message: 'No such price' } } };
     try {
       expectError(await call('POST', `/v1/accounts/${accountId}/checkout`, { pack_id: 'pack_10000', ...urls }), 502, 'stripe_error');
@@ -199,9 +366,13 @@ describe('every answer of every route is described', () => {
   });
 
   it("Stripe's webhooks, the inbox, replay and the breaker", async () => {
-    const stripeEvent = event('customer.subscription.updated', subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }));
+    const stripeEvent = event(
+      'customer.subscription.updated',
+      subscription({ id: uniqueId('sub'), customer: uniqueId('cus'), status: 'active', price: 'price_plus_monthly', start: 1, end: 2 }),
+    );
     const payload = JSON.stringify(stripeEvent);
-    const webhook = (header: string) => call('POST', '/webhooks/stripe', undefined, { key: null, raw: payload, headers: { 'stripe-signature': header } });
+    const webhook = (header: string) =>
+      call('POST', '/webhooks/stripe', undefined, { key: null, raw: payload, headers: { 'stripe-signature': header } });
     assert.deepEqual((await webhook(signedHeader(payload))).body, { received: true, duplicate: false });
     assert.deepEqual((await webhook(signedHeader(payload))).body, { received: true, duplicate: true });
     expectError(await webhook('t=1,v1=bad'), 400, 'invalid_signature');
@@ -223,7 +394,11 @@ describe('every answer of every route is described', () => {
     } finally {
       await lock.end();
     }
-    expectError(await call('POST', '/v1/admin/reconcile', { stripe: true }, { key: adminKey, app: withoutStripe }), 503, 'stripe_unavailable');
+    expectError(
+      await call('POST', '/v1/admin/reconcile', { stripe: true }, { key: adminKey, app: withoutStripe }),
+      503,
+      'stripe_unavailable',
+    );
     fake.refusal = { status: 401, body: { error: { type: 'invalid_request_error', message: 'Invalid API Key provided' } } };
     try {
       expectError(await admin('POST', '/v1/admin/reconcile', { stripe: true }), 502, 'stripe_error');
@@ -231,14 +406,24 @@ describe('every answer of every route is described', () => {
       fake.refusal = undefined;
     }
     assert.ok((await admin('GET', '/v1/admin/reconciliations?limit=5')).body.runs.length >= 2);
-    await raiseAlert(served.database.db.pool, { kind: 'conformance', key: uniqueId('alert'), severity: 'warning', message: 'an alert to list', details: { check: 1 }, accountId });
+    await raiseAlert(served.database.db.pool, {
+      kind: 'conformance',
+      key: uniqueId('alert'),
+      severity: 'warning',
+      message: 'an alert to list',
+      details: { check: 1 },
+      accountId,
+    });
     assert.ok((await admin('GET', '/v1/admin/alerts')).body.alerts.length >= 1);
     assert.ok((await admin('GET', `/v1/admin/accounts?search=${accountId}`)).body.accounts.length === 1);
     assert.equal((await admin('GET', '/v1/admin/credit-history?days=3')).body.days.length, 3);
     const exported = await admin('GET', `/v1/accounts/${accountId}/export`);
     assert.ok(exported.body.entries.length > 0);
     expectError(await admin('GET', `/v1/accounts/${missing}/export`), 404, 'account_not_found');
-    assert.equal((await admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'asked by the person' })).body.erased.email, true);
+    assert.equal(
+      (await admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'asked by the person' })).body.erased.email,
+      true,
+    );
     expectError(await admin('DELETE', `/v1/accounts/${missing}/personal-data`, { reason: 'nobody' }), 404, 'account_not_found');
   });
 
@@ -251,17 +436,24 @@ describe('every answer of every route is described', () => {
     assert.ok(overview.body.webhooks.received >= 1, 'the Stripe events stored above are counted');
     assert.notEqual(overview.body.last_reconciliation, null);
     assert.equal(overview.body.stripe.breaker.state, 'closed');
-    assert.equal((await call('GET', '/v1/admin/overview', undefined, { key: adminKey, app: withoutStripe })).body.stripe.breaker.state, 'not_configured');
+    assert.equal(
+      (await call('GET', '/v1/admin/overview', undefined, { key: adminKey, app: withoutStripe })).body.stripe.breaker.state,
+      'not_configured',
+    );
     expectError(await admin('GET', '/v1/admin/overview?hours=0'), 400, 'invalid_request');
 
     const totals = await admin('GET', `/v1/admin/credit-totals?days=2&account_id=${accountId}`);
     assert.equal(totals.body.days.length, 2);
-    const sum = (field: string): number => totals.body.days.reduce((total: number, day: Record<string, number>) => total + (day[field] ?? 0), 0);
+    const sum = (field: string): number =>
+      totals.body.days.reduce((total: number, day: Record<string, number>) => total + (day[field] ?? 0), 0);
     assert.ok(sum('granted') >= 1000 && sum('spent') > 0, "the account's grants and spends of these two days are counted");
     expectError(await admin('GET', '/v1/admin/credit-totals?days=0'), 400, 'invalid_request');
 
     const search = await admin('GET', `/v1/admin/accounts/search?search=${accountId}&sort=available&order=desc&limit=1`);
-    assert.deepEqual(search.body.accounts.map((account: { id: string }) => account.id), [accountId]);
+    assert.deepEqual(
+      search.body.accounts.map((account: { id: string }) => account.id),
+      [accountId],
+    );
     assert.equal((await admin('GET', '/v1/admin/accounts/search?limit=1')).body.next_offset, 1);
     expectError(await admin('GET', '/v1/admin/accounts/search?sort=name'), 400, 'invalid_request');
 
@@ -277,7 +469,10 @@ describe('every answer of every route is described', () => {
     const older = await admin('GET', `/v1/admin/accounts/${accountId}/holds?limit=1&cursor=${holds.body.next_cursor}`);
     assert.notEqual(older.body.holds[0].id, holds.body.holds[0].id);
     const captured = (await admin('GET', `/v1/admin/accounts/${accountId}/holds?status=captured`)).body.holds;
-    assert.deepEqual(captured.map((hold: { amount: number; captured: number; released: number }) => [hold.amount, hold.captured, hold.released]), [[50, 20, 30]]);
+    assert.deepEqual(
+      captured.map((hold: { amount: number; captured: number; released: number }) => [hold.amount, hold.captured, hold.released]),
+      [[50, 20, 30]],
+    );
     expectError(await admin('GET', `/v1/admin/accounts/${accountId}/holds?cursor=abc`), 400, 'invalid_request');
     expectError(await admin('GET', `/v1/admin/accounts/${missing}/holds`), 404, 'account_not_found');
 
@@ -293,7 +488,10 @@ describe('every answer of every route is described', () => {
     expectError(await admin('GET', '/v1/admin/webhook-events/evt_never_stored'), 404, 'event_not_found');
 
     const entry = (await call('GET', `/v1/accounts/${accountId}/ledger?limit=1`)).body.entries[0];
-    assert.deepEqual(await admin('GET', `/v1/admin/entries/${entry.id}`).then((answer) => answer.body), { ...entry, account_id: accountId });
+    assert.deepEqual(await admin('GET', `/v1/admin/entries/${entry.id}`).then((answer) => answer.body), {
+      ...entry,
+      account_id: accountId,
+    });
     expectError(await admin('GET', '/v1/admin/entries/entry_999999999'), 404, 'entry_not_found');
     expectError(await admin('GET', '/v1/admin/entries/not-an-entry'), 404, 'entry_not_found');
   });
@@ -303,9 +501,15 @@ describe('every answer of every route is described', () => {
     const events = await call('GET', '/v1/events?after=0&limit=5');
     assert.ok(events.body.events.length > 0);
     assert.equal((await call('GET', `/v1/events?account_id=${accountId}`)).status, 200);
-    assert.equal((await call('PUT', `/v1/accounts/${accountId}/low-balance-threshold`, { threshold: 100 })).body.low_balance_threshold, 100);
+    assert.equal(
+      (await call('PUT', `/v1/accounts/${accountId}/low-balance-threshold`, { threshold: 100 })).body.low_balance_threshold,
+      100,
+    );
     expectError(await call('PUT', `/v1/accounts/${missing}/low-balance-threshold`, { threshold: null }), 404, 'account_not_found');
-    const endpoint = await admin('POST', '/v1/admin/webhook-endpoints', { url: 'https://hooks.example/tally', event_types: ['grant.created'] });
+    const endpoint = await admin('POST', '/v1/admin/webhook-endpoints', {
+      url: 'https://hooks.example/tally',
+      event_types: ['grant.created'],
+    });
     assert.equal(endpoint.status, 201);
     expectError(await admin('POST', '/v1/admin/webhook-endpoints', { url: 'ftp://hooks.example' }), 400, 'invalid_request');
     assert.ok((await admin('GET', '/v1/admin/webhook-endpoints')).body.endpoints.length >= 1);
@@ -346,15 +550,32 @@ describe('every answer of every route is described', () => {
     assert.match((await call('GET', '/dashboard', undefined, { key: null })).body, /<html/i);
     expectError(await call('GET', '/metrics'), 403, 'forbidden');
     expectError(await call('GET', `/v1/accounts/${accountId}/balance`, undefined, { key: null }), 401, 'unauthorized');
-    expectError(await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'viewer' }, { key: viewerKey }), 403, 'forbidden');
-    expectError(await call('POST', `/v1/accounts/${accountId}/grants`, { amount: 1, source: 'promo', reason: 'app key', idempotency_key: 'app' }), 403, 'forbidden');
-    expectError(await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'big', description: 'x'.repeat(70_000) }), 413, 'payload_too_large');
-    expectError(await call('POST', `/v1/accounts/${accountId}/usage`, undefined, { raw: 'amount=1', headers: { 'content-type': 'text/plain' } }), 415, 'unsupported_media_type');
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'viewer' }, { key: viewerKey }),
+      403,
+      'forbidden',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/grants`, { amount: 1, source: 'promo', reason: 'app key', idempotency_key: 'app' }),
+      403,
+      'forbidden',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'big', description: 'x'.repeat(70_000) }),
+      413,
+      'payload_too_large',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${accountId}/usage`, undefined, { raw: 'amount=1', headers: { 'content-type': 'text/plain' } }),
+      415,
+      'unsupported_media_type',
+    );
     expectError(await call('POST', `/v1/accounts/${accountId}/usage`, undefined, { raw: '{"amount": 1,' }), 400, 'invalid_request');
     expectError(await call('GET', `/v1/accounts/${'a'.repeat(300)}/balance`), 414, 'uri_too_long');
     expectError(await call('GET', `/v1/accounts/bad%00id/balance`), 400, 'invalid_request');
     // Five wrong keys from this address within the minute: the sixth is refused as such.
-    for (let attempt = 0; attempt < 5; attempt += 1) await call('GET', `/v1/accounts/${accountId}/balance`, undefined, { key: 'wrong-key-0123456789' });
+    for (let attempt = 0; attempt < 5; attempt += 1)
+      await call('GET', `/v1/accounts/${accountId}/balance`, undefined, { key: 'wrong-key-0123456789' });
     expectError(await call('GET', `/v1/accounts/${accountId}/balance`, undefined, { key: 'wrong-key-0123456789' }), 429, 'rate_limited');
   });
 
@@ -365,7 +586,11 @@ describe('every answer of every route is described', () => {
       await server.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [name]);
       await sleep(300);
       expectError(await call('GET', `/v1/accounts/${accountId}/balance`), 503, 'database_unavailable');
-      expectError(await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'down' }), 503, 'database_unavailable');
+      expectError(
+        await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'down' }),
+        503,
+        'database_unavailable',
+      );
       assert.deepEqual((await call('GET', '/readyz', undefined, { key: null })).body, { status: 'unavailable', reason: 'database' });
     } finally {
       await server.query(`alter database ${pg.escapeIdentifier(name)} allow_connections true`);
@@ -373,16 +598,30 @@ describe('every answer of every route is described', () => {
   });
 
   it('saw every operation succeed and every refusal of its own', async () => {
-    const document = (await publishedDocument(served)) as { paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: unknown }> }> }>>; components: { schemas: Record<string, any> } };
+    const document = (await publishedDocument(served)) as {
+      paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: unknown }> }> }>>;
+      components: { schemas: Record<string, any> };
+    };
     // Refusals every call of a kind shares are seen above on a few calls, not on each.
-    const shared = new Set(['invalid_request', 'unauthorized', 'forbidden', 'rate_limited', 'payload_too_large', 'unsupported_media_type', 'uri_too_long', 'internal_error', 'database_unavailable']);
+    const shared = new Set([
+      'invalid_request',
+      'unauthorized',
+      'forbidden',
+      'rate_limited',
+      'payload_too_large',
+      'unsupported_media_type',
+      'uri_too_long',
+      'internal_error',
+      'database_unavailable',
+    ]);
     // What this test cannot bring about, and why.
     const unreachable = new Set([
       'POST /v1/accounts/{id}/grants balance_limit_exceeded', // needs a balance near 2^53 credits
       'POST /v1/accounts/{id}/adjustments balance_limit_exceeded', // the same
       'POST /webhooks/stripe stripe_not_configured', // needs a Tally without STRIPE_WEBHOOK_SECRET; test/integration/webhook-intake covers it
     ]);
-    const codeOf = (reference: string): string => document.components.schemas[reference.replace('#/components/schemas/', '')].properties.error.properties.code.const;
+    const codeOf = (reference: string): string =>
+      document.components.schemas[reference.replace('#/components/schemas/', '')].properties.error.properties.code.const;
     const missingSeen: string[] = [];
     for (const [path, item] of Object.entries(document.paths)) {
       for (const [method, operation] of Object.entries(item)) {
@@ -393,7 +632,8 @@ describe('every answer of every route is described', () => {
           const codes = [...new Set(references.map(codeOf))].filter((code) => !shared.has(code));
           if (Number(status) < 300 && !checker.seen(upper, path, Number(status))) missingSeen.push(`${upper} ${path} ${status}`);
           for (const code of codes) {
-            if (!unreachable.has(`${upper} ${path} ${code}`) && !checker.seen(upper, path, Number(status), code)) missingSeen.push(`${upper} ${path} ${status} ${code}`);
+            if (!unreachable.has(`${upper} ${path} ${code}`) && !checker.seen(upper, path, Number(status), code))
+              missingSeen.push(`${upper} ${path} ${status} ${code}`);
           }
         }
       }

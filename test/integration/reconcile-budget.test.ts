@@ -24,10 +24,13 @@ describe('reconciliation at scale', () => {
     // scheduled run does not start again on the next tick (it used to, every 30 s, forever).
     const options = { trigger: 'schedule' as const, stripe: false, gateway: undefined, catalog, timeSecondsMax: 0.000001 };
     await assert.rejects(reconcileIfDue(test.database.db, options, 24), /time budget/);
-    const alert = await test.database.db.query<{ severity: string; message: string }>(`select severity, message from alerts where kind = 'reconciliation_failed'`);
+    const alert = await test.database.db.query<{ severity: string; message: string }>(
+      `select severity, message from alerts where kind = 'reconciliation_failed'`,
+    );
     assert.equal(alert.rows.length, 1);
     assert.match(alert.rows[0]?.message ?? '', /time budget/);
-    const runs = async () => (await test.database.db.query<{ count: number }>(`select count(*)::int as count from reconciliation_runs`)).rows[0]?.count;
+    const runs = async () =>
+      (await test.database.db.query<{ count: number }>(`select count(*)::int as count from reconciliation_runs`)).rows[0]?.count;
     const before = await runs();
     assert.equal(await reconcileIfDue(test.database.db, options, 24), undefined, 'not due again at once');
     assert.equal(await runs(), before, 'no new run');
@@ -43,7 +46,12 @@ describe('reconciliation at scale', () => {
       `insert into entries (account_id, kind, amount, balance_after, idempotency_key, actor)
        select 'budget-big', 'usage', 0, 0, 'budget-' || i, 'app' from generate_series(1, 300000) i`,
     );
-    const tight = new Database({ url: test.database.url, poolSize: 2, statementTimeoutMilliseconds: 20, applicationName: 'tally-test-tight' });
+    const tight = new Database({
+      url: test.database.url,
+      poolSize: 2,
+      statementTimeoutMilliseconds: 20,
+      applicationName: 'tally-test-tight',
+    });
     try {
       const slow = await tight.query(`select count(*) from entries e cross join lateral unnest(e.grant_ids) g`).then(
         () => 'finished',

@@ -2,7 +2,17 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
-import { checkoutSession, deliver, event, invoice, month, refund, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+import {
+  checkoutSession,
+  deliver,
+  event,
+  invoice,
+  month,
+  refund,
+  settleWebhooks,
+  subscription,
+  uniqueId,
+} from '../helpers/stripe-events.js';
 
 // Reconciliation must name each kind of corruption, planted straight into the database with
 // the guards turned off in this test's own database, with the right account and entries.
@@ -23,7 +33,11 @@ after(async () => {
 const run = async (body: Record<string, unknown> = {}) => {
   const response = await test.admin('POST', '/v1/admin/reconcile', body);
   assert.equal(response.status, 200, JSON.stringify(response.body));
-  return response.body as { run_id: number; finding_count: number; findings: { check: string; account_id: string; message: string; entry_ids: string[]; grant_ids?: string[]; stripe_ids?: string[] }[] };
+  return response.body as {
+    run_id: number;
+    finding_count: number;
+    findings: { check: string; account_id: string; message: string; entry_ids: string[]; grant_ids?: string[]; stripe_ids?: string[] }[];
+  };
 };
 
 async function healthy(accountId: string): Promise<void> {
@@ -55,7 +69,7 @@ describe('reconciliation', () => {
     await test.database.db.query(`update accounts set available = available - 7 where id = 'rec-balance'`);
   });
 
-  it("names a grant whose remaining differs from what its entries took, with those entries", async () => {
+  it('names a grant whose remaining differs from what its entries took, with those entries', async () => {
     await healthy('rec-grant');
     const { rows } = await test.database.db.query<{ id: number }>(`select id from grants where account_id = 'rec-grant'`);
     await test.database.db.query(`update grants set remaining = remaining - 3 where account_id = 'rec-grant'`);
@@ -105,9 +119,13 @@ describe('reconciliation', () => {
   });
 
   it('raises an alert for findings and never changes the ledger', async () => {
-    const before = await test.database.db.query(`select count(*)::int as entries, (select sum(available) from accounts)::bigint as available from entries`);
+    const before = await test.database.db.query(
+      `select count(*)::int as entries, (select sum(available) from accounts)::bigint as available from entries`,
+    );
     await run();
-    const after = await test.database.db.query(`select count(*)::int as entries, (select sum(available) from accounts)::bigint as available from entries`);
+    const after = await test.database.db.query(
+      `select count(*)::int as entries, (select sum(available) from accounts)::bigint as available from entries`,
+    );
     assert.deepEqual(after.rows, before.rows);
     const alerts = await test.admin('GET', '/v1/admin/alerts');
     assert.ok(alerts.body.alerts.some((alert: { kind: string; count: number }) => alert.kind === 'reconciliation' && alert.count >= 1));
@@ -118,15 +136,46 @@ describe('reconciliation', () => {
     const accountId = uniqueId('acct');
     const paymentIntent = uniqueId('pi');
     await fundedAccount(test, accountId, 0);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' })));
+    await deliver(
+      test,
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' }),
+      ),
+    );
     await settleWebhooks(test);
-    const missing = invoice({ customer: uniqueId('cus'), subscription: 'sub_never_granted', lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }] });
+    const missing = invoice({
+      customer: uniqueId('cus'),
+      subscription: 'sub_never_granted',
+      lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }],
+    });
     fake.invoices.push(missing);
     // A trial's $0 invoice: the trial rule grants that period, so the invoice has no grant of its own.
     const trialer = { accountId: uniqueId('acct'), customer: uniqueId('cus'), subscriptionId: uniqueId('sub') };
     await fundedAccount(test, trialer.accountId, 0);
-    await deliver(test, event('customer.subscription.created', subscription({ id: trialer.subscriptionId, customer: trialer.customer, status: 'trialing', price: 'price_plus_monthly', start: t0, end: t0 + 7 * 86400, trialEnd: t0 + 7 * 86400, accountId: trialer.accountId })));
-    const trialInvoice = invoice({ customer: trialer.customer, subscription: trialer.subscriptionId, accountId: trialer.accountId, amountPaid: 0, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + 7 * 86400, amount: 0 }] });
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({
+          id: trialer.subscriptionId,
+          customer: trialer.customer,
+          status: 'trialing',
+          price: 'price_plus_monthly',
+          start: t0,
+          end: t0 + 7 * 86400,
+          trialEnd: t0 + 7 * 86400,
+          accountId: trialer.accountId,
+        }),
+      ),
+    );
+    const trialInvoice = invoice({
+      customer: trialer.customer,
+      subscription: trialer.subscriptionId,
+      accountId: trialer.accountId,
+      amountPaid: 0,
+      lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + 7 * 86400, amount: 0 }],
+    });
     await deliver(test, event('invoice.paid', trialInvoice));
     await settleWebhooks(test);
     fake.invoices.push(trialInvoice);
@@ -134,7 +183,11 @@ describe('reconciliation', () => {
     fake.refunds.push(unclawed);
     const report = await run({ stripe: true });
     const invoiceFindings = report.findings.filter((candidate) => candidate.check === 'stripe_invoice_granted_once');
-    assert.deepEqual(invoiceFindings.map((finding) => finding.stripe_ids?.[0]), [missing.id], "only the invoice that was never granted; not the trial's $0 invoice");
+    assert.deepEqual(
+      invoiceFindings.map((finding) => finding.stripe_ids?.[0]),
+      [missing.id],
+      "only the invoice that was never granted; not the trial's $0 invoice",
+    );
     const refundFinding = report.findings.find((candidate) => candidate.check === 'stripe_refund_clawed_back');
     assert.equal(refundFinding?.account_id, accountId);
     assert.ok(refundFinding?.stripe_ids?.includes(unclawed.id));

@@ -1,8 +1,19 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createTestApp, fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
-import { FakeStripe } from '../helpers/fake-stripe.js';
-import { checkoutSession, deliver, dispute, event, invoice, invoicePayment, month, refund, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
+import { fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
+import type { FakeStripe } from '../helpers/fake-stripe.js';
+import {
+  checkoutSession,
+  deliver,
+  dispute,
+  event,
+  invoice,
+  invoicePayment,
+  month,
+  refund,
+  settleWebhooks,
+  uniqueId,
+} from '../helpers/stripe-events.js';
 
 // Restores (a refund that failed or was cancelled, a dispute won) give credits back to the
 // grants their clawback took them from, keeping those grants' expiry; credits whose grant has
@@ -16,13 +27,20 @@ before(async () => ({ test, fake } = await startWithFakeStripe()));
 after(() => stopWithFakeStripe(test, fake));
 
 const grantsOf = async (accountId: string) =>
-  (await test.database.db.query<{ source: string; amount: number; remaining: number; expires_at: Date | null }>(
-    'select source, amount, remaining, expires_at from grants where account_id = $1 order by id',
-    [accountId],
-  )).rows;
+  (
+    await test.database.db.query<{ source: string; amount: number; remaining: number; expires_at: Date | null }>(
+      'select source, amount, remaining, expires_at from grants where account_id = $1 order by id',
+      [accountId],
+    )
+  ).rows;
 const balance = async (accountId: string) => (await test.call('GET', `/v1/accounts/${accountId}/balance`)).body;
 const entriesOf = async (accountId: string, kinds: string[]) =>
-  (await test.database.db.query<{ kind: string; amount: number }>(`select kind, amount from entries where account_id = $1 and kind = any($2) order by id`, [accountId, kinds])).rows;
+  (
+    await test.database.db.query<{ kind: string; amount: number }>(
+      `select kind, amount from entries where account_id = $1 and kind = any($2) order by id`,
+      [accountId, kinds],
+    )
+  ).rows;
 
 async function assertReconciled(accountId: string): Promise<void> {
   const facts = await ledgerFacts(test, accountId);
@@ -37,8 +55,16 @@ async function paidSubscriber(): Promise<{ accountId: string; paymentIntent: str
   const subscriptionId = uniqueId('sub');
   const paymentIntent = uniqueId('pi');
   await fundedAccount(test, accountId, 0);
-  await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })));
-  const paid = invoice({ customer, subscription: subscriptionId, lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }], amountPaid: 2000 });
+  await deliver(
+    test,
+    event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })),
+  );
+  const paid = invoice({
+    customer,
+    subscription: subscriptionId,
+    lines: [{ price: 'price_plus_monthly', start: t0, end: t0 + month }],
+    amountPaid: 2000,
+  });
   await deliver(test, event('invoice.paid', paid));
   await deliver(test, event('invoice_payment.paid', invoicePayment({ invoice: String(paid.id), paymentIntent, amount: 2000 })));
   await settleWebhooks(test);
@@ -60,7 +86,10 @@ describe('restores', () => {
     const grants = await grantsOf(accountId);
     assert.equal(grants.length, 1, 'no new grant: the credits went back where they came from');
     assert.equal(grants[0]?.remaining, 4000);
-    assert.deepEqual(await entriesOf(accountId, ['clawback', 'restore']), [{ kind: 'clawback', amount: -2000 }, { kind: 'restore', amount: 2000 }]);
+    assert.deepEqual(await entriesOf(accountId, ['clawback', 'restore']), [
+      { kind: 'clawback', amount: -2000 },
+      { kind: 'restore', amount: 2000 },
+    ]);
     test.clock.advanceSeconds(month);
     assert.equal((await balance(accountId)).available, 0, 'restored credits end with their period');
     await assertReconciled(accountId);
@@ -78,7 +107,10 @@ describe('restores', () => {
       await deliver(test, event('charge.dispute.closed', { ...opened, status: 'won' }));
       await settleWebhooks(test);
       assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 0 });
-      assert.deepEqual(await entriesOf(accountId, ['restore', 'expire']), [{ kind: 'restore', amount: 4000 }, { kind: 'expire', amount: -4000 }]);
+      assert.deepEqual(await entriesOf(accountId, ['restore', 'expire']), [
+        { kind: 'restore', amount: 4000 },
+        { kind: 'expire', amount: -4000 },
+      ]);
       assert.equal((await grantsOf(accountId)).length, 1);
       await assertReconciled(accountId);
     } finally {
@@ -90,7 +122,13 @@ describe('restores', () => {
     const accountId = uniqueId('acct');
     const paymentIntent = uniqueId('pi');
     await fundedAccount(test, accountId, 0);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000', amountTotal: 1000 })));
+    await deliver(
+      test,
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000', amountTotal: 1000 }),
+      ),
+    );
     await settleWebhooks(test);
     await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 900, idempotency_key: uniqueId('use') });
     const pending = refund({ amount: 1000, paymentIntent, status: 'pending' });
@@ -101,7 +139,10 @@ describe('restores', () => {
     await settleWebhooks(test);
     assert.deepEqual(await balance(accountId), { account_id: accountId, available: 100, held: 0, debt: 0 });
     const grants = await grantsOf(accountId);
-    assert.deepEqual(grants.map((grant) => [grant.source, grant.amount, grant.remaining, grant.expires_at]), [['purchase', 1000, 100, null]]);
+    assert.deepEqual(
+      grants.map((grant) => [grant.source, grant.amount, grant.remaining, grant.expires_at]),
+      [['purchase', 1000, 100, null]],
+    );
     await assertReconciled(accountId);
   });
 
@@ -109,13 +150,24 @@ describe('restores', () => {
     const accountId = uniqueId('acct');
     const paymentIntent = uniqueId('pi');
     await fundedAccount(test, accountId, 0);
-    await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000', amountTotal: 1000 })));
+    await deliver(
+      test,
+      event(
+        'checkout.session.completed',
+        checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000', amountTotal: 1000 }),
+      ),
+    );
     await settleWebhooks(test);
     await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 900, idempotency_key: uniqueId('use') });
     const pending = refund({ amount: 1000, paymentIntent, status: 'pending' });
     await deliver(test, event('refund.created', pending));
     await settleWebhooks(test);
-    await test.admin('POST', `/v1/accounts/${accountId}/grants`, { amount: 1000, source: 'promo', reason: 'goodwill', idempotency_key: uniqueId('g') });
+    await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
+      amount: 1000,
+      source: 'promo',
+      reason: 'goodwill',
+      idempotency_key: uniqueId('g'),
+    });
     assert.deepEqual(await balance(accountId), { account_id: accountId, available: 100, held: 0, debt: 0 });
     await deliver(test, event('refund.updated', { ...pending, status: 'failed' }));
     await settleWebhooks(test);

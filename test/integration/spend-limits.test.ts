@@ -22,7 +22,8 @@ after(async () => {
 let keys = 0;
 const nextKey = () => `sl-${(keys += 1)}`;
 const setLimits = (account: string, body: unknown) => test.call('PUT', `/v1/accounts/${account}/limits`, body);
-const spend = (account: string, amount: number, key = nextKey()) => test.call('POST', `/v1/accounts/${account}/usage`, { amount, idempotency_key: key });
+const spend = (account: string, amount: number, key = nextKey()) =>
+  test.call('POST', `/v1/accounts/${account}/usage`, { amount, idempotency_key: key });
 const hold = (account: string, amount: number, key = nextKey(), expiresInSeconds = 900) =>
   test.call('POST', `/v1/accounts/${account}/holds`, { amount, idempotency_key: key, expires_in_seconds: expiresInSeconds });
 
@@ -33,7 +34,10 @@ async function limitEvents(account: string): Promise<any[]> {
 }
 
 const countBy = (values: unknown[]): Record<string, number> =>
-  values.reduce<Record<string, number>>((counts, value) => ({ ...counts, [String(value)]: (counts[String(value)] ?? 0) + 1 }), {});
+  values.reduce<Record<string, number>>((counts, value) => {
+    counts[String(value)] = (counts[String(value)] ?? 0) + 1;
+    return counts;
+  }, {});
 
 describe('setting limits', () => {
   it('refuses bad input with 400 naming the field, and an unknown account with 404, writing nothing', async () => {
@@ -57,7 +61,9 @@ describe('setting limits', () => {
       assert.equal(answer.status, 404);
       assert.equal(answer.body.error.code, 'account_not_found');
     }
-    const { rows } = await test.database.db.query(`select (select count(*) from spend_limits)::int as limits, (select count(*) from audit_log where action = 'spend_limits.set')::int as audited`);
+    const { rows } = await test.database.db.query(
+      `select (select count(*) from spend_limits)::int as limits, (select count(*) from audit_log where action = 'spend_limits.set')::int as audited`,
+    );
     assert.deepEqual(rows[0], { limits: 0, audited: 0 });
     assert.equal((await test.call('GET', '/v1/accounts/sl_bad/limits')).body.per_day, null);
   });
@@ -75,9 +81,17 @@ describe('setting limits', () => {
     });
     const set = await setLimits('sl_set', { per_day: 100, per_month: 500 });
     assert.equal(set.status, 200);
-    assert.deepEqual({ ...set.body, resets_at: undefined }, { account_id: 'sl_set', per_day: 100, per_month: 500, spent: { day: 30, month: 30 }, resets_at: undefined }, 'what was spent before the limits counts');
+    assert.deepEqual(
+      { ...set.body, resets_at: undefined },
+      { account_id: 'sl_set', per_day: 100, per_month: 500, spent: { day: 30, month: 30 }, resets_at: undefined },
+      'what was spent before the limits counts',
+    );
     assert.deepEqual((await setLimits('sl_set', { per_month: 400 })).body.per_day, 100, 'a window left out keeps its limit');
-    assert.deepEqual((await setLimits('sl_set', {})).body, (await test.call('GET', '/v1/accounts/sl_set/limits')).body, 'an empty body changes nothing');
+    assert.deepEqual(
+      (await setLimits('sl_set', {})).body,
+      (await test.call('GET', '/v1/accounts/sl_set/limits')).body,
+      'an empty body changes nothing',
+    );
     const dayOff = await setLimits('sl_set', { per_day: null });
     assert.deepEqual([dayOff.body.per_day, dayOff.body.per_month], [null, 400]);
     assert.equal((await spend('sl_set', 370)).status, 200);
@@ -89,13 +103,18 @@ describe('setting limits', () => {
     );
     assert.deepEqual(rows[0], { spend_limited: false, rows: 0 }, 'without limits, spends read nothing more');
     assert.equal((await spend('sl_set', 1)).status, 200);
-    const audited = await test.database.db.query<{ after: unknown }>(`select after from audit_log where account_id = 'sl_set' and action = 'spend_limits.set' order by id`);
-    assert.deepEqual(audited.rows.map((row) => row.after), [
-      { per_day: 100, per_month: 500 },
-      { per_day: 100, per_month: 400 },
-      { per_day: null, per_month: 400 },
-      { per_day: null, per_month: null },
-    ]);
+    const audited = await test.database.db.query<{ after: unknown }>(
+      `select after from audit_log where account_id = 'sl_set' and action = 'spend_limits.set' order by id`,
+    );
+    assert.deepEqual(
+      audited.rows.map((row) => row.after),
+      [
+        { per_day: 100, per_month: 500 },
+        { per_day: 100, per_month: 400 },
+        { per_day: null, per_month: 400 },
+        { per_day: null, per_month: null },
+      ],
+    );
   });
 });
 
@@ -119,7 +138,12 @@ describe('refusals', () => {
     assert.deepEqual((await test.call('GET', '/v1/accounts/sl_day/limits')).body.spent, { day: 60, month: 60 });
     // The same key, after the limit is lifted: still the first answer, said to be a replay.
     await setLimits('sl_day', { per_day: null });
-    const replayed = await test.app.inject({ method: 'POST', url: '/v1/accounts/sl_day/usage', headers: { authorization: `Bearer ${appKey}`, 'content-type': 'application/json' }, payload: JSON.stringify({ amount: 41, idempotency_key: 'sl_day-refused' }) });
+    const replayed = await test.app.inject({
+      method: 'POST',
+      url: '/v1/accounts/sl_day/usage',
+      headers: { authorization: `Bearer ${appKey}`, 'content-type': 'application/json' },
+      payload: JSON.stringify({ amount: 41, idempotency_key: 'sl_day-refused' }),
+    });
     assert.equal(replayed.statusCode, 402);
     assert.equal(replayed.headers['idempotent-replayed'], 'true');
     assert.deepEqual(JSON.parse(replayed.body).error, { ...refused.body.error, replayed: true });
@@ -134,7 +158,10 @@ describe('refusals', () => {
     assert.equal((await spend('sl_month', 50)).status, 200);
     const refused = await spend('sl_month', 31);
     assert.equal(refused.status, 402);
-    assert.deepEqual([refused.body.error.window, refused.body.error.limit, refused.body.error.spent, refused.body.error.resets_at], ['month', 80, 50, '2030-02-01T00:00:00.000Z']);
+    assert.deepEqual(
+      [refused.body.error.window, refused.body.error.limit, refused.body.error.spent, refused.body.error.resets_at],
+      ['month', 80, 50, '2030-02-01T00:00:00.000Z'],
+    );
     await setLimits('sl_month', { per_day: 60 });
     assert.equal((await spend('sl_month', 31)).body.error.window, 'day');
     assert.equal((await spend('sl_month', 10)).status, 200, 'exactly up to the limit is allowed');
@@ -200,20 +227,35 @@ describe('concurrency', () => {
     await fundedAccount(test, 'sl_race', 10_000);
     await setLimits('sl_race', { per_day: 250 });
     // Straight to the ledger: each spend is its own transaction on its own connection.
-    const outcomes = await Promise.all(Array.from({ length: 50 }, (_, index) => test.ledger.usage('sl_race', { amount: 10, idempotency_key: `race-${index}` }, 'app')));
+    const outcomes = await Promise.all(
+      Array.from({ length: 50 }, (_, index) => test.ledger.usage('sl_race', { amount: 10, idempotency_key: `race-${index}` }, 'app')),
+    );
     assert.deepEqual(countBy(outcomes.map((outcome) => outcome.status)), { 200: 25, 402: 25 });
-    assert.ok(outcomes.filter((outcome) => outcome.status === 402).every((outcome) => (outcome.body.error as { code: string }).code === 'spend_limit_exceeded'));
+    assert.ok(
+      outcomes
+        .filter((outcome) => outcome.status === 402)
+        .every((outcome) => (outcome.body.error as { code: string }).code === 'spend_limit_exceeded'),
+    );
     assert.equal((await test.call('GET', '/v1/accounts/sl_race/balance')).body.available, 10_000 - 250);
     assert.deepEqual((await test.call('GET', '/v1/accounts/sl_race/limits')).body.spent, { day: 250, month: 250 });
     const reached = await limitEvents('sl_race');
     assert.equal(reached.length, 1, 'spend_limit.reached once for the window');
-    assert.deepEqual(reached[0].data, { window: 'day', limit: 250, spent: 250, amount: 10, refused: false, resets_at: '2030-01-02T00:00:00.000Z' });
+    assert.deepEqual(reached[0].data, {
+      window: 'day',
+      limit: 250,
+      spent: 250,
+      amount: 10,
+      refused: false,
+      resets_at: '2030-01-02T00:00:00.000Z',
+    });
   });
 
   it('50 HTTP spends and holds racing (the server batches the spends) accept exactly up to the limit', async () => {
     await fundedAccount(test, 'sl_race_http', 10_000);
     await setLimits('sl_race_http', { per_day: 300 });
-    const answers = await Promise.all(Array.from({ length: 50 }, (_, index) => (index % 2 === 0 ? spend('sl_race_http', 12) : hold('sl_race_http', 12))));
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, (_, index) => (index % 2 === 0 ? spend('sl_race_http', 12) : hold('sl_race_http', 12))),
+    );
     const accepted = answers.filter((answer) => answer.status < 300);
     assert.equal(accepted.length, 25, 'exactly 300 / 12 = 25 accepted');
     assert.ok(answers.filter((answer) => answer.status === 402).every((answer) => answer.body.error.code === 'spend_limit_exceeded'));
@@ -247,10 +289,16 @@ describe('windows', () => {
     assert.equal((await usage(100)).status, 200);
     clock.advanceSeconds(24 * 3600);
     const monthRefusal = await usage(51);
-    assert.deepEqual([(monthRefusal.body.error as { window: string }).window, (monthRefusal.body.error as { spent: number }).spent], ['month', 200]);
+    assert.deepEqual(
+      [(monthRefusal.body.error as { window: string }).window, (monthRefusal.body.error as { spent: number }).spent],
+      ['month', 200],
+    );
     assert.equal((await usage(50)).status, 200);
     clock.advanceSeconds(26 * 24 * 3600); // 2030-03-01
-    assert.deepEqual((await ledger.spendLimits('sl_roll')).resets_at, { day: '2030-03-02T00:00:00.000Z', month: '2030-04-01T00:00:00.000Z' });
+    assert.deepEqual((await ledger.spendLimits('sl_roll')).resets_at, {
+      day: '2030-03-02T00:00:00.000Z',
+      month: '2030-04-01T00:00:00.000Z',
+    });
     assert.equal((await usage(100)).status, 200);
   });
 });
@@ -272,21 +320,47 @@ describe('batches', () => {
       ['capped', 20, 'a'],
       ['free', 100, 'f'],
     ] as const;
-    const batched = await test.ledger.usageBatch(events.map(([account, amount, key]) => ({ account_id: `sl_b_${account}`, amount, idempotency_key: key })), 'app');
+    const batched = await test.ledger.usageBatch(
+      events.map(([account, amount, key]) => ({ account_id: `sl_b_${account}`, amount, idempotency_key: key })),
+      'app',
+    );
     const single: Outcome[] = new Array(events.length);
     // A batch takes its events account by account, in id order ("capped" before "free").
-    const order = events.map((event, index) => ({ event, index })).sort((x, y) => x.event[0].localeCompare(y.event[0]) || x.index - y.index);
-    for (const { event, index } of order) single[index] = await test.ledger.usage(`sl_s_${event[0]}`, { amount: event[1], idempotency_key: event[2] }, 'app');
-    const blank = (outcomes: Outcome[], prefix: string) => JSON.parse(JSON.stringify(outcomes).split(prefix).join('').replace(/"entry_\d+"/g, '"entry"'));
+    const order = events
+      .map((event, index) => ({ event, index }))
+      .sort((x, y) => x.event[0].localeCompare(y.event[0]) || x.index - y.index);
+    for (const { event, index } of order)
+      single[index] = await test.ledger.usage(`sl_s_${event[0]}`, { amount: event[1], idempotency_key: event[2] }, 'app');
+    const blank = (outcomes: Outcome[], prefix: string) =>
+      JSON.parse(
+        JSON.stringify(outcomes)
+          .split(prefix)
+          .join('')
+          .replace(/"entry_\d+"/g, '"entry"'),
+      );
     assert.deepEqual(blank(batched, 'sl_b_'), blank(single, 'sl_s_'));
-    assert.deepEqual(batched.map((outcome) => outcome.status), [200, 200, 402, 200, 200, 200, 200]);
-    assert.equal((batched[2]?.body.error as { code: string }).code, 'spend_limit_exceeded');
+    assert.deepEqual(
+      batched.map((outcome) => outcome.status),
+      [200, 200, 402, 200, 200, 200, 200],
+    );
+    assert.equal((batched[2]?.body.error as { code: string } | undefined)?.code, 'spend_limit_exceeded');
     assert.equal(batched[5]?.body.replayed, true);
-    for (const prefix of copies) assert.deepEqual((await test.call('GET', `/v1/accounts/${prefix}capped/limits`)).body.spent, { day: 50, month: 50 });
+    for (const prefix of copies)
+      assert.deepEqual((await test.call('GET', `/v1/accounts/${prefix}capped/limits`)).body.spent, { day: 50, month: 50 });
     // New keys, a total within available: what the set-based path would take at once, but the limit is reached.
     await test.call('PUT', '/v1/accounts/sl_b_capped/limits', { per_day: 60 });
-    const fresh = await test.ledger.usageBatch([{ account_id: 'sl_b_capped', amount: 5, idempotency_key: 'x' }, { account_id: 'sl_b_free', amount: 5, idempotency_key: 'x' }, { account_id: 'sl_b_capped', amount: 6, idempotency_key: 'y' }], 'app');
-    assert.deepEqual(fresh.map((outcome) => outcome.status), [200, 200, 402]);
+    const fresh = await test.ledger.usageBatch(
+      [
+        { account_id: 'sl_b_capped', amount: 5, idempotency_key: 'x' },
+        { account_id: 'sl_b_free', amount: 5, idempotency_key: 'x' },
+        { account_id: 'sl_b_capped', amount: 6, idempotency_key: 'y' },
+      ],
+      'app',
+    );
+    assert.deepEqual(
+      fresh.map((outcome) => outcome.status),
+      [200, 200, 402],
+    );
     assert.deepEqual((await test.call('GET', '/v1/accounts/sl_b_capped/limits')).body.spent, { day: 55, month: 55 });
   });
 });
@@ -321,7 +395,10 @@ describe('the spend_limit.reached event', () => {
   });
 
   it('is written once per window when first refused, again when the limit changes, and delivered signed to the endpoint', async () => {
-    const created = await test.admin('POST', '/v1/admin/webhook-endpoints', { url: `${base}/limits`, event_types: ['spend_limit.reached'] });
+    const created = await test.admin('POST', '/v1/admin/webhook-endpoints', {
+      url: `${base}/limits`,
+      event_types: ['spend_limit.reached'],
+    });
     assert.equal(created.status, 201);
     secret = created.body.secret;
     await fundedAccount(test, 'sl_event', 1000);
@@ -333,19 +410,28 @@ describe('the spend_limit.reached event', () => {
     await setLimits('sl_event', { per_day: 120 });
     assert.equal((await spend('sl_event', 20)).status, 200);
     const events = await limitEvents('sl_event');
-    assert.deepEqual(events.map((event) => event.data), [
-      { window: 'day', limit: 100, spent: 90, amount: 20, refused: true, resets_at: '2030-01-02T00:00:00.000Z' },
-      { window: 'day', limit: 120, spent: 120, amount: 20, refused: false, resets_at: '2030-01-02T00:00:00.000Z' },
-    ]);
+    assert.deepEqual(
+      events.map((event) => event.data),
+      [
+        { window: 'day', limit: 100, spent: 90, amount: 20, refused: true, resets_at: '2030-01-02T00:00:00.000Z' },
+        { window: 'day', limit: 120, spent: 120, amount: 20, refused: false, resets_at: '2030-01-02T00:00:00.000Z' },
+      ],
+    );
     for (let round = 0; round < 50 && received.filter((item) => item.body.account_id === 'sl_event').length < 2; round += 1) {
       await settleEvents(test);
       await test.parts.eventDelivery.deliverOnce();
     }
     const delivered = received.filter((item) => item.body.account_id === 'sl_event');
-    assert.deepEqual(delivered.map((item) => [item.body.type, item.body.data.limit, item.valid]), [
-      ['spend_limit.reached', 100, true],
-      ['spend_limit.reached', 120, true],
-    ]);
-    assert.deepEqual(delivered.map((item) => item.id), events.map((event) => event.id));
+    assert.deepEqual(
+      delivered.map((item) => [item.body.type, item.body.data.limit, item.valid]),
+      [
+        ['spend_limit.reached', 100, true],
+        ['spend_limit.reached', 120, true],
+      ],
+    );
+    assert.deepEqual(
+      delivered.map((item) => item.id),
+      events.map((event) => event.id),
+    );
   });
 });

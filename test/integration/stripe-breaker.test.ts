@@ -23,7 +23,13 @@ async function packBuyer(): Promise<{ accountId: string; paymentIntent: string }
   const accountId = uniqueId('acct');
   const paymentIntent = uniqueId('pi');
   await fundedAccount(test, accountId, 0);
-  await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' })));
+  await deliver(
+    test,
+    event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000' }),
+    ),
+  );
   await settleWebhooks(test);
   return { accountId, paymentIntent };
 }
@@ -58,9 +64,16 @@ it('opens after consecutive timeouts, holds events without failing them, and app
     `select status, attempts, last_error from webhook_events where type = 'refund.created' and status <> 'failed'`,
   );
   assert.equal(held.rows.length, buyers.length);
-  assert.ok(held.rows.every((row) => row.status === 'pending' && row.attempts === 0), 'waiting for Stripe does not use up retries');
+  assert.ok(
+    held.rows.every((row) => row.status === 'pending' && row.attempts === 0),
+    'waiting for Stripe does not use up retries',
+  );
   assert.ok(held.rows.some((row) => /circuit breaker is open/.test(row.last_error)));
-  const checkout = await test.call('POST', `/v1/accounts/${buyers[0]?.accountId}/checkout`, { pack_id: 'pack_1000', success_url: 'https://a.test/ok', cancel_url: 'https://a.test/no' });
+  const checkout = await test.call('POST', `/v1/accounts/${buyers[0]?.accountId}/checkout`, {
+    pack_id: 'pack_1000',
+    success_url: 'https://a.test/ok',
+    cancel_url: 'https://a.test/no',
+  });
   assert.equal(checkout.status, 503);
   assert.equal(checkout.body.error.code, 'stripe_unavailable');
 

@@ -1,8 +1,20 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createTestApp, fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
-import { FakeStripe } from '../helpers/fake-stripe.js';
-import { checkoutSession, deliver, dispute, event, invoice, invoicePayment, month, refund, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+import { fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
+import type { FakeStripe } from '../helpers/fake-stripe.js';
+import {
+  checkoutSession,
+  deliver,
+  dispute,
+  event,
+  invoice,
+  invoicePayment,
+  month,
+  refund,
+  settleWebhooks,
+  subscription,
+  uniqueId,
+} from '../helpers/stripe-events.js';
 
 /**
  * Issue 8 item 11: an inquiry claws nothing back and a prevented dispute ends like a won one; a
@@ -23,13 +35,20 @@ async function packBuyer(amountTotal = 1000) {
   const accountId = uniqueId('acct');
   const paymentIntent = uniqueId('pi');
   await fundedAccount(test, accountId, 0);
-  await deliver(test, event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000', amountTotal })));
+  await deliver(
+    test,
+    event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent, packId: 'pack_1000', amountTotal }),
+    ),
+  );
   await settleWebhooks(test);
   assert.equal((await ledgerFacts(test, accountId)).available, 1000);
   return { accountId, paymentIntent };
 }
 
-const flagged = async (accountId: string) => (await db().query<{ flagged: boolean }>('select flagged from accounts where id = $1', [accountId])).rows[0]?.flagged;
+const flagged = async (accountId: string) =>
+  (await db().query<{ flagged: boolean }>('select flagged from accounts where id = $1', [accountId])).rows[0]?.flagged;
 
 describe('disputes', () => {
   it('claws nothing back for an inquiry, nor when it closes', async () => {
@@ -72,7 +91,13 @@ describe('an invoice paid by several payments', () => {
     const customer = uniqueId('cus');
     const subscriptionId = uniqueId('sub');
     await fundedAccount(test, accountId, 0);
-    const paid = invoice({ customer, subscription: subscriptionId, accountId, amountPaid: 1000, lines: [{ price: 'price_starter_monthly', start: t0, end: t0 + month }] });
+    const paid = invoice({
+      customer,
+      subscription: subscriptionId,
+      accountId,
+      amountPaid: 1000,
+      lines: [{ price: 'price_starter_monthly', start: t0, end: t0 + month }],
+    });
     const [first, second] = [uniqueId('pi'), uniqueId('pi')];
     await deliver(test, event('invoice.paid', paid));
     await deliver(test, event('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent: first, amount: 600 })));
@@ -95,7 +120,8 @@ describe('subscription events within one second', () => {
     const subscriptionId = uniqueId('sub');
     await fundedAccount(test, accountId, 0);
     const created = 1_900_000_000;
-    const state = (status: string, start: number) => subscription({ id: subscriptionId, customer, status, price: 'price_plus_monthly', start, end: start + month, accountId });
+    const state = (status: string, start: number) =>
+      subscription({ id: subscriptionId, customer, status, price: 'price_plus_monthly', start, end: start + month, accountId });
     // Event ids are random: here the older state has the larger id, which today's order prefers.
     const renewed = event('customer.subscription.updated', state('active', t0 + month), { id: 'evt_aaa_renewed', created });
     const older = event('customer.subscription.updated', state('active', t0), { id: 'evt_zzz_older', created });
@@ -103,9 +129,15 @@ describe('subscription events within one second', () => {
     await settleWebhooks(test);
     await deliver(test, older);
     await settleWebhooks(test);
-    const period = await db().query<{ start: number }>('select extract(epoch from current_period_start)::bigint as start from subscriptions where id = $1', [subscriptionId]);
+    const period = await db().query<{ start: number }>(
+      'select extract(epoch from current_period_start)::bigint as start from subscriptions where id = $1',
+      [subscriptionId],
+    );
     assert.equal(Number(period.rows[0]?.start), t0 + month);
-    const cancelled = event('customer.subscription.deleted', state('canceled', t0 + month), { id: 'evt_aab_cancelled', created: created + 5 });
+    const cancelled = event('customer.subscription.deleted', state('canceled', t0 + month), {
+      id: 'evt_aab_cancelled',
+      created: created + 5,
+    });
     const stillActive = event('customer.subscription.updated', state('active', t0 + month), { id: 'evt_zzz_active', created: created + 5 });
     await deliver(test, cancelled);
     await settleWebhooks(test);
@@ -126,7 +158,9 @@ describe('reconciliation', () => {
     fake.refunds.push({ ...tiny, created: Math.floor(Date.now() / 1000) });
     const response = await test.admin('POST', '/v1/admin/reconcile', { stripe: true });
     assert.equal(response.status, 200);
-    const findings = (response.body.findings as { check: string; stripe_ids?: string[] }[]).filter((finding) => finding.stripe_ids?.includes(tiny.id));
+    const findings = (response.body.findings as { check: string; stripe_ids?: string[] }[]).filter((finding) =>
+      finding.stripe_ids?.includes(tiny.id),
+    );
     assert.deepEqual(findings, []);
   });
 });

@@ -2,7 +2,18 @@ import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import fc from 'fast-check';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, dispute, event, invoice, month, refund, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
+import {
+  checkoutSession,
+  deliver,
+  dispute,
+  event,
+  invoice,
+  month,
+  refund,
+  settleWebhooks,
+  subscription,
+  uniqueId,
+} from '../helpers/stripe-events.js';
 
 // Proves invariants 1 and 2 for Stripe: an account's whole history (subscribe, renew three
 // times, upgrade, buy a pack, two partial refunds, a dispute that is won), delivered shuffled
@@ -25,18 +36,35 @@ interface History {
 }
 
 function history(): History {
-  const ids = { account: uniqueId('acct'), customer: uniqueId('cus'), sub: uniqueId('sub'), pi: uniqueId('pi'), refundA: uniqueId('re'), refundB: uniqueId('re'), dispute: uniqueId('dp') };
+  const ids = {
+    account: uniqueId('acct'),
+    customer: uniqueId('cus'),
+    sub: uniqueId('sub'),
+    pi: uniqueId('pi'),
+    refundA: uniqueId('re'),
+    refundB: uniqueId('re'),
+    dispute: uniqueId('dp'),
+  };
   let created = 1_900_000_000;
   const next = () => (created += 10);
   const period = (index: number) => ({ start: t0 + index * month, end: t0 + (index + 1) * month });
   const subscriptionState = (index: number, price: string) =>
     subscription({ id: ids.sub, customer: ids.customer, status: 'active', price, start: period(index).start, end: period(index).end });
   const events = [
-    event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId: ids.account, customer: ids.customer, subscription: ids.sub }), { created: next() }),
+    event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'subscription', accountId: ids.account, customer: ids.customer, subscription: ids.sub }),
+      { created: next() },
+    ),
     event('customer.subscription.created', subscriptionState(0, 'price_plus_monthly'), { created: next() }),
   ];
   for (let index = 0; index < 4; index += 1) {
-    const paid = invoice({ customer: ids.customer, subscription: ids.sub, billingReason: index === 0 ? 'subscription_create' : 'subscription_cycle', lines: [{ price: 'price_plus_monthly', ...period(index) }] });
+    const paid = invoice({
+      customer: ids.customer,
+      subscription: ids.sub,
+      billingReason: index === 0 ? 'subscription_create' : 'subscription_cycle',
+      lines: [{ price: 'price_plus_monthly', ...period(index) }],
+    });
     const at = next();
     events.push(event('invoice.paid', paid, { created: at }), event('invoice.payment_succeeded', paid, { created: at }));
     if (index > 0) events.push(event('customer.subscription.updated', subscriptionState(index, 'price_plus_monthly'), { created: next() }));
@@ -51,25 +79,54 @@ function history(): History {
       { price: 'price_pro_monthly', ...within, proration: true, amount: 9000 },
     ],
   });
-  events.push(event('invoice.paid', upgrade, { created: next() }), event('customer.subscription.updated', subscriptionState(3, 'price_pro_monthly'), { created: next() }));
-  events.push(event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId: ids.account, customer: ids.customer, paymentIntent: ids.pi, packId: 'pack_1000', amountTotal: 1000 }), { created: next() }));
+  events.push(
+    event('invoice.paid', upgrade, { created: next() }),
+    event('customer.subscription.updated', subscriptionState(3, 'price_pro_monthly'), { created: next() }),
+  );
+  events.push(
+    event(
+      'checkout.session.completed',
+      checkoutSession({
+        mode: 'payment',
+        accountId: ids.account,
+        customer: ids.customer,
+        paymentIntent: ids.pi,
+        packId: 'pack_1000',
+        amountTotal: 1000,
+      }),
+      { created: next() },
+    ),
+  );
   const refundA = refund({ id: ids.refundA, amount: 200, paymentIntent: ids.pi, status: 'pending' });
-  events.push(event('refund.created', refundA, { created: next() }), event('refund.updated', { ...refundA, status: 'succeeded' }, { created: next() }));
+  events.push(
+    event('refund.created', refundA, { created: next() }),
+    event('refund.updated', { ...refundA, status: 'succeeded' }, { created: next() }),
+  );
   events.push(event('refund.created', refund({ id: ids.refundB, amount: 300, paymentIntent: ids.pi }), { created: next() }));
   const opened = dispute({ id: ids.dispute, amount: 500, paymentIntent: ids.pi });
-  events.push(event('charge.dispute.created', opened, { created: next() }), event('charge.dispute.closed', { ...opened, status: 'won' }, { created: next() }));
+  events.push(
+    event('charge.dispute.created', opened, { created: next() }),
+    event('charge.dispute.closed', { ...opened, status: 'won' }, { created: next() }),
+  );
   return { ids, events };
 }
 
 /** The ledger of the history's account, with its ids replaced by their names. */
 async function snapshot(ids: History['ids']): Promise<string> {
   const db = test.database.db;
-  const grants = await db.query<{ id: number; grant_key: string; source: string; amount: number; remaining: number; expires_at: Date | null }>(
-    'select id, grant_key, source, amount, remaining, expires_at from grants where account_id = $1 order by grant_key',
+  const grants = await db.query<{
+    id: number;
+    grant_key: string;
+    source: string;
+    amount: number;
+    remaining: number;
+    expires_at: Date | null;
+  }>('select id, grant_key, source, amount, remaining, expires_at from grants where account_id = $1 order by grant_key', [ids.account]);
+  const keyOf = new Map(grants.rows.map((grant) => [`grant_${grant.id}`, grant.grant_key]));
+  const entries = await db.query<{ kind: string; amount: number; idempotency_key: string }>(
+    'select kind, amount, idempotency_key from entries where account_id = $1',
     [ids.account],
   );
-  const keyOf = new Map(grants.rows.map((grant) => [`grant_${grant.id}`, grant.grant_key]));
-  const entries = await db.query<{ kind: string; amount: number; idempotency_key: string }>('select kind, amount, idempotency_key from entries where account_id = $1', [ids.account]);
   const balance = await test.ledger.balance(ids.account);
   const subscriptionRow = await db.query('select status, plan_id, current_period_start from subscriptions where id = $1', [ids.sub]);
   const state = {
@@ -125,6 +182,10 @@ it('converges to the same ledger for shuffled deliveries of 1 to 5 copies of eac
         assert.equal(await snapshot(ids), orderly);
       },
     ),
-    { numRuns: Number(process.env.FC_RUNS_STRIPE ?? 12), seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED), endOnFailure: true },
+    {
+      numRuns: Number(process.env.FC_RUNS_STRIPE ?? 12),
+      seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED),
+      endOnFailure: true,
+    },
   );
 });

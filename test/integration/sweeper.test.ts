@@ -27,7 +27,12 @@ after(async () => {
 });
 
 const holdStatuses = async (prefix: string) =>
-  (await test.database.db.query<{ account_id: string; status: string }>(`select account_id, status from holds where account_id like $1 order by account_id`, [`${prefix}%`])).rows;
+  (
+    await test.database.db.query<{ account_id: string; status: string }>(
+      `select account_id, status from holds where account_id like $1 order by account_id`,
+      [`${prefix}%`],
+    )
+  ).rows;
 
 describe('sweeper', () => {
   it('moves on past an account it cannot settle, bounds its attempts and raises one alert', async () => {
@@ -35,11 +40,18 @@ describe('sweeper', () => {
     const accounts = ['sweep-a-poisoned', 'sweep-b-1', 'sweep-c-2'];
     for (const accountId of accounts) {
       await fundedAccount(test, accountId, 50);
-      const hold = await test.call('POST', `/v1/accounts/${accountId}/holds`, { amount: 20, idempotency_key: `${accountId}-h`, expires_in_seconds: 5 });
+      const hold = await test.call('POST', `/v1/accounts/${accountId}/holds`, {
+        amount: 20,
+        idempotency_key: `${accountId}-h`,
+        expires_in_seconds: 5,
+      });
       assert.equal(hold.status, 201);
     }
     test.clock.advanceSeconds(5);
-    const sweeper = new Sweeper(test.ledger, pino({ level: 'silent' }), 60, (alert) => raiseAlert(test.database.db.pool, alert), { attemptCountMax: 3, parkSeconds: 3600 });
+    const sweeper = new Sweeper(test.ledger, pino({ level: 'silent' }), 60, (alert) => raiseAlert(test.database.db.pool, alert), {
+      attemptCountMax: 3,
+      parkSeconds: 3600,
+    });
     await sweeper.sweep();
     assert.deepEqual(await holdStatuses('sweep-'), [
       { account_id: 'sweep-a-poisoned', status: 'pending' },
@@ -47,7 +59,11 @@ describe('sweeper', () => {
       { account_id: 'sweep-c-2', status: 'expired' },
     ]);
     const alerts = async () =>
-      (await test.database.db.query<{ kind: string; severity: string; count: number; account_id: string }>(`select kind, severity, count, account_id from alerts where alert_key = 'sweep:sweep-a-poisoned'`)).rows;
+      (
+        await test.database.db.query<{ kind: string; severity: string; count: number; account_id: string }>(
+          `select kind, severity, count, account_id from alerts where alert_key = 'sweep:sweep-a-poisoned'`,
+        )
+      ).rows;
     assert.deepEqual(await alerts(), [], 'one failure is not yet an alert');
     const attempts: number[] = [];
     const countingLedger = {
@@ -57,7 +73,10 @@ describe('sweeper', () => {
         await test.ledger.settleAccount(accountId);
       },
     };
-    const counting = new Sweeper(countingLedger, pino({ level: 'silent' }), 60, (alert) => raiseAlert(test.database.db.pool, alert), { attemptCountMax: 3, parkSeconds: 3600 });
+    const counting = new Sweeper(countingLedger, pino({ level: 'silent' }), 60, (alert) => raiseAlert(test.database.db.pool, alert), {
+      attemptCountMax: 3,
+      parkSeconds: 3600,
+    });
     for (let pass = 0; pass < 6; pass += 1) await counting.sweep();
     assert.equal(attempts.length, 3, 'three attempts, then the account is parked');
     assert.deepEqual(await alerts(), [{ kind: 'sweep_failed', severity: 'critical', count: 1, account_id: 'sweep-a-poisoned' }]);
@@ -68,14 +87,18 @@ describe('sweeper', () => {
     let poisoned = true;
     let settled = false;
     const ledger = {
-      dueAccounts: async (_accountCountMax: number, skipped: string[]) => (settled || skipped.includes('sweep-flaky') ? [] : ['sweep-flaky']),
+      dueAccounts: async (_accountCountMax: number, skipped: string[]) =>
+        settled || skipped.includes('sweep-flaky') ? [] : ['sweep-flaky'],
       settleAccount: async () => {
         attempts.push(poisoned ? 'failed' : 'ok');
         if (poisoned) throw new Error('flaky');
         settled = true;
       },
     };
-    const sweeper = new Sweeper(ledger, pino({ level: 'silent' }), 60, (alert) => raiseAlert(test.database.db.pool, alert), { attemptCountMax: 2, parkSeconds: 0.05 });
+    const sweeper = new Sweeper(ledger, pino({ level: 'silent' }), 60, (alert) => raiseAlert(test.database.db.pool, alert), {
+      attemptCountMax: 2,
+      parkSeconds: 0.05,
+    });
     await sweeper.sweep();
     await sweeper.sweep();
     await sweeper.sweep();

@@ -36,54 +36,100 @@ const eventArbitrary = fc.record({
 });
 
 async function setUp(prefix: string): Promise<void> {
-  for (const [name, grants] of [['a', [70, 40]], ['b', [50]], ['c', []]] as const) {
+  for (const [name, grants] of [
+    ['a', [70, 40]],
+    ['b', [50]],
+    ['c', []],
+  ] as const) {
     await ledger.upsertAccount(`${prefix}${name}`, {});
     for (const [index, amount] of grants.entries()) {
-      await ledger.grant(`${prefix}${name}`, { amount, source: 'promo', reason: 'setup', idempotency_key: `${prefix}${name}-grant-${index}`, priority: index });
+      await ledger.grant(`${prefix}${name}`, {
+        amount,
+        source: 'promo',
+        reason: 'setup',
+        idempotency_key: `${prefix}${name}-grant-${index}`,
+        priority: index,
+      });
     }
   }
 }
 
 /** An outcome with this run's names taken out and entry ids dropped, for comparison. */
 const normalize = (outcome: Outcome, prefix: string): unknown =>
-  JSON.parse(JSON.stringify(outcome).split(prefix).join('').replace(/"entry_id":"entry_\d+",?/, ''));
+  JSON.parse(
+    JSON.stringify(outcome)
+      .split(prefix)
+      .join('')
+      .replace(/"entry_id":"entry_\d+",?/, ''),
+  );
 
 it('answers batches exactly as one spend at a time would', async () => {
   await fc.assert(
-    fc.asyncProperty(fc.array(eventArbitrary, { minLength: 1, maxLength: 40 }), fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 40, maxLength: 40 }), async (events, cuts) => {
-      run += 1;
-      const single = `s${run}-`;
-      const batched = `b${run}-`;
-      await setUp(single);
-      await setUp(batched);
-      const toInput = (event: Event, prefix: string) => ({ account_id: `${prefix}${event.account}`, amount: event.amount, idempotency_key: `${prefix}k${event.key}` });
-      let start = 0;
-      for (const size of cuts) {
-        const chunk = events.slice(start, start + size);
-        start += size;
-        if (chunk.length === 0) break;
-        const batchOutcomes = await ledger.usageBatch(chunk.map((event) => toInput(event, batched)), 'app');
-        const order = chunk.map((event, index) => ({ event, index })).sort((x, y) => (x.event.account < y.event.account ? -1 : x.event.account > y.event.account ? 1 : x.index - y.index));
-        const singleOutcomes: Outcome[] = new Array(chunk.length);
-        for (const { event, index } of order) {
-          const input = toInput(event, single);
-          singleOutcomes[index] = await ledger.usage(input.account_id, { amount: input.amount, idempotency_key: input.idempotency_key }, 'app');
+    fc.asyncProperty(
+      fc.array(eventArbitrary, { minLength: 1, maxLength: 40 }),
+      fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 40, maxLength: 40 }),
+      async (events, cuts) => {
+        run += 1;
+        const single = `s${run}-`;
+        const batched = `b${run}-`;
+        await setUp(single);
+        await setUp(batched);
+        const toInput = (event: Event, prefix: string) => ({
+          account_id: `${prefix}${event.account}`,
+          amount: event.amount,
+          idempotency_key: `${prefix}k${event.key}`,
+        });
+        let start = 0;
+        for (const size of cuts) {
+          const chunk = events.slice(start, start + size);
+          start += size;
+          if (chunk.length === 0) break;
+          const batchOutcomes = await ledger.usageBatch(
+            chunk.map((event) => toInput(event, batched)),
+            'app',
+          );
+          const order = chunk
+            .map((event, index) => ({ event, index }))
+            .sort((x, y) => (x.event.account < y.event.account ? -1 : x.event.account > y.event.account ? 1 : x.index - y.index));
+          const singleOutcomes: Outcome[] = new Array(chunk.length);
+          for (const { event, index } of order) {
+            const input = toInput(event, single);
+            singleOutcomes[index] = await ledger.usage(
+              input.account_id,
+              { amount: input.amount, idempotency_key: input.idempotency_key },
+              'app',
+            );
+          }
+          assert.deepEqual(
+            batchOutcomes.map((outcome) => normalize(outcome, batched)),
+            singleOutcomes.map((outcome) => normalize(outcome, single)),
+          );
         }
-        assert.deepEqual(batchOutcomes.map((outcome) => normalize(outcome, batched)), singleOutcomes.map((outcome) => normalize(outcome, single)));
-      }
-      for (const name of ['a', 'b', 'c']) {
-        assert.deepEqual(await ledger.balance(`${batched}${name}`), { ...(await ledger.balance(`${single}${name}`)), account_id: `${batched}${name}` });
-        const remaining = async (prefix: string) =>
-          (await database.db.query<{ remaining: number }>('select remaining from grants where account_id = $1 order by id', [`${prefix}${name}`])).rows.map((row) => row.remaining);
-        assert.deepEqual(await remaining(batched), await remaining(single));
-        const folded = await database.db.query<{ ok: boolean }>(
-          `select a.available - a.debt = coalesce((select sum(amount) from entries e where e.account_id = a.id), 0) as ok from accounts a where id = $1`,
-          [`${batched}${name}`],
-        );
-        assert.equal(folded.rows[0]?.ok, true, 'the batch path keeps balance equal to the fold of entries');
-      }
-    }),
-    { numRuns: Number(process.env.FC_RUNS ?? 60), seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED), endOnFailure: true },
+        for (const name of ['a', 'b', 'c']) {
+          assert.deepEqual(await ledger.balance(`${batched}${name}`), {
+            ...(await ledger.balance(`${single}${name}`)),
+            account_id: `${batched}${name}`,
+          });
+          const remaining = async (prefix: string) =>
+            (
+              await database.db.query<{ remaining: number }>('select remaining from grants where account_id = $1 order by id', [
+                `${prefix}${name}`,
+              ])
+            ).rows.map((row) => row.remaining);
+          assert.deepEqual(await remaining(batched), await remaining(single));
+          const folded = await database.db.query<{ ok: boolean }>(
+            `select a.available - a.debt = coalesce((select sum(amount) from entries e where e.account_id = a.id), 0) as ok from accounts a where id = $1`,
+            [`${batched}${name}`],
+          );
+          assert.equal(folded.rows[0]?.ok, true, 'the batch path keeps balance equal to the fold of entries');
+        }
+      },
+    ),
+    {
+      numRuns: Number(process.env.FC_RUNS ?? 60),
+      seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED),
+      endOnFailure: true,
+    },
   );
 });
 
@@ -124,10 +170,26 @@ const name = fc.constantFrom('a' as const, 'b' as const, 'c' as const);
 // Holds take keys 0 to 8 and spends 0 to 24 (so a spend sometimes reuses a hold's key, and
 // often has a key of its own); grants have keys of their own, so that they keep coming.
 const holdKey = fc.integer({ min: 0, max: 8 });
-const batchEvents = fc.array(fc.record({ account: name, key: fc.integer({ min: 0, max: 24 }), amount: fc.integer({ min: 1, max: 50 }) }), { minLength: 1, maxLength: 12 });
+const batchEvents = fc.array(fc.record({ account: name, key: fc.integer({ min: 0, max: 24 }), amount: fc.integer({ min: 1, max: 50 }) }), {
+  minLength: 1,
+  maxLength: 12,
+});
 const stepArbitrary: fc.Arbitrary<Step> = fc.oneof(
-  fc.record({ kind: fc.constant('grant' as const), account: name, key: fc.integer({ min: 0, max: 12 }), amount: fc.integer({ min: 1, max: 100 }), priority: fc.integer({ min: 0, max: 2 }), expiresIn: fc.option(fc.integer({ min: 1, max: 300 }), { nil: null }) }),
-  fc.record({ kind: fc.constant('hold' as const), account: name, key: holdKey, amount: fc.integer({ min: 1, max: 60 }), lifetime: fc.integer({ min: 1, max: 300 }) }),
+  fc.record({
+    kind: fc.constant('grant' as const),
+    account: name,
+    key: fc.integer({ min: 0, max: 12 }),
+    amount: fc.integer({ min: 1, max: 100 }),
+    priority: fc.integer({ min: 0, max: 2 }),
+    expiresIn: fc.option(fc.integer({ min: 1, max: 300 }), { nil: null }),
+  }),
+  fc.record({
+    kind: fc.constant('hold' as const),
+    account: name,
+    key: holdKey,
+    amount: fc.integer({ min: 1, max: 60 }),
+    lifetime: fc.integer({ min: 1, max: 300 }),
+  }),
   fc.record({ kind: fc.constant('capture' as const), account: name, key: holdKey, amount: fc.integer({ min: 0, max: 60 }) }),
   fc.record({ kind: fc.constant('void' as const), account: name, key: holdKey }),
   fc.record({ kind: fc.constant('tick' as const), seconds: fc.integer({ min: 1, max: 150 }) }),
@@ -157,7 +219,12 @@ const keyOf = (prefix: string, key: number | string) => `${prefix}k${key}`;
 
 /** An outcome with the copy's prefix taken out and ids (which differ between copies) blanked. */
 const blank = (outcome: unknown, prefix: string): unknown =>
-  JSON.parse(JSON.stringify(outcome).split(prefix).join('').replace(/"(entry|hold|grant)_\d+"/g, '"$1"'));
+  JSON.parse(
+    JSON.stringify(outcome)
+      .split(prefix)
+      .join('')
+      .replace(/"(entry|hold|grant)_\d+"/g, '"$1"'),
+  );
 
 function assertSameOutcomes(world: World, batched: unknown, single: unknown, what: string): void {
   assert.deepEqual(blank(batched, world.batched), blank(single, world.single), `${what}: the batched copy answers as the single one`);
@@ -166,15 +233,25 @@ function assertSameOutcomes(world: World, batched: unknown, single: unknown, wha
 /** Spends of a batch one at a time, each account's events in order, accounts in the batch's order. */
 async function spendOneByOne(world: World, events: BatchEvent[]): Promise<Outcome[]> {
   const outcomes: Outcome[] = new Array(events.length);
-  const order = events.map((event, index) => ({ event, index })).sort((x, y) => (x.event.account < y.event.account ? -1 : x.event.account > y.event.account ? 1 : x.index - y.index));
+  const order = events
+    .map((event, index) => ({ event, index }))
+    .sort((x, y) => (x.event.account < y.event.account ? -1 : x.event.account > y.event.account ? 1 : x.index - y.index));
   for (const { event, index } of order) {
-    outcomes[index] = await world.ledger.usage(`${world.single}${event.account}`, { amount: event.amount, idempotency_key: keyOf(world.single, event.key) }, 'app');
+    outcomes[index] = await world.ledger.usage(
+      `${world.single}${event.account}`,
+      { amount: event.amount, idempotency_key: keyOf(world.single, event.key) },
+      'app',
+    );
   }
   return outcomes;
 }
 
 function batchInputs(world: World, events: BatchEvent[]) {
-  return events.map((event) => ({ account_id: `${world.batched}${event.account}`, amount: event.amount, idempotency_key: keyOf(world.batched, event.key) }));
+  return events.map((event) => ({
+    account_id: `${world.batched}${event.account}`,
+    amount: event.amount,
+    idempotency_key: keyOf(world.batched, event.key),
+  }));
 }
 
 function assertModelSpends(world: World, events: BatchEvent[], outcomes: Outcome[]): void {
@@ -193,7 +270,10 @@ async function applyBatch(world: World, events: BatchEvent[]): Promise<void> {
 }
 
 async function holdId(account: string, key: string): Promise<number | undefined> {
-  const { rows } = await database.db.query<{ id: number }>('select id from holds where account_id = $1 and idempotency_key = $2', [account, key]);
+  const { rows } = await database.db.query<{ id: number }>('select id from holds where account_id = $1 and idempotency_key = $2', [
+    account,
+    key,
+  ]);
   return rows[0]?.id;
 }
 
@@ -259,7 +339,8 @@ async function resolveHold(world: World, step: Extract<Step, { kind: 'capture' |
   const answers: unknown[] = [];
   for (const prefix of [world.batched, world.single]) {
     const id = await holdId(`${prefix}${step.account}`, keyOf(prefix, step.key));
-    const attempt = step.kind === 'capture' ? world.ledger.capture(`hold_${id}`, step.amount, 'app') : world.ledger.void(`hold_${id}`, 'app');
+    const attempt =
+      step.kind === 'capture' ? world.ledger.capture(`hold_${id}`, step.amount, 'app') : world.ledger.void(`hold_${id}`, 'app');
     if (expected.status === 200) {
       answers.push(await attempt);
     } else {
@@ -276,13 +357,17 @@ async function applyWorldStep(world: World, step: Step): Promise<void> {
     // Spends sent before, sent again as they were: a batch whose accounts may have only keys
     // they have seen, which settles nothing, as single replays settle nothing.
     if (world.sent.length === 0) return;
-    return applyBatch(world, step.picks.map((pick) => world.sent[pick % world.sent.length]!));
+    return applyBatch(
+      world,
+      step.picks.map((pick) => world.sent[pick % world.sent.length]!),
+    );
   }
   if (step.kind === 'capture' || step.kind === 'void') return resolveHold(world, step);
   if (step.kind === 'tick') return applyTick(world, step.seconds);
   const model = world.models[step.account];
   if (step.kind === 'settle') {
-    for (const prefix of [world.batched, world.single]) await database.db.query('select tally_settle_account($1, $2)', [`${prefix}${step.account}`, world.clock.now()]);
+    for (const prefix of [world.batched, world.single])
+      await database.db.query('select tally_settle_account($1, $2)', [`${prefix}${step.account}`, world.clock.now()]);
     model.settle();
     return;
   }
@@ -292,13 +377,27 @@ async function applyWorldStep(world: World, step: Step): Promise<void> {
     const key = keyOf(prefix, step.kind === 'grant' ? `g${step.key}` : step.key);
     if (step.kind === 'grant') {
       const expiresAt = step.expiresIn === null ? undefined : new Date(world.clock.now().getTime() + step.expiresIn * 1000).toISOString();
-      outcomes.push(await world.ledger.grant(account, { amount: step.amount, source: 'promo', reason: 'model', idempotency_key: key, priority: step.priority, expires_at: expiresAt }));
+      outcomes.push(
+        await world.ledger.grant(account, {
+          amount: step.amount,
+          source: 'promo',
+          reason: 'model',
+          idempotency_key: key,
+          priority: step.priority,
+          expires_at: expiresAt,
+        }),
+      );
     } else {
-      outcomes.push(await world.ledger.hold(account, { amount: step.amount, idempotency_key: key, expires_in_seconds: step.lifetime }, 'app'));
+      outcomes.push(
+        await world.ledger.hold(account, { amount: step.amount, idempotency_key: key, expires_in_seconds: step.lifetime }, 'app'),
+      );
     }
   }
   assertSameOutcomes(world, outcomes[0], outcomes[1], step.kind);
-  const expected = step.kind === 'grant' ? model.grant(`kg${step.key}`, step.amount, step.priority, step.expiresIn) : model.hold(`k${step.key}`, step.amount, step.lifetime);
+  const expected =
+    step.kind === 'grant'
+      ? model.grant(`kg${step.key}`, step.amount, step.priority, step.expiresIn)
+      : model.hold(`k${step.key}`, step.amount, step.lifetime);
   assert.equal(outcomes[0]?.status, expected, step.kind);
 }
 
@@ -316,7 +415,10 @@ async function spendEntries(account: string, prefix: string): Promise<unknown[]>
 }
 
 /** Each account of a copy: available and held as the balance call answers, grants' remaining as they count now, and whether it folds. */
-async function copyState(world: World, prefix: string): Promise<Record<string, { available: number; held: number; remaining: number[]; folds: boolean }>> {
+async function copyState(
+  world: World,
+  prefix: string,
+): Promise<Record<string, { available: number; held: number; remaining: number[]; folds: boolean }>> {
   const { rows } = await database.db.query<{ name: string; available: number; held: number; remaining: number[]; folds: boolean }>(
     `select substr(a.id, length($1) + 1) as name,
        a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id and g.live and g.expires_at <= $2), 0)::bigint as available,
@@ -333,14 +435,20 @@ async function copyState(world: World, prefix: string): Promise<Record<string, {
 }
 
 async function assertWorldAgrees(world: World): Promise<void> {
-  const expected = Object.fromEntries(names.map((name) => {
-    const model = world.models[name];
-    return [name, { available: model.available(), held: model.held, remaining: model.effectiveRemaining(), folds: true }];
-  }));
+  const expected = Object.fromEntries(
+    names.map((name) => {
+      const model = world.models[name];
+      return [name, { available: model.available(), held: model.held, remaining: model.effectiveRemaining(), folds: true }];
+    }),
+  );
   assert.deepEqual(await copyState(world, world.batched), expected, 'the batched copy agrees with the model');
   assert.deepEqual(await copyState(world, world.single), expected, 'the single copy agrees with the model');
   for (const prefix of [world.batched, world.single]) {
-    assert.deepEqual((await world.ledger.spendLimits(`${prefix}c`)).spent, world.models.c.spentNow(), `${prefix}c: spent in each window agrees with the model`);
+    assert.deepEqual(
+      (await world.ledger.spendLimits(`${prefix}c`)).spent,
+      world.models.c.spentNow(),
+      `${prefix}c: spent in each window agrees with the model`,
+    );
   }
 }
 
@@ -359,8 +467,16 @@ async function accountEvents(account: string, prefix: string): Promise<unknown[]
  */
 async function assertSameSpendEntries(world: World): Promise<void> {
   for (const name of names) {
-    assert.deepEqual(await spendEntries(`${world.batched}${name}`, world.batched), await spendEntries(`${world.single}${name}`, world.single), `${name}: the same spend entries`);
-    assert.deepEqual(await accountEvents(`${world.batched}${name}`, world.batched), await accountEvents(`${world.single}${name}`, world.single), `${name}: the same events`);
+    assert.deepEqual(
+      await spendEntries(`${world.batched}${name}`, world.batched),
+      await spendEntries(`${world.single}${name}`, world.single),
+      `${name}: the same spend entries`,
+    );
+    assert.deepEqual(
+      await accountEvents(`${world.batched}${name}`, world.batched),
+      await accountEvents(`${world.single}${name}`, world.single),
+      `${name}: the same events`,
+    );
   }
 }
 
@@ -386,7 +502,11 @@ it('answers as single spends and agrees with the reference model through batches
       // Each account starts with grants whose spend order is not the order they were made in:
       // never-expiring at priority 1, then expiring at priority 0 (spent first), then an earlier expiry.
       for (const name of names) {
-        for (const [index, seed] of [{ amount: 60, priority: 1, expiresIn: null }, { amount: 30, priority: 0, expiresIn: 240 }, { amount: 20, priority: 0, expiresIn: 120 }].entries()) {
+        for (const [index, seed] of [
+          { amount: 60, priority: 1, expiresIn: null },
+          { amount: 30, priority: 0, expiresIn: 240 },
+          { amount: 20, priority: 0, expiresIn: 120 },
+        ].entries()) {
           await applyWorldStep(world, { kind: 'grant', account: name, key: 100 + index, ...seed });
         }
       }
@@ -396,7 +516,12 @@ it('answers as single spends and agrees with the reference model through batches
       }
       await assertSameSpendEntries(world);
     }),
-    { numRuns: Number(process.env.FC_RUNS ?? 100), seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED), path: process.env.FC_PATH, endOnFailure: true },
+    {
+      numRuns: Number(process.env.FC_RUNS ?? 100),
+      seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED),
+      path: process.env.FC_PATH,
+      endOnFailure: true,
+    },
   );
 });
 
@@ -408,22 +533,59 @@ it('settles nothing for an account whose batch events are all replays, as single
   const account = 'replay-settle';
   await timed.upsertAccount(account, {});
   await timed.grant(account, { amount: 50, source: 'promo', reason: 'r', idempotency_key: 'g', priority: 0 });
-  const spent = await timed.usageBatch([{ account_id: account, amount: 5, idempotency_key: 'u1' }, { account_id: account, amount: 5, idempotency_key: 'u2' }], 'app');
-  assert.deepEqual(spent.map((outcome) => outcome.status), [200, 200]);
+  const spent = await timed.usageBatch(
+    [
+      { account_id: account, amount: 5, idempotency_key: 'u1' },
+      { account_id: account, amount: 5, idempotency_key: 'u2' },
+    ],
+    'app',
+  );
+  assert.deepEqual(
+    spent.map((outcome) => outcome.status),
+    [200, 200],
+  );
   assert.equal((await timed.hold(account, { amount: 10, idempotency_key: 'h', expires_in_seconds: 60 }, 'app')).status, 201);
   clock.advanceSeconds(120);
   const before = await timed.balance(account);
   assert.deepEqual(before, { account_id: account, available: 30, held: 10, debt: 0 }, 'the expired hold still counts until a settle');
-  const replayed = await timed.usageBatch([{ account_id: account, amount: 5, idempotency_key: 'u2' }, { account_id: account, amount: 5, idempotency_key: 'u1' }], 'app');
-  assert.deepEqual(replayed.map((outcome) => [outcome.status, outcome.body.replayed]), [[200, true], [200, true]]);
-  assert.deepEqual(replayed.map((outcome) => outcome.body.available), spent.map((outcome) => outcome.body.available).reverse());
+  const replayed = await timed.usageBatch(
+    [
+      { account_id: account, amount: 5, idempotency_key: 'u2' },
+      { account_id: account, amount: 5, idempotency_key: 'u1' },
+    ],
+    'app',
+  );
+  assert.deepEqual(
+    replayed.map((outcome) => [outcome.status, outcome.body.replayed]),
+    [
+      [200, true],
+      [200, true],
+    ],
+  );
+  assert.deepEqual(
+    replayed.map((outcome) => outcome.body.available),
+    spent.map((outcome) => outcome.body.available).reverse(),
+  );
   assert.deepEqual(await timed.balance(account), before, 'the batch of replays settled nothing');
   const conflict = await timed.usageBatch([{ account_id: account, amount: 6, idempotency_key: 'u1' }], 'app');
   assert.equal(conflict[0]?.status, 409);
   assert.deepEqual(await timed.balance(account), before, 'nor did a conflict');
-  const fresh = await timed.usageBatch([{ account_id: account, amount: 5, idempotency_key: 'u3' }, { account_id: account, amount: 5, idempotency_key: 'u1' }], 'app');
-  assert.deepEqual(fresh.map((outcome) => outcome.status), [200, 200]);
-  assert.deepEqual(await timed.balance(account), { account_id: account, available: 35, held: 0, debt: 0 }, 'a new key settles first: the hold is released, then 5 spent');
+  const fresh = await timed.usageBatch(
+    [
+      { account_id: account, amount: 5, idempotency_key: 'u3' },
+      { account_id: account, amount: 5, idempotency_key: 'u1' },
+    ],
+    'app',
+  );
+  assert.deepEqual(
+    fresh.map((outcome) => outcome.status),
+    [200, 200],
+  );
+  assert.deepEqual(
+    await timed.balance(account),
+    { account_id: account, available: 35, held: 0, debt: 0 },
+    'a new key settles first: the hold is released, then 5 spent',
+  );
 });
 
 it('answers the JSON form of the batch (processes started before 0013 call it) as the array form', async () => {
@@ -437,17 +599,38 @@ it('answers the JSON form of the batch (processes started before 0013 call it) a
     { account_id: account, amount: 15, idempotency_key: 'c', payload_hash: 'h15', reference: {}, actor: 'app' },
     { account_id: account, amount: 15, idempotency_key: 'a', payload_hash: 'h15', reference: { description: 'x' }, actor: 'app' },
   ];
-  const json = await database.db.callJson<Outcome[]>('select tally_usage_batch($1::jsonb, null) as result', [JSON.stringify(events('json-form'))]);
+  const json = await database.db.callJson<Outcome[]>('select tally_usage_batch($1::jsonb, null) as result', [
+    JSON.stringify(events('json-form')),
+  ]);
   const arrays = events('array-form');
   const array = await database.db.callJson<Outcome[]>(
     'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null) as result',
-    [arrays.map((event) => event.account_id), arrays.map((event) => event.amount), arrays.map((event) => event.idempotency_key), arrays.map((event) => event.payload_hash), arrays.map((event) => event.reference), arrays.map((event) => event.actor)],
+    [
+      arrays.map((event) => event.account_id),
+      arrays.map((event) => event.amount),
+      arrays.map((event) => event.idempotency_key),
+      arrays.map((event) => event.payload_hash),
+      arrays.map((event) => event.reference),
+      arrays.map((event) => event.actor),
+    ],
   );
-  assert.deepEqual(json.map((outcome) => outcome.status), [200, 404, 402, 200]);
-  const withoutIds = (outcomes: Outcome[], account: string) => JSON.stringify(outcomes).split(account).join('').replace(/"entry_\d+"/g, '"entry"');
+  assert.deepEqual(
+    json.map((outcome) => outcome.status),
+    [200, 404, 402, 200],
+  );
+  const withoutIds = (outcomes: Outcome[], account: string) =>
+    JSON.stringify(outcomes)
+      .split(account)
+      .join('')
+      .replace(/"entry_\d+"/g, '"entry"');
   assert.equal(withoutIds(json, 'json-form'), withoutIds(array, 'array-form'));
-  const references = await database.db.query<{ reference: unknown }>(`select reference from entries where account_id = 'json-form' and kind = 'usage'`);
-  assert.deepEqual(references.rows.map((row) => row.reference), [{ description: 'x' }]);
+  const references = await database.db.query<{ reference: unknown }>(
+    `select reference from entries where account_id = 'json-form' and kind = 'usage'`,
+  );
+  assert.deepEqual(
+    references.rows.map((row) => row.reference),
+    [{ description: 'x' }],
+  );
 });
 
 it('answers as single spends for an account with more live grants than the batch reads at once (the per-event path)', async () => {
@@ -461,19 +644,28 @@ it('answers as single spends for an account with more live grants than the batch
     );
   }
   const amounts = [3, 40, 1, 57, 1];
-  const batched = await ledger.usageBatch(amounts.map((amount, index) => ({ account_id: accounts.batched, amount, idempotency_key: `u${index}` })), 'app');
+  const batched = await ledger.usageBatch(
+    amounts.map((amount, index) => ({ account_id: accounts.batched, amount, idempotency_key: `u${index}` })),
+    'app',
+  );
   const single: Outcome[] = [];
-  for (const [index, amount] of amounts.entries()) single.push(await ledger.usage(accounts.single, { amount, idempotency_key: `u${index}` }, 'app'));
-  assert.deepEqual(batched.map((outcome) => outcome.status), [200, 200, 200, 200, 402]);
+  for (const [index, amount] of amounts.entries())
+    single.push(await ledger.usage(accounts.single, { amount, idempotency_key: `u${index}` }, 'app'));
+  assert.deepEqual(
+    batched.map((outcome) => outcome.status),
+    [200, 200, 200, 200, 402],
+  );
   const withoutIds = (outcomes: Outcome[]) => JSON.stringify(outcomes).replace(/"entry_\d+"/g, '"entry"');
   assert.equal(withoutIds(batched), withoutIds(single));
   const spends = async (account: string) =>
-    (await database.db.query<{ credits: string[]; positions: string[] }>(
-      `select e.grant_credits as credits, (select array_agg(g.position order by u.n) from unnest(e.grant_ids) with ordinality as u(id, n)
+    (
+      await database.db.query<{ credits: string[]; positions: string[] }>(
+        `select e.grant_credits as credits, (select array_agg(g.position order by u.n) from unnest(e.grant_ids) with ordinality as u(id, n)
          join (select id, row_number() over (order by id) as position from grants where account_id = $1) g on g.id = u.id) as positions
        from entries e where e.account_id = $1 and e.kind = 'usage' order by e.id`,
-      [account],
-    )).rows;
+        [account],
+      )
+    ).rows;
   assert.deepEqual(await spends(accounts.batched), await spends(accounts.single));
 });
 
@@ -482,13 +674,35 @@ it('keeps keys and references exactly through the array form: quotes, backslashe
   await ledger.upsertAccount(account, {});
   await ledger.grant(account, { amount: 100, source: 'promo', reason: 'r', idempotency_key: 'g', priority: 0 });
   const keys = ['a"b', 'c\\d', 'NULL', '{x,y}', "it's"];
-  const events = keys.map((key) => ({ account_id: account, amount: 1, idempotency_key: key, description: `say "${key}" \\ {}`, metadata: { note: key } }));
+  const events = keys.map((key) => ({
+    account_id: account,
+    amount: 1,
+    idempotency_key: key,
+    description: `say "${key}" \\ {}`,
+    metadata: { note: key },
+  }));
   const outcomes = await ledger.usageBatch(events, 'app');
-  assert.deepEqual(outcomes.map((outcome) => [outcome.status, outcome.body.replayed]), keys.map(() => [200, false]));
-  const { rows } = await database.db.query<{ idempotency_key: string; reference: unknown }>(`select idempotency_key, reference from entries where account_id = $1 and kind = 'usage' order by id`, [account]);
-  assert.deepEqual(rows, events.map((event) => ({ idempotency_key: `request:${event.idempotency_key}`, reference: { description: event.description, metadata: event.metadata } })));
+  assert.deepEqual(
+    outcomes.map((outcome) => [outcome.status, outcome.body.replayed]),
+    keys.map(() => [200, false]),
+  );
+  const { rows } = await database.db.query<{ idempotency_key: string; reference: unknown }>(
+    `select idempotency_key, reference from entries where account_id = $1 and kind = 'usage' order by id`,
+    [account],
+  );
+  assert.deepEqual(
+    rows,
+    events.map((event) => ({
+      idempotency_key: `request:${event.idempotency_key}`,
+      reference: { description: event.description, metadata: event.metadata },
+    })),
+  );
   for (const [index, event] of events.entries()) {
     const { account_id: _account, ...input } = event;
-    assert.deepEqual(await ledger.usage(account, input, 'app'), { status: 200, body: { ...outcomes[index]!.body, replayed: true } }, `${event.idempotency_key} replays alone`);
+    assert.deepEqual(
+      await ledger.usage(account, input, 'app'),
+      { status: 200, body: { ...outcomes[index]!.body, replayed: true } },
+      `${event.idempotency_key} replays alone`,
+    );
   }
 });

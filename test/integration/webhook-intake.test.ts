@@ -22,7 +22,12 @@ type Delivery = { payload: string; answered: boolean; response: Promise<{ status
 function send(payload: string): Delivery {
   const delivery: Delivery = { payload, answered: false, response: Promise.resolve({ status: 0, body: undefined }) };
   delivery.response = test.app
-    .inject({ method: 'POST', url: '/webhooks/stripe', headers: { 'content-type': 'application/json', 'stripe-signature': signedHeader(payload) }, payload })
+    .inject({
+      method: 'POST',
+      url: '/webhooks/stripe',
+      headers: { 'content-type': 'application/json', 'stripe-signature': signedHeader(payload) },
+      payload,
+    })
     .then((response) => {
       delivery.answered = true;
       return { status: response.statusCode, body: response.json() };
@@ -30,7 +35,10 @@ function send(payload: string): Delivery {
   return delivery;
 }
 
-const typeOnly = (id?: string) => JSON.stringify(event('customer.subscription.trial_will_end', { id: 'sub_intake', object: 'subscription' }, id === undefined ? {} : { id }));
+const typeOnly = (id?: string) =>
+  JSON.stringify(
+    event('customer.subscription.trial_will_end', { id: 'sub_intake', object: 'subscription' }, id === undefined ? {} : { id }),
+  );
 
 async function waitFor(condition: () => boolean | Promise<boolean>, what: string): Promise<void> {
   const deadline = Date.now() + 10_000;
@@ -52,7 +60,11 @@ async function holdInserts(): Promise<{ blocked: Delivery[]; release(): Promise<
   const blocked = Array.from({ length: intakeBatchesConcurrentMax }, () => send(typeOnly()));
   await waitFor(
     async () =>
-      (await client.query<{ count: number }>(`select count(*)::int as count from pg_locks where relation = 'webhook_events'::regclass and not granted`)).rows[0]?.count === intakeBatchesConcurrentMax,
+      (
+        await client.query<{ count: number }>(
+          `select count(*)::int as count from pg_locks where relation = 'webhook_events'::regclass and not granted`,
+        )
+      ).rows[0]?.count === intakeBatchesConcurrentMax,
     'the first batches to wait for the lock',
   );
   return {
@@ -66,7 +78,11 @@ async function holdInserts(): Promise<{ blocked: Delivery[]; release(): Promise<
 }
 
 const storedIds = async (ids: string[]) =>
-  (await test.database.db.query<{ id: string; xmin: string }>('select id, xmin::text as xmin from webhook_events where id = any($1)', [ids])).rows;
+  (
+    await test.database.db.query<{ id: string; xmin: string }>('select id, xmin::text as xmin from webhook_events where id = any($1)', [
+      ids,
+    ])
+  ).rows;
 
 describe('webhook intake with group commit', () => {
   it('stores events that arrive together in one transaction and answers each only after the commit', async () => {
@@ -74,7 +90,10 @@ describe('webhook intake with group commit', () => {
     const together = Array.from({ length: 10 }, () => send(typeOnly()));
     await waitFor(() => test.parts.intake.queuedCount === together.length, 'the deliveries to queue');
     await sleep(50);
-    assert.ok([...hold.blocked, ...together].every((delivery) => !delivery.answered), 'nothing is answered before its row is committed');
+    assert.ok(
+      [...hold.blocked, ...together].every((delivery) => !delivery.answered),
+      'nothing is answered before its row is committed',
+    );
     await hold.release();
     const responses = await Promise.all(together.map((delivery) => delivery.response));
     assert.ok(responses.every((response) => response.status === 200 && response.body.duplicate === false));
@@ -151,7 +170,10 @@ describe('storeEvents', () => {
     const outcomes = await storeEvents(test.database.db, [c, a, c, b]);
     assert.deepEqual(outcomes, ['stored', 'stored', 'duplicate', 'stored']);
     assert.deepEqual(await storeEvents(test.database.db, [b, a]), ['duplicate', 'duplicate']);
-    const rows = await test.database.db.query<{ raw_body: string; type: string; created: Date }>('select raw_body, type, created from webhook_events where id = $1', [a.event.id]);
+    const rows = await test.database.db.query<{ raw_body: string; type: string; created: Date }>(
+      'select raw_body, type, created from webhook_events where id = $1',
+      [a.event.id],
+    );
     assert.equal(rows.rows[0]?.raw_body, a.rawBody.toString());
     assert.equal(rows.rows[0]?.type, 'customer.subscription.trial_will_end');
     assert.equal(rows.rows[0]?.created.getTime(), a.event.created * 1000);

@@ -31,13 +31,18 @@ after(async () => {
 it('counts an event applied after a retried commit once', async () => {
   const accountId = uniqueId('metric');
   await test.call('PUT', `/v1/accounts/${accountId}`, {});
-  const purchase = event('checkout.session.completed', checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }));
+  const purchase = event(
+    'checkout.session.completed',
+    checkoutSession({ mode: 'payment', accountId, customer: uniqueId('cus'), paymentIntent: uniqueId('pi'), packId: 'pack_1000' }),
+  );
   assert.equal((await deliver(test, purchase)).status, 200);
   await settleWebhooks(test);
   const commits = await test.database.db.query<{ value: string }>('select last_value::text as value from metric_test_commits');
   assert.equal(commits.rows[0]?.value, '2', 'the first commit failed and the transaction ran again');
   assert.equal((await test.call('GET', `/v1/accounts/${accountId}/balance`)).body.available, 1000, 'applied once');
   const metrics = String((await test.admin('GET', '/metrics')).body);
-  const line = metrics.split('\n').find((text) => text.startsWith('tally_webhook_events_total{type="checkout.session.completed",outcome="processed"}'));
+  const line = metrics
+    .split('\n')
+    .find((text) => text.startsWith('tally_webhook_events_total{type="checkout.session.completed",outcome="processed"}'));
   assert.equal(line?.split(' ').at(-1), '1', `counted once: ${line}`);
 });

@@ -17,7 +17,11 @@ describe('plan catalog', () => {
   });
 
   const refusals: [string, unknown, RegExp][] = [
-    ['two plans sharing a price', { plans: [plan, { ...plan, id: 'other', prices: { month: 'price_m' } }] }, /plans\.1\.prices\.month: price price_m is already used by plan plus/],
+    [
+      'two plans sharing a price',
+      { plans: [plan, { ...plan, id: 'other', prices: { month: 'price_m' } }] },
+      /plans\.1\.prices\.month: price price_m is already used by plan plus/,
+    ],
     ['a pack sharing a plan price', { plans: [plan], credit_packs: [{ id: 'p', price: 'price_y', credits: 5 }] }, /credit_packs\.0\.price/],
     ['fractional credits', { plans: [{ ...plan, credits_per_month: 10.5 }] }, /plans\.0\.credits_per_month/],
     ['a plan without prices', { plans: [{ ...plan, prices: {} }] }, /plans\.0\.prices/],
@@ -41,6 +45,9 @@ describe('checkout idempotency keys', () => {
     assert.equal(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a1', input, params, at + 30_000));
     assert.notEqual(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a1', input, params, at + 60_000));
     assert.notEqual(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a2', input, params, at));
-    assert.notEqual(checkoutIdempotencyKey('a1', input, params, at), checkoutIdempotencyKey('a1', input, { ...params, line_items: [{ price: 'price_plus_yearly', quantity: 1 }] }, at));
+    assert.notEqual(
+      checkoutIdempotencyKey('a1', input, params, at),
+      checkoutIdempotencyKey('a1', input, { ...params, line_items: [{ price: 'price_plus_yearly', quantity: 1 }] }, at),
+    );
   });
 });

@@ -1,6 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AccountNotFound, EntryNotFound, InsufficientCredits, SpendLimitExceeded, TallyError, errorClasses, errorFromAnswer } from '../../client/src/errors.js';
+import {
+  AccountNotFound,
+  EntryNotFound,
+  InsufficientCredits,
+  SpendLimitExceeded,
+  TallyError,
+  errorClasses,
+  errorFromAnswer,
+} from '../../client/src/errors.js';
 import { errorCatalog } from '../../src/http/responses.js';
 import { backoffMilliseconds, defaultRetryOptions, retryAfterSeconds } from '../../client/src/transport.js';
 
@@ -27,14 +35,19 @@ describe('the client transport', () => {
       const waits = [1, 2, 3, 4, 5, 6].map((retry) => backoffMilliseconds(retry, options, () => draw));
       waits.forEach((wait, index) => {
         const exponential = Math.min(1000, 100 * 2 ** index);
-        assert.ok(wait >= exponential / 2 && wait <= exponential, `retry ${index + 1} waits ${wait} ms, within [${exponential / 2}, ${exponential}]`);
+        assert.ok(
+          wait >= exponential / 2 && wait <= exponential,
+          `retry ${index + 1} waits ${wait} ms, within [${exponential / 2}, ${exponential}]`,
+        );
       });
       assert.ok(waits.every((wait) => wait <= 1000));
     }
   });
 
   it("turns an answer into its code's typed error, and anything else into a TallyError", () => {
-    const refused = errorFromAnswer(402, { error: { code: 'insufficient_credits', message: 'not enough credits available', available: 7 } });
+    const refused = errorFromAnswer(402, {
+      error: { code: 'insufficient_credits', message: 'not enough credits available', available: 7 },
+    });
     assert.ok(refused instanceof InsufficientCredits);
     assert.equal(refused.available, 7);
     assert.equal(refused.status, 402);
@@ -51,8 +64,20 @@ describe('the client transport', () => {
   it("has a typed error for every code of Tally's error catalog, and no other", () => {
     assert.deepEqual(Object.keys(errorClasses).sort(), Object.keys(errorCatalog).sort());
     assert.ok(errorFromAnswer(404, { error: { code: 'entry_not_found', message: 'no entry' } }) instanceof EntryNotFound);
-    const limited = errorFromAnswer(402, { error: { code: 'spend_limit_exceeded', message: 'past the day', window: 'day', limit: 50, spent: 40, resets_at: '2030-01-02T00:00:00.000Z' } });
+    const limited = errorFromAnswer(402, {
+      error: {
+        code: 'spend_limit_exceeded',
+        message: 'past the day',
+        window: 'day',
+        limit: 50,
+        spent: 40,
+        resets_at: '2030-01-02T00:00:00.000Z',
+      },
+    });
     assert.ok(limited instanceof SpendLimitExceeded);
-    assert.deepEqual({ window: limited.window, limit: limited.limit, spent: limited.spent, resetsAt: limited.resetsAt }, { window: 'day', limit: 50, spent: 40, resetsAt: '2030-01-02T00:00:00.000Z' });
+    assert.deepEqual(
+      { window: limited.window, limit: limited.limit, spent: limited.spent, resetsAt: limited.resetsAt },
+      { window: 'day', limit: 50, spent: 40, resetsAt: '2030-01-02T00:00:00.000Z' },
+    );
   });
 });

@@ -18,13 +18,19 @@ describe('configuration', () => {
   it('stops on a bad setting with a message naming it, without echoing secrets', () => {
     assert.throws(() => loadConfig({ PORT: 'eighty' }), /PORT/);
     assert.throws(() => loadConfig({ DATABASE_URL: 'mysql://x' }), /DATABASE_URL/);
-    assert.throws(() => loadConfig({ TALLY_API_KEY: 'short-secret' }), (error: Error) => /TALLY_API_KEY/.test(error.message) && !error.message.includes('short-secret'));
+    assert.throws(
+      () => loadConfig({ TALLY_API_KEY: 'short-secret' }),
+      (error: Error) => /TALLY_API_KEY/.test(error.message) && !error.message.includes('short-secret'),
+    );
   });
 
   it('stops on alert sinks it cannot use, naming the setting', () => {
     assert.throws(() => loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'not a url' }), /TALLY_ALERT_WEBHOOK_URLS/);
     assert.throws(() => loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'https://events.pagerduty.com/v2/enqueue' }), /TALLY_PAGERDUTY_ROUTING_KEY/);
-    assert.deepEqual(loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'https://hooks.slack.com/services/x, json+http://127.0.0.1:9/hook' }).alertWebhookUrls, ['https://hooks.slack.com/services/x', 'json+http://127.0.0.1:9/hook']);
+    assert.deepEqual(
+      loadConfig({ TALLY_ALERT_WEBHOOK_URLS: 'https://hooks.slack.com/services/x, json+http://127.0.0.1:9/hook' }).alertWebhookUrls,
+      ['https://hooks.slack.com/services/x', 'json+http://127.0.0.1:9/hook'],
+    );
   });
 
   it('generates keys once into the data folder (mode 0600) and reuses them', () => {
@@ -37,7 +43,9 @@ describe('configuration', () => {
     const second = resolveApiKeys(config);
     assert.equal(second.generated, false);
     assert.equal(second.apiKey, first.apiKey);
-    const fromEnvironment = resolveApiKeys(loadConfig({ TALLY_DATA_DIR: directory, TALLY_API_KEY: 'x'.repeat(20), TALLY_ADMIN_KEY: 'y'.repeat(20) }));
+    const fromEnvironment = resolveApiKeys(
+      loadConfig({ TALLY_DATA_DIR: directory, TALLY_API_KEY: 'x'.repeat(20), TALLY_ADMIN_KEY: 'y'.repeat(20) }),
+    );
     assert.equal(fromEnvironment.source, 'environment');
   });
 });

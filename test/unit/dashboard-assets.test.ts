@@ -8,12 +8,18 @@ import { dashboardAssets, rewriteImports } from '../../src/dashboard/assets.js';
 // Proves: a bare import of a served library becomes its URL; relative imports stay as they are.
 it('rewrites bare imports to the URLs that serve them', () => {
   const source = 'import{options as n}from"preact";import x from "./local.js";export{n}';
-  assert.equal(rewriteImports(source, 'hooks', { preact: './preact.js' }), 'import{options as n}from"./preact.js";import x from "./local.js";export{n}');
+  assert.equal(
+    rewriteImports(source, 'hooks', { preact: './preact.js' }),
+    'import{options as n}from"./preact.js";import x from "./local.js";export{n}',
+  );
 });
 
 // Proves: a library importing something Tally does not serve is refused at start, by name.
 it('refuses a library whose import would not resolve in a browser', () => {
-  assert.throws(() => rewriteImports("import { signal } from '@preact/signals';", 'app', { preact: './preact.js' }), /imports "@preact\/signals", which is not served/);
+  assert.throws(
+    () => rewriteImports("import { signal } from '@preact/signals';", 'app', { preact: './preact.js' }),
+    /imports "@preact\/signals", which is not served/,
+  );
 });
 
 // Proves: words in comments that look like imports across lines are not taken for imports.
@@ -25,7 +31,15 @@ it('leaves text that only looks like an import alone', () => {
 // Proves: every asset the page loads is served with a script or style type, none left bare.
 it('serves the page modules and the libraries from the installed packages', () => {
   const urls = dashboardAssets().map((asset) => asset.url);
-  for (const url of ['/dashboard/app.js', '/dashboard/app.css', '/dashboard/vendor/preact.js', '/dashboard/vendor/hooks.js', '/dashboard/vendor/htm.js', '/dashboard/vendor/uplot.js', '/dashboard/vendor/uplot.css']) {
+  for (const url of [
+    '/dashboard/app.js',
+    '/dashboard/app.css',
+    '/dashboard/vendor/preact.js',
+    '/dashboard/vendor/hooks.js',
+    '/dashboard/vendor/htm.js',
+    '/dashboard/vendor/uplot.js',
+    '/dashboard/vendor/uplot.css',
+  ]) {
     assert.ok(urls.includes(url), url);
   }
   const hooks = dashboardAssets().find((asset) => asset.url === '/dashboard/vendor/hooks.js');

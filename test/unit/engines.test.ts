@@ -19,7 +19,11 @@ const compare = (a: Version, b: Version): number => a[0] - b[0] || a[1] - b[1] |
 /** The range forms found in engines fields: `>=X`, `>X`, `<X`, `^X`, `~X`, `X`, `X.x`, joined by spaces and `||`. */
 function satisfies(version: Version, range: string): boolean {
   return range.split('||').some((alternative) => {
-    const comparators = alternative.trim().replace(/(>=|<=|>|<|\^|~)\s+/g, '$1').split(/\s+/).filter(Boolean);
+    const comparators = alternative
+      .trim()
+      .replace(/(>=|<=|>|<|\^|~)\s+/g, '$1')
+      .split(/\s+/)
+      .filter(Boolean);
     return comparators.every((comparator) => {
       const [, operator = '', text = ''] = /^(>=|<=|>|<|\^|~|=)?(.*)$/.exec(comparator) ?? [];
       const bound = parse(text);
@@ -49,12 +53,16 @@ it('installs only packages that accept the oldest Node.js Tally supports', () =>
   const manifest = JSON.parse(readFileSync('package.json', 'utf8')) as { engines: { node: string } };
   const oldest = /^>=\s*([0-9.]+)$/.exec(manifest.engines.node)?.[1];
   assert.ok(oldest !== undefined, `engines.node is a lower bound: ${manifest.engines.node}`);
-  const lock = JSON.parse(readFileSync('package-lock.json', 'utf8')) as { packages: Record<string, { version?: string; engines?: { node?: string } | string[] }> };
+  const lock = JSON.parse(readFileSync('package-lock.json', 'utf8')) as {
+    packages: Record<string, { version?: string; engines?: { node?: string } | string[] }>;
+  };
   const refusing = Object.entries(lock.packages)
     .filter(([path]) => path !== '')
     .flatMap(([path, entry]) => {
       const range = Array.isArray(entry.engines) ? undefined : entry.engines?.node;
-      return range === undefined || satisfies(parse(oldest), range) ? [] : [`${path.replace(/^.*node_modules\//, '')}@${entry.version} wants node ${range}`];
+      return range === undefined || satisfies(parse(oldest), range)
+        ? []
+        : [`${path.replace(/^.*node_modules\//, '')}@${entry.version} wants node ${range}`];
     });
   assert.deepEqual(refusing, [], `on Node ${oldest}`);
 });

@@ -30,7 +30,12 @@ describe('GroupCommit', () => {
     assert.deepEqual(batches, [['first'], ['a', 'b', 'c']]);
     batches.length = 0;
     const blocker = group.submit('blocker');
-    const mixed = ['good', 'bad', 'fine'].map((item) => group.submit(item).then((value) => ({ value }), (error: Error) => ({ error: error.message })));
+    const mixed = ['good', 'bad', 'fine'].map((item) =>
+      group.submit(item).then(
+        (value) => ({ value }),
+        (error: Error) => ({ error: error.message }),
+      ),
+    );
     await blocker;
     assert.deepEqual(await Promise.all(mixed), [{ value: 'good!' }, { error: 'bad alone' }, { value: 'fine!' }]);
     assert.deepEqual(batches.slice(0, 2), [['blocker'], ['good', 'bad', 'fine']]);

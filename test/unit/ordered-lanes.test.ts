@@ -11,7 +11,13 @@ describe('OrderedLanes', () => {
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 1, max: 5 }),
-        fc.array(fc.record({ keys: fc.uniqueArray(fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f'), { maxLength: 3 }), milliseconds: fc.integer({ min: 0, max: 3 }) }), { maxLength: 40 }),
+        fc.array(
+          fc.record({
+            keys: fc.uniqueArray(fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f'), { maxLength: 3 }),
+            milliseconds: fc.integer({ min: 0, max: 3 }),
+          }),
+          { maxLength: 40 },
+        ),
         async (lanesMax, specs) => {
           const lanes = new OrderedLanes<number>(lanesMax);
           const running = new Set<number>();
@@ -20,7 +26,8 @@ describe('OrderedLanes', () => {
           const results = await Promise.all(
             specs.map((spec, index) =>
               lanes.submit(`task-${index}`, spec.keys, async () => {
-                for (const other of running) assert.ok(!specs[other]?.keys.some((key) => spec.keys.includes(key)), `tasks ${other} and ${index} share a key`);
+                for (const other of running)
+                  assert.ok(!specs[other]?.keys.some((key) => spec.keys.includes(key)), `tasks ${other} and ${index} share a key`);
                 running.add(index);
                 started.push(index);
                 mostAtOnce = Math.max(mostAtOnce, running.size);
@@ -30,11 +37,18 @@ describe('OrderedLanes', () => {
               }),
             ),
           );
-          assert.deepEqual(results, specs.map((_, index) => index));
+          assert.deepEqual(
+            results,
+            specs.map((_, index) => index),
+          );
           assert.ok(mostAtOnce <= lanesMax);
           for (const key of ['a', 'b', 'c', 'd', 'e', 'f']) {
             const order = started.filter((index) => (specs[index]?.keys as string[] | undefined)?.includes(key));
-            assert.deepEqual(order, [...order].sort((x, y) => x - y), `key ${key} in submission order`);
+            assert.deepEqual(
+              order,
+              [...order].sort((x, y) => x - y),
+              `key ${key} in submission order`,
+            );
           }
           assert.deepEqual(lanes.ids(), []);
         },
@@ -64,7 +78,10 @@ describe('OrderedLanes', () => {
     const [first, second] = await Promise.all([lanes.submit('x', ['k'], slow), lanes.submit('x', ['k'], slow)]);
     assert.equal(first, 'run 1');
     assert.equal(second, 'run 1');
-    await assert.rejects(lanes.submit('y', ['k'], () => Promise.reject(new Error('broken'))), /broken/);
+    await assert.rejects(
+      lanes.submit('y', ['k'], () => Promise.reject(new Error('broken'))),
+      /broken/,
+    );
     assert.equal(await lanes.submit('z', ['k'], async () => 'after'), 'after', 'a failure frees its keys');
   });
 

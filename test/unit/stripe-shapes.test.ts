@@ -6,7 +6,10 @@ import { invoiceLines, invoiceSubscriptionId, subscriptionState } from '../../sr
 // The project's fixtures are Stripe's own example objects: they must match, field for field,
 // the copy of Stripe's published fixtures kept beside them (with Stripe's licence), and the
 // readers must find what Tally needs in them.
-const fixtures = JSON.parse(readFileSync(new URL('../fixtures/stripe-objects.json', import.meta.url), 'utf8')) as Record<string, Record<string, unknown>>;
+const fixtures = JSON.parse(readFileSync(new URL('../fixtures/stripe-objects.json', import.meta.url), 'utf8')) as Record<
+  string,
+  Record<string, unknown>
+>;
 const published = new URL('../fixtures/stripe-openapi-fixtures3.json', import.meta.url);
 
 it("keeps the fixtures identical to Stripe's published objects", () => {
@@ -27,7 +30,13 @@ it('reads the current shapes: subscription under parent, price under pricing, pe
 });
 
 it('tolerates the older shapes: invoice.subscription, line.price, line.proration', () => {
-  const older = { id: 'in_old', subscription: 'sub_old', lines: { data: [{ period: { start: 1, end: 2 }, price: { id: 'price_old' }, proration: true, amount: 5 }] } };
+  const older = {
+    id: 'in_old',
+    subscription: 'sub_old',
+    lines: { data: [{ period: { start: 1, end: 2 }, price: { id: 'price_old' }, proration: true, amount: 5 }] },
+  };
   assert.equal(invoiceSubscriptionId(older), 'sub_old');
-  assert.deepEqual(invoiceLines(older), [{ id: undefined, priceId: 'price_old', quantity: 1, proration: true, periodStart: 1, periodEnd: 2, amount: 5 }]);
+  assert.deepEqual(invoiceLines(older), [
+    { id: undefined, priceId: 'price_old', quantity: 1, proration: true, periodStart: 1, periodEnd: 2, amount: 5 },
+  ]);
 });

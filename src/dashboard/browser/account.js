@@ -23,9 +23,12 @@ export function Account({ api, accountId, canAct }) {
     </div>
     <p><a href="#/accounts">← All accounts</a></p>
     <${Problem} error=${account.error} doing="load this account" retry=${account.reload} />
-    ${data === undefined
-      ? account.error ? null : html`<${Loading} what="the account" />`
-      : html`
+    ${
+      data === undefined
+        ? account.error
+          ? null
+          : html`<${Loading} what="the account" />`
+        : html`
         <div class="overview-grid">
           <${Identity} account=${data} />
           <${Balance} account=${data} />
@@ -36,7 +39,8 @@ export function Account({ api, accountId, canAct }) {
         <${Grants} api=${api} accountId=${accountId} version=${version} />
         <${Holds} api=${api} accountId=${accountId} version=${version} canAct=${canAct} onChanged=${changed} />
         <${Ledger} api=${api} accountId=${accountId} version=${version} />
-        <${Events} api=${api} accountId=${accountId} version=${version} />`}
+        <${Events} api=${api} accountId=${accountId} version=${version} />`
+    }
   </section>`;
 }
 
@@ -72,33 +76,42 @@ function Subscription({ account }) {
   const trial = account.trial;
   return html`<section class="panel" aria-labelledby="subscription">
     <h2 id="subscription">Subscription and trial</h2>
-    ${subscription
-      ? html`<dl class="facts">
+    ${
+      subscription
+        ? html`<dl class="facts">
           <dt>Plan</dt><dd>${subscription.plan_id ?? '—'} (${subscription.interval ?? '—'}) <${Badge} value=${subscription.status} /></dd>
           <dt>Period</dt><dd><${Time} value=${subscription.current_period_start} /> to <${Time} value=${subscription.current_period_end} /></dd>
           <dt>Stripe subscription</dt><dd><${Id} value=${subscription.id} /></dd>
           ${subscription.cancel_at_period_end ? html`<dt>Ends</dt><dd>at the end of this period (cancelled)</dd>` : null}
           ${subscription.trial_end ? html`<dt>Trial ends</dt><dd><${Time} value=${subscription.trial_end} /></dd>` : null}
         </dl>`
-      : html`<p class="muted">No subscription: this account has never subscribed through Stripe.</p>`}
-    ${trial
-      ? html`<p>Trial: ${credits(trial.credits)} credits, ${credits(trial.remaining)} left, expiring <${Time} value=${trial.expires_at} empty="never" />.</p>`
-      : html`<p class="muted">No trial granted.</p>`}
+        : html`<p class="muted">No subscription: this account has never subscribed through Stripe.</p>`
+    }
+    ${
+      trial
+        ? html`<p>Trial: ${credits(trial.credits)} credits, ${credits(trial.remaining)} left, expiring <${Time} value=${trial.expires_at} empty="never" />.</p>`
+        : html`<p class="muted">No trial granted.</p>`
+    }
   </section>`;
 }
 
 function BalanceChart({ api, accountId, version }) {
   const [days, setDays] = useState(30);
-  const history = useLoad(() => api.get(path('/v1/admin/accounts', accountId, 'balance-history') + query({ days })), [api, accountId, days, version]);
+  const history = useLoad(
+    () => api.get(path('/v1/admin/accounts', accountId, 'balance-history') + query({ days })),
+    [api, accountId, days, version],
+  );
   return html`<section class="panel" aria-labelledby="balance-over-time">
     <div class="panel-head">
       <h2 id="balance-over-time">Balance over time</h2>
       <${RangePicker} name="balance-range" days=${days} onChange=${setDays} />
     </div>
     <${Problem} error=${history.error} doing="load the balance over time" retry=${history.reload} />
-    ${history.data
-      ? html`<${TimeChart} id="balance-chart" level=${true} title=${`Balance (available minus debt) at the end of each day (UTC), last ${days} days`} rows=${history.data.days} series=${balanceSeries} />`
-      : null}
+    ${
+      history.data
+        ? html`<${TimeChart} id="balance-chart" level=${true} title=${`Balance (available minus debt) at the end of each day (UTC), last ${days} days`} rows=${history.data.days} series=${balanceSeries} />`
+        : null
+    }
   </section>`;
 }
 
@@ -116,27 +129,41 @@ const grantColumns = [
 
 function Grants({ api, accountId, version }) {
   const [pastOffset, setPastOffset] = useState(0);
-  const live = useLoad(() => api.get(path('/v1/admin/accounts', accountId, 'grants') + query({ state: 'live', limit: 200 })), [api, accountId, version]);
-  const past = useLoad(() => api.get(path('/v1/admin/accounts', accountId, 'grants') + query({ state: 'past', limit: pageSize, offset: pastOffset })), [api, accountId, version, pastOffset]);
+  const live = useLoad(
+    () => api.get(path('/v1/admin/accounts', accountId, 'grants') + query({ state: 'live', limit: 200 })),
+    [api, accountId, version],
+  );
+  const past = useLoad(
+    () => api.get(path('/v1/admin/accounts', accountId, 'grants') + query({ state: 'past', limit: pageSize, offset: pastOffset })),
+    [api, accountId, version, pastOffset],
+  );
   return html`<section class="panel" aria-labelledby="grants">
     <h2 id="grants">Grants</h2>
-    <${Problem} error=${live.error || past.error} doing="load the grants" retry=${() => { live.reload(); past.reload(); }} />
+    <${Problem} error=${live.error || past.error} doing="load the grants" retry=${() => {
+      live.reload();
+      past.reload();
+    }} />
     <div id="live-grants">
       ${live.data ? html`<${Table} caption="Live grants, spent in this order: priority, earliest expiry, oldest" columns=${grantColumns} rows=${live.data.grants} empty="No live grants: nothing is left to spend." rowKey=${(grant) => grant.id} />` : null}
     </div>
     <div id="past-grants">
-      ${past.data
-        ? html`<${Table} caption="Past grants (used up or expired), newest first" columns=${grantColumns} rows=${past.data.grants} empty="No past grants: no grant has been used up or has expired." rowKey=${(grant) => grant.id} />
+      ${
+        past.data
+          ? html`<${Table} caption="Past grants (used up or expired), newest first" columns=${grantColumns} rows=${past.data.grants} empty="No past grants: no grant has been used up or has expired." rowKey=${(grant) => grant.id} />
           <${Pager} label="Past grant pages" position=${`From grant ${pastOffset + 1}`}
             onPrevious=${pastOffset > 0 ? () => setPastOffset(Math.max(0, pastOffset - pageSize)) : undefined}
             onNext=${past.data.next_offset !== null ? () => setPastOffset(past.data.next_offset) : undefined} />`
-        : null}
+          : null
+      }
     </div>
   </section>`;
 }
 
 function Holds({ api, accountId, version, canAct, onChanged }) {
-  const holds = useLoad(() => api.get(path('/v1/admin/accounts', accountId, 'holds') + query({ status: 'pending', limit: 200 })), [api, accountId, version]);
+  const holds = useLoad(
+    () => api.get(path('/v1/admin/accounts', accountId, 'holds') + query({ status: 'pending', limit: 200 })),
+    [api, accountId, version],
+  );
   const columns = [
     { label: 'Hold', render: (hold) => html`<${Id} value=${hold.id} />` },
     { label: 'Amount', numeric: true, render: (hold) => credits(hold.amount) },
@@ -164,13 +191,26 @@ function Reference({ value }) {
 }
 
 const ledgerColumns = [
-  { label: 'Time', render: (entry) => html`<a href=${'#/entries/' + encodeURIComponent(entry.id)} title=${entry.id}><${Time} value=${entry.created_at} /></a>` },
+  {
+    label: 'Time',
+    render: (entry) =>
+      html`<a href=${`#/entries/${encodeURIComponent(entry.id)}`} title=${entry.id}><${Time} value=${entry.created_at} /></a>`,
+  },
   { label: 'Kind', render: (entry) => html`<${Badge} value=${entry.kind} />` },
   { label: 'Amount', numeric: true, render: (entry) => signed(entry.amount) },
   { label: 'Balance after', numeric: true, render: (entry) => credits(entry.balance_after) },
   { label: 'Actor', render: (entry) => entry.actor },
-  { label: 'Reason', render: (entry) => (entry.reason ? html`<span class="text">${entry.reason}</span>` : html`<span class="muted">—</span>`) },
-  { label: 'Description', render: (entry) => (entry.reference && typeof entry.reference.description === 'string' ? html`<span class="text">${entry.reference.description}</span>` : html`<span class="muted">—</span>`) },
+  {
+    label: 'Reason',
+    render: (entry) => (entry.reason ? html`<span class="text">${entry.reason}</span>` : html`<span class="muted">—</span>`),
+  },
+  {
+    label: 'Description',
+    render: (entry) =>
+      entry.reference && typeof entry.reference.description === 'string'
+        ? html`<span class="text">${entry.reference.description}</span>`
+        : html`<span class="muted">—</span>`,
+  },
   { label: 'Reference', render: (entry) => html`<${Reference} value=${entry.reference} />` },
   { label: 'Key', render: (entry) => html`<${Id} value=${entry.idempotency_key} />` },
 ];
@@ -179,17 +219,22 @@ function Ledger({ api, accountId, version }) {
   // Cursors of the pages seen, so "previous" goes back to a newer page.
   const [cursors, setCursors] = useState([undefined]);
   const cursor = cursors[cursors.length - 1];
-  const ledger = useLoad(() => api.get(path('/v1/accounts', accountId, 'ledger') + query({ limit: pageSize, cursor })), [api, accountId, version, cursor]);
+  const ledger = useLoad(
+    () => api.get(path('/v1/accounts', accountId, 'ledger') + query({ limit: pageSize, cursor })),
+    [api, accountId, version, cursor],
+  );
   return html`<section class="panel" aria-labelledby="ledger-title">
     <h2 id="ledger-title">Ledger</h2>
     <${Problem} error=${ledger.error} doing="load the ledger" retry=${ledger.reload} />
     <div id="ledger">
-      ${ledger.data
-        ? html`<${Table} caption="Every change of credits, newest first" columns=${ledgerColumns} rows=${ledger.data.entries} empty="No ledger entries yet: no credits have been granted or spent." rowKey=${(entry) => entry.id} />
+      ${
+        ledger.data
+          ? html`<${Table} caption="Every change of credits, newest first" columns=${ledgerColumns} rows=${ledger.data.entries} empty="No ledger entries yet: no credits have been granted or spent." rowKey=${(entry) => entry.id} />
           <${Pager} label="Ledger pages" position=${`Page ${cursors.length}`}
             onPrevious=${cursors.length > 1 ? () => setCursors(cursors.slice(0, -1)) : undefined}
             onNext=${ledger.data.next_cursor ? () => setCursors([...cursors, ledger.data.next_cursor]) : undefined} />`
-        : null}
+          : null
+      }
     </div>
   </section>`;
 }
@@ -197,7 +242,10 @@ function Ledger({ api, accountId, version }) {
 function Events({ api, accountId, version }) {
   const [afters, setAfters] = useState([0]);
   const after = afters[afters.length - 1];
-  const events = useLoad(() => api.get('/v1/events' + query({ account_id: accountId, after, limit: pageSize })), [api, accountId, version, after]);
+  const events = useLoad(
+    () => api.get(`/v1/events${query({ account_id: accountId, after, limit: pageSize })}`),
+    [api, accountId, version, after],
+  );
   const columns = [
     { label: 'Sequence', numeric: true, render: (event) => String(event.sequence) },
     { label: 'Type', render: (event) => html`<${Badge} value=${event.type} />` },
@@ -209,12 +257,14 @@ function Events({ api, accountId, version }) {
     <h2 id="events-title">Events sent to the app</h2>
     <${Problem} error=${events.error} doing="load the events" retry=${events.reload} />
     <div id="account-events">
-      ${events.data
-        ? html`<${Table} caption="Events about this account, oldest first" columns=${columns} rows=${page} empty="No events about this account yet (grants, expiries, clawbacks, low balance and the like write one)." rowKey=${(event) => event.id} />
+      ${
+        events.data
+          ? html`<${Table} caption="Events about this account, oldest first" columns=${columns} rows=${page} empty="No events about this account yet (grants, expiries, clawbacks, low balance and the like write one)." rowKey=${(event) => event.id} />
           <${Pager} label="Event pages" position=${`Page ${afters.length}`}
             onPrevious=${afters.length > 1 ? () => setAfters(afters.slice(0, -1)) : undefined}
             onNext=${page.length === pageSize ? () => setAfters([...afters, events.data.next_after]) : undefined} />`
-        : null}
+          : null
+      }
     </div>
   </section>`;
 }

@@ -7,7 +7,7 @@ import { Badge, credits, html, Id, Loading, navigate, Pager, Problem, Table, Tim
 
 const pageSize = 50;
 
-export const accountHref = (id) => '#/accounts/' + encodeURIComponent(id);
+export const accountHref = (id) => `#/accounts/${encodeURIComponent(id)}`;
 
 export function Accounts({ api, params }) {
   const search = params.get('search') || '';
@@ -15,8 +15,11 @@ export function Accounts({ api, params }) {
   const order = params.get('order') === 'desc' ? 'desc' : 'asc';
   const offset = Math.max(0, Number(params.get('offset')) || 0);
   const [typed, setTyped] = useState(search);
-  const list = useLoad(() => api.get('/v1/admin/accounts/search' + query({ search, sort, order, offset, limit: pageSize })), [api, search, sort, order, offset]);
-  const go = (changes) => navigate('#/accounts' + query({ search, sort, order, offset: 0, ...changes }), true);
+  const list = useLoad(
+    () => api.get(`/v1/admin/accounts/search${query({ search, sort, order, offset, limit: pageSize })}`),
+    [api, search, sort, order, offset],
+  );
+  const go = (changes) => navigate(`#/accounts${query({ search, sort, order, offset: 0, ...changes })}`, true);
 
   // Typing searches after a short pause; Enter searches at once (and cancels the pause, so a
   // page turned meanwhile is not sent back to the first).
@@ -26,16 +29,31 @@ export function Accounts({ api, params }) {
     return () => clearTimeout(timer);
   }, [typed, search]);
 
-  const onSort = (column) => go({ sort: column, order: column === sort && order === 'asc' ? 'desc' : column === sort ? 'asc' : defaultOrder(column) });
+  const onSort = (column) =>
+    go({ sort: column, order: column === sort && order === 'asc' ? 'desc' : column === sort ? 'asc' : defaultOrder(column) });
   const accounts = list.data ? list.data.accounts : [];
   const columns = [
-    { label: 'Account', sort: 'id', render: (account) => html`<${Id} value=${account.id} href=${accountHref(account.id)} />${account.name ? html`<div class="sub"><span class="clip" title=${account.name}>${account.name}</span></div>` : null}` },
-    { label: 'Email', sort: 'email', render: (account) => (account.email ? html`<span class="clip" title=${account.email}>${account.email}</span>` : html`<span class="muted">—</span>`) },
+    {
+      label: 'Account',
+      sort: 'id',
+      render: (account) =>
+        html`<${Id} value=${account.id} href=${accountHref(account.id)} />${account.name ? html`<div class="sub"><span class="clip" title=${account.name}>${account.name}</span></div>` : null}`,
+    },
+    {
+      label: 'Email',
+      sort: 'email',
+      render: (account) =>
+        account.email ? html`<span class="clip" title=${account.email}>${account.email}</span>` : html`<span class="muted">—</span>`,
+    },
     { label: 'Stripe customer', render: (account) => html`<${Id} value=${account.stripe_customer_id} />` },
     { label: 'Available', sort: 'available', numeric: true, render: (account) => credits(account.available) },
     { label: 'Held', sort: 'held', numeric: true, render: (account) => credits(account.held) },
     { label: 'Debt', sort: 'debt', numeric: true, render: (account) => credits(account.debt) },
-    { label: 'Subscription', render: (account) => html`${account.subscription_status ? html`<${Badge} value=${account.subscription_status} />` : html`<span class="muted">none</span>`}${account.flagged ? html` <${Badge} value="flagged" />` : null}` },
+    {
+      label: 'Subscription',
+      render: (account) =>
+        html`${account.subscription_status ? html`<${Badge} value=${account.subscription_status} />` : html`<span class="muted">none</span>`}${account.flagged ? html` <${Badge} value="flagged" />` : null}`,
+    },
     { label: 'Updated', sort: 'updated_at', render: (account) => html`<${Time} value=${account.updated_at} />` },
   ];
   const empty = search
@@ -43,7 +61,10 @@ export function Accounts({ api, params }) {
     : 'There are no accounts yet. They appear when your app creates them (PUT /v1/accounts/{id}) or a Stripe checkout links one.';
   return html`<section aria-labelledby="accounts-title">
     <div class="page-head"><h1 id="accounts-title">Accounts</h1></div>
-    <form class="filters" role="search" onSubmit=${(event) => { event.preventDefault(); go({ search: typed.trim() }); }}>
+    <form class="filters" role="search" onSubmit=${(event) => {
+      event.preventDefault();
+      go({ search: typed.trim() });
+    }}>
       <label for="account-search">Search by the start of an account id, an email or a Stripe customer id</label>
       <div class="row">
         <input id="account-search" type="search" autocomplete="off" spellcheck="false" value=${typed} onInput=${(event) => setTyped(event.currentTarget.value)} />
@@ -51,9 +72,10 @@ export function Accounts({ api, params }) {
       </div>
     </form>
     <${Problem} error=${list.error} doing="load the accounts" retry=${list.reload} />
-    ${list.data === undefined && !list.error
-      ? html`<${Loading} what="the accounts" />`
-      : html`<div id="accounts">
+    ${
+      list.data === undefined && !list.error
+        ? html`<${Loading} what="the accounts" />`
+        : html`<div id="accounts">
           <${Table} caption=${search ? `Accounts matching “${search}”` : 'All accounts'} columns=${columns} rows=${accounts} empty=${empty} rowKey=${(account) => account.id} sort=${{ by: sort, order }} onSort=${onSort} />
         </div>
         <${Pager}
@@ -61,7 +83,8 @@ export function Accounts({ api, params }) {
           position=${accounts.length === 0 ? '' : `Accounts ${offset + 1} to ${offset + accounts.length}`}
           onPrevious=${offset > 0 ? () => go({ offset: Math.max(0, offset - pageSize), search, sort, order }) : undefined}
           onNext=${list.data && list.data.next_offset !== null ? () => go({ offset: list.data.next_offset, search, sort, order }) : undefined}
-        />`}
+        />`
+    }
   </section>`;
 }
 

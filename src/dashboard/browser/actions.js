@@ -11,8 +11,8 @@ import { credits, html, Problem, randomKey, signed } from './ui.js';
 function Confirm({ id, words, confirmLabel, busy, onConfirm, onCancel }) {
   const button = useRef(null);
   useEffect(() => button.current?.focus(), []);
-  return html`<div class="confirm" role="group" aria-labelledby=${id + '-words'} id=${id}>
-    <p id=${id + '-words'}>${words}</p>
+  return html`<div class="confirm" role="group" aria-labelledby=${`${id}-words`} id=${id}>
+    <p id=${`${id}-words`}>${words}</p>
     <button type="button" class="primary" ref=${button} disabled=${busy} onClick=${onConfirm}>${busy ? 'Sending…' : confirmLabel}</button>
     <button type="button" disabled=${busy} onClick=${onCancel}>Cancel</button>
   </div>`;
@@ -61,11 +61,18 @@ function GrantForm({ api, accountId, onDone }) {
     if (!wholeNumber.test(text) || BigInt(text) <= 0n) return setInvalid('Enter the credits to grant as a whole number above 0.');
     if (reason.trim() === '') return setInvalid('Enter a reason: it is kept with the grant and in the audit trail.');
     const expiresAt = expires === '' ? undefined : new Date(expires);
-    if (expiresAt && (Number.isNaN(expiresAt.getTime()) || expiresAt.getTime() <= Date.now())) return setInvalid('Enter an expiry in the future, or leave it empty for credits that never expire.');
+    if (expiresAt && (Number.isNaN(expiresAt.getTime()) || expiresAt.getTime() <= Date.now()))
+      return setInvalid('Enter an expiry in the future, or leave it empty for credits that never expire.');
     setInvalid('');
-    const body = { amount: Number(text), source, reason: reason.trim(), idempotency_key: randomKey('dashboard-grant-'), ...(expiresAt ? { expires_at: expiresAt.toISOString() } : {}) };
+    const body = {
+      amount: Number(text),
+      source,
+      reason: reason.trim(),
+      idempotency_key: randomKey('dashboard-grant-'),
+      ...(expiresAt ? { expires_at: expiresAt.toISOString() } : {}),
+    };
     action.ask({
-      words: `Grant ${credits(text)} ${source} credits to ${accountId}, ${expiresAt ? 'expiring ' + expiresAt.toISOString().replace('T', ' ').slice(0, 16) + ' UTC' : 'never expiring'}, for the reason “${body.reason}”?`,
+      words: `Grant ${credits(text)} ${source} credits to ${accountId}, ${expiresAt ? `expiring ${expiresAt.toISOString().replace('T', ' ').slice(0, 16)} UTC` : 'never expiring'}, for the reason “${body.reason}”?`,
       send: async () => {
         const grant = await api.post(path('/v1/accounts', accountId, 'grants'), body);
         setAmount('');
@@ -104,7 +111,8 @@ function AdjustForm({ api, accountId, onDone }) {
   const submit = (event) => {
     event.preventDefault();
     const text = amount.trim();
-    if (!wholeNumber.test(text) || BigInt(text) === 0n) return setInvalid('Enter a whole number of credits other than 0: positive adds, negative takes away.');
+    if (!wholeNumber.test(text) || BigInt(text) === 0n)
+      return setInvalid('Enter a whole number of credits other than 0: positive adds, negative takes away.');
     if (reason.trim() === '') return setInvalid('Enter a reason: it is kept with the entry and in the audit trail.');
     setInvalid('');
     const body = { amount: Number(text), reason: reason.trim(), idempotency_key: randomKey('dashboard-adjust-') };
@@ -132,7 +140,11 @@ function AdjustForm({ api, accountId, onDone }) {
   </form>`;
 }
 
-export const AccountActions = ({ api, accountId, onDone }) => html`<section class="panel" aria-labelledby="actions-title" id="account-actions">
+export const AccountActions = ({
+  api,
+  accountId,
+  onDone,
+}) => html`<section class="panel" aria-labelledby="actions-title" id="account-actions">
   <h2 id="actions-title">Actions</h2>
   <div class="actions-grid">
     <${GrantForm} api=${api} accountId=${accountId} onDone=${onDone} />
@@ -142,11 +154,19 @@ export const AccountActions = ({ api, accountId, onDone }) => html`<section clas
 
 export function VoidHold({ api, hold, onDone }) {
   const action = useAction(onDone);
-  const id = 'void-' + hold.id;
+  const id = `void-${hold.id}`;
   return html`<div class="row-action">
-    ${action.pending
-      ? html`<${Confirm} id=${id} words=${`Void ${hold.id}? Its ${credits(hold.amount)} credits become available again; the app can no longer capture it.`} confirmLabel="Confirm void" busy=${action.busy} onConfirm=${action.confirm} onCancel=${action.cancel} />`
-      : html`<button type="button" class="void" aria-label=${'Void ' + hold.id} onClick=${() => action.ask({ send: async () => { await api.post(path('/v1/holds', hold.id, 'void')); return 'Voided.'; } })}>Void…</button>`}
+    ${
+      action.pending
+        ? html`<${Confirm} id=${id} words=${`Void ${hold.id}? Its ${credits(hold.amount)} credits become available again; the app can no longer capture it.`} confirmLabel="Confirm void" busy=${action.busy} onConfirm=${action.confirm} onCancel=${action.cancel} />`
+        : html`<button type="button" class="void" aria-label=${`Void ${hold.id}`} onClick=${() =>
+            action.ask({
+              send: async () => {
+                await api.post(path('/v1/holds', hold.id, 'void'));
+                return 'Voided.';
+              },
+            })}>Void…</button>`
+    }
     <${Problem} error=${action.error} doing="void the hold" />
   </div>`;
 }
@@ -171,7 +191,7 @@ export function ReplayButton({ api, eventId, onDone }) {
     }
   };
   return html`<div class="row-action">
-    <button type="button" class="replay" data-replay=${eventId} aria-label=${'Replay ' + eventId} disabled=${busy} onClick=${replay}>${busy ? 'Replaying…' : 'Replay'}</button>
+    <button type="button" class="replay" data-replay=${eventId} aria-label=${`Replay ${eventId}`} disabled=${busy} onClick=${replay}>${busy ? 'Replaying…' : 'Replay'}</button>
     ${outcome ? html`<span class="done" role="status">${outcome}</span>` : null}
     <${Problem} error=${error} doing="replay the event" />
   </div>`;

@@ -8,7 +8,7 @@ export class ApiError extends Error {
     const error = body && typeof body === 'object' && body.error ? body.error : {};
     super(error.message || `HTTP ${status}`);
     this.status = status;
-    this.code = error.code || (status >= 500 ? 'internal_error' : 'http_' + status);
+    this.code = error.code || (status >= 500 ? 'internal_error' : `http_${status}`);
     this.details = error;
     this.at = at;
   }
@@ -23,12 +23,13 @@ export function createApi(key) {
     try {
       response = await fetch(path, {
         method,
-        headers: body === undefined ? { authorization: 'Bearer ' + key } : { authorization: 'Bearer ' + key, 'content-type': 'application/json' },
+        headers:
+          body === undefined ? { authorization: `Bearer ${key}` } : { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: 'no-store',
       });
     } catch (cause) {
-      throw new NetworkError(String(cause && cause.message ? cause.message : cause));
+      throw new NetworkError(String(cause?.message ? cause.message : cause));
     }
     let parsed = null;
     const type = response.headers.get('content-type') || '';
@@ -46,13 +47,13 @@ export function createApi(key) {
 export function query(values) {
   const parts = Object.entries(values)
     .filter(([, value]) => value !== undefined && value !== null && value !== '')
-    .map(([name, value]) => encodeURIComponent(name) + '=' + encodeURIComponent(String(value)));
-  return parts.length === 0 ? '' : '?' + parts.join('&');
+    .map(([name, value]) => `${encodeURIComponent(name)}=${encodeURIComponent(String(value))}`);
+  return parts.length === 0 ? '' : `?${parts.join('&')}`;
 }
 
 export const path = (...segments) => segments.map((segment, index) => (index === 0 ? segment : encodeURIComponent(segment))).join('/');
 
-const clock = (date) => date.toISOString().slice(11, 19) + ' UTC';
+const clock = (date) => `${date.toISOString().slice(11, 19)} UTC`;
 
 /**
  * What went wrong, in words that say what to do next. `doing` completes "could not ...":
@@ -62,7 +63,8 @@ export function describeError(error, doing) {
   if (error instanceof NetworkError) {
     return `Could not ${doing}: Tally did not answer. Check that Tally is running and reachable from this browser, then try again.`;
   }
-  if (!(error instanceof ApiError)) return `Could not ${doing}: the page failed (${String(error && error.message ? error.message : error)}). Reload the page and try again.`;
+  if (!(error instanceof ApiError))
+    return `Could not ${doing}: the page failed (${String(error?.message ? error.message : error)}). Reload the page and try again.`;
   const details = error.details;
   switch (error.code) {
     case 'unauthorized':

@@ -25,7 +25,10 @@ const pages = [
 /** The route in the address's hash: "#/accounts/acme?tab=ledger" → {segments, params}. */
 function parseHash(hash) {
   const [pathPart, queryPart] = hash.replace(/^#\/?/, '').split('?');
-  const segments = (pathPart || 'overview').split('/').filter(Boolean).map((segment) => decodeURIComponent(segment));
+  const segments = (pathPart || 'overview')
+    .split('/')
+    .filter(Boolean)
+    .map((segment) => decodeURIComponent(segment));
   return { segments, params: new URLSearchParams(queryPart || '') };
 }
 
@@ -75,11 +78,14 @@ function Login({ notice, onLogin }) {
 
 function Frame({ session, onLogout, children, current }) {
   return html`<div class="frame">
-    <a class="skip" href="#main" onClick=${(event) => { event.preventDefault(); document.getElementById('main')?.focus(); }}>Skip to the page</a>
+    <a class="skip" href="#main" onClick=${(event) => {
+      event.preventDefault();
+      document.getElementById('main')?.focus();
+    }}>Skip to the page</a>
     <header class="top">
       <a class="brand" href="#/overview">Tally</a>
       <nav aria-label="Pages"><ul>
-        ${pages.map((page) => html`<li><a href=${'#/' + page.path} aria-current=${current === page.path ? 'page' : undefined}>${page.label}</a></li>`)}
+        ${pages.map((page) => html`<li><a href=${`#/${page.path}`} aria-current=${current === page.path ? 'page' : undefined}>${page.label}</a></li>`)}
       </ul></nav>
       <div class="session">
         <span class="session-state" data-session="in" data-role=${session.role}>
@@ -125,7 +131,10 @@ function App() {
         (error) => {
           if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
             sessionStorage.removeItem(storageKey);
-            setSession({ status: 'out', notice: 'The key saved in this tab is no longer accepted (it may have been changed). Log in with the current key.' });
+            setSession({
+              status: 'out',
+              notice: 'The key saved in this tab is no longer accepted (it may have been changed). Log in with the current key.',
+            });
           } else {
             setSession({ status: 'unreachable', key: session.key, notice: describeError(error, 'check your key') });
           }
@@ -147,7 +156,8 @@ function App() {
     setSession({ status: 'out', notice: '' });
   };
 
-  if (session.status === 'checking') return html`<main class="login" id="main"><p class="session-state" data-session="checking" role="status">Checking the key saved in this tab…</p></main>`;
+  if (session.status === 'checking')
+    return html`<main class="login" id="main"><p class="session-state" data-session="checking" role="status">Checking the key saved in this tab…</p></main>`;
   if (session.status === 'unreachable') {
     return html`<main class="login" id="main">
       <p class="problem" role="alert">${session.notice}</p>

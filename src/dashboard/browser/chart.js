@@ -10,11 +10,12 @@ export const chartRanges = [7, 30, 90];
 export const RangePicker = ({ name, days, onChange }) => html`<fieldset class="range">
   <legend>Range</legend>
   ${chartRanges.map(
-    (count) => html`<label><input type="radio" name=${name} value=${count} checked=${days === count} onChange=${() => onChange(count)} /> ${count} days</label>`,
+    (count) =>
+      html`<label><input type="radio" name=${name} value=${count} checked=${days === count} onChange=${() => onChange(count)} /> ${count} days</label>`,
   )}
 </fieldset>`;
 
-const daySeconds = (day) => Date.parse(day + 'T00:00:00Z') / 1000;
+const daySeconds = (day) => Date.parse(`${day}T00:00:00Z`) / 1000;
 const utc = (seconds) => uPlot.tzDate(new Date(seconds * 1000), 'Etc/UTC');
 
 /**
@@ -27,7 +28,10 @@ export function TimeChart({ title, rows, series, id, level = false }) {
   useEffect(() => {
     const element = box.current;
     if (!element || rows.length === 0) return undefined;
-    const data = [rows.map((row) => daySeconds(row.day)), ...series.map((line) => rows.map((row) => (row[line.key] === null ? null : Number(row[line.key]))))];
+    const data = [
+      rows.map((row) => daySeconds(row.day)),
+      ...series.map((line) => rows.map((row) => (row[line.key] === null ? null : Number(row[line.key])))),
+    ];
     const width = () => Math.max(200, Math.floor(element.clientWidth));
     const plot = new uPlot(
       {
@@ -62,7 +66,7 @@ export function TimeChart({ title, rows, series, id, level = false }) {
   }, [rows, series]);
   return html`<figure class="chart" id=${id}>
     <figcaption>${title}</figcaption>
-    <div class="chart-box" ref=${box} role="img" aria-label=${title + ': ' + summary(rows, series, level)}></div>
+    <div class="chart-box" ref=${box} role="img" aria-label=${`${title}: ${summary(rows, series, level)}`}></div>
     <details>
       <summary>The numbers, day by day</summary>
       <${Table}
@@ -79,9 +83,9 @@ export function TimeChart({ title, rows, series, id, level = false }) {
 
 const compact = (value) => {
   const size = Math.abs(value);
-  if (size >= 1e9) return value / 1e9 + 'G';
-  if (size >= 1e6) return value / 1e6 + 'M';
-  if (size >= 1e4) return value / 1e3 + 'k';
+  if (size >= 1e9) return `${value / 1e9}G`;
+  if (size >= 1e6) return `${value / 1e6}M`;
+  if (size >= 1e4) return `${value / 1e3}k`;
   return String(value);
 };
 
@@ -90,5 +94,8 @@ function summary(rows, series, level) {
   if (rows.length === 0) return 'no data';
   const range = `${rows[0].day} to ${rows[rows.length - 1].day}; `;
   if (level) return range + series.map((line) => `${line.label} ${credits(rows[rows.length - 1][line.key])} at the end`).join(', ');
-  return range + series.map((line) => `${line.label} ${credits(rows.reduce((sum, row) => sum + BigInt(row[line.key] ?? 0), 0n))} in total`).join(', ');
+  return (
+    range +
+    series.map((line) => `${line.label} ${credits(rows.reduce((sum, row) => sum + BigInt(row[line.key] ?? 0), 0n))} in total`).join(', ')
+  );
 }

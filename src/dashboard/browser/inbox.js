@@ -20,30 +20,53 @@ export function Inbox({ api, canAct, params }) {
   const type = params.get('type') || '';
   const [typed, setTyped] = useState(type);
   const [notice, setNotice] = useState('');
-  const events = useLoad(() => api.get('/v1/admin/webhook-events' + query({ status, type, limit })), [api, status, type]);
+  const events = useLoad(() => api.get(`/v1/admin/webhook-events${query({ status, type, limit })}`), [api, status, type]);
   // The type box suggests every type seen on this page so far.
   const [types, setTypes] = useState([]);
   useEffect(() => {
     if (events.data) setTypes((known) => [...new Set([...known, ...events.data.events.map((event) => event.type)])].sort());
   }, [events.data]);
-  const go = (changes) => navigate('#/inbox' + query({ status, type, ...changes }), true);
+  const go = (changes) => navigate(`#/inbox${query({ status, type, ...changes })}`, true);
   const columns = [
     { label: 'Received', render: (event) => html`<${Time} value=${event.received_at} />` },
-    { label: 'Event', render: (event) => html`<${Id} value=${event.id} href=${'#/inbox/' + encodeURIComponent(event.id)} />` },
+    { label: 'Event', render: (event) => html`<${Id} value=${event.id} href=${`#/inbox/${encodeURIComponent(event.id)}`} />` },
     { label: 'Type', render: (event) => event.type },
     { label: 'Status', render: (event) => html`<${Badge} value=${event.status} />` },
     { label: 'Attempts', numeric: true, render: (event) => String(event.attempts) },
-    { label: 'Account', render: (event) => (event.account_id ? html`<${Id} value=${event.account_id} href=${accountHref(event.account_id)} />` : html`<span class="muted">—</span>`) },
-    { label: 'Why', render: (event) => (event.last_error || event.ignored_reason ? html`<span class="text">${event.last_error || event.ignored_reason}</span>` : html`<span class="muted">—</span>`) },
+    {
+      label: 'Account',
+      render: (event) =>
+        event.account_id
+          ? html`<${Id} value=${event.account_id} href=${accountHref(event.account_id)} />`
+          : html`<span class="muted">—</span>`,
+    },
+    {
+      label: 'Why',
+      render: (event) =>
+        event.last_error || event.ignored_reason
+          ? html`<span class="text">${event.last_error || event.ignored_reason}</span>`
+          : html`<span class="muted">—</span>`,
+    },
   ];
-  if (canAct) columns.push({ label: 'Action', render: (event) => html`<${ReplayButton} api=${api} eventId=${event.id} onDone=${(words) => { setNotice(words); events.reload(); }} />` });
+  if (canAct)
+    columns.push({
+      label: 'Action',
+      render: (event) =>
+        html`<${ReplayButton} api=${api} eventId=${event.id} onDone=${(words) => {
+          setNotice(words);
+          events.reload();
+        }} />`,
+    });
   const filtered = status !== '' || type !== '';
   return html`<section aria-labelledby="inbox-title">
     <div class="page-head">
       <h1 id="inbox-title">Webhook inbox</h1>
       <button type="button" onClick=${events.reload}>Refresh</button>
     </div>
-    <form class="filters" onSubmit=${(event) => { event.preventDefault(); go({ type: typed.trim() }); }}>
+    <form class="filters" onSubmit=${(event) => {
+      event.preventDefault();
+      go({ type: typed.trim() });
+    }}>
       <div class="row">
         <div class="field">
           <label for="inbox-status">Status</label>
@@ -57,14 +80,22 @@ export function Inbox({ api, canAct, params }) {
           <datalist id="inbox-types">${types.map((name) => html`<option value=${name} />`)}</datalist>
         </div>
         <button type="submit">Filter</button>
-        ${filtered ? html`<button type="button" onClick=${() => { setTyped(''); go({ status: '', type: '' }); }}>Clear filters</button>` : null}
+        ${
+          filtered
+            ? html`<button type="button" onClick=${() => {
+                setTyped('');
+                go({ status: '', type: '' });
+              }}>Clear filters</button>`
+            : null
+        }
       </div>
     </form>
     ${notice ? html`<p class="done" role="status" id="inbox-notice">${notice}</p>` : null}
     <${Problem} error=${events.error} doing="load the webhook inbox" retry=${events.reload} />
-    ${events.data === undefined && !events.error
-      ? html`<${Loading} what="the inbox" />`
-      : html`<div id="inbox">
+    ${
+      events.data === undefined && !events.error
+        ? html`<${Loading} what="the inbox" />`
+        : html`<div id="inbox">
           <${Table}
             caption=${`The newest ${limit} events${filtered ? ' matching the filters' : ''}, newest first`}
             columns=${columns}
@@ -72,7 +103,8 @@ export function Inbox({ api, canAct, params }) {
             empty=${filtered ? 'No stored event matches these filters. Clear them to see every event.' : 'No Stripe event has arrived yet. Point a Stripe webhook endpoint at /webhooks/stripe (see the README).'}
             rowKey=${(event) => event.id}
           />
-        </div>`}
+        </div>`
+    }
   </section>`;
 }
 
@@ -86,8 +118,9 @@ export function InboxEvent({ api, eventId, canAct }) {
     </div>
     <p><a href="#/inbox">← Webhook inbox</a></p>
     <${Problem} error=${event.error} doing="load the event" retry=${event.reload} />
-    ${data
-      ? html`<section class="panel" aria-labelledby="event-state">
+    ${
+      data
+        ? html`<section class="panel" aria-labelledby="event-state">
           <h2 id="event-state">Where it stands</h2>
           <dl class="facts">
             <dt>Type</dt><dd>${data.type}</dd>
@@ -107,6 +140,9 @@ export function InboxEvent({ api, eventId, canAct }) {
           <h2 id="event-payload">Payload</h2>
           <${Json} value=${data.payload} />
         </section>`
-      : event.error ? null : html`<${Loading} what="the event" />`}
+        : event.error
+          ? null
+          : html`<${Loading} what="the event" />`
+    }
   </section>`;
 }

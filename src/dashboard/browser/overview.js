@@ -15,20 +15,29 @@ export const creditSeries = [
 
 const refreshSeconds = 30;
 
-const seconds = (value) => (value === null || value === undefined ? '—' : Number(value) < 1 ? Math.round(Number(value) * 1000) + ' ms' : Number(value).toFixed(1) + ' s');
+const seconds = (value) =>
+  value === null || value === undefined
+    ? '—'
+    : Number(value) < 1
+      ? `${Math.round(Number(value) * 1000)} ms`
+      : `${Number(value).toFixed(1)} s`;
 
 function breakerWords(stripe) {
   if (!stripe.configured) return { value: 'not configured', note: 'STRIPE_SECRET_KEY is not set: no Stripe calls are made', tone: 'quiet' };
   const breaker = stripe.breaker;
   if (breaker.state === 'closed') return { value: 'closed', note: 'Stripe calls go through', tone: 'good' };
   if (breaker.state === 'half_open') return { value: 'half open', note: 'trying Stripe again after failures', tone: 'warn' };
-  return { value: breaker.state.replace(/_/g, ' '), note: `${breaker.failures} failures in a row; Stripe calls wait${breaker.opened_at ? ' since ' + breaker.opened_at : ''}`, tone: 'bad' };
+  return {
+    value: breaker.state.replace(/_/g, ' '),
+    note: `${breaker.failures} failures in a row; Stripe calls wait${breaker.opened_at ? ` since ${breaker.opened_at}` : ''}`,
+    tone: 'bad',
+  };
 }
 
 export function Overview({ api }) {
   const [days, setDays] = useState(30);
   const figures = useLoad(() => api.get('/v1/admin/overview'), [api]);
-  const history = useLoad(() => api.get('/v1/admin/credit-totals' + query({ days })), [api, days]);
+  const history = useLoad(() => api.get(`/v1/admin/credit-totals${query({ days })}`), [api, days]);
   useEffect(() => {
     const timer = setInterval(() => {
       figures.reload();
@@ -40,7 +49,10 @@ export function Overview({ api }) {
   return html`<section aria-labelledby="overview-title">
     <div class="page-head">
       <h1 id="overview-title">Overview</h1>
-      <button type="button" onClick=${() => { figures.reload(); history.reload(); }}>Refresh</button>
+      <button type="button" onClick=${() => {
+        figures.reload();
+        history.reload();
+      }}>Refresh</button>
     </div>
     <${Problem} error=${figures.error} doing="load the overview" retry=${figures.reload} />
     ${data === undefined ? (figures.error ? null : html`<${Loading} what="the overview" />`) : html`<${OverviewFigures} data=${data} />`}
@@ -50,9 +62,13 @@ export function Overview({ api }) {
         <${RangePicker} name="overview-range" days=${days} onChange=${setDays} />
       </div>
       <${Problem} error=${history.error} doing="load credits per day" retry=${history.reload} />
-      ${history.data === undefined
-        ? history.error ? null : html`<${Loading} what="the chart" />`
-        : html`<${TimeChart} id="credits-chart" title=${`Credits granted, spent, expired, clawed back and adjusted down per day (UTC), last ${days} days`} rows=${history.data.days} series=${creditSeries} />`}
+      ${
+        history.data === undefined
+          ? history.error
+            ? null
+            : html`<${Loading} what="the chart" />`
+          : html`<${TimeChart} id="credits-chart" title=${`Credits granted, spent, expired, clawed back and adjusted down per day (UTC), last ${days} days`} rows=${history.data.days} series=${creditSeries} />`
+      }
     </section>
   </section>`;
 }

@@ -19,7 +19,11 @@ function RunNow({ api, stripeConfigured, onDone }) {
     setDone('');
     try {
       const report = await api.post('/v1/admin/reconcile', { stripe: withStripe });
-      setDone(report.finding_count === 0 ? `Run ${report.run_id} found no problems.` : `Run ${report.run_id} found ${report.finding_count} problems; they are listed below.`);
+      setDone(
+        report.finding_count === 0
+          ? `Run ${report.run_id} found no problems.`
+          : `Run ${report.run_id} found ${report.finding_count} problems; they are listed below.`,
+      );
       onDone();
     } catch (failure) {
       setError(failure);
@@ -28,19 +32,23 @@ function RunNow({ api, stripeConfigured, onDone }) {
     }
   };
   return html`<div class="run-now">
-    ${stripeConfigured
-      ? html`<label class="check"><input type="checkbox" id="reconcile-stripe" checked=${withStripe} onChange=${(event) => setWithStripe(event.currentTarget.checked)} /> Also compare with Stripe (paid invoices and refunds of the last 30 days)</label>`
-      : null}
+    ${
+      stripeConfigured
+        ? html`<label class="check"><input type="checkbox" id="reconcile-stripe" checked=${withStripe} onChange=${(event) => setWithStripe(event.currentTarget.checked)} /> Also compare with Stripe (paid invoices and refunds of the last 30 days)</label>`
+        : null
+    }
     <button type="button" id="reconcile" class="primary" disabled=${busy} onClick=${run}>${busy ? 'Running…' : 'Run now'}</button>
     ${done ? html`<p class="done" role="status">${done}</p>` : null}
     <${Problem} error=${error} doing="run the reconciliation" />
   </div>`;
 }
 
-const entryLinks = (ids) => (ids && ids.length > 0 ? ids.map((id) => html`<${Id} value=${id} href=${'#/entries/' + encodeURIComponent(id)} /> `) : null);
+const entryLinks = (ids) =>
+  ids && ids.length > 0 ? ids.map((id) => html`<${Id} value=${id} href=${`#/entries/${encodeURIComponent(id)}`} /> `) : null;
 
 function Findings({ run }) {
-  if (run.status === 'failed') return html`<p class="problem">This run failed before it finished: <span class="text">${run.error || 'no reason recorded'}</span>. Run it again; if it fails again, Tally's log says why.</p>`;
+  if (run.status === 'failed')
+    return html`<p class="problem">This run failed before it finished: <span class="text">${run.error || 'no reason recorded'}</span>. Run it again; if it fails again, Tally's log says why.</p>`;
   if (run.status === 'running') return html`<p class="muted">Still running.</p>`;
   const findings = (run.findings || []).slice(0, findingsShownMax);
   return html`<${Table}
@@ -48,13 +56,22 @@ function Findings({ run }) {
     hideCaption=${true}
     columns=${[
       { label: 'Check', render: (finding) => finding.check.replace(/_/g, ' ') },
-      { label: 'Account', render: (finding) => (finding.account_id ? html`<${Id} value=${finding.account_id} href=${accountHref(finding.account_id)} />` : html`<span class="muted">—</span>`) },
+      {
+        label: 'Account',
+        render: (finding) =>
+          finding.account_id
+            ? html`<${Id} value=${finding.account_id} href=${accountHref(finding.account_id)} />`
+            : html`<span class="muted">—</span>`,
+      },
       { label: 'Finding', render: (finding) => html`<span class="text">${finding.message}</span>` },
       { label: 'Entries', render: (finding) => entryLinks(finding.entry_ids) ?? html`<span class="muted">—</span>` },
-      { label: 'Grants and Stripe objects', render: (finding) => {
-        const ids = [...(finding.grant_ids || []), ...(finding.stripe_ids || [])];
-        return ids.length === 0 ? html`<span class="muted">—</span>` : ids.map((id) => html`<${Id} value=${id} /> `);
-      } },
+      {
+        label: 'Grants and Stripe objects',
+        render: (finding) => {
+          const ids = [...(finding.grant_ids || []), ...(finding.stripe_ids || [])];
+          return ids.length === 0 ? html`<span class="muted">—</span>` : ids.map((id) => html`<${Id} value=${id} /> `);
+        },
+      },
     ]}
     rows=${findings}
     empty="No findings: the ledger agrees with itself."
@@ -63,7 +80,7 @@ function Findings({ run }) {
 }
 
 export function Reconciliation({ api, canAct, stripeConfigured }) {
-  const runs = useLoad(() => api.get('/v1/admin/reconciliations?limit=' + runLimit), [api]);
+  const runs = useLoad(() => api.get(`/v1/admin/reconciliations?limit=${runLimit}`), [api]);
   const list = runs.data ? runs.data.runs : [];
   return html`<section aria-labelledby="reconciliation-title">
     <div class="page-head">
@@ -73,15 +90,21 @@ export function Reconciliation({ api, canAct, stripeConfigured }) {
     <p class="muted">Each run checks that every balance equals its entries, every grant's remaining equals what entries took, no period was granted twice, and every hold is resolved or live. It reports and never changes the ledger.</p>
     ${canAct ? html`<${RunNow} api=${api} stripeConfigured=${stripeConfigured} onDone=${runs.reload} />` : null}
     <${Problem} error=${runs.error} doing="load the reconciliation runs" retry=${runs.reload} />
-    ${runs.data === undefined
-      ? runs.error ? null : html`<${Loading} what="the runs" />`
-      : list.length === 0
-        ? html`<p class="empty-note" id="reconciliations">No reconciliation has run yet. Tally runs one every day${canAct ? '; "Run now" starts one at once' : ''}.</p>`
-        : html`<div id="reconciliations">${list.map((run, index) => html`<section class="panel run" key=${run.run_id} aria-labelledby=${'run-' + run.run_id}>
-            <h2 id=${'run-' + run.run_id}>Run ${run.run_id} <${Badge} value=${run.status} /> ${run.finding_count === null ? '' : `${credits(run.finding_count)} findings`}</h2>
+    ${
+      runs.data === undefined
+        ? runs.error
+          ? null
+          : html`<${Loading} what="the runs" />`
+        : list.length === 0
+          ? html`<p class="empty-note" id="reconciliations">No reconciliation has run yet. Tally runs one every day${canAct ? '; "Run now" starts one at once' : ''}.</p>`
+          : html`<div id="reconciliations">${list.map(
+              (run, index) => html`<section class="panel run" key=${run.run_id} aria-labelledby=${`run-${run.run_id}`}>
+            <h2 id=${`run-${run.run_id}`}>Run ${run.run_id} <${Badge} value=${run.status} /> ${run.finding_count === null ? '' : `${credits(run.finding_count)} findings`}</h2>
             <p class="muted">Started <${Time} value=${run.started_at} /> by ${run.trigger}${run.with_stripe ? ', with Stripe' : ''}; finished <${Time} value=${run.finished_at} empty="not yet" />.</p>
             ${index === 0 ? html`<${Findings} run=${run} />` : html`<details><summary>Findings</summary><${Findings} run=${run} /></details>`}
-          </section>`)}</div>`}
+          </section>`,
+            )}</div>`
+    }
   </section>`;
 }
 
@@ -92,8 +115,9 @@ export function Entry({ api, entryId }) {
   return html`<section aria-labelledby="entry-title">
     <div class="page-head"><h1 id="entry-title">Ledger entry <span class="account-id">${entryId}</span></h1></div>
     <${Problem} error=${entry.error} doing="load the entry" retry=${entry.reload} />
-    ${data
-      ? html`<section class="panel"><dl class="facts">
+    ${
+      data
+        ? html`<section class="panel"><dl class="facts">
           <dt>Account</dt><dd><${Id} value=${data.account_id} href=${accountHref(data.account_id)} /></dd>
           <dt>Kind</dt><dd><${Badge} value=${data.kind} /></dd>
           <dt>Amount</dt><dd>${signed(data.amount)}</dd>
@@ -105,6 +129,9 @@ export function Entry({ api, entryId }) {
           <dt>Time</dt><dd><${Time} value=${data.created_at} /></dd>
           <dt>Reference</dt><dd><pre class="json">${JSON.stringify(data.reference, null, 2)}</pre></dd>
         </dl></section>`
-      : entry.error ? null : html`<${Loading} what="the entry" />`}
+        : entry.error
+          ? null
+          : html`<${Loading} what="the entry" />`
+    }
   </section>`;
 }

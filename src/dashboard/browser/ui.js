@@ -22,17 +22,21 @@ export function credits(value) {
 export function signed(value) {
   if (value === null || value === undefined) return '—';
   const number = BigInt(value);
-  return number > 0n ? '+' + number.toLocaleString('en-US') : number < 0n ? '−' + (-number).toLocaleString('en-US') : '0';
+  return number > 0n ? `+${number.toLocaleString('en-US')}` : number < 0n ? `−${(-number).toLocaleString('en-US')}` : '0';
 }
 
 /** An ISO time as "2030-01-31 12:00:05 UTC", readable and sortable. */
 export function time(iso) {
   if (!iso) return '';
-  return String(iso).replace('T', ' ').replace(/\.\d+/, '').replace(/Z$|\+00:00$/, ' UTC');
+  return String(iso)
+    .replace('T', ' ')
+    .replace(/\.\d+/, '')
+    .replace(/Z$|\+00:00$/, ' UTC');
 }
 
 /** A time element showing the short form, with the exact ISO value on hover. */
-export const Time = ({ value, empty = '—' }) => (value ? html`<time datetime=${value} title=${value}>${time(value)}</time>` : html`<span class="muted">${empty}</span>`);
+export const Time = ({ value, empty = '—' }) =>
+  value ? html`<time datetime=${value} title=${value}>${time(value)}</time>` : html`<span class="muted">${empty}</span>`;
 
 /** A long id, cut to the width it has with an ellipsis; the whole id shows on hover and is copied whole. */
 export const Id = ({ value, href }) => {
@@ -41,13 +45,16 @@ export const Id = ({ value, href }) => {
   return href ? html`<a class="id" href=${href} title=${text}>${text}</a>` : html`<span class="id" title=${text}>${text}</span>`;
 };
 
-export const Badge = ({ value }) => html`<span class=${'badge badge-' + String(value).replace(/[^a-z_]/g, '')}>${String(value).replace(/_/g, ' ')}</span>`;
+export const Badge = ({ value }) =>
+  html`<span class=${`badge badge-${String(value).replace(/[^a-z_]/g, '')}`}>${String(value).replace(/_/g, ' ')}</span>`;
 
 export const Json = ({ value }) => html`<pre class="json">${JSON.stringify(value, null, 2)}</pre>`;
 
 /** A note that a load or an action failed, in the operator's words, with a way to retry. */
 export const Problem = ({ error, doing, retry }) =>
-  error ? html`<div class="problem" role="alert"><p>${describeError(error, doing)}</p>${retry ? html`<button type="button" onClick=${retry}>Try again</button>` : null}</div>` : null;
+  error
+    ? html`<div class="problem" role="alert"><p>${describeError(error, doing)}</p>${retry ? html`<button type="button" onClick=${retry}>Try again</button>` : null}</div>`
+    : null;
 
 export const Loading = ({ what }) => html`<p class="muted" role="status">Loading ${what}…</p>`;
 
@@ -79,13 +86,20 @@ export function Table({ caption, columns, rows, empty, rowKey, sort, onSort, hid
   return html`<div class="table-wrap">
     <table class="data">
       <caption class=${hideCaption ? 'visually-hidden' : ''}>${caption}</caption>
-      <thead><tr>${columns.map((column) => html`<th scope="col" class=${column.numeric ? 'numeric' : ''} aria-sort=${sortState(column, sort)}>
+      <thead><tr>${columns.map(
+        (column) => html`<th scope="col" class=${column.numeric ? 'numeric' : ''} aria-sort=${sortState(column, sort)}>
         ${column.sort && onSort ? html`<button type="button" class="sort" onClick=${() => onSort(column.sort)}>${column.label}<span aria-hidden="true">${sortMark(column, sort)}</span></button>` : column.label}
-      </th>`)}</tr></thead>
+      </th>`,
+      )}</tr></thead>
       <tbody>
-        ${rows.length === 0
-          ? html`<tr class="empty"><td colspan=${columns.length}>${empty}</td></tr>`
-          : rows.map((row, index) => html`<tr key=${rowKey ? rowKey(row) : index}>${columns.map((column) => html`<td data-label=${column.label} class=${column.numeric ? 'numeric' : ''}><div class="cell">${column.render(row)}</div></td>`)}</tr>`)}
+        ${
+          rows.length === 0
+            ? html`<tr class="empty"><td colspan=${columns.length}>${empty}</td></tr>`
+            : rows.map(
+                (row, index) =>
+                  html`<tr key=${rowKey ? rowKey(row) : index}>${columns.map((column) => html`<td data-label=${column.label} class=${column.numeric ? 'numeric' : ''}><div class="cell">${column.render(row)}</div></td>`)}</tr>`,
+              )
+        }
       </tbody>
     </table>
   </div>`;
@@ -105,7 +119,7 @@ export const Pager = ({ label, onPrevious, onNext, position }) =>
     : null;
 
 /** A labelled figure on the overview: a name, a value, and a line saying what it means. */
-export const Figure = ({ name, value, note, id, tone }) => html`<div class=${'figure' + (tone ? ' figure-' + tone : '')}>
+export const Figure = ({ name, value, note, id, tone }) => html`<div class=${`figure${tone ? ` figure-${tone}` : ''}`}>
   <dt>${name}</dt>
   <dd><span class="figure-value" data-figure=${id}>${value}</span>${note ? html`<span class="figure-note">${note}</span>` : null}</dd>
 </div>`;

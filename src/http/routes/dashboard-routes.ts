@@ -1,7 +1,18 @@
 import { z } from 'zod';
 import type { Database } from '../../db/database.js';
 import { dashboardAssets, dashboardHtml, dashboardSecurityPolicy } from '../../dashboard/assets.js';
-import { accountGrants, accountHolds, accountSortColumns, balanceHistory, creditTotals, ledgerEntry, overview, searchAccounts, webhookEvent, type AccountSort } from '../../dashboard/reads.js';
+import {
+  accountGrants,
+  accountHolds,
+  accountSortColumns,
+  balanceHistory,
+  creditTotals,
+  ledgerEntry,
+  overview,
+  searchAccounts,
+  webhookEvent,
+  type AccountSort,
+} from '../../dashboard/reads.js';
 import {
   accountGrantsSchema,
   accountHoldsSchema,
@@ -61,7 +72,8 @@ function pageRoutes(): RouteDefinition[] {
       database: false,
       access: 'none',
       tag: 'operations',
-      summary: "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
+      summary:
+        "The operators' web page; it holds no data and asks for the admin key (or the viewer key, which reads and cannot act), then reads the admin API with it",
       responses: { 200: { description: 'the page (HTML); it loads its scripts and styles from /dashboard/', contentType: 'text/html' } },
       handler: async () => ({ status: 200, body: dashboardHtml, contentType: 'text/html; charset=utf-8', headers: pageHeaders }),
     }),
@@ -94,7 +106,10 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       tag: 'admin',
       summary: 'Who the presented key is (admin, or viewer: reads only) and whether Stripe is configured; the dashboard logs in with it',
       responses: { 200: answer('which key this is (the viewer key cannot act) and whether Stripe is configured', callerSchema) },
-      handler: async ({ caller }) => ({ status: 200, body: { role: caller, can_act: caller === 'admin', stripe_configured: dependencies.gateway !== undefined } }),
+      handler: async ({ caller }) => ({
+        status: 200,
+        body: { role: caller, can_act: caller === 'admin', stripe_configured: dependencies.gateway !== undefined },
+      }),
     }),
     defineRoute({
       method: 'GET',
@@ -116,12 +131,20 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       url: '/v1/admin/credit-totals',
       access: 'admin',
       tag: 'admin',
-      summary: 'Credits granted, spent, expired, clawed back and adjusted down per UTC day, over all accounts or one (`account_id`); the last day is `until` (default today)',
+      summary:
+        'Credits granted, spent, expired, clawed back and adjusted down per UTC day, over all accounts or one (`account_id`); the last day is `until` (default today)',
       query: z.strictObject({ ...daysQuery, account_id: accountIdSchema.optional() }),
-      responses: { 200: answer('one row per UTC day, oldest first (an unknown account_id has only zeros); a sum beyond the safe integer range is a decimal string', creditTotalsSchema) },
+      responses: {
+        200: answer(
+          'one row per UTC day, oldest first (an unknown account_id has only zeros); a sum beyond the safe integer range is a decimal string',
+          creditTotalsSchema,
+        ),
+      },
       handler: async ({ query }) => ({
         status: 200,
-        body: { days: await creditTotals(db, { days: query.days, until: query.until ?? null, now: now(), accountId: query.account_id ?? null }) },
+        body: {
+          days: await creditTotals(db, { days: query.days, until: query.until ?? null, now: now(), accountId: query.account_id ?? null }),
+        },
       }),
     }),
     defineRoute({
@@ -129,7 +152,8 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       url: '/v1/admin/accounts/search',
       access: 'admin',
       tag: 'admin',
-      summary: 'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`',
+      summary:
+        'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`',
       query: z.strictObject({
         search: z.string().min(1).max(320).optional(),
         sort: z.enum(Object.keys(accountSortColumns) as [AccountSort, ...AccountSort[]]).default('id'),
@@ -139,7 +163,14 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       responses: { 200: answer('a page of accounts; next_offset is null on the last page', accountSearchSchema) },
       handler: async ({ query }) => ({
         status: 200,
-        body: await searchAccounts(db, { search: query.search ?? null, sort: query.sort, order: query.order, limit: query.limit, offset: query.offset, now: now() }),
+        body: await searchAccounts(db, {
+          search: query.search ?? null,
+          sort: query.sort,
+          order: query.order,
+          limit: query.limit,
+          offset: query.offset,
+          now: now(),
+        }),
       }),
     }),
     defineRoute({
@@ -147,9 +178,13 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       url: '/v1/admin/accounts/:id/grants',
       access: 'admin',
       tag: 'admin',
-      summary: "An account's grants, newest first: `live` (credits left, not expired), `past` (used up or expired) or `all`; each with its `state`",
+      summary:
+        "An account's grants, newest first: `live` (credits left, not expired), `past` (used up or expired) or `all`; each with its `state`",
       query: z.strictObject({ state: z.enum(['live', 'past', 'all']).default('all'), ...pageQuery }),
-      responses: { 200: answer('a page of grants, newest first; next_offset is null on the last page', accountGrantsSchema), ...refusals('account_not_found') },
+      responses: {
+        200: answer('a page of grants, newest first; next_offset is null on the last page', accountGrantsSchema),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, query }) => ({ status: 200, body: await accountGrants(db, accountId(params), { ...query, now: now() }) }),
     }),
     defineRoute({
@@ -161,12 +196,22 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       query: z.strictObject({
         status: z.enum(['pending', 'captured', 'voided', 'expired']).optional(),
         limit: pageQuery.limit,
-        cursor: z.string().regex(/^[0-9]{1,18}$/, 'a cursor from a previous page').optional(),
+        cursor: z
+          .string()
+          .regex(/^[0-9]{1,18}$/, 'a cursor from a previous page')
+          .optional(),
       }),
-      responses: { 200: answer('a page of holds, newest first; next_cursor is null on the last page', accountHoldsSchema), ...refusals('account_not_found') },
+      responses: {
+        200: answer('a page of holds, newest first; next_cursor is null on the last page', accountHoldsSchema),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, query }) => ({
         status: 200,
-        body: await accountHolds(db, accountId(params), { status: query.status ?? null, limit: query.limit, cursor: query.cursor === undefined ? null : Number(query.cursor) }),
+        body: await accountHolds(db, accountId(params), {
+          status: query.status ?? null,
+          limit: query.limit,
+          cursor: query.cursor === undefined ? null : Number(query.cursor),
+        }),
       }),
     }),
     defineRoute({
@@ -177,7 +222,10 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       summary: "An account's balance (available minus debt) at the end of each UTC day; null before its first entry",
       query: z.strictObject(daysQuery),
       responses: { 200: answer('one row per UTC day, oldest first', balanceHistorySchema), ...refusals('account_not_found') },
-      handler: async ({ params, query }) => ({ status: 200, body: { days: await balanceHistory(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }) } }),
+      handler: async ({ params, query }) => ({
+        status: 200,
+        body: { days: await balanceHistory(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }) },
+      }),
     }),
     defineRoute({
       method: 'GET',
@@ -194,7 +242,10 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary: 'One ledger entry (as reconciliation findings name them) with its account',
-      responses: { 200: answer('the entry with the account it belongs to', entryWithAccountSchema), ...refusals(['entry_not_found', 'no ledger entry with this id (an id not of the form entry_N included)']) },
+      responses: {
+        200: answer('the entry with the account it belongs to', entryWithAccountSchema),
+        ...refusals(['entry_not_found', 'no ledger entry with this id (an id not of the form entry_N included)']),
+      },
       handler: async ({ params }) => ({ status: 200, body: await ledgerEntry(db, params.entry_id ?? '') }),
     }),
   ];

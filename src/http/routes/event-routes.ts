@@ -27,16 +27,23 @@ export function eventRoutes(db: Database): RouteDefinition[] {
         account_id: accountIdSchema.optional(),
       }),
       responses: {
-        200: answer('the events after `after`, in sequence order; next_after is where the next page starts (the same `after` when none is newer)', z.object({ events: z.array(eventSchema), next_after: z.int().min(0) })),
+        200: answer(
+          'the events after `after`, in sequence order; next_after is where the next page starts (the same `after` when none is newer)',
+          z.object({ events: z.array(eventSchema), next_after: z.int().min(0) }),
+        ),
       },
-      handler: async ({ query }) => ({ status: 200, body: await readEvents(db, { after: query.after, limit: query.limit, accountId: query.account_id }) }),
+      handler: async ({ query }) => ({
+        status: 200,
+        body: await readEvents(db, { after: query.after, limit: query.limit, accountId: query.account_id }),
+      }),
     }),
     defineRoute({
       method: 'PUT',
       url: '/v1/accounts/:id/low-balance-threshold',
       access: 'app',
       tag: 'events',
-      summary: '`balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off',
+      summary:
+        '`balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off',
       body: z.strictObject({ threshold: z.int().positive().max(Number.MAX_SAFE_INTEGER).nullable() }),
       responses: {
         200: answer('the threshold now', z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() })),
@@ -44,7 +51,10 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       },
       handler: async ({ params, body }) => {
         const id = accountId(params);
-        const { rows } = await db.query<{ low_balance_threshold: number | null }>('update accounts set low_balance_threshold = $2 where id = $1 returning low_balance_threshold', [id, body.threshold]);
+        const { rows } = await db.query<{ low_balance_threshold: number | null }>(
+          'update accounts set low_balance_threshold = $2 where id = $1 returning low_balance_threshold',
+          [id, body.threshold],
+        );
         if (rows[0] === undefined) throw accountNotFound(id);
         return { status: 200, body: { account_id: id, low_balance_threshold: rows[0].low_balance_threshold } };
       },
@@ -55,11 +65,19 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       access: 'admin',
       tag: 'events',
       summary: 'Register an endpoint that receives events as signed POSTs (Standard Webhooks); the secret is shown only in this answer',
-      body: z.strictObject({ url: z.string().min(1).max(2048), event_types: z.array(z.enum(eventTypes)).min(1).max(eventTypes.length).optional() }),
+      body: z.strictObject({
+        url: z.string().min(1).max(2048),
+        event_types: z.array(z.enum(eventTypes)).min(1).max(eventTypes.length).optional(),
+      }),
       responses: {
         201: answer(
           'the endpoint with its signing secret (shown only here)',
-          z.object({ id: z.string(), url: z.string(), event_types: webhookEndpointSchema.shape.event_types, secret: z.string().regex(/^whsec_/) }),
+          z.object({
+            id: z.string(),
+            url: z.string(),
+            event_types: webhookEndpointSchema.shape.event_types,
+            secret: z.string().regex(/^whsec_/),
+          }),
         ),
         ...refusals(['invalid_request', 'a URL that is not https (http only to this machine), or an unknown event type']),
       },
@@ -70,7 +88,8 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       url: '/v1/admin/webhook-endpoints',
       access: 'admin',
       tag: 'events',
-      summary: 'Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered',
+      summary:
+        'Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered',
       responses: { 200: answer('every endpoint', z.object({ endpoints: z.array(webhookEndpointSchema) })) },
       handler: async () => ({ status: 200, body: { endpoints: await listEndpoints(db) } }),
     }),

@@ -14,7 +14,15 @@ import { z } from 'zod';
 import type { Actor, Ledger, Outcome } from '../../ledger/ledger.js';
 import type { UsageBatcher } from '../../ledger/usage-batcher.js';
 import type { Metrics } from '../../ops/metrics.js';
-import { accountDetailSchema, accountSchema, balanceSchema, creditsSchema, entrySchema, grantSchema, timestampSchema } from '../entities.js';
+import {
+  accountDetailSchema,
+  accountSchema,
+  balanceSchema,
+  creditsSchema,
+  entrySchema,
+  grantSchema,
+  timestampSchema,
+} from '../entities.js';
 import { answer as answerOf, errorCatalog, errorObjectSchema, refusals, type ErrorCode } from '../responses.js';
 import { bodyLimitLargeBytes, defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
 
@@ -29,7 +37,13 @@ const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: ou
 // A replay answers exactly as the first time, marked `replayed: true`.
 const replayed = z.boolean();
 export const usageAnswerSchema = z.object({ entry_id: z.string(), amount: creditsSchema, available: creditsSchema, replayed });
-export const holdAnswerSchema = z.object({ hold_id: z.string(), amount: creditsSchema, expires_at: timestampSchema, available: creditsSchema, replayed });
+export const holdAnswerSchema = z.object({
+  hold_id: z.string(),
+  amount: creditsSchema,
+  expires_at: timestampSchema,
+  available: creditsSchema,
+  replayed,
+});
 export const captureAnswerSchema = z.object({ captured: creditsSchema, released: creditsSchema, available: creditsSchema });
 export const voidAnswerSchema = z.object({ released: creditsSchema, available: creditsSchema });
 export const ledgerPageSchema = z.object({ entries: z.array(entrySchema), next_cursor: z.string().nullable() });
@@ -51,7 +65,12 @@ export const spendLimitsSchema = z.object({
   resets_at: z.object({ day: timestampSchema, month: timestampSchema }),
 });
 
-export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDevice: (fingerprint: string) => string, metrics: Metrics): RouteDefinition[] {
+export function ledgerRoutes(
+  ledger: Ledger,
+  usageBatcher: UsageBatcher,
+  hashDevice: (fingerprint: string) => string,
+  metrics: Metrics,
+): RouteDefinition[] {
   const counted = (operation: string, credits: number, outcome: Outcome): Answer => {
     metrics.countOperation(operation, outcome.status, credits);
     return answer(outcome);
@@ -67,7 +86,11 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       responses: { 200: answerOf('the account, created or updated', accountSchema) },
       handler: async ({ params, body }) => ({
         status: 200,
-        body: await ledger.upsertAccount(accountId(params), body, body.device_fingerprint === undefined ? undefined : hashDevice(body.device_fingerprint)),
+        body: await ledger.upsertAccount(
+          accountId(params),
+          body,
+          body.device_fingerprint === undefined ? undefined : hashDevice(body.device_fingerprint),
+        ),
       }),
     }),
     defineRoute({
@@ -76,7 +99,10 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       access: 'app',
       tag: 'accounts',
       summary: 'An account with its balance and live grants',
-      responses: { 200: answerOf('the account with its subscription, trial, live grants and balance', accountDetailSchema), ...refusals('account_not_found') },
+      responses: {
+        200: answerOf('the account with its subscription, trial, live grants and balance', accountDetailSchema),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params }) => ({ status: 200, body: await ledger.getAccount(accountId(params)) }),
     }),
     defineRoute({
@@ -103,11 +129,15 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       url: '/v1/usage/batch',
       access: 'app',
       tag: 'usage',
-      summary: 'Up to 1000 usage events in one transaction; one result per event, in order (a 402 result may be insufficient_credits or spend_limit_exceeded)',
+      summary:
+        'Up to 1000 usage events in one transaction; one result per event, in order (a 402 result may be insufficient_credits or spend_limit_exceeded)',
       body: usageBatchInputSchema,
       bodyLimitBytes: bodyLimitLargeBytes,
       responses: {
-        200: answerOf('one result per event, in order, each as the single call would answer with its status beside it', z.object({ results: z.array(batchResultSchema) })),
+        200: answerOf(
+          'one result per event, in order, each as the single call would answer with its status beside it',
+          z.object({ results: z.array(batchResultSchema) }),
+        ),
         ...refusals(['invalid_request', 'a malformed batch (nothing is spent)']),
       },
       handler: async ({ body }) => {
@@ -131,9 +161,13 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       url: '/v1/holds/:hold_id/capture',
       access: 'app',
       tag: 'holds',
-      summary: 'Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all',
+      summary:
+        'Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all',
       body: captureInputSchema,
-      responses: { 200: answerOf('captured; the rest of the hold released', captureAnswerSchema), ...refusals('capture_exceeds_hold', 'hold_not_found', 'hold_not_pending') },
+      responses: {
+        200: answerOf('captured; the rest of the hold released', captureAnswerSchema),
+        ...refusals('capture_exceeds_hold', 'hold_not_found', 'hold_not_pending'),
+      },
       handler: async ({ params, body }) => ({
         status: 200,
         body: await ledger.capture(params.hold_id ?? '', body.amount, appActor),
@@ -153,7 +187,8 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       url: '/v1/accounts/:id/limits',
       access: 'app',
       tag: 'accounts',
-      summary: 'Spend limits per UTC day and per UTC month (null: none) and the credits spent in the current windows (usage and holds; a resolved hold counts what it captured)',
+      summary:
+        'Spend limits per UTC day and per UTC month (null: none) and the credits spent in the current windows (usage and holds; a resolved hold counts what it captured)',
       responses: { 200: answerOf('the limits and what was spent', spendLimitsSchema), ...refusals('account_not_found') },
       handler: async ({ params }) => ({ status: 200, body: await ledger.spendLimits(accountId(params)) }),
     }),
@@ -165,7 +200,10 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       summary:
         'Set spend limits in credits per UTC day and per UTC month: a field left out keeps its limit, null removes it, 0 stops spending in that window. A usage or hold that would pass a limit is 402 spend_limit_exceeded',
       body: spendLimitsInputSchema,
-      responses: { 200: answerOf('the limits as set and what was spent', spendLimitsSchema), ...refusals('invalid_request', 'account_not_found') },
+      responses: {
+        200: answerOf('the limits as set and what was spent', spendLimitsSchema),
+        ...refusals('invalid_request', 'account_not_found'),
+      },
       handler: async ({ params, body, caller }) => ({
         status: 200,
         body: await ledger.setSpendLimits(accountId(params), body, caller === 'admin' ? 'admin' : appActor),
@@ -178,7 +216,10 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       tag: 'accounts',
       summary: 'Ledger entries, newest first, paged by cursor',
       query: ledgerQuerySchema,
-      responses: { 200: answerOf('a page of entries; next_cursor is null on the last page', ledgerPageSchema), ...refusals('account_not_found') },
+      responses: {
+        200: answerOf('a page of entries; next_cursor is null on the last page', ledgerPageSchema),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, query }) => ({ status: 200, body: await ledger.entries(accountId(params), query.limit, query.cursor) }),
     }),
     defineRoute({
@@ -190,7 +231,13 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       body: grantInputSchema,
       responses: {
         201: answerOf('the grant (replayed: true when the key was seen before)', grantSchema.extend(replayMark)),
-        ...refusals('grant_exceeds_limit', 'balance_limit_exceeded', ['invalid_request', 'a field is wrong, or expires_at is not in the future'], 'account_not_found', 'idempotency_conflict'),
+        ...refusals(
+          'grant_exceeds_limit',
+          'balance_limit_exceeded',
+          ['invalid_request', 'a field is wrong, or expires_at is not in the future'],
+          'account_not_found',
+          'idempotency_conflict',
+        ),
       },
       handler: async ({ params, body }) => counted('grant', body.amount, await ledger.grant(accountId(params), body)),
     }),
@@ -203,7 +250,13 @@ export function ledgerRoutes(ledger: Ledger, usageBatcher: UsageBatcher, hashDev
       body: adjustmentInputSchema,
       responses: {
         201: answerOf('the entry (replayed: true when the key was seen before)', entrySchema.extend(replayMark)),
-        ...refusals('adjustment_exceeds_limit', 'balance_limit_exceeded', 'insufficient_credits', 'idempotency_conflict', 'account_not_found'),
+        ...refusals(
+          'adjustment_exceeds_limit',
+          'balance_limit_exceeded',
+          'insufficient_credits',
+          'idempotency_conflict',
+          'account_not_found',
+        ),
       },
       handler: async ({ params, body }) => counted('adjustment', Math.abs(body.amount), await ledger.adjust(accountId(params), body)),
     }),

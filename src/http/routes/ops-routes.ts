@@ -78,7 +78,15 @@ const alertSchema = z.object({
   first_at: timestampSchema,
   last_at: timestampSchema,
   resolved_at: timestampSchema.nullable(),
-  deliveries: z.array(z.object({ sink: z.string(), action: z.enum(['trigger', 'resolve']), delivered_at: timestampSchema.nullable(), attempts: z.int().min(0), last_error: z.string().nullable() })),
+  deliveries: z.array(
+    z.object({
+      sink: z.string(),
+      action: z.enum(['trigger', 'resolve']),
+      delivered_at: timestampSchema.nullable(),
+      attempts: z.int().min(0),
+      last_error: z.string().nullable(),
+    }),
+  ),
 });
 
 // The export is the account's rows as stored, table by table (the tables gdpr.ts reads, so a
@@ -109,11 +117,19 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       body: z.strictObject({ stripe: z.boolean().default(false) }),
       responses: {
         200: answer('the report', reconciliationReportSchema),
-        ...refusals('reconciliation_running', 'stripe_error', ['stripe_unavailable', 'Stripe cannot be reached or is not configured (stripe: true needs STRIPE_SECRET_KEY)']),
+        ...refusals('reconciliation_running', 'stripe_error', [
+          'stripe_unavailable',
+          'Stripe cannot be reached or is not configured (stripe: true needs STRIPE_SECRET_KEY)',
+        ]),
       },
       handler: async ({ body }) => ({
         status: 200,
-        body: await reconcile(dependencies.db, { trigger: 'api', stripe: body.stripe, gateway: dependencies.gateway, catalog: dependencies.catalog }),
+        body: await reconcile(dependencies.db, {
+          trigger: 'api',
+          stripe: body.stripe,
+          gateway: dependencies.gateway,
+          catalog: dependencies.catalog,
+        }),
       }),
     }),
     defineRoute({
@@ -123,7 +139,9 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Recent reconciliation runs, newest first',
       query: z.strictObject({ limit: z.coerce.number().int().min(1).max(100).default(20) }),
-      responses: { 200: answer('the runs, newest first (a running one has no findings yet)', z.object({ runs: z.array(reconciliationRunSchema) })) },
+      responses: {
+        200: answer('the runs, newest first (a running one has no findings yet)', z.object({ runs: z.array(reconciliationRunSchema) })),
+      },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select id as run_id, trigger, with_stripe, status, finding_count, findings, summary, error,
@@ -141,7 +159,12 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       tag: 'admin',
       summary: 'Alerts, newest first, with how often each repeated in its window',
       query: z.strictObject({ limit: z.coerce.number().int().min(1).max(alertsListSizeMax).default(100) }),
-      responses: { 200: answer('the alerts, each delivery naming its sink by kind, host and a digest, never by its URL', z.object({ alerts: z.array(alertSchema) })) },
+      responses: {
+        200: answer(
+          'the alerts, each delivery naming its sink by kind, host and a digest, never by its URL',
+          z.object({ alerts: z.array(alertSchema) }),
+        ),
+      },
       handler: async ({ query }) => {
         const { rows } = await dependencies.db.query(
           `select a.id, a.alert_key as key, a.kind, a.severity, a.message, a.details, a.account_id, a.count,
@@ -153,7 +176,10 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
           [query.limit],
         );
         // Sinks are named without their URLs: a Slack webhook URL is a secret of its own.
-        const alerts = (rows as { deliveries: { sink: string }[] }[]).map((row) => ({ ...row, deliveries: row.deliveries.map((delivery) => ({ ...delivery, sink: redactSinkName(delivery.sink) })) }));
+        const alerts = (rows as { deliveries: { sink: string }[] }[]).map((row) => ({
+          ...row,
+          deliveries: row.deliveries.map((delivery) => ({ ...delivery, sink: redactSinkName(delivery.sink) })),
+        }));
         return { status: 200, body: { alerts } };
       },
     }),
@@ -172,7 +198,17 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
         200: answer(
           'a page of accounts; next_after is null on the last page',
           z.object({
-            accounts: z.array(z.object({ id: z.string(), name: z.string().nullable(), available: creditsSchema, held: creditsSchema, debt: creditsSchema, flagged: z.boolean(), updated_at: timestampSchema })),
+            accounts: z.array(
+              z.object({
+                id: z.string(),
+                name: z.string().nullable(),
+                available: creditsSchema,
+                held: creditsSchema,
+                debt: creditsSchema,
+                flagged: z.boolean(),
+                updated_at: timestampSchema,
+              }),
+            ),
             next_after: z.string().nullable(),
           }),
         ),
@@ -185,7 +221,10 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
           [query.after ?? null, query.search ?? null, query.limit + 1],
         );
         const page = rows.slice(0, query.limit);
-        return { status: 200, body: { accounts: page, next_after: rows.length > query.limit ? (page[page.length - 1]?.id ?? null) : null } };
+        return {
+          status: 200,
+          body: { accounts: page, next_after: rows.length > query.limit ? (page[page.length - 1]?.id ?? null) : null },
+        };
       },
     }),
     defineRoute({
@@ -212,7 +251,16 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
            group by d.day order by d.day`,
           [query.days, query.until ?? null],
         );
-        return { status: 200, body: { days: (rows as { day: string; granted: string; spent: string }[]).map((row) => ({ day: row.day, granted: exactSum(row.granted), spent: exactSum(row.spent) })) } };
+        return {
+          status: 200,
+          body: {
+            days: (rows as { day: string; granted: string; spent: string }[]).map((row) => ({
+              day: row.day,
+              granted: exactSum(row.granted),
+              spent: exactSum(row.spent),
+            })),
+          },
+        };
       },
     }),
     defineRoute({
@@ -232,10 +280,16 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       summary: 'Erase personal data; ledger amounts stay, pseudonymized',
       body: z.strictObject({ reason: z.string().min(1).max(reasonLengthMax) }),
       responses: {
-        200: answer('what was erased (by field, never by value)', z.object({ account_id: z.string(), pseudonym: z.string(), erased: erasedSchema })),
+        200: answer(
+          'what was erased (by field, never by value)',
+          z.object({ account_id: z.string(), pseudonym: z.string(), erased: erasedSchema }),
+        ),
         ...refusals('account_not_found'),
       },
-      handler: async ({ params, body }) => ({ status: 200, body: await erasePersonalData(dependencies.db, accountId(params), body.reason, dependencies.digest) }),
+      handler: async ({ params, body }) => ({
+        status: 200,
+        body: await erasePersonalData(dependencies.db, accountId(params), body.reason, dependencies.digest),
+      }),
     }),
   ];
 }

@@ -44,13 +44,17 @@ export function webhookRoute(dependencies: StripeRouteDependencies, limiters: Li
     rawBody: true,
     responses: {
       200: answer('stored (duplicate: true when it was stored before)', z.object({ received: z.literal(true), duplicate: z.boolean() })),
-      ...refusals('invalid_signature', ['rate_limited', 'too many bad signatures from this address (Retry-After)'], 'stripe_not_configured'),
+      ...refusals(
+        'invalid_signature',
+        ['rate_limited', 'too many bad signatures from this address (Retry-After)'],
+        'stripe_not_configured',
+      ),
     },
     handler: async ({ request }) => {
       if (dependencies.webhookSecrets.length === 0) throw new TallyError('stripe_not_configured', 503, 'STRIPE_WEBHOOK_SECRET is not set');
       const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.from('');
       const signature = request.headers['stripe-signature'];
-      let event;
+      let event: ReturnType<typeof verifyWebhook>;
       try {
         event = verifyWebhook(raw, Array.isArray(signature) ? signature[0] : signature, dependencies.webhookSecrets);
       } catch (error) {
@@ -80,7 +84,10 @@ const eligibilitySchema = z.strictObject({
 });
 
 // Every refusal reason a trial can have (the kinds of claim, and the plan's lack of a trial at checkout).
-const eligibilityAnswerSchema = z.object({ eligible: z.boolean(), reason: errorCatalog.trial_not_eligible.details.reason.exclude(['plan_has_no_trial']).optional() });
+const eligibilityAnswerSchema = z.object({
+  eligible: z.boolean(),
+  reason: errorCatalog.trial_not_eligible.details.reason.exclude(['plan_has_no_trial']).optional(),
+});
 
 export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Limiters): RouteDefinition[] {
   const eligibility = async (accountIdParam: string | undefined, reported: z.infer<typeof eligibilitySchema>) => ({
@@ -99,9 +106,15 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       summary: 'A Stripe Checkout Session for a plan (optionally with its trial) or a credit pack',
       body: checkoutInputSchema,
       responses: {
-        200: answer('a Stripe Checkout Session to redirect the customer to', z.object({ session_id: z.string(), url: z.string().nullable() })),
+        200: answer(
+          'a Stripe Checkout Session to redirect the customer to',
+          z.object({ session_id: z.string(), url: z.string().nullable() }),
+        ),
         ...refusals(
-          ['invalid_request', 'a field is wrong, or success_url or cancel_url is not https (http only for this machine) or not on TALLY_CHECKOUT_URL_HOSTS'],
+          [
+            'invalid_request',
+            'a field is wrong, or success_url or cancel_url is not https (http only for this machine) or not on TALLY_CHECKOUT_URL_HOSTS',
+          ],
           'trial_not_eligible',
           'plan_not_found',
           'account_not_found',
@@ -137,9 +150,13 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       url: '/v1/accounts/:id/trial-eligibility',
       access: 'app',
       tag: 'stripe',
-      summary: 'Whether the account (and the email and device given) may start a trial; creates nothing. Prefer the POST: a query string is kept by proxies and logs',
+      summary:
+        'Whether the account (and the email and device given) may start a trial; creates nothing. Prefer the POST: a query string is kept by proxies and logs',
       query: eligibilitySchema,
-      responses: { 200: answer('whether a trial would be granted, and why not', eligibilityAnswerSchema), ...refusals('account_not_found') },
+      responses: {
+        200: answer('whether a trial would be granted, and why not', eligibilityAnswerSchema),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, query }) => eligibility(params.id, query),
     }),
     defineRoute({
@@ -149,7 +166,10 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'stripe',
       summary: 'Whether the account (and the email and device given in the body) may start a trial; creates nothing',
       body: eligibilitySchema,
-      responses: { 200: answer('whether a trial would be granted, and why not', eligibilityAnswerSchema), ...refusals('account_not_found') },
+      responses: {
+        200: answer('whether a trial would be granted, and why not', eligibilityAnswerSchema),
+        ...refusals('account_not_found'),
+      },
       handler: async ({ params, body }) => eligibility(params.id, body),
     }),
     defineRoute({
@@ -169,7 +189,10 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       tag: 'admin',
       summary: 'Apply a stored event again (its effects stay exactly once)',
       responses: {
-        200: answer('what applying the event again did', z.object({ event_id: z.string(), outcome: z.enum(['processed', 'ignored', 'retrying', 'waiting', 'failed', 'skipped']) })),
+        200: answer(
+          'what applying the event again did',
+          z.object({ event_id: z.string(), outcome: z.enum(['processed', 'ignored', 'retrying', 'waiting', 'failed', 'skipped']) }),
+        ),
         ...refusals('event_not_found'),
       },
       handler: async ({ params }) => {
@@ -189,10 +212,18 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       responses: {
         200: answer(
           "the breaker's state (configured: false when no Stripe key is set)",
-          z.object({ state: z.enum(['closed', 'open', 'half_open', 'isolated']), failures: z.int().min(0), opened_at: timestampSchema.nullable(), configured: z.literal(false).optional() }),
+          z.object({
+            state: z.enum(['closed', 'open', 'half_open', 'isolated']),
+            failures: z.int().min(0),
+            opened_at: timestampSchema.nullable(),
+            configured: z.literal(false).optional(),
+          }),
         ),
       },
-      handler: async () => ({ status: 200, body: dependencies.gateway?.status() ?? { state: 'closed', failures: 0, opened_at: null, configured: false } }),
+      handler: async () => ({
+        status: 200,
+        body: dependencies.gateway?.status() ?? { state: 'closed', failures: 0, opened_at: null, configured: false },
+      }),
     }),
   ];
 }

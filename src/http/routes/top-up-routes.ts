@@ -14,7 +14,7 @@ export function topUpRoutes(dependencies: TopUpDependencies): RouteDefinition[] 
       access: 'app',
       tag: 'accounts',
       summary:
-        'Buy `pack_id` off-session (the customer\'s default payment method) whenever a spend leaves `available` below `threshold`, at most `max_per_month` times a UTC month; three failed payments in a row turn it off (topup.failed says so)',
+        "Buy `pack_id` off-session (the customer's default payment method) whenever a spend leaves `available` below `threshold`, at most `max_per_month` times a UTC month; three failed payments in a row turn it off (topup.failed says so)",
       body: autoTopUpInputSchema,
       responses: {
         200: answer(
@@ -31,7 +31,10 @@ export function topUpRoutes(dependencies: TopUpDependencies): RouteDefinition[] 
         ),
         ...refusals('account_not_found', 'pack_not_found', 'no_payment_method', 'stripe_error', 'stripe_unavailable'),
       },
-      handler: async ({ params, body }) => ({ status: 200, body: await setAutoTopUp(dependencies, parseInput(accountIdSchema, params.id, 'id'), body) }),
+      handler: async ({ params, body }) => ({
+        status: 200,
+        body: await setAutoTopUp(dependencies, parseInput(accountIdSchema, params.id, 'id'), body),
+      }),
     }),
   ];
 }
