@@ -31,7 +31,7 @@ import { pino } from 'pino';
 import Stripe from 'stripe';
 import { assemble, type Assembled } from '../src/app.js';
 import { parseCatalog, type Catalog } from '../src/billing/catalog.js';
-import { loadClaimHasher, type ClaimHasher } from '../src/billing/trials.js';
+import { loadClaimHasher, type ClaimHasher } from '../src/billing/claim-hasher.js';
 import { Database } from '../src/db/database.js';
 import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
 import { migrate } from '../src/db/migrate.js';

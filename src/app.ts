@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Catalog } from './billing/catalog.js';
-import { loadClaimHasher, trialGate } from './billing/trials.js';
+import { loadClaimHasher } from './billing/claim-hasher.js';
+import { trialGate } from './billing/trials.js';
 import type { Database } from './db/database.js';
 import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';

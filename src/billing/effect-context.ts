@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { checkGrantAgainstPlan } from '../ops/rules.js';
 import type { Catalog } from './catalog.js';
 import { verifyClientReference } from './client-reference.js';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
 
 /**
  * What an event's effects work with: the client of the event's own transaction (effects and

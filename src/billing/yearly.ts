@@ -3,7 +3,7 @@ import { raiseAlert } from '../ops/alerts.js';
 import type { Catalog } from './catalog.js';
 import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
 import { grantPeriod } from './periods.js';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
 
 /**
  * The scheduler of yearly plans. Each later month of a yearly period is kept as scheduled

@@ -2,7 +2,7 @@ import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { pino } from 'pino';
 import { CatalogError, loadCatalog } from '../billing/catalog.js';
-import { loadClaimHasher } from '../billing/trials.js';
+import { loadClaimHasher } from '../billing/claim-hasher.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { Database } from '../db/database.js';
 import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js';

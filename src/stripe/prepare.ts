@@ -3,7 +3,7 @@ import { verifyClientReference } from '../billing/client-reference.js';
 import type { Prepared, Provenance, StoredEvent, StripeObject } from '../billing/effect-context.js';
 import { RetryLater } from '../billing/effect-context.js';
 import { packsBought } from '../billing/payments.js';
-import type { ClaimHasher } from '../billing/trials.js';
+import type { ClaimHasher } from '../billing/claim-hasher.js';
 import type { Database } from '../db/database.js';
 import type { StripeGateway } from './gateway.js';
 import {

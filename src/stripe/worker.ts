@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Catalog } from '../billing/catalog.js';
 import { IgnoredEvent, RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
 import { applyEvent } from '../billing/effects.js';
-import type { ClaimHasher } from '../billing/trials.js';
+import type { ClaimHasher } from '../billing/claim-hasher.js';
 import { grantDueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';

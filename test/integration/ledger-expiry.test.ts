@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { grantOnce, type EffectContext } from '../../src/billing/effect-context.js';
-import { ClaimHasher } from '../../src/billing/trials.js';
+import { ClaimHasher } from '../../src/billing/claim-hasher.js';
 import { Ledger } from '../../src/ledger/ledger.js';
 import { TestClock, createTestApp, fundedAccount, ledgerFacts, testCatalog, type TestApp } from '../helpers/app.js';
 

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { checkoutInputSchema, createCheckout, type TrialGate } from '../../billing/checkout.js';
 import type { Catalog } from '../../billing/catalog.js';
-import { trialEligibility, type ClaimHasher } from '../../billing/trials.js';
+import type { ClaimHasher } from '../../billing/claim-hasher.js';
+import { trialEligibility } from '../../billing/trials.js';
 import type { Database } from '../../db/database.js';
 import { TallyError, accountNotFound } from '../../errors.js';
 import { signClientReference } from '../../billing/client-reference.js';
