@@ -17,8 +17,8 @@ import { Metrics } from './ops/metrics.js';
 import { grantWatcher } from './ops/rules.js';
 import { OperationsScheduler } from './ops/scheduler.js';
 import { StripeGateway } from './stripe/gateway.js';
-import { WebhookIntake } from './stripe/inbox.js';
-import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './stripe/worker.js';
+import { WebhookIntake } from './webhooks/inbox.js';
+import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './webhooks/worker.js';
 
 /**
  * The parts of one Tally process, wired together: the ledger, the Stripe gateway and webhook

@@ -14,7 +14,7 @@ import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
 import { grantWatcher } from '../ops/rules.js';
 import { StripeGateway } from '../stripe/gateway.js';
-import { WebhookWorker, defaultWorkerOptions } from '../stripe/worker.js';
+import { WebhookWorker, defaultWorkerOptions } from '../webhooks/worker.js';
 
 /**
  * The `tally` command. Exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 the

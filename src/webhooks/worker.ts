@@ -6,7 +6,7 @@ import type { ClaimHasher } from '../billing/claim-hasher.js';
 import { grantDueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
-import { StripeUnavailableError, type StripeGateway } from './gateway.js';
+import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { OrderedLanes } from './ordered-lanes.js';
 import { prepareEvent } from './prepare.js';
 
