@@ -1,7 +1,6 @@
 import type pg from 'pg';
 import type { Database } from '../db/database.js';
 import { accountNotFound } from '../errors.js';
-import { raiseAlert } from '../ops/alerts.js';
 import type { SubscriptionState } from '../stripe/shapes.js';
 import type { Plan } from './catalog.js';
 import type { TrialGate } from './checkout.js';
@@ -171,7 +170,7 @@ export async function considerTrial(
     'insert into trial_refusals (subscription_id, account_id, reason) values ($1, $2, $3) on conflict do nothing',
     [state.id, accountId, reason],
   );
-  await raiseAlert(context.client, {
+  await context.alerts.raise(context.client, {
     kind: 'trial_refused',
     key: `trial_refused:${state.id}`,
     severity: 'warning',

@@ -12,7 +12,7 @@ import { Ledger } from '../ledger/ledger.js';
 import { openDatabase, startTally, version, type Tally } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
-import { grantWatcher } from '../ops/rules.js';
+import { alertPort, grantWatcher } from '../ops/rules.js';
 import { StripeGateway } from '../stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions } from '../webhooks/worker.js';
 
@@ -294,6 +294,7 @@ program
         db,
         catalog,
         await loadClaimHasher(db, config.fingerprintSecret),
+        alertPort(catalog),
         gateway,
         pino({ level: 'warn' }),
         defaultWorkerOptions,
