@@ -1,13 +1,14 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import pg from 'pg';
+import { packageRoot } from '../package-root.js';
 
 /**
  * Numbered SQL migrations (`migrations/0001-name.sql`), each applied in its own transaction and
  * recorded in `tally_migrations`. A session advisory lock makes two processes that start at
  * once take turns: the second finds the work done. Every file must say how to roll it back.
  */
-export const migrationsDirectory = fileURLToPath(new URL('../../migrations/', import.meta.url));
+export const migrationsDirectory = join(packageRoot, 'migrations');
 
 // An arbitrary constant: the advisory lock key that all Tally processes agree on.
 const migrationLockKey = 7_316_122_451;
