@@ -1,4 +1,3 @@
-import { raiseAlert } from '../ops/alerts.js';
 import { cancelScheduledMonths, restoreScheduledMonths, scheduledCancellation } from './yearly.js';
 import { accountMetadataKey, idOf, readInteger, readPath, readText } from '../stripe/shapes.js';
 import { findPrice } from './catalog.js';
@@ -192,7 +191,7 @@ async function clawBack(
   const { rows } = await context.client.query<{ debt: number }>('select debt from accounts where id = $1', [payment.account_id]);
   const debt = rows[0]?.debt ?? 0;
   if (debt > 0) {
-    await raiseAlert(context.client, {
+    await context.alerts.raise(context.client, {
       kind: 'account_in_debt',
       key: `debt:${payment.account_id}`,
       severity: 'warning',
@@ -311,7 +310,7 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
     return { status: 'processed', accountId: payment.account_id };
   }
   await context.client.query('update accounts set flagged = true, updated_at = now() where id = $1', [payment.account_id]);
-  await raiseAlert(context.client, {
+  await context.alerts.raise(context.client, {
     kind: 'dispute',
     key: `dispute:${disputeId}`,
     severity: 'critical',

@@ -1,4 +1,3 @@
-import { raiseAlert } from '../ops/alerts.js';
 import {
   idOf,
   invoiceAccountHint,
@@ -248,7 +247,7 @@ export async function applyInvoicePaymentFailed(context: EffectContext): Promise
      where id = $1 and (event_created, tally_subscription_status_rank(status), event_id) <= (to_timestamp($2), tally_subscription_status_rank('past_due'), $3)`,
     [subscriptionId, context.event.created, context.event.id],
   );
-  await raiseAlert(context.client, {
+  await context.alerts.raise(context.client, {
     kind: 'payment_failed',
     key: `payment_failed:${subscriptionId}`,
     severity: 'warning',

@@ -1,9 +1,9 @@
 import type { Database } from '../db/database.js';
-import { raiseAlert } from '../ops/alerts.js';
+import type { Alerts } from '../ports/alerts.js';
 import type { Catalog } from './catalog.js';
 import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
 import { grantPeriod } from './periods.js';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
 
 /**
  * The scheduler of yearly plans. Each later month of a yearly period is kept as scheduled
@@ -54,6 +54,7 @@ export async function grantDueMonth(
   db: Database,
   catalog: Catalog,
   hasher: ClaimHasher,
+  alerts: Alerts,
   now: Date | null,
   passedOver: string[] = [],
 ): Promise<MonthOutcome | undefined> {
@@ -73,16 +74,16 @@ export async function grantDueMonth(
   if (due === undefined) return undefined;
   const key = `${due.subscription_id}:${due.month_start}`;
   try {
-    await db.withTransaction((client) => applyMonth({ client, catalog, hasher, now, due }));
+    await db.withTransaction((client) => applyMonth({ client, catalog, hasher, alerts, now, due }));
     return { key, failed: false };
   } catch (error) {
-    await recordMonthFailure(db, due, error);
+    await recordMonthFailure(db, alerts, due, error);
     return { key, failed: true };
   }
 }
 
 /** Counts a failed attempt at a month; the last allowed attempt sets it aside and alerts. */
-async function recordMonthFailure(db: Database, due: DueMonth, error: unknown): Promise<void> {
+async function recordMonthFailure(db: Database, alerts: Alerts, due: DueMonth, error: unknown): Promise<void> {
   const message = error instanceof Error ? error.message : String(error);
   await db.withTransaction(async (client) => {
     const { rows } = await client.query<{ attempts: number; account_id: string }>(
@@ -96,7 +97,7 @@ async function recordMonthFailure(db: Database, due: DueMonth, error: unknown): 
       `update yearly_schedule set granted_at = now(), outcome = 'failed' where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`,
       [due.subscription_id, due.month_start],
     );
-    await raiseAlert(client, {
+    await alerts.raise(client, {
       kind: 'schedule_failed',
       key: `schedule_failed:${due.subscription_id}:${due.month_start}`,
       severity: 'critical',
@@ -111,6 +112,7 @@ interface MonthWork {
   client: EffectContext['client'];
   catalog: Catalog;
   hasher: ClaimHasher;
+  alerts: Alerts;
   now: Date | null;
   due: DueMonth;
 }
@@ -128,6 +130,7 @@ async function applyMonth(work: MonthWork): Promise<void> {
     client,
     catalog: work.catalog,
     hasher: work.hasher,
+    alerts: work.alerts,
     event: {
       id: `schedule:${due.subscription_id}:${due.month_start}`,
       type: 'schedule.yearly_month',
@@ -161,7 +164,7 @@ async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[])
   const billing = rows.find((row) => Number(row.credits) > 0);
   const plan = context.catalog.plans.find((candidate) => candidate.id === billing?.plan_id);
   if (credits > 0 && plan === undefined) {
-    await raiseAlert(context.client, {
+    await context.alerts.raise(context.client, {
       kind: 'schedule_skipped',
       key: `schedule_skipped:${due.subscription_id}`,
       severity: 'warning',
