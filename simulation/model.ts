@@ -626,7 +626,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
 
   /**
    * SPEC's spend limits: a usage or hold that would pass the day's or the month's limit is
-   * `402 spend_limit_exceeded` (whatever the balance: the limit is checked first, reading), and
+   * `402 spend_limit_exceeded` (or `insufficient_credits` when the balance is short too), and
    * changes nothing. Every accepted spend counts in its UTC day and month, limits set or not.
    */
   const limitRefusal = (owner: Account, at: number, amount: number): string | undefined => {
@@ -661,7 +661,9 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     const owner = account(accountId);
     const refusal = limitRefusal(owner, at, amount);
     if (refusal !== undefined) {
-      answers.set(key, { status: 402, code: refusal, available: available(owner) });
+      // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
+      const code = available(owner) < amount ? `${refusal}|insufficient_credits` : refusal;
+      answers.set(key, { status: 402, code, available: available(owner) });
       return;
     }
     if (available(owner) < amount) {
