@@ -741,7 +741,9 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     }
     for (const [grantKey, row] of tally)
       if (!model.has(grantKey) && !(result.voidable.has(grantKey) && Number(row.remaining) === 0))
-        failures.push(`${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model`);
+        failures.push(
+          `${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model${result.voidable.has(grantKey) ? `, which voids it: the yearly subscription ended at or before the month's start (gap 8), yet ${row.remaining} remain` : ''}`,
+        );
     // Within one expiry the spend order falls back to creation order, which chaotic delivery may
     // change; what remains per expiry (live grants) is what must agree.
     const byExpiry = (entries: { expiresAt: number | null; remaining: number; live: boolean }[]) => {
