@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { completeTopUp, failTopUp, topUpAttemptsMax, topUpLeaseSeconds } from '../../src/billing/top-ups.js';
+import { completeTopUp, failTopUp } from '../../src/billing/top-up-outcomes.js';
+import { topUpAttemptsMax, topUpLeaseSeconds } from '../../src/billing/top-up-payer.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';
 import { fundedAccount, settleEvents, startWithFakeStripe, stopWithFakeStripe, testCatalog, type TestApp } from '../helpers/app.js';
 import { deliver, event, settleWebhooks } from '../helpers/stripe-events.js';
