@@ -5,16 +5,24 @@
 -- (src/db/migrate.ts). A change to a function is a diff of this file; a change of signature
 -- also needs a numbered migration that drops the old one.
 
--- Asks for a top-up of an account whose auto top-up is enabled: a pending row that the
--- background job pays, unless one is in flight already or the month's maximum is reached (top-ups
--- pending or succeeded since the start of p_at's UTC month). The caller holds the account's row
--- lock (the spend's update, or the setting's call), which makes the next number safe to take.
+-- Asks for a top-up after a spend that left the account below its threshold: a pending row that
+-- the background job pays, when auto top-up is enabled, the account is not flagged (a dispute:
+-- never charged off-session until an operator clears it), no top-up of the account is in flight
+-- (pending: not yet paid, or its PaymentIntent not yet resolved) and the month's count (top-ups
+-- in flight or succeeded since the start of p_at's UTC month) is below max_per_month. The caller
+-- holds the account's row lock (the spend's update), which makes the next number safe to take.
+-- The first check is the in-flight one: spends below the threshold while a top-up is paid are
+-- the common case, and it reads one row of a partial unique index.
 create or replace function tally_request_top_up(p_account text, p_at timestamptz) returns void language plpgsql as $$
 declare
   v_setting auto_top_ups;
   v_this_month integer;
 begin
-  select * into v_setting from auto_top_ups where account_id = p_account and enabled;
+  if exists (select 1 from top_ups where account_id = p_account and status = 'pending') then
+    return;
+  end if;
+  select s.* into v_setting from auto_top_ups s join accounts a on a.id = s.account_id
+    where s.account_id = p_account and s.enabled and not a.flagged;
   if not found then
     return;
   end if;

@@ -43,7 +43,12 @@ export interface TopUpDependencies {
   clock?: (() => Date) | undefined;
 }
 
-/** PUT /v1/accounts/{id}/auto-top-up. Enabling it asks Stripe that the customer can be charged. */
+/**
+ * PUT /v1/accounts/{id}/auto-top-up. Enabling it asks Stripe that the customer can be charged.
+ * Turning it on again after it was off (by the customer, or by three failures in a row) starts
+ * the failures in a row from 0; the month's count is the top-ups themselves, which no save
+ * changes.
+ */
 export async function setAutoTopUp(
   dependencies: TopUpDependencies,
   accountId: string,
@@ -75,19 +80,10 @@ export async function setAutoTopUp(
        returning account_id, enabled, threshold, pack_id, max_per_month, failures_in_row, tally_iso(updated_at) as updated_at`,
       [accountId, input.enabled, input.threshold, input.pack_id, input.max_per_month, now],
     );
-    const { rows: account } = await client.query<{ available: number }>(
-      'update accounts set top_up_threshold = $2 where id = $1 returning available',
-      [accountId, input.enabled ? input.threshold : null],
-    );
-    if (input.enabled && (account[0]?.available ?? 0) < input.threshold) {
-      // Already below the threshold: no spend will cross it, so the top-up starts now.
-      await client.query('select tally_request_top_up($1, coalesce($2::timestamptz, now()))', [accountId, now]);
-    }
-    if (!input.enabled)
-      await client.query(
-        `update top_ups set status = 'cancelled', resolved_at = now() where account_id = $1 and status = 'pending' and payment_intent is null`,
-        [accountId],
-      );
+    // Saving never charges and never touches a top-up in flight (SPEC): the next qualifying spend
+    // asks for one, and a top-up in flight when auto top-up is turned off still grants what it
+    // charged (one not yet sent to Stripe is cancelled by the payer job).
+    await client.query('update accounts set top_up_threshold = $2 where id = $1', [accountId, input.enabled ? input.threshold : null]);
     return saved[0] as Record<string, unknown>;
   });
 }
