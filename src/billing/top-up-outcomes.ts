@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { accountMetadataKey, readText } from '../stripe/shapes.js';
 import type { Catalog } from './catalog.js';
-import type { EffectContext, EffectResult } from './effect-context.js';
+import { type EffectContext, type EffectResult, IgnoredEvent } from './effect-context.js';
 import { findPack } from './top-up-settings.js';
 
 /**
@@ -9,6 +9,11 @@ import { findPack } from './top-up-settings.js';
  * `purchase:{payment_intent}` (the payer job's answer from Stripe and the
  * `payment_intent.succeeded` webhook race to it, and whichever comes second finds the grant
  * made), or `topup.failed`, three of which in a row turn auto top-up off.
+ *
+ * A top-up has at most one PaymentIntent (SPEC): the first Tally learns of (Stripe's answer to the
+ * create, or a webhook naming the top-up in its metadata) is recorded on the top-up, and only
+ * that one is ever granted. Credits follow money: a recorded PaymentIntent that succeeds is
+ * granted whatever became of the top-up meanwhile (turned off, cancelled, failed first).
  */
 export const topUpMetadataKey = 'tally_top_up';
 export const topUpFailuresInRowMax = 3;
@@ -25,16 +30,18 @@ export interface PaidTopUp {
 /**
  * Grants a paid top-up's pack once, under `purchase:{payment_intent}`, records the payment (so
  * refunds and disputes claw back from it) and writes `topup.succeeded` once. Whichever of the
- * job and the webhook comes second changes nothing.
+ * job and the webhook comes second changes nothing. A PaymentIntent other than the one the
+ * top-up recorded is never granted: answers `false`, changing nothing.
  */
 export async function completeTopUp(client: pg.ClientBase, catalog: Catalog, paid: PaidTopUp): Promise<boolean> {
   await client.query('select tally_lock_account($1, $2)', [paid.accountId, paid.now]);
-  const { rows: topUps } = await client.query<{ pack_id: string; status: string }>(
-    'select pack_id, status from top_ups where id = $1 and account_id = $2',
+  const { rows: topUps } = await client.query<{ pack_id: string; status: string; payment_intent: string | null }>(
+    'select pack_id, status, payment_intent from top_ups where id = $1 and account_id = $2 for update',
     [paid.topUpId, paid.accountId],
   );
   const topUp = topUps[0];
   if (topUp === undefined) throw new Error(`top-up ${paid.topUpId} of ${paid.accountId} vanished`);
+  if (topUp.payment_intent !== null && topUp.payment_intent !== paid.paymentIntent) return false;
   const pack = findPack(catalog, topUp.pack_id);
   const { rows: payments } = await client.query<{ id: number }>(
     `insert into payments (account_id, payment_intent, amount_paid, currency) values ($1, $2, $3, $4)
@@ -57,10 +64,12 @@ export async function completeTopUp(client: pg.ClientBase, catalog: Catalog, pai
   if (!result.created) return false;
   await client.query('update grants set payment_id = $1 where id = $2', [paymentId, Number(result.grant.id.replace('grant_', ''))]);
   await client.query('update payments set credits = credits + $1 where id = $2', [pack.credits, paymentId]);
-  await client.query(
-    `update top_ups set status = 'succeeded', payment_intent = $2, resolved_at = coalesce($3::timestamptz, now()) where id = $1`,
+  const { rowCount } = await client.query(
+    `update top_ups set status = 'succeeded', payment_intent = $2, resolved_at = coalesce($3::timestamptz, now())
+     where id = $1 and (payment_intent is null or payment_intent = $2)`,
     [paid.topUpId, paid.paymentIntent, paid.now],
   );
+  if (rowCount !== 1) throw new Error(`top-up ${paid.topUpId} changed its PaymentIntent under the account's lock`);
   await client.query('update auto_top_ups set failures_in_row = 0 where account_id = $1', [paid.accountId]);
   await client.query(`select tally_event('topup.succeeded', $1, $2, $3)`, [
     paid.accountId,
@@ -91,7 +100,7 @@ export async function failTopUp(
   await client.query('select 1 from accounts where id = $1 for update', [topUp.account_id]);
   const { rowCount } = await client.query(
     `update top_ups set status = 'failed', failure_code = $2, last_error = $3, payment_intent = coalesce($4, payment_intent), resolved_at = coalesce($5::timestamptz, now())
-     where id = $1 and status = 'pending'`,
+     where id = $1 and status = 'pending' and ($4::text is null or payment_intent is null or payment_intent = $4)`,
     [topUp.id, failure.code, failure.message.slice(0, 500), failure.paymentIntent ?? null, now],
   );
   if (rowCount === 0) return;
@@ -119,12 +128,20 @@ export async function failTopUp(
 /**
  * payment_intent.succeeded: a top-up's payment, attributed by the metadata Tally set when it
  * created the PaymentIntent (and checked against the top-up Tally recorded). Other payment
- * intents (Checkout's) are granted by their checkout session's events.
+ * intents (Checkout's) are granted by their checkout session's events. A success of a
+ * PaymentIntent that is not the one the top-up recorded is never granted: it is money taken
+ * without credits, so it is ignored with an alert for an operator to refund.
  */
 export async function applyPaymentIntentSucceeded(context: EffectContext): Promise<EffectResult> {
   const intent = context.event.object;
   const topUp = await topUpOfPaymentIntent(context);
   if ('ignored' in topUp) return { status: 'ignored', reason: topUp.ignored };
+  if (topUp.recordedPaymentIntent !== null && topUp.recordedPaymentIntent !== topUp.paymentIntent) {
+    throw new IgnoredEvent(
+      `top-up ${topUp.id} was paid with ${topUp.recordedPaymentIntent}, not ${topUp.paymentIntent}: nothing granted`,
+      true,
+    );
+  }
   const amount = Number(intent.amount_received ?? intent.amount ?? 0);
   await completeTopUp(context.client, context.catalog, {
     accountId: topUp.accountId,
