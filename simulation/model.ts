@@ -436,6 +436,10 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       sub.schedule = sub.schedule.filter((candidate) => candidate !== month);
       if (sub.endedAt !== undefined && sub.endedAt <= month.start) {
         sub.lost.add(month.start);
+        // The cancellation may reach Tally after its scheduler granted the month (a late
+        // webhook): Tally may then show that grant and its rollover, clawed back to nothing.
+        voidable.add(`period:${sub.id}:${month.item}:${month.start}`);
+        voidable.add(`rollover:${sub.id}:${month.start}`);
         continue;
       }
       const { credits, plan } = monthCredits(sub, month);

@@ -281,6 +281,9 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       await stripeSide(step, account);
       await quiesce();
       await appSide(step, account);
+      // A spend may have asked for a top-up, which Tally's job pays within a second: the job
+      // runs (and Stripe's answer is delivered) before the virtual clock moves on.
+      await quiesce();
     }
     // The end: let every delayed action (recoveries, refund failures, dispute closings) happen.
     const end = world.now + 45 * day;
