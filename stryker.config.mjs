@@ -6,7 +6,8 @@
  * sentence in docs/mutation.md saying why it is equivalent. Too slow for CI (each mutant runs
  * the command); the score is reported in the README.
  *
- * TALLY_MUTATE narrows the files (a glob), e.g. TALLY_MUTATE=src/billing/credit-rule.ts.
+ * TALLY_MUTATE narrows the files (a glob), e.g. TALLY_MUTATE=src/billing/credit-rule.ts, and
+ * TALLY_MUTATE_COMMAND replaces the test command (a narrower one for a quick score of one file).
  *
  * StrykerJS is fetched by npx on first use rather than kept in devDependencies: its prompt
  * packages want Node.js 20.17, and `npm install` must stay free of engine warnings on 20.6.
@@ -23,6 +24,7 @@ export default {
   testRunner: 'command',
   commandRunner: {
     command:
+      process.env.TALLY_MUTATE_COMMAND ??
       'TALLY_SIMULATION_SEEDS=1000,1003,1007 node --import tsx test/run.ts test/integration/credit-rule test/integration/restores test/integration/stripe-history test/integration/stripe-edges test/integration/auto-top-up test/simulation/lifecycles',
   },
   mutate: process.env.TALLY_MUTATE ? [process.env.TALLY_MUTATE] : money,
