@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
-import { Periodic, untilDone } from '../ops/periodic.js';
+import { Periodic, untilDone } from '../timing/periodic.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
 /**

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { AlertInput } from '../ops/alerts.js';
-import { Periodic } from '../ops/periodic.js';
+import { Periodic } from '../timing/periodic.js';
 import type { Ledger } from './ledger.js';
 
 /**
