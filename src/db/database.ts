@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { retrying as retryingWith, type Backoff } from '../timing/backoff.js';
 import { DatabaseUnavailableError, isConnectionLoss, isRetryable, toDomainError } from './errors.js';
 
 /**
@@ -17,6 +17,9 @@ export interface DatabaseOptions {
 }
 
 export const retryCountMax = 8;
+
+/** Racing transactions retry after 2, 4, 8 ... ms, capped, and spread so that they part. */
+const transactionBackoff: Backoff = { delaySecondsFirst: 0.002, delaySecondsMax: 0.1, attemptsMax: retryCountMax, jitterRatio: 0.5 };
 
 // bigint columns come back as numbers; every balance is kept a safe integer by CHECK
 // constraints, and anything else is a broken invariant rather than a silent rounding.
@@ -121,13 +124,9 @@ export class Database {
 }
 
 async function retrying<T>(operation: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt += 1) {
-    try {
-      return await operation();
-    } catch (error) {
-      if (!isRetryable(error) || attempt >= retryCountMax) throw toDomainError(error);
-      // Jittered backoff: 2, 4, 8 ... ms, capped, so racing transactions spread out.
-      await sleep(Math.min(2 ** attempt, 100) * (0.5 + Math.random()));
-    }
+  try {
+    return await retryingWith(operation, transactionBackoff, isRetryable);
+  } catch (error) {
+    throw toDomainError(error);
   }
 }

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
+import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
 import { Periodic, untilDone } from '../timing/periodic.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
@@ -80,6 +81,8 @@ export async function postSigned(
 export class EventDelivery {
   private readonly periodic: Periodic;
   readonly options: DeliveryOptions;
+  /** Attempts are bounded by the retry window (the endpoint is disabled after it), not by a count. */
+  private readonly retries: Backoff;
 
   constructor(
     private readonly db: Database,
@@ -87,6 +90,12 @@ export class EventDelivery {
     options: Partial<DeliveryOptions> = {},
   ) {
     this.options = { ...defaultDeliveryOptions, ...options };
+    this.retries = {
+      delaySecondsFirst: this.options.retryBaseSeconds,
+      delaySecondsMax: this.options.retryDelaySecondsMax,
+      attemptsMax: Number.POSITIVE_INFINITY,
+      jitterRatio: 0,
+    };
     this.periodic = new Periodic(
       this.options.intervalMilliseconds,
       untilDone(() => this.deliverOnce(), this.logger, 'event delivery failed; next tick retries'),
@@ -146,7 +155,8 @@ export class EventDelivery {
     }
     const now = this.now() ?? new Date();
     const failingSince = firstFailedAt ?? now;
-    const delaySeconds = Math.min(this.options.retryBaseSeconds * 2 ** Math.min(attempts, 30), this.options.retryDelaySecondsMax);
+    // `attempts` counts the tries before this one: this failure is number attempts + 1.
+    const delaySeconds = backoffDelaySeconds(this.retries, attempts + 1);
     await this.db.query(
       `update event_deliveries set attempts = attempts + 1, last_error = $3, first_failed_at = coalesce(first_failed_at, $4),
          next_attempt_at = $4::timestamptz + make_interval(secs => $5)

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Database } from '../db/database.js';
+import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
 
 /**
  * Where alerts go: Slack incoming webhooks, PagerDuty Events API v2, or any URL as a JSON POST.
@@ -124,6 +125,14 @@ export interface DeliveryOptions {
   retryDelaySecondsMax: number;
 }
 
+/** Exact waits; a delivery is given up after deliveryAttemptsMax tries. */
+const deliveryBackoff = (options: DeliveryOptions): Backoff => ({
+  delaySecondsFirst: options.retryBaseSeconds,
+  delaySecondsMax: options.retryDelaySecondsMax,
+  attemptsMax: deliveryAttemptsMax,
+  jitterRatio: 0,
+});
+
 /** Sends what is due to every sink; answers how many deliveries succeeded. */
 export async function deliverAlerts(db: Database, options: DeliveryOptions): Promise<number> {
   if (options.sinks.length === 0) return 0;
@@ -167,7 +176,8 @@ export async function deliverAlerts(db: Database, options: DeliveryOptions): Pro
         [row.id, row.sink, row.action],
       );
     } else {
-      const delay = Math.min(options.retryBaseSeconds * 2 ** row.attempts, options.retryDelaySecondsMax);
+      // `row.attempts` counts the tries before this one: this failure is number attempts + 1.
+      const delay = backoffDelaySeconds(deliveryBackoff(options), row.attempts + 1);
       await db.query(
         `update alert_deliveries set attempts = attempts + 1, last_error = $4, next_attempt_at = now() + make_interval(secs => $5)
          where alert_id = $1 and sink = $2 and action = $3`,

@@ -6,6 +6,7 @@ import type { ClaimHasher } from '../billing/trials.js';
 import { grantDueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
+import { backoffDelaySeconds, mayRetry, type Backoff } from '../timing/backoff.js';
 import { StripeUnavailableError, type StripeGateway } from './gateway.js';
 import { OrderedLanes } from './ordered-lanes.js';
 import { prepareEvent } from './prepare.js';
@@ -78,6 +79,8 @@ export class WebhookWorker {
   private again = false;
   private started = false;
   private readonly lanes: OrderedLanes<EventOutcome>;
+  /** Exact waits (no jitter): an event's next attempt is its business alone, and tests count on them. */
+  private readonly retries: Backoff;
 
   constructor(
     private readonly db: Database,
@@ -90,6 +93,12 @@ export class WebhookWorker {
     private readonly onOutcome: (type: string, outcome: EventOutcome, lagSeconds?: number) => void = () => undefined,
   ) {
     this.lanes = new OrderedLanes(options.concurrentEventsMax);
+    this.retries = {
+      delaySecondsFirst: options.retryBaseSeconds,
+      delaySecondsMax: options.retryDelaySecondsMax,
+      attemptsMax: options.attemptsMax,
+      jitterRatio: 0,
+    };
   }
 
   start(): void {
@@ -288,7 +297,7 @@ export class WebhookWorker {
       );
       const attempts = rows[0]?.attempts;
       if (attempts === undefined) return 'skipped';
-      if (attempts >= this.options.attemptsMax) {
+      if (!mayRetry(this.retries, attempts)) {
         await client.query(`update webhook_events set status = 'failed' where id = $1`, [event.id]);
         await raiseAlert(client, {
           kind: 'webhook_failed',
@@ -299,7 +308,7 @@ export class WebhookWorker {
         });
         return 'failed';
       }
-      const delay = Math.min(this.options.retryBaseSeconds * 2 ** (attempts - 1), this.options.retryDelaySecondsMax);
+      const delay = backoffDelaySeconds(this.retries, attempts);
       const waitFrom = error instanceof RetryLater && this.options.waitsInClockTime === true ? this.now() : null;
       await client.query(`update webhook_events set next_attempt_at = coalesce($3, now()) + make_interval(secs => $2) where id = $1`, [
         event.id,
