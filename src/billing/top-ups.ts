@@ -3,7 +3,8 @@ import type pg from 'pg';
 import { z } from 'zod';
 import type { Database } from '../db/database.js';
 import { TallyError, accountNotFound } from '../errors.js';
-import { Periodic, untilDone } from '../timing/periodic.js';
+import { claimLoopTask } from '../timing/claim-loop.js';
+import { Periodic } from '../timing/periodic.js';
 import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { accountMetadataKey, idOf, packMetadataKey, readText } from '../stripe/shapes.js';
 import type { Catalog, CreditPack } from './catalog.js';
@@ -22,6 +23,9 @@ export const topUpMetadataKey = 'tally_top_up';
 export const topUpFailuresInRowMax = 3;
 export const topUpAttemptsMax = 10;
 export const topUpLeaseSeconds = 120;
+/** Top-ups claimed at once, and batches per tick; what is still due after them waits for the next tick. */
+export const topUpBatchSizeMax = 10;
+export const topUpBatchCountMax = 100;
 
 export const autoTopUpInputSchema = z.strictObject({
   enabled: z.boolean(),
@@ -226,7 +230,12 @@ export class TopUpRunner {
   ) {
     this.periodic = new Periodic(
       intervalMilliseconds,
-      untilDone(() => this.runOnce(), this.logger, 'auto top-up pass failed; next tick retries'),
+      claimLoopTask(
+        { claim: (batchSizeMax) => this.claimDue(batchSizeMax), process: (batch) => this.payEach(batch) },
+        { batchSizeMax: topUpBatchSizeMax, batchCountMax: topUpBatchCountMax, until: 'empty-batch' },
+        this.logger,
+        'auto top-up pass failed; next tick retries',
+      ),
     );
   }
 
@@ -242,14 +251,24 @@ export class TopUpRunner {
     return this.dependencies.clock?.() ?? null;
   }
 
-  /** Claims what is due and pays it; answers how many top-ups it tried. */
+  /** One batch: claims what is due and pays it; answers how many top-ups it tried. */
   async runOnce(): Promise<number> {
+    const claimed = await this.claimDue(topUpBatchSizeMax);
+    await this.payEach(claimed);
+    return claimed.length;
+  }
+
+  private async claimDue(batchSizeMax: number): Promise<TopUpRow[]> {
     const { rows } = await this.dependencies.db.query<TopUpRow>(
       `update top_ups t set attempts = attempts + 1, next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => $2)
-       where id in (select id from top_ups where status = 'pending' and next_attempt_at <= coalesce($1::timestamptz, now()) order by id limit 10 for update skip locked)
+       where id in (select id from top_ups where status = 'pending' and next_attempt_at <= coalesce($1::timestamptz, now()) order by id limit $3 for update skip locked)
        returning id, account_id, number, pack_id, attempts`,
-      [this.now(), topUpLeaseSeconds],
+      [this.now(), topUpLeaseSeconds, batchSizeMax],
     );
+    return rows;
+  }
+
+  private async payEach(rows: readonly TopUpRow[]): Promise<void> {
     for (const topUp of rows) {
       try {
         await this.pay(topUp);
@@ -265,7 +284,6 @@ export class TopUpRunner {
         }
       }
     }
-    return rows.length;
   }
 
   private async pay(topUp: TopUpRow): Promise<void> {

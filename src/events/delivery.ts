@@ -3,7 +3,8 @@ import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
 import { raiseAlert } from '../ops/alerts.js';
 import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
-import { Periodic, untilDone } from '../timing/periodic.js';
+import { claimLoopTask, type ClaimLoopLimits, type ClaimLoopWork } from '../timing/claim-loop.js';
+import { Periodic } from '../timing/periodic.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
 /**
@@ -19,6 +20,8 @@ import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 export interface DeliveryOptions {
   intervalMilliseconds: number;
   batchSizeMax: number;
+  /** Batches one tick sends at most; what is still due after them waits for the next tick. */
+  batchCountMax: number;
   timeoutMilliseconds: number;
   leaseSeconds: number;
   retryBaseSeconds: number;
@@ -31,6 +34,7 @@ export interface DeliveryOptions {
 export const defaultDeliveryOptions: DeliveryOptions = {
   intervalMilliseconds: 1000,
   batchSizeMax: 100,
+  batchCountMax: 100,
   timeoutMilliseconds: 10_000,
   leaseSeconds: 60,
   retryBaseSeconds: 5,
@@ -96,9 +100,15 @@ export class EventDelivery {
       attemptsMax: Number.POSITIVE_INFINITY,
       jitterRatio: 0,
     };
+    // Until a claim is empty, not merely short: a delivered event lets its account's next one go.
+    const limits: ClaimLoopLimits = {
+      batchSizeMax: this.options.batchSizeMax,
+      batchCountMax: this.options.batchCountMax,
+      until: 'empty-batch',
+    };
     this.periodic = new Periodic(
       this.options.intervalMilliseconds,
-      untilDone(() => this.deliverOnce(), this.logger, 'event delivery failed; next tick retries'),
+      claimLoopTask(this.work, limits, this.logger, 'event delivery failed; next tick retries'),
     );
   }
 
@@ -114,15 +124,24 @@ export class EventDelivery {
     return this.options.clock?.() ?? null;
   }
 
-  /** Numbers new events, claims what is due, sends it; answers how many it attempted. */
+  /** One batch: numbers new events, claims what is due, sends it; answers how many it attempted. */
   async deliverOnce(): Promise<number> {
-    await sequenceEvents(this.db);
-    const claimed = await this.claim();
-    await Promise.all(claimed.map((delivery) => this.send(delivery)));
+    const claimed = await this.work.claim(this.options.batchSizeMax);
+    await this.work.process(claimed);
     return claimed.length;
   }
 
-  private async claim(): Promise<Claimed[]> {
+  private readonly work: ClaimLoopWork<Claimed> = {
+    claim: async (batchSizeMax) => {
+      await sequenceEvents(this.db);
+      return this.claim(batchSizeMax);
+    },
+    process: async (batch) => {
+      await Promise.all(batch.map((delivery) => this.send(delivery)));
+    },
+  };
+
+  private async claim(batchSizeMax: number): Promise<Claimed[]> {
     const { rows } = await this.db.query<Claimed>(
       `with due as (
          select d.endpoint_id, d.sequence from event_deliveries d
@@ -138,7 +157,7 @@ export class EventDelivery {
        select ${eventColumns}, c.endpoint_id, c.attempts, c.first_failed_at, w.url, w.secret
        from claimed c join events e on e.sequence = c.sequence join webhook_endpoints w on w.id = c.endpoint_id
        order by e.sequence`,
-      [this.now(), this.options.batchSizeMax, this.options.leaseSeconds],
+      [this.now(), batchSizeMax, this.options.leaseSeconds],
     );
     return rows;
   }
