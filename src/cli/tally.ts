@@ -7,7 +7,7 @@ import { ConfigError, loadConfig } from '../config.js';
 import { Database } from '../db/database.js';
 import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
-import { TallyError } from '../errors.js';
+import { errorStatuses, InvariantError, isErrorCode, TallyError } from '../errors.js';
 import { Ledger } from '../ledger/ledger.js';
 import { openDatabase, startTally, version, type Tally } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
@@ -230,16 +230,20 @@ program
           priority: 0,
           expires_at: options.expiresAt,
         });
-        if (outcome.status >= 300)
-          throw new TallyError(
-            String((outcome.body.error as { code?: string })?.code ?? 'refused'),
-            outcome.status,
-            JSON.stringify(outcome.body),
-          );
+        if (outcome.status >= 300) throw refusalError(outcome.status, outcome.body);
         print(outcome.body);
       });
     },
   );
+
+/** A refusal the ledger answered, as the TallyError of its code; a code outside the catalog, or with another status, is a bug. */
+function refusalError(status: number, body: Record<string, unknown>): TallyError {
+  const code = (body.error as { code?: unknown } | undefined)?.code;
+  if (!isErrorCode(code) || errorStatuses[code] !== status) {
+    throw new InvariantError(`the ledger answered ${status} with an error outside the catalog: ${JSON.stringify(body)}`);
+  }
+  return new TallyError(code, errorStatuses[code], JSON.stringify(body));
+}
 
 program
   .command('reconcile')
