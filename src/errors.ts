@@ -36,6 +36,7 @@ export const errorStatuses = {
   stripe_unavailable: 503,
   stripe_not_configured: 503,
   database_unavailable: 503,
+  database_busy: 503,
 } as const;
 
 export type ErrorCode = keyof typeof errorStatuses;

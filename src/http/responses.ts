@@ -128,6 +128,11 @@ export const errorCatalog = {
     status: 503,
     description: 'the database cannot be reached; retry after Retry-After seconds with the same idempotency key',
   },
+  database_busy: {
+    status: 503,
+    description:
+      'the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key',
+  },
 } as const satisfies { [Code in ErrorCode]: ErrorSpec & { status: ErrorStatus<Code> } };
 
 /** `insufficient_credits` → `InsufficientCreditsError`: the name of its schema in the description. */
