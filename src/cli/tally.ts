@@ -6,7 +6,7 @@ import { loadClaimHasher } from '../billing/trials.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { Database } from '../db/database.js';
 import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js';
-import { migrate } from '../db/migrate.js';
+import { assertSchemaCurrent, migrate, SchemaNotCurrentError } from '../db/migrate.js';
 import { errorStatuses, InvariantError, isErrorCode, TallyError } from '../errors.js';
 import { Ledger } from '../ledger/ledger.js';
 import { openDatabase, startTally, version, type Tally } from '../main.js';
@@ -17,9 +17,9 @@ import { StripeGateway } from '../stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions } from '../stripe/worker.js';
 
 /**
- * The `tally` command. Exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 the
- * account or event does not exist; 4 reconciliation found problems. Results go to stdout,
- * errors and progress to stderr.
+ * The `tally` command. Exit codes: 0 done; 1 failed; 2 bad usage or configuration (a database
+ * to migrate first included); 3 the account or event does not exist; 4 reconciliation found
+ * problems. Results go to stdout, errors and progress to stderr.
  */
 export const exitCode = { failed: 1, usage: 2, notFound: 3, findings: 4 } as const;
 
@@ -33,15 +33,17 @@ const program = new Command('tally')
  * Runs work against the configured database: DATABASE_URL, or the embedded one of the data
  * folder (the running Tally's server, or one started for the command). Commands other than
  * `start` and `migrate` never create a database: in a folder without data they would only
- * answer from an empty one, so they refuse and say where the data is looked for.
+ * answer from an empty one, so they refuse and say where the data is looked for. Nor do they
+ * migrate one: a database that was never migrated, or is older than this Tally, is refused
+ * with what to run, and left as it was.
  */
 async function withDatabase<T>(work: (db: Database) => Promise<T>): Promise<T> {
   const config = loadConfig();
   const { url, embedded } = await openDatabase(config, pino({ level: 'silent' }), { reuseRunning: true, create: false });
   const stopOnSignal = stopEmbeddedOnSignal(embedded);
-  await migrate(url);
   const db = new Database({ url, poolSize: 4, statementTimeoutMilliseconds: 600_000, applicationName: 'tally-cli' });
   try {
+    await assertSchemaCurrent(db);
     return await work(db);
   } finally {
     await db.close();
@@ -328,7 +330,12 @@ try {
   if (!serving) process.exit(process.exitCode ?? 0);
 } catch (error) {
   if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : exitCode.usage);
-  if (error instanceof ConfigError || error instanceof CatalogError || error instanceof EmbeddedDatabaseError) {
+  if (
+    error instanceof ConfigError ||
+    error instanceof CatalogError ||
+    error instanceof EmbeddedDatabaseError ||
+    error instanceof SchemaNotCurrentError
+  ) {
     process.stderr.write(`tally: ${error.message}\n`);
     process.exit(exitCode.usage);
   }

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import type { Database } from './database.js';
 
 /**
  * Numbered SQL migrations (`migrations/0001-name.sql`), each applied in its own transaction and
@@ -84,4 +85,33 @@ export async function pendingMigrations(query: (text: string) => Promise<{ rows:
   const result = await query('select version from tally_migrations');
   const done = new Set(result.rows.map((row) => row.version));
   return known.filter((version) => !done.has(version));
+}
+
+/** The database is not at this Tally's schema: never migrated, or migrations are pending. */
+export class SchemaNotCurrentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SchemaNotCurrentError';
+  }
+}
+
+/**
+ * Refuses a database whose schema is not this Tally's: never migrated, or older than its
+ * migrations. Only `tally start` and `tally migrate` migrate; every other command checks with
+ * this instead, so that reading a database never changes it, and an old one is named as such
+ * rather than failing on a missing column.
+ */
+export async function assertSchemaCurrent(db: Pick<Database, 'query'>): Promise<void> {
+  const { rows } = await db.query<{ migrated: boolean }>(`select to_regclass('tally_migrations') is not null as migrated`);
+  if (rows[0]?.migrated !== true) {
+    throw new SchemaNotCurrentError('the database has no Tally schema (it was never migrated): run `tally migrate` first');
+  }
+  const pending = new Set(await pendingMigrations((text) => db.query<{ version: number }>(text)));
+  if (pending.size === 0) return;
+  const names = readMigrations()
+    .filter((migration) => pending.has(migration.version))
+    .map((migration) => migration.name);
+  throw new SchemaNotCurrentError(
+    `the database is older than this Tally: ${names.length} migration(s) not applied (${names.join(', ')}): run \`tally migrate\` first`,
+  );
 }
