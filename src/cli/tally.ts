@@ -9,7 +9,7 @@ import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js'
 import { assertSchemaCurrent, migrate, SchemaNotCurrentError } from '../db/migrate.js';
 import { errorStatuses, InvariantError, isErrorCode, TallyError } from '../errors.js';
 import { Ledger } from '../ledger/ledger.js';
-import { openDatabase, startTally, version, type Tally } from '../main.js';
+import { openDatabase, shutdownSecondsMax, startTally, version, type Tally } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
 import { grantWatcher } from '../ops/rules.js';
@@ -151,12 +151,25 @@ function startBanner(tally: Tally): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** Stops intake, drains, closes the pool, then stops the embedded database; exits 0 when clean. */
+/**
+ * Stops intake, drains, stops the workers, closes the pool, then stops the embedded database;
+ * exits 0 when clean, 1 when it failed or did not finish within shutdownSecondsMax.
+ */
 function shutDown(tally: Tally, reason: string): void {
   tally.logger.info({ reason }, 'shutting down');
+  // Not unref'd: it keeps the process alive until one of the two exits below.
+  const deadline = setTimeout(() => {
+    // An embedded database is stopped on the way out (db/embedded.ts asks it for a fast shutdown).
+    tally.logger.error({ reason }, `shutdown did not finish within ${shutdownSecondsMax} s; exiting anyway`);
+    process.exit(exitCode.failed);
+  }, shutdownSecondsMax * 1000);
   tally.close().then(
-    () => process.exit(0),
+    () => {
+      clearTimeout(deadline);
+      process.exit(0);
+    },
     (error: unknown) => {
+      clearTimeout(deadline);
       tally.logger.error({ err: error }, 'shutdown failed');
       process.exit(exitCode.failed);
     },
