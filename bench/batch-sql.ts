@@ -17,6 +17,7 @@
  * `measureBatchSql(serverUrl)` is the same measurement for another bench script to call: it
  * creates its two databases on that server and drops them when done.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +31,26 @@ import { databaseUrlFor } from '../test/helpers/database.js';
 
 /** The last migration before the set-based batch: the default "before" side. */
 const setBasedVersionBefore = 12;
+
+/**
+ * The migrations and function files of the git revision just before migration `versionBefore + 1`
+ * was added, in a scratch folder: the "before" side runs the SQL that release had, read from
+ * history rather than from copies kept in the migrations. Needs the repository's history.
+ */
+function sqlAtRevisionBefore(versionBefore: number): { migrationsDirectory: string; functionsDirectory: string; remove(): void } {
+  const next = String(versionBefore + 1).padStart(4, '0');
+  const git = (...args: string[]) => execFileSync('git', args, { encoding: 'utf8' }).trim();
+  const added = git('log', '--diff-filter=A', '--format=%H', '--', `migrations/${next}-*.sql`).split('\n').at(-1);
+  if (added === undefined || added === '') throw new Error(`bench: no commit adds migration ${next} (the bench needs the git history)`);
+  const folder = mkdtempSync(join(tmpdir(), `tally-sql-before-${next}-`));
+  const paths = ['migrations', ...(git('ls-tree', '-d', '--name-only', `${added}^`, 'db') === '' ? [] : ['db'])];
+  execFileSync('sh', ['-c', `git archive ${added}^ ${paths.join(' ')} | tar -x -C ${folder}`]);
+  return {
+    migrationsDirectory: join(folder, 'migrations'),
+    functionsDirectory: join(folder, 'db', 'functions'),
+    remove: () => rmSync(folder, { recursive: true, force: true }),
+  };
+}
 
 export interface BatchSqlOptions {
   roundCount?: number;
@@ -251,7 +272,12 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
     for (const side of ['before', 'after'] as const) {
       const url = databaseUrlFor(serverUrl, names[side]);
       await ensureDatabase(serverUrl, names[side]);
-      await migrate(url, () => undefined, side === 'before' ? { versionMax: versionBefore } : {});
+      if (side === 'before') {
+        const before = sqlAtRevisionBefore(versionBefore);
+        await migrate(url, () => undefined, before).finally(() => before.remove());
+      } else {
+        await migrate(url);
+      }
       await setUp(url, accountCount);
       await warmUp(url, side, warmUpBatches, connectionCount, versionBefore);
       pools[side] = quietWhenDropped(new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 }));

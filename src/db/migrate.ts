@@ -1,14 +1,21 @@
-import { readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import pg from 'pg';
+import { packageRoot } from '../package-root.js';
 import type { Database } from './database.js';
 
 /**
  * Numbered SQL migrations (`migrations/0001-name.sql`), each applied in its own transaction and
- * recorded in `tally_migrations`. A session advisory lock makes two processes that start at
- * once take turns: the second finds the work done. Every file must say how to roll it back.
+ * recorded in `tally_migrations`, hold what cannot be replayed: tables, data moves, drops. Every
+ * file must say how to roll it back. SQL functions are code, not history: each area's functions
+ * live in one file of `db/functions/` (CREATE OR REPLACE), applied after the migrations whenever
+ * the file's checksum changed (or a migration ran, since a migration may drop what a file
+ * defines). A session advisory lock makes two processes that start at once take turns: the
+ * second finds the work done.
  */
-export const migrationsDirectory = fileURLToPath(new URL('../../migrations/', import.meta.url));
+export const migrationsDirectory = join(packageRoot, 'migrations');
+export const functionsDirectory = join(packageRoot, 'db', 'functions');
 
 // An arbitrary constant: the advisory lock key that all Tally processes agree on.
 const migrationLockKey = 7_316_122_451;
@@ -24,7 +31,7 @@ export function readMigrations(directory = migrationsDirectory): Migration[] {
     .filter((file) => /^\d{4}-[a-z0-9-]+\.sql$/.test(file))
     .sort()
     .map((file) => {
-      const sql = readFileSync(`${directory}/${file}`, 'utf8');
+      const sql = readFileSync(join(directory, file), 'utf8');
       if (!/^-- Rollback:/m.test(sql)) throw new Error(`migration ${file} does not say how to roll it back (a "-- Rollback:" note)`);
       return { version: Number(file.slice(0, 4)), name: file.replace(/\.sql$/, ''), sql };
     });
@@ -34,12 +41,38 @@ export function readMigrations(directory = migrationsDirectory): Migration[] {
   return migrations;
 }
 
-const createTable = `create table if not exists tally_migrations (
-  version integer primary key, name text not null, applied_at timestamptz not null default now())`;
+export interface FunctionFile {
+  name: string;
+  sql: string;
+  checksum: string;
+}
+
+export function readFunctionFiles(directory = functionsDirectory): FunctionFile[] {
+  if (!existsSync(directory)) return [];
+  return readdirSync(directory)
+    .filter((file) => /^\d{2}-[a-z0-9-]+\.sql$/.test(file))
+    .sort()
+    .map((file) => {
+      const sql = readFileSync(join(directory, file), 'utf8');
+      return { name: file, sql, checksum: createHash('sha256').update(sql).digest('hex') };
+    });
+}
+
+const createTables = `create table if not exists tally_migrations (
+  version integer primary key, name text not null, applied_at timestamptz not null default now());
+create table if not exists tally_function_files (
+  name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
 
 export interface MigrateOptions {
-  /** Apply migrations up to this version only (benchmarks compare a function before and after a migration). */
+  /**
+   * Apply migrations up to this version only, with the functions as those migrations left them
+   * (no function files): tests of a migration's rollback note start from the schema it found.
+   */
   versionMax?: number;
+  /** Where the numbered migrations are (the bench migrates a copy taken from an older git revision). */
+  migrationsDirectory?: string;
+  /** Where the function files are; a folder that does not exist means none (revisions before db/functions/). */
+  functionsDirectory?: string;
 }
 
 export async function migrate(
@@ -47,13 +80,16 @@ export async function migrate(
   log: (line: string) => void = () => undefined,
   options: MigrateOptions = {},
 ): Promise<number[]> {
-  const migrations = readMigrations().filter((migration) => options.versionMax === undefined || migration.version <= options.versionMax);
+  const migrations = readMigrations(options.migrationsDirectory).filter(
+    (migration) => options.versionMax === undefined || migration.version <= options.versionMax,
+  );
+  const functionFiles = options.versionMax === undefined ? readFunctionFiles(options.functionsDirectory) : [];
   const client = new pg.Client({ connectionString: databaseUrl, application_name: 'tally-migrate' });
   await client.connect();
   const applied: number[] = [];
   try {
     await client.query('select pg_advisory_lock($1)', [migrationLockKey]);
-    await client.query(createTable);
+    await client.query(createTables);
     const done = new Set((await client.query<{ version: number }>('select version from tally_migrations')).rows.map((row) => row.version));
     for (const migration of migrations) {
       if (done.has(migration.version)) continue;
@@ -61,6 +97,7 @@ export async function migrate(
       applied.push(migration.version);
       log(`applied migration ${migration.name}`);
     }
+    for (const name of await applyFunctionFiles(client, functionFiles, applied.length > 0)) log(`applied functions ${name}`);
   } finally {
     await client.query('select pg_advisory_unlock($1)', [migrationLockKey]).finally(() => client.end());
   }
@@ -77,6 +114,40 @@ async function applyOne(client: pg.Client, migration: Migration): Promise<void> 
     await client.query('rollback');
     throw new Error(`migration ${migration.name} failed: ${(error as Error).message}`, { cause: error });
   }
+}
+
+/**
+ * Applies the function files whose checksum differs from the one recorded (all of them after a
+ * migration ran), in one transaction, so a process never sees half of a release's functions.
+ * Function bodies are checked when they run, not when they are created: a file may call a
+ * function that a later file defines.
+ */
+async function applyFunctionFiles(client: pg.Client, files: FunctionFile[], force: boolean): Promise<string[]> {
+  const recorded = new Map(
+    (await client.query<{ name: string; checksum: string }>('select name, checksum from tally_function_files')).rows.map((row) => [
+      row.name,
+      row.checksum,
+    ]),
+  );
+  const changed = files.filter((file) => force || recorded.get(file.name) !== file.checksum);
+  if (changed.length === 0) return [];
+  await client.query('begin');
+  try {
+    await client.query('set local check_function_bodies = off');
+    for (const file of changed) {
+      await client.query(file.sql);
+      await client.query(
+        `insert into tally_function_files (name, checksum) values ($1, $2)
+         on conflict (name) do update set checksum = excluded.checksum, applied_at = now()`,
+        [file.name, file.checksum],
+      );
+    }
+    await client.query('commit');
+  } catch (error) {
+    await client.query('rollback');
+    throw new Error(`function files failed: ${(error as Error).message}`, { cause: error });
+  }
+  return changed.map((file) => file.name);
 }
 
 /** Migrations present in files but not applied to the database (for /readyz). */
@@ -107,11 +178,30 @@ export async function assertSchemaCurrent(db: Pick<Database, 'query'>): Promise<
     throw new SchemaNotCurrentError('the database has no Tally schema (it was never migrated): run `tally migrate` first');
   }
   const pending = new Set(await pendingMigrations((text) => db.query<{ version: number }>(text)));
-  if (pending.size === 0) return;
-  const names = readMigrations()
-    .filter((migration) => pending.has(migration.version))
-    .map((migration) => migration.name);
-  throw new SchemaNotCurrentError(
-    `the database is older than this Tally: ${names.length} migration(s) not applied (${names.join(', ')}): run \`tally migrate\` first`,
-  );
+  if (pending.size > 0) {
+    const names = readMigrations()
+      .filter((migration) => pending.has(migration.version))
+      .map((migration) => migration.name);
+    throw new SchemaNotCurrentError(
+      `the database is older than this Tally: ${names.length} migration(s) not applied (${names.join(', ')}): run \`tally migrate\` first`,
+    );
+  }
+  // Function files change without a migration: a database migrated by an older release has its functions.
+  const stale = await staleFunctionFiles(db);
+  if (stale.length > 0) {
+    throw new SchemaNotCurrentError(
+      `the database's functions are older than this Tally: ${stale.length} function file(s) not applied (${stale.join(', ')}): run \`tally migrate\` first`,
+    );
+  }
+}
+
+/** Function files whose checksum is not the one the database recorded (all of them before db/functions/ existed). */
+async function staleFunctionFiles(db: Pick<Database, 'query'>): Promise<string[]> {
+  const files = readFunctionFiles();
+  if (files.length === 0) return [];
+  const { rows: tables } = await db.query<{ recorded: boolean }>(`select to_regclass('tally_function_files') is not null as recorded`);
+  if (tables[0]?.recorded !== true) return files.map((file) => file.name);
+  const { rows } = await db.query<{ name: string; checksum: string }>('select name, checksum from tally_function_files');
+  const recorded = new Map(rows.map((row) => [row.name, row.checksum]));
+  return files.filter((file) => recorded.get(file.name) !== file.checksum).map((file) => file.name);
 }

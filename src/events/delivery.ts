@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
-import { raiseAlert } from '../ops/alerts.js';
+import type { Alerts } from '../ports/alerts.js';
 import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
 import { claimLoopTask, type ClaimLoopLimits, type ClaimLoopWork } from '../timing/claim-loop.js';
 import { Periodic } from '../timing/periodic.js';
@@ -91,6 +91,7 @@ export class EventDelivery {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
+    private readonly alerts: Alerts,
     options: Partial<DeliveryOptions> = {},
   ) {
     this.options = { ...defaultDeliveryOptions, ...options };
@@ -193,7 +194,7 @@ export class EventDelivery {
         [endpointId, this.now(), reason],
       );
       if (rowCount === 0) return;
-      await raiseAlert(client, {
+      await this.alerts.raise(client, {
         kind: 'webhook_endpoint_disabled',
         key: `webhook_endpoint_disabled:${endpointId}`,
         severity: 'critical',

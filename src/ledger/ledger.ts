@@ -5,7 +5,7 @@ import { payloadHash } from './payload-hash.js';
 
 /**
  * The money core seen from TypeScript. Every operation is one call of a SQL function from
- * migrations/0002 (one round trip, one transaction); this class only shapes arguments and
+ * db/functions/ (one round trip, one transaction); this class only shapes arguments and
  * answers. A keyed operation answers an Outcome: its first outcome is final and stored, so a
  * refusal such as 402 comes back as a value, not an exception.
  */

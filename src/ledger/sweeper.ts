@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { AlertInput } from '../ops/alerts.js';
+import type { AlertInput } from '../ports/alerts.js';
 import { claimLoop } from '../timing/claim-loop.js';
 import { Periodic } from '../timing/periodic.js';
 import type { Ledger } from './ledger.js';
@@ -27,7 +27,7 @@ export const defaultSweeperLimits: SweeperLimits = { attemptCountMax: 5, parkSec
 /** What the sweep needs of the ledger. */
 export type SettlingLedger = Pick<Ledger, 'dueAccounts' | 'settleAccount'>;
 
-/** Raises an alert (ops/alerts raiseAlert, on the pool); the sweeper does not reach the database itself. */
+/** Raises an alert (the alert port's raise, on the pool); the sweeper does not reach the database itself. */
 export type RaiseAlert = (alert: AlertInput) => Promise<void>;
 
 interface Failure {

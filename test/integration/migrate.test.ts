@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import pg from 'pg';
-import { migrate, readMigrations } from '../../src/db/migrate.js';
+import { migrate, migrationsDirectory, readMigrations } from '../../src/db/migrate.js';
 import { createEmptyDatabase } from '../helpers/database.js';
 
 it('applies every migration once when three processes migrate at the same time', async () => {
@@ -39,8 +39,13 @@ it('refuses a migration without a rollback note, or out of sequence', () => {
   assert.throws(() => readMigrations(directory), /roll it back/);
 });
 
-/** The statements of a migration's "-- Rollback:" note: its lines indented by "--   ". */
+/**
+ * The statements of a migration's "-- Rollback:" note: its lines indented by "--   ", or, when the
+ * note names a file of migrations/rollback/, that file (a rollback too long to keep in a note).
+ */
 function rollbackStatements(sql: string): string {
+  const file = /^-- .*\b(rollback\/\d{4}-[a-z0-9-]+\.sql)/m.exec(sql)?.[1];
+  if (file !== undefined) return readFileSync(join(migrationsDirectory, file), 'utf8');
   const lines = sql.split('\n');
   const start = lines.findIndex((line) => line.startsWith('-- Rollback:'));
   const statements: string[] = [];
@@ -72,8 +77,10 @@ it("rolls back every migration, newest first, with its note's statements, and mi
         `after rolling back ${migration.name}`,
       );
     }
-    const tables = await client.query(`select tablename from pg_tables where schemaname = 'public' and tablename <> 'tally_migrations'`);
-    assert.deepEqual(tables.rows, [], 'nothing is left but the migrations table');
+    const tables = await client.query(
+      `select tablename from pg_tables where schemaname = 'public' and tablename not in ('tally_migrations', 'tally_function_files')`,
+    );
+    assert.deepEqual(tables.rows, [], 'nothing is left but the bookkeeping tables');
     assert.deepEqual(
       await migrate(url),
       readMigrations().map((migration) => migration.version),

@@ -2,13 +2,13 @@ import type { Logger } from 'pino';
 import type { Catalog } from '../billing/catalog.js';
 import { IgnoredEvent, RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
 import { applyEvent } from '../billing/effects.js';
-import type { ClaimHasher } from '../billing/trials.js';
+import type { ClaimHasher } from '../billing/claim-hasher.js';
 import { dueMonthsPerPassMax, findDueMonth, grantMonth, type DueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
-import { raiseAlert } from '../ops/alerts.js';
+import type { Alerts } from '../ports/alerts.js';
+import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { backoffDelaySeconds, mayRetry, type Backoff } from '../timing/backoff.js';
 import { claimLoop } from '../timing/claim-loop.js';
-import { StripeUnavailableError, type StripeGateway } from './gateway.js';
 import { OrderedLanes } from './ordered-lanes.js';
 import { prepareEvent } from './prepare.js';
 
@@ -95,6 +95,7 @@ export class WebhookWorker {
     private readonly db: Database,
     private readonly catalog: Catalog,
     private readonly hasher: ClaimHasher,
+    private readonly alerts: Alerts,
     private readonly gateway: StripeGateway | undefined,
     private readonly logger: Logger,
     private readonly options: WorkerOptions = defaultWorkerOptions,
@@ -161,8 +162,8 @@ export class WebhookWorker {
         claim: (batchSizeMax) => this.dueEvents(batchSizeMax),
         process: async (batch) => {
           for (const row of batch) attempts.push(this.lanes.submit(row.id, row.ordering_keys, () => this.processOne(row.id)));
-          // The next page is read while the lanes still work on this one.
-          await this.lanes.whenWaitingAtMost(this.options.concurrentEventsMax);
+          // The next page (if the claim was full) is read while the lanes still work on this one.
+          if (batch.length === this.options.batchSizeMax) await this.lanes.whenWaitingAtMost(this.options.concurrentEventsMax);
         },
       },
       { batchSizeMax: this.options.batchSizeMax, batchCountMax: this.options.batchCountMax, until: 'short-batch' },
@@ -200,7 +201,7 @@ export class WebhookWorker {
         },
         process: async (months) => {
           for (const { due, now } of months) {
-            const month = await grantMonth(this.db, this.catalog, this.hasher, now, due);
+            const month = await grantMonth(this.db, this.catalog, this.hasher, this.alerts, now, due);
             if (!month.failed) continue;
             this.logger.error({ month: month.key }, 'a yearly month failed; it will be retried on the next pass');
             passedOver.push(month.key);
@@ -255,7 +256,15 @@ export class WebhookWorker {
           eventId,
         ]);
         if (claimed.rowCount === 0) return { status: 'skipped' as const, lag: undefined };
-        const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
+        const context: EffectContext = {
+          client,
+          catalog: this.catalog,
+          hasher: this.hasher,
+          alerts: this.alerts,
+          event,
+          prepared,
+          now: this.now(),
+        };
         const result = await applyEvent(context);
         const marked = await client.query<{ lag: number }>(
           `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3, ignored_reason = $4 where id = $1
@@ -288,7 +297,7 @@ export class WebhookWorker {
       );
       if (rowCount === 0) return 'skipped' as const;
       if (ignored.alert) {
-        await raiseAlert(client, {
+        await this.alerts.raise(client, {
           kind: 'unattributed_payment',
           key: `unattributed:${event.id}`,
           severity: 'warning',
@@ -329,7 +338,7 @@ export class WebhookWorker {
       if (attempts === undefined) return 'skipped';
       if (!mayRetry(this.retries, attempts)) {
         await client.query(`update webhook_events set status = 'failed' where id = $1`, [event.id]);
-        await raiseAlert(client, {
+        await this.alerts.raise(client, {
           kind: 'webhook_failed',
           key: `webhook_failed:${event.id}`,
           severity: 'critical',

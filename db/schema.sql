@@ -1,0 +1,1729 @@
+-- The migrated schema, dumped by `npm run schema` (src/db/schema-dump.ts). Do not edit: change a
+-- migration or a file of db/functions/, then dump again; a test fails while this file is stale.
+
+
+create table accounts (
+  id text not null,
+  email text,
+  name text,
+  metadata jsonb not null default '{}'::jsonb,
+  stripe_customer_id text,
+  available bigint not null default 0,
+  held bigint not null default 0,
+  debt bigint not null default 0,
+  created_at timestamp with time zone not null default now(),
+  updated_at timestamp with time zone not null default now(),
+  flagged boolean not null default false,
+  device_fingerprint_hash text,
+  low_balance_threshold bigint,
+  top_up_threshold bigint,
+  spend_limited boolean not null default false
+);
+alter table accounts add constraint account_id_format CHECK ((id ~ '^[A-Za-z0-9_.:@-]{1,128}$'::text));
+alter table accounts add constraint available_not_negative CHECK ((available >= 0));
+alter table accounts add constraint available_or_debt CHECK (((available = 0) OR (debt = 0)));
+alter table accounts add constraint balances_safe CHECK (((available <= '9007199254740991'::bigint) AND (held <= '9007199254740991'::bigint) AND (debt <= '9007199254740991'::bigint)));
+alter table accounts add constraint debt_not_negative CHECK ((debt >= 0));
+alter table accounts add constraint email_length CHECK ((char_length(email) <= 320));
+alter table accounts add constraint held_not_negative CHECK ((held >= 0));
+alter table accounts add constraint low_balance_threshold_range CHECK (((low_balance_threshold >= 1) AND (low_balance_threshold <= '9007199254740991'::bigint)));
+alter table accounts add constraint metadata_is_object CHECK ((jsonb_typeof(metadata) = 'object'::text));
+alter table accounts add constraint name_length CHECK ((char_length(name) <= 200));
+alter table accounts add constraint top_up_threshold_range CHECK (((top_up_threshold >= 1) AND (top_up_threshold <= '9007199254740991'::bigint)));
+alter table accounts add constraint accounts_pkey PRIMARY KEY (id);
+alter table accounts add constraint accounts_stripe_customer_id_key UNIQUE (stripe_customer_id);
+CREATE TRIGGER accounts_balance_events AFTER UPDATE OF available, debt ON public.accounts FOR EACH ROW WHEN ((((new.available < old.available) AND (((new.available < new.low_balance_threshold) AND (old.available >= new.low_balance_threshold)) OR ((new.available < new.top_up_threshold) AND (old.available >= new.top_up_threshold)) OR (new.available = 0))) OR ((old.debt = 0) AND (new.debt > 0)))) EXECUTE FUNCTION tally_account_events();
+
+create table alert_deliveries (
+  alert_id bigint not null,
+  sink text not null,
+  delivered_at timestamp with time zone,
+  attempts integer not null default 0,
+  next_attempt_at timestamp with time zone not null default now(),
+  last_error text,
+  action text not null default 'trigger'::text
+);
+alter table alert_deliveries add constraint alert_delivery_action CHECK ((action = ANY (ARRAY['trigger'::text, 'resolve'::text])));
+alter table alert_deliveries add constraint alert_deliveries_alert_id_fkey FOREIGN KEY (alert_id) REFERENCES alerts(id);
+alter table alert_deliveries add constraint alert_deliveries_pkey PRIMARY KEY (alert_id, sink, action);
+CREATE INDEX alert_deliveries_due ON public.alert_deliveries USING btree (next_attempt_at) WHERE (delivered_at IS NULL);
+
+create table alerts (
+  id bigint not null,
+  alert_key text not null,
+  kind text not null,
+  severity text not null,
+  message text not null,
+  details jsonb not null default '{}'::jsonb,
+  account_id text,
+  count integer not null default 1,
+  first_at timestamp with time zone not null default now(),
+  last_at timestamp with time zone not null default now(),
+  delivered_at timestamp with time zone,
+  delivery_attempts integer not null default 0,
+  resolved_at timestamp with time zone
+);
+alter table alerts add constraint alert_severity CHECK ((severity = ANY (ARRAY['info'::text, 'warning'::text, 'critical'::text])));
+alter table alerts add constraint alerts_pkey PRIMARY KEY (id);
+CREATE INDEX alerts_by_key ON public.alerts USING btree (alert_key, last_at DESC);
+CREATE INDEX alerts_recent ON public.alerts USING btree (last_at DESC);
+
+create table audit_log (
+  id bigint not null,
+  account_id text,
+  actor text not null,
+  action text not null,
+  reason text,
+  before jsonb,
+  after jsonb,
+  created_at timestamp with time zone not null default now()
+);
+alter table audit_log add constraint audit_log_pkey PRIMARY KEY (id);
+CREATE INDEX audit_log_by_account ON public.audit_log USING btree (account_id, id DESC);
+
+create table auto_top_ups (
+  account_id text not null,
+  enabled boolean not null,
+  threshold bigint not null,
+  pack_id text not null,
+  max_per_month integer not null,
+  failures_in_row integer not null default 0,
+  updated_at timestamp with time zone not null default now()
+);
+alter table auto_top_ups add constraint auto_top_up_max_range CHECK (((max_per_month >= 1) AND (max_per_month <= 1000)));
+alter table auto_top_ups add constraint auto_top_up_threshold_range CHECK (((threshold >= 1) AND (threshold <= '9007199254740991'::bigint)));
+alter table auto_top_ups add constraint auto_top_ups_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table auto_top_ups add constraint auto_top_ups_pkey PRIMARY KEY (account_id);
+
+create table billing_periods (
+  subscription_id text not null,
+  period_start bigint not null,
+  period_end bigint not null,
+  billing_interval text not null,
+  account_id text not null
+);
+alter table billing_periods add constraint billing_period_interval CHECK ((billing_interval = ANY (ARRAY['month'::text, 'year'::text])));
+alter table billing_periods add constraint billing_period_order CHECK ((period_end > period_start));
+alter table billing_periods add constraint billing_periods_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table billing_periods add constraint billing_periods_pkey PRIMARY KEY (subscription_id, period_start);
+CREATE INDEX billing_periods_by_end ON public.billing_periods USING btree (subscription_id, period_end);
+
+create table entries (
+  id bigint not null,
+  account_id text not null,
+  kind text not null,
+  amount bigint not null,
+  balance_after bigint not null,
+  grant_ids bigint[] not null default '{}'::bigint[],
+  grant_credits bigint[] not null default '{}'::bigint[],
+  hold_id bigint,
+  idempotency_key text not null,
+  reference jsonb not null default '{}'::jsonb,
+  actor text not null,
+  reason text,
+  created_at timestamp with time zone not null default now(),
+  payload_hash text
+);
+alter table entries add constraint admin_has_reason CHECK (((actor <> 'admin'::text) OR (reason IS NOT NULL)));
+alter table entries add constraint entry_actor CHECK ((actor = ANY (ARRAY['app'::text, 'admin'::text, 'stripe'::text, 'system'::text])));
+alter table entries add constraint entry_kind CHECK ((kind = ANY (ARRAY['grant'::text, 'usage'::text, 'hold'::text, 'capture'::text, 'release'::text, 'expire'::text, 'clawback'::text, 'restore'::text, 'adjustment'::text])));
+alter table entries add constraint grant_arrays_match CHECK ((cardinality(grant_ids) = cardinality(grant_credits)));
+alter table entries add constraint payload_hash_of_usage CHECK (((payload_hash IS NULL) OR (kind = 'usage'::text))) NOT VALID;
+alter table entries add constraint entries_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table entries add constraint entries_pkey PRIMARY KEY (id);
+alter table entries add constraint entry_key_unique UNIQUE (account_id, idempotency_key);
+CREATE INDEX entries_by_account ON public.entries USING btree (account_id, id DESC);
+CREATE INDEX entries_created_brin ON public.entries USING brin (created_at);
+alter table entries alter column account_id set (n_distinct=-0.01);
+CREATE TRIGGER entries_append_only BEFORE DELETE OR UPDATE ON public.entries FOR EACH ROW EXECUTE FUNCTION tally_refuse_entry_change();
+CREATE TRIGGER entries_events AFTER INSERT ON public.entries FOR EACH ROW WHEN (((new.kind = ANY (ARRAY['clawback'::text, 'restore'::text])) OR ((new.kind = 'expire'::text) AND (new.reference ? 'grant_id'::text)))) EXECUTE FUNCTION tally_entry_events();
+CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON public.entries FOR EACH STATEMENT EXECUTE FUNCTION tally_refuse_entry_change();
+
+create table event_deliveries (
+  endpoint_id bigint not null,
+  sequence bigint not null,
+  account_id text not null,
+  delivered_at timestamp with time zone,
+  attempts integer not null default 0,
+  first_failed_at timestamp with time zone,
+  next_attempt_at timestamp with time zone not null default '-infinity'::timestamp with time zone,
+  last_error text
+);
+alter table event_deliveries add constraint event_deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES webhook_endpoints(id) ON DELETE CASCADE;
+alter table event_deliveries add constraint event_deliveries_pkey PRIMARY KEY (endpoint_id, sequence);
+CREATE INDEX event_deliveries_due ON public.event_deliveries USING btree (next_attempt_at) WHERE (delivered_at IS NULL);
+CREATE INDEX event_deliveries_pending ON public.event_deliveries USING btree (endpoint_id, account_id, sequence) WHERE (delivered_at IS NULL);
+
+create table events (
+  id bigint not null,
+  sequence bigint,
+  type text not null,
+  account_id text,
+  data jsonb not null default '{}'::jsonb,
+  created_at timestamp with time zone not null default now(),
+  xid xid8 not null default pg_current_xact_id()
+);
+alter table events add constraint events_pkey PRIMARY KEY (id);
+alter table events add constraint event_sequence_unique UNIQUE (sequence);
+CREATE INDEX events_by_account ON public.events USING btree (account_id, sequence) WHERE (sequence IS NOT NULL);
+CREATE INDEX events_unsequenced ON public.events USING btree (id) WHERE (sequence IS NULL);
+
+create table grants (
+  id bigint not null,
+  account_id text not null,
+  source text not null,
+  amount bigint not null,
+  remaining bigint not null,
+  priority integer not null default 0,
+  expires_at timestamp with time zone,
+  grant_key text not null,
+  reference jsonb not null default '{}'::jsonb,
+  payment_id bigint,
+  created_at timestamp with time zone not null default now(),
+  live boolean default (remaining > 0)
+);
+alter table grants add constraint grant_amount_positive CHECK ((amount > 0));
+alter table grants add constraint grant_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'purchase'::text, 'promo'::text, 'admin'::text, 'rollover'::text])));
+alter table grants add constraint priority_range CHECK (((priority >= 0) AND (priority <= 1000)));
+alter table grants add constraint remaining_within_amount CHECK (((remaining >= 0) AND (remaining <= amount)));
+alter table grants add constraint grant_payment FOREIGN KEY (payment_id) REFERENCES payments(id);
+alter table grants add constraint grants_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table grants add constraint grants_pkey PRIMARY KEY (id);
+alter table grants add constraint grant_key_unique UNIQUE (account_id, grant_key);
+CREATE INDEX grants_by_payment ON public.grants USING btree (payment_id) WHERE (payment_id IS NOT NULL);
+CREATE INDEX grants_due_expiry ON public.grants USING btree (expires_at) WHERE (live AND (expires_at IS NOT NULL));
+CREATE UNIQUE INDEX grants_one_period_per_plan ON public.grants USING btree (account_id, ((reference ->> 'subscription'::text)), ((reference ->> 'plan'::text)), ((reference ->> 'period_start'::text))) WHERE (grant_key ~~ 'period:%'::text);
+CREATE INDEX grants_spend_order ON public.grants USING btree (account_id, priority, expires_at, created_at, id) WHERE live;
+CREATE TRIGGER grants_events AFTER INSERT ON public.grants FOR EACH ROW EXECUTE FUNCTION tally_grant_events();
+
+create table holds (
+  id bigint not null,
+  account_id text not null,
+  amount bigint not null,
+  status text not null default 'pending'::text,
+  captured bigint,
+  released bigint,
+  grant_ids bigint[] not null,
+  grant_credits bigint[] not null,
+  expires_at timestamp with time zone not null,
+  idempotency_key text not null,
+  created_at timestamp with time zone not null default now(),
+  resolved_at timestamp with time zone,
+  counted_in_spend_limits boolean not null default false
+);
+alter table holds add constraint hold_amount_positive CHECK ((amount > 0));
+alter table holds add constraint hold_resolution CHECK ((((status = 'pending'::text) AND (captured IS NULL) AND (released IS NULL)) OR ((status <> 'pending'::text) AND (captured >= 0) AND (released >= 0) AND ((captured + released) = amount))));
+alter table holds add constraint hold_status CHECK ((status = ANY (ARRAY['pending'::text, 'captured'::text, 'voided'::text, 'expired'::text])));
+alter table holds add constraint holds_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table holds add constraint holds_pkey PRIMARY KEY (id);
+CREATE INDEX holds_due_expiry ON public.holds USING btree (expires_at) WHERE (status = 'pending'::text);
+CREATE INDEX holds_pending_by_account ON public.holds USING btree (account_id, expires_at) WHERE (status = 'pending'::text);
+CREATE TRIGGER holds_events AFTER UPDATE OF status ON public.holds FOR EACH ROW WHEN (((old.status = 'pending'::text) AND (new.status = 'expired'::text))) EXECUTE FUNCTION tally_hold_events();
+CREATE TRIGGER holds_spend_limits AFTER UPDATE OF status ON public.holds FOR EACH ROW WHEN (((old.status = 'pending'::text) AND (new.status <> 'pending'::text) AND (new.released > 0) AND new.counted_in_spend_limits)) EXECUTE FUNCTION tally_spend_limits_give_back();
+
+create table invoice_payment_intents (
+  payment_intent text not null,
+  invoice_id text not null,
+  event_id text not null,
+  created_at timestamp with time zone not null default now()
+);
+alter table invoice_payment_intents add constraint invoice_payment_intents_pkey PRIMARY KEY (payment_intent);
+CREATE INDEX invoice_payment_intents_by_invoice ON public.invoice_payment_intents USING btree (invoice_id);
+
+create table invoice_payment_links (
+  invoice_id text not null,
+  payment_intent text not null,
+  event_id text not null,
+  created_at timestamp with time zone not null default now()
+);
+alter table invoice_payment_links add constraint invoice_payment_links_pkey PRIMARY KEY (invoice_id);
+
+create table payment_refunds (
+  refund_id text not null,
+  payment_id bigint not null,
+  credits bigint not null,
+  created_at timestamp with time zone not null default now()
+);
+alter table payment_refunds add constraint refund_credits_not_negative CHECK ((credits >= 0));
+alter table payment_refunds add constraint payment_refunds_payment_id_fkey FOREIGN KEY (payment_id) REFERENCES payments(id);
+alter table payment_refunds add constraint payment_refunds_pkey PRIMARY KEY (refund_id);
+
+create table payments (
+  id bigint not null,
+  account_id text not null,
+  invoice_id text,
+  checkout_session_id text,
+  payment_intent text,
+  amount_paid bigint not null,
+  currency text,
+  credits bigint not null default 0,
+  clawed_back bigint not null default 0,
+  created_at timestamp with time zone not null default now(),
+  total bigint,
+  prorated_back bigint not null default 0
+);
+alter table payments add constraint amount_paid_not_negative CHECK ((amount_paid >= 0));
+alter table payments add constraint clawback_bounded CHECK (((clawed_back >= 0) AND (credits >= 0) AND (clawed_back <= credits)));
+alter table payments add constraint payment_clawbacks_bounded CHECK (((prorated_back >= 0) AND (prorated_back <= credits)));
+alter table payments add constraint payments_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table payments add constraint payments_pkey PRIMARY KEY (id);
+alter table payments add constraint payments_checkout_session_id_key UNIQUE (checkout_session_id);
+alter table payments add constraint payments_invoice_id_key UNIQUE (invoice_id);
+alter table payments add constraint payments_payment_intent_key UNIQUE (payment_intent);
+CREATE INDEX payments_by_account ON public.payments USING btree (account_id);
+
+create table reconciliation_runs (
+  id bigint not null,
+  started_at timestamp with time zone not null default now(),
+  finished_at timestamp with time zone,
+  trigger text not null,
+  with_stripe boolean not null default false,
+  status text not null default 'running'::text,
+  finding_count integer,
+  findings jsonb not null default '[]'::jsonb,
+  summary jsonb not null default '{}'::jsonb,
+  error text
+);
+alter table reconciliation_runs add constraint run_status CHECK ((status = ANY (ARRAY['running'::text, 'done'::text, 'failed'::text])));
+alter table reconciliation_runs add constraint run_trigger CHECK ((trigger = ANY (ARRAY['cli'::text, 'api'::text, 'schedule'::text])));
+alter table reconciliation_runs add constraint reconciliation_runs_pkey PRIMARY KEY (id);
+CREATE INDEX reconciliation_runs_recent ON public.reconciliation_runs USING btree (started_at DESC);
+
+create table request_keys (
+  key text not null,
+  account_id text not null,
+  operation text not null,
+  payload_hash text not null,
+  status_code integer not null,
+  response jsonb not null,
+  created_at timestamp with time zone not null default now()
+);
+alter table request_keys add constraint request_keys_pkey PRIMARY KEY (account_id, key);
+
+create table spend_limits (
+  account_id text not null,
+  per_day bigint,
+  per_month bigint,
+  day date not null,
+  spent_day bigint not null,
+  month date not null,
+  spent_month bigint not null,
+  day_reached date,
+  month_reached date,
+  updated_at timestamp with time zone not null default now()
+);
+alter table spend_limits add constraint per_day_range CHECK (((per_day >= 0) AND (per_day <= '9007199254740991'::bigint)));
+alter table spend_limits add constraint per_month_range CHECK (((per_month >= 0) AND (per_month <= '9007199254740991'::bigint)));
+alter table spend_limits add constraint some_limit CHECK (((per_day IS NOT NULL) OR (per_month IS NOT NULL)));
+alter table spend_limits add constraint spent_day_range CHECK (((spent_day >= 0) AND (spent_day <= '9007199254740991'::bigint)));
+alter table spend_limits add constraint spent_month_range CHECK (((spent_month >= 0) AND (spent_month <= '9007199254740991'::bigint)));
+alter table spend_limits add constraint spend_limits_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table spend_limits add constraint spend_limits_pkey PRIMARY KEY (account_id);
+
+create table subscriptions (
+  id text not null,
+  account_id text not null,
+  customer_id text,
+  status text not null,
+  price_id text,
+  plan_id text,
+  billing_interval text,
+  current_period_start timestamp with time zone,
+  current_period_end timestamp with time zone,
+  cancel_at_period_end boolean not null default false,
+  trial_end timestamp with time zone,
+  event_created timestamp with time zone not null,
+  event_id text not null,
+  updated_at timestamp with time zone not null default now(),
+  quantity integer not null default 1,
+  ended_at timestamp with time zone
+);
+alter table subscriptions add constraint subscription_quantity_positive CHECK ((quantity >= 0));
+alter table subscriptions add constraint subscriptions_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table subscriptions add constraint subscriptions_pkey PRIMARY KEY (id);
+CREATE INDEX subscriptions_by_account ON public.subscriptions USING btree (account_id);
+CREATE TRIGGER subscriptions_insert_events AFTER INSERT ON public.subscriptions FOR EACH ROW EXECUTE FUNCTION tally_subscription_events();
+CREATE TRIGGER subscriptions_update_events AFTER UPDATE ON public.subscriptions FOR EACH ROW WHEN (((((((((old.account_id IS DISTINCT FROM new.account_id) OR (old.status IS DISTINCT FROM new.status)) OR (old.plan_id IS DISTINCT FROM new.plan_id)) OR (old.billing_interval IS DISTINCT FROM new.billing_interval)) OR (old.current_period_start IS DISTINCT FROM new.current_period_start)) OR (old.current_period_end IS DISTINCT FROM new.current_period_end)) OR (old.cancel_at_period_end IS DISTINCT FROM new.cancel_at_period_end)) OR (old.trial_end IS DISTINCT FROM new.trial_end))) EXECUTE FUNCTION tally_subscription_events();
+
+create table tally_secrets (
+  name text not null,
+  value text not null,
+  created_at timestamp with time zone not null default now()
+);
+alter table tally_secrets add constraint tally_secrets_pkey PRIMARY KEY (name);
+
+create table top_ups (
+  id bigint not null,
+  account_id text not null,
+  number integer not null,
+  pack_id text not null,
+  status text not null default 'pending'::text,
+  payment_intent text,
+  attempts integer not null default 0,
+  next_attempt_at timestamp with time zone not null default '-infinity'::timestamp with time zone,
+  failure_code text,
+  last_error text,
+  created_at timestamp with time zone not null default now(),
+  resolved_at timestamp with time zone
+);
+alter table top_ups add constraint top_up_status CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])));
+alter table top_ups add constraint top_ups_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table top_ups add constraint top_ups_pkey PRIMARY KEY (id);
+alter table top_ups add constraint top_up_number_unique UNIQUE (account_id, number);
+alter table top_ups add constraint top_up_payment_intent_unique UNIQUE (payment_intent);
+CREATE INDEX top_ups_due ON public.top_ups USING btree (next_attempt_at) WHERE (status = 'pending'::text);
+CREATE UNIQUE INDEX top_ups_one_in_flight ON public.top_ups USING btree (account_id) WHERE (status = 'pending'::text);
+
+create table trial_claims (
+  kind text not null,
+  value_hash text not null,
+  account_id text not null,
+  subscription_id text,
+  created_at timestamp with time zone not null default now()
+);
+alter table trial_claims add constraint claim_kind CHECK ((kind = ANY (ARRAY['account'::text, 'email'::text, 'device'::text, 'card'::text, 'payment_method'::text])));
+alter table trial_claims add constraint trial_claims_pkey PRIMARY KEY (kind, value_hash);
+
+create table trial_refusals (
+  subscription_id text not null,
+  account_id text not null,
+  reason text not null,
+  created_at timestamp with time zone not null default now(),
+  cancelled_at timestamp with time zone,
+  cancel_attempts integer not null default 0,
+  last_error text
+);
+alter table trial_refusals add constraint trial_refusals_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table trial_refusals add constraint trial_refusals_pkey PRIMARY KEY (subscription_id);
+CREATE INDEX trial_refusals_to_cancel ON public.trial_refusals USING btree (created_at) WHERE (cancelled_at IS NULL);
+CREATE TRIGGER trial_refusals_events AFTER INSERT ON public.trial_refusals FOR EACH ROW EXECUTE FUNCTION tally_trial_refusal_events();
+
+create table webhook_endpoints (
+  id bigint not null,
+  url text not null,
+  secret text not null,
+  event_types text[],
+  status text not null default 'enabled'::text,
+  disabled_at timestamp with time zone,
+  disabled_reason text,
+  created_at timestamp with time zone not null default now()
+);
+alter table webhook_endpoints add constraint endpoint_status CHECK ((status = ANY (ARRAY['enabled'::text, 'disabled'::text])));
+alter table webhook_endpoints add constraint endpoint_url_length CHECK ((char_length(url) <= 2048));
+alter table webhook_endpoints add constraint webhook_endpoints_pkey PRIMARY KEY (id);
+
+create table webhook_events (
+  id text not null,
+  type text not null,
+  api_version text,
+  created timestamp with time zone not null,
+  payload jsonb not null,
+  received_at timestamp with time zone not null default now(),
+  status text not null default 'pending'::text,
+  attempts integer not null default 0,
+  next_attempt_at timestamp with time zone not null default now(),
+  last_error text,
+  processed_at timestamp with time zone,
+  account_id text,
+  ignored_reason text,
+  raw_body text
+);
+alter table webhook_events add constraint attempts_bounded CHECK (((attempts >= 0) AND (attempts <= 100)));
+alter table webhook_events add constraint webhook_status CHECK ((status = ANY (ARRAY['pending'::text, 'processed'::text, 'ignored'::text, 'failed'::text])));
+alter table webhook_events add constraint webhook_events_pkey PRIMARY KEY (id);
+CREATE INDEX webhook_events_by_status ON public.webhook_events USING btree (status, received_at DESC);
+CREATE INDEX webhook_events_due ON public.webhook_events USING btree (next_attempt_at) WHERE (status = 'pending'::text);
+CREATE INDEX webhook_events_received_brin ON public.webhook_events USING brin (received_at);
+
+create table yearly_schedule (
+  subscription_id text not null,
+  month_start timestamp with time zone not null,
+  account_id text not null,
+  month_end timestamp with time zone not null,
+  plan_id text not null,
+  credits bigint not null,
+  payment_id bigint,
+  granted_at timestamp with time zone,
+  outcome text,
+  line_key text not null default 'period'::text,
+  line_start timestamp with time zone not null,
+  attempts integer not null default 0,
+  last_error text,
+  subscription_item text
+);
+alter table yearly_schedule add constraint schedule_attempts_bounded CHECK (((attempts >= 0) AND (attempts <= 100)));
+alter table yearly_schedule add constraint schedule_credits_not_zero CHECK ((credits <> 0));
+alter table yearly_schedule add constraint schedule_outcome CHECK ((outcome = ANY (ARRAY['granted'::text, 'skipped'::text, 'netted'::text, 'failed'::text])));
+alter table yearly_schedule add constraint yearly_schedule_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table yearly_schedule add constraint yearly_schedule_payment_id_fkey FOREIGN KEY (payment_id) REFERENCES payments(id);
+alter table yearly_schedule add constraint yearly_schedule_pkey PRIMARY KEY (subscription_id, month_start, line_key);
+CREATE INDEX yearly_schedule_due ON public.yearly_schedule USING btree (month_start) WHERE (granted_at IS NULL);
+
+CREATE OR REPLACE FUNCTION public.tally_account_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_threshold bigint;
+begin
+  if new.available < old.available then
+    for v_threshold in
+      select distinct t from unnest(array[new.low_balance_threshold, new.top_up_threshold]) as t
+      where new.available < t and old.available >= t
+      order by t desc
+    loop
+      perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
+        'threshold', v_threshold, 'previous_available', old.available), new.updated_at);
+    end loop;
+  end if;
+  if old.available > 0 and new.available = 0 then
+    perform tally_event('balance.depleted', new.id, jsonb_build_object('available', 0, 'debt', new.debt), new.updated_at);
+  end if;
+  if old.debt = 0 and new.debt > 0 then
+    perform tally_event('account.in_debt', new.id, jsonb_build_object('debt', new.debt), new.updated_at);
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_add_grant(p_account text, p_source text, p_amount bigint, p_priority integer, p_expires_at timestamp with time zone, p_grant_key text, p_entry_kind text, p_reference jsonb, p_actor text, p_reason text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_grant grants;
+  v_repay bigint;
+  v_net bigint;
+  v_entry entries;
+begin
+  select * into v_grant from grants where account_id = p_account and grant_key = p_grant_key;
+  if found then
+    return jsonb_build_object('created', false, 'grant', tally_grant_json(v_grant));
+  end if;
+  select least(debt, p_amount) into v_repay from accounts where id = p_account;
+  insert into grants (account_id, source, amount, remaining, priority, expires_at, grant_key,
+    reference, created_at)
+  values (p_account, p_source, p_amount, p_amount - v_repay, p_priority, p_expires_at, p_grant_key,
+    p_reference, p_now)
+  returning * into v_grant;
+  update accounts set available = available + (p_amount - v_repay), debt = debt - v_repay,
+    updated_at = p_now where id = p_account returning available - debt into v_net;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, reason, created_at)
+  values (p_account, p_entry_kind, p_amount, v_net, array[v_grant.id], array[p_amount - v_repay],
+    p_grant_key, p_reference || jsonb_build_object('debt_repaid', v_repay), p_actor, p_reason, p_now)
+  returning * into v_entry;
+  -- A grant that lands on an expiry already past counts for nothing.
+  perform tally_expire_due(p_account, p_now);
+  return jsonb_build_object('created', true, 'grant', tally_grant_json(v_grant),
+    'entry', tally_entry_json(v_entry));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_adjust(p_account text, p_amount bigint, p_key text, p_hash text, p_reason text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_outcome jsonb;
+  v_before accounts;
+  v_account accounts;
+  v_take record;
+  v_entry entries;
+begin
+  v_outcome := tally_open(p_account, p_key, 'adjustment', p_hash, v_now);
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  select * into v_before from accounts where id = p_account;
+  if v_before.available < -p_amount then
+    return tally_remember(p_key, p_account, 'adjustment', p_hash, 402,
+      tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_before.available)), v_now);
+  end if;
+  if p_amount > 0 then
+    perform tally_add_grant(p_account, 'admin', p_amount, 0, null, 'request:' || p_key,
+      'adjustment', '{}'::jsonb, 'admin', p_reason, v_now);
+    select * into v_entry from entries
+      where account_id = p_account and idempotency_key = 'request:' || p_key;
+  else
+    select * into v_take from tally_take(p_account, -p_amount, v_now);
+    update accounts set available = available + p_amount, updated_at = v_now
+      where id = p_account returning * into v_account;
+    insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+      idempotency_key, actor, reason, created_at)
+    values (p_account, 'adjustment', p_amount, v_account.available - v_account.debt,
+      v_take.grant_ids, v_take.grant_credits, 'request:' || p_key, 'admin', p_reason, v_now)
+    returning * into v_entry;
+  end if;
+  select * into v_account from accounts where id = p_account;
+  insert into audit_log (account_id, actor, action, reason, before, after, created_at)
+  values (p_account, 'admin', 'adjustment', p_reason,
+    jsonb_build_object('available', v_before.available, 'debt', v_before.debt),
+    jsonb_build_object('available', v_account.available, 'debt', v_account.debt), v_now);
+  return tally_remember(p_key, p_account, 'adjustment', p_hash, 201, tally_entry_json(v_entry), v_now);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_admin_grant(p_account text, p_amount bigint, p_source text, p_priority integer, p_expires_at timestamp with time zone, p_reference jsonb, p_key text, p_hash text, p_reason text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_outcome jsonb;
+  v_added jsonb;
+begin
+  v_outcome := tally_open(p_account, p_key, 'grant', p_hash, v_now);
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  v_added := tally_add_grant(p_account, p_source, p_amount, p_priority, p_expires_at,
+    'request:' || p_key, 'grant', p_reference, 'admin', p_reason, v_now);
+  insert into audit_log (account_id, actor, action, reason, before, after, created_at)
+  values (p_account, 'admin', 'grant', p_reason, null, v_added->'grant', v_now);
+  return tally_remember(p_key, p_account, 'grant', p_hash, 201, v_added->'grant', v_now);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_capture(p_hold_id bigint, p_amount bigint, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_hold holds := tally_lock_pending_hold(p_hold_id, v_now);
+  v_amount bigint := coalesce(p_amount, v_hold.amount);
+  v_available bigint;
+begin
+  if v_amount > v_hold.amount then
+    raise exception 'capture of % exceeds the hold of %', v_amount, v_hold.amount
+      using errcode = 'TH400', detail = v_hold.amount::text;
+  end if;
+  perform tally_release(v_hold, v_amount, 'captured', p_actor, v_now);
+  perform tally_settle(v_hold.account_id, v_now);
+  select available into v_available from accounts where id = v_hold.account_id;
+  return jsonb_build_object('captured', v_amount, 'released', v_hold.amount - v_amount,
+    'available', v_available);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_clawback(p_account text, p_credits bigint, p_key text, p_payment_id bigint, p_reference jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_clawback_from(p_account, p_credits, p_key,
+    (select coalesce(array_agg(id), '{}') from grants where account_id = p_account and payment_id = p_payment_id),
+    p_reference, p_now)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_clawback_from(p_account text, p_credits bigint, p_key text, p_preferred bigint[], p_reference jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_available bigint;
+  v_taken bigint;
+  v_take record;
+  v_net bigint;
+  v_entry entries;
+begin
+  select * into v_entry from entries where account_id = p_account and idempotency_key = p_key;
+  if found then
+    return jsonb_build_object('created', false, 'entry', tally_entry_json(v_entry));
+  end if;
+  select available into v_available from accounts where id = p_account;
+  v_taken := least(v_available, p_credits);
+  if v_taken > 0 then
+    select * into v_take from tally_take_from(p_account, v_taken, v_now, p_preferred);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
+  update accounts set available = available - v_taken, debt = debt + (p_credits - v_taken),
+    updated_at = v_now where id = p_account returning available - debt into v_net;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, created_at)
+  values (p_account, 'clawback', -p_credits, v_net, v_take.grant_ids, v_take.grant_credits, p_key,
+      p_reference || jsonb_build_object('debt_created', p_credits - v_taken), 'stripe', v_now)
+  returning * into v_entry;
+  return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entry_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  if new.kind = 'clawback' then
+    perform tally_event('credits.clawed_back', new.account_id, jsonb_build_object('entry_id', 'entry_' || new.id,
+      'credits', -new.amount, 'idempotency_key', new.idempotency_key,
+      'debt_created', coalesce((new.reference->>'debt_created')::bigint, 0)), new.created_at);
+  elsif new.kind = 'restore' then
+    perform tally_event('credits.restored', new.account_id, jsonb_build_object('entry_id', 'entry_' || new.id,
+      'credits', new.amount, 'idempotency_key', new.idempotency_key), new.created_at);
+  elsif new.kind = 'expire' then
+    perform tally_event('grant.expired', new.account_id, jsonb_build_object('entry_id', 'entry_' || new.id,
+      'grant_id', new.reference->>'grant_id', 'credits', -new.amount), new.created_at);
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entry_json(e entries)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+RETURN jsonb_build_object('id', ('entry_'::text || (e).id), 'kind', (e).kind, 'amount', (e).amount, 'balance_after', (e).balance_after, 'grant_ids', (SELECT COALESCE(jsonb_agg(('grant_'::text || u.g) ORDER BY u.n), '[]'::jsonb) AS "coalesce" FROM unnest((tally_entry_json.e).grant_ids) WITH ORDINALITY u(g, n)), 'idempotency_key', (e).idempotency_key, 'reference', (e).reference, 'actor', (e).actor, 'reason', (e).reason, 'created_at', tally_iso((e).created_at));
+
+CREATE OR REPLACE FUNCTION public.tally_error(p_code text, p_message text, p_details jsonb DEFAULT '{}'::jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+RETURN jsonb_build_object('error', (jsonb_build_object('code', p_code, 'message', p_message) || p_details));
+
+CREATE OR REPLACE FUNCTION public.tally_event(p_type text, p_account text, p_data jsonb, p_at timestamp with time zone)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+  insert into events (type, account_id, data, created_at) values (p_type, p_account, p_data, coalesce(p_at, now()));
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_expire_due(p_account text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  g record;
+begin
+  for g in
+    select id from grants where account_id = p_account and live and expires_at <= p_now order by id
+  loop
+    perform tally_expire_remaining(g.id, p_now);
+  end loop;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_expire_grant(p_grant_id bigint, p_now timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_account text;
+begin
+  perform tally_expire_remaining(p_grant_id, coalesce(p_now, now()));
+  select account_id into v_account from grants where id = p_grant_id;
+  return (select coalesce(-sum(amount), 0) from entries
+          where account_id = v_account and idempotency_key = 'expire:grant_' || p_grant_id);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_expire_remaining(p_grant_id bigint, p_now timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_grant grants;
+  v_entry_id bigint;
+  v_key text;
+  v_net bigint;
+begin
+  select * into v_grant from grants where id = p_grant_id;
+  if not found or v_grant.remaining = 0 then
+    return 0;
+  end if;
+  v_entry_id := nextval(pg_get_serial_sequence('entries', 'id'));
+  v_key := 'expire:grant_' || v_grant.id;
+  if exists (select 1 from entries where account_id = v_grant.account_id and idempotency_key = v_key) then
+    v_key := v_key || ':entry_' || v_entry_id;
+  end if;
+  update grants set remaining = 0 where id = v_grant.id;
+  update accounts set available = available - v_grant.remaining, updated_at = p_now
+    where id = v_grant.account_id returning available - debt into v_net;
+  insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, created_at) overriding system value
+  values (v_entry_id, v_grant.account_id, 'expire', -v_grant.remaining, v_net, array[v_grant.id],
+    array[-v_grant.remaining], v_key, jsonb_build_object('grant_id', 'grant_' || v_grant.id),
+    'system', p_now);
+  return v_grant.remaining;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_grant_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  perform tally_event('grant.created', new.account_id, jsonb_build_object('grant_id', 'grant_' || new.id,
+    'source', new.source, 'amount', new.amount, 'remaining', new.remaining,
+    'expires_at', tally_iso(new.expires_at), 'grant_key', new.grant_key), new.created_at);
+  if new.source = 'trial' then
+    perform tally_event('trial.granted', new.account_id, jsonb_build_object('grant_id', 'grant_' || new.id,
+      'credits', new.amount, 'expires_at', tally_iso(new.expires_at)), new.created_at);
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_grant_expired(p_account text, p_grant_id bigint, p_now timestamp with time zone)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+RETURN ((EXISTS (SELECT 1 FROM grants WHERE ((grants.id = tally_grant_expired.p_grant_id) AND (grants.expires_at <= tally_grant_expired.p_now)))) OR (EXISTS (SELECT 1 FROM entries WHERE ((entries.account_id = tally_grant_expired.p_account) AND (entries.idempotency_key = ('expire:grant_'::text || tally_grant_expired.p_grant_id))))));
+
+CREATE OR REPLACE FUNCTION public.tally_grant_json(g grants)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+RETURN jsonb_build_object('id', ('grant_'::text || (g).id), 'source', (g).source, 'amount', (g).amount, 'remaining', (g).remaining, 'priority', (g).priority, 'expires_at', tally_iso((g).expires_at), 'created_at', tally_iso((g).created_at), 'reference', (g).reference);
+
+CREATE OR REPLACE FUNCTION public.tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_outcome jsonb;
+  v_account accounts;
+  v_take record;
+  v_hold holds;
+  v_net bigint;
+begin
+  v_outcome := tally_open_spend(p_account, p_amount, p_key, 'hold', p_hash, v_now);
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  select * into v_take from tally_take(p_account, p_amount, v_now);
+  update accounts set available = available - p_amount, held = held + p_amount, updated_at = v_now
+    where id = p_account returning * into v_account;
+  insert into holds (account_id, amount, grant_ids, grant_credits, expires_at, idempotency_key, created_at,
+    counted_in_spend_limits)
+  values (p_account, p_amount, v_take.grant_ids, v_take.grant_credits,
+    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited)
+  returning * into v_hold;
+  v_net := v_account.available - v_account.debt;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
+    idempotency_key, reference, actor, created_at)
+  values (p_account, 'hold', -p_amount, v_net, v_take.grant_ids, v_take.grant_credits, v_hold.id,
+    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now);
+  -- As a usage: a hold that leaves the account below its auto top-up threshold asks for a top-up.
+  if v_account.available < v_account.top_up_threshold then
+    perform tally_request_top_up(p_account, v_now);
+  end if;
+  return tally_remember(p_key, p_account, 'hold', p_hash, 201,
+    jsonb_build_object('hold_id', 'hold_' || v_hold.id, 'amount', p_amount,
+      'expires_at', tally_iso(v_hold.expires_at), 'available', v_account.available,
+      'replayed', false), v_now);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_hold_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  perform tally_event('hold.expired', new.account_id, jsonb_build_object('hold_id', 'hold_' || new.id,
+    'amount', new.amount, 'released', new.released), new.resolved_at);
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_iso(p_time timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+RETURN to_char((p_time AT TIME ZONE 'UTC'::text), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'::text);
+
+CREATE OR REPLACE FUNCTION public.tally_lock_account(p_account text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+  perform 1 from accounts where id = p_account for update;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  perform tally_settle(p_account, coalesce(p_now, now()));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_lock_pending_hold(p_hold_id bigint, p_now timestamp with time zone)
+ RETURNS holds
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_account text;
+  v_hold holds;
+begin
+  select account_id into v_account from holds where id = p_hold_id;
+  if not found then
+    raise exception 'no hold with id hold_%', p_hold_id using errcode = 'TH404';
+  end if;
+  perform 1 from accounts where id = v_account for update;
+  select * into v_hold from holds where id = p_hold_id for update;
+  if v_hold.status <> 'pending' then
+    raise exception 'hold is %', v_hold.status using errcode = 'TH409', detail = v_hold.status;
+  end if;
+  if v_hold.expires_at <= p_now then
+    raise exception 'hold is expired' using errcode = 'TH409', detail = 'expired';
+  end if;
+  return v_hold;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_open(p_account text, p_key text, p_operation text, p_hash text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_outcome jsonb := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+begin
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  perform 1 from accounts where id = p_account for update;
+  if not found then
+    return jsonb_build_object('status', 404,
+      'body', tally_error('account_not_found', 'no account with id ' || p_account));
+  end if;
+  v_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  perform tally_settle(p_account, p_now);
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text, p_hash text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_outcome jsonb := tally_open(p_account, p_key, p_operation, p_hash, p_now);
+  v_available bigint;
+  v_limited boolean;
+begin
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  select available, spend_limited into v_available, v_limited from accounts where id = p_account;
+  if v_available < p_amount then
+    return tally_remember(p_key, p_account, p_operation, p_hash, 402,
+      tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_available)), p_now);
+  end if;
+  if v_limited then
+    v_outcome := tally_spend_limits_take(p_account, p_amount, p_now);
+    if v_outcome is not null then
+      return tally_remember(p_key, p_account, p_operation, p_hash, 402, v_outcome, p_now);
+    end if;
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_prior_outcome(p_account text, p_key text, p_operation text, p_hash text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_prior request_keys;
+  v_entry entries;
+begin
+  select * into v_prior from request_keys where account_id = p_account and key = p_key;
+  if found then
+    return tally_replay(v_prior, p_operation, p_hash);
+  end if;
+  select * into v_entry from entries where account_id = p_account and idempotency_key = 'request:' || p_key;
+  if found then
+    return tally_replay(tally_spend_key(v_entry, p_key), p_operation, p_hash);
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_refuse_entry_change()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  if tg_op = 'UPDATE' and current_setting('tally.erasure', true) = 'on'
+     and (to_jsonb(new) - 'reference') = (to_jsonb(old) - 'reference') then
+    return new;
+  end if;
+  raise exception 'ledger entries are append-only (% refused)', tg_op using errcode = 'TE001';
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_release bigint := p_hold.amount - p_captured;
+  v_left bigint := v_release;
+  v_expired bigint := 0;
+  v_repay_left bigint;
+  v_give bigint;
+  v_back bigint;
+  v_ids bigint[] := '{}';
+  v_credits bigint[] := '{}';
+  v_net bigint;
+  i integer;
+begin
+  update holds set status = p_status, captured = p_captured, released = v_release, resolved_at = p_now
+    where id = p_hold.id;
+  select debt into v_repay_left from accounts where id = p_hold.account_id;
+  for i in reverse cardinality(p_hold.grant_ids) .. 1 loop
+    exit when v_left = 0;
+    v_give := least(-p_hold.grant_credits[i], v_left);
+    v_left := v_left - v_give;
+    if tally_grant_expired(p_hold.account_id, p_hold.grant_ids[i], p_now) then
+      v_expired := v_expired + v_give;
+      continue;
+    end if;
+    v_back := v_give - least(v_give, v_repay_left);
+    v_repay_left := v_repay_left - (v_give - v_back);
+    if v_back > 0 then
+      update grants set remaining = remaining + v_back where id = p_hold.grant_ids[i];
+      v_ids := v_ids || p_hold.grant_ids[i];
+      v_credits := v_credits || v_back;
+    end if;
+  end loop;
+  update accounts
+    set held = held - p_hold.amount,
+        available = available + (select coalesce(sum(c), 0) from unnest(v_credits) c),
+        debt = v_repay_left,
+        updated_at = p_now
+    where id = p_hold.account_id
+    returning available - debt into v_net;
+  if p_captured > 0 then
+    insert into entries (account_id, kind, amount, balance_after, hold_id, idempotency_key,
+      reference, actor, created_at)
+    values (p_hold.account_id, 'capture', 0, v_net - v_release + v_expired, p_hold.id,
+      'capture:hold_' || p_hold.id,
+      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now);
+  end if;
+  if v_release > 0 then
+    insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
+      idempotency_key, reference, actor, created_at)
+    values (p_hold.account_id, 'release', v_release, v_net + v_expired, v_ids, v_credits, p_hold.id,
+      'release:hold_' || p_hold.id,
+      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'status', p_status), p_actor, p_now);
+  end if;
+  if v_expired > 0 then
+    insert into entries (account_id, kind, amount, balance_after, hold_id, idempotency_key,
+      reference, actor, created_at)
+    values (p_hold.account_id, 'expire', -v_expired, v_net, p_hold.id, 'expire:hold_' || p_hold.id,
+      jsonb_build_object('hold_id', 'hold_' || p_hold.id), 'system', p_now);
+  end if;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_remember(p_key text, p_account text, p_operation text, p_hash text, p_status integer, p_body jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+begin
+  insert into request_keys (key, account_id, operation, payload_hash, status_code, response, created_at)
+  values (p_key, p_account, p_operation, p_hash, p_status, p_body, p_now);
+  return jsonb_build_object('status', p_status, 'body', p_body);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_replay(p_prior request_keys, p_operation text, p_hash text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+begin
+  if p_prior.operation <> p_operation or p_prior.payload_hash is distinct from p_hash then
+    return jsonb_build_object('status', 409, 'body', tally_error('idempotency_conflict',
+      'this idempotency key was first used with another request',
+      jsonb_build_object('idempotency_key', p_prior.key)));
+  end if;
+  if p_prior.status_code < 300 then
+    return jsonb_build_object('status', p_prior.status_code,
+      'body', p_prior.response || '{"replayed": true}'::jsonb);
+  end if;
+  if jsonb_typeof(p_prior.response->'error') = 'object' then
+    return jsonb_build_object('status', p_prior.status_code,
+      'body', jsonb_set(p_prior.response, '{error,replayed}', 'true'::jsonb));
+  end if;
+  return jsonb_build_object('status', p_prior.status_code, 'body', p_prior.response);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_request_top_up(p_account text, p_at timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_setting auto_top_ups;
+  v_this_month integer;
+begin
+  if exists (select 1 from top_ups where account_id = p_account and status = 'pending') then
+    return;
+  end if;
+  select s.* into v_setting from auto_top_ups s join accounts a on a.id = s.account_id
+    where s.account_id = p_account and s.enabled and not a.flagged;
+  if not found then
+    return;
+  end if;
+  select count(*) into v_this_month from top_ups
+    where account_id = p_account and status in ('pending', 'succeeded')
+      and created_at >= date_trunc('month', p_at at time zone 'UTC') at time zone 'UTC';
+  if v_this_month >= v_setting.max_per_month then
+    return;
+  end if;
+  insert into top_ups (account_id, number, pack_id, created_at)
+  select p_account, coalesce(max(number), 0) + 1, v_setting.pack_id, p_at
+    from top_ups where account_id = p_account
+  on conflict (account_id) where status = 'pending' do nothing;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_restore(p_account text, p_clawback_key text, p_credits bigint, p_key text, p_reference jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_clawback entries;
+  v_entry entries;
+  v_repay bigint;
+  v_back record;
+  v_net bigint;
+begin
+  select * into v_entry from entries where account_id = p_account and idempotency_key = p_key;
+  if found then
+    return jsonb_build_object('created', false, 'entry', tally_entry_json(v_entry));
+  end if;
+  select * into v_clawback from entries
+    where account_id = p_account and idempotency_key = p_clawback_key and kind = 'clawback';
+  if not found or p_credits <= 0 or p_credits > -v_clawback.amount then
+    raise exception 'restore % of % credits does not match clawback %', p_key, p_credits, p_clawback_key
+      using errcode = 'TX001';
+  end if;
+  select least(debt, p_credits) into v_repay from accounts where id = p_account;
+  select * into v_back from tally_restore_to_grants(p_account, v_clawback, p_credits - v_repay, v_now);
+  update accounts set available = available + v_back.returned, debt = debt - v_repay, updated_at = v_now
+    where id = p_account returning available - debt into v_net;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, created_at)
+  values (p_account, 'restore', p_credits - v_back.left_over, v_net + v_back.expired, v_back.grant_ids,
+    v_back.grant_credits, p_key, p_reference || jsonb_build_object('clawback', p_clawback_key,
+      'debt_reversed', v_repay), 'stripe', v_now)
+  returning * into v_entry;
+  if v_back.expired > 0 then
+    insert into entries (account_id, kind, amount, balance_after, idempotency_key, reference, actor, created_at)
+    values (p_account, 'expire', -v_back.expired, v_net, 'expire:' || p_key,
+      jsonb_build_object('restore', p_key), 'system', v_now);
+  end if;
+  if v_back.left_over > 0 then
+    perform tally_add_grant(p_account, 'purchase', v_back.left_over, 0, null, p_key || ':debt-repaid',
+      'restore', p_reference || jsonb_build_object('clawback', p_clawback_key), 'stripe', null, v_now);
+  end if;
+  return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_restore_to_grants(p_account text, p_clawback entries, p_credits bigint, p_now timestamp with time zone, OUT grant_ids bigint[], OUT grant_credits bigint[], OUT returned bigint, OUT expired bigint, OUT left_over bigint)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_give bigint;
+  i integer;
+begin
+  grant_ids := '{}';
+  grant_credits := '{}';
+  returned := 0;
+  expired := 0;
+  left_over := p_credits;
+  for i in reverse cardinality(p_clawback.grant_ids) .. 1 loop
+    exit when left_over = 0;
+    v_give := least(-p_clawback.grant_credits[i], left_over);
+    left_over := left_over - v_give;
+    if tally_grant_expired(p_account, p_clawback.grant_ids[i], p_now) then
+      expired := expired + v_give;
+    else
+      update grants set remaining = remaining + v_give where id = p_clawback.grant_ids[i];
+      grant_ids := grant_ids || p_clawback.grant_ids[i];
+      grant_credits := grant_credits || v_give;
+      returned := returned + v_give;
+    end if;
+  end loop;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_sequence_events(p_limit integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_base bigint;
+  v_count integer;
+begin
+  if not pg_try_advisory_xact_lock(7316122452) then
+    return 0;
+  end if;
+  select coalesce(max(sequence), 0) into v_base from events;
+  with due as (
+    select id, row_number() over (order by id) as position from (
+      select id from events
+      where sequence is null and xid < pg_snapshot_xmin(pg_current_snapshot())
+      order by id limit p_limit) oldest),
+  numbered as (
+    update events e set sequence = v_base + due.position from due where e.id = due.id
+    returning e.sequence, e.type, e.account_id),
+  fanned as (
+    insert into event_deliveries (endpoint_id, sequence, account_id)
+    select w.id, n.sequence, coalesce(n.account_id, '') from numbered n
+    join webhook_endpoints w on w.event_types is null or n.type = any (w.event_types)
+    returning 1)
+  select count(*) into v_count from numbered;
+  return v_count;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_set_spend_limits(p_account text, p_set_day boolean, p_per_day bigint, p_set_month boolean, p_per_month bigint, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_day date := (v_now at time zone 'UTC')::date;
+  v_month date := date_trunc('month', v_now at time zone 'UTC')::date;
+  v_before spend_limits;
+  v_per_day bigint;
+  v_per_month bigint;
+  v_after jsonb;
+begin
+  perform tally_lock_account(p_account, v_now);
+  select * into v_before from spend_limits where account_id = p_account;
+  v_per_day := case when p_set_day then p_per_day else v_before.per_day end;
+  v_per_month := case when p_set_month then p_per_month else v_before.per_month end;
+  if v_per_day is null and v_per_month is null then
+    delete from spend_limits where account_id = p_account;
+    update accounts set spend_limited = false where id = p_account and spend_limited;
+  elsif v_before.account_id is not null then
+    update spend_limits set per_day = v_per_day, per_month = v_per_month,
+      day_reached = case when per_day is distinct from v_per_day then null else day_reached end,
+      month_reached = case when per_month is distinct from v_per_month then null else month_reached end,
+      updated_at = v_now
+    where account_id = p_account;
+  else
+    insert into spend_limits (account_id, per_day, per_month, day, spent_day, month, spent_month, updated_at)
+    values (p_account, v_per_day, v_per_month,
+      v_day, tally_spent_since(p_account, v_day::timestamp at time zone 'UTC'),
+      v_month, tally_spent_since(p_account, v_month::timestamp at time zone 'UTC'), v_now);
+    update holds set counted_in_spend_limits = true
+      where account_id = p_account and status = 'pending' and not counted_in_spend_limits;
+    update accounts set spend_limited = true where id = p_account;
+  end if;
+  v_after := tally_spend_limits_json(p_account, v_now);
+  if (v_before.per_day, v_before.per_month) is distinct from (v_per_day, v_per_month) then
+    insert into audit_log (account_id, actor, action, before, after, created_at)
+    values (p_account, p_actor, 'spend_limits.set',
+      jsonb_build_object('per_day', v_before.per_day, 'per_month', v_before.per_month),
+      jsonb_build_object('per_day', v_per_day, 'per_month', v_per_month), v_now);
+  end if;
+  return v_after;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_settle(p_account text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  h holds;
+begin
+  for h in
+    select * from holds
+    where account_id = p_account and status = 'pending' and expires_at <= p_now order by id
+  loop
+    perform tally_release(h, 0, 'expired', 'system', p_now);
+  end loop;
+  perform tally_expire_due(p_account, p_now);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_settle_account(p_account text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+  perform 1 from accounts where id = p_account for update;
+  if found then
+    perform tally_settle(p_account, coalesce(p_now, now()));
+  end if;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_key(p_entry entries, p_key text)
+ RETURNS request_keys
+ LANGUAGE sql
+ STABLE
+RETURN ROW(p_key, (p_entry).account_id, CASE WHEN (((p_entry).kind = 'usage'::text) AND ((p_entry).payload_hash IS NOT NULL)) THEN 'usage'::text ELSE (p_entry).kind END, (p_entry).payload_hash, 200, jsonb_build_object('entry_id', ('entry_'::text || (p_entry).id), 'amount', (- (p_entry).amount), 'available', (p_entry).balance_after, 'replayed', false), (p_entry).created_at)::request_keys;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_limit_event(p_account text, p_window text, p_limit bigint, p_spent bigint, p_amount bigint, p_refused boolean, p_resets_at timestamp with time zone, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+  select tally_event('spend_limit.reached', p_account, jsonb_build_object('window', p_window,
+    'limit', p_limit, 'spent', p_spent, 'amount', p_amount, 'refused', p_refused,
+    'resets_at', tally_iso(p_resets_at)), p_now)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_limits_give_back()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  update spend_limits s set
+    spent_day = case when s.day = (new.created_at at time zone 'UTC')::date
+                     then s.spent_day - new.released else s.spent_day end,
+    spent_month = case when s.month = date_trunc('month', new.created_at at time zone 'UTC')::date
+                       then s.spent_month - new.released else s.spent_month end
+  where s.account_id = new.account_id;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_limits_json(p_account text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_day date := (v_now at time zone 'UTC')::date;
+  v_month date := date_trunc('month', v_now at time zone 'UTC')::date;
+  v_limits spend_limits;
+  v_spent_day bigint;
+  v_spent_month bigint;
+begin
+  perform 1 from accounts where id = p_account;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  select * into v_limits from spend_limits where account_id = p_account;
+  if found then
+    v_spent_day := case when v_limits.day >= v_day then v_limits.spent_day else 0 end;
+    v_spent_month := case when v_limits.month >= v_month then v_limits.spent_month else 0 end;
+  else
+    v_spent_day := tally_spent_since(p_account, v_day::timestamp at time zone 'UTC');
+    v_spent_month := tally_spent_since(p_account, v_month::timestamp at time zone 'UTC');
+  end if;
+  return jsonb_build_object('account_id', p_account, 'per_day', v_limits.per_day, 'per_month', v_limits.per_month,
+    'spent', jsonb_build_object('day', v_spent_day, 'month', v_spent_month),
+    'resets_at', jsonb_build_object('day', tally_iso((v_day + 1)::timestamp at time zone 'UTC'),
+      'month', tally_iso((v_month + interval '1 month')::timestamp at time zone 'UTC')));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_limits_take(p_account text, p_amount bigint, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_day date := (p_now at time zone 'UTC')::date;
+  v_month date := date_trunc('month', p_now at time zone 'UTC')::date;
+  v_limits spend_limits;
+  v_window text;
+  v_limit bigint;
+  v_spent bigint;
+  v_resets_at timestamptz;
+begin
+  select * into v_limits from spend_limits where account_id = p_account;
+  if not found then
+    raise exception 'invariant broken: account % is marked as limited but has no spend limits', p_account
+      using errcode = 'TX001';
+  end if;
+  -- A spend whose clock is behind the counters (two transactions racing over midnight) counts in
+  -- the newer window: windows never move back, so the count errs on the side of the limit.
+  if v_day > v_limits.day then
+    v_limits.day := v_day;
+    v_limits.spent_day := 0;
+  end if;
+  if v_month > v_limits.month then
+    v_limits.month := v_month;
+    v_limits.spent_month := 0;
+  end if;
+  -- The day is checked first: it is the tighter window when both would be passed.
+  if v_limits.per_day is not null and v_limits.spent_day + p_amount > v_limits.per_day then
+    v_window := 'day';
+    v_limit := v_limits.per_day;
+    v_spent := v_limits.spent_day;
+    v_resets_at := (v_limits.day + 1)::timestamp at time zone 'UTC';
+    if v_limits.day_reached is distinct from v_limits.day then
+      perform tally_spend_limit_event(p_account, v_window, v_limit, v_spent, p_amount, true, v_resets_at, p_now);
+      v_limits.day_reached := v_limits.day;
+    end if;
+  elsif v_limits.per_month is not null and v_limits.spent_month + p_amount > v_limits.per_month then
+    v_window := 'month';
+    v_limit := v_limits.per_month;
+    v_spent := v_limits.spent_month;
+    v_resets_at := (v_limits.month + interval '1 month')::timestamp at time zone 'UTC';
+    if v_limits.month_reached is distinct from v_limits.month then
+      perform tally_spend_limit_event(p_account, v_window, v_limit, v_spent, p_amount, true, v_resets_at, p_now);
+      v_limits.month_reached := v_limits.month;
+    end if;
+  else
+    v_limits.spent_day := v_limits.spent_day + p_amount;
+    v_limits.spent_month := v_limits.spent_month + p_amount;
+    if v_limits.spent_day = v_limits.per_day and v_limits.day_reached is distinct from v_limits.day then
+      perform tally_spend_limit_event(p_account, 'day', v_limits.per_day, v_limits.spent_day, p_amount, false,
+        (v_limits.day + 1)::timestamp at time zone 'UTC', p_now);
+      v_limits.day_reached := v_limits.day;
+    end if;
+    if v_limits.spent_month = v_limits.per_month and v_limits.month_reached is distinct from v_limits.month then
+      perform tally_spend_limit_event(p_account, 'month', v_limits.per_month, v_limits.spent_month, p_amount, false,
+        (v_limits.month + interval '1 month')::timestamp at time zone 'UTC', p_now);
+      v_limits.month_reached := v_limits.month;
+    end if;
+  end if;
+  update spend_limits set day = v_limits.day, spent_day = v_limits.spent_day, month = v_limits.month,
+    spent_month = v_limits.spent_month, day_reached = v_limits.day_reached, month_reached = v_limits.month_reached
+    where account_id = p_account;
+  if v_window is null then
+    return null;
+  end if;
+  return tally_error('spend_limit_exceeded',
+    format('this spend of %s credits would pass the %s limit of %s credits (%s spent)', p_amount, v_window, v_limit, v_spent),
+    jsonb_build_object('window', v_window, 'limit', v_limit, 'spent', v_spent, 'resets_at', tally_iso(v_resets_at)));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spent_since(p_account text, p_start timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select coalesce(sum(case when e.kind = 'usage' then -e.amount
+                           when h.status = 'pending' then h.amount
+                           else h.captured end), 0)::bigint
+  from entries e left join holds h on e.kind = 'hold' and h.id = e.hold_id
+  where e.account_id = p_account and e.kind in ('usage', 'hold') and e.created_at >= p_start
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_subscription_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  perform tally_event('subscription.updated', new.account_id, tally_subscription_json(new), null);
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_subscription_json(s subscriptions)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('subscription_id', s.id, 'status', s.status, 'plan_id', s.plan_id,
+    'interval', s.billing_interval, 'current_period_start', tally_iso(s.current_period_start),
+    'current_period_end', tally_iso(s.current_period_end), 'cancel_at_period_end', s.cancel_at_period_end,
+    'trial_end', tally_iso(s.trial_end))
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_subscription_status_rank(p_status text)
+ RETURNS integer
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select case p_status
+    when 'incomplete' then 0
+    when 'trialing' then 1
+    when 'active' then 2
+    when 'past_due' then 3
+    when 'unpaid' then 4
+    when 'paused' then 4
+    when 'incomplete_expired' then 5
+    when 'canceled' then 5
+    else 2 end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_take(p_account text, p_amount bigint, p_now timestamp with time zone, OUT grant_ids bigint[], OUT grant_credits bigint[], p_payment_id bigint DEFAULT NULL::bigint)
+ RETURNS record
+ LANGUAGE sql
+AS $function$
+  select * from tally_take_from(p_account, p_amount, p_now, case when p_payment_id is null then '{}'::bigint[]
+    else (select coalesce(array_agg(id), '{}') from grants where account_id = p_account and payment_id = p_payment_id) end)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_take_from(p_account text, p_amount bigint, p_now timestamp with time zone, p_preferred bigint[], OUT grant_ids bigint[], OUT grant_credits bigint[])
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+declare
+  g record;
+  v_left bigint := p_amount;
+  v_take bigint;
+begin
+  grant_ids := '{}';
+  grant_credits := '{}';
+  for g in
+    select id, remaining from grants
+    where account_id = p_account and live and (expires_at is null or expires_at > p_now)
+    order by (id = any(p_preferred)) is true desc, priority, expires_at, created_at, id
+  loop
+    v_take := least(g.remaining, v_left);
+    update grants set remaining = remaining - v_take where id = g.id;
+    grant_ids := grant_ids || g.id;
+    grant_credits := grant_credits || -v_take;
+    v_left := v_left - v_take;
+    exit when v_left = 0;
+  end loop;
+  if v_left <> 0 then
+    raise exception 'invariant broken: available of account % exceeds its live grants by %',
+      p_account, v_left using errcode = 'TX001';
+  end if;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_trial_refusal_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  perform tally_event('trial.refused', new.account_id, jsonb_build_object('subscription_id', new.subscription_id,
+    'reason', new.reason), new.created_at);
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_outcome jsonb;
+  v_account accounts;
+  v_take record;
+  v_entry_id bigint;
+begin
+  v_outcome := tally_open_spend(p_account, p_amount, p_key, 'usage', p_hash, v_now);
+  if v_outcome is not null then
+    return v_outcome;
+  end if;
+  select * into v_take from tally_take(p_account, p_amount, v_now);
+  update accounts set available = available - p_amount, updated_at = v_now
+    where id = p_account returning * into v_account;
+  insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
+    idempotency_key, reference, actor, payload_hash, created_at)
+  values (p_account, 'usage', -p_amount, v_account.available - v_account.debt, v_take.grant_ids,
+    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now)
+  returning id into v_entry_id;
+  -- A spend that leaves the account below its auto top-up threshold asks for a top-up (null
+  -- when auto top-up is off, so other accounts pay one comparison).
+  if v_account.available < v_account.top_up_threshold then
+    perform tally_request_top_up(p_account, v_now);
+  end if;
+  return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
+    'amount', p_amount, 'available', v_account.available, 'replayed', false));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_day date := (v_now at time zone 'UTC')::date;
+  v_month date := date_trunc('month', v_now at time zone 'UTC')::date;
+  v_count integer := coalesce(cardinality(p_account_ids), 0);
+  v_entry_sequence regclass := pg_get_serial_sequence('entries', 'id')::regclass;
+  v_accounts text[];
+  v_account text;
+  v_results jsonb[];
+  v_one_by_one integer[];
+  v_uncovered bigint;
+  v_position integer;
+  v_below_top_up text[];
+begin
+  if v_count = 0 then
+    return '[]'::jsonb;
+  end if;
+  if coalesce(cardinality(p_amounts), 0) <> v_count or coalesce(cardinality(p_keys), 0) <> v_count
+     or coalesce(cardinality(p_hashes), 0) <> v_count or coalesce(cardinality(p_references), 0) <> v_count
+     or coalesce(cardinality(p_actors), 0) <> v_count
+     or exists (select 1 from unnest(p_amounts) a where a is null or a <= 0) then
+    raise exception 'usage batch: % events with arrays of other lengths or amounts that are not positive', v_count
+      using errcode = 'TX001';
+  end if;
+  select coalesce(array_agg(id), '{}') into v_accounts from (
+    select id from accounts where id = any(p_account_ids) order by id collate "C" for update) locked;
+  -- Holds and grants past due are few (the sweep settles them), so this reads the due ones. As
+  -- tally_usage, an account is settled only for a key it has not seen: a replay changes nothing.
+  for v_account in
+    select d.account_id from (
+      select h.account_id from holds h
+        where h.status = 'pending' and h.expires_at <= v_now and h.account_id = any(v_accounts)
+      union
+      select g.account_id from grants g
+        where g.live and g.expires_at <= v_now and g.account_id = any(v_accounts)) d
+    where exists (
+      select 1 from unnest(p_account_ids, p_keys) as e(account_id, key)
+      where e.account_id = d.account_id
+        and not exists (select 1 from request_keys k where k.account_id = e.account_id and k.key = e.key)
+        and not exists (select 1 from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key))
+    order by d.account_id collate "C"
+  loop
+    perform tally_settle(v_account, v_now);
+  end loop;
+
+  with event as (
+    select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
+      coalesce(e.reference, '{}'::jsonb) as reference, e.actor,
+      (sum(e.amount) over (partition by e.account_id order by e.ord rows unbounded preceding))::bigint as spent_to
+    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors)
+      with ordinality as e(account_id, amount, key, hash, reference, actor, ord)
+  ),
+  -- Everything the decision reads, one row each: the events (with whether their account has
+  -- seen their key before: one probe per event, of request_keys and of the entries' keys), the
+  -- live grants of the batch's accounts (with where each ends in spend order) and the accounts.
+  part as (
+    select e.account_id, e.ord, e.amount, e.spent_to, e.key, e.hash, e.reference, e.actor,
+      prior.seen is not null as seen, null::bigint as grant_id, null::bigint as remaining,
+      null::bigint as granted_to, null::bigint as available, null::bigint as debt, null::boolean as limited,
+      null::boolean as limits_found, null::bigint as per_day, null::bigint as per_month, null::bigint as spent_day,
+      null::bigint as spent_month
+    from event e
+    left join lateral (
+      select true as seen from request_keys k where k.account_id = e.account_id and k.key = e.key
+      union all
+      select true from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key
+      limit 1) prior on true
+    union all
+    select g.account_id, null, null, null, null, null, null, null, null, g.id, g.remaining,
+      (sum(g.remaining) over (partition by g.account_id order by g.priority, g.expires_at, g.created_at, g.id
+        rows unbounded preceding))::bigint,
+      null, null, null, null, null, null, null, null
+    from grants g
+    where g.account_id = any(v_accounts) and g.live and (g.expires_at is null or g.expires_at > v_now)
+    union all
+    select a.id, null, null, null, null, null, null, null, null, null, null, null, a.available, a.debt, a.spend_limited,
+      l.account_id is not null, l.per_day, l.per_month,
+      -- What the current windows hold: a counter of an earlier window starts again at 0.
+      case when l.day < v_day then 0 else l.spent_day end,
+      case when l.month < v_month then 0 else l.spent_month end
+    from accounts a left join spend_limits l on a.spend_limited and l.account_id = a.id
+    where a.id = any(v_accounts)
+  ),
+  -- One row per account of the batch: its events as arrays in batch order, whether a key comes
+  -- twice or was seen before, its live grants in spend order, and its balance.
+  account as (
+    -- Each spend reads its account's live grants, so an account with more than 100 of them
+    -- (rare: packs bought again and again) takes the per-event path, which stops at the grants
+    -- a spend needs.
+    -- An account with limits is decided at once when the whole batch stays below both of its
+    -- limits: then no spend is refused and none reaches a limit (which writes an event). A batch
+    -- that would reach or pass one takes the per-event path, which decides each spend in turn.
+    select t.*, coalesce(t.keys_new and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
+      and (not t.limited or (t.limits_found
+        and (t.per_day is null or t.spent_day + t.total < t.per_day)
+        and (t.per_month is null or t.spent_month + t.total < t.per_month))), false) as at_once
+    from (
+      select p.account_id as id,
+        array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
+        array_agg(p.amount order by p.ord) filter (where p.ord is not null) as event_amounts,
+        array_agg(p.spent_to order by p.ord) filter (where p.ord is not null) as event_spent_to,
+        array_agg(p.key order by p.ord) filter (where p.ord is not null) as event_keys,
+        array_agg(p.hash order by p.ord) filter (where p.ord is not null) as event_hashes,
+        array_agg(p.reference order by p.ord) filter (where p.ord is not null) as event_references,
+        array_agg(p.actor order by p.ord) filter (where p.ord is not null) as event_actors,
+        sum(p.amount)::bigint as total,
+        count(p.ord) = count(distinct p.key) and not bool_or(p.seen) as keys_new,
+        array_agg(p.grant_id order by p.granted_to) filter (where p.grant_id is not null) as grant_ids,
+        array_agg(p.remaining order by p.granted_to) filter (where p.grant_id is not null) as grant_remaining,
+        array_agg(p.granted_to order by p.granted_to) filter (where p.grant_id is not null) as grant_granted_to,
+        bool_or(p.available is not null) as found, max(p.available) as available, max(p.debt) as debt,
+        bool_or(p.limited) as limited, bool_or(p.limits_found) as limits_found,
+        max(p.per_day) as per_day, max(p.per_month) as per_month, max(p.spent_day) as spent_day,
+        max(p.spent_month) as spent_month
+      from part p group by p.account_id) t
+  ),
+  -- One row per spend of the accounts decided at once: the grants it takes from, in spend
+  -- order, and how much from each (negative, as entries write it).
+  spent as (
+    select c.id as account_id, c.available, c.debt, s.ord, s.amount, s.spent_to, s.key, s.hash,
+      s.reference, s.actor, p.grant_ids, p.grant_credits, p.credits
+    from account c
+    cross join lateral unnest(c.event_ords, c.event_amounts, c.event_spent_to, c.event_keys, c.event_hashes,
+      c.event_references, c.event_actors)
+      as s(ord, amount, spent_to, key, hash, reference, actor)
+    cross join lateral (
+      select array_agg(o.id order by o.position) as grant_ids, array_agg(-o.credits order by o.position) as grant_credits,
+        sum(o.credits)::bigint as credits
+      from (select g.id, g.position,
+              least(s.spent_to, g.granted_to) - greatest(s.spent_to - s.amount, g.granted_to - g.remaining) as credits
+            from unnest(c.grant_ids, c.grant_remaining, c.grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
+            where g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
+    where c.at_once
+  ),
+  -- Entry ids in the order the per-event path would have taken them.
+  numbered as (
+    select s.*, nextval(v_entry_sequence) as entry_id
+    from (select * from spent order by account_id collate "C", ord) s
+  ),
+  taken_from_grants as (
+    update grants g set remaining = g.remaining - t.credits
+    from (select u.id, -sum(u.credits)::bigint as credits
+          from spent s cross join lateral unnest(s.grant_ids, s.grant_credits) as u(id, credits)
+          group by u.id) t
+    where g.id = t.id
+  ),
+  charged as (
+    update accounts a set available = a.available - c.total, updated_at = v_now
+    from account c where c.at_once and a.id = c.id
+    returning a.id, a.available < a.top_up_threshold as below_top_up
+  ),
+  -- The limited accounts' counters, as tally_spend_limits_take would leave them after each
+  -- spend in turn: windows move forward only, and each counts the batch's total.
+  counted as (
+    update spend_limits l set day = greatest(l.day, v_day), spent_day = c.spent_day + c.total,
+      month = greatest(l.month, v_month), spent_month = c.spent_month + c.total
+    from account c where c.at_once and c.limited and l.account_id = c.id
+  ),
+  written as (
+    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
+      idempotency_key, reference, actor, payload_hash, created_at) overriding system value
+    select n.entry_id, n.account_id, 'usage', -n.amount, n.available - n.spent_to - n.debt,
+      coalesce(n.grant_ids, '{}'), coalesce(n.grant_credits, '{}'), 'request:' || n.key, n.reference,
+      n.actor, n.hash, v_now
+    from numbered n
+  ),
+  answer as (
+    select n.ord, jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || n.entry_id,
+      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)) as result
+    from numbered n
+    union all
+    select u.ord, case when c.found then null else jsonb_build_object('status', 404,
+      'body', tally_error('account_not_found', 'no account with id ' || c.id)) end
+    from account c cross join lateral unnest(c.event_ords) as u(ord)
+    where not c.at_once
+  )
+  select
+    (select array_agg(result order by ord) from answer),
+    (select array_agg(u.ord order by c.id collate "C", u.ord)
+       from account c cross join lateral unnest(c.event_ords) as u(ord) where c.found and not c.at_once),
+    (select count(*) from numbered where credits is distinct from amount),
+    (select array_agg(id order by id collate "C") from charged where below_top_up)
+  into v_results, v_one_by_one, v_uncovered, v_below_top_up;
+
+  if v_uncovered > 0 then
+    raise exception 'invariant broken: % spends of a usage batch exceed the live grants of their accounts', v_uncovered
+      using errcode = 'TX001';
+  end if;
+  -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
+  foreach v_account in array coalesce(v_below_top_up, '{}') loop
+    perform tally_request_top_up(v_account, v_now);
+  end loop;
+  foreach v_position in array coalesce(v_one_by_one, '{}') loop
+    v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
+      p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+      coalesce(p_references[v_position], '{}'::jsonb), v_now);
+  end loop;
+  return to_jsonb(v_results);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_events jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_usage_batch(
+    array_agg(e.value->>'account_id' order by e.n), array_agg((e.value->>'amount')::bigint order by e.n),
+    array_agg(e.value->>'idempotency_key' order by e.n), array_agg(e.value->>'payload_hash' order by e.n),
+    array_agg(coalesce(e.value->'reference', '{}'::jsonb) order by e.n), array_agg(e.value->>'actor' order by e.n),
+    p_now)
+  from jsonb_array_elements(p_events) with ordinality as e(value, n)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_void(p_hold_id bigint, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_hold holds := tally_lock_pending_hold(p_hold_id, v_now);
+  v_available bigint;
+begin
+  perform tally_release(v_hold, 0, 'voided', p_actor, v_now);
+  perform tally_settle(v_hold.account_id, v_now);
+  select available into v_available from accounts where id = v_hold.account_id;
+  return jsonb_build_object('released', v_hold.amount, 'available', v_available);
+end $function$;
