@@ -160,6 +160,17 @@ describe('tally command', () => {
       const afterMigrate = await tallyWith({ DATABASE_URL: url }, 'balance', 'someone');
       assert.equal(afterMigrate.code, 3, afterMigrate.stderr);
       assert.match(afterMigrate.stderr, /account_not_found/);
+
+      // Function files change without a migration: a database an older release migrated is named too.
+      await database.query(`update tally_function_files set checksum = 'older' where name = (select min(name) from tally_function_files)`);
+      const staleFunctions = await tallyWith({ DATABASE_URL: url }, 'balance', 'someone');
+      assert.equal(staleFunctions.code, 2, staleFunctions.stderr);
+      assert.match(
+        staleFunctions.stderr,
+        /functions are older than this Tally: 1 function file\(s\) not applied \(\d\d-[a-z-]+\.sql\).*tally migrate/,
+      );
+      assert.equal((await tallyWith({ DATABASE_URL: url }, 'migrate')).code, 0);
+      assert.equal((await tallyWith({ DATABASE_URL: url }, 'balance', 'someone')).code, 3);
     } finally {
       await database.end();
     }
