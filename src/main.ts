@@ -16,9 +16,18 @@ import { migrate } from './db/migrate.js';
 /**
  * Start: config → database → migrations → server + worker, and the way back down. Shutdown
  * stops intake, lets requests in flight finish, stops the worker, closes the pool, then stops
- * the embedded database.
+ * the embedded database, within shutdownSecondsMax (`tally start` exits anyway after it).
  */
 export const version: string = (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
+/**
+ * How long a shutdown may take before Tally exits anyway: a request stuck behind a lock, or a
+ * call to Stripe or to an endpoint that hangs, must not keep a process that was told to stop.
+ * Below the shortest common grace period before a supervisor's SIGKILL (`docker stop`: 10 s),
+ * so that Tally ends on its own, says so in its log, and stops its embedded database. Work cut
+ * off wrote nothing it did not commit, and its client retries with the same key.
+ */
+export const shutdownSecondsMax = 8;
 
 export interface Tally {
   app: FastifyInstance;

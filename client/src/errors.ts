@@ -138,6 +138,7 @@ export class StripeError extends TallyError<ErrorObjectOf<'StripeErrorError'>> {
 export class StripeUnavailable extends TallyError<ErrorObjectOf<'StripeUnavailableError'>> {}
 export class StripeNotConfigured extends TallyError<ErrorObjectOf<'StripeNotConfiguredError'>> {}
 export class DatabaseUnavailable extends TallyError<ErrorObjectOf<'DatabaseUnavailableError'>> {}
+export class DatabaseBusy extends TallyError<ErrorObjectOf<'DatabaseBusyError'>> {}
 
 type AnyErrorClass = new (status: number, error: never, options?: { cause?: unknown }) => TallyError;
 
@@ -174,6 +175,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   stripe_unavailable: StripeUnavailable,
   stripe_not_configured: StripeNotConfigured,
   database_unavailable: DatabaseUnavailable,
+  database_busy: DatabaseBusy,
 };
 
 /** The typed error for an answer's status and body; a body without Tally's error shape is described by its status. */

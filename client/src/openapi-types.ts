@@ -87,7 +87,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -95,7 +95,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -206,7 +206,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -214,7 +214,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -310,7 +310,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -318,7 +318,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -478,7 +478,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -486,7 +486,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -657,7 +657,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -665,7 +665,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -823,7 +823,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -831,7 +831,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -974,7 +974,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -982,7 +982,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1118,7 +1118,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1126,7 +1126,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1235,7 +1235,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1243,7 +1243,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1373,7 +1373,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1381,7 +1381,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1483,7 +1483,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1491,7 +1491,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1655,7 +1655,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1663,7 +1663,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1831,7 +1831,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1839,7 +1839,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -1989,7 +1989,7 @@ export interface paths {
                         "application/json": components["schemas"]["StripeErrorError"];
                     };
                 };
-                /** @description stripe_unavailable: Stripe cannot be reached, the circuit breaker is open, or Stripe is not configured; retry after Retry-After seconds; or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description stripe_unavailable: Stripe cannot be reached, the circuit breaker is open, or Stripe is not configured; retry after Retry-After seconds; or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -1997,7 +1997,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["StripeUnavailableError"] | components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["StripeUnavailableError"] | components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2094,7 +2094,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2102,7 +2102,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2206,7 +2206,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2214,7 +2214,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2336,7 +2336,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2344,7 +2344,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2434,7 +2434,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2442,7 +2442,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2572,7 +2572,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2580,7 +2580,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2814,7 +2814,7 @@ export interface paths {
                         "application/json": components["schemas"]["StripeErrorError"];
                     };
                 };
-                /** @description stripe_unavailable: Stripe cannot be reached or is not configured (stripe: true needs STRIPE_SECRET_KEY); or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description stripe_unavailable: Stripe cannot be reached or is not configured (stripe: true needs STRIPE_SECRET_KEY); or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2822,7 +2822,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["StripeUnavailableError"] | components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["StripeUnavailableError"] | components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -2938,7 +2938,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -2946,7 +2946,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3061,7 +3061,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3069,7 +3069,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3171,7 +3171,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3179,7 +3179,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3275,7 +3275,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3283,7 +3283,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3431,7 +3431,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3439,7 +3439,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3583,7 +3583,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3591,7 +3591,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3856,7 +3856,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3864,7 +3864,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -3964,7 +3964,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -3972,7 +3972,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4081,7 +4081,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4089,7 +4089,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4217,7 +4217,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4225,7 +4225,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4338,7 +4338,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4346,7 +4346,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4461,7 +4461,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4469,7 +4469,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4595,7 +4595,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4603,7 +4603,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4726,7 +4726,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4734,7 +4734,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4818,7 +4818,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4826,7 +4826,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -4960,7 +4960,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -4968,7 +4968,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5046,7 +5046,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5054,7 +5054,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5156,7 +5156,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5164,7 +5164,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5268,7 +5268,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5276,7 +5276,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5391,7 +5391,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5399,7 +5399,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5522,7 +5522,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5530,7 +5530,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5689,7 +5689,7 @@ export interface paths {
                         "application/json": components["schemas"]["StripeErrorError"];
                     };
                 };
-                /** @description stripe_unavailable: Stripe cannot be reached, the circuit breaker is open, or Stripe is not configured; retry after Retry-After seconds; or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description stripe_unavailable: Stripe cannot be reached, the circuit breaker is open, or Stripe is not configured; retry after Retry-After seconds; or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5697,7 +5697,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["StripeUnavailableError"] | components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["StripeUnavailableError"] | components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5885,7 +5885,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5893,7 +5893,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -5985,7 +5985,7 @@ export interface paths {
                         "application/json": components["schemas"]["InternalErrorError"];
                     };
                 };
-                /** @description stripe_not_configured: no webhook secret configured (STRIPE_WEBHOOK_SECRET); or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                /** @description stripe_not_configured: no webhook secret configured (STRIPE_WEBHOOK_SECRET); or database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
                 503: {
                     headers: {
                         /** @description seconds to wait before retrying */
@@ -5993,7 +5993,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["StripeNotConfiguredError"] | components["schemas"]["DatabaseUnavailableError"];
+                        "application/json": components["schemas"]["StripeNotConfiguredError"] | components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
                     };
                 };
             };
@@ -6388,6 +6388,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "database_unavailable";
+                message: string;
+            };
+        };
+        DatabaseBusyError: {
+            error: {
+                /** @constant */
+                code: "database_busy";
                 message: string;
             };
         };

@@ -3,8 +3,9 @@ import { TallyConnectionError } from './errors.js';
 /**
  * The retrying transport under every call. A call is retried, with the same request (and so the
  * same idempotency key in its body), after a timeout, a network error or `503
- * database_unavailable`, with exponential backoff bounded by `delayMillisecondsMax` and never
- * shorter than the answer's Retry-After. A 4xx is never retried: it is Tally's final word.
+ * database_unavailable` or `database_busy`, with exponential backoff bounded by
+ * `delayMillisecondsMax` and never shorter than the answer's Retry-After. A 4xx is never
+ * retried: it is Tally's final word.
  */
 export interface RetryOptions {
   /** Attempts in all, the first included (1 turns retries off). */
@@ -29,7 +30,8 @@ export const defaultRetryOptions: RetryOptions = {
  * keyed write, a PUT, a read): retried after a timeout, a network error, a 503 from Tally's
  * database or a gateway's 502/503/504. `once`: a second delivery would be refused (capturing or
  * voiding a hold, creating an endpoint): retried only when Tally surely did nothing (503
- * database_unavailable, or the connection was refused).
+ * database_unavailable or database_busy, whose transaction rolled back, or the connection was
+ * refused).
  */
 export type RetryPolicy = 'idempotent' | 'once';
 
@@ -70,11 +72,12 @@ export function backoffMilliseconds(retry: number, options: RetryOptions, random
   return exponential / 2 + (exponential / 2) * random();
 }
 
+/** Tally's database could not do the work, so nothing was done: unavailable, or busy past its timeouts. */
 async function isDatabaseUnavailable(response: Response): Promise<boolean> {
   if (response.status !== 503) return false;
   try {
     const body = (await response.clone().json()) as { error?: { code?: unknown } };
-    return body.error?.code === 'database_unavailable';
+    return body.error?.code === 'database_unavailable' || body.error?.code === 'database_busy';
   } catch {
     return false;
   }

@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
-import { Periodic, untilDone } from '../timing/periodic.js';
 import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { accountMetadataKey, packMetadataKey } from '../stripe/shapes.js';
+import { claimLoopTask } from '../timing/claim-loop.js';
+import { Periodic } from '../timing/periodic.js';
 import { completeTopUp, failTopUp, topUpMetadataKey } from './top-up-outcomes.js';
 import { defaultPaymentMethod, findPack, type TopUpDependencies } from './top-up-settings.js';
 
@@ -27,6 +28,9 @@ export const topUpLeaseSeconds = 120;
 export const topUpFollowSeconds = 3600;
 /** How long after the request the create may still be sent: less than Stripe's 24 hours of key memory. */
 export const topUpCreateWindowSeconds = 23 * 3600;
+/** Top-ups claimed at once, and batches per tick; what is still due after them waits for the next tick. */
+export const topUpBatchSizeMax = 10;
+export const topUpBatchCountMax = 100;
 
 interface TopUpRow {
   id: number;
@@ -49,7 +53,12 @@ export class TopUpRunner {
   ) {
     this.periodic = new Periodic(
       intervalMilliseconds,
-      untilDone(() => this.runOnce(), this.logger, 'auto top-up pass failed; next tick retries'),
+      claimLoopTask(
+        { claim: (batchSizeMax) => this.claimDue(batchSizeMax), process: (batch) => this.payEach(batch) },
+        { batchSizeMax: topUpBatchSizeMax, batchCountMax: topUpBatchCountMax, until: 'empty-batch' },
+        this.logger,
+        'auto top-up pass failed; next tick retries',
+      ),
     );
   }
 
@@ -65,21 +74,32 @@ export class TopUpRunner {
     return this.dependencies.clock?.() ?? null;
   }
 
-  /**
-   * Claims what is due and pays or follows it; answers how many top-ups it tried. A top-up to
-   * pay is leased for `topUpLeaseSeconds` and counts an attempt; one to follow is next due after
-   * `topUpFollowSeconds`, and following counts no attempt (only Stripe's answer ends it).
-   */
+  /** One batch: claims what is due and pays or follows it; answers how many top-ups it tried. */
   async runOnce(): Promise<number> {
+    const claimed = await this.claimDue(topUpBatchSizeMax);
+    await this.payEach(claimed);
+    return claimed.length;
+  }
+
+  /**
+   * Claims at most `batchSizeMax` due top-ups. A top-up to pay is leased for `topUpLeaseSeconds`
+   * and counts an attempt; one to follow is next due after `topUpFollowSeconds`, and following
+   * counts no attempt (only Stripe's answer ends it).
+   */
+  private async claimDue(batchSizeMax: number): Promise<TopUpRow[]> {
     const { rows } = await this.dependencies.db.query<TopUpRow>(
       `update top_ups t set attempts = attempts + (case when payment_intent is null then 1 else 0 end),
          next_attempt_at = coalesce($1::timestamptz, now())
            + make_interval(secs => case when payment_intent is null then $2::integer else $3::integer end)
-       where id in (select id from top_ups where status = 'pending' and next_attempt_at <= coalesce($1::timestamptz, now()) order by id limit 10 for update skip locked)
+       where id in (select id from top_ups where status = 'pending' and next_attempt_at <= coalesce($1::timestamptz, now()) order by id limit $5 for update skip locked)
        returning id, account_id, number, pack_id, attempts, payment_intent,
          created_at + make_interval(secs => $4::integer) <= coalesce($1::timestamptz, now()) as create_window_over`,
-      [this.now(), topUpLeaseSeconds, topUpFollowSeconds, topUpCreateWindowSeconds],
+      [this.now(), topUpLeaseSeconds, topUpFollowSeconds, topUpCreateWindowSeconds, batchSizeMax],
     );
+    return rows;
+  }
+
+  private async payEach(rows: readonly TopUpRow[]): Promise<void> {
     for (const topUp of rows) {
       try {
         if (topUp.payment_intent === null) await this.pay(topUp);
@@ -94,7 +114,6 @@ export class TopUpRunner {
         }
       }
     }
-    return rows.length;
   }
 
   private fail(topUp: TopUpRow, code: string, message: string, paymentIntent?: string): Promise<void> {

@@ -21,7 +21,7 @@ import { clawBackFromPeriod, grantPeriod } from './periods.js';
 const endedStatuses = new Set(['canceled', 'incomplete_expired']);
 export const scheduleAttemptsMax = 5;
 
-interface DueMonth {
+export interface DueMonth {
   subscription_id: string;
   month_start: number;
 }
@@ -47,18 +47,14 @@ export interface MonthOutcome {
   failed: boolean;
 }
 
+/** Months a pass grants at most; later ones wait for the next pass. */
+export const dueMonthsPerPassMax = 10_000;
+
 /**
- * Grants one due month, passing over the months in `passedOver` (they failed earlier in this
- * pass); answers what it did, or undefined when no month is due.
+ * The next due month, passing over the months in `passedOver` (they failed earlier in this
+ * pass), or undefined when none is due.
  */
-export async function grantDueMonth(
-  db: Database,
-  catalog: Catalog,
-  hasher: ClaimHasher,
-  alerts: Alerts,
-  now: Date | null,
-  passedOver: string[] = [],
-): Promise<MonthOutcome | undefined> {
+export async function findDueMonth(db: Database, now: Date | null, passedOver: string[] = []): Promise<DueMonth | undefined> {
   // Found without a lock, outside the transaction (an idle pass costs one query): locks go
   // account first, then the month's rows (applyMonth), in the order event effects take them.
   // Locking a row of the month first deadlocked against a worker granting another line of the
@@ -71,8 +67,18 @@ export async function grantDueMonth(
      order by month_start, subscription_id limit 1`,
     [now, passedOver],
   );
-  const due = rows[0];
-  if (due === undefined) return undefined;
+  return rows[0];
+}
+
+/** Grants one due month in its own transaction; a failure is counted (and set aside at the last attempt), never thrown. */
+export async function grantMonth(
+  db: Database,
+  catalog: Catalog,
+  hasher: ClaimHasher,
+  alerts: Alerts,
+  now: Date | null,
+  due: DueMonth,
+): Promise<MonthOutcome> {
   const key = `${due.subscription_id}:${due.month_start}`;
   try {
     await db.withTransaction((client) => applyMonth({ client, catalog, hasher, alerts, now, due }));

@@ -6,10 +6,10 @@ import { loadClaimHasher } from '../billing/claim-hasher.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { Database } from '../db/database.js';
 import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js';
-import { migrate } from '../db/migrate.js';
-import { TallyError } from '../errors.js';
+import { assertSchemaCurrent, migrate, SchemaNotCurrentError } from '../db/migrate.js';
+import { errorStatuses, InvariantError, isErrorCode, TallyError } from '../errors.js';
 import { Ledger } from '../ledger/ledger.js';
-import { openDatabase, startTally, version, type Tally } from '../main.js';
+import { openDatabase, shutdownSecondsMax, startTally, version, type Tally } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
 import { alertPort, grantWatcher } from '../ops/rules.js';
@@ -17,9 +17,9 @@ import { StripeGateway } from '../stripe/gateway.js';
 import { WebhookWorker, defaultWorkerOptions } from '../webhooks/worker.js';
 
 /**
- * The `tally` command. Exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 the
- * account or event does not exist; 4 reconciliation found problems. Results go to stdout,
- * errors and progress to stderr.
+ * The `tally` command. Exit codes: 0 done; 1 failed; 2 bad usage or configuration (a database
+ * to migrate first included); 3 the account or event does not exist; 4 reconciliation found
+ * problems. Results go to stdout, errors and progress to stderr.
  */
 export const exitCode = { failed: 1, usage: 2, notFound: 3, findings: 4 } as const;
 
@@ -33,15 +33,17 @@ const program = new Command('tally')
  * Runs work against the configured database: DATABASE_URL, or the embedded one of the data
  * folder (the running Tally's server, or one started for the command). Commands other than
  * `start` and `migrate` never create a database: in a folder without data they would only
- * answer from an empty one, so they refuse and say where the data is looked for.
+ * answer from an empty one, so they refuse and say where the data is looked for. Nor do they
+ * migrate one: a database that was never migrated, or is older than this Tally, is refused
+ * with what to run, and left as it was.
  */
 async function withDatabase<T>(work: (db: Database) => Promise<T>): Promise<T> {
   const config = loadConfig();
   const { url, embedded } = await openDatabase(config, pino({ level: 'silent' }), { reuseRunning: true, create: false });
   const stopOnSignal = stopEmbeddedOnSignal(embedded);
-  await migrate(url);
   const db = new Database({ url, poolSize: 4, statementTimeoutMilliseconds: 600_000, applicationName: 'tally-cli' });
   try {
+    await assertSchemaCurrent(db);
     return await work(db);
   } finally {
     await db.close();
@@ -149,12 +151,25 @@ function startBanner(tally: Tally): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** Stops intake, drains, closes the pool, then stops the embedded database; exits 0 when clean. */
+/**
+ * Stops intake, drains, stops the workers, closes the pool, then stops the embedded database;
+ * exits 0 when clean, 1 when it failed or did not finish within shutdownSecondsMax.
+ */
 function shutDown(tally: Tally, reason: string): void {
   tally.logger.info({ reason }, 'shutting down');
+  // Not unref'd: it keeps the process alive until one of the two exits below.
+  const deadline = setTimeout(() => {
+    // An embedded database is stopped on the way out (db/embedded.ts asks it for a fast shutdown).
+    tally.logger.error({ reason }, `shutdown did not finish within ${shutdownSecondsMax} s; exiting anyway`);
+    process.exit(exitCode.failed);
+  }, shutdownSecondsMax * 1000);
   tally.close().then(
-    () => process.exit(0),
+    () => {
+      clearTimeout(deadline);
+      process.exit(0);
+    },
     (error: unknown) => {
+      clearTimeout(deadline);
       tally.logger.error({ err: error }, 'shutdown failed');
       process.exit(exitCode.failed);
     },
@@ -230,16 +245,20 @@ program
           priority: 0,
           expires_at: options.expiresAt,
         });
-        if (outcome.status >= 300)
-          throw new TallyError(
-            String((outcome.body.error as { code?: string })?.code ?? 'refused'),
-            outcome.status,
-            JSON.stringify(outcome.body),
-          );
+        if (outcome.status >= 300) throw refusalError(outcome.status, outcome.body);
         print(outcome.body);
       });
     },
   );
+
+/** A refusal the ledger answered, as the TallyError of its code; a code outside the catalog, or with another status, is a bug. */
+function refusalError(status: number, body: Record<string, unknown>): TallyError {
+  const code = (body.error as { code?: unknown } | undefined)?.code;
+  if (!isErrorCode(code) || errorStatuses[code] !== status) {
+    throw new InvariantError(`the ledger answered ${status} with an error outside the catalog: ${JSON.stringify(body)}`);
+  }
+  return new TallyError(code, errorStatuses[code], JSON.stringify(body));
+}
 
 program
   .command('reconcile')
@@ -325,7 +344,12 @@ try {
   if (!serving) process.exit(process.exitCode ?? 0);
 } catch (error) {
   if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : exitCode.usage);
-  if (error instanceof ConfigError || error instanceof CatalogError || error instanceof EmbeddedDatabaseError) {
+  if (
+    error instanceof ConfigError ||
+    error instanceof CatalogError ||
+    error instanceof EmbeddedDatabaseError ||
+    error instanceof SchemaNotCurrentError
+  ) {
     process.stderr.write(`tally: ${error.message}\n`);
     process.exit(exitCode.usage);
   }

@@ -1,22 +1,34 @@
 import pg from 'pg';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { DatabaseUnavailableError, isConnectionLoss, isRetryable, toDomainError } from './errors.js';
+import { retrying as retryingWith, type Backoff } from '../timing/backoff.js';
+import { DatabaseUnavailableError, isConnectionLoss, isLockTimeout, isRetryable, toDomainError } from './errors.js';
 
 /**
  * The pool and the two ways to use it: one statement (`query`) or one transaction
  * (`withTransaction`). Both retry serialization failures and deadlocks a bounded number of
- * times, so that no client ever sees them.
+ * times, so that no client ever sees them, and a lock timeout once.
  */
 export interface DatabaseOptions {
   url: string;
   poolSize: number;
   statementTimeoutMilliseconds: number;
+  /** How long a statement waits for a row lock (0: no limit but the statement timeout); by default the statement timeout. */
+  lockTimeoutMilliseconds?: number;
   applicationName?: string;
   /** Where connection losses are reported (the server's log); by default, a process warning. */
   warn?: (message: string) => void;
 }
 
 export const retryCountMax = 8;
+
+/**
+ * A statement that waited for a lock past the lock timeout is tried once more (the holder may be
+ * about to commit), then answered as database_busy; a statement timeout is not tried again, as
+ * the same statement would likely take as long.
+ */
+export const lockTimeoutRetryCountMax = 1;
+
+/** Racing transactions retry after 2, 4, 8 ... ms, capped, and spread so that they part. */
+const transactionBackoff: Backoff = { delaySecondsFirst: 0.002, delaySecondsMax: 0.1, attemptsMax: retryCountMax, jitterRatio: 0.5 };
 
 // bigint columns come back as numbers; every balance is kept a safe integer by CHECK
 // constraints, and anything else is a broken invariant rather than a silent rounding.
@@ -38,7 +50,7 @@ export class Database {
       connectionString: options.url,
       max: options.poolSize,
       application_name: options.applicationName ?? 'tally',
-      options: `-c statement_timeout=${options.statementTimeoutMilliseconds} -c lock_timeout=${options.statementTimeoutMilliseconds}`,
+      options: `-c statement_timeout=${options.statementTimeoutMilliseconds} -c lock_timeout=${options.lockTimeoutMilliseconds ?? options.statementTimeoutMilliseconds}`,
       connectionTimeoutMillis: 10_000,
       types,
     });
@@ -121,13 +133,15 @@ export class Database {
 }
 
 async function retrying<T>(operation: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt += 1) {
-    try {
-      return await operation();
-    } catch (error) {
-      if (!isRetryable(error) || attempt >= retryCountMax) throw toDomainError(error);
-      // Jittered backoff: 2, 4, 8 ... ms, capped, so racing transactions spread out.
-      await sleep(Math.min(2 ** attempt, 100) * (0.5 + Math.random()));
-    }
+  let lockTimeoutCount = 0;
+  const retryable = (error: unknown): boolean => {
+    if (!isLockTimeout(error)) return isRetryable(error);
+    lockTimeoutCount += 1;
+    return lockTimeoutCount <= lockTimeoutRetryCountMax;
+  };
+  try {
+    return await retryingWith(operation, transactionBackoff, retryable);
+  } catch (error) {
+    throw toDomainError(error);
   }
 }

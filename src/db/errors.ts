@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { TallyError, InvariantError } from '../errors.js';
 
 /**
@@ -20,7 +21,7 @@ export function isDatabaseError(error: unknown): error is DatabaseErrorLike {
  * The database could not be reached: no connection could be had, or the one in use was lost.
  * Answered as 503 with Retry-After; every write is keyed, so the client's retry is safe.
  */
-export class DatabaseUnavailableError extends TallyError {
+export class DatabaseUnavailableError extends TallyError<'database_unavailable'> {
   /**
    * Worth another quick try: nothing was done yet. By default, when the server refused (it
    * answered, or the port was closed); a pool that waited its full timeout is not.
@@ -33,6 +34,25 @@ export class DatabaseUnavailableError extends TallyError {
     this.name = 'DatabaseUnavailableError';
     this.retryable = retryable;
   }
+}
+
+/**
+ * The database is reachable but took too long: a statement ran past the statement timeout or
+ * was cancelled (57014), or waited for a row lock past the lock timeout (55P03). The statement
+ * failed and its transaction rolled back, so nothing was written; answered as 503 with
+ * Retry-After, and the client's retry with the same key is safe.
+ */
+export class DatabaseBusyError extends TallyError<'database_busy'> {
+  constructor(cause: DatabaseErrorLike) {
+    // The cause (which statement, which lock) goes to the log, not to the client.
+    super('database_busy', 503, 'the database is busy; retry shortly with the same idempotency key', {}, { cause });
+    this.name = 'DatabaseBusyError';
+  }
+}
+
+/** A lock wait ran past lock_timeout: worth one more try, as the holder may be about to finish. */
+export function isLockTimeout(error: unknown): boolean {
+  return isDatabaseError(error) && error.code === '55P03';
 }
 
 const socketErrorCodes = new Set(['ECONNRESET', 'EPIPE', 'ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND']);
@@ -78,6 +98,9 @@ export function toDomainError(error: unknown): unknown {
       return new TallyError('capture_exceeds_hold', 400, error.message, { held: Number(error.detail) });
     case 'TA404':
       return new TallyError('account_not_found', 404, error.message);
+    case '57014':
+    case '55P03':
+      return new DatabaseBusyError(error);
     case 'TX001':
     case 'TE001':
       return new InvariantError(error.message, { cause: error });
@@ -94,4 +117,13 @@ export function toDomainError(error: unknown): unknown {
     default:
       return error;
   }
+}
+
+/**
+ * For the error renderer: an error PostgreSQL answered that reached it without going through
+ * Database (a read on the pool itself) becomes the same domain error; anything else is left as
+ * it is (a framework error may carry a code of its own that only looks like a SQLSTATE).
+ */
+export function domainErrorOf(error: unknown): unknown {
+  return error instanceof pg.DatabaseError ? toDomainError(error) : error;
 }

@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { packageRoot } from '../package-root.js';
+import type { Database } from './database.js';
 
 /**
  * Numbered SQL migrations (`migrations/0001-name.sql`), each applied in its own transaction and
@@ -155,4 +156,52 @@ export async function pendingMigrations(query: (text: string) => Promise<{ rows:
   const result = await query('select version from tally_migrations');
   const done = new Set(result.rows.map((row) => row.version));
   return known.filter((version) => !done.has(version));
+}
+
+/** The database is not at this Tally's schema: never migrated, or migrations are pending. */
+export class SchemaNotCurrentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SchemaNotCurrentError';
+  }
+}
+
+/**
+ * Refuses a database whose schema is not this Tally's: never migrated, or older than its
+ * migrations. Only `tally start` and `tally migrate` migrate; every other command checks with
+ * this instead, so that reading a database never changes it, and an old one is named as such
+ * rather than failing on a missing column.
+ */
+export async function assertSchemaCurrent(db: Pick<Database, 'query'>): Promise<void> {
+  const { rows } = await db.query<{ migrated: boolean }>(`select to_regclass('tally_migrations') is not null as migrated`);
+  if (rows[0]?.migrated !== true) {
+    throw new SchemaNotCurrentError('the database has no Tally schema (it was never migrated): run `tally migrate` first');
+  }
+  const pending = new Set(await pendingMigrations((text) => db.query<{ version: number }>(text)));
+  if (pending.size > 0) {
+    const names = readMigrations()
+      .filter((migration) => pending.has(migration.version))
+      .map((migration) => migration.name);
+    throw new SchemaNotCurrentError(
+      `the database is older than this Tally: ${names.length} migration(s) not applied (${names.join(', ')}): run \`tally migrate\` first`,
+    );
+  }
+  // Function files change without a migration: a database migrated by an older release has its functions.
+  const stale = await staleFunctionFiles(db);
+  if (stale.length > 0) {
+    throw new SchemaNotCurrentError(
+      `the database's functions are older than this Tally: ${stale.length} function file(s) not applied (${stale.join(', ')}): run \`tally migrate\` first`,
+    );
+  }
+}
+
+/** Function files whose checksum is not the one the database recorded (all of them before db/functions/ existed). */
+async function staleFunctionFiles(db: Pick<Database, 'query'>): Promise<string[]> {
+  const files = readFunctionFiles();
+  if (files.length === 0) return [];
+  const { rows: tables } = await db.query<{ recorded: boolean }>(`select to_regclass('tally_function_files') is not null as recorded`);
+  if (tables[0]?.recorded !== true) return files.map((file) => file.name);
+  const { rows } = await db.query<{ name: string; checksum: string }>('select name, checksum from tally_function_files');
+  const recorded = new Map(rows.map((row) => [row.name, row.checksum]));
+  return files.filter((file) => recorded.get(file.name) !== file.checksum).map((file) => file.name);
 }

@@ -2,7 +2,9 @@ import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
 import type { Alerts } from '../ports/alerts.js';
-import { Periodic, untilDone } from '../timing/periodic.js';
+import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
+import { claimLoopTask, type ClaimLoopLimits, type ClaimLoopWork } from '../timing/claim-loop.js';
+import { Periodic } from '../timing/periodic.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
 /**
@@ -18,6 +20,8 @@ import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 export interface DeliveryOptions {
   intervalMilliseconds: number;
   batchSizeMax: number;
+  /** Batches one tick sends at most; what is still due after them waits for the next tick. */
+  batchCountMax: number;
   timeoutMilliseconds: number;
   leaseSeconds: number;
   retryBaseSeconds: number;
@@ -30,6 +34,7 @@ export interface DeliveryOptions {
 export const defaultDeliveryOptions: DeliveryOptions = {
   intervalMilliseconds: 1000,
   batchSizeMax: 100,
+  batchCountMax: 100,
   timeoutMilliseconds: 10_000,
   leaseSeconds: 60,
   retryBaseSeconds: 5,
@@ -80,6 +85,8 @@ export async function postSigned(
 export class EventDelivery {
   private readonly periodic: Periodic;
   readonly options: DeliveryOptions;
+  /** Attempts are bounded by the retry window (the endpoint is disabled after it), not by a count. */
+  private readonly retries: Backoff;
 
   constructor(
     private readonly db: Database,
@@ -88,9 +95,21 @@ export class EventDelivery {
     options: Partial<DeliveryOptions> = {},
   ) {
     this.options = { ...defaultDeliveryOptions, ...options };
+    this.retries = {
+      delaySecondsFirst: this.options.retryBaseSeconds,
+      delaySecondsMax: this.options.retryDelaySecondsMax,
+      attemptsMax: Number.POSITIVE_INFINITY,
+      jitterRatio: 0,
+    };
+    // Until a claim is empty, not merely short: a delivered event lets its account's next one go.
+    const limits: ClaimLoopLimits = {
+      batchSizeMax: this.options.batchSizeMax,
+      batchCountMax: this.options.batchCountMax,
+      until: 'empty-batch',
+    };
     this.periodic = new Periodic(
       this.options.intervalMilliseconds,
-      untilDone(() => this.deliverOnce(), this.logger, 'event delivery failed; next tick retries'),
+      claimLoopTask(this.work, limits, this.logger, 'event delivery failed; next tick retries'),
     );
   }
 
@@ -106,15 +125,24 @@ export class EventDelivery {
     return this.options.clock?.() ?? null;
   }
 
-  /** Numbers new events, claims what is due, sends it; answers how many it attempted. */
+  /** One batch: numbers new events, claims what is due, sends it; answers how many it attempted. */
   async deliverOnce(): Promise<number> {
-    await sequenceEvents(this.db);
-    const claimed = await this.claim();
-    await Promise.all(claimed.map((delivery) => this.send(delivery)));
+    const claimed = await this.work.claim(this.options.batchSizeMax);
+    await this.work.process(claimed);
     return claimed.length;
   }
 
-  private async claim(): Promise<Claimed[]> {
+  private readonly work: ClaimLoopWork<Claimed> = {
+    claim: async (batchSizeMax) => {
+      await sequenceEvents(this.db);
+      return this.claim(batchSizeMax);
+    },
+    process: async (batch) => {
+      await Promise.all(batch.map((delivery) => this.send(delivery)));
+    },
+  };
+
+  private async claim(batchSizeMax: number): Promise<Claimed[]> {
     const { rows } = await this.db.query<Claimed>(
       `with due as (
          select d.endpoint_id, d.sequence from event_deliveries d
@@ -130,7 +158,7 @@ export class EventDelivery {
        select ${eventColumns}, c.endpoint_id, c.attempts, c.first_failed_at, w.url, w.secret
        from claimed c join events e on e.sequence = c.sequence join webhook_endpoints w on w.id = c.endpoint_id
        order by e.sequence`,
-      [this.now(), this.options.batchSizeMax, this.options.leaseSeconds],
+      [this.now(), batchSizeMax, this.options.leaseSeconds],
     );
     return rows;
   }
@@ -147,7 +175,8 @@ export class EventDelivery {
     }
     const now = this.now() ?? new Date();
     const failingSince = firstFailedAt ?? now;
-    const delaySeconds = Math.min(this.options.retryBaseSeconds * 2 ** Math.min(attempts, 30), this.options.retryDelaySecondsMax);
+    // `attempts` counts the tries before this one: this failure is number attempts + 1.
+    const delaySeconds = backoffDelaySeconds(this.retries, attempts + 1);
     await this.db.query(
       `update event_deliveries set attempts = attempts + 1, last_error = $3, first_failed_at = coalesce(first_failed_at, $4),
          next_attempt_at = $4::timestamptz + make_interval(secs => $5)

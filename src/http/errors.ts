@@ -1,13 +1,17 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { domainErrorOf } from '../db/errors.js';
 import { TallyError } from '../errors.js';
 
 /**
  * The one place errors become answers, all in SPEC's shape `{error: {code, message, ...}}`.
- * TallyErrors carry their own status and code; Fastify's own errors (body too large, bad JSON,
- * wrong media type, a URL too long) are given product codes; anything else is a bug: logged
- * with its stack, answered 500 without internals.
+ * TallyErrors carry their own status and code (a 503 says when to come back); Fastify's own
+ * errors (body too large, bad JSON, wrong media type, a URL too long) are given product codes;
+ * anything else is a bug: logged with its stack, answered 500 without internals.
  */
-export function renderError(error: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+export function renderError(thrown: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  // A database error that did not come through db/database.ts (a read on the pool itself) gets
+  // the same domain error as one that did: a timeout is 503 database_busy, not a bug.
+  const error = domainErrorOf(thrown) as FastifyError | Error;
   if (error instanceof TallyError) {
     // A 503 is temporary (the database or Stripe): say when to come back, and tell the operator why.
     if (error.status === 503) {

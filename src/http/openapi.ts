@@ -192,6 +192,6 @@ export function commonResponses(route: RouteDefinition): Responses {
   if (readsBody) codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type');
   if (hasParameters) codes.push('uri_too_long');
   codes.push('internal_error');
-  if (route.database !== false) codes.push('database_unavailable');
+  if (route.database !== false) codes.push('database_unavailable', 'database_busy');
   return refusals(...codes);
 }

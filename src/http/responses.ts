@@ -1,4 +1,7 @@
 import { z } from 'zod';
+import type { ErrorCode, ErrorStatus } from '../errors.js';
+
+export type { ErrorCode } from '../errors.js';
 
 /**
  * What a route may answer, declared beside its request schemas: for each status, a description
@@ -31,8 +34,9 @@ interface ErrorSpec {
 const credits = z.int().min(0).max(Number.MAX_SAFE_INTEGER);
 
 /**
- * Every error code Tally answers, with its status and details (SPEC's API table). One list, so
- * the client's typed errors and the description cannot name a code the server does not have.
+ * Every error code Tally answers (the catalog of src/errors.ts, which this must equal, code for
+ * code and status for status), described with its details (SPEC's API table), so the client's
+ * typed errors and the description cannot name a code the server does not have.
  */
 export const errorCatalog = {
   invalid_request: { status: 400, description: 'a field is missing or wrong; `field` names it', details: { field: z.string() } },
@@ -124,9 +128,12 @@ export const errorCatalog = {
     status: 503,
     description: 'the database cannot be reached; retry after Retry-After seconds with the same idempotency key',
   },
-} as const satisfies Record<string, ErrorSpec>;
-
-export type ErrorCode = keyof typeof errorCatalog;
+  database_busy: {
+    status: 503,
+    description:
+      'the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key',
+  },
+} as const satisfies { [Code in ErrorCode]: ErrorSpec & { status: ErrorStatus<Code> } };
 
 /** `insufficient_credits` → `InsufficientCreditsError`: the name of its schema in the description. */
 export const errorSchemaName = (code: ErrorCode): string =>

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { AlertInput } from '../ports/alerts.js';
+import { claimLoop } from '../timing/claim-loop.js';
 import { Periodic } from '../timing/periodic.js';
 import type { Ledger } from './ledger.js';
 
@@ -57,18 +58,21 @@ export class Sweeper {
     const skipped = this.parkedAccounts();
     // Keep going while full pages come back, so a backlog clears within one interval; an
     // account that failed in this pass is skipped in the next pages, so the pass ends.
-    for (let page = 0; page < sweepPageCountMax; page += 1) {
-      let due: string[];
-      try {
-        due = await this.ledger.dueAccounts(sweepAccountCountMax, skipped);
-      } catch (error) {
-        this.logger.error({ err: error }, 'could not read the accounts due for a sweep; retrying next interval');
-        return;
-      }
-      for (const accountId of due) {
-        if (!(await this.settle(accountId))) skipped.push(accountId);
-      }
-      if (due.length < sweepAccountCountMax) return;
+    try {
+      await claimLoop<string>(
+        {
+          claim: (batchSizeMax) => this.ledger.dueAccounts(batchSizeMax, skipped),
+          process: async (due) => {
+            for (const accountId of due) {
+              if (!(await this.settle(accountId))) skipped.push(accountId);
+            }
+          },
+        },
+        { batchSizeMax: sweepAccountCountMax, batchCountMax: sweepPageCountMax, until: 'short-batch' },
+      );
+    } catch (error) {
+      // Only reading the due accounts can fail here: settle() counts its failures.
+      this.logger.error({ err: error }, 'could not read the accounts due for a sweep; retrying next interval');
     }
   }
 

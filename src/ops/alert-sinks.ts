@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Database } from '../db/database.js';
+import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
+import { claimLoop } from '../timing/claim-loop.js';
 
 /**
  * Where alerts go: Slack incoming webhooks, PagerDuty Events API v2, or any URL as a JSON POST.
@@ -124,6 +126,24 @@ export interface DeliveryOptions {
   retryDelaySecondsMax: number;
 }
 
+/** Exact waits; a delivery is given up after deliveryAttemptsMax tries. */
+const deliveryBackoff = (options: DeliveryOptions): Backoff => ({
+  delaySecondsFirst: options.retryBaseSeconds,
+  delaySecondsMax: options.retryDelaySecondsMax,
+  attemptsMax: deliveryAttemptsMax,
+  jitterRatio: 0,
+});
+
+/**
+ * Deliveries claimed at once, and batches per operations tick: one, so that a slow or hanging
+ * sink (each POST may take deliveryTimeoutMilliseconds) never holds the operations loop's other
+ * work for long; what is left goes on the next tick.
+ */
+export const deliveryBatchSizeMax = 100;
+export const deliveryBatchCountMax = 1;
+
+type ClaimedDelivery = AlertRow & { sink: string; action: DeliveryAction; attempts: number };
+
 /** Sends what is due to every sink; answers how many deliveries succeeded. */
 export async function deliverAlerts(db: Database, options: DeliveryOptions): Promise<number> {
   if (options.sinks.length === 0) return 0;
@@ -136,10 +156,26 @@ export async function deliverAlerts(db: Database, options: DeliveryOptions): Pro
      on conflict do nothing`,
     [sinkNames],
   );
-  // Claim due deliveries with a lease (their next attempt moves a minute ahead), so that several
-  // processes never send one alert twice, and one that dies mid-way leaves it to the others. A
-  // resolve waits until its trigger reached the sink (or gave up), so it never arrives first.
-  const { rows } = await db.query<AlertRow & { sink: string; action: DeliveryAction; attempts: number }>(
+  let delivered = 0;
+  await claimLoop<ClaimedDelivery>(
+    {
+      claim: (batchSizeMax) => claimDeliveries(db, sinkNames, batchSizeMax),
+      process: async (batch) => {
+        for (const row of batch) if (await sendDelivery(db, options, row)) delivered += 1;
+      },
+    },
+    { batchSizeMax: deliveryBatchSizeMax, batchCountMax: deliveryBatchCountMax, until: 'short-batch' },
+  );
+  return delivered;
+}
+
+/**
+ * Claims due deliveries with a lease (their next attempt moves a minute ahead), so that several
+ * processes never send one alert twice, and one that dies mid-way leaves it to the others. A
+ * resolve waits until its trigger reached the sink (or gave up), so it never arrives first.
+ */
+async function claimDeliveries(db: Database, sinkNames: string[], batchSizeMax: number): Promise<ClaimedDelivery[]> {
+  const { rows } = await db.query<ClaimedDelivery>(
     `with claimed as (
        update alert_deliveries d set next_attempt_at = now() + make_interval(secs => $3)
        where (d.alert_id, d.sink, d.action) in (
@@ -148,34 +184,36 @@ export async function deliverAlerts(db: Database, options: DeliveryOptions): Pro
            and (action = 'trigger' or exists (
              select 1 from alert_deliveries t where t.alert_id = r.alert_id and t.sink = r.sink and t.action = 'trigger'
                and (t.delivered_at is not null or t.attempts >= $1)))
-         order by alert_id, action desc limit 100 for update skip locked)
+         order by alert_id, action desc limit $4 for update skip locked)
        returning d.alert_id, d.sink, d.action, d.attempts)
      select a.id, a.alert_key, a.kind, a.severity, a.message, a.details, a.account_id, a.count, tally_iso(a.first_at) as first_at,
        tally_iso(a.last_at) as last_at, tally_iso(a.resolved_at) as resolved_at, c.sink, c.action, c.attempts
      from claimed c join alerts a on a.id = c.alert_id order by a.id, c.action desc`,
-    [deliveryAttemptsMax, sinkNames, deliveryLeaseSeconds],
+    [deliveryAttemptsMax, sinkNames, deliveryLeaseSeconds, batchSizeMax],
   );
-  let delivered = 0;
-  for (const row of rows) {
-    const sink = options.sinks.find((candidate) => candidate.name === row.sink);
-    if (sink === undefined) continue;
-    const error = await post(sink.url, sinkPayload(sink, row, options.pagerDutyRoutingKey, row.action));
-    if (error === undefined) {
-      delivered += 1;
-      await db.query(
-        'update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2 and action = $3',
-        [row.id, row.sink, row.action],
-      );
-    } else {
-      const delay = Math.min(options.retryBaseSeconds * 2 ** row.attempts, options.retryDelaySecondsMax);
-      await db.query(
-        `update alert_deliveries set attempts = attempts + 1, last_error = $4, next_attempt_at = now() + make_interval(secs => $5)
-         where alert_id = $1 and sink = $2 and action = $3`,
-        [row.id, row.sink, row.action, error, delay],
-      );
-    }
+  return rows;
+}
+
+/** Sends one delivery and records how it went; answers whether the sink took it. */
+async function sendDelivery(db: Database, options: DeliveryOptions, row: ClaimedDelivery): Promise<boolean> {
+  const sink = options.sinks.find((candidate) => candidate.name === row.sink);
+  if (sink === undefined) return false;
+  const error = await post(sink.url, sinkPayload(sink, row, options.pagerDutyRoutingKey, row.action));
+  if (error === undefined) {
+    await db.query(
+      'update alert_deliveries set delivered_at = now(), attempts = attempts + 1, last_error = null where alert_id = $1 and sink = $2 and action = $3',
+      [row.id, row.sink, row.action],
+    );
+    return true;
   }
-  return delivered;
+  // `row.attempts` counts the tries before this one: this failure is number attempts + 1.
+  const delay = backoffDelaySeconds(deliveryBackoff(options), row.attempts + 1);
+  await db.query(
+    `update alert_deliveries set attempts = attempts + 1, last_error = $4, next_attempt_at = now() + make_interval(secs => $5)
+     where alert_id = $1 and sink = $2 and action = $3`,
+    [row.id, row.sink, row.action, error, delay],
+  );
+  return false;
 }
 
 /** Answers undefined on a 2xx, otherwise what went wrong. */

@@ -7,6 +7,7 @@ import type { Database } from '../db/database.js';
 import { TallyError } from '../errors.js';
 import type { StripeGateway } from '../stripe/gateway.js';
 import { idOf, invoiceLines, invoiceSubscriptionId } from '../stripe/shapes.js';
+import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
 import { raiseAlert } from './alerts.js';
 
 /**
@@ -343,21 +344,7 @@ async function reconcileLocked(
     const locked = await client.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [reconcileLockKey]);
     if (locked.rows[0]?.locked !== true) throw new TallyError('reconciliation_running', 409, 'another reconciliation is running');
     try {
-      if (dueAfterHours !== undefined) {
-        // Due when the last run that did not fail started an interval ago, and the failures
-        // since then (if any) have waited out their backoff: a failing run is retried at 5,
-        // 10, 20... minutes, up to the interval, not on every tick.
-        const { rows } = await client.query<{ due: boolean }>(
-          `with last_run as (select max(started_at) as at from reconciliation_runs where status <> 'failed'),
-                failures as (select count(*)::int as count, max(started_at) as last_at from reconciliation_runs
-                             where status = 'failed' and started_at > coalesce((select at from last_run), '-infinity'))
-           select coalesce((select at from last_run) < now() - make_interval(hours => $1), true)
-             and (failures.count = 0 or failures.last_at < now() - make_interval(secs => least($2 * power(2, failures.count - 1), $1 * 3600))) as due
-           from failures`,
-          [dueAfterHours, failedRunBackoffSecondsBase],
-        );
-        if (rows[0]?.due !== true) return undefined;
-      }
+      if (dueAfterHours !== undefined && !(await runIsDue(client, dueAfterHours))) return undefined;
       return await runLocked(client, options);
     } finally {
       await client.query('select pg_advisory_unlock($1)', [reconcileLockKey]);
@@ -365,6 +352,34 @@ async function reconcileLocked(
   } finally {
     client.release();
   }
+}
+
+/**
+ * Due when the last run that did not fail started an interval ago, and the failures since then
+ * (if any) have waited out their backoff: a failing run is retried at 5, 10, 20... minutes, up
+ * to the interval, not on every tick.
+ */
+async function runIsDue(client: pg.PoolClient, dueAfterHours: number): Promise<boolean> {
+  const { rows } = await client.query<{ interval_passed: boolean; failure_count: number; seconds_since_failure: number | null }>(
+    `with last_run as (select max(started_at) as at from reconciliation_runs where status <> 'failed'),
+          failures as (select count(*)::int as count, max(started_at) as last_at from reconciliation_runs
+                       where status = 'failed' and started_at > coalesce((select at from last_run), '-infinity'))
+     select coalesce((select at from last_run) < now() - make_interval(hours => $1), true) as interval_passed,
+       failures.count as failure_count, extract(epoch from now() - failures.last_at)::float8 as seconds_since_failure
+     from failures`,
+    [dueAfterHours],
+  );
+  const row = rows[0];
+  if (row === undefined || !row.interval_passed) return false;
+  if (row.failure_count === 0 || row.seconds_since_failure === null) return true;
+  const backoff: Backoff = {
+    delaySecondsFirst: failedRunBackoffSecondsBase,
+    delaySecondsMax: dueAfterHours * 3600,
+    // The schedule keeps trying, at most once per interval once the backoff reaches it.
+    attemptsMax: Number.POSITIVE_INFINITY,
+    jitterRatio: 0,
+  };
+  return row.seconds_since_failure > backoffDelaySeconds(backoff, row.failure_count);
 }
 
 async function runLocked(client: pg.PoolClient, options: ReconcileOptions): Promise<ReconciliationReport> {

@@ -24,21 +24,3 @@ export class Periodic {
     await this.running;
   }
 }
-
-/**
- * A task for Periodic that runs `pass` until it finds nothing more to do (it answers how much it
- * did); a failed pass is logged and the next tick tries again.
- */
-export function untilDone(
-  pass: () => Promise<number>,
-  logger: { error(object: object, message: string): void },
-  failure: string,
-): () => Promise<void> {
-  return async () => {
-    try {
-      while ((await pass()) > 0);
-    } catch (error) {
-      logger.error({ err: error }, failure);
-    }
-  };
-}

@@ -3,10 +3,12 @@ import type { Catalog } from '../billing/catalog.js';
 import { IgnoredEvent, RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
 import { applyEvent } from '../billing/effects.js';
 import type { ClaimHasher } from '../billing/claim-hasher.js';
-import { grantDueMonth } from '../billing/yearly.js';
+import { dueMonthsPerPassMax, findDueMonth, grantMonth, type DueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
 import type { Alerts } from '../ports/alerts.js';
 import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
+import { backoffDelaySeconds, mayRetry, type Backoff } from '../timing/backoff.js';
+import { claimLoop } from '../timing/claim-loop.js';
 import { OrderedLanes } from './ordered-lanes.js';
 import { prepareEvent } from './prepare.js';
 
@@ -26,6 +28,8 @@ export interface WorkerOptions {
   pollIntervalMilliseconds: number;
   /** Due events read at a time. */
   batchSizeMax: number;
+  /** Pages of due events one pass reads; what is still due after them waits for the next pass. */
+  batchCountMax: number;
   /** Events applied at once in this process (each holds one connection at a time). */
   concurrentEventsMax: number;
   retryBaseSeconds: number;
@@ -46,12 +50,18 @@ export interface WorkerOptions {
 export const defaultWorkerOptions: WorkerOptions = {
   pollIntervalMilliseconds: 1000,
   batchSizeMax: 50,
+  batchCountMax: 1000,
   concurrentEventsMax: 4,
   retryBaseSeconds: 30,
   retryDelaySecondsMax: 4 * 3600,
   attemptsMax: 14,
   breakerWaitSeconds: 30,
 };
+
+interface DueEvent {
+  id: string;
+  ordering_keys: string[];
+}
 
 export type EventOutcome = 'processed' | 'ignored' | 'retrying' | 'waiting' | 'failed' | 'skipped';
 
@@ -78,6 +88,8 @@ export class WebhookWorker {
   private again = false;
   private started = false;
   private readonly lanes: OrderedLanes<EventOutcome>;
+  /** Exact waits (no jitter): an event's next attempt is its business alone, and tests count on them. */
+  private readonly retries: Backoff;
 
   constructor(
     private readonly db: Database,
@@ -91,6 +103,12 @@ export class WebhookWorker {
     private readonly onOutcome: (type: string, outcome: EventOutcome, lagSeconds?: number) => void = () => undefined,
   ) {
     this.lanes = new OrderedLanes(options.concurrentEventsMax);
+    this.retries = {
+      delaySecondsFirst: options.retryBaseSeconds,
+      delaySecondsMax: options.retryDelaySecondsMax,
+      attemptsMax: options.attemptsMax,
+      jitterRatio: 0,
+    };
   }
 
   start(): void {
@@ -131,27 +149,25 @@ export class WebhookWorker {
   /**
    * Applies due events, several at once in lanes, until none is due; then due months of yearly
    * plans. When it returns, every event due when it was called has been attempted (by this
-   * call or by another pass of this process that had it in progress).
+   * call or by another pass of this process that had it in progress), up to batchCountMax pages
+   * (50,000 events by default): a larger backlog goes on in the next pass.
    */
   async drain(): Promise<void> {
     // Months that started before the events now due come first: a change made in a month moves
     // that month's credits, so they must be there.
     await this.grantDueMonths();
     const attempts: Promise<EventOutcome>[] = [];
-    for (;;) {
-      // Events in progress here are left out, so that the next page is read while the lanes
-      // still work on this one; their order is kept by the lanes.
-      const { rows } = await this.db.query<{ id: string; ordering_keys: string[] }>(
-        `select id, ${orderingKeysSql} as ordering_keys
-         from webhook_events, lateral (select payload->'data'->'object' as o) event_object
-         where status = 'pending' and next_attempt_at <= coalesce($1, now()) and id <> all($3::text[])
-         order by next_attempt_at, created, id limit $2`,
-        [this.now(), this.options.batchSizeMax, this.lanes.ids()],
-      );
-      for (const row of rows) attempts.push(this.lanes.submit(row.id, row.ordering_keys, () => this.processOne(row.id)));
-      if (rows.length < this.options.batchSizeMax) break;
-      await this.lanes.whenWaitingAtMost(this.options.concurrentEventsMax);
-    }
+    await claimLoop<DueEvent>(
+      {
+        claim: (batchSizeMax) => this.dueEvents(batchSizeMax),
+        process: async (batch) => {
+          for (const row of batch) attempts.push(this.lanes.submit(row.id, row.ordering_keys, () => this.processOne(row.id)));
+          // The next page (if the claim was full) is read while the lanes still work on this one.
+          if (batch.length === this.options.batchSizeMax) await this.lanes.whenWaitingAtMost(this.options.concurrentEventsMax);
+        },
+      },
+      { batchSizeMax: this.options.batchSizeMax, batchCountMax: this.options.batchCountMax, until: 'short-batch' },
+    );
     // Another pass of this process may hold due events this one left out: wait for them too.
     const settled = await Promise.allSettled([...attempts, ...this.lanes.inProgress()]);
     const failure = settled.find((result): result is PromiseRejectedResult => result.status === 'rejected');
@@ -160,17 +176,40 @@ export class WebhookWorker {
     await this.cancelRefusedTrials();
   }
 
+  /** Due events, oldest first. Events in progress here are left out; their order is kept by the lanes. */
+  private async dueEvents(batchSizeMax: number): Promise<DueEvent[]> {
+    const { rows } = await this.db.query<DueEvent>(
+      `select id, ${orderingKeysSql} as ordering_keys
+       from webhook_events, lateral (select payload->'data'->'object' as o) event_object
+       where status = 'pending' and next_attempt_at <= coalesce($1, now()) and id <> all($3::text[])
+       order by next_attempt_at, created, id limit $2`,
+      [this.now(), batchSizeMax, this.lanes.ids()],
+    );
+    return rows;
+  }
+
   /** Grants every due month of yearly plans; a month that fails is passed over until the next pass, so it never blocks the others. */
   private async grantDueMonths(): Promise<void> {
     const passedOver: string[] = [];
-    for (;;) {
-      const month = await grantDueMonth(this.db, this.catalog, this.hasher, this.alerts, this.now(), passedOver);
-      if (month === undefined) return;
-      if (month.failed) {
-        this.logger.error({ month: month.key }, 'a yearly month failed; it will be retried on the next pass');
-        passedOver.push(month.key);
-      }
-    }
+    // A month is granted at the time it was found due.
+    await claimLoop<{ due: DueMonth; now: Date | null }>(
+      {
+        claim: async () => {
+          const now = this.now();
+          const due = await findDueMonth(this.db, now, passedOver);
+          return due === undefined ? [] : [{ due, now }];
+        },
+        process: async (months) => {
+          for (const { due, now } of months) {
+            const month = await grantMonth(this.db, this.catalog, this.hasher, this.alerts, now, due);
+            if (!month.failed) continue;
+            this.logger.error({ month: month.key }, 'a yearly month failed; it will be retried on the next pass');
+            passedOver.push(month.key);
+          }
+        },
+      },
+      { batchSizeMax: 1, batchCountMax: dueMonthsPerPassMax, until: 'empty-batch' },
+    );
   }
 
   async processOne(eventId: string): Promise<EventOutcome> {
@@ -297,7 +336,7 @@ export class WebhookWorker {
       );
       const attempts = rows[0]?.attempts;
       if (attempts === undefined) return 'skipped';
-      if (attempts >= this.options.attemptsMax) {
+      if (!mayRetry(this.retries, attempts)) {
         await client.query(`update webhook_events set status = 'failed' where id = $1`, [event.id]);
         await this.alerts.raise(client, {
           kind: 'webhook_failed',
@@ -308,7 +347,7 @@ export class WebhookWorker {
         });
         return 'failed';
       }
-      const delay = Math.min(this.options.retryBaseSeconds * 2 ** (attempts - 1), this.options.retryDelaySecondsMax);
+      const delay = backoffDelaySeconds(this.retries, attempts);
       const waitFrom = error instanceof RetryLater && this.options.waitsInClockTime === true ? this.now() : null;
       await client.query(`update webhook_events set next_attempt_at = coalesce($3, now()) + make_interval(secs => $2) where id = $1`, [
         event.id,

@@ -4,7 +4,10 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
+import { migrate, readMigrations } from '../../src/db/migrate.js';
 import { createTestApp, type TestApp } from '../helpers/app.js';
+import { createEmptyDatabase } from '../helpers/database.js';
 import { checkoutSession, deliver, event, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';
 
 // The tally command run as a process against a test database: each command, its output, its
@@ -114,6 +117,62 @@ describe('tally command', () => {
       assert.deepEqual(readdirSync(empty), [], 'nothing was created');
     } finally {
       rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  it('never migrates: against a database never migrated, or older than this Tally, it says so and changes nothing', async () => {
+    // Proves that only `start` and `migrate` migrate: the commands that read or change data
+    // refuse (exit 2, one line naming `tally migrate`) and leave the schema as it was.
+    const url = await createEmptyDatabase();
+    const database = new pg.Client({ connectionString: url });
+    await database.connect();
+    try {
+      const commands = [
+        ['balance', 'someone'],
+        ['export', 'someone'],
+        ['reconcile'],
+        ['replay', 'evt_1'],
+        ['grant', 'someone', '5', '--reason', 'x', '--key', 'k'],
+      ];
+      for (const args of commands) {
+        const result = await tallyWith({ DATABASE_URL: url }, ...args);
+        assert.equal(result.code, 2, `${args[0]}: ${result.stderr}`);
+        assert.match(result.stderr, /never migrated.*tally migrate/, args[0]);
+        assert.equal(result.stderr.trim().split('\n').length, 1, `${args[0]}: one line`);
+      }
+      const created = await database.query(`select to_regclass('tally_migrations') as table`);
+      assert.equal(created.rows[0]?.table, null, 'nothing was migrated');
+
+      const latest = readMigrations().length;
+      await migrate(url, () => undefined, { versionMax: latest - 2 });
+      for (const args of [commands[0] ?? [], commands[2] ?? []]) {
+        const result = await tallyWith({ DATABASE_URL: url }, ...args);
+        assert.equal(result.code, 2, `${args[0]}: ${result.stderr}`);
+        assert.match(
+          result.stderr,
+          /older than this Tally: 2 migration\(s\) not applied \(00\d\d-[a-z-]+, 00\d\d-[a-z-]+\).*tally migrate/,
+        );
+      }
+      const versions = await database.query<{ version: number }>('select max(version)::int as version from tally_migrations');
+      assert.equal(versions.rows[0]?.version, latest - 2, 'still at the older version');
+
+      assert.equal((await tallyWith({ DATABASE_URL: url }, 'migrate')).code, 0);
+      const afterMigrate = await tallyWith({ DATABASE_URL: url }, 'balance', 'someone');
+      assert.equal(afterMigrate.code, 3, afterMigrate.stderr);
+      assert.match(afterMigrate.stderr, /account_not_found/);
+
+      // Function files change without a migration: a database an older release migrated is named too.
+      await database.query(`update tally_function_files set checksum = 'older' where name = (select min(name) from tally_function_files)`);
+      const staleFunctions = await tallyWith({ DATABASE_URL: url }, 'balance', 'someone');
+      assert.equal(staleFunctions.code, 2, staleFunctions.stderr);
+      assert.match(
+        staleFunctions.stderr,
+        /functions are older than this Tally: 1 function file\(s\) not applied \(\d\d-[a-z-]+\.sql\).*tally migrate/,
+      );
+      assert.equal((await tallyWith({ DATABASE_URL: url }, 'migrate')).code, 0);
+      assert.equal((await tallyWith({ DATABASE_URL: url }, 'balance', 'someone')).code, 3);
+    } finally {
+      await database.end();
     }
   });
 

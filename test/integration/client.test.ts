@@ -355,6 +355,24 @@ describe('@tally/client against a real Tally', () => {
     assert.equal(await usageEntries(accountId), 1);
   });
 
+  it('retries 503 database_busy after Retry-After, a capture too: its transaction rolled back', async () => {
+    // Proves that a capture, sent again only when Tally surely did nothing, counts database_busy
+    // as such: the statement that timed out rolled its transaction back.
+    const accountId = await funded(100);
+    const hold = await app.holds.create(accountId, { amount: 20 });
+    let attempts = 0;
+    const busyFirst = clientWith(async (request) => {
+      attempts += 1;
+      if (attempts > 1) return checker.fetch(request);
+      const body = { error: { code: 'database_busy', message: 'the database is busy; retry shortly with the same idempotency key' } };
+      return new Response(JSON.stringify(body), { status: 503, headers: { 'content-type': 'application/json', 'retry-after': '5' } });
+    });
+    const captured = await busyFirst.holds.capture(hold.hold_id, 15);
+    assert.equal(attempts, 2);
+    assert.deepEqual([captured.captured, captured.released], [15, 5]);
+    assert.ok((waits[0] ?? 0) >= 5000, `the wait honoured Retry-After: 5 (waited ${waits[0]} ms)`);
+  });
+
   it('gives up after a bounded number of attempts, naming the key to try again with', async () => {
     let attempts = 0;
     const unreachable = clientWith(async () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
 import pg from 'pg';
+import { Database } from '../../src/db/database.js';
 import { raiseAlert } from '../../src/ops/alerts.js';
 import { adminKey, appKey, settleEvents, viewerKey } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
@@ -597,6 +598,33 @@ describe('every answer of every route is described', () => {
     }
   });
 
+  it('503 database_busy while another connection holds the account past the lock timeout', async () => {
+    const db = new Database({
+      url: served.database.url,
+      poolSize: 2,
+      statementTimeoutMilliseconds: 30_000,
+      lockTimeoutMilliseconds: 200,
+      warn: () => undefined,
+    });
+    const busy = await serveTestApp({ database: { url: served.database.url, db, close: () => db.close() } });
+    const holder = new pg.Client({ connectionString: served.database.url });
+    await holder.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select 1 from accounts where id = $1 for update', [accountId]);
+      expectError(
+        await call('POST', `/v1/accounts/${accountId}/usage`, { amount: 1, idempotency_key: 'busy' }, { app: busy }),
+        503,
+        'database_busy',
+      );
+    } finally {
+      await holder.query('rollback');
+      await holder.end();
+      await busy.close();
+      await db.close();
+    }
+  });
+
   it('saw every operation succeed and every refusal of its own', async () => {
     const document = (await publishedDocument(served)) as {
       paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: unknown }> }> }>>;
@@ -613,6 +641,7 @@ describe('every answer of every route is described', () => {
       'uri_too_long',
       'internal_error',
       'database_unavailable',
+      'database_busy',
     ]);
     // What this test cannot bring about, and why.
     const unreachable = new Set([
