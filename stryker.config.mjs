@@ -9,8 +9,7 @@
  * TALLY_MUTATE narrows the files (a glob), e.g. TALLY_MUTATE=src/billing/credit-rule.ts, and
  * TALLY_MUTATE_COMMAND replaces the test command (a narrower one for a quick score of one file).
  *
- * StrykerJS is fetched by npx on first use rather than kept in devDependencies: its prompt
- * packages want Node.js 20.17, and `npm install` must stay free of engine warnings on 20.6.
+ * StrykerJS is installed on first use by scripts/mutate.sh (not a devDependency: see there).
  */
 const money = [
   'src/billing/credit-rule.ts',
@@ -33,6 +32,6 @@ export default {
   timeoutMS: 300_000,
   reporters: ['clear-text', 'progress', 'json'],
   jsonReporter: { fileName: 'reports/mutation/mutation.json' },
-  ignorePatterns: ['.tally', '.scratch', 'reports', 'dist', 'client/dist', '.stryker-tmp'],
+  ignorePatterns: ['.stryker-tools', '.tally', '.scratch', 'reports', 'dist', 'client/dist', '.stryker-tmp'],
   tempDirName: '.stryker-tmp',
 };
