@@ -113,11 +113,17 @@ function Page({ route, api, session }) {
   return html`<h1>No such page</h1><p>There is no page at this address. <a href="#/overview">Go to the overview.</a></p>`;
 }
 
+/**
+ * @typedef {{ status: 'checking' | 'in' | 'out' | 'unreachable', key?: string, role?: string, stripeConfigured?: boolean, notice?: string }} Session
+ */
+
 function App() {
-  const [session, setSession] = useState(() => {
-    const key = sessionStorage.getItem(storageKey);
-    return key ? { status: 'checking', key } : { status: 'out' };
-  });
+  const [session, setSession] = useState(
+    /** @returns {Session} */ () => {
+      const key = sessionStorage.getItem(storageKey);
+      return key ? { status: 'checking', key } : { status: 'out' };
+    },
+  );
   const route = useRoute();
   const api = useMemo(() => (session.key ? createApi(session.key) : null), [session.key]);
 
