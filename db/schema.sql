@@ -17,12 +17,14 @@ create table accounts (
   device_fingerprint_hash text,
   low_balance_threshold bigint,
   top_up_threshold bigint,
-  spend_limited boolean not null default false
+  spend_limited boolean not null default false,
+  carry numeric not null default 0
 );
 alter table accounts add constraint account_id_format CHECK ((id ~ '^[A-Za-z0-9_.:@-]{1,128}$'::text));
 alter table accounts add constraint available_not_negative CHECK ((available >= 0));
 alter table accounts add constraint available_or_debt CHECK (((available = 0) OR (debt = 0)));
 alter table accounts add constraint balances_safe CHECK (((available <= '9007199254740991'::bigint) AND (held <= '9007199254740991'::bigint) AND (debt <= '9007199254740991'::bigint)));
+alter table accounts add constraint carry_range CHECK (((carry >= (0)::numeric) AND (carry < (1)::numeric)));
 alter table accounts add constraint debt_not_negative CHECK ((debt >= 0));
 alter table accounts add constraint email_length CHECK ((char_length(email) <= 320));
 alter table accounts add constraint held_not_negative CHECK ((held >= 0));
@@ -108,6 +110,14 @@ alter table billing_periods add constraint billing_periods_account_id_fkey FOREI
 alter table billing_periods add constraint billing_periods_pkey PRIMARY KEY (subscription_id, period_start);
 CREATE INDEX billing_periods_by_end ON public.billing_periods USING btree (subscription_id, period_end);
 
+create table catalog_plans (
+  id text not null,
+  rate_card_id text,
+  updated_at timestamp with time zone not null default now()
+);
+alter table catalog_plans add constraint catalog_plans_rate_card_id_fkey FOREIGN KEY (rate_card_id) REFERENCES rate_cards(id);
+alter table catalog_plans add constraint catalog_plans_pkey PRIMARY KEY (id);
+
 create table entries (
   id bigint not null,
   account_id text not null,
@@ -122,13 +132,20 @@ create table entries (
   actor text not null,
   reason text,
   created_at timestamp with time zone not null default now(),
-  payload_hash text
+  payload_hash text,
+  meter text,
+  quantities jsonb,
+  rate_card_id text,
+  rate_card_version integer,
+  cost numeric,
+  carry_after numeric
 );
 alter table entries add constraint admin_has_reason CHECK (((actor <> 'admin'::text) OR (reason IS NOT NULL)));
 alter table entries add constraint entry_actor CHECK ((actor = ANY (ARRAY['app'::text, 'admin'::text, 'stripe'::text, 'system'::text])));
 alter table entries add constraint entry_kind CHECK ((kind = ANY (ARRAY['grant'::text, 'usage'::text, 'hold'::text, 'capture'::text, 'release'::text, 'expire'::text, 'clawback'::text, 'restore'::text, 'adjustment'::text])));
 alter table entries add constraint grant_arrays_match CHECK ((cardinality(grant_ids) = cardinality(grant_credits)));
 alter table entries add constraint payload_hash_of_usage CHECK (((payload_hash IS NULL) OR (kind = 'usage'::text))) NOT VALID;
+alter table entries add constraint priced_entry CHECK ((((meter IS NULL) AND (quantities IS NULL) AND (rate_card_id IS NULL) AND (rate_card_version IS NULL) AND (cost IS NULL) AND (carry_after IS NULL)) OR ((meter IS NOT NULL) AND (quantities IS NOT NULL) AND (rate_card_id IS NOT NULL) AND (rate_card_version IS NOT NULL) AND (cost >= (0)::numeric) AND (kind = ANY (ARRAY['usage'::text, 'hold'::text, 'capture'::text])) AND ((carry_after IS NULL) = (kind = 'hold'::text)) AND ((carry_after IS NULL) OR ((carry_after >= (0)::numeric) AND (carry_after < (1)::numeric)))))) NOT VALID;
 alter table entries add constraint entries_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table entries add constraint entries_pkey PRIMARY KEY (id);
 alter table entries add constraint entry_key_unique UNIQUE (account_id, idempotency_key);
@@ -208,11 +225,17 @@ create table holds (
   idempotency_key text not null,
   created_at timestamp with time zone not null default now(),
   resolved_at timestamp with time zone,
-  counted_in_spend_limits boolean not null default false
+  counted_in_spend_limits boolean not null default false,
+  meter text,
+  quantities jsonb,
+  rate_card_id text,
+  rate_card_version integer,
+  cost numeric
 );
-alter table holds add constraint hold_amount_positive CHECK ((amount > 0));
+alter table holds add constraint hold_amount_positive CHECK (((amount > 0) OR ((meter IS NOT NULL) AND (amount = 0)))) NOT VALID;
 alter table holds add constraint hold_resolution CHECK ((((status = 'pending'::text) AND (captured IS NULL) AND (released IS NULL)) OR ((status <> 'pending'::text) AND (captured >= 0) AND (released >= 0) AND ((captured + released) = amount))));
 alter table holds add constraint hold_status CHECK ((status = ANY (ARRAY['pending'::text, 'captured'::text, 'voided'::text, 'expired'::text])));
+alter table holds add constraint priced_hold CHECK ((((meter IS NULL) AND (quantities IS NULL) AND (rate_card_id IS NULL) AND (rate_card_version IS NULL) AND (cost IS NULL)) OR ((meter IS NOT NULL) AND (quantities IS NOT NULL) AND (rate_card_id IS NOT NULL) AND (rate_card_version IS NOT NULL) AND (cost >= (0)::numeric)))) NOT VALID;
 alter table holds add constraint holds_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table holds add constraint holds_pkey PRIMARY KEY (id);
 CREATE INDEX holds_due_expiry ON public.holds USING btree (expires_at) WHERE (status = 'pending'::text);
@@ -267,6 +290,32 @@ alter table payments add constraint payments_checkout_session_id_key UNIQUE (che
 alter table payments add constraint payments_invoice_id_key UNIQUE (invoice_id);
 alter table payments add constraint payments_payment_intent_key UNIQUE (payment_intent);
 CREATE INDEX payments_by_account ON public.payments USING btree (account_id);
+
+create table rate_card_versions (
+  rate_card_id text not null,
+  version integer not null,
+  effective_at timestamp with time zone not null,
+  rates jsonb not null,
+  source text not null,
+  published_at timestamp with time zone not null
+);
+alter table rate_card_versions add constraint rate_card_version_source CHECK ((source = ANY (ARRAY['catalog'::text, 'admin'::text])));
+alter table rate_card_versions add constraint rates_are_decimals CHECK (((jsonb_typeof(rates) = 'object'::text) AND (NOT jsonb_path_exists(rates, '$.*?(@.type() != "object")'::jsonpath)) AND (NOT jsonb_path_exists(rates, '$.*.*?(@.type() != "string" || !(@ like_regex "^(0|[1-9][0-9]{0,14})([.][0-9]{1,12})?$"))'::jsonpath))));
+alter table rate_card_versions add constraint version_positive CHECK ((version >= 1));
+alter table rate_card_versions add constraint rate_card_versions_rate_card_id_fkey FOREIGN KEY (rate_card_id) REFERENCES rate_cards(id);
+alter table rate_card_versions add constraint rate_card_versions_pkey PRIMARY KEY (rate_card_id, version);
+CREATE INDEX rate_card_versions_in_effect ON public.rate_card_versions USING btree (rate_card_id, effective_at DESC, version DESC);
+CREATE TRIGGER rate_card_versions_append_only BEFORE DELETE OR UPDATE ON public.rate_card_versions FOR EACH ROW EXECUTE FUNCTION tally_refuse_rate_card_version_change();
+CREATE TRIGGER rate_card_versions_no_truncate BEFORE TRUNCATE ON public.rate_card_versions FOR EACH STATEMENT EXECUTE FUNCTION tally_refuse_rate_card_version_change();
+
+create table rate_cards (
+  id text not null,
+  is_default boolean not null default false,
+  created_at timestamp with time zone not null default now()
+);
+alter table rate_cards add constraint rate_card_id_format CHECK ((id ~ '^[A-Za-z0-9_.-]{1,64}$'::text));
+alter table rate_cards add constraint rate_cards_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX rate_cards_one_default ON public.rate_cards USING btree (is_default) WHERE is_default;
 
 create table reconciliation_runs (
   id bigint not null,
@@ -480,6 +529,18 @@ begin
   end if;
   return null;
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_account_rate_card(p_account text)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select coalesce(
+    (select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
+      where s.account_id = p_account and s.status in ('active', 'trialing', 'past_due')
+      order by s.event_created desc, s.id limit 1),
+    (select id from rate_cards where is_default))
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_add_grant(p_account text, p_source text, p_amount bigint, p_priority integer, p_expires_at timestamp with time zone, p_grant_key text, p_entry_kind text, p_reference jsonb, p_actor text, p_reason text, p_now timestamp with time zone)
  RETURNS jsonb
@@ -895,6 +956,37 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_price(p_rates jsonb, p_meter text, p_quantities jsonb)
+ RETURNS numeric
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+declare
+  v_rates jsonb := p_rates -> p_meter;
+  v_cost numeric := 0;
+  v_quantity record;
+begin
+  if v_rates is null then
+    raise exception 'the rate card prices no meter %', p_meter using errcode = 'TP404', detail = p_meter;
+  end if;
+  if jsonb_typeof(p_quantities) is distinct from 'object' then
+    raise exception 'quantities must be an object' using errcode = 'TP400', detail = 'quantities';
+  end if;
+  for v_quantity in select key, value from jsonb_each(p_quantities) loop
+    if not v_rates ? v_quantity.key then
+      raise exception 'meter % has no dimension %', p_meter, v_quantity.key
+        using errcode = 'TP400', detail = 'quantities.' || v_quantity.key;
+    end if;
+    if jsonb_typeof(v_quantity.value) <> 'number' or (v_quantity.value #>> '{}')::numeric < 0
+       or (v_quantity.value #>> '{}')::numeric <> trunc((v_quantity.value #>> '{}')::numeric) then
+      raise exception 'quantity % is not a non-negative integer', v_quantity.key
+        using errcode = 'TP400', detail = 'quantities.' || v_quantity.key;
+    end if;
+    v_cost := v_cost + (v_quantity.value #>> '{}')::numeric * (v_rates ->> v_quantity.key)::numeric;
+  end loop;
+  return trim_scale(v_cost);
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_prior_outcome(p_account text, p_key text, p_operation text, p_hash text)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -915,6 +1007,104 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_publish_rate_card(p_card text, p_rates jsonb, p_effective_at timestamp with time zone, p_source text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_before rate_card_versions;
+  v_version rate_card_versions;
+begin
+  perform 1 from rate_cards where id = p_card for update;
+  if not found then
+    raise exception 'no rate card %', p_card using errcode = 'TR404';
+  end if;
+  if p_effective_at < v_now - interval '60 seconds' then
+    raise exception 'effective_at % is more than 60 seconds in the past', tally_iso(p_effective_at)
+      using errcode = 'TR400', detail = 'effective_at';
+  end if;
+  v_before := tally_rate_card_in_effect(p_card, v_now);
+  insert into rate_card_versions (rate_card_id, version, effective_at, rates, source, published_at)
+  select p_card, coalesce(max(version), 0) + 1, greatest(coalesce(p_effective_at, v_now), v_now), p_rates, p_source, v_now
+    from rate_card_versions where rate_card_id = p_card
+  returning * into v_version;
+  insert into audit_log (account_id, actor, action, before, after, created_at)
+  values (null, case when p_source = 'admin' then 'admin' else 'system' end, 'rate_card.published',
+    case when v_before.rate_card_id is null then null else tally_rate_card_version_json(v_before) end,
+    tally_rate_card_version_json(v_version), v_now);
+  return tally_rate_card_version_json(v_version);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_in_effect(p_card text, p_now timestamp with time zone)
+ RETURNS rate_card_versions
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select * from rate_card_versions where rate_card_id = p_card and effective_at <= p_now
+  order by effective_at desc, version desc limit 1
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_next(p_card text, p_now timestamp with time zone)
+ RETURNS rate_card_versions
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select * from rate_card_versions where rate_card_id = p_card and effective_at > p_now
+  order by effective_at, version desc limit 1
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_version_json(p_version rate_card_versions)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('id', p_version.rate_card_id, 'version', p_version.version,
+    'effective_at', tally_iso(p_version.effective_at), 'rates', p_version.rates,
+    'published_at', tally_iso(p_version.published_at))
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_versions_json(p_card text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case when exists (select 1 from rate_cards where id = p_card) then
+    jsonb_build_object('versions', coalesce((select jsonb_agg(tally_rate_card_version_json(v) order by v.version desc)
+      from rate_card_versions v where v.rate_card_id = p_card), '[]'::jsonb))
+  end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_cards_json(p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('rate_cards', coalesce(jsonb_agg(
+      tally_rate_card_version_json(v) || jsonb_build_object('next',
+        (select tally_rate_card_version_json(n) from tally_rate_card_next(c.id, t.now) n where n.rate_card_id is not null))
+      order by c.id collate "C"), '[]'::jsonb))
+  from (select coalesce(p_now, now()) as now) t
+    cross join rate_cards c
+    cross join lateral tally_rate_card_in_effect(c.id, t.now) v
+  where v.rate_card_id is not null
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rates_equal(p_left jsonb, p_right jsonb)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select not exists (
+    select 1
+    from (select m.key as meter, d.key as dimension, (d.value #>> '{}')::numeric as rate
+          from jsonb_each(p_left) m cross join lateral jsonb_each(m.value) d) l
+    full join (select m.key as meter, d.key as dimension, (d.value #>> '{}')::numeric as rate
+               from jsonb_each(p_right) m cross join lateral jsonb_each(m.value) d) r
+      on l.meter = r.meter and l.dimension = r.dimension
+    where l.rate is distinct from r.rate)
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_refuse_entry_change()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -925,6 +1115,14 @@ begin
     return new;
   end if;
   raise exception 'ledger entries are append-only (% refused)', tg_op using errcode = 'TE001';
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_refuse_rate_card_version_change()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  raise exception 'rate card versions are never edited or deleted (% refused)', tg_op using errcode = 'TE001';
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text, p_now timestamp with time zone)
@@ -1400,6 +1598,42 @@ AS $function$
     when 'canceled' then 5
     else 2 end
 $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_sync_catalog_pricing(p_cards jsonb, p_default text, p_plans jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_card record;
+  v_last rate_card_versions;
+  v_published jsonb := '[]'::jsonb;
+begin
+  insert into rate_cards (id, created_at)
+  select c->>'id', v_now from jsonb_array_elements(p_cards) c
+  order by c->>'id' collate "C"
+  on conflict (id) do nothing;
+  perform 1 from rate_cards where id in (select c->>'id' from jsonb_array_elements(p_cards) c)
+    order by id collate "C" for update;
+  for v_card in
+    select c->>'id' as id, c->'rates' as rates from jsonb_array_elements(p_cards) c order by c->>'id' collate "C"
+  loop
+    select * into v_last from rate_card_versions
+      where rate_card_id = v_card.id and source = 'catalog' order by version desc limit 1;
+    if not found or not tally_rates_equal(v_last.rates, v_card.rates) then
+      v_published := v_published || jsonb_build_array(
+        tally_publish_rate_card(v_card.id, v_card.rates, v_now, 'catalog', v_now));
+    end if;
+  end loop;
+  update rate_cards set is_default = false where is_default and id is distinct from p_default;
+  update rate_cards set is_default = true where id = p_default and not is_default;
+  delete from catalog_plans where id not in (select p->>'id' from jsonb_array_elements(p_plans) p);
+  insert into catalog_plans (id, rate_card_id, updated_at)
+  select p->>'id', p->>'rate_card', v_now from jsonb_array_elements(p_plans) p
+  on conflict (id) do update set rate_card_id = excluded.rate_card_id, updated_at = excluded.updated_at
+    where catalog_plans.rate_card_id is distinct from excluded.rate_card_id;
+  return v_published;
+end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_take(p_account text, p_amount bigint, p_now timestamp with time zone, OUT grant_ids bigint[], OUT grant_credits bigint[], p_payment_id bigint DEFAULT NULL::bigint)
  RETURNS record

@@ -1850,6 +1850,357 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/rate-cards": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The version of every rate card in effect now, and the version scheduled next (null when none is) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description every rate card */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            rate_cards: {
+                                id: string;
+                                version: number;
+                                /** Format: date-time */
+                                effective_at: string;
+                                rates: {
+                                    [key: string]: {
+                                        [key: string]: string;
+                                    };
+                                };
+                                /** Format: date-time */
+                                published_at: string;
+                                next: components["schemas"]["RateCardVersion"] | null;
+                            }[];
+                        };
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/rate-cards/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Publish a new version of a rate card: rates for every dimension of every meter, effective now or at `effective_at` (later; up to 60 s in the past means now). Spends already made keep the version that priced them */
+        put: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        rates: {
+                            [key: string]: {
+                                [key: string]: string;
+                            };
+                        };
+                        /** Format: date-time */
+                        effective_at?: string;
+                    };
+                };
+            };
+            responses: {
+                /** @description the version published */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateCardVersion"];
+                    };
+                };
+                /** @description invalid_request: a rate that is not a decimal string with at most 12 decimal places, a rate for an unknown meter or dimension, a missing rate, or effective_at more than 60 s in the past */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_card_not_found: no rate card with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description payload_too_large: the body is over 65536 bytes */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["PayloadTooLargeError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description unsupported_media_type: the body is not application/json */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnsupportedMediaTypeError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/rate-cards/{id}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every version of a rate card, newest published first */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the versions */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            versions: components["schemas"]["RateCardVersion"][];
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_card_not_found: no rate card with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/accounts/{id}/checkout": {
         parameters: {
             query?: never;
@@ -6151,6 +6502,19 @@ export interface components {
             ignored_reason: string | null;
             account_id: string | null;
         };
+        RateCardVersion: {
+            id: string;
+            version: number;
+            /** Format: date-time */
+            effective_at: string;
+            rates: {
+                [key: string]: {
+                    [key: string]: string;
+                };
+            };
+            /** Format: date-time */
+            published_at: string;
+        };
         InvalidRequestError: {
             error: {
                 /** @constant */
@@ -6189,6 +6553,14 @@ export interface components {
                 code: "balance_limit_exceeded";
                 message: string;
                 limit: number;
+            };
+        };
+        UnknownMeterError: {
+            error: {
+                /** @constant */
+                code: "unknown_meter";
+                message: string;
+                meter: string;
             };
         };
         InvalidSignatureError: {
@@ -6257,6 +6629,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "hold_not_found";
+                message: string;
+            };
+        };
+        RateCardNotFoundError: {
+            error: {
+                /** @constant */
+                code: "rate_card_not_found";
                 message: string;
             };
         };

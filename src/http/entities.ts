@@ -176,3 +176,18 @@ export const inboxEventSchema = named(
     account_id: z.string().nullable(),
   }),
 );
+
+/** Credits per unit, per meter and dimension, as exact decimal strings. */
+export const ratesAnswerSchema = z.record(z.string(), z.record(z.string(), z.string().regex(/^[0-9]+(\.[0-9]+)?$/)));
+
+/** One published version of a rate card; versions are never edited or deleted. */
+export const rateCardVersionSchema = named(
+  'RateCardVersion',
+  z.object({
+    id: z.string(),
+    version: z.int().positive(),
+    effective_at: timestampSchema,
+    rates: ratesAnswerSchema,
+    published_at: timestampSchema,
+  }),
+);

@@ -543,6 +543,19 @@ describe('every answer of every route is described', () => {
     }
   });
 
+  it('rate cards: the versions in effect, publishing and listing versions, with every refusal', async () => {
+    const current = await call('GET', '/v1/rate-cards');
+    assert.equal(current.status, 200);
+    const standard = current.body.rate_cards.find((card: { id: string }) => card.id === 'standard');
+    const later = new Date(Date.parse(standard.published_at) + 3600_000).toISOString();
+    assert.equal((await admin('PUT', '/v1/admin/rate-cards/standard', { rates: standard.rates, effective_at: later })).status, 200);
+    assert.notEqual((await call('GET', '/v1/rate-cards')).body.rate_cards[0].next, null, 'the scheduled version is described too');
+    expectError(await admin('PUT', '/v1/admin/rate-cards/gold', { rates: standard.rates }), 404, 'rate_card_not_found');
+    expectError(await admin('PUT', '/v1/admin/rate-cards/standard', { rates: { nope: { x: '1' } } }), 400, 'invalid_request');
+    assert.equal((await admin('GET', '/v1/admin/rate-cards/standard/versions')).status, 200);
+    expectError(await admin('GET', '/v1/admin/rate-cards/gold/versions'), 404, 'rate_card_not_found');
+  });
+
   it('health, metrics, the dashboard, and the refusals every call shares', async () => {
     assert.deepEqual((await call('GET', '/healthz', undefined, { key: null })).body, { status: 'ok' });
     assert.deepEqual((await call('GET', '/readyz', undefined, { key: null })).body, { status: 'ready' });

@@ -1,0 +1,183 @@
+-- Priced usage: rate cards and their versions, the catalog's cards at start, an account's card,
+-- and the exact cost of a spend in numeric.
+--
+-- Applied after the numbered migrations, in file-name order, whenever the file changed
+-- (src/db/migrate.ts). A change to a function is a diff of this file; a change of signature
+-- also needs a numbered migration that drops the old one.
+
+create or replace function tally_refuse_rate_card_version_change() returns trigger language plpgsql as $$
+begin
+  raise exception 'rate card versions are never edited or deleted (% refused)', tg_op using errcode = 'TE001';
+end $$;
+
+-- Whether two sets of rates price everything the same: the same meters and dimensions, and
+-- rates equal as numbers ("0.10" is "0.1").
+create or replace function tally_rates_equal(p_left jsonb, p_right jsonb) returns boolean
+  language sql immutable as $$
+  select not exists (
+    select 1
+    from (select m.key as meter, d.key as dimension, (d.value #>> '{}')::numeric as rate
+          from jsonb_each(p_left) m cross join lateral jsonb_each(m.value) d) l
+    full join (select m.key as meter, d.key as dimension, (d.value #>> '{}')::numeric as rate
+               from jsonb_each(p_right) m cross join lateral jsonb_each(m.value) d) r
+      on l.meter = r.meter and l.dimension = r.dimension
+    where l.rate is distinct from r.rate)
+$$;
+
+create or replace function tally_rate_card_version_json(p_version rate_card_versions) returns jsonb
+  language sql stable as $$
+  select jsonb_build_object('id', p_version.rate_card_id, 'version', p_version.version,
+    'effective_at', tally_iso(p_version.effective_at), 'rates', p_version.rates,
+    'published_at', tally_iso(p_version.published_at))
+$$;
+
+-- The version of a card in effect at p_now: the latest effective_at not after p_now, and of
+-- versions effective at the same instant the last published. So a version scheduled for later
+-- still takes effect when a correction is published for now, and publishing another version for
+-- the same instant replaces a scheduled one. NULL when none is in effect yet.
+create or replace function tally_rate_card_in_effect(p_card text, p_now timestamptz) returns rate_card_versions
+  language sql stable as $$
+  select * from rate_card_versions where rate_card_id = p_card and effective_at <= p_now
+  order by effective_at desc, version desc limit 1
+$$;
+
+-- The version that will take effect next after p_now, if any.
+create or replace function tally_rate_card_next(p_card text, p_now timestamptz) returns rate_card_versions
+  language sql stable as $$
+  select * from rate_card_versions where rate_card_id = p_card and effective_at > p_now
+  order by effective_at, version desc limit 1
+$$;
+
+-- Publishes a version of an existing card, numbered after its last one under the card's row
+-- lock. An effective_at up to 60 seconds in the past (the caller's clock a little behind) means
+-- now: a version never takes effect before it was published, so no spend already made could have
+-- been priced by it. Audited with the version it follows.
+create or replace function tally_publish_rate_card(p_card text, p_rates jsonb, p_effective_at timestamptz,
+  p_source text, p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_before rate_card_versions;
+  v_version rate_card_versions;
+begin
+  perform 1 from rate_cards where id = p_card for update;
+  if not found then
+    raise exception 'no rate card %', p_card using errcode = 'TR404';
+  end if;
+  if p_effective_at < v_now - interval '60 seconds' then
+    raise exception 'effective_at % is more than 60 seconds in the past', tally_iso(p_effective_at)
+      using errcode = 'TR400', detail = 'effective_at';
+  end if;
+  v_before := tally_rate_card_in_effect(p_card, v_now);
+  insert into rate_card_versions (rate_card_id, version, effective_at, rates, source, published_at)
+  select p_card, coalesce(max(version), 0) + 1, greatest(coalesce(p_effective_at, v_now), v_now), p_rates, p_source, v_now
+    from rate_card_versions where rate_card_id = p_card
+  returning * into v_version;
+  insert into audit_log (account_id, actor, action, before, after, created_at)
+  values (null, case when p_source = 'admin' then 'admin' else 'system' end, 'rate_card.published',
+    case when v_before.rate_card_id is null then null else tally_rate_card_version_json(v_before) end,
+    tally_rate_card_version_json(v_version), v_now);
+  return tally_rate_card_version_json(v_version);
+end $$;
+
+-- Brings the database's pricing in line with the catalog at start, in one transaction: its cards
+-- exist; a card whose catalog rates differ from the last version the catalog published gets a
+-- new version, effective now (an unchanged catalog publishes nothing, and so never undoes an
+-- operator's version); the default card and each plan's card are the catalog's. Cards are locked
+-- in id order, so that processes starting at once take turns and the second publishes nothing.
+-- p_cards: [{id, rates}]; p_plans: [{id, rate_card}]. Answers the versions published.
+create or replace function tally_sync_catalog_pricing(p_cards jsonb, p_default text, p_plans jsonb,
+  p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_card record;
+  v_last rate_card_versions;
+  v_published jsonb := '[]'::jsonb;
+begin
+  insert into rate_cards (id, created_at)
+  select c->>'id', v_now from jsonb_array_elements(p_cards) c
+  order by c->>'id' collate "C"
+  on conflict (id) do nothing;
+  perform 1 from rate_cards where id in (select c->>'id' from jsonb_array_elements(p_cards) c)
+    order by id collate "C" for update;
+  for v_card in
+    select c->>'id' as id, c->'rates' as rates from jsonb_array_elements(p_cards) c order by c->>'id' collate "C"
+  loop
+    select * into v_last from rate_card_versions
+      where rate_card_id = v_card.id and source = 'catalog' order by version desc limit 1;
+    if not found or not tally_rates_equal(v_last.rates, v_card.rates) then
+      v_published := v_published || jsonb_build_array(
+        tally_publish_rate_card(v_card.id, v_card.rates, v_now, 'catalog', v_now));
+    end if;
+  end loop;
+  update rate_cards set is_default = false where is_default and id is distinct from p_default;
+  update rate_cards set is_default = true where id = p_default and not is_default;
+  delete from catalog_plans where id not in (select p->>'id' from jsonb_array_elements(p_plans) p);
+  insert into catalog_plans (id, rate_card_id, updated_at)
+  select p->>'id', p->>'rate_card', v_now from jsonb_array_elements(p_plans) p
+  on conflict (id) do update set rate_card_id = excluded.rate_card_id, updated_at = excluded.updated_at
+    where catalog_plans.rate_card_id is distinct from excluded.rate_card_id;
+  return v_published;
+end $$;
+
+-- Every card's version in effect at p_now (NULL: the database's clock) and the one scheduled
+-- next, as GET /v1/rate-cards answers. A card with no version in effect yet is left out.
+create or replace function tally_rate_cards_json(p_now timestamptz) returns jsonb language sql stable as $$
+  select jsonb_build_object('rate_cards', coalesce(jsonb_agg(
+      tally_rate_card_version_json(v) || jsonb_build_object('next',
+        (select tally_rate_card_version_json(n) from tally_rate_card_next(c.id, t.now) n where n.rate_card_id is not null))
+      order by c.id collate "C"), '[]'::jsonb))
+  from (select coalesce(p_now, now()) as now) t
+    cross join rate_cards c
+    cross join lateral tally_rate_card_in_effect(c.id, t.now) v
+  where v.rate_card_id is not null
+$$;
+
+-- Every version of a card, newest published first; NULL for a card that does not exist.
+create or replace function tally_rate_card_versions_json(p_card text) returns jsonb language sql stable as $$
+  select case when exists (select 1 from rate_cards where id = p_card) then
+    jsonb_build_object('versions', coalesce((select jsonb_agg(tally_rate_card_version_json(v) order by v.version desc)
+      from rate_card_versions v where v.rate_card_id = p_card), '[]'::jsonb))
+  end
+$$;
+
+-- The exact cost of p_quantities of p_meter at p_rates: the sum of quantity × rate in numeric,
+-- with no trailing zeros. A meter or a dimension the rates do not price, or a quantity that is
+-- not a non-negative integer, is refused (the API checks both first; this is the database's own
+-- guard, so that a missing rate is never read as free).
+create or replace function tally_price(p_rates jsonb, p_meter text, p_quantities jsonb) returns numeric
+  language plpgsql immutable as $$
+declare
+  v_rates jsonb := p_rates -> p_meter;
+  v_cost numeric := 0;
+  v_quantity record;
+begin
+  if v_rates is null then
+    raise exception 'the rate card prices no meter %', p_meter using errcode = 'TP404', detail = p_meter;
+  end if;
+  if jsonb_typeof(p_quantities) is distinct from 'object' then
+    raise exception 'quantities must be an object' using errcode = 'TP400', detail = 'quantities';
+  end if;
+  for v_quantity in select key, value from jsonb_each(p_quantities) loop
+    if not v_rates ? v_quantity.key then
+      raise exception 'meter % has no dimension %', p_meter, v_quantity.key
+        using errcode = 'TP400', detail = 'quantities.' || v_quantity.key;
+    end if;
+    if jsonb_typeof(v_quantity.value) <> 'number' or (v_quantity.value #>> '{}')::numeric < 0
+       or (v_quantity.value #>> '{}')::numeric <> trunc((v_quantity.value #>> '{}')::numeric) then
+      raise exception 'quantity % is not a non-negative integer', v_quantity.key
+        using errcode = 'TP400', detail = 'quantities.' || v_quantity.key;
+    end if;
+    v_cost := v_cost + (v_quantity.value #>> '{}')::numeric * (v_rates ->> v_quantity.key)::numeric;
+  end loop;
+  return trim_scale(v_cost);
+end $$;
+
+-- The card that prices an account's spends: its plan's (the newest subscription that is active,
+-- trialing or past due), or the catalog's default when that plan names none or there is no plan.
+create or replace function tally_account_rate_card(p_account text) returns text language sql stable as $$
+  select coalesce(
+    (select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
+      where s.account_id = p_account and s.status in ('active', 'trialing', 'past_due')
+      order by s.event_created desc, s.id limit 1),
+    (select id from rate_cards where is_default))
+$$;
