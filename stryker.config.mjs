@@ -7,6 +7,9 @@
  * the command); the score is reported in the README.
  *
  * TALLY_MUTATE narrows the files (a glob), e.g. TALLY_MUTATE=src/billing/credit-rule.ts.
+ *
+ * StrykerJS is fetched by npx on first use rather than kept in devDependencies: its prompt
+ * packages want Node.js 20.17, and `npm install` must stay free of engine warnings on 20.6.
  */
 const money = [
   'src/billing/credit-rule.ts',
