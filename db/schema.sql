@@ -645,6 +645,14 @@ declare
   v_amount bigint := coalesce(p_amount, v_hold.amount);
   v_available bigint;
 begin
+  -- A priced hold is captured by quantities; without any, by the quantities it held.
+  if v_hold.meter is not null then
+    if p_amount is not null then
+      raise exception 'hold_% is priced by meter %: capture it with quantities, not amount', p_hold_id, v_hold.meter
+        using errcode = 'TP400', detail = 'amount';
+    end if;
+    return tally_priced_capture(p_hold_id, null, p_actor, v_now);
+  end if;
   if v_amount > v_hold.amount then
     raise exception 'capture of % exceeds the hold of %', v_amount, v_hold.amount
       using errcode = 'TH400', detail = v_hold.amount::text;
@@ -721,7 +729,18 @@ CREATE OR REPLACE FUNCTION public.tally_entry_json(e entries)
  RETURNS jsonb
  LANGUAGE sql
  STABLE
-RETURN jsonb_build_object('id', ('entry_'::text || (e).id), 'kind', (e).kind, 'amount', (e).amount, 'balance_after', (e).balance_after, 'grant_ids', (SELECT COALESCE(jsonb_agg(('grant_'::text || u.g) ORDER BY u.n), '[]'::jsonb) AS "coalesce" FROM unnest((tally_entry_json.e).grant_ids) WITH ORDINALITY u(g, n)), 'idempotency_key', (e).idempotency_key, 'reference', (e).reference, 'actor', (e).actor, 'reason', (e).reason, 'created_at', tally_iso((e).created_at));
+AS $function$
+  select jsonb_build_object('id', 'entry_' || e.id, 'kind', e.kind, 'amount', e.amount,
+    'balance_after', e.balance_after,
+    'grant_ids', (select coalesce(jsonb_agg('grant_' || g order by n), '[]'::jsonb)
+                  from unnest(e.grant_ids) with ordinality as u(g, n)),
+    'idempotency_key', e.idempotency_key, 'reference', e.reference, 'actor', e.actor,
+    'reason', e.reason, 'created_at', tally_iso(e.created_at))
+  || case when e.meter is null then '{}'::jsonb
+     else jsonb_build_object('meter', e.meter, 'quantities', e.quantities,
+       'rate_card', jsonb_build_object('id', e.rate_card_id, 'version', e.rate_card_version),
+       'cost', trim_scale(e.cost)::text, 'carry_after', trim_scale(e.carry_after)::text) end
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_error(p_code text, p_message text, p_details jsonb DEFAULT '{}'::jsonb)
  RETURNS jsonb
@@ -822,6 +841,13 @@ RETURN jsonb_build_object('id', ('grant_'::text || (g).id), 'source', (g).source
 
 CREATE OR REPLACE FUNCTION public.tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone)
  RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_hold(p_account, p_amount, p_expires_in_seconds, p_key, p_hash, p_actor, p_now, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone, p_priced jsonb)
+ RETURNS jsonb
  LANGUAGE plpgsql
 AS $function$
 declare
@@ -836,23 +862,31 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
+  -- A hold of 0 credits (a priced one whose cost is 0) takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
   update accounts set available = available - p_amount, held = held + p_amount, updated_at = v_now
     where id = p_account returning * into v_account;
   insert into holds (account_id, amount, grant_ids, grant_credits, expires_at, idempotency_key, created_at,
-    counted_in_spend_limits)
+    counted_in_spend_limits, meter, quantities, rate_card_id, rate_card_version, cost)
   values (p_account, p_amount, v_take.grant_ids, v_take.grant_credits,
-    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited)
+    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited,
+    p_priced->>'meter', p_priced->'quantities', p_priced->>'rate_card_id',
+    (p_priced->>'rate_card_version')::integer, (p_priced->>'cost')::numeric)
   returning * into v_hold;
   v_net := v_account.available - v_account.debt;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
-    idempotency_key, reference, actor, created_at)
+    idempotency_key, reference, actor, created_at, meter, quantities, rate_card_id, rate_card_version, cost)
   values (p_account, 'hold', -p_amount, v_net, v_take.grant_ids, v_take.grant_credits, v_hold.id,
-    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now);
+    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now,
+    v_hold.meter, v_hold.quantities, v_hold.rate_card_id, v_hold.rate_card_version, v_hold.cost);
   return tally_remember(p_key, p_account, 'hold', p_hash, 201,
     jsonb_build_object('hold_id', 'hold_' || v_hold.id, 'amount', p_amount,
       'expires_at', tally_iso(v_hold.expires_at), 'available', v_account.available,
-      'replayed', false), v_now);
+      'replayed', false) || tally_priced_answer(v_hold.cost, v_hold.rate_card_id, v_hold.rate_card_version), v_now);
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_hold_events()
@@ -929,6 +963,24 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_open_priced(p_account text, p_key text, p_operation text, p_hash text, OUT p_outcome jsonb, OUT p_carry numeric)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+begin
+  p_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+  if p_outcome is not null then
+    return;
+  end if;
+  select carry into p_carry from accounts where id = p_account for update;
+  if not found then
+    p_outcome := jsonb_build_object('status', 404, 'body', tally_error('account_not_found', 'no account with id ' || p_account));
+    return;
+  end if;
+  -- A racing request under the same key may have committed before the lock was ours.
+  p_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text, p_hash text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -947,7 +999,8 @@ begin
       tally_error('insufficient_credits', 'not enough credits available',
         jsonb_build_object('available', v_available)), p_now);
   end if;
-  if v_limited then
+  -- A spend of 0 credits (a priced spend whose cost the carry absorbs) passes no limit.
+  if v_limited and p_amount > 0 then
     v_outcome := tally_spend_limits_take(p_account, p_amount, p_now);
     if v_outcome is not null then
       return tally_remember(p_key, p_account, p_operation, p_hash, 402, v_outcome, p_now);
@@ -985,6 +1038,119 @@ begin
     v_cost := v_cost + (v_quantity.value #>> '{}')::numeric * (v_rates ->> v_quantity.key)::numeric;
   end loop;
   return trim_scale(v_cost);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_price_spend(p_account text, p_meter text, p_quantities jsonb, p_carry numeric, p_now timestamp with time zone, p_reserve boolean)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_card text := tally_account_rate_card(p_account);
+  v_version rate_card_versions;
+  v_cost numeric;
+  v_credits numeric;
+begin
+  if v_card is null then
+    raise exception 'no rate card prices meter % (the catalog has no rate cards)', p_meter using errcode = 'TP404', detail = p_meter;
+  end if;
+  v_version := tally_rate_card_in_effect(v_card, p_now);
+  if v_version.rate_card_id is null then
+    raise exception 'invariant broken: no version of rate card % is in effect at %', v_card, tally_iso(p_now)
+      using errcode = 'TX001';
+  end if;
+  v_cost := tally_price(v_version.rates, p_meter, p_quantities);
+  v_credits := case when p_reserve then ceil(v_cost) else floor(v_cost + p_carry) end;
+  if v_credits > tally_spend_credits_max() then
+    raise exception 'this spend would move % credits, more than a balance can hold (%)', v_credits, tally_spend_credits_max()
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  return jsonb_build_object('meter', p_meter, 'quantities', p_quantities, 'rate_card_id', v_card,
+    'rate_card_version', v_version.version, 'cost', v_cost, 'credits', v_credits,
+    'carry_after', case when p_reserve then null else trim_scale(v_cost + p_carry - v_credits) end);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_answer(p_cost numeric, p_card text, p_version integer)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select case when p_card is null then '{}'::jsonb
+    else jsonb_build_object('cost', trim_scale(p_cost)::text, 'rate_card', jsonb_build_object('id', p_card, 'version', p_version)) end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_capture(p_hold_id bigint, p_quantities jsonb, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_hold holds := tally_lock_pending_hold(p_hold_id, v_now);
+  v_rates jsonb;
+  v_carry numeric;
+  v_cost numeric;
+  v_credits numeric;
+  v_available bigint;
+begin
+  if v_hold.meter is null then
+    raise exception 'hold_% holds credits, not a meter: capture it with amount', p_hold_id
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  select rates into v_rates from rate_card_versions
+    where rate_card_id = v_hold.rate_card_id and version = v_hold.rate_card_version;
+  if not found then
+    raise exception 'invariant broken: hold_% names rate card % version %, which does not exist', p_hold_id,
+      v_hold.rate_card_id, v_hold.rate_card_version using errcode = 'TX001';
+  end if;
+  select carry into v_carry from accounts where id = v_hold.account_id;
+  v_cost := tally_price(v_rates, v_hold.meter, coalesce(p_quantities, v_hold.quantities));
+  v_credits := floor(v_cost + v_carry);
+  if v_credits > v_hold.amount then
+    raise exception 'capture of % credits (cost %) exceeds the hold of %', v_credits, v_cost, v_hold.amount
+      using errcode = 'TH400', detail = v_hold.amount::text;
+  end if;
+  perform tally_release(v_hold, v_credits::bigint, 'captured', p_actor, v_now,
+    jsonb_build_object('meter', v_hold.meter, 'quantities', coalesce(p_quantities, v_hold.quantities),
+      'rate_card_id', v_hold.rate_card_id, 'rate_card_version', v_hold.rate_card_version, 'cost', v_cost,
+      'credits', v_credits, 'carry_after', trim_scale(v_cost + v_carry - v_credits)));
+  perform tally_settle(v_hold.account_id, v_now);
+  select available into v_available from accounts where id = v_hold.account_id;
+  return jsonb_build_object('captured', v_credits, 'released', v_hold.amount - v_credits, 'available', v_available)
+    || tally_priced_answer(v_cost, v_hold.rate_card_id, v_hold.rate_card_version);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_hold(p_account text, p_meter text, p_quantities jsonb, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_open record;
+  v_priced jsonb;
+begin
+  select * into v_open from tally_open_priced(p_account, p_key, 'hold', p_hash);
+  if v_open.p_outcome is not null then
+    return v_open.p_outcome;
+  end if;
+  v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, true);
+  return tally_hold(p_account, (v_priced->>'credits')::bigint, p_expires_in_seconds, p_key, p_hash, p_actor, v_now, v_priced);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_usage(p_account text, p_meter text, p_quantities jsonb, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_open record;
+  v_priced jsonb;
+begin
+  select * into v_open from tally_open_priced(p_account, p_key, 'usage', p_hash);
+  if v_open.p_outcome is not null then
+    return v_open.p_outcome;
+  end if;
+  v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, false);
+  return tally_usage(p_account, (v_priced->>'credits')::bigint, p_key, p_hash, p_actor, p_reference, v_now, v_priced);
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_prior_outcome(p_account text, p_key text, p_operation text, p_hash text)
@@ -1034,6 +1200,42 @@ begin
     case when v_before.rate_card_id is null then null else tally_rate_card_version_json(v_before) end,
     tally_rate_card_version_json(v_version), v_now);
   return tally_rate_card_version_json(v_version);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_quote(p_account text, p_amount bigint, p_meter text, p_quantities jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_account accounts;
+  v_available bigint;
+  v_priced jsonb;
+  v_credits bigint;
+  v_reason text;
+begin
+  select * into v_account from accounts where id = p_account;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  v_available := v_account.available - coalesce((select sum(g.remaining) from grants g
+    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0);
+  if p_meter is not null then
+    v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_account.carry, v_now, false);
+  end if;
+  v_credits := coalesce((v_priced->>'credits')::bigint, p_amount);
+  if v_credits > v_available then
+    v_reason := 'insufficient_credits';
+  elsif v_credits > 0 and v_account.spend_limited and tally_spend_limit_passed(p_account, v_credits, v_now) is not null then
+    v_reason := 'spend_limit_exceeded';
+  end if;
+  return jsonb_build_object('amount', v_credits,
+      'cost', coalesce(trim_scale((v_priced->>'cost')::numeric)::text, p_amount::text),
+      'rate_card', case when v_priced is null then null
+        else jsonb_build_object('id', v_priced->>'rate_card_id', 'version', (v_priced->>'rate_card_version')::integer) end,
+      'available', v_available, 'allowed', v_reason is null)
+    || case when v_reason is null then '{}'::jsonb else jsonb_build_object('reason', v_reason) end;
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_rate_card_in_effect(p_card text, p_now timestamp with time zone)
@@ -1127,6 +1329,13 @@ end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text, p_now timestamp with time zone)
  RETURNS void
+ LANGUAGE sql
+AS $function$
+  select tally_release(p_hold, p_captured, p_status, p_actor, p_now, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text, p_now timestamp with time zone, p_priced jsonb)
+ RETURNS void
  LANGUAGE plpgsql
 AS $function$
 declare
@@ -1164,15 +1373,18 @@ begin
     set held = held - p_hold.amount,
         available = available + (select coalesce(sum(c), 0) from unnest(v_credits) c),
         debt = v_repay_left,
+        carry = coalesce((p_priced->>'carry_after')::numeric, carry),
         updated_at = p_now
     where id = p_hold.account_id
     returning available - debt into v_net;
-  if p_captured > 0 then
+  if p_captured > 0 or p_priced is not null then
     insert into entries (account_id, kind, amount, balance_after, hold_id, idempotency_key,
-      reference, actor, created_at)
+      reference, actor, created_at, meter, quantities, rate_card_id, rate_card_version, cost, carry_after)
     values (p_hold.account_id, 'capture', 0, v_net - v_release + v_expired, p_hold.id,
       'capture:hold_' || p_hold.id,
-      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now);
+      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now,
+      p_priced->>'meter', p_priced->'quantities', p_priced->>'rate_card_id',
+      (p_priced->>'rate_card_version')::integer, (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric);
   end if;
   if v_release > 0 then
     insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
@@ -1418,11 +1630,28 @@ begin
   end if;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_spend_credits_max()
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select 9007199254740991::bigint
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_spend_key(p_entry entries, p_key text)
  RETURNS request_keys
  LANGUAGE sql
  STABLE
-RETURN ROW(p_key, (p_entry).account_id, CASE WHEN (((p_entry).kind = 'usage'::text) AND ((p_entry).payload_hash IS NOT NULL)) THEN 'usage'::text ELSE (p_entry).kind END, (p_entry).payload_hash, 200, jsonb_build_object('entry_id', ('entry_'::text || (p_entry).id), 'amount', (- (p_entry).amount), 'available', (p_entry).balance_after, 'replayed', false), (p_entry).created_at)::request_keys;
+AS $function$
+  select row(p_key, p_entry.account_id,
+    case when p_entry.kind = 'usage' and p_entry.payload_hash is not null then 'usage' else p_entry.kind end,
+    p_entry.payload_hash, 200,
+    jsonb_build_object('entry_id', 'entry_' || p_entry.id, 'amount', -p_entry.amount,
+      'available', p_entry.balance_after)
+      || tally_priced_answer(p_entry.cost, p_entry.rate_card_id, p_entry.rate_card_version)
+      || '{"replayed": false}'::jsonb,
+    p_entry.created_at)::request_keys
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_spend_limit_event(p_account text, p_window text, p_limit bigint, p_spent bigint, p_amount bigint, p_refused boolean, p_resets_at timestamp with time zone, p_now timestamp with time zone)
  RETURNS void
@@ -1431,6 +1660,21 @@ AS $function$
   select tally_event('spend_limit.reached', p_account, jsonb_build_object('window', p_window,
     'limit', p_limit, 'spent', p_spent, 'amount', p_amount, 'refused', p_refused,
     'resets_at', tally_iso(p_resets_at)), p_now)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_limit_passed(p_account text, p_amount bigint, p_now timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case
+    when l.per_day is not null
+      and (case when l.day < (p_now at time zone 'UTC')::date then 0 else l.spent_day end) + p_amount > l.per_day then 'day'
+    when l.per_month is not null
+      and (case when l.month < date_trunc('month', p_now at time zone 'UTC')::date then 0 else l.spent_month end) + p_amount > l.per_month
+      then 'month'
+  end
+  from spend_limits l where l.account_id = p_account
 $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_spend_limits_give_back()
@@ -1684,6 +1928,13 @@ end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
  RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_usage(p_account, p_amount, p_key, p_hash, p_actor, p_reference, p_now, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone, p_priced jsonb)
+ RETURNS jsonb
  LANGUAGE plpgsql
 AS $function$
 declare
@@ -1697,16 +1948,26 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
-  update accounts set available = available - p_amount, updated_at = v_now
+  -- A spend of 0 credits takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
+  update accounts set available = available - p_amount,
+      carry = coalesce((p_priced->>'carry_after')::numeric, carry), updated_at = v_now
     where id = p_account returning * into v_account;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
-    idempotency_key, reference, actor, payload_hash, created_at)
+    idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
+    rate_card_version, cost, carry_after)
   values (p_account, 'usage', -p_amount, v_account.available - v_account.debt, v_take.grant_ids,
-    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now)
+    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now, p_priced->>'meter',
+    p_priced->'quantities', p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer,
+    (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric)
   returning id into v_entry_id;
   return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
-    'amount', p_amount, 'available', v_account.available, 'replayed', false));
+    'amount', p_amount, 'available', v_account.available, 'replayed', false)
+    || tally_priced_answer((p_priced->>'cost')::numeric, p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer));
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamp with time zone)
@@ -1902,6 +2163,61 @@ begin
     v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
       p_keys[v_position], p_hashes[v_position], p_actors[v_position],
       coalesce(p_references[v_position], '{}'::jsonb), v_now);
+  end loop;
+  return to_jsonb(v_results);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamp with time zone, p_meters text[], p_quantities jsonb[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_count integer := coalesce(cardinality(p_account_ids), 0);
+  v_priced_accounts text[];
+  v_plain integer[];
+  v_plain_results jsonb;
+  v_results jsonb[] := array_fill(null::jsonb, array[v_count]);
+  v_position integer;
+  i integer;
+begin
+  if v_count = 0 then
+    return '[]'::jsonb;
+  end if;
+  if coalesce(cardinality(p_meters), 0) <> v_count or coalesce(cardinality(p_quantities), 0) <> v_count
+     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
+                where (meter is null and (amount is null or amount <= 0 or quantities is not null))
+                   or (meter is not null and (amount is distinct from 0 or quantities is null))) then
+    raise exception 'usage batch: % events whose priced arrays do not match their amounts', v_count using errcode = 'TX001';
+  end if;
+  select coalesce(array_agg(distinct e.account_id), '{}') into v_priced_accounts
+    from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null;
+  perform 1 from accounts where id = any(p_account_ids) order by id collate "C" for update;
+  select array_agg(e.n order by e.n) into v_plain
+    from unnest(p_account_ids) with ordinality as e(account_id, n) where e.account_id <> all(v_priced_accounts);
+  if v_plain is not null then
+    v_plain_results := tally_usage_batch(
+      array(select p_account_ids[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_amounts[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_keys[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_hashes[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_references[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_actors[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      v_now);
+    for i in 1 .. cardinality(v_plain) loop
+      v_results[v_plain[i]] := v_plain_results -> (i - 1);
+    end loop;
+  end if;
+  for v_position in
+    select e.n from unnest(p_account_ids) with ordinality as e(account_id, n)
+    where e.account_id = any(v_priced_accounts) order by e.account_id collate "C", e.n
+  loop
+    v_results[v_position] := case when p_meters[v_position] is null
+      then tally_usage(p_account_ids[v_position], p_amounts[v_position], p_keys[v_position], p_hashes[v_position],
+        p_actors[v_position], coalesce(p_references[v_position], '{}'::jsonb), v_now)
+      else tally_priced_usage(p_account_ids[v_position], p_meters[v_position], p_quantities[v_position],
+        p_keys[v_position], p_hashes[v_position], p_actors[v_position], coalesce(p_references[v_position], '{}'::jsonb), v_now)
+      end;
   end loop;
   return to_jsonb(v_results);
 end $function$;

@@ -29,6 +29,8 @@
 -- definitions at its next start.
 --
 -- Rollback:
+--   drop function if exists tally_usage(text, bigint, text, text, text, jsonb, timestamptz, jsonb), tally_hold(text, bigint, integer, text, text, text, timestamptz, jsonb), tally_release(holds, bigint, text, text, timestamptz, jsonb), tally_usage_batch(text[], bigint[], text[], text[], jsonb[], text[], timestamptz, text[], jsonb[]);
+--   drop function if exists tally_priced_usage(text, text, jsonb, text, text, text, jsonb, timestamptz), tally_priced_hold(text, text, jsonb, integer, text, text, text, timestamptz), tally_priced_capture(bigint, jsonb, text, timestamptz), tally_quote(text, bigint, text, jsonb, timestamptz), tally_spend_limit_passed(text, bigint, timestamptz), tally_open_priced(text, text, text, text), tally_price_spend(text, text, jsonb, numeric, timestamptz, boolean), tally_priced_answer(numeric, text, integer), tally_spend_credits_max();
 --   drop function if exists tally_rates_equal(jsonb, jsonb), tally_rate_card_version_json(rate_card_versions), tally_rate_card_in_effect(text, timestamptz), tally_rate_card_next(text, timestamptz), tally_publish_rate_card(text, jsonb, timestamptz, text, timestamptz), tally_sync_catalog_pricing(jsonb, text, jsonb, timestamptz), tally_rate_cards_json(timestamptz), tally_rate_card_versions_json(text), tally_price(jsonb, text, jsonb), tally_account_rate_card(text);
 --   alter table holds drop constraint hold_amount_positive;
 --   alter table holds add constraint hold_amount_positive check (amount > 0);

@@ -82,6 +82,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     clock: options.clock,
     adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max,
     grantCreditsMax: catalog.limits.admin_grant_credits_max,
+    meters: catalog.meters,
     watchGrant: grantWatcher(db.pool, catalog, (error, grant) =>
       logger.error({ err: error, grant }, 'could not check a grant against its plan'),
     ),

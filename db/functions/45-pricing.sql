@@ -181,3 +181,181 @@ create or replace function tally_account_rate_card(p_account text) returns text 
       order by s.event_created desc, s.id limit 1),
     (select id from rate_cards where is_default))
 $$;
+
+-- The most credits one spend may charge or reserve: a balance holds at most 2^53 - 1.
+create or replace function tally_spend_credits_max() returns bigint language sql immutable as $$
+  select 9007199254740991::bigint
+$$;
+
+-- The price of a priced spend for an account at p_now: the account's card and the version in
+-- effect, the exact cost, and the credits it moves. A spend charges floor(cost + carry) and keeps
+-- the rest as the account's new carry, so over any sequence of spends the credits charged are the
+-- floor of their total exact cost; a hold (p_reserve) reserves ceil(cost) and leaves the carry to
+-- its capture. The caller reads p_carry under the account's row lock (a quote reads it without).
+-- A spend that would move more than a balance can hold is refused as bad input.
+create or replace function tally_price_spend(p_account text, p_meter text, p_quantities jsonb, p_carry numeric,
+  p_now timestamptz, p_reserve boolean) returns jsonb language plpgsql stable as $$
+declare
+  v_card text := tally_account_rate_card(p_account);
+  v_version rate_card_versions;
+  v_cost numeric;
+  v_credits numeric;
+begin
+  if v_card is null then
+    raise exception 'no rate card prices meter % (the catalog has no rate cards)', p_meter using errcode = 'TP404', detail = p_meter;
+  end if;
+  v_version := tally_rate_card_in_effect(v_card, p_now);
+  if v_version.rate_card_id is null then
+    raise exception 'invariant broken: no version of rate card % is in effect at %', v_card, tally_iso(p_now)
+      using errcode = 'TX001';
+  end if;
+  v_cost := tally_price(v_version.rates, p_meter, p_quantities);
+  v_credits := case when p_reserve then ceil(v_cost) else floor(v_cost + p_carry) end;
+  if v_credits > tally_spend_credits_max() then
+    raise exception 'this spend would move % credits, more than a balance can hold (%)', v_credits, tally_spend_credits_max()
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  return jsonb_build_object('meter', p_meter, 'quantities', p_quantities, 'rate_card_id', v_card,
+    'rate_card_version', v_version.version, 'cost', v_cost, 'credits', v_credits,
+    'carry_after', case when p_reserve then null else trim_scale(v_cost + p_carry - v_credits) end);
+end $$;
+
+-- What a priced spend's answer adds: its exact cost as a decimal string and the version that
+-- priced it (p_priced as tally_price_spend made it, or an entry's or hold's columns).
+create or replace function tally_priced_answer(p_cost numeric, p_card text, p_version integer) returns jsonb
+  language sql immutable as $$
+  select case when p_card is null then '{}'::jsonb
+    else jsonb_build_object('cost', trim_scale(p_cost)::text, 'rate_card', jsonb_build_object('id', p_card, 'version', p_version)) end
+$$;
+
+-- The start of a priced spend: a key the account has seen answers at once (so a replay is never
+-- priced again, whatever the rates now); otherwise the account is locked and its carry read.
+-- Answers the stored outcome, a 404, or NULL with p_carry set: go on.
+create or replace function tally_open_priced(p_account text, p_key text, p_operation text, p_hash text,
+  out p_outcome jsonb, out p_carry numeric) language plpgsql as $$
+begin
+  p_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+  if p_outcome is not null then
+    return;
+  end if;
+  select carry into p_carry from accounts where id = p_account for update;
+  if not found then
+    p_outcome := jsonb_build_object('status', 404, 'body', tally_error('account_not_found', 'no account with id ' || p_account));
+    return;
+  end if;
+  -- A racing request under the same key may have committed before the lock was ours.
+  p_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+end $$;
+
+-- A priced usage: priced under the account's lock at the version in effect now, then spent as
+-- tally_usage spends credits (its checks, its refusals kept as the key's first outcome), with the
+-- price written on the entry and the carry moved in the same transaction.
+create or replace function tally_priced_usage(p_account text, p_meter text, p_quantities jsonb, p_key text,
+  p_hash text, p_actor text, p_reference jsonb, p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_open record;
+  v_priced jsonb;
+begin
+  select * into v_open from tally_open_priced(p_account, p_key, 'usage', p_hash);
+  if v_open.p_outcome is not null then
+    return v_open.p_outcome;
+  end if;
+  v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, false);
+  return tally_usage(p_account, (v_priced->>'credits')::bigint, p_key, p_hash, p_actor, p_reference, v_now, v_priced);
+end $$;
+
+-- A priced hold: reserves ceil(cost) of the most the call may use, at the version in effect now,
+-- which the hold remembers for its capture.
+create or replace function tally_priced_hold(p_account text, p_meter text, p_quantities jsonb, p_expires_in_seconds integer,
+  p_key text, p_hash text, p_actor text, p_now timestamptz) returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_open record;
+  v_priced jsonb;
+begin
+  select * into v_open from tally_open_priced(p_account, p_key, 'hold', p_hash);
+  if v_open.p_outcome is not null then
+    return v_open.p_outcome;
+  end if;
+  v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, true);
+  return tally_hold(p_account, (v_priced->>'credits')::bigint, p_expires_in_seconds, p_key, p_hash, p_actor, v_now, v_priced);
+end $$;
+
+-- Captures a priced hold by what was used (p_quantities; NULL: what it held), priced by the
+-- hold's version with the account's carry. Charging more than the hold is capture_exceeds_hold
+-- and changes nothing; otherwise the rest is released.
+create or replace function tally_priced_capture(p_hold_id bigint, p_quantities jsonb, p_actor text, p_now timestamptz)
+  returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_hold holds := tally_lock_pending_hold(p_hold_id, v_now);
+  v_rates jsonb;
+  v_carry numeric;
+  v_cost numeric;
+  v_credits numeric;
+  v_available bigint;
+begin
+  if v_hold.meter is null then
+    raise exception 'hold_% holds credits, not a meter: capture it with amount', p_hold_id
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  select rates into v_rates from rate_card_versions
+    where rate_card_id = v_hold.rate_card_id and version = v_hold.rate_card_version;
+  if not found then
+    raise exception 'invariant broken: hold_% names rate card % version %, which does not exist', p_hold_id,
+      v_hold.rate_card_id, v_hold.rate_card_version using errcode = 'TX001';
+  end if;
+  select carry into v_carry from accounts where id = v_hold.account_id;
+  v_cost := tally_price(v_rates, v_hold.meter, coalesce(p_quantities, v_hold.quantities));
+  v_credits := floor(v_cost + v_carry);
+  if v_credits > v_hold.amount then
+    raise exception 'capture of % credits (cost %) exceeds the hold of %', v_credits, v_cost, v_hold.amount
+      using errcode = 'TH400', detail = v_hold.amount::text;
+  end if;
+  perform tally_release(v_hold, v_credits::bigint, 'captured', p_actor, v_now,
+    jsonb_build_object('meter', v_hold.meter, 'quantities', coalesce(p_quantities, v_hold.quantities),
+      'rate_card_id', v_hold.rate_card_id, 'rate_card_version', v_hold.rate_card_version, 'cost', v_cost,
+      'credits', v_credits, 'carry_after', trim_scale(v_cost + v_carry - v_credits)));
+  perform tally_settle(v_hold.account_id, v_now);
+  select available into v_available from accounts where id = v_hold.account_id;
+  return jsonb_build_object('captured', v_credits, 'released', v_hold.amount - v_credits, 'available', v_available)
+    || tally_priced_answer(v_cost, v_hold.rate_card_id, v_hold.rate_card_version);
+end $$;
+
+-- What a spend would charge now and whether it would pass, writing nothing: p_amount credits, or
+-- p_meter with p_quantities priced as a usage would be (with the carry). `available` is what the
+-- balance call answers (grants past their expiry no longer count). `reason` is the refusal the
+-- spend would get: credits are checked first, then the limits, as a spend checks them.
+create or replace function tally_quote(p_account text, p_amount bigint, p_meter text, p_quantities jsonb,
+  p_now timestamptz) returns jsonb language plpgsql stable as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_account accounts;
+  v_available bigint;
+  v_priced jsonb;
+  v_credits bigint;
+  v_reason text;
+begin
+  select * into v_account from accounts where id = p_account;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  v_available := v_account.available - coalesce((select sum(g.remaining) from grants g
+    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0);
+  if p_meter is not null then
+    v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_account.carry, v_now, false);
+  end if;
+  v_credits := coalesce((v_priced->>'credits')::bigint, p_amount);
+  if v_credits > v_available then
+    v_reason := 'insufficient_credits';
+  elsif v_credits > 0 and v_account.spend_limited and tally_spend_limit_passed(p_account, v_credits, v_now) is not null then
+    v_reason := 'spend_limit_exceeded';
+  end if;
+  return jsonb_build_object('amount', v_credits,
+      'cost', coalesce(trim_scale((v_priced->>'cost')::numeric)::text, p_amount::text),
+      'rate_card', case when v_priced is null then null
+        else jsonb_build_object('id', v_priced->>'rate_card_id', 'version', (v_priced->>'rate_card_version')::integer) end,
+      'available', v_available, 'allowed', v_reason is null)
+    || case when v_reason is null then '{}'::jsonb else jsonb_build_object('reason', v_reason) end;
+end $$;

@@ -23,7 +23,8 @@ begin
       tally_error('insufficient_credits', 'not enough credits available',
         jsonb_build_object('available', v_available)), p_now);
   end if;
-  if v_limited then
+  -- A spend of 0 credits (a priced spend whose cost the carry absorbs) passes no limit.
+  if v_limited and p_amount > 0 then
     v_outcome := tally_spend_limits_take(p_account, p_amount, p_now);
     if v_outcome is not null then
       return tally_remember(p_key, p_account, p_operation, p_hash, 402, v_outcome, p_now);
@@ -32,10 +33,19 @@ begin
   return null;
 end $$;
 
--- One spend. A refusal is stored in request_keys (tally_open_spend); a success only in its
--- entry, with the payload's hash.
+-- One spend of credits.
 create or replace function tally_usage(p_account text, p_amount bigint, p_key text, p_hash text,
-  p_actor text, p_reference jsonb, p_now timestamptz) returns jsonb language plpgsql as $$
+  p_actor text, p_reference jsonb, p_now timestamptz) returns jsonb language sql as $$
+  select tally_usage(p_account, p_amount, p_key, p_hash, p_actor, p_reference, p_now, null)
+$$;
+
+-- One spend. A refusal is stored in request_keys (tally_open_spend); a success only in its
+-- entry, with the payload's hash. A priced spend (p_priced, from tally_priced_usage: its meter,
+-- quantities, card, version, cost and the carry after it) charges p_amount = floor(cost + carry)
+-- and writes its price on the entry and the new carry on the account; one that charges 0 is
+-- accepted at any balance and still writes its entry, so that the ledger explains the carry.
+create or replace function tally_usage(p_account text, p_amount bigint, p_key text, p_hash text,
+  p_actor text, p_reference jsonb, p_now timestamptz, p_priced jsonb) returns jsonb language plpgsql as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_outcome jsonb;
@@ -47,16 +57,26 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
-  update accounts set available = available - p_amount, updated_at = v_now
+  -- A spend of 0 credits takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
+  update accounts set available = available - p_amount,
+      carry = coalesce((p_priced->>'carry_after')::numeric, carry), updated_at = v_now
     where id = p_account returning * into v_account;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
-    idempotency_key, reference, actor, payload_hash, created_at)
+    idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
+    rate_card_version, cost, carry_after)
   values (p_account, 'usage', -p_amount, v_account.available - v_account.debt, v_take.grant_ids,
-    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now)
+    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now, p_priced->>'meter',
+    p_priced->'quantities', p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer,
+    (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric)
   returning id into v_entry_id;
   return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
-    'amount', p_amount, 'available', v_account.available, 'replayed', false));
+    'amount', p_amount, 'available', v_account.available, 'replayed', false)
+    || tally_priced_answer((p_priced->>'cost')::numeric, p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer));
 end $$;
 
 create or replace function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
@@ -251,6 +271,66 @@ begin
     v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
       p_keys[v_position], p_hashes[v_position], p_actors[v_position],
       coalesce(p_references[v_position], '{}'::jsonb), v_now);
+  end loop;
+  return to_jsonb(v_results);
+end $$;
+
+-- The batch with priced events: event i is priced when p_meters[i] is set (then p_amounts[i] is 0
+-- and p_quantities[i] holds its quantities). An account with no priced event in the batch takes
+-- the set-based batch above, unchanged; an account with one goes one event at a time, in batch
+-- order (tally_priced_usage or tally_usage), so that each spend is priced and charged in turn with
+-- the carry the one before left. Every account of the batch is locked first, in id order, so the
+-- two parts never take locks in another order than the set-based batch does.
+create or replace function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
+  p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamptz, p_meters text[], p_quantities jsonb[])
+  returns jsonb language plpgsql as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_count integer := coalesce(cardinality(p_account_ids), 0);
+  v_priced_accounts text[];
+  v_plain integer[];
+  v_plain_results jsonb;
+  v_results jsonb[] := array_fill(null::jsonb, array[v_count]);
+  v_position integer;
+  i integer;
+begin
+  if v_count = 0 then
+    return '[]'::jsonb;
+  end if;
+  if coalesce(cardinality(p_meters), 0) <> v_count or coalesce(cardinality(p_quantities), 0) <> v_count
+     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
+                where (meter is null and (amount is null or amount <= 0 or quantities is not null))
+                   or (meter is not null and (amount is distinct from 0 or quantities is null))) then
+    raise exception 'usage batch: % events whose priced arrays do not match their amounts', v_count using errcode = 'TX001';
+  end if;
+  select coalesce(array_agg(distinct e.account_id), '{}') into v_priced_accounts
+    from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null;
+  perform 1 from accounts where id = any(p_account_ids) order by id collate "C" for update;
+  select array_agg(e.n order by e.n) into v_plain
+    from unnest(p_account_ids) with ordinality as e(account_id, n) where e.account_id <> all(v_priced_accounts);
+  if v_plain is not null then
+    v_plain_results := tally_usage_batch(
+      array(select p_account_ids[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_amounts[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_keys[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_hashes[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_references[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      array(select p_actors[n] from unnest(v_plain) with ordinality as u(n, k) order by k),
+      v_now);
+    for i in 1 .. cardinality(v_plain) loop
+      v_results[v_plain[i]] := v_plain_results -> (i - 1);
+    end loop;
+  end if;
+  for v_position in
+    select e.n from unnest(p_account_ids) with ordinality as e(account_id, n)
+    where e.account_id = any(v_priced_accounts) order by e.account_id collate "C", e.n
+  loop
+    v_results[v_position] := case when p_meters[v_position] is null
+      then tally_usage(p_account_ids[v_position], p_amounts[v_position], p_keys[v_position], p_hashes[v_position],
+        p_actors[v_position], coalesce(p_references[v_position], '{}'::jsonb), v_now)
+      else tally_priced_usage(p_account_ids[v_position], p_meters[v_position], p_quantities[v_position],
+        p_keys[v_position], p_hashes[v_position], p_actors[v_position], coalesce(p_references[v_position], '{}'::jsonb), v_now)
+      end;
   end loop;
   return to_jsonb(v_results);
 end $$;
