@@ -31,14 +31,15 @@ import { pino } from 'pino';
 import Stripe from 'stripe';
 import { assemble, type Assembled } from '../src/app.js';
 import { parseCatalog, type Catalog } from '../src/billing/catalog.js';
-import { loadClaimHasher, type ClaimHasher } from '../src/billing/trials.js';
+import { loadClaimHasher, type ClaimHasher } from '../src/billing/claim-hasher.js';
+import { alertPort } from '../src/ops/rules.js';
 import { Database } from '../src/db/database.js';
 import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
 import { migrate } from '../src/db/migrate.js';
 import { StripeGateway } from '../src/stripe/gateway.js';
-import { intakeBatchesConcurrentMax, storeEvents } from '../src/stripe/inbox.js';
+import { intakeBatchesConcurrentMax, storeEvents } from '../src/webhooks/inbox.js';
 import type { VerifiedEvent } from '../src/stripe/signature.js';
-import { WebhookWorker, defaultWorkerOptions } from '../src/stripe/worker.js';
+import { WebhookWorker, defaultWorkerOptions } from '../src/webhooks/worker.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
 import { FakeStripe } from '../test/helpers/fake-stripe.js';
 import { checkoutLineItem, checkoutSession, event } from '../test/helpers/stripe-events.js';
@@ -276,7 +277,7 @@ export async function measureApply(bench: WebhookBench, options: { events: numbe
         .map((purchase) => ({ event: purchase as unknown as VerifiedEvent, rawBody: Buffer.from(JSON.stringify(purchase)) })),
     );
   }
-  const worker = new WebhookWorker(bench.db, bench.catalog, bench.hasher, bench.gateway, silent, {
+  const worker = new WebhookWorker(bench.db, bench.catalog, bench.hasher, alertPort(bench.catalog), bench.gateway, silent, {
     ...defaultWorkerOptions,
     concurrentEventsMax: options.lanes,
   });

@@ -209,6 +209,7 @@ alter table grants add constraint grants_pkey PRIMARY KEY (id);
 alter table grants add constraint grant_key_unique UNIQUE (account_id, grant_key);
 CREATE INDEX grants_by_payment ON public.grants USING btree (payment_id) WHERE (payment_id IS NOT NULL);
 CREATE INDEX grants_due_expiry ON public.grants USING btree (expires_at) WHERE (live AND (expires_at IS NOT NULL));
+CREATE UNIQUE INDEX grants_one_period_per_plan ON public.grants USING btree (account_id, ((reference ->> 'subscription'::text)), ((reference ->> 'plan'::text)), ((reference ->> 'period_start'::text))) WHERE (grant_key ~~ 'period:%'::text);
 CREATE INDEX grants_spend_order ON public.grants USING btree (account_id, priority, expires_at, created_at, id) WHERE live;
 CREATE TRIGGER grants_events AFTER INSERT ON public.grants FOR EACH ROW EXECUTE FUNCTION tally_grant_events();
 
@@ -280,10 +281,13 @@ create table payments (
   currency text,
   credits bigint not null default 0,
   clawed_back bigint not null default 0,
-  created_at timestamp with time zone not null default now()
+  created_at timestamp with time zone not null default now(),
+  total bigint,
+  prorated_back bigint not null default 0
 );
 alter table payments add constraint amount_paid_not_negative CHECK ((amount_paid >= 0));
 alter table payments add constraint clawback_bounded CHECK (((clawed_back >= 0) AND (credits >= 0) AND (clawed_back <= credits)));
+alter table payments add constraint payment_clawbacks_bounded CHECK (((prorated_back >= 0) AND (prorated_back <= credits)));
 alter table payments add constraint payments_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table payments add constraint payments_pkey PRIMARY KEY (id);
 alter table payments add constraint payments_checkout_session_id_key UNIQUE (checkout_session_id);
@@ -493,7 +497,8 @@ create table yearly_schedule (
   line_key text not null default 'period'::text,
   line_start timestamp with time zone not null,
   attempts integer not null default 0,
-  last_error text
+  last_error text,
+  subscription_item text
 );
 alter table yearly_schedule add constraint schedule_attempts_bounded CHECK (((attempts >= 0) AND (attempts <= 100)));
 alter table yearly_schedule add constraint schedule_credits_not_zero CHECK ((credits <> 0));
@@ -587,11 +592,16 @@ declare
   v_take record;
   v_entry entries;
 begin
-  v_outcome := tally_open_spend(p_account, greatest(-p_amount, 0), p_key, 'adjustment', p_hash, v_now);
+  v_outcome := tally_open(p_account, p_key, 'adjustment', p_hash, v_now);
   if v_outcome is not null then
     return v_outcome;
   end if;
   select * into v_before from accounts where id = p_account;
+  if v_before.available < -p_amount then
+    return tally_remember(p_key, p_account, 'adjustment', p_hash, 402,
+      tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_before.available)), v_now);
+  end if;
   if p_amount > 0 then
     perform tally_add_grant(p_account, 'admin', p_amount, 0, null, 'request:' || p_key,
       'adjustment', '{}'::jsonb, 'admin', p_reason, v_now);

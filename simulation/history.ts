@@ -11,6 +11,9 @@ export interface Period {
 /** An invoice line as Stripe bills it; `billingPeriod` is the subscription period it falls in. */
 export interface PaidLine {
   id: string;
+  /** The subscription and item the line bills (its own, which may not be the invoice's). */
+  subscription: string;
+  item: string;
   price: string;
   quantity: number;
   start: number;
@@ -31,6 +34,8 @@ export type Fact =
       invoice: string;
       paymentIntent: string | null;
       amountPaid: number;
+      /** The invoice's total before the customer's Stripe balance was applied. */
+      total: number;
       lines: PaidLine[];
       currentPeriod: Period;
     }
@@ -52,10 +57,24 @@ export type Fact =
   | { kind: 'batch'; at: number; events: { account: string; amount: number; key: string }[] }
   | { kind: 'hold'; at: number; account: string; amount: number; key: string; expiresInSeconds: number }
   | { kind: 'capture'; at: number; hold: string; amount: number }
-  | { kind: 'void'; at: number; hold: string };
+  | { kind: 'void'; at: number; hold: string }
+  /** The app set spend limits (answered 200); `null` removes one. */
+  | { kind: 'limits'; at: number; account: string; perDay: number | null; perMonth: number | null }
+  /** An operator's grant (admin key); `expiresAt` null never expires. */
+  | { kind: 'admin_grant'; at: number; account: string; key: string; amount: number; expiresAt: number | null; priority: number }
+  /** An operator's signed adjustment (admin key). */
+  | { kind: 'adjustment'; at: number; account: string; key: string; amount: number }
+  /** The app saved auto top-up settings (answered 200). */
+  | { kind: 'auto_top_up'; at: number; account: string; enabled: boolean; threshold: number; pack: string; maxPerMonth: number }
+  /** Stripe created a PaymentIntent under an idempotency key (a key it had forgotten, or never seen). */
+  | { kind: 'payment_intent_created'; at: number; account: string; key: string; paymentIntent: string; amount: number }
+  /** A PaymentIntent resolved: paid, or failed (declined, needs the customer, a late bank failure). */
+  | { kind: 'payment_intent_resolved'; at: number; paymentIntent: string; outcome: 'succeeded' | 'failed' };
 
 /** The status (and the available credits, when Tally answers them) of one app call. */
 export interface Answer {
   status: number;
+  /** The error code of a refusal, where the model tells refusals apart (402 for the balance or a limit). */
+  code?: string;
   available?: number;
 }

@@ -22,14 +22,36 @@ export interface ModelAccount {
   grants: ModelGrant[];
 }
 
+/** An event the model expects in GET /v1/events exactly once: its type, what names it, and when. */
+export interface ExpectedEvent {
+  type: 'grant.created' | 'trial.granted' | 'topup.succeeded' | 'topup.failed';
+  /** The grant key (grant.created, trial.granted) or the PaymentIntent (top-ups). */
+  subject: string;
+  at: number;
+  /** topup.failed: whether this failure turned auto top-up off. */
+  disabled?: boolean;
+}
+
 export interface ModelResult {
   accounts: Map<string, ModelAccount>;
   /** The expected answer of each app call, by its idempotency key (holds, usage) or `capture:`/`void:` + hold key. */
   answers: Map<string, Answer>;
+  /** Rules the history itself broke (a second PaymentIntent for one top-up, a charge nobody asked for). */
+  violations: string[];
+  /** Events each account should have in the event log, in the order they happened. */
+  events: Map<string, ExpectedEvent[]>;
+  /**
+   * Grant keys Tally may hold although the model has none: yearly months that an end at or before
+   * their start voided after Tally had granted them (their credits must be gone again).
+   */
+  voidable: Set<string>;
+  /** Operators' grants and adjustments: the model's key of each, to the request key Tally keys it by. */
+  requestKeys: Map<string, string>;
 }
 
 interface Grant extends ModelGrant {
   sequence: number;
+  priority: number;
   payment: string | undefined;
   /** The subscription credit period it belongs to (`{subscription}:{start}`), for rollover. */
   period: string | undefined;
@@ -41,16 +63,36 @@ interface Take {
   grant: Grant;
   credits: number;
 }
+interface TopUpState {
+  enabled: boolean;
+  threshold: number;
+  credits: number;
+  maxPerMonth: number;
+  failuresInRow: number;
+  /** Top-ups fired so far (the `n` of `topup:{account}:{n}`). */
+  fired: number;
+  /** The top-up in flight: fired and not resolved (its key). */
+  inFlight: string | undefined;
+  /** Top-ups fired per UTC month that did not fail. */
+  perMonth: Map<number, number>;
+}
 interface Account {
+  id: string;
   grants: Grant[];
   debt: number;
   held: number;
   trialed: boolean;
+  flagged: boolean;
+  limits: { perDay: number | null; perMonth: number | null } | undefined;
+  spentByDay: Map<number, number>;
+  spentByMonth: Map<number, number>;
+  topUp: TopUpState | undefined;
 }
 interface Hold {
   account: Account;
   amount: number;
   taken: Take[];
+  at: number;
   expiresAt: number;
   pending: boolean;
 }
@@ -64,10 +106,12 @@ interface Payment {
   id: string;
   account: Account;
   amountPaid: number;
+  /** What the payment's invoice or session totalled before the customer's Stripe balance paid part of it. */
+  total: number;
   credits: number;
   clawed: number;
   /** A yearly invoice's year, whose months not yet granted a refund cancels first. */
-  year: { subscription: string; period: Period; monthly: number } | undefined;
+  year: { subscription: string; item: string; period: Period; monthly: number } | undefined;
 }
 interface Subscription {
   id: string;
@@ -75,8 +119,8 @@ interface Subscription {
   lines: PaidLine[];
   /** Credit periods granted so far, by start. */
   periods: Map<number, Period>;
-  /** Yearly months still to grant (months 2 to 12 of each paid year). */
-  schedule: (Period & { year: Period })[];
+  /** Yearly months still to grant (months 2 to 12 of each paid year), with the item and payment that bought them. */
+  schedule: (Period & { year: Period; item: string; payment: Payment })[];
   /** Credits of yearly months (by month start) cancelled by refunds before they were granted. */
   cancelled: Map<number, number>;
   /** Yearly months (by start) never granted because the subscription had ended. */
@@ -84,39 +128,78 @@ interface Subscription {
   endedAt: number | undefined;
   trialEnd: number | undefined;
 }
-
-/**
- * Adds months in UTC, clamped to the end of a shorter month, as Stripe counts periods from their
- * anchor. Written again here on purpose: the oracle shares no code with what it judges, so a wrong
- * calendar in src/billing/credit-rule.ts shows up as a disagreement instead of agreeing with itself.
- */
-export function addMonths(unixSeconds: number, months: number): number {
-  const date = new Date(unixSeconds * 1000);
-  const target = new Date(
-    Date.UTC(date.getUTCFullYear(), date.getUTCMonth() + months, 1, date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()),
-  );
-  const lastDay = new Date(Date.UTC(target.getUTCFullYear(), target.getUTCMonth() + 1, 0)).getUTCDate();
-  target.setUTCDate(Math.min(date.getUTCDate(), lastDay));
-  return Math.floor(target.getTime() / 1000);
+interface TopUp {
+  account: Account;
+  key: string;
+  paymentIntent: string | undefined;
+  monthOf: number;
+  resolved: boolean;
 }
 
-/** The month slices of a yearly period; the last one ends with the year. */
+/**
+ * The calendar, written from its definition and sharing nothing with Tally's: days since the
+ * epoch to a civil date and back (proleptic Gregorian, H. Hinnant's day counting), and months
+ * added as Stripe counts periods from an anchor: the same day of the month and time of day, or
+ * the last day of a shorter month (Jan 31 + 1 month = Feb 28 or 29).
+ */
+const secondsPerDay = 86400;
+function civilOf(days: number): { year: number; month: number; day: number } {
+  const shifted = days + 719468;
+  const era = Math.floor(shifted / 146097);
+  const dayOfEra = shifted - era * 146097;
+  const yearOfEra = Math.floor(
+    (dayOfEra - Math.floor(dayOfEra / 1460) + Math.floor(dayOfEra / 36524) - Math.floor(dayOfEra / 146096)) / 365,
+  );
+  const dayOfYear = dayOfEra - (365 * yearOfEra + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100));
+  const monthFromMarch = Math.floor((5 * dayOfYear + 2) / 153);
+  const day = dayOfYear - Math.floor((153 * monthFromMarch + 2) / 5) + 1;
+  const month = monthFromMarch < 10 ? monthFromMarch + 3 : monthFromMarch - 9;
+  return { year: yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day };
+}
+function daysOfCivil(year: number, month: number, day: number): number {
+  const marchYear = month <= 2 ? year - 1 : year;
+  const era = Math.floor(marchYear / 400);
+  const yearOfEra = marchYear - era * 400;
+  const dayOfYear = Math.floor((153 * (month > 2 ? month - 3 : month + 9) + 2) / 5) + day - 1;
+  return era * 146097 + yearOfEra * 365 + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100) + dayOfYear - 719468;
+}
+const leap = (year: number) => (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0;
+const monthLength = (year: number, month: number) => (month === 2 ? (leap(year) ? 29 : 28) : [4, 6, 9, 11].includes(month) ? 30 : 31);
+
+export function addMonths(unixSeconds: number, months: number): number {
+  const days = Math.floor(unixSeconds / secondsPerDay);
+  const timeOfDay = unixSeconds - days * secondsPerDay;
+  const { year, month, day } = civilOf(days);
+  const count = year * 12 + (month - 1) + months;
+  const targetYear = Math.floor(count / 12);
+  const targetMonth = count - targetYear * 12 + 1;
+  return daysOfCivil(targetYear, targetMonth, Math.min(day, monthLength(targetYear, targetMonth))) * secondsPerDay + timeOfDay;
+}
+
+/** The UTC day and the UTC month an instant falls in (spend limits, auto top-up's monthly count). */
+export const utcDayOf = (unixSeconds: number) => Math.floor(unixSeconds / secondsPerDay);
+export function utcMonthOf(unixSeconds: number): number {
+  const { year, month } = civilOf(utcDayOf(unixSeconds));
+  return year * 12 + month - 1;
+}
+
+/** The month slices of a yearly period, counted from its start; the last one ends with the year. */
 export function monthsOf(year: Period): Period[] {
   const months: Period[] = [];
-  for (let index = 0; index < 12 && addMonths(year.start, index) < year.end; index += 1) {
-    months.push({ start: addMonths(year.start, index), end: Math.min(addMonths(year.start, index + 1), year.end) });
+  for (let index = 0; index < 12; index += 1) {
+    const start = addMonths(year.start, index);
+    if (start >= year.end) break;
+    months.push({ start, end: Math.min(addMonths(year.start, index + 1), year.end) });
   }
   return months;
 }
 
-/** Whole credits of `credits` for `overlap` of `length` seconds: down for grants, up for clawbacks. */
+/** Whole credits of `credits` for `overlap` of `length` seconds: floor for grants, ceiling for clawbacks. */
 function share(credits: number, overlap: number, length: number, up: boolean): number {
   const numerator = BigInt(credits) * BigInt(overlap);
-  const quotient = numerator / BigInt(length);
-  return Number(up && quotient * BigInt(length) !== numerator ? quotient + 1n : quotient);
+  const denominator = BigInt(length);
+  return Number(up ? (numerator + denominator - 1n) / denominator : numerator / denominator);
 }
-
-const overlapOf = (a: Period, b: Period) => Math.max(0, Math.min(a.end, b.end) - Math.max(a.start, b.start));
 
 export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const accounts = new Map<string, Account>();
@@ -125,6 +208,12 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const holds = new Map<string, Hold>();
   const clawbacks = new Map<string, Clawback>();
   const answers = new Map<string, Answer>();
+  const violations: string[] = [];
+  const events = new Map<string, ExpectedEvent[]>();
+  const voidable = new Set<string>();
+  const requestKeys = new Map<string, string>();
+  const topUps = new Map<string, TopUp>();
+  const topUpOfPaymentIntent = new Map<string, TopUp>();
   let now = 0;
   let sequence = 0;
 
@@ -137,8 +226,28 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
   const account = (id: string): Account => {
     let found = accounts.get(id);
-    if (found === undefined) accounts.set(id, (found = { grants: [], debt: 0, held: 0, trialed: false }));
+    if (found === undefined)
+      accounts.set(
+        id,
+        (found = {
+          id,
+          grants: [],
+          debt: 0,
+          held: 0,
+          trialed: false,
+          flagged: false,
+          limits: undefined,
+          spentByDay: new Map(),
+          spentByMonth: new Map(),
+          topUp: undefined,
+        }),
+      );
     return found;
+  };
+  const expect = (owner: Account, event: ExpectedEvent) => {
+    const list = events.get(owner.id) ?? [];
+    list.push(event);
+    events.set(owner.id, list);
   };
   const subscription = (id: string, owner: Account): Subscription => {
     let found = subscriptions.get(id);
@@ -160,8 +269,9 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
   const live = (grant: Grant) => !grant.expired && grant.remaining > 0;
   const available = (owner: Account) => owner.grants.reduce((sum, grant) => sum + (grant.expired ? 0 : grant.remaining), 0);
-  /** Spend order: priority (all Stripe grants have 0), earliest expiry (never last), oldest. */
-  const spendOrder = (a: Grant, b: Grant) => (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) || a.sequence - b.sequence;
+  /** SPEC's spend order: priority (lower first), earliest expiry (never-expiring last), oldest. */
+  const spendOrder = (a: Grant, b: Grant) =>
+    a.priority - b.priority || (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) || a.sequence - b.sequence;
 
   const expire = (grant: Grant) => {
     if (grant.expired) return;
@@ -176,9 +286,17 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     owner.debt -= repaid;
     grant.remaining += credits - repaid;
   };
+  /** Takes a spend out of the spend-limit windows it was counted in (a hold's released part). */
+  const uncount = (owner: Account, at: number, credits: number) => {
+    const day = utcDayOf(at);
+    const month = utcMonthOf(at);
+    owner.spentByDay.set(day, (owner.spentByDay.get(day) ?? 0) - credits);
+    owner.spentByMonth.set(month, (owner.spentByMonth.get(month) ?? 0) - credits);
+  };
   const release = (hold: Hold, captured: number) => {
     hold.pending = false;
     hold.account.held -= hold.amount;
+    uncount(hold.account, hold.at, hold.amount - captured);
     let left = hold.amount - captured;
     for (const take of [...hold.taken].reverse()) {
       const give = Math.min(take.credits, left);
@@ -204,15 +322,13 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     }
     return taken;
   };
-  const spend = (owner: Account, amount: number): Take[] | undefined =>
-    available(owner) < amount ? undefined : take(owner.grants, amount);
 
   const grant = (
     owner: Account,
     key: string,
     amount: number,
     expiresAt: number | null,
-    extra: { payment?: Payment; period?: string; plan?: Plan } = {},
+    extra: { payment?: Payment; period?: string; plan?: Plan; priority?: number } = {},
   ): Grant | undefined => {
     if (amount <= 0 || owner.grants.some((existing) => existing.key === key)) return undefined;
     const repaid = Math.min(owner.debt, amount);
@@ -224,12 +340,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       expiresAt,
       expired: false,
       sequence: (sequence += 1),
+      priority: extra.priority ?? 0,
       payment: extra.payment?.id,
       period: extra.period,
       plan: extra.plan,
       expiredCredits: 0,
     };
     owner.grants.push(created);
+    expect(owner, { type: 'grant.created', subject: key, at: now });
     if (expiresAt !== null && expiresAt <= now) expire(created);
     return created;
   };
@@ -244,10 +362,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
   const ownGrants = (payment: Payment) => payment.account.grants.filter((candidate) => candidate.payment === payment.id);
   /**
-   * Reading (as main's tally_restore): a restore first repays what the account owes, then gives
-   * the rest back to the grants the clawback took from, last taken first (a grant that has
-   * expired meanwhile loses them); what is still left (debt the clawback made that later
-   * credits repaid) comes back as a never-expiring grant `{key}:debt-repaid`.
+   * Reading: a restore first repays what the account owes, then gives the rest back to the
+   * grants the clawback took from, last taken first (a grant that has expired meanwhile loses
+   * them, SPEC: "credits whose grant has expired meanwhile expire at once"); what is still left
+   * (debt the clawback made that later credits repaid) comes back as a never-expiring grant
+   * `{key}:debt-repaid`.
    */
   const restore = (clawback: Clawback, key: string) => {
     const owner = clawback.account;
@@ -264,24 +383,20 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
 
   /**
-   * A subscription credit period's grant, with rollover: when the period before it (same
-   * subscription, ending exactly where this one starts) ended on a plan with rollover, its unused
-   * credits up to that plan's max_credits move into a rollover grant; the rest expire now.
-   * Reading: the plan is the one the ending period ended on (its newest grant that names a plan:
-   * a mid-period upgrade names the new plan, a change with `none` does not). "Unused" counts
-   * what the old period's grants expired with if they ended before this grant came (a renewal
-   * paid late).
+   * A subscription item's credit period grant (SPEC's key `period:{subscription}:{item}:{start}`),
+   * with rollover: when the period before it (same subscription, ending exactly where this one
+   * starts) ended on plans that all have rollover, its unused credits up to the smallest
+   * max_credits move into `rollover:{subscription}:{start}`; the rest expire now.
    */
-  const grantPeriod = (sub: Subscription, period: Period, plan: Plan, credits: number, payment: Payment | undefined) => {
+  const grantPeriod = (sub: Subscription, item: string, period: Period, plan: Plan, credits: number, payment: Payment | undefined) => {
     const key = `${sub.id}:${period.start}`;
-    const made = grant(sub.account, `period:${key}`, credits, period.end, { payment, period: key, plan });
+    const made = grant(sub.account, `period:${sub.id}:${item}:${period.start}`, credits, period.end, { payment, period: key, plan });
     if (made === undefined) return;
     const previous = [...sub.periods.values()].find((candidate) => candidate.end === period.start);
+    if (sub.periods.has(period.start)) return;
     sub.periods.set(period.start, period);
     if (previous === undefined) return;
     const ending = sub.account.grants.filter((candidate) => candidate.period === `${sub.id}:${previous.start}`);
-    // The smallest rollover of the plans billed in the ending period (none if one has none), so
-    // that a short upgrade just before a renewal cannot raise the cap.
     const billed = ending.flatMap((old) => (old.plan === undefined ? [] : [old.plan]));
     if (billed.length === 0 || billed.some((plan) => plan.rollover === undefined)) return;
     const cap = Math.min(...billed.map((plan) => plan.rollover?.max_credits ?? 0));
@@ -291,27 +406,28 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
 
   /**
-   * The net credits of a future yearly month: every paid line of its year covering it, less
-   * refund cancellations. A line counts only in the months of its own billing period (after an
-   * interval change with `none`, the old year's months and the new year's are both paid for).
+   * The net credits of a future yearly month of one item: every paid line of the item's year
+   * covering the month, less refund cancellations. A line counts only in the months of its own
+   * billing period.
    */
-  const monthCredits = (sub: Subscription, month: Period & { year: Period }): { credits: number; plan: Plan | undefined } => {
+  const monthCredits = (sub: Subscription, month: Period & { year: Period; item: string }) => {
     let credits = 0;
     let plan: Plan | undefined;
     for (const line of sub.lines) {
       const match = planOf(line.price);
-      if (match?.interval !== 'year' || line.billingPeriod.start !== month.year.start || line.start > month.start || line.end < month.end)
+      if (
+        match?.interval !== 'year' ||
+        line.item !== month.item ||
+        line.billingPeriod.start !== month.year.start ||
+        line.start > month.start ||
+        line.end < month.end
+      )
         continue;
       credits += (line.amount < 0 ? -1 : 1) * match.plan.credits_per_month * line.quantity;
       if (line.amount >= 0) plan = match.plan;
     }
     return { credits: credits - (sub.cancelled.get(month.start) ?? 0), plan };
   };
-  /**
-   * Reading (as main): a refund cancels, from the last month of the year backwards, what the
-   * refunded payment itself still had to grant in months not yet granted (its own line's
-   * credits × quantity a month), not what later changes added to those months.
-   */
   const grantDueMonths = (at: number) => {
     const due = [...subscriptions.values()].flatMap((sub) =>
       sub.schedule.filter((month) => month.start <= at).map((month) => ({ sub, month })),
@@ -323,17 +439,62 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         continue;
       }
       const { credits, plan } = monthCredits(sub, month);
-      if (plan !== undefined) grantPeriod(sub, month, plan, credits, undefined);
+      if (plan !== undefined) grantPeriod(sub, month.item, month, plan, credits, month.payment);
+    }
+  };
+  /**
+   * SPEC: a yearly subscription that ends at or before a month's start never keeps that month,
+   * whatever order the cancellation and the scheduler ran in. A month the model granted at the
+   * same instant (its start is the end) or that the end reached late is taken away again: its
+   * grant goes, and whatever had been spent from it is clawed from the other grants or is debt.
+   * Tally may show the grant it made and clawed back: its key is voidable. Reading: a rollover
+   * made with that month goes with it (no renewal took place).
+   */
+  const subscriptionEnded = (sub: Subscription, at: number) => {
+    sub.endedAt ??= at;
+    const owner = sub.account;
+    for (const old of [...owner.grants]) {
+      const voidsWithMonth = old.key.startsWith(`period:${sub.id}:`) || old.key.startsWith(`rollover:${sub.id}:`);
+      if (!voidsWithMonth || old.period === undefined) continue;
+      const start = Number(old.period.slice(sub.id.length + 1));
+      const inYear = sub.lines.some(
+        (line) => planOf(line.price)?.interval === 'year' && line.billingPeriod.start < start && start < line.billingPeriod.end,
+      );
+      if (!inYear || start < sub.endedAt) continue;
+      owner.grants = owner.grants.filter((candidate) => candidate !== old);
+      voidable.add(old.key);
+      sub.lost.add(start);
+      sub.periods.delete(start);
+      const spent = old.amount - (old.expired ? old.expiredCredits : old.remaining);
+      if (spent > 0) clawBack(owner, spent, []);
+    }
+  };
+
+  /**
+   * SPEC: all clawbacks against one payment's credits together never exceed what it granted. A
+   * proration clawback of a credit period counts against the payments that granted that period's
+   * credits, newest first, each up to what it has left.
+   */
+  const chargeClawback = (period: string, credits: number) => {
+    const grants = [...accounts.values()].flatMap((owner) => owner.grants.filter((candidate) => candidate.period === period));
+    const paid = [...new Set(grants.flatMap((candidate) => (candidate.payment === undefined ? [] : [candidate.payment])))].reverse();
+    let left = credits;
+    for (const id of paid) {
+      const payment = payments.get(id);
+      if (payment === undefined || left === 0) continue;
+      const part = Math.min(left, Math.max(0, payment.credits - payment.clawed));
+      payment.clawed += part;
+      left -= part;
     }
   };
 
   const invoicePaid = (fact: Extract<Fact, { kind: 'invoice_paid' }>) => {
     const owner = account(fact.account);
-    const sub = subscription(fact.subscription, owner);
     const payment: Payment = {
       id: fact.paymentIntent ?? fact.invoice,
       account: owner,
       amountPaid: fact.amountPaid,
+      total: fact.total,
       credits: 0,
       clawed: 0,
       year: undefined,
@@ -344,21 +505,24 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     // grants the same invoice made and the result does not depend on the order Stripe lists lines.
     for (const line of [...lines].sort((a, b) => Number(a.amount < 0) - Number(b.amount < 0))) {
       const { plan, interval } = planOf(line.price)!;
+      // SPEC: a line is booked to its own subscription (the line's, not the invoice's).
+      const sub = subscription(line.subscription, owner);
       const monthly = plan.credits_per_month * line.quantity;
       sub.lines.push(line);
       if (!line.proration) {
         // The $0 line of a trial grants nothing: the trial rule grants that period.
         if (line.amount === 0 && sub.trialEnd !== undefined && line.start < sub.trialEnd) continue;
         if (interval === 'month') {
-          grantPeriod(sub, line, plan, monthly, payment);
+          grantPeriod(sub, line.item, line, plan, monthly, payment);
           payment.credits += monthly;
           continue;
         }
         const [first, ...later] = monthsOf(line);
-        grantPeriod(sub, first!, plan, monthly, payment);
-        sub.schedule.push(...later.map((month) => ({ ...month, year: { start: line.start, end: line.end } })));
+        const year = { start: line.start, end: line.end };
+        grantPeriod(sub, line.item, first!, plan, monthly, payment);
+        sub.schedule.push(...later.map((month) => ({ ...month, year, item: line.item, payment })));
         payment.credits += 12 * monthly;
-        payment.year = { subscription: sub.id, period: { start: line.start, end: line.end }, monthly };
+        payment.year = { subscription: sub.id, item: line.item, period: year, monthly };
         continue;
       }
       // A proration line moves credits in each credit period it overlaps that has begun; later
@@ -366,37 +530,39 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       const creditPeriods =
         interval === 'month' ? [line.billingPeriod] : monthsOf(line.billingPeriod).filter((month) => month.start <= fact.at);
       for (const creditPeriod of creditPeriods) {
-        const overlap = overlapOf(line, creditPeriod);
+        const overlap = Math.max(0, Math.min(line.end, creditPeriod.end) - Math.max(line.start, creditPeriod.start));
         if (overlap === 0) continue;
         const length = creditPeriod.end - creditPeriod.start;
+        const periodKey = `${sub.id}:${creditPeriod.start}`;
         if (line.amount < 0) {
           const credits = share(monthly, overlap, length, true);
           if (credits > 0 && !clawbacks.has(`proration:${line.id}`)) {
             // Reading: a proration clawback takes from its own credit period's grants first (SPEC:
             // "exceeds what is left of the period's credits leaves debt, as a refund does"), then
             // from the others in spend order, as a refund does; beyond that it is debt.
-            const period = owner.grants.filter((candidate) => candidate.period === `${sub.id}:${creditPeriod.start}`);
+            const period = owner.grants.filter((candidate) => candidate.period === periodKey);
+            chargeClawback(periodKey, credits);
             clawbacks.set(`proration:${line.id}`, { account: owner, payment, credits, taken: clawBack(owner, credits, period) });
           }
           continue;
         }
         // Paid after its period ended: into the period current at payment, expiring with it.
         const into = creditPeriod.end > fact.at ? creditPeriod : fact.currentPeriod;
-        grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, {
+        const made = grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, {
           payment,
           period: `${sub.id}:${into.start}`,
           plan,
         });
+        if (made !== undefined) payment.credits += made.amount;
       }
     }
   };
 
   /**
-   * Reading (as main): a yearly refund first cancels what the payment bought and was never
-   * granted, from the last month of its year backwards: a month still to come up to what it
-   * still nets (a later plan change is not clawed twice), a month the ended subscription never
-   * granted in full. Answers the credits cancelled. (SPEC is silent on a refund after a change
-   * already credited the payment's months; the refund then claws from granted credits.)
+   * Reading: a yearly refund first cancels what the payment bought and was never granted, from
+   * the last month of its year backwards: a month still to come up to what it still nets (a
+   * later plan change is not clawed twice), a month the ended subscription never granted in
+   * full. Answers the credits cancelled.
    */
   const cancelMonths = (year: NonNullable<Payment['year']>, credits: number): number => {
     const sub = subscriptions.get(year.subscription)!;
@@ -405,28 +571,29 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       if (credits - cancelled <= 0) break;
       const already = sub.cancelled.get(month.start) ?? 0;
       const pending = sub.schedule.find((candidate) => candidate.start === month.start && candidate.year.start === year.period.start);
-      // A month that came and netted to nothing (a switch away from the yearly price credited it)
-      // is not cancelled again: only months still to come and months the end took away.
       let cap = 0;
       if (pending !== undefined) cap = Math.min(year.monthly - already, Math.max(0, monthCredits(sub, pending).credits));
       else if (sub.lost.has(month.start)) cap = year.monthly - already;
-      const take = Math.min(credits - cancelled, Math.max(0, cap));
-      if (take <= 0) continue;
-      sub.cancelled.set(month.start, already + take);
-      cancelled += take;
+      const part = Math.min(credits - cancelled, Math.max(0, cap));
+      if (part <= 0) continue;
+      sub.cancelled.set(month.start, already + part);
+      cancelled += part;
     }
     return cancelled;
   };
 
+  /**
+   * SPEC: `floor(credits × refunded / total)`, where total is the invoice's or session's total
+   * before the customer's Stripe balance was applied, and never more than the payment has left
+   * after every clawback against it (refunds and proration clawbacks of the period it paid).
+   */
   const refund = (fact: Extract<Fact, { kind: 'refund' }>) => {
     const payment = payments.get(fact.paymentIntent);
-    if (payment === undefined || payment.amountPaid <= 0 || clawbacks.has(`refund:${fact.refund}`)) return;
-    const wanted = share(payment.credits, Math.min(fact.amount, payment.amountPaid), payment.amountPaid, false);
-    let credits = Math.min(wanted, payment.credits - payment.clawed);
+    if (payment === undefined || payment.amountPaid <= 0 || payment.total <= 0 || clawbacks.has(`refund:${fact.refund}`)) return;
+    const wanted = share(payment.credits, Math.min(fact.amount, payment.amountPaid), payment.total, false);
+    let credits = Math.max(0, Math.min(wanted, payment.credits - payment.clawed));
     payment.clawed += credits;
-    if (payment.year !== undefined) {
-      credits -= cancelMonths(payment.year, credits);
-    }
+    if (payment.year !== undefined) credits -= cancelMonths(payment.year, credits);
     clawbacks.set(`refund:${fact.refund}`, {
       account: payment.account,
       payment,
@@ -438,7 +605,9 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const dispute = (fact: Extract<Fact, { kind: 'dispute' }>) => {
     const payment = payments.get(fact.paymentIntent);
     if (payment === undefined || clawbacks.has(`dispute:${fact.dispute}`)) return;
-    const credits = payment.credits - payment.clawed;
+    // SPEC: a dispute flags the account; a flagged account is never charged off-session.
+    payment.account.flagged = true;
+    const credits = Math.max(0, payment.credits - payment.clawed);
     payment.clawed += credits;
     clawbacks.set(`dispute:${fact.dispute}`, {
       account: payment.account,
@@ -455,11 +624,110 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     restore(clawback, restoreKey);
   };
 
-  const usage = (accountId: string, amount: number, key: string) => {
-    const owner = account(accountId);
-    const taken = spend(owner, amount);
-    answers.set(key, taken === undefined ? { status: 402, available: available(owner) } : { status: 200, available: available(owner) });
+  /**
+   * SPEC's spend limits: a usage or hold that would pass the day's or the month's limit is
+   * `402 spend_limit_exceeded` (or `insufficient_credits` when the balance is short too), and
+   * changes nothing. Every accepted spend counts in its UTC day and month, limits set or not.
+   */
+  const limitRefusal = (owner: Account, at: number, amount: number): string | undefined => {
+    if (owner.limits === undefined) return undefined;
+    const { perDay, perMonth } = owner.limits;
+    if (perDay !== null && (owner.spentByDay.get(utcDayOf(at)) ?? 0) + amount > perDay) return 'spend_limit_exceeded';
+    if (perMonth !== null && (owner.spentByMonth.get(utcMonthOf(at)) ?? 0) + amount > perMonth) return 'spend_limit_exceeded';
+    return undefined;
   };
+  const count = (owner: Account, at: number, amount: number) => uncount(owner, at, -amount);
+
+  /**
+   * SPEC's auto top-up: an accepted spend that leaves `available` below the threshold (so also one
+   * made while already below it) fires a top-up when auto top-up is on, none is in flight, the
+   * month's count is below max_per_month and the account is not flagged.
+   */
+  const maybeTopUp = (owner: Account, at: number, spendKey: string) => {
+    const setting = owner.topUp;
+    if (setting === undefined || !setting.enabled || owner.flagged || setting.inFlight !== undefined) return;
+    if (available(owner) >= setting.threshold) return;
+    const month = utcMonthOf(at);
+    if ((setting.perMonth.get(month) ?? 0) >= setting.maxPerMonth) return;
+    setting.fired += 1;
+    setting.perMonth.set(month, (setting.perMonth.get(month) ?? 0) + 1);
+    const key = `topup:${owner.id}:${setting.fired}`;
+    setting.inFlight = key;
+    topUps.set(key, { account: owner, key, paymentIntent: undefined, monthOf: month, resolved: false });
+    answers.set(`fired:${key}`, { status: 0, code: spendKey });
+  };
+
+  const spendCall = (accountId: string, amount: number, key: string, at: number, hold?: { expiresInSeconds: number }) => {
+    const owner = account(accountId);
+    const refusal = limitRefusal(owner, at, amount);
+    if (refusal !== undefined) {
+      // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
+      const code = available(owner) < amount ? `${refusal}|insufficient_credits` : refusal;
+      answers.set(key, { status: 402, code, available: available(owner) });
+      return;
+    }
+    if (available(owner) < amount) {
+      answers.set(key, { status: 402, code: 'insufficient_credits', available: available(owner) });
+      return;
+    }
+    const taken = take(owner.grants, amount);
+    count(owner, at, amount);
+    if (hold !== undefined) {
+      holds.set(key, { account: owner, amount, taken, at, expiresAt: at + hold.expiresInSeconds, pending: true });
+      owner.held += amount;
+    }
+    answers.set(key, { status: hold === undefined ? 200 : 201, available: available(owner) });
+    maybeTopUp(owner, at, key);
+  };
+
+  const paymentIntentCreated = (fact: Extract<Fact, { kind: 'payment_intent_created' }>) => {
+    const topUp = topUps.get(fact.key);
+    if (topUp === undefined) {
+      violations.push(
+        `Stripe PaymentIntent ${fact.paymentIntent} was created at ${new Date(fact.at * 1000).toISOString()} under ${fact.key}, a top-up no qualifying spend fired (SPEC: only a spend triggers; settings never charge)`,
+      );
+      return;
+    }
+    if (topUp.paymentIntent !== undefined) {
+      violations.push(
+        `a second PaymentIntent ${fact.paymentIntent} was created for top-up ${fact.key} at ${new Date(fact.at * 1000).toISOString()}, after ${topUp.paymentIntent} (SPEC: at most one PaymentIntent per top-up, never created again)`,
+      );
+      return;
+    }
+    topUp.paymentIntent = fact.paymentIntent;
+    topUpOfPaymentIntent.set(fact.paymentIntent, topUp);
+  };
+  const paymentIntentResolved = (fact: Extract<Fact, { kind: 'payment_intent_resolved' }>) => {
+    const topUp = topUpOfPaymentIntent.get(fact.paymentIntent);
+    if (topUp === undefined || topUp.resolved) return;
+    topUp.resolved = true;
+    const owner = topUp.account;
+    const setting = owner.topUp!;
+    if (setting.inFlight === topUp.key) setting.inFlight = undefined;
+    if (fact.outcome === 'succeeded') {
+      setting.failuresInRow = 0;
+      const payment: Payment = {
+        id: fact.paymentIntent,
+        account: owner,
+        amountPaid: 0,
+        total: 0,
+        credits: setting.credits,
+        clawed: 0,
+        year: undefined,
+      };
+      payment.amountPaid = payment.total = topUpAmounts.get(fact.paymentIntent) ?? 0;
+      payments.set(payment.id, payment);
+      grant(owner, `purchase:${fact.paymentIntent}`, setting.credits, null, { payment });
+      expect(owner, { type: 'topup.succeeded', subject: fact.paymentIntent, at: now });
+      return;
+    }
+    setting.perMonth.set(topUp.monthOf, (setting.perMonth.get(topUp.monthOf) ?? 1) - 1);
+    setting.failuresInRow += 1;
+    const disabled = setting.failuresInRow >= 3;
+    if (disabled) setting.enabled = false;
+    expect(owner, { type: 'topup.failed', subject: fact.paymentIntent, at: now, disabled });
+  };
+  const topUpAmounts = new Map<string, number>();
 
   for (const fact of facts) {
     settle(Math.max(now, fact.at));
@@ -477,12 +745,15 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         if (trial !== undefined && !owner.trialed) {
           owner.trialed = true;
           grant(owner, `trial:${fact.account}`, trial.credits, fact.trialEnd);
+          expect(owner, { type: 'trial.granted', subject: `trial:${fact.account}`, at: now });
         }
         break;
       }
-      case 'subscription_ended':
-        if (subscriptions.has(fact.subscription)) subscriptions.get(fact.subscription)!.endedAt ??= fact.at;
+      case 'subscription_ended': {
+        const sub = subscriptions.get(fact.subscription);
+        if (sub !== undefined) subscriptionEnded(sub, fact.at);
         break;
+      }
       case 'pack_paid': {
         const owner = account(fact.account);
         const credits = fact.items.reduce(
@@ -493,6 +764,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
           id: fact.paymentIntent,
           account: owner,
           amountPaid: fact.amountPaid,
+          total: fact.amountPaid,
           credits,
           clawed: 0,
           year: undefined,
@@ -514,21 +786,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         reverse(`dispute:${fact.dispute}`, `dispute-won:${fact.dispute}`);
         break;
       case 'usage':
-        usage(fact.account, fact.amount, fact.key);
+        spendCall(fact.account, fact.amount, fact.key, fact.at);
         break;
       case 'batch':
-        for (const event of fact.events) usage(event.account, event.amount, event.key);
+        for (const event of fact.events) spendCall(event.account, event.amount, event.key, fact.at);
         break;
-      case 'hold': {
-        const owner = account(fact.account);
-        const taken = spend(owner, fact.amount);
-        if (taken !== undefined) {
-          holds.set(fact.key, { account: owner, amount: fact.amount, taken, expiresAt: fact.at + fact.expiresInSeconds, pending: true });
-          owner.held += fact.amount;
-        }
-        answers.set(fact.key, { status: taken === undefined ? 402 : 201, available: available(owner) });
+      case 'hold':
+        spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
         break;
-      }
       case 'capture':
       case 'void': {
         const hold = holds.get(fact.hold);
@@ -540,8 +805,66 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         );
         break;
       }
+      case 'limits':
+        account(fact.account).limits = { perDay: fact.perDay, perMonth: fact.perMonth };
+        break;
+      case 'admin_grant': {
+        // SPEC: operators' grants are corrections, not spends: no limit counts or refuses them.
+        const owner = account(fact.account);
+        const key = `admin:${fact.key}`;
+        requestKeys.set(key, fact.key);
+        grant(owner, key, fact.amount, fact.expiresAt, { priority: fact.priority });
+        answers.set(fact.key, { status: 201 });
+        break;
+      }
+      case 'adjustment': {
+        const owner = account(fact.account);
+        const key = `admin:${fact.key}`;
+        if (fact.amount > 0) {
+          requestKeys.set(key, fact.key);
+          grant(owner, key, fact.amount, null);
+          answers.set(fact.key, { status: 201 });
+        } else if (available(owner) < -fact.amount) {
+          answers.set(fact.key, { status: 402, code: 'insufficient_credits' });
+        } else {
+          take(owner.grants, -fact.amount);
+          answers.set(fact.key, { status: 201 });
+        }
+        break;
+      }
+      case 'auto_top_up': {
+        const owner = account(fact.account);
+        const credits = catalog.credit_packs.find((pack) => pack.id === fact.pack)?.credits ?? 0;
+        const previous = owner.topUp;
+        owner.topUp = {
+          enabled: fact.enabled,
+          threshold: fact.threshold,
+          credits,
+          maxPerMonth: fact.maxPerMonth,
+          // Reading: turning it on again after it was off starts a new run of failures.
+          failuresInRow: previous !== undefined && (previous.enabled || !fact.enabled) ? previous.failuresInRow : 0,
+          fired: previous?.fired ?? 0,
+          inFlight: previous?.inFlight,
+          perMonth: previous?.perMonth ?? new Map(),
+        };
+        break;
+      }
+      case 'payment_intent_created':
+        topUpAmounts.set(fact.paymentIntent, fact.amount);
+        paymentIntentCreated(fact);
+        break;
+      case 'payment_intent_resolved':
+        paymentIntentResolved(fact);
+        break;
     }
   }
+
+  for (const topUp of topUps.values())
+    if (topUp.paymentIntent === undefined)
+      violations.push(
+        `top-up ${topUp.key} was fired by spend ${answers.get(`fired:${topUp.key}`)?.code} but Stripe never saw a PaymentIntent for it`,
+      );
+  for (const key of [...answers.keys()]) if (key.startsWith('fired:')) answers.delete(key);
 
   const result = new Map<string, ModelAccount>();
   for (const [id, owner] of accounts) {
@@ -553,5 +876,5 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       grants: owner.grants.map(({ key, amount, remaining, expiresAt, expired }) => ({ key, amount, remaining, expiresAt, expired })),
     });
   }
-  return { accounts: result, answers };
+  return { accounts: result, answers, violations, events, voidable, requestKeys };
 }

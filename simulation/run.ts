@@ -4,10 +4,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createTestApp, TestClock, testCatalog, webhookSecret, type TestApp } from '../test/helpers/app.js';
 import { createTestDatabase, type TestDatabase } from '../test/helpers/database.js';
 import type { Answer, Fact } from './history.js';
-import { runModel, type ModelAccount } from './model.js';
+import { runModel, type ExpectedEvent, type ModelAccount, type ModelResult } from './model.js';
 import { StripeWorld, intervalOf, type SimPayment } from './stripe.js';
 import { DatabaseUnavailableError } from '../src/db/errors.js';
-import { Random, type Step } from './workload.js';
+import { kindOf, Random, type Step } from './workload.js';
+import { monthsOf } from './model.js';
 
 /**
  * The system under test and the auditor: plays a history against the real Tally (PostgreSQL,
@@ -75,6 +76,34 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   let keyCounter = 0;
   let delivered = 0;
   const key = (what: string) => `${what}_${options.seed}_${(keyCounter += 1)}`;
+  /** The step being played, for failure messages. */
+  let current = 'set-up';
+  const stepOf = new Map<string, string>();
+  /**
+   * When a step happens: `after` the step before, or, for the kinds that play boundaries, exactly
+   * on the next period or month boundary (a spend), or just before the next month start of a
+   * yearly plan (a cancellation whose webhooks arrive after it).
+   */
+  const targetOf = (step: Step, account: string): { target: number; exact: boolean } => {
+    const plain = { target: world.now + step.after, exact: false };
+    if (step.kind === 'usage' && step.atBoundary === true) {
+      const boundary = world.nextBoundary();
+      return boundary === undefined ? plain : { target: boundary, exact: true };
+    }
+    if (step.kind === 'cancel' && step.mode === 'late') {
+      const month = nextMonthStart(account);
+      return month === undefined || month - 300 <= world.now ? plain : { target: month - 300, exact: false };
+    }
+    return plain;
+  };
+  /** The next month start of the account's yearly subscription, strictly inside its period. */
+  const nextMonthStart = (account: string): number | undefined => {
+    const sub = world.liveSubscription(account);
+    if (sub === undefined || sub.status !== 'active' || intervalOf(sub.price) !== 'year') return undefined;
+    return monthsOf(sub.period)
+      .map((month) => month.start)
+      .find((start) => start > world.now && start < sub.period.end);
+  };
 
   const record = (where: string, status: number, body: unknown) => {
     if (status >= 500) failures.push(`${where} answered ${status}: ${JSON.stringify(body)}`);
@@ -186,12 +215,15 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       started = Date.now();
       await drainBoth();
       profile.drainMilliseconds += Date.now() - started;
+      // Top-ups due are paid by both instances' jobs at once (each claims its own).
+      await Promise.all(system.apps.map((app) => app.parts.topUps?.runOnce()));
       // An event waiting in virtual time for something later (its period's payment) is not due.
       const { rows } = await database.db.query<{ count: number }>(
-        `select count(*)::int as count from webhook_events where status = 'pending' and next_attempt_at <= $1`,
+        `select (select count(*) from webhook_events where status = 'pending' and next_attempt_at <= $1)
+              + (select count(*) from top_ups where status = 'pending' and next_attempt_at <= $1)::int as count`,
         [clock.now()],
       );
-      if ((rows[0]?.count ?? 0) === 0 && world.outbox.length === 0) break;
+      if (Number(rows[0]?.count ?? 0) === 0 && world.outbox.length === 0) break;
       if (Date.now() > deadline) {
         failures.push(`the window at ${iso(world.now)} did not quiesce: ${rows[0]?.count} events pending`);
         break;
@@ -234,12 +266,15 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       await call('PUT', `/v1/accounts/${accountOf(lifecycle)}`, {});
     }
     await tick(world.now);
-    for (const step of steps) {
-      let target = world.now + step.after;
+    for (const [index, step] of steps.entries()) {
+      current = `step ${index} (${kindOf(step)}, lifecycle ${step.lifecycle})`;
+      const { target: wanted, exact } = targetOf(step, accountOf(step.lifecycle));
+      let target = wanted;
       for (let boundary = nextBoundary(); boundary !== undefined && boundary <= target; boundary = nextBoundary()) {
         await tick(boundary);
-        // Nothing the steps do lands exactly on a boundary: the assumption above needs an order.
-        if (boundary === target) target += 1;
+        // Nothing the steps do lands exactly on a boundary (the assumption above needs an order),
+        // except a step played on purpose at one: after the boundary's own window quiesced.
+        if (boundary === target && !exact) target += 1;
       }
       if (target > world.now) await tick(target);
       const account = accountOf(step.lifecycle);
@@ -289,11 +324,13 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
           step.quantity,
           trialDays,
           checkout.status === 200 ? (checkout.body.session_id as string) : undefined,
+          step.extraPrice,
         );
         return;
       }
       case 'change': {
-        if (sub === undefined || sub.status !== 'active') return;
+        // A subscription with two items is not changed (the simulator changes one item's price).
+        if (sub === undefined || sub.status !== 'active' || sub.extra !== undefined) return;
         const price = step.price === '' ? sub.price : step.price;
         // Yearly prices change only with always_invoice or an interval change (see README: what is simulated).
         const behavior =
@@ -305,7 +342,14 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         return;
       }
       case 'cancel':
-        if (sub === undefined || sub.cancelAtPeriodEnd) return;
+        if (sub === undefined || sub.cancelAtPeriodEnd || sub.cancelAt !== null) return;
+        if (step.mode === 'at_month_start' || step.mode === 'late') {
+          const month = nextMonthStart(account);
+          if (month === undefined) return;
+          if (step.mode === 'at_month_start') world.cancelAt(sub, month);
+          else if (month - world.now <= 300) world.cancelNowDeliveredLate(sub, month + 3600, month);
+          return;
+        }
         if (step.mode === 'period_end') world.cancelAtPeriodEnd(sub);
         else world.cancelNow(sub, step.mode === 'now_prorated');
         return;
@@ -350,6 +394,9 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         world.refund(target, amount, step.failAfter);
         return;
       }
+      case 'card':
+        world.setCard(account, step.behavior);
+        return;
       case 'dispute': {
         const target = payment(
           step.payment,
@@ -367,7 +414,13 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     const remember = (name: string, response: { status: number; body: any }) => {
       const body = response.body ?? {};
       const available = body.available ?? body.error?.available;
-      answers.set(name, { status: response.status, ...(typeof available === 'number' ? { available } : {}) });
+      const code = body.error?.code;
+      stepOf.set(name, current);
+      answers.set(name, {
+        status: response.status,
+        ...(typeof code === 'string' ? { code } : {}),
+        ...(typeof available === 'number' ? { available } : {}),
+      });
     };
     switch (step.kind) {
       case 'usage': {
@@ -415,6 +468,74 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         }
         return;
       }
+      case 'limits': {
+        const response = await call('PUT', `/v1/accounts/${account}/limits`, { per_day: step.perDay, per_month: step.perMonth });
+        if (response.status === 200)
+          world.facts.push({ kind: 'limits', at: world.now, account, perDay: step.perDay, perMonth: step.perMonth });
+        else failures.push(`${current}: PUT limits answered ${response.status}: ${JSON.stringify(response.body)}`);
+        return;
+      }
+      case 'admin_grant': {
+        const grantKey = key('grant');
+        const expiresAt = step.expiresInDays === null ? null : world.now + step.expiresInDays * day;
+        world.facts.push({
+          kind: 'admin_grant',
+          at: world.now,
+          account,
+          key: grantKey,
+          amount: step.amount,
+          expiresAt,
+          priority: step.priority,
+        });
+        const response = await call(
+          'POST',
+          `/v1/accounts/${account}/grants`,
+          {
+            amount: step.amount,
+            source: step.source,
+            reason: 'simulated goodwill',
+            idempotency_key: grantKey,
+            ...(expiresAt === null ? {} : { expires_at: iso(expiresAt) }),
+            ...(step.priority === 0 ? {} : { priority: step.priority }),
+          },
+          true,
+        );
+        remember(grantKey, response);
+        return;
+      }
+      case 'adjust': {
+        const adjustKey = key('adjust');
+        world.facts.push({ kind: 'adjustment', at: world.now, account, key: adjustKey, amount: step.amount });
+        const response = await call(
+          'POST',
+          `/v1/accounts/${account}/adjustments`,
+          { amount: step.amount, reason: 'simulated correction', idempotency_key: adjustKey },
+          true,
+        );
+        remember(adjustKey, response);
+        return;
+      }
+      case 'auto_top_up': {
+        const response = await call('PUT', `/v1/accounts/${account}/auto-top-up`, {
+          enabled: step.enabled,
+          threshold: step.threshold,
+          pack_id: step.pack,
+          max_per_month: step.maxPerMonth,
+        });
+        if (response.status === 200)
+          world.facts.push({
+            kind: 'auto_top_up',
+            at: world.now,
+            account,
+            enabled: step.enabled,
+            threshold: step.threshold,
+            pack: step.pack,
+            maxPerMonth: step.maxPerMonth,
+          });
+        else if (response.status !== 409)
+          failures.push(`${current}: PUT auto-top-up answered ${response.status}: ${JSON.stringify(response.body)}`);
+        return;
+      }
       case 'resolve': {
         const list = pendingHolds.get(step.lifecycle) ?? [];
         const next = list.shift();
@@ -456,13 +577,20 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       if (actual === undefined) continue;
       if (
         actual.status !== expected.status ||
+        (expected.code !== undefined && !expected.code.split('|').includes(actual.code ?? '')) ||
         (expected.available !== undefined && actual.available !== undefined && actual.available !== expected.available)
       ) {
-        failures.push(`app call ${name}: Tally answered ${JSON.stringify(actual)}, the model ${JSON.stringify(expected)}`);
+        failures.push(
+          `${stepOf.get(name) ?? '?'}: app call ${name}: Tally answered ${JSON.stringify(actual)}, the model ${JSON.stringify(expected)}`,
+        );
       }
     }
+    for (const violation of model.violations) failures.push(`Stripe history: ${violation}`);
     const now = clock.now().getTime() / 1000;
-    for (const [accountId, expected] of model.accounts) await compareAccount(accountId, expected, now);
+    for (const [accountId, expected] of model.accounts) {
+      await compareAccount(accountId, expected, now, model);
+      await compareEvents(accountId, model.events.get(accountId) ?? [], model);
+    }
     if (failures.length > 0 && replayed.length > 0) failures.push(`(the operator replayed ${replayed.join(', ')} at the end)`);
     const invariants = await database.db.query<{ check: string; count: number }>(
       `select 'balance differs from the fold of its entries' as check, count(*)::int as count from accounts a
@@ -494,7 +622,74 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       failures.push(`Tally made API calls the simulator's Stripe does not know: ${[...new Set(world.unknownCalls)].join(', ')}`);
   }
 
-  async function compareAccount(accountId: string, expected: ModelAccount, now: number): Promise<void> {
+  /**
+   * The event log (GET /v1/events?account_id=): every event the model expects (grants created,
+   * trials granted, top-ups succeeded and failed) exactly once, and in the order the model saw
+   * them happen (events of one instant may come in any order: delivery within a window is chaotic).
+   */
+  async function compareEvents(accountId: string, expected: ExpectedEvent[], model: ModelResult): Promise<void> {
+    const logged: { sequence: number; type: string; data: any }[] = [];
+    for (let after = 0, page = 0; page < 100; page += 1) {
+      const response = await call('GET', `/v1/events?account_id=${accountId}&after=${after}&limit=500`);
+      if (response.status !== 200) {
+        failures.push(`${accountId} events: GET /v1/events answered ${response.status}`);
+        return;
+      }
+      const events = response.body.events as { sequence: number | string; type: string; data: any }[];
+      for (const event of events) logged.push({ sequence: Number(event.sequence), type: event.type, data: event.data });
+      if (events.length === 0 || response.body.next_after === null || response.body.next_after === undefined) break;
+      after = Number(response.body.next_after);
+    }
+    for (let index = 1; index < logged.length; index += 1)
+      if (logged[index]!.sequence <= logged[index - 1]!.sequence)
+        failures.push(`${accountId} events: sequence ${logged[index]!.sequence} after ${logged[index - 1]!.sequence}`);
+    const tallyKeyOf = (subject: string) => model.requestKeys.get(subject);
+    const matches = (event: ExpectedEvent, logged: { type: string; data: any }) => {
+      if (event.type !== logged.type) return false;
+      if (event.type === 'grant.created') {
+        const requestKey = tallyKeyOf(event.subject);
+        const raw = String(logged.data?.grant_key ?? '');
+        const key = raw === event.subject.replace(/^period:([^:]+):[^:]+:(\d+)$/, 'period:$1:$2') ? event.subject : raw;
+        return requestKey === undefined ? key === event.subject : key.endsWith(requestKey);
+      }
+      if (event.type === 'trial.granted') return true;
+      return logged.data?.payment_intent === event.subject;
+    };
+    let lastAt = -Infinity;
+    let lastLabel = '';
+    const used = new Set<number>();
+    for (const event of expected) {
+      const found = logged.map((candidate, index) => ({ candidate, index })).filter(({ candidate }) => matches(event, candidate));
+      const label = `${event.type} ${event.subject} (${iso(event.at)})`;
+      if (found.length !== 1) {
+        failures.push(`${accountId} events: ${label} logged ${found.length} times, the model expects it once`);
+        continue;
+      }
+      used.add(found[0]!.index);
+      if (event.type === 'topup.failed' && Boolean(found[0]!.candidate.data?.auto_top_up_disabled) !== Boolean(event.disabled))
+        failures.push(
+          `${accountId} events: ${label} says auto_top_up_disabled ${found[0]!.candidate.data?.auto_top_up_disabled}, the model ${event.disabled}`,
+        );
+    }
+    // In order: the events the model expects, read in Tally's sequence order, happened at
+    // non-decreasing instants.
+    for (const [index, candidate] of logged.entries()) {
+      if (!used.has(index)) continue;
+      const event = expected.find((item) => matches(item, candidate))!;
+      if (event.at < lastAt)
+        failures.push(`${accountId} events: ${event.type} ${event.subject} (${iso(event.at)}) logged after ${lastLabel}`);
+      lastAt = event.at;
+      lastLabel = `${event.type} ${event.subject} (${iso(event.at)})`;
+    }
+    const wanted = new Set(['grant.created', 'trial.granted', 'topup.succeeded', 'topup.failed']);
+    for (const [index, candidate] of logged.entries()) {
+      if (used.has(index) || !wanted.has(candidate.type)) continue;
+      if (candidate.type === 'grant.created' && model.voidable.has(String(candidate.data?.grant_key))) continue;
+      failures.push(`${accountId} events: ${candidate.type} ${JSON.stringify(candidate.data)} logged, the model expects no such event`);
+    }
+  }
+
+  async function compareAccount(accountId: string, expected: ModelAccount, now: number, result: ModelResult): Promise<void> {
     const balance = await call('GET', `/v1/accounts/${accountId}/balance`);
     const actual = { available: balance.body.available, held: balance.body.held, debt: balance.body.debt };
     const wanted = { available: expected.available, held: expected.held, debt: expected.debt };
@@ -510,8 +705,31 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       `select grant_key, amount, remaining, extract(epoch from expires_at)::bigint as expires_at, reference->>'event' as event from grants where account_id = $1`,
       [accountId],
     );
+    // Operators' grants carry Tally's own key (SPEC names none): they are matched by their request key.
+    const tallyKeyOf = (grantKey: string) => {
+      const requestKey = result.requestKeys.get(grantKey);
+      if (requestKey === undefined) return grantKey;
+      return rows.find((row) => row.grant_key.endsWith(requestKey))?.grant_key ?? grantKey;
+    };
+    // A period grant keyed without its item (`period:{sub}:{start}`, before SPEC put the item in
+    // the key) is compared as the one item's grant, and reported once, so that other findings show.
+    const withoutItem = (key: string) => key.replace(/^period:([^:]+):[^:]+:(\d+)$/, 'period:$1:$2');
+    const itemless = new Map<string, string>();
+    for (const grant of expected.grants) {
+      const legacy = withoutItem(grant.key);
+      if (legacy === grant.key || rows.some((row) => row.grant_key === grant.key)) continue;
+      if (rows.some((row) => row.grant_key === legacy)) itemless.set(legacy, itemless.has(legacy) ? '' : grant.key);
+    }
+    for (const row of rows) {
+      const modelKey = itemless.get(row.grant_key);
+      if (modelKey !== undefined && modelKey !== '') row.grant_key = modelKey;
+    }
+    if (itemless.size > 0)
+      failures.push(
+        `${accountId}: ${itemless.size} period grants keyed period:{subscription}:{start}, without the item SPEC's key carries (gap 5); compared as the item's below`,
+      );
     const tally = new Map(rows.map((row) => [row.grant_key, row]));
-    const model = new Map(expected.grants.map((grant) => [grant.key, grant]));
+    const model = new Map(expected.grants.map((grant) => [tallyKeyOf(grant.key), grant]));
     for (const [grantKey, grant] of model) {
       const found = tally.get(grantKey);
       if (found === undefined) failures.push(`${accountId} grant ${grantKey} (${grant.amount}) missing in Tally`);
@@ -522,8 +740,10 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       }
     }
     for (const [grantKey, row] of tally)
-      if (!model.has(grantKey))
-        failures.push(`${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model`);
+      if (!model.has(grantKey) && !(result.voidable.has(grantKey) && Number(row.remaining) === 0))
+        failures.push(
+          `${accountId} grant ${grantKey} (${row.amount}, by ${row.event ?? '?'}) in Tally, not in the model${result.voidable.has(grantKey) ? `, which voids it: the yearly subscription ended at or before the month's start (gap 8), yet ${row.remaining} remain` : ''}`,
+        );
     // Within one expiry the spend order falls back to creation order, which chaotic delivery may
     // change; what remains per expiry (live grants) is what must agree.
     const byExpiry = (entries: { expiresAt: number | null; remaining: number; live: boolean }[]) => {

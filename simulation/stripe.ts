@@ -45,6 +45,12 @@ export interface SimSubscription {
   trialEnd: number | null;
   pending: PaidLine[];
   failNextRenewal: number | undefined;
+  /** A second plan item (monthly, fixed), for subscriptions with several items. */
+  extra: { item: string; price: string; quantity: number } | undefined;
+  /** A `cancel_at` before the period's end (a yearly plan ending at a month start). */
+  cancelAt: number | null;
+  /** When it ended (Stripe's `ended_at`). */
+  endedAt: number | null;
   /** The event time of the last subscription event, so that no two share a second and an order. */
   created: number;
 }
@@ -58,6 +64,21 @@ export interface SimPayment {
   kind: 'pack' | 'monthly' | 'yearly' | 'proration';
 }
 
+/** What the customer's default card does with an off-session PaymentIntent. */
+export type CardBehavior =
+  | { outcome: 'succeeded' }
+  | { outcome: 'processing'; resolvesAfter: number; succeeds: boolean }
+  | { outcome: 'requires_action' }
+  | { outcome: 'card_declined' };
+
+export interface SimCustomer {
+  id: string;
+  balance: number;
+  /** Proration items of a subscription cancelled without invoicing them: the next invoice of any subscription carries them. */
+  pendingItems: PaidLine[];
+  card: CardBehavior;
+}
+
 interface Delayed {
   at: number;
   run: () => void;
@@ -68,7 +89,7 @@ export class StripeWorld {
   readonly facts: Fact[] = [];
   outbox: StripeObject[] = [];
   readonly subscriptions = new Map<string, SimSubscription>();
-  readonly customers = new Map<string, { id: string; balance: number }>();
+  readonly customers = new Map<string, SimCustomer>();
   readonly payments = new Map<string, SimPayment[]>();
   private readonly delayed: Delayed[] = [];
   private readonly charges = new Map<string, { payment_intent: string; amount: number; refunds: StripeObject[] }>();
@@ -82,6 +103,8 @@ export class StripeWorld {
   private readonly sessionKeys = new Map<string, string>();
   private readonly completedSessions = new Set<string>();
   private readonly sessionLineItems = new Map<string, StripeObject[]>();
+  /** Idempotency keys of PaymentIntent creates: Stripe answers a key's first answer for 24 hours, then forgets it. */
+  private readonly paymentIntentKeys = new Map<string, { at: number; answer: [number, unknown] }>();
   private counter = 0;
   private server: Server | undefined;
   url = '';
@@ -152,7 +175,8 @@ export class StripeWorld {
 
   customerOf(account: string): string {
     let customer = this.customers.get(account);
-    if (customer === undefined) this.customers.set(account, (customer = { id: this.id('cus'), balance: 0 }));
+    if (customer === undefined)
+      this.customers.set(account, (customer = { id: this.id('cus'), balance: 0, pendingItems: [], card: { outcome: 'succeeded' } }));
     return customer.id;
   }
 
@@ -174,18 +198,28 @@ export class StripeWorld {
     });
     item.plan = { ...item.plan, id: sub.price, interval: intervalOf(sub.price), interval_count: 1 };
     object.items.data = [item];
+    if (sub.extra !== undefined) {
+      const second = structuredClone(item);
+      Object.assign(second, {
+        id: sub.extra.item,
+        quantity: sub.extra.quantity,
+        price: { ...item.price, id: sub.extra.price, unit_amount: unitAmounts[sub.extra.price] },
+      });
+      second.plan = { ...item.plan, id: sub.extra.price };
+      object.items.data.push(second);
+    }
     return Object.assign(object, {
       id: sub.id,
       customer: sub.customer,
       status: sub.status,
       cancel_at_period_end: sub.cancelAtPeriodEnd,
-      cancel_at: sub.cancelAtPeriodEnd ? sub.period.end : null,
+      cancel_at: sub.cancelAtPeriodEnd ? sub.period.end : (sub.cancelAt ?? null),
       trial_end: sub.trialEnd,
       trial_start: sub.trialEnd === null ? null : sub.anchor,
       billing_cycle_anchor: sub.anchor,
       default_payment_method: null,
       metadata: { tally_account_id: sub.account },
-      ended_at: sub.status === 'canceled' ? this.now : null,
+      ended_at: sub.status === 'canceled' ? (sub.endedAt ?? this.now) : null,
     });
   }
 
@@ -199,28 +233,33 @@ export class StripeWorld {
   }
 
   private line(
-    _sub: SimSubscription,
+    sub: SimSubscription,
     spec: { price: string; quantity: number; start: number; end: number; proration: boolean; amount: number; billingPeriod: Period },
+    item = sub.item,
   ): PaidLine {
-    return { id: this.id('il'), ...spec };
+    return { id: this.id('il'), subscription: sub.id, item, ...spec };
   }
 
   /** A proration line for `price × quantity` over [t, period end]: what Stripe charges or credits, by seconds. */
-  private proration(sub: SimSubscription, price: string, quantity: number, sign: 1 | -1): PaidLine {
+  private proration(sub: SimSubscription, price: string, quantity: number, sign: 1 | -1, item = sub.item): PaidLine {
     const { start, end } = sub.period;
     const amount = Math.round(((unitAmounts[price] ?? 0) * quantity * (end - this.now)) / (end - start));
-    return this.line(sub, {
-      price,
-      quantity,
-      start: this.now,
-      end,
-      proration: true,
-      amount: sign * amount,
-      billingPeriod: { ...sub.period },
-    });
+    return this.line(
+      sub,
+      {
+        price,
+        quantity,
+        start: this.now,
+        end,
+        proration: true,
+        amount: sign * amount,
+        billingPeriod: { ...sub.period },
+      },
+      item,
+    );
   }
 
-  private lineObject(invoiceId: string, sub: SimSubscription, line: PaidLine): StripeObject {
+  private lineObject(invoiceId: string, line: PaidLine): StripeObject {
     const object = base('line_item');
     delete object.price;
     delete object.plan;
@@ -230,7 +269,7 @@ export class StripeWorld {
       invoice: invoiceId,
       amount: line.amount,
       quantity: line.quantity,
-      subscription: sub.id,
+      subscription: line.subscription,
       description: line.proration
         ? `${line.amount < 0 ? 'Unused' : 'Remaining'} time on ${line.quantity} × ${line.price}`
         : `${line.quantity} × ${line.price}`,
@@ -242,8 +281,8 @@ export class StripeWorld {
           invoice_item: line.proration ? this.id('ii') : null,
           proration: line.proration,
           proration_details: { credited_items: null },
-          subscription: sub.id,
-          subscription_item: sub.item,
+          subscription: line.subscription,
+          subscription_item: line.item,
         },
       },
       pricing: {
@@ -261,7 +300,9 @@ export class StripeWorld {
    */
   private invoice(sub: SimSubscription, lines: PaidLine[], reason: string, failUntil?: number): void {
     const customer = this.customers.get(sub.account)!;
-    const all = [...sub.pending, ...lines];
+    // Items a cancelled subscription left pending ride on the customer's next invoice, as Stripe does.
+    const all = [...customer.pendingItems, ...sub.pending, ...lines];
+    customer.pendingItems = [];
     sub.pending = [];
     const invoiceId = this.id('in');
     const total = all.reduce((sum, line) => sum + line.amount, 0);
@@ -290,7 +331,7 @@ export class StripeWorld {
         object: 'list',
         has_more: false,
         url: `/v1/invoices/${invoiceId}/lines`,
-        data: all.map((line) => this.lineObject(invoiceId, sub, line)),
+        data: all.map((line) => this.lineObject(invoiceId, line)),
       },
     });
     this.invoiceLines.set(invoiceId, object.lines.data);
@@ -351,6 +392,7 @@ export class StripeWorld {
       invoice: object.id,
       paymentIntent,
       amountPaid: due,
+      total: object.total as number,
       lines,
       currentPeriod: this.creditPeriod(sub),
     });
@@ -401,7 +443,14 @@ export class StripeWorld {
   // ---- business actions -----------------------------------------------------------------------
 
   /** A subscription through a Checkout Session (`session` when Tally created one), first invoice paid. */
-  subscribe(account: string, price: string, quantity: number, trialDays: number | undefined, session: string | undefined): SimSubscription {
+  subscribe(
+    account: string,
+    price: string,
+    quantity: number,
+    trialDays: number | undefined,
+    session: string | undefined,
+    extraPrice?: string,
+  ): SimSubscription {
     const customer = this.customerOf(account);
     const months = intervalOf(price) === 'year' ? 12 : 1;
     const trialEnd = trialDays === undefined ? null : this.now + trialDays * 86400;
@@ -420,6 +469,9 @@ export class StripeWorld {
       trialEnd,
       pending: [],
       failNextRenewal: undefined,
+      extra: extraPrice === undefined ? undefined : { item: this.id('si'), price: extraPrice, quantity: 1 },
+      cancelAt: null,
+      endedAt: null,
       created: this.now - 1,
     };
     this.subscriptions.set(sub.id, sub);
@@ -445,21 +497,7 @@ export class StripeWorld {
     this.emitSubscription('customer.subscription.created', sub);
     if (trialEnd !== null) this.facts.push({ kind: 'trial_started', at: this.now, account, subscription: sub.id, price, trialEnd });
     const amount = trialEnd === null ? (unitAmounts[price] ?? 0) * quantity : 0;
-    this.invoice(
-      sub,
-      [
-        this.line(sub, {
-          price,
-          quantity,
-          start: sub.period.start,
-          end: sub.period.end,
-          proration: false,
-          amount,
-          billingPeriod: { ...sub.period },
-        }),
-      ],
-      'subscription_create',
-    );
+    this.invoice(sub, this.periodLines(sub, amount === 0), 'subscription_create');
     return sub;
   }
 
@@ -476,20 +514,32 @@ export class StripeWorld {
     const fail = sub.failNextRenewal;
     sub.failNextRenewal = undefined;
     if (fail === undefined) this.emitSubscription('customer.subscription.updated', sub);
-    const line = this.line(sub, {
-      price: sub.price,
-      quantity: sub.quantity,
-      start: sub.period.start,
-      end: sub.period.end,
-      proration: false,
-      amount: (unitAmounts[sub.price] ?? 0) * sub.quantity,
-      billingPeriod: { ...sub.period },
-    });
-    this.invoice(sub, [line], 'subscription_cycle', fail === undefined ? undefined : this.now + fail);
+    this.invoice(sub, this.periodLines(sub, false), 'subscription_cycle', fail === undefined ? undefined : this.now + fail);
+  }
+
+  /** The lines of a new period: one per plan item (the trial's first one free). */
+  private periodLines(sub: SimSubscription, free: boolean): PaidLine[] {
+    const items = [{ item: sub.item, price: sub.price, quantity: sub.quantity }, ...(sub.extra === undefined ? [] : [sub.extra])];
+    return items.map(({ item, price, quantity }) =>
+      this.line(
+        sub,
+        {
+          price,
+          quantity,
+          start: sub.period.start,
+          end: sub.period.end,
+          proration: false,
+          amount: free ? 0 : (unitAmounts[price] ?? 0) * quantity,
+          billingPeriod: { ...sub.period },
+        },
+        item,
+      ),
+    );
   }
 
   private end(sub: SimSubscription, at: number): void {
     sub.status = 'canceled';
+    sub.endedAt = at;
     this.emitSubscription('customer.subscription.deleted', sub);
     this.facts.push({ kind: 'subscription_ended', at, subscription: sub.id });
   }
@@ -536,9 +586,38 @@ export class StripeWorld {
 
   /** An immediate cancellation; `prorate` credits the unused time on a final invoice (invoice_now). */
   cancelNow(sub: SimSubscription, prorate: boolean): void {
-    if (prorate && sub.status !== 'trialing') this.invoice(sub, [this.proration(sub, sub.price, sub.quantity, -1)], 'subscription_update');
+    if (prorate && sub.status !== 'trialing') {
+      const lines = [this.proration(sub, sub.price, sub.quantity, -1)];
+      if (sub.extra !== undefined) lines.push(this.proration(sub, sub.extra.price, sub.extra.quantity, -1, sub.extra.item));
+      this.invoice(sub, lines, 'subscription_update');
+    }
+    // Without a final invoice, prorations already made stay pending on the customer (Stripe).
+    this.customers.get(sub.account)!.pendingItems.push(...sub.pending);
     sub.pending = [];
     this.end(sub, this.now);
+  }
+
+  /**
+   * `cancel_at` set to `at` (no proration): Stripe ends the subscription then. With a yearly plan
+   * and `at` a month start, the end and Tally's scheduler meet on one instant.
+   */
+  cancelAt(sub: SimSubscription, at: number): void {
+    sub.cancelAt = at;
+    this.emitSubscription('customer.subscription.updated', sub);
+    this.delayed.push({ at, run: () => sub.status !== 'canceled' && this.end(sub, at) });
+  }
+
+  /**
+   * An immediate cancellation whose webhooks reach Tally only at `deliveredAt` (Stripe's delivery
+   * running late): the clock passes a month start meanwhile, so Tally's scheduler may grant it.
+   */
+  cancelNowDeliveredLate(sub: SimSubscription, deliveredAt: number, monthStart: number): void {
+    const mark = this.outbox.length;
+    this.cancelNow(sub, false);
+    const held = this.outbox.splice(mark);
+    // A no-op at the month start, so that the clock stops there and the scheduler runs.
+    this.delayed.push({ at: monthStart, run: () => undefined });
+    this.delayed.push({ at: deliveredAt, run: () => this.outbox.push(...held) });
   }
 
   failNextRenewal(sub: SimSubscription, recoverAfterSeconds: number): void {
@@ -604,6 +683,100 @@ export class StripeWorld {
     this.emit('checkout.session.completed', object);
     this.paymentsOf(account).push({ paymentIntent, charge, amount, refunded: 0, disputed: false, kind: 'pack' });
     this.facts.push({ kind: 'pack_paid', at: this.now, account, paymentIntent, amountPaid: amount, items: lineItems });
+  }
+
+  /** The customer's default card now behaves as `card` with off-session payments. */
+  setCard(account: string, card: CardBehavior): void {
+    this.customerOf(account);
+    this.customers.get(account)!.card = card;
+  }
+
+  /**
+   * POST /v1/payment_intents (off-session, confirm): a new PaymentIntent, unless the key was used
+   * less than 24 hours ago (then its first answer). What it does follows the customer's card.
+   */
+  private createPaymentIntent(params: Record<string, string>, key: string | undefined): [number, unknown] {
+    const remembered = key === undefined ? undefined : this.paymentIntentKeys.get(key);
+    if (remembered !== undefined && this.now - remembered.at < 86400) return remembered.answer;
+    const customer = [...this.customers.values()].find((candidate) => candidate.id === params.customer);
+    const account = [...this.customers.entries()].find(([, candidate]) => candidate === customer)?.[0];
+    if (customer === undefined || account === undefined)
+      return [400, { error: { type: 'invalid_request_error', message: `No such customer: ${params.customer}` } }];
+    const id = this.id('pi');
+    const charge = this.id('ch');
+    const amount = Number(params.amount);
+    const metadata = Object.fromEntries(
+      Object.entries(params)
+        .filter(([name]) => name.startsWith('metadata['))
+        .map(([name, value]) => [name.slice(9, -1), value]),
+    );
+    const intent: StripeObject = {
+      ...this.paymentIntentObject(id, amount, charge, customer.id, metadata),
+      description: params.description ?? null,
+    };
+    this.paymentIntents.set(id, intent);
+    this.facts.push({ kind: 'payment_intent_created', at: this.now, account, key: key ?? '', paymentIntent: id, amount });
+    const succeed = () => {
+      Object.assign(intent, { status: 'succeeded', amount_received: amount, latest_charge: charge });
+      this.charges.set(charge, { payment_intent: id, amount, refunds: [] });
+      this.paymentsOf(account).push({ paymentIntent: id, charge, amount, refunded: 0, disputed: false, kind: 'pack' });
+      this.emit('payment_intent.succeeded', intent);
+      this.facts.push({ kind: 'payment_intent_resolved', at: this.now, paymentIntent: id, outcome: 'succeeded' });
+    };
+    const fail = (code: string) => {
+      Object.assign(intent, {
+        status: 'requires_payment_method',
+        amount_received: 0,
+        latest_charge: null,
+        last_payment_error: {
+          type: 'card_error',
+          code,
+          decline_code: code === 'card_declined' ? 'generic_decline' : undefined,
+          message: `Your card was declined (${code}).`,
+        },
+      });
+      this.emit('payment_intent.payment_failed', intent);
+      this.facts.push({ kind: 'payment_intent_resolved', at: this.now, paymentIntent: id, outcome: 'failed' });
+    };
+    let answer: [number, unknown];
+    switch (customer.card.outcome) {
+      case 'succeeded':
+        succeed();
+        answer = [200, structuredClone(intent)];
+        break;
+      case 'processing': {
+        const { resolvesAfter, succeeds } = customer.card;
+        Object.assign(intent, { status: 'processing', amount_received: 0, latest_charge: null });
+        answer = [200, structuredClone(intent)];
+        this.emit('payment_intent.processing', intent);
+        this.delayed.push({ at: this.now + resolvesAfter, run: () => (succeeds ? succeed() : fail('insufficient_funds')) });
+        break;
+      }
+      case 'requires_action':
+        // The bank asks for the customer (3-D Secure): off-session, this is a failure for Tally.
+        Object.assign(intent, { status: 'requires_action', amount_received: 0, latest_charge: null });
+        answer = [200, structuredClone(intent)];
+        this.emit('payment_intent.requires_action', intent);
+        this.facts.push({ kind: 'payment_intent_resolved', at: this.now, paymentIntent: id, outcome: 'failed' });
+        break;
+      case 'card_declined':
+        fail('card_declined');
+        answer = [
+          402,
+          {
+            error: {
+              type: 'card_error',
+              code: 'card_declined',
+              decline_code: 'generic_decline',
+              message: 'Your card was declined.',
+              payment_intent: structuredClone(intent),
+            },
+          },
+        ];
+        break;
+    }
+    if (key !== undefined) this.paymentIntentKeys.set(key, { at: this.now, answer });
+    return answer;
   }
 
   /** A refund of `amount` of a payment; when `failAfter` is given the refund fails that many seconds later. */
@@ -750,6 +923,20 @@ export class StripeWorld {
           (params.payment_intent === undefined || session.payment_intent === params.payment_intent),
       );
       return [200, this.list(path, found)];
+    }
+    if (method === 'POST' && path === '/v1/payment_intents') return this.createPaymentIntent(params, idempotencyKey);
+    match = /^\/v1\/customers\/([^/]+)$/.exec(path);
+    if (method === 'GET' && match?.[1] !== undefined) {
+      const id = match[1];
+      const found = [...this.customers.values()].some((candidate) => candidate.id === id);
+      return found
+        ? [200, { id, object: 'customer', invoice_settings: { default_payment_method: `pm_card_${id}` }, metadata: {} }]
+        : notFound;
+    }
+    match = /^\/v1\/prices\/([^/]+)$/.exec(path);
+    if (method === 'GET' && match?.[1] !== undefined) {
+      const amount = unitAmounts[match[1]];
+      return amount === undefined ? notFound : [200, { id: match[1], object: 'price', unit_amount: amount, currency: 'usd', active: true }];
     }
     match = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
     if (method === 'GET' && match?.[1] !== undefined) {

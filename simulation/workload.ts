@@ -5,17 +5,24 @@
  * whose precondition does not hold when it runs (a plan change without a subscription) does
  * nothing, so a history still plays after any of its steps is dropped (shrinking).
  */
+import type { CardBehavior } from './stripe.js';
+
 export type Behavior = 'always_invoice' | 'create_prorations' | 'none';
 
 export type StepBody =
-  | { kind: 'subscribe'; price: string; quantity: number; trial: boolean }
+  | { kind: 'subscribe'; price: string; quantity: number; trial: boolean; extraPrice?: string }
   | { kind: 'change'; price: string; quantity: number; behavior: Behavior }
-  | { kind: 'cancel'; mode: 'period_end' | 'now' | 'now_prorated' }
+  | { kind: 'cancel'; mode: 'period_end' | 'now' | 'now_prorated' | 'at_month_start' | 'late' }
   | { kind: 'fail_renewal'; recoverAfter: number }
   | { kind: 'pack'; via: 'checkout' | 'link'; price: string; quantity: number }
   | { kind: 'refund'; payment: number; perMille: number; failAfter: number | undefined; yearly: boolean }
   | { kind: 'dispute'; payment: number; outcome: 'inquiry' | 'won' | 'lost'; closeAfter: number }
-  | { kind: 'usage'; amount: number }
+  | { kind: 'usage'; amount: number; atBoundary?: boolean }
+  | { kind: 'limits'; perDay: number | null; perMonth: number | null }
+  | { kind: 'admin_grant'; amount: number; expiresInDays: number | null; priority: number; source: 'promo' | 'admin' }
+  | { kind: 'adjust'; amount: number }
+  | { kind: 'auto_top_up'; enabled: boolean; threshold: number; pack: string; maxPerMonth: number }
+  | { kind: 'card'; behavior: CardBehavior }
   | { kind: 'batch'; amounts: number[] }
   | { kind: 'hold'; amount: number; expiresIn: number; resolution: 'capture' | 'void' | 'expire'; capturePerMille: number }
   | { kind: 'resolve' }
@@ -55,6 +62,21 @@ export const allKinds = [
   'hold:capture',
   'hold:void',
   'hold:expire',
+  'subscribe:two_items',
+  'invoice:other_subscription_line',
+  'cancel:at_month_start',
+  'cancel:late_yearly',
+  'boundary:usage',
+  'limits',
+  'admin:grant',
+  'admin:adjust',
+  'topup:enable',
+  'topup:toggle',
+  'card:succeeded',
+  'card:processing_succeeds',
+  'card:processing_fails',
+  'card:requires_action',
+  'card:declined',
   'chaos:restart',
   'chaos:replay',
 ] as const;
@@ -208,11 +230,76 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
         resolution: kind.slice(5) as 'capture',
         capturePerMille: random.integer(0, 1000),
       };
+    case 'subscribe:two_items':
+      return { kind: 'subscribe', price: 'price_plus_monthly', quantity: 1, trial: false, extraPrice: 'price_pro_monthly' };
+    case 'invoice:other_subscription_line':
+      return { kind: 'change', price: random.pick(monthlyPrices), quantity: 1, behavior: 'create_prorations' };
+    case 'cancel:at_month_start':
+      return { kind: 'cancel', mode: 'at_month_start' };
+    case 'cancel:late_yearly':
+      return { kind: 'cancel', mode: 'late' };
+    case 'boundary:usage':
+      return { kind: 'usage', amount: random.pick([1, 50, 300]), atBoundary: true };
+    case 'limits':
+      return {
+        kind: 'limits',
+        perDay: random.chance(0.7) ? random.pick([100, 500, 2000]) : null,
+        perMonth: random.chance(0.5) ? random.pick([1000, 5000, 30000]) : null,
+      };
+    case 'admin:grant':
+      return {
+        kind: 'admin_grant',
+        amount: random.pick([50, 500, 5000]),
+        expiresInDays: random.chance(0.5) ? random.integer(1, 40) : null,
+        priority: random.pick([0, 0, 5]),
+        source: random.pick(['promo', 'admin'] as const),
+      };
+    case 'admin:adjust':
+      return { kind: 'adjust', amount: random.pick([50, 300, -20, -400]) };
+    case 'topup:enable':
+      return {
+        kind: 'auto_top_up',
+        enabled: true,
+        threshold: random.pick([100, 1000, 5000]),
+        pack: random.pick(['pack_1000', 'pack_10000']),
+        maxPerMonth: random.integer(1, 3),
+      };
+    case 'topup:toggle':
+      return { kind: 'auto_top_up', enabled: false, threshold: 1000, pack: 'pack_1000', maxPerMonth: 2 };
+    case 'card:succeeded':
+      return { kind: 'card', behavior: { outcome: 'succeeded' } };
+    case 'card:processing_succeeds':
+    case 'card:processing_fails':
+      return {
+        kind: 'card',
+        behavior: {
+          outcome: 'processing',
+          resolvesAfter: random.integer(1, 4) * day + random.integer(0, 3600),
+          succeeds: kind.endsWith('succeeds'),
+        },
+      };
+    case 'card:requires_action':
+      return { kind: 'card', behavior: { outcome: 'requires_action' } };
+    case 'card:declined':
+      return { kind: 'card', behavior: { outcome: 'card_declined' } };
     case 'chaos:restart':
     case 'chaos:replay':
       return undefined;
   }
 }
+
+/** Spends that follow a top-up or limit set-up, so that the account crosses its threshold or its limit. */
+const spendsAfter = new Set<string>([
+  'topup:enable',
+  'topup:toggle',
+  'limits',
+  'card:succeeded',
+  'card:processing_succeeds',
+  'card:processing_fails',
+  'card:requires_action',
+  'card:declined',
+  'admin:adjust',
+]);
 
 /** `count` lifecycles of `stepsEach` steps from `seed`, over the enabled kinds, interleaved. */
 export function generate(seed: number, count: number, kinds: ReadonlySet<string>, stepsEach = 14): Step[] {
@@ -236,13 +323,30 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
       if (random.chance(0.12)) steps.push({ lifecycle, kind: 'wait', after: random.integer(10, 40) * day });
       const kind = random.pick(enabled);
       // Some kinds need a set-up step before them: a yearly payment, a trial already used.
-      if (kind === 'refund:yearly') add('subscribe:yearly', random.integer(0, day));
+      if (kind === 'refund:yearly' || kind === 'cancel:late_yearly' || kind === 'cancel:at_month_start')
+        add('subscribe:yearly', random.integer(0, day));
+      if (kind === 'invoice:other_subscription_line') add('subscribe:monthly', random.integer(0, day));
+      if ((kind === 'topup:enable' || kind.startsWith('card:')) && random.chance(0.5)) add('pack:checkout', random.integer(0, day));
       if (kind === 'trial:refused') {
         add('trial:converted', random.integer(0, day));
         add('cancel:now', random.integer(0, day));
       }
       add(kind, random.integer(0, pace));
       if (kind === 'refund:multiple') add(kind, random.integer(0, 2 * day));
+      if (kind === 'invoice:other_subscription_line') {
+        // Prorations left pending by an immediate cancellation ride on the next subscription's first invoice.
+        add('cancel:now', random.integer(0, day));
+        add('subscribe:monthly', random.integer(0, day));
+      }
+      if (kind === 'topup:toggle') {
+        // Off, then on again at once: neither may charge nor reset the month's count.
+        const body = stepFor('topup:enable', random, seats) as Extract<StepBody, { kind: 'auto_top_up' }>;
+        steps.push({ lifecycle, after: random.integer(0, 600), label: 'topup:toggle', ...body });
+      }
+      if (spendsAfter.has(kind) && kinds.has('usage')) {
+        for (let spend = random.integer(1, 4); spend > 0; spend -= 1)
+          add(random.pick(['usage', 'usage', 'batch'] as const), random.integer(0, day));
+      }
       const last = steps[steps.length - 1];
       if (last?.kind === 'hold' && last.resolution !== 'expire') steps.push({ lifecycle, kind: 'resolve', after: random.integer(0, 3600) });
     }

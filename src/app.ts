@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Catalog } from './billing/catalog.js';
-import { loadClaimHasher, trialGate } from './billing/trials.js';
+import { loadClaimHasher } from './billing/claim-hasher.js';
+import { trialGate } from './billing/trials.js';
 import type { Database } from './db/database.js';
 import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';
@@ -14,11 +15,11 @@ import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
 import { raiseAlert, resolveAlert } from './ops/alerts.js';
 import { Metrics } from './ops/metrics.js';
-import { grantWatcher } from './ops/rules.js';
+import { alertPort, grantWatcher } from './ops/rules.js';
 import { OperationsScheduler } from './ops/scheduler.js';
 import { StripeGateway } from './stripe/gateway.js';
-import { WebhookIntake } from './stripe/inbox.js';
-import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './stripe/worker.js';
+import { WebhookIntake } from './webhooks/inbox.js';
+import { WebhookWorker, defaultWorkerOptions, type WorkerOptions } from './webhooks/worker.js';
 
 /**
  * The parts of one Tally process, wired together: the ledger, the Stripe gateway and webhook
@@ -78,6 +79,8 @@ export interface Assembled {
 
 export async function assemble(options: AssembleOptions): Promise<Assembled> {
   const { db, catalog, logger } = options;
+  // Below ops/, alerts are raised through this port (ports/alerts.ts), never by importing ops/.
+  const alerts = alertPort(catalog);
   const ledger = new Ledger(db, {
     clock: options.clock,
     adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max,
@@ -113,6 +116,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     db,
     catalog,
     hasher,
+    alerts,
     gateway,
     logger,
     { ...defaultWorkerOptions, ...options.workerOptions, clock: options.clock },
@@ -188,9 +192,9 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       retryDelaySecondsMax: 3600,
     },
   });
-  const eventDelivery = new EventDelivery(db, logger, { ...options.eventDeliveryOptions, clock: options.clock });
+  const eventDelivery = new EventDelivery(db, logger, alerts, { ...options.eventDeliveryOptions, clock: options.clock });
   const topUps = gateway === undefined ? undefined : new TopUpRunner({ db, catalog, gateway, clock: options.clock }, logger);
-  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => raiseAlert(db.pool, alert));
+  const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => alerts.raise(db.pool, alert));
   return {
     app,
     ledger,

@@ -9,6 +9,7 @@ import { loadCatalog, type Catalog } from './billing/catalog.js';
 import { ConfigError, resolveApiKeys, type ApiKeys, type Config } from './config.js';
 import { Database } from './db/database.js';
 import { logRedaction } from './ops/logging.js';
+import { packageRoot } from './package-root.js';
 import { clusterDirectoryOf, rootClusterRoot, startEmbeddedDatabase, type EmbeddedDatabase } from './db/embedded.js';
 import { migrate } from './db/migrate.js';
 
@@ -17,8 +18,7 @@ import { migrate } from './db/migrate.js';
  * stops intake, lets requests in flight finish, stops the worker, closes the pool, then stops
  * the embedded database.
  */
-export const version: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string })
-  .version;
+export const version: string = (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
 export interface Tally {
   app: FastifyInstance;

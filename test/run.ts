@@ -3,7 +3,7 @@
  * server), builds a migrated template database, and runs every test file with Node's test
  * runner. Each test file clones the template into a database of its own.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -25,6 +25,15 @@ const files = testFiles('test')
   .filter((file) => filters.length === 0 || filters.some((filter) => file.includes(filter)))
   .sort();
 if (files.length === 0) throw new Error(`no test files match ${filters.join(' ')}`);
+
+// The end-to-end tests start Tally as a real process (bin/tally.js, npm start), which runs the
+// compiled dist/, as a production install does: build it first, so that they never run a build
+// older than the sources. Every other test runs the sources through tsx.
+if (files.some((file) => file.startsWith(join('test', 'e2e')))) {
+  console.log('# building dist/ for the end-to-end tests');
+  const built = spawnSync(process.execPath, ['scripts/build.js'], { stdio: 'inherit' });
+  if (built.status !== 0) throw new Error(`npm run build failed (exit ${built.status})`);
+}
 
 let embedded: EmbeddedDatabase | undefined;
 let scratch: string | undefined;

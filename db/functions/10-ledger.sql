@@ -115,7 +115,8 @@ begin
 end $$;
 
 -- A signed correction by an operator: positive adds a never-expiring admin grant, negative takes
--- from live grants in spend order and never overdraws.
+-- from live grants in spend order and never overdraws. A correction is not a spend: it never
+-- counts toward the account's spend limits and is never refused for one (SPEC).
 create or replace function tally_adjust(p_account text, p_amount bigint, p_key text, p_hash text,
   p_reason text, p_now timestamptz) returns jsonb language plpgsql as $$
 declare
@@ -126,11 +127,16 @@ declare
   v_take record;
   v_entry entries;
 begin
-  v_outcome := tally_open_spend(p_account, greatest(-p_amount, 0), p_key, 'adjustment', p_hash, v_now);
+  v_outcome := tally_open(p_account, p_key, 'adjustment', p_hash, v_now);
   if v_outcome is not null then
     return v_outcome;
   end if;
   select * into v_before from accounts where id = p_account;
+  if v_before.available < -p_amount then
+    return tally_remember(p_key, p_account, 'adjustment', p_hash, 402,
+      tally_error('insufficient_credits', 'not enough credits available',
+        jsonb_build_object('available', v_before.available)), v_now);
+  end if;
   if p_amount > 0 then
     perform tally_add_grant(p_account, 'admin', p_amount, 0, null, 'request:' || p_key,
       'adjustment', '{}'::jsonb, 'admin', p_reason, v_now);

@@ -7,7 +7,7 @@ import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js
 import { accountMetadataKey, packMetadataKey } from '../stripe/shapes.js';
 import type { Catalog } from './catalog.js';
 import { signClientReference } from './client-reference.js';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
 
 /**
  * Checkout: a Stripe Checkout Session for a plan (with its trial when asked) or a credit pack.

@@ -1,5 +1,5 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
 
 /**
  * Signed client references. A Payment Link's or pricing table's `client_reference_id` is typed

@@ -22,6 +22,14 @@ export interface Contribution {
   direction: Direction;
 }
 
+/**
+ * The natural key of a subscription item's period grant (SPEC): `period:{subscription}:{item}:{start}`.
+ * Months scheduled before items were recorded (0020) name no item and keep the old key.
+ */
+export function periodKey(subscriptionId: string, subscriptionItem: string | undefined, start: number): string {
+  return subscriptionItem === undefined ? `period:${subscriptionId}:${start}` : `period:${subscriptionId}:${subscriptionItem}:${start}`;
+}
+
 /** Adds months in UTC, clamping to the end of a shorter month (Jan 31 + 1 month = Feb 28/29). */
 export function addMonths(unixSeconds: number, months: number): number {
   const date = new Date(unixSeconds * 1000);

@@ -1,8 +1,8 @@
 import type pg from 'pg';
-import { checkGrantAgainstPlan } from '../ops/rules.js';
+import type { Alerts } from '../ports/alerts.js';
 import type { Catalog } from './catalog.js';
 import { verifyClientReference } from './client-reference.js';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
 
 /**
  * What an event's effects work with: the client of the event's own transaction (effects and
@@ -64,6 +64,8 @@ export interface EffectContext {
   client: pg.PoolClient;
   catalog: Catalog;
   hasher: ClaimHasher;
+  /** Where effects raise alerts, in their transaction (ops/ implements it; see ports/alerts.ts). */
+  alerts: Alerts;
   event: StoredEvent;
   prepared: Prepared;
   now: Date | null;
@@ -145,7 +147,7 @@ export async function grantOnce(context: EffectContext, request: GrantRequest): 
   }
   // A restore gives back credits that were clawed back: not a new grant to look at.
   if (result.created && request.entryKind !== 'restore') {
-    await checkGrantAgainstPlan(context.client, context.catalog, {
+    await context.alerts.checkGrant(context.client, {
       grantId,
       accountId: request.accountId,
       amount: request.credits,

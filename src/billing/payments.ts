@@ -1,4 +1,3 @@
-import { raiseAlert } from '../ops/alerts.js';
 import { cancelScheduledMonths, restoreScheduledMonths, scheduledCancellation } from './yearly.js';
 import { accountMetadataKey, idOf, readInteger, readPath, readText } from '../stripe/shapes.js';
 import { findPrice } from './catalog.js';
@@ -24,8 +23,12 @@ interface PaymentRow {
   id: number;
   account_id: string;
   amount_paid: number;
+  /** The invoice's or session's total before the customer's Stripe balance was applied (null: recorded before 0020). */
+  total: number | null;
   credits: number;
   clawed_back: number;
+  /** What proration clawbacks of the period it paid took back (a downgrade, a prorated cancellation). */
+  prorated_back: number;
 }
 
 /** The packs a session bought: each line item whose price is a pack's price, times its quantity. */
@@ -82,8 +85,8 @@ export async function applyCheckoutSession(context: EffectContext): Promise<Effe
   const accountId = await resolveAccount(context, { ...hints, payment: true });
   await lockAccount(context, accountId);
   const { rows } = await context.client.query<{ id: number }>(
-    `insert into payments (account_id, checkout_session_id, payment_intent, amount_paid, currency)
-     values ($1, $2, $3, $4, $5)
+    `insert into payments (account_id, checkout_session_id, payment_intent, amount_paid, currency, total)
+     values ($1, $2, $3, $4, $5, $4)
      on conflict (payment_intent) do update set checkout_session_id = coalesce(payments.checkout_session_id, excluded.checkout_session_id)
      returning id`,
     [accountId, readText(session.id), paymentIntent, readInteger(session.amount_total) ?? 0, readText(session.currency) ?? null],
@@ -108,7 +111,7 @@ export async function applyCheckoutSession(context: EffectContext): Promise<Effe
 async function findPayment(context: EffectContext, object: StripeObject): Promise<PaymentRow> {
   const paymentIntent = idOf(object.payment_intent) ?? context.prepared.paymentIntent;
   if (paymentIntent === undefined) throw new RetryLater(`no payment intent known for ${String(object.id)}`);
-  const select = `select p.id, p.account_id, p.amount_paid, p.credits, p.clawed_back from payments p`;
+  const select = `select p.id, p.account_id, p.amount_paid, p.total, p.credits, p.clawed_back, p.prorated_back from payments p`;
   const byIntent = await context.client.query<PaymentRow>(`${select} where p.payment_intent = $1`, [paymentIntent]);
   if (byIntent.rows[0] !== undefined) return byIntent.rows[0];
   const byInvoicePayment = await context.client.query<PaymentRow>(
@@ -139,7 +142,7 @@ async function findPayment(context: EffectContext, object: StripeObject): Promis
 /** Reads a payment; under its account's lock, what it says is current. */
 async function readPayment(context: EffectContext, paymentId: number): Promise<PaymentRow> {
   const { rows } = await context.client.query<PaymentRow>(
-    'select id, account_id, amount_paid, credits, clawed_back from payments where id = $1',
+    'select id, account_id, amount_paid, total, credits, clawed_back, prorated_back from payments where id = $1',
     [paymentId],
   );
   if (rows[0] === undefined) throw new Error(`payment ${paymentId} vanished`);
@@ -153,9 +156,17 @@ async function lockPayment(context: EffectContext, object: StripeObject): Promis
   return readPayment(context, found.id);
 }
 
+/**
+ * A refund's or dispute's share of the payment's credits: floor(credits × amount / total), where
+ * total is the invoice's or session's total before the customer's Stripe balance was applied
+ * (SPEC): refunding the 400 cents a card paid of a 1000-cent invoice whose other 600 came from
+ * the balance takes 40 % of its credits, not all of them. Payments recorded before the total was
+ * kept fall back to what was paid.
+ */
 export function proportionalCredits(payment: PaymentRow, amount: number): number {
-  if (payment.amount_paid <= 0) return 0;
-  return Number((BigInt(payment.credits) * BigInt(Math.min(amount, payment.amount_paid))) / BigInt(payment.amount_paid));
+  const total = Number(payment.total ?? payment.amount_paid);
+  if (total <= 0 || amount <= 0) return 0;
+  return Number((BigInt(payment.credits) * BigInt(Math.min(amount, total))) / BigInt(total));
 }
 
 /**
@@ -175,7 +186,9 @@ async function clawBack(
   );
   const cancelledBefore = await scheduledCancellation(context, payment.id, key);
   if (existing.rows[0] !== undefined || cancelledBefore > 0) return cancelledBefore - Number(existing.rows[0]?.amount ?? 0);
-  const bounded = Math.min(credits, payment.credits - payment.clawed_back);
+  // Refunds, disputes and the proration clawbacks of the period it paid together never take
+  // more than the payment granted.
+  const bounded = Math.min(credits, payment.credits - payment.clawed_back - payment.prorated_back);
   if (bounded <= 0) return 0;
   const cancelled = await cancelScheduledMonths(context, payment.id, payment.account_id, bounded, key);
   if (bounded > cancelled) {
@@ -192,7 +205,7 @@ async function clawBack(
   const { rows } = await context.client.query<{ debt: number }>('select debt from accounts where id = $1', [payment.account_id]);
   const debt = rows[0]?.debt ?? 0;
   if (debt > 0) {
-    await raiseAlert(context.client, {
+    await context.alerts.raise(context.client, {
       kind: 'account_in_debt',
       key: `debt:${payment.account_id}`,
       severity: 'warning',
@@ -301,7 +314,7 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
   const clawed = await clawBack(
     context,
     payment,
-    proportionalCredits(payment, readInteger(dispute.amount) ?? payment.amount_paid),
+    proportionalCredits(payment, readInteger(dispute.amount) ?? Number(payment.total ?? payment.amount_paid)),
     `dispute:${disputeId}`,
     reference,
   );
@@ -311,7 +324,7 @@ export async function applyDisputeEvent(context: EffectContext): Promise<EffectR
     return { status: 'processed', accountId: payment.account_id };
   }
   await context.client.query('update accounts set flagged = true, updated_at = now() where id = $1', [payment.account_id]);
-  await raiseAlert(context.client, {
+  await context.alerts.raise(context.client, {
     kind: 'dispute',
     key: `dispute:${disputeId}`,
     severity: 'critical',

@@ -3,6 +3,7 @@ import {
   billingPeriodEndingAt,
   creditPeriodsOf,
   lineContributions,
+  periodKey,
   type Contribution,
   type Direction,
   type Period,
@@ -11,7 +12,8 @@ import { RetryLater, grantOnce, type EffectContext } from './effect-context.js';
 
 /**
  * Subscription credits by credit period (the credit rule, see credit-rule.ts): one period grant
- * per credit period under `period:{subscription}:{start}`, each proration line's move under
+ * per subscription item and credit period under `period:{subscription}:{item}:{start}` (grants
+ * made before 0020 keep `period:{subscription}:{start}`), each proration line's move under
  * `proration:{line}`, rollover of unused credits between consecutive periods, and the later
  * months of a yearly period kept as scheduled credits until they start.
  */
@@ -20,6 +22,8 @@ export type { Period } from './credit-rule.js';
 export interface PeriodGrantRequest {
   accountId: string;
   subscriptionId: string;
+  /** The item the period line bills; unknown for months scheduled before 0020 (the old key). */
+  subscriptionItem: string | undefined;
   plan: Plan;
   period: Period;
   /** The period's credits: the plan's monthly credits × seats, or the net of a yearly month's lines. */
@@ -50,6 +54,7 @@ async function periodGrantEndingAt(
   return rows[0];
 }
 
+/** A period grant of the credit period starting at `start` (any item's: rollover moves the whole period). */
 async function periodGrantStartingAt(
   context: EffectContext,
   accountId: string,
@@ -57,10 +62,27 @@ async function periodGrantStartingAt(
   start: number,
 ): Promise<PeriodGrantRow | undefined> {
   const { rows } = await context.client.query<PeriodGrantRow>(
-    `select ${periodGrantColumns} from grants where account_id = $1 and grant_key = $2`,
-    [accountId, `period:${subscriptionId}:${start}`],
+    `select ${periodGrantColumns} from grants where account_id = $1 and grant_key like 'period:%' and reference->>'subscription' = $2
+       and (reference->>'period_start')::bigint = $3 order by id limit 1`,
+    [accountId, subscriptionId, start],
   );
   return rows[0];
+}
+
+/**
+ * Whether the period already has its grant of this plan under the key used before 0020
+ * (`period:{subscription}:{start}`, which named no item): an invoice applied before the upgrade
+ * and applied again after it (its other event, a replay) must not grant the period twice. A
+ * subscription never has two items of one price, so the plan names the item. The unique index
+ * grants_one_period_per_plan backs this.
+ */
+async function grantedUnderOldKey(context: EffectContext, request: PeriodGrantRequest): Promise<boolean> {
+  if (request.subscriptionItem === undefined) return false;
+  const { rowCount } = await context.client.query(
+    `select 1 from grants where account_id = $1 and grant_key = $2 and reference->>'plan' = $3`,
+    [request.accountId, periodKey(request.subscriptionId, undefined, request.period.start), request.plan.id],
+  );
+  return rowCount !== 0;
 }
 
 /**
@@ -70,14 +92,21 @@ async function periodGrantStartingAt(
  */
 export async function grantPeriod(context: EffectContext, request: PeriodGrantRequest): Promise<void> {
   const { accountId, subscriptionId, plan, period } = request;
-  if (request.credits <= 0) return;
+  if (request.credits <= 0 || (await grantedUnderOldKey(context, request))) return;
   await grantOnce(context, {
     accountId,
     source: 'subscription',
     credits: request.credits,
     expiresAt: new Date(period.end * 1000),
-    key: `period:${subscriptionId}:${period.start}`,
-    reference: { ...request.reference, subscription: subscriptionId, plan: plan.id, period_start: period.start, period_end: period.end },
+    key: periodKey(subscriptionId, request.subscriptionItem, period.start),
+    reference: {
+      ...request.reference,
+      subscription: subscriptionId,
+      ...(request.subscriptionItem === undefined ? {} : { subscription_item: request.subscriptionItem }),
+      plan: plan.id,
+      period_start: period.start,
+      period_end: period.end,
+    },
     paymentId: request.paymentId,
     countsTowardsPayment: false,
   });
@@ -133,12 +162,13 @@ async function endPeriod(context: EffectContext, accountId: string, subscription
   return unused;
 }
 
-/** Whether a credit period was already ended by a rollover (its period grant has an expire entry). */
+/** Whether a credit period was already ended by a rollover (one of its period grants has an expire entry). */
 async function periodEnded(context: EffectContext, accountId: string, subscriptionId: string, periodStart: number): Promise<boolean> {
   const { rowCount } = await context.client.query(
     `select 1 from grants g join entries e on e.account_id = g.account_id and e.idempotency_key = 'expire:grant_' || g.id
-     where g.account_id = $1 and g.grant_key = $2`,
-    [accountId, `period:${subscriptionId}:${periodStart}`],
+     where g.account_id = $1 and g.grant_key like 'period:%' and g.reference->>'subscription' = $2
+       and (g.reference->>'period_start')::bigint = $3 limit 1`,
+    [accountId, subscriptionId, periodStart],
   );
   return rowCount !== 0;
 }
@@ -253,6 +283,7 @@ async function creditPeriodAt(context: EffectContext, subscriptionId: string, at
 export interface LineRequest {
   accountId: string;
   subscriptionId: string;
+  subscriptionItem: string | undefined;
   plan: Plan;
   interval: 'month' | 'year';
   lineKey: string;
@@ -273,13 +304,63 @@ export async function applyProrationLine(context: EffectContext, request: LineRe
     request.interval,
     billingPeriod,
   );
+  const moved = request.direction === 'clawback' ? await boundByPayment(context, request, billingPeriod, contributions) : contributions;
   // A change is paid when it happens or later, never before: an older paid_at is not to be believed.
   const paidAt = Math.max(request.paidAt, request.billed.start);
-  const started = contributions.filter((contribution) => contribution.period.start <= paidAt);
-  const later = contributions.filter((contribution) => contribution.period.start > paidAt);
+  const started = moved.filter((contribution) => contribution.period.start <= paidAt);
+  const later = moved.filter((contribution) => contribution.period.start > paidAt);
   await moveNow(context, { ...request, paidAt }, started, request.lineKey);
   await schedule(context, { ...request, paidAt }, later);
-  return contributions.reduce((sum, contribution) => sum + contribution.credits, 0);
+  return moved.reduce((sum, contribution) => sum + contribution.credits, 0);
+}
+
+/**
+ * A negative proration ("unused time on ...") takes back credits an earlier payment granted for
+ * the period: the newest payment, other than the line's own invoice, that granted the line's
+ * plan in that billing period (a seat change's invoice credits the seats paid before it). All
+ * clawbacks of one payment (refunds, disputes, these) together never exceed what it granted
+ * (SPEC, invariant 18), whichever came first: the line takes at most what the payment has left,
+ * cutting its latest months first (a refund cancelled those first), and counts what it takes in
+ * the payment's `prorated_back`. A line applied before (a replay) is not counted again. A period
+ * Tally never saw paid has no payment to bound it.
+ */
+async function boundByPayment(
+  context: EffectContext,
+  request: LineRequest,
+  billingPeriod: Period,
+  contributions: Contribution[],
+): Promise<Contribution[]> {
+  const applied = await context.client.query(
+    `select 1 from entries where account_id = $1 and idempotency_key = $2
+     union all select 1 from yearly_schedule where subscription_id = $3 and line_key = $2 limit 1`,
+    [request.accountId, request.lineKey, request.subscriptionId],
+  );
+  if (applied.rowCount !== 0) return contributions;
+  const { rows } = await context.client.query<{ id: number; left: number }>(
+    `select p.id, greatest(p.credits - p.clawed_back - p.prorated_back, 0)::bigint as left from payments p where p.id = (
+       select max(payment_id) from (
+         select payment_id from grants where account_id = $1 and source = 'subscription' and reference->>'subscription' = $2
+           and reference->>'plan' = $3 and (reference->>'period_start')::bigint >= $4 and (reference->>'period_start')::bigint < $5
+         union all
+         select payment_id from yearly_schedule where subscription_id = $2 and plan_id = $3 and credits > 0
+           and month_start >= to_timestamp($4) and month_start < to_timestamp($5)) paid
+       where payment_id is distinct from $6)`,
+    [request.accountId, request.subscriptionId, request.plan.id, billingPeriod.start, billingPeriod.end, request.paymentId ?? null],
+  );
+  const payment = rows[0];
+  if (payment === undefined) return contributions;
+  let left = Number(payment.left);
+  const bounded = [...contributions]
+    .sort((a, b) => a.period.start - b.period.start)
+    .map((contribution) => {
+      const credits = Math.min(contribution.credits, left);
+      left -= credits;
+      return { ...contribution, credits };
+    })
+    .filter((contribution) => contribution.credits > 0);
+  const taken = bounded.reduce((sum, contribution) => sum + contribution.credits, 0);
+  if (taken > 0) await context.client.query('update payments set prorated_back = prorated_back + $2 where id = $1', [payment.id, taken]);
+  return bounded;
 }
 
 /**
@@ -341,17 +422,23 @@ export async function clawBackFromPeriod(
  * moved at once under a key of its own.
  */
 async function schedule(context: EffectContext, request: LineRequest, contributions: Contribution[]): Promise<void> {
+  // A period line kept before 0020 has the line key `period` (no item); applied again after it,
+  // the line is the same when the plan is (a subscription never has two items of one price).
+  const legacyPeriod = request.lineKey.startsWith('period:');
   for (const contribution of contributions) {
     const signed = contribution.direction === 'grant' ? contribution.credits : -contribution.credits;
-    const { rows } = await context.client.query<{ own: boolean }>(
-      `select line_key = $3 as own from yearly_schedule where subscription_id = $1 and month_start = to_timestamp($2)
-         and (line_key = $3 or granted_at is not null) order by line_key = $3 desc limit 1`,
-      [request.subscriptionId, contribution.period.start, request.lineKey],
+    const { rows } = await context.client.query<{ own: boolean; outcome: string | null }>(
+      `select own, outcome from (select line_key = $3 or ($4 and line_key = 'period' and plan_id = $5) as own, outcome, granted_at
+         from yearly_schedule where subscription_id = $1 and month_start = to_timestamp($2)) month
+       where own or granted_at is not null order by own desc, outcome = 'granted' desc limit 1`,
+      [request.subscriptionId, contribution.period.start, request.lineKey, legacyPeriod, request.plan.id],
     );
     // The line is already kept for this month (the event is applied again, as by a replay).
     if (rows[0]?.own === true) continue;
     const alreadyGranted = rows[0] !== undefined;
-    if (alreadyGranted) {
+    // A month set aside (the subscription ended at or before its start) gets nothing, late or not.
+    const setAside = alreadyGranted && rows[0]?.outcome !== 'granted' && rows[0]?.outcome !== 'netted';
+    if (alreadyGranted && !setAside) {
       await moveNow(
         context,
         { ...request, paidAt: contribution.period.start },
@@ -360,8 +447,10 @@ async function schedule(context: EffectContext, request: LineRequest, contributi
       );
     }
     await context.client.query(
-      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start, granted_at, outcome)
-       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($9), case when $10 then now() end, case when $10 then 'granted' end)
+      `insert into yearly_schedule (subscription_id, month_start, line_key, account_id, month_end, plan_id, credits, payment_id, line_start,
+         granted_at, outcome, subscription_item)
+       values ($1, to_timestamp($2), $3, $4, to_timestamp($5), $6, $7, $8, to_timestamp($9), case when $10 then now() end,
+         case when $11 then 'skipped' when $10 then 'granted' end, $12)
        on conflict do nothing`,
       [
         request.subscriptionId,
@@ -374,6 +463,8 @@ async function schedule(context: EffectContext, request: LineRequest, contributi
         request.paymentId ?? null,
         request.billed.start,
         alreadyGranted,
+        setAside,
+        request.subscriptionItem ?? null,
       ],
     );
   }
@@ -397,6 +488,7 @@ export async function applyPeriodLine(context: EffectContext, request: Omit<Line
     await grantPeriod(context, {
       accountId,
       subscriptionId,
+      subscriptionItem: request.subscriptionItem,
       plan,
       period: first.period,
       credits: first.credits,
@@ -404,6 +496,9 @@ export async function applyPeriodLine(context: EffectContext, request: Omit<Line
       reference: request.reference,
     });
   }
-  await schedule(context, { ...request, direction: 'grant', lineKey: 'period' }, later);
+  // Each item's months are kept under a line key of their own (two items of one yearly
+  // subscription would otherwise share the month's `period` row).
+  const lineKey = request.subscriptionItem === undefined ? 'period' : `period:${request.subscriptionItem}`;
+  await schedule(context, { ...request, direction: 'grant', lineKey }, later);
   return contributions.reduce((sum, contribution) => sum + contribution.credits, 0);
 }

@@ -1,10 +1,10 @@
-import { raiseAlert } from '../ops/alerts.js';
 import {
   idOf,
   invoiceAccountHint,
   invoiceLines,
   invoicePaidAt,
   invoicePaymentIntent,
+  invoiceTotal,
   invoiceSubscriptionId,
   readInteger,
   readPath,
@@ -16,6 +16,7 @@ import { findPrice, type Plan } from './catalog.js';
 import { lockAccount, resolveAccount, type EffectContext, type EffectResult, type StripeObject } from './effect-context.js';
 import { applyPeriodLine, applyProrationLine, recordBillingPeriod } from './periods.js';
 import { considerTrial } from './trials.js';
+import { clawBackEndedMonths } from './yearly.js';
 
 /**
  * Subscriptions: only invoices grant their credits (a subscription event never does, which is
@@ -49,9 +50,10 @@ async function recordInvoicePayment(context: EffectContext, accountId: string, i
   if (invoiceId === undefined) throw new Error('a paid invoice without an id');
   await lockInvoice(context, invoiceId);
   const { rows } = await context.client.query<{ id: number }>(
-    `insert into payments (account_id, invoice_id, payment_intent, amount_paid, currency)
-     values ($1, $2, coalesce($3, (select payment_intent from invoice_payment_links where invoice_id = $2)), $4, $5)
-     on conflict (invoice_id) do update set payment_intent = coalesce(payments.payment_intent, excluded.payment_intent)
+    `insert into payments (account_id, invoice_id, payment_intent, amount_paid, currency, total)
+     values ($1, $2, coalesce($3, (select payment_intent from invoice_payment_links where invoice_id = $2)), $4, $5, $6)
+     on conflict (invoice_id) do update set payment_intent = coalesce(payments.payment_intent, excluded.payment_intent),
+       total = coalesce(payments.total, excluded.total)
      returning id`,
     [
       accountId,
@@ -59,6 +61,7 @@ async function recordInvoicePayment(context: EffectContext, accountId: string, i
       invoicePaymentIntent(invoice) ?? null,
       readInteger(invoice.amount_paid) ?? 0,
       readText(invoice.currency) ?? null,
+      invoiceTotal(invoice) ?? null,
     ],
   );
   const id = rows[0]?.id;
@@ -88,8 +91,12 @@ function isTrialLine(context: EffectContext, line: InvoiceLine): boolean {
  */
 export async function applyInvoicePaid(context: EffectContext): Promise<EffectResult> {
   const invoice = context.event.object;
-  const subscriptionId = invoiceSubscriptionId(invoice);
+  const invoiceSubscription = invoiceSubscriptionId(invoice);
   const lines = planLines(context, invoice);
+  // Each line is booked to its own subscription: a pending item of another subscription (a
+  // proration left by create_prorations) lands on whichever invoice the customer gets next.
+  const subscriptionOf = (line: InvoiceLine) => line.subscription ?? invoiceSubscription;
+  const subscriptionId = invoiceSubscription ?? lines.map(({ line }) => line.subscription).find((id) => id !== undefined);
   if (subscriptionId === undefined) return { status: 'ignored', reason: "not Tally's: an invoice of no subscription" };
   if (lines.length === 0) return { status: 'ignored', reason: "not Tally's: no line bills a plan price of the catalog" };
   const accountId = await resolveAccount(context, {
@@ -117,12 +124,16 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
     `select 1 from grants where account_id = $1 and grant_key like 'upgrade:%' and reference->>'invoice' = $2 limit 1`,
     [accountId, readText(invoice.id) ?? ''],
   );
+  // What the payment granted: its period lines and positive prorations. A negative proration
+  // takes back what an earlier payment granted, and counts against that payment (periods.ts).
   let bought = 0;
   for (const { line, plan, interval } of ordered) {
     if (line.proration && legacy.rowCount !== 0) continue;
+    const lineSubscription = subscriptionOf(line) ?? subscriptionId;
     const request = {
       accountId,
-      subscriptionId,
+      subscriptionId: lineSubscription,
+      subscriptionItem: line.subscriptionItem,
       plan,
       interval,
       quantity: line.quantity,
@@ -132,17 +143,17 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
       reference,
     };
     if (!line.proration) {
-      if (isTrialLine(context, line)) await recordBillingPeriod(context, accountId, subscriptionId, interval, request.billed);
+      if (isTrialLine(context, line)) await recordBillingPeriod(context, accountId, lineSubscription, interval, request.billed);
       else bought += await applyPeriodLine(context, request);
       continue;
     }
     if (line.amount === 0) continue;
     if (line.id === undefined) throw new Error(`a proration line of invoice ${String(invoice.id)} has no id`);
     const direction = line.amount > 0 ? 'grant' : 'clawback';
-    bought +=
-      (direction === 'grant' ? 1 : -1) * (await applyProrationLine(context, { ...request, lineKey: `proration:${line.id}`, direction }));
+    const moved = await applyProrationLine(context, { ...request, lineKey: `proration:${line.id}`, direction });
+    if (direction === 'grant') bought += moved;
   }
-  await context.client.query('update payments set credits = greatest(credits, $2) where id = $1', [paymentId, Math.max(bought, 0)]);
+  await context.client.query('update payments set credits = greatest(credits, $2) where id = $1', [paymentId, bought]);
   return { status: 'processed', accountId };
 }
 
@@ -229,6 +240,8 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
     ],
   );
   if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, context.hasher, accountId, state, plan.plan);
+  // A yearly month granted before the cancellation arrived is not kept when the subscription ended by its start.
+  if (status === 'canceled' || status === 'incomplete_expired') await clawBackEndedMonths(context, state.id);
   return { status: 'processed', accountId };
 }
 
@@ -248,7 +261,7 @@ export async function applyInvoicePaymentFailed(context: EffectContext): Promise
      where id = $1 and (event_created, tally_subscription_status_rank(status), event_id) <= (to_timestamp($2), tally_subscription_status_rank('past_due'), $3)`,
     [subscriptionId, context.event.created, context.event.id],
   );
-  await raiseAlert(context.client, {
+  await context.alerts.raise(context.client, {
     kind: 'payment_failed',
     key: `payment_failed:${subscriptionId}`,
     severity: 'warning',

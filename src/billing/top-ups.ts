@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import type { Database } from '../db/database.js';
 import { TallyError, accountNotFound } from '../errors.js';
-import { Periodic, untilDone } from '../ops/periodic.js';
+import { Periodic, untilDone } from '../timing/periodic.js';
 import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { accountMetadataKey, idOf, packMetadataKey, readText } from '../stripe/shapes.js';
 import type { Catalog, CreditPack } from './catalog.js';

@@ -1,11 +1,10 @@
-import { createHmac } from 'node:crypto';
 import type pg from 'pg';
 import type { Database } from '../db/database.js';
 import { accountNotFound } from '../errors.js';
-import { raiseAlert } from '../ops/alerts.js';
 import type { SubscriptionState } from '../stripe/shapes.js';
 import type { Plan } from './catalog.js';
 import type { TrialGate } from './checkout.js';
+import type { ClaimHasher, ClaimKind } from './claim-hasher.js';
 import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
 
 /**
@@ -16,7 +15,6 @@ import { grantOnce, lockAccount, type EffectContext } from './effect-context.js'
  * yield one trial. A refused trial gets no grant, an alert, and its subscription is cancelled
  * through the Stripe API after the transaction commits.
  */
-export type ClaimKind = 'account' | 'email' | 'device' | 'card' | 'payment_method';
 export type RefusalReason = `${ClaimKind}_had_trial`;
 
 const gmailDomains = new Set(['gmail.com', 'googlemail.com']);
@@ -35,35 +33,6 @@ export function normalizeEmail(email: string): string | undefined {
     domain = 'gmail.com';
   }
   return local === '' ? undefined : `${local}@${domain}`;
-}
-
-export class ClaimHasher {
-  constructor(private readonly secret: string) {}
-
-  hash(kind: ClaimKind, value: string): string {
-    return createHmac('sha256', this.secret).update(`${kind}:${value}`).digest('hex');
-  }
-
-  /**
-   * A key for another purpose (signed client references), derived from the same server secret so
-   * that no new setting is needed; the purpose in the derivation keeps the two uses apart.
-   */
-  derivedKey(purpose: string): Buffer {
-    return createHmac('sha256', this.secret).update(`derive:${purpose}`).digest();
-  }
-
-  /** A keyed digest under the same secret for another purpose (erasure pseudonyms); never equal to a claim's hash. */
-  digest(purpose: string, value: string): string {
-    return createHmac('sha256', this.secret).update(`purpose:${purpose}:${value}`).digest('hex');
-  }
-}
-
-/** The hashing secret: TALLY_FINGERPRINT_SECRET, or the one generated in the database. */
-export async function loadClaimHasher(db: Database, configured: string | undefined): Promise<ClaimHasher> {
-  if (configured !== undefined) return new ClaimHasher(configured);
-  const { rows } = await db.query<{ value: string }>(`select value from tally_secrets where name = 'fingerprint'`);
-  if (rows[0] === undefined) throw new Error('no fingerprint secret in tally_secrets; run the migrations');
-  return new ClaimHasher(rows[0].value);
 }
 
 interface Claim {
@@ -201,7 +170,7 @@ export async function considerTrial(
     'insert into trial_refusals (subscription_id, account_id, reason) values ($1, $2, $3) on conflict do nothing',
     [state.id, accountId, reason],
   );
-  await raiseAlert(context.client, {
+  await context.alerts.raise(context.client, {
     kind: 'trial_refused',
     key: `trial_refused:${state.id}`,
     severity: 'warning',

@@ -1,9 +1,9 @@
 import type { Database } from '../db/database.js';
-import { raiseAlert } from '../ops/alerts.js';
+import type { Alerts } from '../ports/alerts.js';
 import type { Catalog } from './catalog.js';
 import { grantOnce, lockAccount, type EffectContext } from './effect-context.js';
-import { grantPeriod } from './periods.js';
-import type { ClaimHasher } from './trials.js';
+import type { ClaimHasher } from './claim-hasher.js';
+import { clawBackFromPeriod, grantPeriod } from './periods.js';
 
 /**
  * The scheduler of yearly plans. Each later month of a yearly period is kept as scheduled
@@ -33,6 +33,7 @@ interface MonthRow {
   plan_id: string;
   credits: number;
   payment_id: number | null;
+  subscription_item: string | null;
 }
 
 interface SubscriptionEnd {
@@ -54,6 +55,7 @@ export async function grantDueMonth(
   db: Database,
   catalog: Catalog,
   hasher: ClaimHasher,
+  alerts: Alerts,
   now: Date | null,
   passedOver: string[] = [],
 ): Promise<MonthOutcome | undefined> {
@@ -73,16 +75,16 @@ export async function grantDueMonth(
   if (due === undefined) return undefined;
   const key = `${due.subscription_id}:${due.month_start}`;
   try {
-    await db.withTransaction((client) => applyMonth({ client, catalog, hasher, now, due }));
+    await db.withTransaction((client) => applyMonth({ client, catalog, hasher, alerts, now, due }));
     return { key, failed: false };
   } catch (error) {
-    await recordMonthFailure(db, due, error);
+    await recordMonthFailure(db, alerts, due, error);
     return { key, failed: true };
   }
 }
 
 /** Counts a failed attempt at a month; the last allowed attempt sets it aside and alerts. */
-async function recordMonthFailure(db: Database, due: DueMonth, error: unknown): Promise<void> {
+async function recordMonthFailure(db: Database, alerts: Alerts, due: DueMonth, error: unknown): Promise<void> {
   const message = error instanceof Error ? error.message : String(error);
   await db.withTransaction(async (client) => {
     const { rows } = await client.query<{ attempts: number; account_id: string }>(
@@ -96,7 +98,7 @@ async function recordMonthFailure(db: Database, due: DueMonth, error: unknown): 
       `update yearly_schedule set granted_at = now(), outcome = 'failed' where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null`,
       [due.subscription_id, due.month_start],
     );
-    await raiseAlert(client, {
+    await alerts.raise(client, {
       kind: 'schedule_failed',
       key: `schedule_failed:${due.subscription_id}:${due.month_start}`,
       severity: 'critical',
@@ -111,6 +113,7 @@ interface MonthWork {
   client: EffectContext['client'];
   catalog: Catalog;
   hasher: ClaimHasher;
+  alerts: Alerts;
   now: Date | null;
   due: DueMonth;
 }
@@ -128,6 +131,7 @@ async function applyMonth(work: MonthWork): Promise<void> {
     client,
     catalog: work.catalog,
     hasher: work.hasher,
+    alerts: work.alerts,
     event: {
       id: `schedule:${due.subscription_id}:${due.month_start}`,
       type: 'schedule.yearly_month',
@@ -139,7 +143,7 @@ async function applyMonth(work: MonthWork): Promise<void> {
   };
   await lockAccount(context, accountId);
   const { rows } = await client.query<MonthRow>(
-    `select line_key, extract(epoch from month_end)::bigint as month_end, account_id, plan_id, credits, payment_id from yearly_schedule
+    `select line_key, extract(epoch from month_end)::bigint as month_end, account_id, plan_id, credits, payment_id, subscription_item from yearly_schedule
      where subscription_id = $1 and month_start = to_timestamp($2) and granted_at is null
      order by line_start desc, line_key for update`,
     [due.subscription_id, due.month_start],
@@ -155,13 +159,54 @@ async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[])
   const first = rows[0];
   if (first === undefined) return 'netted';
   if (await endedBefore(context, due)) return 'skipped';
+  const outcomes: ('granted' | 'skipped' | 'netted')[] = [];
+  for (const item of itemsOfMonth(rows)) outcomes.push(await grantItemMonth(context, due, item.subscriptionItem, item.rows, item.credits));
+  if (outcomes.includes('granted')) return 'granted';
+  return outcomes.includes('skipped') ? 'skipped' : 'netted';
+}
+
+interface ItemMonth {
+  subscriptionItem: string | undefined;
+  rows: MonthRow[];
+  credits: number;
+}
+
+/**
+ * A month's rows by subscription item, each item netted on its own (its period line and the
+ * prorations of its plan and seat changes). Rows that name no item (a refund's cancellation of
+ * the month, rows kept before 0020) belong to the month as a whole: with one item they net into
+ * it; with several, what they take is taken from the items in the order of their ids.
+ */
+function itemsOfMonth(rows: MonthRow[]): ItemMonth[] {
+  const items = [...new Set(rows.flatMap((row) => (row.subscription_item === null ? [] : [row.subscription_item])))].sort();
+  const sum = (list: MonthRow[]) => list.reduce((total, row) => total + Number(row.credits), 0);
+  if (items.length <= 1) return [{ subscriptionItem: items[0], rows, credits: sum(rows) }];
+  let shared = sum(rows.filter((row) => row.subscription_item === null));
+  return items.map((subscriptionItem) => {
+    const own = rows.filter((row) => row.subscription_item === subscriptionItem);
+    let credits = sum(own);
+    const taken = shared < 0 ? Math.max(shared, -Math.max(credits, 0)) : shared;
+    credits += taken;
+    shared -= taken;
+    return { subscriptionItem, rows: own, credits };
+  });
+}
+
+async function grantItemMonth(
+  context: EffectContext,
+  due: DueMonth,
+  subscriptionItem: string | undefined,
+  rows: MonthRow[],
+  credits: number,
+): Promise<'granted' | 'skipped' | 'netted'> {
+  const first = rows[0];
+  if (first === undefined) return 'netted';
   const period = { start: due.month_start, end: Number(first.month_end) };
-  const credits = rows.reduce((sum, row) => sum + Number(row.credits), 0);
   // The newest line that bills the month names its plan (its rollover rule applies).
   const billing = rows.find((row) => Number(row.credits) > 0);
   const plan = context.catalog.plans.find((candidate) => candidate.id === billing?.plan_id);
   if (credits > 0 && plan === undefined) {
-    await raiseAlert(context.client, {
+    await context.alerts.raise(context.client, {
       kind: 'schedule_skipped',
       key: `schedule_skipped:${due.subscription_id}`,
       severity: 'warning',
@@ -174,6 +219,7 @@ async function netMonth(context: EffectContext, due: DueMonth, rows: MonthRow[])
     await grantPeriod(context, {
       accountId: first.account_id,
       subscriptionId: due.subscription_id,
+      subscriptionItem,
       plan,
       period,
       credits,
@@ -321,4 +367,84 @@ export async function restoreScheduledMonths(
     restored += credits;
   }
   return restored;
+}
+
+/**
+ * A yearly subscription that ended (its `ended_at`) at or before a month's start never keeps
+ * that month, whatever order the cancellation, the invoices and the scheduler ran in (SPEC): a
+ * month the scheduler granted before the cancellation arrived is clawed back now, once, under
+ * `ended:{subscription}:{month start}` (from the month's own grants first; beyond what is left,
+ * debt), and the rollover it received expires (it would have expired with the month before).
+ * The clawback counts against the payment that bought the month, as a proration's does, so a
+ * refund of that payment afterwards never takes the month twice. The caller mirrored the
+ * subscription in this transaction.
+ */
+export async function clawBackEndedMonths(context: EffectContext, subscriptionId: string): Promise<void> {
+  const ended = await context.client.query<{ account_id: string; ended_at: number }>(
+    `select account_id, extract(epoch from ended_at)::bigint as ended_at from subscriptions
+     where id = $1 and status = any($2::text[]) and ended_at is not null`,
+    [subscriptionId, [...endedStatuses]],
+  );
+  const subscription = ended.rows[0];
+  if (subscription === undefined) return;
+  const { rows: months } = await context.client.query<{ month_start: number; month_end: number }>(
+    `select extract(epoch from month_start)::bigint as month_start, extract(epoch from max(month_end))::bigint as month_end
+     from yearly_schedule where subscription_id = $1 and month_start >= to_timestamp($2) and outcome = 'granted'
+     group by month_start order by month_start`,
+    [subscriptionId, subscription.ended_at],
+  );
+  if (months.length === 0) return;
+  const accountId = subscription.account_id;
+  await lockAccount(context, accountId);
+  for (const month of months)
+    await clawBackEndedMonth(context, accountId, subscriptionId, Number(month.month_start), Number(month.month_end));
+}
+
+async function clawBackEndedMonth(
+  context: EffectContext,
+  accountId: string,
+  subscriptionId: string,
+  monthStart: number,
+  monthEnd: number,
+): Promise<void> {
+  const key = `ended:${subscriptionId}:${monthStart}`;
+  const done = await context.client.query('select 1 from entries where account_id = $1 and idempotency_key = $2', [accountId, key]);
+  if (done.rowCount !== 0) return;
+  // What the month holds: its subscription grants (period, prorations, late lines) less what
+  // proration clawbacks already took from it.
+  const { rows } = await context.client.query<{ credits: number; payment_id: number | null }>(
+    `select (coalesce(sum(g.amount), 0) + coalesce((select sum(e.amount) from entries e where e.account_id = $1 and e.kind = 'clawback'
+         and e.reference->>'subscription' = $2 and (e.reference->>'period_start')::bigint = $3), 0))::bigint as credits,
+       max(g.payment_id) filter (where g.grant_key like 'period:%') as payment_id
+     from grants g where g.account_id = $1 and g.source = 'subscription' and g.reference->>'subscription' = $2
+       and (g.reference->>'period_start')::bigint = $3`,
+    [accountId, subscriptionId, monthStart],
+  );
+  let credits = Math.max(Number(rows[0]?.credits ?? 0), 0);
+  const paymentId = rows[0]?.payment_id ?? null;
+  if (paymentId !== null) {
+    const left = await context.client.query<{ left: number }>(
+      'select greatest(credits - clawed_back - prorated_back, 0)::bigint as left from payments where id = $1',
+      [paymentId],
+    );
+    credits = Math.min(credits, Number(left.rows[0]?.left ?? 0));
+  }
+  const rollovers = await context.client.query<{ id: number }>(
+    `select id from grants where account_id = $1 and source = 'rollover' and reference->>'subscription' = $2
+       and (reference->>'period_start')::bigint = $3`,
+    [accountId, subscriptionId, monthStart],
+  );
+  for (const rollover of rollovers.rows) {
+    await context.client.query('select tally_expire_grant($1, coalesce($2::timestamptz, now()))', [rollover.id, context.now]);
+  }
+  if (credits <= 0) return;
+  await clawBackFromPeriod(context, accountId, subscriptionId, { start: monthStart, end: monthEnd }, credits, key, {
+    subscription: subscriptionId,
+    period_start: monthStart,
+    period_end: monthEnd,
+    reason: 'the subscription ended at or before the month started',
+  });
+  if (paymentId !== null) {
+    await context.client.query('update payments set prorated_back = prorated_back + $2 where id = $1', [paymentId, credits]);
+  }
 }

@@ -2,7 +2,7 @@ import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { pino } from 'pino';
 import { CatalogError, loadCatalog } from '../billing/catalog.js';
-import { loadClaimHasher } from '../billing/trials.js';
+import { loadClaimHasher } from '../billing/claim-hasher.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { Database } from '../db/database.js';
 import { EmbeddedDatabaseError, type EmbeddedDatabase } from '../db/embedded.js';
@@ -12,9 +12,9 @@ import { Ledger } from '../ledger/ledger.js';
 import { openDatabase, startTally, version, type Tally } from '../main.js';
 import { exportAccount } from '../ops/gdpr.js';
 import { reconcile } from '../ops/reconcile.js';
-import { grantWatcher } from '../ops/rules.js';
+import { alertPort, grantWatcher } from '../ops/rules.js';
 import { StripeGateway } from '../stripe/gateway.js';
-import { WebhookWorker, defaultWorkerOptions } from '../stripe/worker.js';
+import { WebhookWorker, defaultWorkerOptions } from '../webhooks/worker.js';
 
 /**
  * The `tally` command. Exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 the
@@ -294,6 +294,7 @@ program
         db,
         catalog,
         await loadClaimHasher(db, config.fingerprintSecret),
+        alertPort(catalog),
         gateway,
         pino({ level: 'warn' }),
         defaultWorkerOptions,

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { packageRoot } from '../package-root.js';
 
 /**
  * Numbered SQL migrations (`migrations/0001-name.sql`), each applied in its own transaction and
@@ -13,8 +13,8 @@ import pg from 'pg';
  * defines). A session advisory lock makes two processes that start at once take turns: the
  * second finds the work done.
  */
-export const migrationsDirectory = fileURLToPath(new URL('../../migrations/', import.meta.url));
-export const functionsDirectory = fileURLToPath(new URL('../../db/functions/', import.meta.url));
+export const migrationsDirectory = join(packageRoot, 'migrations');
+export const functionsDirectory = join(packageRoot, 'db', 'functions');
 
 // An arbitrary constant: the advisory lock key that all Tally processes agree on.
 const migrationLockKey = 7_316_122_451;

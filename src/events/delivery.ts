@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
-import { raiseAlert } from '../ops/alerts.js';
-import { Periodic, untilDone } from '../ops/periodic.js';
+import type { Alerts } from '../ports/alerts.js';
+import { Periodic, untilDone } from '../timing/periodic.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
 /**
@@ -84,6 +84,7 @@ export class EventDelivery {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
+    private readonly alerts: Alerts,
     options: Partial<DeliveryOptions> = {},
   ) {
     this.options = { ...defaultDeliveryOptions, ...options };
@@ -164,7 +165,7 @@ export class EventDelivery {
         [endpointId, this.now(), reason],
       );
       if (rowCount === 0) return;
-      await raiseAlert(client, {
+      await this.alerts.raise(client, {
         kind: 'webhook_endpoint_disabled',
         key: `webhook_endpoint_disabled:${endpointId}`,
         severity: 'critical',

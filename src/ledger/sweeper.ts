@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
-import type { AlertInput } from '../ops/alerts.js';
-import { Periodic } from '../ops/periodic.js';
+import type { AlertInput } from '../ports/alerts.js';
+import { Periodic } from '../timing/periodic.js';
 import type { Ledger } from './ledger.js';
 
 /**
@@ -26,7 +26,7 @@ export const defaultSweeperLimits: SweeperLimits = { attemptCountMax: 5, parkSec
 /** What the sweep needs of the ledger. */
 export type SettlingLedger = Pick<Ledger, 'dueAccounts' | 'settleAccount'>;
 
-/** Raises an alert (ops/alerts raiseAlert, on the pool); the sweeper does not reach the database itself. */
+/** Raises an alert (the alert port's raise, on the pool); the sweeper does not reach the database itself. */
 export type RaiseAlert = (alert: AlertInput) => Promise<void>;
 
 interface Failure {

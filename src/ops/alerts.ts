@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import type { AlertInput, Queryable } from '../ports/alerts.js';
 
 /**
  * Alerts are kept in the database, in the transaction of what raised them. The same key inside
@@ -6,17 +6,6 @@ import type pg from 'pg';
  * a new alert.
  */
 export const alertWindowSeconds = 3600;
-
-export interface AlertInput {
-  kind: string;
-  key: string;
-  severity: 'info' | 'warning' | 'critical';
-  message: string;
-  details?: Record<string, unknown>;
-  accountId?: string | undefined;
-}
-
-export type Queryable = Pick<pg.ClientBase, 'query'>;
 
 export async function raiseAlert(client: Queryable, alert: AlertInput): Promise<void> {
   await client.query(

@@ -32,9 +32,18 @@ const personalFields = [
   'shipping',
   'billing_details',
   'receipt_email',
-  'metadata',
 ];
 const scrubPersonalFields = personalFields.map((field) => `#- '{data,object,${field}}'`).join(' ');
+/**
+ * Metadata of a pending event loses every key but Tally's own (`tally_account_id`,
+ * `tally_pack_id`, `tally_top_up`, ...): those attribute the payment to the account, and without
+ * them a pack or top-up paid before the erasure would be ignored. The merchant's other keys may
+ * hold anything, so they go.
+ */
+const keepTallyMetadata = `case when jsonb_typeof(w.payload #> '{data,object,metadata}') = 'object' then jsonb_set(w.payload ${scrubPersonalFields},
+    '{data,object,metadata}', (select coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
+      from jsonb_each(w.payload #> '{data,object,metadata}') where key like 'tally\\_%'))
+  else w.payload ${scrubPersonalFields} end`;
 
 const exportQueries: Record<string, string> = {
   grants: `select to_jsonb(g) - 'account_id' as row from grants g where account_id = $1 order by id`,
@@ -105,7 +114,7 @@ export async function erasePersonalData(
     // it loses the fields that hold personal data. The exact body goes with them.
     const events = await client.query(
       `update webhook_events w set raw_body = null,
-         payload = case when w.status = 'pending' then w.payload ${scrubPersonalFields} else jsonb_build_object('id', w.id, 'type', w.type, 'erased', true) end
+         payload = case when w.status = 'pending' then ${keepTallyMetadata} else jsonb_build_object('id', w.id, 'type', w.type, 'erased', true) end
        where ${eventsOfAccount}`,
       [accountId],
     );

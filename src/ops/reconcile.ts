@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type Stripe from 'stripe';
 import type { Catalog } from '../billing/catalog.js';
 import { findPrice } from '../billing/catalog.js';
+import { periodKey } from '../billing/credit-rule.js';
 import type { Database } from '../db/database.js';
 import { TallyError } from '../errors.js';
 import type { StripeGateway } from '../stripe/gateway.js';
@@ -141,7 +142,7 @@ const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[]
            array_agg(e.id order by e.id) filter (where e.id is not null) as entry_ids
          from grants g left join entries e on e.account_id = g.account_id and e.idempotency_key = g.grant_key
          where g.source = 'subscription' and g.grant_key like 'period:%'
-         group by g.account_id, g.reference->>'subscription', g.reference->>'period_start'
+         group by g.account_id, g.reference->>'subscription', g.reference->>'period_start', g.reference->>'plan'
          having count(distinct g.id) > 1 limit ${findingsPerCheckMax}`,
       );
       return rows.map((row) => ({
@@ -247,10 +248,15 @@ async function stripeFindings(client: Queryable, lists: StripeLists, catalog: Ca
         ]);
         if (trial.rowCount === 1) continue;
       }
-      const key = `period:${subscriptionId}:${line.periodStart}`;
-      const { rows } = await client.query<{ account_id: string; id: number }>('select account_id, id from grants where grant_key = $1', [
-        key,
-      ]);
+      // Each item of the line's own subscription has its grant; one made before 0020 has the key
+      // that named no item, and the item's plan.
+      const lineSubscription = line.subscription ?? subscriptionId;
+      const key = periodKey(lineSubscription, line.subscriptionItem, line.periodStart);
+      const { rows } = await client.query<{ account_id: string; id: number }>(
+        `select account_id, id from grants where grant_key = $1
+         union all select account_id, id from grants where grant_key = $2 and reference->>'plan' = $3 and $1 <> $2`,
+        [key, periodKey(lineSubscription, undefined, line.periodStart), match.plan.id],
+      );
       if (rows.length !== 1) {
         findings.push({
           check: 'stripe_invoice_granted_once',

@@ -1,6 +1,7 @@
 import type { Catalog } from '../billing/catalog.js';
 import type { Database } from '../db/database.js';
-import { raiseAlert, resolveAlert, type Queryable } from './alerts.js';
+import type { Alerts, NewGrant, Queryable } from '../ports/alerts.js';
+import { raiseAlert, resolveAlert } from './alerts.js';
 
 /**
  * Alert rules with thresholds: the grant rule where a grant is made, the webhook failure rate
@@ -12,13 +13,6 @@ export const webhookFailureRatioMax = 0.1;
 export const webhookFailureWindowMinutes = 15;
 /** Below this many events in the window a ratio says little. */
 export const webhookFailureSampleMin = 10;
-
-export interface NewGrant {
-  grantId: number;
-  accountId: string;
-  amount: number;
-  source: string;
-}
 
 /**
  * A grant larger than 1.5 times the monthly allowance of the account's current plan raises an
@@ -43,6 +37,15 @@ export async function checkGrantAgainstPlan(client: Queryable, catalog: Catalog,
     accountId: grant.accountId,
   });
   return true;
+}
+
+/**
+ * The alert port (ports/alerts.ts) that assembly hands to the ledger's sweeper, billing, the
+ * webhook worker and event delivery: alerts kept in the database, and the grant rule above
+ * against this catalog.
+ */
+export function alertPort(catalog: Catalog): Alerts {
+  return { raise: raiseAlert, checkGrant: (client, grant) => checkGrantAgainstPlan(client, catalog, grant) };
 }
 
 /**

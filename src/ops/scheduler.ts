@@ -4,7 +4,7 @@ import type { Database } from '../db/database.js';
 import { TallyError } from '../errors.js';
 import type { StripeGateway } from '../stripe/gateway.js';
 import { deliverAlerts, type DeliveryOptions } from './alert-sinks.js';
-import { Periodic } from './periodic.js';
+import { Periodic } from '../timing/periodic.js';
 import { reconcileIfDue } from './reconcile.js';
 import { checkWebhookFailureRate } from './rules.js';
 

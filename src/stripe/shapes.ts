@@ -30,6 +30,10 @@ export interface InvoiceLine {
   periodStart: number;
   periodEnd: number;
   amount: number;
+  /** The subscription the line bills (a pending item of another subscription may land on this invoice). */
+  subscription: string | undefined;
+  /** The subscription item the line bills: each item of a subscription has its own period grant. */
+  subscriptionItem: string | undefined;
 }
 
 export function invoiceSubscriptionId(invoice: StripeObject): string | undefined {
@@ -62,9 +66,22 @@ export function invoiceLines(invoice: StripeObject): InvoiceLine[] {
         periodStart,
         periodEnd,
         amount: integer(line.amount) ?? 0,
+        subscription:
+          idOf(at(line, 'parent', 'subscription_item_details', 'subscription')) ??
+          idOf(at(line, 'parent', 'invoice_item_details', 'subscription')) ??
+          idOf(line.subscription),
+        subscriptionItem: idOf(at(line, 'parent', 'subscription_item_details', 'subscription_item')) ?? idOf(line.subscription_item),
       },
     ];
   });
+}
+
+/**
+ * The invoice's total before the customer's Stripe balance was applied (`total`; `amount_due`
+ * and `amount_paid` are what remained after it), the denominator of a refund's share.
+ */
+export function invoiceTotal(invoice: StripeObject): number | undefined {
+  return integer(invoice.total);
 }
 
 /** When an invoice was paid (Stripe's `status_transitions.paid_at`), if the event says. */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { EventOutcome } from '../../src/stripe/worker.js';
+import type { EventOutcome } from '../../src/webhooks/worker.js';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';

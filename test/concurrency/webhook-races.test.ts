@@ -77,7 +77,7 @@ async function assertOneGrant(accountId: string, subscriptionId: string): Promis
     'select grant_key, amount from grants where account_id = $1',
     [accountId],
   );
-  assert.deepEqual(rows, [{ grant_key: `period:${subscriptionId}:${t0}`, amount: 4000 }]);
+  assert.deepEqual(rows, [{ grant_key: `period:${subscriptionId}:si_test:${t0}`, amount: 4000 }]);
   const entries = await database.db.query<{ count: number }>(
     `select count(*)::int as count from entries where account_id = $1 and kind = 'grant'`,
     [accountId],

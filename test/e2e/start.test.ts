@@ -6,10 +6,11 @@ import { join } from 'node:path';
 import { after, it } from 'node:test';
 import { freePort } from '../../src/db/embedded.js';
 
-// Proves the zero-set-up promise: `tally start` with no DATABASE_URL starts an embedded
-// PostgreSQL in the data folder, prints where it listens and its generated keys (once: the next
-// start says where they are kept), serves the API, stops cleanly on SIGTERM and SIGINT, and
-// reuses its data and keys on the next start.
+// Proves the zero-set-up promise: `tally start` (the compiled build in dist/) with no
+// DATABASE_URL starts an embedded PostgreSQL in the data folder, prints where it listens and its
+// generated keys (once: the next start says where they are kept), serves the API and the
+// dashboard's files, stops cleanly on SIGTERM and SIGINT, and reuses its data and keys on the
+// next start.
 const dataDirectory = mkdtempSync(join(tmpdir(), 'tally-start-'));
 after(() => rmSync(dataDirectory, { recursive: true, force: true }));
 
@@ -69,6 +70,10 @@ it('starts on an embedded database, serves, stops cleanly, and restarts on the s
     201,
   );
   assert.equal((await call('POST', '/v1/accounts/e2e/usage', appKey, { amount: 3, idempotency_key: 'e2e-u' })).status, 200);
+  // The process runs the compiled dist/: the dashboard's browser files were copied beside it.
+  const script = await fetch(`http://127.0.0.1:${port}/dashboard/app.js`);
+  assert.equal(script.status, 200, "the dashboard's own scripts are served");
+  assert.match(await script.text(), /import/);
   assert.equal(await stop(first, 'SIGTERM'), 0, 'exits 0 on SIGTERM');
 
   const second = await startTally(port);

@@ -8,7 +8,7 @@ import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
 import type { DeliveryOptions } from '../../src/events/delivery.js';
 import { sequenceEvents } from '../../src/events/event-log.js';
-import type { WorkerOptions } from '../../src/stripe/worker.js';
+import type { WorkerOptions } from '../../src/webhooks/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 import { FakeStripe } from './fake-stripe.js';
 

@@ -34,6 +34,10 @@ export interface LineSpec {
   proration?: boolean;
   amount?: number;
   quantity?: number;
+  /** The subscription item the line bills (default `si_test`). */
+  subscriptionItem?: string;
+  /** The line's own subscription, when it is not the invoice's (a pending item of another subscription). */
+  subscription?: string;
 }
 
 function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): StripeObject {
@@ -50,8 +54,8 @@ function invoiceLine(invoiceId: string, subscription: string, spec: LineSpec): S
       invoice_item: null,
       proration: spec.proration ?? false,
       proration_details: { credited_items: null },
-      subscription,
-      subscription_item: 'si_test',
+      subscription: spec.subscription ?? subscription,
+      subscription_item: spec.subscriptionItem ?? 'si_test',
     },
   };
   line.pricing = {
@@ -70,6 +74,8 @@ export function invoice(spec: {
   billingReason?: string;
   lines: LineSpec[];
   amountPaid?: number;
+  /** The total before the customer balance was applied (default: what was paid). */
+  total?: number;
 }): StripeObject {
   const object = base('invoice');
   object.id = spec.id ?? uniqueId('in');
@@ -77,6 +83,7 @@ export function invoice(spec: {
   object.status = 'paid';
   object.billing_reason = spec.billingReason ?? 'subscription_cycle';
   object.amount_paid = spec.amountPaid ?? 1000;
+  object.total = spec.total ?? spec.amountPaid ?? 1000;
   object.parent = {
     type: 'subscription_details',
     quote_details: null,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { ClaimHasher } from '../../src/billing/trials.js';
+import { ClaimHasher } from '../../src/billing/claim-hasher.js';
 import { signClientReference, verifyClientReference } from '../../src/billing/client-reference.js';
 import { fundedAccount, ledgerFacts, type TestApp, startWithFakeStripe, stopWithFakeStripe } from '../helpers/app.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';

@@ -4,7 +4,8 @@ import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import { EventDelivery } from '../../src/events/delivery.js';
-import { createTestApp, fundedAccount, settleEvents, TestClock, type TestApp } from '../helpers/app.js';
+import { alertPort } from '../../src/ops/rules.js';
+import { createTestApp, fundedAccount, settleEvents, TestClock, testCatalog, type TestApp } from '../helpers/app.js';
 import { createTestDatabase } from '../helpers/database.js';
 
 // Delivery to the app's endpoints: a local receiver that fails, times out and recovers; order
@@ -259,7 +260,9 @@ describe('delivering', () => {
     for (let index = 0; index < 12; index += 1) await fundedAccount(test, `dl_shared_${index % 4}`, 5);
     const logger = pino({ level: 'silent' });
     await settleEvents(test);
-    const workers = [0, 1].map(() => new EventDelivery(test.database.db, logger, { clock: test.clock.now, timeoutMilliseconds: 2000 }));
+    const workers = [0, 1].map(
+      () => new EventDelivery(test.database.db, logger, alertPort(testCatalog()), { clock: test.clock.now, timeoutMilliseconds: 2000 }),
+    );
     for (let pass = 0; pass < 20; pass += 1) await Promise.all(workers.map((worker) => worker.deliverOnce()));
     answerDelayMilliseconds = 0;
     const ids = at(path).map((item) => item.id);

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { grantOnce, type EffectContext } from '../../src/billing/effect-context.js';
-import { ClaimHasher } from '../../src/billing/trials.js';
+import { ClaimHasher } from '../../src/billing/claim-hasher.js';
 import { Ledger } from '../../src/ledger/ledger.js';
+import { alertPort } from '../../src/ops/rules.js';
 import { TestClock, createTestApp, fundedAccount, ledgerFacts, testCatalog, type TestApp } from '../helpers/app.js';
 
 // An expired grant stays expired: whatever clock expired it (a rollover's early expiry, a
@@ -151,6 +152,7 @@ describe('one clock decides expiry', () => {
         client,
         catalog: testCatalog(),
         hasher,
+        alerts: alertPort(testCatalog()),
         prepared: {},
         now: null,
         event: { id: 'evt_clock_1', type: 'invoice.paid', created: 0, object: {} },

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
-import { defaultWorkerOptions } from '../../src/stripe/worker.js';
+import { defaultWorkerOptions } from '../../src/webhooks/worker.js';
 import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { checkoutSession, deliver, event, refund, settleWebhooks, uniqueId } from '../helpers/stripe-events.js';

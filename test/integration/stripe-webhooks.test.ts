@@ -199,7 +199,7 @@ describe('subscription credits', () => {
     assert.equal(grants.length, 1);
     assert.equal(grants[0]?.source, 'subscription');
     assert.equal(grants[0]?.amount, 4000);
-    assert.equal(grants[0]?.grant_key, `period:${subscriptionId}:${t0}`);
+    assert.equal(grants[0]?.grant_key, `period:${subscriptionId}:si_test:${t0}`);
     assert.equal(grants[0]?.expires_at?.getTime(), (t0 + month) * 1000);
     const mirror = await test.database.db.query<{ status: string; plan_id: string; billing_interval: string }>(
       'select status, plan_id, billing_interval from subscriptions where id = $1',
@@ -297,7 +297,7 @@ describe('subscription credits', () => {
       assert.equal(rollover?.amount, 1000, `${order}: rollover capped at max_credits`);
       assert.equal(rollover?.expires_at?.getTime(), (t0 + 2 * month) * 1000);
       assert.equal(
-        grants.find((grant) => grant.grant_key === `period:${subscriptionId}:${t0}`)?.remaining,
+        grants.find((grant) => grant.grant_key === `period:${subscriptionId}:si_test:${t0}`)?.remaining,
         0,
         `${order}: the old period ended`,
       );

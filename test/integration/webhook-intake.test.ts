@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { intakeBatchesConcurrentMax, storeEvents } from '../../src/stripe/inbox.js';
+import { intakeBatchesConcurrentMax, storeEvents } from '../../src/webhooks/inbox.js';
 import { createTestApp, type TestApp } from '../helpers/app.js';
 import { event, signedHeader } from '../helpers/stripe-events.js';
 

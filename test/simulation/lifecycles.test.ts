@@ -3,13 +3,14 @@ import { it } from 'node:test';
 import { runSeed } from '../../simulation/simulate.js';
 import { allKinds, generate, kindOf } from '../../simulation/workload.js';
 
-// Proves invariant 13: fixed seeds of whole customer lifecycles, every step kind of the
-// simulator (subscriptions, trials, plan, seat and interval changes with every proration
-// behaviour, cancellations, failed payments, packs, refunds, disputes, usage, batches, holds, a
-// restart mid-burst and operator replays), played against the real Tally (PostgreSQL, HTTP API,
-// signed webhooks delivered 1 to 5 times, shuffled, to two instances at once), end in exactly the
-// balances, grants and answers of the reference model, with every invariant held and
-// reconciliation clean.
+// Proves invariants 13, 15 and 18: fixed seeds of whole customer lifecycles, every step kind of
+// the simulator (subscriptions with one or two items, trials, plan, seat and interval changes with
+// every proration behaviour, cancellations at a month start or delivered late, failed payments,
+// packs, refunds, disputes, usage, batches, holds, spends on a boundary, spend limits, operators'
+// grants and adjustments, auto top-up with every card outcome, a restart mid-burst and operator
+// replays), played against the real Tally (PostgreSQL, HTTP API, signed webhooks delivered 1 to 5
+// times, shuffled, to two instances at once), end in exactly the balances, grants, answers and
+// event log of the reference model, with every invariant held and reconciliation clean.
 export const enabledKinds = new Set<string>(allKinds);
 const ciSeeds = Array.from({ length: 13 }, (_, index) => 1000 + index);
 // TALLY_SIMULATION_SEEDS (comma separated) plays only those seeds, unshrunk: npm run mutate

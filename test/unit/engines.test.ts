@@ -4,7 +4,8 @@ import { it } from 'node:test';
 
 // Proves that `npm install` on the oldest Node.js that Tally supports warns of no engine
 // mismatch (EBADENGINE): every package in the lock file accepts that version. (cookie@2 and
-// content-disposition@3 want Node 22; package.json's overrides pick versions that do not.)
+// content-disposition@3 want Node 22, and @napi-rs/wasm-runtime@1.2, which knip's resolver
+// lists for WebAssembly platforms, Node 20.19; package.json's overrides pick versions that do not.)
 type Version = [number, number, number];
 
 const parse = (text: string): Version => {

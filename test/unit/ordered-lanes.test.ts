@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { OrderedLanes } from '../../src/stripe/ordered-lanes.js';
+import { OrderedLanes } from '../../src/webhooks/ordered-lanes.js';
 
 describe('OrderedLanes', () => {
   it('never runs more tasks at once than its lanes, and never two sharing a key, and keeps submission order per key', async () => {

@@ -14,7 +14,7 @@ const period = { start, end };
 const catalog = testCatalog();
 
 function line(id: string, price: string, quantity: number, from: number, proration: boolean, amount: number, to = end): PaidLine {
-  return { id, price, quantity, start: from, end: to, proration, amount, billingPeriod: period };
+  return { id, subscription: 'sub', item: 'si', price, quantity, start: from, end: to, proration, amount, billingPeriod: period };
 }
 function paid(at: number, invoice: string, lines: PaidLine[], amountPaid = 1000): Fact {
   return {
@@ -25,6 +25,7 @@ function paid(at: number, invoice: string, lines: PaidLine[], amountPaid = 1000)
     invoice,
     paymentIntent: `pi_${invoice}`,
     amountPaid,
+    total: amountPaid,
     lines,
     currentPeriod: period,
   };
@@ -75,12 +76,12 @@ it('a yearly refund is proportional to the twelve months bought, cancelling the 
   for (const month of months.slice(1)) facts.push({ kind: 'clock', at: month.start });
   const result = account(facts);
   // 10 % of 240000 = 24000: month 12 (20000) and 4000 of month 11 are cancelled; month 1 keeps its 20000.
-  assert.equal(result.grants.find((grant) => grant.key === `period:sub:${months[10]!.start}`)?.amount, 16000);
+  assert.equal(result.grants.find((grant) => grant.key === `period:sub:si:${months[10]!.start}`)?.amount, 16000);
   assert.equal(
-    result.grants.find((grant) => grant.key === `period:sub:${months[11]!.start}`),
+    result.grants.find((grant) => grant.key === `period:sub:si:${months[11]!.start}`),
     undefined,
   );
-  assert.equal(result.grants.find((grant) => grant.key === `period:sub:${start}`)?.amount, 20000);
+  assert.equal(result.grants.find((grant) => grant.key === `period:sub:si:${start}`)?.amount, 20000);
   assert.equal(result.debt, 0);
 });
 
@@ -111,6 +112,149 @@ it('credits released or restored to a grant that has expired expire at once', ()
     available: 0,
     held: 0,
     debt: 0,
-    grants: [{ key: `period:sub:${start}`, amount: 4000, remaining: 0, expiresAt: end, expired: true }],
+    grants: [{ key: `period:sub:si:${start}`, amount: 4000, remaining: 0, expiresAt: end, expired: true }],
   });
+});
+
+// The model's own rules from SPEC (issue 19): each is written from SPEC's text, not from Tally.
+
+it('the calendar adds months as Stripe counts from an anchor, clamped to shorter months', () => {
+  const at = (text: string) => Date.parse(text) / 1000;
+  assert.equal(addMonths(at('2030-01-31T10:20:30Z'), 1), at('2030-02-28T10:20:30Z'));
+  assert.equal(addMonths(at('2032-01-31T00:00:00Z'), 1), at('2032-02-29T00:00:00Z'));
+  assert.equal(addMonths(at('2100-01-29T00:00:00Z'), 1), at('2100-02-28T00:00:00Z'));
+  assert.equal(addMonths(at('2030-03-31T23:59:59Z'), -1), at('2030-02-28T23:59:59Z'));
+  assert.equal(addMonths(at('2030-05-15T13:45:10Z'), 12), at('2031-05-15T13:45:10Z'));
+  assert.equal(addMonths(at('2030-12-31T00:00:00Z'), 2), at('2031-02-28T00:00:00Z'));
+  assert.equal(addMonths(at('1999-11-30T00:00:00Z'), 3), at('2000-02-29T00:00:00Z'));
+});
+
+it('two plan items on one subscription are each granted, under keys that carry the item (gap 5)', () => {
+  const result = account([
+    paid(start, 'in_1', [
+      line('il_1', 'price_plus_monthly', 1, start, false, 4000),
+      { ...line('il_2', 'price_pro_monthly', 1, start, false, 20000), item: 'si_2' },
+    ]),
+  ]);
+  assert.deepEqual(
+    result.grants.map((grant) => [grant.key, grant.amount]),
+    [
+      [`period:sub:si:${start}`, 4000],
+      [`period:sub:si_2:${start}`, 20000],
+    ],
+  );
+});
+
+it('a prorated cancellation then a full refund of the same invoice claw back no more than it granted (gap 6)', () => {
+  const t = start + 15 * day;
+  const result = account([
+    subscribed('price_plus_monthly'),
+    paid(t, 'in_2', [line('il_c', 'price_plus_monthly', 1, t, true, -2000)], 0),
+    { kind: 'refund', at: t + day, refund: 're_1', paymentIntent: 'pi_in_1', amount: 1000 },
+  ]);
+  assert.equal(result.available + result.debt * -1, 0);
+  assert.equal(result.debt, 0);
+});
+
+it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
+  const facts: Fact[] = [
+    { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
+    { kind: 'refund', at: start + day, refund: 're_1', paymentIntent: 'pi_in_1', amount: 400 },
+  ];
+  // 400 of a 1000-cent invoice: 40 % of 4000 credits, not 100 %.
+  assert.equal(account(facts).available, 4000 - 1600);
+});
+
+it('a yearly subscription ending exactly at a month start never keeps that month, even when the scheduler ran first (gap 8)', () => {
+  const year = { start, end: addMonths(start, 12) };
+  const yearly = paid(
+    start,
+    'in_y',
+    [{ ...line('il_y', 'price_plus_yearly', 1, start, false, 40000, year.end), billingPeriod: year }],
+    40000,
+  );
+  const second = monthsOf(year)[1]!;
+  const result = runModel(catalog, [
+    yearly,
+    { kind: 'clock', at: second.start },
+    { kind: 'subscription_ended', at: second.start, subscription: 'sub' },
+  ]);
+  assert.deepEqual(
+    result.accounts.get('a')!.grants.map((grant) => grant.key),
+    [`period:sub:si:${start}`],
+  );
+  assert.ok(result.voidable.has(`period:sub:si:${second.start}`));
+});
+
+it('a line of another subscription on an invoice is booked to its own subscription (gap 9)', () => {
+  const result = account([
+    subscribed('price_plus_monthly'),
+    paid(start + 20 * day, 'in_b', [
+      { ...line('il_other', 'price_plus_monthly', 1, start + 10 * day, true, -2667), subscription: 'sub' },
+      { ...line('il_b', 'price_starter_monthly', 1, start + 20 * day, false, 1000, end + 20 * day), subscription: 'sub_b', item: 'si_b' },
+    ]),
+  ]);
+  assert.ok(result.grants.some((grant) => grant.key === `period:sub_b:si_b:${start + 20 * day}`));
+  // ceil(4000 × 20/30) = 2667 taken from sub's own period.
+  assert.equal(result.grants.find((grant) => grant.key === `period:sub:si:${start}`)?.remaining, 4000 - 2667);
+});
+
+it('spend limits refuse what would pass them, and operators’ grants and adjustments never count', () => {
+  const facts: Fact[] = [
+    subscribed('price_plus_monthly'),
+    { kind: 'limits', at: start, account: 'a', perDay: 100, perMonth: null },
+    { kind: 'usage', at: start + 10, account: 'a', amount: 60, key: 'u1' },
+    { kind: 'adjustment', at: start + 20, account: 'a', key: 'adj', amount: -500 },
+    { kind: 'admin_grant', at: start + 30, account: 'a', key: 'g', amount: 50, expiresAt: null, priority: 0 },
+    { kind: 'usage', at: start + 40, account: 'a', amount: 50, key: 'u2' },
+    { kind: 'hold', at: start + 50, account: 'a', amount: 40, key: 'h', expiresInSeconds: 60 },
+    { kind: 'void', at: start + 60, hold: 'h' },
+    { kind: 'usage', at: start + 70, account: 'a', amount: 40, key: 'u3' },
+    { kind: 'usage', at: start + day, account: 'a', amount: 100, key: 'u4' },
+  ];
+  const { answers } = runModel(catalog, facts);
+  assert.equal(answers.get('u1')?.status, 200);
+  assert.equal(answers.get('adj')?.status, 201);
+  assert.equal(answers.get('g')?.status, 201);
+  assert.deepEqual([answers.get('u2')?.status, answers.get('u2')?.code], [402, 'spend_limit_exceeded']);
+  assert.equal(answers.get('h')?.status, 201);
+  // The void gave the hold's 40 back to the day's window.
+  assert.equal(answers.get('u3')?.status, 200);
+  assert.equal(answers.get('u4')?.status, 200);
+});
+
+it('auto top-up fires only on a spend, once in flight, and three failures in a row turn it off', () => {
+  const facts: Fact[] = [
+    subscribed('price_plus_monthly'),
+    { kind: 'auto_top_up', at: start, account: 'a', enabled: true, threshold: 5000, pack: 'pack_1000', maxPerMonth: 5 },
+    { kind: 'usage', at: start + 10, account: 'a', amount: 10, key: 'u1' },
+    { kind: 'usage', at: start + 20, account: 'a', amount: 10, key: 'u2' },
+    { kind: 'payment_intent_created', at: start + 20, account: 'a', key: 'topup:a:1', paymentIntent: 'pi_t1', amount: 1000 },
+    { kind: 'payment_intent_resolved', at: start + 20, paymentIntent: 'pi_t1', outcome: 'failed' },
+    { kind: 'adjustment', at: start + 30, account: 'a', key: 'adj', amount: -10 },
+    { kind: 'usage', at: start + 40, account: 'a', amount: 10, key: 'u3' },
+    { kind: 'payment_intent_created', at: start + 40, account: 'a', key: 'topup:a:2', paymentIntent: 'pi_t2', amount: 1000 },
+    { kind: 'payment_intent_created', at: start + 2 * day, account: 'a', key: 'topup:a:2', paymentIntent: 'pi_t2b', amount: 1000 },
+    { kind: 'payment_intent_resolved', at: start + 2 * day, paymentIntent: 'pi_t2', outcome: 'succeeded' },
+  ];
+  const result = runModel(catalog, facts);
+  assert.equal(result.accounts.get('a')!.grants.find((grant) => grant.key === 'purchase:pi_t2')?.amount, 1000);
+  assert.equal(result.violations.length, 1);
+  assert.match(result.violations[0]!, /second PaymentIntent pi_t2b .* topup:a:2/);
+  assert.deepEqual(
+    result.events
+      .get('a')!
+      .filter((event) => event.type.startsWith('topup.'))
+      .map((event) => [event.type, event.subject]),
+    [
+      ['topup.failed', 'pi_t1'],
+      ['topup.succeeded', 'pi_t2'],
+    ],
+  );
+  const unasked = runModel(catalog, [
+    subscribed('price_plus_monthly'),
+    { kind: 'auto_top_up', at: start, account: 'a', enabled: true, threshold: 5000, pack: 'pack_1000', maxPerMonth: 5 },
+    { kind: 'payment_intent_created', at: start, account: 'a', key: 'topup:a:1', paymentIntent: 'pi_t1', amount: 1000 },
+  ]);
+  assert.match(unasked.violations[0]!, /no qualifying spend fired/);
 });

@@ -37,6 +37,16 @@ it('tolerates the older shapes: invoice.subscription, line.price, line.proration
   };
   assert.equal(invoiceSubscriptionId(older), 'sub_old');
   assert.deepEqual(invoiceLines(older), [
-    { id: undefined, priceId: 'price_old', quantity: 1, proration: true, periodStart: 1, periodEnd: 2, amount: 5 },
+    {
+      id: undefined,
+      priceId: 'price_old',
+      quantity: 1,
+      proration: true,
+      periodStart: 1,
+      periodEnd: 2,
+      amount: 5,
+      subscription: undefined,
+      subscriptionItem: undefined,
+    },
   ]);
 });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ClaimHasher, normalizeEmail } from '../../src/billing/trials.js';
+import { ClaimHasher } from '../../src/billing/claim-hasher.js';
+import { normalizeEmail } from '../../src/billing/trials.js';
 
 describe('email normalization for trial claims', () => {
   const cases: [string, string | undefined][] = [

@@ -23,7 +23,7 @@ import {
   entryWithAccountSchema,
   inboxEventDetailSchema,
   overviewSchema,
-} from '../../dashboard/answers.js';
+} from '../dashboard-answers.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { answer, refusals } from '../responses.js';
@@ -35,7 +35,7 @@ import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
  * key opens them (every GET) and the app key is refused (403), as for every admin call. The
  * refusals every admin read shares (401, 403, 429 for wrong keys, 400 for a bad query or path,
  * 503 without the database) are added to the description by openapi.ts (commonResponses); each
- * route declares its answer's schema (dashboard/answers.ts) and the refusals of its own.
+ * route declares its answer's schema (http/dashboard-answers.ts) and the refusals of its own.
  */
 export interface DashboardRouteDependencies {
   db: Database;

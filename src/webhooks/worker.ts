@@ -2,11 +2,11 @@ import type { Logger } from 'pino';
 import type { Catalog } from '../billing/catalog.js';
 import { IgnoredEvent, RetryLater, type EffectContext, type StoredEvent } from '../billing/effect-context.js';
 import { applyEvent } from '../billing/effects.js';
-import type { ClaimHasher } from '../billing/trials.js';
+import type { ClaimHasher } from '../billing/claim-hasher.js';
 import { grantDueMonth } from '../billing/yearly.js';
 import type { Database } from '../db/database.js';
-import { raiseAlert } from '../ops/alerts.js';
-import { StripeUnavailableError, type StripeGateway } from './gateway.js';
+import type { Alerts } from '../ports/alerts.js';
+import { StripeUnavailableError, type StripeGateway } from '../stripe/gateway.js';
 import { OrderedLanes } from './ordered-lanes.js';
 import { prepareEvent } from './prepare.js';
 
@@ -83,6 +83,7 @@ export class WebhookWorker {
     private readonly db: Database,
     private readonly catalog: Catalog,
     private readonly hasher: ClaimHasher,
+    private readonly alerts: Alerts,
     private readonly gateway: StripeGateway | undefined,
     private readonly logger: Logger,
     private readonly options: WorkerOptions = defaultWorkerOptions,
@@ -163,7 +164,7 @@ export class WebhookWorker {
   private async grantDueMonths(): Promise<void> {
     const passedOver: string[] = [];
     for (;;) {
-      const month = await grantDueMonth(this.db, this.catalog, this.hasher, this.now(), passedOver);
+      const month = await grantDueMonth(this.db, this.catalog, this.hasher, this.alerts, this.now(), passedOver);
       if (month === undefined) return;
       if (month.failed) {
         this.logger.error({ month: month.key }, 'a yearly month failed; it will be retried on the next pass');
@@ -216,7 +217,15 @@ export class WebhookWorker {
           eventId,
         ]);
         if (claimed.rowCount === 0) return { status: 'skipped' as const, lag: undefined };
-        const context: EffectContext = { client, catalog: this.catalog, hasher: this.hasher, event, prepared, now: this.now() };
+        const context: EffectContext = {
+          client,
+          catalog: this.catalog,
+          hasher: this.hasher,
+          alerts: this.alerts,
+          event,
+          prepared,
+          now: this.now(),
+        };
         const result = await applyEvent(context);
         const marked = await client.query<{ lag: number }>(
           `update webhook_events set status = $2, attempts = attempts + 1, processed_at = now(), last_error = null, account_id = $3, ignored_reason = $4 where id = $1
@@ -249,7 +258,7 @@ export class WebhookWorker {
       );
       if (rowCount === 0) return 'skipped' as const;
       if (ignored.alert) {
-        await raiseAlert(client, {
+        await this.alerts.raise(client, {
           kind: 'unattributed_payment',
           key: `unattributed:${event.id}`,
           severity: 'warning',
@@ -290,7 +299,7 @@ export class WebhookWorker {
       if (attempts === undefined) return 'skipped';
       if (attempts >= this.options.attemptsMax) {
         await client.query(`update webhook_events set status = 'failed' where id = $1`, [event.id]);
-        await raiseAlert(client, {
+        await this.alerts.raise(client, {
           kind: 'webhook_failed',
           key: `webhook_failed:${event.id}`,
           severity: 'critical',

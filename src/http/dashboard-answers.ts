@@ -9,13 +9,15 @@ import {
   jsonObjectSchema,
   signedCreditsSchema,
   timestampSchema,
-} from '../http/entities.js';
+} from './entities.js';
 
 /**
- * What the dashboard's reads answer (reads.ts), as zod schemas: the routes declare them, the
- * OpenAPI description publishes them, and the conformance test checks real answers against
- * them. Each mirrors its read's SQL column for column; a count is a non-negative integer, a
- * sum over accounts or days may be a decimal string (creditsSumSchema).
+ * What the dashboard's reads answer (dashboard/reads.ts), as zod schemas: the routes declare
+ * them, the OpenAPI description publishes them, and the conformance test checks real answers
+ * against them. Each mirrors its read's SQL column for column; a count is a non-negative
+ * integer, a sum over accounts or days may be a decimal string (creditsSumSchema). They are
+ * HTTP's answer shapes, built on the API's entities, so they live in http/ beside entities.ts:
+ * dashboard/ stays below http/ and imports nothing from it.
  */
 
 const countSchema = z.int().min(0);

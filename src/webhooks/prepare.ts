@@ -3,9 +3,9 @@ import { verifyClientReference } from '../billing/client-reference.js';
 import type { Prepared, Provenance, StoredEvent, StripeObject } from '../billing/effect-context.js';
 import { RetryLater } from '../billing/effect-context.js';
 import { packsBought } from '../billing/payments.js';
-import type { ClaimHasher } from '../billing/trials.js';
+import type { ClaimHasher } from '../billing/claim-hasher.js';
 import type { Database } from '../db/database.js';
-import type { StripeGateway } from './gateway.js';
+import type { StripeGateway } from '../stripe/gateway.js';
 import {
   accountMetadataKey,
   idOf,
@@ -15,7 +15,7 @@ import {
   readPath,
   readText,
   subscriptionState,
-} from './shapes.js';
+} from '../stripe/shapes.js';
 
 /**
  * What an event needs from the Stripe API, fetched before its transaction opens so that no

@@ -1,6 +1,6 @@
 import type { Database } from '../db/database.js';
 import { GroupCommit } from '../db/group-commit.js';
-import type { VerifiedEvent } from './signature.js';
+import type { VerifiedEvent } from '../stripe/signature.js';
 
 /**
  * The webhook inbox. An event is stored keyed by its id before Tally answers 2xx; a duplicate

@@ -1,0 +1,286 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { addMonths } from '../../src/billing/credit-rule.js';
+import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
+import {
+  checkoutSession,
+  deliver,
+  event,
+  invoice,
+  invoicePayment,
+  refund,
+  settleWebhooks,
+  subscription,
+  uniqueId,
+  type LineSpec,
+} from '../helpers/stripe-events.js';
+
+/**
+ * The credit rule's known gaps (issue 19, items 5 to 9): several plan items on one subscription,
+ * every clawback of one payment bounded by its credits, refunds in proportion to the invoice's
+ * total, yearly months of a subscription that ended, and lines of another subscription. Each test
+ * drives signed webhooks through the worker on a test clock that only moves forward.
+ */
+let test: TestApp;
+const day = 86_400;
+
+before(async () => {
+  test = await createTestApp();
+});
+after(async () => {
+  await test.close();
+});
+
+const now = (): number => Math.floor(test.clock.now().getTime() / 1000);
+async function travelTo(at: number): Promise<void> {
+  if (at > now()) test.clock.advanceSeconds(at - now());
+  await settleWebhooks(test);
+}
+const grantsOf = async (accountId: string) =>
+  (
+    await test.database.db.query<{ source: string; amount: string; grant_key: string; expires_at: Date | null }>(
+      'select source, amount, grant_key, expires_at from grants where account_id = $1 order by id',
+      [accountId],
+    )
+  ).rows.map((grant) => ({ ...grant, amount: Number(grant.amount) }));
+const balance = async (accountId: string): Promise<{ available: number; debt: number }> =>
+  (await test.call('GET', `/v1/accounts/${accountId}/balance`)).body;
+const clawedBack = async (accountId: string): Promise<number> =>
+  Number(
+    (
+      await test.database.db.query<{ total: string }>(
+        `select coalesce(-sum(amount), 0)::bigint as total from entries where account_id = $1 and kind = 'clawback'`,
+        [accountId],
+      )
+    ).rows[0]?.total,
+  );
+
+interface PayOptions {
+  amountPaid?: number;
+  total?: number;
+  paymentIntent?: string;
+  subscription?: string;
+}
+
+async function subscriber() {
+  const accountId = uniqueId('acct');
+  const customer = uniqueId('cus');
+  const subscriptionId = uniqueId('sub');
+  await fundedAccount(test, accountId, 0);
+  await deliver(
+    test,
+    event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId }), {
+      created: now(),
+    }),
+  );
+  await settleWebhooks(test);
+  const pay = async (lines: LineSpec[], options: PayOptions = {}) => {
+    const amountPaid = options.amountPaid ?? 1000;
+    const paid = invoice({ customer, subscription: options.subscription ?? subscriptionId, lines, amountPaid, total: options.total });
+    for (const type of ['invoice.paid', 'invoice.payment_succeeded']) await deliver(test, event(type, paid, { created: now() }));
+    if (options.paymentIntent !== undefined)
+      await deliver(
+        test,
+        event('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent: options.paymentIntent, amount: amountPaid }), {
+          created: now(),
+        }),
+      );
+    await settleWebhooks(test);
+    return paid;
+  };
+  const cancel = async (price: string, start: number, end: number, endedAt: number) => {
+    await deliver(
+      test,
+      event(
+        'customer.subscription.deleted',
+        {
+          ...subscription({ id: subscriptionId, customer, status: 'canceled', price, start, end }),
+          ended_at: endedAt,
+          canceled_at: endedAt,
+        },
+        { created: now() },
+      ),
+    );
+    await settleWebhooks(test);
+  };
+  return { accountId, customer, subscriptionId, pay, cancel };
+}
+
+describe('several plan items on one subscription (item 5)', () => {
+  it('grants each item its own period under period:{subscription}:{item}:{start}', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const end = start + 30 * day;
+    await pay(
+      [
+        { price: 'price_plus_monthly', start, end, subscriptionItem: 'si_plus' },
+        { price: 'price_pro_monthly', start, end, subscriptionItem: 'si_pro' },
+      ],
+      { amountPaid: 6000 },
+    );
+    const keys = (await grantsOf(accountId)).map((grant) => [grant.grant_key, grant.amount]);
+    assert.deepEqual(keys, [
+      [`period:${subscriptionId}:si_plus:${start}`, 4000],
+      [`period:${subscriptionId}:si_pro:${start}`, 20000],
+    ]);
+    assert.equal((await balance(accountId)).available, 24000);
+  });
+
+  it('an invoice granted under the old key before the upgrade grants nothing again when applied after it', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const end = start + 30 * day;
+    // What the release before this one wrote for the invoice's first event.
+    await test.database.db.query(
+      `select tally_add_grant($1, 'subscription', 4000, 0, to_timestamp($2), $3, 'grant', $4, 'stripe', null, now())`,
+      [
+        accountId,
+        end,
+        `period:${subscriptionId}:${start}`,
+        { subscription: subscriptionId, plan: 'plus', period_start: start, period_end: end },
+      ],
+    );
+    await pay([{ price: 'price_plus_monthly', start, end, subscriptionItem: 'si_plus' }], { amountPaid: 1000 });
+    assert.deepEqual(
+      (await grantsOf(accountId)).map((grant) => grant.grant_key),
+      [`period:${subscriptionId}:${start}`],
+      'the period keeps its one grant, under its old key',
+    );
+    assert.equal((await balance(accountId)).available, 4000);
+    const duplicate = await test.database.db
+      .query(`select tally_add_grant($1, 'subscription', 4000, 0, to_timestamp($2), $3, 'grant', $4, 'stripe', null, now())`, [
+        accountId,
+        end,
+        `period:${subscriptionId}:si_plus:${start}`,
+        { subscription: subscriptionId, plan: 'plus', period_start: start, period_end: end },
+      ])
+      .then(
+        () => undefined,
+        (error: { code?: string }) => error.code,
+      );
+    assert.equal(duplicate, '23505', 'the database refuses a second period grant of one plan and period');
+  });
+});
+
+describe('all clawbacks of one payment stay within its credits (item 6)', () => {
+  it('a prorated cancellation, then a full refund of the period invoice, take back 4,000 of 4,000', async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    const end = start + 30 * day;
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_monthly', start, end }], { amountPaid: 1000, paymentIntent });
+    const cancelledAt = start + 15 * day;
+    await travelTo(cancelledAt);
+    // The final invoice of a prorated cancellation: the unused time goes to the customer balance.
+    await pay([{ price: 'price_plus_monthly', start: cancelledAt, end, proration: true, amount: -500 }], { amountPaid: 0, total: -500 });
+    assert.equal(await clawedBack(accountId), 2000);
+    await deliver(test, event('refund.created', refund({ amount: 1000, paymentIntent }), { created: now() }));
+    await settleWebhooks(test);
+    assert.equal(await clawedBack(accountId), 4000, 'the refund takes only what the cancellation left');
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 0 });
+  });
+
+  it('the other order: a full refund, then the prorated cancellation, take back 4,000 of 4,000', async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    const end = start + 30 * day;
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_monthly', start, end }], { amountPaid: 1000, paymentIntent });
+    await travelTo(start + 10 * day);
+    await deliver(test, event('refund.created', refund({ amount: 1000, paymentIntent }), { created: now() }));
+    await settleWebhooks(test);
+    const cancelledAt = start + 15 * day;
+    await travelTo(cancelledAt);
+    await pay([{ price: 'price_plus_monthly', start: cancelledAt, end, proration: true, amount: -500 }], { amountPaid: 0, total: -500 });
+    assert.equal(await clawedBack(accountId), 4000);
+    assert.equal((await balance(accountId)).debt, 0);
+  });
+});
+
+describe("a refund's share is of the invoice's total (item 7)", () => {
+  it('refunding the 400 cents a card paid of a 1,000-cent invoice (600 from the customer balance) claws back 40 %', async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_monthly', start, end: start + 30 * day }], { amountPaid: 400, total: 1000, paymentIntent });
+    await deliver(test, event('refund.created', refund({ amount: 400, paymentIntent }), { created: now() }));
+    await settleWebhooks(test);
+    assert.equal(await clawedBack(accountId), 1600);
+    assert.equal((await balance(accountId)).available, 2400);
+  });
+});
+
+describe('a yearly subscription that ended never keeps a later month (item 8)', () => {
+  it('a cancellation ending exactly at a month start, arriving after the scheduler granted that month, claws it back', async () => {
+    const { accountId, subscriptionId, pay, cancel } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000 });
+    const monthTwo = addMonths(start, 1);
+    await travelTo(monthTwo + 60);
+    const granted = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`));
+    assert.equal(granted.length, 2, 'the scheduler granted month 2');
+    assert.equal((await balance(accountId)).available, 5000, 'month 2 and the 1,000 rolled over from month 1');
+    await cancel('price_plus_yearly', start, yearEnd, monthTwo);
+    assert.equal(await clawedBack(accountId), 4000, 'month 2 is clawed back');
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 0 }, 'and its rollover expired');
+    await cancel('price_plus_yearly', start, yearEnd, monthTwo);
+    assert.equal(await clawedBack(accountId), 4000, 'once');
+  });
+
+  it('a cancellation ending exactly at a month start, applied before the scheduler reaches it, grants no such month', async () => {
+    const { accountId, subscriptionId, pay, cancel } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000 });
+    const monthTwo = addMonths(start, 1);
+    await travelTo(monthTwo - 3600);
+    await cancel('price_plus_yearly', start, yearEnd, monthTwo);
+    await travelTo(addMonths(start, 3) + 60);
+    const months = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`));
+    assert.equal(months.length, 1, 'month 1 only: the subscription ended as month 2 began');
+  });
+});
+
+describe('each line is booked to its own subscription (item 9)', () => {
+  it("a proration line of another subscription on an invoice moves that subscription's credits at once", async () => {
+    const { accountId, customer, subscriptionId, pay } = await subscriber();
+    const other = uniqueId('sub');
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({ id: other, customer, status: 'active', price: 'price_plus_monthly', start: now(), end: now() + 30 * day }),
+        {
+          created: now(),
+        },
+      ),
+    );
+    const start = now();
+    const end = start + 30 * day;
+    await pay([{ price: 'price_plus_monthly', start, end }], { subscription: other });
+    await pay([{ price: 'price_plus_monthly', start, end }]);
+    const changedAt = start + 15 * day;
+    await travelTo(changedAt);
+    // The other subscription's pending proration lands on this subscription's next invoice.
+    const paid = invoice({
+      customer,
+      subscription: subscriptionId,
+      lines: [{ price: 'price_plus_monthly', start: changedAt, end, proration: true, amount: 1000, quantity: 2, subscription: other }],
+    });
+    await deliver(test, event('invoice.paid', paid, { created: now() }));
+    await test.parts.worker.drain();
+    const status = await test.database.db.query<{ status: string }>('select status from webhook_events where id = $1', [
+      (await test.database.db.query<{ id: string }>(`select id from webhook_events where payload->'data'->'object'->>'id' = $1`, [paid.id]))
+        .rows[0]?.id,
+    ]);
+    assert.equal(status.rows[0]?.status, 'processed', 'applied at once, not waiting for a period of the wrong subscription');
+    const proration = (await grantsOf(accountId)).find((grant) => grant.grant_key.startsWith('proration:'));
+    assert.equal(proration?.amount, Math.floor((4000 * 2 * (end - changedAt)) / (end - start)));
+    const reference = await test.database.db.query<{ subscription: string }>(
+      `select reference->>'subscription' as subscription from grants where account_id = $1 and grant_key like 'proration:%'`,
+      [accountId],
+    );
+    assert.equal(reference.rows[0]?.subscription, other);
+  });
+});
