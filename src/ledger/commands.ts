@@ -103,7 +103,6 @@ export const captureInputSchema = z
     path: ['quantities'],
     message: 'give either amount or quantities, not both',
   });
-export type CaptureInput = z.infer<typeof captureInputSchema>;
 
 export const grantInputSchema = z.strictObject({
   amount: amountCreditsSchema,
