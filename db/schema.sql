@@ -512,25 +512,24 @@ CREATE OR REPLACE FUNCTION public.tally_account_events()
  RETURNS trigger
  LANGUAGE plpgsql
 AS $function$
+declare
+  v_threshold bigint;
 begin
-  if new.available < old.available and new.available < new.low_balance_threshold
-     and old.available >= new.low_balance_threshold then
-    perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
-      'threshold', new.low_balance_threshold, 'previous_available', old.available), new.updated_at);
-  elsif new.available < old.available and new.available < new.top_up_threshold
-     and old.available >= new.top_up_threshold then
-    perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
-      'threshold', new.top_up_threshold, 'previous_available', old.available), new.updated_at);
+  if new.available < old.available then
+    for v_threshold in
+      select distinct t from unnest(array[new.low_balance_threshold, new.top_up_threshold]) as t
+      where new.available < t and old.available >= t
+      order by t desc
+    loop
+      perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
+        'threshold', v_threshold, 'previous_available', old.available), new.updated_at);
+    end loop;
   end if;
   if old.available > 0 and new.available = 0 then
     perform tally_event('balance.depleted', new.id, jsonb_build_object('available', 0, 'debt', new.debt), new.updated_at);
   end if;
   if old.debt = 0 and new.debt > 0 then
     perform tally_event('account.in_debt', new.id, jsonb_build_object('debt', new.debt), new.updated_at);
-  end if;
-  if new.available < old.available and new.available < new.top_up_threshold
-     and old.available >= new.top_up_threshold then
-    perform tally_request_top_up(new.id, new.updated_at);
   end if;
   return null;
 end $function$;
@@ -893,6 +892,10 @@ begin
   values (p_account, 'hold', -p_amount, v_net, v_take.grant_ids, v_take.grant_credits, v_hold.id,
     'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now,
     v_hold.meter, v_hold.quantities, v_hold.rate_card_id, v_hold.rate_card_version, v_hold.cost);
+  -- As a usage: a hold that leaves the account below its auto top-up threshold asks for a top-up.
+  if v_account.available < v_account.top_up_threshold then
+    perform tally_request_top_up(p_account, v_now);
+  end if;
   return tally_remember(p_key, p_account, 'hold', p_hash, 201,
     jsonb_build_object('hold_id', 'hold_' || v_hold.id, 'amount', p_amount,
       'expires_at', tally_iso(v_hold.expires_at), 'available', v_account.available,
@@ -1455,7 +1458,11 @@ declare
   v_setting auto_top_ups;
   v_this_month integer;
 begin
-  select * into v_setting from auto_top_ups where account_id = p_account and enabled;
+  if exists (select 1 from top_ups where account_id = p_account and status = 'pending') then
+    return;
+  end if;
+  select s.* into v_setting from auto_top_ups s join accounts a on a.id = s.account_id
+    where s.account_id = p_account and s.enabled and not a.flagged;
   if not found then
     return;
   end if;
@@ -1979,6 +1986,11 @@ begin
     p_priced->'quantities', p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer,
     (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric)
   returning id into v_entry_id;
+  -- A spend that leaves the account below its auto top-up threshold asks for a top-up (null
+  -- when auto top-up is off, so other accounts pay one comparison).
+  if v_account.available < v_account.top_up_threshold then
+    perform tally_request_top_up(p_account, v_now);
+  end if;
   return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
     'amount', p_amount, 'available', v_account.available, 'replayed', false)
     || tally_priced_answer((p_priced->>'cost')::numeric, p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer));
@@ -2000,6 +2012,7 @@ declare
   v_one_by_one integer[];
   v_uncovered bigint;
   v_position integer;
+  v_below_top_up text[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
@@ -2136,6 +2149,7 @@ begin
   charged as (
     update accounts a set available = a.available - c.total, updated_at = v_now
     from account c where c.at_once and a.id = c.id
+    returning a.id, a.available < a.top_up_threshold as below_top_up
   ),
   -- The limited accounts' counters, as tally_spend_limits_take would leave them after each
   -- spend in turn: windows move forward only, and each counts the batch's total.
@@ -2166,13 +2180,18 @@ begin
     (select array_agg(result order by ord) from answer),
     (select array_agg(u.ord order by c.id collate "C", u.ord)
        from account c cross join lateral unnest(c.event_ords) as u(ord) where c.found and not c.at_once),
-    (select count(*) from numbered where credits is distinct from amount)
-  into v_results, v_one_by_one, v_uncovered;
+    (select count(*) from numbered where credits is distinct from amount),
+    (select array_agg(id order by id collate "C") from charged where below_top_up)
+  into v_results, v_one_by_one, v_uncovered, v_below_top_up;
 
   if v_uncovered > 0 then
     raise exception 'invariant broken: % spends of a usage batch exceed the live grants of their accounts', v_uncovered
       using errcode = 'TX001';
   end if;
+  -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
+  foreach v_account in array coalesce(v_below_top_up, '{}') loop
+    perform tally_request_top_up(v_account, v_now);
+  end loop;
   foreach v_position in array coalesce(v_one_by_one, '{}') loop
     v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
       p_keys[v_position], p_hashes[v_position], p_actors[v_position],

@@ -8,7 +8,7 @@ import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';
 import { buildServer, type HttpLimits } from './http/server.js';
 import { EventDelivery, type DeliveryOptions } from './events/delivery.js';
-import { TopUpRunner } from './billing/top-ups.js';
+import { TopUpRunner } from './billing/top-up-payer.js';
 import { Ledger } from './ledger/ledger.js';
 import { RateCards } from './pricing/rate-cards.js';
 import { Sweeper } from './ledger/sweeper.js';

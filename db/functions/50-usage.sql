@@ -74,6 +74,11 @@ begin
     p_priced->'quantities', p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer,
     (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric)
   returning id into v_entry_id;
+  -- A spend that leaves the account below its auto top-up threshold asks for a top-up (null
+  -- when auto top-up is off, so other accounts pay one comparison).
+  if v_account.available < v_account.top_up_threshold then
+    perform tally_request_top_up(p_account, v_now);
+  end if;
   return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
     'amount', p_amount, 'available', v_account.available, 'replayed', false)
     || tally_priced_answer((p_priced->>'cost')::numeric, p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer));
@@ -94,6 +99,7 @@ declare
   v_one_by_one integer[];
   v_uncovered bigint;
   v_position integer;
+  v_below_top_up text[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
@@ -230,6 +236,7 @@ begin
   charged as (
     update accounts a set available = a.available - c.total, updated_at = v_now
     from account c where c.at_once and a.id = c.id
+    returning a.id, a.available < a.top_up_threshold as below_top_up
   ),
   -- The limited accounts' counters, as tally_spend_limits_take would leave them after each
   -- spend in turn: windows move forward only, and each counts the batch's total.
@@ -260,13 +267,18 @@ begin
     (select array_agg(result order by ord) from answer),
     (select array_agg(u.ord order by c.id collate "C", u.ord)
        from account c cross join lateral unnest(c.event_ords) as u(ord) where c.found and not c.at_once),
-    (select count(*) from numbered where credits is distinct from amount)
-  into v_results, v_one_by_one, v_uncovered;
+    (select count(*) from numbered where credits is distinct from amount),
+    (select array_agg(id order by id collate "C") from charged where below_top_up)
+  into v_results, v_one_by_one, v_uncovered, v_below_top_up;
 
   if v_uncovered > 0 then
     raise exception 'invariant broken: % spends of a usage batch exceed the live grants of their accounts', v_uncovered
       using errcode = 'TX001';
   end if;
+  -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
+  foreach v_account in array coalesce(v_below_top_up, '{}') loop
+    perform tally_request_top_up(v_account, v_now);
+  end loop;
   foreach v_position in array coalesce(v_one_by_one, '{}') loop
     v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
       p_keys[v_position], p_hashes[v_position], p_actors[v_position],

@@ -49,6 +49,10 @@ begin
   values (p_account, 'hold', -p_amount, v_net, v_take.grant_ids, v_take.grant_credits, v_hold.id,
     'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now,
     v_hold.meter, v_hold.quantities, v_hold.rate_card_id, v_hold.rate_card_version, v_hold.cost);
+  -- As a usage: a hold that leaves the account below its auto top-up threshold asks for a top-up.
+  if v_account.available < v_account.top_up_threshold then
+    perform tally_request_top_up(p_account, v_now);
+  end if;
   return tally_remember(p_key, p_account, 'hold', p_hash, 201,
     jsonb_build_object('hold_id', 'hold_' || v_hold.id, 'amount', p_amount,
       'expires_at', tally_iso(v_hold.expires_at), 'available', v_account.available,

@@ -1,4 +1,4 @@
--- The event log written in the same transaction as each change, and auto top-up requests.
+-- The event log written in the same transaction as each change.
 --
 -- Applied after the numbered migrations, in file-name order, whenever the file changed
 -- (src/db/migrate.ts). A change to a function is a diff of this file; a change of signature
@@ -40,53 +40,29 @@ begin
   return v_count;
 end $$;
 
--- Asks for a top-up of an account whose auto top-up is enabled: a pending row that the
--- background job pays, unless one is in flight already or the month's maximum is reached (top-ups
--- pending or succeeded since the start of p_at's UTC month). The caller holds the account's row
--- lock (the spend's update, or the setting's call), which makes the next number safe to take.
-create or replace function tally_request_top_up(p_account text, p_at timestamptz) returns void language plpgsql as $$
-declare
-  v_setting auto_top_ups;
-  v_this_month integer;
-begin
-  select * into v_setting from auto_top_ups where account_id = p_account and enabled;
-  if not found then
-    return;
-  end if;
-  select count(*) into v_this_month from top_ups
-    where account_id = p_account and status in ('pending', 'succeeded')
-      and created_at >= date_trunc('month', p_at at time zone 'UTC') at time zone 'UTC';
-  if v_this_month >= v_setting.max_per_month then
-    return;
-  end if;
-  insert into top_ups (account_id, number, pack_id, created_at)
-  select p_account, coalesce(max(number), 0) + 1, v_setting.pack_id, p_at
-    from top_ups where account_id = p_account
-  on conflict (account_id) where status = 'pending' do nothing;
-end $$;
-
--- Balance events and the auto top-up trigger. Runs only when the WHEN clause of its trigger
--- saw a crossing; the row lock of the update is held, so the top-up number is safe to take.
+-- Balance events. Runs only when the WHEN clause of its trigger saw a crossing. Each threshold
+-- crossed is its own balance.low, the higher one first (the order the balance passed them); two
+-- thresholds of one value are one crossing. A fall of the balance never asks for a top-up by
+-- itself: only a spend does (tally_usage, tally_usage_batch, tally_hold).
 create or replace function tally_account_events() returns trigger language plpgsql as $$
+declare
+  v_threshold bigint;
 begin
-  if new.available < old.available and new.available < new.low_balance_threshold
-     and old.available >= new.low_balance_threshold then
-    perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
-      'threshold', new.low_balance_threshold, 'previous_available', old.available), new.updated_at);
-  elsif new.available < old.available and new.available < new.top_up_threshold
-     and old.available >= new.top_up_threshold then
-    perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
-      'threshold', new.top_up_threshold, 'previous_available', old.available), new.updated_at);
+  if new.available < old.available then
+    for v_threshold in
+      select distinct t from unnest(array[new.low_balance_threshold, new.top_up_threshold]) as t
+      where new.available < t and old.available >= t
+      order by t desc
+    loop
+      perform tally_event('balance.low', new.id, jsonb_build_object('available', new.available,
+        'threshold', v_threshold, 'previous_available', old.available), new.updated_at);
+    end loop;
   end if;
   if old.available > 0 and new.available = 0 then
     perform tally_event('balance.depleted', new.id, jsonb_build_object('available', 0, 'debt', new.debt), new.updated_at);
   end if;
   if old.debt = 0 and new.debt > 0 then
     perform tally_event('account.in_debt', new.id, jsonb_build_object('debt', new.debt), new.updated_at);
-  end if;
-  if new.available < old.available and new.available < new.top_up_threshold
-     and old.available >= new.top_up_threshold then
-    perform tally_request_top_up(new.id, new.updated_at);
   end if;
   return null;
 end $$;

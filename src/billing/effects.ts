@@ -1,6 +1,6 @@
 import type { EffectContext, EffectResult } from './effect-context.js';
 import { applyCheckoutSession, applyDisputeEvent, applyRefundEvent } from './payments.js';
-import { applyPaymentIntentFailed, applyPaymentIntentSucceeded } from './top-ups.js';
+import { applyPaymentIntentFailed, applyPaymentIntentSucceeded } from './top-up-outcomes.js';
 import { applyInvoicePaid, applyInvoicePaymentFailed, applyInvoicePaymentPaid, applySubscriptionEvent } from './subscriptions.js';
 
 /**

@@ -36,11 +36,23 @@ export class FakeStripe {
   readonly customers = new Map<string, Record<string, unknown>>();
   /** What GET /v1/prices/{id} answers; a price not listed answers 1000 usd (unit_amount in cents). */
   readonly prices = new Map<string, Record<string, unknown>>();
-  /** How POST /v1/payment_intents (confirm, off_session) ends: as Stripe answers each outcome. */
-  paymentIntentOutcome: 'succeeded' | 'declined' | 'authentication_required' | 'processing' = 'succeeded';
-  /** Payment intents created, in order; a repeated idempotency key answers the first result again. */
+  /**
+   * How POST /v1/payment_intents (confirm, off_session) ends: as Stripe answers each outcome
+   * (`requires_action` is the 200 answer of a payment that needs the customer; `authentication_required`
+   * the 402 card error Stripe answers for it off-session).
+   */
+  paymentIntentOutcome: 'succeeded' | 'declined' | 'authentication_required' | 'requires_action' | 'processing' = 'succeeded';
+  /**
+   * Payment intents created, in order; a repeated idempotency key answers the first result again,
+   * until Stripe forgets the key 24 hours after its first use (by `clock`), as Stripe does.
+   */
   readonly createdPaymentIntents: Record<string, unknown>[] = [];
-  private readonly idempotentAnswers = new Map<string, [number, unknown]>();
+  private readonly idempotentAnswers = new Map<string, { answer: [number, unknown]; at: number }>();
+  static readonly idempotencyKeyLifetimeMilliseconds = 24 * 3600 * 1000;
+  /** The fake's time (a test clock), for forgetting idempotency keys. */
+  clock: () => Date = () => new Date();
+  /** While set, POST /v1/payment_intents waits for it before answering (a call in flight). */
+  paymentIntentGate: Promise<void> | undefined;
   mode: 'ok' | 'timeout' | 'error' = 'ok';
   /** When set, every call answers this status and body, as Stripe refuses a call (401, 429, 400...). */
   refusal: { status: number; body: unknown } | undefined;
@@ -73,16 +85,18 @@ export class FakeStripe {
     if (this.mode === 'timeout') return; // never answers; the client's timeout fires
     if (this.mode === 'error') return this.send(response, 500, { error: { type: 'api_error', message: 'fake outage' } });
     if (this.refusal !== undefined) return this.send(response, this.refusal.status, this.refusal.body);
+    if (request.method === 'POST' && url.pathname === '/v1/payment_intents') await this.paymentIntentGate;
     const [status, answer] = this.answer(request.method ?? '', url.pathname, params, Array.isArray(key) ? key[0] : key);
     this.send(response, status, answer);
   }
 
   private answer(method: string, path: string, params: Record<string, string>, idempotencyKey?: string): [number, unknown] {
     if (method === 'POST' && path === '/v1/payment_intents') {
+      const now = this.clock().getTime();
       const earlier = idempotencyKey === undefined ? undefined : this.idempotentAnswers.get(idempotencyKey);
-      if (earlier !== undefined) return earlier;
+      if (earlier !== undefined && now - earlier.at < FakeStripe.idempotencyKeyLifetimeMilliseconds) return earlier.answer;
       const answer = this.createPaymentIntent(params);
-      if (idempotencyKey !== undefined) this.idempotentAnswers.set(idempotencyKey, answer);
+      if (idempotencyKey !== undefined) this.idempotentAnswers.set(idempotencyKey, { answer, at: now });
       return answer;
     }
     const customer = /^\/v1\/customers\/([^/]+)$/.exec(path);
@@ -205,6 +219,7 @@ export class FakeStripe {
       processing: 'processing',
       declined: 'requires_payment_method',
       authentication_required: 'requires_payment_method',
+      requires_action: 'requires_action',
     }[this.paymentIntentOutcome];
     const intent = {
       id,
@@ -247,6 +262,27 @@ export class FakeStripe {
       ];
     }
     return [200, intent];
+  }
+
+  /**
+   * A `processing` payment resolving later (a SEPA or ACH debit days after): what retrieving it
+   * answers from now on. Answers the payment intent as the webhook for it would carry it.
+   */
+  settlePaymentIntent(id: string, outcome: 'succeeded' | 'failed'): Record<string, unknown> {
+    const intent = this.paymentIntents.get(id);
+    if (intent === undefined) throw new Error(`the fake Stripe has no payment intent ${id}`);
+    const amount = Number(intent.amount);
+    const settled =
+      outcome === 'succeeded'
+        ? { ...intent, status: 'succeeded', amount_received: amount, last_payment_error: null }
+        : {
+            ...intent,
+            status: 'requires_payment_method',
+            amount_received: 0,
+            last_payment_error: { type: 'card_error', code: 'debit_not_authorized', message: 'The debit was not authorized.' },
+          };
+    this.paymentIntents.set(id, settled);
+    return settled;
   }
 
   /** A page of a list, as Stripe pages: `limit`, then `starting_after` the last id seen. */

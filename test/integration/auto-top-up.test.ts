@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { completeTopUp, failTopUp, topUpAttemptsMax, topUpLeaseSeconds } from '../../src/billing/top-ups.js';
+import { completeTopUp, failTopUp } from '../../src/billing/top-up-outcomes.js';
+import { topUpAttemptsMax, topUpLeaseSeconds } from '../../src/billing/top-up-payer.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';
 import { fundedAccount, settleEvents, startWithFakeStripe, stopWithFakeStripe, testCatalog, type TestApp } from '../helpers/app.js';
 import { deliver, event, settleWebhooks } from '../helpers/stripe-events.js';
@@ -13,6 +14,7 @@ let fake: FakeStripe;
 
 before(async () => {
   ({ test, fake } = await startWithFakeStripe());
+  fake.clock = test.clock.now;
 });
 after(async () => {
   await stopWithFakeStripe(test, fake);
@@ -234,12 +236,27 @@ describe('paying', () => {
     );
   });
 
-  it('starts a top-up at once when enabled below the threshold', async () => {
-    await customerAccount('tu_below', 100);
-    await test.call('PUT', '/v1/accounts/tu_below/auto-top-up', setting);
-    assert.equal((await topUps('tu_below')).length, 1);
+  it('a payment that needs the customer (requires_action) is topup.failed authentication_required, and the next spend tries again', async () => {
+    await customerAccount('tu_action', 600);
+    await test.call('PUT', '/v1/accounts/tu_action/auto-top-up', setting);
+    await spend('tu_action', 200);
+    fake.paymentIntentOutcome = 'requires_action';
+    try {
+      await runner().runOnce();
+    } finally {
+      fake.paymentIntentOutcome = 'succeeded';
+    }
+    assert.deepEqual(
+      (await eventsOf('tu_action')).map((item) => [item.type, item.data.code]),
+      [['topup.failed', 'authentication_required']],
+    );
+    await spend('tu_action', 10); // 400 → 390, already below: qualifies
     await runner().runOnce();
-    assert.equal(await available('tu_below'), 1100);
+    assert.deepEqual(
+      (await topUps('tu_action')).map((row) => row.status),
+      ['failed', 'succeeded'],
+    );
+    assert.equal(await available('tu_action'), 390 + 1000);
   });
 });
 

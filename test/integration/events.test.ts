@@ -81,6 +81,30 @@ describe('writing events', () => {
     assert.equal(off.body.low_balance_threshold, null);
   });
 
+  it('writes one balance.low per threshold crossed: a change crossing both the top-up threshold and low_balance_threshold writes two', async () => {
+    await fundedAccount(test, 'ev_both', 1000);
+    await test.call('PUT', '/v1/accounts/ev_both/low-balance-threshold', { threshold: 800 });
+    // The column auto top-up's setting keeps (no Stripe here to save the setting through).
+    await test.database.db.query(`update accounts set top_up_threshold = 500 where id = 'ev_both'`);
+    await spend('ev_both', 600); // 1000 → 400: crosses 800, then 500
+    await spend('ev_both', 100); // 400 → 300: crosses nothing
+    await fundedAccount(test, 'ev_both', 400); // 700: above 500, below 800
+    await spend('ev_both', 250); // 700 → 450: crosses 500 only
+    await test.database.db.query(`update accounts set top_up_threshold = 800 where id = 'ev_both'`);
+    await fundedAccount(test, 'ev_both', 550); // 1000
+    await spend('ev_both', 300); // 1000 → 700: both thresholds are 800, one crossing
+    const low = (await eventsOf('ev_both')).filter((event) => event.type === 'balance.low');
+    assert.deepEqual(
+      low.map((event) => [event.data.previous_available, event.data.available, event.data.threshold]),
+      [
+        [1000, 400, 800],
+        [1000, 400, 500],
+        [700, 450, 500],
+        [1000, 700, 800],
+      ],
+    );
+  });
+
   it('writes hold.expired when the sweep expires a hold, and grant.expired when a grant expires', async () => {
     await fundedAccount(test, 'ev_hold', 100, { expires_at: new Date(test.clock.now().getTime() + 7200_000).toISOString() });
     const hold = await test.call('POST', '/v1/accounts/ev_hold/holds', {

@@ -1,4 +1,4 @@
-import { autoTopUpInputSchema, setAutoTopUp, type TopUpDependencies } from '../../billing/top-ups.js';
+import { autoTopUpInputSchema, setAutoTopUp, type TopUpDependencies } from '../../billing/top-up-settings.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import { z } from 'zod';
 import { timestampSchema } from '../entities.js';
