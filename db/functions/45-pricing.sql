@@ -172,14 +172,21 @@ begin
   return trim_scale(v_cost);
 end $$;
 
--- The card that prices an account's spends: its plan's (the newest subscription that is active,
--- trialing or past due), or the catalog's default when that plan names none or there is no plan.
+-- The card that prices each account's spends: its plan's (the newest subscription that is
+-- active, trialing or past due), or the catalog's default when that plan names none or there is
+-- no plan. Set-based, so that a batch asks once for all its accounts; the one home of the rule.
+create or replace function tally_account_rate_cards(p_accounts text[]) returns table (account_id text, rate_card_id text)
+  language sql stable as $$
+  select a.account_id, coalesce(plan.rate_card_id, (select id from rate_cards where is_default))
+  from unnest(p_accounts) as a(account_id)
+  left join lateral (
+    select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
+    where s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
+    order by s.event_created desc, s.id limit 1) plan on true
+$$;
+
 create or replace function tally_account_rate_card(p_account text) returns text language sql stable as $$
-  select coalesce(
-    (select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
-      where s.account_id = p_account and s.status in ('active', 'trialing', 'past_due')
-      order by s.event_created desc, s.id limit 1),
-    (select id from rate_cards where is_default))
+  select rate_card_id from tally_account_rate_cards(array[p_account])
 $$;
 
 -- The most credits one spend may charge or reserve: a balance holds at most 2^53 - 1.
@@ -359,3 +366,42 @@ begin
       'available', v_available, 'allowed', v_reason is null)
     || case when v_reason is null then '{}'::jsonb else jsonb_build_object('reason', v_reason) end;
 end $$;
+
+-- The prices of a batch's priced events (p_meters[i] set), in batch order: each priced by its
+-- account's card at the version in effect at p_now, with the carry its account has now; NULL for
+-- a spend of credits or an unknown account. Set-based; an event the version cannot price (a meter
+-- or dimension it lacks, a quantity that is not a non-negative integer) goes to tally_price,
+-- which raises what it raises for a single spend, and so fails the batch.
+create or replace function tally_price_events(p_account_ids text[], p_meters text[], p_quantities jsonb[],
+  p_now timestamptz, out costs numeric[], out rate_card_ids text[], out rate_card_versions integer[],
+  out carries numeric[]) language sql stable as $$
+  with priced_account as (
+    select distinct e.account_id from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null
+  ),
+  -- Each account read by its key (a batch holds a few of many accounts); NULL carry: no account.
+  account as (
+    select x.* from (
+      select d.account_id as id, (select a.carry from accounts a where a.id = d.account_id) as carry, c.rate_card_id
+      from priced_account d cross join lateral tally_account_rate_cards(array[d.account_id]) c) x
+    where x.carry is not null
+  ),
+  version as (
+    select d.rate_card_id, v.version, v.rates
+    from (select distinct rate_card_id from account) d
+    cross join lateral tally_rate_card_in_effect(d.rate_card_id, p_now) v
+  )
+  select
+    array_agg(case when e.meter is null or a.id is null then null when r.priced then trim_scale(r.cost)
+      else tally_price(v.rates, e.meter, e.quantities) end order by e.ord),
+    array_agg(v.rate_card_id order by e.ord), array_agg(v.version order by e.ord), array_agg(a.carry order by e.ord)
+  from unnest(p_account_ids, p_meters, p_quantities) with ordinality as e(account_id, meter, quantities, ord)
+  left join account a on e.meter is not null and a.id = e.account_id
+  left join version v on v.rate_card_id = a.rate_card_id
+  left join lateral (
+    -- Quantities are numbers (the API checks them; a string fails the cast); a dimension without
+    -- a rate, or a negative or fractional quantity, is left to tally_price to refuse.
+    select sum(q.value::numeric * (v.rates -> e.meter ->> q.key)::numeric) as cost,
+      count(v.rates -> e.meter ->> q.key) = count(*) and min(q.value::numeric) >= 0
+        and bool_and(q.value::numeric = trunc(q.value::numeric)) as priced
+    from jsonb_each(e.quantities) q) r on a.id is not null
+$$;
