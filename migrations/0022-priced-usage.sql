@@ -24,25 +24,9 @@
 -- The constraints on entries and holds are added NOT VALID: the rows already there have none of
 -- the new columns, and a large ledger is not scanned under the migration's lock.
 --
--- The rollback is refused while a priced hold of 0 credits exists, which the old constraint cannot
--- hold. It forgets the function files' checksums, so that the previous release applies its own
--- definitions at its next start.
---
--- Rollback:
---   drop function if exists tally_usage(text, bigint, text, text, text, jsonb, timestamptz, jsonb), tally_hold(text, bigint, integer, text, text, text, timestamptz, jsonb), tally_release(holds, bigint, text, text, timestamptz, jsonb), tally_usage_batch(text[], bigint[], text[], text[], jsonb[], text[], timestamptz, text[], jsonb[]);
---   drop function if exists tally_priced_usage(text, text, jsonb, text, text, text, jsonb, timestamptz), tally_priced_hold(text, text, jsonb, integer, text, text, text, timestamptz), tally_priced_capture(bigint, jsonb, text, timestamptz), tally_quote(text, bigint, text, jsonb, timestamptz), tally_spend_limit_passed(text, bigint, timestamptz), tally_open_priced(text, text, text, text), tally_price_spend(text, text, jsonb, numeric, timestamptz, boolean), tally_priced_answer(numeric, text, integer), tally_spend_credits_max();
---   drop function if exists tally_rates_equal(jsonb, jsonb), tally_rate_card_version_json(rate_card_versions), tally_rate_card_in_effect(text, timestamptz), tally_rate_card_next(text, timestamptz), tally_publish_rate_card(text, jsonb, timestamptz, text, timestamptz), tally_sync_catalog_pricing(jsonb, text, jsonb, timestamptz), tally_rate_cards_json(timestamptz), tally_rate_card_versions_json(text), tally_price(jsonb, text, jsonb), tally_price_events(text[], text[], jsonb[], timestamptz), tally_account_rate_card(text), tally_account_rate_cards(text[]);
---   alter table holds drop constraint hold_amount_positive;
---   alter table holds add constraint hold_amount_positive check (amount > 0);
---   alter table holds drop constraint priced_hold;
---   alter table holds drop column meter, drop column quantities, drop column rate_card_id, drop column rate_card_version, drop column cost;
---   alter table entries drop constraint priced_entry;
---   alter table entries drop column meter, drop column quantities, drop column rate_card_id, drop column rate_card_version, drop column cost, drop column carry_after;
---   alter table accounts drop column carry;
---   drop table catalog_plans, rate_card_versions, rate_cards;
---   drop function tally_refuse_rate_card_version_change();
---   delete from tally_function_files;
---   delete from tally_migrations where version = 22;
+-- Rollback: run the statements in rollback/0022-priced-usage.sql, which put back the functions
+-- this release changed as they were before it, drop the functions it added, then its columns and
+-- tables (refused while a priced hold of 0 credits exists, which the old constraint cannot hold).
 
 create table rate_cards (
   id text primary key constraint rate_card_id_format check (id ~ '^[A-Za-z0-9_.-]{1,64}$'),
