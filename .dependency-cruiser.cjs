@@ -9,6 +9,8 @@
  *              ports/ (interfaces that higher layers implement and assembly hands in: the alert
  *              port), timing/ (Periodic, untilDone). They import nothing of Tally's.
  *   db         the pool, transactions, embedded PostgreSQL, migrations, SQLSTATE to errors.
+ *   pricing    meters, rate cards and their versions: the shapes a priced spend names, which
+ *              the ledger checks and the catalog declares.
  *   ledger     the money core: grants, entries, holds, the usage batcher, the sweeper.
  *   stripe     the adapter: signature check, object shapes, the API client and its breaker.
  *   billing    plans, checkout, subscriptions, trials, packs, refunds, disputes, top-ups: it
@@ -28,6 +30,7 @@
 const layers = [
   { name: 'base', path: '^src/((errors|package-root)\\.ts$|ports/|timing/)' },
   { name: 'db', path: '^src/db/' },
+  { name: 'pricing', path: '^src/pricing/' },
   { name: 'ledger', path: '^src/ledger/' },
   { name: 'stripe', path: '^src/stripe/' },
   { name: 'billing', path: '^src/billing/' },

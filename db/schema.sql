@@ -17,12 +17,14 @@ create table accounts (
   device_fingerprint_hash text,
   low_balance_threshold bigint,
   top_up_threshold bigint,
-  spend_limited boolean not null default false
+  spend_limited boolean not null default false,
+  carry numeric not null default 0
 );
 alter table accounts add constraint account_id_format CHECK ((id ~ '^[A-Za-z0-9_.:@-]{1,128}$'::text));
 alter table accounts add constraint available_not_negative CHECK ((available >= 0));
 alter table accounts add constraint available_or_debt CHECK (((available = 0) OR (debt = 0)));
 alter table accounts add constraint balances_safe CHECK (((available <= '9007199254740991'::bigint) AND (held <= '9007199254740991'::bigint) AND (debt <= '9007199254740991'::bigint)));
+alter table accounts add constraint carry_range CHECK (((carry >= (0)::numeric) AND (carry < (1)::numeric)));
 alter table accounts add constraint debt_not_negative CHECK ((debt >= 0));
 alter table accounts add constraint email_length CHECK ((char_length(email) <= 320));
 alter table accounts add constraint held_not_negative CHECK ((held >= 0));
@@ -108,6 +110,14 @@ alter table billing_periods add constraint billing_periods_account_id_fkey FOREI
 alter table billing_periods add constraint billing_periods_pkey PRIMARY KEY (subscription_id, period_start);
 CREATE INDEX billing_periods_by_end ON public.billing_periods USING btree (subscription_id, period_end);
 
+create table catalog_plans (
+  id text not null,
+  rate_card_id text,
+  updated_at timestamp with time zone not null default now()
+);
+alter table catalog_plans add constraint catalog_plans_rate_card_id_fkey FOREIGN KEY (rate_card_id) REFERENCES rate_cards(id);
+alter table catalog_plans add constraint catalog_plans_pkey PRIMARY KEY (id);
+
 create table entries (
   id bigint not null,
   account_id text not null,
@@ -122,13 +132,20 @@ create table entries (
   actor text not null,
   reason text,
   created_at timestamp with time zone not null default now(),
-  payload_hash text
+  payload_hash text,
+  meter text,
+  quantities jsonb,
+  rate_card_id text,
+  rate_card_version integer,
+  cost numeric,
+  carry_after numeric
 );
 alter table entries add constraint admin_has_reason CHECK (((actor <> 'admin'::text) OR (reason IS NOT NULL)));
 alter table entries add constraint entry_actor CHECK ((actor = ANY (ARRAY['app'::text, 'admin'::text, 'stripe'::text, 'system'::text])));
 alter table entries add constraint entry_kind CHECK ((kind = ANY (ARRAY['grant'::text, 'usage'::text, 'hold'::text, 'capture'::text, 'release'::text, 'expire'::text, 'clawback'::text, 'restore'::text, 'adjustment'::text])));
 alter table entries add constraint grant_arrays_match CHECK ((cardinality(grant_ids) = cardinality(grant_credits)));
 alter table entries add constraint payload_hash_of_usage CHECK (((payload_hash IS NULL) OR (kind = 'usage'::text))) NOT VALID;
+alter table entries add constraint priced_entry CHECK ((((meter IS NULL) AND (quantities IS NULL) AND (rate_card_id IS NULL) AND (rate_card_version IS NULL) AND (cost IS NULL) AND (carry_after IS NULL)) OR ((meter IS NOT NULL) AND (quantities IS NOT NULL) AND (rate_card_id IS NOT NULL) AND (rate_card_version IS NOT NULL) AND (cost >= (0)::numeric) AND (kind = ANY (ARRAY['usage'::text, 'hold'::text, 'capture'::text])) AND ((carry_after IS NULL) = (kind = 'hold'::text)) AND ((carry_after IS NULL) OR ((carry_after >= (0)::numeric) AND (carry_after < (1)::numeric)))))) NOT VALID;
 alter table entries add constraint entries_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table entries add constraint entries_pkey PRIMARY KEY (id);
 alter table entries add constraint entry_key_unique UNIQUE (account_id, idempotency_key);
@@ -209,11 +226,17 @@ create table holds (
   idempotency_key text not null,
   created_at timestamp with time zone not null default now(),
   resolved_at timestamp with time zone,
-  counted_in_spend_limits boolean not null default false
+  counted_in_spend_limits boolean not null default false,
+  meter text,
+  quantities jsonb,
+  rate_card_id text,
+  rate_card_version integer,
+  cost numeric
 );
-alter table holds add constraint hold_amount_positive CHECK ((amount > 0));
+alter table holds add constraint hold_amount_positive CHECK (((amount > 0) OR ((meter IS NOT NULL) AND (amount = 0)))) NOT VALID;
 alter table holds add constraint hold_resolution CHECK ((((status = 'pending'::text) AND (captured IS NULL) AND (released IS NULL)) OR ((status <> 'pending'::text) AND (captured >= 0) AND (released >= 0) AND ((captured + released) = amount))));
 alter table holds add constraint hold_status CHECK ((status = ANY (ARRAY['pending'::text, 'captured'::text, 'voided'::text, 'expired'::text])));
+alter table holds add constraint priced_hold CHECK ((((meter IS NULL) AND (quantities IS NULL) AND (rate_card_id IS NULL) AND (rate_card_version IS NULL) AND (cost IS NULL)) OR ((meter IS NOT NULL) AND (quantities IS NOT NULL) AND (rate_card_id IS NOT NULL) AND (rate_card_version IS NOT NULL) AND (cost >= (0)::numeric)))) NOT VALID;
 alter table holds add constraint holds_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table holds add constraint holds_pkey PRIMARY KEY (id);
 CREATE INDEX holds_due_expiry ON public.holds USING btree (expires_at) WHERE (status = 'pending'::text);
@@ -271,6 +294,32 @@ alter table payments add constraint payments_checkout_session_id_key UNIQUE (che
 alter table payments add constraint payments_invoice_id_key UNIQUE (invoice_id);
 alter table payments add constraint payments_payment_intent_key UNIQUE (payment_intent);
 CREATE INDEX payments_by_account ON public.payments USING btree (account_id);
+
+create table rate_card_versions (
+  rate_card_id text not null,
+  version integer not null,
+  effective_at timestamp with time zone not null,
+  rates jsonb not null,
+  source text not null,
+  published_at timestamp with time zone not null
+);
+alter table rate_card_versions add constraint rate_card_version_source CHECK ((source = ANY (ARRAY['catalog'::text, 'admin'::text])));
+alter table rate_card_versions add constraint rates_are_decimals CHECK (((jsonb_typeof(rates) = 'object'::text) AND (NOT jsonb_path_exists(rates, '$.*?(@.type() != "object")'::jsonpath)) AND (NOT jsonb_path_exists(rates, '$.*.*?(@.type() != "string" || !(@ like_regex "^(0|[1-9][0-9]{0,14})([.][0-9]{1,12})?$"))'::jsonpath))));
+alter table rate_card_versions add constraint version_positive CHECK ((version >= 1));
+alter table rate_card_versions add constraint rate_card_versions_rate_card_id_fkey FOREIGN KEY (rate_card_id) REFERENCES rate_cards(id);
+alter table rate_card_versions add constraint rate_card_versions_pkey PRIMARY KEY (rate_card_id, version);
+CREATE INDEX rate_card_versions_in_effect ON public.rate_card_versions USING btree (rate_card_id, effective_at DESC, version DESC);
+CREATE TRIGGER rate_card_versions_append_only BEFORE DELETE OR UPDATE ON public.rate_card_versions FOR EACH ROW EXECUTE FUNCTION tally_refuse_rate_card_version_change();
+CREATE TRIGGER rate_card_versions_no_truncate BEFORE TRUNCATE ON public.rate_card_versions FOR EACH STATEMENT EXECUTE FUNCTION tally_refuse_rate_card_version_change();
+
+create table rate_cards (
+  id text not null,
+  is_default boolean not null default false,
+  created_at timestamp with time zone not null default now()
+);
+alter table rate_cards add constraint rate_card_id_format CHECK ((id ~ '^[A-Za-z0-9_.-]{1,64}$'::text));
+alter table rate_cards add constraint rate_cards_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX rate_cards_one_default ON public.rate_cards USING btree (is_default) WHERE is_default;
 
 create table reconciliation_runs (
   id bigint not null,
@@ -485,6 +534,27 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_account_rate_card(p_account text)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select rate_card_id from tally_account_rate_cards(array[p_account])
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_account_rate_cards(p_accounts text[])
+ RETURNS TABLE(account_id text, rate_card_id text)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select a.account_id, coalesce(plan.rate_card_id, (select id from rate_cards where is_default))
+  from unnest(p_accounts) as a(account_id)
+  left join lateral (
+    select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
+    where s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
+    order by s.event_created desc, s.id limit 1) plan on true
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_add_grant(p_account text, p_source text, p_amount bigint, p_priority integer, p_expires_at timestamp with time zone, p_grant_key text, p_entry_kind text, p_reference jsonb, p_actor text, p_reason text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -593,6 +663,14 @@ declare
   v_amount bigint := coalesce(p_amount, v_hold.amount);
   v_available bigint;
 begin
+  -- A priced hold is captured by quantities; without any, by the quantities it held.
+  if v_hold.meter is not null then
+    if p_amount is not null then
+      raise exception 'hold_% is priced by meter %: capture it with quantities, not amount', p_hold_id, v_hold.meter
+        using errcode = 'TP400', detail = 'amount';
+    end if;
+    return tally_priced_capture(p_hold_id, null, p_actor, v_now);
+  end if;
   if v_amount > v_hold.amount then
     raise exception 'capture of % exceeds the hold of %', v_amount, v_hold.amount
       using errcode = 'TH400', detail = v_hold.amount::text;
@@ -669,7 +747,18 @@ CREATE OR REPLACE FUNCTION public.tally_entry_json(e entries)
  RETURNS jsonb
  LANGUAGE sql
  STABLE
-RETURN jsonb_build_object('id', ('entry_'::text || (e).id), 'kind', (e).kind, 'amount', (e).amount, 'balance_after', (e).balance_after, 'grant_ids', (SELECT COALESCE(jsonb_agg(('grant_'::text || u.g) ORDER BY u.n), '[]'::jsonb) AS "coalesce" FROM unnest((tally_entry_json.e).grant_ids) WITH ORDINALITY u(g, n)), 'idempotency_key', (e).idempotency_key, 'reference', (e).reference, 'actor', (e).actor, 'reason', (e).reason, 'created_at', tally_iso((e).created_at));
+AS $function$
+  select jsonb_build_object('id', 'entry_' || e.id, 'kind', e.kind, 'amount', e.amount,
+    'balance_after', e.balance_after,
+    'grant_ids', (select coalesce(jsonb_agg('grant_' || g order by n), '[]'::jsonb)
+                  from unnest(e.grant_ids) with ordinality as u(g, n)),
+    'idempotency_key', e.idempotency_key, 'reference', e.reference, 'actor', e.actor,
+    'reason', e.reason, 'created_at', tally_iso(e.created_at))
+  || case when e.meter is null then '{}'::jsonb
+     else jsonb_build_object('meter', e.meter, 'quantities', e.quantities,
+       'rate_card', jsonb_build_object('id', e.rate_card_id, 'version', e.rate_card_version),
+       'cost', trim_scale(e.cost)::text, 'carry_after', trim_scale(e.carry_after)::text) end
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_error(p_code text, p_message text, p_details jsonb DEFAULT '{}'::jsonb)
  RETURNS jsonb
@@ -770,6 +859,13 @@ RETURN jsonb_build_object('id', ('grant_'::text || (g).id), 'source', (g).source
 
 CREATE OR REPLACE FUNCTION public.tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone)
  RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_hold(p_account, p_amount, p_expires_in_seconds, p_key, p_hash, p_actor, p_now, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone, p_priced jsonb)
+ RETURNS jsonb
  LANGUAGE plpgsql
 AS $function$
 declare
@@ -784,19 +880,27 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
+  -- A hold of 0 credits (a priced one whose cost is 0) takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
   update accounts set available = available - p_amount, held = held + p_amount, updated_at = v_now
     where id = p_account returning * into v_account;
   insert into holds (account_id, amount, grant_ids, grant_credits, expires_at, idempotency_key, created_at,
-    counted_in_spend_limits)
+    counted_in_spend_limits, meter, quantities, rate_card_id, rate_card_version, cost)
   values (p_account, p_amount, v_take.grant_ids, v_take.grant_credits,
-    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited)
+    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited,
+    p_priced->>'meter', p_priced->'quantities', p_priced->>'rate_card_id',
+    (p_priced->>'rate_card_version')::integer, (p_priced->>'cost')::numeric)
   returning * into v_hold;
   v_net := v_account.available - v_account.debt;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
-    idempotency_key, reference, actor, created_at)
+    idempotency_key, reference, actor, created_at, meter, quantities, rate_card_id, rate_card_version, cost)
   values (p_account, 'hold', -p_amount, v_net, v_take.grant_ids, v_take.grant_credits, v_hold.id,
-    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now);
+    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now,
+    v_hold.meter, v_hold.quantities, v_hold.rate_card_id, v_hold.rate_card_version, v_hold.cost);
   -- As a usage: a hold that leaves the account below its auto top-up threshold asks for a top-up.
   if v_account.available < v_account.top_up_threshold then
     perform tally_request_top_up(p_account, v_now);
@@ -804,7 +908,7 @@ begin
   return tally_remember(p_key, p_account, 'hold', p_hash, 201,
     jsonb_build_object('hold_id', 'hold_' || v_hold.id, 'amount', p_amount,
       'expires_at', tally_iso(v_hold.expires_at), 'available', v_account.available,
-      'replayed', false), v_now);
+      'replayed', false) || tally_priced_answer(v_hold.cost, v_hold.rate_card_id, v_hold.rate_card_version), v_now);
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_hold_events()
@@ -812,8 +916,12 @@ CREATE OR REPLACE FUNCTION public.tally_hold_events()
  LANGUAGE plpgsql
 AS $function$
 begin
+  -- A priced hold says what it held: its meter, the quantities, their cost and the version.
   perform tally_event('hold.expired', new.account_id, jsonb_build_object('hold_id', 'hold_' || new.id,
-    'amount', new.amount, 'released', new.released), new.resolved_at);
+    'amount', new.amount, 'released', new.released)
+    || case when new.meter is null then '{}'::jsonb
+       else jsonb_build_object('meter', new.meter, 'quantities', new.quantities) end
+    || tally_priced_answer(new.cost, new.rate_card_id, new.rate_card_version), new.resolved_at);
   return null;
 end $function$;
 
@@ -881,6 +989,24 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_open_priced(p_account text, p_key text, p_operation text, p_hash text, OUT p_outcome jsonb, OUT p_carry numeric)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+begin
+  p_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+  if p_outcome is not null then
+    return;
+  end if;
+  select carry into p_carry from accounts where id = p_account for update;
+  if not found then
+    p_outcome := jsonb_build_object('status', 404, 'body', tally_error('account_not_found', 'no account with id ' || p_account));
+    return;
+  end if;
+  -- A racing request under the same key may have committed before the lock was ours.
+  p_outcome := tally_prior_outcome(p_account, p_key, p_operation, p_hash);
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text, p_hash text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -899,13 +1025,194 @@ begin
       tally_error('insufficient_credits', 'not enough credits available',
         jsonb_build_object('available', v_available)), p_now);
   end if;
-  if v_limited then
+  -- A spend of 0 credits (a priced spend whose cost the carry absorbs) passes no limit.
+  if v_limited and p_amount > 0 then
     v_outcome := tally_spend_limits_take(p_account, p_amount, p_now);
     if v_outcome is not null then
       return tally_remember(p_key, p_account, p_operation, p_hash, 402, v_outcome, p_now);
     end if;
   end if;
   return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_price(p_rates jsonb, p_meter text, p_quantities jsonb)
+ RETURNS numeric
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+declare
+  v_rates jsonb := p_rates -> p_meter;
+  v_cost numeric := 0;
+  v_quantity record;
+begin
+  if v_rates is null then
+    raise exception 'the rate card prices no meter %', p_meter using errcode = 'TP404', detail = p_meter;
+  end if;
+  if jsonb_typeof(p_quantities) is distinct from 'object' then
+    raise exception 'quantities must be an object' using errcode = 'TP400', detail = 'quantities';
+  end if;
+  for v_quantity in select key, value from jsonb_each(p_quantities) loop
+    if not v_rates ? v_quantity.key then
+      raise exception 'meter % has no dimension %', p_meter, v_quantity.key
+        using errcode = 'TP400', detail = 'quantities.' || v_quantity.key;
+    end if;
+    if jsonb_typeof(v_quantity.value) <> 'number' or (v_quantity.value #>> '{}')::numeric < 0
+       or (v_quantity.value #>> '{}')::numeric <> trunc((v_quantity.value #>> '{}')::numeric) then
+      raise exception 'quantity % is not a non-negative integer', v_quantity.key
+        using errcode = 'TP400', detail = 'quantities.' || v_quantity.key;
+    end if;
+    v_cost := v_cost + (v_quantity.value #>> '{}')::numeric * (v_rates ->> v_quantity.key)::numeric;
+  end loop;
+  return trim_scale(v_cost);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_price_events(p_account_ids text[], p_meters text[], p_quantities jsonb[], p_now timestamp with time zone, OUT costs numeric[], OUT rate_card_ids text[], OUT rate_card_versions integer[], OUT carries numeric[])
+ RETURNS record
+ LANGUAGE sql
+ STABLE
+AS $function$
+  with priced_account as (
+    select distinct e.account_id from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null
+  ),
+  -- Each account read by its key (a batch holds a few of many accounts); NULL carry: no account.
+  account as (
+    select x.* from (
+      select d.account_id as id, (select a.carry from accounts a where a.id = d.account_id) as carry, c.rate_card_id
+      from priced_account d cross join lateral tally_account_rate_cards(array[d.account_id]) c) x
+    where x.carry is not null
+  ),
+  version as (
+    select d.rate_card_id, v.version, v.rates
+    from (select distinct rate_card_id from account) d
+    cross join lateral tally_rate_card_in_effect(d.rate_card_id, p_now) v
+  )
+  select
+    array_agg(case when e.meter is null or a.id is null then null when r.priced then trim_scale(r.cost)
+      else tally_price(v.rates, e.meter, e.quantities) end order by e.ord),
+    array_agg(v.rate_card_id order by e.ord), array_agg(v.version order by e.ord), array_agg(a.carry order by e.ord)
+  from unnest(p_account_ids, p_meters, p_quantities) with ordinality as e(account_id, meter, quantities, ord)
+  left join account a on e.meter is not null and a.id = e.account_id
+  left join version v on v.rate_card_id = a.rate_card_id
+  left join lateral (
+    -- Quantities are numbers (the API checks them; a string fails the cast); a dimension without
+    -- a rate, or a negative or fractional quantity, is left to tally_price to refuse.
+    select sum(q.value::numeric * (v.rates -> e.meter ->> q.key)::numeric) as cost,
+      count(v.rates -> e.meter ->> q.key) = count(*) and min(q.value::numeric) >= 0
+        and bool_and(q.value::numeric = trunc(q.value::numeric)) as priced
+    from jsonb_each(e.quantities) q) r on a.id is not null
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_price_spend(p_account text, p_meter text, p_quantities jsonb, p_carry numeric, p_now timestamp with time zone, p_reserve boolean)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_card text := tally_account_rate_card(p_account);
+  v_version rate_card_versions;
+  v_cost numeric;
+  v_credits numeric;
+begin
+  if v_card is null then
+    raise exception 'no rate card prices meter % (the catalog has no rate cards)', p_meter using errcode = 'TP404', detail = p_meter;
+  end if;
+  v_version := tally_rate_card_in_effect(v_card, p_now);
+  if v_version.rate_card_id is null then
+    raise exception 'invariant broken: no version of rate card % is in effect at %', v_card, tally_iso(p_now)
+      using errcode = 'TX001';
+  end if;
+  v_cost := tally_price(v_version.rates, p_meter, p_quantities);
+  v_credits := case when p_reserve then ceil(v_cost) else floor(v_cost + p_carry) end;
+  if v_credits > tally_spend_credits_max() then
+    raise exception 'this spend would move % credits, more than a balance can hold (%)', v_credits, tally_spend_credits_max()
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  return jsonb_build_object('meter', p_meter, 'quantities', p_quantities, 'rate_card_id', v_card,
+    'rate_card_version', v_version.version, 'cost', v_cost, 'credits', v_credits,
+    'carry_after', case when p_reserve then null else trim_scale(v_cost + p_carry - v_credits) end);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_answer(p_cost numeric, p_card text, p_version integer)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select case when p_card is null then '{}'::jsonb
+    else jsonb_build_object('cost', trim_scale(p_cost)::text, 'rate_card', jsonb_build_object('id', p_card, 'version', p_version)) end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_capture(p_hold_id bigint, p_quantities jsonb, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_hold holds := tally_lock_pending_hold(p_hold_id, v_now);
+  v_rates jsonb;
+  v_carry numeric;
+  v_cost numeric;
+  v_credits numeric;
+  v_available bigint;
+begin
+  if v_hold.meter is null then
+    raise exception 'hold_% holds credits, not a meter: capture it with amount', p_hold_id
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  select rates into v_rates from rate_card_versions
+    where rate_card_id = v_hold.rate_card_id and version = v_hold.rate_card_version;
+  if not found then
+    raise exception 'invariant broken: hold_% names rate card % version %, which does not exist', p_hold_id,
+      v_hold.rate_card_id, v_hold.rate_card_version using errcode = 'TX001';
+  end if;
+  select carry into v_carry from accounts where id = v_hold.account_id;
+  v_cost := tally_price(v_rates, v_hold.meter, coalesce(p_quantities, v_hold.quantities));
+  v_credits := floor(v_cost + v_carry);
+  if v_credits > v_hold.amount then
+    raise exception 'capture of % credits (cost %) exceeds the hold of %', v_credits, v_cost, v_hold.amount
+      using errcode = 'TH400', detail = v_hold.amount::text;
+  end if;
+  perform tally_release(v_hold, v_credits::bigint, 'captured', p_actor, v_now,
+    jsonb_build_object('meter', v_hold.meter, 'quantities', coalesce(p_quantities, v_hold.quantities),
+      'rate_card_id', v_hold.rate_card_id, 'rate_card_version', v_hold.rate_card_version, 'cost', v_cost,
+      'credits', v_credits, 'carry_after', trim_scale(v_cost + v_carry - v_credits)));
+  perform tally_settle(v_hold.account_id, v_now);
+  select available into v_available from accounts where id = v_hold.account_id;
+  return jsonb_build_object('captured', v_credits, 'released', v_hold.amount - v_credits, 'available', v_available)
+    || tally_priced_answer(v_cost, v_hold.rate_card_id, v_hold.rate_card_version);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_hold(p_account text, p_meter text, p_quantities jsonb, p_expires_in_seconds integer, p_key text, p_hash text, p_actor text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_open record;
+  v_priced jsonb;
+begin
+  select * into v_open from tally_open_priced(p_account, p_key, 'hold', p_hash);
+  if v_open.p_outcome is not null then
+    return v_open.p_outcome;
+  end if;
+  v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, true);
+  return tally_hold(p_account, (v_priced->>'credits')::bigint, p_expires_in_seconds, p_key, p_hash, p_actor, v_now, v_priced);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_priced_usage(p_account text, p_meter text, p_quantities jsonb, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_open record;
+  v_priced jsonb;
+begin
+  select * into v_open from tally_open_priced(p_account, p_key, 'usage', p_hash);
+  if v_open.p_outcome is not null then
+    return v_open.p_outcome;
+  end if;
+  v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, false);
+  return tally_usage(p_account, (v_priced->>'credits')::bigint, p_key, p_hash, p_actor, p_reference, v_now, v_priced);
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_prior_outcome(p_account text, p_key text, p_operation text, p_hash text)
@@ -928,6 +1235,140 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_publish_rate_card(p_card text, p_rates jsonb, p_effective_at timestamp with time zone, p_source text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_before rate_card_versions;
+  v_version rate_card_versions;
+begin
+  perform 1 from rate_cards where id = p_card for update;
+  if not found then
+    raise exception 'no rate card %', p_card using errcode = 'TR404';
+  end if;
+  if p_effective_at < v_now - interval '60 seconds' then
+    raise exception 'effective_at % is more than 60 seconds in the past', tally_iso(p_effective_at)
+      using errcode = 'TR400', detail = 'effective_at';
+  end if;
+  v_before := tally_rate_card_in_effect(p_card, v_now);
+  insert into rate_card_versions (rate_card_id, version, effective_at, rates, source, published_at)
+  select p_card, coalesce(max(version), 0) + 1, greatest(coalesce(p_effective_at, v_now), v_now), p_rates, p_source, v_now
+    from rate_card_versions where rate_card_id = p_card
+  returning * into v_version;
+  insert into audit_log (account_id, actor, action, before, after, created_at)
+  values (null, case when p_source = 'admin' then 'admin' else 'system' end, 'rate_card.published',
+    case when v_before.rate_card_id is null then null else tally_rate_card_version_json(v_before) end,
+    tally_rate_card_version_json(v_version), v_now);
+  return tally_rate_card_version_json(v_version);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_quote(p_account text, p_amount bigint, p_meter text, p_quantities jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_account accounts;
+  v_available bigint;
+  v_priced jsonb;
+  v_credits bigint;
+  v_reason text;
+begin
+  select * into v_account from accounts where id = p_account;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  v_available := v_account.available - coalesce((select sum(g.remaining) from grants g
+    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0);
+  if p_meter is not null then
+    v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_account.carry, v_now, false);
+  end if;
+  v_credits := coalesce((v_priced->>'credits')::bigint, p_amount);
+  if v_credits > v_available then
+    v_reason := 'insufficient_credits';
+  elsif v_credits > 0 and v_account.spend_limited and tally_spend_limit_passed(p_account, v_credits, v_now) is not null then
+    v_reason := 'spend_limit_exceeded';
+  end if;
+  return jsonb_build_object('amount', v_credits,
+      'cost', coalesce(trim_scale((v_priced->>'cost')::numeric)::text, p_amount::text),
+      'rate_card', case when v_priced is null then null
+        else jsonb_build_object('id', v_priced->>'rate_card_id', 'version', (v_priced->>'rate_card_version')::integer) end,
+      'available', v_available, 'allowed', v_reason is null)
+    || case when v_reason is null then '{}'::jsonb else jsonb_build_object('reason', v_reason) end;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_in_effect(p_card text, p_now timestamp with time zone)
+ RETURNS rate_card_versions
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select * from rate_card_versions where rate_card_id = p_card and effective_at <= p_now
+  order by effective_at desc, version desc limit 1
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_next(p_card text, p_now timestamp with time zone)
+ RETURNS rate_card_versions
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select * from rate_card_versions where rate_card_id = p_card and effective_at > p_now
+  order by effective_at, version desc limit 1
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_version_json(p_version rate_card_versions)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('id', p_version.rate_card_id, 'version', p_version.version,
+    'effective_at', tally_iso(p_version.effective_at), 'rates', p_version.rates,
+    'published_at', tally_iso(p_version.published_at))
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_card_versions_json(p_card text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case when exists (select 1 from rate_cards where id = p_card) then
+    jsonb_build_object('versions', coalesce((select jsonb_agg(tally_rate_card_version_json(v) order by v.version desc)
+      from rate_card_versions v where v.rate_card_id = p_card), '[]'::jsonb))
+  end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rate_cards_json(p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('rate_cards', coalesce(jsonb_agg(
+      tally_rate_card_version_json(v) || jsonb_build_object('next',
+        (select tally_rate_card_version_json(n) from tally_rate_card_next(c.id, t.now) n where n.rate_card_id is not null))
+      order by c.id collate "C"), '[]'::jsonb))
+  from (select coalesce(p_now, now()) as now) t
+    cross join rate_cards c
+    cross join lateral tally_rate_card_in_effect(c.id, t.now) v
+  where v.rate_card_id is not null
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_rates_equal(p_left jsonb, p_right jsonb)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select not exists (
+    select 1
+    from (select m.key as meter, d.key as dimension, (d.value #>> '{}')::numeric as rate
+          from jsonb_each(p_left) m cross join lateral jsonb_each(m.value) d) l
+    full join (select m.key as meter, d.key as dimension, (d.value #>> '{}')::numeric as rate
+               from jsonb_each(p_right) m cross join lateral jsonb_each(m.value) d) r
+      on l.meter = r.meter and l.dimension = r.dimension
+    where l.rate is distinct from r.rate)
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_refuse_entry_change()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -940,7 +1381,22 @@ begin
   raise exception 'ledger entries are append-only (% refused)', tg_op using errcode = 'TE001';
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_refuse_rate_card_version_change()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+  raise exception 'rate card versions are never edited or deleted (% refused)', tg_op using errcode = 'TE001';
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+  select tally_release(p_hold, p_captured, p_status, p_actor, p_now, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text, p_now timestamp with time zone, p_priced jsonb)
  RETURNS void
  LANGUAGE plpgsql
 AS $function$
@@ -979,15 +1435,18 @@ begin
     set held = held - p_hold.amount,
         available = available + (select coalesce(sum(c), 0) from unnest(v_credits) c),
         debt = v_repay_left,
+        carry = coalesce((p_priced->>'carry_after')::numeric, carry),
         updated_at = p_now
     where id = p_hold.account_id
     returning available - debt into v_net;
-  if p_captured > 0 then
+  if p_captured > 0 or p_priced is not null then
     insert into entries (account_id, kind, amount, balance_after, hold_id, idempotency_key,
-      reference, actor, created_at)
+      reference, actor, created_at, meter, quantities, rate_card_id, rate_card_version, cost, carry_after)
     values (p_hold.account_id, 'capture', 0, v_net - v_release + v_expired, p_hold.id,
       'capture:hold_' || p_hold.id,
-      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now);
+      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now,
+      p_priced->>'meter', p_priced->'quantities', p_priced->>'rate_card_id',
+      (p_priced->>'rate_card_version')::integer, (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric);
   end if;
   if v_release > 0 then
     insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
@@ -1237,11 +1696,28 @@ begin
   end if;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_spend_credits_max()
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select 9007199254740991::bigint
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_spend_key(p_entry entries, p_key text)
  RETURNS request_keys
  LANGUAGE sql
  STABLE
-RETURN ROW(p_key, (p_entry).account_id, CASE WHEN (((p_entry).kind = 'usage'::text) AND ((p_entry).payload_hash IS NOT NULL)) THEN 'usage'::text ELSE (p_entry).kind END, (p_entry).payload_hash, 200, jsonb_build_object('entry_id', ('entry_'::text || (p_entry).id), 'amount', (- (p_entry).amount), 'available', (p_entry).balance_after, 'replayed', false), (p_entry).created_at)::request_keys;
+AS $function$
+  select row(p_key, p_entry.account_id,
+    case when p_entry.kind = 'usage' and p_entry.payload_hash is not null then 'usage' else p_entry.kind end,
+    p_entry.payload_hash, 200,
+    jsonb_build_object('entry_id', 'entry_' || p_entry.id, 'amount', -p_entry.amount,
+      'available', p_entry.balance_after)
+      || tally_priced_answer(p_entry.cost, p_entry.rate_card_id, p_entry.rate_card_version)
+      || '{"replayed": false}'::jsonb,
+    p_entry.created_at)::request_keys
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_spend_limit_event(p_account text, p_window text, p_limit bigint, p_spent bigint, p_amount bigint, p_refused boolean, p_resets_at timestamp with time zone, p_now timestamp with time zone)
  RETURNS void
@@ -1250,6 +1726,21 @@ AS $function$
   select tally_event('spend_limit.reached', p_account, jsonb_build_object('window', p_window,
     'limit', p_limit, 'spent', p_spent, 'amount', p_amount, 'refused', p_refused,
     'resets_at', tally_iso(p_resets_at)), p_now)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_spend_limit_passed(p_account text, p_amount bigint, p_now timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case
+    when l.per_day is not null
+      and (case when l.day < (p_now at time zone 'UTC')::date then 0 else l.spent_day end) + p_amount > l.per_day then 'day'
+    when l.per_month is not null
+      and (case when l.month < date_trunc('month', p_now at time zone 'UTC')::date then 0 else l.spent_month end) + p_amount > l.per_month
+      then 'month'
+  end
+  from spend_limits l where l.account_id = p_account
 $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_spend_limits_give_back()
@@ -1418,6 +1909,42 @@ AS $function$
     else 2 end
 $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_sync_catalog_pricing(p_cards jsonb, p_default text, p_plans jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_card record;
+  v_last rate_card_versions;
+  v_published jsonb := '[]'::jsonb;
+begin
+  insert into rate_cards (id, created_at)
+  select c->>'id', v_now from jsonb_array_elements(p_cards) c
+  order by c->>'id' collate "C"
+  on conflict (id) do nothing;
+  perform 1 from rate_cards where id in (select c->>'id' from jsonb_array_elements(p_cards) c)
+    order by id collate "C" for update;
+  for v_card in
+    select c->>'id' as id, c->'rates' as rates from jsonb_array_elements(p_cards) c order by c->>'id' collate "C"
+  loop
+    select * into v_last from rate_card_versions
+      where rate_card_id = v_card.id and source = 'catalog' order by version desc limit 1;
+    if not found or not tally_rates_equal(v_last.rates, v_card.rates) then
+      v_published := v_published || jsonb_build_array(
+        tally_publish_rate_card(v_card.id, v_card.rates, v_now, 'catalog', v_now));
+    end if;
+  end loop;
+  update rate_cards set is_default = false where is_default and id is distinct from p_default;
+  update rate_cards set is_default = true where id = p_default and not is_default;
+  delete from catalog_plans where id not in (select p->>'id' from jsonb_array_elements(p_plans) p);
+  insert into catalog_plans (id, rate_card_id, updated_at)
+  select p->>'id', p->>'rate_card', v_now from jsonb_array_elements(p_plans) p
+  on conflict (id) do update set rate_card_id = excluded.rate_card_id, updated_at = excluded.updated_at
+    where catalog_plans.rate_card_id is distinct from excluded.rate_card_id;
+  return v_published;
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_take(p_account text, p_amount bigint, p_now timestamp with time zone, OUT grant_ids bigint[], OUT grant_credits bigint[], p_payment_id bigint DEFAULT NULL::bigint)
  RETURNS record
  LANGUAGE sql
@@ -1467,6 +1994,13 @@ end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
  RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_usage(p_account, p_amount, p_key, p_hash, p_actor, p_reference, p_now, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone, p_priced jsonb)
+ RETURNS jsonb
  LANGUAGE plpgsql
 AS $function$
 declare
@@ -1480,13 +2014,22 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
-  update accounts set available = available - p_amount, updated_at = v_now
+  -- A spend of 0 credits takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
+  update accounts set available = available - p_amount,
+      carry = coalesce((p_priced->>'carry_after')::numeric, carry), updated_at = v_now
     where id = p_account returning * into v_account;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
-    idempotency_key, reference, actor, payload_hash, created_at)
+    idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
+    rate_card_version, cost, carry_after)
   values (p_account, 'usage', -p_amount, v_account.available - v_account.debt, v_take.grant_ids,
-    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now)
+    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now, p_priced->>'meter',
+    p_priced->'quantities', p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer,
+    (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric)
   returning id into v_entry_id;
   -- A spend that leaves the account below its auto top-up threshold asks for a top-up (null
   -- when auto top-up is off, so other accounts pay one comparison).
@@ -1494,10 +2037,18 @@ begin
     perform tally_request_top_up(p_account, v_now);
   end if;
   return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
-    'amount', p_amount, 'available', v_account.available, 'replayed', false));
+    'amount', p_amount, 'available', v_account.available, 'replayed', false)
+    || tally_priced_answer((p_priced->>'cost')::numeric, p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer));
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+AS $function$
+  select tally_usage_batch(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_now, null, null)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamp with time zone, p_meters text[], p_quantities jsonb[])
  RETURNS jsonb
  LANGUAGE plpgsql
 AS $function$
@@ -1514,6 +2065,10 @@ declare
   v_uncovered bigint;
   v_position integer;
   v_below_top_up text[];
+  v_costs numeric[];
+  v_rate_card_ids text[];
+  v_rate_card_versions integer[];
+  v_carries numeric[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
@@ -1521,12 +2076,24 @@ begin
   if coalesce(cardinality(p_amounts), 0) <> v_count or coalesce(cardinality(p_keys), 0) <> v_count
      or coalesce(cardinality(p_hashes), 0) <> v_count or coalesce(cardinality(p_references), 0) <> v_count
      or coalesce(cardinality(p_actors), 0) <> v_count
-     or exists (select 1 from unnest(p_amounts) a where a is null or a <= 0) then
-    raise exception 'usage batch: % events with arrays of other lengths or amounts that are not positive', v_count
+     or (p_meters is not null and (cardinality(p_meters) <> v_count or coalesce(cardinality(p_quantities), 0) <> v_count))
+     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
+                where (e.meter is null and (e.amount is null or e.amount <= 0 or e.quantities is not null))
+                   or (e.meter is not null and (e.amount is distinct from 0 or e.quantities is null))) then
+    raise exception 'usage batch: % events with arrays of other lengths, amounts that are not positive, or priced events with an amount', v_count
       using errcode = 'TX001';
   end if;
   select coalesce(array_agg(id), '{}') into v_accounts from (
     select id from accounts where id = any(p_account_ids) order by id collate "C" for update) locked;
+  if p_meters is not null then
+    select costs, rate_card_ids, rate_card_versions, carries into v_costs, v_rate_card_ids, v_rate_card_versions, v_carries
+      from tally_price_events(p_account_ids, p_meters, p_quantities, v_now);
+    -- As tally_price_spend: a spend no balance could pay is bad input, and fails the batch.
+    if exists (select 1 from unnest(v_costs) c where c > tally_spend_credits_max()) then
+      raise exception 'a spend of this batch would cost more credits than a balance can hold (%)', tally_spend_credits_max()
+        using errcode = 'TP400', detail = 'quantities';
+    end if;
+  end if;
   -- Holds and grants past due are few (the sweep settles them), so this reads the due ones. As
   -- tally_usage, an account is settled only for a key it has not seen: a replay changes nothing.
   for v_account in
@@ -1546,12 +2113,26 @@ begin
     perform tally_settle(v_account, v_now);
   end loop;
 
-  with event as (
+  with sent as (
     select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
-      coalesce(e.reference, '{}'::jsonb) as reference, e.actor,
-      (sum(e.amount) over (partition by e.account_id order by e.ord rows unbounded preceding))::bigint as spent_to
-    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors)
-      with ordinality as e(account_id, amount, key, hash, reference, actor, ord)
+      coalesce(e.reference, '{}'::jsonb) as reference, e.actor, e.meter, e.quantities, e.cost, e.rate_card_id,
+      e.rate_card_version,
+      -- For a priced spend: the carry its account starts the batch with, plus the costs of its
+      -- priced spends up to this one (NULL for a spend of credits).
+      e.carry + sum(e.cost) over (partition by e.account_id order by e.ord rows unbounded preceding) as priced_to
+    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_meters, p_quantities,
+        v_costs, v_rate_card_ids, v_rate_card_versions, v_carries)
+      with ordinality as e(account_id, amount, key, hash, reference, actor, meter, quantities, cost, rate_card_id,
+        rate_card_version, carry, ord)
+  ),
+  event as (
+    select s.ord, s.account_id, s.key, s.hash, s.reference, s.actor, s.meter, s.quantities, s.cost, s.rate_card_id,
+      s.rate_card_version, t.amount,
+      s.priced_to - floor(s.priced_to) as carry_after,
+      (sum(t.amount) over (partition by s.account_id order by s.ord rows unbounded preceding))::bigint as spent_to
+    from sent s
+    cross join lateral (select case when s.meter is null then s.amount
+      else (floor(s.priced_to) - floor(s.priced_to - s.cost))::bigint end as amount) t
   ),
   -- Everything the decision reads, one row each: the events (with whether their account has
   -- seen their key before: one probe per event, of request_keys and of the entries' keys), the
@@ -1628,11 +2209,12 @@ begin
       as s(ord, amount, spent_to, key, hash, reference, actor)
     cross join lateral (
       select array_agg(o.id order by o.position) as grant_ids, array_agg(-o.credits order by o.position) as grant_credits,
-        sum(o.credits)::bigint as credits
+        coalesce(sum(o.credits), 0)::bigint as credits
       from (select g.id, g.position,
               least(s.spent_to, g.granted_to) - greatest(s.spent_to - s.amount, g.granted_to - g.remaining) as credits
             from unnest(c.grant_ids, c.grant_remaining, c.grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
-            where g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
+            -- A priced spend of 0 credits takes from no grant.
+            where s.amount > 0 and g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
     where c.at_once
   ),
   -- Entry ids in the order the per-event path would have taken them.
@@ -1648,7 +2230,11 @@ begin
     where g.id = t.id
   ),
   charged as (
-    update accounts a set available = a.available - c.total, updated_at = v_now
+    update accounts a set available = a.available - c.total,
+      carry = case when p_meters is null then a.carry
+        else coalesce((select e.carry_after from event e where e.account_id = c.id and e.carry_after is not null
+          order by e.ord desc limit 1), a.carry) end,
+      updated_at = v_now
     from account c where c.at_once and a.id = c.id
     returning a.id, a.available < a.top_up_threshold as below_top_up
   ),
@@ -1661,16 +2247,18 @@ begin
   ),
   written as (
     insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
-      idempotency_key, reference, actor, payload_hash, created_at) overriding system value
+      idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
+      rate_card_version, cost, carry_after) overriding system value
     select n.entry_id, n.account_id, 'usage', -n.amount, n.available - n.spent_to - n.debt,
       coalesce(n.grant_ids, '{}'), coalesce(n.grant_credits, '{}'), 'request:' || n.key, n.reference,
-      n.actor, n.hash, v_now
-    from numbered n
+      n.actor, n.hash, v_now, e.meter, e.quantities, e.rate_card_id, e.rate_card_version, e.cost, e.carry_after
+    from numbered n join event e on e.ord = n.ord
   ),
   answer as (
     select n.ord, jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || n.entry_id,
-      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)) as result
-    from numbered n
+      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)
+      || tally_priced_answer(e.cost, e.rate_card_id, e.rate_card_version)) as result
+    from numbered n join event e on e.ord = n.ord
     union all
     select u.ord, case when c.found then null else jsonb_build_object('status', 404,
       'body', tally_error('account_not_found', 'no account with id ' || c.id)) end
@@ -1694,9 +2282,15 @@ begin
     perform tally_request_top_up(v_account, v_now);
   end loop;
   foreach v_position in array coalesce(v_one_by_one, '{}') loop
-    v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
-      p_keys[v_position], p_hashes[v_position], p_actors[v_position],
-      coalesce(p_references[v_position], '{}'::jsonb), v_now);
+    if p_meters[v_position] is null then
+      v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
+        p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+        coalesce(p_references[v_position], '{}'::jsonb), v_now);
+    else
+      v_results[v_position] := tally_priced_usage(p_account_ids[v_position], p_meters[v_position],
+        p_quantities[v_position], p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+        coalesce(p_references[v_position], '{}'::jsonb), v_now);
+    end if;
   end loop;
   return to_jsonb(v_results);
 end $function$;

@@ -10,6 +10,7 @@ import { buildServer, type HttpLimits } from './http/server.js';
 import { EventDelivery, type DeliveryOptions } from './events/delivery.js';
 import { TopUpRunner } from './billing/top-up-payer.js';
 import { Ledger } from './ledger/ledger.js';
+import { RateCards } from './pricing/rate-cards.js';
 import { Sweeper } from './ledger/sweeper.js';
 import { parseSinks } from './ops/alert-sinks.js';
 import { raiseAlert, resolveAlert } from './ops/alerts.js';
@@ -59,6 +60,7 @@ export interface AssembleOptions {
 export interface Assembled {
   app: FastifyInstance;
   ledger: Ledger;
+  rateCards: RateCards;
   worker: WebhookWorker;
   /** Webhook intake: verified deliveries stored with group commit. */
   intake: WebhookIntake;
@@ -83,10 +85,17 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     clock: options.clock,
     adjustmentCreditsMax: catalog.limits.admin_adjustment_credits_max,
     grantCreditsMax: catalog.limits.admin_grant_credits_max,
+    meters: catalog.meters,
     watchGrant: grantWatcher(db.pool, catalog, (error, grant) =>
       logger.error({ err: error, grant }, 'could not check a grant against its plan'),
     ),
   });
+  // The catalog's rate cards are in the database before the first spend can be priced: a card
+  // whose catalog rates changed since the last start gets a new version, effective now.
+  const rateCards = new RateCards(db, catalog.meters, options.clock);
+  for (const version of await rateCards.syncCatalog(catalog)) {
+    logger.info({ rateCard: version.id, version: version.version }, 'published the catalog rates of a rate card');
+  }
   const gateway =
     options.stripeSecretKey === undefined
       ? undefined
@@ -135,6 +144,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   const app = await buildServer({
     db,
     ledger,
+    rateCards,
     metrics,
     keys: options.keys,
     logLevel: options.logLevel,
@@ -188,6 +198,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   return {
     app,
     ledger,
+    rateCards,
     worker,
     intake,
     eventDelivery,

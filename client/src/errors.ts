@@ -112,6 +112,7 @@ export class PackNotFound extends TallyError<ErrorObjectOf<'PackNotFoundError'>>
 export class EventNotFound extends TallyError<ErrorObjectOf<'EventNotFoundError'>> {}
 export class EntryNotFound extends TallyError<ErrorObjectOf<'EntryNotFoundError'>> {}
 export class EndpointNotFound extends TallyError<ErrorObjectOf<'EndpointNotFoundError'>> {}
+export class RateCardNotFound extends TallyError<ErrorObjectOf<'RateCardNotFoundError'>> {}
 export class IdempotencyConflict extends TallyError<ErrorObjectOf<'IdempotencyConflictError'>> {
   get idempotencyKey(): string {
     return this.error.idempotency_key;
@@ -139,6 +140,11 @@ export class StripeUnavailable extends TallyError<ErrorObjectOf<'StripeUnavailab
 export class StripeNotConfigured extends TallyError<ErrorObjectOf<'StripeNotConfiguredError'>> {}
 export class DatabaseUnavailable extends TallyError<ErrorObjectOf<'DatabaseUnavailableError'>> {}
 export class DatabaseBusy extends TallyError<ErrorObjectOf<'DatabaseBusyError'>> {}
+export class UnknownMeter extends TallyError<ErrorObjectOf<'UnknownMeterError'>> {
+  get meter(): string {
+    return this.error.meter;
+  }
+}
 
 type AnyErrorClass = new (status: number, error: never, options?: { cause?: unknown }) => TallyError;
 
@@ -149,6 +155,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   adjustment_exceeds_limit: AdjustmentExceedsLimit,
   grant_exceeds_limit: GrantExceedsLimit,
   balance_limit_exceeded: BalanceLimitExceeded,
+  unknown_meter: UnknownMeter,
   invalid_signature: InvalidSignature,
   unauthorized: Unauthorized,
   insufficient_credits: InsufficientCredits,
@@ -162,6 +169,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   event_not_found: EventNotFound,
   entry_not_found: EntryNotFound,
   endpoint_not_found: EndpointNotFound,
+  rate_card_not_found: RateCardNotFound,
   idempotency_conflict: IdempotencyConflict,
   hold_not_pending: HoldNotPending,
   reconciliation_running: ReconciliationRunning,

@@ -340,7 +340,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Spend credits (idempotent by key) */
+        /** Spend credits (idempotent by key): `amount` credits, or `meter` with `quantities` priced by the account's rate card (the answer adds `cost` and `rate_card`) */
         post: {
             parameters: {
                 query?: never;
@@ -353,7 +353,11 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": {
-                        amount: number;
+                        amount?: number;
+                        meter?: string;
+                        quantities?: {
+                            [key: string]: number;
+                        };
                         idempotency_key: string;
                         description?: string;
                         metadata?: {
@@ -373,17 +377,22 @@ export interface paths {
                             entry_id: string;
                             amount: number;
                             available: number;
+                            cost?: string;
+                            rate_card?: {
+                                id: string;
+                                version: number;
+                            };
                             replayed: boolean;
                         };
                     };
                 };
-                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                /** @description invalid_request: a field is wrong: both or neither of amount and meter, a dimension the meter lacks, a negative or fractional quantity, or a cost beyond 2^53 - 1 credits; or unknown_meter: the spend names a meter that the catalog (or its rate card) does not have (`meter`) */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["InvalidRequestError"];
+                        "application/json": components["schemas"]["InvalidRequestError"] | components["schemas"]["UnknownMeterError"];
                     };
                 };
                 /** @description unauthorized: missing or wrong bearer key */
@@ -518,7 +527,11 @@ export interface paths {
                 content: {
                     "application/json": {
                         events: {
-                            amount: number;
+                            amount?: number;
+                            meter?: string;
+                            quantities?: {
+                                [key: string]: number;
+                            };
                             idempotency_key: string;
                             description?: string;
                             metadata?: {
@@ -541,6 +554,11 @@ export interface paths {
                                 entry_id: string;
                                 amount: number;
                                 available: number;
+                                cost?: string;
+                                rate_card?: {
+                                    id: string;
+                                    version: number;
+                                };
                                 replayed: boolean;
                                 /** @constant */
                                 status: 200;
@@ -592,13 +610,13 @@ export interface paths {
                         };
                     };
                 };
-                /** @description invalid_request: a malformed batch (nothing is spent) */
+                /** @description invalid_request: a malformed batch (nothing is spent), an event naming a dimension its meter lacks among them; or unknown_meter: an event names a meter the catalog does not have (nothing is spent) */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["InvalidRequestError"];
+                        "application/json": components["schemas"]["InvalidRequestError"] | components["schemas"]["UnknownMeterError"];
                     };
                 };
                 /** @description unauthorized: missing or wrong bearer key */
@@ -685,7 +703,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Reserve credits for a bounded time (idempotent by key) */
+        /** Reserve credits for a bounded time (idempotent by key): `amount`, or `meter` with the most `quantities` the call may use, which reserves ceil(cost) at the version in effect */
         post: {
             parameters: {
                 query?: never;
@@ -698,7 +716,11 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": {
-                        amount: number;
+                        amount?: number;
+                        meter?: string;
+                        quantities?: {
+                            [key: string]: number;
+                        };
                         idempotency_key: string;
                         /** @default 900 */
                         expires_in_seconds?: number;
@@ -718,17 +740,22 @@ export interface paths {
                             /** Format: date-time */
                             expires_at: string;
                             available: number;
+                            cost?: string;
+                            rate_card?: {
+                                id: string;
+                                version: number;
+                            };
                             replayed: boolean;
                         };
                     };
                 };
-                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                /** @description invalid_request: a field is wrong: both or neither of amount and meter, a dimension the meter lacks, a negative or fractional quantity, or a cost beyond 2^53 - 1 credits; or unknown_meter: the spend names a meter that the catalog (or its rate card) does not have (`meter`) */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["InvalidRequestError"];
+                        "application/json": components["schemas"]["InvalidRequestError"] | components["schemas"]["UnknownMeterError"];
                     };
                 };
                 /** @description unauthorized: missing or wrong bearer key */
@@ -851,7 +878,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all */
+        /** Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all. A priced hold is captured by `quantities` (what was used), priced by the hold's rate card version with the account's carry */
         post: {
             parameters: {
                 query?: never;
@@ -865,6 +892,9 @@ export interface paths {
                 content: {
                     "application/json": {
                         amount?: number;
+                        quantities?: {
+                            [key: string]: number;
+                        };
                     };
                 };
             };
@@ -879,10 +909,15 @@ export interface paths {
                             captured: number;
                             released: number;
                             available: number;
+                            cost?: string;
+                            rate_card?: {
+                                id: string;
+                                version: number;
+                            };
                         };
                     };
                 };
-                /** @description capture_exceeds_hold: the capture is larger than the hold (`held`); or invalid_request: a field is missing or wrong; `field` names it */
+                /** @description capture_exceeds_hold: the capture is larger than the hold (`held`); or invalid_request: quantities for a hold of credits, an amount for a priced hold, or a dimension its meter lacks */
                 400: {
                     headers: {
                         [name: string]: unknown;
@@ -1072,6 +1107,159 @@ export interface paths {
                     };
                 };
                 /** @description payload_too_large: the body is over 1024 bytes */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["PayloadTooLargeError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description unsupported_media_type: the body is not application/json */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnsupportedMediaTypeError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/accounts/{id}/quote": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Price a spend without writing anything: the credits it would charge now (with the account's carry), its exact cost, the rate card version, and whether it would pass (`reason`: the refusal it would get) */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        amount?: number;
+                        meter?: string;
+                        quantities?: {
+                            [key: string]: number;
+                        };
+                    };
+                };
+            };
+            responses: {
+                /** @description the quote */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            amount: number;
+                            cost: string;
+                            rate_card: {
+                                id: string;
+                                version: number;
+                            } | null;
+                            available: number;
+                            allowed: boolean;
+                            /** @enum {string} */
+                            reason?: "insufficient_credits" | "spend_limit_exceeded";
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is wrong: both or neither of amount and meter, a dimension the meter lacks, a negative or fractional quantity, or a cost beyond 2^53 - 1 credits; or unknown_meter: the spend names a meter that the catalog (or its rate card) does not have (`meter`) */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"] | components["schemas"]["UnknownMeterError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: the viewer key is read-only */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
                         [name: string]: unknown;
@@ -1725,6 +1913,16 @@ export interface paths {
                             reason: string | null;
                             /** Format: date-time */
                             created_at: string;
+                            meter?: string;
+                            quantities?: {
+                                [key: string]: number;
+                            };
+                            rate_card?: {
+                                id: string;
+                                version: number;
+                            };
+                            cost?: string;
+                            carry_after?: string | null;
                             /** @constant */
                             replayed?: true;
                         };
@@ -1844,6 +2042,357 @@ export interface paths {
                 };
             };
         };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rate-cards": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The version of every rate card in effect now, and the version scheduled next (null when none is) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description every rate card */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            rate_cards: {
+                                id: string;
+                                version: number;
+                                /** Format: date-time */
+                                effective_at: string;
+                                rates: {
+                                    [key: string]: {
+                                        [key: string]: string;
+                                    };
+                                };
+                                /** Format: date-time */
+                                published_at: string;
+                                next: components["schemas"]["RateCardVersion"] | null;
+                            }[];
+                        };
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/rate-cards/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Publish a new version of a rate card: rates for every dimension of every meter, effective now or at `effective_at` (later; up to 60 s in the past means now). Spends already made keep the version that priced them */
+        put: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        rates: {
+                            [key: string]: {
+                                [key: string]: string;
+                            };
+                        };
+                        /** Format: date-time */
+                        effective_at?: string;
+                    };
+                };
+            };
+            responses: {
+                /** @description the version published */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateCardVersion"];
+                    };
+                };
+                /** @description invalid_request: a rate that is not a decimal string with at most 12 decimal places, a rate for an unknown meter or dimension, a missing rate, or effective_at more than 60 s in the past */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_card_not_found: no rate card with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description payload_too_large: the body is over 65536 bytes */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["PayloadTooLargeError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description unsupported_media_type: the body is not application/json */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnsupportedMediaTypeError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/rate-cards/{id}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every version of a rate card, newest published first */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the versions */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            versions: components["schemas"]["RateCardVersion"][];
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_card_not_found: no rate card with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -3363,6 +3912,9 @@ export interface paths {
                             spend_limits: {
                                 [key: string]: unknown;
                             }[];
+                            rate_card_versions: {
+                                [key: string]: unknown;
+                            }[];
                         };
                     };
                 };
@@ -4657,6 +5209,16 @@ export interface paths {
                             reason: string | null;
                             /** Format: date-time */
                             created_at: string;
+                            meter?: string;
+                            quantities?: {
+                                [key: string]: number;
+                            };
+                            rate_card?: {
+                                id: string;
+                                version: number;
+                            };
+                            cost?: string;
+                            carry_after?: string | null;
                             account_id: string;
                         };
                     };
@@ -6038,6 +6600,16 @@ export interface components {
             reason: string | null;
             /** Format: date-time */
             created_at: string;
+            meter?: string;
+            quantities?: {
+                [key: string]: number;
+            };
+            rate_card?: {
+                id: string;
+                version: number;
+            };
+            cost?: string;
+            carry_after?: string | null;
         };
         Balance: {
             account_id: string;
@@ -6151,6 +6723,19 @@ export interface components {
             ignored_reason: string | null;
             account_id: string | null;
         };
+        RateCardVersion: {
+            id: string;
+            version: number;
+            /** Format: date-time */
+            effective_at: string;
+            rates: {
+                [key: string]: {
+                    [key: string]: string;
+                };
+            };
+            /** Format: date-time */
+            published_at: string;
+        };
         InvalidRequestError: {
             error: {
                 /** @constant */
@@ -6189,6 +6774,14 @@ export interface components {
                 code: "balance_limit_exceeded";
                 message: string;
                 limit: number;
+            };
+        };
+        UnknownMeterError: {
+            error: {
+                /** @constant */
+                code: "unknown_meter";
+                message: string;
+                meter: string;
             };
         };
         InvalidSignatureError: {
@@ -6257,6 +6850,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "hold_not_found";
+                message: string;
+            };
+        };
+        RateCardNotFoundError: {
+            error: {
+                /** @constant */
+                code: "rate_card_not_found";
                 message: string;
             };
         };

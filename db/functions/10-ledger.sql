@@ -16,13 +16,21 @@ create or replace function tally_grant_json(g grants) returns jsonb language sql
     'remaining', g.remaining, 'priority', g.priority, 'expires_at', tally_iso(g.expires_at),
     'created_at', tally_iso(g.created_at), 'reference', g.reference);
 
-create or replace function tally_entry_json(e entries) returns jsonb language sql stable
-  return jsonb_build_object('id', 'entry_' || e.id, 'kind', e.kind, 'amount', e.amount,
+-- A priced entry (usage, hold or capture by meter) adds its meter, quantities, exact cost, the
+-- rate card version that priced it and, where it charged, the carry after it: enough to recompute
+-- its charge. (A quoted body, so that rolling migration 0021 back can drop those columns.)
+create or replace function tally_entry_json(e entries) returns jsonb language sql stable as $$
+  select jsonb_build_object('id', 'entry_' || e.id, 'kind', e.kind, 'amount', e.amount,
     'balance_after', e.balance_after,
     'grant_ids', (select coalesce(jsonb_agg('grant_' || g order by n), '[]'::jsonb)
                   from unnest(e.grant_ids) with ordinality as u(g, n)),
     'idempotency_key', e.idempotency_key, 'reference', e.reference, 'actor', e.actor,
-    'reason', e.reason, 'created_at', tally_iso(e.created_at));
+    'reason', e.reason, 'created_at', tally_iso(e.created_at))
+  || case when e.meter is null then '{}'::jsonb
+     else jsonb_build_object('meter', e.meter, 'quantities', e.quantities,
+       'rate_card', jsonb_build_object('id', e.rate_card_id, 'version', e.rate_card_version),
+       'cost', trim_scale(e.cost)::text, 'carry_after', trim_scale(e.carry_after)::text) end
+$$;
 
 -- Entries stay append-only, with one exception: erasing personal data (a usage description or
 -- metadata in `reference`) when the session says so. Amounts, keys and everything else stay.

@@ -79,13 +79,19 @@ end $$;
 
 -- The first outcome of a spend that kept its key in its own entry, as a request key would
 -- hold it. `available` is the entry's balance after: a spend succeeds only on an account
--- without debt, and leaves it so. An entry under a request key without a request_keys row
--- and without a payload hash (none is written so) answers as a conflict, never as a replay.
+-- without debt, and leaves it so. A priced spend's answer has its cost and rate card version from
+-- the entry, so a replay answers as the first time even after a price change. An entry under a
+-- request key without a request_keys row and without a payload hash (none is written so) answers
+-- as a conflict, never as a replay. (A quoted body, so that rolling migration 0021 back can drop
+-- the entry's price columns.)
 create or replace function tally_spend_key(p_entry entries, p_key text) returns request_keys
-  language sql stable
-  return row(p_key, p_entry.account_id,
+  language sql stable as $$
+  select row(p_key, p_entry.account_id,
     case when p_entry.kind = 'usage' and p_entry.payload_hash is not null then 'usage' else p_entry.kind end,
     p_entry.payload_hash, 200,
     jsonb_build_object('entry_id', 'entry_' || p_entry.id, 'amount', -p_entry.amount,
-      'available', p_entry.balance_after, 'replayed', false),
-    p_entry.created_at)::request_keys;
+      'available', p_entry.balance_after)
+      || tally_priced_answer(p_entry.cost, p_entry.rate_card_id, p_entry.rate_card_version)
+      || '{"replayed": false}'::jsonb,
+    p_entry.created_at)::request_keys
+$$;

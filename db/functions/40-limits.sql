@@ -189,3 +189,18 @@ begin
   end if;
   return v_after;
 end $$;
+
+-- The window whose limit a spend of p_amount would pass now ('day' first, as
+-- tally_spend_limits_take checks it), or NULL; reads only, for quotes. A counter of an earlier
+-- window counts as 0, as the spend would find it.
+create or replace function tally_spend_limit_passed(p_account text, p_amount bigint, p_now timestamptz) returns text
+  language sql stable as $$
+  select case
+    when l.per_day is not null
+      and (case when l.day < (p_now at time zone 'UTC')::date then 0 else l.spent_day end) + p_amount > l.per_day then 'day'
+    when l.per_month is not null
+      and (case when l.month < date_trunc('month', p_now at time zone 'UTC')::date then 0 else l.spent_month end) + p_amount > l.per_month
+      then 'month'
+  end
+  from spend_limits l where l.account_id = p_account
+$$;

@@ -23,7 +23,8 @@ begin
       tally_error('insufficient_credits', 'not enough credits available',
         jsonb_build_object('available', v_available)), p_now);
   end if;
-  if v_limited then
+  -- A spend of 0 credits (a priced spend whose cost the carry absorbs) passes no limit.
+  if v_limited and p_amount > 0 then
     v_outcome := tally_spend_limits_take(p_account, p_amount, p_now);
     if v_outcome is not null then
       return tally_remember(p_key, p_account, p_operation, p_hash, 402, v_outcome, p_now);
@@ -32,10 +33,19 @@ begin
   return null;
 end $$;
 
--- One spend. A refusal is stored in request_keys (tally_open_spend); a success only in its
--- entry, with the payload's hash.
+-- One spend of credits.
 create or replace function tally_usage(p_account text, p_amount bigint, p_key text, p_hash text,
-  p_actor text, p_reference jsonb, p_now timestamptz) returns jsonb language plpgsql as $$
+  p_actor text, p_reference jsonb, p_now timestamptz) returns jsonb language sql as $$
+  select tally_usage(p_account, p_amount, p_key, p_hash, p_actor, p_reference, p_now, null)
+$$;
+
+-- One spend. A refusal is stored in request_keys (tally_open_spend); a success only in its
+-- entry, with the payload's hash. A priced spend (p_priced, from tally_priced_usage: its meter,
+-- quantities, card, version, cost and the carry after it) charges p_amount = floor(cost + carry)
+-- and writes its price on the entry and the new carry on the account; one that charges 0 is
+-- accepted at any balance and still writes its entry, so that the ledger explains the carry.
+create or replace function tally_usage(p_account text, p_amount bigint, p_key text, p_hash text,
+  p_actor text, p_reference jsonb, p_now timestamptz, p_priced jsonb) returns jsonb language plpgsql as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_outcome jsonb;
@@ -47,13 +57,22 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
-  update accounts set available = available - p_amount, updated_at = v_now
+  -- A spend of 0 credits takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
+  update accounts set available = available - p_amount,
+      carry = coalesce((p_priced->>'carry_after')::numeric, carry), updated_at = v_now
     where id = p_account returning * into v_account;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits,
-    idempotency_key, reference, actor, payload_hash, created_at)
+    idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
+    rate_card_version, cost, carry_after)
   values (p_account, 'usage', -p_amount, v_account.available - v_account.debt, v_take.grant_ids,
-    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now)
+    v_take.grant_credits, 'request:' || p_key, p_reference, p_actor, p_hash, v_now, p_priced->>'meter',
+    p_priced->'quantities', p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer,
+    (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric)
   returning id into v_entry_id;
   -- A spend that leaves the account below its auto top-up threshold asks for a top-up (null
   -- when auto top-up is off, so other accounts pay one comparison).
@@ -61,11 +80,25 @@ begin
     perform tally_request_top_up(p_account, v_now);
   end if;
   return jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || v_entry_id,
-    'amount', p_amount, 'available', v_account.available, 'replayed', false));
+    'amount', p_amount, 'available', v_account.available, 'replayed', false)
+    || tally_priced_answer((p_priced->>'cost')::numeric, p_priced->>'rate_card_id', (p_priced->>'rate_card_version')::integer));
 end $$;
 
 create or replace function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
   p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamptz)
+  returns jsonb language sql as $$
+  select tally_usage_batch(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_now, null, null)
+$$;
+
+-- The set-based batch. Event i is a priced spend when p_meters[i] is set (then p_amounts[i] is 0
+-- and p_quantities[i] holds its quantities; both arrays are NULL in a batch without priced
+-- events). Priced events are priced first, each by its account's card at the version in effect;
+-- an account decided at once is charged in batch order with its carry: the i-th priced spend
+-- charges floor(carry + the costs up to it) - floor(carry + the costs before it), which is what
+-- one priced spend after the other would charge, and the account keeps the rest as its carry.
+-- An account whose batch may refuse something goes one event at a time, as before.
+create or replace function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
+  p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamptz, p_meters text[], p_quantities jsonb[])
   returns jsonb language plpgsql as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
@@ -80,6 +113,10 @@ declare
   v_uncovered bigint;
   v_position integer;
   v_below_top_up text[];
+  v_costs numeric[];
+  v_rate_card_ids text[];
+  v_rate_card_versions integer[];
+  v_carries numeric[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
@@ -87,12 +124,24 @@ begin
   if coalesce(cardinality(p_amounts), 0) <> v_count or coalesce(cardinality(p_keys), 0) <> v_count
      or coalesce(cardinality(p_hashes), 0) <> v_count or coalesce(cardinality(p_references), 0) <> v_count
      or coalesce(cardinality(p_actors), 0) <> v_count
-     or exists (select 1 from unnest(p_amounts) a where a is null or a <= 0) then
-    raise exception 'usage batch: % events with arrays of other lengths or amounts that are not positive', v_count
+     or (p_meters is not null and (cardinality(p_meters) <> v_count or coalesce(cardinality(p_quantities), 0) <> v_count))
+     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
+                where (e.meter is null and (e.amount is null or e.amount <= 0 or e.quantities is not null))
+                   or (e.meter is not null and (e.amount is distinct from 0 or e.quantities is null))) then
+    raise exception 'usage batch: % events with arrays of other lengths, amounts that are not positive, or priced events with an amount', v_count
       using errcode = 'TX001';
   end if;
   select coalesce(array_agg(id), '{}') into v_accounts from (
     select id from accounts where id = any(p_account_ids) order by id collate "C" for update) locked;
+  if p_meters is not null then
+    select costs, rate_card_ids, rate_card_versions, carries into v_costs, v_rate_card_ids, v_rate_card_versions, v_carries
+      from tally_price_events(p_account_ids, p_meters, p_quantities, v_now);
+    -- As tally_price_spend: a spend no balance could pay is bad input, and fails the batch.
+    if exists (select 1 from unnest(v_costs) c where c > tally_spend_credits_max()) then
+      raise exception 'a spend of this batch would cost more credits than a balance can hold (%)', tally_spend_credits_max()
+        using errcode = 'TP400', detail = 'quantities';
+    end if;
+  end if;
   -- Holds and grants past due are few (the sweep settles them), so this reads the due ones. As
   -- tally_usage, an account is settled only for a key it has not seen: a replay changes nothing.
   for v_account in
@@ -112,12 +161,26 @@ begin
     perform tally_settle(v_account, v_now);
   end loop;
 
-  with event as (
+  with sent as (
     select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
-      coalesce(e.reference, '{}'::jsonb) as reference, e.actor,
-      (sum(e.amount) over (partition by e.account_id order by e.ord rows unbounded preceding))::bigint as spent_to
-    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors)
-      with ordinality as e(account_id, amount, key, hash, reference, actor, ord)
+      coalesce(e.reference, '{}'::jsonb) as reference, e.actor, e.meter, e.quantities, e.cost, e.rate_card_id,
+      e.rate_card_version,
+      -- For a priced spend: the carry its account starts the batch with, plus the costs of its
+      -- priced spends up to this one (NULL for a spend of credits).
+      e.carry + sum(e.cost) over (partition by e.account_id order by e.ord rows unbounded preceding) as priced_to
+    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_meters, p_quantities,
+        v_costs, v_rate_card_ids, v_rate_card_versions, v_carries)
+      with ordinality as e(account_id, amount, key, hash, reference, actor, meter, quantities, cost, rate_card_id,
+        rate_card_version, carry, ord)
+  ),
+  event as (
+    select s.ord, s.account_id, s.key, s.hash, s.reference, s.actor, s.meter, s.quantities, s.cost, s.rate_card_id,
+      s.rate_card_version, t.amount,
+      s.priced_to - floor(s.priced_to) as carry_after,
+      (sum(t.amount) over (partition by s.account_id order by s.ord rows unbounded preceding))::bigint as spent_to
+    from sent s
+    cross join lateral (select case when s.meter is null then s.amount
+      else (floor(s.priced_to) - floor(s.priced_to - s.cost))::bigint end as amount) t
   ),
   -- Everything the decision reads, one row each: the events (with whether their account has
   -- seen their key before: one probe per event, of request_keys and of the entries' keys), the
@@ -194,11 +257,12 @@ begin
       as s(ord, amount, spent_to, key, hash, reference, actor)
     cross join lateral (
       select array_agg(o.id order by o.position) as grant_ids, array_agg(-o.credits order by o.position) as grant_credits,
-        sum(o.credits)::bigint as credits
+        coalesce(sum(o.credits), 0)::bigint as credits
       from (select g.id, g.position,
               least(s.spent_to, g.granted_to) - greatest(s.spent_to - s.amount, g.granted_to - g.remaining) as credits
             from unnest(c.grant_ids, c.grant_remaining, c.grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
-            where g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
+            -- A priced spend of 0 credits takes from no grant.
+            where s.amount > 0 and g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
     where c.at_once
   ),
   -- Entry ids in the order the per-event path would have taken them.
@@ -214,7 +278,11 @@ begin
     where g.id = t.id
   ),
   charged as (
-    update accounts a set available = a.available - c.total, updated_at = v_now
+    update accounts a set available = a.available - c.total,
+      carry = case when p_meters is null then a.carry
+        else coalesce((select e.carry_after from event e where e.account_id = c.id and e.carry_after is not null
+          order by e.ord desc limit 1), a.carry) end,
+      updated_at = v_now
     from account c where c.at_once and a.id = c.id
     returning a.id, a.available < a.top_up_threshold as below_top_up
   ),
@@ -227,16 +295,18 @@ begin
   ),
   written as (
     insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
-      idempotency_key, reference, actor, payload_hash, created_at) overriding system value
+      idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
+      rate_card_version, cost, carry_after) overriding system value
     select n.entry_id, n.account_id, 'usage', -n.amount, n.available - n.spent_to - n.debt,
       coalesce(n.grant_ids, '{}'), coalesce(n.grant_credits, '{}'), 'request:' || n.key, n.reference,
-      n.actor, n.hash, v_now
-    from numbered n
+      n.actor, n.hash, v_now, e.meter, e.quantities, e.rate_card_id, e.rate_card_version, e.cost, e.carry_after
+    from numbered n join event e on e.ord = n.ord
   ),
   answer as (
     select n.ord, jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || n.entry_id,
-      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)) as result
-    from numbered n
+      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)
+      || tally_priced_answer(e.cost, e.rate_card_id, e.rate_card_version)) as result
+    from numbered n join event e on e.ord = n.ord
     union all
     select u.ord, case when c.found then null else jsonb_build_object('status', 404,
       'body', tally_error('account_not_found', 'no account with id ' || c.id)) end
@@ -260,9 +330,15 @@ begin
     perform tally_request_top_up(v_account, v_now);
   end loop;
   foreach v_position in array coalesce(v_one_by_one, '{}') loop
-    v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
-      p_keys[v_position], p_hashes[v_position], p_actors[v_position],
-      coalesce(p_references[v_position], '{}'::jsonb), v_now);
+    if p_meters[v_position] is null then
+      v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
+        p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+        coalesce(p_references[v_position], '{}'::jsonb), v_now);
+    else
+      v_results[v_position] := tally_priced_usage(p_account_ids[v_position], p_meters[v_position],
+        p_quantities[v_position], p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+        coalesce(p_references[v_position], '{}'::jsonb), v_now);
+    end if;
   end loop;
   return to_jsonb(v_results);
 end $$;

@@ -4,9 +4,18 @@
 -- (src/db/migrate.ts). A change to a function is a diff of this file; a change of signature
 -- also needs a numbered migration that drops the old one.
 
--- tally_hold of 0002; the hold records whether it was counted against the account's limits.
+-- A hold of credits.
 create or replace function tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer,
-  p_key text, p_hash text, p_actor text, p_now timestamptz) returns jsonb language plpgsql as $$
+  p_key text, p_hash text, p_actor text, p_now timestamptz) returns jsonb language sql as $$
+  select tally_hold(p_account, p_amount, p_expires_in_seconds, p_key, p_hash, p_actor, p_now, null)
+$$;
+
+-- tally_hold of 0002; the hold records whether it was counted against the account's limits. A
+-- priced hold (p_priced, from tally_priced_hold) reserves p_amount = ceil(cost) of the most the
+-- call may use, and keeps its meter, quantities, card, version and cost for its capture (its
+-- entry shows them too); the carry waits for the capture.
+create or replace function tally_hold(p_account text, p_amount bigint, p_expires_in_seconds integer,
+  p_key text, p_hash text, p_actor text, p_now timestamptz, p_priced jsonb) returns jsonb language plpgsql as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_outcome jsonb;
@@ -19,19 +28,27 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
-  select * into v_take from tally_take(p_account, p_amount, v_now);
+  -- A hold of 0 credits (a priced one whose cost is 0) takes from no grant.
+  if p_amount > 0 then
+    select * into v_take from tally_take(p_account, p_amount, v_now);
+  else
+    select '{}'::bigint[] as grant_ids, '{}'::bigint[] as grant_credits into v_take;
+  end if;
   update accounts set available = available - p_amount, held = held + p_amount, updated_at = v_now
     where id = p_account returning * into v_account;
   insert into holds (account_id, amount, grant_ids, grant_credits, expires_at, idempotency_key, created_at,
-    counted_in_spend_limits)
+    counted_in_spend_limits, meter, quantities, rate_card_id, rate_card_version, cost)
   values (p_account, p_amount, v_take.grant_ids, v_take.grant_credits,
-    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited)
+    v_now + make_interval(secs => p_expires_in_seconds), p_key, v_now, v_account.spend_limited,
+    p_priced->>'meter', p_priced->'quantities', p_priced->>'rate_card_id',
+    (p_priced->>'rate_card_version')::integer, (p_priced->>'cost')::numeric)
   returning * into v_hold;
   v_net := v_account.available - v_account.debt;
   insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
-    idempotency_key, reference, actor, created_at)
+    idempotency_key, reference, actor, created_at, meter, quantities, rate_card_id, rate_card_version, cost)
   values (p_account, 'hold', -p_amount, v_net, v_take.grant_ids, v_take.grant_credits, v_hold.id,
-    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now);
+    'request:' || p_key, jsonb_build_object('hold_id', 'hold_' || v_hold.id), p_actor, v_now,
+    v_hold.meter, v_hold.quantities, v_hold.rate_card_id, v_hold.rate_card_version, v_hold.cost);
   -- As a usage: a hold that leaves the account below its auto top-up threshold asks for a top-up.
   if v_account.available < v_account.top_up_threshold then
     perform tally_request_top_up(p_account, v_now);
@@ -39,7 +56,7 @@ begin
   return tally_remember(p_key, p_account, 'hold', p_hash, 201,
     jsonb_build_object('hold_id', 'hold_' || v_hold.id, 'amount', p_amount,
       'expires_at', tally_iso(v_hold.expires_at), 'available', v_account.available,
-      'replayed', false), v_now);
+      'replayed', false) || tally_priced_answer(v_hold.cost, v_hold.rate_card_id, v_hold.rate_card_version), v_now);
 end $$;
 
 -- Locks the hold's account, then the hold, and checks that it can still be resolved.
@@ -64,12 +81,20 @@ begin
   return v_hold;
 end $$;
 
+create or replace function tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text,
+  p_now timestamptz) returns void language sql as $$
+  select tally_release(p_hold, p_captured, p_status, p_actor, p_now, null)
+$$;
+
 -- Resolves a pending hold: captures p_captured and releases the rest. Released credits go
 -- back to the grants they came from, last taken first, so that what was captured is what the
 -- spend order chose first. Credits whose grant has expired meanwhile (by its expiry, or early)
 -- expire at once, and credits coming back while the account is in debt repay the debt first.
+-- The capture of a priced hold (p_priced: the used quantities priced by the hold's version, and
+-- the carry after) writes its capture entry with its price even when it charges 0, and moves the
+-- account's carry.
 create or replace function tally_release(p_hold holds, p_captured bigint, p_status text, p_actor text,
-  p_now timestamptz) returns void language plpgsql as $$
+  p_now timestamptz, p_priced jsonb) returns void language plpgsql as $$
 declare
   v_release bigint := p_hold.amount - p_captured;
   v_left bigint := v_release;
@@ -105,15 +130,18 @@ begin
     set held = held - p_hold.amount,
         available = available + (select coalesce(sum(c), 0) from unnest(v_credits) c),
         debt = v_repay_left,
+        carry = coalesce((p_priced->>'carry_after')::numeric, carry),
         updated_at = p_now
     where id = p_hold.account_id
     returning available - debt into v_net;
-  if p_captured > 0 then
+  if p_captured > 0 or p_priced is not null then
     insert into entries (account_id, kind, amount, balance_after, hold_id, idempotency_key,
-      reference, actor, created_at)
+      reference, actor, created_at, meter, quantities, rate_card_id, rate_card_version, cost, carry_after)
     values (p_hold.account_id, 'capture', 0, v_net - v_release + v_expired, p_hold.id,
       'capture:hold_' || p_hold.id,
-      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now);
+      jsonb_build_object('hold_id', 'hold_' || p_hold.id, 'captured', p_captured), p_actor, p_now,
+      p_priced->>'meter', p_priced->'quantities', p_priced->>'rate_card_id',
+      (p_priced->>'rate_card_version')::integer, (p_priced->>'cost')::numeric, (p_priced->>'carry_after')::numeric);
   end if;
   if v_release > 0 then
     insert into entries (account_id, kind, amount, balance_after, grant_ids, grant_credits, hold_id,
@@ -138,6 +166,14 @@ declare
   v_amount bigint := coalesce(p_amount, v_hold.amount);
   v_available bigint;
 begin
+  -- A priced hold is captured by quantities; without any, by the quantities it held.
+  if v_hold.meter is not null then
+    if p_amount is not null then
+      raise exception 'hold_% is priced by meter %: capture it with quantities, not amount', p_hold_id, v_hold.meter
+        using errcode = 'TP400', detail = 'amount';
+    end if;
+    return tally_priced_capture(p_hold_id, null, p_actor, v_now);
+  end if;
   if v_amount > v_hold.amount then
     raise exception 'capture of % exceeds the hold of %', v_amount, v_hold.amount
       using errcode = 'TH400', detail = v_hold.amount::text;

@@ -97,8 +97,12 @@ end $$;
 
 create or replace function tally_hold_events() returns trigger language plpgsql as $$
 begin
+  -- A priced hold says what it held: its meter, the quantities, their cost and the version.
   perform tally_event('hold.expired', new.account_id, jsonb_build_object('hold_id', 'hold_' || new.id,
-    'amount', new.amount, 'released', new.released), new.resolved_at);
+    'amount', new.amount, 'released', new.released)
+    || case when new.meter is null then '{}'::jsonb
+       else jsonb_build_object('meter', new.meter, 'quantities', new.quantities) end
+    || tally_priced_answer(new.cost, new.rate_card_id, new.rate_card_version), new.resolved_at);
   return null;
 end $$;
 

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { meterCountMax, meterSchema, rateCardIdSchema, rateIssues, ratesSchema } from '../pricing/meters.js';
 
 /**
  * The plan catalog: which Stripe prices are plans and packs, and how many credits each gives.
@@ -18,6 +19,8 @@ const planSchema = z.strictObject({
   credits_per_month: creditsSchema,
   rollover: z.strictObject({ max_credits: creditsSchema }).optional(),
   trial: z.strictObject({ days: z.int().min(1).max(730), credits: creditsSchema }).optional(),
+  /** The rate card that prices this plan's usage; left out, the catalog's default_rate_card. */
+  rate_card: rateCardIdSchema.optional(),
 });
 
 const packSchema = z.strictObject({
@@ -26,43 +29,89 @@ const packSchema = z.strictObject({
   credits: creditsSchema,
 });
 
-const catalogSchema = z
-  .strictObject({
-    plans: z.array(planSchema),
-    credit_packs: z.array(packSchema).default([]),
-    // Operators' grants and adjustments are bounded, so that a slip of the keyboard cannot
-    // grant more credits than a balance can hold (balances stay safe integers).
-    limits: z
-      .strictObject({
-        admin_adjustment_credits_max: creditsSchema.default(100_000),
-        admin_grant_credits_max: creditsSchema.default(1_000_000),
-      })
-      .default({ admin_adjustment_credits_max: 100_000, admin_grant_credits_max: 1_000_000 }),
-  })
-  .superRefine((catalog, context) => {
-    const seenPrices = new Map<string, string>();
-    const claimPrice = (price: string | undefined, owner: string, path: (string | number)[]) => {
-      if (price === undefined) return;
-      const previous = seenPrices.get(price);
-      if (previous !== undefined) {
-        context.addIssue({ code: 'custom', path, message: `price ${price} is already used by ${previous}` });
-      }
-      seenPrices.set(price, owner);
-    };
-    const seenIds = new Set<string>();
-    catalog.plans.forEach((plan, index) => {
-      if (seenIds.has(plan.id)) context.addIssue({ code: 'custom', path: ['plans', index, 'id'], message: `duplicate id ${plan.id}` });
-      seenIds.add(plan.id);
-      claimPrice(plan.prices.month, `plan ${plan.id}`, ['plans', index, 'prices', 'month']);
-      claimPrice(plan.prices.year, `plan ${plan.id}`, ['plans', index, 'prices', 'year']);
-    });
-    catalog.credit_packs.forEach((pack, index) => {
-      if (seenIds.has(pack.id))
-        context.addIssue({ code: 'custom', path: ['credit_packs', index, 'id'], message: `duplicate id ${pack.id}` });
-      seenIds.add(pack.id);
-      claimPrice(pack.price, `pack ${pack.id}`, ['credit_packs', index, 'price']);
-    });
+const rateCardSchema = z.strictObject({ id: rateCardIdSchema, rates: ratesSchema });
+
+const catalogShape = z.strictObject({
+  plans: z.array(planSchema),
+  credit_packs: z.array(packSchema).default([]),
+  // Priced usage: what a spend may name as its meter, and the credits per unit of each
+  // dimension on each card (the cards' first versions; later ones live in the database).
+  meters: z.array(meterSchema).max(meterCountMax).default([]),
+  rate_cards: z.array(rateCardSchema).default([]),
+  default_rate_card: rateCardIdSchema.optional(),
+  // Operators' grants and adjustments are bounded, so that a slip of the keyboard cannot
+  // grant more credits than a balance can hold (balances stay safe integers).
+  limits: z
+    .strictObject({
+      admin_adjustment_credits_max: creditsSchema.default(100_000),
+      admin_grant_credits_max: creditsSchema.default(1_000_000),
+    })
+    .default({ admin_adjustment_credits_max: 100_000, admin_grant_credits_max: 1_000_000 }),
+});
+
+const catalogSchema = catalogShape.superRefine((catalog, context) => {
+  const seenPrices = new Map<string, string>();
+  const claimPrice = (price: string | undefined, owner: string, path: (string | number)[]) => {
+    if (price === undefined) return;
+    const previous = seenPrices.get(price);
+    if (previous !== undefined) {
+      context.addIssue({ code: 'custom', path, message: `price ${price} is already used by ${previous}` });
+    }
+    seenPrices.set(price, owner);
+  };
+  const seenIds = new Set<string>();
+  catalog.plans.forEach((plan, index) => {
+    if (seenIds.has(plan.id)) context.addIssue({ code: 'custom', path: ['plans', index, 'id'], message: `duplicate id ${plan.id}` });
+    seenIds.add(plan.id);
+    claimPrice(plan.prices.month, `plan ${plan.id}`, ['plans', index, 'prices', 'month']);
+    claimPrice(plan.prices.year, `plan ${plan.id}`, ['plans', index, 'prices', 'year']);
   });
+  catalog.credit_packs.forEach((pack, index) => {
+    if (seenIds.has(pack.id)) context.addIssue({ code: 'custom', path: ['credit_packs', index, 'id'], message: `duplicate id ${pack.id}` });
+    seenIds.add(pack.id);
+    claimPrice(pack.price, `pack ${pack.id}`, ['credit_packs', index, 'price']);
+  });
+  checkPricing(catalog, context);
+});
+
+/**
+ * Meters and rate cards: ids are distinct, every card prices exactly the meters and their
+ * dimensions, a catalog with meters names its default card, and a plan names a card that exists.
+ */
+function checkPricing(catalog: z.infer<typeof catalogShape>, context: z.core.$RefinementCtx): void {
+  const meterIds = new Set<string>();
+  catalog.meters.forEach((meter, index) => {
+    if (meterIds.has(meter.id)) context.addIssue({ code: 'custom', path: ['meters', index, 'id'], message: `duplicate meter ${meter.id}` });
+    meterIds.add(meter.id);
+  });
+  const cardIds = new Set<string>();
+  catalog.rate_cards.forEach((card, index) => {
+    if (cardIds.has(card.id))
+      context.addIssue({ code: 'custom', path: ['rate_cards', index, 'id'], message: `duplicate rate card ${card.id}` });
+    cardIds.add(card.id);
+    for (const issue of rateIssues(card.rates, catalog.meters)) {
+      context.addIssue({ code: 'custom', path: ['rate_cards', index, 'rates', ...issue.path], message: issue.message });
+    }
+  });
+  if (catalog.meters.length > 0 && catalog.rate_cards.length === 0) {
+    context.addIssue({ code: 'custom', path: ['rate_cards'], message: 'meters need at least one rate card to price them' });
+  }
+  if (catalog.default_rate_card === undefined && catalog.rate_cards.length > 0) {
+    context.addIssue({
+      code: 'custom',
+      path: ['default_rate_card'],
+      message: 'required with rate cards: the card of accounts whose plan names none',
+    });
+  }
+  if (catalog.default_rate_card !== undefined && !cardIds.has(catalog.default_rate_card)) {
+    context.addIssue({ code: 'custom', path: ['default_rate_card'], message: `no rate card ${catalog.default_rate_card}` });
+  }
+  catalog.plans.forEach((plan, index) => {
+    if (plan.rate_card !== undefined && !cardIds.has(plan.rate_card)) {
+      context.addIssue({ code: 'custom', path: ['plans', index, 'rate_card'], message: `no rate card ${plan.rate_card}` });
+    }
+  });
+}
 
 export type Catalog = z.infer<typeof catalogSchema>;
 export type Plan = z.infer<typeof planSchema>;

@@ -101,6 +101,13 @@ export function toDomainError(error: unknown): unknown {
     case '57014':
     case '55P03':
       return new DatabaseBusyError(error);
+    case 'TR404':
+      return new TallyError('rate_card_not_found', 404, error.message);
+    case 'TR400':
+    case 'TP400':
+      return new TallyError('invalid_request', 400, `${error.detail ?? 'body'}: ${error.message}`, { field: error.detail ?? 'body' });
+    case 'TP404':
+      return new TallyError('unknown_meter', 400, error.message, { meter: error.detail });
     case 'TX001':
     case 'TE001':
       return new InvariantError(error.message, { cause: error });

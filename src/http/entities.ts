@@ -55,6 +55,20 @@ export const entrySchema = named(
     actor: z.enum(['app', 'admin', 'stripe', 'system']),
     reason: z.string().nullable(),
     created_at: timestampSchema,
+    // A priced usage, hold or capture: what it priced, by which version, its exact cost and (on
+    // usage and capture) the carry it left, so that its charge can be recomputed.
+    meter: z.string().optional(),
+    quantities: z.record(z.string(), creditsSchema).optional(),
+    rate_card: z.object({ id: z.string(), version: z.int().positive() }).optional(),
+    cost: z
+      .string()
+      .regex(/^[0-9]+(\.[0-9]+)?$/)
+      .optional(),
+    carry_after: z
+      .string()
+      .regex(/^0(\.[0-9]+)?$/)
+      .nullable()
+      .optional(),
   }),
 );
 
@@ -174,5 +188,26 @@ export const inboxEventSchema = named(
     last_error: z.string().nullable(),
     ignored_reason: z.string().nullable(),
     account_id: z.string().nullable(),
+  }),
+);
+
+/** An exact cost in credits as a decimal string (`"0.0125"`): computed in numeric, never a float. */
+export const costSchema = z.string().regex(/^[0-9]+(\.[0-9]+)?$/);
+
+/** The rate card version that priced a spend. */
+export const rateCardReferenceSchema = z.object({ id: z.string(), version: z.int().positive() });
+
+/** Credits per unit, per meter and dimension, as exact decimal strings. */
+export const ratesAnswerSchema = z.record(z.string(), z.record(z.string(), z.string().regex(/^[0-9]+(\.[0-9]+)?$/)));
+
+/** One published version of a rate card; versions are never edited or deleted. */
+export const rateCardVersionSchema = named(
+  'RateCardVersion',
+  z.object({
+    id: z.string(),
+    version: z.int().positive(),
+    effective_at: timestampSchema,
+    rates: ratesAnswerSchema,
+    published_at: timestampSchema,
   }),
 );

@@ -56,6 +56,11 @@ export const errorCatalog = {
     description: 'the balance would pass 2^53 - 1 credits, the most a JSON number holds exactly (`limit`)',
     details: { limit: credits },
   },
+  unknown_meter: {
+    status: 400,
+    description: 'the spend names a meter that the catalog (or its rate card) does not have (`meter`)',
+    details: { meter: z.string() },
+  },
   invalid_signature: { status: 400, description: 'the Stripe-Signature header does not match the body (nothing written)' },
   unauthorized: { status: 401, description: 'missing or wrong bearer key' },
   insufficient_credits: {
@@ -88,6 +93,7 @@ export const errorCatalog = {
   },
   account_not_found: { status: 404, description: 'no account with this id' },
   hold_not_found: { status: 404, description: 'no hold with this id' },
+  rate_card_not_found: { status: 404, description: 'no rate card with this id' },
   plan_not_found: { status: 404, description: 'no such plan (or interval) or credit pack in the catalog' },
   pack_not_found: { status: 404, description: 'no such credit pack in the catalog' },
   event_not_found: { status: 404, description: 'no stored Stripe event with this id' },

@@ -5,6 +5,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 
 import type { Database } from '../db/database.js';
 import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
+import type { RateCards } from '../pricing/rate-cards.js';
 import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
 import { KeyChecker, type Keys } from './auth.js';
@@ -17,6 +18,7 @@ import { bodyLimitLargeBytes, defineRoute, registerRoutes, type RouteDefinition 
 import { dashboardRoutes } from './routes/dashboard-routes.js';
 import { eventRoutes } from './routes/event-routes.js';
 import { ledgerRoutes } from './routes/ledger-routes.js';
+import { pricingRoutes } from './routes/pricing-routes.js';
 import { topUpRoutes } from './routes/top-up-routes.js';
 import { operationsRoutes, type OperationsRouteDependencies } from './routes/ops-routes.js';
 import { stripeRoutes, webhookRoute, type StripeRouteDependencies } from './routes/stripe-routes.js';
@@ -54,6 +56,7 @@ export const usageBatchesConcurrentMax = 4;
 export interface ServerOptions {
   db: Database;
   ledger: Ledger;
+  rateCards: RateCards;
   metrics: Metrics;
   keys: Keys;
   logLevel: string;
@@ -160,6 +163,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   const hashDevice = (fingerprint: string) => options.stripe.hasher.hash('device', fingerprint);
   const routes = [
     ...ledgerRoutes(options.ledger, usageBatcher, hashDevice, options.metrics),
+    ...pricingRoutes(options.rateCards),
     ...stripeRoutes(options.stripe, limiters),
     ...operationsRoutes(options.operations),
     ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }),

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { meterIdSchema, quantitiesSchema } from '../pricing/meters.js';
 
 /**
  * The validated inputs of the ledger's operations. Objects are strict (an unknown field is an
@@ -33,32 +34,75 @@ export const accountInputSchema = z.strictObject({
 });
 export type AccountInput = z.infer<typeof accountInputSchema>;
 
-export const usageInputSchema = z.strictObject({
-  amount: amountCreditsSchema,
+/**
+ * A spend names its credits (`amount`) or what it used (`meter` with `quantities`, priced in the
+ * database by the account's rate card), never both. Both or neither is refused naming the field.
+ */
+const spendFields = {
+  amount: amountCreditsSchema.optional(),
+  meter: meterIdSchema.optional(),
+  quantities: quantitiesSchema.optional(),
+};
+
+function checkSpendFields(
+  input: { amount?: number | undefined; meter?: string | undefined; quantities?: unknown },
+  context: z.core.$RefinementCtx,
+): void {
+  if (input.amount !== undefined && (input.meter !== undefined || input.quantities !== undefined)) {
+    const field = input.meter === undefined ? 'quantities' : 'meter';
+    context.addIssue({ code: 'custom', path: [field], message: 'give either amount (credits) or meter with quantities, not both' });
+  } else if (input.amount === undefined && input.meter === undefined && input.quantities === undefined) {
+    context.addIssue({ code: 'custom', path: ['amount'], message: 'required: give amount (credits) or meter with quantities' });
+  } else if (input.meter !== undefined && input.quantities === undefined) {
+    context.addIssue({ code: 'custom', path: ['quantities'], message: 'required with meter' });
+  } else if (input.meter === undefined && input.quantities !== undefined) {
+    context.addIssue({ code: 'custom', path: ['meter'], message: 'required with quantities' });
+  }
+}
+
+const usageShape = z.strictObject({
+  ...spendFields,
   idempotency_key: idempotencyKeySchema,
   description: z.string().max(500).optional(),
   metadata: metadataSchema.optional(),
 });
+export const usageInputSchema = usageShape.superRefine(checkSpendFields);
 export type UsageInput = z.infer<typeof usageInputSchema>;
 
-export const batchEventSchema = usageInputSchema.extend({ account_id: accountIdSchema });
+export const batchEventSchema = usageShape.extend({ account_id: accountIdSchema }).superRefine(checkSpendFields);
 export type BatchEvent = z.infer<typeof batchEventSchema>;
 
 export const usageBatchInputSchema = z.strictObject({
   events: z.array(batchEventSchema).min(1).max(batchEventCountMax),
 });
 
-export const holdInputSchema = z.strictObject({
-  amount: amountCreditsSchema,
-  idempotency_key: idempotencyKeySchema,
-  expires_in_seconds: z.int().min(1).max(holdLifetimeSecondsMax).default(holdLifetimeSecondsDefault),
-});
+/** A priced hold names the most the call may use (its max_tokens); it reserves ceil(cost) credits. */
+export const holdInputSchema = z
+  .strictObject({
+    ...spendFields,
+    idempotency_key: idempotencyKeySchema,
+    expires_in_seconds: z.int().min(1).max(holdLifetimeSecondsMax).default(holdLifetimeSecondsDefault),
+  })
+  .superRefine(checkSpendFields);
 export type HoldInput = z.infer<typeof holdInputSchema>;
 
-/** Left out, the amount is the whole hold (a bare POST captures everything); 0 releases it all. */
-export const captureInputSchema = z.strictObject({
-  amount: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
-});
+/** A spend's quote: what it would charge and whether it would pass now; nothing is written. */
+export const quoteInputSchema = z.strictObject(spendFields).superRefine(checkSpendFields);
+export type QuoteInput = z.infer<typeof quoteInputSchema>;
+
+/**
+ * Left out, the amount is the whole hold (a bare POST captures everything); 0 releases it all. A
+ * priced hold is captured by `quantities` (what the call used), priced by the hold's version.
+ */
+export const captureInputSchema = z
+  .strictObject({
+    amount: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+    quantities: quantitiesSchema.optional(),
+  })
+  .refine((input) => input.amount === undefined || input.quantities === undefined, {
+    path: ['quantities'],
+    message: 'give either amount or quantities, not both',
+  });
 
 export const grantInputSchema = z.strictObject({
   amount: amountCreditsSchema,

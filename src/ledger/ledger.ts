@@ -1,6 +1,16 @@
 import type { Database } from '../db/database.js';
 import { TallyError, accountNotFound, assertInvariant } from '../errors.js';
-import type { AccountInput, AdjustmentInput, BatchEvent, GrantInput, HoldInput, SpendLimitsInput, UsageInput } from './commands.js';
+import { type Meter, checkQuantities } from '../pricing/meters.js';
+import type {
+  AccountInput,
+  AdjustmentInput,
+  BatchEvent,
+  GrantInput,
+  HoldInput,
+  QuoteInput,
+  SpendLimitsInput,
+  UsageInput,
+} from './commands.js';
 import { payloadHash } from './payload-hash.js';
 
 /**
@@ -22,6 +32,8 @@ export interface LedgerOptions {
   adjustmentCreditsMax: number;
   /** The most one admin grant may give (the catalog's limits.admin_grant_credits_max); unset, no limit but the safe range. */
   grantCreditsMax?: number;
+  /** The catalog's meters, which priced spends name (none: every priced spend is unknown_meter). */
+  meters?: readonly Meter[];
   /** Told of each grant an operator makes (not of replays); the alert rule on grants listens here. It must not throw. */
   watchGrant?: (grant: { grantId: number; accountId: string; amount: number; source: string }) => Promise<void>;
 }
@@ -123,8 +135,30 @@ export class Ledger {
     return { account_id: accountId, available: row.available, held: row.held, debt: row.debt };
   }
 
+  /**
+   * Checks a priced spend's meter and quantities against the catalog (unknown_meter, or
+   * invalid_request naming a dimension the meter lacks); a spend of credits passes. Called before
+   * a spend is queued, so that bad input never reaches a batch.
+   */
+  checkSpend(input: { meter?: string | undefined; quantities?: Record<string, number> | undefined }, field = 'quantities'): void {
+    if (input.meter !== undefined) checkQuantities(this.options.meters ?? [], input.meter, input.quantities ?? {}, field);
+  }
+
   async usage(accountId: string, input: UsageInput, actor: Actor): Promise<Outcome> {
+    this.checkSpend(input);
     const { idempotency_key: key, ...payload } = input;
+    if (input.meter !== undefined) {
+      return this.db.callJson<Outcome>('select tally_priced_usage($1, $2, $3, $4, $5, $6, $7, $8) as result', [
+        accountId,
+        input.meter,
+        JSON.stringify(input.quantities),
+        key,
+        payloadHash(payload),
+        actor,
+        usageReference(input),
+        this.now(),
+      ]);
+    }
     return this.db.callJson<Outcome>('select tally_usage($1, $2, $3, $4, $5, $6, $7) as result', [
       accountId,
       input.amount,
@@ -139,7 +173,8 @@ export class Ledger {
   /**
    * A batch of usage events in one transaction; one answer per event, in order. The actor is
    * one for the whole batch or one per event. The events go to SQL as parallel arrays, one
-   * element per event, which tally_usage_batch reads as a set.
+   * element per event, which tally_usage_batch reads as a set. A priced event goes with amount 0
+   * and its meter and quantities, which the batch prices.
    */
   async usageBatch(events: BatchEvent[], actor: Actor | Actor[]): Promise<Outcome[]> {
     const accountIds: string[] = [];
@@ -148,27 +183,50 @@ export class Ledger {
     const hashes: string[] = [];
     const references: Record<string, unknown>[] = [];
     const actors: Actor[] = [];
+    const meters: (string | null)[] = [];
+    const quantities: (string | null)[] = [];
     events.forEach((event, index) => {
+      this.checkSpend(event, `events.${index}.quantities`);
       const { idempotency_key: key, account_id: accountId, ...payload } = event;
       accountIds.push(accountId);
-      amounts.push(event.amount);
+      amounts.push(event.amount ?? 0);
       keys.push(key);
       hashes.push(payloadHash(payload));
       references.push(usageReference(event));
+      meters.push(event.meter ?? null);
+      quantities.push(event.quantities === undefined ? null : JSON.stringify(event.quantities));
       const eventActor = Array.isArray(actor) ? actor[index] : actor;
       assertInvariant(eventActor !== undefined, `batch event ${index} has no actor`);
       actors.push(eventActor);
     });
+    const priced = meters.some((meter) => meter !== null);
     const outcomes = await this.db.callJson<Outcome[]>(
-      'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7) as result',
-      [accountIds, amounts, keys, hashes, references, actors, this.now()],
+      priced
+        ? 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7, $8::text[], $9::jsonb[]) as result'
+        : 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7) as result',
+      priced
+        ? [accountIds, amounts, keys, hashes, references, actors, this.now(), meters, quantities]
+        : [accountIds, amounts, keys, hashes, references, actors, this.now()],
     );
     assertInvariant(outcomes.length === events.length, 'batch answered a different number of results');
     return outcomes;
   }
 
   async hold(accountId: string, input: HoldInput, actor: Actor): Promise<Outcome> {
+    this.checkSpend(input);
     const { idempotency_key: key, ...payload } = input;
+    if (input.meter !== undefined) {
+      return this.db.callJson<Outcome>('select tally_priced_hold($1, $2, $3, $4, $5, $6, $7, $8) as result', [
+        accountId,
+        input.meter,
+        JSON.stringify(input.quantities),
+        input.expires_in_seconds,
+        key,
+        payloadHash(payload),
+        actor,
+        this.now(),
+      ]);
+    }
     return this.db.callJson<Outcome>('select tally_hold($1, $2, $3, $4, $5, $6, $7) as result', [
       accountId,
       input.amount,
@@ -180,9 +238,40 @@ export class Ledger {
     ]);
   }
 
-  /** Captures `amount` of the hold, or all of it when the amount is left out. */
+  /**
+   * What a spend would charge now and whether it would pass (`reason`: the refusal it would
+   * get), writing nothing: no carry moves, no key is taken.
+   */
+  async quote(accountId: string, input: QuoteInput): Promise<Record<string, unknown>> {
+    this.checkSpend(input);
+    return this.db.callJson('select tally_quote($1, $2, $3, $4, $5) as result', [
+      accountId,
+      input.amount ?? null,
+      input.meter ?? null,
+      input.quantities === undefined ? null : JSON.stringify(input.quantities),
+      this.now(),
+    ]);
+  }
+
+  /**
+   * Captures `amount` of the hold, or all of it when the amount is left out (a priced hold: at
+   * the quantities it held, priced as capturePriced prices them).
+   */
   async capture(holdId: string, amount: number | undefined, actor: Actor): Promise<Record<string, unknown>> {
     return this.db.callJson('select tally_capture($1, $2, $3, $4) as result', [parseHoldId(holdId), amount ?? null, actor, this.now()]);
+  }
+
+  /**
+   * Captures a priced hold by what the call used: `quantities` priced by the hold's rate card
+   * version with the account's carry; charging more than the hold is capture_exceeds_hold.
+   */
+  async capturePriced(holdId: string, quantities: Record<string, number>, actor: Actor): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_priced_capture($1, $2, $3, $4) as result', [
+      parseHoldId(holdId),
+      JSON.stringify(quantities),
+      actor,
+      this.now(),
+    ]);
   }
 
   async void(holdId: string, actor: Actor): Promise<Record<string, unknown>> {

@@ -48,7 +48,8 @@ const keepTallyMetadata = `case when jsonb_typeof(w.payload #> '{data,object,met
 const exportQueries: Record<string, string> = {
   grants: `select to_jsonb(g) - 'account_id' as row from grants g where account_id = $1 order by id`,
   entries: `select tally_entry_json(e) as row from entries e where account_id = $1 order by id`,
-  holds: `select to_jsonb(h) - 'account_id' as row from holds h where account_id = $1 order by id`,
+  // A priced hold's exact cost as a decimal string, never a JSON number (which a reader would parse as a float).
+  holds: `select to_jsonb(h) - 'account_id' || jsonb_build_object('cost', trim_scale(h.cost)::text) as row from holds h where account_id = $1 order by id`,
   subscriptions: `select to_jsonb(s) - 'account_id' as row from subscriptions s where account_id = $1 order by event_created`,
   payments: `select to_jsonb(p) - 'account_id' as row from payments p where account_id = $1 order by id`,
   request_keys: `select jsonb_build_object('key', key, 'operation', operation, 'status_code', status_code, 'response', response, 'created_at', tally_iso(created_at)) as row from request_keys where account_id = $1 order by created_at`,
@@ -58,13 +59,23 @@ const exportQueries: Record<string, string> = {
   alerts: `select to_jsonb(a) - 'account_id' as row from alerts a where account_id = $1 order by id`,
   audit_log: `select to_jsonb(l) - 'account_id' as row from audit_log l where account_id = $1 order by id`,
   spend_limits: `select to_jsonb(s) - 'account_id' as row from spend_limits s where account_id = $1`,
+  // The rate card versions that priced the account's spends and holds, so that every priced charge
+  // in the export can be recomputed from the export alone.
+  rate_card_versions: `select tally_rate_card_version_json(v) as row from rate_card_versions v
+    where (v.rate_card_id, v.version) in (
+      select rate_card_id, rate_card_version from entries where account_id = $1 and meter is not null
+      union select rate_card_id, rate_card_version from holds where account_id = $1 and meter is not null)
+    order by v.rate_card_id, v.version`,
 };
 
 /** The tables an export answers besides the account itself, each as a list of rows. */
 export const exportedTables = Object.keys(exportQueries);
 
 export async function exportAccount(db: Database, accountId: string): Promise<Record<string, unknown>> {
-  const account = await db.query<{ row: Record<string, unknown> }>(`select to_jsonb(a) as row from accounts a where id = $1`, [accountId]);
+  const account = await db.query<{ row: Record<string, unknown> }>(
+    `select to_jsonb(a) || jsonb_build_object('carry', trim_scale(a.carry)::text) as row from accounts a where id = $1`,
+    [accountId],
+  );
   if (account.rows[0] === undefined) throw accountNotFound(accountId);
   const sections: Record<string, unknown> = { account: account.rows[0].row };
   for (const [name, sql] of Object.entries(exportQueries)) {

@@ -204,6 +204,55 @@ const checks: { name: string; run: (client: Queryable) => Promise<Finding[]> }[]
       ];
     },
   },
+  {
+    name: 'priced_entries_recompute',
+    // Every priced entry's charge, recomputed from the rate card version it names: its cost is
+    // the sum of quantity x rate at that version; a usage or capture charged floor(cost + the
+    // carry the account's previous priced charge left) and left the rest as its carry; a hold
+    // reserved ceil(cost). The account's carry is the last one left. All in numeric.
+    async run(client) {
+      const { rows } = await client.query<{ account_id: string; entry_id: number | null; problem: string }>(
+        `with priced as (
+           select e.id, e.account_id, e.kind, e.amount, e.meter, e.quantities, e.rate_card_id, e.rate_card_version,
+             e.cost, e.carry_after,
+             case when e.kind = 'usage' then -e.amount else (e.reference->>'captured')::bigint end as charged,
+             coalesce(lag(e.carry_after) over (partition by e.account_id, e.kind = 'hold' order by e.id), 0) as carry_before,
+             row_number() over (partition by e.account_id, e.kind = 'hold' order by e.id desc) as from_last
+           from entries e where e.meter is not null),
+         recomputed as (
+           select p.*, v.rate_card_id is not null as version_found, r.cost as recomputed_cost, r.priced
+           from priced p
+           left join rate_card_versions v on v.rate_card_id = p.rate_card_id and v.version = p.rate_card_version
+           left join lateral (
+             select sum((q.value #>> '{}')::numeric * (v.rates -> p.meter ->> q.key)::numeric) as cost,
+               coalesce(bool_and(v.rates -> p.meter ? q.key), true) as priced
+             from jsonb_each(p.quantities) q) r on v.rate_card_id is not null)
+         select account_id, id as entry_id, case
+             when not version_found then format('names rate card %s version %s, which does not exist', rate_card_id, rate_card_version)
+             when not priced then format('prices a dimension of %s that version %s of %s has no rate for', meter, rate_card_version, rate_card_id)
+             when coalesce(recomputed_cost, 0) <> cost then format('cost %s recomputes to %s at %s version %s', trim_scale(cost), trim_scale(coalesce(recomputed_cost, 0)), rate_card_id, rate_card_version)
+             when kind = 'hold' and -amount <> ceil(cost) then format('reserved %s credits, not ceil(%s)', -amount, trim_scale(cost))
+             when kind <> 'hold' and charged <> floor(cost + carry_before) then format('charged %s credits, not floor(%s + carry %s)', charged, trim_scale(cost), trim_scale(carry_before))
+             when kind <> 'hold' and carry_after <> cost + carry_before - charged then format('left carry %s, not %s', trim_scale(carry_after), trim_scale(cost + carry_before - charged))
+           end as problem
+         from recomputed
+         where not version_found or not priced or coalesce(recomputed_cost, 0) <> cost
+           or (kind = 'hold' and -amount <> ceil(cost))
+           or (kind <> 'hold' and (charged <> floor(cost + carry_before) or carry_after <> cost + carry_before - charged))
+         union all
+         select a.id, l.id, format('carry is %s but its last priced charge left %s', trim_scale(a.carry), trim_scale(coalesce(l.carry_after, 0)))
+         from accounts a left join priced l on l.account_id = a.id and l.kind <> 'hold' and l.from_last = 1
+         where a.carry <> coalesce(l.carry_after, 0)
+         limit ${findingsPerCheckMax}`,
+      );
+      return rows.map((row) => ({
+        check: 'priced_entries_recompute',
+        account_id: row.account_id,
+        message: row.entry_id === null ? row.problem : `entry_${row.entry_id} ${row.problem}`,
+        entry_ids: row.entry_id === null ? [] : [`entry_${row.entry_id}`],
+      }));
+    },
+  },
 ];
 
 /** What Stripe lists for the last 30 days: paid invoices and refunds. */

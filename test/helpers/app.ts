@@ -55,6 +55,8 @@ export interface TestApp {
 }
 
 export interface TestAppOptions {
+  /** The plan catalog (default the example catalog, see testCatalog). */
+  catalog?: Catalog;
   adjustmentCreditsMax?: number;
   /** The catalog's limits.admin_grant_credits_max (default the example catalog's). */
   grantCreditsMax?: number;
@@ -86,7 +88,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
   const clock = options.clock ?? new TestClock();
   const parts = await assemble({
     db: database.db,
-    catalog: testCatalog(options.adjustmentCreditsMax, options.grantCreditsMax),
+    catalog: options.catalog ?? testCatalog(options.adjustmentCreditsMax, options.grantCreditsMax),
     keys: { apiKey: appKey, adminKey, viewerKey },
     httpLimits: options.httpLimits,
     rateLimits: options.rateLimits,

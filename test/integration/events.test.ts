@@ -123,6 +123,29 @@ describe('writing events', () => {
     assert.equal(list[3].data.credits, 100);
   });
 
+  it('writes hold.expired for a priced hold with its meter, quantities, cost and rate card version', async () => {
+    await fundedAccount(test, 'ev_priced_hold', 10);
+    const hold = await test.call('POST', '/v1/accounts/ev_priced_hold/holds', {
+      meter: 'openai/gpt-5',
+      quantities: { input_tokens: 1000, output_tokens: 2000 },
+      idempotency_key: 'ev-priced-hold',
+      expires_in_seconds: 60,
+    });
+    assert.equal(hold.status, 201);
+    test.clock.advanceSeconds(120);
+    await test.parts.sweeper.sweep();
+    const expired = (await eventsOf('ev_priced_hold')).find((event) => event.type === 'hold.expired');
+    assert.deepEqual(expired?.data, {
+      hold_id: hold.body.hold_id,
+      amount: 3,
+      released: 3,
+      meter: 'openai/gpt-5',
+      quantities: { input_tokens: 1000, output_tokens: 2000 },
+      cost: '2.125',
+      rate_card: hold.body.rate_card,
+    });
+  });
+
   it('writes account.in_debt and credits.clawed_back for a clawback that leaves debt', async () => {
     await fundedAccount(test, 'ev_debt', 10);
     await test.database.db.withTransaction(async (client) => {

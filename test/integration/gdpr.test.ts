@@ -175,3 +175,44 @@ it('exports and erases the webhook payloads that name the account without being 
     assert.ok(!row.text.includes('Private Person'), `${row.id} keeps no name`);
   }
 });
+
+it('exports priced spends with their exact costs as text and the versions that priced them, and erasure keeps them', async () => {
+  const accountId = uniqueId('gdpr-priced');
+  await test.call('PUT', `/v1/accounts/${accountId}`, { email: `${accountId}@example.com` });
+  await test.admin('POST', `/v1/accounts/${accountId}/grants`, {
+    amount: 10,
+    source: 'promo',
+    reason: 'r',
+    idempotency_key: uniqueId('g'),
+  });
+  const spent = await test.call('POST', `/v1/accounts/${accountId}/usage`, {
+    meter: 'openai/gpt-5-mini',
+    quantities: { input_tokens: 1, output_tokens: 3 },
+    idempotency_key: uniqueId('u'),
+    description: 'private prompt',
+  });
+  assert.equal(spent.body.cost, '0.000625');
+  await test.call('POST', `/v1/accounts/${accountId}/holds`, {
+    meter: 'openai/gpt-5',
+    quantities: { output_tokens: 10 },
+    idempotency_key: uniqueId('h'),
+  });
+  const exported = (await test.admin('GET', `/v1/accounts/${accountId}/export`)).body;
+  assert.equal(exported.account.carry, '0.000625', 'the carry as exact text');
+  const usage = exported.entries.find((entry: { kind: string }) => entry.kind === 'usage');
+  assert.deepEqual([usage.meter, usage.cost, usage.rate_card.id], ['openai/gpt-5-mini', '0.000625', 'standard']);
+  assert.deepEqual([exported.holds[0].meter, exported.holds[0].cost], ['openai/gpt-5', '0.01']);
+  assert.deepEqual(
+    exported.rate_card_versions.map((version: { id: string; version: number }) => [version.id, version.version]),
+    [['standard', usage.rate_card.version]],
+    'the one version that priced both',
+  );
+  await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, { reason: 'GDPR' });
+  const erased = (await test.admin('GET', `/v1/accounts/${accountId}/export`)).body;
+  assert.ok(!JSON.stringify(erased).includes('private prompt'));
+  const kept = erased.entries.find((entry: { kind: string }) => entry.kind === 'usage');
+  assert.deepEqual(
+    [kept.meter, kept.quantities, kept.cost, kept.carry_after],
+    [usage.meter, usage.quantities, usage.cost, usage.carry_after],
+  );
+});

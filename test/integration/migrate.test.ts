@@ -168,3 +168,57 @@ it('rolls 0013 back with its data: spends since keep their key and first answer,
     await client.end();
   }
 });
+
+it('rolls priced usage back to functions that work without it, and migrates again', async () => {
+  const url = await createEmptyDatabase();
+  await migrate(url);
+  const pricing = readMigrations().find((migration) => migration.name.endsWith('-priced-usage'));
+  assert.ok(pricing !== undefined);
+  assert.equal(pricing.version, readMigrations().at(-1)?.version, 'the newest migration, so that its note applies alone');
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  const call = async (sql: string): Promise<{ status: number; body: Record<string, unknown> }> => (await client.query(sql)).rows[0].result;
+  try {
+    await client.query(`insert into accounts (id) values ('roll-p')`);
+    await client.query(`select tally_add_grant('roll-p', 'promo', 100, 0, null, 'seed', 'grant', '{}', 'system', null, now())`);
+    await client.query('begin');
+    await client.query(rollbackStatements(pricing.sql));
+    await client.query('commit');
+    const left = await client.query(
+      `select proname from pg_proc where proname ~ '(price|priced|rate_card|quote|spend_limit_passed)' and pronamespace = 'public'::regnamespace`,
+    );
+    assert.deepEqual(left.rows, [], 'no pricing function is left');
+    const overloads = await client.query(
+      `select proname, count(*)::int as count from pg_proc where proname in ('tally_usage', 'tally_hold', 'tally_release') group by proname order by proname`,
+    );
+    assert.deepEqual(
+      overloads.rows,
+      [
+        { proname: 'tally_hold', count: 1 },
+        { proname: 'tally_release', count: 1 },
+        { proname: 'tally_usage', count: 1 },
+      ],
+      'one signature each, as before',
+    );
+    // The functions of the release before work on the rolled-back schema.
+    assert.equal((await call(`select tally_usage('roll-p', 10, 'k1', 'h1', 'app', '{}', null) as result`)).status, 200);
+    const batch = (
+      await client.query(
+        `select tally_usage_batch(array['roll-p', 'roll-p'], array[1, 2]::bigint[], array['b1', 'b2'], array['h', 'h'], array['{}', '{}']::jsonb[], array['app', 'app'], null) as result`,
+      )
+    ).rows[0].result as { status: number }[];
+    assert.deepEqual(
+      batch.map((result) => result.status),
+      [200, 200],
+    );
+    const held = await call(`select tally_hold('roll-p', 5, 60, 'h1', 'h', 'app', null) as result`);
+    assert.equal(held.status, 201);
+    await client.query(`select tally_capture($1, 2, 'app', null)`, [Number(String(held.body.hold_id).replace('hold_', ''))]);
+    const entries = await client.query(`select tally_entry_json(e) as entry from entries e where account_id = 'roll-p' order by id`);
+    assert.ok(entries.rows.every((row) => !('cost' in row.entry)));
+    assert.deepEqual(await migrate(url), [pricing.version], 'and the migration applies again');
+    await client.query(`select tally_sync_catalog_pricing('[]', null, '[]', null)`);
+  } finally {
+    await client.end();
+  }
+});

@@ -174,6 +174,85 @@ describe('every answer of every route is described', () => {
     expectError(await call('POST', '/v1/holds/nonsense/void'), 404, 'hold_not_found');
   });
 
+  it('priced usage: spends, holds, captures, batches and quotes by meter, with every refusal', async () => {
+    const pricedAccount = uniqueId('priced');
+    assert.equal((await call('PUT', `/v1/accounts/${pricedAccount}`, {})).status, 200);
+    const funded = await admin('POST', `/v1/accounts/${pricedAccount}/grants`, {
+      amount: 100,
+      source: 'promo',
+      reason: 'conformance',
+      idempotency_key: 'priced-g-1',
+    });
+    assert.equal(funded.status, 201);
+    const priced = { meter: 'openai/gpt-5-mini', quantities: { input_tokens: 1200, output_tokens: 8000 } };
+    const spent = await call('POST', `/v1/accounts/${pricedAccount}/usage`, { ...priced, idempotency_key: 'priced-1' });
+    assert.equal(spent.status, 200);
+    assert.equal(typeof spent.body.cost, 'string');
+    assert.equal(
+      (await call('POST', `/v1/accounts/${pricedAccount}/usage`, { ...priced, idempotency_key: 'priced-1' })).body.replayed,
+      true,
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${pricedAccount}/usage`, {
+        meter: 'nope/model',
+        quantities: { tokens: 1 },
+        idempotency_key: 'priced-2',
+      }),
+      400,
+      'unknown_meter',
+    );
+    expectError(
+      await call('POST', `/v1/accounts/${pricedAccount}/usage`, { ...priced, amount: 1, idempotency_key: 'priced-3' }),
+      400,
+      'invalid_request',
+    );
+    const batch = await call('POST', '/v1/usage/batch', {
+      events: [
+        { account_id: pricedAccount, ...priced, idempotency_key: 'priced-batch-1' },
+        { account_id: pricedAccount, amount: 1, idempotency_key: 'priced-batch-2' },
+      ],
+    });
+    assert.deepEqual(
+      batch.body.results.map((result: { status: number }) => result.status),
+      [200, 200],
+    );
+    expectError(
+      await call('POST', '/v1/usage/batch', {
+        events: [{ account_id: pricedAccount, meter: 'nope/model', quantities: { tokens: 1 }, idempotency_key: 'x' }],
+      }),
+      400,
+      'unknown_meter',
+    );
+    const hold = await call('POST', `/v1/accounts/${pricedAccount}/holds`, { ...priced, idempotency_key: 'priced-hold-1' });
+    assert.equal(hold.status, 201);
+    expectError(
+      await call('POST', `/v1/accounts/${pricedAccount}/holds`, {
+        meter: 'nope/model',
+        quantities: { tokens: 1 },
+        idempotency_key: 'priced-hold-2',
+      }),
+      400,
+      'unknown_meter',
+    );
+    expectError(await call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { amount: 1 }), 400, 'invalid_request');
+    const captured = await call('POST', `/v1/holds/${hold.body.hold_id}/capture`, {
+      quantities: { input_tokens: 600, output_tokens: 100 },
+    });
+    assert.equal(captured.status, 200);
+    assert.equal(typeof captured.body.cost, 'string');
+    const quote = await call('POST', `/v1/accounts/${pricedAccount}/quote`, priced);
+    assert.equal(quote.status, 200);
+    assert.equal((await call('POST', `/v1/accounts/${pricedAccount}/quote`, { amount: 1_000_000 })).body.reason, 'insufficient_credits');
+    expectError(
+      await call('POST', `/v1/accounts/${pricedAccount}/quote`, { meter: 'nope/model', quantities: { tokens: 1 } }),
+      400,
+      'unknown_meter',
+    );
+    expectError(await call('POST', `/v1/accounts/${missing}/quote`, { amount: 1 }), 404, 'account_not_found');
+    const entries = (await call('GET', `/v1/accounts/${pricedAccount}/ledger`)).body.entries;
+    assert.ok(entries.some((entry: { kind: string; cost?: string }) => entry.kind === 'capture' && entry.cost !== undefined));
+  });
+
   it('spend limits: read and set, with every refusal, and spend_limit_exceeded on usage, holds and in a batch', async () => {
     const limited = uniqueId('limited');
     assert.equal((await call('PUT', `/v1/accounts/${limited}`, {})).status, 200);
@@ -542,6 +621,19 @@ describe('every answer of every route is described', () => {
     } finally {
       fake.mode = 'ok';
     }
+  });
+
+  it('rate cards: the versions in effect, publishing and listing versions, with every refusal', async () => {
+    const current = await call('GET', '/v1/rate-cards');
+    assert.equal(current.status, 200);
+    const standard = current.body.rate_cards.find((card: { id: string }) => card.id === 'standard');
+    const later = new Date(Date.parse(standard.published_at) + 3600_000).toISOString();
+    assert.equal((await admin('PUT', '/v1/admin/rate-cards/standard', { rates: standard.rates, effective_at: later })).status, 200);
+    assert.notEqual((await call('GET', '/v1/rate-cards')).body.rate_cards[0].next, null, 'the scheduled version is described too');
+    expectError(await admin('PUT', '/v1/admin/rate-cards/gold', { rates: standard.rates }), 404, 'rate_card_not_found');
+    expectError(await admin('PUT', '/v1/admin/rate-cards/standard', { rates: { nope: { x: '1' } } }), 400, 'invalid_request');
+    assert.equal((await admin('GET', '/v1/admin/rate-cards/standard/versions')).status, 200);
+    expectError(await admin('GET', '/v1/admin/rate-cards/gold/versions'), 404, 'rate_card_not_found');
   });
 
   it('health, metrics, the dashboard, and the refusals every call shares', async () => {

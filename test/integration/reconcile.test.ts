@@ -192,6 +192,57 @@ describe('reconciliation', () => {
     assert.equal(refundFinding?.account_id, accountId);
     assert.ok(refundFinding?.stripe_ids?.includes(unclawed.id));
   });
+
+  /** Priced spends that cross credits, a priced hold captured below it: a healthy priced ledger. */
+  async function healthyPriced(accountId: string): Promise<number[]> {
+    await fundedAccount(test, accountId, 100);
+    const spend = (output_tokens: number) =>
+      test.call('POST', `/v1/accounts/${accountId}/usage`, {
+        meter: 'openai/gpt-5-mini',
+        quantities: { input_tokens: 700, output_tokens },
+        idempotency_key: uniqueId('priced'),
+      });
+    const entries = [(await spend(3000)).body.entry_id, (await spend(4000)).body.entry_id];
+    const hold = await test.call('POST', `/v1/accounts/${accountId}/holds`, {
+      meter: 'openai/gpt-5',
+      quantities: { output_tokens: 9000 },
+      idempotency_key: uniqueId('priced-hold'),
+    });
+    await test.call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { quantities: { output_tokens: 4321 } });
+    entries.push((await spend(5000)).body.entry_id);
+    return entries.map((entry: string) => Number(entry.replace('entry_', '')));
+  }
+
+  const pricedFindings = async (accountId: string) =>
+    (await run()).findings.filter((finding) => finding.check === 'priced_entries_recompute' && finding.account_id === accountId);
+
+  it("recomputes every priced entry's charge from its version: nothing to say about a healthy one", async () => {
+    await healthyPriced('rec-priced');
+    assert.deepEqual(await pricedFindings('rec-priced'), []);
+  });
+
+  it('names a priced entry whose cost, charge or carry is not what its version gives, and an account whose carry is not its last', async () => {
+    const wrongCost = await healthyPriced('rec-priced-cost');
+    await test.database.db.query('update entries set cost = cost + 0.0001 where id = $1', [wrongCost[1]]);
+    const [costFinding] = await pricedFindings('rec-priced-cost');
+    assert.deepEqual(costFinding?.entry_ids, [`entry_${wrongCost[1]}`]);
+    assert.match(costFinding?.message ?? '', /cost 0\.8176 recomputes to 0\.8175 at standard version \d+/);
+
+    const wrongCharge = await healthyPriced('rec-priced-charge');
+    await test.database.db.query('update entries set amount = amount - 1 where id = $1', [wrongCharge[2]]);
+    const [chargeFinding] = await pricedFindings('rec-priced-charge');
+    assert.match(chargeFinding?.message ?? '', /charged 2 credits, not floor\(1\.0175 \+ carry 0\.756\)/);
+
+    const wrongVersion = await healthyPriced('rec-priced-version');
+    await test.database.db.query('update entries set rate_card_version = 999 where id = $1', [wrongVersion[0]]);
+    const [versionFinding] = await pricedFindings('rec-priced-version');
+    assert.match(versionFinding?.message ?? '', /names rate card standard version 999, which does not exist/);
+
+    await healthyPriced('rec-priced-carry');
+    await test.database.db.query(`update accounts set carry = 0.5 where id = 'rec-priced-carry'`);
+    const [carryFinding] = await pricedFindings('rec-priced-carry');
+    assert.match(carryFinding?.message ?? '', /carry is 0\.5 but its last priced charge left 0\.\d+/);
+  });
 });
 
 describe('a large healthy ledger', () => {

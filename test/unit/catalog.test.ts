@@ -4,6 +4,13 @@ import { describe, it } from 'node:test';
 import { findPrice, parseCatalog } from '../../src/billing/catalog.js';
 
 const plan = { id: 'plus', name: 'Plus', prices: { month: 'price_m', year: 'price_y' }, credits_per_month: 4000 };
+const meter = { id: 'm', dimensions: ['input', 'output'] };
+const standardCard = { id: 'standard', rates: { m: { input: '0.000125', output: '0.001' } } };
+
+/** A catalog with one meter and one card, the card's fields and the catalog's overridden. */
+function priced(card: Record<string, unknown>, catalog: Record<string, unknown> = {}): Record<string, unknown> {
+  return { plans: [plan], meters: [meter], rate_cards: [{ ...standardCard, ...card }], default_rate_card: 'standard', ...catalog };
+}
 
 describe('plan catalog', () => {
   it('accepts the shipped example and finds plans and packs by price', () => {
@@ -14,6 +21,14 @@ describe('plan catalog', () => {
     assert.equal(findPrice(catalog, 'price_pack_1000')?.kind, 'pack');
     assert.equal(findPrice(catalog, 'price_unknown'), undefined);
     assert.equal(catalog.limits.admin_adjustment_credits_max, 100000);
+    assert.ok(catalog.meters.some((candidate) => candidate.id === 'openai/gpt-5'));
+    assert.equal(catalog.default_rate_card, 'standard');
+  });
+
+  it('accepts rates with 12 decimal places, zero, and whole credits', () => {
+    const catalog = parseCatalog(priced({ rates: { m: { input: '0.000000000001', output: '0' } } }, { meters: [meter] }));
+    assert.equal(catalog.rate_cards[0]?.rates.m?.input, '0.000000000001');
+    assert.doesNotThrow(() => parseCatalog(priced({ rates: { m: { input: '12', output: '999999999999999.5' } } })));
   });
 
   const refusals: [string, unknown, RegExp][] = [
@@ -28,6 +43,48 @@ describe('plan catalog', () => {
     ['an unknown field', { plans: [{ ...plan, colour: 'red' }] }, /plans\.0/],
     ['a duplicate id', { plans: [plan, { ...plan, prices: { month: 'price_other' } }] }, /plans\.1\.id: duplicate id plus/],
     ['a negative trial', { plans: [{ ...plan, trial: { days: 7, credits: -1 } }] }, /plans\.0\.trial\.credits/],
+    ['a rate that is a number', priced({ rates: { m: { input: 0.5, output: '1' } } }), /rate_cards\.0\.rates\.m\.input: a decimal string/],
+    [
+      'a rate with 13 decimal places',
+      priced({ rates: { m: { input: '0.0000000000001', output: '1' } } }),
+      /rate_cards\.0\.rates\.m\.input: a decimal string .* at most 12 decimal places/,
+    ],
+    [
+      'a rate in exponent form',
+      priced({ rates: { m: { input: '1e-3', output: '1' } } }),
+      /rate_cards\.0\.rates\.m\.input: a decimal string/,
+    ],
+    ['a negative rate', priced({ rates: { m: { input: '-0.1', output: '1' } } }), /rate_cards\.0\.rates\.m\.input: a decimal string/],
+    ['a rate without a leading digit', priced({ rates: { m: { input: '.5', output: '1' } } }), /rate_cards\.0\.rates\.m\.input/],
+    [
+      'a rate for an unknown meter',
+      priced({ rates: { m: { input: '1', output: '1' }, other: { input: '1' } } }),
+      /rate_cards\.0\.rates\.other: unknown meter other/,
+    ],
+    [
+      'a rate for an unknown dimension',
+      priced({ rates: { m: { input: '1', output: '1', images: '2' } } }),
+      /rate_cards\.0\.rates\.m\.images: unknown dimension images of meter m/,
+    ],
+    [
+      'a dimension without a rate',
+      priced({ rates: { m: { input: '1' } } }),
+      /rate_cards\.0\.rates\.m\.output: no rate for dimension output/,
+    ],
+    ['a meter without rates', priced({ rates: {} }), /rate_cards\.0\.rates\.m: no rates for meter m/],
+    ['a plan naming an unknown card', priced({}, { plans: [{ ...plan, rate_card: 'gold' }] }), /plans\.0\.rate_card: no rate card gold/],
+    ['an unknown default card', priced({}, { default_rate_card: 'gold' }), /default_rate_card: no rate card gold/],
+    ['rate cards without a default', priced({}, { default_rate_card: undefined }), /default_rate_card: required with rate cards/],
+    ['meters without rate cards', { plans: [plan], meters: [meter] }, /rate_cards: meters need at least one rate card/],
+    ['a meter id with a space', priced({}, { meters: [{ ...meter, id: 'my meter' }] }), /meters\.0\.id: letters, digits/],
+    ['a meter without dimensions', priced({}, { meters: [{ ...meter, dimensions: [] }] }), /meters\.0\.dimensions/],
+    [
+      'a dimension named twice',
+      priced({}, { meters: [{ ...meter, dimensions: ['input', 'input'] }] }),
+      /meters\.0\.dimensions: dimensions must be distinct/,
+    ],
+    ['a duplicate meter', priced({}, { meters: [meter, meter] }), /meters\.1\.id: duplicate meter m/],
+    ['a duplicate rate card', priced({}, { rate_cards: [standardCard, standardCard] }), /rate_cards\.1\.id: duplicate rate card standard/],
   ];
   for (const [name, value, message] of refusals) {
     it(`refuses ${name}, naming the field`, () => {

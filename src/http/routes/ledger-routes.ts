@@ -6,6 +6,7 @@ import {
   grantInputSchema,
   holdInputSchema,
   ledgerQuerySchema,
+  quoteInputSchema,
   spendLimitsInputSchema,
   usageBatchInputSchema,
   usageInputSchema,
@@ -18,9 +19,11 @@ import {
   accountDetailSchema,
   accountSchema,
   balanceSchema,
+  costSchema,
   creditsSchema,
   entrySchema,
   grantSchema,
+  rateCardReferenceSchema,
   timestampSchema,
 } from '../entities.js';
 import { answer as answerOf, errorCatalog, errorObjectSchema, refusals, type ErrorCode } from '../responses.js';
@@ -36,15 +39,26 @@ const answer = (outcome: Outcome): Answer => ({ status: outcome.status, body: ou
 
 // A replay answers exactly as the first time, marked `replayed: true`.
 const replayed = z.boolean();
-export const usageAnswerSchema = z.object({ entry_id: z.string(), amount: creditsSchema, available: creditsSchema, replayed });
+// A priced spend's answer adds its exact cost and the rate card version that priced it.
+const priced = { cost: costSchema.optional(), rate_card: rateCardReferenceSchema.optional() };
+export const usageAnswerSchema = z.object({ entry_id: z.string(), amount: creditsSchema, available: creditsSchema, ...priced, replayed });
 export const holdAnswerSchema = z.object({
   hold_id: z.string(),
   amount: creditsSchema,
   expires_at: timestampSchema,
   available: creditsSchema,
+  ...priced,
   replayed,
 });
-export const captureAnswerSchema = z.object({ captured: creditsSchema, released: creditsSchema, available: creditsSchema });
+export const captureAnswerSchema = z.object({ captured: creditsSchema, released: creditsSchema, available: creditsSchema, ...priced });
+export const quoteAnswerSchema = z.object({
+  amount: creditsSchema,
+  cost: costSchema,
+  rate_card: rateCardReferenceSchema.nullable(),
+  available: creditsSchema,
+  allowed: z.boolean(),
+  reason: z.enum(['insufficient_credits', 'spend_limit_exceeded']).optional(),
+});
 export const voidAnswerSchema = z.object({ released: creditsSchema, available: creditsSchema });
 export const ledgerPageSchema = z.object({ entries: z.array(entrySchema), next_cursor: z.string().nullable() });
 // A replayed grant or adjustment is the first answer with `replayed: true` added.
@@ -52,6 +66,14 @@ const replayMark = { replayed: z.literal(true).optional() };
 
 /** The refusals a spend (single or in a batch) may give, each kept as its key's first answer. */
 const spendRefusals: ErrorCode[] = ['insufficient_credits', 'spend_limit_exceeded', 'idempotency_conflict', 'account_not_found'];
+/** What a spend's input may be refused for before anything is written. */
+const spendInputRefusals: (ErrorCode | [ErrorCode, string])[] = [
+  [
+    'invalid_request',
+    'a field is wrong: both or neither of amount and meter, a dimension the meter lacks, a negative or fractional quantity, or a cost beyond 2^53 - 1 credits',
+  ],
+  'unknown_meter',
+];
 // One result of a batch: `status` beside the body the single call would answer.
 const batchResultSchema = z.union([
   usageAnswerSchema.extend({ status: z.literal(200) }),
@@ -71,8 +93,8 @@ export function ledgerRoutes(
   hashDevice: (fingerprint: string) => string,
   metrics: Metrics,
 ): RouteDefinition[] {
-  const counted = (operation: string, credits: number, outcome: Outcome): Answer => {
-    metrics.countOperation(operation, outcome.status, credits);
+  const counted = (operation: string, credits: number | undefined, outcome: Outcome): Answer => {
+    metrics.countOperation(operation, outcome.status, chargedCredits(credits, outcome));
     return answer(outcome);
   };
   return [
@@ -119,10 +141,17 @@ export function ledgerRoutes(
       url: '/v1/accounts/:id/usage',
       access: 'app',
       tag: 'usage',
-      summary: 'Spend credits (idempotent by key)',
+      summary:
+        "Spend credits (idempotent by key): `amount` credits, or `meter` with `quantities` priced by the account's rate card (the answer adds `cost` and `rate_card`)",
       body: usageInputSchema,
-      responses: { 200: answerOf('spent (or the first answer of this key, replayed)', usageAnswerSchema), ...refusals(...spendRefusals) },
-      handler: async ({ params, body }) => counted('usage', body.amount, await usageBatcher.spend(accountId(params), body, appActor)),
+      responses: {
+        200: answerOf('spent (or the first answer of this key, replayed)', usageAnswerSchema),
+        ...refusals(...spendRefusals, ...spendInputRefusals),
+      },
+      handler: async ({ params, body }) => {
+        ledger.checkSpend(body);
+        return counted('usage', body.amount, await usageBatcher.spend(accountId(params), body, appActor));
+      },
     }),
     defineRoute({
       method: 'POST',
@@ -138,11 +167,16 @@ export function ledgerRoutes(
           'one result per event, in order, each as the single call would answer with its status beside it',
           z.object({ results: z.array(batchResultSchema) }),
         ),
-        ...refusals(['invalid_request', 'a malformed batch (nothing is spent)']),
+        ...refusals(
+          ['invalid_request', 'a malformed batch (nothing is spent), an event naming a dimension its meter lacks among them'],
+          ['unknown_meter', 'an event names a meter the catalog does not have (nothing is spent)'],
+        ),
       },
       handler: async ({ body }) => {
         const outcomes = await ledger.usageBatch(body.events, appActor);
-        outcomes.forEach((outcome, index) => metrics.countOperation('usage', outcome.status, body.events[index]?.amount ?? 0));
+        outcomes.forEach((outcome, index) =>
+          metrics.countOperation('usage', outcome.status, chargedCredits(body.events[index]?.amount, outcome)),
+        );
         return { status: 200, body: { results: outcomes.map((outcome) => ({ status: outcome.status, ...outcome.body })) } };
       },
     }),
@@ -151,9 +185,13 @@ export function ledgerRoutes(
       url: '/v1/accounts/:id/holds',
       access: 'app',
       tag: 'holds',
-      summary: 'Reserve credits for a bounded time (idempotent by key)',
+      summary:
+        'Reserve credits for a bounded time (idempotent by key): `amount`, or `meter` with the most `quantities` the call may use, which reserves ceil(cost) at the version in effect',
       body: holdInputSchema,
-      responses: { 201: answerOf('held (or the first answer of this key, replayed)', holdAnswerSchema), ...refusals(...spendRefusals) },
+      responses: {
+        201: answerOf('held (or the first answer of this key, replayed)', holdAnswerSchema),
+        ...refusals(...spendRefusals, ...spendInputRefusals),
+      },
       handler: async ({ params, body }) => counted('hold', body.amount, await ledger.hold(accountId(params), body, appActor)),
     }),
     defineRoute({
@@ -162,15 +200,23 @@ export function ledgerRoutes(
       access: 'app',
       tag: 'holds',
       summary:
-        'Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all',
+        "Capture up to the held amount; the rest is released. Without a body (or without amount), the whole hold is captured; amount 0 captures nothing and releases it all. A priced hold is captured by `quantities` (what was used), priced by the hold's rate card version with the account's carry",
       body: captureInputSchema,
       responses: {
         200: answerOf('captured; the rest of the hold released', captureAnswerSchema),
-        ...refusals('capture_exceeds_hold', 'hold_not_found', 'hold_not_pending'),
+        ...refusals(
+          'capture_exceeds_hold',
+          ['invalid_request', 'quantities for a hold of credits, an amount for a priced hold, or a dimension its meter lacks'],
+          'hold_not_found',
+          'hold_not_pending',
+        ),
       },
       handler: async ({ params, body }) => ({
         status: 200,
-        body: await ledger.capture(params.hold_id ?? '', body.amount, appActor),
+        body:
+          body.quantities === undefined
+            ? await ledger.capture(params.hold_id ?? '', body.amount, appActor)
+            : await ledger.capturePriced(params.hold_id ?? '', body.quantities, appActor),
       }),
     }),
     defineRoute({
@@ -181,6 +227,20 @@ export function ledgerRoutes(
       summary: 'Release a hold entirely',
       responses: { 200: answerOf('released', voidAnswerSchema), ...refusals('hold_not_found', 'hold_not_pending') },
       handler: async ({ params }) => ({ status: 200, body: await ledger.void(params.hold_id ?? '', appActor) }),
+    }),
+    defineRoute({
+      method: 'POST',
+      url: '/v1/accounts/:id/quote',
+      access: 'app',
+      tag: 'usage',
+      summary:
+        "Price a spend without writing anything: the credits it would charge now (with the account's carry), its exact cost, the rate card version, and whether it would pass (`reason`: the refusal it would get)",
+      body: quoteInputSchema,
+      responses: {
+        200: answerOf('the quote', quoteAnswerSchema),
+        ...refusals(...spendInputRefusals, 'account_not_found'),
+      },
+      handler: async ({ params, body }) => ({ status: 200, body: await ledger.quote(accountId(params), body) }),
     }),
     defineRoute({
       method: 'GET',
@@ -261,4 +321,11 @@ export function ledgerRoutes(
       handler: async ({ params, body }) => counted('adjustment', Math.abs(body.amount), await ledger.adjust(accountId(params), body)),
     }),
   ];
+}
+
+/** The credits a call asked for; for a priced spend, what it charged (known once it passed). */
+function chargedCredits(asked: number | undefined, outcome: Outcome): number {
+  if (asked !== undefined) return asked;
+  const charged = outcome.body.amount;
+  return outcome.status < 300 && typeof charged === 'number' ? charged : 0;
 }
