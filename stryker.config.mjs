@@ -3,8 +3,8 @@
  * in the credit rule, periods, the yearly schedule, refunds and top-ups, and runs a focused test
  * command (the integration tests of those rules and a few simulator seeds) against each change.
  * A mutant that survives is a rule no test notices: it gets a test, a simulator step, or a
- * sentence in docs/mutation.md saying why it is equivalent. Too slow for CI (each mutant runs
- * the command); the score is reported in the README.
+ * sentence saying why it is equivalent. Too slow for CI (each mutant runs
+ * the command); CONTRIBUTING.md says how to run it.
  *
  * TALLY_MUTATE narrows the files (a glob), e.g. TALLY_MUTATE=src/billing/credit-rule.ts, and
  * TALLY_MUTATE_COMMAND replaces the test command (a narrower one for a quick score of one file).
