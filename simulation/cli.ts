@@ -1,12 +1,12 @@
 /**
- * `npm run simulate -- [--lifecycles N] [--seed S] [--seeds K] [--kinds a,b] [--history file.json] [--no-shrink] [--shrink-runs R] [--facts]`
+ * `npm run simulate -- [--lifecycles N] [--seed S] [--seeds K] [--kinds a,b] [--history file.json] [--no-shrink] [--shrink-runs R] [--facts] [--dump-facts file.json]`
  *
  * Plays seeded customer lifecycles against the real Tally and checks it against the reference
  * model. `--seed S` replays seed S exactly; without it, seeds count up from a random start.
  * `--history file.json` replays a (shrunk) history printed by an earlier failure. PostgreSQL is
  * the embedded one unless TEST_DATABASE_URL names a server.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -54,6 +54,8 @@ try {
   if (historyFile !== undefined) {
     const steps = JSON.parse(readFileSync(historyFile, 'utf8')) as Step[];
     const result = await runHistory(steps, { seed: firstSeed, ...chaosFor(firstSeed, kinds) });
+    const factsFile = option('dump-facts');
+    if (factsFile !== undefined) writeFileSync(factsFile, JSON.stringify(result.facts, null, 1));
     for (const failure of result.failures) console.log(`  ${failure}`);
     failed = result.failures.length > 0 ? 1 : 0;
   } else {
