@@ -475,21 +475,19 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
 
   /**
-   * SPEC: all clawbacks against one payment's credits together never exceed what it granted. A
-   * proration clawback of a credit period counts against the payments that granted that period's
-   * credits, newest first, each up to what it has left.
+   * SPEC: all clawbacks against one payment's credits together never exceed what it granted,
+   * proration clawbacks of the period it paid included. Reading: a negative line ("unused time on
+   * {plan}") hands back the unused part of what bought the plan as it stood before the change, so
+   * it counts against the newest payment, other than the line's own invoice, that granted that
+   * plan's credits for the credit period (a period grant, a yearly month or a positive proration
+   * booked to it); older payments' credits paid for time already used or already credited back
+   * by the change that replaced them. It claws at most what that payment has left; a period no
+   * payment granted has nothing to bound it.
    */
-  const chargeClawback = (period: string, credits: number) => {
-    const grants = [...accounts.values()].flatMap((owner) => owner.grants.filter((candidate) => candidate.period === period));
-    const paid = [...new Set(grants.flatMap((candidate) => (candidate.payment === undefined ? [] : [candidate.payment])))].reverse();
-    let left = credits;
-    for (const id of paid) {
-      const payment = payments.get(id);
-      if (payment === undefined || left === 0) continue;
-      const part = Math.min(left, Math.max(0, payment.credits - payment.clawed));
-      payment.clawed += part;
-      left -= part;
-    }
+  const paymentBehind = (owner: Account, period: string, plan: Plan, own: string): Payment | undefined => {
+    const granted = owner.grants.filter((candidate) => candidate.period === period && candidate.plan === plan && candidate.payment !== own);
+    const newest = granted.sort((a, b) => b.sequence - a.sequence)[0];
+    return newest?.payment === undefined ? undefined : payments.get(newest.payment);
   };
 
   const invoicePaid = (fact: Extract<Fact, { kind: 'invoice_paid' }>) => {
@@ -539,13 +537,15 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         const length = creditPeriod.end - creditPeriod.start;
         const periodKey = `${sub.id}:${creditPeriod.start}`;
         if (line.amount < 0) {
-          const credits = share(monthly, overlap, length, true);
+          const behind = paymentBehind(owner, periodKey, plan, payment.id);
+          const wanted = share(monthly, overlap, length, true);
+          const credits = behind === undefined ? wanted : Math.min(wanted, Math.max(0, behind.credits - behind.clawed));
           if (credits > 0 && !clawbacks.has(`proration:${line.id}`)) {
             // Reading: a proration clawback takes from its own credit period's grants first (SPEC:
             // "exceeds what is left of the period's credits leaves debt, as a refund does"), then
             // from the others in spend order, as a refund does; beyond that it is debt.
             const period = owner.grants.filter((candidate) => candidate.period === periodKey);
-            chargeClawback(periodKey, credits);
+            if (behind !== undefined) behind.clawed += credits;
             clawbacks.set(`proration:${line.id}`, { account: owner, payment, credits, taken: clawBack(owner, credits, period) });
           }
           continue;

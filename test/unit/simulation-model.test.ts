@@ -156,6 +156,30 @@ it('a prorated cancellation then a full refund of the same invoice claw back no 
   assert.equal(result.debt, 0);
 });
 
+it('after a lost dispute took all its payment granted, a seat decrease of that period claws nothing more and the seat left is granted its share (seed 1006)', () => {
+  const t = start + 10 * day;
+  const result = account([
+    subscribed('price_pro_monthly', 4),
+    { kind: 'dispute', at: start + day, dispute: 'dp_1', paymentIntent: 'pi_in_1' },
+    paid(t, 'in_2', [line('il_u', 'price_pro_monthly', 4, t, true, -53334), line('il_r', 'price_pro_monthly', 1, t, true, 13333)], 0),
+  ]);
+  // The dispute took all 80000; the unused four seats (53334) count against the same payment,
+  // which has nothing left; one seat for 20 of 30 days grants floor(20000 × 20/30) = 13333.
+  assert.deepEqual({ available: result.available, debt: result.debt }, { available: 13333, debt: 0 });
+});
+
+it('an upgrade claws the old plan back against the payment that bought it, not against its own invoice, so a full refund of that payment claws only what is left (seed 1011)', () => {
+  const t = start + 10 * day;
+  const result = account([
+    subscribed('price_plus_monthly'),
+    paid(t, 'in_2', [line('il_u', 'price_plus_monthly', 1, t, true, -2667), line('il_r', 'price_pro_monthly', 1, t, true, 13333)]),
+    { kind: 'refund', at: t + day, refund: 're_1', paymentIntent: 'pi_in_1', amount: 1000 },
+  ]);
+  // in_1 granted 4000; the upgrade took ceil(4000 × 20/30) = 2667 of it, so the refund takes 1333.
+  assert.equal(result.available, 4000 - 2667 + 13333 - 1333);
+  assert.equal(result.debt, 0);
+});
+
 it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
   const facts: Fact[] = [
     { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
