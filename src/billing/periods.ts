@@ -293,6 +293,8 @@ export interface LineRequest {
   paymentId: number | undefined;
   /** When the invoice was paid: credit periods that started by then are moved now, later ones when they start. */
   paidAt: number;
+  /** The subscription of the invoice that paid the line (another one's for a pending line of an ended subscription). */
+  invoiceSubscriptionId: string;
   reference: Record<string, unknown>;
 }
 
@@ -364,6 +366,23 @@ async function boundByPayment(
 }
 
 /**
+ * The credit period current when a line was paid, for credits whose own period had ended by
+ * then: the line's subscription's, or, when that one has no period then (it ended, and its
+ * pending line rode on another subscription's invoice), the paying invoice's subscription's.
+ * Answers it with the subscription it belongs to; none: the line's own period.
+ */
+async function periodAtPayment(context: EffectContext, request: LineRequest, own: Period): Promise<{ period: Period; of: string }> {
+  if (own.end > request.paidAt) return { period: own, of: request.subscriptionId };
+  const current = await creditPeriodAt(context, request.subscriptionId, request.paidAt);
+  if (current !== undefined) return { period: current, of: request.subscriptionId };
+  const paying =
+    request.invoiceSubscriptionId === request.subscriptionId
+      ? undefined
+      : await creditPeriodAt(context, request.invoiceSubscriptionId, request.paidAt);
+  return paying === undefined ? { period: own, of: request.subscriptionId } : { period: paying, of: request.invoiceSubscriptionId };
+}
+
+/**
  * Moves credits into or out of the credit period they belong to. Credits for a period that had
  * ended when the invoice was paid go into the period current at payment, expiring with it.
  */
@@ -371,7 +390,7 @@ async function moveNow(context: EffectContext, request: LineRequest, contributio
   const credits = contributions.reduce((sum, contribution) => sum + contribution.credits, 0);
   const own = contributions[0]?.period;
   if (credits <= 0 || own === undefined) return;
-  const period = own.end > request.paidAt ? own : ((await creditPeriodAt(context, request.subscriptionId, request.paidAt)) ?? own);
+  const { period, of } = await periodAtPayment(context, request, own);
   const reference = {
     ...request.reference,
     subscription: request.subscriptionId,
@@ -391,7 +410,7 @@ async function moveNow(context: EffectContext, request: LineRequest, contributio
       paymentId: request.paymentId,
       countsTowardsPayment: false,
     });
-    await expireIfPeriodEnded(context, request.accountId, request.subscriptionId, period.start, grantId);
+    await expireIfPeriodEnded(context, request.accountId, of, period.start, grantId);
     return;
   }
   // A clawback prefers the credits of the period the line billed (none are left once it ended),

@@ -140,6 +140,7 @@ export async function applyInvoicePaid(context: EffectContext): Promise<EffectRe
       billed: { start: line.periodStart, end: line.periodEnd },
       paymentId,
       paidAt,
+      invoiceSubscriptionId: subscriptionId,
       reference,
     };
     if (!line.proration) {

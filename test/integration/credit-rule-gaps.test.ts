@@ -284,3 +284,42 @@ describe('each line is booked to its own subscription (item 9)', () => {
     assert.equal(reference.rows[0]?.subscription, other);
   });
 });
+
+describe('a proration paid after its period ended grants into the period current at payment', () => {
+  it('a line of a subscription that ended, paid on the next subscription’s invoice after its period, expires with that invoice’s period', async () => {
+    const { accountId, customer, subscriptionId, pay, cancel } = await subscriber();
+    const start = now();
+    const end = start + 30 * day;
+    await pay([{ price: 'price_pro_monthly', start, end }], { amountPaid: 20000 });
+    // Two seats more on day 15 with create_prorations, then cancelled at once without an invoice:
+    // the pending line rides on the customer's next invoice, another subscription's.
+    const changedAt = start + 15 * day;
+    await travelTo(changedAt + day);
+    await cancel('price_pro_monthly', start, end, changedAt + day);
+    const paidAt = end + 2 * day;
+    await travelTo(paidAt);
+    const other = uniqueId('sub');
+    const otherEnd = paidAt + 30 * day;
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({ id: other, customer, status: 'active', price: 'price_plus_monthly', start: paidAt, end: otherEnd }),
+        { created: now() },
+      ),
+    );
+    await pay(
+      [
+        { price: 'price_pro_monthly', start: changedAt, end, proration: true, amount: 30000, quantity: 3, subscription: subscriptionId },
+        { price: 'price_plus_monthly', start: paidAt, end: otherEnd },
+      ],
+      { subscription: other, amountPaid: 34000 },
+    );
+    const share = Math.floor((20000 * 3 * (end - changedAt)) / (end - start));
+    const proration = (await grantsOf(accountId)).find((grant) => grant.grant_key.startsWith('proration:'));
+    assert.equal(proration?.amount, share);
+    assert.equal(proration?.expires_at?.getTime(), otherEnd * 1000, 'paid for, so usable until the period current at payment ends');
+    const { available, debt } = await balance(accountId);
+    assert.deepEqual({ available, debt }, { available: share + 4000, debt: 0 });
+  });
+});
