@@ -490,6 +490,10 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     return newest?.payment === undefined ? undefined : payments.get(newest.payment);
   };
 
+  /** The credit period a subscription is in at `at`, if it has not ended by then. */
+  const periodAt = (sub: Subscription, at: number): Period | undefined =>
+    sub.endedAt !== undefined && sub.endedAt <= at ? undefined : [...sub.periods.values()].find((period) => period.start <= at && at < period.end);
+
   const invoicePaid = (fact: Extract<Fact, { kind: 'invoice_paid' }>) => {
     const owner = account(fact.account);
     const payment: Payment = {
@@ -503,9 +507,13 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     };
     payments.set(payment.id, payment);
     const lines = fact.lines.filter((line) => planOf(line.price) !== undefined);
-    // Reading: positive lines first, then negative ones, so that a clawback on an invoice sees the
-    // grants the same invoice made and the result does not depend on the order Stripe lists lines.
-    for (const line of [...lines].sort((a, b) => Number(a.amount < 0) - Number(b.amount < 0))) {
+    // Reading: period lines first, then positive prorations, then negative ones (each in Stripe's
+    // order), so that a clawback on an invoice sees the grants the same invoice made and the
+    // result does not depend on the order Stripe lists lines. The grants one invoice makes are
+    // equally old; this order is also their "oldest first" in the spend order, which decides
+    // whose credits (which subscription's, so which rollover) a clawback takes first.
+    const rank = (line: PaidLine) => (!line.proration ? 0 : line.amount >= 0 ? 1 : 2);
+    for (const line of [...lines].sort((a, b) => rank(a) - rank(b))) {
       const { plan, interval } = planOf(line.price)!;
       // SPEC: a line is booked to its own subscription (the line's, not the invoice's).
       const sub = subscription(line.subscription, owner);
@@ -551,7 +559,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
           continue;
         }
         // Paid after its period ended: into the period current at payment, expiring with it.
-        const into = creditPeriod.end > fact.at ? creditPeriod : fact.currentPeriod;
+        // Reading: the line's own subscription's; when that one has none (it ended, and its
+        // pending line rode on another subscription's invoice), the paying invoice's.
+        const into =
+          creditPeriod.end > fact.at
+            ? creditPeriod
+            : sub.id === fact.subscription
+              ? fact.currentPeriod
+              : (periodAt(sub, fact.at) ?? fact.currentPeriod);
         const made = grant(owner, `proration:${line.id}`, share(monthly, overlap, length, false), into.end, {
           payment,
           period: `${sub.id}:${into.start}`,

@@ -180,6 +180,28 @@ it('an upgrade claws the old plan back against the payment that bought it, not a
   assert.equal(result.debt, 0);
 });
 
+it('a pending line of an ended subscription, paid on another subscription’s invoice after its period, grants into that invoice’s period, whose own grant is spent first (seed 963541)', () => {
+  const t = start + 15 * day;
+  const next = { start: end + 2 * day, end: end + 32 * day };
+  const result = runModel(catalog, [
+    subscribed('price_pro_monthly'),
+    { kind: 'subscription_ended', at: t + day, subscription: 'sub' },
+    {
+      ...paid(next.start, 'in_b', [
+        line('il_u', 'price_pro_monthly', 1, t, true, -10000),
+        line('il_r', 'price_pro_monthly', 3, t, true, 30000),
+        { ...line('il_b', 'price_plus_monthly', 1, next.start, false, 4000, next.end), subscription: 'sub_b', item: 'si_b', billingPeriod: next },
+      ]),
+      subscription: 'sub_b',
+      currentPeriod: next,
+    } as Fact,
+  ]).accounts.get('a')!;
+  // floor(60000 × 15/30) = 30000, usable until the Plus period ends; the unused Pro seat
+  // (10000) takes the Plus period grant (listed last, granted first) before it.
+  assert.equal(result.grants.find((grant) => grant.key === 'proration:il_r')?.expiresAt, next.end);
+  assert.equal(result.grants.find((grant) => grant.key === `period:sub_b:si_b:${next.start}`)?.remaining, 0);
+});
+
 it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
   const facts: Fact[] = [
     { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
