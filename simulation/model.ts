@@ -490,6 +490,24 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     return newest?.payment === undefined ? undefined : payments.get(newest.payment);
   };
 
+  /**
+   * Reading: a negative line of a yearly price also takes away months still to come (they net
+   * less when the scheduler grants them). SPEC counts a proration clawback of the period a
+   * payment paid against that payment, and a yearly payment's credits are its twelve months, so
+   * what the line takes from each month still to come counts against the payment that bought the
+   * year, up to what it has left: a later refund of it claws at most the rest.
+   */
+  const chargeLaterMonths = (sub: Subscription, line: PaidLine, monthly: number, at: number) => {
+    for (const month of sub.schedule) {
+      if (month.start <= at || month.item !== line.item || month.year.start !== line.billingPeriod.start) continue;
+      if (line.start > month.start || line.end < month.end) continue;
+      const after = monthCredits(sub, month).credits;
+      const reduction = Math.max(0, after + monthly) - Math.max(0, after);
+      const payment = month.payment;
+      payment.clawed += Math.min(reduction, Math.max(0, payment.credits - payment.clawed));
+    }
+  };
+
   /** The credit period a subscription is in at `at`, if it has not ended by then. */
   const periodAt = (sub: Subscription, at: number): Period | undefined =>
     sub.endedAt !== undefined && sub.endedAt <= at ? undefined : [...sub.periods.values()].find((period) => period.start <= at && at < period.end);
@@ -574,6 +592,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         });
         if (made !== undefined) payment.credits += made.amount;
       }
+      if (interval === 'year' && line.amount < 0) chargeLaterMonths(sub, line, monthly, fact.at);
     }
   };
 

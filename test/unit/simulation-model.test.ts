@@ -202,6 +202,27 @@ it('a pending line of an ended subscription, paid on another subscription’s in
   assert.equal(result.grants.find((grant) => grant.key === `period:sub_b:si_b:${next.start}`)?.remaining, 0);
 });
 
+it('a switch away from a yearly plan counts the months it takes away against the year’s payment, so a refund of that payment claws only what is left (seed 912844)', () => {
+  const year = { start, end: addMonths(start, 12) };
+  const t = start + 2 * day;
+  const monthly = { start: t, end: addMonths(t, 1) };
+  const result = account([
+    paid(start, 'in_y', [{ ...line('il_y', 'price_plus_yearly', 1, start, false, 40000, year.end), billingPeriod: year }], 40000),
+    {
+      ...paid(t, 'in_2', [
+        { ...line('il_u', 'price_plus_yearly', 1, t, true, -39780, year.end), billingPeriod: year },
+        { ...line('il_s', 'price_starter_monthly', 1, t, false, 1000, monthly.end), billingPeriod: monthly },
+      ]),
+      currentPeriod: monthly,
+    } as Fact,
+    { kind: 'refund', at: t + day, refund: 're_1', paymentIntent: 'pi_in_y', amount: 13333 },
+  ]);
+  // Month 1 (30 days) loses ceil(4000 × 28/30) = 3734 and months 2 to 12 all of their 44000:
+  // 47734 of the 48000 the year bought, so a third refunded claws 266, not 16000.
+  const clawed = 3734 + 266;
+  assert.deepEqual({ available: result.available, debt: result.debt }, { available: 4000 - clawed + 1000, debt: 0 });
+});
+
 it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
   const facts: Fact[] = [
     { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
