@@ -268,13 +268,15 @@ export const periodWaitSecondsMax = 15 * 60;
 
 /** The credit period of a subscription that contains an instant, among the billing periods Tally saw. */
 async function creditPeriodAt(context: EffectContext, subscriptionId: string, at: number): Promise<Period | undefined> {
+  // The newest billing period begun by then, if it still runs: an older one that an interval
+  // change replaced (a year left for months) is not current, however far it reached.
   const { rows } = await context.client.query<{ start: number; end: number; billing_interval: 'month' | 'year' }>(
     `select period_start as start, period_end as end, billing_interval from billing_periods
-     where subscription_id = $1 and period_start <= $2 and period_end > $2 order by period_start desc limit 1`,
+     where subscription_id = $1 and period_start <= $2 order by period_start desc limit 1`,
     [subscriptionId, at],
   );
   const row = rows[0];
-  if (row === undefined) return undefined;
+  if (row === undefined || Number(row.end) <= at) return undefined;
   return creditPeriodsOf(row.billing_interval, { start: Number(row.start), end: Number(row.end) }).find(
     (period) => period.start <= at && at < period.end,
   );

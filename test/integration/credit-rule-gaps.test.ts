@@ -322,4 +322,46 @@ describe('a proration paid after its period ended grants into the period current
     const { available, debt } = await balance(accountId);
     assert.deepEqual({ available, debt }, { available: share + 4000, debt: 0 });
   });
+
+  it('the year a switch to monthly replaced is not the period current at payment, however far it reached', async () => {
+    const { accountId, customer, subscriptionId, pay, cancel } = await subscriber();
+    const start = now();
+    await pay([{ price: 'price_pro_yearly', start, end: addMonths(start, 12) }], { amountPaid: 200000 });
+    const switchedAt = start + 2 * day;
+    await travelTo(switchedAt);
+    const monthEnd = switchedAt + 30 * day;
+    await pay(
+      [
+        { price: 'price_pro_yearly', start: switchedAt, end: addMonths(start, 12), proration: true, amount: -195000 },
+        { price: 'price_plus_monthly', start: switchedAt, end: monthEnd },
+      ],
+      { amountPaid: 0, total: -191000 },
+    );
+    // A second seat for the last 10 days, pending, then cancelled at once without an invoice.
+    const changedAt = switchedAt + 20 * day;
+    await travelTo(changedAt + day);
+    await cancel('price_plus_monthly', switchedAt, monthEnd, changedAt + day);
+    const paidAt = monthEnd + 5 * day;
+    await travelTo(paidAt);
+    const other = uniqueId('sub');
+    const otherEnd = paidAt + 30 * day;
+    await deliver(
+      test,
+      event(
+        'customer.subscription.created',
+        subscription({ id: other, customer, status: 'active', price: 'price_starter_monthly', start: paidAt, end: otherEnd }),
+        { created: now() },
+      ),
+    );
+    await pay(
+      [
+        { price: 'price_plus_monthly', start: changedAt, end: monthEnd, proration: true, amount: 1333, quantity: 2, subscription: subscriptionId },
+        { price: 'price_starter_monthly', start: paidAt, end: otherEnd },
+      ],
+      { subscription: other, amountPaid: 2333 },
+    );
+    const proration = (await grantsOf(accountId)).find((grant) => grant.grant_key.startsWith('proration:') && grant.amount > 0);
+    assert.equal(proration?.amount, Math.floor((4000 * 2 * 10) / 30));
+    assert.equal(proration?.expires_at?.getTime(), otherEnd * 1000, 'not the month of the replaced year');
+  });
 });
