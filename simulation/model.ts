@@ -508,9 +508,15 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     }
   };
 
-  /** The credit period a subscription is in at `at`, if it has not ended by then. */
-  const periodAt = (sub: Subscription, at: number): Period | undefined =>
-    sub.endedAt !== undefined && sub.endedAt <= at ? undefined : [...sub.periods.values()].find((period) => period.start <= at && at < period.end);
+  /**
+   * The credit period a subscription is in at `at`: its newest begun by then, if that one still
+   * runs (one cut short by a cancellation does: its credits live until its end; one that an
+   * interval change replaced does not, however far it reached).
+   */
+  const periodAt = (sub: Subscription, at: number): Period | undefined => {
+    const begun = [...sub.periods.values()].filter((period) => period.start <= at).sort((a, b) => b.start - a.start)[0];
+    return begun !== undefined && at < begun.end ? begun : undefined;
+  };
 
   const invoicePaid = (fact: Extract<Fact, { kind: 'invoice_paid' }>) => {
     const owner = account(fact.account);
