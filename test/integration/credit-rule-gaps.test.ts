@@ -355,7 +355,15 @@ describe('a proration paid after its period ended grants into the period current
     );
     await pay(
       [
-        { price: 'price_plus_monthly', start: changedAt, end: monthEnd, proration: true, amount: 1333, quantity: 2, subscription: subscriptionId },
+        {
+          price: 'price_plus_monthly',
+          start: changedAt,
+          end: monthEnd,
+          proration: true,
+          amount: 1333,
+          quantity: 2,
+          subscription: subscriptionId,
+        },
         { price: 'price_starter_monthly', start: paidAt, end: otherEnd },
       ],
       { subscription: other, amountPaid: 2333 },

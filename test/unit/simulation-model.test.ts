@@ -190,7 +190,12 @@ it('a pending line of an ended subscription, paid on another subscription’s in
       ...paid(next.start, 'in_b', [
         line('il_u', 'price_pro_monthly', 1, t, true, -10000),
         line('il_r', 'price_pro_monthly', 3, t, true, 30000),
-        { ...line('il_b', 'price_plus_monthly', 1, next.start, false, 4000, next.end), subscription: 'sub_b', item: 'si_b', billingPeriod: next },
+        {
+          ...line('il_b', 'price_plus_monthly', 1, next.start, false, 4000, next.end),
+          subscription: 'sub_b',
+          item: 'si_b',
+          billingPeriod: next,
+        },
       ]),
       subscription: 'sub_b',
       currentPeriod: next,
