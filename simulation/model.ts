@@ -497,16 +497,33 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * what the line takes from each month still to come counts against the payment that bought the
    * year, up to what it has left: a later refund of it claws at most the rest.
    */
-  const chargeLaterMonths = (sub: Subscription, line: PaidLine, monthly: number, at: number) => {
+  const chargeLaterMonths = (sub: Subscription, line: PaidLine, plan: Plan, monthly: number, at: number, own: Payment) => {
+    const covers = (paid: PaidLine, month: Period) => paid.start <= month.start && paid.end >= month.end;
     for (const month of sub.schedule) {
       if (month.start <= at || month.item !== line.item || month.year.start !== line.billingPeriod.start) continue;
-      if (line.start > month.start || line.end < month.end) continue;
+      if (!covers(line, month)) continue;
       const after = monthCredits(sub, month).credits;
       const reduction = Math.max(0, after + monthly) - Math.max(0, after);
-      const payment = month.payment;
+      // As for the month current at payment: the newest other payment that bought this plan for
+      // the month (an upgrade's positive line), else the payment that bought the year.
+      const buyer = [...sub.lines]
+        .reverse()
+        .find(
+          (paid) =>
+            paid !== line &&
+            paid.amount >= 0 &&
+            planOf(paid.price)?.plan === plan &&
+            paid.item === month.item &&
+            paid.billingPeriod.start === month.year.start &&
+            covers(paid, month) &&
+            linePayments.get(paid) !== own,
+        );
+      const payment = (buyer === undefined ? undefined : linePayments.get(buyer)) ?? month.payment;
       payment.clawed += Math.min(reduction, Math.max(0, payment.credits - payment.clawed));
     }
   };
+  /** The payment each plan line was paid by. */
+  const linePayments = new Map<PaidLine, Payment>();
 
   /**
    * The credit period a subscription is in at `at`: its newest begun by then, if that one still
@@ -543,6 +560,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       const sub = subscription(line.subscription, owner);
       const monthly = plan.credits_per_month * line.quantity;
       sub.lines.push(line);
+      linePayments.set(line, payment);
       if (!line.proration) {
         // The $0 line of a trial grants nothing: the trial rule grants that period.
         if (line.amount === 0 && sub.trialEnd !== undefined && line.start < sub.trialEnd) continue;
@@ -598,7 +616,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         });
         if (made !== undefined) payment.credits += made.amount;
       }
-      if (interval === 'year' && line.amount < 0) chargeLaterMonths(sub, line, monthly, fact.at);
+      if (interval === 'year' && line.amount < 0) chargeLaterMonths(sub, line, plan, monthly, fact.at, payment);
     }
   };
 

@@ -228,6 +228,35 @@ it('a switch away from a yearly plan counts the months it takes away against the
   assert.deepEqual({ available: result.available, debt: result.debt }, { available: 4000 - clawed + 1000, debt: 0 });
 });
 
+it('the months a switch away from an upgraded yearly plan takes away count against the upgrade, not the year’s first payment (seed 926688)', () => {
+  const year = { start, end: addMonths(start, 12) };
+  const yearly = (id: string, price: string, from: number, amount: number, proration: boolean) => ({
+    ...line(id, price, 1, from, proration, amount, year.end),
+    billingPeriod: year,
+  });
+  const upgraded = start + 2 * day;
+  const switched = start + 3 * day;
+  const monthly = { start: switched, end: addMonths(switched, 1) };
+  const result = account([
+    paid(start, 'in_y', [yearly('il_y', 'price_plus_yearly', start, 40000, false)], 40000),
+    paid(upgraded, 'in_u', [
+      yearly('il_a', 'price_plus_yearly', upgraded, -39000, true),
+      yearly('il_b', 'price_pro_yearly', upgraded, 195000, true),
+    ]),
+    {
+      ...paid(switched, 'in_s', [
+        yearly('il_c', 'price_pro_yearly', switched, -194000, true),
+        { ...line('il_m', 'price_pro_monthly', 1, switched, false, 20000, monthly.end), billingPeriod: monthly },
+      ]),
+      currentPeriod: monthly,
+    } as Fact,
+    { kind: 'refund', at: switched + day, refund: 're_1', paymentIntent: 'pi_in_y', amount: 10000 },
+  ]);
+  // in_y keeps 48000 - ceil(4000 × 28/30) - 11 × 4000 = 266; the upgrade bought the Pro months the
+  // switch takes away. Before the refund: 266 + (18666 - 18000) + 20000 = 20932; it claws 266.
+  assert.equal(result.available, 20932 - 266);
+});
+
 it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
   const facts: Fact[] = [
     { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
