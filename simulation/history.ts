@@ -51,7 +51,7 @@ export type Fact =
     }
   | { kind: 'refund'; at: number; refund: string; paymentIntent: string; amount: number }
   | { kind: 'refund_reversed'; at: number; refund: string }
-  | { kind: 'dispute'; at: number; dispute: string; paymentIntent: string }
+  | { kind: 'dispute'; at: number; dispute: string; paymentIntent: string; amount: number }
   | { kind: 'dispute_won'; at: number; dispute: string }
   | { kind: 'usage'; at: number; account: string; amount: number; key: string }
   | { kind: 'batch'; at: number; events: { account: string; amount: number; key: string }[] }

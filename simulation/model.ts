@@ -669,7 +669,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     if (payment === undefined || clawbacks.has(`dispute:${fact.dispute}`)) return;
     // SPEC: a dispute flags the account; a flagged account is never charged off-session.
     payment.account.flagged = true;
-    const credits = Math.max(0, payment.credits - payment.clawed);
+    // Reading: "all credits of the disputed payment" are the credits the disputed money bought:
+    // as for a refund of that amount, in proportion to the invoice's total before the customer's
+    // Stripe balance paid part of it (all of them when the card paid it all).
+    const bought = payment.total > 0 ? share(payment.credits, Math.min(fact.amount, payment.amountPaid), payment.total, false) : 0;
+    const credits = Math.max(0, Math.min(bought, payment.credits - payment.clawed));
     payment.clawed += credits;
     clawbacks.set(`dispute:${fact.dispute}`, {
       account: payment.account,

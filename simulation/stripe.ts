@@ -823,7 +823,8 @@ export class StripeWorld {
       created: this.now,
     };
     this.emit('charge.dispute.created', dispute);
-    if (!inquiry) this.facts.push({ kind: 'dispute', at: this.now, dispute: dispute.id, paymentIntent: payment.paymentIntent });
+    if (!inquiry)
+      this.facts.push({ kind: 'dispute', at: this.now, dispute: dispute.id, paymentIntent: payment.paymentIntent, amount: dispute.amount });
     this.delayed.push({
       at: this.now + closeAfter,
       run: () => {

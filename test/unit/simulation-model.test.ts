@@ -160,7 +160,7 @@ it('after a lost dispute took all its payment granted, a seat decrease of that p
   const t = start + 10 * day;
   const result = account([
     subscribed('price_pro_monthly', 4),
-    { kind: 'dispute', at: start + day, dispute: 'dp_1', paymentIntent: 'pi_in_1' },
+    { kind: 'dispute', at: start + day, dispute: 'dp_1', paymentIntent: 'pi_in_1', amount: 1000 },
     paid(t, 'in_2', [line('il_u', 'price_pro_monthly', 4, t, true, -53334), line('il_r', 'price_pro_monthly', 1, t, true, 13333)], 0),
   ]);
   // The dispute took all 80000; the unused four seats (53334) count against the same payment,
@@ -255,6 +255,15 @@ it('the months a switch away from an upgraded yearly plan takes away count again
   // in_y keeps 48000 - ceil(4000 × 28/30) - 11 × 4000 = 266; the upgrade bought the Pro months the
   // switch takes away. Before the refund: 266 + (18666 - 18000) + 20000 = 20932; it claws 266.
   assert.equal(result.available, 20932 - 266);
+});
+
+it('a lost dispute of a charge that paid part of an invoice (the customer balance paid the rest) claws what that money bought (seed 926682)', () => {
+  const facts: Fact[] = [
+    { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
+    { kind: 'dispute', at: start + day, dispute: 'dp_1', paymentIntent: 'pi_in_1', amount: 400 },
+  ];
+  // As a refund of those 400 cents: 40 % of 4000 credits, not all of them.
+  assert.equal(account(facts).available, 4000 - 1600);
 });
 
 it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
