@@ -484,10 +484,35 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * by the change that replaced them. It claws at most what that payment has left; a period no
    * payment granted has nothing to bound it.
    */
-  const paymentBehind = (owner: Account, period: string, plan: Plan, own: string): Payment | undefined => {
-    const granted = owner.grants.filter((candidate) => candidate.period === period && candidate.plan === plan && candidate.payment !== own);
+  const paymentBehind = (
+    owner: Account,
+    sub: Subscription,
+    line: PaidLine,
+    creditPeriod: Period,
+    plan: Plan,
+    own: Payment,
+  ): Payment | undefined => {
+    const period = `${sub.id}:${creditPeriod.start}`;
+    const granted = owner.grants.filter(
+      (candidate) => candidate.period === period && candidate.plan === plan && candidate.payment !== own.id,
+    );
     const newest = granted.sort((a, b) => b.sequence - a.sequence)[0];
-    return newest?.payment === undefined ? undefined : payments.get(newest.payment);
+    if (newest?.payment !== undefined) return payments.get(newest.payment);
+    // A yearly month that a refund cancelled before it was granted has no grant: the payment
+    // that bought it is still the one behind it (the newest line of the plan paid for it).
+    const bought = [...sub.lines]
+      .reverse()
+      .find(
+        (paid) =>
+          paid !== line &&
+          paid.amount >= 0 &&
+          planOf(paid.price)?.plan === plan &&
+          paid.item === line.item &&
+          paid.start < creditPeriod.end &&
+          paid.end > creditPeriod.start &&
+          linePayments.get(paid) !== own,
+      );
+    return bought === undefined ? undefined : linePayments.get(bought);
   };
 
   /**
@@ -587,7 +612,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         const length = creditPeriod.end - creditPeriod.start;
         const periodKey = `${sub.id}:${creditPeriod.start}`;
         if (line.amount < 0) {
-          const behind = paymentBehind(owner, periodKey, plan, payment.id);
+          const behind = paymentBehind(owner, sub, line, creditPeriod, plan, payment);
           const wanted = share(monthly, overlap, length, true);
           const credits = behind === undefined ? wanted : Math.min(wanted, Math.max(0, behind.credits - behind.clawed));
           if (credits > 0 && !clawbacks.has(`proration:${line.id}`)) {
