@@ -478,11 +478,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * SPEC: all clawbacks against one payment's credits together never exceed what it granted,
    * proration clawbacks of the period it paid included. Reading: a negative line ("unused time on
    * {plan}") hands back the unused part of what bought the plan as it stood before the change, so
-   * it counts against the newest payment, other than the line's own invoice, that granted that
-   * plan's credits for the credit period (a period grant, a yearly month or a positive proration
-   * booked to it); older payments' credits paid for time already used or already credited back
-   * by the change that replaced them. It claws at most what that payment has left; a period no
-   * payment granted has nothing to bound it.
+   * it counts against the newest payment, other than the line's own invoice, whose line of that
+   * plan paid for time in the credit period (a period line, a year, a positive proration); older
+   * payments' credits paid for time already used or already credited back by the change that
+   * replaced them. It claws at most what that payment has left; a period no payment paid for has
+   * nothing to bound it.
    */
   const paymentBehind = (
     owner: Account,
@@ -492,14 +492,9 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     plan: Plan,
     own: Payment,
   ): Payment | undefined => {
-    const period = `${sub.id}:${creditPeriod.start}`;
-    const granted = owner.grants.filter(
-      (candidate) => candidate.period === period && candidate.plan === plan && candidate.payment !== own.id,
-    );
-    const newest = granted.sort((a, b) => b.sequence - a.sequence)[0];
-    if (newest?.payment !== undefined) return payments.get(newest.payment);
-    // A yearly month that a refund cancelled before it was granted has no grant: the payment
-    // that bought it is still the one behind it (the newest line of the plan paid for it).
+    // The newest line of the plan that paid for time in this credit period (a yearly month nets
+    // several: after a seat change its grant carries the year's payment, but the seats it
+    // credits back were bought by the change).
     const bought = [...sub.lines]
       .reverse()
       .find(
@@ -512,7 +507,13 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
           paid.end > creditPeriod.start &&
           linePayments.get(paid) !== own,
       );
-    return bought === undefined ? undefined : linePayments.get(bought);
+    if (bought !== undefined) return linePayments.get(bought);
+    const period = `${sub.id}:${creditPeriod.start}`;
+    const granted = owner.grants.filter(
+      (candidate) => candidate.period === period && candidate.plan === plan && candidate.payment !== own.id,
+    );
+    const newest = granted.sort((a, b) => b.sequence - a.sequence)[0];
+    return newest?.payment === undefined ? undefined : payments.get(newest.payment);
   };
 
   /**
