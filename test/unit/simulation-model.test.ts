@@ -266,6 +266,27 @@ it('a lost dispute of a charge that paid part of an invoice (the customer balanc
   assert.equal(account(facts).available, 4000 - 1600);
 });
 
+it('after a full refund of a yearly payment, a switch to monthly in a month the refund cancelled claws nothing more (seed 487471)', () => {
+  const year = { start, end: addMonths(start, 12) };
+  const second = monthsOf(year)[1]!;
+  const t = second.start + 4 * day;
+  const monthly = { start: t, end: addMonths(t, 1) };
+  const result = account([
+    paid(start, 'in_y', [{ ...line('il_y', 'price_pro_yearly', 1, start, false, 200000, year.end), billingPeriod: year }], 200000),
+    { kind: 'refund', at: start + 10 * day, refund: 're_1', paymentIntent: 'pi_in_y', amount: 200000 },
+    { kind: 'clock', at: second.start },
+    {
+      ...paid(t, 'in_s', [
+        { ...line('il_u', 'price_pro_yearly', 1, t, true, -180000, year.end), billingPeriod: year },
+        { ...line('il_s', 'price_starter_monthly', 1, t, false, 1000, monthly.end), billingPeriod: monthly },
+      ]),
+      currentPeriod: monthly,
+    } as Fact,
+  ]);
+  // The refund took all 240000 (months 2 to 12 cancelled, month 1 clawed): nothing is left to claw.
+  assert.deepEqual({ available: result.available, debt: result.debt }, { available: 1000, debt: 0 });
+});
+
 it('a refund is proportional to the invoice total before the customer balance paid part of it (gap 7)', () => {
   const facts: Fact[] = [
     { ...paid(start, 'in_1', [line('il_1', 'price_plus_monthly', 1, start, false, 1000)], 400), total: 1000 } as Fact,
