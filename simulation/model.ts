@@ -410,23 +410,44 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * covering the month, less refund cancellations. A line counts only in the months of its own
    * billing period.
    */
-  const monthCredits = (sub: Subscription, month: Period & { year: Period; item: string }) => {
-    let credits = 0;
-    let plan: Plan | undefined;
-    for (const line of sub.lines) {
+  const monthCredits = (sub: Subscription, month: Period & { year: Period; item: string; payment: Payment }) => {
+    // Reading: each payment's part of a month nets on its own and never below nothing: a refund
+    // that cancelled the month and a later "unused time" line of the same purchase do not both
+    // take it away, nor take what another payment (an upgrade's line) bought.
+    const inMonth = (line: PaidLine) => {
       const match = planOf(line.price);
-      if (
-        match?.interval !== 'year' ||
-        line.item !== month.item ||
-        line.billingPeriod.start !== month.year.start ||
-        line.start > month.start ||
-        line.end < month.end
-      )
-        continue;
-      credits += (line.amount < 0 ? -1 : 1) * match.plan.credits_per_month * line.quantity;
-      if (line.amount >= 0) plan = match.plan;
-    }
-    return { credits: credits - (sub.cancelled.get(month.start) ?? 0), plan };
+      return match?.interval === 'year' &&
+        line.item === month.item &&
+        line.billingPeriod.start === month.year.start &&
+        line.start <= month.start &&
+        line.end >= month.end
+        ? match.plan
+        : undefined;
+    };
+    const parts = new Map<Payment | undefined, number>();
+    let plan: Plan | undefined;
+    sub.lines.forEach((line, index) => {
+      const linePlan = inMonth(line);
+      if (linePlan === undefined) return;
+      const credits = linePlan.credits_per_month * line.quantity;
+      if (line.amount >= 0) {
+        plan = linePlan;
+        const payment = linePayments.get(line);
+        parts.set(payment, (parts.get(payment) ?? 0) + credits);
+        return;
+      }
+      const own = linePayments.get(line);
+      const buyer = sub.lines
+        .slice(0, index)
+        .reverse()
+        .find((paid) => paid.amount >= 0 && inMonth(paid) === linePlan && linePayments.get(paid) !== own);
+      const payment = buyer === undefined ? undefined : linePayments.get(buyer);
+      parts.set(payment, (parts.get(payment) ?? 0) - credits);
+    });
+    parts.set(month.payment, (parts.get(month.payment) ?? 0) - (sub.cancelled.get(month.start) ?? 0));
+    let credits = 0;
+    for (const part of parts.values()) credits += Math.max(0, part);
+    return { credits, plan };
   };
   const grantDueMonths = (at: number) => {
     const due = [...subscriptions.values()].flatMap((sub) =>
@@ -529,7 +550,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       if (month.start <= at || month.item !== line.item || month.year.start !== line.billingPeriod.start) continue;
       if (!covers(line, month)) continue;
       const after = monthCredits(sub, month).credits;
-      const reduction = Math.max(0, after + monthly) - Math.max(0, after);
+      const lines = sub.lines;
+      sub.lines = lines.filter((paid) => paid !== line);
+      const before = monthCredits(sub, month).credits;
+      sub.lines = lines;
+      const reduction = Math.min(monthly, Math.max(0, before - after));
       // As for the month current at payment: the newest other payment that bought this plan for
       // the month (an upgrade's positive line), else the payment that bought the year.
       const buyer = [...sub.lines]
