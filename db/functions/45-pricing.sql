@@ -378,12 +378,12 @@ create or replace function tally_price_events(p_account_ids text[], p_meters tex
   with priced_account as (
     select distinct e.account_id from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null
   ),
-  -- Each account read by its key (a batch holds a few of many accounts); NULL carry: no account.
+  -- Each account read once, by its key (a batch holds a few of many accounts): its carry, read
+  -- once per batch whatever the number of its priced events. An unknown account has no row.
   account as (
-    select x.* from (
-      select d.account_id as id, (select a.carry from accounts a where a.id = d.account_id) as carry, c.rate_card_id
-      from priced_account d cross join lateral tally_account_rate_cards(array[d.account_id]) c) x
-    where x.carry is not null
+    select d.account_id as id, a.carry, c.rate_card_id
+    from priced_account d join accounts a on a.id = d.account_id
+    cross join lateral tally_account_rate_cards(array[d.account_id]) c
   ),
   version as (
     select d.rate_card_id, v.version, v.rates
