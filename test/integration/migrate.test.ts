@@ -188,6 +188,10 @@ it('rolls priced usage back to functions that work without it, and migrates agai
       `select proname from pg_proc where proname ~ '(price|priced|rate_card|quote|spend_limit_passed)' and pronamespace = 'public'::regnamespace`,
     );
     assert.deepEqual(left.rows, [], 'no pricing function is left');
+    const steps = await client.query(
+      `select proname from pg_proc where proname like 'tally\\_usage\\_batch\\_%' and pronamespace = 'public'::regnamespace`,
+    );
+    assert.deepEqual(steps.rows, [], "no step of this release's usage batch is left beside the batch put back");
     const overloads = await client.query(
       `select proname, count(*)::int as count from pg_proc where proname in ('tally_usage', 'tally_hold', 'tally_release') group by proname order by proname`,
     );
