@@ -106,7 +106,10 @@ describe('first start', () => {
     const result = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], secrets);
     assert.equal(result.code, 0, result.stderr);
     const environ = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as string[];
-    assert.ok(environ.some((entry) => entry.startsWith('PATH=')), `the server got its PATH: ${environ.join(' ')}`);
+    assert.ok(
+      environ.some((entry) => entry.startsWith('PATH=')),
+      `the server got its PATH: ${environ.join(' ')}`,
+    );
     for (const [name, value] of Object.entries(secrets)) {
       assert.ok(!environ.some((entry) => entry.startsWith(`${name}=`) || entry.includes(value)), `${name} reached the server`);
     }

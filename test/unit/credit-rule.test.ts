@@ -21,7 +21,11 @@ const day = 86400;
 // Instants from 1970 to 2100, at any second of the day, and the month-end days that clamp.
 const instant = fc.integer({ min: 0, max: Date.parse('2100-01-01T00:00:00Z') / 1000 });
 const monthEnd = fc
-  .record({ year: fc.integer({ min: 1971, max: 2099 }), month: fc.integer({ min: 0, max: 11 }), second: fc.integer({ min: 0, max: day - 1 }) })
+  .record({
+    year: fc.integer({ min: 1971, max: 2099 }),
+    month: fc.integer({ min: 0, max: 11 }),
+    second: fc.integer({ min: 0, max: day - 1 }),
+  })
   .map(({ year, month, second }) => Date.UTC(year, month + 1, 0) / 1000 + second);
 const anyInstant = fc.oneof(instant, monthEnd);
 
@@ -107,7 +111,11 @@ it('prorates exactly: floor for a grant, ceiling for a clawback, the overlap cap
       (credits, quantity, overlap, length, direction) => {
         const got = proratedCredits(credits, quantity, overlap, length, direction);
         if (overlap <= 0 || length <= 0 || quantity <= 0) return assert.equal(got, 0);
-        const expected = exactShare(BigInt(credits) * BigInt(quantity) * BigInt(Math.min(overlap, length)), BigInt(length), direction === 'clawback');
+        const expected = exactShare(
+          BigInt(credits) * BigInt(quantity) * BigInt(Math.min(overlap, length)),
+          BigInt(length),
+          direction === 'clawback',
+        );
         assert.equal(got, expected);
         assert.ok(got <= credits * quantity);
       },
@@ -154,7 +162,11 @@ it('moves a line into each credit period it overlaps, each share computed and ro
           const overlap = Math.min(period.end, billed.end) - Math.max(period.start, billed.start);
           if (overlap <= 0) return [];
           const size = period.end - period.start;
-          const credits = exactShare(BigInt(creditsPerMonth) * BigInt(quantity) * BigInt(Math.min(overlap, size)), BigInt(size), direction === 'clawback');
+          const credits = exactShare(
+            BigInt(creditsPerMonth) * BigInt(quantity) * BigInt(Math.min(overlap, size)),
+            BigInt(size),
+            direction === 'clawback',
+          );
           return credits > 0 ? [{ period, credits, direction }] : [];
         });
         assert.deepEqual(got, want);
