@@ -113,6 +113,38 @@ describe('U+0000 in input', () => {
   });
 });
 
+describe('deeply nested bodies', () => {
+  // Proves: a body nested beyond 32 levels is 400 invalid_request naming the body before it is
+  // parsed (it answered 500 from a stack overflow), nothing is written, and brackets inside
+  // strings do not count.
+  it('are refused with the depth named, and strings full of brackets still pass', async () => {
+    await fundedAccount(test, 'deep-1', 10);
+    const before = await ledgerFacts(test, 'deep-1');
+    const bodies = [
+      `{"metadata":{"a":${'['.repeat(30_000)}${']'.repeat(30_000)}}}`,
+      `{"amount":1,"idempotency_key":"deep-u1","metadata":${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}}`,
+      `{"events":[${'['.repeat(40)}${']'.repeat(40)}]}`,
+    ];
+    const urls = ['/v1/accounts/deep-1', '/v1/accounts/deep-1/usage', '/v1/usage/batch'];
+    for (const [index, body] of bodies.entries()) {
+      const response = await raw(index === 0 ? 'PUT' : 'POST', urls[index]!, body, { 'content-type': 'application/json' });
+      assert.equal(response.status, 400, `${urls[index]} ${JSON.stringify(response.body)}`);
+      assert.equal(response.body.error.code, 'invalid_request');
+      assert.equal(response.body.error.field, 'body');
+      assert.match(response.body.error.message, /nested deeper than 32/);
+    }
+    assert.deepEqual(await ledgerFacts(test, 'deep-1'), before);
+    const brackets = '[{'.repeat(100);
+    const spent = await raw(
+      'POST',
+      '/v1/accounts/deep-1/usage',
+      JSON.stringify({ amount: 1, idempotency_key: 'deep-u2', description: `${brackets} \\" ${brackets}` }),
+      { 'content-type': 'application/json' },
+    );
+    assert.equal(spent.status, 200, JSON.stringify(spent.body));
+  });
+});
+
 describe('dot-segment account ids', () => {
   // Proves: `.` and `..` are refused as account ids (they fit SPEC's characters, but a URL
   // that names them is rewritten by clients and proxies into another path), in the path, encoded
