@@ -174,10 +174,13 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     }
     return reply.code(404).send({ error: { code: 'not_found', message: 'no such route' } });
   });
-  // Answers are per caller and often personal: never cached, and never sniffed into HTML.
+  // Answers are per caller and often personal: never cached, and never sniffed into HTML. The
+  // API explorer at /docs is a page of its own: never framed by another site (its CSP comes
+  // from swagger-ui's staticCSP below).
   app.addHook('onSend', async (request, reply) => {
     void reply.header('x-content-type-options', 'nosniff');
-    if (!request.url.startsWith('/docs')) void reply.header('cache-control', 'no-store');
+    void reply.header('cache-control', 'no-store');
+    if (request.url.startsWith('/docs')) void reply.header('x-frame-options', 'DENY');
   });
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
@@ -227,7 +230,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     registerRoutes(scope, rawBodyRoutes, keys);
   });
   await app.register(swagger, { mode: 'static', specification: { document: document as never } });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true });
   return app;
 }
 
