@@ -113,6 +113,7 @@ export type TrialEligibilityInput = RequestBody<'/v1/accounts/{id}/trial-eligibi
 export type TrialEligibility = SuccessBody<'/v1/accounts/{id}/trial-eligibility', 'post'>;
 export type AutoTopUpInput = RequestBody<'/v1/accounts/{id}/auto-top-up', 'put'>;
 export type AutoTopUp = SuccessBody<'/v1/accounts/{id}/auto-top-up', 'put'>;
+export type SavedAutoTopUp = SuccessBody<'/v1/accounts/{id}/auto-top-up', 'get'>;
 export type LowBalanceThreshold = SuccessBody<'/v1/accounts/{id}/low-balance-threshold', 'put'>;
 /** Spend limits per UTC day and month: a field left out keeps its limit, null removes it. */
 export type SpendLimitsInput = RequestBody<'/v1/accounts/{id}/limits', 'put'>;
@@ -399,6 +400,16 @@ export class TallyClient<Meters extends MeterCatalog = MeterCatalog> {
   /** Buys a pack off-session whenever a spend leaves `available` below `threshold`. */
   async autoTopUp(accountId: string, input: AutoTopUpInput): Promise<AutoTopUp> {
     return this.unwrap(this.http.PUT('/v1/accounts/{id}/auto-top-up', { params: { path: { id: accountId } }, body: input }));
+  }
+
+  /** The auto top-up setting; one never saved reads as turned off, with null for what was never chosen. */
+  async getAutoTopUp(accountId: string): Promise<SavedAutoTopUp> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/auto-top-up', { params: { path: { id: accountId } } }));
+  }
+
+  /** The threshold under which `balance.low` fires (null: off). */
+  async getLowBalanceThreshold(accountId: string): Promise<LowBalanceThreshold> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/low-balance-threshold', { params: { path: { id: accountId } } }));
   }
 
   /** The threshold under which `balance.low` fires (null turns it off). */

@@ -5697,7 +5697,99 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** The low-balance threshold as the PUT answers it (null: off) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the threshold now */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            account_id: string;
+                            low_balance_threshold: number | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
         /** `balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off */
         put: {
             parameters: {
@@ -6399,7 +6491,104 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** The auto top-up setting as the PUT answers it; an account that never saved one reads as turned off, with null for threshold, pack_id, max_per_month and updated_at */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the setting */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            account_id: string;
+                            enabled: boolean;
+                            threshold: number | null;
+                            pack_id: string | null;
+                            max_per_month: number | null;
+                            failures_in_row: number;
+                            updated_at: string | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
         /** Buy `pack_id` off-session (the customer's default payment method) whenever a spend leaves `available` below `threshold`, at most `max_per_month` times a UTC month; three failed payments in a row turn it off (topup.failed says so) */
         put: {
             parameters: {
@@ -6947,6 +7136,30 @@ export interface components {
             } | null;
             grants: components["schemas"]["Grant"][];
             balance: components["schemas"]["Balance"];
+            limits: {
+                per_day: number | null;
+                per_month: number | null;
+                spent: {
+                    day: number;
+                    month: number;
+                };
+                resets_at: {
+                    /** Format: date-time */
+                    day: string;
+                    /** Format: date-time */
+                    month: string;
+                };
+            };
+            low_balance_threshold: number | null;
+            auto_top_up: {
+                enabled: boolean;
+                threshold: number;
+                pack_id: string;
+                max_per_month: number;
+                failures_in_row: number;
+                /** Format: date-time */
+                updated_at: string;
+            } | null;
         };
         Event: {
             id: string;

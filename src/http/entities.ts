@@ -104,6 +104,14 @@ export const subscriptionSchema = named(
 );
 
 /** An account as GET answers it: with its subscription, trial, live grants and balance. */
+export const spendLimitsSchema = z.object({
+  account_id: z.string(),
+  per_day: creditsSchema.nullable(),
+  per_month: creditsSchema.nullable(),
+  spent: z.object({ day: creditsSchema, month: creditsSchema }),
+  resets_at: z.object({ day: timestampSchema, month: timestampSchema }),
+});
+
 export const accountDetailSchema = named(
   'AccountDetail',
   z.object({
@@ -115,6 +123,18 @@ export const accountDetailSchema = named(
       .nullable(),
     grants: z.array(grantSchema),
     balance: balanceSchema,
+    limits: spendLimitsSchema.omit({ account_id: true }),
+    low_balance_threshold: z.int().positive().nullable(),
+    auto_top_up: z
+      .object({
+        enabled: z.boolean(),
+        threshold: z.int().positive(),
+        pack_id: z.string(),
+        max_per_month: z.int().positive(),
+        failures_in_row: z.int().min(0),
+        updated_at: timestampSchema,
+      })
+      .nullable(),
   }),
 );
 

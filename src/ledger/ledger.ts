@@ -101,6 +101,10 @@ export class Ledger {
     const result = await this.db.query<{ account: Record<string, unknown> }>(
       `select jsonb_build_object('id', a.id, 'email', a.email, 'name', a.name, 'metadata', a.metadata,
          'stripe_customer_id', a.stripe_customer_id, 'created_at', tally_iso(a.created_at), 'flagged', a.flagged,
+         'low_balance_threshold', a.low_balance_threshold,
+         'auto_top_up', (select jsonb_build_object('enabled', t.enabled, 'threshold', t.threshold, 'pack_id', t.pack_id,
+             'max_per_month', t.max_per_month, 'failures_in_row', t.failures_in_row, 'updated_at', tally_iso(t.updated_at))
+           from auto_top_ups t where t.account_id = a.id),
          'subscription', (select jsonb_build_object('id', s.id, 'status', s.status, 'plan_id', s.plan_id,
              'interval', s.billing_interval, 'current_period_start', tally_iso(s.current_period_start),
              'current_period_end', tally_iso(s.current_period_end), 'cancel_at_period_end', s.cancel_at_period_end,
@@ -117,7 +121,8 @@ export class Ledger {
     );
     const row = result.rows[0];
     if (row === undefined) throw accountNotFound(accountId);
-    return { ...row.account, balance: await this.balance(accountId) };
+    const { account_id: _, ...limits } = await this.spendLimits(accountId);
+    return { ...row.account, limits, balance: await this.balance(accountId) };
   }
 
   /** The balance now: grants past their expiry stop counting at once, before any sweep. */

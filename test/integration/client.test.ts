@@ -199,6 +199,8 @@ describe('@tally/client against a real Tally', () => {
     const topUp = await app.autoTopUp(accountId, { enabled: false, threshold: 10, pack_id: 'pack_1000', max_per_month: 1 });
     assert.equal(topUp.enabled, false);
     assert.equal((await app.lowBalanceThreshold(accountId, 50)).low_balance_threshold, 50);
+    assert.deepEqual(await app.getAutoTopUp(accountId), topUp);
+    assert.equal((await app.getLowBalanceThreshold(accountId)).low_balance_threshold, 50);
     await app.usage(accountId, { amount: 60 });
 
     await settleEvents(served);

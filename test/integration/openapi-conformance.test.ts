@@ -594,6 +594,8 @@ describe('every answer of every route is described', () => {
       100,
     );
     expectError(await call('PUT', `/v1/accounts/${missing}/low-balance-threshold`, { threshold: null }), 404, 'account_not_found');
+    assert.equal((await call('GET', `/v1/accounts/${accountId}/low-balance-threshold`)).body.low_balance_threshold, 100);
+    expectError(await call('GET', `/v1/accounts/${missing}/low-balance-threshold`), 404, 'account_not_found');
     const endpoint = await admin('POST', '/v1/admin/webhook-endpoints', {
       url: 'https://hooks.example/tally',
       event_types: ['grant.created'],
@@ -613,6 +615,8 @@ describe('every answer of every route is described', () => {
     expectError(await call('PUT', `/v1/accounts/${accountId}/auto-top-up`, setting), 409, 'no_payment_method');
     expectError(await call('PUT', `/v1/accounts/${accountId}/auto-top-up`, { ...setting, pack_id: 'pack_none' }), 404, 'pack_not_found');
     expectError(await call('PUT', `/v1/accounts/${missing}/auto-top-up`, setting), 404, 'account_not_found');
+    assert.equal((await call('GET', `/v1/accounts/${accountId}/auto-top-up`)).body.enabled, false);
+    expectError(await call('GET', `/v1/accounts/${missing}/auto-top-up`), 404, 'account_not_found');
     const customer = uniqueId('cus');
     await served.database.db.query('update accounts set stripe_customer_id = $2 where id = $1', [accountId, customer]);
     fake.customers.set(customer, { id: customer, object: 'customer', invoice_settings: { default_payment_method: 'pm_card' } });

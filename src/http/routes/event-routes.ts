@@ -9,6 +9,7 @@ import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
 /** The event feed, the low-balance threshold, and the admin calls for the app's webhook endpoints. */
+const lowBalanceThresholdSchema = z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() });
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 const endpointNotFound = refusals('endpoint_not_found');
 
@@ -38,6 +39,26 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       }),
     }),
     defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/low-balance-threshold',
+      access: 'app',
+      tag: 'events',
+      summary: 'The low-balance threshold as the PUT answers it (null: off)',
+      responses: {
+        200: answer('the threshold now', lowBalanceThresholdSchema),
+        ...refusals('account_not_found'),
+      },
+      handler: async ({ params }) => {
+        const id = accountId(params);
+        const { rows } = await db.query<{ low_balance_threshold: number | null }>(
+          'select low_balance_threshold from accounts where id = $1',
+          [id],
+        );
+        if (rows[0] === undefined) throw accountNotFound(id);
+        return { status: 200, body: { account_id: id, low_balance_threshold: rows[0].low_balance_threshold } };
+      },
+    }),
+    defineRoute({
       method: 'PUT',
       url: '/v1/accounts/:id/low-balance-threshold',
       access: 'app',
@@ -46,7 +67,7 @@ export function eventRoutes(db: Database): RouteDefinition[] {
         '`balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off',
       body: z.strictObject({ threshold: z.int().positive().max(Number.MAX_SAFE_INTEGER).nullable() }),
       responses: {
-        200: answer('the threshold now', z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() })),
+        200: answer('the threshold now', lowBalanceThresholdSchema),
         ...refusals('account_not_found'),
       },
       handler: async ({ params, body }) => {

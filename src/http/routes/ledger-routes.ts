@@ -24,6 +24,7 @@ import {
   entrySchema,
   grantSchema,
   rateCardReferenceSchema,
+  spendLimitsSchema,
   timestampSchema,
 } from '../entities.js';
 import { answer as answerOf, errorCatalog, errorObjectSchema, refusals, type ErrorCode } from '../responses.js';
@@ -79,13 +80,6 @@ const batchResultSchema = z.union([
   usageAnswerSchema.extend({ status: z.literal(200) }),
   ...spendRefusals.map((code) => z.object({ status: z.literal(errorCatalog[code].status), error: errorObjectSchema(code) })),
 ]);
-export const spendLimitsSchema = z.object({
-  account_id: z.string(),
-  per_day: creditsSchema.nullable(),
-  per_month: creditsSchema.nullable(),
-  spent: z.object({ day: creditsSchema, month: creditsSchema }),
-  resets_at: z.object({ day: timestampSchema, month: timestampSchema }),
-});
 
 export function ledgerRoutes(
   ledger: Ledger,
