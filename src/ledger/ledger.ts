@@ -120,19 +120,22 @@ export class Ledger {
     return { ...row.account, balance: await this.balance(accountId) };
   }
 
-  /** The balance now: grants past their expiry stop counting at once, before any sweep. */
+  /**
+   * The balance now: grants past their expiry stop counting at once, before any sweep. The first
+   * read of a period gives the recurring grants the account's plan gives (tally_balance).
+   */
   async balance(accountId: string): Promise<Balance> {
-    const result = await this.db.query<{ available: number; held: number; debt: number }>(
-      `select a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id
-           and g.live and g.expires_at <= coalesce($2, now())), 0)::bigint as available,
-         a.held, a.debt
-       from accounts a where a.id = $1`,
-      [accountId, this.now()],
-    );
-    const row = result.rows[0];
-    if (row === undefined) throw accountNotFound(accountId);
+    const row = await this.db.callJson<Balance>('select tally_balance($1, $2) as result', [accountId, this.now()]);
     assertInvariant(row.available >= 0, `account ${accountId} has negative available ${row.available}`);
-    return { account_id: accountId, available: row.available, held: row.held, debt: row.debt };
+    return row;
+  }
+
+  /**
+   * What the account may use: its plan and where it comes from (its subscription, a trial, the
+   * free plan, or none), its meters, features, rate card and recurring grants.
+   */
+  async entitlements(accountId: string): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_entitlements_json($1, $2) as result', [accountId, this.now()]);
   }
 
   /**
