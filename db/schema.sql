@@ -712,6 +712,21 @@ begin
   return v_balance;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_batch_entitlements(p_accounts text[], p_account_ids text[], p_meters text[], p_now timestamp with time zone)
+ RETURNS text[]
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_account text;
+begin
+  if tally_catalog_recurs() then
+    foreach v_account in array p_accounts loop
+      perform tally_give_recurring(v_account, p_now);
+    end loop;
+  end if;
+  return tally_unentitled_accounts(p_account_ids, p_meters);
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_capture(p_hold_id bigint, p_amount bigint, p_actor text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1210,6 +1225,7 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
+  perform tally_give_recurring(p_account, p_now);
   select available, spend_limited into v_available, v_limited from accounts where id = p_account;
   if v_available < p_amount then
     return tally_remember(p_key, p_account, p_operation, p_hash, 402,
@@ -2357,6 +2373,7 @@ declare
   v_rate_card_ids text[];
   v_rate_card_versions integer[];
   v_carries numeric[];
+  v_per_event text[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
@@ -2400,6 +2417,8 @@ begin
   loop
     perform tally_settle(v_account, v_now);
   end loop;
+  -- The period's recurring grants first; an account with a meter its plan lacks goes per event.
+  v_per_event := tally_batch_entitlements(v_accounts, p_account_ids, p_meters, v_now);
 
   with sent as (
     select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
@@ -2462,7 +2481,7 @@ begin
     -- An account with limits is decided at once when the whole batch stays below both of its
     -- limits: then no spend is refused and none reaches a limit (which writes an event). A batch
     -- that would reach or pass one takes the per-event path, which decides each spend in turn.
-    select t.*, coalesce(t.keys_new and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
+    select t.*, coalesce(t.keys_new and t.id <> all(v_per_event) and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
       and (not t.limited or (t.limits_found
         and (t.per_day is null or t.spent_day + t.total < t.per_day)
         and (t.per_month is null or t.spent_month + t.total < t.per_month))), false) as at_once

@@ -94,6 +94,22 @@ create or replace function tally_unentitled_accounts(p_account_ids text[], p_met
     where e.meter is not null and not p.all_meters and not e.meter = any(p.meters)), '{}') end
 $$;
 
+-- What a usage batch does for its locked accounts (p_accounts) before deciding: gives the
+-- period's recurring grants, and answers the accounts with a priced event on a meter their plan
+-- does not include, which the batch decides one event at a time.
+create or replace function tally_batch_entitlements(p_accounts text[], p_account_ids text[], p_meters text[],
+  p_now timestamptz) returns text[] language plpgsql as $$
+declare
+  v_account text;
+begin
+  if tally_catalog_recurs() then
+    foreach v_account in array p_accounts loop
+      perform tally_give_recurring(v_account, p_now);
+    end loop;
+  end if;
+  return tally_unentitled_accounts(p_account_ids, p_meters);
+end $$;
+
 -- Features of several items: the union, the larger number and true winning; for any other value
 -- (strings, or one name with values of different kinds) the first item's (most credits) wins.
 create or replace function tally_features_union(p_account text) returns jsonb language sql stable as $$

@@ -98,6 +98,8 @@ export class Ledger {
   }
 
   async getAccount(accountId: string): Promise<Record<string, unknown>> {
+    // The balance first: the period's first read gives the recurring grants the list then shows.
+    const balance = await this.balance(accountId);
     const result = await this.db.query<{ account: Record<string, unknown> }>(
       `select jsonb_build_object('id', a.id, 'email', a.email, 'name', a.name, 'metadata', a.metadata,
          'stripe_customer_id', a.stripe_customer_id, 'created_at', tally_iso(a.created_at), 'flagged', a.flagged,
@@ -117,7 +119,7 @@ export class Ledger {
     );
     const row = result.rows[0];
     if (row === undefined) throw accountNotFound(accountId);
-    return { ...row.account, balance: await this.balance(accountId) };
+    return { ...row.account, balance };
   }
 
   /**
@@ -349,6 +351,12 @@ export class Ledger {
     ]);
   }
 
+  /** Throws account_not_found for an account that does not exist; reads nothing else and gives nothing. */
+  private async mustExist(accountId: string): Promise<void> {
+    const { rowCount } = await this.db.query('select 1 from accounts where id = $1', [accountId]);
+    if (rowCount === 0) throw accountNotFound(accountId);
+  }
+
   /** Entries newest first; the cursor is the id of the last entry of the previous page. */
   async entries(accountId: string, limit: number, cursor: string | undefined): Promise<{ entries: unknown[]; next_cursor: string | null }> {
     const result = await this.db.query<{ id: number; entry: unknown }>(
@@ -356,7 +364,7 @@ export class Ledger {
        where e.account_id = $1 and ($2::bigint is null or e.id < $2) order by e.id desc limit $3`,
       [accountId, cursor ?? null, limit + 1],
     );
-    if (result.rows.length === 0) await this.balance(accountId);
+    if (result.rows.length === 0) await this.mustExist(accountId);
     const page = result.rows.slice(0, limit);
     const last = page[page.length - 1];
     const nextCursor = result.rows.length > limit && last !== undefined ? String(last.id) : null;

@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { type Catalog, parseCatalog } from '../../src/billing/catalog.js';
 import {
   createTestApp,
   fundedAccount,
@@ -11,6 +9,7 @@ import {
   stopWithFakeStripe,
   type TestApp,
 } from '../helpers/app.js';
+import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';
 import { checkoutSession, deliver, event, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
@@ -23,33 +22,6 @@ const mini = 'openai/gpt-5-mini';
 const gpt5 = 'openai/gpt-5';
 const images = 'images/generate';
 const t0 = Date.parse('2030-01-01T00:00:00Z') / 1000;
-
-/**
- * The example catalog with a free plan (one cheap model, 50 credits a day), a starter plan with
- * two meters, a plus plan with every meter and 20 credits a day, and a pro plan with gpt-5 only.
- */
-export function entitlementsCatalog(): Catalog {
-  const example = JSON.parse(readFileSync('plans.example.json', 'utf8')) as { plans: Record<string, unknown>[] };
-  const entitled: Record<string, Record<string, unknown>> = {
-    starter: { entitlements: { meters: [mini, images], features: { projects: 3, custom_agents: false, support: 'email' } } },
-    plus: {
-      entitlements: { meters: 'all', features: { projects: 10, custom_agents: true } },
-      recurring_grants: [{ credits: 20, every: 'day' }],
-    },
-    pro: { entitlements: { meters: [gpt5], features: { projects: 5, custom_agents: true, support: 'phone' } } },
-  };
-  example.plans = [
-    {
-      id: 'free',
-      name: 'Free',
-      free: true,
-      entitlements: { meters: [mini], features: { projects: 1 } },
-      recurring_grants: [{ credits: 50, every: 'day' }],
-    },
-    ...example.plans.map((plan) => ({ ...plan, ...entitled[String(plan.id)] })),
-  ];
-  return parseCatalog(example);
-}
 
 let test: TestApp;
 let fake: FakeStripe;
