@@ -1,7 +1,7 @@
 -- 0022-entitlements: what each plan lets its accounts use, the free plan, and recurring grants.
 --
 -- catalog_plans gains what a spend needs to decide, inside its own transaction, which plan an
--- account is on and what that plan allows (db/functions/47-entitlements.sql): whether it is the
+-- account is on and what that plan allows (db/functions/44-entitlements.sql): whether it is the
 -- catalog's free plan (at most one: a unique index), its credits per month (several plan items:
 -- the one with the most decides the plan and its rate card), its entitlements ({meters: "all" or
 -- [ids], features}; NULL: every meter, no features) and its recurring grants ([{credits, every}]).
@@ -13,20 +13,9 @@
 --   subscription writes `entitlements.changed` only when what the account may use changed. An
 --   account that never had a subscription has no row (it is on the free plan, or on none).
 --
--- Rollback: (nothing reads the new columns once the functions of the release before are back)
---   drop trigger if exists subscriptions_insert_entitlements on subscriptions;
---   drop trigger if exists subscriptions_update_entitlements on subscriptions;
---   drop function if exists tally_entitlement_events();
---   drop table if exists account_plans;
---   alter table grants drop constraint grant_source;
---   alter table grants add constraint grant_source check (source in ('subscription', 'trial',
---     'purchase', 'promo', 'admin', 'rollover')) not valid;  -- recurring grants given stay as they are
---   alter table subscriptions drop column if exists plan_ids;
---   drop index if exists catalog_plans_one_free;
---   alter table catalog_plans drop column if exists free, drop column if exists credits_per_month,
---     drop column if exists entitlements, drop column if exists recurring_grants;
---   then apply the db/functions/ files of the release before, and
---   delete from tally_migrations where version = 22;
+-- Rollback: run the statements in rollback/0022-entitlements.sql, which put back the functions
+-- this release changed as they were before it, drop the functions and triggers it added, then its
+-- table, columns and index, and put grants' sources back (recurring grants already given stay).
 
 alter table catalog_plans add column free boolean not null default false,
   add column credits_per_month bigint not null default 0,
