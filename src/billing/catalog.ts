@@ -10,11 +10,10 @@ import { meterCountMax, meterIdSchema, meterSchema, rateCardIdSchema, rateIssues
 const creditsSchema = z.int().positive().max(Number.MAX_SAFE_INTEGER);
 const priceIdSchema = z.string().min(1).max(255);
 
-export const featureCountMax = 100;
-export const recurringGrantCountMax = 3;
+const featureCountMax = 100;
+const recurringGrantCountMax = 3;
 const featureNamePattern = /^[A-Za-z0-9_.:-]{1,64}$/;
-export const recurringCadences = ['day', 'week', 'month'] as const;
-export type RecurringCadence = (typeof recurringCadences)[number];
+const recurringCadences = ['day', 'week', 'month'] as const;
 
 /**
  * What a plan lets its accounts use: the meters a priced spend may name (`"all"`, or a list),
@@ -39,7 +38,6 @@ const entitlementsSchema = z.strictObject({
     })
     .default({}),
 });
-export type Entitlements = z.infer<typeof entitlementsSchema>;
 
 /** Credits given once per UTC day, ISO week or calendar month while an account is on the plan. */
 const recurringGrantSchema = z.strictObject({
