@@ -285,3 +285,120 @@ export async function ledgerEntry(db: Database, entryId: string): Promise<unknow
   if (rows[0] === undefined) throw new TallyError('entry_not_found', 404, `no entry with id ${entryId}`);
   return rows[0].entry;
 }
+
+export interface RateCardsOptions {
+  now: Date | null;
+  /** How many versions of each card to list, newest published first. */
+  versions: number;
+}
+
+/**
+ * Every rate card as the dashboard shows it: whether it is the default card, the plans that
+ * name it, the version in effect now and the one scheduled next (as GET /v1/rate-cards judges
+ * them, on the ledger's clock), and its versions newest published first with who published each
+ * (the catalog at start, or an operator) and where each stands: `current`, `next`, `scheduled`
+ * (later than the next), or `superseded` (a later version took its place, or will at the same
+ * instant). Rates stay the exact decimal strings they were published as.
+ */
+export async function rateCards(db: Database, options: RateCardsOptions): Promise<{ as_of: string; rate_cards: unknown[] }> {
+  const { rows } = await db.query<{ card: unknown }>(
+    `with clock as (select coalesce($1::timestamptz, now()) as now)
+     select jsonb_build_object(
+         'id', c.id,
+         'default', c.is_default,
+         'plans', coalesce((select jsonb_agg(p.id order by p.id collate "C") from catalog_plans p where p.rate_card_id = c.id), '[]'::jsonb),
+         'current', case when cur.rate_card_id is null then null
+                    else tally_rate_card_version_json(cur) || jsonb_build_object('source', cur.source) end,
+         'next', case when nxt.rate_card_id is null then null
+                 else tally_rate_card_version_json(nxt) || jsonb_build_object('source', nxt.source) end,
+         'versions', coalesce((
+           select jsonb_agg(tally_rate_card_version_json(v) || jsonb_build_object('source', v.source, 'state',
+               case when v.version = cur.version then 'current'
+                    when v.version = nxt.version then 'next'
+                    when v.effective_at > t.now and not exists (select 1 from rate_card_versions later
+                      where later.rate_card_id = v.rate_card_id and later.effective_at = v.effective_at
+                        and later.version > v.version) then 'scheduled'
+                    else 'superseded' end)
+             order by v.version desc)
+           from (select * from rate_card_versions where rate_card_id = c.id order by version desc limit $2) v), '[]'::jsonb),
+         'versions_total', (select count(*) from rate_card_versions v where v.rate_card_id = c.id)) as card
+     from rate_cards c
+       cross join clock t
+       left join lateral tally_rate_card_in_effect(c.id, t.now) cur on true
+       left join lateral tally_rate_card_next(c.id, t.now) nxt on true
+     order by c.id collate "C"`,
+    [options.now, options.versions],
+  );
+  return { as_of: (options.now ?? new Date()).toISOString(), rate_cards: rows.map((row) => row.card) };
+}
+
+export interface MeterSpend {
+  /** Null for spends of a plain amount of credits (no meter). */
+  meter: string | null;
+  credits: number | string;
+  /** The exact cost in credits, a decimal string (null for spends without a meter). */
+  cost: string | null;
+  spends: number;
+}
+
+/**
+ * What an account spent per meter over the UTC days up to `until` (default: today on the
+ * ledger's clock): usage and captured holds, as the credits they charged and their exact cost
+ * (summed in numeric and answered as a decimal string, never a float), with spends of a plain
+ * amount under the meter `null`. Pending, voided and expired holds spent nothing and are left
+ * out. `meters` holds the window's totals, most credits first; `days` has every day of the
+ * window, oldest first, each with the meters spent on that day.
+ */
+export async function meterSpend(
+  db: Database,
+  accountId: string,
+  options: { days: number; until: string | null; now: Date | null },
+): Promise<{ from: string; to: string; meters: MeterSpend[]; days: { day: string; meters: Omit<MeterSpend, 'spends'>[] }[] }> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{
+    window_from: string;
+    window_to: string;
+    day: string | null;
+    meter: string | null;
+    credits: string | null;
+    cost: string | null;
+    spends: number | null;
+  }>(
+    `with bounds as (
+       select last_day - ($4::int - 1) as first_day, last_day
+       from (select coalesce($2::date, (coalesce($3, now()) at time zone 'UTC')::date) as last_day) d),
+     spends as (
+       select (e.created_at at time zone 'UTC')::date as day, e.meter,
+         case when e.kind = 'usage' then -e.amount else (e.reference->>'captured')::bigint end as credits, e.cost
+       from entries e, bounds b
+       where e.account_id = $1 and e.kind in ('usage', 'capture')
+         and e.created_at >= b.first_day at time zone 'UTC'
+         and e.created_at < (b.last_day + 1) at time zone 'UTC'),
+     totals as (
+       select to_char(day, 'YYYY-MM-DD') as day, meter, sum(credits) as credits, trim_scale(sum(cost)) as cost,
+         count(*)::int as spends
+       from spends
+       group by grouping sets ((day, meter), (meter)))
+     select to_char(b.first_day, 'YYYY-MM-DD') as window_from, to_char(b.last_day, 'YYYY-MM-DD') as window_to,
+       t.day, t.meter, t.credits::text as credits, t.cost::text as cost, t.spends
+     from bounds b left join totals t on true
+     order by t.day nulls first, t.credits desc, t.cost desc nulls last, t.meter collate "C" nulls last`,
+    [accountId, options.until, options.now, options.days],
+  );
+  const from = rows[0]?.window_from ?? '';
+  const to = rows[0]?.window_to ?? '';
+  const meters: MeterSpend[] = [];
+  const byDay = new Map<string, Omit<MeterSpend, 'spends'>[]>();
+  for (const row of rows) {
+    if (row.spends === null) continue;
+    const spend = { meter: row.meter, credits: exactSum(row.credits), cost: row.cost };
+    if (row.day === null) meters.push({ ...spend, spends: row.spends });
+    else byDay.set(row.day, [...(byDay.get(row.day) ?? []), spend]);
+  }
+  const days: { day: string; meters: Omit<MeterSpend, 'spends'>[] }[] = [];
+  for (let day = new Date(`${from}T00:00:00Z`); day.toISOString().slice(0, 10) <= to; day.setUTCDate(day.getUTCDate() + 1)) {
+    const key = day.toISOString().slice(0, 10);
+    days.push({ day: key, meters: byDay.get(key) ?? [] });
+  }
+  return { from, to, meters, days };
+}

@@ -7,6 +7,7 @@ import {
   holdSchema,
   inboxEventSchema,
   jsonObjectSchema,
+  rateCardVersionSchema,
   signedCreditsSchema,
   timestampSchema,
 } from './entities.js';
@@ -128,3 +129,46 @@ export const balanceHistorySchema = z.object({
 export const inboxEventDetailSchema = inboxEventSchema.extend({ api_version: z.string().nullable(), payload: jsonObjectSchema });
 
 export const entryWithAccountSchema = entrySchema.extend({ account_id: z.string() });
+
+/** A version as the dashboard lists it: the API's shape, and who published it. */
+const publishedVersionSchema = rateCardVersionSchema.extend({
+  /** `catalog`: the plan catalog at start; `admin`: an operator (PUT /v1/admin/rate-cards/{id}). */
+  source: z.enum(['catalog', 'admin']),
+});
+
+export const rateCardsOverviewSchema = z.object({
+  as_of: timestampSchema,
+  rate_cards: z.array(
+    z.object({
+      id: z.string(),
+      /** The card of accounts whose plan names none (the catalog's default_rate_card). */
+      default: z.boolean(),
+      /** The catalog's plans that name this card. */
+      plans: z.array(z.string()),
+      /** The version in effect now; null before the first takes effect. */
+      current: publishedVersionSchema.nullable(),
+      /** The version that takes effect next; null when none is scheduled. */
+      next: publishedVersionSchema.nullable(),
+      /** The newest published versions, newest first (at most `versions`). */
+      versions: z.array(publishedVersionSchema.extend({ state: z.enum(['current', 'next', 'scheduled', 'superseded']) })),
+      versions_total: countSchema,
+    }),
+  ),
+});
+
+/** An exact cost in credits: a decimal string from PostgreSQL numeric, never a float. */
+const costSchema = z.string().regex(/^[0-9]+(\.[0-9]+)?$/);
+
+export const meterSpendSchema = z.object({
+  /** The first and last UTC day of the window, both included. */
+  from: z.iso.date(),
+  to: z.iso.date(),
+  /** The window's totals per meter, most credits first; `meter` is null for spends of a plain amount. */
+  meters: z.array(z.object({ meter: z.string().nullable(), credits: creditsSumSchema, cost: costSchema.nullable(), spends: countSchema })),
+  days: z.array(
+    z.object({
+      day: z.iso.date(),
+      meters: z.array(z.object({ meter: z.string().nullable(), credits: creditsSumSchema, cost: costSchema.nullable() })),
+    }),
+  ),
+});

@@ -10,6 +10,7 @@ import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
 import { KeyChecker, type Keys } from './auth.js';
 import { logRedaction } from '../ops/logging.js';
+import { invalidRequest } from '../errors.js';
 import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
@@ -73,6 +74,32 @@ export interface ServerOptions {
  * A URL as logs show it: query strings of trial-eligibility carry an email and a device
  * fingerprint (the GET kept for compatibility), so they never reach a log line.
  */
+/**
+ * The deepest nesting a JSON body may have. Tally's own bodies nest four levels at most (a
+ * batch's event's metadata, a rate card's meter's dimension); a body nested thousands deep is
+ * refused before it is parsed, since walking it later overflows the stack.
+ */
+const jsonDepthMax = 32;
+
+/** Whether `text` opens more than `limit` arrays and objects inside one another, outside strings. */
+function nestingDepthOver(text: string, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let index = 0; index < text.length; index += 1) {
+    const code = text.charCodeAt(index);
+    if (inString) {
+      if (code === 0x5c)
+        index += 1; // a backslash escapes the next character
+      else if (code === 0x22) inString = false;
+    } else if (code === 0x22) inString = true;
+    else if (code === 0x5b || code === 0x7b) {
+      depth += 1;
+      if (depth > limit) return true;
+    } else if (code === 0x5d || code === 0x7d) depth -= 1;
+  }
+  return false;
+}
+
 export function redactQuery(url: string): string {
   const query = url.indexOf('?');
   if (query < 0 || !url.slice(0, query).endsWith('/trial-eligibility')) return url;
@@ -114,7 +141,12 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       done(null, undefined);
       return;
     }
-    defaultJsonParser(request, body.toString(), done);
+    const text = body.toString();
+    if (nestingDepthOver(text, jsonDepthMax)) {
+      done(invalidRequest('body', `nested deeper than ${jsonDepthMax} levels`), undefined);
+      return;
+    }
+    defaultJsonParser(request, text, done);
   });
   app.server.maxConnections = limits.connectionCountMax;
   app.decorateRequest('caller', 'anonymous');
@@ -142,10 +174,13 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     }
     return reply.code(404).send({ error: { code: 'not_found', message: 'no such route' } });
   });
-  // Answers are per caller and often personal: never cached, and never sniffed into HTML.
+  // Answers are per caller and often personal: never cached, and never sniffed into HTML. The
+  // API explorer at /docs is a page of its own: never framed by another site (its CSP comes
+  // from swagger-ui's staticCSP below).
   app.addHook('onSend', async (request, reply) => {
     void reply.header('x-content-type-options', 'nosniff');
-    if (!request.url.startsWith('/docs')) void reply.header('cache-control', 'no-store');
+    void reply.header('cache-control', 'no-store');
+    if (request.url.startsWith('/docs')) void reply.header('x-frame-options', 'DENY');
   });
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
@@ -195,7 +230,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     registerRoutes(scope, rawBodyRoutes, keys);
   });
   await app.register(swagger, { mode: 'static', specification: { document: document as never } });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true });
   return app;
 }
 

@@ -186,6 +186,9 @@ describe('in a browser', () => {
     await seeText(page, '#live-grants', /No live grants/);
     await seeText(page, '#past-grants', /No past grants/);
     await seeText(page, '#holds-table', /No pending holds/);
+    await page.waitForSelector('#meter-spend .empty-note');
+    await seeText(page, '#meter-spend', /No spends from \d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2} \(the last 30 days, UTC\)/);
+    assert.equal(await page.locator('#meter-spend-chart').count(), 0, 'no chart without spends');
     await page.waitForSelector('#account-events table');
     await seeText(page, '#account-events', /No events about this account yet/);
     await page.close();
@@ -243,7 +246,7 @@ describe('in a browser', () => {
       await page.keyboard.press('Tab');
       reached.push(await page.evaluate(() => document.activeElement?.textContent?.trim() ?? ''));
     }
-    for (const name of ['Overview', 'Accounts', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out'])
+    for (const name of ['Overview', 'Accounts', 'Rate cards', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out'])
       assert.ok(reached.includes(name), `${name} in ${reached.join(' | ')}`);
     await page.focus('nav a[href="#/accounts"]');
     await page.keyboard.press('Enter');
@@ -468,9 +471,95 @@ describe('in a browser', () => {
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.waitForSelector('#reconciliation-title');
     assert.equal(await page.locator('#reconcile').count(), 0);
+    await page.goto(`${base}/dashboard#/rate-cards`);
+    await page.waitForSelector('[data-card="standard"]');
+    await seeText(page, '[data-card="standard"] [data-fact="current"]', /version \d+, since/);
+    assert.equal(await page.locator('[data-card="standard"] button, [data-card="standard"] form').count(), 0, 'rate cards are read only');
     await page.goto(`${base}/dashboard#/accounts/no-such-account`);
     await page.waitForSelector('.problem');
     await seeText(page, '.problem', /there is no such account\. Find it on the Accounts page/);
+    await page.close();
+  });
+
+  // Proves: the rate cards page shows each card's version in effect, the one scheduled next and
+  // the version history with who published each; a priced entry shows its meter, quantities,
+  // exact cost and version, linked to that version; spend by meter is a chart with a legend and
+  // the same totals as a table, the exact cost as the API answers it.
+  it('shows rate cards and their versions, a priced entry, and spend by meter as a chart and a table', async (t) => {
+    if (skipWithoutBrowser(t)) return;
+    const volume = (await test.call('GET', '/v1/rate-cards')).body.rate_cards.find((card: { id: string }) => card.id === 'volume');
+    const changed = { ...volume.rates, 'images/generate': { images: '3.000000000001' } };
+    assert.equal((await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates: changed })).status, 200);
+    const tomorrow = new Date(test.clock.now().getTime() + 86400_000).toISOString();
+    assert.equal((await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates: volume.rates, effective_at: tomorrow })).status, 200);
+    await fundedAccount(test, 'priced', 1000);
+    const spend = async (body: Record<string, unknown>) => {
+      const answer = await test.call('POST', '/v1/accounts/priced/usage', { ...body, idempotency_key: uniqueId('u') });
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      return answer.body;
+    };
+    const mini = await spend({ meter: 'openai/gpt-5-mini', quantities: { input_tokens: 5000, output_tokens: 1000 } });
+    assert.deepEqual([mini.amount, mini.cost, mini.rate_card], [0, '0.325', { id: 'standard', version: 1 }]);
+    await spend({ meter: 'openai/gpt-5', quantities: { output_tokens: 3000 } });
+    await spend({ amount: 7 });
+
+    const page = await openPage();
+    await logIn(page, adminKey);
+    await page.click('nav a[href="#/rate-cards"]');
+    await page.waitForSelector('[data-card="volume"]');
+    await seeText(page, '[data-card="standard"] h2', /standard\s*default/);
+    await seeText(page, '[data-card="standard"]', /plan plus; and accounts whose plan names no card/);
+    await seeText(page, '[data-card="standard"] [data-fact="current"]', /version 1, since .* published by the plan catalog/);
+    await seeText(page, '[data-card="standard"] [data-fact="next"]', /none scheduled/);
+    await seeText(page, '[data-card="standard"] table', /openai\/gpt-5\s*input_tokens\s*0\.000125/);
+    await seeText(page, '[data-card="volume"] [data-fact="current"]', /version 2, since .* published by an operator/);
+    await seeText(page, '[data-card="volume"] [data-fact="next"]', new RegExp(`version 3 from ${tomorrow.slice(0, 10)}`));
+    await seeText(page, '[data-card="volume"] table', /images\s*3\.000000000001\s*3\.2\s*\(changes\)/, 'now and next, exactly');
+    await page.click('[data-card="volume"] details.history summary');
+    await seeText(page, '[data-card="volume"] details.history summary', /Version history \(3 versions\)/);
+    await seeText(page, '[data-card="volume"] details.history tbody', /v3\s*next.*v2\s*current.*admin.*v1\s*superseded.*catalog/s);
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'rate-cards.png'), fullPage: true });
+
+    await page.goto(`${base}/dashboard#/accounts/priced`);
+    await page.waitForFunction(() => document.querySelector('#ledger')?.textContent?.includes('openai/gpt-5-mini'));
+    const row = page.locator('#ledger tbody tr', { hasText: 'openai/gpt-5-mini' });
+    await seeText(page, '#ledger', /openai\/gpt-5-mini\s*input_tokens 5,000 · output_tokens 1,000\s*cost 0\.325 · standard v1/);
+    assert.equal((await row.locator('td[data-label="Amount"]').textContent())?.trim(), '0', 'a zero-credit spend keeps its entry');
+    assert.equal((await row.locator('.cost').textContent())?.trim(), mini.cost, 'the exact cost, as the API answers it');
+
+    await page.waitForSelector('#meter-spend-chart .u-over');
+    const legend = (await page.textContent('#meter-spend-chart .u-legend')) ?? '';
+    for (const name of ['openai/gpt-5', 'openai/gpt-5-mini', 'No meter (a plain amount)']) assert.ok(legend.includes(name), name);
+    assert.match(
+      (await page.getAttribute('#meter-spend-chart .chart-box', 'aria-label')) ?? '',
+      /No meter \(a plain amount\) 7 in total, openai\/gpt-5 3 in total, openai\/gpt-5-mini 0 in total/,
+      'the chart says its totals in words',
+    );
+    const totals = (await test.admin('GET', '/v1/admin/accounts/priced/meter-spend?days=30')).body.meters;
+    const shown = await page.$$eval('#meter-spend > .table-wrap tbody tr', (rows) =>
+      rows.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.querySelector('.cell')?.textContent?.trim() ?? '')),
+    );
+    assert.deepEqual(
+      shown,
+      totals.map((total: { meter: string | null; credits: number; cost: string | null; spends: number }) => [
+        total.meter ?? 'No meter (a plain amount)',
+        grouped(total.credits),
+        total.cost ?? '—',
+        grouped(total.spends),
+      ]),
+    );
+    assert.deepEqual(shown[2], ['openai/gpt-5-mini', '0', '0.325', '1']);
+    await page.check('input[name="meter-spend-range"][value="7"]');
+    await page.waitForFunction(() => document.querySelectorAll('#meter-spend-chart details tbody tr').length === 7);
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'account-priced.png'), fullPage: true });
+
+    // The version that priced the entry opens marked on the rate cards page.
+    await row.locator('a', { hasText: 'standard v1' }).click();
+    await page.waitForSelector('[data-card="standard"] .selected');
+    await seeText(page, '[data-card="standard"] .notice', /Version 1 priced the entry you came from/);
+    assert.equal(await page.getAttribute('[data-card="standard"] .selected', 'data-version'), '1');
     await page.close();
   });
 
@@ -541,6 +630,7 @@ describe('in a browser', () => {
     await link.click();
     await page.waitForFunction(() => document.querySelector('#ledger')?.textContent?.includes('a long key and a long id'));
     await page.waitForSelector('#balance-chart .u-over');
+    await page.waitForSelector('#meter-spend-chart .u-over');
     await assertNoOverflow(page, 420);
     const time = await page.locator('#ledger tbody tr:first-child td[data-label="Time"] time').boundingBox();
     assert.ok(time !== null && time.x + time.width <= 420, 'the time of an entry is in view');
@@ -549,6 +639,7 @@ describe('in a browser', () => {
       ['inbox', '#inbox'],
       ['alerts', '#alerts-open'],
       ['reconciliation', '#reconciliation-title'],
+      ['rate-cards', '[data-card="standard"]'],
     ]) {
       await page.goto(`${base}/dashboard#/${route}`);
       await page.waitForSelector(ready ?? '');

@@ -36,6 +36,8 @@ describe('access', () => {
       '/v1/admin/accounts/access-1/balance-history',
       `/v1/admin/webhook-events/${stored.id}`,
       `/v1/admin/entries/${entry}`,
+      '/v1/admin/accounts/access-1/meter-spend',
+      '/v1/admin/rate-cards',
     ];
     for (const url of urls) {
       assert.equal((await test.admin('GET', url)).status, 200, `admin ${url}`);
@@ -70,6 +72,9 @@ describe('access', () => {
       ['/v1/admin/accounts/access-1/grants?state=gone', 'state'],
       ['/v1/admin/accounts/access-1/holds?cursor=abc', 'cursor'],
       ['/v1/admin/accounts/access-1/balance-history?until=yesterday', 'until'],
+      ['/v1/admin/accounts/access-1/meter-spend?days=0', 'days'],
+      ['/v1/admin/accounts/access-1/meter-spend?until=2030-02-30', 'until'],
+      ['/v1/admin/rate-cards?versions=201', 'versions'],
     ];
     for (const [url, field] of cases) {
       const response = await test.admin('GET', url);
@@ -84,6 +89,7 @@ describe('access', () => {
       '/v1/admin/accounts/nobody/grants',
       '/v1/admin/accounts/nobody/holds',
       '/v1/admin/accounts/nobody/balance-history',
+      '/v1/admin/accounts/nobody/meter-spend',
     ]) {
       const response = await test.admin('GET', url);
       assert.equal(response.status, 404, url);
@@ -308,5 +314,223 @@ describe('what the reads answer', () => {
     const ledger = (await test.call('GET', '/v1/accounts/entry-1/ledger')).body.entries;
     const entry = (await test.admin('GET', `/v1/admin/entries/${ledger[0].id}`)).body;
     assert.deepEqual(entry, { ...ledger[0], account_id: 'entry-1' });
+  });
+});
+
+describe('priced usage on the dashboard', () => {
+  interface Version {
+    id: string;
+    version: number;
+    effective_at: string;
+    rates: Record<string, Record<string, string>>;
+    published_at: string;
+    source: string;
+    state?: string;
+  }
+  const cards = async (
+    query = '',
+  ): Promise<
+    {
+      id: string;
+      default: boolean;
+      plans: string[];
+      current: Version | null;
+      next: Version | null;
+      versions: Version[];
+      versions_total: number;
+    }[]
+  > => (await test.admin('GET', `/v1/admin/rate-cards${query}`)).body.rate_cards;
+  const card = async (id: string, query = '') => {
+    const found = (await cards(query)).find((one) => one.id === id);
+    assert.ok(found, `card ${id} is listed`);
+    return found;
+  };
+  const states = (versions: Version[]) => versions.map((version) => [version.version, version.state, version.source]);
+  const inHours = (hours: number): string => new Date(test.clock.now().getTime() + hours * 3600_000).toISOString();
+
+  // Proves: the rate cards read lists every card with its default flag, plans, current and next
+  // version and its history with each version's source and state, agreeing with GET
+  // /v1/rate-cards on current and next, through publications now, later, and at the same instant.
+  it('lists every rate card: default, plans, current, next, and versions with source and state', async () => {
+    const first = await cards();
+    assert.deepEqual(
+      first.map((one) => [one.id, one.default, one.plans]),
+      [
+        ['standard', true, ['plus']],
+        ['volume', false, ['pro']],
+      ],
+    );
+    const volume = await card('volume');
+    assert.equal(volume.current?.source, 'catalog');
+    assert.equal(volume.next, null);
+    assert.deepEqual(states(volume.versions), [[1, 'current', 'catalog']]);
+    const rates = volume.current?.rates ?? {};
+    assert.equal(rates['openai/gpt-5']?.output_tokens, '0.0008', 'a rate is the exact decimal string of the catalog');
+
+    // An operator's version now, then two later ones, then a third at the second's instant.
+    const changed = { ...rates, 'images/generate': { images: '0.000000000001' } };
+    assert.equal((await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates: changed })).status, 200);
+    await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates, effective_at: inHours(1) });
+    const twoHours = inHours(2);
+    await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates: changed, effective_at: twoHours });
+    await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates, effective_at: twoHours });
+    const published = await card('volume');
+    assert.deepEqual(states(published.versions), [
+      [5, 'scheduled', 'admin'],
+      [4, 'superseded', 'admin'],
+      [3, 'next', 'admin'],
+      [2, 'current', 'admin'],
+      [1, 'superseded', 'catalog'],
+    ]);
+    assert.equal(published.versions_total, 5);
+    assert.equal(published.versions[3]?.rates['images/generate']?.images, '0.000000000001', 'twelve places, exactly');
+    const api = (await test.call('GET', '/v1/rate-cards')).body.rate_cards.find((one: { id: string }) => one.id === 'volume');
+    const { source: _current, state: _state, ...current } = published.versions[3] as Version;
+    const { source: _next, ...next } = published.next as Version;
+    assert.deepEqual(api, { ...current, next }, 'current and next are those the API answers');
+    assert.equal(published.current?.version, 2);
+
+    test.clock.advanceSeconds(3 * 3600);
+    const later = await card('volume');
+    assert.equal(later.current?.version, 5, 'the last published of the same instant took effect');
+    assert.equal(later.next, null);
+    assert.deepEqual(
+      states(later.versions).map(([version, state]) => [version, state]),
+      [
+        [5, 'current'],
+        [4, 'superseded'],
+        [3, 'superseded'],
+        [2, 'superseded'],
+        [1, 'superseded'],
+      ],
+    );
+    const limited = await card('volume', '?versions=2');
+    assert.deepEqual(
+      limited.versions.map((version) => version.version),
+      [5, 4],
+    );
+    assert.equal(limited.versions_total, 5);
+  });
+
+  const scale = 10n ** 12n;
+  /** A decimal string as an integer count of 10^-12 credits: exact, unlike a float. */
+  const units = (decimal: string): bigint => {
+    const [whole = '0', fraction = ''] = decimal.split('.');
+    return BigInt(whole) * scale + BigInt(fraction.padEnd(12, '0'));
+  };
+  const spend = async (account: string, body: Record<string, unknown>) => {
+    const answer = await test.call('POST', `/v1/accounts/${account}/usage`, { ...body, idempotency_key: uniqueId('u') });
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    return answer.body;
+  };
+
+  // Proves: spend by meter sums usage and captured holds per meter and per UTC day as the
+  // credits charged and the exact numeric cost (equal to the ledger's own entries), keeps plain
+  // spends under null, and leaves out holds not captured and other accounts' spends.
+  it("totals an account's spend per meter and per day, exactly, as its ledger says", async () => {
+    await fundedAccount(test, 'metered', 1000);
+    await fundedAccount(test, 'metered-other', 1000);
+    const yesterday = test.clock.now().toISOString().slice(0, 10);
+    // 5000 × 0.000025 + 1000 × 0.0002 = 0.325: no credit yet, the carry keeps it.
+    assert.equal(
+      (await spend('metered', { meter: 'openai/gpt-5-mini', quantities: { input_tokens: 5000, output_tokens: 1000 } })).amount,
+      0,
+    );
+    // 3000 × 0.001 = 3 (+ 0.325 carried): 3 credits.
+    assert.equal((await spend('metered', { meter: 'openai/gpt-5', quantities: { output_tokens: 3000 } })).amount, 3);
+    await spend('metered', { amount: 7 });
+    const hold = await test.call('POST', '/v1/accounts/metered/holds', {
+      meter: 'images/generate',
+      quantities: { images: 2 },
+      idempotency_key: uniqueId('h'),
+    });
+    assert.equal(hold.status, 201, JSON.stringify(hold.body));
+    const captured = await test.call('POST', `/v1/holds/${hold.body.hold_id}/capture`, { quantities: { images: 1 } });
+    assert.equal(captured.body.captured, 4, JSON.stringify(captured.body));
+    // Reserved, never captured: no spend.
+    await test.call('POST', '/v1/accounts/metered/holds', {
+      meter: 'images/generate',
+      quantities: { images: 5 },
+      idempotency_key: uniqueId('h'),
+    });
+    const voided = await test.call('POST', '/v1/accounts/metered/holds', { amount: 9, idempotency_key: uniqueId('h') });
+    await test.call('POST', `/v1/holds/${voided.body.hold_id}/void`);
+    await spend('metered', { meter: 'openai/gpt-5-mini', quantities: { input_tokens: 1 } });
+    await spend('metered-other', { meter: 'openai/gpt-5', quantities: { output_tokens: 50_000 } });
+    test.clock.advanceSeconds(86400);
+    const today = test.clock.now().toISOString().slice(0, 10);
+    // 8000 × 0.000125 = 1.
+    assert.equal((await spend('metered', { meter: 'openai/gpt-5', quantities: { input_tokens: 8000 } })).amount, 1);
+
+    const read = (await test.admin('GET', `/v1/admin/accounts/metered/meter-spend?days=2&until=${today}`)).body;
+    assert.deepEqual([read.from, read.to], [yesterday, today]);
+    assert.deepEqual(read.meters, [
+      { meter: null, credits: 7, cost: null, spends: 1 },
+      { meter: 'images/generate', credits: 4, cost: '4', spends: 1 },
+      { meter: 'openai/gpt-5', credits: 4, cost: '4', spends: 2 },
+      { meter: 'openai/gpt-5-mini', credits: 0, cost: '0.325025', spends: 2 },
+    ]);
+    assert.deepEqual(
+      read.days.map((day: { day: string; meters: { meter: string | null; credits: number; cost: string | null }[] }) => [
+        day.day,
+        day.meters.map((one) => [one.meter, one.credits, one.cost]),
+      ]),
+      [
+        [
+          yesterday,
+          [
+            [null, 7, null],
+            ['images/generate', 4, '4'],
+            ['openai/gpt-5', 3, '3'],
+            ['openai/gpt-5-mini', 0, '0.325025'],
+          ],
+        ],
+        [today, [['openai/gpt-5', 1, '1']]],
+      ],
+    );
+
+    // The same totals from the ledger itself: credits charged and exact costs per meter.
+    const entries = (await test.call('GET', '/v1/accounts/metered/ledger?limit=200')).body.entries as {
+      kind: string;
+      amount: number;
+      meter?: string;
+      cost?: string;
+      reference: { captured?: number };
+    }[];
+    const fromLedger = new Map<string | null, { credits: number; cost: bigint }>();
+    for (const entry of entries) {
+      if (entry.kind !== 'usage' && entry.kind !== 'capture') continue;
+      const meter = entry.meter ?? null;
+      const sum = fromLedger.get(meter) ?? { credits: 0, cost: 0n };
+      sum.credits += entry.kind === 'usage' ? -entry.amount : (entry.reference.captured ?? 0);
+      sum.cost += entry.cost === undefined ? 0n : units(entry.cost);
+      fromLedger.set(meter, sum);
+    }
+    for (const total of read.meters as { meter: string | null; credits: number; cost: string | null }[]) {
+      assert.equal(total.credits, fromLedger.get(total.meter)?.credits, `credits of ${total.meter}`);
+      assert.equal(total.cost === null ? 0n : units(total.cost), fromLedger.get(total.meter)?.cost, `cost of ${total.meter}`);
+    }
+    assert.equal(fromLedger.size, read.meters.length);
+
+    const one = (await test.admin('GET', `/v1/admin/accounts/metered/meter-spend?days=1&until=${yesterday}`)).body;
+    assert.deepEqual(
+      one.meters.map((total: { meter: string | null; credits: number }) => [total.meter, total.credits]),
+      [
+        [null, 7],
+        ['images/generate', 4],
+        ['openai/gpt-5', 3],
+        ['openai/gpt-5-mini', 0],
+      ],
+    );
+  });
+
+  // Proves: an account that spent nothing in the window answers no meters and every day empty.
+  it('answers no meters and empty days for an account that spent nothing', async () => {
+    await fundedAccount(test, 'unmetered', 10);
+    const read = (await test.admin('GET', '/v1/admin/accounts/unmetered/meter-spend?days=3')).body;
+    assert.deepEqual(read.meters, []);
+    assert.equal(read.days.length, 3);
+    assert.ok(read.days.every((day: { meters: unknown[] }) => day.meters.length === 0));
+    assert.equal(read.to, test.clock.now().toISOString().slice(0, 10), "the window ends today on the ledger's clock");
   });
 });

@@ -219,4 +219,18 @@ describe('health, metrics and description', () => {
     assert.equal(docs.statusCode, 200);
     assert.match(docs.body, /swagger/i);
   });
+
+  it('serves the API explorer with a content security policy, never framed and never cached', async () => {
+    // Proves the /docs pages carry the headers every other page of Tally does: a CSP (no
+    // inline script from elsewhere), x-frame-options DENY against clickjacking, and no-store.
+    for (const url of ['/docs/', '/docs/static/index.html', '/docs/json']) {
+      const page = await test.app.inject({ method: 'GET', url });
+      assert.ok(page.statusCode === 200 || page.statusCode === 302, `${url} ${page.statusCode}`);
+      assert.equal(page.headers['x-frame-options'], 'DENY', url);
+      assert.equal(page.headers['cache-control'], 'no-store', url);
+      assert.equal(page.headers['x-content-type-options'], 'nosniff', url);
+    }
+    const html = await test.app.inject({ method: 'GET', url: '/docs/static/index.html' });
+    assert.match(String(html.headers['content-security-policy']), /script-src 'self'/);
+  });
 });

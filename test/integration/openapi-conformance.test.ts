@@ -585,6 +585,14 @@ describe('every answer of every route is described', () => {
     expectError(await admin('GET', `/v1/admin/accounts/${accountId}/balance-history?until=yesterday`), 400, 'invalid_request');
     expectError(await admin('GET', `/v1/admin/accounts/${missing}/balance-history`), 404, 'account_not_found');
 
+    const meterSpend = await admin('GET', `/v1/admin/accounts/${accountId}/meter-spend?days=2`);
+    assert.equal(meterSpend.body.days.length, 2);
+    expectError(await admin('GET', `/v1/admin/accounts/${accountId}/meter-spend?days=367`), 400, 'invalid_request');
+    expectError(await admin('GET', `/v1/admin/accounts/${missing}/meter-spend`), 404, 'account_not_found');
+    const cards = (await admin('GET', '/v1/admin/rate-cards?versions=1')).body.rate_cards;
+    assert.ok(cards.some((card: { id: string; default: boolean }) => card.default));
+    expectError(await admin('GET', '/v1/admin/rate-cards?versions=0'), 400, 'invalid_request');
+
     const stored = (await admin('GET', '/v1/admin/webhook-events?limit=1')).body.events[0];
     const detail = await admin('GET', `/v1/admin/webhook-events/${stored.id}`);
     assert.equal(detail.body.payload.id, stored.id);

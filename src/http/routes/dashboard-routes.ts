@@ -8,7 +8,9 @@ import {
   balanceHistory,
   creditTotals,
   ledgerEntry,
+  meterSpend,
   overview,
+  rateCards,
   searchAccounts,
   webhookEvent,
   type AccountSort,
@@ -22,7 +24,9 @@ import {
   creditTotalsSchema,
   entryWithAccountSchema,
   inboxEventDetailSchema,
+  meterSpendSchema,
   overviewSchema,
+  rateCardsOverviewSchema,
 } from '../dashboard-answers.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
@@ -48,6 +52,7 @@ export const dashboardChartDaysMax = 366;
 export const dashboardPageSizeMax = 200;
 export const dashboardOffsetMax = 10_000;
 export const webhookWindowHoursMax = 24 * 30;
+export const rateCardVersionsListedMax = 200;
 
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 const pageQuery = {
@@ -226,6 +231,34 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
         status: 200,
         body: { days: await balanceHistory(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }) },
       }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/:id/meter-spend',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        'What an account spent per meter over UTC days (the last day is `until`, default today): usage and captured holds as the credits they charged and their exact cost (a decimal string); spends of a plain amount under the meter null',
+      query: z.strictObject(daysQuery),
+      responses: {
+        200: answer('the totals per meter, most credits first, and every day of the window, oldest first', meterSpendSchema),
+        ...refusals('account_not_found'),
+      },
+      handler: async ({ params, query }) => ({
+        status: 200,
+        body: await meterSpend(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/rate-cards',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        'Every rate card: whether it is the default, the plans that name it, the version in effect and the one scheduled next, and its newest `versions` versions with who published each (catalog or admin) and where each stands',
+      query: z.strictObject({ versions: z.coerce.number().int().min(1).max(rateCardVersionsListedMax).default(50) }),
+      responses: { 200: answer('every rate card, by id; rates are exact decimal strings', rateCardsOverviewSchema) },
+      handler: async ({ query }) => ({ status: 200, body: await rateCards(db, { now: now(), versions: query.versions }) }),
     }),
     defineRoute({
       method: 'GET',
