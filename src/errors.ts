@@ -17,6 +17,7 @@ export const errorStatuses = {
   spend_limit_exceeded: 402,
   forbidden: 403,
   trial_not_eligible: 403,
+  meter_not_entitled: 403,
   account_not_found: 404,
   hold_not_found: 404,
   plan_not_found: 404,

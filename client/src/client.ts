@@ -14,6 +14,8 @@ type Schemas = components['schemas'];
 export type Grant = Schemas['Grant'];
 export type Entry = Schemas['Entry'];
 export type Balance = Schemas['Balance'];
+/** The account's plan, its source, meters, features, rate card and recurring grants. */
+export type Entitlements = Schemas['Entitlements'];
 export type Account = Schemas['Account'];
 export type AccountDetail = Schemas['AccountDetail'];
 export type Subscription = Schemas['Subscription'];
@@ -288,6 +290,11 @@ export class TallyClient<Meters extends MeterCatalog = MeterCatalog> {
   /** The spendable, held and owed credits of an account. */
   async balance(accountId: string): Promise<Balance> {
     return this.unwrap(this.http.GET('/v1/accounts/{id}/balance', { params: { path: { id: accountId } } }));
+  }
+
+  /** What the account may use: its plan (and whence), meters, features, rate card and recurring grants. */
+  async entitlements(accountId: string): Promise<Entitlements> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/entitlements', { params: { path: { id: accountId } } }));
   }
 
   /** Spends credits. A retry of this call (or a call with the same key) never spends twice. */

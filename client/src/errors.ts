@@ -105,6 +105,16 @@ export class TrialNotEligible extends TallyError<ErrorObjectOf<'TrialNotEligible
     return this.error.reason;
   }
 }
+export class MeterNotEntitled extends TallyError<ErrorObjectOf<'MeterNotEntitledError'>> {
+  /** The meter the account's plan does not include. */
+  get meter(): string {
+    return this.error.meter;
+  }
+  /** The account's plan (null: a subscription on a price outside the catalog). */
+  get planId(): string | null {
+    return this.error.plan_id;
+  }
+}
 export class AccountNotFound extends TallyError<ErrorObjectOf<'AccountNotFoundError'>> {}
 export class HoldNotFound extends TallyError<ErrorObjectOf<'HoldNotFoundError'>> {}
 export class PlanNotFound extends TallyError<ErrorObjectOf<'PlanNotFoundError'>> {}
@@ -162,6 +172,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   spend_limit_exceeded: SpendLimitExceeded,
   forbidden: Forbidden,
   trial_not_eligible: TrialNotEligible,
+  meter_not_entitled: MeterNotEntitled,
   account_not_found: AccountNotFound,
   hold_not_found: HoldNotFound,
   plan_not_found: PlanNotFound,

@@ -331,6 +331,111 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/accounts/{id}/entitlements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What the account may use: its plan (its subscription's while active, trialing or past due; several plan items: the union, the one with the most credits per month naming plan_id and the rate card; else the free plan; else none, with every meter), the meters a priced spend may name, the app's features, the rate card and the plans' recurring grants */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the entitlements */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Entitlements"];
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/accounts/{id}/usage": {
         parameters: {
             query?: never;
@@ -413,13 +518,13 @@ export interface paths {
                         "application/json": components["schemas"]["InsufficientCreditsError"] | components["schemas"]["SpendLimitExceededError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description meter_not_entitled: the account's plan (`plan_id`, null for a price outside the catalog) does not include the spend's `meter`; nothing was spent, and the key keeps this answer; or forbidden: the viewer key is read-only */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ForbiddenError"];
+                        "application/json": components["schemas"]["MeterNotEntitledError"] | components["schemas"]["ForbiddenError"];
                     };
                 };
                 /** @description account_not_found: no account with this id */
@@ -586,6 +691,18 @@ export interface paths {
                                     spent: number;
                                     /** Format: date-time */
                                     resets_at: string;
+                                    /** @constant */
+                                    replayed?: true;
+                                };
+                            } | {
+                                /** @constant */
+                                status: 403;
+                                error: {
+                                    /** @constant */
+                                    code: "meter_not_entitled";
+                                    message: string;
+                                    meter: string;
+                                    plan_id: string | null;
                                     /** @constant */
                                     replayed?: true;
                                 };
@@ -776,13 +893,13 @@ export interface paths {
                         "application/json": components["schemas"]["InsufficientCreditsError"] | components["schemas"]["SpendLimitExceededError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description meter_not_entitled: the account's plan (`plan_id`, null for a price outside the catalog) does not include the spend's `meter`; nothing was spent, and the key keeps this answer; or forbidden: the viewer key is read-only */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ForbiddenError"];
+                        "application/json": components["schemas"]["MeterNotEntitledError"] | components["schemas"]["ForbiddenError"];
                     };
                 };
                 /** @description account_not_found: no account with this id */
@@ -1219,7 +1336,7 @@ export interface paths {
                             available: number;
                             allowed: boolean;
                             /** @enum {string} */
-                            reason?: "insufficient_credits" | "spend_limit_exceeded";
+                            reason?: "meter_not_entitled" | "insufficient_credits" | "spend_limit_exceeded";
                         };
                     };
                 };
@@ -7238,6 +7355,25 @@ export interface components {
             /** Format: date-time */
             published_at: string;
         };
+        Entitlements: {
+            plan_id: string | null;
+            /** @enum {string} */
+            source: "subscription" | "trial" | "free" | "none";
+            meters: "all" | string[];
+            features: {
+                [key: string]: number | boolean | string;
+            };
+            rate_card: {
+                id: string;
+                version: number;
+            } | null;
+            recurring_grants: {
+                plan_id: string;
+                credits: number;
+                /** @enum {string} */
+                every: "day" | "week" | "month";
+            }[];
+        };
         InvalidRequestError: {
             error: {
                 /** @constant */
@@ -7339,6 +7475,17 @@ export interface components {
                 message: string;
                 /** @enum {string} */
                 reason: "account_had_trial" | "email_had_trial" | "device_had_trial" | "card_had_trial" | "payment_method_had_trial" | "plan_has_no_trial";
+            };
+        };
+        MeterNotEntitledError: {
+            error: {
+                /** @constant */
+                code: "meter_not_entitled";
+                message: string;
+                meter: string;
+                plan_id: string | null;
+                /** @constant */
+                replayed?: true;
             };
         };
         AccountNotFoundError: {

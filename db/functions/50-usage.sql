@@ -6,7 +6,7 @@
 
 -- tally_open_spend of 0002, and then, for an account with limits only, the limits: a spend that
 -- would pass one is refused with 402 spend_limit_exceeded, stored as the key's first outcome as
--- insufficient_credits is. Credits are checked first.
+-- insufficient_credits is. Credits are checked first, after the period's recurring grants.
 create or replace function tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text,
   p_hash text, p_now timestamptz) returns jsonb language plpgsql as $$
 declare
@@ -17,6 +17,7 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
+  perform tally_give_recurring(p_account, p_now);
   select available, spend_limited into v_available, v_limited from accounts where id = p_account;
   if v_available < p_amount then
     return tally_remember(p_key, p_account, p_operation, p_hash, 402,
@@ -117,6 +118,7 @@ declare
   v_rate_card_ids text[];
   v_rate_card_versions integer[];
   v_carries numeric[];
+  v_per_event text[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
@@ -160,6 +162,8 @@ begin
   loop
     perform tally_settle(v_account, v_now);
   end loop;
+  -- The period's recurring grants first; an account with a meter its plan lacks goes per event.
+  v_per_event := tally_batch_entitlements(v_accounts, p_account_ids, p_meters, v_now);
 
   with sent as (
     select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
@@ -222,7 +226,7 @@ begin
     -- An account with limits is decided at once when the whole batch stays below both of its
     -- limits: then no spend is refused and none reaches a limit (which writes an event). A batch
     -- that would reach or pass one takes the per-event path, which decides each spend in turn.
-    select t.*, coalesce(t.keys_new and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
+    select t.*, coalesce(t.keys_new and t.id <> all(v_per_event) and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
       and (not t.limited or (t.limits_found
         and (t.per_day is null or t.spent_day + t.total < t.per_day)
         and (t.per_month is null or t.spent_month + t.total < t.per_month))), false) as at_once

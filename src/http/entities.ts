@@ -231,3 +231,19 @@ export const rateCardVersionSchema = named(
     published_at: timestampSchema,
   }),
 );
+
+/**
+ * What an account may use: its plan and where that comes from, the meters a priced spend may
+ * name, the app's features, the rate card that prices its spends, and its plans' recurring grants.
+ */
+export const entitlementsSchema = named(
+  'Entitlements',
+  z.object({
+    plan_id: z.string().nullable(),
+    source: z.enum(['subscription', 'trial', 'free', 'none']),
+    meters: z.union([z.literal('all'), z.array(z.string())]),
+    features: z.record(z.string(), z.union([z.number(), z.boolean(), z.string()])),
+    rate_card: rateCardReferenceSchema.nullable(),
+    recurring_grants: z.array(z.object({ plan_id: z.string(), credits: creditsSchema, every: z.enum(['day', 'week', 'month']) })),
+  }),
+);

@@ -91,6 +91,13 @@ export const errorCatalog = {
       ]),
     },
   },
+  meter_not_entitled: {
+    status: 403,
+    description:
+      "the account's plan (`plan_id`, null for a price outside the catalog) does not include the spend's `meter`; nothing was spent, and the key keeps this answer",
+    details: { meter: z.string(), plan_id: z.string().nullable() },
+    replayable: true,
+  },
   account_not_found: { status: 404, description: 'no account with this id' },
   hold_not_found: { status: 404, description: 'no hold with this id' },
   rate_card_not_found: { status: 404, description: 'no rate card with this id' },

@@ -152,6 +152,10 @@ describe('@tally/client against a real Tally', () => {
     assert.equal(account.balance.available, 1000);
     assert.equal(account.grants[0]?.remaining, 1000);
     assert.deepEqual(await app.balance(accountId), { account_id: accountId, available: 1000, held: 0, debt: 0 });
+    // The example catalog has no free plan: an account without a subscription may use every meter.
+    const entitlements = await app.entitlements(accountId);
+    assert.deepEqual([entitlements.plan_id, entitlements.source, entitlements.meters], [null, 'none', 'all']);
+    await expectTyped(app.entitlements(uniqueId('missing')), AccountNotFound, 404, 'account_not_found');
 
     const spent = await app.usage(accountId, { amount: 30, description: 'one run' });
     assert.deepEqual(

@@ -5,6 +5,7 @@ import pg from 'pg';
 import { Database } from '../../src/db/database.js';
 import { raiseAlert } from '../../src/ops/alerts.js';
 import { adminKey, appKey, settleEvents, viewerKey } from '../helpers/app.js';
+import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { ConformanceChecker } from '../helpers/openapi-conformance.js';
 import { publishedDocument, serveTestApp, type ServedApp } from '../helpers/served-app.js';
@@ -251,6 +252,28 @@ describe('every answer of every route is described', () => {
     expectError(await call('POST', `/v1/accounts/${missing}/quote`, { amount: 1 }), 404, 'account_not_found');
     const entries = (await call('GET', `/v1/accounts/${pricedAccount}/ledger`)).body.entries;
     assert.ok(entries.some((entry: { kind: string; cost?: string }) => entry.kind === 'capture' && entry.cost !== undefined));
+  });
+
+  it('entitlements: read, and meter_not_entitled on priced usage, holds and in a batch', async () => {
+    // A catalog whose free plan has one meter, on a database of its own (a start syncs the plans).
+    const entitled = await serveTestApp({ catalog: entitlementsCatalog() });
+    try {
+      const on = { app: entitled };
+      const free = uniqueId('free');
+      assert.equal((await call('PUT', `/v1/accounts/${free}`, {}, on)).status, 200);
+      const answer = await call('GET', `/v1/accounts/${free}/entitlements`, undefined, on);
+      assert.deepEqual([answer.status, answer.body.source], [200, 'free']);
+      expectError(await call('GET', `/v1/accounts/${missing}/entitlements`, undefined, on), 404, 'account_not_found');
+      const gpt5 = { meter: 'openai/gpt-5', quantities: { output_tokens: 1000 } };
+      expectError(await call('POST', `/v1/accounts/${free}/usage`, { ...gpt5, idempotency_key: 'ent-1' }, on), 403, 'meter_not_entitled');
+      expectError(await call('POST', `/v1/accounts/${free}/holds`, { ...gpt5, idempotency_key: 'ent-2' }, on), 403, 'meter_not_entitled');
+      const batch = await call('POST', '/v1/usage/batch', { events: [{ account_id: free, ...gpt5, idempotency_key: 'ent-3' }] }, on);
+      assert.equal(batch.body.results[0].error.code, 'meter_not_entitled');
+      const quote = await call('POST', `/v1/accounts/${free}/quote`, gpt5, on);
+      assert.deepEqual([quote.body.allowed, quote.body.reason], [false, 'meter_not_entitled']);
+    } finally {
+      await entitled.close();
+    }
   });
 
   it('spend limits: read and set, with every refusal, and spend_limit_exceeded on usage, holds and in a batch', async () => {
