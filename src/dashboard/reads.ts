@@ -402,3 +402,103 @@ export async function meterSpend(
   }
   return { from, to, meters, days };
 }
+
+/** A plan of the catalog as the dashboard names it (the catalog's plans fit this shape). */
+export interface CatalogPlanName {
+  id: string;
+  name: string;
+  free?: true | undefined;
+}
+
+export interface AccountPlanOptions {
+  now: Date | null;
+  plans: readonly CatalogPlanName[];
+}
+
+/**
+ * The account's plan as GET /v1/accounts/{id}/entitlements decides it (the same SQL, on the
+ * ledger's clock), with the catalog's names, and for each recurring grant its current period
+ * (a UTC day, ISO week or calendar month) and the grant of that period if the account's first
+ * call of the period gave it already (null otherwise). Reads only: it never gives a grant.
+ */
+export async function accountPlan(db: Database, accountId: string, options: AccountPlanOptions): Promise<Record<string, unknown>> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{ entitlements: Record<string, unknown>; recurring_grants: Record<string, unknown>[] }>(
+    `with clock as (select coalesce($2::timestamptz, now()) as now),
+     e as (select tally_entitlements_json($1, t.now) as j from clock t)
+     select e.j as entitlements, coalesce((
+       select jsonb_agg(r.value || jsonb_build_object(
+           'period_start', to_char(p.period_start, 'YYYY-MM-DD'), 'period_end', tally_iso(p.period_end),
+           'grant', (select tally_grant_json(g) || jsonb_build_object('state', case
+                 when g.expires_at is not null and g.expires_at <= t.now then 'expired'
+                 when g.live then 'live' else 'used_up' end)
+               from grants g where g.account_id = $1 and g.grant_key = 'recurring:' || $1 || ':' || (r.value->>'plan_id')
+                 || ':' || (r.value->>'every') || ':' || to_char(p.period_start, 'YYYY-MM-DD')))
+         order by r.ordinality)
+       from jsonb_array_elements(e.j->'recurring_grants') with ordinality r
+       cross join lateral tally_recurring_period(r.value->>'every', t.now) p), '[]'::jsonb) as recurring_grants
+     from e, clock t`,
+    [accountId, options.now],
+  );
+  const row = rows[0];
+  if (row === undefined) throw accountNotFound(accountId);
+  const names = new Map(options.plans.map((plan) => [plan.id, plan.name]));
+  const nameOf = (planId: unknown): string | null => (typeof planId === 'string' ? (names.get(planId) ?? null) : null);
+  return {
+    ...row.entitlements,
+    plan_name: nameOf(row.entitlements.plan_id),
+    recurring_grants: row.recurring_grants.map((grant) => ({ ...grant, plan_name: nameOf(grant.plan_id) })),
+  };
+}
+
+export interface PlanCount {
+  /** Null: accounts on no plan (no subscription and no free plan, or a price outside the catalog). */
+  plan_id: string | null;
+  /** The catalog's name; null for no plan, or a plan a subscription names that the catalog no longer has. */
+  name: string | null;
+  free: boolean;
+  accounts: number;
+  /** Of `accounts`, those on the plan through a subscription (active or past due) and through a trial. */
+  subscription: number;
+  trial: number;
+}
+
+/**
+ * How many accounts are on each plan now, decided as a spend decides it (tally_plan_items):
+ * every plan of the catalog in its order (none left out, even with no account), then plans that
+ * subscriptions name but the catalog no longer has, then accounts on no plan. Only accounts that
+ * ever had a subscription are looked at one by one; the others are on the free plan, or on none,
+ * so a million free accounts cost one count.
+ */
+export async function accountsPerPlan(db: Database, plans: readonly CatalogPlanName[]): Promise<{ accounts: number; plans: PlanCount[] }> {
+  const { rows } = await db.query<{ plan_id: string | null; accounts: number; subscription: number; trial: number; total: number }>(
+    `with subscribed as (select array(select distinct account_id from subscriptions) as ids),
+     top as (select i.plan_id, i.source from subscribed s, tally_plan_items(s.ids) i where i.rank = 1),
+     counts as (
+       select plan_id, count(*)::int as accounts, count(*) filter (where source = 'subscription')::int as subscription,
+         count(*) filter (where source = 'trial')::int as trial
+       from top group by plan_id
+       union all
+       -- Accounts with only ended subscriptions and no free plan to fall back to.
+       select null, (cardinality(s.ids) - (select count(*) from top))::int, 0, 0 from subscribed s
+       union all
+       select (select id from catalog_plans where free), ((select count(*) from accounts) - cardinality(s.ids))::int, 0, 0
+       from subscribed s)
+     select plan_id, sum(accounts)::int as accounts, sum(subscription)::int as subscription, sum(trial)::int as trial,
+       (select count(*)::int from accounts) as total
+     from counts group by plan_id`,
+  );
+  const counted = new Map(rows.map((row) => [row.plan_id, row]));
+  const row = (planId: string | null, name: string | null, free: boolean): PlanCount => {
+    const found = counted.get(planId);
+    counted.delete(planId);
+    return { plan_id: planId, name, free, accounts: found?.accounts ?? 0, subscription: found?.subscription ?? 0, trial: found?.trial ?? 0 };
+  };
+  const listed = plans.map((plan) => row(plan.id, plan.name, plan.free === true));
+  const none = row(null, null, false);
+  const unknown = [...counted.keys()]
+    .filter((planId): planId is string => planId !== null)
+    .sort()
+    .map((planId) => row(planId, null, false));
+  return { accounts: rows[0]?.total ?? 0, plans: [...listed, ...unknown, none] };
+}

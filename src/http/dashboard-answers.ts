@@ -2,6 +2,7 @@ import { z } from 'zod';
 import {
   creditsSchema,
   creditsSumSchema,
+  entitlementsSchema,
   entrySchema,
   grantSchema,
   holdSchema,
@@ -108,8 +109,10 @@ export const accountSearchSchema = z.object({
   next_offset: z.int().positive().nullable(),
 });
 
+const grantWithStateSchema = grantSchema.extend({ state: z.enum(['live', 'used_up', 'expired']) });
+
 export const accountGrantsSchema = z.object({
-  grants: z.array(grantSchema.extend({ state: z.enum(['live', 'used_up', 'expired']) })),
+  grants: z.array(grantWithStateSchema),
   next_offset: z.int().positive().nullable(),
 });
 
@@ -169,6 +172,48 @@ export const meterSpendSchema = z.object({
     z.object({
       day: z.iso.date(),
       meters: z.array(z.object({ meter: z.string().nullable(), credits: creditsSumSchema, cost: costSchema.nullable() })),
+    }),
+  ),
+});
+
+/**
+ * An account's plan as its entitlements say, with the catalog's names (null for no plan, or a
+ * plan the catalog no longer has), and each recurring grant's current period and the grant of
+ * that period, null until the account's first call of the period gives it.
+ */
+export const accountPlanSchema = entitlementsSchema.extend({
+  plan_name: z.string().nullable(),
+  recurring_grants: z.array(
+    z.object({
+      plan_id: z.string(),
+      plan_name: z.string().nullable(),
+      credits: creditsSchema,
+      every: z.enum(['day', 'week', 'month']),
+      /** The UTC day the period starts (a Monday for a week, the 1st for a month). */
+      period_start: z.iso.date(),
+      period_end: timestampSchema,
+      grant: grantWithStateSchema.nullable(),
+    }),
+  ),
+});
+
+export const accountsPerPlanSchema = z.object({
+  /** Every account. */
+  accounts: countSchema,
+  /**
+   * Every plan of the catalog in its order, then plans that subscriptions name but the catalog no
+   * longer has (name null), then no plan (plan_id null) last.
+   */
+  plans: z.array(
+    z.object({
+      plan_id: z.string().nullable(),
+      name: z.string().nullable(),
+      /** The catalog's free plan: the plan of accounts without a subscription. */
+      free: z.boolean(),
+      accounts: countSchema,
+      /** Of `accounts`, those on the plan through a subscription (active or past due), and through a trial. */
+      subscription: countSchema,
+      trial: countSchema,
     }),
   ),
 });

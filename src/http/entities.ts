@@ -32,7 +32,7 @@ export const grantSchema = named(
   'Grant',
   z.object({
     id: z.string(),
-    source: z.enum(['subscription', 'trial', 'purchase', 'promo', 'admin', 'rollover']),
+    source: z.enum(['subscription', 'trial', 'purchase', 'promo', 'admin', 'rollover', 'recurring']),
     amount: creditsSchema,
     remaining: creditsSchema,
     priority: z.int().min(0).max(1000),

@@ -201,7 +201,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     ...pricingRoutes(options.rateCards),
     ...stripeRoutes(options.stripe, limiters),
     ...operationsRoutes(options.operations),
-    ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }),
+    ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, plans: options.stripe.catalog.plans, clock: options.clock }),
     ...eventRoutes(options.db),
     ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }),
     ...healthRoutes(options),

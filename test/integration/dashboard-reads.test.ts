@@ -1,8 +1,18 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
-import { appKey, createTestApp, fundedAccount, viewerKey, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, uniqueId } from '../helpers/stripe-events.js';
+import {
+  appKey,
+  createTestApp,
+  fundedAccount,
+  startWithFakeStripe,
+  stopWithFakeStripe,
+  viewerKey,
+  type TestApp,
+} from '../helpers/app.js';
+import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
+import type { FakeStripe } from '../helpers/fake-stripe.js';
+import { checkoutSession, deliver, event, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // The read-only admin calls the dashboard uses: who may call them (admin and viewer keys, never
 // the app key), and that each answers what the ledger holds.
@@ -38,6 +48,8 @@ describe('access', () => {
       `/v1/admin/entries/${entry}`,
       '/v1/admin/accounts/access-1/meter-spend',
       '/v1/admin/rate-cards',
+      '/v1/admin/accounts/access-1/plan',
+      '/v1/admin/plans',
     ];
     for (const url of urls) {
       assert.equal((await test.admin('GET', url)).status, 200, `admin ${url}`);
@@ -90,6 +102,7 @@ describe('access', () => {
       '/v1/admin/accounts/nobody/holds',
       '/v1/admin/accounts/nobody/balance-history',
       '/v1/admin/accounts/nobody/meter-spend',
+      '/v1/admin/accounts/nobody/plan',
     ]) {
       const response = await test.admin('GET', url);
       assert.equal(response.status, 404, url);
@@ -532,5 +545,165 @@ describe('priced usage on the dashboard', () => {
     assert.equal(read.days.length, 3);
     assert.ok(read.days.every((day: { meters: unknown[] }) => day.meters.length === 0));
     assert.equal(read.to, test.clock.now().toISOString().slice(0, 10), "the window ends today on the ledger's clock");
+  });
+});
+
+describe('plans on the dashboard', () => {
+  // A Tally of its own whose catalog has a free plan (one meter, 50 credits a day), a plus plan
+  // (every meter, 20 credits a day) and a pro plan (gpt-5 only), with Stripe faked for the
+  // subscriptions' events, so that every count below is exact.
+  let plans: TestApp;
+  let fake: FakeStripe;
+  before(async () => ({ test: plans, fake } = await startWithFakeStripe({ catalog: entitlementsCatalog() })));
+  after(() => stopWithFakeStripe(plans, fake));
+  const t0 = Date.parse('2030-01-01T00:00:00Z') / 1000;
+
+  /**
+   * An account whose subscription to `price` is mirrored in `status`; with `movedTo`, an update
+   * then moves it to that price (a subscription Tally mirrors stays mirrored on a price outside
+   * the catalog, and is then on no plan).
+   */
+  async function subscribed(status: string, price: string, movedTo?: string): Promise<string> {
+    const accountId = uniqueId('acct');
+    const customer = uniqueId('cus');
+    const subscriptionId = uniqueId('sub');
+    await fundedAccount(plans, accountId, 0);
+    await deliver(
+      plans,
+      event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })),
+    );
+    const state = (priced: string) =>
+      subscription({
+        id: subscriptionId,
+        customer,
+        status,
+        price: priced,
+        start: t0,
+        end: t0 + month,
+        trialEnd: status === 'trialing' ? t0 + 7 * 86400 : null,
+      });
+    await deliver(plans, event('customer.subscription.created', state(price), { created: 1_900_000_000 }));
+    if (movedTo !== undefined) await deliver(plans, event('customer.subscription.updated', state(movedTo), { created: 1_900_000_100 }));
+    await settleWebhooks(plans);
+    return accountId;
+  }
+  const planOf = async (accountId: string) => (await plans.admin('GET', `/v1/admin/accounts/${accountId}/plan`)).body;
+
+  // Proves: the plan read answers what the entitlements call answers, with the catalog's names,
+  // and each recurring grant's period; it gives no grant itself, and shows the period's grant
+  // once the account's first call of the day gave it.
+  it("answers the account's plan with its names, and this period's recurring grant once given", async () => {
+    await fundedAccount(plans, 'plan-free', 0);
+    const today = plans.clock.now().toISOString().slice(0, 10);
+    const before = await planOf('plan-free');
+    assert.deepEqual(before, {
+      plan_id: 'free',
+      plan_name: 'Free',
+      source: 'free',
+      meters: ['openai/gpt-5-mini'],
+      features: { projects: 1 },
+      rate_card: { id: 'standard', version: 1 },
+      recurring_grants: [
+        {
+          plan_id: 'free',
+          plan_name: 'Free',
+          credits: 50,
+          every: 'day',
+          period_start: today,
+          period_end: new Date(Date.parse(`${today}T00:00:00Z`) + 86_400_000).toISOString(),
+          grant: null,
+        },
+      ],
+    });
+    const written = await plans.database.db.query("select 1 from grants where account_id = 'plan-free'");
+    assert.equal(written.rowCount, 0, 'reading the plan gives no grant');
+    const { entitlements, ...rest } = { entitlements: (await plans.call('GET', '/v1/accounts/plan-free/entitlements')).body };
+    assert.deepEqual(rest, {});
+    for (const field of ['plan_id', 'source', 'meters', 'features', 'rate_card'])
+      assert.deepEqual(before[field], entitlements[field], `${field} as the entitlements call says`);
+
+    // The day's first read gives the grant; the plan read then shows it, and spends come out of it.
+    assert.equal((await plans.call('GET', '/v1/accounts/plan-free/balance')).body.available, 50);
+    await plans.call('POST', '/v1/accounts/plan-free/usage', { amount: 15, idempotency_key: uniqueId('u') });
+    const given = (await planOf('plan-free')).recurring_grants[0].grant;
+    assert.deepEqual([given.source, given.amount, given.remaining, given.state], ['recurring', 50, 35, 'live']);
+    assert.equal(given.expires_at, new Date(Date.parse(`${today}T00:00:00Z`) + 86_400_000).toISOString());
+
+    const plus = await subscribed('active', 'price_plus_monthly');
+    const onPlus = await planOf(plus);
+    assert.deepEqual(
+      [onPlus.plan_id, onPlus.plan_name, onPlus.source, onPlus.meters, onPlus.features],
+      ['plus', 'Plus', 'subscription', 'all', { projects: 10, custom_agents: true }],
+    );
+    assert.deepEqual(
+      onPlus.recurring_grants.map((grant: { plan_name: string; credits: number; every: string }) => [grant.plan_name, grant.credits, grant.every]),
+      [['Plus', 20, 'day']],
+    );
+    const unknown = await subscribed('active', 'price_plus_monthly', 'price_not_in_the_catalog');
+    const onNothing = await planOf(unknown);
+    assert.deepEqual([onNothing.plan_id, onNothing.plan_name, onNothing.source, onNothing.recurring_grants], [null, null, 'subscription', []]);
+  });
+
+  // Proves: accounts per plan count every account once, as a spend decides its plan: a trial
+  // and an active subscription apart, a cancelled subscription back on the free plan, a price
+  // outside the catalog on no plan; every catalog plan is listed, in its order, even with none.
+  it('counts the accounts on each plan, free plan and no plan included', async () => {
+    const before = (await plans.admin('GET', '/v1/admin/plans')).body;
+    await fundedAccount(plans, uniqueId('free'), 0);
+    await fundedAccount(plans, uniqueId('free'), 0);
+    await subscribed('trialing', 'price_plus_monthly');
+    await subscribed('past_due', 'price_plus_monthly');
+    await subscribed('active', 'price_pro_monthly');
+    await subscribed('canceled', 'price_pro_monthly');
+    await subscribed('active', 'price_plus_monthly', 'price_not_in_the_catalog');
+    const answer = (await plans.admin('GET', '/v1/admin/plans')).body;
+    const rows = (body: typeof answer) =>
+      body.plans.map((row: { plan_id: string | null; name: string | null; free: boolean; accounts: number; subscription: number; trial: number }) => [
+        row.plan_id,
+        row.name,
+        row.free,
+        row.accounts,
+        row.subscription,
+        row.trial,
+      ]);
+    const earlier = new Map(rows(before).map((row: unknown[]) => [row[0], row]));
+    const grown = rows(answer).map((row: [string | null, string | null, boolean, number, number, number]) => {
+      const was = earlier.get(row[0]) as number[];
+      return [row[0], row[1], row[2], row[3] - (was[3] ?? 0), row[4] - (was[4] ?? 0), row[5] - (was[5] ?? 0)];
+    });
+    assert.deepEqual(grown, [
+      ['free', 'Free', true, 3, 0, 0],
+      ['starter', 'Starter', false, 0, 0, 0],
+      ['plus', 'Plus', false, 2, 1, 1],
+      ['pro', 'Pro', false, 1, 1, 0],
+      [null, null, false, 1, 1, 0],
+    ]);
+    const { rows: total } = await plans.database.db.query<{ count: number }>('select count(*)::int as count from accounts');
+    assert.equal(answer.accounts, total[0]?.count);
+    assert.equal(
+      answer.plans.reduce((sum: number, row: { accounts: number }) => sum + row.accounts, 0),
+      answer.accounts,
+      'every account is on exactly one row',
+    );
+  });
+
+  // Proves: without a free plan every account without a live subscription is on no plan, and
+  // each catalog plan is still listed.
+  it('puts accounts on no plan when the catalog has no free plan', async () => {
+    await fundedAccount(test, uniqueId('noplan'), 0);
+    const answer = (await test.admin('GET', '/v1/admin/plans')).body;
+    assert.deepEqual(
+      answer.plans.map((row: { plan_id: string | null; free: boolean }) => [row.plan_id, row.free]),
+      [
+        ['starter', false],
+        ['plus', false],
+        ['pro', false],
+        [null, false],
+      ],
+    );
+    assert.ok(answer.accounts > 0);
+    assert.equal(answer.plans[3].accounts, answer.accounts, 'no account has a subscription in this file');
+    const plan = (await test.admin('GET', '/v1/admin/accounts/access-1/plan')).body;
+    assert.deepEqual([plan.plan_id, plan.plan_name, plan.source, plan.meters, plan.recurring_grants], [null, null, 'none', 'all', []]);
   });
 });

@@ -4,6 +4,8 @@ import { dashboardAssets, dashboardHtml, dashboardSecurityPolicy } from '../../d
 import {
   accountGrants,
   accountHolds,
+  accountPlan,
+  accountsPerPlan,
   accountSortColumns,
   balanceHistory,
   creditTotals,
@@ -14,11 +16,14 @@ import {
   searchAccounts,
   webhookEvent,
   type AccountSort,
+  type CatalogPlanName,
 } from '../../dashboard/reads.js';
 import {
   accountGrantsSchema,
   accountHoldsSchema,
+  accountPlanSchema,
   accountSearchSchema,
+  accountsPerPlanSchema,
   balanceHistorySchema,
   callerSchema,
   creditTotalsSchema,
@@ -44,6 +49,8 @@ import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 export interface DashboardRouteDependencies {
   db: Database;
   gateway: StripeGateway | undefined;
+  /** The catalog's plans, for their names and its order. */
+  plans: readonly CatalogPlanName[];
   /** The ledger's clock (tests move it); undefined means the database's. */
   clock?: (() => Date) | undefined;
 }
@@ -248,6 +255,32 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
         status: 200,
         body: await meterSpend(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }),
       }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/:id/plan',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        "An account's plan as GET /v1/accounts/{id}/entitlements answers it, with the catalog's plan names, and each recurring grant's current period (UTC) and the grant of that period if the account's first call of the period gave it; it never gives one",
+      responses: {
+        200: answer("the account's plan, entitlements and recurring grants with this period's", accountPlanSchema),
+        ...refusals('account_not_found'),
+      },
+      handler: async ({ params }) => ({
+        status: 200,
+        body: await accountPlan(db, accountId(params), { now: now(), plans: dependencies.plans }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/plans',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        "How many accounts are on each plan now (as a spend decides it): every plan of the catalog, its free plan included, then plans that subscriptions name but the catalog no longer has, then no plan",
+      responses: { 200: answer('the accounts per plan, in the catalog order, no plan last', accountsPerPlanSchema) },
+      handler: async () => ({ status: 200, body: await accountsPerPlan(db, dependencies.plans) }),
     }),
     defineRoute({
       method: 'GET',
