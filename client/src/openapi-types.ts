@@ -1853,7 +1853,7 @@ export interface paths {
                         "application/json": {
                             id: string;
                             /** @enum {string} */
-                            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+                            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
                             amount: number;
                             remaining: number;
                             priority: number;
@@ -4804,7 +4804,7 @@ export interface paths {
                             grants: {
                                 id: string;
                                 /** @enum {string} */
-                                source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+                                source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
                                 amount: number;
                                 remaining: number;
                                 priority: number;
@@ -5245,6 +5245,255 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/accounts/{id}/plan": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An account's plan as GET /v1/accounts/{id}/entitlements answers it, with the catalog's plan names, and each recurring grant's current period (UTC) and the grant of that period if the account's first call of the period gave it; it never gives one */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the account's plan, entitlements and recurring grants with this period's */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            plan_id: string | null;
+                            /** @enum {string} */
+                            source: "subscription" | "trial" | "free" | "none";
+                            meters: "all" | string[];
+                            features: {
+                                [key: string]: number | boolean | string;
+                            };
+                            rate_card: {
+                                id: string;
+                                version: number;
+                            } | null;
+                            recurring_grants: {
+                                plan_id: string;
+                                plan_name: string | null;
+                                credits: number;
+                                /** @enum {string} */
+                                every: "day" | "week" | "month";
+                                /** Format: date */
+                                period_start: string;
+                                /** Format: date-time */
+                                period_end: string;
+                                grant: {
+                                    id: string;
+                                    /** @enum {string} */
+                                    source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
+                                    amount: number;
+                                    remaining: number;
+                                    priority: number;
+                                    expires_at: string | null;
+                                    /** Format: date-time */
+                                    created_at: string;
+                                    reference: {
+                                        [key: string]: unknown;
+                                    };
+                                    /** @enum {string} */
+                                    state: "live" | "used_up" | "expired";
+                                } | null;
+                            }[];
+                            plan_name: string | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/plans": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** How many accounts are on each plan now (as a spend decides it): every plan of the catalog, its free plan included, then plans that subscriptions name but the catalog no longer has, then no plan */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the accounts per plan, in the catalog order, no plan last */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            accounts: number;
+                            plans: {
+                                plan_id: string | null;
+                                name: string | null;
+                                free: boolean;
+                                accounts: number;
+                                subscription: number;
+                                trial: number;
+                            }[];
+                        };
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
                     };
                 };
                 /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
@@ -7168,7 +7417,7 @@ export interface components {
         Grant: {
             id: string;
             /** @enum {string} */
-            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
             amount: number;
             remaining: number;
             priority: number;

@@ -264,6 +264,20 @@ describe('every answer of every route is described', () => {
       const answer = await call('GET', `/v1/accounts/${free}/entitlements`, undefined, on);
       assert.deepEqual([answer.status, answer.body.source], [200, 'free']);
       expectError(await call('GET', `/v1/accounts/${missing}/entitlements`, undefined, on), 404, 'account_not_found');
+      // The dashboard's plan read before and after the day's recurring grant (a grant of source
+      // `recurring`, which the account read lists), and the accounts per plan.
+      const onAdmin = { ...on, key: adminKey };
+      assert.equal((await call('GET', `/v1/admin/accounts/${free}/plan`, undefined, onAdmin)).body.recurring_grants[0].grant, null);
+      const account = await call('GET', `/v1/accounts/${free}`, undefined, on);
+      assert.deepEqual(
+        account.body.grants.map((grant: { source: string }) => grant.source),
+        ['recurring'],
+      );
+      const plan = await call('GET', `/v1/admin/accounts/${free}/plan`, undefined, onAdmin);
+      assert.equal(plan.body.recurring_grants[0].grant.source, 'recurring');
+      expectError(await call('GET', `/v1/admin/accounts/${missing}/plan`, undefined, onAdmin), 404, 'account_not_found');
+      const perPlan = await call('GET', '/v1/admin/plans', undefined, onAdmin);
+      assert.equal(perPlan.body.plans[0].plan_id, 'free');
       const gpt5 = { meter: 'openai/gpt-5', quantities: { output_tokens: 1000 } };
       expectError(await call('POST', `/v1/accounts/${free}/usage`, { ...gpt5, idempotency_key: 'ent-1' }, on), 403, 'meter_not_entitled');
       expectError(await call('POST', `/v1/accounts/${free}/holds`, { ...gpt5, idempotency_key: 'ent-2' }, on), 403, 'meter_not_entitled');
