@@ -492,7 +492,14 @@ export async function accountsPerPlan(db: Database, plans: readonly CatalogPlanN
   const row = (planId: string | null, name: string | null, free: boolean): PlanCount => {
     const found = counted.get(planId);
     counted.delete(planId);
-    return { plan_id: planId, name, free, accounts: found?.accounts ?? 0, subscription: found?.subscription ?? 0, trial: found?.trial ?? 0 };
+    return {
+      plan_id: planId,
+      name,
+      free,
+      accounts: found?.accounts ?? 0,
+      subscription: found?.subscription ?? 0,
+      trial: found?.trial ?? 0,
+    };
   };
   const listed = plans.map((plan) => row(plan.id, plan.name, plan.free === true));
   const none = row(null, null, false);

@@ -5,8 +5,19 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
-import { adminKey, appKey, createTestApp, fundedAccount, viewerKey, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, uniqueId } from '../helpers/stripe-events.js';
+import {
+  adminKey,
+  appKey,
+  createTestApp,
+  fundedAccount,
+  startWithFakeStripe,
+  stopWithFakeStripe,
+  viewerKey,
+  type TestApp,
+} from '../helpers/app.js';
+import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
+import type { FakeStripe } from '../helpers/fake-stripe.js';
+import { checkoutSession, deliver, event, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // The operators' dashboard in a real browser (Debian's Chromium driven by playwright-core),
 // against a real Tally on a real PostgreSQL, with data made through the API. Each page is
@@ -59,8 +70,8 @@ async function openPage(width = 1280): Promise<Page> {
   return page;
 }
 
-async function logIn(page: Page, key: string): Promise<void> {
-  await page.goto(`${base}/dashboard#/overview`);
+async function logIn(page: Page, key: string, at = base): Promise<void> {
+  await page.goto(`${at}/dashboard#/overview`);
   await page.fill('#key', key);
   await page.click('#login-form button[type="submit"]');
   await page.waitForSelector('[data-session="in"]');
@@ -158,6 +169,175 @@ describe('the page itself', () => {
       assert.doesNotMatch(text, /\b(?:from|import)\s*["'][@A-Za-z][\w@/.-]*["']/, `${url} has no import a browser cannot resolve`);
     }
     assert.equal((await fetch(`${base}/v1/admin/overview`)).status, 401);
+  });
+});
+
+describe('plans and settings in a browser', () => {
+  // A Tally of its own whose catalog has a free plan (gpt-5-mini only, 50 credits a day) and a
+  // plus plan (every meter, features, 20 credits a day), with Stripe faked for subscriptions.
+  let plans: TestApp;
+  let fake: FakeStripe;
+  let plansBase = '';
+  before(async () => {
+    ({ test: plans, fake } = await startWithFakeStripe({ catalog: entitlementsCatalog() }));
+    plansBase = await plans.app.listen({ port: 0, host: '127.0.0.1' });
+  });
+  after(() => stopWithFakeStripe(plans, fake));
+
+  /** An account subscribed to plus through Stripe's events, its customer with a default card. */
+  async function onPlus(accountId: string, status: string): Promise<void> {
+    const customer = uniqueId('cus');
+    const subscriptionId = uniqueId('sub');
+    await fundedAccount(plans, accountId, 500);
+    await deliver(
+      plans,
+      event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })),
+    );
+    const start = Math.floor(plans.clock.now().getTime() / 1000);
+    const object = subscription({
+      id: subscriptionId,
+      customer,
+      status,
+      price: 'price_plus_monthly',
+      start,
+      end: start + month,
+      trialEnd: status === 'trialing' ? start + 7 * 86400 : null,
+    });
+    await deliver(plans, event('customer.subscription.created', object, { created: start }));
+    await settleWebhooks(plans);
+    fake.customers.set(customer, { invoice_settings: { default_payment_method: 'pm_card_visa' } });
+  }
+
+  // Proves: the account page shows the plan by its catalog name, where it comes from, its
+  // meters, features, rate card and recurring grants with this period's grant, and its settings
+  // (limits with what was spent and when they reset, the threshold, auto top-up with its failures
+  // in a row), each as the API answers; an account without settings says so in words; the
+  // overview's accounts per plan is the API's answer row by row.
+  it("shows an account's plan, entitlements and settings, and the accounts per plan", async (t) => {
+    if (skipWithoutBrowser(t)) return;
+    await fundedAccount(plans, 'plain-free', 0);
+    await onPlus('plus-customer', 'active');
+    await onPlus('plus-trial', 'trialing');
+    const put = async (url: string, body: unknown) => {
+      const answer = await plans.call('PUT', url, body);
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    };
+    await put('/v1/accounts/plus-customer/limits', { per_day: 100, per_month: 2500 });
+    await put('/v1/accounts/plus-customer/low-balance-threshold', { threshold: 150 });
+    await put('/v1/accounts/plus-customer/auto-top-up', { enabled: true, threshold: 50, pack_id: 'pack_1000', max_per_month: 3 });
+    const spent = await plans.call('POST', '/v1/accounts/plus-customer/usage', { amount: 30, idempotency_key: uniqueId('u') });
+    assert.equal(spent.status, 200, JSON.stringify(spent.body));
+    // Two declined payments in a row, as the payer job counts them (auto-top-up tests cover how).
+    await plans.database.db.query(`update auto_top_ups set failures_in_row = 2 where account_id = 'plus-customer'`);
+
+    const page = await openPage();
+    await logIn(page, adminKey, plansBase);
+    await page.goto(`${plansBase}/dashboard#/accounts/plus-customer`);
+    await page.waitForSelector('#plan-name');
+    await seeText(page, '#plan-name', /^Plus \(plus\)$/);
+    await seeText(page, '#plan-source', /Subscription \(its subscription is active or past due\)/);
+    await seeText(page, '#plan-meters', /^Every meter$/);
+    await seeText(page, '#plan-rate-card', /standard, version 1/);
+    assert.equal(await page.getAttribute('#plan-rate-card a', 'href'), '#/rate-cards?card=standard&version=1');
+    const cells = (selector: string) =>
+      page.$$eval(`${selector} tbody tr`, (rows) =>
+        rows.map((tr) =>
+          [...tr.querySelectorAll('td')].map((td) => td.querySelector('.cell')?.textContent?.replace(/\s+/g, ' ').trim() ?? ''),
+        ),
+      );
+    assert.deepEqual(await cells('#plan-features'), [
+      ['projects', '10'],
+      ['custom_agents', 'yes'],
+    ]);
+    const plan = (await plans.admin('GET', '/v1/admin/accounts/plus-customer/plan')).body;
+    const grant = plan.recurring_grants[0].grant;
+    assert.ok(grant !== null, 'the page load (its account read) gave the day’s grant');
+    const today = plans.clock.now().toISOString().slice(0, 10);
+    await seeText(page, '#recurring-grants tbody', /Plus \(plus\)\s*20\s*every UTC day/);
+    await seeText(page, '#recurring-grants tbody', new RegExp(`from ${today} until`));
+    // The day's spend came out of it first (it expires soonest): used up, as the API says.
+    assert.deepEqual([grant.remaining, grant.state], [0, 'used_up']);
+    await seeText(page, '#recurring-grants tbody', new RegExp(`0 of 20 left\\s*used up\\s*${grant.id}`));
+
+    const limits = (await plans.call('GET', '/v1/accounts/plus-customer/limits')).body;
+    assert.deepEqual(limits.spent, { day: 30, month: 30 });
+    const limitRows = await cells('#spend-limits');
+    assert.deepEqual(
+      limitRows.map((row) => row.slice(0, 4)),
+      [
+        ['Day (UTC)', '100', '30', '70'],
+        ['Month (UTC)', '2,500', '30', '2,470'],
+      ],
+    );
+    assert.match(limitRows[0]?.[4] ?? '', new RegExp(limits.resets_at.day.slice(0, 10)), 'the day window resets when the API says');
+    assert.match(limitRows[1]?.[4] ?? '', new RegExp(limits.resets_at.month.slice(0, 10)));
+    await seeText(page, '#low-balance-threshold', /150 credits: a balance\.low event is sent when available falls below it/);
+    await seeText(
+      page,
+      '#auto-top-up',
+      /on\s*Auto top-up is on: it buys pack_1000 when available falls below 50 credits, at most 3 a month/,
+    );
+    await seeText(page, '#auto-top-up', /2 failed payments in a row \(3 turn it off\)/);
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'account-plan.png'), fullPage: true });
+
+    // The same account once three failures turned auto top-up off.
+    await plans.database.db.query(`update auto_top_ups set failures_in_row = 3, enabled = false where account_id = 'plus-customer'`);
+    await page.click('.page-head button');
+    await seeText(page, '#auto-top-up', /Auto top-up is off \(turned off after 3 failed payments in a row/);
+
+    await page.goto(`${plansBase}/dashboard#/accounts/plain-free`);
+    await page.waitForSelector('#plan-name');
+    await seeText(page, '#plan-name', /^Free \(free\)$/);
+    await seeText(page, '#plan-source', /Free plan \(no live subscription, so the catalog's free plan applies\)/);
+    await seeText(page, '#plan-meters', /^openai\/gpt-5-mini$/);
+    await seeText(page, '#recurring-grants tbody', /Free \(free\)\s*50\s*every UTC day.*50 of 50 left\s*live/s);
+    await seeText(page, '#spend-limits', /No spend limits: spends are not capped per day or per month\. Spent today 0, this month 0/);
+    await seeText(page, '#low-balance-threshold', /No low-balance threshold/);
+    await seeText(page, '#auto-top-up', /Auto top-up is off: it was never set up for this account\./);
+
+    await page.goto(`${plansBase}/dashboard#/overview`);
+    await page.waitForSelector('#accounts-per-plan tbody tr');
+    const perPlan = (await plans.admin('GET', '/v1/admin/plans')).body;
+    const percent = (count: number) => `${((count / perPlan.accounts) * 100).toFixed(1)} %`;
+    const expected = perPlan.plans.map(
+      (row: { plan_id: string | null; name: string | null; free: boolean; accounts: number; subscription: number; trial: number }) => [
+        row.plan_id === null
+          ? 'No plan (no live subscription and no free plan, or a price outside the catalog)'
+          : `${row.name} (${row.plan_id})${row.free ? ' free plan' : ''}`,
+        grouped(row.accounts),
+        row.free ? '—' : grouped(row.subscription),
+        row.free ? '—' : grouped(row.trial),
+        percent(row.accounts),
+      ],
+    );
+    await seeText(page, '#accounts-per-plan caption', new RegExp(`each of the ${perPlan.accounts} accounts`));
+    assert.deepEqual(await cells('#accounts-per-plan'), expected);
+    assert.deepEqual(
+      expected.map((row: string[]) => row.slice(0, 4)),
+      [
+        ['Free (free) free plan', '1', '—', '—'],
+        ['Starter (starter)', '0', '0', '0'],
+        ['Plus (plus)', '2', '1', '1'],
+        ['Pro (pro)', '0', '0', '0'],
+        ['No plan (no live subscription and no free plan, or a price outside the catalog)', '0', '0', '0'],
+      ],
+    );
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'overview-plans.png'), fullPage: true });
+    await page.close();
+
+    // At 420 px the new sections fit too.
+    const narrow = await openPage(420);
+    await logIn(narrow, viewerKey, plansBase);
+    await narrow.waitForSelector('#accounts-per-plan tbody tr');
+    await assertNoOverflow(narrow, 420);
+    await narrow.goto(`${plansBase}/dashboard#/accounts/plus-customer`);
+    await narrow.waitForSelector('#plan-features tbody tr');
+    await narrow.waitForSelector('#spend-limits tbody tr');
+    await assertNoOverflow(narrow, 420);
+    await narrow.screenshot({ path: join(artifacts, 'account-plan-420.png'), fullPage: true });
+    await narrow.close();
   });
 });
 

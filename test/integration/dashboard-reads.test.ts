@@ -1,15 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
-import {
-  appKey,
-  createTestApp,
-  fundedAccount,
-  startWithFakeStripe,
-  stopWithFakeStripe,
-  viewerKey,
-  type TestApp,
-} from '../helpers/app.js';
+import { appKey, createTestApp, fundedAccount, startWithFakeStripe, stopWithFakeStripe, viewerKey, type TestApp } from '../helpers/app.js';
 import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
 import type { FakeStripe } from '../helpers/fake-stripe.js';
 import { checkoutSession, deliver, event, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
@@ -596,6 +588,9 @@ describe('plans on the dashboard', () => {
     await fundedAccount(plans, 'plan-free', 0);
     const today = plans.clock.now().toISOString().slice(0, 10);
     const before = await planOf('plan-free');
+    const entitlements = (await plans.call('GET', '/v1/accounts/plan-free/entitlements')).body;
+    for (const field of ['plan_id', 'source', 'meters', 'features', 'rate_card'])
+      assert.deepEqual(before[field], entitlements[field], `${field} as the entitlements call says`);
     assert.deepEqual(before, {
       plan_id: 'free',
       plan_name: 'Free',
@@ -617,9 +612,6 @@ describe('plans on the dashboard', () => {
     });
     const written = await plans.database.db.query("select 1 from grants where account_id = 'plan-free'");
     assert.equal(written.rowCount, 0, 'reading the plan gives no grant');
-    const entitlements = (await plans.call('GET', '/v1/accounts/plan-free/entitlements')).body;
-    for (const field of ['plan_id', 'source', 'meters', 'features', 'rate_card'])
-      assert.deepEqual(before[field], entitlements[field], `${field} as the entitlements call says`);
 
     // The day's first read gives the grant; the plan read then shows it, and spends come out of it.
     assert.equal((await plans.call('GET', '/v1/accounts/plan-free/balance')).body.available, 50);
@@ -635,12 +627,19 @@ describe('plans on the dashboard', () => {
       ['plus', 'Plus', 'subscription', 'all', { projects: 10, custom_agents: true }],
     );
     assert.deepEqual(
-      onPlus.recurring_grants.map((grant: { plan_name: string; credits: number; every: string }) => [grant.plan_name, grant.credits, grant.every]),
+      onPlus.recurring_grants.map((grant: { plan_name: string; credits: number; every: string }) => [
+        grant.plan_name,
+        grant.credits,
+        grant.every,
+      ]),
       [['Plus', 20, 'day']],
     );
     const unknown = await subscribed('active', 'price_plus_monthly', 'price_not_in_the_catalog');
     const onNothing = await planOf(unknown);
-    assert.deepEqual([onNothing.plan_id, onNothing.plan_name, onNothing.source, onNothing.recurring_grants], [null, null, 'subscription', []]);
+    assert.deepEqual(
+      [onNothing.plan_id, onNothing.plan_name, onNothing.source, onNothing.recurring_grants],
+      [null, null, 'subscription', []],
+    );
   });
 
   // Proves: accounts per plan count every account once, as a spend decides its plan: a trial
@@ -657,14 +656,16 @@ describe('plans on the dashboard', () => {
     await subscribed('active', 'price_plus_monthly', 'price_not_in_the_catalog');
     const answer = (await plans.admin('GET', '/v1/admin/plans')).body;
     const rows = (body: typeof answer) =>
-      body.plans.map((row: { plan_id: string | null; name: string | null; free: boolean; accounts: number; subscription: number; trial: number }) => [
-        row.plan_id,
-        row.name,
-        row.free,
-        row.accounts,
-        row.subscription,
-        row.trial,
-      ]);
+      body.plans.map(
+        (row: { plan_id: string | null; name: string | null; free: boolean; accounts: number; subscription: number; trial: number }) => [
+          row.plan_id,
+          row.name,
+          row.free,
+          row.accounts,
+          row.subscription,
+          row.trial,
+        ],
+      );
     const earlier = new Map(rows(before).map((row: unknown[]) => [row[0], row]));
     const grown = rows(answer).map((row: [string | null, string | null, boolean, number, number, number]) => {
       const was = earlier.get(row[0]) as number[];

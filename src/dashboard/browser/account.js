@@ -1,5 +1,6 @@
 // One account: who it is, its balance and balance over time, its spend by meter, its
-// subscription and trial, its grants (live and past), pending holds (void one), the ledger (a
+// subscription and trial, its plan and entitlements, its settings (spend limits, low-balance
+// threshold, auto top-up), its grants (live and past), pending holds (void one), the ledger (a
 // priced entry with its meter, quantities, exact cost and rate card version) and the events the
 // app was told about; and, with the admin key, grant and adjust, each with a reason and a
 // confirmation.
@@ -8,6 +9,7 @@ import { path, query } from './api.js';
 import { RangePicker, TimeChart } from './chart.js';
 import { AccountActions, VoidHold } from './actions.js';
 import { PricedSummary } from './ratecards.js';
+import { PlanAndEntitlements, Settings } from './plans.js';
 import { Badge, credits, decimal, Figure, html, Id, Json, Loading, Pager, Problem, signed, Table, Time, useLoad } from './ui.js';
 
 const pageSize = 25;
@@ -37,6 +39,8 @@ export function Account({ api, accountId, canAct }) {
           <${Balance} account=${data} />
           <${Subscription} account=${data} />
         </div>
+        <${PlanAndEntitlements} api=${api} accountId=${accountId} version=${version} />
+        <${Settings} account=${data} />
         ${canAct ? html`<${AccountActions} api=${api} accountId=${accountId} onDone=${changed} />` : null}
         <${BalanceChart} api=${api} accountId=${accountId} version=${version} />
         <${MeterSpend} api=${api} accountId=${accountId} version=${version} />

@@ -278,7 +278,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary:
-        "How many accounts are on each plan now (as a spend decides it): every plan of the catalog, its free plan included, then plans that subscriptions name but the catalog no longer has, then no plan",
+        'How many accounts are on each plan now (as a spend decides it): every plan of the catalog, its free plan included, then plans that subscriptions name but the catalog no longer has, then no plan',
       responses: { 200: answer('the accounts per plan, in the catalog order, no plan last', accountsPerPlanSchema) },
       handler: async () => ({ status: 200, body: await accountsPerPlan(db, dependencies.plans) }),
     }),
