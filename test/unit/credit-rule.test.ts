@@ -10,6 +10,7 @@ import {
   periodKey,
   proratedCredits,
 } from '../../src/billing/credit-rule.js';
+import { proportionalCredits } from '../../src/billing/payments.js';
 import * as model from '../../simulation/model.js';
 
 // The credit rule's arithmetic (src/billing/credit-rule.ts) against oracles that share nothing
@@ -190,4 +191,37 @@ it('a full yearly line grants every month its whole credits; a line of one month
 it('keys a period grant by subscription, item and start, and by subscription and start for months before items', () => {
   assert.equal(periodKey('sub_1', 'si_1', 1700000000), 'period:sub_1:si_1:1700000000');
   assert.equal(periodKey('sub_1', undefined, 1700000000), 'period:sub_1:1700000000');
+});
+
+it("takes a refund's share of a payment's credits by the invoice's total, rounded down, and nothing for nothing", () => {
+  const payment = (credits: number, total: number | null, amountPaid: number) => ({
+    id: 1,
+    account_id: 'a',
+    amount_paid: amountPaid,
+    total,
+    credits,
+    clawed_back: 0,
+    prorated_back: 0,
+  });
+  // SPEC: the proportion is of the invoice's total, before the customer's Stripe balance.
+  assert.equal(proportionalCredits(payment(4000, 1000, 400), 400), 1600);
+  assert.equal(proportionalCredits(payment(4000, null, 400), 400), 4000, 'recorded before totals: amount_paid stands in');
+  assert.equal(proportionalCredits(payment(4000, 3000, 3000), 1000), 1333);
+  assert.equal(proportionalCredits(payment(4000, 1000, 1000), 5000), 4000, 'never more than the payment granted');
+  assert.equal(proportionalCredits(payment(4000, 1000, 1000), 0), 0);
+  assert.equal(proportionalCredits(payment(4000, 1000, 1000), -10), 0, 'a negative amount takes nothing back');
+  // A payment of nothing (a 100 % coupon) has no share to take, and must not divide by zero.
+  assert.equal(proportionalCredits(payment(4000, 0, 0), 100), 0);
+  assert.equal(proportionalCredits(payment(4000, -500, 0), 100), 0);
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 10_000_000 }),
+      fc.integer({ min: 1, max: 1_000_000 }),
+      fc.integer({ min: 1, max: 2_000_000 }),
+      (credits, total, amount) => {
+        const got = proportionalCredits(payment(credits, total, total), amount);
+        assert.equal(got, exactShare(BigInt(credits) * BigInt(Math.min(amount, total)), BigInt(total), false));
+      },
+    ),
+  );
 });
