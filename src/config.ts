@@ -33,6 +33,7 @@ const environmentSchema = z.object({
   STRIPE_API_BASE: optionalText.pipe(z.url().optional()),
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
   TALLY_CHECKOUT_URL_HOSTS: optionalText,
+  TALLY_EVENTS_ALLOW_PRIVATE: z.enum(['', '0', '1', 'false', 'true']).default(''),
   TALLY_PAGERDUTY_ROUTING_KEY: optionalText,
   TALLY_RECONCILE_INTERVAL_HOURS: z.coerce
     .number()
@@ -70,6 +71,8 @@ export interface Config {
   alertWebhookUrls: string[];
   /** The only hosts a checkout's success_url and cancel_url may name; empty: any https host. */
   checkoutUrlHosts: string[];
+  /** Event endpoints may name private and loopback hosts, and plain http to loopback (development only). */
+  eventsAllowPrivate: boolean;
   pagerDutyRoutingKey: string | undefined;
   reconcileIntervalHours: number;
   logLevel: Environment['LOG_LEVEL'];
@@ -132,6 +135,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     stripeApiBase: value.STRIPE_API_BASE,
     alertWebhookUrls: splitList(value.TALLY_ALERT_WEBHOOK_URLS),
     checkoutUrlHosts: splitList(value.TALLY_CHECKOUT_URL_HOSTS).map((host) => host.toLowerCase()),
+    eventsAllowPrivate: value.TALLY_EVENTS_ALLOW_PRIVATE === '1' || value.TALLY_EVENTS_ALLOW_PRIVATE === 'true',
     pagerDutyRoutingKey: value.TALLY_PAGERDUTY_ROUTING_KEY,
     reconcileIntervalHours: value.TALLY_RECONCILE_INTERVAL_HOURS,
     logLevel: value.LOG_LEVEL,

@@ -5942,7 +5942,7 @@ export interface paths {
                         };
                     };
                 };
-                /** @description invalid_request: a URL that is not https (http only to this machine), or an unknown event type */
+                /** @description invalid_request: a URL that is not https, or whose host is or resolves to a loopback, private, link-local or unique-local address (unless TALLY_EVENTS_ALLOW_PRIVATE=1), or an unknown event type */
                 400: {
                     headers: {
                         [name: string]: unknown;

@@ -3,6 +3,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import { z } from 'zod';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Database } from '../db/database.js';
+import type { DestinationPolicy } from '../events/destinations.js';
 import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
 import type { RateCards } from '../pricing/rate-cards.js';
@@ -66,6 +67,8 @@ export interface ServerOptions {
   version: string;
   stripe: StripeRouteDependencies;
   operations: OperationsRouteDependencies;
+  /** Which hosts the app's event endpoints may name. */
+  eventDestinations: DestinationPolicy;
   /** The time of top-ups started by a setting; the database's clock when undefined. */
   clock?: (() => Date) | undefined;
 }
@@ -202,7 +205,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     ...stripeRoutes(options.stripe, limiters),
     ...operationsRoutes(options.operations),
     ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }),
-    ...eventRoutes(options.db),
+    ...eventRoutes(options.db, options.eventDestinations),
     ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }),
     ...healthRoutes(options),
   ];

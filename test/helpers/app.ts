@@ -7,6 +7,7 @@ import type { RateLimitSettings } from '../../src/http/rate-limits.js';
 import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
 import type { DeliveryOptions } from '../../src/events/delivery.js';
+import type { DestinationPolicy } from '../../src/events/destinations.js';
 import { sequenceEvents } from '../../src/events/event-log.js';
 import type { WorkerOptions } from '../../src/webhooks/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
@@ -69,6 +70,8 @@ export interface TestAppOptions {
   checkoutUrlHosts?: string[];
   workerOptions?: Partial<WorkerOptions>;
   eventDeliveryOptions?: Partial<DeliveryOptions>;
+  /** Which hosts event endpoints may name; tests delivering to a local receiver allow private ones. */
+  eventDestinations?: Partial<DestinationPolicy>;
   breakerHalfOpenAfterMilliseconds?: number;
   clock?: TestClock;
   httpLimits?: Partial<HttpLimits>;
@@ -103,6 +106,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     webhookSecrets: [webhookSecret],
     workerOptions: { ...testWorkerOptions, ...options.workerOptions },
     eventDeliveryOptions: { timeoutMilliseconds: 1000, ...options.eventDeliveryOptions },
+    eventDestinations: options.eventDestinations,
     sweepIntervalSeconds: 60,
     clock: clock.now,
   });

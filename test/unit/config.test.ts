@@ -33,6 +33,14 @@ describe('configuration', () => {
     );
   });
 
+  it('allows private event endpoints only when TALLY_EVENTS_ALLOW_PRIVATE says so, and refuses other values', () => {
+    // Proves the development switch is off by default and that a typo stops the start rather than guessing.
+    assert.equal(loadConfig({}).eventsAllowPrivate, false);
+    assert.equal(loadConfig({ TALLY_EVENTS_ALLOW_PRIVATE: '1' }).eventsAllowPrivate, true);
+    assert.equal(loadConfig({ TALLY_EVENTS_ALLOW_PRIVATE: '0' }).eventsAllowPrivate, false);
+    assert.throws(() => loadConfig({ TALLY_EVENTS_ALLOW_PRIVATE: 'yes' }), /TALLY_EVENTS_ALLOW_PRIVATE/);
+  });
+
   it('generates keys once into the data folder (mode 0600) and reuses them', () => {
     const directory = mkdtempSync(join(tmpdir(), 'tally-keys-'));
     const config = loadConfig({ TALLY_DATA_DIR: directory });

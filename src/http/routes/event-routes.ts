@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Database } from '../../db/database.js';
 import { accountNotFound } from '../../errors.js';
 import { createEndpoint, deleteEndpoint, enableEndpoint, getEndpoint, listEndpoints } from '../../events/endpoints.js';
+import type { DestinationPolicy } from '../../events/destinations.js';
 import { eventTypes, eventsPageSizeMax, readEvents } from '../../events/event-log.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import { eventSchema, webhookEndpointSchema } from '../entities.js';
@@ -12,7 +13,7 @@ import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 const endpointNotFound = refusals('endpoint_not_found');
 
-export function eventRoutes(db: Database): RouteDefinition[] {
+export function eventRoutes(db: Database, destinations: DestinationPolicy): RouteDefinition[] {
   return [
     defineRoute({
       method: 'GET',
@@ -79,9 +80,12 @@ export function eventRoutes(db: Database): RouteDefinition[] {
             secret: z.string().regex(/^whsec_/),
           }),
         ),
-        ...refusals(['invalid_request', 'a URL that is not https (http only to this machine), or an unknown event type']),
+        ...refusals([
+          'invalid_request',
+          'a URL that is not https, or whose host is or resolves to a loopback, private, link-local or unique-local address (unless TALLY_EVENTS_ALLOW_PRIVATE=1), or an unknown event type',
+        ]),
       },
-      handler: async ({ body }) => ({ status: 201, body: await createEndpoint(db, body) }),
+      handler: async ({ body }) => ({ status: 201, body: await createEndpoint(db, body, destinations) }),
     }),
     defineRoute({
       method: 'GET',
