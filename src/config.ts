@@ -21,6 +21,7 @@ const environmentSchema = z.object({
   TALLY_API_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   TALLY_ADMIN_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   TALLY_VIEWER_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
+  TALLY_METRICS_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   NODE_ENV: optionalText,
   TALLY_PLANS: z.string().min(1).default('plans.example.json'),
   TALLY_DB_POOL_SIZE: z.coerce.number().int().min(2).max(200).default(20),
@@ -56,6 +57,8 @@ export interface Config {
   apiKey: string | undefined;
   adminKey: string | undefined;
   viewerKey: string | undefined;
+  /** Opens /metrics only (Prometheus). */
+  metricsKey: string | undefined;
   /** NODE_ENV=production: settings that only development may leave out are required. */
   production: boolean;
   plansPath: string;
@@ -113,6 +116,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     TALLY_API_KEY: value.TALLY_API_KEY,
     TALLY_ADMIN_KEY: value.TALLY_ADMIN_KEY,
     TALLY_VIEWER_KEY: value.TALLY_VIEWER_KEY,
+    TALLY_METRICS_KEY: value.TALLY_METRICS_KEY,
   });
   return {
     databaseUrl: value.DATABASE_URL,
@@ -123,6 +127,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     apiKey: value.TALLY_API_KEY,
     adminKey: value.TALLY_ADMIN_KEY,
     viewerKey: value.TALLY_VIEWER_KEY,
+    metricsKey: value.TALLY_METRICS_KEY,
     production,
     plansPath: resolve(value.TALLY_PLANS),
     databasePoolSize: value.TALLY_DB_POOL_SIZE,
@@ -174,6 +179,8 @@ export interface ApiKeys {
   adminKey: string;
   /** The read-only key (TALLY_VIEWER_KEY), when set. */
   viewerKey?: string | undefined;
+  /** The key for /metrics alone (TALLY_METRICS_KEY), when set. */
+  metricsKey?: string | undefined;
   /** Where they come from: both set in the environment, or the data folder's keys.json. */
   source: 'environment' | 'data-folder';
   /** True when this start generated them. */
@@ -188,10 +195,15 @@ const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16), adminKey: 
  */
 export function resolveApiKeys(config: Config): ApiKeys {
   const keys = resolveAppAndAdminKeys(config);
-  const all = { TALLY_API_KEY: keys.apiKey, TALLY_ADMIN_KEY: keys.adminKey, TALLY_VIEWER_KEY: config.viewerKey };
+  const all = {
+    TALLY_API_KEY: keys.apiKey,
+    TALLY_ADMIN_KEY: keys.adminKey,
+    TALLY_VIEWER_KEY: config.viewerKey,
+    TALLY_METRICS_KEY: config.metricsKey,
+  };
   // A key from the environment may equal one kept in the data folder; checked once both are known.
   checkDistinctKeys(all);
-  return { ...keys, viewerKey: config.viewerKey };
+  return { ...keys, viewerKey: config.viewerKey, metricsKey: config.metricsKey };
 }
 
 function resolveAppAndAdminKeys(config: Config): ApiKeys {

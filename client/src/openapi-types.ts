@@ -2605,6 +2605,15 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
+                /** @description forbidden: the viewer key never reads personal data */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
                 /** @description account_not_found: no account with this id */
                 404: {
                     headers: {
@@ -2717,6 +2726,15 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
+                /** @description forbidden: the viewer key never reads personal data */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
                 /** @description account_not_found: no account with this id */
                 404: {
                     headers: {
@@ -2820,7 +2838,7 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description forbidden: the viewer key never reads personal data */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -4544,7 +4562,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset` */
+        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`. With the viewer key, emails and names are masked, `search` does not match emails and `sort=email` is refused (403) */
         get: {
             parameters: {
                 query?: {
@@ -5330,7 +5348,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to */
+        /** One stored Stripe event: its payload (null for the viewer key: it carries personal data), status, attempts, last error, next attempt and the account it was applied to */
         get: {
             parameters: {
                 query?: never;
@@ -5367,7 +5385,7 @@ export interface paths {
                             api_version: string | null;
                             payload: {
                                 [key: string]: unknown;
-                            };
+                            } | null;
                         };
                     };
                 };
@@ -5838,7 +5856,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered */
+        /** Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered (the viewer key reads each URL as its scheme and host only: paths often carry a token) */
         get: {
             parameters: {
                 query?: never;
@@ -6033,7 +6051,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One endpoint with its delivery state */
+        /** One endpoint with its delivery state (its URL as scheme and host only for the viewer key) */
         get: {
             parameters: {
                 query?: never;
@@ -6679,7 +6697,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Prometheus metrics (admin or viewer key) */
+        /** Prometheus metrics (admin, viewer or metrics key) */
         get: {
             parameters: {
                 query?: never;

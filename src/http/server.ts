@@ -283,9 +283,9 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
     defineRoute({
       method: 'GET',
       url: '/metrics',
-      access: 'admin',
+      access: 'metrics',
       tag: 'operations',
-      summary: 'Prometheus metrics (admin or viewer key)',
+      summary: 'Prometheus metrics (admin, viewer or metrics key)',
       responses: { 200: { description: 'Prometheus text format', contentType: 'text/plain' } },
       handler: async () => ({
         status: 200,

@@ -28,6 +28,7 @@ export class TestClock {
 export const appKey = 'test-app-key-0123456789';
 export const adminKey = 'test-admin-key-0123456789';
 export const viewerKey = 'test-viewer-key-0123456789';
+export const metricsKey = 'test-metrics-key-0123456789';
 
 export const webhookSecret = 'whsec_test_secret_0123456789';
 
@@ -92,7 +93,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
   const parts = await assemble({
     db: database.db,
     catalog: options.catalog ?? testCatalog(options.adjustmentCreditsMax, options.grantCreditsMax),
-    keys: { apiKey: appKey, adminKey, viewerKey },
+    keys: { apiKey: appKey, adminKey, viewerKey, metricsKey },
     httpLimits: options.httpLimits,
     rateLimits: options.rateLimits,
     logger: pino({ level: 'silent' }),

@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { ConfigError, loadConfig, resolveApiKeys } from '../../src/config.js';
 import { deliverAlerts, parseSinks } from '../../src/ops/alert-sinks.js';
 import { raiseAlert } from '../../src/ops/alerts.js';
-import { adminKey, appKey, createTestApp, fundedAccount, viewerKey, type TestApp } from '../helpers/app.js';
+import { adminKey, appKey, createTestApp, fundedAccount, metricsKey, viewerKey, type TestApp } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { deliver, event, signedHeader } from '../helpers/stripe-events.js';
 
@@ -239,7 +239,6 @@ describe('headers, the viewer key, and what is never answered', () => {
       '/v1/admin/alerts',
       '/v1/admin/accounts',
       '/v1/admin/webhook-events',
-      '/v1/accounts/limit-ok/export',
       '/metrics',
     ]) {
       assert.equal(await read(url), 200, url);
@@ -256,6 +255,74 @@ describe('headers, the viewer key, and what is never answered', () => {
       assert.equal(response.status, 403, url);
       assert.equal(response.body.error.code, 'forbidden');
     }
+  });
+
+  // Proves: the viewer key never reaches personal data (SPEC): the GDPR export, trial
+  // eligibility and client references are refused; emails and names are masked wherever an
+  // account is read; search never matches an email; a Stripe event's payload is left out; an
+  // endpoint URL shows only its scheme and host. The admin key still reads all of it.
+  it('keeps personal data from the viewer key', async () => {
+    const email = 'jane.doe@example.com';
+    assert.equal((await test.call('PUT', '/v1/accounts/pd-viewer', { email, name: 'Jane Doe' })).status, 200);
+    const asViewer = async (url: string) => test.call('GET', url, undefined, viewerKey);
+    for (const url of [
+      '/v1/accounts/pd-viewer/export',
+      '/v1/accounts/pd-viewer/client-reference',
+      `/v1/accounts/pd-viewer/trial-eligibility?email=${encodeURIComponent(email)}`,
+      '/v1/admin/accounts/search?sort=email',
+    ]) {
+      const refused = await asViewer(url);
+      assert.equal(refused.status, 403, url);
+      assert.equal(refused.body.error.code, 'forbidden', url);
+      assert.equal((await test.admin('GET', url)).status, 200, `admin ${url}`);
+    }
+    const account = (await asViewer('/v1/accounts/pd-viewer')).body;
+    assert.equal(account.email, 'j***@e***.com');
+    assert.equal(account.name, 'J***');
+    assert.equal((await test.admin('GET', '/v1/accounts/pd-viewer')).body.email, email);
+    assert.equal((await asViewer('/v1/admin/accounts/search?search=jane')).body.accounts.length, 0, 'no match on the email');
+    assert.equal((await test.admin('GET', '/v1/admin/accounts/search?search=jane')).body.accounts.length, 1);
+    const searched = (await asViewer('/v1/admin/accounts/search?search=pd-viewer')).body.accounts;
+    assert.deepEqual([searched[0].email, searched[0].name], ['j***@e***.com', 'J***']);
+    const listed = (await asViewer('/v1/admin/accounts?search=pd-viewer')).body.accounts;
+    assert.equal(listed[0].name, 'J***');
+
+    const stored = event('customer.updated', { id: 'cus_pd', object: 'customer', email, address: { line1: '1 Private Road' } });
+    await deliver(test, stored);
+    assert.equal((await asViewer(`/v1/admin/webhook-events/${stored.id}`)).body.payload, null);
+    assert.equal((await test.admin('GET', `/v1/admin/webhook-events/${stored.id}`)).body.payload.data.object.email, email);
+
+    const endpoint = await test.admin('POST', '/v1/admin/webhook-endpoints', { url: 'https://93.184.215.14/hooks/tok_secret?key=abc' });
+    assert.equal(endpoint.status, 201);
+    const endpoints = (await asViewer('/v1/admin/webhook-endpoints')).body.endpoints;
+    assert.deepEqual(
+      endpoints.map((item: { url: string }) => item.url),
+      ['https://93.184.215.14/***'],
+    );
+    assert.equal((await asViewer(`/v1/admin/webhook-endpoints/${endpoint.body.id}`)).body.url, 'https://93.184.215.14/***');
+    await test.admin('DELETE', `/v1/admin/webhook-endpoints/${endpoint.body.id}`);
+
+    // Nothing the viewer read above spells the email, the name or the endpoint's token.
+    const read = JSON.stringify([account, searched, listed, endpoints]);
+    for (const secret of [email, 'Jane Doe', 'tok_secret']) assert.ok(!read.includes(secret), secret);
+  });
+
+  // Proves: TALLY_METRICS_KEY opens /metrics and nothing else, read or write.
+  it('lets the metrics key read /metrics only', async () => {
+    const metrics = await test.call('GET', '/metrics', undefined, metricsKey);
+    assert.equal(metrics.status, 200);
+    assert.match(String(metrics.body), /tally_/);
+    for (const [method, url] of [
+      ['GET', '/v1/accounts/limit-ok/balance'],
+      ['GET', '/v1/admin/alerts'],
+      ['GET', '/v1/admin/caller'],
+      ['POST', '/v1/accounts/limit-ok/usage'],
+    ] as const) {
+      const refused = await test.call(method, url, method === 'POST' ? { amount: 1, idempotency_key: 'metrics-1' } : undefined, metricsKey);
+      assert.equal(refused.status, 403, url);
+      assert.equal(refused.body.error.code, 'forbidden');
+    }
+    assert.equal((await test.call('GET', '/metrics', undefined, appKey)).status, 403, 'the app key does not read metrics');
   });
 
   // Proves: alert sink URLs (a Slack webhook URL is a secret) are never returned by

@@ -41,6 +41,16 @@ describe('configuration', () => {
     assert.throws(() => loadConfig({ TALLY_EVENTS_ALLOW_PRIVATE: 'yes' }), /TALLY_EVENTS_ALLOW_PRIVATE/);
   });
 
+  it('reads TALLY_METRICS_KEY and refuses it equal to another key, naming both', () => {
+    // Proves the metrics key is a key of its own: one equal to the viewer key would make the two indistinguishable.
+    assert.equal(loadConfig({ TALLY_METRICS_KEY: 'm'.repeat(20) }).metricsKey, 'm'.repeat(20));
+    assert.throws(
+      () => loadConfig({ TALLY_VIEWER_KEY: 'v'.repeat(20), TALLY_METRICS_KEY: 'v'.repeat(20) }),
+      /TALLY_VIEWER_KEY, TALLY_METRICS_KEY: must differ/,
+    );
+    assert.throws(() => loadConfig({ TALLY_METRICS_KEY: 'short' }), /TALLY_METRICS_KEY/);
+  });
+
   it('generates keys once into the data folder (mode 0600) and reuses them', () => {
     const directory = mkdtempSync(join(tmpdir(), 'tally-keys-'));
     const config = loadConfig({ TALLY_DATA_DIR: directory });
