@@ -197,6 +197,53 @@ describe("Stripe's refusals", () => {
   });
 });
 
+describe("Stripe's outages", () => {
+  // Proves: for a Stripe 5xx, a 429 and a network error the caller reads 503 stripe_unavailable
+  // in Tally's words, never Stripe's text (which may name hosts, accounts or requests).
+  it("answers 503 stripe_unavailable in Tally's words for 5xx, 429 and network errors", async () => {
+    const stripe = await new FakeStripe().start();
+    const app = await createTestApp({
+      database: test.database,
+      stripeApiBase: stripe.url,
+      rateLimits: { checkoutsPerAccountPerMinuteMax: 100 },
+    });
+    try {
+      await fundedAccount(app, 'stripe-outage', 0);
+      const attempt = async (path: string) =>
+        app.call('POST', '/v1/accounts/stripe-outage/checkout', { ...checkoutBody, success_url: `https://app.test/${path}` });
+      stripe.refusal = {
+        status: 503,
+        body: { error: { type: 'api_error', message: 'upstream pod ip-10-0-3-7 acct_1SecretInternal down' } },
+      };
+      const unavailable = await attempt('a');
+      stripe.refusal = {
+        status: 429,
+        body: { error: { type: 'rate_limit_error', message: 'Too many requests for acct_1SecretInternal' } },
+      };
+      const limited = await attempt('b');
+      await stripe.stop();
+      const unreachable = await attempt('c');
+      const answers = [unavailable, limited, unreachable];
+      assert.deepEqual(
+        answers.map((answer) => [answer.status, answer.body.error.code]),
+        [
+          [503, 'stripe_unavailable'],
+          [503, 'stripe_unavailable'],
+          [503, 'stripe_unavailable'],
+        ],
+      );
+      assert.match(unavailable.body.error.message, /^Stripe answered HTTP 503 during checkout\.sessions\.create; nothing was done/);
+      assert.match(limited.body.error.message, /^Stripe is rate limiting Tally \(HTTP 429\)/);
+      assert.match(unreachable.body.error.message, /^Stripe could not be reached \(network error or timeout\)/);
+      for (const answer of answers)
+        assert.doesNotMatch(JSON.stringify(answer.body), /acct_1Secret|ip-10-0|connection to Stripe|ECONNREFUSED/);
+    } finally {
+      await app.close();
+      await stripe.stop();
+    }
+  });
+});
+
 describe('headers, the viewer key, and what is never answered', () => {
   // Proves: API answers carry X-Content-Type-Options: nosniff and Cache-Control: no-store.
   it('sets nosniff and no-store', async () => {
