@@ -181,13 +181,16 @@ export interface ApiKeys {
   viewerKey?: string | undefined;
   /** The key for /metrics alone (TALLY_METRICS_KEY), when set. */
   metricsKey?: string | undefined;
-  /** Where they come from: both set in the environment, or the data folder's keys.json. */
+  /** Where they come from: both set in the environment, or (one or both) the data folder's keys.json. */
   source: 'environment' | 'data-folder';
-  /** True when this start generated them. */
+  /** Which of the two came from the environment (never written to keys.json, never printed). */
+  fromEnvironment: { apiKey: boolean; adminKey: boolean };
+  /** True when this start generated one of them. */
   generated: boolean;
 }
 
-const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16), adminKey: z.string().min(16) });
+const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16).optional(), adminKey: z.string().min(16).optional() });
+type StoredKeys = z.infer<typeof storedKeysSchema>;
 
 /**
  * The bearer keys: from the environment when both are set; otherwise the ones kept in the data
@@ -206,27 +209,44 @@ export function resolveApiKeys(config: Config): ApiKeys {
   return { ...keys, viewerKey: config.viewerKey, metricsKey: config.metricsKey };
 }
 
+/**
+ * keys.json holds only the keys Tally generated. With one key of the pair in the environment,
+ * the other is kept in (or generated into) keys.json and the environment's is never written
+ * there: a secret the operator keeps elsewhere must not be copied to disk. A key an earlier
+ * version wrote there from the environment (the file's value equals the environment's) is
+ * removed from the file.
+ */
 function resolveAppAndAdminKeys(config: Config): ApiKeys {
+  const fromEnvironment = { apiKey: config.apiKey !== undefined, adminKey: config.adminKey !== undefined };
   if (config.apiKey !== undefined && config.adminKey !== undefined) {
-    return { apiKey: config.apiKey, adminKey: config.adminKey, source: 'environment', generated: false };
+    return { apiKey: config.apiKey, adminKey: config.adminKey, source: 'environment', fromEnvironment, generated: false };
   }
   const path = join(config.dataDirectory, 'keys.json');
+  let stored: StoredKeys = {};
   if (existsSync(path)) {
-    const stored = storedKeysSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
-    if (!stored.success) throw new ConfigError(`${path}: not a valid keys file; delete it to generate new keys`);
-    return {
-      apiKey: config.apiKey ?? stored.data.apiKey,
-      adminKey: config.adminKey ?? stored.data.adminKey,
-      source: 'data-folder',
-      generated: false,
-    };
+    const parsed = storedKeysSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
+    if (!parsed.success) throw new ConfigError(`${path}: not a valid keys file; delete it to generate new keys`);
+    stored = parsed.data;
   }
-  const keys = {
-    apiKey: config.apiKey ?? `tally_app_${randomBytes(24).toString('base64url')}`,
-    adminKey: config.adminKey ?? `tally_admin_${randomBytes(24).toString('base64url')}`,
-  };
-  mkdirSync(config.dataDirectory, { recursive: true });
-  writeFileSync(path, `${JSON.stringify(keys, null, 2)}\n`, { mode: 0o600 });
-  chmodSync(path, 0o600);
-  return { ...keys, source: 'data-folder', generated: true };
+  const file: StoredKeys = {};
+  if (stored.apiKey !== undefined && stored.apiKey !== config.apiKey) file.apiKey = stored.apiKey;
+  if (stored.adminKey !== undefined && stored.adminKey !== config.adminKey) file.adminKey = stored.adminKey;
+  let generated = false;
+  if (config.apiKey === undefined && file.apiKey === undefined) {
+    file.apiKey = `tally_app_${randomBytes(24).toString('base64url')}`;
+    generated = true;
+  }
+  if (config.adminKey === undefined && file.adminKey === undefined) {
+    file.adminKey = `tally_admin_${randomBytes(24).toString('base64url')}`;
+    generated = true;
+  }
+  if (JSON.stringify(file) !== JSON.stringify(stored)) {
+    mkdirSync(config.dataDirectory, { recursive: true });
+    writeFileSync(path, `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
+    chmodSync(path, 0o600);
+  }
+  const apiKey = config.apiKey ?? file.apiKey;
+  const adminKey = config.adminKey ?? file.adminKey;
+  if (apiKey === undefined || adminKey === undefined) throw new Error('a key is neither in the environment nor in keys.json');
+  return { apiKey, adminKey, source: 'data-folder', fromEnvironment, generated };
 }
