@@ -4067,6 +4067,10 @@ export interface paths {
                                 entries: number;
                                 webhook_events: number;
                             };
+                            account_id_kept: {
+                                looks_personal: boolean;
+                                note: string;
+                            };
                         };
                     };
                 };

@@ -284,7 +284,13 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       responses: {
         200: answer(
           'what was erased (by field, never by value)',
-          z.object({ account_id: z.string(), pseudonym: z.string(), erased: erasedSchema }),
+          z.object({
+            account_id: z.string(),
+            pseudonym: z.string(),
+            erased: erasedSchema,
+            /** Erasure cannot remove the id; it says whether the id looks like personal data itself. */
+            account_id_kept: z.object({ looks_personal: z.boolean(), note: z.string() }),
+          }),
         ),
         ...refusals('account_not_found'),
       },
