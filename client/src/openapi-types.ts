@@ -159,6 +159,15 @@ export interface paths {
                         "application/json": components["schemas"]["ForbiddenError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -431,6 +440,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
                 409: {
                     headers: {
@@ -637,6 +655,15 @@ export interface paths {
                         "application/json": components["schemas"]["ForbiddenError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1048576 bytes */
                 413: {
                     headers: {
@@ -792,6 +819,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -953,6 +989,15 @@ export interface paths {
                         "application/json": components["schemas"]["HoldNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description hold_not_pending: the hold was captured, voided or expired already (`status`) */
                 409: {
                     headers: {
@@ -1095,6 +1140,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["HoldNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description hold_not_pending: the hold was captured, voided or expired already (`status`) */
@@ -1257,6 +1311,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -1512,6 +1575,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -1787,6 +1859,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
                 409: {
                     headers: {
@@ -1971,6 +2052,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -2214,6 +2304,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -2480,6 +2579,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["PlanNotFoundError"] | components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -2856,6 +2964,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -3092,6 +3209,15 @@ export interface paths {
                         "application/json": components["schemas"]["EventNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -3323,6 +3449,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description reconciliation_running: another reconciliation is running */
@@ -4108,6 +4243,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -5786,6 +5930,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -5989,6 +6142,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -6217,6 +6379,15 @@ export interface paths {
                         "application/json": components["schemas"]["EndpointNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -6346,6 +6517,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["EndpointNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 1024 bytes */
@@ -6495,6 +6675,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"] | components["schemas"]["PackNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description no_payment_method: enabling needs a linked Stripe customer with a default payment method */
@@ -6818,6 +7007,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["InvalidSignatureError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 1048576 bytes */
@@ -7234,6 +7432,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "no_payment_method";
+                message: string;
+            };
+        };
+        RequestTimeoutError: {
+            error: {
+                /** @constant */
+                code: "request_timeout";
                 message: string;
             };
         };

@@ -199,7 +199,8 @@ export function commonResponses(route: RouteDefinition): Responses {
             : 'the viewer key is read-only',
       ]);
   }
-  if (readsBody) codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type');
+  if (readsBody)
+    codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type', 'request_timeout');
   if (hasParameters) codes.push('uri_too_long');
   codes.push('internal_error');
   if (route.database !== false) codes.push('database_unavailable', 'database_busy');

@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { z } from 'zod';
@@ -103,6 +105,31 @@ function nestingDepthOver(text: string, limit: number): boolean {
   return false;
 }
 
+/**
+ * The answer to a request Node refused before Fastify saw it whole: 408 request_timeout for one
+ * whose headers and body did not arrive within the request timeout (a body that stalls, or
+ * trickles), 400 invalid_request for one that is not HTTP. Then the connection is closed.
+ */
+function answerClientError(error: Error & { code?: string }, socket: Duplex, requestTimeoutMilliseconds: number): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const status = timedOut ? 408 : 400;
+  const body = JSON.stringify({
+    error: timedOut
+      ? {
+          code: 'request_timeout',
+          message: `the request (headers and body) did not arrive within ${requestTimeoutMilliseconds / 1000} s; nothing was done`,
+        }
+      : { code: 'invalid_request', message: 'request: not a well-formed HTTP request', field: 'request' },
+  });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
+}
+
 export function redactQuery(url: string): string {
   const query = url.indexOf('?');
   if (query < 0 || !url.slice(0, query).endsWith('/trial-eligibility')) return url;
@@ -126,6 +153,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // Errors of the router itself (a URL that cannot be decoded, a segment too long) get the
     // product's error shape like every other error.
     frameworkErrors: (error, request, reply) => renderError(error, request, reply as FastifyReply),
+    // Node's own refusals of a connection (a request past its timeout, a malformed request) are
+    // written straight to the socket; they get the product's error shape too.
+    clientErrorHandler: (error, socket) => answerClientError(error, socket, limits.requestTimeoutMilliseconds),
     logger: {
       level: options.logLevel,
       redact: logRedaction,

@@ -149,6 +149,59 @@ describe('rate limits', () => {
   });
 });
 
+describe('a body that stalls', () => {
+  // Proves: a client that keeps its connection busy with a byte of body every 200 ms (so no idle
+  // timer fires) is still cut at the request timeout, neither much before nor long after it,
+  // and the client reads a 408 in the error shape of every other error. Bounded: one
+  // connection on 127.0.0.1, a 1.5 s timeout, and a guard that ends the test by 8 s.
+  it('is cut at the request timeout, with an answer the client reads', async () => {
+    const requestTimeoutMilliseconds = 1500;
+    const slow = await createTestApp({
+      database: test.database,
+      httpLimits: { requestTimeoutMilliseconds, headersTimeoutMilliseconds: 1000, connectionIdleTimeoutMilliseconds: 600 },
+    });
+    try {
+      const address = await slow.app.listen({ port: 0, host: '127.0.0.1' });
+      const port = Number(new URL(address).port);
+      const started = Date.now();
+      const outcome = await new Promise<{ closedAfterMilliseconds: number; answer: string; bytesSent: number }>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        let answer = '';
+        let bytesSent = 0;
+        const trickle = setInterval(() => {
+          if (socket.writable) {
+            socket.write('1');
+            bytesSent += 1;
+          }
+        }, 200);
+        socket.on('data', (chunk) => (answer += chunk.toString()));
+        socket.on('close', () => {
+          clearInterval(trickle);
+          resolve({ closedAfterMilliseconds: Date.now() - started, answer, bytesSent });
+        });
+        socket.on('error', () => undefined);
+        socket.write(
+          `POST /v1/accounts/stall/usage HTTP/1.1\r\nHost: x\r\nauthorization: Bearer ${appKey}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"amount": `,
+        );
+        // A guard for the test itself: never wait forever.
+        setTimeout(() => socket.destroy(), 8000).unref();
+      });
+      assert.ok(outcome.bytesSent >= 5, `the body kept arriving (${outcome.bytesSent} bytes)`);
+      assert.ok(
+        outcome.closedAfterMilliseconds >= requestTimeoutMilliseconds - 100 &&
+          outcome.closedAfterMilliseconds < requestTimeoutMilliseconds + 2500,
+        `cut after ${outcome.closedAfterMilliseconds} ms`,
+      );
+      const [head = '', body = ''] = outcome.answer.split('\r\n\r\n');
+      assert.match(head, /^HTTP\/1\.1 408 /);
+      assert.match(head, /content-type: application\/json/i);
+      assert.equal(JSON.parse(body).error.code, 'request_timeout');
+    } finally {
+      await slow.close();
+    }
+  });
+});
+
 describe("Stripe's refusals", () => {
   // Proves: a Stripe 4xx is answered 502 stripe_error without Stripe's text (it was 400
   // invalid_request with "Invalid API Key provided: sk_live_…"), a 401 raises an alert, and
