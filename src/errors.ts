@@ -30,6 +30,7 @@ export const errorStatuses = {
   hold_not_pending: 409,
   reconciliation_running: 409,
   no_payment_method: 409,
+  request_timeout: 408,
   payload_too_large: 413,
   uri_too_long: 414,
   unsupported_media_type: 415,

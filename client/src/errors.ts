@@ -136,6 +136,7 @@ export class HoldNotPending extends TallyError<ErrorObjectOf<'HoldNotPendingErro
 }
 export class ReconciliationRunning extends TallyError<ErrorObjectOf<'ReconciliationRunningError'>> {}
 export class NoPaymentMethod extends TallyError<ErrorObjectOf<'NoPaymentMethodError'>> {}
+export class RequestTimeout extends TallyError<ErrorObjectOf<'RequestTimeoutError'>> {}
 export class PayloadTooLarge extends TallyError<ErrorObjectOf<'PayloadTooLargeError'>> {}
 export class UriTooLong extends TallyError<ErrorObjectOf<'UriTooLongError'>> {}
 export class UnsupportedMediaType extends TallyError<ErrorObjectOf<'UnsupportedMediaTypeError'>> {}
@@ -185,6 +186,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   hold_not_pending: HoldNotPending,
   reconciliation_running: ReconciliationRunning,
   no_payment_method: NoPaymentMethod,
+  request_timeout: RequestTimeout,
   payload_too_large: PayloadTooLarge,
   uri_too_long: UriTooLong,
   unsupported_media_type: UnsupportedMediaType,

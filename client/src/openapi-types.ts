@@ -159,6 +159,15 @@ export interface paths {
                         "application/json": components["schemas"]["ForbiddenError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -536,6 +545,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
                 409: {
                     headers: {
@@ -754,6 +772,15 @@ export interface paths {
                         "application/json": components["schemas"]["ForbiddenError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1048576 bytes */
                 413: {
                     headers: {
@@ -909,6 +936,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -1070,6 +1106,15 @@ export interface paths {
                         "application/json": components["schemas"]["HoldNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description hold_not_pending: the hold was captured, voided or expired already (`status`) */
                 409: {
                     headers: {
@@ -1212,6 +1257,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["HoldNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description hold_not_pending: the hold was captured, voided or expired already (`status`) */
@@ -1374,6 +1428,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -1629,6 +1692,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -1904,6 +1976,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
                 409: {
                     headers: {
@@ -2088,6 +2169,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -2331,6 +2421,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -2599,6 +2698,15 @@ export interface paths {
                         "application/json": components["schemas"]["PlanNotFoundError"] | components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -2722,6 +2830,15 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
+                /** @description forbidden: the viewer key never reads personal data */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
                 /** @description account_not_found: no account with this id */
                 404: {
                     headers: {
@@ -2834,6 +2951,15 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
+                /** @description forbidden: the viewer key never reads personal data */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
                 /** @description account_not_found: no account with this id */
                 404: {
                     headers: {
@@ -2937,7 +3063,7 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description forbidden: the viewer key never reads personal data */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -2953,6 +3079,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -3191,6 +3326,15 @@ export interface paths {
                         "application/json": components["schemas"]["EventNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -3422,6 +3566,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description reconciliation_running: another reconciliation is running */
@@ -4166,6 +4319,10 @@ export interface paths {
                                 entries: number;
                                 webhook_events: number;
                             };
+                            account_id_kept: {
+                                looks_personal: boolean;
+                                note: string;
+                            };
                         };
                     };
                 };
@@ -4203,6 +4360,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -4661,7 +4827,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset` */
+        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`. With the viewer key, emails and names are masked, `search` does not match emails and `sort=email` is refused (403) */
         get: {
             parameters: {
                 query?: {
@@ -5696,7 +5862,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to */
+        /** One stored Stripe event: its payload (null for the viewer key: it carries personal data), status, attempts, last error, next attempt and the account it was applied to */
         get: {
             parameters: {
                 query?: never;
@@ -5733,7 +5899,7 @@ export interface paths {
                             api_version: string | null;
                             payload: {
                                 [key: string]: unknown;
-                            };
+                            } | null;
                         };
                     };
                 };
@@ -6222,6 +6388,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -6296,7 +6471,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered */
+        /** Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered (the viewer key reads each URL as its scheme and host only: paths often carry a token) */
         get: {
             parameters: {
                 query?: never;
@@ -6400,7 +6575,7 @@ export interface paths {
                         };
                     };
                 };
-                /** @description invalid_request: a URL that is not https (http only to this machine), or an unknown event type */
+                /** @description invalid_request: a URL that is not https, or whose host is or resolves to a loopback, private, link-local or unique-local address (unless TALLY_EVENTS_ALLOW_PRIVATE=1), or an unknown event type */
                 400: {
                     headers: {
                         [name: string]: unknown;
@@ -6425,6 +6600,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -6491,7 +6675,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One endpoint with its delivery state */
+        /** One endpoint with its delivery state (its URL as scheme and host only for the viewer key) */
         get: {
             parameters: {
                 query?: never;
@@ -6653,6 +6837,15 @@ export interface paths {
                         "application/json": components["schemas"]["EndpointNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -6782,6 +6975,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["EndpointNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 1024 bytes */
@@ -7030,6 +7232,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"] | components["schemas"]["PackNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description no_payment_method: enabling needs a linked Stripe customer with a default payment method */
                 409: {
                     headers: {
@@ -7234,7 +7445,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Prometheus metrics (admin or viewer key) */
+        /** Prometheus metrics (admin, viewer or metrics key) */
         get: {
             parameters: {
                 query?: never;
@@ -7351,6 +7562,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["InvalidSignatureError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 1048576 bytes */
@@ -7821,6 +8041,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "no_payment_method";
+                message: string;
+            };
+        };
+        RequestTimeoutError: {
+            error: {
+                /** @constant */
+                code: "request_timeout";
                 message: string;
             };
         };

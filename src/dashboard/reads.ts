@@ -152,6 +152,8 @@ export type AccountSort = keyof typeof accountSortColumns;
 
 export interface AccountSearch {
   search: string | null;
+  /** Whether `search` may match emails (never for the viewer key: it would find whose email is whose). */
+  matchEmail: boolean;
   sort: AccountSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -164,7 +166,10 @@ export interface AccountSearch {
  * paged by offset. Sorting is on the stored balance columns; the `available` answered leaves out
  * grants past their expiry that the sweep has not yet expired, as the balance call does.
  */
-export async function searchAccounts(db: Database, options: AccountSearch): Promise<{ accounts: unknown[]; next_offset: number | null }> {
+export async function searchAccounts(
+  db: Database,
+  options: AccountSearch,
+): Promise<{ accounts: Record<string, unknown>[]; next_offset: number | null }> {
   const column = accountSortColumns[options.sort];
   const direction = options.order === 'desc' ? 'desc nulls last' : 'asc nulls last';
   const { rows } = await db.query(
@@ -174,10 +179,10 @@ export async function searchAccounts(db: Database, options: AccountSearch): Prom
        a.held, a.debt, a.flagged, tally_iso(a.created_at) as created_at, tally_iso(a.updated_at) as updated_at,
        (select s.status from subscriptions s where s.account_id = a.id order by s.event_created desc, s.id limit 1) as subscription_status
      from accounts a
-     where $1::text is null or starts_with(a.id, $1) or starts_with(lower(a.email), lower($1)) or starts_with(a.stripe_customer_id, $1)
+     where $1::text is null or starts_with(a.id, $1) or ($5 and starts_with(lower(a.email), lower($1))) or starts_with(a.stripe_customer_id, $1)
      order by ${column} ${direction}, a.id
      limit $2 offset $3`,
-    [options.search, options.limit + 1, options.offset, options.now],
+    [options.search, options.limit + 1, options.offset, options.now, options.matchEmail],
   );
   const more = rows.length > options.limit;
   return { accounts: rows.slice(0, options.limit), next_offset: more ? options.offset + options.limit : null };
@@ -259,14 +264,18 @@ export async function balanceHistory(
   return rows.map((row) => ({ day: row.day, balance: row.balance === null ? null : Number(row.balance) }));
 }
 
-/** One stored Stripe event with its payload and where its processing stands. */
-export async function webhookEvent(db: Database, eventId: string): Promise<unknown> {
+/**
+ * One stored Stripe event with its payload and where its processing stands. Without the
+ * payload (null) when `withPayload` is false: Stripe's objects carry emails, names and billing
+ * addresses, which the viewer key never reads.
+ */
+export async function webhookEvent(db: Database, eventId: string, withPayload: boolean): Promise<unknown> {
   const { rows } = await db.query(
     `select id, type, api_version, status, attempts, tally_iso(created) as created, tally_iso(received_at) as received_at,
        tally_iso(next_attempt_at) as next_attempt_at, tally_iso(processed_at) as processed_at, last_error, ignored_reason,
-       account_id, payload
+       account_id, case when $2 then payload end as payload
      from webhook_events where id = $1`,
-    [eventId],
+    [eventId, withPayload],
   );
   if (rows[0] === undefined) throw new TallyError('event_not_found', 404, `no stored event ${eventId}`);
   return rows[0];

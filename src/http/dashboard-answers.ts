@@ -129,7 +129,11 @@ export const balanceHistorySchema = z.object({
   days: z.array(z.object({ day: z.iso.date(), balance: signedCreditsSchema.nullable() })),
 });
 
-export const inboxEventDetailSchema = inboxEventSchema.extend({ api_version: z.string().nullable(), payload: jsonObjectSchema });
+export const inboxEventDetailSchema = inboxEventSchema.extend({
+  api_version: z.string().nullable(),
+  /** Null for the viewer key: Stripe's objects carry emails, names and billing addresses. */
+  payload: jsonObjectSchema.nullable(),
+});
 
 export const entryWithAccountSchema = entrySchema.extend({ account_id: z.string() });
 

@@ -118,6 +118,10 @@ export const errorCatalog = {
   },
   reconciliation_running: { status: 409, description: 'another reconciliation is running' },
   no_payment_method: { status: 409, description: 'enabling needs a linked Stripe customer with a default payment method' },
+  request_timeout: {
+    status: 408,
+    description: 'the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done',
+  },
   payload_too_large: {
     status: 413,
     description: "the body is over the call's limit (`limit_bytes`)",

@@ -1,8 +1,11 @@
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { z } from 'zod';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Database } from '../db/database.js';
+import type { DestinationPolicy } from '../events/destinations.js';
 import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
 import type { RateCards } from '../pricing/rate-cards.js';
@@ -66,6 +69,8 @@ export interface ServerOptions {
   version: string;
   stripe: StripeRouteDependencies;
   operations: OperationsRouteDependencies;
+  /** Which hosts the app's event endpoints may name. */
+  eventDestinations: DestinationPolicy;
   /** The time of top-ups started by a setting; the database's clock when undefined. */
   clock?: (() => Date) | undefined;
 }
@@ -100,6 +105,31 @@ function nestingDepthOver(text: string, limit: number): boolean {
   return false;
 }
 
+/**
+ * The answer to a request Node refused before Fastify saw it whole: 408 request_timeout for one
+ * whose headers and body did not arrive within the request timeout (a body that stalls, or
+ * trickles), 400 invalid_request for one that is not HTTP. Then the connection is closed.
+ */
+function answerClientError(error: Error & { code?: string }, socket: Duplex, requestTimeoutMilliseconds: number): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const status = timedOut ? 408 : 400;
+  const body = JSON.stringify({
+    error: timedOut
+      ? {
+          code: 'request_timeout',
+          message: `the request (headers and body) did not arrive within ${requestTimeoutMilliseconds / 1000} s; nothing was done`,
+        }
+      : { code: 'invalid_request', message: 'request: not a well-formed HTTP request', field: 'request' },
+  });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
+}
+
 export function redactQuery(url: string): string {
   const query = url.indexOf('?');
   if (query < 0 || !url.slice(0, query).endsWith('/trial-eligibility')) return url;
@@ -123,6 +153,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // Errors of the router itself (a URL that cannot be decoded, a segment too long) get the
     // product's error shape like every other error.
     frameworkErrors: (error, request, reply) => renderError(error, request, reply as FastifyReply),
+    // Node's own refusals of a connection (a request past its timeout, a malformed request) are
+    // written straight to the socket; they get the product's error shape too.
+    clientErrorHandler: (error, socket) => answerClientError(error, socket, limits.requestTimeoutMilliseconds),
     logger: {
       level: options.logLevel,
       redact: logRedaction,
@@ -202,7 +235,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     ...stripeRoutes(options.stripe, limiters),
     ...operationsRoutes(options.operations),
     ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, plans: options.stripe.catalog.plans, clock: options.clock }),
-    ...eventRoutes(options.db),
+    ...eventRoutes(options.db, options.eventDestinations),
     ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }),
     ...healthRoutes(options),
   ];
@@ -280,9 +313,9 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
     defineRoute({
       method: 'GET',
       url: '/metrics',
-      access: 'admin',
+      access: 'metrics',
       tag: 'operations',
-      summary: 'Prometheus metrics (admin or viewer key)',
+      summary: 'Prometheus metrics (admin, viewer or metrics key)',
       responses: { 200: { description: 'Prometheus text format', contentType: 'text/plain' } },
       handler: async () => ({
         status: 200,

@@ -629,21 +629,28 @@ describe('in a browser', () => {
     await page.close();
   });
 
-  // Proves: the viewer key reads every page and is shown no action at all.
-  it('shows the viewer no actions', async (t) => {
+  // Proves: the viewer key reads every page and is shown no action at all, and no personal
+  // data: the account's email masked, a Stripe event without its payload.
+  it('shows the viewer no actions and no personal data', async (t) => {
     if (skipWithoutBrowser(t)) return;
     await fundedAccount(test, 'viewed', 40);
+    await test.call('PUT', '/v1/accounts/viewed', { email: 'viewed.person@example.com' });
     await test.call('POST', '/v1/accounts/viewed/holds', { amount: 10, idempotency_key: uniqueId('h') });
-    await deliver(
-      test,
-      event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') })),
+    const stored = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }),
     );
+    await deliver(test, stored);
     const page = await openPage();
     await logIn(page, viewerKey);
     await seeText(page, '[data-session="in"]', /viewer key \(read only\)/);
     await page.goto(`${base}/dashboard#/accounts/viewed`);
     await page.waitForFunction(() => document.querySelector('#holds-table tbody')?.textContent?.includes('hold_'));
     assert.equal(await page.locator('#account-actions, #grant-form, #adjust-form, button.void').count(), 0);
+    await seeText(page, '#account-email', /^v\*\*\*@e\*\*\*\.com$/);
+    await page.goto(`${base}/dashboard#/inbox/${stored.id}`);
+    await seeText(page, '#payload-hidden', /not shown to the viewer key/);
+    assert.equal(await page.locator('pre.json').count(), 0, 'no payload on the page');
     await page.goto(`${base}/dashboard#/inbox`);
     await page.waitForSelector('#inbox tbody tr');
     assert.ok((await page.locator('#inbox tbody tr').count()) > 0);

@@ -33,10 +33,12 @@ import {
   overviewSchema,
   rateCardsOverviewSchema,
 } from '../dashboard-answers.js';
+import { TallyError } from '../../errors.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { maskPerson } from '../viewer-masks.js';
 
 /**
  * The operators' dashboard: its page and browser files (no data, no key needed), and the
@@ -165,7 +167,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary:
-        'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`',
+        'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`. With the viewer key, emails and names are masked, `search` does not match emails and `sort=email` is refused (403)',
       query: z.strictObject({
         search: z.string().min(1).max(320).optional(),
         sort: z.enum(Object.keys(accountSortColumns) as [AccountSort, ...AccountSort[]]).default('id'),
@@ -173,17 +175,20 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
         ...pageQuery,
       }),
       responses: { 200: answer('a page of accounts; next_offset is null on the last page', accountSearchSchema) },
-      handler: async ({ query }) => ({
-        status: 200,
-        body: await searchAccounts(db, {
+      handler: async ({ query, caller }) => {
+        // An order of masked emails would still rank the emails themselves.
+        if (caller === 'viewer' && query.sort === 'email') throw new TallyError('forbidden', 403, 'the viewer key cannot sort by email');
+        const found = await searchAccounts(db, {
           search: query.search ?? null,
+          matchEmail: caller !== 'viewer',
           sort: query.sort,
           order: query.order,
           limit: query.limit,
           offset: query.offset,
           now: now(),
-        }),
-      }),
+        });
+        return { status: 200, body: { ...found, accounts: found.accounts.map((account) => maskPerson(caller, account)) } };
+      },
     }),
     defineRoute({
       method: 'GET',
@@ -298,9 +303,10 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       url: '/v1/admin/webhook-events/:event_id',
       access: 'admin',
       tag: 'admin',
-      summary: 'One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to',
+      summary:
+        'One stored Stripe event: its payload (null for the viewer key: it carries personal data), status, attempts, last error, next attempt and the account it was applied to',
       responses: { 200: answer('the stored event with its payload', inboxEventDetailSchema), ...refusals('event_not_found') },
-      handler: async ({ params }) => ({ status: 200, body: await webhookEvent(db, params.event_id ?? '') }),
+      handler: async ({ params, caller }) => ({ status: 200, body: await webhookEvent(db, params.event_id ?? '', caller !== 'viewer') }),
     }),
     defineRoute({
       method: 'GET',

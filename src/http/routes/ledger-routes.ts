@@ -30,6 +30,7 @@ import {
 } from '../entities.js';
 import { answer as answerOf, errorCatalog, errorObjectSchema, refusals, type ErrorCode } from '../responses.js';
 import { bodyLimitLargeBytes, defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
+import { maskPerson } from '../viewer-masks.js';
 
 /** The ledger's HTTP calls: accounts, balance, usage, holds, spend limits, ledger, admin grants and adjustments. */
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
@@ -126,7 +127,7 @@ export function ledgerRoutes(
         200: answerOf('the account with its subscription, trial, live grants and balance', accountDetailSchema),
         ...refusals('account_not_found'),
       },
-      handler: async ({ params }) => ({ status: 200, body: await ledger.getAccount(accountId(params)) }),
+      handler: async ({ params, caller }) => ({ status: 200, body: maskPerson(caller, await ledger.getAccount(accountId(params))) }),
     }),
     defineRoute({
       method: 'GET',
