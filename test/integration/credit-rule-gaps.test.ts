@@ -312,6 +312,25 @@ describe('a yearly subscription that ended never keeps a later month (item 8)', 
   });
 });
 
+describe('a yearly subscription that ended keeps the months it began (item 8, found by mutation)', () => {
+  it('a cancellation ten days into month 3, applied before the scheduler reaches month 3, still grants month 3 and no later one', async () => {
+    const { accountId, subscriptionId, pay, cancel } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000 });
+    const monthThree = addMonths(start, 2);
+    await travelTo(monthThree - 3600);
+    await cancel('price_plus_yearly', start, yearEnd, monthThree + 10 * day);
+    await travelTo(addMonths(start, 4) + 60);
+    const months = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`));
+    assert.deepEqual(
+      months.map((grant) => grant.amount),
+      [4000, 4000, 4000],
+      'months 1 to 3: the subscription was live when month 3 began',
+    );
+  });
+});
+
 describe('each line is booked to its own subscription (item 9)', () => {
   it("a proration line of another subscription on an invoice moves that subscription's credits at once", async () => {
     const { accountId, customer, subscriptionId, pay } = await subscriber();
