@@ -2,6 +2,17 @@
 -- migration or a file of db/functions/, then dump again; a test fails while this file is stale.
 
 
+create table account_plans (
+  account_id text not null,
+  plan_id text,
+  source text not null,
+  entitlements jsonb not null,
+  updated_at timestamp with time zone not null default now()
+);
+alter table account_plans add constraint account_plan_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'free'::text, 'none'::text])));
+alter table account_plans add constraint account_plans_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table account_plans add constraint account_plans_pkey PRIMARY KEY (account_id);
+
 create table accounts (
   id text not null,
   email text,
@@ -113,10 +124,17 @@ CREATE INDEX billing_periods_by_end ON public.billing_periods USING btree (subsc
 create table catalog_plans (
   id text not null,
   rate_card_id text,
-  updated_at timestamp with time zone not null default now()
+  updated_at timestamp with time zone not null default now(),
+  free boolean not null default false,
+  credits_per_month bigint not null default 0,
+  entitlements jsonb,
+  recurring_grants jsonb not null default '[]'::jsonb
 );
+alter table catalog_plans add constraint entitlements_shape CHECK (((entitlements IS NULL) OR ((jsonb_typeof(entitlements) = 'object'::text) AND (((entitlements -> 'meters'::text) = '"all"'::jsonb) OR (jsonb_typeof((entitlements -> 'meters'::text)) = 'array'::text)) AND (jsonb_typeof((entitlements -> 'features'::text)) = 'object'::text))));
+alter table catalog_plans add constraint recurring_grants_shape CHECK ((jsonb_typeof(recurring_grants) = 'array'::text));
 alter table catalog_plans add constraint catalog_plans_rate_card_id_fkey FOREIGN KEY (rate_card_id) REFERENCES rate_cards(id);
 alter table catalog_plans add constraint catalog_plans_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX catalog_plans_one_free ON public.catalog_plans USING btree (free) WHERE free;
 
 create table entries (
   id bigint not null,
@@ -200,7 +218,7 @@ create table grants (
   live boolean default (remaining > 0)
 );
 alter table grants add constraint grant_amount_positive CHECK ((amount > 0));
-alter table grants add constraint grant_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'purchase'::text, 'promo'::text, 'admin'::text, 'rollover'::text])));
+alter table grants add constraint grant_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'purchase'::text, 'promo'::text, 'admin'::text, 'rollover'::text, 'recurring'::text])));
 alter table grants add constraint priority_range CHECK (((priority >= 0) AND (priority <= 1000)));
 alter table grants add constraint remaining_within_amount CHECK (((remaining >= 0) AND (remaining <= amount)));
 alter table grants add constraint grant_payment FOREIGN KEY (payment_id) REFERENCES payments(id);
@@ -385,13 +403,16 @@ create table subscriptions (
   event_id text not null,
   updated_at timestamp with time zone not null default now(),
   quantity integer not null default 1,
-  ended_at timestamp with time zone
+  ended_at timestamp with time zone,
+  plan_ids text[]
 );
 alter table subscriptions add constraint subscription_quantity_positive CHECK ((quantity >= 0));
 alter table subscriptions add constraint subscriptions_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table subscriptions add constraint subscriptions_pkey PRIMARY KEY (id);
 CREATE INDEX subscriptions_by_account ON public.subscriptions USING btree (account_id);
+CREATE TRIGGER subscriptions_insert_entitlements AFTER INSERT ON public.subscriptions FOR EACH ROW EXECUTE FUNCTION tally_entitlement_events();
 CREATE TRIGGER subscriptions_insert_events AFTER INSERT ON public.subscriptions FOR EACH ROW EXECUTE FUNCTION tally_subscription_events();
+CREATE TRIGGER subscriptions_update_entitlements AFTER UPDATE ON public.subscriptions FOR EACH ROW WHEN (((old.account_id IS DISTINCT FROM new.account_id) OR (old.status IS DISTINCT FROM new.status) OR (old.plan_id IS DISTINCT FROM new.plan_id) OR (old.plan_ids IS DISTINCT FROM new.plan_ids))) EXECUTE FUNCTION tally_entitlement_events();
 CREATE TRIGGER subscriptions_update_events AFTER UPDATE ON public.subscriptions FOR EACH ROW WHEN (((((((((old.account_id IS DISTINCT FROM new.account_id) OR (old.status IS DISTINCT FROM new.status)) OR (old.plan_id IS DISTINCT FROM new.plan_id)) OR (old.billing_interval IS DISTINCT FROM new.billing_interval)) OR (old.current_period_start IS DISTINCT FROM new.current_period_start)) OR (old.current_period_end IS DISTINCT FROM new.current_period_end)) OR (old.cancel_at_period_end IS DISTINCT FROM new.cancel_at_period_end)) OR (old.trial_end IS DISTINCT FROM new.trial_end))) EXECUTE FUNCTION tally_subscription_events();
 
 create table tally_secrets (
@@ -534,6 +555,26 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_account_plans(p_accounts text[])
+ RETURNS TABLE(account_id text, plan_id text, source text, rate_card_id text, all_meters boolean, meters text[])
+ LANGUAGE sql
+ STABLE
+AS $function$
+  with item as (select * from tally_plan_items(p_accounts))
+  select a.account_id, top.plan_id, coalesce(top.source, 'none'),
+    coalesce(top.rate_card_id, (select id from rate_cards where is_default)),
+    coalesce(m.all_meters, true), coalesce(m.meters, '{}')
+  from unnest(p_accounts) as a(account_id)
+  left join item top on top.account_id = a.account_id and top.rank = 1
+  left join lateral (
+    select bool_or(i.entitlements is null or i.entitlements->'meters' = '"all"'::jsonb) as all_meters,
+      array_agg(distinct x.meter) filter (where x.meter is not null) as meters
+    from item i
+    left join lateral jsonb_array_elements_text(
+      case when jsonb_typeof(i.entitlements->'meters') = 'array' then i.entitlements->'meters' end) as x(meter) on true
+    where i.account_id = a.account_id) m on true
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_account_rate_card(p_account text)
  RETURNS text
  LANGUAGE sql
@@ -547,12 +588,7 @@ CREATE OR REPLACE FUNCTION public.tally_account_rate_cards(p_accounts text[])
  LANGUAGE sql
  STABLE
 AS $function$
-  select a.account_id, coalesce(plan.rate_card_id, (select id from rate_cards where is_default))
-  from unnest(p_accounts) as a(account_id)
-  left join lateral (
-    select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
-    where s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
-    order by s.event_created desc, s.id limit 1) plan on true
+  select p.account_id, p.rate_card_id from tally_account_plans(p_accounts) p
 $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_add_grant(p_account text, p_source text, p_amount bigint, p_priority integer, p_expires_at timestamp with time zone, p_grant_key text, p_entry_kind text, p_reference jsonb, p_actor text, p_reason text, p_now timestamp with time zone)
@@ -653,6 +689,44 @@ begin
   return tally_remember(p_key, p_account, 'grant', p_hash, 201, v_added->'grant', v_now);
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_balance(p_account text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_balance jsonb;
+begin
+  if tally_catalog_recurs() and exists (select 1 from tally_recurring_due(p_account, v_now)) then
+    perform tally_lock_account(p_account, v_now);
+    perform tally_give_recurring(p_account, v_now);
+  end if;
+  select jsonb_build_object('account_id', a.id,
+      'available', a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id
+        and g.live and g.expires_at <= v_now), 0)::bigint,
+      'held', a.held, 'debt', a.debt)
+    into v_balance from accounts a where a.id = p_account;
+  if v_balance is null then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  return v_balance;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_batch_entitlements(p_accounts text[], p_account_ids text[], p_meters text[], p_now timestamp with time zone)
+ RETURNS text[]
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_account text;
+begin
+  if tally_catalog_recurs() then
+    foreach v_account in array p_accounts loop
+      perform tally_give_recurring(v_account, p_now);
+    end loop;
+  end if;
+  return tally_unentitled_accounts(p_account_ids, p_meters);
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_capture(p_hold_id bigint, p_amount bigint, p_actor text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -681,6 +755,14 @@ begin
   return jsonb_build_object('captured', v_amount, 'released', v_hold.amount - v_amount,
     'available', v_available);
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_catalog_recurs()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select exists (select 1 from catalog_plans where recurring_grants <> '[]'::jsonb)
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_clawback(p_account text, p_credits bigint, p_key text, p_payment_id bigint, p_reference jsonb, p_now timestamp with time zone)
  RETURNS jsonb
@@ -723,6 +805,68 @@ begin
   returning * into v_entry;
   return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entitlement_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_after jsonb := tally_entitlements_state(new.account_id);
+  v_before jsonb;
+begin
+  select entitlements into v_before from account_plans where account_id = new.account_id;
+  if not found then
+    -- The state of an account without a subscription: the empty id, which no account has (ids
+    -- are 1 to 128 characters), is on the free plan or on none.
+    v_before := tally_entitlements_state('');
+  end if;
+  if v_before is distinct from v_after then
+    insert into account_plans (account_id, plan_id, source, entitlements, updated_at)
+    values (new.account_id, v_after->>'plan_id', v_after->>'source', v_after, now())
+    on conflict (account_id) do update set plan_id = excluded.plan_id, source = excluded.source,
+      entitlements = excluded.entitlements, updated_at = excluded.updated_at;
+    perform tally_event('entitlements.changed', new.account_id, v_after || jsonb_build_object('previous',
+      jsonb_build_object('plan_id', v_before->'plan_id', 'source', v_before->'source')), null);
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entitlements_json(p_account text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_card text;
+  v_version rate_card_versions;
+begin
+  perform 1 from accounts where id = p_account;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  select rate_card_id into v_card from tally_account_plans(array[p_account]);
+  if v_card is not null then
+    v_version := tally_rate_card_in_effect(v_card, coalesce(p_now, now()));
+  end if;
+  return tally_entitlements_state(p_account) || jsonb_build_object('rate_card',
+    case when v_version.rate_card_id is null then null
+      else jsonb_build_object('id', v_version.rate_card_id, 'version', v_version.version) end);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entitlements_state(p_account text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('plan_id', p.plan_id, 'source', p.source,
+    'meters', case when p.all_meters then '"all"'::jsonb else to_jsonb(array(select unnest(p.meters) order by 1)) end,
+    'features', tally_features_union(p_account),
+    'recurring_grants', coalesce((select jsonb_agg(jsonb_build_object('plan_id', i.plan_id) || r.value
+        order by i.rank, r.value->>'every')
+      from tally_plan_items(array[p_account]) i cross join lateral jsonb_array_elements(i.recurring_grants) r
+      where i.plan_id is not null), '[]'::jsonb))
+  from tally_account_plans(array[p_account]) p
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_entry_events()
  RETURNS trigger
@@ -828,6 +972,40 @@ begin
     array[-v_grant.remaining], v_key, jsonb_build_object('grant_id', 'grant_' || v_grant.id),
     'system', p_now);
   return v_grant.remaining;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_features_union(p_account text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select coalesce(jsonb_object_agg(f.name, f.value), '{}'::jsonb) from (
+    select x.key as name,
+      case when bool_and(jsonb_typeof(x.value) = 'number')
+          then to_jsonb(max((x.value #>> '{}')::numeric) filter (where jsonb_typeof(x.value) = 'number'))
+        when bool_and(jsonb_typeof(x.value) = 'boolean')
+          then to_jsonb(bool_or((x.value #>> '{}')::boolean) filter (where jsonb_typeof(x.value) = 'boolean'))
+        else (array_agg(x.value order by i.rank))[1] end as value
+    from tally_plan_items(array[p_account]) i
+    cross join lateral jsonb_each(coalesce(i.entitlements->'features', '{}'::jsonb)) x
+    group by x.key) f
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_give_recurring(p_account text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_due record;
+begin
+  if not tally_catalog_recurs() then
+    return;
+  end if;
+  for v_due in select * from tally_recurring_due(p_account, p_now) order by grant_key loop
+    perform tally_add_grant(p_account, 'recurring', v_due.credits, 0, v_due.period_end, v_due.grant_key, 'grant',
+      jsonb_build_object('plan', v_due.plan_id, 'every', v_due.every, 'period_start', to_char(v_due.period_start, 'YYYY-MM-DD')),
+      'system', null, p_now);
+  end loop;
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_grant_events()
@@ -966,6 +1144,34 @@ begin
   return v_hold;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_meter_refusal(p_account text, p_meter text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_plan record;
+begin
+  if p_meter is null or not tally_meters_restricted() then
+    return null;
+  end if;
+  select * into v_plan from tally_account_plans(array[p_account]);
+  if v_plan.all_meters or p_meter = any(v_plan.meters) then
+    return null;
+  end if;
+  return tally_error('meter_not_entitled',
+    'meter ' || p_meter || ' is not included in ' || coalesce('plan ' || v_plan.plan_id, 'the account''s plan'),
+    jsonb_build_object('meter', p_meter, 'plan_id', v_plan.plan_id));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_meters_restricted()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select exists (select 1 from catalog_plans where jsonb_typeof(entitlements->'meters') = 'array')
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_open(p_account text, p_key text, p_operation text, p_hash text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1019,6 +1225,7 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
+  perform tally_give_recurring(p_account, p_now);
   select available, spend_limited into v_available, v_limited from accounts where id = p_account;
   if v_available < p_amount then
     return tally_remember(p_key, p_account, p_operation, p_hash, 402,
@@ -1034,6 +1241,29 @@ begin
   end if;
   return null;
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_plan_items(p_accounts text[])
+ RETURNS TABLE(account_id text, plan_id text, source text, rate_card_id text, entitlements jsonb, recurring_grants jsonb, rank bigint)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  with item as (
+    select a.account_id, i.plan_id, case when s.status = 'trialing' then 'trial' else 'subscription' end as source,
+      p.rate_card_id, p.entitlements, coalesce(p.recurring_grants, '[]'::jsonb) as recurring_grants,
+      row_number() over (partition by a.account_id
+        order by coalesce(p.credits_per_month, 0) desc, s.event_created desc, s.id, i.plan_id) as rank
+    from unnest(p_accounts) as a(account_id)
+    join subscriptions s on s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
+    cross join lateral unnest(coalesce(nullif(s.plan_ids, '{}'), array[s.plan_id])) as i(plan_id)
+    left join catalog_plans p on p.id = i.plan_id
+  )
+  select * from item
+  union all
+  select a.account_id, f.id, 'free', f.rate_card_id, f.entitlements, f.recurring_grants, 1
+  from unnest(p_accounts) as a(account_id)
+  join catalog_plans f on f.free
+  where not exists (select 1 from item i where i.account_id = a.account_id)
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_price(p_rates jsonb, p_meter text, p_quantities jsonb)
  RETURNS numeric
@@ -1189,10 +1419,15 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_open record;
   v_priced jsonb;
+  v_refusal jsonb;
 begin
   select * into v_open from tally_open_priced(p_account, p_key, 'hold', p_hash);
   if v_open.p_outcome is not null then
     return v_open.p_outcome;
+  end if;
+  v_refusal := tally_meter_refusal(p_account, p_meter);
+  if v_refusal is not null then
+    return tally_remember(p_key, p_account, 'hold', p_hash, 403, v_refusal, v_now);
   end if;
   v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, true);
   return tally_hold(p_account, (v_priced->>'credits')::bigint, p_expires_in_seconds, p_key, p_hash, p_actor, v_now, v_priced);
@@ -1206,10 +1441,17 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_open record;
   v_priced jsonb;
+  v_refusal jsonb;
 begin
   select * into v_open from tally_open_priced(p_account, p_key, 'usage', p_hash);
   if v_open.p_outcome is not null then
     return v_open.p_outcome;
+  end if;
+  -- A meter outside the account's plan is refused before anything is priced or written; the
+  -- refusal is the key's first outcome, as 402 is.
+  v_refusal := tally_meter_refusal(p_account, p_meter);
+  if v_refusal is not null then
+    return tally_remember(p_key, p_account, 'usage', p_hash, 403, v_refusal, v_now);
   end if;
   v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, false);
   return tally_usage(p_account, (v_priced->>'credits')::bigint, p_key, p_hash, p_actor, p_reference, v_now, v_priced);
@@ -1282,12 +1524,15 @@ begin
     raise exception 'no account %', p_account using errcode = 'TA404';
   end if;
   v_available := v_account.available - coalesce((select sum(g.remaining) from grants g
-    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0);
+    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0)
+    + tally_recurring_pending(p_account, v_now);
   if p_meter is not null then
     v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_account.carry, v_now, false);
   end if;
   v_credits := coalesce((v_priced->>'credits')::bigint, p_amount);
-  if v_credits > v_available then
+  if tally_meter_refusal(p_account, p_meter) is not null then
+    v_reason := 'meter_not_entitled';
+  elsif v_credits > v_available then
     v_reason := 'insufficient_credits';
   elsif v_credits > 0 and v_account.spend_limited and tally_spend_limit_passed(p_account, v_credits, v_now) is not null then
     v_reason := 'spend_limit_exceeded';
@@ -1367,6 +1612,43 @@ AS $function$
                from jsonb_each(p_right) m cross join lateral jsonb_each(m.value) d) r
       on l.meter = r.meter and l.dimension = r.dimension
     where l.rate is distinct from r.rate)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_recurring_due(p_account text, p_now timestamp with time zone)
+ RETURNS TABLE(plan_id text, every text, credits bigint, period_start date, period_end timestamp with time zone, grant_key text)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select d.plan_id, d.every, d.credits, d.period_start, d.period_end, d.grant_key from (
+    select distinct i.plan_id, r.value->>'every' as every, (r.value->>'credits')::bigint as credits,
+      p.period_start, p.period_end,
+      'recurring:' || p_account || ':' || i.plan_id || ':' || (r.value->>'every') || ':'
+        || to_char(p.period_start, 'YYYY-MM-DD') as grant_key
+    from tally_plan_items(array[p_account]) i
+    cross join lateral jsonb_array_elements(i.recurring_grants) r
+    cross join lateral tally_recurring_period(r.value->>'every', p_now) p
+    where i.plan_id is not null and i.recurring_grants <> '[]'::jsonb) d
+  where not exists (select 1 from grants g where g.account_id = p_account and g.grant_key = d.grant_key)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_recurring_pending(p_account text, p_now timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case when not tally_catalog_recurs() then 0 else greatest(0, coalesce(
+    (select sum(credits) from tally_recurring_due(p_account, p_now)), 0)
+    - (select debt from accounts where id = p_account))::bigint end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_recurring_period(p_every text, p_now timestamp with time zone, OUT period_start date, OUT period_end timestamp with time zone)
+ RETURNS record
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select d::date, (d + case p_every when 'day' then interval '1 day' when 'week' then interval '7 days'
+    else interval '1 month' end) at time zone 'UTC'
+  from (select date_trunc(p_every, p_now at time zone 'UTC') as d) t
 $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_refuse_entry_change()
@@ -1938,10 +2220,19 @@ begin
   update rate_cards set is_default = false where is_default and id is distinct from p_default;
   update rate_cards set is_default = true where id = p_default and not is_default;
   delete from catalog_plans where id not in (select p->>'id' from jsonb_array_elements(p_plans) p);
-  insert into catalog_plans (id, rate_card_id, updated_at)
-  select p->>'id', p->>'rate_card', v_now from jsonb_array_elements(p_plans) p
-  on conflict (id) do update set rate_card_id = excluded.rate_card_id, updated_at = excluded.updated_at
-    where catalog_plans.rate_card_id is distinct from excluded.rate_card_id;
+  -- The free plan may move to another plan: the old one stops being free first (one free plan).
+  update catalog_plans set free = false, updated_at = v_now
+    where free and id not in (select p->>'id' from jsonb_array_elements(p_plans) p where (p->>'free')::boolean);
+  insert into catalog_plans (id, rate_card_id, free, credits_per_month, entitlements, recurring_grants, updated_at)
+  select p->>'id', p->>'rate_card', coalesce((p->>'free')::boolean, false), coalesce((p->>'credits_per_month')::bigint, 0),
+    nullif(p->'entitlements', 'null'::jsonb), coalesce(p->'recurring_grants', '[]'::jsonb), v_now
+  from jsonb_array_elements(p_plans) p order by p->>'id' collate "C"
+  on conflict (id) do update set rate_card_id = excluded.rate_card_id, free = excluded.free,
+    credits_per_month = excluded.credits_per_month, entitlements = excluded.entitlements,
+    recurring_grants = excluded.recurring_grants, updated_at = excluded.updated_at
+    where (catalog_plans.rate_card_id, catalog_plans.free, catalog_plans.credits_per_month, catalog_plans.entitlements,
+      catalog_plans.recurring_grants) is distinct from (excluded.rate_card_id, excluded.free, excluded.credits_per_month,
+      excluded.entitlements, excluded.recurring_grants);
   return v_published;
 end $function$;
 
@@ -1991,6 +2282,19 @@ begin
     'reason', new.reason), new.created_at);
   return null;
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_unentitled_accounts(p_account_ids text[], p_meters text[])
+ RETURNS text[]
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case when p_meters is null or not tally_meters_restricted() then '{}'::text[] else coalesce((
+    select array_agg(distinct e.account_id)
+    from unnest(p_account_ids, p_meters) as e(account_id, meter)
+    join tally_account_plans(array(select distinct account_id from unnest(p_account_ids) as u(account_id))) p
+      on p.account_id = e.account_id
+    where e.meter is not null and not p.all_meters and not e.meter = any(p.meters)), '{}') end
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
  RETURNS jsonb
@@ -2062,6 +2366,7 @@ declare
   v_rate_card_ids text[];
   v_rate_card_versions integer[];
   v_carries_after numeric[];
+  v_per_event text[];
   v_results jsonb[];
   v_below_top_up text[];
 begin
@@ -2076,9 +2381,11 @@ begin
       from tally_usage_batch_price(p_account_ids, p_amounts, p_meters, p_quantities, v_now);
   end if;
   perform tally_usage_batch_settle(v_accounts, p_account_ids, p_keys, v_now);
+  -- The period's recurring grants first; an account with a meter its plan lacks goes per event.
+  v_per_event := tally_batch_entitlements(v_accounts, p_account_ids, p_meters, v_now);
   select * into v_results, v_below_top_up
-    from tally_usage_batch_write(v_accounts, p_account_ids, v_amounts, p_keys, p_hashes, p_references, p_actors,
-      p_meters, p_quantities, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after, v_now);
+    from tally_usage_batch_write(v_accounts, v_per_event, p_account_ids, v_amounts, p_keys, p_hashes, p_references,
+      p_actors, p_meters, p_quantities, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after, v_now);
   -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
   foreach v_account in array coalesce(v_below_top_up, '{}') loop
     perform tally_request_top_up(v_account, v_now);
@@ -2099,13 +2406,13 @@ AS $function$
   from jsonb_array_elements(p_events) with ordinality as e(value, n)
 $function$;
 
-CREATE OR REPLACE FUNCTION public.tally_usage_batch_accounts(p_accounts text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[], p_now timestamp with time zone)
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_accounts(p_accounts text[], p_per_event text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[], p_now timestamp with time zone)
  RETURNS TABLE(id text, event_ords integer[], event_amounts bigint[], event_spent_to bigint[], event_keys text[], event_hashes text[], event_references jsonb[], event_actors text[], total bigint, carry_after numeric, keys_new boolean, grant_ids bigint[], grant_remaining bigint[], grant_granted_to bigint[], found boolean, available bigint, debt bigint, limited boolean, limits_found boolean, per_day bigint, per_month bigint, spent_day bigint, spent_month bigint, at_once boolean)
  LANGUAGE sql
  STABLE
 AS $function$
-  select t.*, tally_usage_batch_at_once(t.keys_new, t.total, t.available, coalesce(cardinality(t.grant_ids), 0),
-    t.limited, t.limits_found, t.per_day, t.per_month, t.spent_day, t.spent_month)
+  select t.*, tally_usage_batch_at_once(t.keys_new, t.id <> all(p_per_event), t.total, t.available,
+    coalesce(cardinality(t.grant_ids), 0), t.limited, t.limits_found, t.per_day, t.per_month, t.spent_day, t.spent_month)
   from (
     select p.account_id as id,
       array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
@@ -2129,12 +2436,12 @@ AS $function$
     group by p.account_id) t
 $function$;
 
-CREATE OR REPLACE FUNCTION public.tally_usage_batch_at_once(p_keys_new boolean, p_total bigint, p_available bigint, p_grant_count integer, p_limited boolean, p_limits_found boolean, p_per_day bigint, p_per_month bigint, p_spent_day bigint, p_spent_month bigint)
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_at_once(p_keys_new boolean, p_entitled boolean, p_total bigint, p_available bigint, p_grant_count integer, p_limited boolean, p_limits_found boolean, p_per_day bigint, p_per_month bigint, p_spent_day bigint, p_spent_month bigint)
  RETURNS boolean
  LANGUAGE sql
  IMMUTABLE
 AS $function$
-  select coalesce(p_keys_new and p_total <= p_available and p_grant_count <= 100
+  select coalesce(p_keys_new and p_entitled and p_total <= p_available and p_grant_count <= 100
     and (not p_limited or (p_limits_found
       and (p_per_day is null or p_spent_day + p_total < p_per_day)
       and (p_per_month is null or p_spent_month + p_total < p_per_month))), false)
@@ -2286,7 +2593,7 @@ AS $function$
         where p_amount > 0 and g.granted_to - g.remaining < p_spent_to and p_spent_to - p_amount < g.granted_to) o
 $function$;
 
-CREATE OR REPLACE FUNCTION public.tally_usage_batch_write(p_accounts text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[], p_costs numeric[], p_rate_card_ids text[], p_rate_card_versions integer[], p_carries_after numeric[], p_now timestamp with time zone, OUT p_results jsonb[], OUT p_below_top_up text[])
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_write(p_accounts text[], p_per_event text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[], p_costs numeric[], p_rate_card_ids text[], p_rate_card_versions integer[], p_carries_after numeric[], p_now timestamp with time zone, OUT p_results jsonb[], OUT p_below_top_up text[])
  RETURNS record
  LANGUAGE plpgsql
 AS $function$
@@ -2295,8 +2602,8 @@ declare
   v_uncovered bigint;
 begin
   with account as (
-    select * from tally_usage_batch_accounts(p_accounts, p_account_ids, p_charges, p_keys, p_hashes, p_references,
-      p_actors, p_carries_after, p_now)
+    select * from tally_usage_batch_accounts(p_accounts, p_per_event, p_account_ids, p_charges, p_keys, p_hashes,
+      p_references, p_actors, p_carries_after, p_now)
   ),
   numbered as (
     select s.*, nextval(v_entry_sequence) as entry_id from (

@@ -6,7 +6,7 @@
 
 -- tally_open_spend of 0002, and then, for an account with limits only, the limits: a spend that
 -- would pass one is refused with 402 spend_limit_exceeded, stored as the key's first outcome as
--- insufficient_credits is. Credits are checked first.
+-- insufficient_credits is. Credits are checked first, after the period's recurring grants.
 create or replace function tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text,
   p_hash text, p_now timestamptz) returns jsonb language plpgsql as $$
 declare
@@ -17,6 +17,7 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
+  perform tally_give_recurring(p_account, p_now);
   select available, spend_limited into v_available, v_limited from accounts where id = p_account;
   if v_available < p_amount then
     return tally_remember(p_key, p_account, p_operation, p_hash, 402,
@@ -96,10 +97,12 @@ $$;
 --   1. tally_usage_batch_check: the arrays make a batch, or the batch fails (TX001).
 --   2. Lock the batch's accounts, in one order.
 --   3. tally_usage_batch_price: price the priced events with each account's carry.
---   4. tally_usage_batch_settle: settle the accounts with a hold or grant past due.
+--   4. tally_usage_batch_settle: settle the accounts with a hold or grant past due; then
+--      tally_batch_entitlements (44-entitlements.sql): give the period's recurring grants, and
+--      name the accounts with a meter their plan lacks, which go per event.
 --   5. tally_usage_batch_write: decide each account at once or not (tally_usage_batch_accounts,
---      which resolves the keys already answered and checks credits and limits), write the
---      spends of those decided at once as one statement, and answer them.
+--      which resolves the keys already answered and checks entitlements, credits and limits),
+--      write the spends of those decided at once as one statement, and answer them.
 --   6. Ask for the top-ups those spends call for, as tally_usage does.
 --   7. tally_usage_batch_one_by_one: every other account goes one event at a time, as before.
 create or replace function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
@@ -115,6 +118,7 @@ declare
   v_rate_card_ids text[];
   v_rate_card_versions integer[];
   v_carries_after numeric[];
+  v_per_event text[];
   v_results jsonb[];
   v_below_top_up text[];
 begin
@@ -129,9 +133,11 @@ begin
       from tally_usage_batch_price(p_account_ids, p_amounts, p_meters, p_quantities, v_now);
   end if;
   perform tally_usage_batch_settle(v_accounts, p_account_ids, p_keys, v_now);
+  -- The period's recurring grants first; an account with a meter its plan lacks goes per event.
+  v_per_event := tally_batch_entitlements(v_accounts, p_account_ids, p_meters, v_now);
   select * into v_results, v_below_top_up
-    from tally_usage_batch_write(v_accounts, p_account_ids, v_amounts, p_keys, p_hashes, p_references, p_actors,
-      p_meters, p_quantities, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after, v_now);
+    from tally_usage_batch_write(v_accounts, v_per_event, p_account_ids, v_amounts, p_keys, p_hashes, p_references,
+      p_actors, p_meters, p_quantities, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after, v_now);
   -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
   foreach v_account in array coalesce(v_below_top_up, '{}') loop
     perform tally_request_top_up(v_account, v_now);
@@ -263,16 +269,17 @@ create or replace function tally_usage_batch_reads(p_accounts text[], p_account_
 $$;
 
 -- Whether the batch can decide an account at once: none of its keys comes twice or was seen
--- before, its balance covers the batch, and it has at most 100 live grants (each spend reads its
--- account's live grants, so an account with more, rare: packs bought again and again, takes the
--- per-event path, which stops at the grants a spend needs). An account with limits is decided at
--- once when the whole batch stays below both of them: then no spend is refused and none reaches
--- a limit (which writes an event). A batch that would reach or pass one takes the per-event path,
--- which decides each spend in turn.
-create or replace function tally_usage_batch_at_once(p_keys_new boolean, p_total bigint, p_available bigint,
-  p_grant_count integer, p_limited boolean, p_limits_found boolean, p_per_day bigint, p_per_month bigint,
-  p_spent_day bigint, p_spent_month bigint) returns boolean language sql immutable as $$
-  select coalesce(p_keys_new and p_total <= p_available and p_grant_count <= 100
+-- before, its plan includes the meters of its priced events (p_entitled: it is not one of the
+-- accounts tally_batch_entitlements names), its balance covers the batch, and it has at most
+-- 100 live grants (each spend reads its account's live grants, so an account with more, rare:
+-- packs bought again and again, takes the per-event path, which stops at the grants a spend
+-- needs). An account with limits is decided at once when the whole batch stays below both of
+-- them: then no spend is refused and none reaches a limit (which writes an event). A batch that
+-- would reach or pass one takes the per-event path, which decides each spend in turn.
+create or replace function tally_usage_batch_at_once(p_keys_new boolean, p_entitled boolean, p_total bigint,
+  p_available bigint, p_grant_count integer, p_limited boolean, p_limits_found boolean, p_per_day bigint,
+  p_per_month bigint, p_spent_day bigint, p_spent_month bigint) returns boolean language sql immutable as $$
+  select coalesce(p_keys_new and p_entitled and p_total <= p_available and p_grant_count <= 100
     and (not p_limited or (p_limits_found
       and (p_per_day is null or p_spent_day + p_total < p_per_day)
       and (p_per_month is null or p_spent_month + p_total < p_per_month))), false)
@@ -281,15 +288,16 @@ $$;
 -- One row per account of the batch: its events as arrays in batch order, their total, the carry
 -- after its last priced spend, whether a key comes twice or was seen before, its live grants in
 -- spend order, its balance and limits, and whether the batch decides it at once.
-create or replace function tally_usage_batch_accounts(p_accounts text[], p_account_ids text[], p_charges bigint[],
-  p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[], p_now timestamptz)
+create or replace function tally_usage_batch_accounts(p_accounts text[], p_per_event text[], p_account_ids text[],
+  p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[],
+  p_now timestamptz)
   returns table (id text, event_ords integer[], event_amounts bigint[], event_spent_to bigint[], event_keys text[],
     event_hashes text[], event_references jsonb[], event_actors text[], total bigint, carry_after numeric,
     keys_new boolean, grant_ids bigint[], grant_remaining bigint[], grant_granted_to bigint[], found boolean,
     available bigint, debt bigint, limited boolean, limits_found boolean, per_day bigint, per_month bigint,
     spent_day bigint, spent_month bigint, at_once boolean) language sql stable as $$
-  select t.*, tally_usage_batch_at_once(t.keys_new, t.total, t.available, coalesce(cardinality(t.grant_ids), 0),
-    t.limited, t.limits_found, t.per_day, t.per_month, t.spent_day, t.spent_month)
+  select t.*, tally_usage_batch_at_once(t.keys_new, t.id <> all(p_per_event), t.total, t.available,
+    coalesce(cardinality(t.grant_ids), 0), t.limited, t.limits_found, t.per_day, t.per_month, t.spent_day, t.spent_month)
   from (
     select p.account_id as id,
       array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
@@ -330,8 +338,8 @@ $$;
 -- carries, limits' counters and entries, with entry ids in the order the per-event path would
 -- have taken them) and answers each event: the spend's answer, 404 for an unknown account, NULL
 -- for the per-event path. Also the accounts those spends leave below their top-up threshold.
-create or replace function tally_usage_batch_write(p_accounts text[], p_account_ids text[], p_charges bigint[],
-  p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[],
+create or replace function tally_usage_batch_write(p_accounts text[], p_per_event text[], p_account_ids text[],
+  p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[],
   p_costs numeric[], p_rate_card_ids text[], p_rate_card_versions integer[], p_carries_after numeric[],
   p_now timestamptz, out p_results jsonb[], out p_below_top_up text[]) language plpgsql as $$
 declare
@@ -339,8 +347,8 @@ declare
   v_uncovered bigint;
 begin
   with account as (
-    select * from tally_usage_batch_accounts(p_accounts, p_account_ids, p_charges, p_keys, p_hashes, p_references,
-      p_actors, p_carries_after, p_now)
+    select * from tally_usage_batch_accounts(p_accounts, p_per_event, p_account_ids, p_charges, p_keys, p_hashes,
+      p_references, p_actors, p_carries_after, p_now)
   ),
   numbered as (
     select s.*, nextval(v_entry_sequence) as entry_id from (
