@@ -223,6 +223,38 @@ describe('a spend on a meter outside the entitlements', () => {
     assert.deepEqual(await written('e-spend'), before);
   });
 
+  it('is 403 in a batch for that event only, answered as its single call, while the rest spend', async () => {
+    // The batch sends an account with a priced event on a meter outside its plan one event at a
+    // time (tally_batch_entitlements), so that event is refused as a single spend would be and
+    // its other events spend; an account without one is decided at once beside it.
+    await fundedAccount(test, 'e-batch', 1000);
+    await fundedAccount(test, 'e-batch-other', 1000);
+    const events = [
+      { account_id: 'e-batch', amount: 5, idempotency_key: key() },
+      { account_id: 'e-batch', meter: gpt5, quantities: gpt5Usage, idempotency_key: key() },
+      { account_id: 'e-batch-other', meter: mini, quantities: usage, idempotency_key: key() },
+      { account_id: 'e-batch', meter: mini, quantities: usage, idempotency_key: key() },
+    ];
+    const answer = await test.call('POST', '/v1/usage/batch', { events });
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const results = answer.body.results as { status: number; error?: { code: string; meter?: string } }[];
+    assert.deepEqual(
+      results.map((result) => [result.status, result.error?.code, result.error?.meter]),
+      [
+        [200, undefined, undefined],
+        [403, 'meter_not_entitled', gpt5],
+        [200, undefined, undefined],
+        [200, undefined, undefined],
+      ],
+    );
+    const single = await test.call('POST', '/v1/accounts/e-batch/usage', {
+      meter: gpt5,
+      quantities: gpt5Usage,
+      idempotency_key: events[1]?.idempotency_key,
+    });
+    assert.deepEqual(single.body.error, { ...results[1]?.error, replayed: true }, "the same refusal, stored as the key's outcome");
+  });
+
   it('is answered by a quote as reason meter_not_entitled, writing nothing', async () => {
     const before = await written('e-spend');
     const quote = await test.call('POST', '/v1/accounts/e-spend/quote', { meter: gpt5, quantities: gpt5Usage });
