@@ -267,6 +267,46 @@ describe('a refund and a dispute of one payment share its cap (item 6, found by 
   });
 });
 
+describe('a yearly proration after a refund takes only what the payment has left (item 6, found by mutation)', () => {
+  it('a prorated cancellation on day 40 of a year 75 % refunded takes 12,000 across months, and nothing more', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000, paymentIntent });
+    // 36,000 of the year's 48,000 credits go back with the refund: months 4 to 12, never granted.
+    await deliver(test, event('refund.created', refund({ amount: 30000, paymentIntent }), { created: now() }));
+    await settleWebhooks(test);
+    const cancelAt = start + 40 * day;
+    await travelTo(cancelAt);
+    // The final invoice of a prorated cancellation: the unused 11 months go to the customer
+    // balance, a line worth far more credits (about 42,700) than the payment has left (12,000).
+    await pay([{ price: 'price_plus_yearly', start: cancelAt, end: yearEnd, proration: true, amount: -35000 }], {
+      amountPaid: 0,
+      total: -35000,
+    });
+    const taken = await test.database.db.query<{ scheduled: string; clawed: string }>(
+      `select (select coalesce(-sum(credits), 0) from yearly_schedule where subscription_id = $1 and credits < 0)::bigint as scheduled,
+              (select coalesce(-sum(amount), 0) from entries where account_id = $2 and kind = 'clawback')::bigint as clawed`,
+      [subscriptionId, accountId],
+    );
+    const row = taken.rows[0]!;
+    assert.equal(Number(row.scheduled) + Number(row.clawed), 48000, 'the refund and the proration take the payment once');
+    const payment = await test.database.db.query<{ prorated_back: string }>(
+      'select prorated_back from payments where payment_intent = $1',
+      [paymentIntent],
+    );
+    assert.equal(Number(payment.rows[0]?.prorated_back), 12000);
+    assert.equal((await balance(accountId)).debt, 0);
+    // The months the cap cut stay untouched when the scheduler reaches them: nothing is taken
+    // from the account as they start (before the fix, invoice.payment_succeeded scheduled them).
+    const clawedBefore = await clawedBack(accountId);
+    await travelTo(addMonths(start, 8) + 60);
+    assert.equal(await clawedBack(accountId), clawedBefore);
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 0 });
+  });
+});
+
 describe("a refund's share is of the invoice's total (item 7)", () => {
   it('refunding the 400 cents a card paid of a 1,000-cent invoice (600 from the customer balance) claws back 40 %', async () => {
     const { accountId, pay } = await subscriber();
