@@ -218,7 +218,27 @@ describe('a refund and a dispute of one payment share its cap (item 6, found by 
       [accountId],
     );
     assert.equal(rows[0]?.reference.event, disputed.id, 'the clawback names the event that caused it');
+    const alerts = await test.database.db.query('select 1 from alerts where alert_key = $1', [`debt:${accountId}`]);
+    assert.equal(alerts.rowCount, 0, 'no debt, no account_in_debt alert');
     assert.equal(rows[0]?.reference.months_cancelled, 0);
+  });
+
+  it('a refund of credits already spent leaves debt and raises account_in_debt naming the debt and its cause', async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_monthly', start, end: start + 30 * day }], { amountPaid: 1000, paymentIntent });
+    const spent = await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 3000, idempotency_key: uniqueId('spend') });
+    assert.equal(spent.status, 200);
+    const refunded = refund({ amount: 1000, paymentIntent });
+    await deliver(test, event('refund.created', refunded, { created: now() }));
+    await settleWebhooks(test);
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 3000 });
+    const { rows } = await test.database.db.query<{ kind: string; severity: string; details: Record<string, unknown> }>(
+      'select kind, severity, details from alerts where alert_key = $1',
+      [`debt:${accountId}`],
+    );
+    assert.deepEqual(rows, [{ kind: 'account_in_debt', severity: 'warning', details: { debt: 3000, cause: `refund:${refunded.id}` } }]);
   });
 
   it('a yearly refund met by cancelling months not yet granted writes no clawback, counts once when Stripe sends it again, and a dispute takes only what is left', async () => {
