@@ -2,7 +2,8 @@
  * Mutation testing of the money rules (`npm run mutate`): StrykerJS changes one thing at a time
  * in the credit rule, periods, the yearly schedule, refunds and top-ups, and runs a focused test
  * command (the integration tests of those rules and a few simulator seeds) against each change.
- * A mutant that survives is a rule no test notices: it gets a test, a simulator step, or a
+ * The credit rule's unit test runs first: it needs no database and kills a pure mutant in a
+ * second. A mutant that survives is a rule no test notices: it gets a test, a simulator step, or a
  * sentence saying why it is equivalent. Too slow for CI (each mutant runs
  * the command); CONTRIBUTING.md says how to run it.
  *
@@ -24,7 +25,7 @@ export default {
   commandRunner: {
     command:
       process.env.TALLY_MUTATE_COMMAND ??
-      'TALLY_SIMULATION_SEEDS=1000,1003,1007 node --import tsx test/run.ts test/integration/credit-rule test/integration/restores test/integration/stripe-history test/integration/stripe-edges test/integration/auto-top-up test/simulation/lifecycles',
+      'node --import tsx --test test/unit/credit-rule.test.ts && TALLY_SIMULATION_SEEDS=1000,1003,1007 node --import tsx test/run.ts test/integration/credit-rule test/integration/restores test/integration/stripe-history test/integration/stripe-edges test/integration/auto-top-up test/simulation/lifecycles',
   },
   mutate: process.env.TALLY_MUTATE ? [process.env.TALLY_MUTATE] : money,
   coverageAnalysis: 'off',

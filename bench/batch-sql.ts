@@ -25,6 +25,7 @@ import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { ensureDatabase, startEmbeddedDatabase, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { parseCatalog } from '../src/billing/catalog.js';
 import { migrate } from '../src/db/migrate.js';
 import { payloadHash } from '../src/ledger/payload-hash.js';
 import { databaseUrlFor } from '../test/helpers/database.js';
@@ -83,6 +84,8 @@ export interface BatchSqlFigure {
 }
 
 type Side = 'before' | 'after';
+/** How a batch goes to SQL: as JSON (before 0013), as arrays, or as arrays with meters and quantities. */
+type CallForm = 'json' | 'arrays' | 'priced';
 
 interface Event {
   account_id: string;
@@ -91,7 +94,17 @@ interface Event {
   payload_hash: string;
   reference: Record<string, unknown>;
   actor: 'app';
+  /** A priced spend's meter and quantities (its amount is 0). */
+  meter?: string;
+  quantities?: Record<string, number>;
 }
+
+/**
+ * The priced spend of the priced rows: 2000 input and 1000 output tokens of gpt-5 at the example
+ * catalog's standard card cost 1.25 credits, so spends charge 1 or 2 credits and the carry runs
+ * through 0.25, 0.5, 0.75 and 0 (a plain spend charges 1).
+ */
+export const pricedSpend = { meter: 'openai/gpt-5', quantities: { input_tokens: 2000, output_tokens: 1000 } } as const;
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
 
@@ -137,20 +150,31 @@ function cpuNanoseconds(pids: number[]): number | null {
   }
 }
 
-/** The arguments of one call, as each side's function takes them. */
-function callOf(side: Side, events: Event[], versionBefore: number): { text: string; values: unknown[] } {
-  // Before 0013 the batch took its events as JSON; from 0013 both sides take arrays.
-  if (side === 'before' && versionBefore < 13)
-    return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
+/** The form a side of the migration comparison calls: before 0013 the batch took its events as JSON; from 0013 both sides take arrays. */
+const migrationForm = (side: Side, versionBefore: number): CallForm => (side === 'before' && versionBefore < 13 ? 'json' : 'arrays');
+
+/** The arguments of one call, as the batch function takes them in this form (as the ledger sends them). */
+function callOf(form: CallForm, events: Event[]): { text: string; values: unknown[] } {
+  if (form === 'json') return { text: 'select tally_usage_batch($1::jsonb, null) as result', values: [JSON.stringify(events)] };
+  const values = [
+    events.map((event) => event.account_id),
+    events.map((event) => event.amount),
+    events.map((event) => event.idempotency_key),
+    events.map((event) => event.payload_hash),
+    events.map((event) => event.reference),
+    events.map((event) => event.actor),
+  ];
+  if (form === 'arrays')
+    return {
+      text: 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null) as result',
+      values,
+    };
   return {
-    text: 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null) as result',
+    text: 'select tally_usage_batch($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], null, $7::text[], $8::jsonb[]) as result',
     values: [
-      events.map((event) => event.account_id),
-      events.map((event) => event.amount),
-      events.map((event) => event.idempotency_key),
-      events.map((event) => event.payload_hash),
-      events.map((event) => event.reference),
-      events.map((event) => event.actor),
+      ...values,
+      events.map((event) => event.meter ?? null),
+      events.map((event) => (event.quantities === undefined ? null : JSON.stringify(event.quantities))),
     ],
   };
 }
@@ -183,17 +207,21 @@ async function setUp(url: string, accountCount: number): Promise<void> {
   }
 }
 
-/** Batches of one scenario under keys of their own. */
-function batchesOf(accounts: string[][], label: string, hash: string): Event[][] {
+const plainHash = payloadHash({ amount: 1 });
+const pricedHash = payloadHash(pricedSpend);
+
+/** Batches of one scenario under keys of their own: plain spends of 1 credit, or the priced spend. */
+function batchesOf(accounts: string[][], label: string, priced = false): Event[][] {
   return accounts.map((batch, batchIndex) =>
     batch.map(
       (accountId, index): Event => ({
         account_id: accountId,
-        amount: 1,
+        amount: priced ? 0 : 1,
         idempotency_key: `${label}-${batchIndex}-${index}`,
-        payload_hash: hash,
+        payload_hash: priced ? pricedHash : plainHash,
         reference: {},
         actor: 'app',
+        ...(priced ? { meter: pricedSpend.meter, quantities: pricedSpend.quantities } : {}),
       }),
     ),
   );
@@ -205,10 +233,10 @@ function batchesOf(accounts: string[][], label: string, hash: string): Event[][]
  * connections plan their statements, as in a database in use. Without it, on a new database,
  * the old batch's cost per spend grew with every batch a connection sent (cause not found).
  */
-async function warmUp(url: string, side: Side, batches: Event[][], connectionCount: number, versionBefore: number): Promise<void> {
+async function warmUp(url: string, name: string, form: CallForm, batches: Event[][], connectionCount: number): Promise<void> {
   const pool = quietWhenDropped(new pg.Pool({ connectionString: url, max: connectionCount }));
   try {
-    await send(pool, side, batches, connectionCount, versionBefore);
+    await send(pool, name, form, batches, connectionCount);
     await pool.query('vacuum analyze');
   } finally {
     await pool.end();
@@ -222,8 +250,8 @@ interface Measured {
 }
 
 /** Sends `batches` over `pool`, `connectionCount` at a time; answers spends/s, each batch's milliseconds and the backends' CPU per spend. */
-async function send(pool: pg.Pool, side: Side, batches: Event[][], connectionCount: number, versionBefore: number): Promise<Measured> {
-  const calls = batches.map((events) => callOf(side, events, versionBefore));
+async function send(pool: pg.Pool, name: string, form: CallForm, batches: Event[][], connectionCount: number): Promise<Measured> {
+  const calls = batches.map((events) => callOf(form, events));
   const spendCount = batches.reduce((sum, events) => sum + events.length, 0);
   const pids = await backendPids(pool, connectionCount);
   const batchMilliseconds: number[] = [];
@@ -238,7 +266,7 @@ async function send(pool: pg.Pool, side: Side, batches: Event[][], connectionCou
         const { rows } = await pool.query<{ result: { status: number }[] }>(call.text, call.values);
         batchMilliseconds.push(performance.now() - begin);
         const refused = rows[0]?.result.find((outcome) => outcome.status !== 200);
-        if (refused !== undefined) throw new Error(`${side}: a spend was refused: ${JSON.stringify(refused)}`);
+        if (refused !== undefined) throw new Error(`${name}: a spend was refused: ${JSON.stringify(refused)}`);
       }
     }),
   );
@@ -246,6 +274,83 @@ async function send(pool: pg.Pool, side: Side, batches: Event[][], connectionCou
   const cpuAfter = cpuNanoseconds(pids);
   const cpuMicrosecondsPerSpend = cpuBefore === null || cpuAfter === null ? null : (cpuAfter - cpuBefore) / 1000 / spendCount;
   return { perSecond: spendCount / seconds, batchMilliseconds, cpuMicrosecondsPerSpend };
+}
+
+/** One side of a comparison: a pool on its database and the form its batches go in. */
+interface ComparedSide {
+  name: string;
+  pool: pg.Pool;
+  form: CallForm;
+  priced: boolean;
+}
+
+interface SideRounds {
+  rounds: number[];
+  batchMilliseconds: number[];
+  cpu: number[];
+}
+
+/**
+ * Rounds of one scenario on two sides: each round sends both sides the same accounts in the same
+ * order (under keys of their own), the sides taking turns going first.
+ */
+async function compareSides(
+  sides: [ComparedSide, ComparedSide],
+  scenario: 'spread' | 'hot',
+  accountsOf: (scenario: 'spread' | 'hot') => string[][],
+  settings: { roundCount: number; connectionCount: number; log: (line: string) => void },
+): Promise<[SideRounds, SideRounds]> {
+  const measured: [SideRounds, SideRounds] = [
+    { rounds: [], batchMilliseconds: [], cpu: [] },
+    { rounds: [], batchMilliseconds: [], cpu: [] },
+  ];
+  for (let round = 1; round <= settings.roundCount; round += 1) {
+    const accounts = accountsOf(scenario);
+    const order = round % 2 === 1 ? [0, 1] : [1, 0];
+    for (const index of order) {
+      const side = sides[index]!;
+      const batches = batchesOf(accounts, `${side.name}-${scenario}-${round}`, side.priced);
+      const figure = await send(side.pool, side.name, side.form, batches, settings.connectionCount);
+      const into = measured[index]!;
+      into.rounds.push(figure.perSecond);
+      into.batchMilliseconds.push(...figure.batchMilliseconds);
+      if (figure.cpuMicrosecondsPerSpend !== null) into.cpu.push(figure.cpuMicrosecondsPerSpend);
+    }
+    const last = (values: number[], digits: number) => values.at(-1)?.toFixed(digits) ?? '-';
+    const [first, second] = measured;
+    settings.log(
+      `${scenario} round ${round}/${settings.roundCount}: ${sides[0].name} ${last(first.rounds, 0)}/s, ${sides[1].name} ${last(second.rounds, 0)}/s; ` +
+        `CPU us/spend ${sides[0].name} ${last(first.cpu, 1)}, ${sides[1].name} ${last(second.cpu, 1)}`,
+    );
+  }
+  return measured;
+}
+
+const medianOrNull = (values: number[]): number | null => (values.length === 0 ? null : median(values));
+
+/** The accounts of each batch of a scenario: spread over the accounts (the same every run) or all on the hot one. */
+function scenarioAccounts(batchCountPerRound: number, batchSize: number, accountCount: number): (scenario: 'spread' | 'hot') => string[][] {
+  const random = randomIntegers(0x13);
+  return (scenario) =>
+    Array.from({ length: batchCountPerRound }, () =>
+      Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)),
+    );
+}
+
+/** The example catalog's rate cards, published into a bare database as a started Tally publishes them. */
+async function publishExampleRateCards(url: string): Promise<void> {
+  const catalog = parseCatalog(JSON.parse(readFileSync('plans.example.json', 'utf8')));
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query('select tally_sync_catalog_pricing($1, $2, $3, null)', [
+      JSON.stringify(catalog.rate_cards.map((card) => ({ id: card.id, rates: card.rates }))),
+      catalog.default_rate_card ?? null,
+      JSON.stringify(catalog.plans.map((plan) => ({ id: plan.id, rate_card: plan.rate_card ?? null }))),
+    ]);
+  } finally {
+    await client.end();
+  }
 }
 
 export async function measureBatchSql(serverUrl: string, options: BatchSqlOptions = {}): Promise<BatchSqlFigure[]> {
@@ -259,16 +364,8 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
   const names: Record<Side, string> = { before: `tally_batch_sql_before_${process.pid}`, after: `tally_batch_sql_after_${process.pid}` };
   const pools: Partial<Record<Side, pg.Pool>> = {};
   try {
-    const random = randomIntegers(0x13);
-    const hash = payloadHash({ amount: 1 });
-    const scenarioAccounts = (scenario: 'spread' | 'hot') =>
-      Array.from({ length: batchCountPerRound }, () =>
-        Array.from({ length: batchSize }, () => (scenario === 'hot' ? 'hot' : `acct-${random(accountCount)}`)),
-      );
-    const warmUpBatches = [
-      ...batchesOf(scenarioAccounts('spread'), 'warm-spread', hash),
-      ...batchesOf(scenarioAccounts('hot'), 'warm-hot', hash),
-    ];
+    const accountsOf = scenarioAccounts(batchCountPerRound, batchSize, accountCount);
+    const warmUpBatches = [...batchesOf(accountsOf('spread'), 'warm-spread'), ...batchesOf(accountsOf('hot'), 'warm-hot')];
     for (const side of ['before', 'after'] as const) {
       const url = databaseUrlFor(serverUrl, names[side]);
       await ensureDatabase(serverUrl, names[side]);
@@ -279,51 +376,110 @@ export async function measureBatchSql(serverUrl: string, options: BatchSqlOption
         await migrate(url);
       }
       await setUp(url, accountCount);
-      await warmUp(url, side, warmUpBatches, connectionCount, versionBefore);
+      await warmUp(url, side, migrationForm(side, versionBefore), warmUpBatches, connectionCount);
       pools[side] = quietWhenDropped(new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 }));
       log(`${side}: ${accountCount} accounts funded, warmed up`);
     }
+    const sides: [ComparedSide, ComparedSide] = [
+      { name: 'before', pool: pools.before!, form: migrationForm('before', versionBefore), priced: false },
+      { name: 'after', pool: pools.after!, form: 'arrays', priced: false },
+    ];
     const figures: BatchSqlFigure[] = [];
     for (const scenario of ['spread', 'hot'] as const) {
-      const rounds: Record<Side, number[]> = { before: [], after: [] };
-      const batchMilliseconds: Record<Side, number[]> = { before: [], after: [] };
-      const cpu: Record<Side, number[]> = { before: [], after: [] };
-      for (let round = 1; round <= roundCount; round += 1) {
-        // Each side gets the same accounts in the same order, under keys of its own run.
-        const accounts = scenarioAccounts(scenario);
-        const order: Side[] = round % 2 === 1 ? ['before', 'after'] : ['after', 'before'];
-        for (const side of order) {
-          const batches = batchesOf(accounts, `${scenario}-${round}`, hash);
-          const measured = await send(pools[side]!, side, batches, connectionCount, versionBefore);
-          rounds[side].push(measured.perSecond);
-          batchMilliseconds[side].push(...measured.batchMilliseconds);
-          if (measured.cpuMicrosecondsPerSpend !== null) cpu[side].push(measured.cpuMicrosecondsPerSpend);
-        }
-        log(
-          `${scenario} round ${round}/${roundCount}: before ${rounds.before.at(-1)?.toFixed(0)}/s, after ${rounds.after.at(-1)?.toFixed(0)}/s; CPU us/spend before ${cpu.before.at(-1)?.toFixed(1) ?? '-'}, after ${cpu.after.at(-1)?.toFixed(1) ?? '-'}`,
-        );
-      }
-      const beforePerSecond = median(rounds.before);
-      const afterPerSecond = median(rounds.after);
+      const [before, after] = await compareSides(sides, scenario, accountsOf, { roundCount, connectionCount, log });
+      const beforePerSecond = median(before.rounds);
+      const afterPerSecond = median(after.rounds);
       figures.push({
         scenario,
         beforePerSecond,
         afterPerSecond,
         ratio: afterPerSecond / beforePerSecond,
-        beforeRounds: rounds.before,
-        afterRounds: rounds.after,
-        beforeBatchMilliseconds: median(batchMilliseconds.before),
-        afterBatchMilliseconds: median(batchMilliseconds.after),
-        beforeCpuMicroseconds: cpu.before.length === 0 ? null : median(cpu.before),
-        afterCpuMicroseconds: cpu.after.length === 0 ? null : median(cpu.after),
+        beforeRounds: before.rounds,
+        afterRounds: after.rounds,
+        beforeBatchMilliseconds: median(before.batchMilliseconds),
+        afterBatchMilliseconds: median(after.batchMilliseconds),
+        beforeCpuMicroseconds: medianOrNull(before.cpu),
+        afterCpuMicroseconds: medianOrNull(after.cpu),
       });
     }
     return figures;
   } finally {
     await Promise.all(Object.values(pools).map((pool) => pool.end()));
-    const admin = new pg.Client({ connectionString: serverUrl });
-    await admin.connect();
-    for (const name of Object.values(names)) await admin.query(`drop database if exists ${name} with (force)`);
+    await dropDatabases(serverUrl, Object.values(names));
+  }
+}
+
+export interface PricedBatchSqlFigure {
+  scenario: 'spread' | 'hot';
+  /** Spends per second of each round, plain (1 credit) and priced (the meter and quantities of `pricedSpend`). */
+  plainRounds: number[];
+  pricedRounds: number[];
+  /** Median of the rounds' priced / plain spends per second. */
+  ratio: number;
+  plainCpuMicroseconds: number | null;
+  pricedCpuMicroseconds: number | null;
+}
+
+/**
+ * Plain and priced spends in tally_usage_batch on one database migrated to the newest, with the
+ * example catalog's rate cards published: the same accounts, batches and connections, rounds
+ * taking turns going first. What pricing adds to a batch (pricing each event by its account's
+ * card, the carry) is the only difference.
+ */
+export async function measurePricedBatchSql(serverUrl: string, options: BatchSqlOptions = {}): Promise<PricedBatchSqlFigure[]> {
+  const roundCount = options.roundCount ?? 5;
+  const batchCountPerRound = options.batchCountPerRound ?? 24;
+  const batchSize = options.batchSize ?? 256;
+  const connectionCount = options.connectionCount ?? 4;
+  const accountCount = options.accountCount ?? 10_000;
+  const log = options.log ?? (() => undefined);
+  const name = `tally_batch_sql_priced_${process.pid}`;
+  let pool: pg.Pool | undefined;
+  try {
+    const url = databaseUrlFor(serverUrl, name);
+    await ensureDatabase(serverUrl, name);
+    await migrate(url);
+    await publishExampleRateCards(url);
+    await setUp(url, accountCount);
+    const accountsOf = scenarioAccounts(batchCountPerRound, batchSize, accountCount);
+    for (const priced of [false, true]) {
+      const warm = [
+        ...batchesOf(accountsOf('spread'), `warm-spread-${priced}`, priced),
+        ...batchesOf(accountsOf('hot'), `warm-hot-${priced}`, priced),
+      ];
+      await warmUp(url, priced ? 'priced' : 'plain', priced ? 'priced' : 'arrays', warm, connectionCount);
+    }
+    pool = quietWhenDropped(new pg.Pool({ connectionString: url, max: connectionCount, idleTimeoutMillis: 0 }));
+    log(`plain and priced: ${accountCount} accounts funded, warmed up`);
+    const sides: [ComparedSide, ComparedSide] = [
+      { name: 'plain', pool, form: 'arrays', priced: false },
+      { name: 'priced', pool, form: 'priced', priced: true },
+    ];
+    const figures: PricedBatchSqlFigure[] = [];
+    for (const scenario of ['spread', 'hot'] as const) {
+      const [plain, priced] = await compareSides(sides, scenario, accountsOf, { roundCount, connectionCount, log });
+      figures.push({
+        scenario,
+        plainRounds: plain.rounds,
+        pricedRounds: priced.rounds,
+        ratio: median(priced.rounds) / median(plain.rounds),
+        plainCpuMicroseconds: medianOrNull(plain.cpu),
+        pricedCpuMicroseconds: medianOrNull(priced.cpu),
+      });
+    }
+    return figures;
+  } finally {
+    await pool?.end();
+    await dropDatabases(serverUrl, [name]);
+  }
+}
+
+async function dropDatabases(serverUrl: string, names: string[]): Promise<void> {
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  try {
+    for (const name of names) await admin.query(`drop database if exists ${name} with (force)`);
+  } finally {
     await admin.end();
   }
 }

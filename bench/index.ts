@@ -6,6 +6,8 @@
  * (BENCH_ROUNDS, default 3; HTTP rounds of BENCH_SECONDS, default 5). The server runs in its own process (the real `tally start`);
  * HTTP load comes from autocannon in this one. PostgreSQL is a fresh embedded cluster unless
  * BENCH_DATABASE_URL names a server (a scratch database is created there and dropped after).
+ * TALLY_BENCH_QUICK=1 runs every row once, briefly, to check that the bench works: its figures
+ * mean nothing.
  */
 import { cpus, totalmem } from 'node:os';
 import pg from 'pg';
@@ -25,12 +27,15 @@ import {
   spreadAccount,
   type Figures,
 } from './load.js';
-import { measureBatchSql } from './batch-sql.js';
+import { measureBatchSql, measurePricedBatchSql, pricedSpend } from './batch-sql.js';
 import { benchAppKey, startBenchServer } from './server.js';
 import { runWebhookBench } from './webhooks.js';
 
-const roundSeconds = Number(process.env.BENCH_SECONDS ?? 5);
-const roundCount = Number(process.env.BENCH_ROUNDS ?? 3);
+const quick = process.env.TALLY_BENCH_QUICK === '1';
+const roundSeconds = quick ? 1 : Number(process.env.BENCH_SECONDS ?? 5);
+const roundCount = quick ? 1 : Number(process.env.BENCH_ROUNDS ?? 3);
+/** Batches each side sends per scenario and round in the SQL rows (the default of batch-sql.ts unless quick). */
+const batchCountPerRound = quick ? 2 : undefined;
 const fundedCredits = 1_000_000_000;
 /** Each account has a twin with spend limits that the bench never reaches (its spends are 1 credit). */
 const limitedTwin = (account: string): string => `limited-${account}`;
@@ -69,6 +74,16 @@ async function main(): Promise<void> {
         path: () => `/v1/accounts/${account()}/usage`,
         body: (key) => `{"amount":1,"idempotency_key":"${key}"}`,
       });
+    // The same spend priced: the meter and quantities of the SQL rows, charged with the carry.
+    const priced = `"meter":"${pricedSpend.meter}","quantities":${JSON.stringify(pricedSpend.quantities)}`;
+    const pricedUsage = (account: () => string) => () =>
+      measureHttp({
+        url: server!.url,
+        apiKey: benchAppKey,
+        seconds: roundSeconds,
+        path: () => `/v1/accounts/${account()}/usage`,
+        body: (key) => `{${priced},"idempotency_key":"${key}"}`,
+      });
     const randomAccount = () => spreadAccount(Math.floor(Math.random() * accountCount));
     let rss = 0;
     for (let round = 1; round <= roundCount; round += 1) {
@@ -86,6 +101,10 @@ async function main(): Promise<void> {
         row(`POST usage over HTTP, ${scenario}, spend limits`, 'spends/s', { baseline: `POST usage over HTTP, ${scenario}` }).figures.push(
           await usage(() => limitedTwin(account()))(),
         );
+        row(`POST usage over HTTP, ${scenario}, priced`, 'spends/s', {
+          target: '≥ 0.8x plain',
+          baseline: `POST usage over HTTP, ${scenario}`,
+        }).figures.push(await pricedUsage(account)());
         rss = Math.max(rss, server.takePeakRssMiB());
       }
       process.stderr.write(`round ${round}/${roundCount} done\n`);
@@ -99,7 +118,7 @@ async function main(): Promise<void> {
     server = undefined;
     const none = { p50: Number.NaN, p99: Number.NaN };
     process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0013\n');
-    for (const figure of await measureBatchSql(serverUrl, { roundCount })) {
+    for (const figure of await measureBatchSql(serverUrl, { roundCount, batchCountPerRound })) {
       const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
       const before = row(`tally_usage_batch of 256, ${scenario}, before 0013`, 'spends/s');
       before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
@@ -109,7 +128,7 @@ async function main(): Promise<void> {
       }).figures.push(...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })));
     }
     process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0015 (spend limits), accounts without limits\n');
-    for (const figure of await measureBatchSql(serverUrl, { roundCount, versionBefore: 14 })) {
+    for (const figure of await measureBatchSql(serverUrl, { roundCount, batchCountPerRound, versionBefore: 14 })) {
       const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
       const before = row(`tally_usage_batch of 256, ${scenario}, before 0015`, 'spends/s');
       before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
@@ -117,9 +136,20 @@ async function main(): Promise<void> {
         ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
       );
     }
+    process.stderr.write('tally_usage_batch at the SQL level, plain and priced spends on one database\n');
+    for (const figure of await measurePricedBatchSql(serverUrl, { roundCount, batchCountPerRound })) {
+      const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
+      const plain = row(`tally_usage_batch of 256, ${scenario}, plain`, 'spends/s');
+      plain.figures.push(...figure.plainRounds.map((perSecond) => ({ perSecond, ...none })));
+      row(`tally_usage_batch of 256, ${scenario}, priced`, 'spends/s', { target: '≥ 0.8x plain', baseline: plain.label }).figures.push(
+        ...figure.pricedRounds.map((perSecond) => ({ perSecond, ...none })),
+      );
+    }
     process.stderr.write('webhook intake and apply\n');
     process.env.BENCH_DATABASE_URL = serverUrl;
-    const webhooks = await runWebhookBench({ rounds: roundCount });
+    const webhooks = await runWebhookBench(
+      quick ? { rounds: roundCount, intakeDeliveries: 500, applyEvents: 100 } : { rounds: roundCount },
+    );
     const [oneInsert] = webhooks.intake;
     for (const line of webhooks.intake) {
       const first = line === oneInsert;
@@ -178,6 +208,7 @@ async function setUp(url: string): Promise<void> {
 
 function report(rows: Row[]): void {
   const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  if (quick) console.log('\nTALLY_BENCH_QUICK: one short round of each row, to check that the bench runs; these figures mean nothing');
   console.log(
     `\nTally bench: ${cpus().length} cores (${cpu}), ${Math.round(totalmem() / 2 ** 30)} GiB; ${connectionCount} connections; median of ${roundCount} rounds of ${roundSeconds} s\n`,
   );
@@ -195,6 +226,9 @@ function report(rows: Row[]): void {
   }
   console.log(
     '\nratio: HTTP usage to the naive spend function on the same accounts driven by the same Node client; with spend limits to the same call on accounts without;',
+  );
+  console.log(
+    `priced spends (${pricedSpend.meter} ${JSON.stringify(pricedSpend.quantities)}: 1.25 credits with the carry) to plain spends of 1 credit, over HTTP in the same rounds and in the batch on one database;`,
   );
   console.log(
     'the set-based batch to the batch before 0013; the batch now to the batch before spend limits (0015), on accounts without limits;',

@@ -2,6 +2,17 @@
 -- migration or a file of db/functions/, then dump again; a test fails while this file is stale.
 
 
+create table account_plans (
+  account_id text not null,
+  plan_id text,
+  source text not null,
+  entitlements jsonb not null,
+  updated_at timestamp with time zone not null default now()
+);
+alter table account_plans add constraint account_plan_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'free'::text, 'none'::text])));
+alter table account_plans add constraint account_plans_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
+alter table account_plans add constraint account_plans_pkey PRIMARY KEY (account_id);
+
 create table accounts (
   id text not null,
   email text,
@@ -113,10 +124,17 @@ CREATE INDEX billing_periods_by_end ON public.billing_periods USING btree (subsc
 create table catalog_plans (
   id text not null,
   rate_card_id text,
-  updated_at timestamp with time zone not null default now()
+  updated_at timestamp with time zone not null default now(),
+  free boolean not null default false,
+  credits_per_month bigint not null default 0,
+  entitlements jsonb,
+  recurring_grants jsonb not null default '[]'::jsonb
 );
+alter table catalog_plans add constraint entitlements_shape CHECK (((entitlements IS NULL) OR ((jsonb_typeof(entitlements) = 'object'::text) AND (((entitlements -> 'meters'::text) = '"all"'::jsonb) OR (jsonb_typeof((entitlements -> 'meters'::text)) = 'array'::text)) AND (jsonb_typeof((entitlements -> 'features'::text)) = 'object'::text))));
+alter table catalog_plans add constraint recurring_grants_shape CHECK ((jsonb_typeof(recurring_grants) = 'array'::text));
 alter table catalog_plans add constraint catalog_plans_rate_card_id_fkey FOREIGN KEY (rate_card_id) REFERENCES rate_cards(id);
 alter table catalog_plans add constraint catalog_plans_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX catalog_plans_one_free ON public.catalog_plans USING btree (free) WHERE free;
 
 create table entries (
   id bigint not null,
@@ -200,7 +218,7 @@ create table grants (
   live boolean default (remaining > 0)
 );
 alter table grants add constraint grant_amount_positive CHECK ((amount > 0));
-alter table grants add constraint grant_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'purchase'::text, 'promo'::text, 'admin'::text, 'rollover'::text])));
+alter table grants add constraint grant_source CHECK ((source = ANY (ARRAY['subscription'::text, 'trial'::text, 'purchase'::text, 'promo'::text, 'admin'::text, 'rollover'::text, 'recurring'::text])));
 alter table grants add constraint priority_range CHECK (((priority >= 0) AND (priority <= 1000)));
 alter table grants add constraint remaining_within_amount CHECK (((remaining >= 0) AND (remaining <= amount)));
 alter table grants add constraint grant_payment FOREIGN KEY (payment_id) REFERENCES payments(id);
@@ -385,13 +403,16 @@ create table subscriptions (
   event_id text not null,
   updated_at timestamp with time zone not null default now(),
   quantity integer not null default 1,
-  ended_at timestamp with time zone
+  ended_at timestamp with time zone,
+  plan_ids text[]
 );
 alter table subscriptions add constraint subscription_quantity_positive CHECK ((quantity >= 0));
 alter table subscriptions add constraint subscriptions_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id);
 alter table subscriptions add constraint subscriptions_pkey PRIMARY KEY (id);
 CREATE INDEX subscriptions_by_account ON public.subscriptions USING btree (account_id);
+CREATE TRIGGER subscriptions_insert_entitlements AFTER INSERT ON public.subscriptions FOR EACH ROW EXECUTE FUNCTION tally_entitlement_events();
 CREATE TRIGGER subscriptions_insert_events AFTER INSERT ON public.subscriptions FOR EACH ROW EXECUTE FUNCTION tally_subscription_events();
+CREATE TRIGGER subscriptions_update_entitlements AFTER UPDATE ON public.subscriptions FOR EACH ROW WHEN (((old.account_id IS DISTINCT FROM new.account_id) OR (old.status IS DISTINCT FROM new.status) OR (old.plan_id IS DISTINCT FROM new.plan_id) OR (old.plan_ids IS DISTINCT FROM new.plan_ids))) EXECUTE FUNCTION tally_entitlement_events();
 CREATE TRIGGER subscriptions_update_events AFTER UPDATE ON public.subscriptions FOR EACH ROW WHEN (((((((((old.account_id IS DISTINCT FROM new.account_id) OR (old.status IS DISTINCT FROM new.status)) OR (old.plan_id IS DISTINCT FROM new.plan_id)) OR (old.billing_interval IS DISTINCT FROM new.billing_interval)) OR (old.current_period_start IS DISTINCT FROM new.current_period_start)) OR (old.current_period_end IS DISTINCT FROM new.current_period_end)) OR (old.cancel_at_period_end IS DISTINCT FROM new.cancel_at_period_end)) OR (old.trial_end IS DISTINCT FROM new.trial_end))) EXECUTE FUNCTION tally_subscription_events();
 
 create table tally_secrets (
@@ -534,6 +555,26 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_account_plans(p_accounts text[])
+ RETURNS TABLE(account_id text, plan_id text, source text, rate_card_id text, all_meters boolean, meters text[])
+ LANGUAGE sql
+ STABLE
+AS $function$
+  with item as (select * from tally_plan_items(p_accounts))
+  select a.account_id, top.plan_id, coalesce(top.source, 'none'),
+    coalesce(top.rate_card_id, (select id from rate_cards where is_default)),
+    coalesce(m.all_meters, true), coalesce(m.meters, '{}')
+  from unnest(p_accounts) as a(account_id)
+  left join item top on top.account_id = a.account_id and top.rank = 1
+  left join lateral (
+    select bool_or(i.entitlements is null or i.entitlements->'meters' = '"all"'::jsonb) as all_meters,
+      array_agg(distinct x.meter) filter (where x.meter is not null) as meters
+    from item i
+    left join lateral jsonb_array_elements_text(
+      case when jsonb_typeof(i.entitlements->'meters') = 'array' then i.entitlements->'meters' end) as x(meter) on true
+    where i.account_id = a.account_id) m on true
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_account_rate_card(p_account text)
  RETURNS text
  LANGUAGE sql
@@ -547,12 +588,7 @@ CREATE OR REPLACE FUNCTION public.tally_account_rate_cards(p_accounts text[])
  LANGUAGE sql
  STABLE
 AS $function$
-  select a.account_id, coalesce(plan.rate_card_id, (select id from rate_cards where is_default))
-  from unnest(p_accounts) as a(account_id)
-  left join lateral (
-    select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
-    where s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
-    order by s.event_created desc, s.id limit 1) plan on true
+  select p.account_id, p.rate_card_id from tally_account_plans(p_accounts) p
 $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_add_grant(p_account text, p_source text, p_amount bigint, p_priority integer, p_expires_at timestamp with time zone, p_grant_key text, p_entry_kind text, p_reference jsonb, p_actor text, p_reason text, p_now timestamp with time zone)
@@ -653,6 +689,44 @@ begin
   return tally_remember(p_key, p_account, 'grant', p_hash, 201, v_added->'grant', v_now);
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_balance(p_account text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_balance jsonb;
+begin
+  if tally_catalog_recurs() and exists (select 1 from tally_recurring_due(p_account, v_now)) then
+    perform tally_lock_account(p_account, v_now);
+    perform tally_give_recurring(p_account, v_now);
+  end if;
+  select jsonb_build_object('account_id', a.id,
+      'available', a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id
+        and g.live and g.expires_at <= v_now), 0)::bigint,
+      'held', a.held, 'debt', a.debt)
+    into v_balance from accounts a where a.id = p_account;
+  if v_balance is null then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  return v_balance;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_batch_entitlements(p_accounts text[], p_account_ids text[], p_meters text[], p_now timestamp with time zone)
+ RETURNS text[]
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_account text;
+begin
+  if tally_catalog_recurs() then
+    foreach v_account in array p_accounts loop
+      perform tally_give_recurring(v_account, p_now);
+    end loop;
+  end if;
+  return tally_unentitled_accounts(p_account_ids, p_meters);
+end $function$;
+
 CREATE OR REPLACE FUNCTION public.tally_capture(p_hold_id bigint, p_amount bigint, p_actor text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -681,6 +755,14 @@ begin
   return jsonb_build_object('captured', v_amount, 'released', v_hold.amount - v_amount,
     'available', v_available);
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_catalog_recurs()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select exists (select 1 from catalog_plans where recurring_grants <> '[]'::jsonb)
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_clawback(p_account text, p_credits bigint, p_key text, p_payment_id bigint, p_reference jsonb, p_now timestamp with time zone)
  RETURNS jsonb
@@ -723,6 +805,68 @@ begin
   returning * into v_entry;
   return jsonb_build_object('created', true, 'entry', tally_entry_json(v_entry));
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entitlement_events()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_after jsonb := tally_entitlements_state(new.account_id);
+  v_before jsonb;
+begin
+  select entitlements into v_before from account_plans where account_id = new.account_id;
+  if not found then
+    -- The state of an account without a subscription: the empty id, which no account has (ids
+    -- are 1 to 128 characters), is on the free plan or on none.
+    v_before := tally_entitlements_state('');
+  end if;
+  if v_before is distinct from v_after then
+    insert into account_plans (account_id, plan_id, source, entitlements, updated_at)
+    values (new.account_id, v_after->>'plan_id', v_after->>'source', v_after, now())
+    on conflict (account_id) do update set plan_id = excluded.plan_id, source = excluded.source,
+      entitlements = excluded.entitlements, updated_at = excluded.updated_at;
+    perform tally_event('entitlements.changed', new.account_id, v_after || jsonb_build_object('previous',
+      jsonb_build_object('plan_id', v_before->'plan_id', 'source', v_before->'source')), null);
+  end if;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entitlements_json(p_account text, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_card text;
+  v_version rate_card_versions;
+begin
+  perform 1 from accounts where id = p_account;
+  if not found then
+    raise exception 'no account %', p_account using errcode = 'TA404';
+  end if;
+  select rate_card_id into v_card from tally_account_plans(array[p_account]);
+  if v_card is not null then
+    v_version := tally_rate_card_in_effect(v_card, coalesce(p_now, now()));
+  end if;
+  return tally_entitlements_state(p_account) || jsonb_build_object('rate_card',
+    case when v_version.rate_card_id is null then null
+      else jsonb_build_object('id', v_version.rate_card_id, 'version', v_version.version) end);
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_entitlements_state(p_account text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select jsonb_build_object('plan_id', p.plan_id, 'source', p.source,
+    'meters', case when p.all_meters then '"all"'::jsonb else to_jsonb(array(select unnest(p.meters) order by 1)) end,
+    'features', tally_features_union(p_account),
+    'recurring_grants', coalesce((select jsonb_agg(jsonb_build_object('plan_id', i.plan_id) || r.value
+        order by i.rank, r.value->>'every')
+      from tally_plan_items(array[p_account]) i cross join lateral jsonb_array_elements(i.recurring_grants) r
+      where i.plan_id is not null), '[]'::jsonb))
+  from tally_account_plans(array[p_account]) p
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_entry_events()
  RETURNS trigger
@@ -828,6 +972,40 @@ begin
     array[-v_grant.remaining], v_key, jsonb_build_object('grant_id', 'grant_' || v_grant.id),
     'system', p_now);
   return v_grant.remaining;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_features_union(p_account text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select coalesce(jsonb_object_agg(f.name, f.value), '{}'::jsonb) from (
+    select x.key as name,
+      case when bool_and(jsonb_typeof(x.value) = 'number')
+          then to_jsonb(max((x.value #>> '{}')::numeric) filter (where jsonb_typeof(x.value) = 'number'))
+        when bool_and(jsonb_typeof(x.value) = 'boolean')
+          then to_jsonb(bool_or((x.value #>> '{}')::boolean) filter (where jsonb_typeof(x.value) = 'boolean'))
+        else (array_agg(x.value order by i.rank))[1] end as value
+    from tally_plan_items(array[p_account]) i
+    cross join lateral jsonb_each(coalesce(i.entitlements->'features', '{}'::jsonb)) x
+    group by x.key) f
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_give_recurring(p_account text, p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_due record;
+begin
+  if not tally_catalog_recurs() then
+    return;
+  end if;
+  for v_due in select * from tally_recurring_due(p_account, p_now) order by grant_key loop
+    perform tally_add_grant(p_account, 'recurring', v_due.credits, 0, v_due.period_end, v_due.grant_key, 'grant',
+      jsonb_build_object('plan', v_due.plan_id, 'every', v_due.every, 'period_start', to_char(v_due.period_start, 'YYYY-MM-DD')),
+      'system', null, p_now);
+  end loop;
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_grant_events()
@@ -966,6 +1144,34 @@ begin
   return v_hold;
 end $function$;
 
+CREATE OR REPLACE FUNCTION public.tally_meter_refusal(p_account text, p_meter text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+  v_plan record;
+begin
+  if p_meter is null or not tally_meters_restricted() then
+    return null;
+  end if;
+  select * into v_plan from tally_account_plans(array[p_account]);
+  if v_plan.all_meters or p_meter = any(v_plan.meters) then
+    return null;
+  end if;
+  return tally_error('meter_not_entitled',
+    'meter ' || p_meter || ' is not included in ' || coalesce('plan ' || v_plan.plan_id, 'the account''s plan'),
+    jsonb_build_object('meter', p_meter, 'plan_id', v_plan.plan_id));
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_meters_restricted()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select exists (select 1 from catalog_plans where jsonb_typeof(entitlements->'meters') = 'array')
+$function$;
+
 CREATE OR REPLACE FUNCTION public.tally_open(p_account text, p_key text, p_operation text, p_hash text, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1019,6 +1225,7 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
+  perform tally_give_recurring(p_account, p_now);
   select available, spend_limited into v_available, v_limited from accounts where id = p_account;
   if v_available < p_amount then
     return tally_remember(p_key, p_account, p_operation, p_hash, 402,
@@ -1034,6 +1241,29 @@ begin
   end if;
   return null;
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_plan_items(p_accounts text[])
+ RETURNS TABLE(account_id text, plan_id text, source text, rate_card_id text, entitlements jsonb, recurring_grants jsonb, rank bigint)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  with item as (
+    select a.account_id, i.plan_id, case when s.status = 'trialing' then 'trial' else 'subscription' end as source,
+      p.rate_card_id, p.entitlements, coalesce(p.recurring_grants, '[]'::jsonb) as recurring_grants,
+      row_number() over (partition by a.account_id
+        order by coalesce(p.credits_per_month, 0) desc, s.event_created desc, s.id, i.plan_id) as rank
+    from unnest(p_accounts) as a(account_id)
+    join subscriptions s on s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
+    cross join lateral unnest(coalesce(nullif(s.plan_ids, '{}'), array[s.plan_id])) as i(plan_id)
+    left join catalog_plans p on p.id = i.plan_id
+  )
+  select * from item
+  union all
+  select a.account_id, f.id, 'free', f.rate_card_id, f.entitlements, f.recurring_grants, 1
+  from unnest(p_accounts) as a(account_id)
+  join catalog_plans f on f.free
+  where not exists (select 1 from item i where i.account_id = a.account_id)
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_price(p_rates jsonb, p_meter text, p_quantities jsonb)
  RETURNS numeric
@@ -1074,12 +1304,12 @@ AS $function$
   with priced_account as (
     select distinct e.account_id from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null
   ),
-  -- Each account read by its key (a batch holds a few of many accounts); NULL carry: no account.
+  -- Each account read once, by its key (a batch holds a few of many accounts): its carry, read
+  -- once per batch whatever the number of its priced events. An unknown account has no row.
   account as (
-    select x.* from (
-      select d.account_id as id, (select a.carry from accounts a where a.id = d.account_id) as carry, c.rate_card_id
-      from priced_account d cross join lateral tally_account_rate_cards(array[d.account_id]) c) x
-    where x.carry is not null
+    select d.account_id as id, a.carry, c.rate_card_id
+    from priced_account d join accounts a on a.id = d.account_id
+    cross join lateral tally_account_rate_cards(array[d.account_id]) c
   ),
   version as (
     select d.rate_card_id, v.version, v.rates
@@ -1189,10 +1419,15 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_open record;
   v_priced jsonb;
+  v_refusal jsonb;
 begin
   select * into v_open from tally_open_priced(p_account, p_key, 'hold', p_hash);
   if v_open.p_outcome is not null then
     return v_open.p_outcome;
+  end if;
+  v_refusal := tally_meter_refusal(p_account, p_meter);
+  if v_refusal is not null then
+    return tally_remember(p_key, p_account, 'hold', p_hash, 403, v_refusal, v_now);
   end if;
   v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, true);
   return tally_hold(p_account, (v_priced->>'credits')::bigint, p_expires_in_seconds, p_key, p_hash, p_actor, v_now, v_priced);
@@ -1206,10 +1441,17 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_open record;
   v_priced jsonb;
+  v_refusal jsonb;
 begin
   select * into v_open from tally_open_priced(p_account, p_key, 'usage', p_hash);
   if v_open.p_outcome is not null then
     return v_open.p_outcome;
+  end if;
+  -- A meter outside the account's plan is refused before anything is priced or written; the
+  -- refusal is the key's first outcome, as 402 is.
+  v_refusal := tally_meter_refusal(p_account, p_meter);
+  if v_refusal is not null then
+    return tally_remember(p_key, p_account, 'usage', p_hash, 403, v_refusal, v_now);
   end if;
   v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, false);
   return tally_usage(p_account, (v_priced->>'credits')::bigint, p_key, p_hash, p_actor, p_reference, v_now, v_priced);
@@ -1282,12 +1524,15 @@ begin
     raise exception 'no account %', p_account using errcode = 'TA404';
   end if;
   v_available := v_account.available - coalesce((select sum(g.remaining) from grants g
-    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0);
+    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0)
+    + tally_recurring_pending(p_account, v_now);
   if p_meter is not null then
     v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_account.carry, v_now, false);
   end if;
   v_credits := coalesce((v_priced->>'credits')::bigint, p_amount);
-  if v_credits > v_available then
+  if tally_meter_refusal(p_account, p_meter) is not null then
+    v_reason := 'meter_not_entitled';
+  elsif v_credits > v_available then
     v_reason := 'insufficient_credits';
   elsif v_credits > 0 and v_account.spend_limited and tally_spend_limit_passed(p_account, v_credits, v_now) is not null then
     v_reason := 'spend_limit_exceeded';
@@ -1367,6 +1612,43 @@ AS $function$
                from jsonb_each(p_right) m cross join lateral jsonb_each(m.value) d) r
       on l.meter = r.meter and l.dimension = r.dimension
     where l.rate is distinct from r.rate)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_recurring_due(p_account text, p_now timestamp with time zone)
+ RETURNS TABLE(plan_id text, every text, credits bigint, period_start date, period_end timestamp with time zone, grant_key text)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select d.plan_id, d.every, d.credits, d.period_start, d.period_end, d.grant_key from (
+    select distinct i.plan_id, r.value->>'every' as every, (r.value->>'credits')::bigint as credits,
+      p.period_start, p.period_end,
+      'recurring:' || p_account || ':' || i.plan_id || ':' || (r.value->>'every') || ':'
+        || to_char(p.period_start, 'YYYY-MM-DD') as grant_key
+    from tally_plan_items(array[p_account]) i
+    cross join lateral jsonb_array_elements(i.recurring_grants) r
+    cross join lateral tally_recurring_period(r.value->>'every', p_now) p
+    where i.plan_id is not null and i.recurring_grants <> '[]'::jsonb) d
+  where not exists (select 1 from grants g where g.account_id = p_account and g.grant_key = d.grant_key)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_recurring_pending(p_account text, p_now timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case when not tally_catalog_recurs() then 0 else greatest(0, coalesce(
+    (select sum(credits) from tally_recurring_due(p_account, p_now)), 0)
+    - (select debt from accounts where id = p_account))::bigint end
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_recurring_period(p_every text, p_now timestamp with time zone, OUT period_start date, OUT period_end timestamp with time zone)
+ RETURNS record
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select d::date, (d + case p_every when 'day' then interval '1 day' when 'week' then interval '7 days'
+    else interval '1 month' end) at time zone 'UTC'
+  from (select date_trunc(p_every, p_now at time zone 'UTC') as d) t
 $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_refuse_entry_change()
@@ -1938,10 +2220,19 @@ begin
   update rate_cards set is_default = false where is_default and id is distinct from p_default;
   update rate_cards set is_default = true where id = p_default and not is_default;
   delete from catalog_plans where id not in (select p->>'id' from jsonb_array_elements(p_plans) p);
-  insert into catalog_plans (id, rate_card_id, updated_at)
-  select p->>'id', p->>'rate_card', v_now from jsonb_array_elements(p_plans) p
-  on conflict (id) do update set rate_card_id = excluded.rate_card_id, updated_at = excluded.updated_at
-    where catalog_plans.rate_card_id is distinct from excluded.rate_card_id;
+  -- The free plan may move to another plan: the old one stops being free first (one free plan).
+  update catalog_plans set free = false, updated_at = v_now
+    where free and id not in (select p->>'id' from jsonb_array_elements(p_plans) p where (p->>'free')::boolean);
+  insert into catalog_plans (id, rate_card_id, free, credits_per_month, entitlements, recurring_grants, updated_at)
+  select p->>'id', p->>'rate_card', coalesce((p->>'free')::boolean, false), coalesce((p->>'credits_per_month')::bigint, 0),
+    nullif(p->'entitlements', 'null'::jsonb), coalesce(p->'recurring_grants', '[]'::jsonb), v_now
+  from jsonb_array_elements(p_plans) p order by p->>'id' collate "C"
+  on conflict (id) do update set rate_card_id = excluded.rate_card_id, free = excluded.free,
+    credits_per_month = excluded.credits_per_month, entitlements = excluded.entitlements,
+    recurring_grants = excluded.recurring_grants, updated_at = excluded.updated_at
+    where (catalog_plans.rate_card_id, catalog_plans.free, catalog_plans.credits_per_month, catalog_plans.entitlements,
+      catalog_plans.recurring_grants) is distinct from (excluded.rate_card_id, excluded.free, excluded.credits_per_month,
+      excluded.entitlements, excluded.recurring_grants);
   return v_published;
 end $function$;
 
@@ -1991,6 +2282,19 @@ begin
     'reason', new.reason), new.created_at);
   return null;
 end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_unentitled_accounts(p_account_ids text[], p_meters text[])
+ RETURNS text[]
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select case when p_meters is null or not tally_meters_restricted() then '{}'::text[] else coalesce((
+    select array_agg(distinct e.account_id)
+    from unnest(p_account_ids, p_meters) as e(account_id, meter)
+    join tally_account_plans(array(select distinct account_id from unnest(p_account_ids) as u(account_id))) p
+      on p.account_id = e.account_id
+    where e.meter is not null and not p.all_meters and not e.meter = any(p.meters)), '{}') end
+$function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage(p_account text, p_amount bigint, p_key text, p_hash text, p_actor text, p_reference jsonb, p_now timestamp with time zone)
  RETURNS jsonb
@@ -2054,245 +2358,40 @@ CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_account_ids text[], p_amou
 AS $function$
 declare
   v_now timestamptz := coalesce(p_now, now());
-  v_day date := (v_now at time zone 'UTC')::date;
-  v_month date := date_trunc('month', v_now at time zone 'UTC')::date;
   v_count integer := coalesce(cardinality(p_account_ids), 0);
-  v_entry_sequence regclass := pg_get_serial_sequence('entries', 'id')::regclass;
   v_accounts text[];
   v_account text;
-  v_results jsonb[];
-  v_one_by_one integer[];
-  v_uncovered bigint;
-  v_position integer;
-  v_below_top_up text[];
+  v_amounts bigint[] := p_amounts;
   v_costs numeric[];
   v_rate_card_ids text[];
   v_rate_card_versions integer[];
-  v_carries numeric[];
+  v_carries_after numeric[];
+  v_per_event text[];
+  v_results jsonb[];
+  v_below_top_up text[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
   end if;
-  if coalesce(cardinality(p_amounts), 0) <> v_count or coalesce(cardinality(p_keys), 0) <> v_count
-     or coalesce(cardinality(p_hashes), 0) <> v_count or coalesce(cardinality(p_references), 0) <> v_count
-     or coalesce(cardinality(p_actors), 0) <> v_count
-     or (p_meters is not null and (cardinality(p_meters) <> v_count or coalesce(cardinality(p_quantities), 0) <> v_count))
-     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
-                where (e.meter is null and (e.amount is null or e.amount <= 0 or e.quantities is not null))
-                   or (e.meter is not null and (e.amount is distinct from 0 or e.quantities is null))) then
-    raise exception 'usage batch: % events with arrays of other lengths, amounts that are not positive, or priced events with an amount', v_count
-      using errcode = 'TX001';
-  end if;
+  perform tally_usage_batch_check(v_count, p_amounts, p_keys, p_hashes, p_references, p_actors, p_meters, p_quantities);
   select coalesce(array_agg(id), '{}') into v_accounts from (
     select id from accounts where id = any(p_account_ids) order by id collate "C" for update) locked;
   if p_meters is not null then
-    select costs, rate_card_ids, rate_card_versions, carries into v_costs, v_rate_card_ids, v_rate_card_versions, v_carries
-      from tally_price_events(p_account_ids, p_meters, p_quantities, v_now);
-    -- As tally_price_spend: a spend no balance could pay is bad input, and fails the batch.
-    if exists (select 1 from unnest(v_costs) c where c > tally_spend_credits_max()) then
-      raise exception 'a spend of this batch would cost more credits than a balance can hold (%)', tally_spend_credits_max()
-        using errcode = 'TP400', detail = 'quantities';
-    end if;
+    select * into v_amounts, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after
+      from tally_usage_batch_price(p_account_ids, p_amounts, p_meters, p_quantities, v_now);
   end if;
-  -- Holds and grants past due are few (the sweep settles them), so this reads the due ones. As
-  -- tally_usage, an account is settled only for a key it has not seen: a replay changes nothing.
-  for v_account in
-    select d.account_id from (
-      select h.account_id from holds h
-        where h.status = 'pending' and h.expires_at <= v_now and h.account_id = any(v_accounts)
-      union
-      select g.account_id from grants g
-        where g.live and g.expires_at <= v_now and g.account_id = any(v_accounts)) d
-    where exists (
-      select 1 from unnest(p_account_ids, p_keys) as e(account_id, key)
-      where e.account_id = d.account_id
-        and not exists (select 1 from request_keys k where k.account_id = e.account_id and k.key = e.key)
-        and not exists (select 1 from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key))
-    order by d.account_id collate "C"
-  loop
-    perform tally_settle(v_account, v_now);
-  end loop;
-
-  with sent as (
-    select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
-      coalesce(e.reference, '{}'::jsonb) as reference, e.actor, e.meter, e.quantities, e.cost, e.rate_card_id,
-      e.rate_card_version,
-      -- For a priced spend: the carry its account starts the batch with, plus the costs of its
-      -- priced spends up to this one (NULL for a spend of credits).
-      e.carry + sum(e.cost) over (partition by e.account_id order by e.ord rows unbounded preceding) as priced_to
-    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_meters, p_quantities,
-        v_costs, v_rate_card_ids, v_rate_card_versions, v_carries)
-      with ordinality as e(account_id, amount, key, hash, reference, actor, meter, quantities, cost, rate_card_id,
-        rate_card_version, carry, ord)
-  ),
-  event as (
-    select s.ord, s.account_id, s.key, s.hash, s.reference, s.actor, s.meter, s.quantities, s.cost, s.rate_card_id,
-      s.rate_card_version, t.amount,
-      s.priced_to - floor(s.priced_to) as carry_after,
-      (sum(t.amount) over (partition by s.account_id order by s.ord rows unbounded preceding))::bigint as spent_to
-    from sent s
-    cross join lateral (select case when s.meter is null then s.amount
-      else (floor(s.priced_to) - floor(s.priced_to - s.cost))::bigint end as amount) t
-  ),
-  -- Everything the decision reads, one row each: the events (with whether their account has
-  -- seen their key before: one probe per event, of request_keys and of the entries' keys), the
-  -- live grants of the batch's accounts (with where each ends in spend order) and the accounts.
-  part as (
-    select e.account_id, e.ord, e.amount, e.spent_to, e.key, e.hash, e.reference, e.actor,
-      prior.seen is not null as seen, null::bigint as grant_id, null::bigint as remaining,
-      null::bigint as granted_to, null::bigint as available, null::bigint as debt, null::boolean as limited,
-      null::boolean as limits_found, null::bigint as per_day, null::bigint as per_month, null::bigint as spent_day,
-      null::bigint as spent_month
-    from event e
-    left join lateral (
-      select true as seen from request_keys k where k.account_id = e.account_id and k.key = e.key
-      union all
-      select true from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key
-      limit 1) prior on true
-    union all
-    select g.account_id, null, null, null, null, null, null, null, null, g.id, g.remaining,
-      (sum(g.remaining) over (partition by g.account_id order by g.priority, g.expires_at, g.created_at, g.id
-        rows unbounded preceding))::bigint,
-      null, null, null, null, null, null, null, null
-    from grants g
-    where g.account_id = any(v_accounts) and g.live and (g.expires_at is null or g.expires_at > v_now)
-    union all
-    select a.id, null, null, null, null, null, null, null, null, null, null, null, a.available, a.debt, a.spend_limited,
-      l.account_id is not null, l.per_day, l.per_month,
-      -- What the current windows hold: a counter of an earlier window starts again at 0.
-      case when l.day < v_day then 0 else l.spent_day end,
-      case when l.month < v_month then 0 else l.spent_month end
-    from accounts a left join spend_limits l on a.spend_limited and l.account_id = a.id
-    where a.id = any(v_accounts)
-  ),
-  -- One row per account of the batch: its events as arrays in batch order, whether a key comes
-  -- twice or was seen before, its live grants in spend order, and its balance.
-  account as (
-    -- Each spend reads its account's live grants, so an account with more than 100 of them
-    -- (rare: packs bought again and again) takes the per-event path, which stops at the grants
-    -- a spend needs.
-    -- An account with limits is decided at once when the whole batch stays below both of its
-    -- limits: then no spend is refused and none reaches a limit (which writes an event). A batch
-    -- that would reach or pass one takes the per-event path, which decides each spend in turn.
-    select t.*, coalesce(t.keys_new and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
-      and (not t.limited or (t.limits_found
-        and (t.per_day is null or t.spent_day + t.total < t.per_day)
-        and (t.per_month is null or t.spent_month + t.total < t.per_month))), false) as at_once
-    from (
-      select p.account_id as id,
-        array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
-        array_agg(p.amount order by p.ord) filter (where p.ord is not null) as event_amounts,
-        array_agg(p.spent_to order by p.ord) filter (where p.ord is not null) as event_spent_to,
-        array_agg(p.key order by p.ord) filter (where p.ord is not null) as event_keys,
-        array_agg(p.hash order by p.ord) filter (where p.ord is not null) as event_hashes,
-        array_agg(p.reference order by p.ord) filter (where p.ord is not null) as event_references,
-        array_agg(p.actor order by p.ord) filter (where p.ord is not null) as event_actors,
-        sum(p.amount)::bigint as total,
-        count(p.ord) = count(distinct p.key) and not bool_or(p.seen) as keys_new,
-        array_agg(p.grant_id order by p.granted_to) filter (where p.grant_id is not null) as grant_ids,
-        array_agg(p.remaining order by p.granted_to) filter (where p.grant_id is not null) as grant_remaining,
-        array_agg(p.granted_to order by p.granted_to) filter (where p.grant_id is not null) as grant_granted_to,
-        bool_or(p.available is not null) as found, max(p.available) as available, max(p.debt) as debt,
-        bool_or(p.limited) as limited, bool_or(p.limits_found) as limits_found,
-        max(p.per_day) as per_day, max(p.per_month) as per_month, max(p.spent_day) as spent_day,
-        max(p.spent_month) as spent_month
-      from part p group by p.account_id) t
-  ),
-  -- One row per spend of the accounts decided at once: the grants it takes from, in spend
-  -- order, and how much from each (negative, as entries write it).
-  spent as (
-    select c.id as account_id, c.available, c.debt, s.ord, s.amount, s.spent_to, s.key, s.hash,
-      s.reference, s.actor, p.grant_ids, p.grant_credits, p.credits
-    from account c
-    cross join lateral unnest(c.event_ords, c.event_amounts, c.event_spent_to, c.event_keys, c.event_hashes,
-      c.event_references, c.event_actors)
-      as s(ord, amount, spent_to, key, hash, reference, actor)
-    cross join lateral (
-      select array_agg(o.id order by o.position) as grant_ids, array_agg(-o.credits order by o.position) as grant_credits,
-        coalesce(sum(o.credits), 0)::bigint as credits
-      from (select g.id, g.position,
-              least(s.spent_to, g.granted_to) - greatest(s.spent_to - s.amount, g.granted_to - g.remaining) as credits
-            from unnest(c.grant_ids, c.grant_remaining, c.grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
-            -- A priced spend of 0 credits takes from no grant.
-            where s.amount > 0 and g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
-    where c.at_once
-  ),
-  -- Entry ids in the order the per-event path would have taken them.
-  numbered as (
-    select s.*, nextval(v_entry_sequence) as entry_id
-    from (select * from spent order by account_id collate "C", ord) s
-  ),
-  taken_from_grants as (
-    update grants g set remaining = g.remaining - t.credits
-    from (select u.id, -sum(u.credits)::bigint as credits
-          from spent s cross join lateral unnest(s.grant_ids, s.grant_credits) as u(id, credits)
-          group by u.id) t
-    where g.id = t.id
-  ),
-  charged as (
-    update accounts a set available = a.available - c.total,
-      carry = case when p_meters is null then a.carry
-        else coalesce((select e.carry_after from event e where e.account_id = c.id and e.carry_after is not null
-          order by e.ord desc limit 1), a.carry) end,
-      updated_at = v_now
-    from account c where c.at_once and a.id = c.id
-    returning a.id, a.available < a.top_up_threshold as below_top_up
-  ),
-  -- The limited accounts' counters, as tally_spend_limits_take would leave them after each
-  -- spend in turn: windows move forward only, and each counts the batch's total.
-  counted as (
-    update spend_limits l set day = greatest(l.day, v_day), spent_day = c.spent_day + c.total,
-      month = greatest(l.month, v_month), spent_month = c.spent_month + c.total
-    from account c where c.at_once and c.limited and l.account_id = c.id
-  ),
-  written as (
-    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
-      idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
-      rate_card_version, cost, carry_after) overriding system value
-    select n.entry_id, n.account_id, 'usage', -n.amount, n.available - n.spent_to - n.debt,
-      coalesce(n.grant_ids, '{}'), coalesce(n.grant_credits, '{}'), 'request:' || n.key, n.reference,
-      n.actor, n.hash, v_now, e.meter, e.quantities, e.rate_card_id, e.rate_card_version, e.cost, e.carry_after
-    from numbered n join event e on e.ord = n.ord
-  ),
-  answer as (
-    select n.ord, jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || n.entry_id,
-      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)
-      || tally_priced_answer(e.cost, e.rate_card_id, e.rate_card_version)) as result
-    from numbered n join event e on e.ord = n.ord
-    union all
-    select u.ord, case when c.found then null else jsonb_build_object('status', 404,
-      'body', tally_error('account_not_found', 'no account with id ' || c.id)) end
-    from account c cross join lateral unnest(c.event_ords) as u(ord)
-    where not c.at_once
-  )
-  select
-    (select array_agg(result order by ord) from answer),
-    (select array_agg(u.ord order by c.id collate "C", u.ord)
-       from account c cross join lateral unnest(c.event_ords) as u(ord) where c.found and not c.at_once),
-    (select count(*) from numbered where credits is distinct from amount),
-    (select array_agg(id order by id collate "C") from charged where below_top_up)
-  into v_results, v_one_by_one, v_uncovered, v_below_top_up;
-
-  if v_uncovered > 0 then
-    raise exception 'invariant broken: % spends of a usage batch exceed the live grants of their accounts', v_uncovered
-      using errcode = 'TX001';
-  end if;
+  perform tally_usage_batch_settle(v_accounts, p_account_ids, p_keys, v_now);
+  -- The period's recurring grants first; an account with a meter its plan lacks goes per event.
+  v_per_event := tally_batch_entitlements(v_accounts, p_account_ids, p_meters, v_now);
+  select * into v_results, v_below_top_up
+    from tally_usage_batch_write(v_accounts, v_per_event, p_account_ids, v_amounts, p_keys, p_hashes, p_references,
+      p_actors, p_meters, p_quantities, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after, v_now);
   -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
   foreach v_account in array coalesce(v_below_top_up, '{}') loop
     perform tally_request_top_up(v_account, v_now);
   end loop;
-  foreach v_position in array coalesce(v_one_by_one, '{}') loop
-    if p_meters[v_position] is null then
-      v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
-        p_keys[v_position], p_hashes[v_position], p_actors[v_position],
-        coalesce(p_references[v_position], '{}'::jsonb), v_now);
-    else
-      v_results[v_position] := tally_priced_usage(p_account_ids[v_position], p_meters[v_position],
-        p_quantities[v_position], p_keys[v_position], p_hashes[v_position], p_actors[v_position],
-        coalesce(p_references[v_position], '{}'::jsonb), v_now);
-    end if;
-  end loop;
-  return to_jsonb(v_results);
+  return to_jsonb(tally_usage_batch_one_by_one(v_results, p_account_ids, p_amounts, p_keys, p_hashes, p_references,
+    p_actors, p_meters, p_quantities, v_now));
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_usage_batch(p_events jsonb, p_now timestamp with time zone)
@@ -2306,6 +2405,267 @@ AS $function$
     p_now)
   from jsonb_array_elements(p_events) with ordinality as e(value, n)
 $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_accounts(p_accounts text[], p_per_event text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[], p_now timestamp with time zone)
+ RETURNS TABLE(id text, event_ords integer[], event_amounts bigint[], event_spent_to bigint[], event_keys text[], event_hashes text[], event_references jsonb[], event_actors text[], total bigint, carry_after numeric, keys_new boolean, grant_ids bigint[], grant_remaining bigint[], grant_granted_to bigint[], found boolean, available bigint, debt bigint, limited boolean, limits_found boolean, per_day bigint, per_month bigint, spent_day bigint, spent_month bigint, at_once boolean)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select t.*, tally_usage_batch_at_once(t.keys_new, t.id <> all(p_per_event), t.total, t.available,
+    coalesce(cardinality(t.grant_ids), 0), t.limited, t.limits_found, t.per_day, t.per_month, t.spent_day, t.spent_month)
+  from (
+    select p.account_id as id,
+      array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
+      array_agg(p.amount order by p.ord) filter (where p.ord is not null) as event_amounts,
+      array_agg(p.spent_to order by p.ord) filter (where p.ord is not null) as event_spent_to,
+      array_agg(p.key order by p.ord) filter (where p.ord is not null) as event_keys,
+      array_agg(p.hash order by p.ord) filter (where p.ord is not null) as event_hashes,
+      array_agg(p.reference order by p.ord) filter (where p.ord is not null) as event_references,
+      array_agg(p.actor order by p.ord) filter (where p.ord is not null) as event_actors,
+      sum(p.amount)::bigint as total,
+      (array_agg(p.carry_after order by p.ord desc) filter (where p.carry_after is not null))[1] as carry_after,
+      count(p.ord) = count(distinct p.key) and not bool_or(p.seen) as keys_new,
+      array_agg(p.grant_id order by p.granted_to) filter (where p.grant_id is not null) as grant_ids,
+      array_agg(p.remaining order by p.granted_to) filter (where p.grant_id is not null) as grant_remaining,
+      array_agg(p.granted_to order by p.granted_to) filter (where p.grant_id is not null) as grant_granted_to,
+      bool_or(p.available is not null) as found, max(p.available) as available, max(p.debt) as debt,
+      bool_or(p.limited) as limited, bool_or(p.limits_found) as limits_found, max(p.per_day) as per_day,
+      max(p.per_month) as per_month, max(p.spent_day) as spent_day, max(p.spent_month) as spent_month
+    from tally_usage_batch_reads(p_accounts, p_account_ids, p_charges, p_keys, p_hashes, p_references, p_actors,
+      p_carries_after, p_now) p
+    group by p.account_id) t
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_at_once(p_keys_new boolean, p_entitled boolean, p_total bigint, p_available bigint, p_grant_count integer, p_limited boolean, p_limits_found boolean, p_per_day bigint, p_per_month bigint, p_spent_day bigint, p_spent_month bigint)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select coalesce(p_keys_new and p_entitled and p_total <= p_available and p_grant_count <= 100
+    and (not p_limited or (p_limits_found
+      and (p_per_day is null or p_spent_day + p_total < p_per_day)
+      and (p_per_month is null or p_spent_month + p_total < p_per_month))), false)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_check(p_count integer, p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[])
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+  if coalesce(cardinality(p_amounts), 0) <> p_count or coalesce(cardinality(p_keys), 0) <> p_count
+     or coalesce(cardinality(p_hashes), 0) <> p_count or coalesce(cardinality(p_references), 0) <> p_count
+     or coalesce(cardinality(p_actors), 0) <> p_count
+     or (p_meters is not null and (cardinality(p_meters) <> p_count or coalesce(cardinality(p_quantities), 0) <> p_count))
+     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
+                where (e.meter is null and (e.amount is null or e.amount <= 0 or e.quantities is not null))
+                   or (e.meter is not null and (e.amount is distinct from 0 or e.quantities is null))) then
+    raise exception 'usage batch: % events with arrays of other lengths, amounts that are not positive, or priced events with an amount', p_count
+      using errcode = 'TX001';
+  end if;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_events(p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[])
+ RETURNS TABLE(account_id text, ord integer, amount bigint, spent_to bigint, key text, hash text, reference jsonb, actor text, carry_after numeric, seen boolean)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select e.account_id, e.ord::integer, e.amount,
+    (sum(e.amount) over (partition by e.account_id order by e.ord rows unbounded preceding))::bigint,
+    e.key, e.hash, coalesce(e.reference, '{}'::jsonb), e.actor, e.carry_after, prior.seen is not null
+  from unnest(p_account_ids, p_charges, p_keys, p_hashes, p_references, p_actors, p_carries_after)
+    with ordinality as e(account_id, amount, key, hash, reference, actor, carry_after, ord)
+  left join lateral (
+    select true as seen from request_keys k where k.account_id = e.account_id and k.key = e.key
+    union all
+    select true from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key
+    limit 1) prior on true
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_one_by_one(p_results jsonb[], p_account_ids text[], p_amounts bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[], p_now timestamp with time zone)
+ RETURNS jsonb[]
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_results jsonb[] := p_results;
+  v_position integer;
+begin
+  for v_position in
+    select r.ord from unnest(p_results, p_account_ids) with ordinality as r(result, account_id, ord)
+    where r.result is null order by r.account_id collate "C", r.ord
+  loop
+    if p_meters[v_position] is null then
+      v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
+        p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+        coalesce(p_references[v_position], '{}'::jsonb), p_now);
+    else
+      v_results[v_position] := tally_priced_usage(p_account_ids[v_position], p_meters[v_position],
+        p_quantities[v_position], p_keys[v_position], p_hashes[v_position], p_actors[v_position],
+        coalesce(p_references[v_position], '{}'::jsonb), p_now);
+    end if;
+  end loop;
+  return v_results;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_price(p_account_ids text[], p_amounts bigint[], p_meters text[], p_quantities jsonb[], p_now timestamp with time zone, OUT p_charges bigint[], OUT p_costs numeric[], OUT p_rate_card_ids text[], OUT p_rate_card_versions integer[], OUT p_carries_after numeric[])
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_carries numeric[];
+begin
+  select * into p_costs, p_rate_card_ids, p_rate_card_versions, v_carries
+    from tally_price_events(p_account_ids, p_meters, p_quantities, p_now);
+  if exists (select 1 from unnest(p_costs) c where c > tally_spend_credits_max()) then
+    raise exception 'a spend of this batch would cost more credits than a balance can hold (%)', tally_spend_credits_max()
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  select array_agg(case when e.meter is null then e.amount
+      else (floor(e.priced_to) - floor(e.priced_to - e.cost))::bigint end order by e.ord),
+    array_agg(e.priced_to - floor(e.priced_to) order by e.ord)
+  into p_charges, p_carries_after
+  from (
+    -- The carry the account starts the batch with, plus the costs of its priced spends up to this
+    -- one (NULL for a spend of credits).
+    select s.ord, s.amount, s.meter, s.cost,
+      s.carry + sum(s.cost) over (partition by s.account_id order by s.ord rows unbounded preceding) as priced_to
+    from unnest(p_account_ids, p_amounts, p_meters, p_costs, v_carries)
+      with ordinality as s(account_id, amount, meter, cost, carry, ord)) e;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_reads(p_accounts text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[], p_now timestamp with time zone)
+ RETURNS TABLE(account_id text, ord integer, amount bigint, spent_to bigint, key text, hash text, reference jsonb, actor text, carry_after numeric, seen boolean, grant_id bigint, remaining bigint, granted_to bigint, available bigint, debt bigint, limited boolean, limits_found boolean, per_day bigint, per_month bigint, spent_day bigint, spent_month bigint)
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select e.*, null::bigint, null::bigint, null::bigint, null::bigint, null::bigint, null::boolean, null::boolean,
+    null::bigint, null::bigint, null::bigint, null::bigint
+  from tally_usage_batch_events(p_account_ids, p_charges, p_keys, p_hashes, p_references, p_actors, p_carries_after) e
+  union all
+  select g.account_id, null, null, null, null, null, null, null, null, null, g.id, g.remaining,
+    (sum(g.remaining) over (partition by g.account_id order by g.priority, g.expires_at, g.created_at, g.id
+      rows unbounded preceding))::bigint,
+    null, null, null, null, null, null, null, null
+  from grants g
+  where g.account_id = any(p_accounts) and g.live and (g.expires_at is null or g.expires_at > p_now)
+  union all
+  select a.id, null, null, null, null, null, null, null, null, null, null, null, null, a.available, a.debt,
+    a.spend_limited, l.account_id is not null, l.per_day, l.per_month,
+    case when l.day < (p_now at time zone 'UTC')::date then 0 else l.spent_day end,
+    case when l.month < date_trunc('month', p_now at time zone 'UTC')::date then 0 else l.spent_month end
+  from accounts a left join spend_limits l on a.spend_limited and l.account_id = a.id
+  where a.id = any(p_accounts)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_settle(p_accounts text[], p_account_ids text[], p_keys text[], p_now timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_account text;
+begin
+  for v_account in
+    select d.account_id from (
+      select h.account_id from holds h
+        where h.status = 'pending' and h.expires_at <= p_now and h.account_id = any(p_accounts)
+      union
+      select g.account_id from grants g
+        where g.live and g.expires_at <= p_now and g.account_id = any(p_accounts)) d
+    where exists (
+      select 1 from unnest(p_account_ids, p_keys) as e(account_id, key)
+      where e.account_id = d.account_id
+        and not exists (select 1 from request_keys k where k.account_id = e.account_id and k.key = e.key)
+        and not exists (select 1 from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key))
+    order by d.account_id collate "C"
+  loop
+    perform tally_settle(v_account, p_now);
+  end loop;
+end $function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_take(p_amount bigint, p_spent_to bigint, p_grant_ids bigint[], p_grant_remaining bigint[], p_grant_granted_to bigint[])
+ RETURNS TABLE(grant_ids bigint[], grant_credits bigint[], credits bigint)
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select array_agg(o.id order by o.position), array_agg(-o.credits order by o.position), coalesce(sum(o.credits), 0)::bigint
+  from (select g.id, g.position,
+          least(p_spent_to, g.granted_to) - greatest(p_spent_to - p_amount, g.granted_to - g.remaining) as credits
+        from unnest(p_grant_ids, p_grant_remaining, p_grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
+        where p_amount > 0 and g.granted_to - g.remaining < p_spent_to and p_spent_to - p_amount < g.granted_to) o
+$function$;
+
+CREATE OR REPLACE FUNCTION public.tally_usage_batch_write(p_accounts text[], p_per_event text[], p_account_ids text[], p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[], p_costs numeric[], p_rate_card_ids text[], p_rate_card_versions integer[], p_carries_after numeric[], p_now timestamp with time zone, OUT p_results jsonb[], OUT p_below_top_up text[])
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+declare
+  v_entry_sequence regclass := pg_get_serial_sequence('entries', 'id')::regclass;
+  v_uncovered bigint;
+begin
+  with account as (
+    select * from tally_usage_batch_accounts(p_accounts, p_per_event, p_account_ids, p_charges, p_keys, p_hashes,
+      p_references, p_actors, p_carries_after, p_now)
+  ),
+  numbered as (
+    select s.*, nextval(v_entry_sequence) as entry_id from (
+      select c.id as account_id, c.available, c.debt, s.*, t.*
+      from account c
+      cross join lateral unnest(c.event_ords, c.event_amounts, c.event_spent_to, c.event_keys, c.event_hashes,
+        c.event_references, c.event_actors) as s(ord, amount, spent_to, key, hash, reference, actor)
+      cross join lateral tally_usage_batch_take(s.amount, s.spent_to, c.grant_ids, c.grant_remaining, c.grant_granted_to) t
+      where c.at_once
+      order by c.id collate "C", s.ord) s
+  ),
+  taken_from_grants as (
+    update grants g set remaining = g.remaining - t.credits
+    from (select u.id, -sum(u.credits)::bigint as credits
+          from numbered n cross join lateral unnest(n.grant_ids, n.grant_credits) as u(id, credits) group by u.id) t
+    where g.id = t.id
+  ),
+  charged as (
+    update accounts a set available = a.available - c.total, carry = coalesce(c.carry_after, a.carry), updated_at = p_now
+    from account c where c.at_once and a.id = c.id
+    returning a.id, a.available < a.top_up_threshold as below_top_up
+  ),
+  -- As tally_spend_limits_take would leave them after each spend in turn: windows move forward
+  -- only, and each counts the batch's total.
+  counted as (
+    update spend_limits l set day = greatest(l.day, (p_now at time zone 'UTC')::date), spent_day = c.spent_day + c.total,
+      month = greatest(l.month, date_trunc('month', p_now at time zone 'UTC')::date), spent_month = c.spent_month + c.total
+    from account c where c.at_once and c.limited and l.account_id = c.id
+  ),
+  event as (
+    select * from unnest(p_meters, p_quantities, p_costs, p_rate_card_ids, p_rate_card_versions, p_carries_after)
+      with ordinality as e(meter, quantities, cost, rate_card_id, rate_card_version, carry_after, ord)
+  ),
+  written as (
+    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits, idempotency_key,
+      reference, actor, payload_hash, created_at, meter, quantities, rate_card_id, rate_card_version, cost, carry_after)
+      overriding system value
+    select n.entry_id, n.account_id, 'usage', -n.amount, n.available - n.spent_to - n.debt,
+      coalesce(n.grant_ids, '{}'), coalesce(n.grant_credits, '{}'), 'request:' || n.key, n.reference,
+      n.actor, n.hash, p_now, e.meter, e.quantities, e.rate_card_id, e.rate_card_version, e.cost, e.carry_after
+    from numbered n left join event e on e.ord = n.ord
+  ),
+  answer as (
+    select n.ord, jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || n.entry_id,
+      'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)
+      || tally_priced_answer(e.cost, e.rate_card_id, e.rate_card_version)) as result
+    from numbered n left join event e on e.ord = n.ord
+    union all
+    select u.ord, case when c.found then null else jsonb_build_object('status', 404,
+      'body', tally_error('account_not_found', 'no account with id ' || c.id)) end
+    from account c cross join lateral unnest(c.event_ords) as u(ord)
+    where not c.at_once
+  )
+  select (select array_agg(result order by ord) from answer),
+    (select count(*) from numbered where credits is distinct from amount),
+    (select array_agg(id order by id collate "C") from charged where below_top_up)
+  into p_results, v_uncovered, p_below_top_up;
+  if v_uncovered > 0 then
+    raise exception 'invariant broken: % spends of a usage batch exceed the live grants of their accounts', v_uncovered
+      using errcode = 'TX001';
+  end if;
+end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_void(p_hold_id bigint, p_actor text, p_now timestamp with time zone)
  RETURNS jsonb

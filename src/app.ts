@@ -8,6 +8,7 @@ import type { Keys } from './http/auth.js';
 import type { RateLimitSettings } from './http/rate-limits.js';
 import { buildServer, type HttpLimits } from './http/server.js';
 import { EventDelivery, type DeliveryOptions } from './events/delivery.js';
+import { defaultDestinationPolicy, type DestinationPolicy } from './events/destinations.js';
 import { TopUpRunner } from './billing/top-up-payer.js';
 import { Ledger } from './ledger/ledger.js';
 import { RateCards } from './pricing/rate-cards.js';
@@ -50,6 +51,8 @@ export interface AssembleOptions {
   intakeOptions?: { batchSizeMax?: number; concurrentBatchesMax?: number };
   /** Delivery of events to the app's endpoints (tests shorten its interval and timeouts). */
   eventDeliveryOptions?: Partial<DeliveryOptions>;
+  /** Which hosts event endpoints may name (TALLY_EVENTS_ALLOW_PRIVATE), and the resolver (tests hand in theirs). */
+  eventDestinations?: Partial<DestinationPolicy>;
   sweepIntervalSeconds: number;
   httpLimits?: Partial<HttpLimits>;
   rateLimits?: Partial<RateLimitSettings>;
@@ -141,6 +144,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     hasher,
     checkoutUrlHosts: options.checkoutUrlHosts,
   };
+  const eventDestinations = { ...defaultDestinationPolicy, ...options.eventDestinations };
   const app = await buildServer({
     db,
     ledger,
@@ -151,6 +155,7 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
     version: options.version,
     stripe,
     operations: { db, catalog, gateway, digest: (purpose, value) => hasher.digest(purpose, value) },
+    eventDestinations,
     httpLimits: options.httpLimits,
     rateLimits: options.rateLimits,
     clock: options.clock,
@@ -192,7 +197,11 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
       retryDelaySecondsMax: 3600,
     },
   });
-  const eventDelivery = new EventDelivery(db, logger, alerts, { ...options.eventDeliveryOptions, clock: options.clock });
+  const eventDelivery = new EventDelivery(db, logger, alerts, {
+    ...options.eventDeliveryOptions,
+    destinations: eventDestinations,
+    clock: options.clock,
+  });
   const topUps = gateway === undefined ? undefined : new TopUpRunner({ db, catalog, gateway, clock: options.clock }, logger);
   const sweeper = new Sweeper(ledger, logger, options.sweepIntervalSeconds, (alert) => alerts.raise(db.pool, alert));
   return {

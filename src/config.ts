@@ -21,6 +21,7 @@ const environmentSchema = z.object({
   TALLY_API_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   TALLY_ADMIN_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   TALLY_VIEWER_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
+  TALLY_METRICS_KEY: optionalText.pipe(z.string().min(16, 'at least 16 characters').optional()),
   NODE_ENV: optionalText,
   TALLY_PLANS: z.string().min(1).default('plans.example.json'),
   TALLY_DB_POOL_SIZE: z.coerce.number().int().min(2).max(200).default(20),
@@ -33,6 +34,7 @@ const environmentSchema = z.object({
   STRIPE_API_BASE: optionalText.pipe(z.url().optional()),
   TALLY_ALERT_WEBHOOK_URLS: optionalText,
   TALLY_CHECKOUT_URL_HOSTS: optionalText,
+  TALLY_EVENTS_ALLOW_PRIVATE: z.enum(['', '0', '1', 'false', 'true']).default(''),
   TALLY_PAGERDUTY_ROUTING_KEY: optionalText,
   TALLY_RECONCILE_INTERVAL_HOURS: z.coerce
     .number()
@@ -55,6 +57,8 @@ export interface Config {
   apiKey: string | undefined;
   adminKey: string | undefined;
   viewerKey: string | undefined;
+  /** Opens /metrics only (Prometheus). */
+  metricsKey: string | undefined;
   /** NODE_ENV=production: settings that only development may leave out are required. */
   production: boolean;
   plansPath: string;
@@ -70,6 +74,8 @@ export interface Config {
   alertWebhookUrls: string[];
   /** The only hosts a checkout's success_url and cancel_url may name; empty: any https host. */
   checkoutUrlHosts: string[];
+  /** Event endpoints may name private and loopback hosts, and plain http to loopback (development only). */
+  eventsAllowPrivate: boolean;
   pagerDutyRoutingKey: string | undefined;
   reconcileIntervalHours: number;
   logLevel: Environment['LOG_LEVEL'];
@@ -110,6 +116,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     TALLY_API_KEY: value.TALLY_API_KEY,
     TALLY_ADMIN_KEY: value.TALLY_ADMIN_KEY,
     TALLY_VIEWER_KEY: value.TALLY_VIEWER_KEY,
+    TALLY_METRICS_KEY: value.TALLY_METRICS_KEY,
   });
   return {
     databaseUrl: value.DATABASE_URL,
@@ -120,6 +127,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     apiKey: value.TALLY_API_KEY,
     adminKey: value.TALLY_ADMIN_KEY,
     viewerKey: value.TALLY_VIEWER_KEY,
+    metricsKey: value.TALLY_METRICS_KEY,
     production,
     plansPath: resolve(value.TALLY_PLANS),
     databasePoolSize: value.TALLY_DB_POOL_SIZE,
@@ -132,6 +140,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Config
     stripeApiBase: value.STRIPE_API_BASE,
     alertWebhookUrls: splitList(value.TALLY_ALERT_WEBHOOK_URLS),
     checkoutUrlHosts: splitList(value.TALLY_CHECKOUT_URL_HOSTS).map((host) => host.toLowerCase()),
+    eventsAllowPrivate: value.TALLY_EVENTS_ALLOW_PRIVATE === '1' || value.TALLY_EVENTS_ALLOW_PRIVATE === 'true',
     pagerDutyRoutingKey: value.TALLY_PAGERDUTY_ROUTING_KEY,
     reconcileIntervalHours: value.TALLY_RECONCILE_INTERVAL_HOURS,
     logLevel: value.LOG_LEVEL,
@@ -170,13 +179,18 @@ export interface ApiKeys {
   adminKey: string;
   /** The read-only key (TALLY_VIEWER_KEY), when set. */
   viewerKey?: string | undefined;
-  /** Where they come from: both set in the environment, or the data folder's keys.json. */
+  /** The key for /metrics alone (TALLY_METRICS_KEY), when set. */
+  metricsKey?: string | undefined;
+  /** Where they come from: both set in the environment, or (one or both) the data folder's keys.json. */
   source: 'environment' | 'data-folder';
-  /** True when this start generated them. */
+  /** Which of the two came from the environment (never written to keys.json, never printed). */
+  fromEnvironment: { apiKey: boolean; adminKey: boolean };
+  /** True when this start generated one of them. */
   generated: boolean;
 }
 
-const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16), adminKey: z.string().min(16) });
+const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16).optional(), adminKey: z.string().min(16).optional() });
+type StoredKeys = z.infer<typeof storedKeysSchema>;
 
 /**
  * The bearer keys: from the environment when both are set; otherwise the ones kept in the data
@@ -184,33 +198,55 @@ const storedKeysSchema = z.strictObject({ apiKey: z.string().min(16), adminKey: 
  */
 export function resolveApiKeys(config: Config): ApiKeys {
   const keys = resolveAppAndAdminKeys(config);
-  const all = { TALLY_API_KEY: keys.apiKey, TALLY_ADMIN_KEY: keys.adminKey, TALLY_VIEWER_KEY: config.viewerKey };
+  const all = {
+    TALLY_API_KEY: keys.apiKey,
+    TALLY_ADMIN_KEY: keys.adminKey,
+    TALLY_VIEWER_KEY: config.viewerKey,
+    TALLY_METRICS_KEY: config.metricsKey,
+  };
   // A key from the environment may equal one kept in the data folder; checked once both are known.
   checkDistinctKeys(all);
-  return { ...keys, viewerKey: config.viewerKey };
+  return { ...keys, viewerKey: config.viewerKey, metricsKey: config.metricsKey };
 }
 
+/**
+ * keys.json holds only the keys Tally generated. With one key of the pair in the environment,
+ * the other is kept in (or generated into) keys.json and the environment's is never written
+ * there: a secret the operator keeps elsewhere must not be copied to disk. A key an earlier
+ * version wrote there from the environment (the file's value equals the environment's) is
+ * removed from the file.
+ */
 function resolveAppAndAdminKeys(config: Config): ApiKeys {
+  const fromEnvironment = { apiKey: config.apiKey !== undefined, adminKey: config.adminKey !== undefined };
   if (config.apiKey !== undefined && config.adminKey !== undefined) {
-    return { apiKey: config.apiKey, adminKey: config.adminKey, source: 'environment', generated: false };
+    return { apiKey: config.apiKey, adminKey: config.adminKey, source: 'environment', fromEnvironment, generated: false };
   }
   const path = join(config.dataDirectory, 'keys.json');
+  let stored: StoredKeys = {};
   if (existsSync(path)) {
-    const stored = storedKeysSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
-    if (!stored.success) throw new ConfigError(`${path}: not a valid keys file; delete it to generate new keys`);
-    return {
-      apiKey: config.apiKey ?? stored.data.apiKey,
-      adminKey: config.adminKey ?? stored.data.adminKey,
-      source: 'data-folder',
-      generated: false,
-    };
+    const parsed = storedKeysSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
+    if (!parsed.success) throw new ConfigError(`${path}: not a valid keys file; delete it to generate new keys`);
+    stored = parsed.data;
   }
-  const keys = {
-    apiKey: config.apiKey ?? `tally_app_${randomBytes(24).toString('base64url')}`,
-    adminKey: config.adminKey ?? `tally_admin_${randomBytes(24).toString('base64url')}`,
-  };
-  mkdirSync(config.dataDirectory, { recursive: true });
-  writeFileSync(path, `${JSON.stringify(keys, null, 2)}\n`, { mode: 0o600 });
-  chmodSync(path, 0o600);
-  return { ...keys, source: 'data-folder', generated: true };
+  const file: StoredKeys = {};
+  if (stored.apiKey !== undefined && stored.apiKey !== config.apiKey) file.apiKey = stored.apiKey;
+  if (stored.adminKey !== undefined && stored.adminKey !== config.adminKey) file.adminKey = stored.adminKey;
+  let generated = false;
+  if (config.apiKey === undefined && file.apiKey === undefined) {
+    file.apiKey = `tally_app_${randomBytes(24).toString('base64url')}`;
+    generated = true;
+  }
+  if (config.adminKey === undefined && file.adminKey === undefined) {
+    file.adminKey = `tally_admin_${randomBytes(24).toString('base64url')}`;
+    generated = true;
+  }
+  if (JSON.stringify(file) !== JSON.stringify(stored)) {
+    mkdirSync(config.dataDirectory, { recursive: true });
+    writeFileSync(path, `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
+    chmodSync(path, 0o600);
+  }
+  const apiKey = config.apiKey ?? file.apiKey;
+  const adminKey = config.adminKey ?? file.adminKey;
+  if (apiKey === undefined || adminKey === undefined) throw new Error('a key is neither in the environment nor in keys.json');
+  return { apiKey, adminKey, source: 'data-folder', fromEnvironment, generated };
 }

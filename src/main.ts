@@ -152,6 +152,7 @@ export async function startTally(config: Config): Promise<Tally> {
       webhookSecrets: config.stripeWebhookSecrets,
       fingerprintSecret: config.fingerprintSecret,
       checkoutUrlHosts: config.checkoutUrlHosts,
+      eventDestinations: { allowPrivate: config.eventsAllowPrivate },
       alertWebhookUrls: config.alertWebhookUrls,
       pagerDutyRoutingKey: config.pagerDutyRoutingKey,
       reconcileIntervalHours: config.reconcileIntervalHours,

@@ -14,6 +14,8 @@ type Schemas = components['schemas'];
 export type Grant = Schemas['Grant'];
 export type Entry = Schemas['Entry'];
 export type Balance = Schemas['Balance'];
+/** The account's plan, its source, meters, features, rate card and recurring grants. */
+export type Entitlements = Schemas['Entitlements'];
 export type Account = Schemas['Account'];
 export type AccountDetail = Schemas['AccountDetail'];
 export type Subscription = Schemas['Subscription'];
@@ -41,14 +43,70 @@ type Query<Path extends keyof paths, M extends Method> = paths[Path][M] extends 
 /** A keyed body whose key may be left out (one is generated). */
 type Keyed<Body> = Omit<Body, 'idempotency_key'> & { idempotency_key?: string };
 
+/**
+ * The catalog's meters, each id naming the union of its dimensions:
+ * `{ 'openai/gpt-5-mini': 'input_tokens' | 'output_tokens' }`. Given to `TallyClient<Meters>`,
+ * it makes a priced spend with a meter or a dimension the catalog lacks a type error. The
+ * default accepts any name, and Tally judges it (`UnknownMeter`, `InvalidRequest`).
+ */
+export type MeterCatalog = Record<string, string>;
+/** The MeterCatalog of a catalog's `meters` list declared `as const`. */
+export type MetersOf<List extends readonly { readonly id: string; readonly dimensions: readonly string[] }[]> = {
+  [Meter in List[number] as Meter['id']]: Meter['dimensions'][number];
+};
+export type MeterName<Meters extends MeterCatalog> = Extract<keyof Meters, string>;
+/** The units one call used (or may use) per dimension of a meter, each a non-negative integer; a dimension left out used none. */
+export type Quantities<Meters extends MeterCatalog, Meter extends MeterName<Meters> = MeterName<Meters>> = Partial<
+  Record<Meters[Meter], number>
+>;
+/** A spend of credits. */
+export type CreditsSpend = { amount: number; meter?: never; quantities?: never };
+/** A spend priced by the account's rate card: one of the catalog's meters with its quantities. */
+export type PricedSpend<
+  Meters extends MeterCatalog = MeterCatalog,
+  Meter extends MeterName<Meters> = MeterName<Meters>,
+> = Meter extends string ? { meter: Meter; quantities: Quantities<Meters, Meter>; amount?: never } : never;
+/** Per meter, per dimension, credits per unit as an exact decimal string (`"0.000125"`): every dimension of every meter. */
+export type Rates<Meters extends MeterCatalog = MeterCatalog> = { [Meter in MeterName<Meters>]: Record<Meters[Meter], string> };
+/** The rate card version that priced a spend. */
+export type RateCardReference = { id: string; version: number };
+/** An answer to a priced spend: its exact cost (a decimal string) and the version that priced it. */
+export type Priced<Answer> = Omit<Answer, 'cost' | 'rate_card'> & { cost: string; rate_card: RateCardReference };
+
+type SpendFields = 'amount' | 'meter' | 'quantities';
+// Typed quantities make each dimension optional, so their values read `number | undefined`;
+// JSON leaves out a dimension that is absent or undefined, so they go out as the wire type's
+// record of numbers.
+type OnWire<Body> = Body extends { quantities?: unknown } ? Omit<Body, 'quantities'> & { quantities?: Record<string, number> } : Body;
+const onWire = <Body>(body: Body): OnWire<Body> => body as OnWire<Body>;
+type UsageFields = Keyed<Omit<RequestBody<'/v1/accounts/{id}/usage', 'post'>, SpendFields>>;
+type BatchEventFields = Keyed<Omit<RequestBody<'/v1/usage/batch', 'post'>['events'][number], SpendFields>>;
+type HoldFields = Keyed<Omit<RequestBody<'/v1/accounts/{id}/holds', 'post'>, SpendFields>>;
+
 export type AccountInput = RequestBody<'/v1/accounts/{id}', 'put'>;
-export type UsageInput = Keyed<RequestBody<'/v1/accounts/{id}/usage', 'post'>>;
+export type CreditsUsageInput = UsageFields & CreditsSpend;
+export type PricedUsageInput<Meters extends MeterCatalog = MeterCatalog> = UsageFields & PricedSpend<Meters>;
+export type UsageInput<Meters extends MeterCatalog = MeterCatalog> = CreditsUsageInput | PricedUsageInput<Meters>;
 export type UsageAnswer = SuccessBody<'/v1/accounts/{id}/usage', 'post'>;
-export type BatchEventInput = Keyed<RequestBody<'/v1/usage/batch', 'post'>['events'][number]>;
+export type BatchEventInput<Meters extends MeterCatalog = MeterCatalog> = BatchEventFields & (CreditsSpend | PricedSpend<Meters>);
 export type BatchResult = SuccessBody<'/v1/usage/batch', 'post'>['results'][number];
-export type HoldInput = Keyed<RequestBody<'/v1/accounts/{id}/holds', 'post'>>;
+export type CreditsHoldInput = HoldFields & CreditsSpend;
+/** A priced hold names the most the call may use (its `max_tokens`); it reserves ceil(cost) at the version in effect. */
+export type PricedHoldInput<Meters extends MeterCatalog = MeterCatalog> = HoldFields & PricedSpend<Meters>;
+export type HoldInput<Meters extends MeterCatalog = MeterCatalog> = CreditsHoldInput | PricedHoldInput<Meters>;
 export type HoldAnswer = SuccessBody<'/v1/accounts/{id}/holds', 'post'>;
 export type CaptureAnswer = SuccessBody<'/v1/holds/{hold_id}/capture', 'post'>;
+export type QuoteInput<Meters extends MeterCatalog = MeterCatalog> = CreditsSpend | PricedSpend<Meters>;
+/** What a spend would charge now and whether it would pass (`reason`: the refusal it would get); nothing is written. */
+export type Quote = SuccessBody<'/v1/accounts/{id}/quote', 'post'>;
+export type RateCardVersion = Schemas['RateCardVersion'];
+/** A rate card's version in effect now, with the version scheduled next (null when none is). */
+export type CurrentRateCard = SuccessBody<'/v1/rate-cards', 'get'>['rate_cards'][number];
+export type PublishRateCardInput<Meters extends MeterCatalog = MeterCatalog> = {
+  rates: Rates<Meters>;
+  /** When the version takes effect (ISO 8601): now when left out; up to 60 s in the past means now. */
+  effective_at?: string;
+};
 export type VoidAnswer = SuccessBody<'/v1/holds/{hold_id}/void', 'post'>;
 export type LedgerPage = SuccessBody<'/v1/accounts/{id}/ledger', 'get'>;
 export type CheckoutInput = RequestBody<'/v1/accounts/{id}/checkout', 'post'>;
@@ -57,6 +115,7 @@ export type TrialEligibilityInput = RequestBody<'/v1/accounts/{id}/trial-eligibi
 export type TrialEligibility = SuccessBody<'/v1/accounts/{id}/trial-eligibility', 'post'>;
 export type AutoTopUpInput = RequestBody<'/v1/accounts/{id}/auto-top-up', 'put'>;
 export type AutoTopUp = SuccessBody<'/v1/accounts/{id}/auto-top-up', 'put'>;
+export type SavedAutoTopUp = SuccessBody<'/v1/accounts/{id}/auto-top-up', 'get'>;
 export type LowBalanceThreshold = SuccessBody<'/v1/accounts/{id}/low-balance-threshold', 'put'>;
 /** Spend limits per UTC day and month: a field left out keeps its limit, null removes it. */
 export type SpendLimitsInput = RequestBody<'/v1/accounts/{id}/limits', 'put'>;
@@ -103,14 +162,29 @@ export interface AccountCalls {
   get(accountId: string): Promise<AccountDetail>;
 }
 
-export interface HoldCalls {
+export interface HoldCalls<Meters extends MeterCatalog = MeterCatalog> {
   /** Reserves credits for up to `expires_in_seconds` (default 900). Keyed like usage. */
-  create(accountId: string, input: HoldInput): Promise<HoldAnswer>;
+  create(accountId: string, input: CreditsHoldInput): Promise<HoldAnswer>;
+  /**
+   * Reserves ceil(cost) of the most the call may use (`{meter, quantities}`, as its
+   * `max_tokens`), priced at the version in effect, which the hold keeps for its capture.
+   */
+  create(accountId: string, input: PricedHoldInput<Meters>): Promise<Priced<HoldAnswer>>;
   /**
    * Captures `amount` of the hold (all of it when left out); the rest is released. A hold
    * resolves once, so this call is retried only when Tally surely did nothing.
    */
   capture(holdId: string, amount?: number): Promise<CaptureAnswer>;
+  /**
+   * Captures a priced hold by what the call used, priced by the hold's version with the
+   * account's carry; the rest is released. Charged credits above the hold are refused
+   * (`CaptureExceedsHold`). Name the meter (`capture<'openai/gpt-5'>`) to type its dimensions
+   * exactly. Retried only when Tally surely did nothing.
+   */
+  capture<Meter extends MeterName<Meters> = MeterName<Meters>>(
+    holdId: string,
+    used: { quantities: Quantities<Meters, Meter> },
+  ): Promise<Priced<CaptureAnswer>>;
   /** Releases the whole hold; retried only when Tally surely did nothing. */
   void(holdId: string): Promise<VoidAnswer>;
 }
@@ -133,7 +207,7 @@ export interface WebhookEndpointCalls {
 }
 
 /** The operators' calls: they need the admin key. */
-export interface AdminCalls {
+export interface AdminCalls<Meters extends MeterCatalog = MeterCatalog> {
   /** Grants promo or admin credits. Keyed. */
   grant(accountId: string, input: GrantInput): Promise<GrantAnswer>;
   /** A signed correction with a reason. Keyed. */
@@ -154,6 +228,14 @@ export interface AdminCalls {
   accounts(query?: AccountsQuery): Promise<AccountsPage>;
   creditHistory(query?: { days?: number; until?: string }): Promise<CreditHistory['days']>;
   webhookEndpoints: WebhookEndpointCalls;
+  /**
+   * Publishes a new version of a rate card: rates for every dimension of every meter,
+   * effective now or at `effective_at`. Spends already made keep the version that priced them.
+   * Not retried after a lost answer (it would publish a second version).
+   */
+  publishRateCard(rateCardId: string, input: PublishRateCardInput<Meters>): Promise<RateCardVersion>;
+  /** Every version of a rate card, newest published first. */
+  rateCardVersions(rateCardId: string): Promise<RateCardVersion[]>;
 }
 
 /** What a call of openapi-fetch answers. */
@@ -161,13 +243,17 @@ type Outcome<Data> = { data?: Data; error?: unknown; response: Response };
 
 export const pageSizeDefault = 100;
 
-export class TallyClient {
+/**
+ * `new TallyClient<Meters>(...)` with the catalog's meters (a MeterCatalog) types priced
+ * spends, holds, captures, quotes and published rates by meter and dimension.
+ */
+export class TallyClient<Meters extends MeterCatalog = MeterCatalog> {
   /** The generated openapi-fetch client, for anything the methods do not cover. */
   readonly http: Client<paths>;
   readonly accounts: AccountCalls;
-  readonly holds: HoldCalls;
+  readonly holds: HoldCalls<Meters>;
   readonly limits: LimitCalls;
-  readonly admin: AdminCalls;
+  readonly admin: AdminCalls<Meters>;
   private readonly transport: Transport;
 
   constructor(options: TallyClientOptions) {
@@ -206,13 +292,24 @@ export class TallyClient {
     return this.unwrap(this.http.GET('/v1/accounts/{id}/balance', { params: { path: { id: accountId } } }));
   }
 
+  /** What the account may use: its plan (and whence), meters, features, rate card and recurring grants. */
+  async entitlements(accountId: string): Promise<Entitlements> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/entitlements', { params: { path: { id: accountId } } }));
+  }
+
   /** Spends credits. A retry of this call (or a call with the same key) never spends twice. */
-  async usage(accountId: string, input: UsageInput): Promise<UsageAnswer> {
+  async usage(accountId: string, input: CreditsUsageInput): Promise<UsageAnswer>;
+  /**
+   * Spends `{meter, quantities}` priced by the account's rate card: charges floor(cost + carry)
+   * and answers the exact `cost` and the `rate_card` version. Keyed like a spend of credits.
+   */
+  async usage(accountId: string, input: PricedUsageInput<Meters>): Promise<Priced<UsageAnswer>>;
+  async usage(accountId: string, input: UsageInput<Meters>): Promise<UsageAnswer> {
     const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
     return this.unwrap(
       this.http.POST('/v1/accounts/{id}/usage', {
         params: { path: { id: accountId } },
-        body,
+        body: onWire(body),
         ...this.fetchFor('idempotent', body.idempotency_key),
       }),
     );
@@ -222,9 +319,22 @@ export class TallyClient {
    * Up to 1000 spends in one call; one result per event, in order, each with its status (a
    * refused spend is a result, not an error). Events without a key get one each.
    */
-  async usageBatch(events: BatchEventInput[]): Promise<BatchResult[]> {
-    const body = { events: events.map((event) => ({ ...event, idempotency_key: event.idempotency_key ?? uuidv7() })) };
+  async usageBatch(events: BatchEventInput<Meters>[]): Promise<BatchResult[]> {
+    const body = { events: events.map((event) => onWire({ ...event, idempotency_key: event.idempotency_key ?? uuidv7() })) };
     return (await this.unwrap(this.http.POST('/v1/usage/batch', { body, ...this.fetchFor('idempotent') }))).results;
+  }
+
+  /** What a spend would charge the account now, and whether it would pass; writes nothing. */
+  async quote(accountId: string, input: CreditsSpend): Promise<Quote>;
+  /** What a priced spend would charge now (with the account's carry), its exact cost and the version; writes nothing. */
+  async quote(accountId: string, input: PricedSpend<Meters>): Promise<Priced<Quote>>;
+  async quote(accountId: string, input: QuoteInput<Meters>): Promise<Quote> {
+    return this.unwrap(this.http.POST('/v1/accounts/{id}/quote', { params: { path: { id: accountId } }, body: onWire(input) }));
+  }
+
+  /** Every rate card's version in effect now, with the one scheduled next. */
+  async rateCards(): Promise<CurrentRateCard[]> {
+    return (await this.unwrap(this.http.GET('/v1/rate-cards'))).rate_cards;
   }
 
   /**
@@ -299,6 +409,16 @@ export class TallyClient {
     return this.unwrap(this.http.PUT('/v1/accounts/{id}/auto-top-up', { params: { path: { id: accountId } }, body: input }));
   }
 
+  /** The auto top-up setting; one never saved reads as turned off, with null for what was never chosen. */
+  async getAutoTopUp(accountId: string): Promise<SavedAutoTopUp> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/auto-top-up', { params: { path: { id: accountId } } }));
+  }
+
+  /** The threshold under which `balance.low` fires (null: off). */
+  async getLowBalanceThreshold(accountId: string): Promise<LowBalanceThreshold> {
+    return this.unwrap(this.http.GET('/v1/accounts/{id}/low-balance-threshold', { params: { path: { id: accountId } } }));
+  }
+
   /** The threshold under which `balance.low` fires (null turns it off). */
   async lowBalanceThreshold(accountId: string, threshold: number | null): Promise<LowBalanceThreshold> {
     return this.unwrap(
@@ -317,31 +437,37 @@ export class TallyClient {
     };
   }
 
-  private holdCalls(): HoldCalls {
+  private holdCalls(): HoldCalls<Meters> {
+    // Function declarations carry the interface's overloads (credits or priced); `client` is
+    // this client, which they cannot take as `this`.
+    const client = this;
+    function create(accountId: string, input: CreditsHoldInput): Promise<HoldAnswer>;
+    function create(accountId: string, input: PricedHoldInput<Meters>): Promise<Priced<HoldAnswer>>;
+    function create(accountId: string, input: HoldInput<Meters>): Promise<HoldAnswer> {
+      const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
+      return client.unwrap(
+        client.http.POST('/v1/accounts/{id}/holds', {
+          params: { path: { id: accountId } },
+          body: onWire(body),
+          ...client.fetchFor('idempotent', body.idempotency_key),
+        }),
+      );
+    }
+    function capture(holdId: string, amount?: number): Promise<CaptureAnswer>;
+    function capture(holdId: string, used: { quantities: Quantities<Meters> }): Promise<Priced<CaptureAnswer>>;
+    function capture(holdId: string, used?: number | { quantities: Quantities<Meters> }): Promise<CaptureAnswer> {
+      const body = used === undefined ? {} : typeof used === 'number' ? { amount: used } : { quantities: used.quantities };
+      return client.unwrap(
+        client.http.POST('/v1/holds/{hold_id}/capture', {
+          params: { path: { hold_id: holdId } },
+          body: onWire(body),
+          ...client.fetchFor('once'),
+        }),
+      );
+    }
     return {
-      /** Reserves credits for up to `expires_in_seconds` (default 900). Keyed like usage. */
-      create: (accountId: string, input: HoldInput): Promise<HoldAnswer> => {
-        const body = { ...input, idempotency_key: input.idempotency_key ?? uuidv7() };
-        return this.unwrap(
-          this.http.POST('/v1/accounts/{id}/holds', {
-            params: { path: { id: accountId } },
-            body,
-            ...this.fetchFor('idempotent', body.idempotency_key),
-          }),
-        );
-      },
-      /**
-       * Captures `amount` of the hold (all of it when left out); the rest is released. A hold
-       * resolves once, so this call is retried only when Tally surely did nothing.
-       */
-      capture: (holdId: string, amount?: number): Promise<CaptureAnswer> =>
-        this.unwrap(
-          this.http.POST('/v1/holds/{hold_id}/capture', {
-            params: { path: { hold_id: holdId } },
-            body: amount === undefined ? {} : { amount },
-            ...this.fetchFor('once'),
-          }),
-        ),
+      create,
+      capture,
       /** Releases the whole hold; retried only when Tally surely did nothing. */
       void: (holdId: string): Promise<VoidAnswer> =>
         this.unwrap(this.http.POST('/v1/holds/{hold_id}/void', { params: { path: { hold_id: holdId } }, ...this.fetchFor('once') })),
@@ -362,7 +488,7 @@ export class TallyClient {
     };
   }
 
-  private adminCalls(): AdminCalls {
+  private adminCalls(): AdminCalls<Meters> {
     const path = (id: string) => ({ params: { path: { id } } });
     return {
       /** Grants promo or admin credits (admin key). Keyed. */
@@ -423,6 +549,12 @@ export class TallyClient {
         enable: (endpointId: string): Promise<WebhookEndpoint> =>
           this.unwrap(this.http.POST('/v1/admin/webhook-endpoints/{id}/enable', path(endpointId))),
       },
+      /** Publishes a rate card version (admin key); not retried after a lost answer. */
+      publishRateCard: (rateCardId: string, input: PublishRateCardInput<Meters>): Promise<RateCardVersion> =>
+        this.unwrap(this.http.PUT('/v1/admin/rate-cards/{id}', { ...path(rateCardId), body: input, ...this.fetchFor('once') })),
+      /** Every version of a rate card, newest published first. */
+      rateCardVersions: (rateCardId: string): Promise<RateCardVersion[]> =>
+        this.unwrap(this.http.GET('/v1/admin/rate-cards/{id}/versions', path(rateCardId))).then((answer) => answer.versions),
     };
   }
 }

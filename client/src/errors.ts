@@ -105,6 +105,16 @@ export class TrialNotEligible extends TallyError<ErrorObjectOf<'TrialNotEligible
     return this.error.reason;
   }
 }
+export class MeterNotEntitled extends TallyError<ErrorObjectOf<'MeterNotEntitledError'>> {
+  /** The meter the account's plan does not include. */
+  get meter(): string {
+    return this.error.meter;
+  }
+  /** The account's plan (null: a subscription on a price outside the catalog). */
+  get planId(): string | null {
+    return this.error.plan_id;
+  }
+}
 export class AccountNotFound extends TallyError<ErrorObjectOf<'AccountNotFoundError'>> {}
 export class HoldNotFound extends TallyError<ErrorObjectOf<'HoldNotFoundError'>> {}
 export class PlanNotFound extends TallyError<ErrorObjectOf<'PlanNotFoundError'>> {}
@@ -126,6 +136,7 @@ export class HoldNotPending extends TallyError<ErrorObjectOf<'HoldNotPendingErro
 }
 export class ReconciliationRunning extends TallyError<ErrorObjectOf<'ReconciliationRunningError'>> {}
 export class NoPaymentMethod extends TallyError<ErrorObjectOf<'NoPaymentMethodError'>> {}
+export class RequestTimeout extends TallyError<ErrorObjectOf<'RequestTimeoutError'>> {}
 export class PayloadTooLarge extends TallyError<ErrorObjectOf<'PayloadTooLargeError'>> {}
 export class UriTooLong extends TallyError<ErrorObjectOf<'UriTooLongError'>> {}
 export class UnsupportedMediaType extends TallyError<ErrorObjectOf<'UnsupportedMediaTypeError'>> {}
@@ -162,6 +173,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   spend_limit_exceeded: SpendLimitExceeded,
   forbidden: Forbidden,
   trial_not_eligible: TrialNotEligible,
+  meter_not_entitled: MeterNotEntitled,
   account_not_found: AccountNotFound,
   hold_not_found: HoldNotFound,
   plan_not_found: PlanNotFound,
@@ -174,6 +186,7 @@ export const errorClasses: Record<string, AnyErrorClass> = {
   hold_not_pending: HoldNotPending,
   reconciliation_running: ReconciliationRunning,
   no_payment_method: NoPaymentMethod,
+  request_timeout: RequestTimeout,
   payload_too_large: PayloadTooLarge,
   uri_too_long: UriTooLong,
   unsupported_media_type: UnsupportedMediaType,

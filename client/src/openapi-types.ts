@@ -159,6 +159,15 @@ export interface paths {
                         "application/json": components["schemas"]["ForbiddenError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -331,6 +340,111 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/accounts/{id}/entitlements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What the account may use: its plan (its subscription's while active, trialing or past due; several plan items: the union, the one with the most credits per month naming plan_id and the rate card; else the free plan; else none, with every meter), the meters a priced spend may name, the app's features, the rate card and the plans' recurring grants */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the entitlements */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Entitlements"];
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/accounts/{id}/usage": {
         parameters: {
             query?: never;
@@ -413,13 +527,13 @@ export interface paths {
                         "application/json": components["schemas"]["InsufficientCreditsError"] | components["schemas"]["SpendLimitExceededError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description meter_not_entitled: the account's plan (`plan_id`, null for a price outside the catalog) does not include the spend's `meter`; nothing was spent, and the key keeps this answer; or forbidden: the viewer key is read-only */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ForbiddenError"];
+                        "application/json": components["schemas"]["MeterNotEntitledError"] | components["schemas"]["ForbiddenError"];
                     };
                 };
                 /** @description account_not_found: no account with this id */
@@ -429,6 +543,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -591,6 +714,18 @@ export interface paths {
                                 };
                             } | {
                                 /** @constant */
+                                status: 403;
+                                error: {
+                                    /** @constant */
+                                    code: "meter_not_entitled";
+                                    message: string;
+                                    meter: string;
+                                    plan_id: string | null;
+                                    /** @constant */
+                                    replayed?: true;
+                                };
+                            } | {
+                                /** @constant */
                                 status: 409;
                                 error: {
                                     /** @constant */
@@ -635,6 +770,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 1048576 bytes */
@@ -776,13 +920,13 @@ export interface paths {
                         "application/json": components["schemas"]["InsufficientCreditsError"] | components["schemas"]["SpendLimitExceededError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description meter_not_entitled: the account's plan (`plan_id`, null for a price outside the catalog) does not include the spend's `meter`; nothing was spent, and the key keeps this answer; or forbidden: the viewer key is read-only */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ForbiddenError"];
+                        "application/json": components["schemas"]["MeterNotEntitledError"] | components["schemas"]["ForbiddenError"];
                     };
                 };
                 /** @description account_not_found: no account with this id */
@@ -792,6 +936,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -953,6 +1106,15 @@ export interface paths {
                         "application/json": components["schemas"]["HoldNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description hold_not_pending: the hold was captured, voided or expired already (`status`) */
                 409: {
                     headers: {
@@ -1097,6 +1259,15 @@ export interface paths {
                         "application/json": components["schemas"]["HoldNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description hold_not_pending: the hold was captured, voided or expired already (`status`) */
                 409: {
                     headers: {
@@ -1219,7 +1390,7 @@ export interface paths {
                             available: number;
                             allowed: boolean;
                             /** @enum {string} */
-                            reason?: "insufficient_credits" | "spend_limit_exceeded";
+                            reason?: "meter_not_entitled" | "insufficient_credits" | "spend_limit_exceeded";
                         };
                     };
                 };
@@ -1257,6 +1428,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -1514,6 +1694,15 @@ export interface paths {
                         "application/json": components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -1736,7 +1925,7 @@ export interface paths {
                         "application/json": {
                             id: string;
                             /** @enum {string} */
-                            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+                            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
                             amount: number;
                             remaining: number;
                             priority: number;
@@ -1785,6 +1974,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -1971,6 +2169,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description idempotency_conflict: the idempotency key was first used with another request (another amount, operation or payload) */
@@ -2214,6 +2421,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["RateCardNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -2482,6 +2698,15 @@ export interface paths {
                         "application/json": components["schemas"]["PlanNotFoundError"] | components["schemas"]["AccountNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 65536 bytes */
                 413: {
                     headers: {
@@ -2605,6 +2830,15 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
+                /** @description forbidden: the viewer key never reads personal data */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
                 /** @description account_not_found: no account with this id */
                 404: {
                     headers: {
@@ -2717,6 +2951,15 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
+                /** @description forbidden: the viewer key never reads personal data */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
                 /** @description account_not_found: no account with this id */
                 404: {
                     headers: {
@@ -2820,7 +3063,7 @@ export interface paths {
                         "application/json": components["schemas"]["UnauthorizedError"];
                     };
                 };
-                /** @description forbidden: the viewer key is read-only */
+                /** @description forbidden: the viewer key never reads personal data */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -2836,6 +3079,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -3074,6 +3326,15 @@ export interface paths {
                         "application/json": components["schemas"]["EventNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -3305,6 +3566,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description reconciliation_running: another reconciliation is running */
@@ -4049,6 +4319,10 @@ export interface paths {
                                 entries: number;
                                 webhook_events: number;
                             };
+                            account_id_kept: {
+                                looks_personal: boolean;
+                                note: string;
+                            };
                         };
                     };
                 };
@@ -4086,6 +4360,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -4544,7 +4827,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset` */
+        /** Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`. With the viewer key, emails and names are masked, `search` does not match emails and `sort=email` is refused (403) */
         get: {
             parameters: {
                 query?: {
@@ -4687,7 +4970,7 @@ export interface paths {
                             grants: {
                                 id: string;
                                 /** @enum {string} */
-                                source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+                                source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
                                 amount: number;
                                 remaining: number;
                                 priority: number;
@@ -5034,6 +5317,544 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/accounts/{id}/meter-spend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What an account spent per meter over UTC days (the last day is `until`, default today): usage and captured holds as the credits they charged and their exact cost (a decimal string); spends of a plain amount under the meter null */
+        get: {
+            parameters: {
+                query?: {
+                    days?: number;
+                    until?: string;
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the totals per meter, most credits first, and every day of the window, oldest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: date */
+                            from: string;
+                            /** Format: date */
+                            to: string;
+                            meters: {
+                                meter: string | null;
+                                credits: number | string;
+                                cost: string | null;
+                                spends: number;
+                            }[];
+                            days: {
+                                /** Format: date */
+                                day: string;
+                                meters: {
+                                    meter: string | null;
+                                    credits: number | string;
+                                    cost: string | null;
+                                }[];
+                            }[];
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/accounts/{id}/plan": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An account's plan as GET /v1/accounts/{id}/entitlements answers it, with the catalog's plan names, and each recurring grant's current period (UTC) and the grant of that period if the account's first call of the period gave it; it never gives one */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the account's plan, entitlements and recurring grants with this period's */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            plan_id: string | null;
+                            /** @enum {string} */
+                            source: "subscription" | "trial" | "free" | "none";
+                            meters: "all" | string[];
+                            features: {
+                                [key: string]: number | boolean | string;
+                            };
+                            rate_card: {
+                                id: string;
+                                version: number;
+                            } | null;
+                            recurring_grants: {
+                                plan_id: string;
+                                plan_name: string | null;
+                                credits: number;
+                                /** @enum {string} */
+                                every: "day" | "week" | "month";
+                                /** Format: date */
+                                period_start: string;
+                                /** Format: date-time */
+                                period_end: string;
+                                grant: {
+                                    id: string;
+                                    /** @enum {string} */
+                                    source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
+                                    amount: number;
+                                    remaining: number;
+                                    priority: number;
+                                    expires_at: string | null;
+                                    /** Format: date-time */
+                                    created_at: string;
+                                    reference: {
+                                        [key: string]: unknown;
+                                    };
+                                    /** @enum {string} */
+                                    state: "live" | "used_up" | "expired";
+                                } | null;
+                            }[];
+                            plan_name: string | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/plans": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** How many accounts are on each plan now (as a spend decides it): every plan of the catalog, its free plan included, then plans that subscriptions name but the catalog no longer has, then no plan */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the accounts per plan, in the catalog order, no plan last */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            accounts: number;
+                            plans: {
+                                plan_id: string | null;
+                                name: string | null;
+                                free: boolean;
+                                accounts: number;
+                                subscription: number;
+                                trial: number;
+                            }[];
+                        };
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/rate-cards": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every rate card: whether it is the default, the plans that name it, the version in effect and the one scheduled next, and its newest `versions` versions with who published each (catalog or admin) and where each stands */
+        get: {
+            parameters: {
+                query?: {
+                    versions?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description every rate card, by id; rates are exact decimal strings */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: date-time */
+                            as_of: string;
+                            rate_cards: {
+                                id: string;
+                                default: boolean;
+                                plans: string[];
+                                current: {
+                                    id: string;
+                                    version: number;
+                                    /** Format: date-time */
+                                    effective_at: string;
+                                    rates: {
+                                        [key: string]: {
+                                            [key: string]: string;
+                                        };
+                                    };
+                                    /** Format: date-time */
+                                    published_at: string;
+                                    /** @enum {string} */
+                                    source: "catalog" | "admin";
+                                } | null;
+                                next: {
+                                    id: string;
+                                    version: number;
+                                    /** Format: date-time */
+                                    effective_at: string;
+                                    rates: {
+                                        [key: string]: {
+                                            [key: string]: string;
+                                        };
+                                    };
+                                    /** Format: date-time */
+                                    published_at: string;
+                                    /** @enum {string} */
+                                    source: "catalog" | "admin";
+                                } | null;
+                                versions: {
+                                    id: string;
+                                    version: number;
+                                    /** Format: date-time */
+                                    effective_at: string;
+                                    rates: {
+                                        [key: string]: {
+                                            [key: string]: string;
+                                        };
+                                    };
+                                    /** Format: date-time */
+                                    published_at: string;
+                                    /** @enum {string} */
+                                    source: "catalog" | "admin";
+                                    /** @enum {string} */
+                                    state: "current" | "next" | "scheduled" | "superseded";
+                                }[];
+                                versions_total: number;
+                            }[];
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description forbidden: this call needs the admin key */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/webhook-events/{event_id}": {
         parameters: {
             query?: never;
@@ -5041,7 +5862,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to */
+        /** One stored Stripe event: its payload (null for the viewer key: it carries personal data), status, attempts, last error, next attempt and the account it was applied to */
         get: {
             parameters: {
                 query?: never;
@@ -5078,7 +5899,7 @@ export interface paths {
                             api_version: string | null;
                             payload: {
                                 [key: string]: unknown;
-                            };
+                            } | null;
                         };
                     };
                 };
@@ -5408,7 +6229,99 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** The low-balance threshold as the PUT answers it (null: off) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the threshold now */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            account_id: string;
+                            low_balance_threshold: number | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
         /** `balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off */
         put: {
             parameters: {
@@ -5473,6 +6386,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -5549,7 +6471,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered */
+        /** Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered (the viewer key reads each URL as its scheme and host only: paths often carry a token) */
         get: {
             parameters: {
                 query?: never;
@@ -5653,7 +6575,7 @@ export interface paths {
                         };
                     };
                 };
-                /** @description invalid_request: a URL that is not https (http only to this machine), or an unknown event type */
+                /** @description invalid_request: a URL that is not https, or whose host is or resolves to a loopback, private, link-local or unique-local address (unless TALLY_EVENTS_ALLOW_PRIVATE=1), or an unknown event type */
                 400: {
                     headers: {
                         [name: string]: unknown;
@@ -5678,6 +6600,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["ForbiddenError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description payload_too_large: the body is over 65536 bytes */
@@ -5744,7 +6675,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One endpoint with its delivery state */
+        /** One endpoint with its delivery state (its URL as scheme and host only for the viewer key) */
         get: {
             parameters: {
                 query?: never;
@@ -5906,6 +6837,15 @@ export interface paths {
                         "application/json": components["schemas"]["EndpointNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -6037,6 +6977,15 @@ export interface paths {
                         "application/json": components["schemas"]["EndpointNotFoundError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1024 bytes */
                 413: {
                     headers: {
@@ -6110,7 +7059,104 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** The auto top-up setting as the PUT answers it; an account that never saved one reads as turned off, with null for threshold, pack_id, max_per_month and updated_at */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the setting */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            account_id: string;
+                            enabled: boolean;
+                            threshold: number | null;
+                            pack_id: string | null;
+                            max_per_month: number | null;
+                            failures_in_row: number;
+                            updated_at: string | null;
+                        };
+                    };
+                };
+                /** @description invalid_request: a field is missing or wrong; `field` names it */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InvalidRequestError"];
+                    };
+                };
+                /** @description unauthorized: missing or wrong bearer key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UnauthorizedError"];
+                    };
+                };
+                /** @description account_not_found: no account with this id */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AccountNotFoundError"];
+                    };
+                };
+                /** @description uri_too_long: a path segment is longer than any id Tally accepts (255 characters) */
+                414: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["UriTooLongError"];
+                    };
+                };
+                /** @description rate_limited: too many wrong keys from this address; retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RateLimitedError"];
+                    };
+                };
+                /** @description internal_error: a bug; the operator has the details in the log */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["InternalErrorError"];
+                    };
+                };
+                /** @description database_unavailable: the database cannot be reached; retry after Retry-After seconds with the same idempotency key; or database_busy: the database took too long (a statement timeout, or a row lock held by other work past the lock timeout); nothing was written; retry after Retry-After seconds with the same idempotency key */
+                503: {
+                    headers: {
+                        /** @description seconds to wait before retrying */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DatabaseUnavailableError"] | components["schemas"]["DatabaseBusyError"];
+                    };
+                };
+            };
+        };
         /** Buy `pack_id` off-session (the customer's default payment method) whenever a spend leaves `available` below `threshold`, at most `max_per_month` times a UTC month; three failed payments in a row turn it off (topup.failed says so) */
         put: {
             parameters: {
@@ -6184,6 +7230,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["AccountNotFoundError"] | components["schemas"]["PackNotFoundError"];
+                    };
+                };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
                     };
                 };
                 /** @description no_payment_method: enabling needs a linked Stripe customer with a default payment method */
@@ -6390,7 +7445,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Prometheus metrics (admin or viewer key) */
+        /** Prometheus metrics (admin, viewer or metrics key) */
         get: {
             parameters: {
                 query?: never;
@@ -6509,6 +7564,15 @@ export interface paths {
                         "application/json": components["schemas"]["InvalidSignatureError"];
                     };
                 };
+                /** @description request_timeout: the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done */
+                408: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RequestTimeoutError"];
+                    };
+                };
                 /** @description payload_too_large: the body is over 1048576 bytes */
                 413: {
                     headers: {
@@ -6573,7 +7637,7 @@ export interface components {
         Grant: {
             id: string;
             /** @enum {string} */
-            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover";
+            source: "subscription" | "trial" | "purchase" | "promo" | "admin" | "rollover" | "recurring";
             amount: number;
             remaining: number;
             priority: number;
@@ -6658,6 +7722,30 @@ export interface components {
             } | null;
             grants: components["schemas"]["Grant"][];
             balance: components["schemas"]["Balance"];
+            limits: {
+                per_day: number | null;
+                per_month: number | null;
+                spent: {
+                    day: number;
+                    month: number;
+                };
+                resets_at: {
+                    /** Format: date-time */
+                    day: string;
+                    /** Format: date-time */
+                    month: string;
+                };
+            };
+            low_balance_threshold: number | null;
+            auto_top_up: {
+                enabled: boolean;
+                threshold: number;
+                pack_id: string;
+                max_per_month: number;
+                failures_in_row: number;
+                /** Format: date-time */
+                updated_at: string;
+            } | null;
         };
         Event: {
             id: string;
@@ -6735,6 +7823,25 @@ export interface components {
             };
             /** Format: date-time */
             published_at: string;
+        };
+        Entitlements: {
+            plan_id: string | null;
+            /** @enum {string} */
+            source: "subscription" | "trial" | "free" | "none";
+            meters: "all" | string[];
+            features: {
+                [key: string]: number | boolean | string;
+            };
+            rate_card: {
+                id: string;
+                version: number;
+            } | null;
+            recurring_grants: {
+                plan_id: string;
+                credits: number;
+                /** @enum {string} */
+                every: "day" | "week" | "month";
+            }[];
         };
         InvalidRequestError: {
             error: {
@@ -6839,6 +7946,17 @@ export interface components {
                 reason: "account_had_trial" | "email_had_trial" | "device_had_trial" | "card_had_trial" | "payment_method_had_trial" | "plan_has_no_trial";
             };
         };
+        MeterNotEntitledError: {
+            error: {
+                /** @constant */
+                code: "meter_not_entitled";
+                message: string;
+                meter: string;
+                plan_id: string | null;
+                /** @constant */
+                replayed?: true;
+            };
+        };
         AccountNotFoundError: {
             error: {
                 /** @constant */
@@ -6923,6 +8041,13 @@ export interface components {
             error: {
                 /** @constant */
                 code: "no_payment_method";
+                message: string;
+            };
+        };
+        RequestTimeoutError: {
+            error: {
+                /** @constant */
+                code: "request_timeout";
                 message: string;
             };
         };

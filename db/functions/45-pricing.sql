@@ -82,9 +82,11 @@ end $$;
 -- Brings the database's pricing in line with the catalog at start, in one transaction: its cards
 -- exist; a card whose catalog rates differ from the last version the catalog published gets a
 -- new version, effective now (an unchanged catalog publishes nothing, and so never undoes an
--- operator's version); the default card and each plan's card are the catalog's. Cards are locked
--- in id order, so that processes starting at once take turns and the second publishes nothing.
--- p_cards: [{id, rates}]; p_plans: [{id, rate_card}]. Answers the versions published.
+-- operator's version); the default card and each plan's card, free flag, credits per month,
+-- entitlements and recurring grants are the catalog's. Cards are locked in id order, so that
+-- processes starting at once take turns and the second publishes nothing.
+-- p_cards: [{id, rates}]; p_plans: [{id, rate_card, free?, credits_per_month?, entitlements?,
+-- recurring_grants?}]. Answers the versions published.
 create or replace function tally_sync_catalog_pricing(p_cards jsonb, p_default text, p_plans jsonb,
   p_now timestamptz) returns jsonb language plpgsql as $$
 declare
@@ -112,10 +114,19 @@ begin
   update rate_cards set is_default = false where is_default and id is distinct from p_default;
   update rate_cards set is_default = true where id = p_default and not is_default;
   delete from catalog_plans where id not in (select p->>'id' from jsonb_array_elements(p_plans) p);
-  insert into catalog_plans (id, rate_card_id, updated_at)
-  select p->>'id', p->>'rate_card', v_now from jsonb_array_elements(p_plans) p
-  on conflict (id) do update set rate_card_id = excluded.rate_card_id, updated_at = excluded.updated_at
-    where catalog_plans.rate_card_id is distinct from excluded.rate_card_id;
+  -- The free plan may move to another plan: the old one stops being free first (one free plan).
+  update catalog_plans set free = false, updated_at = v_now
+    where free and id not in (select p->>'id' from jsonb_array_elements(p_plans) p where (p->>'free')::boolean);
+  insert into catalog_plans (id, rate_card_id, free, credits_per_month, entitlements, recurring_grants, updated_at)
+  select p->>'id', p->>'rate_card', coalesce((p->>'free')::boolean, false), coalesce((p->>'credits_per_month')::bigint, 0),
+    nullif(p->'entitlements', 'null'::jsonb), coalesce(p->'recurring_grants', '[]'::jsonb), v_now
+  from jsonb_array_elements(p_plans) p order by p->>'id' collate "C"
+  on conflict (id) do update set rate_card_id = excluded.rate_card_id, free = excluded.free,
+    credits_per_month = excluded.credits_per_month, entitlements = excluded.entitlements,
+    recurring_grants = excluded.recurring_grants, updated_at = excluded.updated_at
+    where (catalog_plans.rate_card_id, catalog_plans.free, catalog_plans.credits_per_month, catalog_plans.entitlements,
+      catalog_plans.recurring_grants) is distinct from (excluded.rate_card_id, excluded.free, excluded.credits_per_month,
+      excluded.entitlements, excluded.recurring_grants);
   return v_published;
 end $$;
 
@@ -172,17 +183,13 @@ begin
   return trim_scale(v_cost);
 end $$;
 
--- The card that prices each account's spends: its plan's (the newest subscription that is
--- active, trialing or past due), or the catalog's default when that plan names none or there is
--- no plan. Set-based, so that a batch asks once for all its accounts; the one home of the rule.
+-- The card that prices each account's spends: its plan's (the plan item with the most credits per
+-- month of its subscriptions that are active, trialing or past due, else the free plan), or the
+-- catalog's default when that plan names none or there is no plan. Set-based, so that a batch
+-- asks once for all its accounts; the plan is decided by tally_account_plans (44-entitlements.sql).
 create or replace function tally_account_rate_cards(p_accounts text[]) returns table (account_id text, rate_card_id text)
   language sql stable as $$
-  select a.account_id, coalesce(plan.rate_card_id, (select id from rate_cards where is_default))
-  from unnest(p_accounts) as a(account_id)
-  left join lateral (
-    select p.rate_card_id from subscriptions s left join catalog_plans p on p.id = s.plan_id
-    where s.account_id = a.account_id and s.status in ('active', 'trialing', 'past_due')
-    order by s.event_created desc, s.id limit 1) plan on true
+  select p.account_id, p.rate_card_id from tally_account_plans(p_accounts) p
 $$;
 
 create or replace function tally_account_rate_card(p_account text) returns text language sql stable as $$
@@ -263,10 +270,17 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_open record;
   v_priced jsonb;
+  v_refusal jsonb;
 begin
   select * into v_open from tally_open_priced(p_account, p_key, 'usage', p_hash);
   if v_open.p_outcome is not null then
     return v_open.p_outcome;
+  end if;
+  -- A meter outside the account's plan is refused before anything is priced or written; the
+  -- refusal is the key's first outcome, as 402 is.
+  v_refusal := tally_meter_refusal(p_account, p_meter);
+  if v_refusal is not null then
+    return tally_remember(p_key, p_account, 'usage', p_hash, 403, v_refusal, v_now);
   end if;
   v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, false);
   return tally_usage(p_account, (v_priced->>'credits')::bigint, p_key, p_hash, p_actor, p_reference, v_now, v_priced);
@@ -280,10 +294,15 @@ declare
   v_now timestamptz := coalesce(p_now, now());
   v_open record;
   v_priced jsonb;
+  v_refusal jsonb;
 begin
   select * into v_open from tally_open_priced(p_account, p_key, 'hold', p_hash);
   if v_open.p_outcome is not null then
     return v_open.p_outcome;
+  end if;
+  v_refusal := tally_meter_refusal(p_account, p_meter);
+  if v_refusal is not null then
+    return tally_remember(p_key, p_account, 'hold', p_hash, 403, v_refusal, v_now);
   end if;
   v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_open.p_carry, v_now, true);
   return tally_hold(p_account, (v_priced->>'credits')::bigint, p_expires_in_seconds, p_key, p_hash, p_actor, v_now, v_priced);
@@ -332,8 +351,9 @@ end $$;
 
 -- What a spend would charge now and whether it would pass, writing nothing: p_amount credits, or
 -- p_meter with p_quantities priced as a usage would be (with the carry). `available` is what the
--- balance call answers (grants past their expiry no longer count). `reason` is the refusal the
--- spend would get: credits are checked first, then the limits, as a spend checks them.
+-- balance call answers (grants past their expiry no longer count, and the recurring grants the
+-- period's first call would give count as given). `reason` is the refusal the spend would get:
+-- the meter's entitlement first, then credits, then the limits, as a spend checks them.
 create or replace function tally_quote(p_account text, p_amount bigint, p_meter text, p_quantities jsonb,
   p_now timestamptz) returns jsonb language plpgsql stable as $$
 declare
@@ -349,12 +369,15 @@ begin
     raise exception 'no account %', p_account using errcode = 'TA404';
   end if;
   v_available := v_account.available - coalesce((select sum(g.remaining) from grants g
-    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0);
+    where g.account_id = p_account and g.live and g.expires_at <= v_now), 0)
+    + tally_recurring_pending(p_account, v_now);
   if p_meter is not null then
     v_priced := tally_price_spend(p_account, p_meter, p_quantities, v_account.carry, v_now, false);
   end if;
   v_credits := coalesce((v_priced->>'credits')::bigint, p_amount);
-  if v_credits > v_available then
+  if tally_meter_refusal(p_account, p_meter) is not null then
+    v_reason := 'meter_not_entitled';
+  elsif v_credits > v_available then
     v_reason := 'insufficient_credits';
   elsif v_credits > 0 and v_account.spend_limited and tally_spend_limit_passed(p_account, v_credits, v_now) is not null then
     v_reason := 'spend_limit_exceeded';
@@ -378,12 +401,12 @@ create or replace function tally_price_events(p_account_ids text[], p_meters tex
   with priced_account as (
     select distinct e.account_id from unnest(p_account_ids, p_meters) as e(account_id, meter) where e.meter is not null
   ),
-  -- Each account read by its key (a batch holds a few of many accounts); NULL carry: no account.
+  -- Each account read once, by its key (a batch holds a few of many accounts): its carry, read
+  -- once per batch whatever the number of its priced events. An unknown account has no row.
   account as (
-    select x.* from (
-      select d.account_id as id, (select a.carry from accounts a where a.id = d.account_id) as carry, c.rate_card_id
-      from priced_account d cross join lateral tally_account_rate_cards(array[d.account_id]) c) x
-    where x.carry is not null
+    select d.account_id as id, a.carry, c.rate_card_id
+    from priced_account d join accounts a on a.id = d.account_id
+    cross join lateral tally_account_rate_cards(array[d.account_id]) c
   ),
   version as (
     select d.rate_card_id, v.version, v.rates

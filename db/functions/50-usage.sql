@@ -6,7 +6,7 @@
 
 -- tally_open_spend of 0002, and then, for an account with limits only, the limits: a spend that
 -- would pass one is refused with 402 spend_limit_exceeded, stored as the key's first outcome as
--- insufficient_credits is. Credits are checked first.
+-- insufficient_credits is. Credits are checked first, after the period's recurring grants.
 create or replace function tally_open_spend(p_account text, p_amount bigint, p_key text, p_operation text,
   p_hash text, p_now timestamptz) returns jsonb language plpgsql as $$
 declare
@@ -17,6 +17,7 @@ begin
   if v_outcome is not null then
     return v_outcome;
   end if;
+  perform tally_give_recurring(p_account, p_now);
   select available, spend_limited into v_available, v_limited from accounts where id = p_account;
   if v_available < p_amount then
     return tally_remember(p_key, p_account, p_operation, p_hash, 402,
@@ -90,67 +91,124 @@ create or replace function tally_usage_batch(p_account_ids text[], p_amounts big
   select tally_usage_batch(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_now, null, null)
 $$;
 
--- The set-based batch. Event i is a priced spend when p_meters[i] is set (then p_amounts[i] is 0
--- and p_quantities[i] holds its quantities; both arrays are NULL in a batch without priced
--- events). Priced events are priced first, each by its account's card at the version in effect;
--- an account decided at once is charged in batch order with its carry: the i-th priced spend
--- charges floor(carry + the costs up to it) - floor(carry + the costs before it), which is what
--- one priced spend after the other would charge, and the account keeps the rest as its carry.
--- An account whose batch may refuse something goes one event at a time, as before.
+-- The set-based batch, in named steps (each a function below, in the order it runs). Event i is a
+-- priced spend when p_meters[i] is set (then p_amounts[i] is 0 and p_quantities[i] holds its
+-- quantities; both arrays are NULL in a batch without priced events).
+--   1. tally_usage_batch_check: the arrays make a batch, or the batch fails (TX001).
+--   2. Lock the batch's accounts, in one order.
+--   3. tally_usage_batch_price: price the priced events with each account's carry.
+--   4. tally_usage_batch_settle: settle the accounts with a hold or grant past due; then
+--      tally_batch_entitlements (44-entitlements.sql): give the period's recurring grants, and
+--      name the accounts with a meter their plan lacks, which go per event.
+--   5. tally_usage_batch_write: decide each account at once or not (tally_usage_batch_accounts,
+--      which resolves the keys already answered and checks entitlements, credits and limits),
+--      write the spends of those decided at once as one statement, and answer them.
+--   6. Ask for the top-ups those spends call for, as tally_usage does.
+--   7. tally_usage_batch_one_by_one: every other account goes one event at a time, as before.
 create or replace function tally_usage_batch(p_account_ids text[], p_amounts bigint[], p_keys text[],
   p_hashes text[], p_references jsonb[], p_actors text[], p_now timestamptz, p_meters text[], p_quantities jsonb[])
   returns jsonb language plpgsql as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
-  v_day date := (v_now at time zone 'UTC')::date;
-  v_month date := date_trunc('month', v_now at time zone 'UTC')::date;
   v_count integer := coalesce(cardinality(p_account_ids), 0);
-  v_entry_sequence regclass := pg_get_serial_sequence('entries', 'id')::regclass;
   v_accounts text[];
   v_account text;
-  v_results jsonb[];
-  v_one_by_one integer[];
-  v_uncovered bigint;
-  v_position integer;
-  v_below_top_up text[];
+  v_amounts bigint[] := p_amounts;
   v_costs numeric[];
   v_rate_card_ids text[];
   v_rate_card_versions integer[];
-  v_carries numeric[];
+  v_carries_after numeric[];
+  v_per_event text[];
+  v_results jsonb[];
+  v_below_top_up text[];
 begin
   if v_count = 0 then
     return '[]'::jsonb;
   end if;
-  if coalesce(cardinality(p_amounts), 0) <> v_count or coalesce(cardinality(p_keys), 0) <> v_count
-     or coalesce(cardinality(p_hashes), 0) <> v_count or coalesce(cardinality(p_references), 0) <> v_count
-     or coalesce(cardinality(p_actors), 0) <> v_count
-     or (p_meters is not null and (cardinality(p_meters) <> v_count or coalesce(cardinality(p_quantities), 0) <> v_count))
-     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
-                where (e.meter is null and (e.amount is null or e.amount <= 0 or e.quantities is not null))
-                   or (e.meter is not null and (e.amount is distinct from 0 or e.quantities is null))) then
-    raise exception 'usage batch: % events with arrays of other lengths, amounts that are not positive, or priced events with an amount', v_count
-      using errcode = 'TX001';
-  end if;
+  perform tally_usage_batch_check(v_count, p_amounts, p_keys, p_hashes, p_references, p_actors, p_meters, p_quantities);
   select coalesce(array_agg(id), '{}') into v_accounts from (
     select id from accounts where id = any(p_account_ids) order by id collate "C" for update) locked;
   if p_meters is not null then
-    select costs, rate_card_ids, rate_card_versions, carries into v_costs, v_rate_card_ids, v_rate_card_versions, v_carries
-      from tally_price_events(p_account_ids, p_meters, p_quantities, v_now);
-    -- As tally_price_spend: a spend no balance could pay is bad input, and fails the batch.
-    if exists (select 1 from unnest(v_costs) c where c > tally_spend_credits_max()) then
-      raise exception 'a spend of this batch would cost more credits than a balance can hold (%)', tally_spend_credits_max()
-        using errcode = 'TP400', detail = 'quantities';
-    end if;
+    select * into v_amounts, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after
+      from tally_usage_batch_price(p_account_ids, p_amounts, p_meters, p_quantities, v_now);
   end if;
-  -- Holds and grants past due are few (the sweep settles them), so this reads the due ones. As
-  -- tally_usage, an account is settled only for a key it has not seen: a replay changes nothing.
+  perform tally_usage_batch_settle(v_accounts, p_account_ids, p_keys, v_now);
+  -- The period's recurring grants first; an account with a meter its plan lacks goes per event.
+  v_per_event := tally_batch_entitlements(v_accounts, p_account_ids, p_meters, v_now);
+  select * into v_results, v_below_top_up
+    from tally_usage_batch_write(v_accounts, v_per_event, p_account_ids, v_amounts, p_keys, p_hashes, p_references,
+      p_actors, p_meters, p_quantities, v_costs, v_rate_card_ids, v_rate_card_versions, v_carries_after, v_now);
+  -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
+  foreach v_account in array coalesce(v_below_top_up, '{}') loop
+    perform tally_request_top_up(v_account, v_now);
+  end loop;
+  return to_jsonb(tally_usage_batch_one_by_one(v_results, p_account_ids, p_amounts, p_keys, p_hashes, p_references,
+    p_actors, p_meters, p_quantities, v_now));
+end $$;
+
+-- Step 1: a batch is arrays of one length (p_count), a positive amount for each spend of
+-- credits, and amount 0 with quantities for each priced event. Anything else is the caller's bug.
+create or replace function tally_usage_batch_check(p_count integer, p_amounts bigint[], p_keys text[], p_hashes text[],
+  p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[]) returns void language plpgsql as $$
+begin
+  if coalesce(cardinality(p_amounts), 0) <> p_count or coalesce(cardinality(p_keys), 0) <> p_count
+     or coalesce(cardinality(p_hashes), 0) <> p_count or coalesce(cardinality(p_references), 0) <> p_count
+     or coalesce(cardinality(p_actors), 0) <> p_count
+     or (p_meters is not null and (cardinality(p_meters) <> p_count or coalesce(cardinality(p_quantities), 0) <> p_count))
+     or exists (select 1 from unnest(p_amounts, p_meters, p_quantities) as e(amount, meter, quantities)
+                where (e.meter is null and (e.amount is null or e.amount <= 0 or e.quantities is not null))
+                   or (e.meter is not null and (e.amount is distinct from 0 or e.quantities is null))) then
+    raise exception 'usage batch: % events with arrays of other lengths, amounts that are not positive, or priced events with an amount', p_count
+      using errcode = 'TX001';
+  end if;
+end $$;
+
+-- Step 3: the price of each priced event, each by its account's card at the version in effect
+-- (tally_price_events, which reads each account's carry once, under the batch's lock), and what
+-- every event charges: a spend of credits its amount; the i-th priced spend of an account
+-- floor(carry + the costs up to it) - floor(carry + the costs before it), which is what one priced
+-- spend after the other would charge, with the rest after it as the account's carry. NULL for a
+-- priced event of an unknown account. As tally_price_spend: a spend no balance could pay is bad
+-- input, and fails the batch.
+create or replace function tally_usage_batch_price(p_account_ids text[], p_amounts bigint[], p_meters text[],
+  p_quantities jsonb[], p_now timestamptz, out p_charges bigint[], out p_costs numeric[], out p_rate_card_ids text[],
+  out p_rate_card_versions integer[], out p_carries_after numeric[]) language plpgsql as $$
+declare
+  v_carries numeric[];
+begin
+  select * into p_costs, p_rate_card_ids, p_rate_card_versions, v_carries
+    from tally_price_events(p_account_ids, p_meters, p_quantities, p_now);
+  if exists (select 1 from unnest(p_costs) c where c > tally_spend_credits_max()) then
+    raise exception 'a spend of this batch would cost more credits than a balance can hold (%)', tally_spend_credits_max()
+      using errcode = 'TP400', detail = 'quantities';
+  end if;
+  select array_agg(case when e.meter is null then e.amount
+      else (floor(e.priced_to) - floor(e.priced_to - e.cost))::bigint end order by e.ord),
+    array_agg(e.priced_to - floor(e.priced_to) order by e.ord)
+  into p_charges, p_carries_after
+  from (
+    -- The carry the account starts the batch with, plus the costs of its priced spends up to this
+    -- one (NULL for a spend of credits).
+    select s.ord, s.amount, s.meter, s.cost,
+      s.carry + sum(s.cost) over (partition by s.account_id order by s.ord rows unbounded preceding) as priced_to
+    from unnest(p_account_ids, p_amounts, p_meters, p_costs, v_carries)
+      with ordinality as s(account_id, amount, meter, cost, carry, ord)) e;
+end $$;
+
+-- Step 4: holds and grants past due are few (the sweep settles them), so this reads the due ones.
+-- As tally_usage, an account is settled only for a key it has not seen: a replay changes nothing.
+create or replace function tally_usage_batch_settle(p_accounts text[], p_account_ids text[], p_keys text[],
+  p_now timestamptz) returns void language plpgsql as $$
+declare
+  v_account text;
+begin
   for v_account in
     select d.account_id from (
       select h.account_id from holds h
-        where h.status = 'pending' and h.expires_at <= v_now and h.account_id = any(v_accounts)
+        where h.status = 'pending' and h.expires_at <= p_now and h.account_id = any(p_accounts)
       union
       select g.account_id from grants g
-        where g.live and g.expires_at <= v_now and g.account_id = any(v_accounts)) d
+        where g.live and g.expires_at <= p_now and g.account_id = any(p_accounts)) d
     where exists (
       select 1 from unnest(p_account_ids, p_keys) as e(account_id, key)
       where e.account_id = d.account_id
@@ -158,189 +216,227 @@ begin
         and not exists (select 1 from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key))
     order by d.account_id collate "C"
   loop
-    perform tally_settle(v_account, v_now);
+    perform tally_settle(v_account, p_now);
   end loop;
+end $$;
 
-  with sent as (
-    select e.ord::integer as ord, e.account_id, e.amount, e.key, e.hash,
-      coalesce(e.reference, '{}'::jsonb) as reference, e.actor, e.meter, e.quantities, e.cost, e.rate_card_id,
-      e.rate_card_version,
-      -- For a priced spend: the carry its account starts the batch with, plus the costs of its
-      -- priced spends up to this one (NULL for a spend of credits).
-      e.carry + sum(e.cost) over (partition by e.account_id order by e.ord rows unbounded preceding) as priced_to
-    from unnest(p_account_ids, p_amounts, p_keys, p_hashes, p_references, p_actors, p_meters, p_quantities,
-        v_costs, v_rate_card_ids, v_rate_card_versions, v_carries)
-      with ordinality as e(account_id, amount, key, hash, reference, actor, meter, quantities, cost, rate_card_id,
-        rate_card_version, carry, ord)
-  ),
-  event as (
-    select s.ord, s.account_id, s.key, s.hash, s.reference, s.actor, s.meter, s.quantities, s.cost, s.rate_card_id,
-      s.rate_card_version, t.amount,
-      s.priced_to - floor(s.priced_to) as carry_after,
-      (sum(t.amount) over (partition by s.account_id order by s.ord rows unbounded preceding))::bigint as spent_to
-    from sent s
-    cross join lateral (select case when s.meter is null then s.amount
-      else (floor(s.priced_to) - floor(s.priced_to - s.cost))::bigint end as amount) t
-  ),
-  -- Everything the decision reads, one row each: the events (with whether their account has
-  -- seen their key before: one probe per event, of request_keys and of the entries' keys), the
-  -- live grants of the batch's accounts (with where each ends in spend order) and the accounts.
-  part as (
-    select e.account_id, e.ord, e.amount, e.spent_to, e.key, e.hash, e.reference, e.actor,
-      prior.seen is not null as seen, null::bigint as grant_id, null::bigint as remaining,
-      null::bigint as granted_to, null::bigint as available, null::bigint as debt, null::boolean as limited,
-      null::boolean as limits_found, null::bigint as per_day, null::bigint as per_month, null::bigint as spent_day,
-      null::bigint as spent_month
-    from event e
-    left join lateral (
-      select true as seen from request_keys k where k.account_id = e.account_id and k.key = e.key
-      union all
-      select true from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key
-      limit 1) prior on true
+-- The events of a batch with their position (ord), what each charges (p_charges), the credits its
+-- account's events charge up to it (spent_to), and whether its account has seen its key before:
+-- one probe per event, of request_keys and of the entries' keys. Inlined into the statement of
+-- step 5, as are the two functions after it.
+create or replace function tally_usage_batch_events(p_account_ids text[], p_charges bigint[], p_keys text[],
+  p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[])
+  returns table (account_id text, ord integer, amount bigint, spent_to bigint, key text, hash text, reference jsonb,
+    actor text, carry_after numeric, seen boolean) language sql stable as $$
+  select e.account_id, e.ord::integer, e.amount,
+    (sum(e.amount) over (partition by e.account_id order by e.ord rows unbounded preceding))::bigint,
+    e.key, e.hash, coalesce(e.reference, '{}'::jsonb), e.actor, e.carry_after, prior.seen is not null
+  from unnest(p_account_ids, p_charges, p_keys, p_hashes, p_references, p_actors, p_carries_after)
+    with ordinality as e(account_id, amount, key, hash, reference, actor, carry_after, ord)
+  left join lateral (
+    select true as seen from request_keys k where k.account_id = e.account_id and k.key = e.key
     union all
-    select g.account_id, null, null, null, null, null, null, null, null, g.id, g.remaining,
-      (sum(g.remaining) over (partition by g.account_id order by g.priority, g.expires_at, g.created_at, g.id
-        rows unbounded preceding))::bigint,
-      null, null, null, null, null, null, null, null
-    from grants g
-    where g.account_id = any(v_accounts) and g.live and (g.expires_at is null or g.expires_at > v_now)
-    union all
-    select a.id, null, null, null, null, null, null, null, null, null, null, null, a.available, a.debt, a.spend_limited,
-      l.account_id is not null, l.per_day, l.per_month,
-      -- What the current windows hold: a counter of an earlier window starts again at 0.
-      case when l.day < v_day then 0 else l.spent_day end,
-      case when l.month < v_month then 0 else l.spent_month end
-    from accounts a left join spend_limits l on a.spend_limited and l.account_id = a.id
-    where a.id = any(v_accounts)
+    select true from entries n where n.account_id = e.account_id and n.idempotency_key = 'request:' || e.key
+    limit 1) prior on true
+$$;
+
+-- Everything the decision reads, one row each: the events, the live grants of the batch's
+-- accounts (p_accounts, locked), with where each ends in spend order, and the accounts with their
+-- limits, as the current UTC windows count them (a counter of an earlier window starts again at 0).
+create or replace function tally_usage_batch_reads(p_accounts text[], p_account_ids text[], p_charges bigint[],
+  p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[], p_now timestamptz)
+  returns table (account_id text, ord integer, amount bigint, spent_to bigint, key text, hash text, reference jsonb,
+    actor text, carry_after numeric, seen boolean, grant_id bigint, remaining bigint, granted_to bigint,
+    available bigint, debt bigint, limited boolean, limits_found boolean, per_day bigint, per_month bigint,
+    spent_day bigint, spent_month bigint) language sql stable as $$
+  select e.*, null::bigint, null::bigint, null::bigint, null::bigint, null::bigint, null::boolean, null::boolean,
+    null::bigint, null::bigint, null::bigint, null::bigint
+  from tally_usage_batch_events(p_account_ids, p_charges, p_keys, p_hashes, p_references, p_actors, p_carries_after) e
+  union all
+  select g.account_id, null, null, null, null, null, null, null, null, null, g.id, g.remaining,
+    (sum(g.remaining) over (partition by g.account_id order by g.priority, g.expires_at, g.created_at, g.id
+      rows unbounded preceding))::bigint,
+    null, null, null, null, null, null, null, null
+  from grants g
+  where g.account_id = any(p_accounts) and g.live and (g.expires_at is null or g.expires_at > p_now)
+  union all
+  select a.id, null, null, null, null, null, null, null, null, null, null, null, null, a.available, a.debt,
+    a.spend_limited, l.account_id is not null, l.per_day, l.per_month,
+    case when l.day < (p_now at time zone 'UTC')::date then 0 else l.spent_day end,
+    case when l.month < date_trunc('month', p_now at time zone 'UTC')::date then 0 else l.spent_month end
+  from accounts a left join spend_limits l on a.spend_limited and l.account_id = a.id
+  where a.id = any(p_accounts)
+$$;
+
+-- Whether the batch can decide an account at once: none of its keys comes twice or was seen
+-- before, its plan includes the meters of its priced events (p_entitled: it is not one of the
+-- accounts tally_batch_entitlements names), its balance covers the batch, and it has at most
+-- 100 live grants (each spend reads its account's live grants, so an account with more, rare:
+-- packs bought again and again, takes the per-event path, which stops at the grants a spend
+-- needs). An account with limits is decided at once when the whole batch stays below both of
+-- them: then no spend is refused and none reaches a limit (which writes an event). A batch that
+-- would reach or pass one takes the per-event path, which decides each spend in turn.
+create or replace function tally_usage_batch_at_once(p_keys_new boolean, p_entitled boolean, p_total bigint,
+  p_available bigint, p_grant_count integer, p_limited boolean, p_limits_found boolean, p_per_day bigint,
+  p_per_month bigint, p_spent_day bigint, p_spent_month bigint) returns boolean language sql immutable as $$
+  select coalesce(p_keys_new and p_entitled and p_total <= p_available and p_grant_count <= 100
+    and (not p_limited or (p_limits_found
+      and (p_per_day is null or p_spent_day + p_total < p_per_day)
+      and (p_per_month is null or p_spent_month + p_total < p_per_month))), false)
+$$;
+
+-- One row per account of the batch: its events as arrays in batch order, their total, the carry
+-- after its last priced spend, whether a key comes twice or was seen before, its live grants in
+-- spend order, its balance and limits, and whether the batch decides it at once.
+create or replace function tally_usage_batch_accounts(p_accounts text[], p_per_event text[], p_account_ids text[],
+  p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_carries_after numeric[],
+  p_now timestamptz)
+  returns table (id text, event_ords integer[], event_amounts bigint[], event_spent_to bigint[], event_keys text[],
+    event_hashes text[], event_references jsonb[], event_actors text[], total bigint, carry_after numeric,
+    keys_new boolean, grant_ids bigint[], grant_remaining bigint[], grant_granted_to bigint[], found boolean,
+    available bigint, debt bigint, limited boolean, limits_found boolean, per_day bigint, per_month bigint,
+    spent_day bigint, spent_month bigint, at_once boolean) language sql stable as $$
+  select t.*, tally_usage_batch_at_once(t.keys_new, t.id <> all(p_per_event), t.total, t.available,
+    coalesce(cardinality(t.grant_ids), 0), t.limited, t.limits_found, t.per_day, t.per_month, t.spent_day, t.spent_month)
+  from (
+    select p.account_id as id,
+      array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
+      array_agg(p.amount order by p.ord) filter (where p.ord is not null) as event_amounts,
+      array_agg(p.spent_to order by p.ord) filter (where p.ord is not null) as event_spent_to,
+      array_agg(p.key order by p.ord) filter (where p.ord is not null) as event_keys,
+      array_agg(p.hash order by p.ord) filter (where p.ord is not null) as event_hashes,
+      array_agg(p.reference order by p.ord) filter (where p.ord is not null) as event_references,
+      array_agg(p.actor order by p.ord) filter (where p.ord is not null) as event_actors,
+      sum(p.amount)::bigint as total,
+      (array_agg(p.carry_after order by p.ord desc) filter (where p.carry_after is not null))[1] as carry_after,
+      count(p.ord) = count(distinct p.key) and not bool_or(p.seen) as keys_new,
+      array_agg(p.grant_id order by p.granted_to) filter (where p.grant_id is not null) as grant_ids,
+      array_agg(p.remaining order by p.granted_to) filter (where p.grant_id is not null) as grant_remaining,
+      array_agg(p.granted_to order by p.granted_to) filter (where p.grant_id is not null) as grant_granted_to,
+      bool_or(p.available is not null) as found, max(p.available) as available, max(p.debt) as debt,
+      bool_or(p.limited) as limited, bool_or(p.limits_found) as limits_found, max(p.per_day) as per_day,
+      max(p.per_month) as per_month, max(p.spent_day) as spent_day, max(p.spent_month) as spent_month
+    from tally_usage_batch_reads(p_accounts, p_account_ids, p_charges, p_keys, p_hashes, p_references, p_actors,
+      p_carries_after, p_now) p
+    group by p.account_id) t
+$$;
+
+-- The grants one spend takes from and how much from each (negative, as entries write it), given
+-- its account's live grants in spend order, each with where it ends (granted_to), and where the
+-- account's spends end up to this one (p_spent_to). A spend of 0 credits takes from no grant.
+create or replace function tally_usage_batch_take(p_amount bigint, p_spent_to bigint, p_grant_ids bigint[],
+  p_grant_remaining bigint[], p_grant_granted_to bigint[])
+  returns table (grant_ids bigint[], grant_credits bigint[], credits bigint) language sql immutable as $$
+  select array_agg(o.id order by o.position), array_agg(-o.credits order by o.position), coalesce(sum(o.credits), 0)::bigint
+  from (select g.id, g.position,
+          least(p_spent_to, g.granted_to) - greatest(p_spent_to - p_amount, g.granted_to - g.remaining) as credits
+        from unnest(p_grant_ids, p_grant_remaining, p_grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
+        where p_amount > 0 and g.granted_to - g.remaining < p_spent_to and p_spent_to - p_amount < g.granted_to) o
+$$;
+
+-- Step 5: one statement writes the spends of the accounts decided at once (their grants, balances,
+-- carries, limits' counters and entries, with entry ids in the order the per-event path would
+-- have taken them) and answers each event: the spend's answer, 404 for an unknown account, NULL
+-- for the per-event path. Also the accounts those spends leave below their top-up threshold.
+create or replace function tally_usage_batch_write(p_accounts text[], p_per_event text[], p_account_ids text[],
+  p_charges bigint[], p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[],
+  p_costs numeric[], p_rate_card_ids text[], p_rate_card_versions integer[], p_carries_after numeric[],
+  p_now timestamptz, out p_results jsonb[], out p_below_top_up text[]) language plpgsql as $$
+declare
+  v_entry_sequence regclass := pg_get_serial_sequence('entries', 'id')::regclass;
+  v_uncovered bigint;
+begin
+  with account as (
+    select * from tally_usage_batch_accounts(p_accounts, p_per_event, p_account_ids, p_charges, p_keys, p_hashes,
+      p_references, p_actors, p_carries_after, p_now)
   ),
-  -- One row per account of the batch: its events as arrays in batch order, whether a key comes
-  -- twice or was seen before, its live grants in spend order, and its balance.
-  account as (
-    -- Each spend reads its account's live grants, so an account with more than 100 of them
-    -- (rare: packs bought again and again) takes the per-event path, which stops at the grants
-    -- a spend needs.
-    -- An account with limits is decided at once when the whole batch stays below both of its
-    -- limits: then no spend is refused and none reaches a limit (which writes an event). A batch
-    -- that would reach or pass one takes the per-event path, which decides each spend in turn.
-    select t.*, coalesce(t.keys_new and t.total <= t.available and coalesce(cardinality(t.grant_ids), 0) <= 100
-      and (not t.limited or (t.limits_found
-        and (t.per_day is null or t.spent_day + t.total < t.per_day)
-        and (t.per_month is null or t.spent_month + t.total < t.per_month))), false) as at_once
-    from (
-      select p.account_id as id,
-        array_agg(p.ord order by p.ord) filter (where p.ord is not null) as event_ords,
-        array_agg(p.amount order by p.ord) filter (where p.ord is not null) as event_amounts,
-        array_agg(p.spent_to order by p.ord) filter (where p.ord is not null) as event_spent_to,
-        array_agg(p.key order by p.ord) filter (where p.ord is not null) as event_keys,
-        array_agg(p.hash order by p.ord) filter (where p.ord is not null) as event_hashes,
-        array_agg(p.reference order by p.ord) filter (where p.ord is not null) as event_references,
-        array_agg(p.actor order by p.ord) filter (where p.ord is not null) as event_actors,
-        sum(p.amount)::bigint as total,
-        count(p.ord) = count(distinct p.key) and not bool_or(p.seen) as keys_new,
-        array_agg(p.grant_id order by p.granted_to) filter (where p.grant_id is not null) as grant_ids,
-        array_agg(p.remaining order by p.granted_to) filter (where p.grant_id is not null) as grant_remaining,
-        array_agg(p.granted_to order by p.granted_to) filter (where p.grant_id is not null) as grant_granted_to,
-        bool_or(p.available is not null) as found, max(p.available) as available, max(p.debt) as debt,
-        bool_or(p.limited) as limited, bool_or(p.limits_found) as limits_found,
-        max(p.per_day) as per_day, max(p.per_month) as per_month, max(p.spent_day) as spent_day,
-        max(p.spent_month) as spent_month
-      from part p group by p.account_id) t
-  ),
-  -- One row per spend of the accounts decided at once: the grants it takes from, in spend
-  -- order, and how much from each (negative, as entries write it).
-  spent as (
-    select c.id as account_id, c.available, c.debt, s.ord, s.amount, s.spent_to, s.key, s.hash,
-      s.reference, s.actor, p.grant_ids, p.grant_credits, p.credits
-    from account c
-    cross join lateral unnest(c.event_ords, c.event_amounts, c.event_spent_to, c.event_keys, c.event_hashes,
-      c.event_references, c.event_actors)
-      as s(ord, amount, spent_to, key, hash, reference, actor)
-    cross join lateral (
-      select array_agg(o.id order by o.position) as grant_ids, array_agg(-o.credits order by o.position) as grant_credits,
-        coalesce(sum(o.credits), 0)::bigint as credits
-      from (select g.id, g.position,
-              least(s.spent_to, g.granted_to) - greatest(s.spent_to - s.amount, g.granted_to - g.remaining) as credits
-            from unnest(c.grant_ids, c.grant_remaining, c.grant_granted_to) with ordinality as g(id, remaining, granted_to, position)
-            -- A priced spend of 0 credits takes from no grant.
-            where s.amount > 0 and g.granted_to - g.remaining < s.spent_to and s.spent_to - s.amount < g.granted_to) o) p
-    where c.at_once
-  ),
-  -- Entry ids in the order the per-event path would have taken them.
   numbered as (
-    select s.*, nextval(v_entry_sequence) as entry_id
-    from (select * from spent order by account_id collate "C", ord) s
+    select s.*, nextval(v_entry_sequence) as entry_id from (
+      select c.id as account_id, c.available, c.debt, s.*, t.*
+      from account c
+      cross join lateral unnest(c.event_ords, c.event_amounts, c.event_spent_to, c.event_keys, c.event_hashes,
+        c.event_references, c.event_actors) as s(ord, amount, spent_to, key, hash, reference, actor)
+      cross join lateral tally_usage_batch_take(s.amount, s.spent_to, c.grant_ids, c.grant_remaining, c.grant_granted_to) t
+      where c.at_once
+      order by c.id collate "C", s.ord) s
   ),
   taken_from_grants as (
     update grants g set remaining = g.remaining - t.credits
     from (select u.id, -sum(u.credits)::bigint as credits
-          from spent s cross join lateral unnest(s.grant_ids, s.grant_credits) as u(id, credits)
-          group by u.id) t
+          from numbered n cross join lateral unnest(n.grant_ids, n.grant_credits) as u(id, credits) group by u.id) t
     where g.id = t.id
   ),
   charged as (
-    update accounts a set available = a.available - c.total,
-      carry = case when p_meters is null then a.carry
-        else coalesce((select e.carry_after from event e where e.account_id = c.id and e.carry_after is not null
-          order by e.ord desc limit 1), a.carry) end,
-      updated_at = v_now
+    update accounts a set available = a.available - c.total, carry = coalesce(c.carry_after, a.carry), updated_at = p_now
     from account c where c.at_once and a.id = c.id
     returning a.id, a.available < a.top_up_threshold as below_top_up
   ),
-  -- The limited accounts' counters, as tally_spend_limits_take would leave them after each
-  -- spend in turn: windows move forward only, and each counts the batch's total.
+  -- As tally_spend_limits_take would leave them after each spend in turn: windows move forward
+  -- only, and each counts the batch's total.
   counted as (
-    update spend_limits l set day = greatest(l.day, v_day), spent_day = c.spent_day + c.total,
-      month = greatest(l.month, v_month), spent_month = c.spent_month + c.total
+    update spend_limits l set day = greatest(l.day, (p_now at time zone 'UTC')::date), spent_day = c.spent_day + c.total,
+      month = greatest(l.month, date_trunc('month', p_now at time zone 'UTC')::date), spent_month = c.spent_month + c.total
     from account c where c.at_once and c.limited and l.account_id = c.id
   ),
+  event as (
+    select * from unnest(p_meters, p_quantities, p_costs, p_rate_card_ids, p_rate_card_versions, p_carries_after)
+      with ordinality as e(meter, quantities, cost, rate_card_id, rate_card_version, carry_after, ord)
+  ),
   written as (
-    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits,
-      idempotency_key, reference, actor, payload_hash, created_at, meter, quantities, rate_card_id,
-      rate_card_version, cost, carry_after) overriding system value
+    insert into entries (id, account_id, kind, amount, balance_after, grant_ids, grant_credits, idempotency_key,
+      reference, actor, payload_hash, created_at, meter, quantities, rate_card_id, rate_card_version, cost, carry_after)
+      overriding system value
     select n.entry_id, n.account_id, 'usage', -n.amount, n.available - n.spent_to - n.debt,
       coalesce(n.grant_ids, '{}'), coalesce(n.grant_credits, '{}'), 'request:' || n.key, n.reference,
-      n.actor, n.hash, v_now, e.meter, e.quantities, e.rate_card_id, e.rate_card_version, e.cost, e.carry_after
-    from numbered n join event e on e.ord = n.ord
+      n.actor, n.hash, p_now, e.meter, e.quantities, e.rate_card_id, e.rate_card_version, e.cost, e.carry_after
+    from numbered n left join event e on e.ord = n.ord
   ),
   answer as (
     select n.ord, jsonb_build_object('status', 200, 'body', jsonb_build_object('entry_id', 'entry_' || n.entry_id,
       'amount', n.amount, 'available', n.available - n.spent_to, 'replayed', false)
       || tally_priced_answer(e.cost, e.rate_card_id, e.rate_card_version)) as result
-    from numbered n join event e on e.ord = n.ord
+    from numbered n left join event e on e.ord = n.ord
     union all
     select u.ord, case when c.found then null else jsonb_build_object('status', 404,
       'body', tally_error('account_not_found', 'no account with id ' || c.id)) end
     from account c cross join lateral unnest(c.event_ords) as u(ord)
     where not c.at_once
   )
-  select
-    (select array_agg(result order by ord) from answer),
-    (select array_agg(u.ord order by c.id collate "C", u.ord)
-       from account c cross join lateral unnest(c.event_ords) as u(ord) where c.found and not c.at_once),
+  select (select array_agg(result order by ord) from answer),
     (select count(*) from numbered where credits is distinct from amount),
     (select array_agg(id order by id collate "C") from charged where below_top_up)
-  into v_results, v_one_by_one, v_uncovered, v_below_top_up;
-
+  into p_results, v_uncovered, p_below_top_up;
   if v_uncovered > 0 then
     raise exception 'invariant broken: % spends of a usage batch exceed the live grants of their accounts', v_uncovered
       using errcode = 'TX001';
   end if;
-  -- As tally_usage: spends that leave an account below its auto top-up threshold ask for one.
-  foreach v_account in array coalesce(v_below_top_up, '{}') loop
-    perform tally_request_top_up(v_account, v_now);
-  end loop;
-  foreach v_position in array coalesce(v_one_by_one, '{}') loop
+end $$;
+
+-- Step 7: the events step 5 left unanswered (NULL), account by account (ids in byte order, as
+-- the batch locked them) and each account's in batch order, as tally_usage or tally_priced_usage
+-- answers them one at a time.
+create or replace function tally_usage_batch_one_by_one(p_results jsonb[], p_account_ids text[], p_amounts bigint[],
+  p_keys text[], p_hashes text[], p_references jsonb[], p_actors text[], p_meters text[], p_quantities jsonb[],
+  p_now timestamptz) returns jsonb[] language plpgsql as $$
+declare
+  v_results jsonb[] := p_results;
+  v_position integer;
+begin
+  for v_position in
+    select r.ord from unnest(p_results, p_account_ids) with ordinality as r(result, account_id, ord)
+    where r.result is null order by r.account_id collate "C", r.ord
+  loop
     if p_meters[v_position] is null then
       v_results[v_position] := tally_usage(p_account_ids[v_position], p_amounts[v_position],
         p_keys[v_position], p_hashes[v_position], p_actors[v_position],
-        coalesce(p_references[v_position], '{}'::jsonb), v_now);
+        coalesce(p_references[v_position], '{}'::jsonb), p_now);
     else
       v_results[v_position] := tally_priced_usage(p_account_ids[v_position], p_meters[v_position],
         p_quantities[v_position], p_keys[v_position], p_hashes[v_position], p_actors[v_position],
-        coalesce(p_references[v_position], '{}'::jsonb), v_now);
+        coalesce(p_references[v_position], '{}'::jsonb), p_now);
     end if;
   end loop;
-  return to_jsonb(v_results);
+  return v_results;
 end $$;
 
 -- The batch as processes started before migration 0013 call it (one JSON array of events),

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { meterCountMax, meterSchema, rateCardIdSchema, rateIssues, ratesSchema } from '../pricing/meters.js';
+import { meterCountMax, meterIdSchema, meterSchema, rateCardIdSchema, rateIssues, ratesSchema } from '../pricing/meters.js';
 
 /**
  * The plan catalog: which Stripe prices are plans and packs, and how many credits each gives.
@@ -10,17 +10,59 @@ import { meterCountMax, meterSchema, rateCardIdSchema, rateIssues, ratesSchema }
 const creditsSchema = z.int().positive().max(Number.MAX_SAFE_INTEGER);
 const priceIdSchema = z.string().min(1).max(255);
 
+const featureCountMax = 100;
+const recurringGrantCountMax = 3;
+const featureNamePattern = /^[A-Za-z0-9_.:-]{1,64}$/;
+const recurringCadences = ['day', 'week', 'month'] as const;
+
+/**
+ * What a plan lets its accounts use: the meters a priced spend may name (`"all"`, or a list),
+ * and the app's own features (numbers, booleans, strings) that Tally serves but never reads.
+ * Left out, a plan is entitled to every meter and has no features.
+ */
+const entitlementsSchema = z.strictObject({
+  meters: z.union([z.literal('all'), z.array(meterIdSchema).max(meterCountMax)], { error: '"all" or a list of meter ids' }).default('all'),
+  features: z
+    .record(
+      z.string(),
+      z.union([z.number().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER), z.boolean(), z.string().max(500)], {
+        error: 'a number, a boolean or a string of at most 500 characters',
+      }),
+    )
+    .superRefine((features, context) => {
+      const names = Object.keys(features);
+      if (names.length > featureCountMax) context.addIssue({ code: 'custom', message: `at most ${featureCountMax} features` });
+      for (const name of names.filter((candidate) => !featureNamePattern.test(candidate))) {
+        context.addIssue({ code: 'custom', path: [name], message: 'a feature name is 1 to 64 characters of A-Za-z0-9_.:-' });
+      }
+    })
+    .default({}),
+});
+
+/** Credits given once per UTC day, ISO week or calendar month while an account is on the plan. */
+const recurringGrantSchema = z.strictObject({
+  credits: creditsSchema,
+  every: z.enum(recurringCadences, { error: 'one of day, week, month' }),
+});
+
 const planSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, _ . - (1 to 64)'),
   name: z.string().min(1).max(200),
-  prices: z
-    .strictObject({ month: priceIdSchema.optional(), year: priceIdSchema.optional() })
-    .refine((prices) => prices.month !== undefined || prices.year !== undefined, 'a plan needs a month or a year price'),
-  credits_per_month: creditsSchema,
+  /**
+   * The plan of accounts without a subscription (at most one plan, with no prices: nobody buys
+   * it). Its credits come only from recurring grants.
+   */
+  free: z.literal(true, { error: 'true, or left out' }).optional(),
+  // A free plan has neither prices nor credits per month; every other plan needs both (checked
+  // below, naming the field).
+  prices: z.strictObject({ month: priceIdSchema.optional(), year: priceIdSchema.optional() }).default({}),
+  credits_per_month: z.int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
   rollover: z.strictObject({ max_credits: creditsSchema }).optional(),
   trial: z.strictObject({ days: z.int().min(1).max(730), credits: creditsSchema }).optional(),
   /** The rate card that prices this plan's usage; left out, the catalog's default_rate_card. */
   rate_card: rateCardIdSchema.optional(),
+  entitlements: entitlementsSchema.optional(),
+  recurring_grants: z.array(recurringGrantSchema).max(recurringGrantCountMax).default([]),
 });
 
 const packSchema = z.strictObject({
@@ -66,6 +108,7 @@ const catalogSchema = catalogShape.superRefine((catalog, context) => {
     claimPrice(plan.prices.month, `plan ${plan.id}`, ['plans', index, 'prices', 'month']);
     claimPrice(plan.prices.year, `plan ${plan.id}`, ['plans', index, 'prices', 'year']);
   });
+  checkPlanKinds(catalog, context);
   catalog.credit_packs.forEach((pack, index) => {
     if (seenIds.has(pack.id)) context.addIssue({ code: 'custom', path: ['credit_packs', index, 'id'], message: `duplicate id ${pack.id}` });
     seenIds.add(pack.id);
@@ -109,6 +152,66 @@ function checkPricing(catalog: z.infer<typeof catalogShape>, context: z.core.$Re
   catalog.plans.forEach((plan, index) => {
     if (plan.rate_card !== undefined && !cardIds.has(plan.rate_card)) {
       context.addIssue({ code: 'custom', path: ['plans', index, 'rate_card'], message: `no rate card ${plan.rate_card}` });
+    }
+  });
+}
+
+/**
+ * Paid plans and the free plan: a paid plan has a price and credits per month; the free plan (at
+ * most one) has neither, nor a trial or a rollover, which only a paid period could give. A plan's
+ * recurring grants have one per cadence (their key names the cadence), and its entitled meters
+ * are meters of the catalog, each once.
+ */
+function checkPlanKinds(catalog: z.infer<typeof catalogShape>, context: z.core.$RefinementCtx): void {
+  let freePlan: string | undefined;
+  const meterIds = new Set(catalog.meters.map((meter) => meter.id));
+  catalog.plans.forEach((plan, index) => {
+    const at = (...path: (string | number)[]) => ['plans', index, ...path];
+    if (plan.free === true) {
+      if (freePlan !== undefined) {
+        context.addIssue({ code: 'custom', path: at('free'), message: `only one plan may be free (${freePlan} already is)` });
+      }
+      freePlan ??= plan.id;
+      if (plan.prices.month !== undefined || plan.prices.year !== undefined) {
+        context.addIssue({ code: 'custom', path: at('prices'), message: 'a free plan has no prices' });
+      }
+      if (plan.credits_per_month !== 0) {
+        context.addIssue({
+          code: 'custom',
+          path: at('credits_per_month'),
+          message: 'a free plan has no credits per month: give it recurring_grants',
+        });
+      }
+      if (plan.trial !== undefined) context.addIssue({ code: 'custom', path: at('trial'), message: 'a free plan has no trial' });
+      if (plan.rollover !== undefined) context.addIssue({ code: 'custom', path: at('rollover'), message: 'a free plan has no rollover' });
+    } else {
+      if (plan.prices.month === undefined && plan.prices.year === undefined) {
+        context.addIssue({ code: 'custom', path: at('prices'), message: 'a plan needs a month or a year price (or "free": true)' });
+      }
+      if (plan.credits_per_month < 1) {
+        context.addIssue({ code: 'custom', path: at('credits_per_month'), message: 'required: a positive number of credits per month' });
+      }
+    }
+    const cadences = new Set<string>();
+    plan.recurring_grants.forEach((grant, grantIndex) => {
+      if (cadences.has(grant.every)) {
+        context.addIssue({
+          code: 'custom',
+          path: at('recurring_grants', grantIndex, 'every'),
+          message: `a second grant every ${grant.every}`,
+        });
+      }
+      cadences.add(grant.every);
+    });
+    const meters = plan.entitlements?.meters;
+    if (Array.isArray(meters)) {
+      const seen = new Set<string>();
+      meters.forEach((meter, meterIndex) => {
+        const path = at('entitlements', 'meters', meterIndex);
+        if (!meterIds.has(meter)) context.addIssue({ code: 'custom', path, message: `no meter ${meter} in the catalog` });
+        if (seen.has(meter)) context.addIssue({ code: 'custom', path, message: `meter ${meter} is listed twice` });
+        seen.add(meter);
+      });
     }
   });
 }

@@ -78,17 +78,21 @@ export async function createCheckout(
     const problem = returnUrlProblem(input[field], dependencies.checkoutUrlHosts ?? []);
     if (problem !== undefined) throw invalidRequest(field, problem);
   }
+  // Stripe gets the URL as it was checked: the parser's reading (tabs and newlines dropped,
+  // backslashes as slashes, the host lower-cased), never raw text another parser may read with
+  // another host.
+  const checked = { ...input, success_url: new URL(input.success_url).href, cancel_url: new URL(input.cancel_url).href };
   const { rows } = await dependencies.db.query<{ email: string | null; stripe_customer_id: string | null }>(
     'select email, stripe_customer_id from accounts where id = $1',
     [accountId],
   );
   const account = rows[0];
   if (account === undefined) throw accountNotFound(accountId);
-  const params = await sessionParams(dependencies, accountId, input);
+  const params = await sessionParams(dependencies, accountId, checked);
   if (account.stripe_customer_id !== null) params.customer = account.stripe_customer_id;
   else if (account.email !== null) params.customer_email = account.email;
   if (dependencies.gateway === undefined) throw new StripeUnavailableError('Stripe is not configured (STRIPE_SECRET_KEY)');
-  const session = await dependencies.gateway.createCheckoutSession(params, checkoutIdempotencyKey(accountId, input, params));
+  const session = await dependencies.gateway.createCheckoutSession(params, checkoutIdempotencyKey(accountId, checked, params));
   return { session_id: session.id, url: session.url };
 }
 

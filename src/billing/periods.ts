@@ -325,7 +325,7 @@ export async function applyProrationLine(context: EffectContext, request: LineRe
  * clawbacks of one payment (refunds, disputes, these) together never exceed what it granted
  * (SPEC, invariant 18), whichever came first: the line takes at most what the payment has left,
  * cutting its latest months first (a refund cancelled those first), and counts what it takes in
- * the payment's `prorated_back`. A line applied before (a replay) is not counted again. A period
+ * the payment's `prorated_back`. A line applied before (a replay) moves nothing again. A period
  * Tally never saw paid has no payment to bound it.
  */
 async function boundByPayment(
@@ -339,7 +339,10 @@ async function boundByPayment(
      union all select 1 from yearly_schedule where subscription_id = $3 and line_key = $2 limit 1`,
     [request.accountId, request.lineKey, request.subscriptionId],
   );
-  if (applied.rowCount !== 0) return contributions;
+  // Applied before (invoice.paid and invoice.payment_succeeded both carry the line, and an
+  // operator may replay): the first application wrote all it should, in one transaction. The
+  // months the cap cut have no row of the line, so handing them on would schedule them now.
+  if (applied.rowCount !== 0) return [];
   const { rows } = await context.client.query<{ id: number; left: number }>(
     `select p.id, greatest(p.credits - p.clawed_back - p.prorated_back, 0)::bigint as left from payments p where p.id = (
        select max(payment_id) from (

@@ -209,16 +209,28 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
     subscriptionId: state.id,
   });
   const status = context.event.type === 'customer.subscription.deleted' ? 'canceled' : state.status;
+  // Every plan item: an account's entitlements are the union of its subscription's plans.
+  const planIds = [
+    ...new Set(
+      state.priceIds.flatMap((price) => {
+        const itemMatch = findPrice(context.catalog, price);
+        return itemMatch?.kind === 'plan' ? [itemMatch.plan.id] : [];
+      }),
+    ),
+  ];
+  // The account's lock first, as every spend takes it: a spend decides the account's plan under
+  // that lock, so the first spend after this change commits sees it (a downgrade's meters).
+  await lockAccount(context, accountId);
   const toTime = (seconds: number | undefined) => (seconds === undefined ? null : new Date(seconds * 1000));
   await context.client.query(
     `insert into subscriptions (id, account_id, customer_id, status, price_id, plan_id, billing_interval,
-       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id, quantity, ended_at)
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13, $14, $15)
+       current_period_start, current_period_end, cancel_at_period_end, trial_end, event_created, event_id, quantity, ended_at, plan_ids)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12), $13, $14, $15, $16)
      on conflict (id) do update set customer_id = excluded.customer_id, status = excluded.status,
        price_id = excluded.price_id, plan_id = excluded.plan_id, billing_interval = excluded.billing_interval,
        current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
        cancel_at_period_end = excluded.cancel_at_period_end, trial_end = excluded.trial_end,
-       quantity = excluded.quantity, ended_at = excluded.ended_at,
+       quantity = excluded.quantity, ended_at = excluded.ended_at, plan_ids = excluded.plan_ids,
        event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
      where (subscriptions.event_created, coalesce(subscriptions.current_period_start, '-infinity'), tally_subscription_status_rank(subscriptions.status), subscriptions.event_id)
         <= (excluded.event_created, coalesce(excluded.current_period_start, '-infinity'), tally_subscription_status_rank(excluded.status), excluded.event_id)`,
@@ -238,6 +250,7 @@ export async function applySubscriptionEvent(context: EffectContext): Promise<Ef
       context.event.id,
       state.quantity,
       toTime(state.endedAt ?? (status === 'canceled' ? context.event.created : undefined)),
+      planIds,
     ],
   );
   if (state.status === 'trialing' && plan !== undefined) await considerTrial(context, context.hasher, accountId, state, plan.plan);

@@ -87,3 +87,18 @@ export async function setAutoTopUp(
     return saved[0] as Record<string, unknown>;
   });
 }
+
+/**
+ * The auto top-up setting as saved, in the PUT's shape; an account that never saved one reads
+ * as turned off, with null for what was never chosen.
+ */
+export async function readAutoTopUp(db: TopUpDependencies['db'], accountId: string): Promise<Record<string, unknown>> {
+  const { rows } = await db.query<Record<string, unknown>>(
+    `select a.id as account_id, coalesce(t.enabled, false) as enabled, t.threshold, t.pack_id, t.max_per_month,
+       coalesce(t.failures_in_row, 0) as failures_in_row, tally_iso(t.updated_at) as updated_at
+     from accounts a left join auto_top_ups t on t.account_id = a.id where a.id = $1`,
+    [accountId],
+  );
+  if (rows[0] === undefined) throw accountNotFound(accountId);
+  return rows[0];
+}

@@ -137,10 +137,12 @@ program
 function startBanner(tally: Tally): string {
   const lines = [`Tally ${version} listening on ${tally.url}`];
   if (tally.keys.source === 'data-folder' && tally.keys.generated) {
+    // A key from the environment is the operator's: named, never printed.
+    const { fromEnvironment } = tally.keys;
     lines.push(
       `Keys generated for ${tally.dataDirectory}/keys.json (printed this once):`,
-      `  app key:   ${tally.keys.apiKey}`,
-      `  admin key: ${tally.keys.adminKey}`,
+      `  app key:   ${fromEnvironment.apiKey ? 'TALLY_API_KEY, from the environment' : tally.keys.apiKey}`,
+      `  admin key: ${fromEnvironment.adminKey ? 'TALLY_ADMIN_KEY, from the environment' : tally.keys.adminKey}`,
     );
   } else if (tally.keys.source === 'data-folder') {
     lines.push(`Keys: kept in ${tally.dataDirectory}/keys.json (app key: apiKey, admin key: adminKey)`);

@@ -152,6 +152,8 @@ export type AccountSort = keyof typeof accountSortColumns;
 
 export interface AccountSearch {
   search: string | null;
+  /** Whether `search` may match emails (never for the viewer key: it would find whose email is whose). */
+  matchEmail: boolean;
   sort: AccountSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -164,7 +166,10 @@ export interface AccountSearch {
  * paged by offset. Sorting is on the stored balance columns; the `available` answered leaves out
  * grants past their expiry that the sweep has not yet expired, as the balance call does.
  */
-export async function searchAccounts(db: Database, options: AccountSearch): Promise<{ accounts: unknown[]; next_offset: number | null }> {
+export async function searchAccounts(
+  db: Database,
+  options: AccountSearch,
+): Promise<{ accounts: Record<string, unknown>[]; next_offset: number | null }> {
   const column = accountSortColumns[options.sort];
   const direction = options.order === 'desc' ? 'desc nulls last' : 'asc nulls last';
   const { rows } = await db.query(
@@ -174,10 +179,10 @@ export async function searchAccounts(db: Database, options: AccountSearch): Prom
        a.held, a.debt, a.flagged, tally_iso(a.created_at) as created_at, tally_iso(a.updated_at) as updated_at,
        (select s.status from subscriptions s where s.account_id = a.id order by s.event_created desc, s.id limit 1) as subscription_status
      from accounts a
-     where $1::text is null or starts_with(a.id, $1) or starts_with(lower(a.email), lower($1)) or starts_with(a.stripe_customer_id, $1)
+     where $1::text is null or starts_with(a.id, $1) or ($5 and starts_with(lower(a.email), lower($1))) or starts_with(a.stripe_customer_id, $1)
      order by ${column} ${direction}, a.id
      limit $2 offset $3`,
-    [options.search, options.limit + 1, options.offset, options.now],
+    [options.search, options.limit + 1, options.offset, options.now, options.matchEmail],
   );
   const more = rows.length > options.limit;
   return { accounts: rows.slice(0, options.limit), next_offset: more ? options.offset + options.limit : null };
@@ -259,14 +264,18 @@ export async function balanceHistory(
   return rows.map((row) => ({ day: row.day, balance: row.balance === null ? null : Number(row.balance) }));
 }
 
-/** One stored Stripe event with its payload and where its processing stands. */
-export async function webhookEvent(db: Database, eventId: string): Promise<unknown> {
+/**
+ * One stored Stripe event with its payload and where its processing stands. Without the
+ * payload (null) when `withPayload` is false: Stripe's objects carry emails, names and billing
+ * addresses, which the viewer key never reads.
+ */
+export async function webhookEvent(db: Database, eventId: string, withPayload: boolean): Promise<unknown> {
   const { rows } = await db.query(
     `select id, type, api_version, status, attempts, tally_iso(created) as created, tally_iso(received_at) as received_at,
        tally_iso(next_attempt_at) as next_attempt_at, tally_iso(processed_at) as processed_at, last_error, ignored_reason,
-       account_id, payload
+       account_id, case when $2 then payload end as payload
      from webhook_events where id = $1`,
-    [eventId],
+    [eventId, withPayload],
   );
   if (rows[0] === undefined) throw new TallyError('event_not_found', 404, `no stored event ${eventId}`);
   return rows[0];
@@ -284,4 +293,228 @@ export async function ledgerEntry(db: Database, entryId: string): Promise<unknow
         );
   if (rows[0] === undefined) throw new TallyError('entry_not_found', 404, `no entry with id ${entryId}`);
   return rows[0].entry;
+}
+
+export interface RateCardsOptions {
+  now: Date | null;
+  /** How many versions of each card to list, newest published first. */
+  versions: number;
+}
+
+/**
+ * Every rate card as the dashboard shows it: whether it is the default card, the plans that
+ * name it, the version in effect now and the one scheduled next (as GET /v1/rate-cards judges
+ * them, on the ledger's clock), and its versions newest published first with who published each
+ * (the catalog at start, or an operator) and where each stands: `current`, `next`, `scheduled`
+ * (later than the next), or `superseded` (a later version took its place, or will at the same
+ * instant). Rates stay the exact decimal strings they were published as.
+ */
+export async function rateCards(db: Database, options: RateCardsOptions): Promise<{ as_of: string; rate_cards: unknown[] }> {
+  const { rows } = await db.query<{ card: unknown }>(
+    `with clock as (select coalesce($1::timestamptz, now()) as now)
+     select jsonb_build_object(
+         'id', c.id,
+         'default', c.is_default,
+         'plans', coalesce((select jsonb_agg(p.id order by p.id collate "C") from catalog_plans p where p.rate_card_id = c.id), '[]'::jsonb),
+         'current', case when cur.rate_card_id is null then null
+                    else tally_rate_card_version_json(cur) || jsonb_build_object('source', cur.source) end,
+         'next', case when nxt.rate_card_id is null then null
+                 else tally_rate_card_version_json(nxt) || jsonb_build_object('source', nxt.source) end,
+         'versions', coalesce((
+           select jsonb_agg(tally_rate_card_version_json(v) || jsonb_build_object('source', v.source, 'state',
+               case when v.version = cur.version then 'current'
+                    when v.version = nxt.version then 'next'
+                    when v.effective_at > t.now and not exists (select 1 from rate_card_versions later
+                      where later.rate_card_id = v.rate_card_id and later.effective_at = v.effective_at
+                        and later.version > v.version) then 'scheduled'
+                    else 'superseded' end)
+             order by v.version desc)
+           from (select * from rate_card_versions where rate_card_id = c.id order by version desc limit $2) v), '[]'::jsonb),
+         'versions_total', (select count(*) from rate_card_versions v where v.rate_card_id = c.id)) as card
+     from rate_cards c
+       cross join clock t
+       left join lateral tally_rate_card_in_effect(c.id, t.now) cur on true
+       left join lateral tally_rate_card_next(c.id, t.now) nxt on true
+     order by c.id collate "C"`,
+    [options.now, options.versions],
+  );
+  return { as_of: (options.now ?? new Date()).toISOString(), rate_cards: rows.map((row) => row.card) };
+}
+
+export interface MeterSpend {
+  /** Null for spends of a plain amount of credits (no meter). */
+  meter: string | null;
+  credits: number | string;
+  /** The exact cost in credits, a decimal string (null for spends without a meter). */
+  cost: string | null;
+  spends: number;
+}
+
+/**
+ * What an account spent per meter over the UTC days up to `until` (default: today on the
+ * ledger's clock): usage and captured holds, as the credits they charged and their exact cost
+ * (summed in numeric and answered as a decimal string, never a float), with spends of a plain
+ * amount under the meter `null`. Pending, voided and expired holds spent nothing and are left
+ * out. `meters` holds the window's totals, most credits first; `days` has every day of the
+ * window, oldest first, each with the meters spent on that day.
+ */
+export async function meterSpend(
+  db: Database,
+  accountId: string,
+  options: { days: number; until: string | null; now: Date | null },
+): Promise<{ from: string; to: string; meters: MeterSpend[]; days: { day: string; meters: Omit<MeterSpend, 'spends'>[] }[] }> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{
+    window_from: string;
+    window_to: string;
+    day: string | null;
+    meter: string | null;
+    credits: string | null;
+    cost: string | null;
+    spends: number | null;
+  }>(
+    `with bounds as (
+       select last_day - ($4::int - 1) as first_day, last_day
+       from (select coalesce($2::date, (coalesce($3, now()) at time zone 'UTC')::date) as last_day) d),
+     spends as (
+       select (e.created_at at time zone 'UTC')::date as day, e.meter,
+         case when e.kind = 'usage' then -e.amount else (e.reference->>'captured')::bigint end as credits, e.cost
+       from entries e, bounds b
+       where e.account_id = $1 and e.kind in ('usage', 'capture')
+         and e.created_at >= b.first_day at time zone 'UTC'
+         and e.created_at < (b.last_day + 1) at time zone 'UTC'),
+     totals as (
+       select to_char(day, 'YYYY-MM-DD') as day, meter, sum(credits) as credits, trim_scale(sum(cost)) as cost,
+         count(*)::int as spends
+       from spends
+       group by grouping sets ((day, meter), (meter)))
+     select to_char(b.first_day, 'YYYY-MM-DD') as window_from, to_char(b.last_day, 'YYYY-MM-DD') as window_to,
+       t.day, t.meter, t.credits::text as credits, t.cost::text as cost, t.spends
+     from bounds b left join totals t on true
+     order by t.day nulls first, t.credits desc, t.cost desc nulls last, t.meter collate "C" nulls last`,
+    [accountId, options.until, options.now, options.days],
+  );
+  const from = rows[0]?.window_from ?? '';
+  const to = rows[0]?.window_to ?? '';
+  const meters: MeterSpend[] = [];
+  const byDay = new Map<string, Omit<MeterSpend, 'spends'>[]>();
+  for (const row of rows) {
+    if (row.spends === null) continue;
+    const spend = { meter: row.meter, credits: exactSum(row.credits), cost: row.cost };
+    if (row.day === null) meters.push({ ...spend, spends: row.spends });
+    else byDay.set(row.day, [...(byDay.get(row.day) ?? []), spend]);
+  }
+  const days: { day: string; meters: Omit<MeterSpend, 'spends'>[] }[] = [];
+  for (let day = new Date(`${from}T00:00:00Z`); day.toISOString().slice(0, 10) <= to; day.setUTCDate(day.getUTCDate() + 1)) {
+    const key = day.toISOString().slice(0, 10);
+    days.push({ day: key, meters: byDay.get(key) ?? [] });
+  }
+  return { from, to, meters, days };
+}
+
+/** A plan of the catalog as the dashboard names it (the catalog's plans fit this shape). */
+export interface CatalogPlanName {
+  id: string;
+  name: string;
+  free?: true | undefined;
+}
+
+export interface AccountPlanOptions {
+  now: Date | null;
+  plans: readonly CatalogPlanName[];
+}
+
+/**
+ * The account's plan as GET /v1/accounts/{id}/entitlements decides it (the same SQL, on the
+ * ledger's clock), with the catalog's names, and for each recurring grant its current period
+ * (a UTC day, ISO week or calendar month) and the grant of that period if the account's first
+ * call of the period gave it already (null otherwise). Reads only: it never gives a grant.
+ */
+export async function accountPlan(db: Database, accountId: string, options: AccountPlanOptions): Promise<Record<string, unknown>> {
+  await requireAccount(db, accountId);
+  const { rows } = await db.query<{ entitlements: Record<string, unknown>; recurring_grants: Record<string, unknown>[] }>(
+    `with clock as (select coalesce($2::timestamptz, now()) as now),
+     e as (select tally_entitlements_json($1, t.now) as j from clock t)
+     select e.j as entitlements, coalesce((
+       select jsonb_agg(r.value || jsonb_build_object(
+           'period_start', to_char(p.period_start, 'YYYY-MM-DD'), 'period_end', tally_iso(p.period_end),
+           'grant', (select tally_grant_json(g) || jsonb_build_object('state', case
+                 when g.expires_at is not null and g.expires_at <= t.now then 'expired'
+                 when g.live then 'live' else 'used_up' end)
+               from grants g where g.account_id = $1 and g.grant_key = 'recurring:' || $1 || ':' || (r.value->>'plan_id')
+                 || ':' || (r.value->>'every') || ':' || to_char(p.period_start, 'YYYY-MM-DD')))
+         order by r.ordinality)
+       from jsonb_array_elements(e.j->'recurring_grants') with ordinality r
+       cross join lateral tally_recurring_period(r.value->>'every', t.now) p), '[]'::jsonb) as recurring_grants
+     from e, clock t`,
+    [accountId, options.now],
+  );
+  const row = rows[0];
+  if (row === undefined) throw accountNotFound(accountId);
+  const names = new Map(options.plans.map((plan) => [plan.id, plan.name]));
+  const nameOf = (planId: unknown): string | null => (typeof planId === 'string' ? (names.get(planId) ?? null) : null);
+  return {
+    ...row.entitlements,
+    plan_name: nameOf(row.entitlements.plan_id),
+    recurring_grants: row.recurring_grants.map((grant) => ({ ...grant, plan_name: nameOf(grant.plan_id) })),
+  };
+}
+
+export interface PlanCount {
+  /** Null: accounts on no plan (no subscription and no free plan, or a price outside the catalog). */
+  plan_id: string | null;
+  /** The catalog's name; null for no plan, or a plan a subscription names that the catalog no longer has. */
+  name: string | null;
+  free: boolean;
+  accounts: number;
+  /** Of `accounts`, those on the plan through a subscription (active or past due) and through a trial. */
+  subscription: number;
+  trial: number;
+}
+
+/**
+ * How many accounts are on each plan now, decided as a spend decides it (tally_plan_items):
+ * every plan of the catalog in its order (none left out, even with no account), then plans that
+ * subscriptions name but the catalog no longer has, then accounts on no plan. Only accounts that
+ * ever had a subscription are looked at one by one; the others are on the free plan, or on none,
+ * so a million free accounts cost one count.
+ */
+export async function accountsPerPlan(db: Database, plans: readonly CatalogPlanName[]): Promise<{ accounts: number; plans: PlanCount[] }> {
+  const { rows } = await db.query<{ plan_id: string | null; accounts: number; subscription: number; trial: number; total: number }>(
+    `with subscribed as (select array(select distinct account_id from subscriptions) as ids),
+     top as (select i.plan_id, i.source from subscribed s, tally_plan_items(s.ids) i where i.rank = 1),
+     counts as (
+       select plan_id, count(*)::int as accounts, count(*) filter (where source = 'subscription')::int as subscription,
+         count(*) filter (where source = 'trial')::int as trial
+       from top group by plan_id
+       union all
+       -- Accounts with only ended subscriptions and no free plan to fall back to.
+       select null, (cardinality(s.ids) - (select count(*) from top))::int, 0, 0 from subscribed s
+       union all
+       select (select id from catalog_plans where free), ((select count(*) from accounts) - cardinality(s.ids))::int, 0, 0
+       from subscribed s)
+     select plan_id, sum(accounts)::int as accounts, sum(subscription)::int as subscription, sum(trial)::int as trial,
+       (select count(*)::int from accounts) as total
+     from counts group by plan_id`,
+  );
+  const counted = new Map(rows.map((row) => [row.plan_id, row]));
+  const row = (planId: string | null, name: string | null, free: boolean): PlanCount => {
+    const found = counted.get(planId);
+    counted.delete(planId);
+    return {
+      plan_id: planId,
+      name,
+      free,
+      accounts: found?.accounts ?? 0,
+      subscription: found?.subscription ?? 0,
+      trial: found?.trial ?? 0,
+    };
+  };
+  const listed = plans.map((plan) => row(plan.id, plan.name, plan.free === true));
+  const none = row(null, null, false);
+  const unknown = [...counted.keys()]
+    .filter((planId): planId is string => planId !== null)
+    .sort()
+    .map((planId) => row(planId, null, false));
+  return { accounts: rows[0]?.total ?? 0, plans: [...listed, ...unknown, none] };
 }

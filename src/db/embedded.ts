@@ -268,9 +268,24 @@ async function initialise(
   }
 }
 
+/**
+ * The server's environment: only what PostgreSQL and its locale need. Tally's own environment
+ * holds STRIPE_SECRET_KEY, the webhook secret and its keys; a server that inherited it would
+ * show them to the `postgres` user in /proc/<pid>/environ.
+ */
+const serverEnvironmentNames = ['PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'LC_COLLATE', 'TZ', 'TMPDIR', 'LD_LIBRARY_PATH'];
+function serverEnvironment(environment: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const kept: Record<string, string> = { LC_MESSAGES: 'C' };
+  for (const name of serverEnvironmentNames) {
+    const value = environment[name];
+    if (value !== undefined) kept[name] = value;
+  }
+  return kept;
+}
+
 function runToEnd(command: string, args: string[], owner: Account | undefined): Promise<{ code: number | null; output: string }> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(command, args, { ...owner, env: { ...process.env, LC_MESSAGES: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { ...owner, env: serverEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (chunk) => (output += chunk));
     child.stderr.on('data', (chunk) => (output += chunk));
@@ -302,7 +317,7 @@ async function startServer(
     ['-D', clusterDirectory, '-p', String(port), '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=300'],
     {
       ...owner,
-      env: { ...process.env, LC_MESSAGES: 'C' },
+      env: serverEnvironment(),
       stdio: ['ignore', 'pipe', 'pipe'],
       // A session of its own: signals for Tally's process group (Ctrl-C) do not reach it.
       detached: true,

@@ -1,3 +1,6 @@
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/database.js';
@@ -5,6 +8,14 @@ import type { Alerts } from '../ports/alerts.js';
 import { backoffDelaySeconds, type Backoff } from '../timing/backoff.js';
 import { claimLoopTask, type ClaimLoopLimits, type ClaimLoopWork } from '../timing/claim-loop.js';
 import { Periodic } from '../timing/periodic.js';
+import {
+  bareHostname,
+  checkDestination,
+  defaultDestinationPolicy,
+  DestinationRefused,
+  DestinationUnresolved,
+  type DestinationPolicy,
+} from './destinations.js';
 import { eventColumns, sequenceEvents, type EventRecord } from './event-log.js';
 
 /**
@@ -27,6 +38,8 @@ export interface DeliveryOptions {
   retryBaseSeconds: number;
   retryDelaySecondsMax: number;
   retryWindowSeconds: number;
+  /** Which hosts deliveries may reach, and how names resolve (destinations.ts). */
+  destinations: DestinationPolicy;
   /** The time retries are scheduled by; the database's clock when undefined (tests move theirs). */
   clock?: (() => Date) | undefined;
 }
@@ -40,6 +53,7 @@ export const defaultDeliveryOptions: DeliveryOptions = {
   retryBaseSeconds: 5,
   retryDelaySecondsMax: 6 * 3600,
   retryWindowSeconds: 3 * 24 * 3600,
+  destinations: defaultDestinationPolicy,
 };
 
 interface Claimed extends EventRecord {
@@ -50,36 +64,87 @@ interface Claimed extends EventRecord {
   first_failed_at: Date | null;
 }
 
+/**
+ * What readers of a failed delivery see: a class, never the network's own words. Those would
+ * tell an open port from a closed one, or quote a private service's banner; the class says
+ * enough to act on (fix the receiver, its name, or its address).
+ */
+export type DeliveryFailure = 'address_not_allowed' | 'dns_failed' | 'timeout' | 'connection_failed' | `HTTP ${number}`;
+
 /** What went wrong with one POST, or undefined for a 2xx. Redirects are failures, never followed. */
 export async function postSigned(
   url: string,
   secret: string,
   event: EventRecord,
-  timeoutMilliseconds: number,
-): Promise<string | undefined> {
+  options: { timeoutMilliseconds: number; destinations: DestinationPolicy },
+): Promise<DeliveryFailure | undefined> {
+  const target = new URL(url);
+  const signal = AbortSignal.timeout(options.timeoutMilliseconds);
+  let address: string;
+  try {
+    // Resolved once per attempt; the POST goes to this checked address, never to a second lookup's.
+    address = await abortable(checkDestination(target, options.destinations), signal);
+  } catch (error) {
+    if (error instanceof DestinationRefused) return 'address_not_allowed';
+    if (error instanceof DestinationUnresolved) return 'dns_failed';
+    if (signal.aborted) return 'timeout';
+    throw error;
+  }
   const body = JSON.stringify({ ...event, timestamp: event.created_at });
   // The signature's timestamp is the wall clock's: receivers compare it with theirs.
   const sentAt = new Date();
-  const signature = new Webhook(secret).sign(event.id, sentAt, body);
+  const headers = {
+    'content-type': 'application/json',
+    'user-agent': 'Tally-Webhooks',
+    'webhook-id': event.id,
+    'webhook-timestamp': String(Math.floor(sentAt.getTime() / 1000)),
+    'webhook-signature': new Webhook(secret).sign(event.id, sentAt, body),
+  };
   try {
-    const response = await fetch(url, {
-      method: 'POST',
-      redirect: 'manual',
-      headers: {
-        'content-type': 'application/json',
-        'user-agent': 'Tally-Webhooks',
-        'webhook-id': event.id,
-        'webhook-timestamp': String(Math.floor(sentAt.getTime() / 1000)),
-        'webhook-signature': signature,
-      },
-      body,
-      signal: AbortSignal.timeout(timeoutMilliseconds),
-    });
-    await response.arrayBuffer();
-    return response.status >= 200 && response.status < 300 ? undefined : `HTTP ${response.status}`;
-  } catch (error) {
-    return (error as Error).message;
+    const status = await postTo(target, address, headers, body, signal);
+    return status >= 200 && status < 300 ? undefined : `HTTP ${status}`;
+  } catch {
+    return signal.aborted ? 'timeout' : 'connection_failed';
   }
+}
+
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/**
+ * One POST to `address`, with the URL's host in the Host header and (for https) as the TLS
+ * server name, so that the receiver and its certificate are checked against the name while the
+ * socket goes to the address that was checked. Answers the status once the answer is read.
+ */
+function postTo(url: URL, address: string, headers: Record<string, string>, body: string, signal: AbortSignal): Promise<number> {
+  const https = url.protocol === 'https:';
+  const hostname = bareHostname(url);
+  return new Promise<number>((resolve, reject) => {
+    const request = (https ? httpsRequest : httpRequest)(
+      {
+        method: 'POST',
+        host: address,
+        port: url.port === '' ? (https ? 443 : 80) : Number(url.port),
+        path: `${url.pathname}${url.search}`,
+        headers: { ...headers, host: url.host, 'content-length': String(Buffer.byteLength(body)) },
+        agent: false,
+        signal,
+        ...(https && isIP(hostname) === 0 ? { servername: hostname } : {}),
+      },
+      (response) => {
+        response.on('error', reject);
+        response.on('end', () => resolve(response.statusCode ?? 0));
+        response.resume();
+      },
+    );
+    request.on('error', reject);
+    request.end(body);
+  });
 }
 
 export class EventDelivery {
@@ -165,7 +230,7 @@ export class EventDelivery {
 
   private async send(delivery: Claimed): Promise<void> {
     const { endpoint_id: endpointId, url, secret, attempts, first_failed_at: firstFailedAt, ...event } = delivery;
-    const error = await postSigned(url, secret, event, this.options.timeoutMilliseconds);
+    const error = await postSigned(url, secret, event, this.options);
     if (error === undefined) {
       await this.db.query(
         `update event_deliveries set delivered_at = coalesce($3::timestamptz, now()), attempts = attempts + 1, last_error = null where endpoint_id = $1 and sequence = $2`,
@@ -181,13 +246,13 @@ export class EventDelivery {
       `update event_deliveries set attempts = attempts + 1, last_error = $3, first_failed_at = coalesce(first_failed_at, $4),
          next_attempt_at = $4::timestamptz + make_interval(secs => $5)
        where endpoint_id = $1 and sequence = $2`,
-      [endpointId, event.sequence, error.slice(0, 500), now, delaySeconds],
+      [endpointId, event.sequence, error, now, delaySeconds],
     );
     if (now.getTime() - failingSince.getTime() >= this.options.retryWindowSeconds * 1000) await this.disable(endpointId, url, event, error);
   }
 
-  private async disable(endpointId: number, url: string, event: EventRecord, error: string): Promise<void> {
-    const reason = `event ${event.sequence} for account ${event.account_id ?? '-'} failed for ${this.options.retryWindowSeconds / 3600} hours: ${error.slice(0, 200)}`;
+  private async disable(endpointId: number, url: string, event: EventRecord, error: DeliveryFailure): Promise<void> {
+    const reason = `event ${event.sequence} for account ${event.account_id ?? '-'} failed for ${this.options.retryWindowSeconds / 3600} hours: ${error}`;
     await this.db.withTransaction(async (client) => {
       const { rowCount } = await client.query(
         `update webhook_endpoints set status = 'disabled', disabled_at = coalesce($2::timestamptz, now()), disabled_reason = $3 where id = $1 and status = 'enabled'`,
@@ -204,7 +269,7 @@ export class EventDelivery {
           host: new URL(url).host,
           sequence: event.sequence,
           account_id: event.account_id,
-          error: error.slice(0, 200),
+          error,
         },
       });
     });

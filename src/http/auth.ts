@@ -4,17 +4,29 @@ import { TallyError } from '../errors.js';
 
 /**
  * Bearer keys. The app key opens the app's calls; the admin key opens everything; the viewer
- * key (optional) opens every read (GET) of the app and admin calls and nothing that writes, so
- * that Prometheus and support staff never hold a key that grants credits. Keys are compared as
- * SHA-256 digests in constant time.
+ * key (optional) opens the reads (GET) of the app and admin calls and nothing that writes, so
+ * that support staff never hold a key that grants credits, and no read that answers personal
+ * data (routes marked `personalData`; others mask emails and names for it). The metrics key
+ * (optional) opens `/metrics` alone, for Prometheus. Keys are compared as SHA-256 digests in
+ * constant time.
  */
-export type AccessLevel = 'none' | 'app' | 'admin';
-export type Caller = 'app' | 'admin' | 'viewer' | 'anonymous';
+export type AccessLevel = 'none' | 'app' | 'admin' | 'metrics';
+export type Caller = 'app' | 'admin' | 'viewer' | 'metrics' | 'anonymous';
 
 export interface Keys {
   apiKey: string;
   adminKey: string;
   viewerKey?: string | undefined;
+  /** TALLY_METRICS_KEY: `/metrics` only. */
+  metricsKey?: string | undefined;
+}
+
+/** What the key check needs to know of a route. */
+export interface RouteAccess {
+  access: AccessLevel;
+  method: string;
+  /** The route answers personal data: the viewer key is refused it. */
+  personalData?: true | undefined;
 }
 
 /** Told of each request refused for a missing or wrong key; it may refuse harder (429). */
@@ -26,6 +38,7 @@ export class KeyChecker {
   private readonly appDigest: Buffer;
   private readonly adminDigest: Buffer;
   private readonly viewerDigest: Buffer | undefined;
+  private readonly metricsDigest: Buffer | undefined;
 
   constructor(
     keys: Keys,
@@ -34,6 +47,7 @@ export class KeyChecker {
     this.appDigest = digest(keys.apiKey);
     this.adminDigest = digest(keys.adminKey);
     this.viewerDigest = keys.viewerKey === undefined ? undefined : digest(keys.viewerKey);
+    this.metricsDigest = keys.metricsKey === undefined ? undefined : digest(keys.metricsKey);
   }
 
   identify(authorization: string | undefined): Caller {
@@ -43,25 +57,34 @@ export class KeyChecker {
     if (timingSafeEqual(presented, this.adminDigest)) return 'admin';
     if (timingSafeEqual(presented, this.appDigest)) return 'app';
     if (this.viewerDigest !== undefined && timingSafeEqual(presented, this.viewerDigest)) return 'viewer';
+    if (this.metricsDigest !== undefined && timingSafeEqual(presented, this.metricsDigest)) return 'metrics';
     return 'anonymous';
   }
 
   /**
-   * Throws 401 for a missing or wrong key (429 once the address has failed too often), 403 for
-   * the app key on an admin call and for the viewer key on anything but a read.
+   * Throws 401 for a missing or wrong key (429 once the address has failed too often); 403 for
+   * the app key on an admin call, for the viewer key on anything but a read or on a read of
+   * personal data, and for the metrics key on anything but `/metrics`.
    */
-  async authorize(level: AccessLevel, method: string, request: FastifyRequest): Promise<Caller> {
+  async authorize(route: RouteAccess, request: FastifyRequest): Promise<Caller> {
     const caller = this.identify(request.headers.authorization);
-    if (level === 'none') return caller;
+    if (route.access === 'none') return caller;
     if (caller === 'anonymous') {
       await this.limitFailure(request);
       throw new TallyError('unauthorized', 401, 'missing or wrong bearer key');
     }
-    if (caller === 'viewer') {
-      if (method === 'GET' || method === 'HEAD') return caller;
-      throw new TallyError('forbidden', 403, 'the viewer key is read-only; this call needs the app or admin key');
+    if (caller === 'metrics') {
+      if (route.access === 'metrics') return caller;
+      throw new TallyError('forbidden', 403, 'the metrics key opens /metrics only');
     }
-    if (level === 'admin' && caller !== 'admin') throw new TallyError('forbidden', 403, 'this call needs the admin key');
+    if (caller === 'viewer') {
+      if (route.method !== 'GET' && route.method !== 'HEAD')
+        throw new TallyError('forbidden', 403, 'the viewer key is read-only; this call needs the app or admin key');
+      if (route.personalData === true)
+        throw new TallyError('forbidden', 403, 'the viewer key never reads personal data; this call needs the app or admin key');
+      return caller;
+    }
+    if (route.access !== 'app' && caller !== 'admin') throw new TallyError('forbidden', 403, 'this call needs the admin key');
     return caller;
   }
 }

@@ -2,11 +2,13 @@ import { z } from 'zod';
 import {
   creditsSchema,
   creditsSumSchema,
+  entitlementsSchema,
   entrySchema,
   grantSchema,
   holdSchema,
   inboxEventSchema,
   jsonObjectSchema,
+  rateCardVersionSchema,
   signedCreditsSchema,
   timestampSchema,
 } from './entities.js';
@@ -107,8 +109,10 @@ export const accountSearchSchema = z.object({
   next_offset: z.int().positive().nullable(),
 });
 
+const grantWithStateSchema = grantSchema.extend({ state: z.enum(['live', 'used_up', 'expired']) });
+
 export const accountGrantsSchema = z.object({
-  grants: z.array(grantSchema.extend({ state: z.enum(['live', 'used_up', 'expired']) })),
+  grants: z.array(grantWithStateSchema),
   next_offset: z.int().positive().nullable(),
 });
 
@@ -125,6 +129,95 @@ export const balanceHistorySchema = z.object({
   days: z.array(z.object({ day: z.iso.date(), balance: signedCreditsSchema.nullable() })),
 });
 
-export const inboxEventDetailSchema = inboxEventSchema.extend({ api_version: z.string().nullable(), payload: jsonObjectSchema });
+export const inboxEventDetailSchema = inboxEventSchema.extend({
+  api_version: z.string().nullable(),
+  /** Null for the viewer key: Stripe's objects carry emails, names and billing addresses. */
+  payload: jsonObjectSchema.nullable(),
+});
 
 export const entryWithAccountSchema = entrySchema.extend({ account_id: z.string() });
+
+/** A version as the dashboard lists it: the API's shape, and who published it. */
+const publishedVersionSchema = rateCardVersionSchema.extend({
+  /** `catalog`: the plan catalog at start; `admin`: an operator (PUT /v1/admin/rate-cards/{id}). */
+  source: z.enum(['catalog', 'admin']),
+});
+
+export const rateCardsOverviewSchema = z.object({
+  as_of: timestampSchema,
+  rate_cards: z.array(
+    z.object({
+      id: z.string(),
+      /** The card of accounts whose plan names none (the catalog's default_rate_card). */
+      default: z.boolean(),
+      /** The catalog's plans that name this card. */
+      plans: z.array(z.string()),
+      /** The version in effect now; null before the first takes effect. */
+      current: publishedVersionSchema.nullable(),
+      /** The version that takes effect next; null when none is scheduled. */
+      next: publishedVersionSchema.nullable(),
+      /** The newest published versions, newest first (at most `versions`). */
+      versions: z.array(publishedVersionSchema.extend({ state: z.enum(['current', 'next', 'scheduled', 'superseded']) })),
+      versions_total: countSchema,
+    }),
+  ),
+});
+
+/** An exact cost in credits: a decimal string from PostgreSQL numeric, never a float. */
+const costSchema = z.string().regex(/^[0-9]+(\.[0-9]+)?$/);
+
+export const meterSpendSchema = z.object({
+  /** The first and last UTC day of the window, both included. */
+  from: z.iso.date(),
+  to: z.iso.date(),
+  /** The window's totals per meter, most credits first; `meter` is null for spends of a plain amount. */
+  meters: z.array(z.object({ meter: z.string().nullable(), credits: creditsSumSchema, cost: costSchema.nullable(), spends: countSchema })),
+  days: z.array(
+    z.object({
+      day: z.iso.date(),
+      meters: z.array(z.object({ meter: z.string().nullable(), credits: creditsSumSchema, cost: costSchema.nullable() })),
+    }),
+  ),
+});
+
+/**
+ * An account's plan as its entitlements say, with the catalog's names (null for no plan, or a
+ * plan the catalog no longer has), and each recurring grant's current period and the grant of
+ * that period, null until the account's first call of the period gives it.
+ */
+export const accountPlanSchema = entitlementsSchema.extend({
+  plan_name: z.string().nullable(),
+  recurring_grants: z.array(
+    z.object({
+      plan_id: z.string(),
+      plan_name: z.string().nullable(),
+      credits: creditsSchema,
+      every: z.enum(['day', 'week', 'month']),
+      /** The UTC day the period starts (a Monday for a week, the 1st for a month). */
+      period_start: z.iso.date(),
+      period_end: timestampSchema,
+      grant: grantWithStateSchema.nullable(),
+    }),
+  ),
+});
+
+export const accountsPerPlanSchema = z.object({
+  /** Every account. */
+  accounts: countSchema,
+  /**
+   * Every plan of the catalog in its order, then plans that subscriptions name but the catalog no
+   * longer has (name null), then no plan (plan_id null) last.
+   */
+  plans: z.array(
+    z.object({
+      plan_id: z.string().nullable(),
+      name: z.string().nullable(),
+      /** The catalog's free plan: the plan of accounts without a subscription. */
+      free: z.boolean(),
+      accounts: countSchema,
+      /** Of `accounts`, those on the plan through a subscription (active or past due), and through a trial. */
+      subscription: countSchema,
+      trial: countSchema,
+    }),
+  ),
+});

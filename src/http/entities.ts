@@ -32,7 +32,7 @@ export const grantSchema = named(
   'Grant',
   z.object({
     id: z.string(),
-    source: z.enum(['subscription', 'trial', 'purchase', 'promo', 'admin', 'rollover']),
+    source: z.enum(['subscription', 'trial', 'purchase', 'promo', 'admin', 'rollover', 'recurring']),
     amount: creditsSchema,
     remaining: creditsSchema,
     priority: z.int().min(0).max(1000),
@@ -104,6 +104,14 @@ export const subscriptionSchema = named(
 );
 
 /** An account as GET answers it: with its subscription, trial, live grants and balance. */
+export const spendLimitsSchema = z.object({
+  account_id: z.string(),
+  per_day: creditsSchema.nullable(),
+  per_month: creditsSchema.nullable(),
+  spent: z.object({ day: creditsSchema, month: creditsSchema }),
+  resets_at: z.object({ day: timestampSchema, month: timestampSchema }),
+});
+
 export const accountDetailSchema = named(
   'AccountDetail',
   z.object({
@@ -115,6 +123,18 @@ export const accountDetailSchema = named(
       .nullable(),
     grants: z.array(grantSchema),
     balance: balanceSchema,
+    limits: spendLimitsSchema.omit({ account_id: true }),
+    low_balance_threshold: z.int().positive().nullable(),
+    auto_top_up: z
+      .object({
+        enabled: z.boolean(),
+        threshold: z.int().positive(),
+        pack_id: z.string(),
+        max_per_month: z.int().positive(),
+        failures_in_row: z.int().min(0),
+        updated_at: timestampSchema,
+      })
+      .nullable(),
   }),
 );
 
@@ -209,5 +229,21 @@ export const rateCardVersionSchema = named(
     effective_at: timestampSchema,
     rates: ratesAnswerSchema,
     published_at: timestampSchema,
+  }),
+);
+
+/**
+ * What an account may use: its plan and where that comes from, the meters a priced spend may
+ * name, the app's features, the rate card that prices its spends, and its plans' recurring grants.
+ */
+export const entitlementsSchema = named(
+  'Entitlements',
+  z.object({
+    plan_id: z.string().nullable(),
+    source: z.enum(['subscription', 'trial', 'free', 'none']),
+    meters: z.union([z.literal('all'), z.array(z.string())]),
+    features: z.record(z.string(), z.union([z.number(), z.boolean(), z.string()])),
+    rate_card: rateCardReferenceSchema.nullable(),
+    recurring_grants: z.array(z.object({ plan_id: z.string(), credits: creditsSchema, every: z.enum(['day', 'week', 'month']) })),
   }),
 );

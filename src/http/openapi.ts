@@ -65,8 +65,10 @@ export function buildOpenApi(routes: RouteDefinition[], version: string): Record
         viewerKey: {
           type: 'http',
           scheme: 'bearer',
-          description: 'TALLY_VIEWER_KEY: every GET of the app and admin calls and /metrics, nothing that writes (403)',
+          description:
+            'TALLY_VIEWER_KEY: the GETs of the app and admin calls and /metrics, nothing that writes and nothing that answers personal data (403); emails and names it reads are masked',
         },
+        metricsKey: { type: 'http', scheme: 'bearer', description: 'TALLY_METRICS_KEY: /metrics only' },
       },
     },
     paths,
@@ -160,10 +162,11 @@ function parametersOf(route: RouteDefinition): unknown[] {
   return parameters;
 }
 
-/** Which keys open a call: the viewer key opens reads only. */
+/** Which keys open a call: the viewer key opens reads but those of personal data; the metrics key /metrics only. */
 function securityOf(route: RouteDefinition): Record<string, string[]>[] {
-  const keys = route.access === 'admin' ? ['adminKey'] : ['appKey', 'adminKey'];
-  if (route.method === 'GET') keys.push('viewerKey');
+  const keys = route.access === 'app' ? ['appKey', 'adminKey'] : ['adminKey'];
+  if (route.method === 'GET' && route.personalData !== true) keys.push('viewerKey');
+  if (route.access === 'metrics') keys.push('metricsKey');
   return keys.map((key) => ({ [key]: [] }));
 }
 
@@ -186,10 +189,18 @@ export function commonResponses(route: RouteDefinition): Responses {
   if (route.access !== 'none') {
     codes.push('unauthorized', ['rate_limited', 'too many wrong keys from this address; retry after Retry-After seconds']);
     // Every key opens the app's reads; the viewer key is refused writes, the app key admin calls.
-    if (route.access === 'admin' || readsBody)
-      codes.push(['forbidden', route.access === 'admin' ? 'this call needs the admin key' : 'the viewer key is read-only']);
+    if (route.access !== 'app' || readsBody || route.personalData === true)
+      codes.push([
+        'forbidden',
+        route.access !== 'app'
+          ? 'this call needs the admin key'
+          : route.personalData === true
+            ? 'the viewer key never reads personal data'
+            : 'the viewer key is read-only',
+      ]);
   }
-  if (readsBody) codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type');
+  if (readsBody)
+    codes.push(['payload_too_large', `the body is over ${bodyLimitFor(route)} bytes`], 'unsupported_media_type', 'request_timeout');
   if (hasParameters) codes.push('uri_too_long');
   codes.push('internal_error');
   if (route.database !== false) codes.push('database_unavailable', 'database_busy');

@@ -91,6 +91,13 @@ export const errorCatalog = {
       ]),
     },
   },
+  meter_not_entitled: {
+    status: 403,
+    description:
+      "the account's plan (`plan_id`, null for a price outside the catalog) does not include the spend's `meter`; nothing was spent, and the key keeps this answer",
+    details: { meter: z.string(), plan_id: z.string().nullable() },
+    replayable: true,
+  },
   account_not_found: { status: 404, description: 'no account with this id' },
   hold_not_found: { status: 404, description: 'no hold with this id' },
   rate_card_not_found: { status: 404, description: 'no rate card with this id' },
@@ -111,6 +118,10 @@ export const errorCatalog = {
   },
   reconciliation_running: { status: 409, description: 'another reconciliation is running' },
   no_payment_method: { status: 409, description: 'enabling needs a linked Stripe customer with a default payment method' },
+  request_timeout: {
+    status: 408,
+    description: 'the request (headers and body) did not arrive within the request timeout; the connection is closed and nothing was done',
+  },
   payload_too_large: {
     status: 413,
     description: "the body is over the call's limit (`limit_bytes`)",

@@ -31,6 +31,8 @@ export interface RouteDefinition<Body = unknown, Query = unknown> {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   url: string;
   access: AccessLevel;
+  /** The route answers personal data (an export, an email's trial history, a signed reference): the viewer key is refused it. */
+  personalData?: true;
   summary: string;
   tag: string;
   body?: z.ZodType<Body>;
@@ -198,7 +200,7 @@ export function registerRoutes(app: FastifyInstance, routes: RouteDefinition[], 
       // The key is checked here, before a byte of the body is read or parsed: an anonymous
       // caller costs a header check, not a JSON parse.
       onRequest: async (request) => {
-        request.caller = await keys.authorize(route.access, route.method, request);
+        request.caller = await keys.authorize(route, request);
         if (route.beforeBody !== undefined) await route.beforeBody(request, request.caller);
       },
       handler: async (request, reply) => {

@@ -1,8 +1,11 @@
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { z } from 'zod';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Database } from '../db/database.js';
+import type { DestinationPolicy } from '../events/destinations.js';
 import { pendingMigrations } from '../db/migrate.js';
 import type { Ledger } from '../ledger/ledger.js';
 import type { RateCards } from '../pricing/rate-cards.js';
@@ -10,6 +13,7 @@ import { UsageBatcher } from '../ledger/usage-batcher.js';
 import type { Metrics } from '../ops/metrics.js';
 import { KeyChecker, type Keys } from './auth.js';
 import { logRedaction } from '../ops/logging.js';
+import { invalidRequest } from '../errors.js';
 import { renderError } from './errors.js';
 import { buildOpenApi } from './openapi.js';
 import { defaultRateLimits, registerRateLimits, type RateLimitSettings } from './rate-limits.js';
@@ -65,6 +69,8 @@ export interface ServerOptions {
   version: string;
   stripe: StripeRouteDependencies;
   operations: OperationsRouteDependencies;
+  /** Which hosts the app's event endpoints may name. */
+  eventDestinations: DestinationPolicy;
   /** The time of top-ups started by a setting; the database's clock when undefined. */
   clock?: (() => Date) | undefined;
 }
@@ -73,6 +79,57 @@ export interface ServerOptions {
  * A URL as logs show it: query strings of trial-eligibility carry an email and a device
  * fingerprint (the GET kept for compatibility), so they never reach a log line.
  */
+/**
+ * The deepest nesting a JSON body may have. Tally's own bodies nest four levels at most (a
+ * batch's event's metadata, a rate card's meter's dimension); a body nested thousands deep is
+ * refused before it is parsed, since walking it later overflows the stack.
+ */
+const jsonDepthMax = 32;
+
+/** Whether `text` opens more than `limit` arrays and objects inside one another, outside strings. */
+function nestingDepthOver(text: string, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let index = 0; index < text.length; index += 1) {
+    const code = text.charCodeAt(index);
+    if (inString) {
+      if (code === 0x5c)
+        index += 1; // a backslash escapes the next character
+      else if (code === 0x22) inString = false;
+    } else if (code === 0x22) inString = true;
+    else if (code === 0x5b || code === 0x7b) {
+      depth += 1;
+      if (depth > limit) return true;
+    } else if (code === 0x5d || code === 0x7d) depth -= 1;
+  }
+  return false;
+}
+
+/**
+ * The answer to a request Node refused before Fastify saw it whole: 408 request_timeout for one
+ * whose headers and body did not arrive within the request timeout (a body that stalls, or
+ * trickles), 400 invalid_request for one that is not HTTP. Then the connection is closed.
+ */
+function answerClientError(error: Error & { code?: string }, socket: Duplex, requestTimeoutMilliseconds: number): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const timedOut = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  const status = timedOut ? 408 : 400;
+  const body = JSON.stringify({
+    error: timedOut
+      ? {
+          code: 'request_timeout',
+          message: `the request (headers and body) did not arrive within ${requestTimeoutMilliseconds / 1000} s; nothing was done`,
+        }
+      : { code: 'invalid_request', message: 'request: not a well-formed HTTP request', field: 'request' },
+  });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
+}
+
 export function redactQuery(url: string): string {
   const query = url.indexOf('?');
   if (query < 0 || !url.slice(0, query).endsWith('/trial-eligibility')) return url;
@@ -96,6 +153,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // Errors of the router itself (a URL that cannot be decoded, a segment too long) get the
     // product's error shape like every other error.
     frameworkErrors: (error, request, reply) => renderError(error, request, reply as FastifyReply),
+    // Node's own refusals of a connection (a request past its timeout, a malformed request) are
+    // written straight to the socket; they get the product's error shape too.
+    clientErrorHandler: (error, socket) => answerClientError(error, socket, limits.requestTimeoutMilliseconds),
     logger: {
       level: options.logLevel,
       redact: logRedaction,
@@ -114,7 +174,12 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       done(null, undefined);
       return;
     }
-    defaultJsonParser(request, body.toString(), done);
+    const text = body.toString();
+    if (nestingDepthOver(text, jsonDepthMax)) {
+      done(invalidRequest('body', `nested deeper than ${jsonDepthMax} levels`), undefined);
+      return;
+    }
+    defaultJsonParser(request, text, done);
   });
   app.server.maxConnections = limits.connectionCountMax;
   app.decorateRequest('caller', 'anonymous');
@@ -142,10 +207,13 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     }
     return reply.code(404).send({ error: { code: 'not_found', message: 'no such route' } });
   });
-  // Answers are per caller and often personal: never cached, and never sniffed into HTML.
+  // Answers are per caller and often personal: never cached, and never sniffed into HTML. The
+  // API explorer at /docs is a page of its own: never framed by another site (its CSP comes
+  // from swagger-ui's staticCSP below).
   app.addHook('onSend', async (request, reply) => {
     void reply.header('x-content-type-options', 'nosniff');
-    if (!request.url.startsWith('/docs')) void reply.header('cache-control', 'no-store');
+    void reply.header('cache-control', 'no-store');
+    if (request.url.startsWith('/docs')) void reply.header('x-frame-options', 'DENY');
   });
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
@@ -166,8 +234,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     ...pricingRoutes(options.rateCards),
     ...stripeRoutes(options.stripe, limiters),
     ...operationsRoutes(options.operations),
-    ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, clock: options.clock }),
-    ...eventRoutes(options.db),
+    ...dashboardRoutes({ db: options.db, gateway: options.operations.gateway, plans: options.stripe.catalog.plans, clock: options.clock }),
+    ...eventRoutes(options.db, options.eventDestinations),
     ...topUpRoutes({ db: options.db, catalog: options.stripe.catalog, gateway: options.stripe.gateway, clock: options.clock }),
     ...healthRoutes(options),
   ];
@@ -195,7 +263,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     registerRoutes(scope, rawBodyRoutes, keys);
   });
   await app.register(swagger, { mode: 'static', specification: { document: document as never } });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true });
   return app;
 }
 
@@ -245,9 +313,9 @@ function healthRoutes(options: ServerOptions): RouteDefinition[] {
     defineRoute({
       method: 'GET',
       url: '/metrics',
-      access: 'admin',
+      access: 'metrics',
       tag: 'operations',
-      summary: 'Prometheus metrics (admin or viewer key)',
+      summary: 'Prometheus metrics (admin, viewer or metrics key)',
       responses: { 200: { description: 'Prometheus text format', contentType: 'text/plain' } },
       handler: async () => ({
         status: 200,

@@ -13,7 +13,15 @@ export const ledgerPageSizeDefault = 50;
 export const metadataKeyCountMax = 50;
 export const reasonLengthMax = 500;
 
-export const accountIdSchema = z.string().regex(/^[A-Za-z0-9_.:@-]{1,128}$/, '1 to 128 characters of A-Za-z0-9_.:@-');
+/**
+ * SPEC's account id: 1 to 128 characters of `A-Za-z0-9_.:@-`. `.` and `..` are refused too:
+ * they fit those characters, but in a URL they are dot segments that clients and proxies
+ * resolve into another path (`/v1/accounts/../balance`).
+ */
+export const accountIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_.:@-]{1,128}$/, '1 to 128 characters of A-Za-z0-9_.:@-')
+  .refine((id) => id !== '.' && id !== '..', 'not . or .. (a path segment that URLs resolve away)');
 export const amountCreditsSchema = z.int().positive().max(Number.MAX_SAFE_INTEGER);
 export const idempotencyKeySchema = z
   .string()

@@ -98,9 +98,15 @@ export class Ledger {
   }
 
   async getAccount(accountId: string): Promise<Record<string, unknown>> {
+    // The balance first: the period's first read gives the recurring grants the list then shows.
+    const balance = await this.balance(accountId);
     const result = await this.db.query<{ account: Record<string, unknown> }>(
       `select jsonb_build_object('id', a.id, 'email', a.email, 'name', a.name, 'metadata', a.metadata,
          'stripe_customer_id', a.stripe_customer_id, 'created_at', tally_iso(a.created_at), 'flagged', a.flagged,
+         'low_balance_threshold', a.low_balance_threshold,
+         'auto_top_up', (select jsonb_build_object('enabled', t.enabled, 'threshold', t.threshold, 'pack_id', t.pack_id,
+             'max_per_month', t.max_per_month, 'failures_in_row', t.failures_in_row, 'updated_at', tally_iso(t.updated_at))
+           from auto_top_ups t where t.account_id = a.id),
          'subscription', (select jsonb_build_object('id', s.id, 'status', s.status, 'plan_id', s.plan_id,
              'interval', s.billing_interval, 'current_period_start', tally_iso(s.current_period_start),
              'current_period_end', tally_iso(s.current_period_end), 'cancel_at_period_end', s.cancel_at_period_end,
@@ -117,22 +123,26 @@ export class Ledger {
     );
     const row = result.rows[0];
     if (row === undefined) throw accountNotFound(accountId);
-    return { ...row.account, balance: await this.balance(accountId) };
+    const { account_id: _, ...limits } = await this.spendLimits(accountId);
+    return { ...row.account, limits, balance };
   }
 
-  /** The balance now: grants past their expiry stop counting at once, before any sweep. */
+  /**
+   * The balance now: grants past their expiry stop counting at once, before any sweep. The first
+   * read of a period gives the recurring grants the account's plan gives (tally_balance).
+   */
   async balance(accountId: string): Promise<Balance> {
-    const result = await this.db.query<{ available: number; held: number; debt: number }>(
-      `select a.available - coalesce((select sum(g.remaining) from grants g where g.account_id = a.id
-           and g.live and g.expires_at <= coalesce($2, now())), 0)::bigint as available,
-         a.held, a.debt
-       from accounts a where a.id = $1`,
-      [accountId, this.now()],
-    );
-    const row = result.rows[0];
-    if (row === undefined) throw accountNotFound(accountId);
+    const row = await this.db.callJson<Balance>('select tally_balance($1, $2) as result', [accountId, this.now()]);
     assertInvariant(row.available >= 0, `account ${accountId} has negative available ${row.available}`);
-    return { account_id: accountId, available: row.available, held: row.held, debt: row.debt };
+    return row;
+  }
+
+  /**
+   * What the account may use: its plan and where it comes from (its subscription, a trial, the
+   * free plan, or none), its meters, features, rate card and recurring grants.
+   */
+  async entitlements(accountId: string): Promise<Record<string, unknown>> {
+    return this.db.callJson('select tally_entitlements_json($1, $2) as result', [accountId, this.now()]);
   }
 
   /**
@@ -346,6 +356,12 @@ export class Ledger {
     ]);
   }
 
+  /** Throws account_not_found for an account that does not exist; reads nothing else and gives nothing. */
+  private async mustExist(accountId: string): Promise<void> {
+    const { rowCount } = await this.db.query('select 1 from accounts where id = $1', [accountId]);
+    if (rowCount === 0) throw accountNotFound(accountId);
+  }
+
   /** Entries newest first; the cursor is the id of the last entry of the previous page. */
   async entries(accountId: string, limit: number, cursor: string | undefined): Promise<{ entries: unknown[]; next_cursor: string | null }> {
     const result = await this.db.query<{ id: number; entry: unknown }>(
@@ -353,7 +369,7 @@ export class Ledger {
        where e.account_id = $1 and ($2::bigint is null or e.id < $2) order by e.id desc limit $3`,
       [accountId, cursor ?? null, limit + 1],
     );
-    if (result.rows.length === 0) await this.balance(accountId);
+    if (result.rows.length === 0) await this.mustExist(accountId);
     const page = result.rows.slice(0, limit);
     const last = page[page.length - 1];
     const nextCursor = result.rows.length > limit && last !== undefined ? String(last.id) : null;

@@ -95,6 +95,24 @@ export function pseudonymOf(accountId: string, digest: KeyedDigest): string {
   return `erased-${digest('erasure', accountId).slice(0, 16)}`;
 }
 
+/**
+ * Erasure keeps the account id: every entry, hold, grant and Stripe object's metadata names the
+ * account by it. An id that is an email therefore stays personal data after erasure, and the
+ * report says so; the README recommends opaque ids for that reason. (Only emails are told
+ * apart: a numeric id may be a phone number or a database's key, and guessing would cry wolf.)
+ */
+const emailLooking = /^[^@]+@[^@]+$/;
+
+export function accountIdKept(accountId: string): { looks_personal: boolean; note: string } {
+  const looksPersonal = emailLooking.test(accountId);
+  return {
+    looks_personal: looksPersonal,
+    note: looksPersonal
+      ? 'the account id is kept (the ledger and Stripe metadata name the account by it) and looks like an email: it is still personal data; give accounts opaque ids'
+      : 'the account id is kept (the ledger and Stripe metadata name the account by it)',
+  };
+}
+
 export async function erasePersonalData(
   db: Database,
   accountId: string,
@@ -147,6 +165,6 @@ export async function erasePersonalData(
       `insert into audit_log (account_id, actor, action, reason, before, after) values ($1, 'admin', 'erasure', $2, $3, $4)`,
       [accountId, reason, erased, { name: pseudonym }],
     );
-    return { account_id: accountId, pseudonym, erased };
+    return { account_id: accountId, pseudonym, erased, account_id_kept: accountIdKept(accountId) };
   });
 }

@@ -22,7 +22,18 @@ export interface PricingCatalog {
   meters: readonly Meter[];
   rate_cards: readonly { id: string; rates: Rates }[];
   default_rate_card?: string | undefined;
-  plans: readonly { id: string; rate_card?: string | undefined }[];
+  /**
+   * Each plan as a spend decides with it in the database: its card, and (billing's catalog has
+   * them) whether it is the free plan, its credits per month, entitlements and recurring grants.
+   */
+  plans: readonly {
+    id: string;
+    rate_card?: string | undefined;
+    free?: boolean | undefined;
+    credits_per_month?: number | undefined;
+    entitlements?: unknown;
+    recurring_grants?: readonly unknown[] | undefined;
+  }[];
 }
 
 export const publishRateCardInputSchema = z.strictObject({
@@ -53,7 +64,14 @@ export class RateCards {
    */
   async syncCatalog(catalog: PricingCatalog): Promise<RateCardVersion[]> {
     const cards = catalog.rate_cards.map((card) => ({ id: card.id, rates: card.rates }));
-    const plans = catalog.plans.map((plan) => ({ id: plan.id, rate_card: plan.rate_card ?? null }));
+    const plans = catalog.plans.map((plan) => ({
+      id: plan.id,
+      rate_card: plan.rate_card ?? null,
+      free: plan.free === true,
+      credits_per_month: plan.credits_per_month ?? 0,
+      entitlements: plan.entitlements ?? null,
+      recurring_grants: plan.recurring_grants ?? [],
+    }));
     return this.db.callJson<RateCardVersion[]>('select tally_sync_catalog_pricing($1, $2, $3, $4) as result', [
       JSON.stringify(cards),
       catalog.default_rate_card ?? null,

@@ -49,6 +49,22 @@ export function isTransientStripeError(error: unknown): boolean {
   return false;
 }
 
+/**
+ * Tally's own words for a transient failure. Stripe's message (and a proxy's or the network
+ * stack's in its place) may name internals, so it stays in the cause, for the log; the caller
+ * learns what kind of failure it was and that nothing was done.
+ */
+function unavailableMessage(name: string, error: unknown): string {
+  const status = error instanceof Stripe.errors.StripeError ? error.statusCode : undefined;
+  const what =
+    error instanceof Stripe.errors.StripeConnectionError || status === undefined
+      ? 'Stripe could not be reached (network error or timeout)'
+      : status === 429
+        ? 'Stripe is rate limiting Tally (HTTP 429)'
+        : `Stripe answered HTTP ${status}`;
+  return `${what} during ${name}; nothing was done, try again later`;
+}
+
 export interface BreakerStatus {
   state: 'closed' | 'open' | 'half_open' | 'isolated';
   failures: number;
@@ -131,8 +147,7 @@ export class StripeGateway {
     } catch (error) {
       if (error instanceof BrokenCircuitError)
         throw new StripeUnavailableError(`Stripe circuit breaker is open; ${name} not attempted`, { cause: error });
-      if (isTransientStripeError(error))
-        throw new StripeUnavailableError(`Stripe ${name} failed: ${(error as Error).message}`, { cause: error });
+      if (isTransientStripeError(error)) throw new StripeUnavailableError(unavailableMessage(name, error), { cause: error });
       if (error instanceof Stripe.errors.StripeError) {
         const status = error.statusCode ?? 400;
         if (status === 401 || status === 403) this.onKeyRefused({ call: name, status, requestId: error.requestId });

@@ -107,6 +107,8 @@ export interface SubscriptionState {
   accountHint: string | undefined;
   status: string;
   priceId: string | undefined;
+  /** The price of every item, in order (the first is priceId's). */
+  priceIds: string[];
   quantity: number;
   periodStart: number | undefined;
   periodEnd: number | undefined;
@@ -128,6 +130,10 @@ export function subscriptionState(subscription: StripeObject): SubscriptionState
     accountHint: text(at(subscription, 'metadata', accountMetadataKey)),
     status,
     priceId: idOf(item.price) ?? idOf(item.plan),
+    priceIds: (Array.isArray(items) ? items : [])
+      .filter(isObject)
+      .map((candidate) => idOf(candidate.price) ?? idOf(candidate.plan))
+      .filter((price): price is string => price !== undefined),
     quantity: Math.max(integer(item.quantity) ?? 1, 0),
     periodStart: integer(item.current_period_start) ?? integer(subscription.current_period_start),
     periodEnd: integer(item.current_period_end) ?? integer(subscription.current_period_end),

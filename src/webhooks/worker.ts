@@ -243,6 +243,9 @@ export class WebhookWorker {
     // A test-mode webhook secret left configured beside a live key (or the reverse) must not let
     // test payments grant real credits: an event of the other mode is not this Tally's.
     const expected = this.gateway?.livemode;
+    if ('livemode' in row.payload && livemode === undefined) {
+      return this.ignore(event, new IgnoredEvent(`livemode ${JSON.stringify(row.payload.livemode)} is not a boolean`));
+    }
     if (expected !== undefined && livemode !== undefined && livemode !== expected) {
       return this.ignore(
         event,

@@ -5,8 +5,19 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { raiseAlert, resolveAlert } from '../../src/ops/alerts.js';
-import { adminKey, appKey, createTestApp, fundedAccount, viewerKey, type TestApp } from '../helpers/app.js';
-import { checkoutSession, deliver, event, uniqueId } from '../helpers/stripe-events.js';
+import {
+  adminKey,
+  appKey,
+  createTestApp,
+  fundedAccount,
+  startWithFakeStripe,
+  stopWithFakeStripe,
+  viewerKey,
+  type TestApp,
+} from '../helpers/app.js';
+import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
+import type { FakeStripe } from '../helpers/fake-stripe.js';
+import { checkoutSession, deliver, event, month, settleWebhooks, subscription, uniqueId } from '../helpers/stripe-events.js';
 
 // The operators' dashboard in a real browser (Debian's Chromium driven by playwright-core),
 // against a real Tally on a real PostgreSQL, with data made through the API. Each page is
@@ -59,8 +70,8 @@ async function openPage(width = 1280): Promise<Page> {
   return page;
 }
 
-async function logIn(page: Page, key: string): Promise<void> {
-  await page.goto(`${base}/dashboard#/overview`);
+async function logIn(page: Page, key: string, at = base): Promise<void> {
+  await page.goto(`${at}/dashboard#/overview`);
   await page.fill('#key', key);
   await page.click('#login-form button[type="submit"]');
   await page.waitForSelector('[data-session="in"]');
@@ -161,6 +172,175 @@ describe('the page itself', () => {
   });
 });
 
+describe('plans and settings in a browser', () => {
+  // A Tally of its own whose catalog has a free plan (gpt-5-mini only, 50 credits a day) and a
+  // plus plan (every meter, features, 20 credits a day), with Stripe faked for subscriptions.
+  let plans: TestApp;
+  let fake: FakeStripe;
+  let plansBase = '';
+  before(async () => {
+    ({ test: plans, fake } = await startWithFakeStripe({ catalog: entitlementsCatalog() }));
+    plansBase = await plans.app.listen({ port: 0, host: '127.0.0.1' });
+  });
+  after(() => stopWithFakeStripe(plans, fake));
+
+  /** An account subscribed to plus through Stripe's events, its customer with a default card. */
+  async function onPlus(accountId: string, status: string): Promise<void> {
+    const customer = uniqueId('cus');
+    const subscriptionId = uniqueId('sub');
+    await fundedAccount(plans, accountId, 500);
+    await deliver(
+      plans,
+      event('checkout.session.completed', checkoutSession({ mode: 'subscription', accountId, customer, subscription: subscriptionId })),
+    );
+    const start = Math.floor(plans.clock.now().getTime() / 1000);
+    const object = subscription({
+      id: subscriptionId,
+      customer,
+      status,
+      price: 'price_plus_monthly',
+      start,
+      end: start + month,
+      trialEnd: status === 'trialing' ? start + 7 * 86400 : null,
+    });
+    await deliver(plans, event('customer.subscription.created', object, { created: start }));
+    await settleWebhooks(plans);
+    fake.customers.set(customer, { invoice_settings: { default_payment_method: 'pm_card_visa' } });
+  }
+
+  // Proves: the account page shows the plan by its catalog name, where it comes from, its
+  // meters, features, rate card and recurring grants with this period's grant, and its settings
+  // (limits with what was spent and when they reset, the threshold, auto top-up with its failures
+  // in a row), each as the API answers; an account without settings says so in words; the
+  // overview's accounts per plan is the API's answer row by row.
+  it("shows an account's plan, entitlements and settings, and the accounts per plan", async (t) => {
+    if (skipWithoutBrowser(t)) return;
+    await fundedAccount(plans, 'plain-free', 0);
+    await onPlus('plus-customer', 'active');
+    await onPlus('plus-trial', 'trialing');
+    const put = async (url: string, body: unknown) => {
+      const answer = await plans.call('PUT', url, body);
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    };
+    await put('/v1/accounts/plus-customer/limits', { per_day: 100, per_month: 2500 });
+    await put('/v1/accounts/plus-customer/low-balance-threshold', { threshold: 150 });
+    await put('/v1/accounts/plus-customer/auto-top-up', { enabled: true, threshold: 50, pack_id: 'pack_1000', max_per_month: 3 });
+    const spent = await plans.call('POST', '/v1/accounts/plus-customer/usage', { amount: 30, idempotency_key: uniqueId('u') });
+    assert.equal(spent.status, 200, JSON.stringify(spent.body));
+    // Two declined payments in a row, as the payer job counts them (auto-top-up tests cover how).
+    await plans.database.db.query(`update auto_top_ups set failures_in_row = 2 where account_id = 'plus-customer'`);
+
+    const page = await openPage();
+    await logIn(page, adminKey, plansBase);
+    await page.goto(`${plansBase}/dashboard#/accounts/plus-customer`);
+    await page.waitForSelector('#plan-name');
+    await seeText(page, '#plan-name', /^Plus \(plus\)$/);
+    await seeText(page, '#plan-source', /Subscription \(its subscription is active or past due\)/);
+    await seeText(page, '#plan-meters', /^Every meter$/);
+    await seeText(page, '#plan-rate-card', /standard, version 1/);
+    assert.equal(await page.getAttribute('#plan-rate-card a', 'href'), '#/rate-cards?card=standard&version=1');
+    const cells = (selector: string) =>
+      page.$$eval(`${selector} tbody tr`, (rows) =>
+        rows.map((tr) =>
+          [...tr.querySelectorAll('td')].map((td) => td.querySelector('.cell')?.textContent?.replace(/\s+/g, ' ').trim() ?? ''),
+        ),
+      );
+    assert.deepEqual(await cells('#plan-features'), [
+      ['projects', '10'],
+      ['custom_agents', 'yes'],
+    ]);
+    const plan = (await plans.admin('GET', '/v1/admin/accounts/plus-customer/plan')).body;
+    const grant = plan.recurring_grants[0].grant;
+    assert.ok(grant !== null, 'the page load (its account read) gave the day’s grant');
+    const today = plans.clock.now().toISOString().slice(0, 10);
+    await seeText(page, '#recurring-grants tbody', /Plus \(plus\)\s*20\s*every UTC day/);
+    await seeText(page, '#recurring-grants tbody', new RegExp(`from ${today} until`));
+    // The day's spend came out of it first (it expires soonest): used up, as the API says.
+    assert.deepEqual([grant.remaining, grant.state], [0, 'used_up']);
+    await seeText(page, '#recurring-grants tbody', new RegExp(`0 of 20 left\\s*used up\\s*${grant.id}`));
+
+    const limits = (await plans.call('GET', '/v1/accounts/plus-customer/limits')).body;
+    assert.deepEqual(limits.spent, { day: 30, month: 30 });
+    const limitRows = await cells('#spend-limits');
+    assert.deepEqual(
+      limitRows.map((row) => row.slice(0, 4)),
+      [
+        ['Day (UTC)', '100', '30', '70'],
+        ['Month (UTC)', '2,500', '30', '2,470'],
+      ],
+    );
+    assert.match(limitRows[0]?.[4] ?? '', new RegExp(limits.resets_at.day.slice(0, 10)), 'the day window resets when the API says');
+    assert.match(limitRows[1]?.[4] ?? '', new RegExp(limits.resets_at.month.slice(0, 10)));
+    await seeText(page, '#low-balance-threshold', /150 credits: a balance\.low event is sent when available falls below it/);
+    await seeText(
+      page,
+      '#auto-top-up',
+      /on\s*Auto top-up is on: it buys pack_1000 when available falls below 50 credits, at most 3 a month/,
+    );
+    await seeText(page, '#auto-top-up', /2 failed payments in a row \(3 turn it off\)/);
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'account-plan.png'), fullPage: true });
+
+    // The same account once three failures turned auto top-up off.
+    await plans.database.db.query(`update auto_top_ups set failures_in_row = 3, enabled = false where account_id = 'plus-customer'`);
+    await page.click('.page-head button');
+    await seeText(page, '#auto-top-up', /Auto top-up is off \(turned off after 3 failed payments in a row/);
+
+    await page.goto(`${plansBase}/dashboard#/accounts/plain-free`);
+    await page.waitForSelector('#plan-name');
+    await seeText(page, '#plan-name', /^Free \(free\)$/);
+    await seeText(page, '#plan-source', /Free plan \(no live subscription, so the catalog's free plan applies\)/);
+    await seeText(page, '#plan-meters', /^openai\/gpt-5-mini$/);
+    await seeText(page, '#recurring-grants tbody', /Free \(free\)\s*50\s*every UTC day.*50 of 50 left\s*live/s);
+    await seeText(page, '#spend-limits', /No spend limits: spends are not capped per day or per month\. Spent today 0, this month 0/);
+    await seeText(page, '#low-balance-threshold', /No low-balance threshold/);
+    await seeText(page, '#auto-top-up', /Auto top-up is off: it was never set up for this account\./);
+
+    await page.goto(`${plansBase}/dashboard#/overview`);
+    await page.waitForSelector('#accounts-per-plan tbody tr');
+    const perPlan = (await plans.admin('GET', '/v1/admin/plans')).body;
+    const percent = (count: number) => `${((count / perPlan.accounts) * 100).toFixed(1)} %`;
+    const expected = perPlan.plans.map(
+      (row: { plan_id: string | null; name: string | null; free: boolean; accounts: number; subscription: number; trial: number }) => [
+        row.plan_id === null
+          ? 'No plan (no live subscription and no free plan, or a price outside the catalog)'
+          : `${row.name} (${row.plan_id})${row.free ? ' free plan' : ''}`,
+        grouped(row.accounts),
+        row.free ? '—' : grouped(row.subscription),
+        row.free ? '—' : grouped(row.trial),
+        percent(row.accounts),
+      ],
+    );
+    await seeText(page, '#accounts-per-plan caption', new RegExp(`each of the ${perPlan.accounts} accounts`));
+    assert.deepEqual(await cells('#accounts-per-plan'), expected);
+    assert.deepEqual(
+      expected.map((row: string[]) => row.slice(0, 4)),
+      [
+        ['Free (free) free plan', '1', '—', '—'],
+        ['Starter (starter)', '0', '0', '0'],
+        ['Plus (plus)', '2', '1', '1'],
+        ['Pro (pro)', '0', '0', '0'],
+        ['No plan (no live subscription and no free plan, or a price outside the catalog)', '0', '0', '0'],
+      ],
+    );
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'overview-plans.png'), fullPage: true });
+    await page.close();
+
+    // At 420 px the new sections fit too.
+    const narrow = await openPage(420);
+    await logIn(narrow, viewerKey, plansBase);
+    await narrow.waitForSelector('#accounts-per-plan tbody tr');
+    await assertNoOverflow(narrow, 420);
+    await narrow.goto(`${plansBase}/dashboard#/accounts/plus-customer`);
+    await narrow.waitForSelector('#plan-features tbody tr');
+    await narrow.waitForSelector('#spend-limits tbody tr');
+    await assertNoOverflow(narrow, 420);
+    await narrow.screenshot({ path: join(artifacts, 'account-plan-420.png'), fullPage: true });
+    await narrow.close();
+  });
+});
+
 describe('in a browser', () => {
   // Proves: empty lists say so in a sentence, on every page, before anything exists.
   it('says in words when a list is empty', async (t) => {
@@ -186,6 +366,9 @@ describe('in a browser', () => {
     await seeText(page, '#live-grants', /No live grants/);
     await seeText(page, '#past-grants', /No past grants/);
     await seeText(page, '#holds-table', /No pending holds/);
+    await page.waitForSelector('#meter-spend .empty-note');
+    await seeText(page, '#meter-spend', /No spends from \d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2} \(the last 30 days, UTC\)/);
+    assert.equal(await page.locator('#meter-spend-chart').count(), 0, 'no chart without spends');
     await page.waitForSelector('#account-events table');
     await seeText(page, '#account-events', /No events about this account yet/);
     await page.close();
@@ -243,7 +426,7 @@ describe('in a browser', () => {
       await page.keyboard.press('Tab');
       reached.push(await page.evaluate(() => document.activeElement?.textContent?.trim() ?? ''));
     }
-    for (const name of ['Overview', 'Accounts', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out'])
+    for (const name of ['Overview', 'Accounts', 'Rate cards', 'Webhook inbox', 'Alerts', 'Reconciliation', 'Log out'])
       assert.ok(reached.includes(name), `${name} in ${reached.join(' | ')}`);
     await page.focus('nav a[href="#/accounts"]');
     await page.keyboard.press('Enter');
@@ -446,21 +629,28 @@ describe('in a browser', () => {
     await page.close();
   });
 
-  // Proves: the viewer key reads every page and is shown no action at all.
-  it('shows the viewer no actions', async (t) => {
+  // Proves: the viewer key reads every page and is shown no action at all, and no personal
+  // data: the account's email masked, a Stripe event without its payload.
+  it('shows the viewer no actions and no personal data', async (t) => {
     if (skipWithoutBrowser(t)) return;
     await fundedAccount(test, 'viewed', 40);
+    await test.call('PUT', '/v1/accounts/viewed', { email: 'viewed.person@example.com' });
     await test.call('POST', '/v1/accounts/viewed/holds', { amount: 10, idempotency_key: uniqueId('h') });
-    await deliver(
-      test,
-      event('checkout.session.completed', checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') })),
+    const stored = event(
+      'checkout.session.completed',
+      checkoutSession({ mode: 'payment', customer: uniqueId('cus'), paymentIntent: uniqueId('pi') }),
     );
+    await deliver(test, stored);
     const page = await openPage();
     await logIn(page, viewerKey);
     await seeText(page, '[data-session="in"]', /viewer key \(read only\)/);
     await page.goto(`${base}/dashboard#/accounts/viewed`);
     await page.waitForFunction(() => document.querySelector('#holds-table tbody')?.textContent?.includes('hold_'));
     assert.equal(await page.locator('#account-actions, #grant-form, #adjust-form, button.void').count(), 0);
+    await seeText(page, '#account-email', /^v\*\*\*@e\*\*\*\.com$/);
+    await page.goto(`${base}/dashboard#/inbox/${stored.id}`);
+    await seeText(page, '#payload-hidden', /not shown to the viewer key/);
+    assert.equal(await page.locator('pre.json').count(), 0, 'no payload on the page');
     await page.goto(`${base}/dashboard#/inbox`);
     await page.waitForSelector('#inbox tbody tr');
     assert.ok((await page.locator('#inbox tbody tr').count()) > 0);
@@ -468,9 +658,95 @@ describe('in a browser', () => {
     await page.goto(`${base}/dashboard#/reconciliation`);
     await page.waitForSelector('#reconciliation-title');
     assert.equal(await page.locator('#reconcile').count(), 0);
+    await page.goto(`${base}/dashboard#/rate-cards`);
+    await page.waitForSelector('[data-card="standard"]');
+    await seeText(page, '[data-card="standard"] [data-fact="current"]', /version \d+, since/);
+    assert.equal(await page.locator('[data-card="standard"] button, [data-card="standard"] form').count(), 0, 'rate cards are read only');
     await page.goto(`${base}/dashboard#/accounts/no-such-account`);
     await page.waitForSelector('.problem');
     await seeText(page, '.problem', /there is no such account\. Find it on the Accounts page/);
+    await page.close();
+  });
+
+  // Proves: the rate cards page shows each card's version in effect, the one scheduled next and
+  // the version history with who published each; a priced entry shows its meter, quantities,
+  // exact cost and version, linked to that version; spend by meter is a chart with a legend and
+  // the same totals as a table, the exact cost as the API answers it.
+  it('shows rate cards and their versions, a priced entry, and spend by meter as a chart and a table', async (t) => {
+    if (skipWithoutBrowser(t)) return;
+    const volume = (await test.call('GET', '/v1/rate-cards')).body.rate_cards.find((card: { id: string }) => card.id === 'volume');
+    const changed = { ...volume.rates, 'images/generate': { images: '3.000000000001' } };
+    assert.equal((await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates: changed })).status, 200);
+    const tomorrow = new Date(test.clock.now().getTime() + 86400_000).toISOString();
+    assert.equal((await test.admin('PUT', '/v1/admin/rate-cards/volume', { rates: volume.rates, effective_at: tomorrow })).status, 200);
+    await fundedAccount(test, 'priced', 1000);
+    const spend = async (body: Record<string, unknown>) => {
+      const answer = await test.call('POST', '/v1/accounts/priced/usage', { ...body, idempotency_key: uniqueId('u') });
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      return answer.body;
+    };
+    const mini = await spend({ meter: 'openai/gpt-5-mini', quantities: { input_tokens: 5000, output_tokens: 1000 } });
+    assert.deepEqual([mini.amount, mini.cost, mini.rate_card], [0, '0.325', { id: 'standard', version: 1 }]);
+    await spend({ meter: 'openai/gpt-5', quantities: { output_tokens: 3000 } });
+    await spend({ amount: 7 });
+
+    const page = await openPage();
+    await logIn(page, adminKey);
+    await page.click('nav a[href="#/rate-cards"]');
+    await page.waitForSelector('[data-card="volume"]');
+    await seeText(page, '[data-card="standard"] h2', /standard\s*default/);
+    await seeText(page, '[data-card="standard"]', /plan plus; and accounts whose plan names no card/);
+    await seeText(page, '[data-card="standard"] [data-fact="current"]', /version 1, since .* published by the plan catalog/);
+    await seeText(page, '[data-card="standard"] [data-fact="next"]', /none scheduled/);
+    await seeText(page, '[data-card="standard"] table', /openai\/gpt-5\s*input_tokens\s*0\.000125/);
+    await seeText(page, '[data-card="volume"] [data-fact="current"]', /version 2, since .* published by an operator/);
+    await seeText(page, '[data-card="volume"] [data-fact="next"]', new RegExp(`version 3 from ${tomorrow.slice(0, 10)}`));
+    await seeText(page, '[data-card="volume"] table', /images\s*3\.000000000001\s*3\.2\s*\(changes\)/, 'now and next, exactly');
+    await page.click('[data-card="volume"] details.history summary');
+    await seeText(page, '[data-card="volume"] details.history summary', /Version history \(3 versions\)/);
+    await seeText(page, '[data-card="volume"] details.history tbody', /v3\s*next.*v2\s*current.*admin.*v1\s*superseded.*catalog/s);
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'rate-cards.png'), fullPage: true });
+
+    await page.goto(`${base}/dashboard#/accounts/priced`);
+    await page.waitForFunction(() => document.querySelector('#ledger')?.textContent?.includes('openai/gpt-5-mini'));
+    const row = page.locator('#ledger tbody tr', { hasText: 'openai/gpt-5-mini' });
+    await seeText(page, '#ledger', /openai\/gpt-5-mini\s*input_tokens 5,000 · output_tokens 1,000\s*cost 0\.325 · standard v1/);
+    assert.equal((await row.locator('td[data-label="Amount"]').textContent())?.trim(), '0', 'a zero-credit spend keeps its entry');
+    assert.equal((await row.locator('.cost').textContent())?.trim(), mini.cost, 'the exact cost, as the API answers it');
+
+    await page.waitForSelector('#meter-spend-chart .u-over');
+    const legend = (await page.textContent('#meter-spend-chart .u-legend')) ?? '';
+    for (const name of ['openai/gpt-5', 'openai/gpt-5-mini', 'No meter (a plain amount)']) assert.ok(legend.includes(name), name);
+    assert.match(
+      (await page.getAttribute('#meter-spend-chart .chart-box', 'aria-label')) ?? '',
+      /No meter \(a plain amount\) 7 in total, openai\/gpt-5 3 in total, openai\/gpt-5-mini 0 in total/,
+      'the chart says its totals in words',
+    );
+    const totals = (await test.admin('GET', '/v1/admin/accounts/priced/meter-spend?days=30')).body.meters;
+    const shown = await page.$$eval('#meter-spend > .table-wrap tbody tr', (rows) =>
+      rows.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.querySelector('.cell')?.textContent?.trim() ?? '')),
+    );
+    assert.deepEqual(
+      shown,
+      totals.map((total: { meter: string | null; credits: number; cost: string | null; spends: number }) => [
+        total.meter ?? 'No meter (a plain amount)',
+        grouped(total.credits),
+        total.cost ?? '—',
+        grouped(total.spends),
+      ]),
+    );
+    assert.deepEqual(shown[2], ['openai/gpt-5-mini', '0', '0.325', '1']);
+    await page.check('input[name="meter-spend-range"][value="7"]');
+    await page.waitForFunction(() => document.querySelectorAll('#meter-spend-chart details tbody tr').length === 7);
+    await assertLabelled(page);
+    await page.screenshot({ path: join(artifacts, 'account-priced.png'), fullPage: true });
+
+    // The version that priced the entry opens marked on the rate cards page.
+    await row.locator('a', { hasText: 'standard v1' }).click();
+    await page.waitForSelector('[data-card="standard"] .selected');
+    await seeText(page, '[data-card="standard"] .notice', /Version 1 priced the entry you came from/);
+    assert.equal(await page.getAttribute('[data-card="standard"] .selected', 'data-version'), '1');
     await page.close();
   });
 
@@ -541,6 +817,7 @@ describe('in a browser', () => {
     await link.click();
     await page.waitForFunction(() => document.querySelector('#ledger')?.textContent?.includes('a long key and a long id'));
     await page.waitForSelector('#balance-chart .u-over');
+    await page.waitForSelector('#meter-spend-chart .u-over');
     await assertNoOverflow(page, 420);
     const time = await page.locator('#ledger tbody tr:first-child td[data-label="Time"] time').boundingBox();
     assert.ok(time !== null && time.x + time.width <= 420, 'the time of an entry is in view');
@@ -549,6 +826,7 @@ describe('in a browser', () => {
       ['inbox', '#inbox'],
       ['alerts', '#alerts-open'],
       ['reconciliation', '#reconciliation-title'],
+      ['rate-cards', '[data-card="standard"]'],
     ]) {
       await page.goto(`${base}/dashboard#/${route}`);
       await page.waitForSelector(ready ?? '');

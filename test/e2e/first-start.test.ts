@@ -74,6 +74,47 @@ describe('first start', () => {
     assert.doesNotMatch(result.stderr, /\n\s+at /);
   });
 
+  it("keeps Tally's secrets out of the embedded PostgreSQL's environment", {
+    skip: !existsSync('/proc/self/environ') && 'needs /proc',
+  }, async () => {
+    // Proves that the server does not inherit Tally's environment: the server's
+    // /proc/<pid>/environ, which its own user can read, holds none of the secrets Tally was
+    // started with.
+    const dataDirectory = mkdtempSync(join(scratch, 'environ-'));
+    chmodSync(dataDirectory, 0o711);
+    const script = `
+      import { readFileSync } from 'node:fs';
+      import { startEmbeddedDatabase } from './src/db/embedded.ts';
+      import pg from 'pg';
+      const server = await startEmbeddedDatabase({ dataDirectory: ${JSON.stringify(dataDirectory)}, databaseName: 'tally' });
+      const client = new pg.Client({ connectionString: server.url });
+      await client.connect();
+      const { rows } = await client.query('select pg_backend_pid() as pid');
+      // The postmaster, the backend's parent: a backend writes its title over its environ.
+      const parent = readFileSync('/proc/' + rows[0].pid + '/stat', 'utf8').split(') ')[1].split(' ')[1];
+      const environ = readFileSync('/proc/' + parent + '/environ', 'utf8').split('\\0').filter(Boolean);
+      await client.end();
+      await server.stop();
+      console.log(JSON.stringify(environ));
+    `;
+    const secrets = {
+      STRIPE_SECRET_KEY: 'sk_test_environ_secret_1',
+      STRIPE_WEBHOOK_SECRET: 'whsec_environ_secret_2',
+      TALLY_ADMIN_KEY: 'tally_admin_environ_secret_3',
+      TALLY_APP_KEY: 'tally_app_environ_secret_4',
+    };
+    const result = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], secrets);
+    assert.equal(result.code, 0, result.stderr);
+    const environ = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as string[];
+    assert.ok(
+      environ.some((entry) => entry.startsWith('PATH=')),
+      `the server got its PATH: ${environ.join(' ')}`,
+    );
+    for (const [name, value] of Object.entries(secrets)) {
+      assert.ok(!environ.some((entry) => entry.startsWith(`${name}=`) || entry.includes(value)), `${name} reached the server`);
+    }
+  });
+
   it('as root, runs the embedded PostgreSQL from an installation under a folder only root can enter', {
     skip: !isRoot && 'needs root',
   }, async () => {

@@ -7,10 +7,10 @@ import { after, it } from 'node:test';
 import { freePort } from '../../src/db/embedded.js';
 import { keyFrom, startTallyProcess } from '../helpers/tally-process.js';
 
-// Proves that the README's walkthrough works as written: the marked shell block, run in order
-// with bash against a freshly started Tally (the printed keys and port substituted), answers
-// every command with the shape the README shows under it, so the README cannot drift from
-// what a new user sees.
+// Proves that the README's walkthrough works as written: the marked shell blocks, run in order
+// (one script, so a later block goes on from the state the earlier ones left) with bash against
+// a freshly started Tally (the printed keys and port substituted), answer every command with
+// the shape the README shows under it, so the README cannot drift from what a new user sees.
 const dataDirectory = mkdtempSync(join(tmpdir(), 'tally-walkthrough-'));
 after(() => rmSync(dataDirectory, { recursive: true, force: true }));
 
@@ -19,10 +19,17 @@ interface Step {
   expected: string[];
 }
 
-/** The marked block, cut into steps: the commands, then the `# →` answers shown under them. */
+/** The marked blocks, in order, each cut into steps. */
 function walkthroughSteps(readme: string): Step[] {
-  const block = /<!-- walkthrough:start -->\s*```sh\n([\s\S]*?)```\s*<!-- walkthrough:end -->/.exec(readme)?.[1];
-  assert.ok(block !== undefined, 'the README marks its walkthrough');
+  const blocks = [...readme.matchAll(/<!-- walkthrough:start -->\s*```sh\n([\s\S]*?)```\s*<!-- walkthrough:end -->/g)].map(
+    (match) => match[1] ?? '',
+  );
+  assert.ok(blocks.length > 0, 'the README marks its walkthrough');
+  return blocks.flatMap(blockSteps);
+}
+
+/** A block cut into steps: the commands, then the `# →` answers shown under them. */
+function blockSteps(block: string): Step[] {
   const steps: Step[] = [];
   let current: Step = { commands: [], expected: [] };
   for (const line of block.split('\n')) {

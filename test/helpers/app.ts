@@ -7,6 +7,7 @@ import type { RateLimitSettings } from '../../src/http/rate-limits.js';
 import type { HttpLimits } from '../../src/http/server.js';
 import type { Ledger } from '../../src/ledger/ledger.js';
 import type { DeliveryOptions } from '../../src/events/delivery.js';
+import type { DestinationPolicy } from '../../src/events/destinations.js';
 import { sequenceEvents } from '../../src/events/event-log.js';
 import type { WorkerOptions } from '../../src/webhooks/worker.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
@@ -27,6 +28,7 @@ export class TestClock {
 export const appKey = 'test-app-key-0123456789';
 export const adminKey = 'test-admin-key-0123456789';
 export const viewerKey = 'test-viewer-key-0123456789';
+export const metricsKey = 'test-metrics-key-0123456789';
 
 export const webhookSecret = 'whsec_test_secret_0123456789';
 
@@ -69,6 +71,8 @@ export interface TestAppOptions {
   checkoutUrlHosts?: string[];
   workerOptions?: Partial<WorkerOptions>;
   eventDeliveryOptions?: Partial<DeliveryOptions>;
+  /** Which hosts event endpoints may name; tests delivering to a local receiver allow private ones. */
+  eventDestinations?: Partial<DestinationPolicy>;
   breakerHalfOpenAfterMilliseconds?: number;
   clock?: TestClock;
   httpLimits?: Partial<HttpLimits>;
@@ -89,7 +93,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
   const parts = await assemble({
     db: database.db,
     catalog: options.catalog ?? testCatalog(options.adjustmentCreditsMax, options.grantCreditsMax),
-    keys: { apiKey: appKey, adminKey, viewerKey },
+    keys: { apiKey: appKey, adminKey, viewerKey, metricsKey },
     httpLimits: options.httpLimits,
     rateLimits: options.rateLimits,
     logger: pino({ level: 'silent' }),
@@ -103,6 +107,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     webhookSecrets: [webhookSecret],
     workerOptions: { ...testWorkerOptions, ...options.workerOptions },
     eventDeliveryOptions: { timeoutMilliseconds: 1000, ...options.eventDeliveryOptions },
+    eventDestinations: options.eventDestinations,
     sweepIntervalSeconds: 60,
     clock: clock.now,
   });

@@ -433,6 +433,31 @@ describe("objects that are not Tally's are ignored at once, with the reason, wit
     assert.equal((await inbox(early.id))?.status, 'processed');
     assert.equal((await ledgerFacts(test, buyer)).available, 0);
   });
+
+  it('ignores an event whose livemode is present but not a boolean', async () => {
+    // Stripe always sends true or false; a string or a number is no mode at all, and must not
+    // pass as an event that "does not say".
+    for (const odd of ['false', 0, null]) {
+      const buyer = uniqueId('buyer');
+      await fundedAccount(test, buyer, 0);
+      const strange = event(
+        'checkout.session.completed',
+        checkoutSession({
+          mode: 'payment',
+          accountId: buyer,
+          customer: uniqueId('cus'),
+          paymentIntent: uniqueId('pi'),
+          packId: 'pack_1000',
+        }),
+      );
+      (strange as { livemode: unknown }).livemode = odd;
+      await deliver(test, strange);
+      await settleWebhooks(test);
+      assert.equal((await inbox(strange.id))?.status, 'ignored', `livemode ${JSON.stringify(odd)}`);
+      assert.match((await inbox(strange.id))?.ignored_reason ?? '', /livemode/);
+      assert.equal((await ledgerFacts(test, buyer)).available, 0);
+    }
+  });
 });
 
 describe('modes', () => {
@@ -449,5 +474,30 @@ describe('modes', () => {
     assert.equal((await inbox(live.id))?.status, 'ignored');
     assert.match((await inbox(live.id))?.ignored_reason ?? '', /livemode/);
     assert.equal((await ledgerFacts(test, buyer)).available, 0);
+  });
+
+  it('ignores an event whose livemode is present but not a boolean', async () => {
+    // Stripe always sends true or false; a string or a number is no mode at all, and must not
+    // pass as an event that "does not say".
+    for (const odd of ['false', 0, null]) {
+      const buyer = uniqueId('buyer');
+      await fundedAccount(test, buyer, 0);
+      const strange = event(
+        'checkout.session.completed',
+        checkoutSession({
+          mode: 'payment',
+          accountId: buyer,
+          customer: uniqueId('cus'),
+          paymentIntent: uniqueId('pi'),
+          packId: 'pack_1000',
+        }),
+      );
+      (strange as { livemode: unknown }).livemode = odd;
+      await deliver(test, strange);
+      await settleWebhooks(test);
+      assert.equal((await inbox(strange.id))?.status, 'ignored', `livemode ${JSON.stringify(odd)}`);
+      assert.match((await inbox(strange.id))?.ignored_reason ?? '', /livemode/);
+      assert.equal((await ledgerFacts(test, buyer)).available, 0);
+    }
   });
 });

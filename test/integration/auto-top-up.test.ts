@@ -217,6 +217,36 @@ describe('paying', () => {
     assert.equal((await topUps('tu_three')).length, 3, 'no top-up once it is off');
   });
 
+  it('a success between declines starts the count again: two declines, a success, two declines leave it on', async () => {
+    // "Three failures in a row" (SPEC): a paid top-up ends the row. Found by mutation: no test
+    // noticed a success that kept the count.
+    await customerAccount('tu_row', 600);
+    await test.call('PUT', '/v1/accounts/tu_row/auto-top-up', setting);
+    const round = async (outcome: 'declined' | 'succeeded') => {
+      fake.paymentIntentOutcome = outcome;
+      await spend('tu_row', 200); // 600 → 400: crosses
+      await runner().runOnce();
+      fake.paymentIntentOutcome = 'succeeded';
+      const left = await available('tu_row');
+      if (left > 600) await spend('tu_row', left - 600);
+      else await fundedAccount(test, 'tu_row', 600 - left);
+    };
+    for (const outcome of ['declined', 'declined', 'succeeded', 'declined', 'declined'] as const) await round(outcome);
+    const events = await eventsOf('tu_row');
+    assert.deepEqual(
+      events.map((item) => [item.type, item.data.failures_in_row ?? null]),
+      [
+        ['topup.failed', 1],
+        ['topup.failed', 2],
+        ['topup.succeeded', null],
+        ['topup.failed', 1],
+        ['topup.failed', 2],
+      ],
+    );
+    const { rows } = await test.database.db.query(`select enabled, failures_in_row from auto_top_ups where account_id = 'tu_row'`);
+    assert.deepEqual(rows[0], { enabled: true, failures_in_row: 2 });
+  });
+
   it('starts at most max_per_month top-ups a UTC month, and again the next month', async () => {
     await customerAccount('tu_month', 600);
     await test.call('PUT', '/v1/accounts/tu_month/auto-top-up', { ...setting, max_per_month: 2 });

@@ -146,6 +146,22 @@ describe('return URLs', () => {
       assert.equal((await checkout(test, accountId, url)).status, 200, url);
   });
 
+  it('reach Stripe exactly as they were checked, in their normalized form', async () => {
+    // Proves Tally sends the URL its parser read, not the raw text: a tab inside the host, a
+    // backslash and an upper-case host are what a second parser could read as another place.
+    const accountId = await account();
+    for (const [sent, expected] of [
+      ['https://APP.test/a/../ok', 'https://app.test/ok'],
+      ['https://app.te\tst/ok', 'https://app.test/ok'],
+      ['https://app.test\\ok?x=1', 'https://app.test/ok?x=1'],
+    ] as const) {
+      const response = await checkout(test, accountId, sent);
+      assert.equal(response.status, 200, sent);
+      const created = fake.requests.filter((request) => request.path === '/v1/checkout/sessions' && request.method === 'POST').at(-1);
+      assert.equal(created?.params.success_url, expected, sent);
+    }
+  });
+
   it('keep to TALLY_CHECKOUT_URL_HOSTS when it is set', async () => {
     const accountId = await account();
     assert.equal((await checkout(restricted, accountId, 'https://app.test/ok')).status, 200);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,6 +21,7 @@ import {
   NoPaymentMethod,
   PackNotFound,
   PlanNotFound,
+  RateCardNotFound,
   ReconciliationRunning,
   SpendLimitExceeded,
   StripeError,
@@ -28,8 +30,12 @@ import {
   TallyError,
   TrialNotEligible,
   Unauthorized,
+  UnknownMeter,
   verifyEvent,
+  type Entry,
   type FetchFunction,
+  type MetersOf,
+  type Rates,
 } from '../../client/src/index.js';
 import { adminKey, appKey, settleEvents } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
@@ -47,8 +53,17 @@ import { event, signedHeader, subscription, uniqueId } from '../helpers/stripe-e
 let served: ServedApp;
 let fake: FakeStripe;
 let checker: ConformanceChecker;
-let app: TallyClient;
-let admin: TallyClient;
+/** The example catalog's meters, typed: a priced call naming another meter or dimension does not compile. */
+const exampleMeters = [
+  { id: 'openai/gpt-5', dimensions: ['input_tokens', 'cached_input_tokens', 'output_tokens'] },
+  { id: 'openai/gpt-5-mini', dimensions: ['input_tokens', 'output_tokens'] },
+  { id: 'anthropic/claude-sonnet-4.5', dimensions: ['input_tokens', 'cache_read_tokens', 'output_tokens'] },
+  { id: 'images/generate', dimensions: ['images'] },
+] as const;
+type ExampleMeters = MetersOf<typeof exampleMeters>;
+
+let app: TallyClient<ExampleMeters>;
+let admin: TallyClient<ExampleMeters>;
 /** The waits the transport asked for, instead of waiting them. */
 let waits: number[] = [];
 
@@ -56,7 +71,7 @@ const noWait = async (milliseconds: number): Promise<void> => {
   waits.push(milliseconds);
 };
 const clientWith = (fetch: FetchFunction, options: { apiKey?: string; timeoutMilliseconds?: number } = {}) =>
-  new TallyClient({
+  new TallyClient<ExampleMeters>({
     baseUrl: `${served.url}/`,
     apiKey: options.apiKey ?? appKey,
     fetch,
@@ -66,7 +81,8 @@ const clientWith = (fetch: FetchFunction, options: { apiKey?: string; timeoutMil
 
 before(async () => {
   fake = await new FakeStripe().start();
-  served = await serveTestApp({ stripeApiBase: fake.url, grantCreditsMax: 1_000_000 });
+  // Events are delivered to a receiver on 127.0.0.1, which only TALLY_EVENTS_ALLOW_PRIVATE allows.
+  served = await serveTestApp({ stripeApiBase: fake.url, grantCreditsMax: 1_000_000, eventDestinations: { allowPrivate: true } });
   checker = new ConformanceChecker((await publishedDocument(served)) as never);
   app = clientWith(checker.fetch);
   admin = clientWith(checker.fetch, { apiKey: adminKey });
@@ -94,6 +110,13 @@ async function usageEntries(accountId: string): Promise<number> {
     [accountId],
   );
   return rows[0]?.count ?? 0;
+}
+
+/** The account's whole ledger through the client, newest first. */
+async function ledgerEntries(accountId: string): Promise<Entry[]> {
+  const entries: Entry[] = [];
+  for await (const page of app.ledger(accountId)) entries.push(...page.entries);
+  return entries;
 }
 
 const uuidV7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -130,6 +153,10 @@ describe('@tally/client against a real Tally', () => {
     assert.equal(account.balance.available, 1000);
     assert.equal(account.grants[0]?.remaining, 1000);
     assert.deepEqual(await app.balance(accountId), { account_id: accountId, available: 1000, held: 0, debt: 0 });
+    // The example catalog has no free plan: an account without a subscription may use every meter.
+    const entitlements = await app.entitlements(accountId);
+    assert.deepEqual([entitlements.plan_id, entitlements.source, entitlements.meters], [null, 'none', 'all']);
+    await expectTyped(app.entitlements(uniqueId('missing')), AccountNotFound, 404, 'account_not_found');
 
     const spent = await app.usage(accountId, { amount: 30, description: 'one run' });
     assert.deepEqual(
@@ -177,6 +204,8 @@ describe('@tally/client against a real Tally', () => {
     const topUp = await app.autoTopUp(accountId, { enabled: false, threshold: 10, pack_id: 'pack_1000', max_per_month: 1 });
     assert.equal(topUp.enabled, false);
     assert.equal((await app.lowBalanceThreshold(accountId, 50)).low_balance_threshold, 50);
+    assert.deepEqual(await app.getAutoTopUp(accountId), topUp);
+    assert.equal((await app.getLowBalanceThreshold(accountId)).low_balance_threshold, 50);
     await app.usage(accountId, { amount: 60 });
 
     await settleEvents(served);
@@ -260,6 +289,176 @@ describe('@tally/client against a real Tally', () => {
     assert.equal(invalid.field, 'per_day');
     await expectTyped(app.limits.set(uniqueId('nobody'), { per_day: 5 }), AccountNotFound, 404, 'account_not_found');
     await expectTyped(app.limits.get(uniqueId('nobody')), AccountNotFound, 404, 'account_not_found');
+  });
+
+  it('spends, holds, captures, batches and quotes by meter and quantities, each answer naming its cost and rate card version', async () => {
+    // Rates of the example catalog's standard card (version 1): gpt-5-mini input 0.000025,
+    // output 0.0002; gpt-5 input 0.000125, output 0.001; images 4 per image.
+    const catalog = JSON.parse(readFileSync('plans.example.json', 'utf8')) as {
+      meters: unknown;
+      rate_cards: { id: string; rates: unknown }[];
+    };
+    assert.deepEqual(catalog.meters, exampleMeters, "the test's typed meters are the example catalog's");
+    const standard = (await app.rateCards()).find((card) => card.id === 'standard');
+    assert.deepEqual(
+      { version: standard?.version, rates: standard?.rates, next: standard?.next },
+      { version: 1, rates: catalog.rate_cards.find((card) => card.id === 'standard')?.rates, next: null },
+    );
+    const accountId = await funded(100);
+    const version1 = { id: 'standard', version: 1 };
+    const mini = 'openai/gpt-5-mini';
+
+    // 5000 input and 1000 output tokens cost 0.125 + 0.2 = 0.325: no credit yet.
+    const quote = await app.quote(accountId, { meter: mini, quantities: { input_tokens: 5000, output_tokens: 1000 } });
+    assert.deepEqual(quote, { amount: 0, cost: '0.325', rate_card: version1, available: 100, allowed: true });
+    const spent = await app.usage(accountId, { meter: mini, quantities: { input_tokens: 5000, output_tokens: 1000 } });
+    const cost: string = spent.cost; // A priced spend's answer types its cost and version as present.
+    assert.deepEqual(
+      { amount: spent.amount, available: spent.available, cost, rate_card: spent.rate_card },
+      { amount: 0, available: 100, cost: '0.325', rate_card: version1 },
+    );
+    // 8000 input and 2000 output tokens of gpt-5 cost 1 + 2 = 3; with the carry 0.325, 3 credits.
+    const second = await app.usage(accountId, { meter: 'openai/gpt-5', quantities: { input_tokens: 8000, output_tokens: 2000 } });
+    assert.deepEqual([second.amount, second.available, Number(second.cost)], [3, 97, 3]);
+    assert.deepEqual(await app.quote(accountId, { amount: 5 }), { amount: 5, cost: '5', rate_card: null, available: 97, allowed: true });
+
+    // A model call held by its max_tokens (8000 output: 0.1 + 1.6 = 1.7, so 2 credits held),
+    // captured by what it used (3000 output: 0.1 + 0.6 = 0.7; with the carry 0.325, 1 credit).
+    const hold = await app.holds.create(accountId, { meter: mini, quantities: { input_tokens: 4000, output_tokens: 8000 } });
+    assert.deepEqual([hold.amount, hold.available, hold.cost, hold.rate_card], [2, 95, '1.7', version1]);
+    const captured = await app.holds.capture<typeof mini>(hold.hold_id, { quantities: { input_tokens: 4000, output_tokens: 3000 } });
+    assert.deepEqual(captured, { captured: 1, released: 1, available: 96, cost: '0.7', rate_card: version1 });
+
+    // Used more than held: 10000 output tokens cost 2, above the 1 credit held.
+    const small = await app.holds.create(accountId, { meter: mini, quantities: { output_tokens: 1000 } });
+    assert.equal(small.amount, 1);
+    const exceeds = await expectTyped(
+      app.holds.capture(small.hold_id, { quantities: { output_tokens: 10_000 } }),
+      CaptureExceedsHold,
+      400,
+      'capture_exceeds_hold',
+    );
+    assert.equal(exceeds.held, 1);
+    await app.holds.void(small.hold_id);
+
+    const results = await app.usageBatch([
+      { account_id: accountId, meter: 'images/generate', quantities: { images: 2 } },
+      { account_id: accountId, amount: 1 },
+    ]);
+    assert.deepEqual(
+      results.map((result) => [result.status, 'cost' in result ? result.cost : undefined]),
+      [
+        [200, '8'],
+        [200, undefined],
+      ],
+    );
+    assert.equal((await app.balance(accountId)).available, 87);
+    const newest = (await ledgerEntries(accountId)).find((entry) => entry.meter !== undefined);
+    assert.deepEqual(
+      { meter: newest?.meter, quantities: newest?.quantities, cost: newest?.cost, rate_card: newest?.rate_card, amount: newest?.amount },
+      { meter: 'images/generate', quantities: { images: 2 }, cost: '8', rate_card: version1, amount: -8 },
+    );
+  });
+
+  it('refuses a meter or dimension the catalog lacks as its typed error (and the typed client does not compile it), writing nothing', async () => {
+    const accountId = await funded(50);
+    const before = await usageEntries(accountId);
+    const unknown = await expectTyped(
+      // @ts-expect-error: the catalog has no meter openai/gpt-6.
+      app.usage(accountId, { meter: 'openai/gpt-6', quantities: { input_tokens: 10 } }),
+      UnknownMeter,
+      400,
+      'unknown_meter',
+    );
+    assert.equal(unknown.meter, 'openai/gpt-6');
+    await expectTyped(
+      // @ts-expect-error: the catalog has no meter openai/gpt-6.
+      app.quote(accountId, { meter: 'openai/gpt-6', quantities: { output_tokens: 1 } }),
+      UnknownMeter,
+      400,
+      'unknown_meter',
+    );
+    const dimension = await expectTyped(
+      // @ts-expect-error: gpt-5-mini has no dimension images.
+      app.holds.create(accountId, { meter: 'openai/gpt-5-mini', quantities: { images: 1 } }),
+      InvalidRequest,
+      400,
+      'invalid_request',
+    );
+    assert.match(dimension.field, /^quantities/);
+    const both = await expectTyped(
+      // @ts-expect-error: a spend is credits or a meter, never both.
+      app.usage(accountId, { amount: 1, meter: 'images/generate', quantities: { images: 1 } }),
+      InvalidRequest,
+      400,
+      'invalid_request',
+    );
+    assert.match(both.field, /^(meter|quantities)$/);
+    const fractional = await expectTyped(
+      app.usage(accountId, { meter: 'images/generate', quantities: { images: 0.5 } }),
+      InvalidRequest,
+      400,
+      'invalid_request',
+    );
+    assert.match(fractional.field, /^quantities/);
+    assert.equal(await usageEntries(accountId), before, 'no refusal wrote an entry');
+    assert.equal((await app.balance(accountId)).available, 50);
+  });
+
+  it('publishes rate card versions now or later and lists them newest first; a spend keeps the version in effect', async () => {
+    const rates: Rates<ExampleMeters> = {
+      'openai/gpt-5': { input_tokens: '0.0002', cached_input_tokens: '0.00002', output_tokens: '0.0016' },
+      'openai/gpt-5-mini': { input_tokens: '0.00004', output_tokens: '0.0004' },
+      'anthropic/claude-sonnet-4.5': { input_tokens: '0.0003', cache_read_tokens: '0.00003', output_tokens: '0.0015' },
+      'images/generate': { images: '5' },
+    };
+    const later = new Date(served.clock.now().getTime() + 3_600_000).toISOString();
+    const scheduled = await admin.admin.publishRateCard('standard', { rates, effective_at: later });
+    assert.deepEqual([scheduled.id, scheduled.version, Date.parse(scheduled.effective_at)], ['standard', 2, Date.parse(later)]);
+    const standard = (await app.rateCards()).find((card) => card.id === 'standard');
+    assert.deepEqual([standard?.version, standard?.next?.version, standard?.next?.rates], [1, 2, rates]);
+    const accountId = await funded(100);
+    const spent = await app.usage(accountId, { meter: 'images/generate', quantities: { images: 1 } });
+    assert.deepEqual([spent.amount, spent.rate_card], [4, { id: 'standard', version: 1 }], 'a version scheduled later prices nothing yet');
+
+    const now = await admin.admin.publishRateCard('volume', { rates });
+    assert.equal(now.version, 2);
+    assert.equal(Date.parse(now.effective_at), served.clock.now().getTime(), 'without effective_at the version takes effect now');
+    const versions = await admin.admin.rateCardVersions('volume');
+    assert.deepEqual(
+      versions.map((version) => version.version),
+      [2, 1],
+    );
+    assert.deepEqual(versions[0]?.rates, rates);
+
+    const past = new Date(served.clock.now().getTime() - 3_600_000).toISOString();
+    const stale = await expectTyped(
+      admin.admin.publishRateCard('volume', { rates, effective_at: past }),
+      InvalidRequest,
+      400,
+      'invalid_request',
+    );
+    assert.equal(stale.field, 'effective_at');
+    const { 'images/generate': _images, ...withoutImages } = rates;
+    // @ts-expect-error: a card prices every meter.
+    await expectTyped(admin.admin.publishRateCard('volume', { rates: withoutImages }), InvalidRequest, 400, 'invalid_request');
+    await expectTyped(admin.admin.publishRateCard('premium', { rates }), RateCardNotFound, 404, 'rate_card_not_found');
+    await expectTyped(admin.admin.rateCardVersions('premium'), RateCardNotFound, 404, 'rate_card_not_found');
+    await expectTyped(app.admin.publishRateCard('volume', { rates }), Forbidden, 403, 'forbidden');
+    assert.equal((await admin.admin.rateCardVersions('volume')).length, 2, 'no refusal published a version');
+
+    served.clock.advanceSeconds(3601);
+    const afterChange = await app.usage(accountId, { meter: 'images/generate', quantities: { images: 1 } });
+    assert.deepEqual(
+      [afterChange.amount, afterChange.rate_card],
+      [5, { id: 'standard', version: 2 }],
+      'the scheduled version prices once in effect',
+    );
+    assert.deepEqual(
+      (await ledgerEntries(accountId)).map((entry) => entry.rate_card?.version),
+      [2, 1, undefined],
+      'the spend made before the change keeps version 1',
+    );
   });
 
   it('retries a spend whose answer was lost after Tally committed it, with the same key: it spends once', async () => {

@@ -5,6 +5,7 @@ import { createTestApp, fundedAccount, type TestApp } from '../helpers/app.js';
 import {
   checkoutSession,
   deliver,
+  dispute,
   event,
   invoice,
   invoicePayment,
@@ -197,6 +198,135 @@ describe('all clawbacks of one payment stay within its credits (item 6)', () => 
   });
 });
 
+describe('a refund and a dispute of one payment share its cap (item 6, found by mutation)', () => {
+  it('a 75 % refund, then a lost dispute of the whole charge, take back 4,000 of 4,000 and leave no debt', async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_monthly', start, end: start + 30 * day }], { amountPaid: 1000, paymentIntent });
+    await deliver(test, event('refund.created', refund({ amount: 750, paymentIntent }), { created: now() }));
+    await settleWebhooks(test);
+    assert.equal(await clawedBack(accountId), 3000);
+    const opened = dispute({ amount: 1000, paymentIntent, status: 'needs_response' });
+    const disputed = event('charge.dispute.created', opened, { created: now() });
+    await deliver(test, disputed);
+    await settleWebhooks(test);
+    assert.equal(await clawedBack(accountId), 4000, 'the dispute takes only the 1,000 the refund left');
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 0 });
+    const { rows } = await test.database.db.query<{ reference: Record<string, unknown> }>(
+      `select reference from entries where account_id = $1 and kind = 'clawback' order by id desc limit 1`,
+      [accountId],
+    );
+    assert.equal(rows[0]?.reference.event, disputed.id, 'the clawback names the event that caused it');
+    const alerts = await test.database.db.query('select 1 from alerts where alert_key = $1', [`debt:${accountId}`]);
+    assert.equal(alerts.rowCount, 0, 'no debt, no account_in_debt alert');
+    assert.equal(rows[0]?.reference.months_cancelled, 0);
+  });
+
+  it('a refund of credits already spent leaves debt and raises account_in_debt naming the debt and its cause', async () => {
+    const { accountId, pay } = await subscriber();
+    const start = now();
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_monthly', start, end: start + 30 * day }], { amountPaid: 1000, paymentIntent });
+    const spent = await test.call('POST', `/v1/accounts/${accountId}/usage`, { amount: 3000, idempotency_key: uniqueId('spend') });
+    assert.equal(spent.status, 200);
+    const refunded = refund({ amount: 1000, paymentIntent });
+    await deliver(test, event('refund.created', refunded, { created: now() }));
+    await settleWebhooks(test);
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 3000 });
+    const { rows } = await test.database.db.query<{ kind: string; severity: string; details: Record<string, unknown> }>(
+      'select kind, severity, details from alerts where alert_key = $1',
+      [`debt:${accountId}`],
+    );
+    assert.deepEqual(rows, [{ kind: 'account_in_debt', severity: 'warning', details: { debt: 3000, cause: `refund:${refunded.id}` } }]);
+  });
+
+  it('a yearly refund met by cancelling months not yet granted writes no clawback, counts once when Stripe sends it again, and a dispute takes only what is left', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000, paymentIntent });
+    const cancelledMonths = async () =>
+      Number(
+        (
+          await test.database.db.query<{ credits: string }>(
+            `select coalesce(-sum(credits), 0)::bigint as credits from yearly_schedule where subscription_id = $1 and credits < 0`,
+            [subscriptionId],
+          )
+        ).rows[0]?.credits,
+      );
+    // A quarter of 48,000 credits: 12,000, all of it from months 10 to 12, never granted.
+    const refunded = refund({ amount: 10000, paymentIntent, status: 'succeeded' });
+    await deliver(test, event('refund.created', refunded, { created: now() }));
+    await settleWebhooks(test);
+    const clawbackEntries = async () =>
+      Number(
+        (await test.database.db.query(`select count(*) from entries where account_id = $1 and kind = 'clawback'`, [accountId])).rows[0]
+          ?.count,
+      );
+    assert.equal(await cancelledMonths(), 12000);
+    assert.equal(await clawbackEntries(), 0, 'no clawback entry, not even of 0: the refund was met by months never granted');
+    // The same refund again, as refund.updated: the key refund:{id} makes it count once.
+    await deliver(test, event('refund.updated', refunded, { created: now() }));
+    await settleWebhooks(test);
+    assert.equal(await cancelledMonths(), 12000);
+    assert.equal(await clawbackEntries(), 0);
+    // A lost dispute of the whole charge: what is left of the payment's 48,000 is 36,000.
+    await deliver(
+      test,
+      event('charge.dispute.created', dispute({ amount: 40000, paymentIntent, status: 'needs_response' }), { created: now() }),
+    );
+    await settleWebhooks(test);
+    assert.equal(
+      (await cancelledMonths()) + (await clawedBack(accountId)),
+      48000,
+      'the refund and the dispute together take the payment once',
+    );
+    assert.equal((await balance(accountId)).debt, 0);
+  });
+});
+
+describe('a yearly proration after a refund takes only what the payment has left (item 6, found by mutation)', () => {
+  it('a prorated cancellation on day 40 of a year 75 % refunded takes 12,000 across months, and nothing more', async () => {
+    const { accountId, subscriptionId, pay } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    const paymentIntent = uniqueId('pi');
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000, paymentIntent });
+    // 36,000 of the year's 48,000 credits go back with the refund: months 4 to 12, never granted.
+    await deliver(test, event('refund.created', refund({ amount: 30000, paymentIntent }), { created: now() }));
+    await settleWebhooks(test);
+    const cancelAt = start + 40 * day;
+    await travelTo(cancelAt);
+    // The final invoice of a prorated cancellation: the unused 11 months go to the customer
+    // balance, a line worth far more credits (about 42,700) than the payment has left (12,000).
+    await pay([{ price: 'price_plus_yearly', start: cancelAt, end: yearEnd, proration: true, amount: -35000 }], {
+      amountPaid: 0,
+      total: -35000,
+    });
+    const taken = await test.database.db.query<{ scheduled: string; clawed: string }>(
+      `select (select coalesce(-sum(credits), 0) from yearly_schedule where subscription_id = $1 and credits < 0)::bigint as scheduled,
+              (select coalesce(-sum(amount), 0) from entries where account_id = $2 and kind = 'clawback')::bigint as clawed`,
+      [subscriptionId, accountId],
+    );
+    const row = taken.rows[0]!;
+    assert.equal(Number(row.scheduled) + Number(row.clawed), 48000, 'the refund and the proration take the payment once');
+    const payment = await test.database.db.query<{ prorated_back: string }>(
+      'select prorated_back from payments where payment_intent = $1',
+      [paymentIntent],
+    );
+    assert.equal(Number(payment.rows[0]?.prorated_back), 12000);
+    assert.equal((await balance(accountId)).debt, 0);
+    // The months the cap cut stay untouched when the scheduler reaches them: nothing is taken
+    // from the account as they start (before the fix, invoice.payment_succeeded scheduled them).
+    const clawedBefore = await clawedBack(accountId);
+    await travelTo(addMonths(start, 8) + 60);
+    assert.equal(await clawedBack(accountId), clawedBefore);
+    assert.deepEqual(await balance(accountId), { account_id: accountId, available: 0, held: 0, debt: 0 });
+  });
+});
+
 describe("a refund's share is of the invoice's total (item 7)", () => {
   it('refunding the 400 cents a card paid of a 1,000-cent invoice (600 from the customer balance) claws back 40 %', async () => {
     const { accountId, pay } = await subscriber();
@@ -239,6 +369,25 @@ describe('a yearly subscription that ended never keeps a later month (item 8)', 
     await travelTo(addMonths(start, 3) + 60);
     const months = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`));
     assert.equal(months.length, 1, 'month 1 only: the subscription ended as month 2 began');
+  });
+});
+
+describe('a yearly subscription that ended keeps the months it began (item 8, found by mutation)', () => {
+  it('a cancellation ten days into month 3, applied before the scheduler reaches month 3, still grants month 3 and no later one', async () => {
+    const { accountId, subscriptionId, pay, cancel } = await subscriber();
+    const start = now();
+    const yearEnd = addMonths(start, 12);
+    await pay([{ price: 'price_plus_yearly', start, end: yearEnd }], { amountPaid: 40000 });
+    const monthThree = addMonths(start, 2);
+    await travelTo(monthThree - 3600);
+    await cancel('price_plus_yearly', start, yearEnd, monthThree + 10 * day);
+    await travelTo(addMonths(start, 4) + 60);
+    const months = (await grantsOf(accountId)).filter((grant) => grant.grant_key.startsWith(`period:${subscriptionId}:`));
+    assert.deepEqual(
+      months.map((grant) => grant.amount),
+      [4000, 4000, 4000],
+      'months 1 to 3: the subscription was live when month 3 began',
+    );
   });
 });
 

@@ -127,6 +127,7 @@ it('erases personal data, keeps amounts, keys and claims, and audits the erasure
   const eligibility = await test.call('GET', `/v1/accounts/${accountId}/trial-eligibility?email=${encodeURIComponent(email)}`);
   assert.equal(eligibility.body.eligible, false);
   assert.equal((await test.admin('DELETE', `/v1/accounts/${accountId}/personal-data`, {})).status, 400, 'a reason is required');
+  assert.equal(response.body.account_id_kept.looks_personal, false, 'an opaque id');
   await assert.rejects(
     test.database.db.query(`update entries set amount = 0 where account_id = $1`, [accountId]),
     /append-only/,
@@ -215,4 +216,23 @@ it('exports priced spends with their exact costs as text and the versions that p
     [kept.meter, kept.quantities, kept.cost, kept.carry_after],
     [usage.meter, usage.quantities, usage.cost, usage.carry_after],
   );
+});
+
+it('says in its report that an account id which looks like an email is kept', async () => {
+  // Proves erasure does not pretend to remove what it keeps: the id names the ledger's rows, so
+  // an id that is an email stays, and the report says it is still personal data.
+  for (const [accountId, looksPersonal] of [
+    [`${uniqueId('jane')}@example.com`, true],
+    [uniqueId('acct'), false],
+  ] as const) {
+    assert.equal((await test.call('PUT', `/v1/accounts/${encodeURIComponent(accountId)}`, { email: 'x@example.com' })).status, 200);
+    const report = await test.admin('DELETE', `/v1/accounts/${encodeURIComponent(accountId)}/personal-data`, { reason: 'asked' });
+    assert.equal(report.status, 200, accountId);
+    assert.equal(report.body.account_id, accountId);
+    assert.equal(report.body.account_id_kept.looks_personal, looksPersonal, accountId);
+    assert.match(
+      report.body.account_id_kept.note,
+      looksPersonal ? /still personal data; give accounts opaque ids/ : /^the account id is kept/,
+    );
+  }
 });

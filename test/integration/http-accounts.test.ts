@@ -69,6 +69,9 @@ describe('accounts', () => {
       ['GET', '/v1/accounts/ghost/ledger', undefined],
       ['POST', '/v1/accounts/ghost/usage', { amount: 1, idempotency_key: 'ghost-u' }],
       ['POST', '/v1/accounts/ghost/holds', { amount: 1, idempotency_key: 'ghost-h' }],
+      ['GET', '/v1/accounts/ghost/limits', undefined],
+      ['GET', '/v1/accounts/ghost/low-balance-threshold', undefined],
+      ['GET', '/v1/accounts/ghost/auto-top-up', undefined],
     ] as const) {
       const response = await test.call(method, url, body);
       assert.equal(response.status, 404, `${method} ${url}`);
@@ -84,6 +87,46 @@ describe('accounts', () => {
     const adjustment = await test.admin('POST', '/v1/accounts/ghost/adjustments', { amount: 1, reason: 'r', idempotency_key: 'ghost-a' });
     assert.equal(adjustment.status, 404);
     assert.equal(await countRows(`request_keys where key like 'ghost-%'`), 0);
+  });
+
+  it("reads every setting at its PUT's path in the PUT's shape, and in the account", async () => {
+    // Proves SPEC's rule that every PUT of an account's settings has a GET answering the same
+    // shape and that GET /v1/accounts/{id} includes them: support can see why a run was refused.
+    const id = 'settings-1';
+    await test.call('PUT', `/v1/accounts/${id}`, {});
+    const fresh = await test.call('GET', `/v1/accounts/${id}`);
+    assert.equal(fresh.body.low_balance_threshold, null);
+    assert.equal(fresh.body.auto_top_up, null);
+    assert.equal(fresh.body.limits.per_day, null);
+    const neverSaved = await test.call('GET', `/v1/accounts/${id}/auto-top-up`);
+    assert.equal(neverSaved.status, 200);
+    assert.deepEqual(neverSaved.body, {
+      account_id: id,
+      enabled: false,
+      threshold: null,
+      pack_id: null,
+      max_per_month: null,
+      failures_in_row: 0,
+      updated_at: null,
+    });
+    const puts: [string, unknown][] = [
+      ['limits', { per_day: 700, per_month: 9000 }],
+      ['low-balance-threshold', { threshold: 50 }],
+      ['auto-top-up', { enabled: false, threshold: 100, pack_id: 'pack_1000', max_per_month: 2 }],
+    ];
+    for (const [path, body] of puts) {
+      const saved = await test.call('PUT', `/v1/accounts/${id}/${path}`, body);
+      assert.equal(saved.status, 200, `${path} ${JSON.stringify(saved.body)}`);
+      const read = await test.call('GET', `/v1/accounts/${id}/${path}`);
+      assert.equal(read.status, 200, path);
+      assert.deepEqual(read.body, saved.body, path);
+    }
+    const account = await test.call('GET', `/v1/accounts/${id}`);
+    assert.equal(account.body.low_balance_threshold, 50);
+    assert.deepEqual({ per_day: account.body.limits.per_day, per_month: account.body.limits.per_month }, { per_day: 700, per_month: 9000 });
+    assert.equal(account.body.auto_top_up.enabled, false);
+    assert.equal(account.body.auto_top_up.threshold, 100);
+    assert.equal(account.body.auto_top_up.pack_id, 'pack_1000');
   });
 
   it('refuses an account id outside the allowed characters', async () => {
@@ -218,5 +261,19 @@ describe('health, metrics and description', () => {
     const docs = await test.app.inject({ method: 'GET', url: '/docs/' });
     assert.equal(docs.statusCode, 200);
     assert.match(docs.body, /swagger/i);
+  });
+
+  it('serves the API explorer with a content security policy, never framed and never cached', async () => {
+    // Proves the /docs pages carry the headers every other page of Tally does: a CSP (no
+    // inline script from elsewhere), x-frame-options DENY against clickjacking, and no-store.
+    for (const url of ['/docs/', '/docs/static/index.html', '/docs/json']) {
+      const page = await test.app.inject({ method: 'GET', url });
+      assert.ok(page.statusCode === 200 || page.statusCode === 302, `${url} ${page.statusCode}`);
+      assert.equal(page.headers['x-frame-options'], 'DENY', url);
+      assert.equal(page.headers['cache-control'], 'no-store', url);
+      assert.equal(page.headers['x-content-type-options'], 'nosniff', url);
+    }
+    const html = await test.app.inject({ method: 'GET', url: '/docs/static/index.html' });
+    assert.match(String(html.headers['content-security-policy']), /script-src 'self'/);
   });
 });

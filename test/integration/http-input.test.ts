@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { adminKey, createTestApp, fundedAccount, ledgerFacts, type TestApp } from '../helpers/app.js';
 
@@ -13,6 +15,22 @@ before(async () => {
 after(async () => {
   await test.close();
 });
+
+/** A request sent over a socket exactly as written: no client resolves its path. */
+function rawOverSocket(port: number, method: string, path: string, body: string): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const request = httpRequest(
+      { host: '127.0.0.1', port, method, path, headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' } },
+      (response) => {
+        let text = '';
+        response.on('data', (chunk) => (text += chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(text) }));
+      },
+    );
+    request.on('error', reject);
+    request.end(body);
+  });
+}
 
 /** A raw request through Fastify's HTTP stack, for bodies and headers the JSON helper cannot send. */
 async function raw(
@@ -92,6 +110,65 @@ describe('U+0000 in input', () => {
     assert.deepEqual(await ledgerFacts(test, 'nul-1'), before);
     const account = await test.call('GET', '/v1/accounts/nul-1');
     assert.equal(account.body.name, null);
+  });
+});
+
+describe('deeply nested bodies', () => {
+  // Proves: a body nested beyond 32 levels is 400 invalid_request naming the body before it is
+  // parsed (it answered 500 from a stack overflow), nothing is written, and brackets inside
+  // strings do not count.
+  it('are refused with the depth named, and strings full of brackets still pass', async () => {
+    await fundedAccount(test, 'deep-1', 10);
+    const before = await ledgerFacts(test, 'deep-1');
+    const bodies = [
+      `{"metadata":{"a":${'['.repeat(30_000)}${']'.repeat(30_000)}}}`,
+      `{"amount":1,"idempotency_key":"deep-u1","metadata":${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}}`,
+      `{"events":[${'['.repeat(40)}${']'.repeat(40)}]}`,
+    ];
+    const urls = ['/v1/accounts/deep-1', '/v1/accounts/deep-1/usage', '/v1/usage/batch'];
+    for (const [index, body] of bodies.entries()) {
+      const response = await raw(index === 0 ? 'PUT' : 'POST', urls[index]!, body, { 'content-type': 'application/json' });
+      assert.equal(response.status, 400, `${urls[index]} ${JSON.stringify(response.body)}`);
+      assert.equal(response.body.error.code, 'invalid_request');
+      assert.equal(response.body.error.field, 'body');
+      assert.match(response.body.error.message, /nested deeper than 32/);
+    }
+    assert.deepEqual(await ledgerFacts(test, 'deep-1'), before);
+    const brackets = '[{'.repeat(100);
+    const spent = await raw(
+      'POST',
+      '/v1/accounts/deep-1/usage',
+      JSON.stringify({ amount: 1, idempotency_key: 'deep-u2', description: `${brackets} \\" ${brackets}` }),
+      { 'content-type': 'application/json' },
+    );
+    assert.equal(spent.status, 200, JSON.stringify(spent.body));
+  });
+});
+
+describe('dot-segment account ids', () => {
+  // Proves: `.` and `..` are refused as account ids (they fit SPEC's characters, but a URL
+  // that names them is rewritten by clients and proxies into another path), in the path, encoded
+  // or not, and in a batch; ids that only contain dots among other characters stay valid.
+  it('are 400 invalid_request naming the id, and nothing is written', async () => {
+    // Sent as written (a raw client, `curl --path-as-is`): clients that resolve dot segments
+    // never send them, and Fastify's inject resolves them too, so this goes over a socket.
+    await test.app.listen({ port: 0, host: '127.0.0.1' });
+    const { port } = test.app.server.address() as AddressInfo;
+    for (const id of ['.', '..', '%2E%2E']) {
+      const created = await rawOverSocket(port, 'PUT', `/v1/accounts/${id}`, '{}');
+      assert.equal(created.status, 400, `${id} ${JSON.stringify(created.body)}`);
+      assert.equal(created.body.error.code, 'invalid_request');
+      assert.equal(created.body.error.field, 'id');
+    }
+    const batch = await test.call('POST', '/v1/usage/batch', { events: [{ account_id: '..', amount: 1, idempotency_key: 'dots-1' }] });
+    assert.equal(batch.status, 400, JSON.stringify(batch.body));
+    assert.equal(batch.body.error.field, 'events.0.account_id');
+    const accounts = await test.database.db.pool.query(`select id from accounts where id ~ '^[.]+$'`);
+    assert.deepEqual(accounts.rows, []);
+    for (const id of ['...', 'a..b', '.hidden', 'v1.2']) {
+      const created = await test.call('PUT', `/v1/accounts/${id}`, {});
+      assert.equal(created.status, 200, `${id} ${JSON.stringify(created.body)}`);
+    }
   });
 });
 

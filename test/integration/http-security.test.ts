@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { ConfigError, loadConfig, resolveApiKeys } from '../../src/config.js';
 import { deliverAlerts, parseSinks } from '../../src/ops/alert-sinks.js';
 import { raiseAlert } from '../../src/ops/alerts.js';
-import { adminKey, appKey, createTestApp, fundedAccount, viewerKey, type TestApp } from '../helpers/app.js';
+import { adminKey, appKey, createTestApp, fundedAccount, metricsKey, viewerKey, type TestApp } from '../helpers/app.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { deliver, event, signedHeader } from '../helpers/stripe-events.js';
 
@@ -149,6 +149,59 @@ describe('rate limits', () => {
   });
 });
 
+describe('a body that stalls', () => {
+  // Proves: a client that keeps its connection busy with a byte of body every 200 ms (so no idle
+  // timer fires) is still cut at the request timeout, neither much before nor long after it,
+  // and the client reads a 408 in the error shape of every other error. Bounded: one
+  // connection on 127.0.0.1, a 1.5 s timeout, and a guard that ends the test by 8 s.
+  it('is cut at the request timeout, with an answer the client reads', async () => {
+    const requestTimeoutMilliseconds = 1500;
+    const slow = await createTestApp({
+      database: test.database,
+      httpLimits: { requestTimeoutMilliseconds, headersTimeoutMilliseconds: 1000, connectionIdleTimeoutMilliseconds: 600 },
+    });
+    try {
+      const address = await slow.app.listen({ port: 0, host: '127.0.0.1' });
+      const port = Number(new URL(address).port);
+      const started = Date.now();
+      const outcome = await new Promise<{ closedAfterMilliseconds: number; answer: string; bytesSent: number }>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        let answer = '';
+        let bytesSent = 0;
+        const trickle = setInterval(() => {
+          if (socket.writable) {
+            socket.write('1');
+            bytesSent += 1;
+          }
+        }, 200);
+        socket.on('data', (chunk) => (answer += chunk.toString()));
+        socket.on('close', () => {
+          clearInterval(trickle);
+          resolve({ closedAfterMilliseconds: Date.now() - started, answer, bytesSent });
+        });
+        socket.on('error', () => undefined);
+        socket.write(
+          `POST /v1/accounts/stall/usage HTTP/1.1\r\nHost: x\r\nauthorization: Bearer ${appKey}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"amount": `,
+        );
+        // A guard for the test itself: never wait forever.
+        setTimeout(() => socket.destroy(), 8000).unref();
+      });
+      assert.ok(outcome.bytesSent >= 5, `the body kept arriving (${outcome.bytesSent} bytes)`);
+      assert.ok(
+        outcome.closedAfterMilliseconds >= requestTimeoutMilliseconds - 100 &&
+          outcome.closedAfterMilliseconds < requestTimeoutMilliseconds + 2500,
+        `cut after ${outcome.closedAfterMilliseconds} ms`,
+      );
+      const [head = '', body = ''] = outcome.answer.split('\r\n\r\n');
+      assert.match(head, /^HTTP\/1\.1 408 /);
+      assert.match(head, /content-type: application\/json/i);
+      assert.equal(JSON.parse(body).error.code, 'request_timeout');
+    } finally {
+      await slow.close();
+    }
+  });
+});
+
 describe("Stripe's refusals", () => {
   // Proves: a Stripe 4xx is answered 502 stripe_error without Stripe's text (it was 400
   // invalid_request with "Invalid API Key provided: sk_live_…"), a 401 raises an alert, and
@@ -190,6 +243,53 @@ describe("Stripe's refusals", () => {
         );
       assert.deepEqual(limited, [503, 503, 503, 503, 503, 503]);
       assert.equal((await app.admin('GET', '/v1/admin/stripe-breaker')).body.state, 'open');
+    } finally {
+      await app.close();
+      await stripe.stop();
+    }
+  });
+});
+
+describe("Stripe's outages", () => {
+  // Proves: for a Stripe 5xx, a 429 and a network error the caller reads 503 stripe_unavailable
+  // in Tally's words, never Stripe's text (which may name hosts, accounts or requests).
+  it("answers 503 stripe_unavailable in Tally's words for 5xx, 429 and network errors", async () => {
+    const stripe = await new FakeStripe().start();
+    const app = await createTestApp({
+      database: test.database,
+      stripeApiBase: stripe.url,
+      rateLimits: { checkoutsPerAccountPerMinuteMax: 100 },
+    });
+    try {
+      await fundedAccount(app, 'stripe-outage', 0);
+      const attempt = async (path: string) =>
+        app.call('POST', '/v1/accounts/stripe-outage/checkout', { ...checkoutBody, success_url: `https://app.test/${path}` });
+      stripe.refusal = {
+        status: 503,
+        body: { error: { type: 'api_error', message: 'upstream pod ip-10-0-3-7 acct_1SecretInternal down' } },
+      };
+      const unavailable = await attempt('a');
+      stripe.refusal = {
+        status: 429,
+        body: { error: { type: 'rate_limit_error', message: 'Too many requests for acct_1SecretInternal' } },
+      };
+      const limited = await attempt('b');
+      await stripe.stop();
+      const unreachable = await attempt('c');
+      const answers = [unavailable, limited, unreachable];
+      assert.deepEqual(
+        answers.map((answer) => [answer.status, answer.body.error.code]),
+        [
+          [503, 'stripe_unavailable'],
+          [503, 'stripe_unavailable'],
+          [503, 'stripe_unavailable'],
+        ],
+      );
+      assert.match(unavailable.body.error.message, /^Stripe answered HTTP 503 during checkout\.sessions\.create; nothing was done/);
+      assert.match(limited.body.error.message, /^Stripe is rate limiting Tally \(HTTP 429\)/);
+      assert.match(unreachable.body.error.message, /^Stripe could not be reached \(network error or timeout\)/);
+      for (const answer of answers)
+        assert.doesNotMatch(JSON.stringify(answer.body), /acct_1Secret|ip-10-0|connection to Stripe|ECONNREFUSED/);
     } finally {
       await app.close();
       await stripe.stop();
@@ -239,7 +339,6 @@ describe('headers, the viewer key, and what is never answered', () => {
       '/v1/admin/alerts',
       '/v1/admin/accounts',
       '/v1/admin/webhook-events',
-      '/v1/accounts/limit-ok/export',
       '/metrics',
     ]) {
       assert.equal(await read(url), 200, url);
@@ -256,6 +355,74 @@ describe('headers, the viewer key, and what is never answered', () => {
       assert.equal(response.status, 403, url);
       assert.equal(response.body.error.code, 'forbidden');
     }
+  });
+
+  // Proves: the viewer key never reaches personal data (SPEC): the GDPR export, trial
+  // eligibility and client references are refused; emails and names are masked wherever an
+  // account is read; search never matches an email; a Stripe event's payload is left out; an
+  // endpoint URL shows only its scheme and host. The admin key still reads all of it.
+  it('keeps personal data from the viewer key', async () => {
+    const email = 'jane.doe@example.com';
+    assert.equal((await test.call('PUT', '/v1/accounts/pd-viewer', { email, name: 'Jane Doe' })).status, 200);
+    const asViewer = async (url: string) => test.call('GET', url, undefined, viewerKey);
+    for (const url of [
+      '/v1/accounts/pd-viewer/export',
+      '/v1/accounts/pd-viewer/client-reference',
+      `/v1/accounts/pd-viewer/trial-eligibility?email=${encodeURIComponent(email)}`,
+      '/v1/admin/accounts/search?sort=email',
+    ]) {
+      const refused = await asViewer(url);
+      assert.equal(refused.status, 403, url);
+      assert.equal(refused.body.error.code, 'forbidden', url);
+      assert.equal((await test.admin('GET', url)).status, 200, `admin ${url}`);
+    }
+    const account = (await asViewer('/v1/accounts/pd-viewer')).body;
+    assert.equal(account.email, 'j***@e***.com');
+    assert.equal(account.name, 'J***');
+    assert.equal((await test.admin('GET', '/v1/accounts/pd-viewer')).body.email, email);
+    assert.equal((await asViewer('/v1/admin/accounts/search?search=jane')).body.accounts.length, 0, 'no match on the email');
+    assert.equal((await test.admin('GET', '/v1/admin/accounts/search?search=jane')).body.accounts.length, 1);
+    const searched = (await asViewer('/v1/admin/accounts/search?search=pd-viewer')).body.accounts;
+    assert.deepEqual([searched[0].email, searched[0].name], ['j***@e***.com', 'J***']);
+    const listed = (await asViewer('/v1/admin/accounts?search=pd-viewer')).body.accounts;
+    assert.equal(listed[0].name, 'J***');
+
+    const stored = event('customer.updated', { id: 'cus_pd', object: 'customer', email, address: { line1: '1 Private Road' } });
+    await deliver(test, stored);
+    assert.equal((await asViewer(`/v1/admin/webhook-events/${stored.id}`)).body.payload, null);
+    assert.equal((await test.admin('GET', `/v1/admin/webhook-events/${stored.id}`)).body.payload.data.object.email, email);
+
+    const endpoint = await test.admin('POST', '/v1/admin/webhook-endpoints', { url: 'https://93.184.215.14/hooks/tok_secret?key=abc' });
+    assert.equal(endpoint.status, 201);
+    const endpoints = (await asViewer('/v1/admin/webhook-endpoints')).body.endpoints;
+    assert.deepEqual(
+      endpoints.map((item: { url: string }) => item.url),
+      ['https://93.184.215.14/***'],
+    );
+    assert.equal((await asViewer(`/v1/admin/webhook-endpoints/${endpoint.body.id}`)).body.url, 'https://93.184.215.14/***');
+    await test.admin('DELETE', `/v1/admin/webhook-endpoints/${endpoint.body.id}`);
+
+    // Nothing the viewer read above spells the email, the name or the endpoint's token.
+    const read = JSON.stringify([account, searched, listed, endpoints]);
+    for (const secret of [email, 'Jane Doe', 'tok_secret']) assert.ok(!read.includes(secret), secret);
+  });
+
+  // Proves: TALLY_METRICS_KEY opens /metrics and nothing else, read or write.
+  it('lets the metrics key read /metrics only', async () => {
+    const metrics = await test.call('GET', '/metrics', undefined, metricsKey);
+    assert.equal(metrics.status, 200);
+    assert.match(String(metrics.body), /tally_/);
+    for (const [method, url] of [
+      ['GET', '/v1/accounts/limit-ok/balance'],
+      ['GET', '/v1/admin/alerts'],
+      ['GET', '/v1/admin/caller'],
+      ['POST', '/v1/accounts/limit-ok/usage'],
+    ] as const) {
+      const refused = await test.call(method, url, method === 'POST' ? { amount: 1, idempotency_key: 'metrics-1' } : undefined, metricsKey);
+      assert.equal(refused.status, 403, url);
+      assert.equal(refused.body.error.code, 'forbidden');
+    }
+    assert.equal((await test.call('GET', '/metrics', undefined, appKey)).status, 403, 'the app key does not read metrics');
   });
 
   // Proves: alert sink URLs (a Slack webhook URL is a secret) are never returned by

@@ -174,7 +174,10 @@ it('rolls priced usage back to functions that work without it, and migrates agai
   await migrate(url);
   const pricing = readMigrations().find((migration) => migration.name.endsWith('-priced-usage'));
   assert.ok(pricing !== undefined);
-  assert.equal(pricing.version, readMigrations().at(-1)?.version, 'the newest migration, so that its note applies alone');
+  // The migrations after it are rolled back first, newest first, so that its note applies alone.
+  const newer = readMigrations()
+    .filter((migration) => migration.version > pricing.version)
+    .reverse();
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   const call = async (sql: string): Promise<{ status: number; body: Record<string, unknown> }> => (await client.query(sql)).rows[0].result;
@@ -182,12 +185,17 @@ it('rolls priced usage back to functions that work without it, and migrates agai
     await client.query(`insert into accounts (id) values ('roll-p')`);
     await client.query(`select tally_add_grant('roll-p', 'promo', 100, 0, null, 'seed', 'grant', '{}', 'system', null, now())`);
     await client.query('begin');
+    for (const migration of newer) await client.query(rollbackStatements(migration.sql));
     await client.query(rollbackStatements(pricing.sql));
     await client.query('commit');
     const left = await client.query(
       `select proname from pg_proc where proname ~ '(price|priced|rate_card|quote|spend_limit_passed)' and pronamespace = 'public'::regnamespace`,
     );
     assert.deepEqual(left.rows, [], 'no pricing function is left');
+    const steps = await client.query(
+      `select proname from pg_proc where proname like 'tally\\_usage\\_batch\\_%' and pronamespace = 'public'::regnamespace`,
+    );
+    assert.deepEqual(steps.rows, [], "no step of this release's usage batch is left beside the batch put back");
     const overloads = await client.query(
       `select proname, count(*)::int as count from pg_proc where proname in ('tally_usage', 'tally_hold', 'tally_release') group by proname order by proname`,
     );
@@ -216,7 +224,11 @@ it('rolls priced usage back to functions that work without it, and migrates agai
     await client.query(`select tally_capture($1, 2, 'app', null)`, [Number(String(held.body.hold_id).replace('hold_', ''))]);
     const entries = await client.query(`select tally_entry_json(e) as entry from entries e where account_id = 'roll-p' order by id`);
     assert.ok(entries.rows.every((row) => !('cost' in row.entry)));
-    assert.deepEqual(await migrate(url), [pricing.version], 'and the migration applies again');
+    assert.deepEqual(
+      await migrate(url),
+      [pricing.version, ...newer.map((migration) => migration.version).reverse()],
+      'and the migrations apply again',
+    );
     await client.query(`select tally_sync_catalog_pricing('[]', null, '[]', null)`);
   } finally {
     await client.end();

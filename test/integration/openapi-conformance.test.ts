@@ -5,6 +5,7 @@ import pg from 'pg';
 import { Database } from '../../src/db/database.js';
 import { raiseAlert } from '../../src/ops/alerts.js';
 import { adminKey, appKey, settleEvents, viewerKey } from '../helpers/app.js';
+import { entitlementsCatalog } from '../helpers/entitlements-catalog.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { ConformanceChecker } from '../helpers/openapi-conformance.js';
 import { publishedDocument, serveTestApp, type ServedApp } from '../helpers/served-app.js';
@@ -251,6 +252,42 @@ describe('every answer of every route is described', () => {
     expectError(await call('POST', `/v1/accounts/${missing}/quote`, { amount: 1 }), 404, 'account_not_found');
     const entries = (await call('GET', `/v1/accounts/${pricedAccount}/ledger`)).body.entries;
     assert.ok(entries.some((entry: { kind: string; cost?: string }) => entry.kind === 'capture' && entry.cost !== undefined));
+  });
+
+  it('entitlements: read, and meter_not_entitled on priced usage, holds and in a batch', async () => {
+    // A catalog whose free plan has one meter, on a database of its own (a start syncs the plans).
+    const entitled = await serveTestApp({ catalog: entitlementsCatalog() });
+    try {
+      const on = { app: entitled };
+      const free = uniqueId('free');
+      assert.equal((await call('PUT', `/v1/accounts/${free}`, {}, on)).status, 200);
+      const answer = await call('GET', `/v1/accounts/${free}/entitlements`, undefined, on);
+      assert.deepEqual([answer.status, answer.body.source], [200, 'free']);
+      expectError(await call('GET', `/v1/accounts/${missing}/entitlements`, undefined, on), 404, 'account_not_found');
+      // The dashboard's plan read before and after the day's recurring grant (a grant of source
+      // `recurring`, which the account read lists), and the accounts per plan.
+      const onAdmin = { ...on, key: adminKey };
+      assert.equal((await call('GET', `/v1/admin/accounts/${free}/plan`, undefined, onAdmin)).body.recurring_grants[0].grant, null);
+      const account = await call('GET', `/v1/accounts/${free}`, undefined, on);
+      assert.deepEqual(
+        account.body.grants.map((grant: { source: string }) => grant.source),
+        ['recurring'],
+      );
+      const plan = await call('GET', `/v1/admin/accounts/${free}/plan`, undefined, onAdmin);
+      assert.equal(plan.body.recurring_grants[0].grant.source, 'recurring');
+      expectError(await call('GET', `/v1/admin/accounts/${missing}/plan`, undefined, onAdmin), 404, 'account_not_found');
+      const perPlan = await call('GET', '/v1/admin/plans', undefined, onAdmin);
+      assert.equal(perPlan.body.plans[0].plan_id, 'free');
+      const gpt5 = { meter: 'openai/gpt-5', quantities: { output_tokens: 1000 } };
+      expectError(await call('POST', `/v1/accounts/${free}/usage`, { ...gpt5, idempotency_key: 'ent-1' }, on), 403, 'meter_not_entitled');
+      expectError(await call('POST', `/v1/accounts/${free}/holds`, { ...gpt5, idempotency_key: 'ent-2' }, on), 403, 'meter_not_entitled');
+      const batch = await call('POST', '/v1/usage/batch', { events: [{ account_id: free, ...gpt5, idempotency_key: 'ent-3' }] }, on);
+      assert.equal(batch.body.results[0].error.code, 'meter_not_entitled');
+      const quote = await call('POST', `/v1/accounts/${free}/quote`, gpt5, on);
+      assert.deepEqual([quote.body.allowed, quote.body.reason], [false, 'meter_not_entitled']);
+    } finally {
+      await entitled.close();
+    }
   });
 
   it('spend limits: read and set, with every refusal, and spend_limit_exceeded on usage, holds and in a batch', async () => {
@@ -562,6 +599,14 @@ describe('every answer of every route is described', () => {
     expectError(await admin('GET', `/v1/admin/accounts/${accountId}/balance-history?until=yesterday`), 400, 'invalid_request');
     expectError(await admin('GET', `/v1/admin/accounts/${missing}/balance-history`), 404, 'account_not_found');
 
+    const meterSpend = await admin('GET', `/v1/admin/accounts/${accountId}/meter-spend?days=2`);
+    assert.equal(meterSpend.body.days.length, 2);
+    expectError(await admin('GET', `/v1/admin/accounts/${accountId}/meter-spend?days=367`), 400, 'invalid_request');
+    expectError(await admin('GET', `/v1/admin/accounts/${missing}/meter-spend`), 404, 'account_not_found');
+    const cards = (await admin('GET', '/v1/admin/rate-cards?versions=1')).body.rate_cards;
+    assert.ok(cards.some((card: { id: string; default: boolean }) => card.default));
+    expectError(await admin('GET', '/v1/admin/rate-cards?versions=0'), 400, 'invalid_request');
+
     const stored = (await admin('GET', '/v1/admin/webhook-events?limit=1')).body.events[0];
     const detail = await admin('GET', `/v1/admin/webhook-events/${stored.id}`);
     assert.equal(detail.body.payload.id, stored.id);
@@ -586,6 +631,8 @@ describe('every answer of every route is described', () => {
       100,
     );
     expectError(await call('PUT', `/v1/accounts/${missing}/low-balance-threshold`, { threshold: null }), 404, 'account_not_found');
+    assert.equal((await call('GET', `/v1/accounts/${accountId}/low-balance-threshold`)).body.low_balance_threshold, 100);
+    expectError(await call('GET', `/v1/accounts/${missing}/low-balance-threshold`), 404, 'account_not_found');
     const endpoint = await admin('POST', '/v1/admin/webhook-endpoints', {
       url: 'https://hooks.example/tally',
       event_types: ['grant.created'],
@@ -605,6 +652,8 @@ describe('every answer of every route is described', () => {
     expectError(await call('PUT', `/v1/accounts/${accountId}/auto-top-up`, setting), 409, 'no_payment_method');
     expectError(await call('PUT', `/v1/accounts/${accountId}/auto-top-up`, { ...setting, pack_id: 'pack_none' }), 404, 'pack_not_found');
     expectError(await call('PUT', `/v1/accounts/${missing}/auto-top-up`, setting), 404, 'account_not_found');
+    assert.equal((await call('GET', `/v1/accounts/${accountId}/auto-top-up`)).body.enabled, false);
+    expectError(await call('GET', `/v1/accounts/${missing}/auto-top-up`), 404, 'account_not_found');
     const customer = uniqueId('cus');
     await served.database.db.query('update accounts set stripe_customer_id = $2 where id = $1', [accountId, customer]);
     fake.customers.set(customer, { id: customer, object: 'customer', invoice_settings: { default_payment_method: 'pm_card' } });
@@ -730,6 +779,7 @@ describe('every answer of every route is described', () => {
       'rate_limited',
       'payload_too_large',
       'unsupported_media_type',
+      'request_timeout', // a body that stalls: test/integration/http-security cuts one and reads the answer
       'uri_too_long',
       'internal_error',
       'database_unavailable',

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
 import { type TestApp, createTestApp, fundedAccount, ledgerFacts } from '../helpers/app.js';
 
 // Priced usage over HTTP: spends, holds, captures, batches and quotes by meter and quantities,
@@ -358,5 +359,46 @@ describe('a batch with priced events', () => {
       replay.body.results.slice(0, 5),
       results.slice(0, 5).map((result: object) => ({ ...result, replayed: true })),
     );
+  });
+
+  it("reads each account's carry once to price a batch, however many priced events the account has", async () => {
+    // 30 priced events of 3 accounts: a read per event would scan accounts 30 times, a read per
+    // account at most 3. Scans are counted in the transaction's own statistics, on a connection
+    // of its own that plans with index scans only (a sequential scan run again counts once).
+    const accounts = ['carry-one', 'carry-two', 'carry-three'];
+    for (const account of accounts) await fundedAccount(test, account, 10);
+    const ids = Array.from({ length: 30 }, (_, index) => accounts[index % accounts.length]);
+    const client = new pg.Client({ connectionString: test.database.url });
+    await client.connect();
+    try {
+      await client.query('set enable_seqscan = off');
+      await client.query('begin');
+      const scans = async () =>
+        Number(
+          (
+            await client.query<{ scans: string }>(
+              `select seq_scan + idx_scan as scans from pg_stat_xact_user_tables where relname = 'accounts'`,
+            )
+          ).rows[0]?.scans,
+        );
+      const before = await scans();
+      const { rows } = await client.query<{ carries: string[] }>(
+        'select carries::text[] as carries from tally_price_events($1, $2, $3, $4)',
+        [ids, ids.map(() => mini), ids.map(() => JSON.stringify({ output_tokens: 1000 })), test.clock.now()],
+      );
+      const read = (await scans()) - before;
+      await client.query('rollback');
+      assert.deepEqual(
+        rows[0]?.carries,
+        ids.map(() => '0'),
+        "every event priced with its account's carry",
+      );
+      assert.ok(
+        read >= 1 && read <= accounts.length,
+        `accounts scanned ${read} times for ${ids.length} events of ${accounts.length} accounts`,
+      );
+    } finally {
+      await client.end();
+    }
   });
 });

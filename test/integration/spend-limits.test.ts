@@ -13,7 +13,8 @@ import { appKey, createTestApp, fundedAccount, ledgerFacts, settleEvents, TestCl
 // spend_limit.reached event, written once per window and delivered.
 let test: TestApp;
 before(async () => {
-  test = await createTestApp({ poolSize: 60 });
+  // Its receiver listens on 127.0.0.1, which only TALLY_EVENTS_ALLOW_PRIVATE lets an endpoint name.
+  test = await createTestApp({ poolSize: 60, eventDestinations: { allowPrivate: true } });
 });
 after(async () => {
   await test.close();

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, it } from 'node:test';
 import fc from 'fast-check';
 import { Ledger, type Outcome } from '../../src/ledger/ledger.js';
-import { TestClock } from '../helpers/app.js';
+import { TestClock, createTestApp } from '../helpers/app.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { LedgerModel } from '../helpers/ledger-model.js';
 
@@ -704,5 +704,129 @@ it('keeps keys and references exactly through the array form: quotes, backslashe
       { status: 200, body: { ...outcomes[index]!.body, replayed: true } },
       `${event.idempotency_key} replays alone`,
     );
+  }
+});
+
+// Proves that the batch prices as one spend at a time would: priced events mixed with plain ones
+// across several accounts (one well funded, one that runs short, one with no credits, where a
+// priced spend the carry absorbs still passes, one with spend limits that batches meet, and one
+// that does not exist), with keys reused across batches (replays and conflicts), cut into random
+// batches. The batch reads each account's carry once and carries it through the account's priced
+// events in batch order; the answers (cost and rate card included), balances, carries, grants,
+// spend entries and events must equal those of the same events sent one at a time.
+type PricedName = 'a' | 'b' | 'c' | 'd' | 'ghost';
+type PricedEvent = { account: PricedName; key: number } & (
+  | { amount: number }
+  | { quantities: { input_tokens: number; output_tokens?: number } }
+);
+const pricedMeter = 'openai/gpt-5-mini';
+const pricedEventArbitrary: fc.Arbitrary<PricedEvent> = fc.oneof(
+  fc.record({
+    account: fc.constantFrom<PricedName>('a', 'b', 'c', 'd', 'ghost'),
+    key: fc.integer({ min: 0, max: 11 }),
+    amount: fc.integer({ min: 1, max: 12 }),
+  }),
+  {
+    arbitrary: fc.record({
+      account: fc.constantFrom<PricedName>('a', 'b', 'c', 'd', 'ghost'),
+      key: fc.integer({ min: 0, max: 11 }),
+      // At the example catalog's rates (0.000025 and 0.0002 a token) these cost 0 to 2.5 credits.
+      quantities: fc.record(
+        { input_tokens: fc.integer({ min: 0, max: 40_000 }), output_tokens: fc.integer({ min: 0, max: 7_500 }) },
+        { requiredKeys: ['input_tokens'] },
+      ),
+    }),
+    weight: 2,
+  },
+);
+
+it('prices priced events mixed with plain ones across accounts exactly as one spend at a time would', async () => {
+  const test = await createTestApp();
+  try {
+    const db = test.database.db;
+    let pricedRun = 0;
+    /** Each account of a copy: balance, carry (as a number), grants left, spend entries and events, ids blanked. */
+    const state = async (prefix: string) => {
+      const { rows } = await db.query<{ account: unknown }>(
+        `select jsonb_build_object('id', a.id, 'available', a.available, 'held', a.held, 'debt', a.debt,
+           'carry', trim_scale(a.carry)::text,
+           'remaining', (select jsonb_agg(g.remaining order by g.id) from grants g where g.account_id = a.id),
+           'entries', (select jsonb_agg(jsonb_build_object('key', e.idempotency_key, 'amount', e.amount,
+               'balance_after', e.balance_after, 'credits', e.grant_credits, 'meter', e.meter, 'quantities', e.quantities,
+               'cost', trim_scale(e.cost)::text, 'carry_after', trim_scale(e.carry_after)::text,
+               'card', e.rate_card_id, 'version', e.rate_card_version,
+               'grants', (select jsonb_agg(g.position order by u.n) from unnest(e.grant_ids) with ordinality as u(id, n)
+                 join (select id, row_number() over (order by id) as position from grants where account_id = a.id) g on g.id = u.id))
+             order by e.id) from entries e where e.account_id = a.id and e.kind = 'usage'),
+           'events', (select jsonb_agg(jsonb_build_object('type', v.type, 'data', v.data) order by v.id)
+             from events v where v.account_id = a.id)) as account
+         from accounts a where a.id like $1 || '%' order by a.id`,
+        [prefix],
+      );
+      return rows.map((row) => blank(row.account, prefix));
+    };
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(pricedEventArbitrary, { minLength: 1, maxLength: 40 }),
+        fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 40, maxLength: 40 }),
+        async (events, cuts) => {
+          pricedRun += 1;
+          const copies = { batched: `pb${pricedRun}-`, single: `ps${pricedRun}-` };
+          for (const prefix of Object.values(copies)) {
+            for (const [name, credits] of [
+              ['a', 400],
+              ['b', 6],
+              ['c', 0],
+              ['d', 300],
+            ] as const) {
+              await test.ledger.upsertAccount(`${prefix}${name}`, {});
+              if (credits > 0) {
+                await test.ledger.grant(`${prefix}${name}`, {
+                  amount: credits,
+                  source: 'promo',
+                  reason: 'setup',
+                  idempotency_key: `${prefix}${name}-grant`,
+                  priority: 0,
+                });
+              }
+            }
+            await test.ledger.setSpendLimits(`${prefix}d`, { per_day: 25, per_month: 60 }, 'app');
+          }
+          const toInput = (event: PricedEvent, prefix: string) => ({
+            account_id: `${prefix}${event.account}`,
+            idempotency_key: `${prefix}k${event.key}`,
+            ...('amount' in event ? { amount: event.amount } : { meter: pricedMeter, quantities: event.quantities }),
+          });
+          let start = 0;
+          for (const size of cuts) {
+            const chunk = events.slice(start, start + size);
+            start += size;
+            if (chunk.length === 0) break;
+            const batched = await test.ledger.usageBatch(
+              chunk.map((event) => toInput(event, copies.batched)),
+              'app',
+            );
+            const order = chunk
+              .map((event, index) => ({ event, index }))
+              .sort((x, y) => (x.event.account < y.event.account ? -1 : x.event.account > y.event.account ? 1 : x.index - y.index));
+            const single: Outcome[] = new Array(chunk.length);
+            for (const { event, index } of order) {
+              const { account_id: accountId, ...input } = toInput(event, copies.single);
+              single[index] = await test.ledger.usage(accountId, input, 'app');
+            }
+            assert.deepEqual(blank(batched, copies.batched), blank(single, copies.single), 'the batch answers as single spends');
+          }
+          assert.deepEqual(await state(copies.batched), await state(copies.single), 'the same accounts after the batches');
+        },
+      ),
+      {
+        numRuns: Number(process.env.FC_RUNS ?? 40),
+        seed: process.env.FC_SEED === undefined ? undefined : Number(process.env.FC_SEED),
+        path: process.env.FC_PATH,
+        endOnFailure: true,
+      },
+    );
+  } finally {
+    await test.close();
   }
 });

@@ -5,6 +5,7 @@ import { findPrice, parseCatalog } from '../../src/billing/catalog.js';
 
 const plan = { id: 'plus', name: 'Plus', prices: { month: 'price_m', year: 'price_y' }, credits_per_month: 4000 };
 const meter = { id: 'm', dimensions: ['input', 'output'] };
+const free = { id: 'free', name: 'Free', free: true, recurring_grants: [{ credits: 50, every: 'day' }] };
 const standardCard = { id: 'standard', rates: { m: { input: '0.000125', output: '0.001' } } };
 
 /** A catalog with one meter and one card, the card's fields and the catalog's overridden. */
@@ -31,6 +32,28 @@ describe('plan catalog', () => {
     assert.doesNotThrow(() => parseCatalog(priced({ rates: { m: { input: '12', output: '999999999999999.5' } } })));
   });
 
+  it('accepts a free plan with a daily allowance and one meter, and paid plans with every meter and features', () => {
+    const catalog = parseCatalog(
+      priced(
+        {},
+        {
+          plans: [
+            { ...free, entitlements: { meters: ['m'], features: { projects: 1 } } },
+            { ...plan, entitlements: { meters: 'all', features: { projects: 10, custom_agents: true, tier: 'gold' } } },
+            { ...plan, id: 'bare', prices: { month: 'price_bare' }, recurring_grants: [{ credits: 5, every: 'week' }] },
+          ],
+        },
+      ),
+    );
+    assert.deepEqual(catalog.plans[0]?.prices, {});
+    assert.equal(catalog.plans[0]?.credits_per_month, 0);
+    assert.deepEqual(catalog.plans[0]?.entitlements, { meters: ['m'], features: { projects: 1 } });
+    assert.deepEqual(catalog.plans[1]?.entitlements?.features, { projects: 10, custom_agents: true, tier: 'gold' });
+    assert.equal(catalog.plans[2]?.entitlements, undefined);
+    assert.deepEqual(catalog.plans[2]?.recurring_grants, [{ credits: 5, every: 'week' }]);
+    assert.deepEqual(parseCatalog({ plans: [{ ...plan, entitlements: {} }] }).plans[0]?.entitlements, { meters: 'all', features: {} });
+  });
+
   const refusals: [string, unknown, RegExp][] = [
     [
       'two plans sharing a price',
@@ -39,7 +62,7 @@ describe('plan catalog', () => {
     ],
     ['a pack sharing a plan price', { plans: [plan], credit_packs: [{ id: 'p', price: 'price_y', credits: 5 }] }, /credit_packs\.0\.price/],
     ['fractional credits', { plans: [{ ...plan, credits_per_month: 10.5 }] }, /plans\.0\.credits_per_month/],
-    ['a plan without prices', { plans: [{ ...plan, prices: {} }] }, /plans\.0\.prices/],
+    ['a plan without prices', { plans: [{ ...plan, prices: {} }] }, /plans\.0\.prices: a plan needs a month or a year price/],
     ['an unknown field', { plans: [{ ...plan, colour: 'red' }] }, /plans\.0/],
     ['a duplicate id', { plans: [plan, { ...plan, prices: { month: 'price_other' } }] }, /plans\.1\.id: duplicate id plus/],
     ['a negative trial', { plans: [{ ...plan, trial: { days: 7, credits: -1 } }] }, /plans\.0\.trial\.credits/],
@@ -85,6 +108,73 @@ describe('plan catalog', () => {
     ],
     ['a duplicate meter', priced({}, { meters: [meter, meter] }), /meters\.1\.id: duplicate meter m/],
     ['a duplicate rate card', priced({}, { rate_cards: [standardCard, standardCard] }), /rate_cards\.1\.id: duplicate rate card standard/],
+    ['a second free plan', { plans: [free, { ...free, id: 'free2' }] }, /plans\.1\.free: only one plan may be free \(free already is\)/],
+    ['a free plan with a price', { plans: [{ ...free, prices: { month: 'price_free' } }] }, /plans\.0\.prices: a free plan has no prices/],
+    ['a free plan with credits per month', { plans: [{ ...free, credits_per_month: 10 }] }, /plans\.0\.credits_per_month: a free plan/],
+    ['a free plan with a trial', { plans: [{ ...free, trial: { days: 7, credits: 5 } }] }, /plans\.0\.trial: a free plan has no trial/],
+    ['a free plan with a rollover', { plans: [{ ...free, rollover: { max_credits: 5 } }] }, /plans\.0\.rollover: a free plan/],
+    ['free given as false', { plans: [{ ...plan, free: false }] }, /plans\.0\.free: true, or left out/],
+    [
+      'a paid plan without credits per month',
+      { plans: [{ ...plan, credits_per_month: undefined }] },
+      /plans\.0\.credits_per_month: required/,
+    ],
+    [
+      'entitled meters that are not a list or "all"',
+      priced({}, { plans: [{ ...plan, entitlements: { meters: 'some' } }] }),
+      /plans\.0\.entitlements\.meters: "all" or a list of meter ids/,
+    ],
+    [
+      'an entitled meter the catalog does not have',
+      priced({}, { plans: [{ ...plan, entitlements: { meters: ['m', 'gpt'] } }] }),
+      /plans\.0\.entitlements\.meters\.1: no meter gpt in the catalog/,
+    ],
+    [
+      'an entitled meter listed twice',
+      priced({}, { plans: [{ ...plan, entitlements: { meters: ['m', 'm'] } }] }),
+      /plans\.0\.entitlements\.meters\.1: meter m is listed twice/,
+    ],
+    [
+      'a feature that is an object',
+      { plans: [{ ...plan, entitlements: { features: { projects: { max: 3 } } } }] },
+      /plans\.0\.entitlements\.features\.projects: a number, a boolean or a string/,
+    ],
+    [
+      'a feature name with a space',
+      { plans: [{ ...plan, entitlements: { features: { 'my projects': 3 } } }] },
+      /plans\.0\.entitlements\.features\.my projects: a feature name is 1 to 64 characters/,
+    ],
+    ['an unknown field in entitlements', { plans: [{ ...plan, entitlements: { models: 'all' } }] }, /plans\.0\.entitlements/],
+    [
+      'a recurring grant every year',
+      { plans: [{ ...free, recurring_grants: [{ credits: 5, every: 'year' }] }] },
+      /plans\.0\.recurring_grants\.0\.every: one of day, week, month/,
+    ],
+    [
+      'a recurring grant of no credits',
+      { plans: [{ ...free, recurring_grants: [{ credits: 0, every: 'day' }] }] },
+      /plans\.0\.recurring_grants\.0\.credits/,
+    ],
+    [
+      'two recurring grants of one cadence',
+      {
+        plans: [
+          {
+            ...plan,
+            recurring_grants: [
+              { credits: 5, every: 'day' },
+              { credits: 6, every: 'day' },
+            ],
+          },
+        ],
+      },
+      /plans\.0\.recurring_grants\.1\.every: a second grant every day/,
+    ],
+    [
+      'more than 3 recurring grants',
+      { plans: [{ ...plan, recurring_grants: ['day', 'week', 'month', 'day'].map((every) => ({ credits: 1, every })) }] },
+      /plans\.0\.recurring_grants/,
+    ],
   ];
   for (const [name, value, message] of refusals) {
     it(`refuses ${name}, naming the field`, () => {

@@ -1,11 +1,16 @@
-// One account: who it is, its balance and balance over time, its subscription and trial, its
-// grants (live and past), pending holds (void one), the ledger and the events the app was told
-// about; and, with the admin key, grant and adjust, each with a reason and a confirmation.
-import { useState } from './vendor/hooks.js';
+// One account: who it is, its balance and balance over time, its spend by meter, its
+// subscription and trial, its plan and entitlements, its settings (spend limits, low-balance
+// threshold, auto top-up), its grants (live and past), pending holds (void one), the ledger (a
+// priced entry with its meter, quantities, exact cost and rate card version) and the events the
+// app was told about; and, with the admin key, grant and adjust, each with a reason and a
+// confirmation.
+import { useMemo, useState } from './vendor/hooks.js';
 import { path, query } from './api.js';
 import { RangePicker, TimeChart } from './chart.js';
 import { AccountActions, VoidHold } from './actions.js';
-import { Badge, credits, Figure, html, Id, Json, Loading, Pager, Problem, signed, Table, Time, useLoad } from './ui.js';
+import { PricedSummary } from './ratecards.js';
+import { PlanAndEntitlements, Settings } from './plans.js';
+import { Badge, credits, decimal, Figure, html, Id, Json, Loading, Pager, Problem, signed, Table, Time, useLoad } from './ui.js';
 
 const pageSize = 25;
 const balanceSeries = [{ key: 'balance', label: 'Balance', color: '#2563eb', fill: 'rgba(37, 99, 235, 0.08)' }];
@@ -34,8 +39,11 @@ export function Account({ api, accountId, canAct }) {
           <${Balance} account=${data} />
           <${Subscription} account=${data} />
         </div>
+        <${PlanAndEntitlements} api=${api} accountId=${accountId} version=${version} />
+        <${Settings} account=${data} />
         ${canAct ? html`<${AccountActions} api=${api} accountId=${accountId} onDone=${changed} />` : null}
         <${BalanceChart} api=${api} accountId=${accountId} version=${version} />
+        <${MeterSpend} api=${api} accountId=${accountId} version=${version} />
         <${Grants} api=${api} accountId=${accountId} version=${version} />
         <${Holds} api=${api} accountId=${accountId} version=${version} canAct=${canAct} onChanged=${changed} />
         <${Ledger} api=${api} accountId=${accountId} version=${version} />
@@ -112,6 +120,80 @@ function BalanceChart({ api, accountId, version }) {
         ? html`<${TimeChart} id="balance-chart" level=${true} title=${`Balance (available minus debt) at the end of each day (UTC), last ${days} days`} rows=${history.data.days} series=${balanceSeries} />`
         : null
     }
+  </section>`;
+}
+
+const meterColors = ['#2563eb', '#d97706', '#059669', '#7c3aed', '#dc2626', '#0891b2', '#db2777'];
+const otherColor = '#6b7280';
+const meterName = (meter) => meter ?? 'No meter (a plain amount)';
+
+/**
+ * The chart's lines: one per meter, most credits first, and the meters past the palette summed
+ * as one "Other meters" line (the table below lists each of them).
+ */
+function meterChart(spend) {
+  const shown = spend.meters.slice(0, spend.meters.length > meterColors.length ? meterColors.length - 1 : meterColors.length);
+  const series = shown.map((total, index) => ({ key: `m${index}`, label: meterName(total.meter), color: meterColors[index] }));
+  const others = spend.meters.length > shown.length;
+  if (others) series.push({ key: 'other', label: 'Other meters', color: otherColor });
+  const rows = spend.days.map((day) => {
+    const row = { day: day.day, other: '0' };
+    shown.forEach((_total, index) => {
+      row[`m${index}`] = '0';
+    });
+    for (const spent of day.meters) {
+      const index = shown.findIndex((total) => total.meter === spent.meter);
+      if (index >= 0) row[`m${index}`] = String(spent.credits);
+      else row.other = String(BigInt(row.other) + BigInt(spent.credits));
+    }
+    return row;
+  });
+  return { rows, series };
+}
+
+const meterColumns = [
+  {
+    label: 'Meter',
+    render: (total) =>
+      total.meter
+        ? html`<span class="clip" title=${total.meter}>${total.meter}</span>`
+        : html`<span class="muted">${meterName(null)}</span>`,
+  },
+  { label: 'Credits', numeric: true, render: (total) => credits(total.credits) },
+  {
+    label: 'Exact cost',
+    numeric: true,
+    render: (total) => (total.cost === null ? html`<span class="muted">—</span>` : html`<span class="cost">${decimal(total.cost)}</span>`),
+  },
+  { label: 'Spends', numeric: true, render: (total) => credits(total.spends) },
+];
+
+function MeterSpend({ api, accountId, version }) {
+  const [days, setDays] = useState(30);
+  const spend = useLoad(
+    () => api.get(path('/v1/admin/accounts', accountId, 'meter-spend') + query({ days })),
+    [api, accountId, days, version],
+  );
+  const data = spend.data;
+  const chart = useMemo(() => (data ? meterChart(data) : null), [data]);
+  return html`<section class="panel" aria-labelledby="meter-spend-title">
+    <div class="panel-head">
+      <h2 id="meter-spend-title">Spend by meter</h2>
+      <${RangePicker} name="meter-spend-range" days=${days} onChange=${setDays} />
+    </div>
+    <${Problem} error=${spend.error} doing="load the spend by meter" retry=${spend.reload} />
+    <div id="meter-spend">
+      ${
+        data === undefined
+          ? spend.error
+            ? null
+            : html`<${Loading} what="the spend by meter" />`
+          : data.meters.length === 0
+            ? html`<p class="empty-note">No spends from ${data.from} to ${data.to} (the last ${days} days, UTC): nothing was charged to this account, by meter or as a plain amount.</p>`
+            : html`<${TimeChart} id="meter-spend-chart" title=${`Credits spent per meter per day (UTC), ${data.from} to ${data.to}`} rows=${chart.rows} series=${chart.series} />
+              <${Table} caption=${`Spend by meter from ${data.from} to ${data.to}, most credits first: credits charged (usage and captured holds) and the exact cost they were priced at`} columns=${meterColumns} rows=${data.meters} empty="No spends." rowKey=${(total) => total.meter ?? ''} />`
+      }
+    </div>
   </section>`;
 }
 
@@ -199,6 +281,7 @@ const ledgerColumns = [
   { label: 'Kind', render: (entry) => html`<${Badge} value=${entry.kind} />` },
   { label: 'Amount', numeric: true, render: (entry) => signed(entry.amount) },
   { label: 'Balance after', numeric: true, render: (entry) => credits(entry.balance_after) },
+  { label: 'Meter and cost', render: (entry) => html`<${PricedSummary} entry=${entry} />` },
   { label: 'Actor', render: (entry) => entry.actor },
   {
     label: 'Reason',

@@ -1,6 +1,7 @@
 // Accounts: search by the start of an id, an email or a Stripe customer id; sort by any column
 // with a button in its header; page through. The search, sort and page live in the address, so
-// a reload or a shared link shows the same list.
+// a reload or a shared link shows the same list. The viewer key reads emails and names masked,
+// so it searches ids and Stripe customers only, and the email column does not sort.
 import { useEffect, useState } from './vendor/hooks.js';
 import { query } from './api.js';
 import { Badge, credits, html, Id, Loading, navigate, Pager, Problem, Table, Time, useLoad } from './ui.js';
@@ -9,9 +10,10 @@ const pageSize = 50;
 
 export const accountHref = (id) => `#/accounts/${encodeURIComponent(id)}`;
 
-export function Accounts({ api, params }) {
+export function Accounts({ api, params, canAct }) {
   const search = params.get('search') || '';
-  const sort = params.get('sort') || 'id';
+  // A shared link sorted by email opens sorted by id for the viewer key, which may not sort by email.
+  const sort = !canAct && params.get('sort') === 'email' ? 'id' : params.get('sort') || 'id';
   const order = params.get('order') === 'desc' ? 'desc' : 'asc';
   const offset = Math.max(0, Number(params.get('offset')) || 0);
   const [typed, setTyped] = useState(search);
@@ -41,7 +43,7 @@ export function Accounts({ api, params }) {
     },
     {
       label: 'Email',
-      sort: 'email',
+      sort: canAct ? 'email' : undefined,
       render: (account) =>
         account.email ? html`<span class="clip" title=${account.email}>${account.email}</span>` : html`<span class="muted">—</span>`,
     },
@@ -56,8 +58,9 @@ export function Accounts({ api, params }) {
     },
     { label: 'Updated', sort: 'updated_at', render: (account) => html`<${Time} value=${account.updated_at} />` },
   ];
+  const searched = canAct ? 'id, email or Stripe customer' : 'id or Stripe customer';
   const empty = search
-    ? `No account's id, email or Stripe customer starts with “${search}”. Check the spelling, or search with fewer characters.`
+    ? `No account's ${searched} starts with “${search}”. Check the spelling, or search with fewer characters.`
     : 'There are no accounts yet. They appear when your app creates them (PUT /v1/accounts/{id}) or a Stripe checkout links one.';
   return html`<section aria-labelledby="accounts-title">
     <div class="page-head"><h1 id="accounts-title">Accounts</h1></div>
@@ -65,7 +68,7 @@ export function Accounts({ api, params }) {
       event.preventDefault();
       go({ search: typed.trim() });
     }}>
-      <label for="account-search">Search by the start of an account id, an email or a Stripe customer id</label>
+      <label for="account-search">${canAct ? 'Search by the start of an account id, an email or a Stripe customer id' : 'Search by the start of an account id or a Stripe customer id'}</label>
       <div class="row">
         <input id="account-search" type="search" autocomplete="off" spellcheck="false" value=${typed} onInput=${(event) => setTyped(event.currentTarget.value)} />
         <button type="submit">Search</button>

@@ -11,12 +11,14 @@ import { Account } from './account.js';
 import { Inbox, InboxEvent } from './inbox.js';
 import { Alerts } from './alerts.js';
 import { Reconciliation, Entry } from './reconciliation.js';
+import { RateCards } from './ratecards.js';
 
 const storageKey = 'tally-dashboard-key';
 
 const pages = [
   { path: 'overview', label: 'Overview' },
   { path: 'accounts', label: 'Accounts' },
+  { path: 'rate-cards', label: 'Rate cards' },
   { path: 'inbox', label: 'Webhook inbox' },
   { path: 'alerts', label: 'Alerts' },
   { path: 'reconciliation', label: 'Reconciliation' },
@@ -106,6 +108,7 @@ function Page({ route, api, session }) {
   if (first === 'accounts') return html`<${Accounts} ...${props} />`;
   if (first === 'inbox' && second !== undefined) return html`<${InboxEvent} key=${second} eventId=${second} ...${props} />`;
   if (first === 'inbox') return html`<${Inbox} ...${props} />`;
+  if (first === 'rate-cards') return html`<${RateCards} ...${props} />`;
   if (first === 'alerts') return html`<${Alerts} ...${props} />`;
   if (first === 'reconciliation') return html`<${Reconciliation} ...${props} />`;
   if (first === 'entries' && second !== undefined) return html`<${Entry} key=${second} entryId=${second} ...${props} />`;

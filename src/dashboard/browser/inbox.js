@@ -138,7 +138,11 @@ export function InboxEvent({ api, eventId, canAct }) {
         </section>
         <section class="panel" aria-labelledby="event-payload">
           <h2 id="event-payload">Payload</h2>
-          <${Json} value=${data.payload} />
+          ${
+            data.payload === null
+              ? html`<p class="empty-note" id="payload-hidden">The payload is not shown to the viewer key: Stripe's objects carry emails, names and billing addresses. The admin key shows it.</p>`
+              : html`<${Json} value=${data.payload} />`
+          }
         </section>`
         : event.error
           ? null

@@ -1,8 +1,10 @@
 // The overview: what the merchant owes in credits, how credits moved per day, how webhooks are
-// flowing, what needs attention (alerts, the breaker, the last reconciliation).
+// flowing, what needs attention (alerts, the breaker, the last reconciliation), and how many
+// accounts are on each plan.
 import { useEffect, useState } from './vendor/hooks.js';
 import { query } from './api.js';
 import { RangePicker, TimeChart } from './chart.js';
+import { AccountsPerPlan } from './plans.js';
 import { Badge, credits, Figure, html, Loading, Problem, Time, useLoad } from './ui.js';
 
 export const creditSeries = [
@@ -38,13 +40,15 @@ export function Overview({ api }) {
   const [days, setDays] = useState(30);
   const figures = useLoad(() => api.get('/v1/admin/overview'), [api]);
   const history = useLoad(() => api.get(`/v1/admin/credit-totals${query({ days })}`), [api, days]);
+  const perPlan = useLoad(() => api.get('/v1/admin/plans'), [api]);
   useEffect(() => {
     const timer = setInterval(() => {
       figures.reload();
       history.reload();
+      perPlan.reload();
     }, refreshSeconds * 1000);
     return () => clearInterval(timer);
-  }, [figures.reload, history.reload]);
+  }, [figures.reload, history.reload, perPlan.reload]);
   const data = figures.data;
   return html`<section aria-labelledby="overview-title">
     <div class="page-head">
@@ -52,6 +56,7 @@ export function Overview({ api }) {
       <button type="button" onClick=${() => {
         figures.reload();
         history.reload();
+        perPlan.reload();
       }}>Refresh</button>
     </div>
     <${Problem} error=${figures.error} doing="load the overview" retry=${figures.reload} />
@@ -70,6 +75,7 @@ export function Overview({ api }) {
           : html`<${TimeChart} id="credits-chart" title=${`Credits granted, spent, expired, clawed back and adjusted down per day (UTC), last ${days} days`} rows=${history.data.days} series=${creditSeries} />`
       }
     </section>
+    <${AccountsPerPlan} perPlan=${perPlan} />
   </section>`;
 }
 

@@ -3,7 +3,8 @@
 import { useState } from './vendor/hooks.js';
 import { path } from './api.js';
 import { accountHref } from './accounts.js';
-import { Badge, credits, html, Id, Loading, Problem, signed, Table, Time, useLoad } from './ui.js';
+import { rateCardHref, quantitiesText } from './ratecards.js';
+import { Badge, credits, decimal, html, Id, Loading, Problem, signed, Table, Time, useLoad } from './ui.js';
 
 const runLimit = 20;
 const findingsShownMax = 200;
@@ -122,6 +123,14 @@ export function Entry({ api, entryId }) {
           <dt>Kind</dt><dd><${Badge} value=${data.kind} /></dd>
           <dt>Amount</dt><dd>${signed(data.amount)}</dd>
           <dt>Balance after</dt><dd>${credits(data.balance_after)}</dd>
+          ${
+            data.meter
+              ? html`<dt>Meter</dt><dd class="text">${data.meter}</dd>
+                <dt>Quantities</dt><dd>${quantitiesText(data.quantities)}</dd>
+                <dt>Cost</dt><dd><span class="cost">${decimal(data.cost)}</span> credits, priced by <a href=${rateCardHref(data.rate_card.id, data.rate_card.version)}>${data.rate_card.id} version ${data.rate_card.version}</a></dd>
+                ${data.carry_after === undefined || data.carry_after === null ? null : html`<dt>Carry after</dt><dd><span class="cost">${decimal(data.carry_after)}</span> of a credit priced and not yet charged</dd>`}`
+              : null
+          }
           <dt>Actor</dt><dd>${data.actor}</dd>
           <dt>Reason</dt><dd class="text">${data.reason ?? '—'}</dd>
           <dt>Key</dt><dd class="text">${data.idempotency_key}</dd>

@@ -18,6 +18,17 @@ export function credits(value) {
   }
 }
 
+/**
+ * An exact decimal (a cost or a rate, sent as a string from PostgreSQL numeric) with its whole
+ * part grouped by thousands: "12345.000125" → "12,345.000125". Read as text, never as a float,
+ * so no digit is lost or rounded.
+ */
+export function decimal(value) {
+  if (value === null || value === undefined || value === '') return '—';
+  const match = /^([0-9]+)(\.[0-9]+)?$/.exec(String(value));
+  return match ? BigInt(match[1]).toLocaleString('en-US') + (match[2] ?? '') : String(value);
+}
+
 /** A signed change of credits: "+500", "−120". */
 export function signed(value) {
   if (value === null || value === undefined) return '—';

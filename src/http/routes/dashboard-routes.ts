@@ -4,30 +4,41 @@ import { dashboardAssets, dashboardHtml, dashboardSecurityPolicy } from '../../d
 import {
   accountGrants,
   accountHolds,
+  accountPlan,
+  accountsPerPlan,
   accountSortColumns,
   balanceHistory,
   creditTotals,
   ledgerEntry,
+  meterSpend,
   overview,
+  rateCards,
   searchAccounts,
   webhookEvent,
   type AccountSort,
+  type CatalogPlanName,
 } from '../../dashboard/reads.js';
 import {
   accountGrantsSchema,
   accountHoldsSchema,
+  accountPlanSchema,
   accountSearchSchema,
+  accountsPerPlanSchema,
   balanceHistorySchema,
   callerSchema,
   creditTotalsSchema,
   entryWithAccountSchema,
   inboxEventDetailSchema,
+  meterSpendSchema,
   overviewSchema,
+  rateCardsOverviewSchema,
 } from '../dashboard-answers.js';
+import { TallyError } from '../../errors.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { maskPerson } from '../viewer-masks.js';
 
 /**
  * The operators' dashboard: its page and browser files (no data, no key needed), and the
@@ -40,6 +51,8 @@ import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
 export interface DashboardRouteDependencies {
   db: Database;
   gateway: StripeGateway | undefined;
+  /** The catalog's plans, for their names and its order. */
+  plans: readonly CatalogPlanName[];
   /** The ledger's clock (tests move it); undefined means the database's. */
   clock?: (() => Date) | undefined;
 }
@@ -48,6 +61,7 @@ export const dashboardChartDaysMax = 366;
 export const dashboardPageSizeMax = 200;
 export const dashboardOffsetMax = 10_000;
 export const webhookWindowHoursMax = 24 * 30;
+export const rateCardVersionsListedMax = 200;
 
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 const pageQuery = {
@@ -153,7 +167,7 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
       access: 'admin',
       tag: 'admin',
       summary:
-        'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`',
+        'Accounts whose id, email (any case) or Stripe customer id starts with `search`, sorted by `sort` and `order`, paged by `offset`. With the viewer key, emails and names are masked, `search` does not match emails and `sort=email` is refused (403)',
       query: z.strictObject({
         search: z.string().min(1).max(320).optional(),
         sort: z.enum(Object.keys(accountSortColumns) as [AccountSort, ...AccountSort[]]).default('id'),
@@ -161,17 +175,20 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
         ...pageQuery,
       }),
       responses: { 200: answer('a page of accounts; next_offset is null on the last page', accountSearchSchema) },
-      handler: async ({ query }) => ({
-        status: 200,
-        body: await searchAccounts(db, {
+      handler: async ({ query, caller }) => {
+        // An order of masked emails would still rank the emails themselves.
+        if (caller === 'viewer' && query.sort === 'email') throw new TallyError('forbidden', 403, 'the viewer key cannot sort by email');
+        const found = await searchAccounts(db, {
           search: query.search ?? null,
+          matchEmail: caller !== 'viewer',
           sort: query.sort,
           order: query.order,
           limit: query.limit,
           offset: query.offset,
           now: now(),
-        }),
-      }),
+        });
+        return { status: 200, body: { ...found, accounts: found.accounts.map((account) => maskPerson(caller, account)) } };
+      },
     }),
     defineRoute({
       method: 'GET',
@@ -229,12 +246,67 @@ export function dashboardRoutes(dependencies: DashboardRouteDependencies): Route
     }),
     defineRoute({
       method: 'GET',
+      url: '/v1/admin/accounts/:id/meter-spend',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        'What an account spent per meter over UTC days (the last day is `until`, default today): usage and captured holds as the credits they charged and their exact cost (a decimal string); spends of a plain amount under the meter null',
+      query: z.strictObject(daysQuery),
+      responses: {
+        200: answer('the totals per meter, most credits first, and every day of the window, oldest first', meterSpendSchema),
+        ...refusals('account_not_found'),
+      },
+      handler: async ({ params, query }) => ({
+        status: 200,
+        body: await meterSpend(db, accountId(params), { days: query.days, until: query.until ?? null, now: now() }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/accounts/:id/plan',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        "An account's plan as GET /v1/accounts/{id}/entitlements answers it, with the catalog's plan names, and each recurring grant's current period (UTC) and the grant of that period if the account's first call of the period gave it; it never gives one",
+      responses: {
+        200: answer("the account's plan, entitlements and recurring grants with this period's", accountPlanSchema),
+        ...refusals('account_not_found'),
+      },
+      handler: async ({ params }) => ({
+        status: 200,
+        body: await accountPlan(db, accountId(params), { now: now(), plans: dependencies.plans }),
+      }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/plans',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        'How many accounts are on each plan now (as a spend decides it): every plan of the catalog, its free plan included, then plans that subscriptions name but the catalog no longer has, then no plan',
+      responses: { 200: answer('the accounts per plan, in the catalog order, no plan last', accountsPerPlanSchema) },
+      handler: async () => ({ status: 200, body: await accountsPerPlan(db, dependencies.plans) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/admin/rate-cards',
+      access: 'admin',
+      tag: 'admin',
+      summary:
+        'Every rate card: whether it is the default, the plans that name it, the version in effect and the one scheduled next, and its newest `versions` versions with who published each (catalog or admin) and where each stands',
+      query: z.strictObject({ versions: z.coerce.number().int().min(1).max(rateCardVersionsListedMax).default(50) }),
+      responses: { 200: answer('every rate card, by id; rates are exact decimal strings', rateCardsOverviewSchema) },
+      handler: async ({ query }) => ({ status: 200, body: await rateCards(db, { now: now(), versions: query.versions }) }),
+    }),
+    defineRoute({
+      method: 'GET',
       url: '/v1/admin/webhook-events/:event_id',
       access: 'admin',
       tag: 'admin',
-      summary: 'One stored Stripe event: its payload, status, attempts, last error, next attempt and the account it was applied to',
+      summary:
+        'One stored Stripe event: its payload (null for the viewer key: it carries personal data), status, attempts, last error, next attempt and the account it was applied to',
       responses: { 200: answer('the stored event with its payload', inboxEventDetailSchema), ...refusals('event_not_found') },
-      handler: async ({ params }) => ({ status: 200, body: await webhookEvent(db, params.event_id ?? '') }),
+      handler: async ({ params, caller }) => ({ status: 200, body: await webhookEvent(db, params.event_id ?? '', caller !== 'viewer') }),
     }),
     defineRoute({
       method: 'GET',

@@ -2,17 +2,25 @@ import { z } from 'zod';
 import type { Database } from '../../db/database.js';
 import { accountNotFound } from '../../errors.js';
 import { createEndpoint, deleteEndpoint, enableEndpoint, getEndpoint, listEndpoints } from '../../events/endpoints.js';
+import type { DestinationPolicy } from '../../events/destinations.js';
 import { eventTypes, eventsPageSizeMax, readEvents } from '../../events/event-log.js';
 import { accountIdSchema } from '../../ledger/commands.js';
+import type { Caller } from '../auth.js';
 import { eventSchema, webhookEndpointSchema } from '../entities.js';
 import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { maskEndpointUrl } from '../viewer-masks.js';
 
 /** The event feed, the low-balance threshold, and the admin calls for the app's webhook endpoints. */
+const lowBalanceThresholdSchema = z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() });
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
 const endpointNotFound = refusals('endpoint_not_found');
 
-export function eventRoutes(db: Database): RouteDefinition[] {
+/** An endpoint as the caller reads it: the viewer key never reads the path or query of its URL. */
+const forCaller = (caller: Caller, endpoint: Record<string, unknown>): Record<string, unknown> =>
+  caller === 'viewer' && typeof endpoint.url === 'string' ? { ...endpoint, url: maskEndpointUrl(endpoint.url) } : endpoint;
+
+export function eventRoutes(db: Database, destinations: DestinationPolicy): RouteDefinition[] {
   return [
     defineRoute({
       method: 'GET',
@@ -38,6 +46,26 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       }),
     }),
     defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/low-balance-threshold',
+      access: 'app',
+      tag: 'events',
+      summary: 'The low-balance threshold as the PUT answers it (null: off)',
+      responses: {
+        200: answer('the threshold now', lowBalanceThresholdSchema),
+        ...refusals('account_not_found'),
+      },
+      handler: async ({ params }) => {
+        const id = accountId(params);
+        const { rows } = await db.query<{ low_balance_threshold: number | null }>(
+          'select low_balance_threshold from accounts where id = $1',
+          [id],
+        );
+        if (rows[0] === undefined) throw accountNotFound(id);
+        return { status: 200, body: { account_id: id, low_balance_threshold: rows[0].low_balance_threshold } };
+      },
+    }),
+    defineRoute({
       method: 'PUT',
       url: '/v1/accounts/:id/low-balance-threshold',
       access: 'app',
@@ -46,7 +74,7 @@ export function eventRoutes(db: Database): RouteDefinition[] {
         '`balance.low` fires when a change takes `available` from at least this many credits to fewer (once per crossing); null turns it off',
       body: z.strictObject({ threshold: z.int().positive().max(Number.MAX_SAFE_INTEGER).nullable() }),
       responses: {
-        200: answer('the threshold now', z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() })),
+        200: answer('the threshold now', lowBalanceThresholdSchema),
         ...refusals('account_not_found'),
       },
       handler: async ({ params, body }) => {
@@ -79,9 +107,12 @@ export function eventRoutes(db: Database): RouteDefinition[] {
             secret: z.string().regex(/^whsec_/),
           }),
         ),
-        ...refusals(['invalid_request', 'a URL that is not https (http only to this machine), or an unknown event type']),
+        ...refusals([
+          'invalid_request',
+          'a URL that is not https, or whose host is or resolves to a loopback, private, link-local or unique-local address (unless TALLY_EVENTS_ALLOW_PRIVATE=1), or an unknown event type',
+        ]),
       },
-      handler: async ({ body }) => ({ status: 201, body: await createEndpoint(db, body) }),
+      handler: async ({ body }) => ({ status: 201, body: await createEndpoint(db, body, destinations) }),
     }),
     defineRoute({
       method: 'GET',
@@ -89,18 +120,21 @@ export function eventRoutes(db: Database): RouteDefinition[] {
       access: 'admin',
       tag: 'events',
       summary:
-        'Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered',
+        'Every endpoint with its delivery state: status, undelivered count, the oldest failing delivery, the last sequence delivered (the viewer key reads each URL as its scheme and host only: paths often carry a token)',
       responses: { 200: answer('every endpoint', z.object({ endpoints: z.array(webhookEndpointSchema) })) },
-      handler: async () => ({ status: 200, body: { endpoints: await listEndpoints(db) } }),
+      handler: async ({ caller }) => ({
+        status: 200,
+        body: { endpoints: (await listEndpoints(db)).map((endpoint) => forCaller(caller, endpoint)) },
+      }),
     }),
     defineRoute({
       method: 'GET',
       url: '/v1/admin/webhook-endpoints/:id',
       access: 'admin',
       tag: 'events',
-      summary: 'One endpoint with its delivery state',
+      summary: 'One endpoint with its delivery state (its URL as scheme and host only for the viewer key)',
       responses: { 200: answer('the endpoint', webhookEndpointSchema), ...endpointNotFound },
-      handler: async ({ params }) => ({ status: 200, body: await getEndpoint(db, params.id ?? '') }),
+      handler: async ({ params, caller }) => ({ status: 200, body: forCaller(caller, await getEndpoint(db, params.id ?? '')) }),
     }),
     defineRoute({
       method: 'DELETE',

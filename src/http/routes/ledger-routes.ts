@@ -21,13 +21,16 @@ import {
   balanceSchema,
   costSchema,
   creditsSchema,
+  entitlementsSchema,
   entrySchema,
   grantSchema,
   rateCardReferenceSchema,
+  spendLimitsSchema,
   timestampSchema,
 } from '../entities.js';
 import { answer as answerOf, errorCatalog, errorObjectSchema, refusals, type ErrorCode } from '../responses.js';
 import { bodyLimitLargeBytes, defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
+import { maskPerson } from '../viewer-masks.js';
 
 /** The ledger's HTTP calls: accounts, balance, usage, holds, spend limits, ledger, admin grants and adjustments. */
 const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
@@ -57,7 +60,7 @@ export const quoteAnswerSchema = z.object({
   rate_card: rateCardReferenceSchema.nullable(),
   available: creditsSchema,
   allowed: z.boolean(),
-  reason: z.enum(['insufficient_credits', 'spend_limit_exceeded']).optional(),
+  reason: z.enum(['meter_not_entitled', 'insufficient_credits', 'spend_limit_exceeded']).optional(),
 });
 export const voidAnswerSchema = z.object({ released: creditsSchema, available: creditsSchema });
 export const ledgerPageSchema = z.object({ entries: z.array(entrySchema), next_cursor: z.string().nullable() });
@@ -65,7 +68,13 @@ export const ledgerPageSchema = z.object({ entries: z.array(entrySchema), next_c
 const replayMark = { replayed: z.literal(true).optional() };
 
 /** The refusals a spend (single or in a batch) may give, each kept as its key's first answer. */
-const spendRefusals: ErrorCode[] = ['insufficient_credits', 'spend_limit_exceeded', 'idempotency_conflict', 'account_not_found'];
+const spendRefusals: ErrorCode[] = [
+  'insufficient_credits',
+  'spend_limit_exceeded',
+  'meter_not_entitled',
+  'idempotency_conflict',
+  'account_not_found',
+];
 /** What a spend's input may be refused for before anything is written. */
 const spendInputRefusals: (ErrorCode | [ErrorCode, string])[] = [
   [
@@ -79,13 +88,6 @@ const batchResultSchema = z.union([
   usageAnswerSchema.extend({ status: z.literal(200) }),
   ...spendRefusals.map((code) => z.object({ status: z.literal(errorCatalog[code].status), error: errorObjectSchema(code) })),
 ]);
-export const spendLimitsSchema = z.object({
-  account_id: z.string(),
-  per_day: creditsSchema.nullable(),
-  per_month: creditsSchema.nullable(),
-  spent: z.object({ day: creditsSchema, month: creditsSchema }),
-  resets_at: z.object({ day: timestampSchema, month: timestampSchema }),
-});
 
 export function ledgerRoutes(
   ledger: Ledger,
@@ -125,7 +127,7 @@ export function ledgerRoutes(
         200: answerOf('the account with its subscription, trial, live grants and balance', accountDetailSchema),
         ...refusals('account_not_found'),
       },
-      handler: async ({ params }) => ({ status: 200, body: await ledger.getAccount(accountId(params)) }),
+      handler: async ({ params, caller }) => ({ status: 200, body: maskPerson(caller, await ledger.getAccount(accountId(params))) }),
     }),
     defineRoute({
       method: 'GET',
@@ -135,6 +137,16 @@ export function ledgerRoutes(
       summary: 'Available, held and debt credits',
       responses: { 200: answerOf('the balance', balanceSchema), ...refusals('account_not_found') },
       handler: async ({ params }) => ({ status: 200, body: await ledger.balance(accountId(params)) }),
+    }),
+    defineRoute({
+      method: 'GET',
+      url: '/v1/accounts/:id/entitlements',
+      access: 'app',
+      tag: 'accounts',
+      summary:
+        "What the account may use: its plan (its subscription's while active, trialing or past due; several plan items: the union, the one with the most credits per month naming plan_id and the rate card; else the free plan; else none, with every meter), the meters a priced spend may name, the app's features, the rate card and the plans' recurring grants",
+      responses: { 200: answerOf('the entitlements', entitlementsSchema), ...refusals('account_not_found') },
+      handler: async ({ params }) => ({ status: 200, body: await ledger.entitlements(accountId(params)) }),
     }),
     defineRoute({
       method: 'POST',

@@ -10,6 +10,7 @@ import { creditsSchema, creditsSumSchema, jsonObjectSchema, timestampSchema } fr
 import { exactSum } from '../../dashboard/reads.js';
 import { answer, refusals } from '../responses.js';
 import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { maskPerson } from '../viewer-masks.js';
 
 /** The operators' calls: reconciliation, alerts, export and erasure (all with the admin key). */
 export interface OperationsRouteDependencies {
@@ -213,14 +214,14 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
           }),
         ),
       },
-      handler: async ({ query }) => {
-        const { rows } = await dependencies.db.query<{ id: string }>(
+      handler: async ({ query, caller }) => {
+        const { rows } = await dependencies.db.query<{ id: string; name: string | null }>(
           `select id, name, available, held, debt, flagged, tally_iso(updated_at) as updated_at from accounts
            where ($1::text is null or id > $1) and ($2::text is null or starts_with(id, $2))
            order by id limit $3`,
           [query.after ?? null, query.search ?? null, query.limit + 1],
         );
-        const page = rows.slice(0, query.limit);
+        const page = rows.slice(0, query.limit).map((row) => maskPerson(caller, row));
         return {
           status: 200,
           body: { accounts: page, next_after: rows.length > query.limit ? (page[page.length - 1]?.id ?? null) : null },
@@ -267,6 +268,7 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       method: 'GET',
       url: '/v1/accounts/:id/export',
       access: 'admin',
+      personalData: true,
       tag: 'admin',
       summary: 'Every record Tally keeps on the account (GDPR access)',
       responses: { 200: answer('every record Tally keeps on the account, by table', exportSchema), ...refusals('account_not_found') },
@@ -282,7 +284,13 @@ export function operationsRoutes(dependencies: OperationsRouteDependencies): Rou
       responses: {
         200: answer(
           'what was erased (by field, never by value)',
-          z.object({ account_id: z.string(), pseudonym: z.string(), erased: erasedSchema }),
+          z.object({
+            account_id: z.string(),
+            pseudonym: z.string(),
+            erased: erasedSchema,
+            /** Erasure cannot remove the id; it says whether the id looks like personal data itself. */
+            account_id_kept: z.object({ looks_personal: z.boolean(), note: z.string() }),
+          }),
         ),
         ...refusals('account_not_found'),
       },

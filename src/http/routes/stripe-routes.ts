@@ -135,6 +135,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       method: 'GET',
       url: '/v1/accounts/:id/client-reference',
       access: 'app',
+      personalData: true,
       tag: 'stripe',
       summary:
         "A signed client_reference_id for the account, to put in a Payment Link URL or a pricing table's client-reference-id: Tally attributes the purchase to the account only by such a reference (it does not expire)",
@@ -150,6 +151,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       method: 'GET',
       url: '/v1/accounts/:id/trial-eligibility',
       access: 'app',
+      personalData: true,
       tag: 'stripe',
       summary:
         'Whether the account (and the email and device given) may start a trial; creates nothing. Prefer the POST: a query string is kept by proxies and logs',
@@ -164,6 +166,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       method: 'POST',
       url: '/v1/accounts/:id/trial-eligibility',
       access: 'app',
+      personalData: true,
       tag: 'stripe',
       summary: 'Whether the account (and the email and device given in the body) may start a trial; creates nothing',
       body: eligibilitySchema,
