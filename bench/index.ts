@@ -9,7 +9,9 @@
  * TALLY_BENCH_QUICK=1 runs every row once, briefly, to check that the bench works: its figures
  * mean nothing.
  */
-import { cpus, totalmem } from 'node:os';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
 import pg from 'pg';
 import { ensureDatabase } from '../src/db/embedded.js';
 import { openBenchPostgres } from './scratch-server.js';
@@ -39,6 +41,27 @@ const batchCountPerRound = quick ? 2 : undefined;
 const fundedCredits = 1_000_000_000;
 /** Each account has a twin with spend limits that the bench never reaches (its spends are 1 credit). */
 const limitedTwin = (account: string): string => `limited-${account}`;
+
+/**
+ * The example catalog with a free plan (no prices) whose entitlements name the priced meter and
+ * which gives 50 credits a day: written to a temporary file for TALLY_PLANS.
+ */
+function entitledCatalogFile(): string {
+  const catalog = JSON.parse(readFileSync('plans.example.json', 'utf8')) as { plans: unknown[] };
+  catalog.plans = [
+    {
+      id: 'bench_free',
+      name: 'Free',
+      free: true,
+      entitlements: { meters: [pricedSpend.meter], features: {} },
+      recurring_grants: [{ credits: 50, every: 'day' }],
+    },
+    ...catalog.plans,
+  ];
+  const file = join(mkdtempSync(join(tmpdir(), 'tally-bench-plans-')), 'plans.json');
+  writeFileSync(file, JSON.stringify(catalog));
+  return file;
+}
 
 interface Row {
   label: string;
@@ -116,6 +139,28 @@ async function main(): Promise<void> {
     });
     await server.stop();
     server = undefined;
+    // The same spends with every account on a free plan that has entitlements (the priced
+    // meter among them) and a daily recurring grant: the entitlement check and the recurring
+    // grant's probe in every spend, against the rows above (a later server on the same data).
+    process.stderr.write('usage over HTTP with entitlements and a daily recurring grant\n');
+    server = await startBenchServer(url, { TALLY_PLANS: entitledCatalogFile() });
+    for (let round = 1; round <= roundCount; round += 1) {
+      for (const [scenario, account] of [
+        ['one hot account', () => hotAccount],
+        [`${accountCount.toLocaleString('en')} accounts`, randomAccount],
+      ] as const) {
+        row(`POST usage over HTTP, ${scenario}, entitled plan`, 'spends/s', {
+          target: '≥ 0.9x plain',
+          baseline: `POST usage over HTTP, ${scenario}`,
+        }).figures.push(await usage(account)());
+        row(`POST usage over HTTP, ${scenario}, priced, entitled plan`, 'spends/s', {
+          target: '≥ 0.9x priced',
+          baseline: `POST usage over HTTP, ${scenario}, priced`,
+        }).figures.push(await pricedUsage(account)());
+      }
+    }
+    await server.stop();
+    server = undefined;
     const none = { p50: Number.NaN, p99: Number.NaN };
     process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0013\n');
     for (const figure of await measureBatchSql(serverUrl, { roundCount, batchCountPerRound })) {
@@ -133,6 +178,15 @@ async function main(): Promise<void> {
       const before = row(`tally_usage_batch of 256, ${scenario}, before 0015`, 'spends/s');
       before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
       row(`tally_usage_batch of 256, ${scenario}, no limits, now`, 'spends/s', { baseline: before.label }).figures.push(
+        ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
+      );
+    }
+    process.stderr.write('tally_usage_batch at the SQL level, before and after migration 0022 (entitlements), a catalog without them\n');
+    for (const figure of await measureBatchSql(serverUrl, { roundCount, batchCountPerRound, versionBefore: 21 })) {
+      const scenario = figure.scenario === 'hot' ? 'one hot account' : `${accountCount.toLocaleString('en')} accounts`;
+      const before = row(`tally_usage_batch of 256, ${scenario}, before 0022`, 'spends/s');
+      before.figures.push(...figure.beforeRounds.map((perSecond) => ({ perSecond, ...none })));
+      row(`tally_usage_batch of 256, ${scenario}, no entitlements, now`, 'spends/s', { baseline: before.label }).figures.push(
         ...figure.afterRounds.map((perSecond) => ({ perSecond, ...none })),
       );
     }
