@@ -1,5 +1,5 @@
 import type { Catalog, Plan } from '../src/billing/catalog.js';
-import type { Answer, Fact, PaidLine, Period } from './history.js';
+import type { Answer, Fact, PaidLine, Period, PricedSpend, Rates } from './history.js';
 
 /**
  * The reference model: SPEC's credit rule and ledger rules as a pure function of the Stripe
@@ -20,6 +20,8 @@ export interface ModelAccount {
   held: number;
   debt: number;
   grants: ModelGrant[];
+  /** The sub-credit carry its priced spends left, a decimal string in [0, 1). */
+  carry: string;
 }
 
 /** An event the model expects in GET /v1/events exactly once: its type, what names it, and when. */
@@ -87,14 +89,23 @@ interface Account {
   spentByDay: Map<number, number>;
   spentByMonth: Map<number, number>;
   topUp: TopUpState | undefined;
+  /** The fractional credits priced spends left over, in units of 10^-12 (SPEC: in [0, 1)). */
+  carry: bigint;
 }
 interface Hold {
   account: Account;
   amount: number;
+  /** A priced hold: its meter and the card version that priced it, which prices its capture too. */
+  priced: { meter: string; version: CardVersion } | undefined;
   taken: Take[];
   at: number;
   expiresAt: number;
   pending: boolean;
+}
+interface CardVersion {
+  version: number;
+  effectiveAt: number;
+  rates: Rates;
 }
 interface Clawback {
   account: Account;
@@ -176,6 +187,21 @@ export function addMonths(unixSeconds: number, months: number): number {
   return daysOfCivil(targetYear, targetMonth, Math.min(day, monthLength(targetYear, targetMonth))) * secondsPerDay + timeOfDay;
 }
 
+/**
+ * Exact decimals for priced usage: rates have at most 12 decimal places and quantities are
+ * integers, so every cost is an integer number of 10^-12 credits, kept in a BigInt (no floats).
+ */
+const unit = 10n ** 12n;
+export function decimalUnits(text: string): bigint {
+  const [whole = '0', fraction = ''] = text.split('.');
+  if (fraction.length > 12) throw new Error(`model: ${text} has more than 12 decimal places`);
+  return BigInt(whole) * unit + BigInt(fraction.padEnd(12, '0'));
+}
+export function decimalText(units: bigint): string {
+  const fraction = (units % unit).toString().padStart(12, '0').replace(/0+$/, '');
+  return fraction === '' ? `${units / unit}` : `${units / unit}.${fraction}`;
+}
+
 /** The UTC day and the UTC month an instant falls in (spend limits, auto top-up's monthly count). */
 export const utcDayOf = (unixSeconds: number) => Math.floor(unixSeconds / secondsPerDay);
 export function utcMonthOf(unixSeconds: number): number {
@@ -240,6 +266,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
           spentByDay: new Map(),
           spentByMonth: new Map(),
           topUp: undefined,
+          carry: 0n,
         }),
       );
     return found;
@@ -774,27 +801,138 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     answers.set(`fired:${key}`, { status: 0, code: spendKey });
   };
 
-  const spendCall = (accountId: string, amount: number, key: string, at: number, hold?: { expiresInSeconds: number }) => {
-    const owner = account(accountId);
+  /** Why a spend of `amount` credits would be refused now, or undefined: it would pass. */
+  const refusalOf = (owner: Account, at: number, amount: number): string | undefined => {
+    // A priced spend that charges 0 credits is accepted at any balance (SPEC); reading: it passes
+    // no limit either (spending nothing more cannot pass one).
+    if (amount === 0) return undefined;
     const refusal = limitRefusal(owner, at, amount);
+    // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
+    if (refusal !== undefined) return available(owner) < amount ? `${refusal}|insufficient_credits` : refusal;
+    return available(owner) < amount ? 'insufficient_credits' : undefined;
+  };
+  const spendCall = (
+    accountId: string,
+    amount: number,
+    key: string,
+    at: number,
+    hold?: { expiresInSeconds: number; priced?: Hold['priced'] },
+  ): boolean => {
+    const owner = account(accountId);
+    const refusal = refusalOf(owner, at, amount);
     if (refusal !== undefined) {
-      // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
-      const code = available(owner) < amount ? `${refusal}|insufficient_credits` : refusal;
-      answers.set(key, { status: 402, code, available: available(owner) });
-      return;
-    }
-    if (available(owner) < amount) {
-      answers.set(key, { status: 402, code: 'insufficient_credits', available: available(owner) });
-      return;
+      answers.set(key, { status: 402, code: refusal, available: available(owner) });
+      return false;
     }
     const taken = take(owner.grants, amount);
     count(owner, at, amount);
     if (hold !== undefined) {
-      holds.set(key, { account: owner, amount, taken, at, expiresAt: at + hold.expiresInSeconds, pending: true });
+      holds.set(key, { account: owner, amount, taken, at, expiresAt: at + hold.expiresInSeconds, pending: true, priced: hold.priced });
       owner.held += amount;
     }
     answers.set(key, { status: hold === undefined ? 200 : 201, available: available(owner) });
     maybeTopUp(owner, at, key);
+    return true;
+  };
+
+  /**
+   * SPEC's priced usage. The account's plan is its subscription's while that is active, trialing
+   * or past_due (several items: the one with the most credits per month), else the free plan;
+   * its card the plan's `rate_card`, else `default_rate_card`. The version in effect at an
+   * instant is the one whose `effective_at` is the latest not after it (reading: of two with
+   * the same instant, the later published).
+   */
+  const cards = new Map<string, CardVersion[]>(
+    catalog.rate_cards.map((card) => [card.id, [{ version: 1, effectiveAt: -Infinity, rates: card.rates }]]),
+  );
+  const cardOf = (subscription: PricedSpend['subscription']): string => {
+    let plan = catalog.plans.find((candidate) => candidate.free === true);
+    if (subscription !== null && ['active', 'trialing', 'past_due'].includes(subscription.status)) {
+      let most = -1;
+      subscription.prices.forEach((price, index) => {
+        const found = planOf(price)?.plan;
+        // Reading: an item's credits per month count its seats.
+        const credits = (found?.credits_per_month ?? 0) * (subscription.quantities[index] ?? 1);
+        if (found !== undefined && credits > most) [plan, most] = [found, credits];
+      });
+    }
+    const card = plan?.rate_card ?? catalog.default_rate_card;
+    if (card === undefined) throw new Error('model: the catalog has no default_rate_card');
+    return card;
+  };
+  const versionAt = (card: string, at: number): CardVersion => {
+    let found: CardVersion | undefined;
+    for (const version of cards.get(card) ?? [])
+      if (version.effectiveAt <= at && (found === undefined || version.effectiveAt >= found.effectiveAt)) found = version;
+    if (found === undefined) throw new Error(`model: no version of rate card ${card} in effect`);
+    return found;
+  };
+  const costOf = (rates: Rates, meter: string, quantities: Record<string, number>): bigint =>
+    Object.entries(quantities).reduce((sum, [dimension, quantity]) => {
+      const rate = rates[meter]?.[dimension];
+      if (rate === undefined) throw new Error(`model: no rate for ${meter} ${dimension}`);
+      return sum + BigInt(quantity) * decimalUnits(rate);
+    }, 0n);
+  /**
+   * A priced usage charges floor(cost + carry) and keeps the rest as the carry; a refused one
+   * changes neither. A priced hold reserves ceil(cost) at the version in effect, carry untouched.
+   */
+  const pricedCall = (accountId: string, key: string, at: number, priced: PricedSpend, hold?: { expiresInSeconds: number }) => {
+    const owner = account(accountId);
+    const version = versionAt(cardOf(priced.subscription), at);
+    const cost = costOf(version.rates, priced.meter, priced.quantities);
+    const charge = hold === undefined ? (cost + owner.carry) / unit : (cost + unit - 1n) / unit;
+    const accepted = spendCall(
+      accountId,
+      Number(charge),
+      key,
+      at,
+      hold === undefined ? undefined : { ...hold, priced: { meter: priced.meter, version } },
+    );
+    if (!accepted) return;
+    if (hold === undefined) owner.carry = cost + owner.carry - charge * unit;
+    Object.assign(answers.get(key)!, { cost: decimalText(cost), version: version.version, amount: Number(charge) });
+  };
+  /** A priced hold's capture: by the hold's version, with the carry; beyond the hold it is refused. */
+  const pricedCapture = (hold: Hold, key: string, quantities: Record<string, number>) => {
+    const owner = hold.account;
+    const priced = hold.priced!;
+    const cost = costOf(priced.version.rates, priced.meter, quantities);
+    const charge = (cost + owner.carry) / unit;
+    if (charge > BigInt(hold.amount)) {
+      answers.set(key, { status: 400, code: 'capture_exceeds_hold' });
+      return;
+    }
+    release(hold, Number(charge));
+    owner.carry = cost + owner.carry - charge * unit;
+    answers.set(key, {
+      status: 200,
+      available: available(owner),
+      cost: decimalText(cost),
+      version: priced.version.version,
+      amount: Number(charge),
+    });
+  };
+  /** A quote: what the spend would charge now and the refusal it would get, writing nothing. */
+  const quote = (fact: Extract<Fact, { kind: 'quote' }>) => {
+    const owner = account(fact.account);
+    let amount = fact.amount;
+    let priced: Pick<Answer, 'cost' | 'version'> = { cost: `${fact.amount}` };
+    if (fact.priced !== undefined) {
+      const version = versionAt(cardOf(fact.priced.subscription), fact.at);
+      const cost = costOf(version.rates, fact.priced.meter, fact.priced.quantities);
+      amount = Number((cost + owner.carry) / unit);
+      priced = { cost: decimalText(cost), version: version.version };
+    }
+    const reason = refusalOf(owner, fact.at, amount);
+    answers.set(fact.key, {
+      status: 200,
+      available: available(owner),
+      amount,
+      ...priced,
+      allowed: reason === undefined,
+      ...(reason === undefined ? {} : { code: reason }),
+    });
   };
 
   const paymentIntentCreated = (fact: Extract<Fact, { kind: 'payment_intent_created' }>) => {
@@ -903,18 +1041,37 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         reverse(`dispute:${fact.dispute}`, `dispute-won:${fact.dispute}`);
         break;
       case 'usage':
-        spendCall(fact.account, fact.amount, fact.key, fact.at);
+        if (fact.priced === undefined) spendCall(fact.account, fact.amount, fact.key, fact.at);
+        else pricedCall(fact.account, fact.key, fact.at, fact.priced);
         break;
       case 'batch':
-        for (const event of fact.events) spendCall(event.account, event.amount, event.key, fact.at);
+        for (const event of fact.events)
+          if (event.priced === undefined) spendCall(event.account, event.amount, event.key, fact.at);
+          else pricedCall(event.account, event.key, fact.at, event.priced);
         break;
       case 'hold':
-        spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
+        if (fact.priced === undefined) spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
+        else pricedCall(fact.account, fact.key, fact.at, fact.priced, { expiresInSeconds: fact.expiresInSeconds });
         break;
+      case 'quote':
+        quote(fact);
+        break;
+      case 'rate_card': {
+        // Versions are numbered per card in order of publication; the catalog's is the first.
+        const versions = cards.get(fact.card) ?? [];
+        versions.push({ version: versions.length + 1, effectiveAt: fact.effectiveAt, rates: fact.rates });
+        cards.set(fact.card, versions);
+        answers.set(fact.key, { status: 200, version: versions.length });
+        break;
+      }
       case 'capture':
       case 'void': {
         const hold = holds.get(fact.hold);
         const pending = hold?.pending === true;
+        if (hold !== undefined && pending && fact.kind === 'capture' && fact.quantities !== undefined && hold.priced !== undefined) {
+          pricedCapture(hold, `capture:${fact.hold}`, fact.quantities);
+          break;
+        }
         if (hold !== undefined && pending) release(hold, fact.kind === 'capture' ? fact.amount : 0);
         answers.set(
           `${fact.kind}:${fact.hold}`,
@@ -990,6 +1147,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       available: available(owner),
       held: owner.held,
       debt: owner.debt,
+      carry: decimalText(owner.carry),
       grants: owner.grants.map(({ key, amount, remaining, expiresAt, expired }) => ({ key, amount, remaining, expiresAt, expired })),
     });
   }

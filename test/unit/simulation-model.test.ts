@@ -389,3 +389,80 @@ it('auto top-up fires only on a spend, once in flight, and three failures in a r
   ]);
   assert.match(unasked.violations[0]!, /no qualifying spend fired/);
 });
+
+/** A priced spend of gpt-5-mini input tokens (standard card: 0.000025 a token) on an account without a subscription. */
+const mini = (tokens: number) => ({ meter: 'openai/gpt-5-mini', quantities: { input_tokens: tokens }, subscription: null });
+const pack = (at: number): Fact => ({
+  kind: 'pack_paid',
+  at,
+  account: 'a',
+  paymentIntent: 'pi_pack',
+  amountPaid: 1000,
+  items: [{ price: 'price_pack_1000', quantity: 1 }],
+});
+
+it('priced spends charge the floor of cost plus carry and keep the rest, and a refused one changes neither balance nor carry', () => {
+  const facts: Fact[] = [
+    // 16,000 tokens cost 0.4 credits: charged 0, 0, then 1 (0.4 + 0.8), leaving 0.2.
+    { kind: 'usage', at: start + 1, account: 'a', amount: 0, key: 'u1', priced: mini(16_000) },
+    { kind: 'usage', at: start + 2, account: 'a', amount: 0, key: 'u2', priced: mini(16_000) },
+    // At a zero balance: 0.2 + 1.2 would charge 1, refused, carry kept; then 0.2 + 0.4 charges 0.
+    { kind: 'usage', at: start + 3, account: 'a', amount: 0, key: 'u3', priced: mini(48_000) },
+    { kind: 'usage', at: start + 4, account: 'a', amount: 0, key: 'u4', priced: mini(16_000) },
+    pack(start + 5),
+    { kind: 'usage', at: start + 6, account: 'a', amount: 0, key: 'u5', priced: mini(16_000) },
+  ];
+  const result = runModel(catalog, facts);
+  const summary = (key: string) => {
+    const answer = result.answers.get(key)!;
+    return [answer.status, answer.amount, answer.cost, answer.code];
+  };
+  assert.deepEqual(summary('u1'), [200, 0, '0.4', undefined]);
+  assert.deepEqual(summary('u2'), [200, 0, '0.4', undefined]);
+  assert.deepEqual(summary('u3'), [402, undefined, undefined, 'insufficient_credits']);
+  assert.deepEqual(summary('u4'), [200, 0, '0.4', undefined]);
+  // 0.8 + 0.4 = 1.2: one credit of the pack, 0.2 left.
+  assert.deepEqual(summary('u5'), [200, 1, '0.4', undefined]);
+  assert.equal(result.accounts.get('a')!.available, 999);
+  assert.equal(result.accounts.get('a')!.carry, '0.2');
+});
+
+it('a priced hold reserves ceil(cost) and its capture is priced by the hold’s version, after a price change, with the carry', () => {
+  const rates = structuredClone(catalog.rate_cards.find((card) => card.id === 'standard')!.rates);
+  rates['openai/gpt-5-mini']!.input_tokens = '0.000000000001';
+  const facts: Fact[] = [
+    pack(start),
+    // 50,000 tokens at 0.000025: 1.25, so 2 held.
+    { kind: 'hold', at: start + 1, account: 'a', amount: 0, key: 'h', expiresInSeconds: 3600, priced: mini(50_000) },
+    { kind: 'rate_card', at: start + 2, key: 'r2', card: 'standard', rates, effectiveAt: start + 2 },
+    // Version 3, scheduled for the next day, is not in effect before it.
+    { kind: 'rate_card', at: start + 3, key: 'r3', card: 'standard', rates: catalog.rate_cards[0]!.rates, effectiveAt: start + day },
+    { kind: 'quote', at: start + 4, account: 'a', key: 'q', amount: 0, priced: mini(1_000_000) },
+    // 100,000 tokens by the hold's version cost 2.5: 2 + carry would be 2, fine; 120,000 (3) is over the hold.
+    { kind: 'capture', at: start + 5, hold: 'h', amount: 0, quantities: { input_tokens: 120_000 } },
+    { kind: 'capture', at: start + 6, hold: 'h', amount: 0, quantities: { input_tokens: 70_000 } },
+    // Version 2 prices a spend now: 1,000,000 tokens cost 0.000001.
+    { kind: 'usage', at: start + 7, account: 'a', amount: 0, key: 'u', priced: mini(1_000_000) },
+    { kind: 'usage', at: start + day, account: 'a', amount: 0, key: 'u2', priced: mini(1_000_000) },
+  ];
+  const result = runModel(catalog, facts);
+  assert.deepEqual(
+    ['h', 'r2', 'r3', 'q', 'capture:h', 'u', 'u2'].map((key) => {
+      const { status, amount, cost, version, code, allowed } = result.answers.get(key)!;
+      return [key, status, amount, cost, version, code, allowed];
+    }),
+    [
+      ['h', 201, 2, '1.25', 1, undefined, undefined],
+      ['r2', 200, undefined, undefined, 2, undefined, undefined],
+      ['r3', 200, undefined, undefined, 3, undefined, undefined],
+      ['q', 200, 0, '0.000001', 2, undefined, true],
+      // The first capture (3 credits) was refused and left the hold as it was: the second is the answer kept.
+      ['capture:h', 200, 1, '1.75', 1, undefined, undefined],
+      ['u', 200, 0, '0.000001', 2, undefined, undefined],
+      // Version 3 (the catalog's rates again) is in effect from the next day: 25 credits.
+      ['u2', 200, 25, '25', 3, undefined, undefined],
+    ],
+  );
+  assert.equal(result.accounts.get('a')!.available, 1000 - 1 - 25);
+  assert.equal(result.accounts.get('a')!.carry, '0.750001');
+});
