@@ -100,6 +100,8 @@ export interface Answer {
   cost?: string;
   version?: number;
   amount?: number;
+  /** A 403 meter_not_entitled: the plan it names. */
+  plan?: string;
   /** A quote: whether the spend would pass now. */
   allowed?: boolean;
 }

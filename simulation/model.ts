@@ -845,20 +845,39 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   const cards = new Map<string, CardVersion[]>(
     catalog.rate_cards.map((card) => [card.id, [{ version: 1, effectiveAt: -Infinity, rates: card.rates }]]),
   );
-  const cardOf = (subscription: PricedSpend['subscription']): string => {
-    let plan = catalog.plans.find((candidate) => candidate.free === true);
+  /**
+   * SPEC's entitlements: the meters of the account's plan (several items: the union; a plan
+   * without entitlements, or no plan at all, allows every meter), and its plan id.
+   */
+  const planFor = (subscription: PricedSpend['subscription']): { plan: Plan | undefined; meters: Set<string> | 'all' } => {
     if (subscription !== null && ['active', 'trialing', 'past_due'].includes(subscription.status)) {
+      let plan: Plan | undefined;
       let most = -1;
+      let meters: Set<string> | 'all' = new Set();
       subscription.prices.forEach((price, index) => {
         const found = planOf(price)?.plan;
+        if (found === undefined) return;
         // Reading: an item's credits per month count its seats.
-        const credits = (found?.credits_per_month ?? 0) * (subscription.quantities[index] ?? 1);
-        if (found !== undefined && credits > most) [plan, most] = [found, credits];
+        const credits = found.credits_per_month * (subscription.quantities[index] ?? 1);
+        if (credits > most) [plan, most] = [found, credits];
+        const allowed = found.entitlements?.meters ?? 'all';
+        meters = meters === 'all' || allowed === 'all' ? 'all' : new Set([...meters, ...allowed]);
       });
+      if (plan !== undefined) return { plan, meters };
     }
-    const card = plan?.rate_card ?? catalog.default_rate_card;
+    const free = catalog.plans.find((candidate) => candidate.free === true);
+    const allowed = free?.entitlements?.meters ?? 'all';
+    return { plan: free, meters: allowed === 'all' ? 'all' : new Set(allowed) };
+  };
+  const cardOf = (subscription: PricedSpend['subscription']): string => {
+    const card = planFor(subscription).plan?.rate_card ?? catalog.default_rate_card;
     if (card === undefined) throw new Error('model: the catalog has no default_rate_card');
     return card;
+  };
+  /** `403 meter_not_entitled` when the meter is outside the account's plan, checked first. */
+  const notEntitled = (priced: PricedSpend): string | undefined => {
+    const { plan, meters } = planFor(priced.subscription);
+    return meters === 'all' || meters.has(priced.meter) ? undefined : (plan?.id ?? 'none');
   };
   const versionAt = (card: string, at: number): CardVersion => {
     let found: CardVersion | undefined;
@@ -879,6 +898,11 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    */
   const pricedCall = (accountId: string, key: string, at: number, priced: PricedSpend, hold?: { expiresInSeconds: number }) => {
     const owner = account(accountId);
+    const planId = notEntitled(priced);
+    if (planId !== undefined) {
+      answers.set(key, { status: 403, code: 'meter_not_entitled', plan: planId });
+      return;
+    }
     const version = versionAt(cardOf(priced.subscription), at);
     const cost = costOf(version.rates, priced.meter, priced.quantities);
     const charge = hold === undefined ? (cost + owner.carry) / unit : (cost + unit - 1n) / unit;
@@ -924,7 +948,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       amount = Number((cost + owner.carry) / unit);
       priced = { cost: decimalText(cost), version: version.version };
     }
-    const reason = refusalOf(owner, fact.at, amount);
+    const reason =
+      fact.priced !== undefined && notEntitled(fact.priced) !== undefined ? 'meter_not_entitled' : refusalOf(owner, fact.at, amount);
     answers.set(fact.key, {
       status: 200,
       available: available(owner),

@@ -1,7 +1,8 @@
 import pg from 'pg';
 import Stripe from 'stripe';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createTestApp, TestClock, testCatalog, webhookSecret, type TestApp } from '../test/helpers/app.js';
+import { createTestApp, TestClock, webhookSecret, type TestApp } from '../test/helpers/app.js';
+import { simulationCatalog } from './catalog.js';
 import { createTestDatabase, type TestDatabase } from '../test/helpers/database.js';
 import type { Answer, Fact, PricedSpend } from './history.js';
 import { runModel, type ExpectedEvent, type ModelAccount, type ModelResult } from './model.js';
@@ -50,12 +51,14 @@ type StripeObject = Record<string, any>;
 
 export async function runHistory(steps: Step[], options: RunOptions): Promise<RunResult> {
   const failures: string[] = [];
+  const catalog = simulationCatalog();
   const world = await new StripeWorld(`s${options.seed.toString(36)}x`, simulationStart).start();
   const clock = new TestClock(simulationStart * 1000);
   const database = await createTestDatabase(30);
   const makeApp = async () => {
     // Waits (a proration whose period's invoice is not paid yet) pass in the world's virtual time.
     const app = await createTestApp({
+      catalog,
       database,
       clock,
       stripeApiBase: world.url,
@@ -309,9 +312,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     switch (step.kind) {
       case 'subscribe': {
         if (sub !== undefined) return;
-        const plan = testCatalog().plans.find(
-          (candidate) => candidate.prices.month === step.price || candidate.prices.year === step.price,
-        )!;
+        const plan = catalog.plans.find((candidate) => candidate.prices.month === step.price || candidate.prices.year === step.price)!;
         const trialDays = step.trial ? plan.trial?.days : undefined;
         const checkout = await call('POST', `/v1/accounts/${account}/checkout`, {
           plan_id: plan.id,
@@ -361,7 +362,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
           world.failNextRenewal(sub, step.recoverAfter);
         return;
       case 'pack': {
-        const pack = testCatalog().credit_packs.find((candidate) => candidate.price === step.price)!;
+        const pack = catalog.credit_packs.find((candidate) => candidate.price === step.price)!;
         if (step.via === 'checkout') {
           const checkout = await call('POST', `/v1/accounts/${account}/checkout`, {
             pack_id: pack.id,
@@ -426,6 +427,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         ...(typeof body.cost === 'string' ? { cost: body.cost } : {}),
         ...(typeof body.rate_card?.version === 'number' ? { version: body.rate_card.version } : {}),
         ...(typeof body.amount === 'number' ? { amount: body.amount } : {}),
+        ...(typeof body.error?.plan_id === 'string' ? { plan: body.error.plan_id } : {}),
       });
     };
     /** A priced spend of the step, with the account's subscription as Stripe has it now. */
@@ -680,7 +682,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   }
 
   async function audit(): Promise<void> {
-    const model = runModel(testCatalog(), world.facts);
+    const model = runModel(catalog, world.facts);
     for (const [name, expected] of model.answers) {
       const actual = answers.get(name);
       if (actual === undefined) continue;
@@ -691,7 +693,8 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         (expected.cost !== undefined && (actual.cost === undefined || decimalDiffers(actual.cost, expected.cost))) ||
         (expected.version !== undefined && actual.version !== expected.version) ||
         (expected.amount !== undefined && actual.amount !== expected.amount) ||
-        (expected.allowed !== undefined && actual.allowed !== expected.allowed)
+        (expected.allowed !== undefined && actual.allowed !== expected.allowed) ||
+        (expected.plan !== undefined && actual.plan !== expected.plan)
       ) {
         failures.push(
           `${stepOf.get(name) ?? '?'}: app call ${name}: Tally answered ${JSON.stringify(actual)}, the model ${JSON.stringify(expected)}`,

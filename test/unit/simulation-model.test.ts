@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import type { Fact, PaidLine } from '../../simulation/history.js';
 import { addMonths, monthsOf, runModel } from '../../simulation/model.js';
+import { simulationCatalog } from '../../simulation/catalog.js';
 import { testCatalog } from '../helpers/app.js';
 
 // Proves that the simulator's reference model computes SPEC's credit rule on worked examples
@@ -465,4 +466,45 @@ it('a priced hold reserves ceil(cost) and its capture is priced by the hold’s 
   );
   assert.equal(result.accounts.get('a')!.available, 1000 - 1 - 25);
   assert.equal(result.accounts.get('a')!.carry, '0.750001');
+});
+
+it('a priced spend on a meter outside the plan is 403 meter_not_entitled, and a plan change flips it', () => {
+  const sims = simulationCatalog();
+  const gpt5 = (status: string, prices: string[]) => ({
+    meter: 'openai/gpt-5',
+    quantities: { output_tokens: 1000 },
+    subscription: { prices, quantities: prices.map(() => 1), status },
+  });
+  const facts: Fact[] = [
+    pack(start),
+    // Starter lacks gpt-5; Pro has it (on its own card, volume: 0.0008 a token); a canceled
+    // subscription leaves the free plan, which lacks it; two items take the union.
+    { kind: 'usage', at: start + 1, account: 'a', amount: 0, key: 'starter', priced: gpt5('active', ['price_starter_monthly']) },
+    { kind: 'quote', at: start + 2, account: 'a', key: 'quote', amount: 0, priced: gpt5('active', ['price_starter_monthly']) },
+    { kind: 'usage', at: start + 3, account: 'a', amount: 0, key: 'pro', priced: gpt5('past_due', ['price_pro_monthly']) },
+    { kind: 'usage', at: start + 4, account: 'a', amount: 0, key: 'ended', priced: gpt5('canceled', ['price_pro_monthly']) },
+    {
+      kind: 'usage',
+      at: start + 5,
+      account: 'a',
+      amount: 0,
+      key: 'two',
+      priced: gpt5('active', ['price_starter_monthly', 'price_pro_monthly']),
+    },
+  ];
+  const { answers, accounts } = runModel(sims, facts);
+  const summary = (key: string) => {
+    const { status, code, plan, amount, allowed } = answers.get(key)!;
+    return [key, status, code, plan, amount, allowed];
+  };
+  assert.deepEqual(['starter', 'quote', 'pro', 'ended', 'two'].map(summary), [
+    ['starter', 403, 'meter_not_entitled', 'starter', undefined, undefined],
+    ['quote', 200, 'meter_not_entitled', undefined, 1, false],
+    ['pro', 200, undefined, undefined, 0, undefined],
+    ['ended', 403, 'meter_not_entitled', 'free', undefined, undefined],
+    ['two', 200, undefined, undefined, 1, undefined],
+  ]);
+  // 0.8 + 0.8 on the volume card: 1 credit, 0.6 left.
+  assert.equal(accounts.get('a')!.carry, '0.6');
+  assert.equal(accounts.get('a')!.available, 999);
 });
