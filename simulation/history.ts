@@ -54,13 +54,28 @@ export type Fact =
   | { kind: 'dispute'; at: number; dispute: string; paymentIntent: string; amount: number }
   | { kind: 'dispute_won'; at: number; dispute: string }
   /** A spend of `amount` credits, or, with `priced`, of what its meter's quantities cost. */
-  | { kind: 'usage'; at: number; account: string; amount: number; key: string; priced?: PricedSpend }
-  | { kind: 'batch'; at: number; events: { account: string; amount: number; key: string; priced?: PricedSpend }[] }
-  | { kind: 'hold'; at: number; account: string; amount: number; key: string; expiresInSeconds: number; priced?: PricedSpend }
+  | { kind: 'usage'; at: number; account: string; amount: number; key: string; priced?: PricedSpend; subscription?: StripeSubscription }
+  | {
+      kind: 'batch';
+      at: number;
+      events: { account: string; amount: number; key: string; priced?: PricedSpend; subscription?: StripeSubscription }[];
+    }
+  | {
+      kind: 'hold';
+      at: number;
+      account: string;
+      amount: number;
+      key: string;
+      expiresInSeconds: number;
+      priced?: PricedSpend;
+      subscription?: StripeSubscription;
+    }
+  /** The app read the account's balance (GET /balance). */
+  | { kind: 'balance_read'; at: number; account: string; subscription: StripeSubscription }
   /** A capture of `amount` credits, or of a priced hold by the `quantities` the call used. */
   | { kind: 'capture'; at: number; hold: string; amount: number; quantities?: Record<string, number> }
   /** The app asked what a spend would charge now (POST /quote); `key` names its answer. */
-  | { kind: 'quote'; at: number; account: string; key: string; amount: number; priced?: PricedSpend }
+  | { kind: 'quote'; at: number; account: string; key: string; amount: number; priced?: PricedSpend; subscription?: StripeSubscription }
   /** An operator published a rate card version (answered 200); `key` names its answer. */
   | { kind: 'rate_card'; at: number; key: string; card: string; rates: Rates; effectiveAt: number }
   | { kind: 'void'; at: number; hold: string }
@@ -87,8 +102,10 @@ export type Rates = Record<string, Record<string, string>>;
 export interface PricedSpend {
   meter: string;
   quantities: Record<string, number>;
-  subscription: { prices: string[]; quantities: number[]; status: string } | null;
+  subscription: StripeSubscription;
 }
+/** The account's live subscription as Stripe has it: its items' prices and seats, its status. */
+export type StripeSubscription = { prices: string[]; quantities: number[]; status: string } | null;
 
 /** The status (and the available credits, when Tally answers them) of one app call. */
 export interface Answer {

@@ -1,5 +1,5 @@
 import type { Catalog, Plan } from '../src/billing/catalog.js';
-import type { Answer, Fact, PaidLine, Period, PricedSpend, Rates } from './history.js';
+import type { Answer, Fact, PaidLine, Period, PricedSpend, Rates, StripeSubscription } from './history.js';
 
 /**
  * The reference model: SPEC's credit rule and ledger rules as a pure function of the Stripe
@@ -210,6 +210,20 @@ export function utcMonthOf(unixSeconds: number): number {
 }
 
 /** The month slices of a yearly period, counted from its start; the last one ends with the year. */
+/** The UTC day, ISO week (Monday to Monday) or calendar month an instant falls in. */
+export function cadencePeriod(every: 'day' | 'week' | 'month', at: number): Period {
+  const days = utcDayOf(at);
+  if (every === 'day') return { start: days * secondsPerDay, end: (days + 1) * secondsPerDay };
+  // 1970-01-01, day 0, was a Thursday: (days + 3) mod 7 counts days since Monday.
+  if (every === 'week') {
+    const monday = days - ((((days + 3) % 7) + 7) % 7);
+    return { start: monday * secondsPerDay, end: (monday + 7) * secondsPerDay };
+  }
+  const { year, month } = civilOf(days);
+  const start = daysOfCivil(year, month, 1) * secondsPerDay;
+  return { start, end: addMonths(start, 1) };
+}
+
 export function monthsOf(year: Period): Period[] {
   const months: Period[] = [];
   for (let index = 0; index < 12; index += 1) {
@@ -802,14 +816,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
   };
 
   /** Why a spend of `amount` credits would be refused now, or undefined: it would pass. */
-  const refusalOf = (owner: Account, at: number, amount: number): string | undefined => {
+  const refusalOf = (owner: Account, at: number, amount: number, more = 0): string | undefined => {
     // A priced spend that charges 0 credits is accepted at any balance (SPEC); reading: it passes
     // no limit either (spending nothing more cannot pass one).
     if (amount === 0) return undefined;
     const refusal = limitRefusal(owner, at, amount);
     // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
-    if (refusal !== undefined) return available(owner) < amount ? `${refusal}|insufficient_credits` : refusal;
-    return available(owner) < amount ? 'insufficient_credits' : undefined;
+    if (refusal !== undefined) return available(owner) + more < amount ? `${refusal}|insufficient_credits` : refusal;
+    return available(owner) + more < amount ? 'insufficient_credits' : undefined;
   };
   const spendCall = (
     accountId: string,
@@ -869,6 +883,28 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     const allowed = free?.entitlements?.meters ?? 'all';
     return { plan: free, meters: allowed === 'all' ? 'all' : new Set(allowed) };
   };
+  /**
+   * SPEC's recurring grants: each of the plan's `recurring_grants` gives one grant per UTC day,
+   * ISO week (from Monday) or calendar month, expiring at its end, by the account's first spend,
+   * hold or balance read of the period. Reading: a spend refused for the balance or a limit
+   * still gives it (the call's transaction commits its refusal, and the balance it was judged
+   * by included the grant); one refused as not entitled writes nothing, so gives nothing.
+   */
+  const recurringDue = (owner: Account, at: number, subscription: StripeSubscription) => {
+    const { plan } = planFor(subscription);
+    if (plan === undefined) return [];
+    return plan.recurring_grants
+      .map((recurring) => {
+        const period = cadencePeriod(recurring.every, at);
+        return { key: `recurring:${owner.id}:${plan.id}:${recurring.every}:${period.start}`, credits: recurring.credits, period };
+      })
+      .filter((due) => !owner.grants.some((existing) => existing.key === due.key));
+  };
+  const touch = (accountId: string, at: number, subscription: StripeSubscription | undefined) => {
+    const owner = account(accountId);
+    if (subscription === undefined) return;
+    for (const due of recurringDue(owner, at, subscription)) grant(owner, due.key, due.credits, due.period.end);
+  };
   const cardOf = (subscription: PricedSpend['subscription']): string => {
     const card = planFor(subscription).plan?.rate_card ?? catalog.default_rate_card;
     if (card === undefined) throw new Error('model: the catalog has no default_rate_card');
@@ -903,6 +939,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       answers.set(key, { status: 403, code: 'meter_not_entitled', plan: planId });
       return;
     }
+    touch(accountId, at, priced.subscription);
     const version = versionAt(cardOf(priced.subscription), at);
     const cost = costOf(version.rates, priced.meter, priced.quantities);
     const charge = hold === undefined ? (cost + owner.carry) / unit : (cost + unit - 1n) / unit;
@@ -948,11 +985,14 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       amount = Number((cost + owner.carry) / unit);
       priced = { cost: decimalText(cost), version: version.version };
     }
+    // The period's recurring grants count as if given (they repay debt first), writing nothing.
+    const due = fact.subscription === undefined ? [] : recurringDue(owner, fact.at, fact.subscription);
+    const more = Math.max(0, due.reduce((sum, item) => sum + item.credits, 0) - owner.debt);
     const reason =
-      fact.priced !== undefined && notEntitled(fact.priced) !== undefined ? 'meter_not_entitled' : refusalOf(owner, fact.at, amount);
+      fact.priced !== undefined && notEntitled(fact.priced) !== undefined ? 'meter_not_entitled' : refusalOf(owner, fact.at, amount, more);
     answers.set(fact.key, {
       status: 200,
-      available: available(owner),
+      available: available(owner) + more,
       amount,
       ...priced,
       allowed: reason === undefined,
@@ -1066,17 +1106,30 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         reverse(`dispute:${fact.dispute}`, `dispute-won:${fact.dispute}`);
         break;
       case 'usage':
-        if (fact.priced === undefined) spendCall(fact.account, fact.amount, fact.key, fact.at);
-        else pricedCall(fact.account, fact.key, fact.at, fact.priced);
+        if (fact.priced !== undefined) pricedCall(fact.account, fact.key, fact.at, fact.priced);
+        else {
+          touch(fact.account, fact.at, fact.subscription);
+          spendCall(fact.account, fact.amount, fact.key, fact.at);
+        }
         break;
       case 'batch':
         for (const event of fact.events)
-          if (event.priced === undefined) spendCall(event.account, event.amount, event.key, fact.at);
-          else pricedCall(event.account, event.key, fact.at, event.priced);
+          if (event.priced !== undefined) pricedCall(event.account, event.key, fact.at, event.priced);
+          else {
+            touch(event.account, fact.at, event.subscription);
+            spendCall(event.account, event.amount, event.key, fact.at);
+          }
         break;
       case 'hold':
-        if (fact.priced === undefined) spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
-        else pricedCall(fact.account, fact.key, fact.at, fact.priced, { expiresInSeconds: fact.expiresInSeconds });
+        if (fact.priced !== undefined)
+          pricedCall(fact.account, fact.key, fact.at, fact.priced, { expiresInSeconds: fact.expiresInSeconds });
+        else {
+          touch(fact.account, fact.at, fact.subscription);
+          spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
+        }
+        break;
+      case 'balance_read':
+        touch(fact.account, fact.at, fact.subscription);
         break;
       case 'quote':
         quote(fact);

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createTestApp, TestClock, webhookSecret, type TestApp } from '../test/helpers/app.js';
 import { simulationCatalog } from './catalog.js';
 import { createTestDatabase, type TestDatabase } from '../test/helpers/database.js';
-import type { Answer, Fact, PricedSpend } from './history.js';
+import type { Answer, Fact, PricedSpend, StripeSubscription } from './history.js';
 import { runModel, type ExpectedEvent, type ModelAccount, type ModelResult } from './model.js';
 import { StripeWorld, intervalOf, type SimPayment } from './stripe.js';
 import { DatabaseUnavailableError } from '../src/db/errors.js';
@@ -98,6 +98,20 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       return month === undefined || month - 300 <= world.now ? plain : { target: month - 300, exact: false };
     }
     return plain;
+  };
+  /**
+   * The account's subscription as Stripe has it now (the model decides its plan from it: its
+   * rate card, meters and recurring grants). Every window quiesces before app calls, so Tally
+   * has applied what Stripe said.
+   */
+  const subscriptionOf = (accountId: string): StripeSubscription => {
+    const sub = world.liveSubscription(accountId);
+    if (sub === undefined) return null;
+    return {
+      prices: [sub.price, ...(sub.extra === undefined ? [] : [sub.extra.price])],
+      quantities: [sub.quantity, ...(sub.extra === undefined ? [] : [sub.extra.quantity])],
+      status: sub.status,
+    };
   };
   /** The next month start of the account's yearly subscription, strictly inside its period. */
   const nextMonthStart = (account: string): number | undefined => {
@@ -431,21 +445,8 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       });
     };
     /** A priced spend of the step, with the account's subscription as Stripe has it now. */
-    const pricedOf = (priced: Priced | undefined, accountId: string): PricedSpend | undefined => {
-      if (priced === undefined) return undefined;
-      const sub = world.liveSubscription(accountId);
-      return {
-        ...priced,
-        subscription:
-          sub === undefined
-            ? null
-            : {
-                prices: [sub.price, ...(sub.extra === undefined ? [] : [sub.extra.price])],
-                quantities: [sub.quantity, ...(sub.extra === undefined ? [] : [sub.extra.quantity])],
-                status: sub.status,
-              },
-      };
-    };
+    const pricedOf = (priced: Priced | undefined, accountId: string): PricedSpend | undefined =>
+      priced === undefined ? undefined : { ...priced, subscription: subscriptionOf(accountId) };
     const spendBody = (amount: number, priced: PricedSpend | undefined) =>
       priced === undefined ? { amount } : { meter: priced.meter, quantities: priced.quantities };
     switch (step.kind) {
@@ -458,6 +459,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
           account,
           amount: step.amount,
           key: usageKey,
+          subscription: subscriptionOf(account),
           ...(priced === undefined ? {} : { priced }),
         });
         remember(
@@ -475,6 +477,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
           account,
           amount: step.amount,
           key: quoteKey,
+          subscription: subscriptionOf(account),
           ...(priced === undefined ? {} : { priced }),
         });
         const response = await call('POST', `/v1/accounts/${account}/quote`, spendBody(step.amount, priced));
@@ -523,6 +526,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
             account: event.account_id,
             amount: event.amount,
             key: event.idempotency_key,
+            subscription: subscriptionOf(event.account_id),
             ...(event.priced === undefined ? {} : { priced: event.priced }),
           })),
         });
@@ -552,6 +556,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
           amount: step.amount,
           key: holdKey,
           expiresInSeconds: step.expiresIn,
+          subscription: subscriptionOf(account),
           ...(priced === undefined ? {} : { priced }),
         });
         const response = await keyedCall('POST', `/v1/accounts/${account}/holds`, {
@@ -682,6 +687,10 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   }
 
   async function audit(): Promise<void> {
+    // The audit reads every account's balance (compareAccount), which gives the day's recurring grants.
+    const accountIds = Array.from({ length: lifecycleCount }, (_, lifecycle) => accountOf(lifecycle));
+    for (const accountId of accountIds)
+      world.facts.push({ kind: 'balance_read', at: world.now, account: accountId, subscription: subscriptionOf(accountId) });
     const model = runModel(catalog, world.facts);
     for (const [name, expected] of model.answers) {
       const actual = answers.get(name);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import type { Fact, PaidLine } from '../../simulation/history.js';
-import { addMonths, monthsOf, runModel } from '../../simulation/model.js';
+import { addMonths, cadencePeriod, monthsOf, runModel } from '../../simulation/model.js';
 import { simulationCatalog } from '../../simulation/catalog.js';
 import { testCatalog } from '../helpers/app.js';
 
@@ -504,7 +504,61 @@ it('a priced spend on a meter outside the plan is 403 meter_not_entitled, and a 
     ['ended', 403, 'meter_not_entitled', 'free', undefined, undefined],
     ['two', 200, undefined, undefined, 1, undefined],
   ]);
-  // 0.8 + 0.8 on the volume card: 1 credit, 0.6 left.
+  // 0.8 + 0.8 on the volume card: 1 credit, 0.6 left. The quote counted Starter's weekly 100 as
+  // if given; Pro's monthly 1,000 was given by the first Pro spend (the refused ones gave nothing).
+  assert.equal(answers.get('quote')!.available, 1100);
   assert.equal(accounts.get('a')!.carry, '0.6');
-  assert.equal(accounts.get('a')!.available, 999);
+  assert.equal(accounts.get('a')!.available, 1000 + 1000 - 1);
+  assert.deepEqual(
+    accounts.get('a')!.grants.map((grant) => grant.key),
+    ['purchase:pi_pack', `recurring:a:pro:month:${start}`],
+  );
+});
+
+it('recurring grants come with the first spend, hold or balance read of their period, and idle days get nothing', () => {
+  const sims = simulationCatalog();
+  const free = null;
+  const plus = { prices: ['price_plus_yearly'], quantities: [1], status: 'active' };
+  const at = (days: number, hours: number) => start + days * day + hours * 3600;
+  const facts: Fact[] = [
+    { kind: 'usage', at: at(0, 3), account: 'a', amount: 30, key: 'u1', subscription: free },
+    { kind: 'usage', at: at(0, 4), account: 'a', amount: 30, key: 'u2', subscription: free },
+    // Day 1 passes without a call; on day 2 a quote counts the day's 50 without writing it.
+    { kind: 'quote', at: at(2, 1), account: 'a', key: 'q', amount: 40, subscription: free },
+    { kind: 'balance_read', at: at(2, 2), account: 'a', subscription: free },
+    // On Plus (yearly) the same day gives Plus's own 20 besides the free plan's 50.
+    { kind: 'hold', at: at(2, 5), account: 'a', amount: 60, key: 'h', expiresInSeconds: 60, subscription: plus },
+  ];
+  const { answers, accounts } = runModel(sims, facts);
+  assert.deepEqual(
+    ['u1', 'u2', 'q', 'h'].map((key) => [key, answers.get(key)!.status, answers.get(key)!.available]),
+    [
+      ['u1', 200, 20],
+      ['u2', 402, 20],
+      ['q', 200, 50],
+      ['h', 201, 10],
+    ],
+  );
+  const grants = accounts.get('a')!.grants;
+  assert.deepEqual(
+    grants.map((grant) => [grant.key, grant.amount, grant.expiresAt, grant.expired]),
+    [
+      [`recurring:a:free:day:${start}`, 50, start + day, true],
+      [`recurring:a:free:day:${start + 2 * day}`, 50, start + 3 * day, false],
+      [`recurring:a:plus:day:${start + 2 * day}`, 20, start + 3 * day, false],
+    ],
+  );
+});
+
+it('the recurring cadences are the UTC day, the ISO week from Monday and the calendar month', () => {
+  const seconds = (text: string) => Date.parse(text) / 1000;
+  const period = (every: 'day' | 'week' | 'month', text: string) => {
+    const { start: from, end: to } = cadencePeriod(every, seconds(text));
+    return [new Date(from * 1000).toISOString(), new Date(to * 1000).toISOString()];
+  };
+  assert.deepEqual(period('day', '2030-02-28T23:59:59Z'), ['2030-02-28T00:00:00.000Z', '2030-03-01T00:00:00.000Z']);
+  // 2026-12-02 is a Wednesday; 2027-01-03 a Sunday, whose ISO week began in 2026.
+  assert.deepEqual(period('week', '2026-12-02T12:00:00Z'), ['2026-11-30T00:00:00.000Z', '2026-12-07T00:00:00.000Z']);
+  assert.deepEqual(period('week', '2027-01-03T23:00:00Z'), ['2026-12-28T00:00:00.000Z', '2027-01-04T00:00:00.000Z']);
+  assert.deepEqual(period('month', '2032-02-29T10:00:00Z'), ['2032-02-01T00:00:00.000Z', '2032-03-01T00:00:00.000Z']);
 });
