@@ -100,17 +100,18 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     return plain;
   };
   /**
-   * The account's subscription as Stripe has it now (the model decides its plan from it: its
-   * rate card, meters and recurring grants). Every window quiesces before app calls, so Tally
-   * has applied what Stripe said.
+   * The account's subscription as Stripe's delivered events tell it now (the model decides its
+   * plan from it: its rate card, meters and recurring grants). Every window quiesces before app
+   * calls, so Tally has applied them; a late cancellation counts from its delivery.
    */
   const subscriptionOf = (accountId: string): StripeSubscription => {
-    const sub = world.liveSubscription(accountId);
-    if (sub === undefined) return null;
+    const delivered = world.deliveredSubscription(accountId);
+    if (delivered === undefined) return null;
+    const { sub, status } = delivered;
     return {
       prices: [sub.price, ...(sub.extra === undefined ? [] : [sub.extra.price])],
       quantities: [sub.quantity, ...(sub.extra === undefined ? [] : [sub.extra.quantity])],
-      status: sub.status,
+      status,
     };
   };
   /** The next month start of the account's yearly subscription, strictly inside its period. */
