@@ -209,7 +209,6 @@ export function utcMonthOf(unixSeconds: number): number {
   return year * 12 + month - 1;
 }
 
-/** The month slices of a yearly period, counted from its start; the last one ends with the year. */
 /** The UTC day, ISO week (Monday to Monday) or calendar month an instant falls in. */
 export function cadencePeriod(every: 'day' | 'week' | 'month', at: number): Period {
   const days = utcDayOf(at);
@@ -224,6 +223,7 @@ export function cadencePeriod(every: 'day' | 'week' | 'month', at: number): Peri
   return { start, end: addMonths(start, 1) };
 }
 
+/** The month slices of a yearly period, counted from its start; the last one ends with the year. */
 export function monthsOf(year: Period): Period[] {
   const months: Period[] = [];
   for (let index = 0; index < 12; index += 1) {
