@@ -986,7 +986,8 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       priced = { cost: decimalText(cost), version: version.version };
     }
     // The period's recurring grants count as if given (they repay debt first), writing nothing.
-    const due = fact.subscription === undefined ? [] : recurringDue(owner, fact.at, fact.subscription);
+    const subscription = fact.subscription === undefined ? fact.priced?.subscription : fact.subscription;
+    const due = subscription === undefined ? [] : recurringDue(owner, fact.at, subscription);
     const more = Math.max(0, due.reduce((sum, item) => sum + item.credits, 0) - owner.debt);
     const reason =
       fact.priced !== undefined && notEntitled(fact.priced) !== undefined ? 'meter_not_entitled' : refusalOf(owner, fact.at, amount, more);

@@ -114,6 +114,7 @@ it('credits released or restored to a grant that has expired expire at once', ()
     held: 0,
     debt: 0,
     grants: [{ key: `period:sub:si:${start}`, amount: 4000, remaining: 0, expiresAt: end, expired: true }],
+    carry: '0',
   });
 });
 
@@ -404,12 +405,12 @@ const pack = (at: number): Fact => ({
 
 it('priced spends charge the floor of cost plus carry and keep the rest, and a refused one changes neither balance nor carry', () => {
   const facts: Fact[] = [
-    // 16,000 tokens cost 0.4 credits: charged 0, 0, then 1 (0.4 + 0.8), leaving 0.2.
+    // At a zero balance: 16,000 tokens cost 0.4 credits, twice charged 0 (carry 0.4, then 0.8).
     { kind: 'usage', at: start + 1, account: 'a', amount: 0, key: 'u1', priced: mini(16_000) },
     { kind: 'usage', at: start + 2, account: 'a', amount: 0, key: 'u2', priced: mini(16_000) },
-    // At a zero balance: 0.2 + 1.2 would charge 1, refused, carry kept; then 0.2 + 0.4 charges 0.
+    // 0.8 + 1.2 would charge 2: refused, the carry kept; then 0.8 + 0.1 charges 0.
     { kind: 'usage', at: start + 3, account: 'a', amount: 0, key: 'u3', priced: mini(48_000) },
-    { kind: 'usage', at: start + 4, account: 'a', amount: 0, key: 'u4', priced: mini(16_000) },
+    { kind: 'usage', at: start + 4, account: 'a', amount: 0, key: 'u4', priced: mini(4_000) },
     pack(start + 5),
     { kind: 'usage', at: start + 6, account: 'a', amount: 0, key: 'u5', priced: mini(16_000) },
   ];
@@ -421,11 +422,11 @@ it('priced spends charge the floor of cost plus carry and keep the rest, and a r
   assert.deepEqual(summary('u1'), [200, 0, '0.4', undefined]);
   assert.deepEqual(summary('u2'), [200, 0, '0.4', undefined]);
   assert.deepEqual(summary('u3'), [402, undefined, undefined, 'insufficient_credits']);
-  assert.deepEqual(summary('u4'), [200, 0, '0.4', undefined]);
-  // 0.8 + 0.4 = 1.2: one credit of the pack, 0.2 left.
+  assert.deepEqual(summary('u4'), [200, 0, '0.1', undefined]);
+  // 0.9 + 0.4 = 1.3: one credit of the pack, 0.3 left.
   assert.deepEqual(summary('u5'), [200, 1, '0.4', undefined]);
   assert.equal(result.accounts.get('a')!.available, 999);
-  assert.equal(result.accounts.get('a')!.carry, '0.2');
+  assert.equal(result.accounts.get('a')!.carry, '0.3');
 });
 
 it('a priced hold reserves ceil(cost) and its capture is priced by the hold’s version, after a price change, with the carry', () => {
