@@ -863,43 +863,47 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
    * SPEC's entitlements: the meters of the account's plan (several items: the union; a plan
    * without entitlements, or no plan at all, allows every meter), and its plan id.
    */
-  const planFor = (subscription: PricedSpend['subscription']): { plan: Plan | undefined; meters: Set<string> | 'all' } => {
+  const planFor = (subscription: PricedSpend['subscription']): { plan: Plan | undefined; meters: Set<string> | 'all'; plans: Plan[] } => {
     if (subscription !== null && ['active', 'trialing', 'past_due'].includes(subscription.status)) {
       let plan: Plan | undefined;
       let most = -1;
       let meters: Set<string> | 'all' = new Set();
+      const plans: Plan[] = [];
       subscription.prices.forEach((price, index) => {
         const found = planOf(price)?.plan;
         if (found === undefined) return;
+        if (!plans.includes(found)) plans.push(found);
         // Reading: an item's credits per month count its seats.
         const credits = found.credits_per_month * (subscription.quantities[index] ?? 1);
         if (credits > most) [plan, most] = [found, credits];
         const allowed = found.entitlements?.meters ?? 'all';
         meters = meters === 'all' || allowed === 'all' ? 'all' : new Set([...meters, ...allowed]);
       });
-      if (plan !== undefined) return { plan, meters };
+      if (plan !== undefined) return { plan, meters, plans };
     }
     const free = catalog.plans.find((candidate) => candidate.free === true);
     const allowed = free?.entitlements?.meters ?? 'all';
-    return { plan: free, meters: allowed === 'all' ? 'all' : new Set(allowed) };
+    return { plan: free, meters: allowed === 'all' ? 'all' : new Set(allowed), plans: free === undefined ? [] : [free] };
   };
   /**
-   * SPEC's recurring grants: each of the plan's `recurring_grants` gives one grant per UTC day,
+   * SPEC's recurring grants: each of the plan's `recurring_grants` (reading: of every plan the
+   * subscription's items are on, as the key names the plan) gives one grant per UTC day,
    * ISO week (from Monday) or calendar month, expiring at its end, by the account's first spend,
    * hold or balance read of the period. Reading: a spend refused for the balance or a limit
    * still gives it (the call's transaction commits its refusal, and the balance it was judged
    * by included the grant); one refused as not entitled writes nothing, so gives nothing.
    */
-  const recurringDue = (owner: Account, at: number, subscription: StripeSubscription) => {
-    const { plan } = planFor(subscription);
-    if (plan === undefined) return [];
-    return plan.recurring_grants
-      .map((recurring) => {
-        const period = cadencePeriod(recurring.every, at);
-        return { key: `recurring:${owner.id}:${plan.id}:${recurring.every}:${period.start}`, credits: recurring.credits, period };
-      })
-      .filter((due) => !owner.grants.some((existing) => existing.key === due.key));
-  };
+  const recurringDue = (owner: Account, at: number, subscription: StripeSubscription) =>
+    planFor(subscription).plans.flatMap((plan) =>
+      plan.recurring_grants
+        .map((recurring) => {
+          const period = cadencePeriod(recurring.every, at);
+          // Reading: {period_start} is the UTC date the period starts (it always starts at midnight).
+          const date = new Date(period.start * 1000).toISOString().slice(0, 10);
+          return { key: `recurring:${owner.id}:${plan.id}:${recurring.every}:${date}`, credits: recurring.credits, period };
+        })
+        .filter((due) => !owner.grants.some((existing) => existing.key === due.key)),
+    );
   const touch = (accountId: string, at: number, subscription: StripeSubscription | undefined) => {
     const owner = account(accountId);
     if (subscription === undefined) return;

@@ -512,7 +512,7 @@ it('a priced spend on a meter outside the plan is 403 meter_not_entitled, and a 
   assert.equal(accounts.get('a')!.available, 1000 + 1000 - 1);
   assert.deepEqual(
     accounts.get('a')!.grants.map((grant) => grant.key),
-    ['purchase:pi_pack', `recurring:a:pro:month:${start}`],
+    ['purchase:pi_pack', 'recurring:a:pro:month:2030-04-01'],
   );
 });
 
@@ -544,9 +544,9 @@ it('recurring grants come with the first spend, hold or balance read of their pe
   assert.deepEqual(
     grants.map((grant) => [grant.key, grant.amount, grant.expiresAt, grant.expired]),
     [
-      [`recurring:a:free:day:${start}`, 50, start + day, true],
-      [`recurring:a:free:day:${start + 2 * day}`, 50, start + 3 * day, false],
-      [`recurring:a:plus:day:${start + 2 * day}`, 20, start + 3 * day, false],
+      ['recurring:a:free:day:2030-04-01', 50, start + day, true],
+      ['recurring:a:free:day:2030-04-03', 50, start + 3 * day, false],
+      ['recurring:a:plus:day:2030-04-03', 20, start + 3 * day, false],
     ],
   );
 });
