@@ -408,7 +408,7 @@ const spendsAfter = new Set<string>([
 /** `count` lifecycles of `stepsEach` steps from `seed`, over the enabled kinds, interleaved. */
 export function generate(seed: number, count: number, kinds: ReadonlySet<string>, stepsEach = 14): Step[] {
   const random = new Random(seed);
-  const enabled = allKinds.filter((kind) => kinds.has(kind) && !kind.startsWith('chaos:'));
+  const enabled = allKinds.filter((kind) => kinds.has(kind) && !kind.startsWith('chaos:') && !pricedKinds.has(kind));
   const starts: Kind[] = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
   // A yearly refund needs a yearly subscription to start with.
   if (kinds.has('refund:yearly')) starts.push('subscribe:yearly', 'subscribe:yearly');
@@ -452,9 +452,6 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
           add(random.pick(['usage', 'usage', 'batch'] as const), random.integer(0, day));
       }
       const last = steps[steps.length - 1];
-      // A price change between a priced hold and its capture: the capture keeps the hold's version.
-      if (kind === 'priced:hold' && kinds.has('price:change') && random.chance(0.3)) add('price:change', random.integer(0, 600));
-      if (kind === 'price:change' && kinds.has('priced:usage')) add('priced:usage', random.integer(0, day));
       if (last?.kind === 'hold' && last.resolution !== 'expire') steps.push({ lifecycle, kind: 'resolve', after: random.integer(0, 3600) });
     }
     lifecycles.push(steps);
@@ -470,5 +467,43 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
     cursors[index]! += 1;
     merged.push({ ...step, after: Math.floor(step.after / Math.max(1, count / 2)) });
   }
-  return merged;
+  return withPriced(merged, seed, count, kinds);
+}
+
+/** The priced kinds, drawn from a stream of their own (see withPriced). */
+const pricedKinds = new Set<string>(['priced:usage', 'priced:batch', 'priced:hold', 'priced:quote', 'price:change']);
+
+/**
+ * Priced usage and price changes, woven into a history from a random stream of their own: each
+ * one takes part of the wait before the step it precedes, so every other step keeps its instant
+ * and the lifecycles a seed played before priced usage existed are played again as they were
+ * (CI's seeds among them), now with priced calls between their steps.
+ */
+function withPriced(steps: Step[], seed: number, count: number, kinds: ReadonlySet<string>): Step[] {
+  const enabled = allKinds.filter((kind) => pricedKinds.has(kind) && kinds.has(kind));
+  if (enabled.length === 0) return steps;
+  const random = new Random(seed ^ 0x7a11c0);
+  const woven: Step[] = [];
+  for (const step of steps) {
+    let left = step.after;
+    const add = (lifecycle: number, kind: Kind) => {
+      const after = Math.floor(left * random.next() * 0.5);
+      left -= after;
+      const body = stepFor(kind, random, false);
+      if (body !== undefined) woven.push({ lifecycle, after, label: kind, ...body } as Step);
+    };
+    if (random.chance(0.2)) {
+      const lifecycle = random.integer(0, count - 1);
+      const kind = random.pick(enabled);
+      add(lifecycle, kind);
+      // A price change between a priced hold and its capture: the capture keeps the hold's version.
+      if (kind === 'priced:hold' && kinds.has('price:change') && random.chance(0.3)) add(lifecycle, 'price:change');
+      const last = woven[woven.length - 1];
+      if (kind === 'priced:hold') woven.push({ lifecycle, kind: 'resolve', after: Math.floor(left * random.next() * 0.5) });
+      if (kind === 'priced:hold') left -= woven[woven.length - 1]!.after;
+      if (last?.kind === 'price_change' && kinds.has('priced:usage')) add(lifecycle, 'priced:usage');
+    }
+    woven.push({ ...step, after: left });
+  }
+  return woven;
 }
