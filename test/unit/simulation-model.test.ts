@@ -506,13 +506,14 @@ it('a priced spend on a meter outside the plan is 403 meter_not_entitled, and a 
     ['two', 200, undefined, undefined, 1, undefined],
   ]);
   // 0.8 + 0.8 on the volume card: 1 credit, 0.6 left. The quote counted Starter's weekly 100 as
-  // if given; Pro's monthly 1,000 was given by the first Pro spend (the refused ones gave nothing).
+  // if given; Pro's monthly 1,000 was given by the first Pro spend (the refused ones gave nothing),
+  // Starter's weekly 100 by the spend on both plans' items.
   assert.equal(answers.get('quote')!.available, 1100);
   assert.equal(accounts.get('a')!.carry, '0.6');
-  assert.equal(accounts.get('a')!.available, 1000 + 1000 - 1);
+  assert.equal(accounts.get('a')!.available, 1000 + 1000 + 100 - 1);
   assert.deepEqual(
     accounts.get('a')!.grants.map((grant) => grant.key),
-    ['purchase:pi_pack', 'recurring:a:pro:month:2030-04-01'],
+    ['purchase:pi_pack', 'recurring:a:pro:month:2030-04-01', 'recurring:a:starter:week:2030-04-01'],
   );
 });
 
