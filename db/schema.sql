@@ -718,13 +718,16 @@ CREATE OR REPLACE FUNCTION public.tally_batch_entitlements(p_accounts text[], p_
 AS $function$
 declare
   v_account text;
+  v_per_event text[] := tally_unentitled_accounts(p_account_ids, p_meters);
 begin
   if tally_catalog_recurs() then
     foreach v_account in array p_accounts loop
-      perform tally_give_recurring(v_account, p_now);
+      if not v_account = any(v_per_event) then
+        perform tally_give_recurring(v_account, p_now);
+      end if;
     end loop;
   end if;
-  return tally_unentitled_accounts(p_account_ids, p_meters);
+  return v_per_event;
 end $function$;
 
 CREATE OR REPLACE FUNCTION public.tally_capture(p_hold_id bigint, p_amount bigint, p_actor text, p_now timestamp with time zone)

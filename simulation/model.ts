@@ -1,5 +1,5 @@
 import type { Catalog, Plan } from '../src/billing/catalog.js';
-import type { Answer, Fact, PaidLine, Period } from './history.js';
+import type { Answer, Fact, PaidLine, Period, PricedSpend, Rates, StripeSubscription } from './history.js';
 
 /**
  * The reference model: SPEC's credit rule and ledger rules as a pure function of the Stripe
@@ -20,6 +20,8 @@ export interface ModelAccount {
   held: number;
   debt: number;
   grants: ModelGrant[];
+  /** The sub-credit carry its priced spends left, a decimal string in [0, 1). */
+  carry: string;
 }
 
 /** An event the model expects in GET /v1/events exactly once: its type, what names it, and when. */
@@ -87,14 +89,23 @@ interface Account {
   spentByDay: Map<number, number>;
   spentByMonth: Map<number, number>;
   topUp: TopUpState | undefined;
+  /** The fractional credits priced spends left over, in units of 10^-12 (SPEC: in [0, 1)). */
+  carry: bigint;
 }
 interface Hold {
   account: Account;
   amount: number;
+  /** A priced hold: its meter and the card version that priced it, which prices its capture too. */
+  priced: { meter: string; version: CardVersion } | undefined;
   taken: Take[];
   at: number;
   expiresAt: number;
   pending: boolean;
+}
+interface CardVersion {
+  version: number;
+  effectiveAt: number;
+  rates: Rates;
 }
 interface Clawback {
   account: Account;
@@ -176,11 +187,40 @@ export function addMonths(unixSeconds: number, months: number): number {
   return daysOfCivil(targetYear, targetMonth, Math.min(day, monthLength(targetYear, targetMonth))) * secondsPerDay + timeOfDay;
 }
 
+/**
+ * Exact decimals for priced usage: rates have at most 12 decimal places and quantities are
+ * integers, so every cost is an integer number of 10^-12 credits, kept in a BigInt (no floats).
+ */
+const unit = 10n ** 12n;
+export function decimalUnits(text: string): bigint {
+  const [whole = '0', fraction = ''] = text.split('.');
+  if (fraction.length > 12) throw new Error(`model: ${text} has more than 12 decimal places`);
+  return BigInt(whole) * unit + BigInt(fraction.padEnd(12, '0'));
+}
+export function decimalText(units: bigint): string {
+  const fraction = (units % unit).toString().padStart(12, '0').replace(/0+$/, '');
+  return fraction === '' ? `${units / unit}` : `${units / unit}.${fraction}`;
+}
+
 /** The UTC day and the UTC month an instant falls in (spend limits, auto top-up's monthly count). */
 export const utcDayOf = (unixSeconds: number) => Math.floor(unixSeconds / secondsPerDay);
 export function utcMonthOf(unixSeconds: number): number {
   const { year, month } = civilOf(utcDayOf(unixSeconds));
   return year * 12 + month - 1;
+}
+
+/** The UTC day, ISO week (Monday to Monday) or calendar month an instant falls in. */
+export function cadencePeriod(every: 'day' | 'week' | 'month', at: number): Period {
+  const days = utcDayOf(at);
+  if (every === 'day') return { start: days * secondsPerDay, end: (days + 1) * secondsPerDay };
+  // 1970-01-01, day 0, was a Thursday: (days + 3) mod 7 counts days since Monday.
+  if (every === 'week') {
+    const monday = days - ((((days + 3) % 7) + 7) % 7);
+    return { start: monday * secondsPerDay, end: (monday + 7) * secondsPerDay };
+  }
+  const { year, month } = civilOf(days);
+  const start = daysOfCivil(year, month, 1) * secondsPerDay;
+  return { start, end: addMonths(start, 1) };
 }
 
 /** The month slices of a yearly period, counted from its start; the last one ends with the year. */
@@ -240,6 +280,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
           spentByDay: new Map(),
           spentByMonth: new Map(),
           topUp: undefined,
+          carry: 0n,
         }),
       );
     return found;
@@ -774,27 +815,194 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
     answers.set(`fired:${key}`, { status: 0, code: spendKey });
   };
 
-  const spendCall = (accountId: string, amount: number, key: string, at: number, hold?: { expiresInSeconds: number }) => {
-    const owner = account(accountId);
+  /** Why a spend of `amount` credits would be refused now, or undefined: it would pass. */
+  const refusalOf = (owner: Account, at: number, amount: number, more = 0): string | undefined => {
+    // A priced spend that charges 0 credits is accepted at any balance (SPEC); reading: it passes
+    // no limit either (spending nothing more cannot pass one).
+    if (amount === 0) return undefined;
     const refusal = limitRefusal(owner, at, amount);
+    // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
+    if (refusal !== undefined) return available(owner) + more < amount ? `${refusal}|insufficient_credits` : refusal;
+    return available(owner) + more < amount ? 'insufficient_credits' : undefined;
+  };
+  const spendCall = (
+    accountId: string,
+    amount: number,
+    key: string,
+    at: number,
+    hold?: { expiresInSeconds: number; priced?: Hold['priced'] },
+  ): boolean => {
+    const owner = account(accountId);
+    const refusal = refusalOf(owner, at, amount);
     if (refusal !== undefined) {
-      // Reading: SPEC does not order the two refusals; when the balance is short too, either code is right.
-      const code = available(owner) < amount ? `${refusal}|insufficient_credits` : refusal;
-      answers.set(key, { status: 402, code, available: available(owner) });
-      return;
-    }
-    if (available(owner) < amount) {
-      answers.set(key, { status: 402, code: 'insufficient_credits', available: available(owner) });
-      return;
+      answers.set(key, { status: 402, code: refusal, available: available(owner) });
+      return false;
     }
     const taken = take(owner.grants, amount);
     count(owner, at, amount);
     if (hold !== undefined) {
-      holds.set(key, { account: owner, amount, taken, at, expiresAt: at + hold.expiresInSeconds, pending: true });
+      holds.set(key, { account: owner, amount, taken, at, expiresAt: at + hold.expiresInSeconds, pending: true, priced: hold.priced });
       owner.held += amount;
     }
     answers.set(key, { status: hold === undefined ? 200 : 201, available: available(owner) });
     maybeTopUp(owner, at, key);
+    return true;
+  };
+
+  /**
+   * SPEC's priced usage. The account's plan is its subscription's while that is active, trialing
+   * or past_due (several items: the one with the most credits per month), else the free plan;
+   * its card the plan's `rate_card`, else `default_rate_card`. The version in effect at an
+   * instant is the one whose `effective_at` is the latest not after it (reading: of two with
+   * the same instant, the later published).
+   */
+  const cards = new Map<string, CardVersion[]>(
+    catalog.rate_cards.map((card) => [card.id, [{ version: 1, effectiveAt: -Infinity, rates: card.rates }]]),
+  );
+  /**
+   * SPEC's entitlements: the meters of the account's plan (several items: the union; a plan
+   * without entitlements, or no plan at all, allows every meter), and its plan id.
+   */
+  const planFor = (subscription: PricedSpend['subscription']): { plan: Plan | undefined; meters: Set<string> | 'all'; plans: Plan[] } => {
+    if (subscription !== null && ['active', 'trialing', 'past_due'].includes(subscription.status)) {
+      let plan: Plan | undefined;
+      let most = -1;
+      let meters: Set<string> | 'all' = new Set();
+      const plans: Plan[] = [];
+      subscription.prices.forEach((price, index) => {
+        const found = planOf(price)?.plan;
+        if (found === undefined) return;
+        if (!plans.includes(found)) plans.push(found);
+        // Reading: an item's credits per month count its seats.
+        const credits = found.credits_per_month * (subscription.quantities[index] ?? 1);
+        if (credits > most) [plan, most] = [found, credits];
+        const allowed = found.entitlements?.meters ?? 'all';
+        meters = meters === 'all' || allowed === 'all' ? 'all' : new Set([...meters, ...allowed]);
+      });
+      if (plan !== undefined) return { plan, meters, plans };
+    }
+    const free = catalog.plans.find((candidate) => candidate.free === true);
+    const allowed = free?.entitlements?.meters ?? 'all';
+    return { plan: free, meters: allowed === 'all' ? 'all' : new Set(allowed), plans: free === undefined ? [] : [free] };
+  };
+  /**
+   * SPEC's recurring grants: each of the plan's `recurring_grants` (reading: of every plan the
+   * subscription's items are on, as the key names the plan) gives one grant per UTC day,
+   * ISO week (from Monday) or calendar month, expiring at its end, by the account's first spend,
+   * hold or balance read of the period. Reading: a spend refused for the balance or a limit
+   * still gives it (the call's transaction commits its refusal, and the balance it was judged
+   * by included the grant); one refused as not entitled writes nothing, so gives nothing.
+   */
+  const recurringDue = (owner: Account, at: number, subscription: StripeSubscription) =>
+    planFor(subscription).plans.flatMap((plan) =>
+      plan.recurring_grants
+        .map((recurring) => {
+          const period = cadencePeriod(recurring.every, at);
+          // Reading: {period_start} is the UTC date the period starts (it always starts at midnight).
+          const date = new Date(period.start * 1000).toISOString().slice(0, 10);
+          return { key: `recurring:${owner.id}:${plan.id}:${recurring.every}:${date}`, credits: recurring.credits, period };
+        })
+        .filter((due) => !owner.grants.some((existing) => existing.key === due.key)),
+    );
+  const touch = (accountId: string, at: number, subscription: StripeSubscription | undefined) => {
+    const owner = account(accountId);
+    if (subscription === undefined) return;
+    for (const due of recurringDue(owner, at, subscription)) grant(owner, due.key, due.credits, due.period.end);
+  };
+  const cardOf = (subscription: PricedSpend['subscription']): string => {
+    const card = planFor(subscription).plan?.rate_card ?? catalog.default_rate_card;
+    if (card === undefined) throw new Error('model: the catalog has no default_rate_card');
+    return card;
+  };
+  /** `403 meter_not_entitled` when the meter is outside the account's plan, checked first. */
+  const notEntitled = (priced: PricedSpend): string | undefined => {
+    const { plan, meters } = planFor(priced.subscription);
+    return meters === 'all' || meters.has(priced.meter) ? undefined : (plan?.id ?? 'none');
+  };
+  const versionAt = (card: string, at: number): CardVersion => {
+    let found: CardVersion | undefined;
+    for (const version of cards.get(card) ?? [])
+      if (version.effectiveAt <= at && (found === undefined || version.effectiveAt >= found.effectiveAt)) found = version;
+    if (found === undefined) throw new Error(`model: no version of rate card ${card} in effect`);
+    return found;
+  };
+  const costOf = (rates: Rates, meter: string, quantities: Record<string, number>): bigint =>
+    Object.entries(quantities).reduce((sum, [dimension, quantity]) => {
+      const rate = rates[meter]?.[dimension];
+      if (rate === undefined) throw new Error(`model: no rate for ${meter} ${dimension}`);
+      return sum + BigInt(quantity) * decimalUnits(rate);
+    }, 0n);
+  /**
+   * A priced usage charges floor(cost + carry) and keeps the rest as the carry; a refused one
+   * changes neither. A priced hold reserves ceil(cost) at the version in effect, carry untouched.
+   */
+  const pricedCall = (accountId: string, key: string, at: number, priced: PricedSpend, hold?: { expiresInSeconds: number }) => {
+    const owner = account(accountId);
+    const planId = notEntitled(priced);
+    if (planId !== undefined) {
+      answers.set(key, { status: 403, code: 'meter_not_entitled', plan: planId });
+      return;
+    }
+    touch(accountId, at, priced.subscription);
+    const version = versionAt(cardOf(priced.subscription), at);
+    const cost = costOf(version.rates, priced.meter, priced.quantities);
+    const charge = hold === undefined ? (cost + owner.carry) / unit : (cost + unit - 1n) / unit;
+    const accepted = spendCall(
+      accountId,
+      Number(charge),
+      key,
+      at,
+      hold === undefined ? undefined : { ...hold, priced: { meter: priced.meter, version } },
+    );
+    if (!accepted) return;
+    if (hold === undefined) owner.carry = cost + owner.carry - charge * unit;
+    Object.assign(answers.get(key)!, { cost: decimalText(cost), version: version.version, amount: Number(charge) });
+  };
+  /** A priced hold's capture: by the hold's version, with the carry; beyond the hold it is refused. */
+  const pricedCapture = (hold: Hold, key: string, quantities: Record<string, number>) => {
+    const owner = hold.account;
+    const priced = hold.priced!;
+    const cost = costOf(priced.version.rates, priced.meter, quantities);
+    const charge = (cost + owner.carry) / unit;
+    if (charge > BigInt(hold.amount)) {
+      answers.set(key, { status: 400, code: 'capture_exceeds_hold' });
+      return;
+    }
+    release(hold, Number(charge));
+    owner.carry = cost + owner.carry - charge * unit;
+    answers.set(key, {
+      status: 200,
+      available: available(owner),
+      cost: decimalText(cost),
+      version: priced.version.version,
+      amount: Number(charge),
+    });
+  };
+  /** A quote: what the spend would charge now and the refusal it would get, writing nothing. */
+  const quote = (fact: Extract<Fact, { kind: 'quote' }>) => {
+    const owner = account(fact.account);
+    let amount = fact.amount;
+    let priced: Pick<Answer, 'cost' | 'version'> = { cost: `${fact.amount}` };
+    if (fact.priced !== undefined) {
+      const version = versionAt(cardOf(fact.priced.subscription), fact.at);
+      const cost = costOf(version.rates, fact.priced.meter, fact.priced.quantities);
+      amount = Number((cost + owner.carry) / unit);
+      priced = { cost: decimalText(cost), version: version.version };
+    }
+    // The period's recurring grants count as if given (they repay debt first), writing nothing.
+    const subscription = fact.subscription === undefined ? fact.priced?.subscription : fact.subscription;
+    const due = subscription === undefined ? [] : recurringDue(owner, fact.at, subscription);
+    const more = Math.max(0, due.reduce((sum, item) => sum + item.credits, 0) - owner.debt);
+    const reason =
+      fact.priced !== undefined && notEntitled(fact.priced) !== undefined ? 'meter_not_entitled' : refusalOf(owner, fact.at, amount, more);
+    answers.set(fact.key, {
+      status: 200,
+      available: available(owner) + more,
+      amount,
+      ...priced,
+      allowed: reason === undefined,
+      ...(reason === undefined ? {} : { code: reason }),
+    });
   };
 
   const paymentIntentCreated = (fact: Extract<Fact, { kind: 'payment_intent_created' }>) => {
@@ -903,18 +1111,50 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
         reverse(`dispute:${fact.dispute}`, `dispute-won:${fact.dispute}`);
         break;
       case 'usage':
-        spendCall(fact.account, fact.amount, fact.key, fact.at);
+        if (fact.priced !== undefined) pricedCall(fact.account, fact.key, fact.at, fact.priced);
+        else {
+          touch(fact.account, fact.at, fact.subscription);
+          spendCall(fact.account, fact.amount, fact.key, fact.at);
+        }
         break;
       case 'batch':
-        for (const event of fact.events) spendCall(event.account, event.amount, event.key, fact.at);
+        for (const event of fact.events)
+          if (event.priced !== undefined) pricedCall(event.account, event.key, fact.at, event.priced);
+          else {
+            touch(event.account, fact.at, event.subscription);
+            spendCall(event.account, event.amount, event.key, fact.at);
+          }
         break;
       case 'hold':
-        spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
+        if (fact.priced !== undefined)
+          pricedCall(fact.account, fact.key, fact.at, fact.priced, { expiresInSeconds: fact.expiresInSeconds });
+        else {
+          touch(fact.account, fact.at, fact.subscription);
+          spendCall(fact.account, fact.amount, fact.key, fact.at, { expiresInSeconds: fact.expiresInSeconds });
+        }
         break;
+      case 'balance_read':
+        touch(fact.account, fact.at, fact.subscription);
+        break;
+      case 'quote':
+        quote(fact);
+        break;
+      case 'rate_card': {
+        // Versions are numbered per card in order of publication; the catalog's is the first.
+        const versions = cards.get(fact.card) ?? [];
+        versions.push({ version: versions.length + 1, effectiveAt: fact.effectiveAt, rates: fact.rates });
+        cards.set(fact.card, versions);
+        answers.set(fact.key, { status: 200, version: versions.length });
+        break;
+      }
       case 'capture':
       case 'void': {
         const hold = holds.get(fact.hold);
         const pending = hold?.pending === true;
+        if (hold !== undefined && pending && fact.kind === 'capture' && fact.quantities !== undefined && hold.priced !== undefined) {
+          pricedCapture(hold, `capture:${fact.hold}`, fact.quantities);
+          break;
+        }
         if (hold !== undefined && pending) release(hold, fact.kind === 'capture' ? fact.amount : 0);
         answers.set(
           `${fact.kind}:${fact.hold}`,
@@ -990,6 +1230,7 @@ export function runModel(catalog: Catalog, facts: Fact[]): ModelResult {
       available: available(owner),
       held: owner.held,
       debt: owner.debt,
+      carry: decimalText(owner.carry),
       grants: owner.grants.map(({ key, amount, remaining, expiresAt, expired }) => ({ key, amount, remaining, expiresAt, expired })),
     });
   }

@@ -1,13 +1,14 @@
 import pg from 'pg';
 import Stripe from 'stripe';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createTestApp, TestClock, testCatalog, webhookSecret, type TestApp } from '../test/helpers/app.js';
+import { createTestApp, TestClock, webhookSecret, type TestApp } from '../test/helpers/app.js';
+import { simulationCatalog } from './catalog.js';
 import { createTestDatabase, type TestDatabase } from '../test/helpers/database.js';
-import type { Answer, Fact } from './history.js';
+import type { Answer, Fact, PricedSpend, StripeSubscription } from './history.js';
 import { runModel, type ExpectedEvent, type ModelAccount, type ModelResult } from './model.js';
 import { StripeWorld, intervalOf, type SimPayment } from './stripe.js';
 import { DatabaseUnavailableError } from '../src/db/errors.js';
-import { kindOf, Random, type Step } from './workload.js';
+import { kindOf, type Priced, Random, ratesFor, type Step } from './workload.js';
 import { monthsOf } from './model.js';
 
 /**
@@ -50,12 +51,14 @@ type StripeObject = Record<string, any>;
 
 export async function runHistory(steps: Step[], options: RunOptions): Promise<RunResult> {
   const failures: string[] = [];
+  const catalog = simulationCatalog();
   const world = await new StripeWorld(`s${options.seed.toString(36)}x`, simulationStart).start();
   const clock = new TestClock(simulationStart * 1000);
   const database = await createTestDatabase(30);
   const makeApp = async () => {
     // Waits (a proration whose period's invoice is not paid yet) pass in the world's virtual time.
     const app = await createTestApp({
+      catalog,
       database,
       clock,
       stripeApiBase: world.url,
@@ -95,6 +98,21 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       return month === undefined || month - 300 <= world.now ? plain : { target: month - 300, exact: false };
     }
     return plain;
+  };
+  /**
+   * The account's subscription as Stripe's delivered events tell it now (the model decides its
+   * plan from it: its rate card, meters and recurring grants). Every window quiesces before app
+   * calls, so Tally has applied them; a late cancellation counts from its delivery.
+   */
+  const subscriptionOf = (accountId: string): StripeSubscription => {
+    const delivered = world.deliveredSubscription(accountId);
+    if (delivered === undefined) return null;
+    const { sub, status } = delivered;
+    return {
+      prices: [sub.price, ...(sub.extra === undefined ? [] : [sub.extra.price])],
+      quantities: [sub.quantity, ...(sub.extra === undefined ? [] : [sub.extra.quantity])],
+      status,
+    };
   };
   /** The next month start of the account's yearly subscription, strictly inside its period. */
   const nextMonthStart = (account: string): number | undefined => {
@@ -309,9 +327,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     switch (step.kind) {
       case 'subscribe': {
         if (sub !== undefined) return;
-        const plan = testCatalog().plans.find(
-          (candidate) => candidate.prices.month === step.price || candidate.prices.year === step.price,
-        )!;
+        const plan = catalog.plans.find((candidate) => candidate.prices.month === step.price || candidate.prices.year === step.price)!;
         const trialDays = step.trial ? plan.trial?.days : undefined;
         const checkout = await call('POST', `/v1/accounts/${account}/checkout`, {
           plan_id: plan.id,
@@ -361,7 +377,7 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
           world.failNextRenewal(sub, step.recoverAfter);
         return;
       case 'pack': {
-        const pack = testCatalog().credit_packs.find((candidate) => candidate.price === step.price)!;
+        const pack = catalog.credit_packs.find((candidate) => candidate.price === step.price)!;
         if (step.via === 'checkout') {
           const checkout = await call('POST', `/v1/accounts/${account}/checkout`, {
             pack_id: pack.id,
@@ -423,28 +439,105 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         status: response.status,
         ...(typeof code === 'string' ? { code } : {}),
         ...(typeof available === 'number' ? { available } : {}),
+        ...(typeof body.cost === 'string' ? { cost: body.cost } : {}),
+        ...(typeof body.rate_card?.version === 'number' ? { version: body.rate_card.version } : {}),
+        ...(typeof body.amount === 'number' ? { amount: body.amount } : {}),
+        ...(typeof body.error?.plan_id === 'string' ? { plan: body.error.plan_id } : {}),
       });
     };
+    /** A priced spend of the step, with the account's subscription as Stripe has it now. */
+    const pricedOf = (priced: Priced | undefined, accountId: string): PricedSpend | undefined =>
+      priced === undefined ? undefined : { ...priced, subscription: subscriptionOf(accountId) };
+    const spendBody = (amount: number, priced: PricedSpend | undefined) =>
+      priced === undefined ? { amount } : { meter: priced.meter, quantities: priced.quantities };
     switch (step.kind) {
       case 'usage': {
         const usageKey = key('use');
-        world.facts.push({ kind: 'usage', at: world.now, account, amount: step.amount, key: usageKey });
-        remember(usageKey, await keyedCall('POST', `/v1/accounts/${account}/usage`, { amount: step.amount, idempotency_key: usageKey }));
+        const priced = pricedOf(step.priced, account);
+        world.facts.push({
+          kind: 'usage',
+          at: world.now,
+          account,
+          amount: step.amount,
+          key: usageKey,
+          subscription: subscriptionOf(account),
+          ...(priced === undefined ? {} : { priced }),
+        });
+        remember(
+          usageKey,
+          await keyedCall('POST', `/v1/accounts/${account}/usage`, { ...spendBody(step.amount, priced), idempotency_key: usageKey }),
+        );
+        return;
+      }
+      case 'quote': {
+        const quoteKey = key('quote');
+        const priced = pricedOf(step.priced, account);
+        world.facts.push({
+          kind: 'quote',
+          at: world.now,
+          account,
+          amount: step.amount,
+          key: quoteKey,
+          subscription: subscriptionOf(account),
+          ...(priced === undefined ? {} : { priced }),
+        });
+        const response = await call('POST', `/v1/accounts/${account}/quote`, spendBody(step.amount, priced));
+        remember(quoteKey, response);
+        const answer = answers.get(quoteKey)!;
+        if (response.status === 200) {
+          answer.allowed = response.body.allowed as boolean;
+          if (typeof response.body.reason === 'string') answer.code = response.body.reason;
+        }
+        return;
+      }
+      case 'price_change': {
+        const changeKey = key('rates');
+        const rates = ratesFor(step.seed);
+        const effectiveAt = world.now + step.effectiveIn;
+        const response = await call(
+          'PUT',
+          `/v1/admin/rate-cards/${step.card}`,
+          { rates, ...(step.effectiveIn === 0 ? {} : { effective_at: iso(effectiveAt) }) },
+          true,
+        );
+        if (response.status !== 200) {
+          failures.push(`${current}: PUT /v1/admin/rate-cards/${step.card} answered ${response.status}: ${JSON.stringify(response.body)}`);
+          return;
+        }
+        world.facts.push({ kind: 'rate_card', at: world.now, key: changeKey, card: step.card, rates, effectiveAt });
+        stepOf.set(changeKey, current);
+        answers.set(changeKey, { status: 200, version: response.body.version as number });
         return;
       }
       case 'batch': {
         // A batch spends for this lifecycle's account and its neighbours.
-        const events = step.amounts.map((amount, index) => ({
-          account_id: accountOf((step.lifecycle + index) % lifecycleCount),
-          amount,
-          idempotency_key: key('batch'),
-        }));
+        const events = step.amounts.map((amount, index) => {
+          const accountId = accountOf((step.lifecycle + index) % lifecycleCount);
+          return {
+            account_id: accountId,
+            amount,
+            priced: pricedOf(step.priced?.[index] ?? undefined, accountId),
+            idempotency_key: key('batch'),
+          };
+        });
         world.facts.push({
           kind: 'batch',
           at: world.now,
-          events: events.map((event) => ({ account: event.account_id, amount: event.amount, key: event.idempotency_key })),
+          events: events.map((event) => ({
+            account: event.account_id,
+            amount: event.amount,
+            key: event.idempotency_key,
+            subscription: subscriptionOf(event.account_id),
+            ...(event.priced === undefined ? {} : { priced: event.priced }),
+          })),
         });
-        const response = await call('POST', '/v1/usage/batch', { events });
+        const response = await call('POST', '/v1/usage/batch', {
+          events: events.map((event) => ({
+            account_id: event.account_id,
+            ...spendBody(event.amount, event.priced),
+            idempotency_key: event.idempotency_key,
+          })),
+        });
         if (response.status !== 200) {
           failures.push(`batch answered ${response.status}: ${JSON.stringify(response.body)}`);
           return;
@@ -456,9 +549,19 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
       }
       case 'hold': {
         const holdKey = key('hold');
-        world.facts.push({ kind: 'hold', at: world.now, account, amount: step.amount, key: holdKey, expiresInSeconds: step.expiresIn });
-        const response = await keyedCall('POST', `/v1/accounts/${account}/holds`, {
+        const priced = pricedOf(step.priced, account);
+        world.facts.push({
+          kind: 'hold',
+          at: world.now,
+          account,
           amount: step.amount,
+          key: holdKey,
+          expiresInSeconds: step.expiresIn,
+          subscription: subscriptionOf(account),
+          ...(priced === undefined ? {} : { priced }),
+        });
+        const response = await keyedCall('POST', `/v1/accounts/${account}/holds`, {
+          ...spendBody(step.amount, priced),
           idempotency_key: holdKey,
           expires_in_seconds: step.expiresIn,
         });
@@ -544,7 +647,18 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
         const next = list.shift();
         if (next === undefined || next.step.resolution === 'expire') return;
         const holdId = holdIds.get(next.key)!;
-        if (next.step.resolution === 'capture') {
+        if (next.step.resolution === 'capture' && next.step.priced !== undefined) {
+          // What the call used: a share of each quantity the hold asked for (more than all, sometimes).
+          const quantities = Object.fromEntries(
+            Object.entries(next.step.priced.quantities).map(([dimension, most]) => [
+              dimension,
+              Math.floor((most * next.step.capturePerMille) / 1000),
+            ]),
+          );
+          world.facts.push({ kind: 'capture', at: world.now, hold: next.key, amount: 0, quantities });
+          const response = await call('POST', `/v1/holds/${holdId}/capture`, { quantities });
+          remember(`capture:${next.key}`, { status: response.status, body: { ...response.body, amount: response.body?.captured } });
+        } else if (next.step.resolution === 'capture') {
           const amount = Math.floor((next.step.amount * next.step.capturePerMille) / 1000);
           world.facts.push({ kind: 'capture', at: world.now, hold: next.key, amount });
           remember(`capture:${next.key}`, await call('POST', `/v1/holds/${holdId}/capture`, { amount }));
@@ -574,14 +688,23 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
   }
 
   async function audit(): Promise<void> {
-    const model = runModel(testCatalog(), world.facts);
+    // The audit reads every account's balance (compareAccount), which gives the day's recurring grants.
+    const accountIds = Array.from({ length: lifecycleCount }, (_, lifecycle) => accountOf(lifecycle));
+    for (const accountId of accountIds)
+      world.facts.push({ kind: 'balance_read', at: world.now, account: accountId, subscription: subscriptionOf(accountId) });
+    const model = runModel(catalog, world.facts);
     for (const [name, expected] of model.answers) {
       const actual = answers.get(name);
       if (actual === undefined) continue;
       if (
         actual.status !== expected.status ||
         (expected.code !== undefined && !expected.code.split('|').includes(actual.code ?? '')) ||
-        (expected.available !== undefined && actual.available !== undefined && actual.available !== expected.available)
+        (expected.available !== undefined && actual.available !== undefined && actual.available !== expected.available) ||
+        (expected.cost !== undefined && (actual.cost === undefined || decimalDiffers(actual.cost, expected.cost))) ||
+        (expected.version !== undefined && actual.version !== expected.version) ||
+        (expected.amount !== undefined && actual.amount !== expected.amount) ||
+        (expected.allowed !== undefined && actual.allowed !== expected.allowed) ||
+        (expected.plan !== undefined && actual.plan !== expected.plan)
       ) {
         failures.push(
           `${stepOf.get(name) ?? '?'}: app call ${name}: Tally answered ${JSON.stringify(actual)}, the model ${JSON.stringify(expected)}`,
@@ -698,6 +821,10 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
     const wanted = { available: expected.available, held: expected.held, debt: expected.debt };
     if (JSON.stringify(actual) !== JSON.stringify(wanted))
       failures.push(`${accountId} balance: Tally ${JSON.stringify(actual)}, model ${JSON.stringify(wanted)}`);
+    // The sub-credit carry its priced spends left (SPEC: in [0, 1)), read where Tally keeps it.
+    const carry = await database.db.query<{ carry: string }>(`select carry::text as carry from accounts where id = $1`, [accountId]);
+    const carried = carry.rows[0]?.carry ?? '0';
+    if (decimalDiffers(carried, expected.carry)) failures.push(`${accountId} carry: Tally ${carried}, model ${expected.carry}`);
     const { rows } = await database.db.query<{
       grant_key: string;
       amount: number;
@@ -780,6 +907,15 @@ async function dropDatabase(url: string): Promise<void> {
   } finally {
     await admin.end();
   }
+}
+
+/** Two decimal strings name different numbers ("0.50" and "0.5" do not). */
+function decimalDiffers(a: string, b: string): boolean {
+  const normal = (value: string) => {
+    const [whole = '0', fraction = ''] = value.split('.');
+    return `${BigInt(whole)}.${fraction.replace(/0+$/, '')}`;
+  };
+  return normal(a) !== normal(b);
 }
 
 export function iso(seconds: number | string | null | undefined): string {

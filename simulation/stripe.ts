@@ -51,6 +51,8 @@ export interface SimSubscription {
   cancelAt: number | null;
   /** When it ended (Stripe's `ended_at`). */
   endedAt: number | null;
+  /** An end whose webhooks Stripe delivers late: when they arrive (Tally knows it from then). */
+  endDeliveredAt?: number;
   /** The event time of the last subscription event, so that no two share a second and an order. */
   created: number;
 }
@@ -440,6 +442,16 @@ export class StripeWorld {
     return [...this.subscriptions.values()].find((sub) => sub.account === account && sub.status !== 'canceled');
   }
 
+  /** The live subscription as Stripe's delivered events tell it: an end still held back is not known yet. */
+  deliveredSubscription(account: string): { sub: SimSubscription; status: SimSubscription['status'] } | undefined {
+    const live = this.liveSubscription(account);
+    if (live !== undefined) return { sub: live, status: live.status };
+    const ending = [...this.subscriptions.values()].find(
+      (sub) => sub.account === account && sub.endDeliveredAt !== undefined && sub.endDeliveredAt > this.now,
+    );
+    return ending === undefined ? undefined : { sub: ending, status: 'active' };
+  }
+
   // ---- business actions -----------------------------------------------------------------------
 
   /** A subscription through a Checkout Session (`session` when Tally created one), first invoice paid. */
@@ -615,6 +627,7 @@ export class StripeWorld {
     const mark = this.outbox.length;
     this.cancelNow(sub, false);
     const held = this.outbox.splice(mark);
+    sub.endDeliveredAt = deliveredAt;
     // A no-op at the month start, so that the clock stops there and the scheduler runs.
     this.delayed.push({ at: monthStart, run: () => undefined });
     this.delayed.push({ at: deliveredAt, run: () => this.outbox.push(...held) });

@@ -17,18 +17,35 @@ export type StepBody =
   | { kind: 'pack'; via: 'checkout' | 'link'; price: string; quantity: number }
   | { kind: 'refund'; payment: number; perMille: number; failAfter: number | undefined; yearly: boolean }
   | { kind: 'dispute'; payment: number; outcome: 'inquiry' | 'won' | 'lost'; closeAfter: number }
-  | { kind: 'usage'; amount: number; atBoundary?: boolean }
+  | { kind: 'usage'; amount: number; atBoundary?: boolean; priced?: Priced }
   | { kind: 'limits'; perDay: number | null; perMonth: number | null }
   | { kind: 'admin_grant'; amount: number; expiresInDays: number | null; priority: number; source: 'promo' | 'admin' }
   | { kind: 'adjust'; amount: number }
   | { kind: 'auto_top_up'; enabled: boolean; threshold: number; pack: string; maxPerMonth: number }
   | { kind: 'card'; behavior: CardBehavior }
-  | { kind: 'batch'; amounts: number[] }
-  | { kind: 'hold'; amount: number; expiresIn: number; resolution: 'capture' | 'void' | 'expire'; capturePerMille: number }
+  /** `priced[i]`, when given and not null, replaces `amounts[i]` by a priced spend. */
+  | { kind: 'batch'; amounts: number[]; priced?: (Priced | null)[] }
+  | {
+      kind: 'hold';
+      amount: number;
+      expiresIn: number;
+      resolution: 'capture' | 'void' | 'expire';
+      capturePerMille: number;
+      priced?: Priced;
+    }
+  | { kind: 'quote'; amount: number; priced?: Priced }
+  /** An operator publishes new rates (from `seed`) for `card`, effective `effectiveIn` seconds from now. */
+  | { kind: 'price_change'; card: string; seed: number; effectiveIn: number }
   | { kind: 'resolve' }
   | { kind: 'wait' };
 /** `kind` in the body is what happens; `label` the step kind it was generated for. */
 export type Step = { lifecycle: number; after: number; label?: string } & StepBody;
+
+/** A priced spend: a meter of the example catalog and what the call used of each dimension. */
+export interface Priced {
+  meter: string;
+  quantities: Record<string, number>;
+}
 
 /** Every step kind the generator knows, by the name CI enables it with. */
 export const allKinds = [
@@ -77,6 +94,11 @@ export const allKinds = [
   'card:processing_fails',
   'card:requires_action',
   'card:declined',
+  'priced:usage',
+  'priced:batch',
+  'priced:hold',
+  'priced:quote',
+  'price:change',
   'chaos:restart',
   'chaos:replay',
 ] as const;
@@ -114,6 +136,47 @@ export class Random {
 }
 
 const day = 86400;
+/** The example catalog's meters and their dimensions (plans.example.json). */
+const meters: Record<string, string[]> = {
+  'openai/gpt-5': ['input_tokens', 'cached_input_tokens', 'output_tokens'],
+  'openai/gpt-5-mini': ['input_tokens', 'output_tokens'],
+  'anthropic/claude-sonnet-4.5': ['input_tokens', 'cache_read_tokens', 'output_tokens'],
+  'images/generate': ['images'],
+};
+const rateCards = ['standard', 'volume'];
+
+/**
+ * What one model call used: token counts from a handful (a sub-credit step, so that the carry
+ * matters) to tens of thousands, a few images; some dimensions left out or zero.
+ */
+function pricedSpend(random: Random): Priced {
+  const meter = random.pick(Object.keys(meters));
+  const quantities: Record<string, number> = {};
+  for (const dimension of meters[meter]!) {
+    if (random.chance(0.15)) continue;
+    quantities[dimension] = dimension === 'images' ? random.integer(0, 3) : random.integer(0, random.pick([12, 400, 5000, 40_000]));
+  }
+  if (Object.keys(quantities).length === 0) quantities[meters[meter]![0]!] = random.integer(1, 2000);
+  return { meter, quantities };
+}
+
+/**
+ * New rates for every dimension of every meter, from a seed: token rates with 12 decimal places
+ * (so that almost every spend leaves a fraction), image rates of a few credits with 12 places.
+ */
+export function ratesFor(seed: number): Record<string, Record<string, string>> {
+  const random = new Random(seed);
+  const digits = (count: number) => Array.from({ length: count }, () => random.integer(0, 9)).join('');
+  const rates: Record<string, Record<string, string>> = {};
+  for (const [meter, dimensions] of Object.entries(meters)) {
+    rates[meter] = {};
+    for (const dimension of dimensions)
+      rates[meter]![dimension] =
+        dimension === 'images' ? `${random.integer(1, 5)}.${digits(12)}` : `0.000${random.integer(1, 9)}${digits(8)}`;
+  }
+  return rates;
+}
+
 const monthlyPrices = ['price_starter_monthly', 'price_plus_monthly', 'price_pro_monthly'];
 const yearlyPrices = ['price_plus_yearly', 'price_pro_yearly'];
 
@@ -139,7 +202,15 @@ export function kindOf(step: Step): string {
     case 'dispute':
       return `dispute:${step.outcome}`;
     case 'hold':
-      return `hold:${step.resolution}`;
+      return step.priced === undefined ? `hold:${step.resolution}` : 'priced:hold';
+    case 'usage':
+      return step.priced === undefined ? 'usage' : 'priced:usage';
+    case 'batch':
+      return step.priced === undefined ? 'batch' : 'priced:batch';
+    case 'quote':
+      return 'priced:quote';
+    case 'price_change':
+      return 'price:change';
     default:
       return step.kind;
   }
@@ -282,6 +353,39 @@ function stepFor(kind: Kind, random: Random, seats: boolean): StepBody | undefin
       return { kind: 'card', behavior: { outcome: 'requires_action' } };
     case 'card:declined':
       return { kind: 'card', behavior: { outcome: 'card_declined' } };
+    case 'priced:usage':
+      return { kind: 'usage', amount: 0, priced: pricedSpend(random) };
+    case 'priced:batch': {
+      // Priced and plain events mixed in one batch.
+      const amounts = Array.from({ length: random.integer(2, 6) }, () => random.pick([1, 10, 100, 700]));
+      return { kind: 'batch', amounts, priced: amounts.map(() => (random.chance(0.6) ? pricedSpend(random) : null)) };
+    }
+    case 'priced:hold': {
+      // Held by the most the call may use, captured by what it used: up to 30 % more than the
+      // hold asked for, which the hold's ceil(cost) may not cover (capture_exceeds_hold).
+      const priced = pricedSpend(random);
+      const someUsed = Object.values(priced.quantities).some((quantity) => quantity > 0);
+      if (!someUsed) priced.quantities[Object.keys(priced.quantities)[0]!] = 1;
+      return {
+        kind: 'hold',
+        amount: 0,
+        expiresIn: random.integer(60, 86400),
+        resolution: random.chance(0.8) ? 'capture' : 'void',
+        capturePerMille: random.pick([0, 250, 600, 1000, 1000, 1100, 1300]),
+        priced,
+      };
+    }
+    case 'priced:quote':
+      return random.chance(0.8)
+        ? { kind: 'quote', amount: 0, priced: pricedSpend(random) }
+        : { kind: 'quote', amount: random.pick([1, 50, 5000]) };
+    case 'price:change':
+      return {
+        kind: 'price_change',
+        card: random.pick(rateCards),
+        seed: random.integer(1, 2 ** 31),
+        effectiveIn: random.chance(0.5) ? 0 : random.integer(60, 2 * day),
+      };
     case 'chaos:restart':
     case 'chaos:replay':
       return undefined;
@@ -304,7 +408,7 @@ const spendsAfter = new Set<string>([
 /** `count` lifecycles of `stepsEach` steps from `seed`, over the enabled kinds, interleaved. */
 export function generate(seed: number, count: number, kinds: ReadonlySet<string>, stepsEach = 14): Step[] {
   const random = new Random(seed);
-  const enabled = allKinds.filter((kind) => kinds.has(kind) && !kind.startsWith('chaos:'));
+  const enabled = allKinds.filter((kind) => kinds.has(kind) && !kind.startsWith('chaos:') && !pricedKinds.has(kind));
   const starts: Kind[] = enabled.filter((kind) => kind.startsWith('subscribe:') || kind.startsWith('pack:') || kind === 'trial:converted');
   // A yearly refund needs a yearly subscription to start with.
   if (kinds.has('refund:yearly')) starts.push('subscribe:yearly', 'subscribe:yearly');
@@ -363,5 +467,43 @@ export function generate(seed: number, count: number, kinds: ReadonlySet<string>
     cursors[index]! += 1;
     merged.push({ ...step, after: Math.floor(step.after / Math.max(1, count / 2)) });
   }
-  return merged;
+  return withPriced(merged, seed, count, kinds);
+}
+
+/** The priced kinds, drawn from a stream of their own (see withPriced). */
+const pricedKinds = new Set<string>(['priced:usage', 'priced:batch', 'priced:hold', 'priced:quote', 'price:change']);
+
+/**
+ * Priced usage and price changes, woven into a history from a random stream of their own: each
+ * one takes part of the wait before the step it precedes, so every other step keeps its instant
+ * and the lifecycles a seed played before priced usage existed are played again as they were
+ * (CI's seeds among them), now with priced calls between their steps.
+ */
+function withPriced(steps: Step[], seed: number, count: number, kinds: ReadonlySet<string>): Step[] {
+  const enabled = allKinds.filter((kind) => pricedKinds.has(kind) && kinds.has(kind));
+  if (enabled.length === 0) return steps;
+  const random = new Random(seed ^ 0x7a11c0);
+  const woven: Step[] = [];
+  for (const step of steps) {
+    let left = step.after;
+    const add = (lifecycle: number, kind: Kind) => {
+      const after = Math.floor(left * random.next() * 0.5);
+      left -= after;
+      const body = stepFor(kind, random, false);
+      if (body !== undefined) woven.push({ lifecycle, after, label: kind, ...body } as Step);
+    };
+    if (random.chance(0.2)) {
+      const lifecycle = random.integer(0, count - 1);
+      const kind = random.pick(enabled);
+      add(lifecycle, kind);
+      // A price change between a priced hold and its capture: the capture keeps the hold's version.
+      if (kind === 'priced:hold' && kinds.has('price:change') && random.chance(0.3)) add(lifecycle, 'price:change');
+      const last = woven[woven.length - 1];
+      if (kind === 'priced:hold') woven.push({ lifecycle, kind: 'resolve', after: Math.floor(left * random.next() * 0.5) });
+      if (kind === 'priced:hold') left -= woven[woven.length - 1]!.after;
+      if (last?.kind === 'price_change' && kinds.has('priced:usage')) add(lifecycle, 'priced:usage');
+    }
+    woven.push({ ...step, after: left });
+  }
+  return woven;
 }

@@ -94,20 +94,25 @@ create or replace function tally_unentitled_accounts(p_account_ids text[], p_met
     where e.meter is not null and not p.all_meters and not e.meter = any(p.meters)), '{}') end
 $$;
 
--- What a usage batch does for its locked accounts (p_accounts) before deciding: gives the
--- period's recurring grants, and answers the accounts with a priced event on a meter their plan
--- does not include, which the batch decides one event at a time.
+-- What a usage batch does for its locked accounts (p_accounts) before deciding: answers the
+-- accounts with a priced event on a meter their plan does not include, which the batch decides
+-- one event at a time, and gives the others the period's recurring grants. An account decided per
+-- event is given them by its first event that is not refused as not entitled (tally_open_spend),
+-- so that its events refused as not entitled write nothing, as a single spend's refusal does.
 create or replace function tally_batch_entitlements(p_accounts text[], p_account_ids text[], p_meters text[],
   p_now timestamptz) returns text[] language plpgsql as $$
 declare
   v_account text;
+  v_per_event text[] := tally_unentitled_accounts(p_account_ids, p_meters);
 begin
   if tally_catalog_recurs() then
     foreach v_account in array p_accounts loop
-      perform tally_give_recurring(v_account, p_now);
+      if not v_account = any(v_per_event) then
+        perform tally_give_recurring(v_account, p_now);
+      end if;
     end loop;
   end if;
-  return tally_unentitled_accounts(p_account_ids, p_meters);
+  return v_per_event;
 end $$;
 
 -- Features of several items: the union, the larger number and true winning; for any other value

@@ -121,6 +121,29 @@ describe('recurring grants', () => {
     assert.deepEqual([plain.status, plain.available], [200, 45]);
   });
 
+  it('are not given by a batch whose only events of an account are refused as not entitled (simulator seed 1000)', async () => {
+    // The batch decides another account at once; r-batch-4's one event names a meter its free plan
+    // lacks: a refusal that writes nothing, as a single spend's does.
+    await fundedAccount(test, 'r-batch-4', 0);
+    await fundedAccount(test, 'r-batch-5', 0);
+    const before = await writtenFor('r-batch-4');
+    const batch = await test.call('POST', '/v1/usage/batch', {
+      events: [
+        { account_id: 'r-batch-5', amount: 5, idempotency_key: key() },
+        { account_id: 'r-batch-4', meter: 'openai/gpt-5', quantities: { output_tokens: 1000 }, idempotency_key: 'r-batch-4-refused' },
+      ],
+    });
+    assert.equal(batch.status, 200, JSON.stringify(batch.body));
+    assert.deepEqual(
+      batch.body.results.map((result: { status: number }) => result.status),
+      [200, 403],
+    );
+    // Only the refusal's key, as the key's first outcome; no grant, entry or event.
+    assert.equal(await writtenFor('r-batch-4'), before + 1);
+    assert.deepEqual(await grantsOf('r-batch-4'), []);
+    assert.equal((await grantsOf('r-batch-5')).length, 1);
+  });
+
   it('write nothing for a free account that never calls, however many days pass, nor for reads that are not balances', async () => {
     await fundedAccount(test, 'r-idle', 0);
     const before = await writtenFor('r-idle');

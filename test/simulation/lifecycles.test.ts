@@ -3,12 +3,13 @@ import { it } from 'node:test';
 import { runSeed } from '../../simulation/simulate.js';
 import { allKinds, generate, kindOf } from '../../simulation/workload.js';
 
-// Proves invariants 13, 15 and 18: fixed seeds of whole customer lifecycles, every step kind of
+// Proves invariants 13, 15, 16, 17 and 18: fixed seeds of whole customer lifecycles, every step kind of
 // the simulator (subscriptions with one or two items, trials, plan, seat and interval changes with
 // every proration behaviour, cancellations at a month start or delivered late, failed payments,
 // packs, refunds, disputes, usage, batches, holds, spends on a boundary, spend limits, operators'
-// grants and adjustments, auto top-up with every card outcome, a restart mid-burst and operator
-// replays), played against the real Tally (PostgreSQL, HTTP API, signed webhooks delivered 1 to 5
+// grants and adjustments, auto top-up with every card outcome, priced spends, holds, batches and
+// quotes with rate card changes mid-stream, plans whose entitlements and recurring grants change
+// with the subscription, a restart mid-burst and operator replays), played against the real Tally (PostgreSQL, HTTP API, signed webhooks delivered 1 to 5
 // times, shuffled, to two instances at once), end in exactly the balances, grants, answers and
 // event log of the reference model, with every invariant held and reconciliation clean.
 export const enabledKinds = new Set<string>(allKinds);

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import type { Fact, PaidLine } from '../../simulation/history.js';
-import { addMonths, monthsOf, runModel } from '../../simulation/model.js';
+import { addMonths, cadencePeriod, monthsOf, runModel } from '../../simulation/model.js';
+import { simulationCatalog } from '../../simulation/catalog.js';
 import { testCatalog } from '../helpers/app.js';
 
 // Proves that the simulator's reference model computes SPEC's credit rule on worked examples
@@ -113,6 +114,7 @@ it('credits released or restored to a grant that has expired expire at once', ()
     held: 0,
     debt: 0,
     grants: [{ key: `period:sub:si:${start}`, amount: 4000, remaining: 0, expiresAt: end, expired: true }],
+    carry: '0',
   });
 });
 
@@ -388,4 +390,177 @@ it('auto top-up fires only on a spend, once in flight, and three failures in a r
     { kind: 'payment_intent_created', at: start, account: 'a', key: 'topup:a:1', paymentIntent: 'pi_t1', amount: 1000 },
   ]);
   assert.match(unasked.violations[0]!, /no qualifying spend fired/);
+});
+
+/** A priced spend of gpt-5-mini input tokens (standard card: 0.000025 a token) on an account without a subscription. */
+const mini = (tokens: number) => ({ meter: 'openai/gpt-5-mini', quantities: { input_tokens: tokens }, subscription: null });
+const pack = (at: number): Fact => ({
+  kind: 'pack_paid',
+  at,
+  account: 'a',
+  paymentIntent: 'pi_pack',
+  amountPaid: 1000,
+  items: [{ price: 'price_pack_1000', quantity: 1 }],
+});
+
+it('priced spends charge the floor of cost plus carry and keep the rest, and a refused one changes neither balance nor carry', () => {
+  const facts: Fact[] = [
+    // At a zero balance: 16,000 tokens cost 0.4 credits, twice charged 0 (carry 0.4, then 0.8).
+    { kind: 'usage', at: start + 1, account: 'a', amount: 0, key: 'u1', priced: mini(16_000) },
+    { kind: 'usage', at: start + 2, account: 'a', amount: 0, key: 'u2', priced: mini(16_000) },
+    // 0.8 + 1.2 would charge 2: refused, the carry kept; then 0.8 + 0.1 charges 0.
+    { kind: 'usage', at: start + 3, account: 'a', amount: 0, key: 'u3', priced: mini(48_000) },
+    { kind: 'usage', at: start + 4, account: 'a', amount: 0, key: 'u4', priced: mini(4_000) },
+    pack(start + 5),
+    { kind: 'usage', at: start + 6, account: 'a', amount: 0, key: 'u5', priced: mini(16_000) },
+  ];
+  const result = runModel(catalog, facts);
+  const summary = (key: string) => {
+    const answer = result.answers.get(key)!;
+    return [answer.status, answer.amount, answer.cost, answer.code];
+  };
+  assert.deepEqual(summary('u1'), [200, 0, '0.4', undefined]);
+  assert.deepEqual(summary('u2'), [200, 0, '0.4', undefined]);
+  assert.deepEqual(summary('u3'), [402, undefined, undefined, 'insufficient_credits']);
+  assert.deepEqual(summary('u4'), [200, 0, '0.1', undefined]);
+  // 0.9 + 0.4 = 1.3: one credit of the pack, 0.3 left.
+  assert.deepEqual(summary('u5'), [200, 1, '0.4', undefined]);
+  assert.equal(result.accounts.get('a')!.available, 999);
+  assert.equal(result.accounts.get('a')!.carry, '0.3');
+});
+
+it('a priced hold reserves ceil(cost) and its capture is priced by the hold’s version, after a price change, with the carry', () => {
+  const rates = structuredClone(catalog.rate_cards.find((card) => card.id === 'standard')!.rates);
+  rates['openai/gpt-5-mini']!.input_tokens = '0.000000000001';
+  const facts: Fact[] = [
+    pack(start),
+    // 50,000 tokens at 0.000025: 1.25, so 2 held.
+    { kind: 'hold', at: start + 1, account: 'a', amount: 0, key: 'h', expiresInSeconds: 3600, priced: mini(50_000) },
+    { kind: 'rate_card', at: start + 2, key: 'r2', card: 'standard', rates, effectiveAt: start + 2 },
+    // Version 3, scheduled for the next day, is not in effect before it.
+    { kind: 'rate_card', at: start + 3, key: 'r3', card: 'standard', rates: catalog.rate_cards[0]!.rates, effectiveAt: start + day },
+    { kind: 'quote', at: start + 4, account: 'a', key: 'q', amount: 0, priced: mini(1_000_000) },
+    // 100,000 tokens by the hold's version cost 2.5: 2 + carry would be 2, fine; 120,000 (3) is over the hold.
+    { kind: 'capture', at: start + 5, hold: 'h', amount: 0, quantities: { input_tokens: 120_000 } },
+    { kind: 'capture', at: start + 6, hold: 'h', amount: 0, quantities: { input_tokens: 70_000 } },
+    // Version 2 prices a spend now: 1,000,000 tokens cost 0.000001.
+    { kind: 'usage', at: start + 7, account: 'a', amount: 0, key: 'u', priced: mini(1_000_000) },
+    { kind: 'usage', at: start + day, account: 'a', amount: 0, key: 'u2', priced: mini(1_000_000) },
+  ];
+  const result = runModel(catalog, facts);
+  assert.deepEqual(
+    ['h', 'r2', 'r3', 'q', 'capture:h', 'u', 'u2'].map((key) => {
+      const { status, amount, cost, version, code, allowed } = result.answers.get(key)!;
+      return [key, status, amount, cost, version, code, allowed];
+    }),
+    [
+      ['h', 201, 2, '1.25', 1, undefined, undefined],
+      ['r2', 200, undefined, undefined, 2, undefined, undefined],
+      ['r3', 200, undefined, undefined, 3, undefined, undefined],
+      ['q', 200, 0, '0.000001', 2, undefined, true],
+      // The first capture (3 credits) was refused and left the hold as it was: the second is the answer kept.
+      ['capture:h', 200, 1, '1.75', 1, undefined, undefined],
+      ['u', 200, 0, '0.000001', 2, undefined, undefined],
+      // Version 3 (the catalog's rates again) is in effect from the next day: 25 credits.
+      ['u2', 200, 25, '25', 3, undefined, undefined],
+    ],
+  );
+  assert.equal(result.accounts.get('a')!.available, 1000 - 1 - 25);
+  assert.equal(result.accounts.get('a')!.carry, '0.750001');
+});
+
+it('a priced spend on a meter outside the plan is 403 meter_not_entitled, and a plan change flips it', () => {
+  const sims = simulationCatalog();
+  const gpt5 = (status: string, prices: string[]) => ({
+    meter: 'openai/gpt-5',
+    quantities: { output_tokens: 1000 },
+    subscription: { prices, quantities: prices.map(() => 1), status },
+  });
+  const facts: Fact[] = [
+    pack(start),
+    // Starter lacks gpt-5; Pro has it (on its own card, volume: 0.0008 a token); a canceled
+    // subscription leaves the free plan, which lacks it; two items take the union.
+    { kind: 'usage', at: start + 1, account: 'a', amount: 0, key: 'starter', priced: gpt5('active', ['price_starter_monthly']) },
+    { kind: 'quote', at: start + 2, account: 'a', key: 'quote', amount: 0, priced: gpt5('active', ['price_starter_monthly']) },
+    { kind: 'usage', at: start + 3, account: 'a', amount: 0, key: 'pro', priced: gpt5('past_due', ['price_pro_monthly']) },
+    { kind: 'usage', at: start + 4, account: 'a', amount: 0, key: 'ended', priced: gpt5('canceled', ['price_pro_monthly']) },
+    {
+      kind: 'usage',
+      at: start + 5,
+      account: 'a',
+      amount: 0,
+      key: 'two',
+      priced: gpt5('active', ['price_starter_monthly', 'price_pro_monthly']),
+    },
+  ];
+  const { answers, accounts } = runModel(sims, facts);
+  const summary = (key: string) => {
+    const { status, code, plan, amount, allowed } = answers.get(key)!;
+    return [key, status, code, plan, amount, allowed];
+  };
+  assert.deepEqual(['starter', 'quote', 'pro', 'ended', 'two'].map(summary), [
+    ['starter', 403, 'meter_not_entitled', 'starter', undefined, undefined],
+    ['quote', 200, 'meter_not_entitled', undefined, 1, false],
+    ['pro', 200, undefined, undefined, 0, undefined],
+    ['ended', 403, 'meter_not_entitled', 'free', undefined, undefined],
+    ['two', 200, undefined, undefined, 1, undefined],
+  ]);
+  // 0.8 + 0.8 on the volume card: 1 credit, 0.6 left. The quote counted Starter's weekly 100 as
+  // if given; Pro's monthly 1,000 was given by the first Pro spend (the refused ones gave nothing),
+  // Starter's weekly 100 by the spend on both plans' items.
+  assert.equal(answers.get('quote')!.available, 1100);
+  assert.equal(accounts.get('a')!.carry, '0.6');
+  assert.equal(accounts.get('a')!.available, 1000 + 1000 + 100 - 1);
+  assert.deepEqual(
+    accounts.get('a')!.grants.map((grant) => grant.key),
+    ['purchase:pi_pack', 'recurring:a:pro:month:2030-04-01', 'recurring:a:starter:week:2030-04-01'],
+  );
+});
+
+it('recurring grants come with the first spend, hold or balance read of their period, and idle days get nothing', () => {
+  const sims = simulationCatalog();
+  const free = null;
+  const plus = { prices: ['price_plus_yearly'], quantities: [1], status: 'active' };
+  const at = (days: number, hours: number) => start + days * day + hours * 3600;
+  const facts: Fact[] = [
+    { kind: 'usage', at: at(0, 3), account: 'a', amount: 30, key: 'u1', subscription: free },
+    { kind: 'usage', at: at(0, 4), account: 'a', amount: 30, key: 'u2', subscription: free },
+    // Day 1 passes without a call; on day 2 a quote counts the day's 50 without writing it.
+    { kind: 'quote', at: at(2, 1), account: 'a', key: 'q', amount: 40, subscription: free },
+    { kind: 'balance_read', at: at(2, 2), account: 'a', subscription: free },
+    // On Plus (yearly) the same day gives Plus's own 20 besides the free plan's 50.
+    { kind: 'hold', at: at(2, 5), account: 'a', amount: 60, key: 'h', expiresInSeconds: 60, subscription: plus },
+  ];
+  const { answers, accounts } = runModel(sims, facts);
+  assert.deepEqual(
+    ['u1', 'u2', 'q', 'h'].map((key) => [key, answers.get(key)!.status, answers.get(key)!.available]),
+    [
+      ['u1', 200, 20],
+      ['u2', 402, 20],
+      ['q', 200, 50],
+      ['h', 201, 10],
+    ],
+  );
+  const grants = accounts.get('a')!.grants;
+  assert.deepEqual(
+    grants.map((grant) => [grant.key, grant.amount, grant.expiresAt, grant.expired]),
+    [
+      ['recurring:a:free:day:2030-04-01', 50, start + day, true],
+      ['recurring:a:free:day:2030-04-03', 50, start + 3 * day, false],
+      ['recurring:a:plus:day:2030-04-03', 20, start + 3 * day, false],
+    ],
+  );
+});
+
+it('the recurring cadences are the UTC day, the ISO week from Monday and the calendar month', () => {
+  const seconds = (text: string) => Date.parse(text) / 1000;
+  const period = (every: 'day' | 'week' | 'month', text: string) => {
+    const { start: from, end: to } = cadencePeriod(every, seconds(text));
+    return [new Date(from * 1000).toISOString(), new Date(to * 1000).toISOString()];
+  };
+  assert.deepEqual(period('day', '2030-02-28T23:59:59Z'), ['2030-02-28T00:00:00.000Z', '2030-03-01T00:00:00.000Z']);
+  // 2026-12-02 is a Wednesday; 2027-01-03 a Sunday, whose ISO week began in 2026.
+  assert.deepEqual(period('week', '2026-12-02T12:00:00Z'), ['2026-11-30T00:00:00.000Z', '2026-12-07T00:00:00.000Z']);
+  assert.deepEqual(period('week', '2027-01-03T23:00:00Z'), ['2026-12-28T00:00:00.000Z', '2027-01-04T00:00:00.000Z']);
+  assert.deepEqual(period('month', '2032-02-29T10:00:00Z'), ['2032-02-01T00:00:00.000Z', '2032-03-01T00:00:00.000Z']);
 });
