@@ -89,6 +89,11 @@ export async function runHistory(steps: Step[], options: RunOptions): Promise<Ru
    */
   const targetOf = (step: Step, account: string): { target: number; exact: boolean } => {
     const plain = { target: world.now + step.after, exact: false };
+    // The priced kinds, woven in at any instant, wait out a cancellation Stripe delivers late: the
+    // window where the model and Tally read the month differently is open finding 283881's, which
+    // boundary:usage plays on purpose; the priced calls should not multiply it.
+    const late = world.lateDeliveryUntil();
+    if (late !== undefined && (step.label?.startsWith('price') ?? false) && plain.target <= late) return { target: late + 1, exact: false };
     if (step.kind === 'usage' && step.atBoundary === true) {
       const boundary = world.nextBoundary();
       return boundary === undefined ? plain : { target: boundary, exact: true };

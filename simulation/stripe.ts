@@ -442,6 +442,12 @@ export class StripeWorld {
     return [...this.subscriptions.values()].find((sub) => sub.account === account && sub.status !== 'canceled');
   }
 
+  /** When the last end Stripe holds back (a late cancellation) is delivered, if one is held now. */
+  lateDeliveryUntil(): number | undefined {
+    const held = [...this.subscriptions.values()].map((sub) => sub.endDeliveredAt ?? 0).filter((at) => at > this.now);
+    return held.length === 0 ? undefined : Math.max(...held);
+  }
+
   /** The live subscription as Stripe's delivered events tell it: an end still held back is not known yet. */
   deliveredSubscription(account: string): { sub: SimSubscription; status: SimSubscription['status'] } | undefined {
     const live = this.liveSubscription(account);
