@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import { invalidRequest } from '../errors.js';
+import { accountIdSchema } from '../ledger/commands.js';
 import type { AccessLevel, Caller, KeyChecker } from './auth.js';
 import type { Responses } from './responses.js';
 
@@ -218,3 +219,6 @@ export function registerRoutes(app: FastifyInstance, routes: RouteDefinition[], 
     });
   }
 }
+
+/** The account id of a route's `:id` segment, checked against SPEC's characters (400 naming `id`). */
+export const accountIdParam = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');

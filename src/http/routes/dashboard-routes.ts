@@ -37,7 +37,7 @@ import { TallyError } from '../../errors.js';
 import { accountIdSchema } from '../../ledger/commands.js';
 import type { StripeGateway } from '../../stripe/gateway.js';
 import { answer, refusals } from '../responses.js';
-import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { accountIdParam, defineRoute, type RouteDefinition } from '../route.js';
 import { maskPerson } from '../viewer-masks.js';
 
 /**
@@ -63,7 +63,7 @@ export const dashboardOffsetMax = 10_000;
 export const webhookWindowHoursMax = 24 * 30;
 export const rateCardVersionsListedMax = 200;
 
-const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const accountId = accountIdParam;
 const pageQuery = {
   limit: z.coerce.number().int().min(1).max(dashboardPageSizeMax).default(50),
   offset: z.coerce.number().int().min(0).max(dashboardOffsetMax).default(0),

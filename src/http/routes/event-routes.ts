@@ -8,12 +8,12 @@ import { accountIdSchema } from '../../ledger/commands.js';
 import type { Caller } from '../auth.js';
 import { eventSchema, webhookEndpointSchema } from '../entities.js';
 import { answer, refusals } from '../responses.js';
-import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { accountIdParam, defineRoute, type RouteDefinition } from '../route.js';
 import { maskEndpointUrl } from '../viewer-masks.js';
 
 /** The event feed, the low-balance threshold, and the admin calls for the app's webhook endpoints. */
 const lowBalanceThresholdSchema = z.object({ account_id: z.string(), low_balance_threshold: z.int().positive().nullable() });
-const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const accountId = accountIdParam;
 const endpointNotFound = refusals('endpoint_not_found');
 
 /** An endpoint as the caller reads it: the viewer key never reads the path or query of its URL. */

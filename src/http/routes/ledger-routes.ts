@@ -1,5 +1,4 @@
 import {
-  accountIdSchema,
   accountInputSchema,
   adjustmentInputSchema,
   captureInputSchema,
@@ -29,11 +28,11 @@ import {
   timestampSchema,
 } from '../entities.js';
 import { answer as answerOf, errorCatalog, errorObjectSchema, refusals, type ErrorCode } from '../responses.js';
-import { bodyLimitLargeBytes, defineRoute, parseInput, type Answer, type RouteDefinition } from '../route.js';
+import { accountIdParam, bodyLimitLargeBytes, defineRoute, type Answer, type RouteDefinition } from '../route.js';
 import { maskPerson } from '../viewer-masks.js';
 
 /** The ledger's HTTP calls: accounts, balance, usage, holds, spend limits, ledger, admin grants and adjustments. */
-const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const accountId = accountIdParam;
 // An entry's actor names the API it came through. The app's calls (usage, holds, batches) are
 // the app's whichever key made them: actor `admin` is kept for an operator's grants and
 // adjustments, which must carry a reason (the admin_has_reason check), and an app call has none.

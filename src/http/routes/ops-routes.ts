@@ -9,7 +9,7 @@ import type { StripeGateway } from '../../stripe/gateway.js';
 import { creditsSchema, creditsSumSchema, jsonObjectSchema, timestampSchema } from '../entities.js';
 import { exactSum } from '../../dashboard/reads.js';
 import { answer, refusals } from '../responses.js';
-import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { accountIdParam, defineRoute, type RouteDefinition } from '../route.js';
 import { maskPerson } from '../viewer-masks.js';
 
 /** The operators' calls: reconciliation, alerts, export and erasure (all with the admin key). */
@@ -21,7 +21,7 @@ export interface OperationsRouteDependencies {
   digest: KeyedDigest;
 }
 
-const accountId = (params: Record<string, string>): string => parseInput(accountIdSchema, params.id, 'id');
+const accountId = accountIdParam;
 
 export const alertsListSizeMax = 500;
 

@@ -14,7 +14,7 @@ import type { WebhookWorker } from '../../webhooks/worker.js';
 import type { Limiters } from '../rate-limits.js';
 import { inboxEventSchema, timestampSchema } from '../entities.js';
 import { answer, errorCatalog, refusals } from '../responses.js';
-import { bodyLimitLargeBytes, defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { accountIdParam, bodyLimitLargeBytes, defineRoute, parseInput, type RouteDefinition } from '../route.js';
 
 /**
  * Stripe's side of the API: webhook intake (verify, store, answer; the worker applies later),
@@ -128,7 +128,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
       beforeBody: (request) => limiters.checkouts.count(request),
       handler: async ({ params, body }) => ({
         status: 200,
-        body: await createCheckout(dependencies, parseInput(accountIdSchema, params.id, 'id'), body),
+        body: await createCheckout(dependencies, accountIdParam(params), body),
       }),
     }),
     defineRoute({
@@ -141,7 +141,7 @@ export function stripeRoutes(dependencies: StripeRouteDependencies, limiters: Li
         "A signed client_reference_id for the account, to put in a Payment Link URL or a pricing table's client-reference-id: Tally attributes the purchase to the account only by such a reference (it does not expire)",
       responses: { 200: answer('the signed reference', z.object({ client_reference_id: z.string() })), ...refusals('account_not_found') },
       handler: async ({ params }) => {
-        const accountId = parseInput(accountIdSchema, params.id, 'id');
+        const accountId = accountIdParam(params);
         const { rowCount } = await dependencies.db.query('select 1 from accounts where id = $1', [accountId]);
         if (rowCount === 0) throw accountNotFound(accountId);
         return { status: 200, body: { client_reference_id: signClientReference(dependencies.hasher, accountId) } };

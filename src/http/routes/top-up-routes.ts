@@ -1,9 +1,8 @@
 import { autoTopUpInputSchema, readAutoTopUp, setAutoTopUp, type TopUpDependencies } from '../../billing/top-up-settings.js';
-import { accountIdSchema } from '../../ledger/commands.js';
 import { z } from 'zod';
 import { timestampSchema } from '../entities.js';
 import { answer, refusals } from '../responses.js';
-import { defineRoute, parseInput, type RouteDefinition } from '../route.js';
+import { accountIdParam, defineRoute, type RouteDefinition } from '../route.js';
 
 const autoTopUpSchema = z.object({
   account_id: z.string(),
@@ -39,7 +38,7 @@ export function topUpRoutes(dependencies: TopUpDependencies): RouteDefinition[] 
       },
       handler: async ({ params }) => ({
         status: 200,
-        body: await readAutoTopUp(dependencies.db, parseInput(accountIdSchema, params.id, 'id')),
+        body: await readAutoTopUp(dependencies.db, accountIdParam(params)),
       }),
     }),
     defineRoute({
@@ -56,7 +55,7 @@ export function topUpRoutes(dependencies: TopUpDependencies): RouteDefinition[] 
       },
       handler: async ({ params, body }) => ({
         status: 200,
-        body: await setAutoTopUp(dependencies, parseInput(accountIdSchema, params.id, 'id'), body),
+        body: await setAutoTopUp(dependencies, accountIdParam(params), body),
       }),
     }),
   ];
